@@ -1,0 +1,39 @@
+# p2pserver — build, run and test.
+GO ?= go
+BIN := bin/p2pserver
+STATICCHECK_VERSION := 2025.1.1
+
+.PHONY: all build run test lint bench load spec clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/p2pserver
+
+## run: build and start the server on the embedded default (bbolt file under data/).
+run: build
+	mkdir -p data
+	./$(BIN)
+
+## test: every test, with the race detector.
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+## lint: gofmt, go vet and staticcheck.
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+## bench: Go benchmarks for the store, then a load run against a live server.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./fhir/store/
+	$(GO) run ./cmd/p2pload -resources 100000
+
+## spec: regenerate the embedded FHIR R4 definitions from ../shared/fhir-r4.
+spec:
+	$(GO) run ./fhir/spec/gen -in ../shared/fhir-r4 -out fhir/spec/data
+
+clean:
+	rm -rf bin
