@@ -27,9 +27,9 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 ## bench: Go benchmarks for the store, then a load run against a live server.
-bench:
+bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./fhir/store/
-	$(GO) run ./cmd/p2pload -resources 100000
+	$(GO) run ./cmd/p2pload -server $(BIN) -resources 100000
 
 ## spec: regenerate the embedded FHIR R4 definitions from ../shared/fhir-r4.
 spec:

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/spec"
+	"github.com/p2pserver/p2pserver/fhir/store"
+	bolt "go.etcd.io/bbolt"
+)
+
+// app is the wired server: database, store, and the HTTP routes.
+type app struct {
+	cfg   Config
+	log   *slog.Logger
+	db    *bolt.DB
+	store *store.Store
+	fhir  *fhir.Server
+}
+
+func newApp(cfg Config, log *slog.Logger) (*app, error) {
+	if dir := filepath.Dir(cfg.DB); dir != "" {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("create database folder: %w", err)
+		}
+	}
+	db, err := bolt.Open(cfg.DB, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open database %s: %w (is another p2pserver using it?)", cfg.DB, err)
+	}
+	reg := search.NewRegistry(spec.R4())
+	st, err := store.Open(db, reg, log)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	fs := fhir.New(st, fhir.Config{BaseURL: cfg.BaseURL + "/fhir", MaxBody: cfg.MaxBody, Logger: log, Version: version})
+	return &app{cfg: cfg, log: log, db: db, store: st, fhir: fs}, nil
+}
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Handler is the whole HTTP surface.
+func (a *app) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Mount("/fhir", a.fhir.Handler())
+	r.Get("/healthz", a.healthz)
+	return r
+}
+
+func (a *app) healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	if err := a.store.Ping(r.Context()); err != nil {
+		a.log.Error("health check failed", "err", err)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"status":"unavailable"}`))
+		return
+	}
+	_, _ = w.Write([]byte(`{"status":"ok"}`))
+}
+
+// Close stops the store's writer and closes the database cleanly.
+func (a *app) Close() error {
+	a.store.Close()
+	return a.db.Close()
+}

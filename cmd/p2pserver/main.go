@@ -1,0 +1,140 @@
+// Command p2pserver is the FHIR R4 payer-to-payer exchange server.
+//
+// Every flag has an environment twin P2P_<NAME> (dashes become
+// underscores): -max-body and P2P_MAX_BODY. A flag given on the command
+// line wins over the environment.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Config is everything p2pserver can be told at start-up.
+type Config struct {
+	Addr     string
+	DB       string
+	BaseURL  string
+	MaxBody  int64
+	LogLevel string
+	// ShutdownGrace is how long in-flight requests get to finish on SIGTERM.
+	ShutdownGrace time.Duration
+}
+
+func main() {
+	cfg, err := parseConfig(os.Args[1:], os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "p2pserver:", err)
+		os.Exit(2)
+	}
+	log := newLogger(cfg.LogLevel)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error("p2pserver stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// parseConfig reads flags, with P2P_* environment variables as defaults.
+func parseConfig(args []string, getenv func(string) string) (Config, error) {
+	fs := flag.NewFlagSet("p2pserver", flag.ContinueOnError)
+	env := func(name, def string) string {
+		if v := getenv("P2P_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); v != "" {
+			return v
+		}
+		return def
+	}
+	var cfg Config
+	var maxBody, grace string
+	fs.StringVar(&cfg.Addr, "addr", env("addr", "127.0.0.1:8080"), "listen address (host:port)")
+	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "bbolt database file (created if missing)")
+	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<addr>)")
+	fs.StringVar(&maxBody, "max-body", env("max-body", "8MiB"), "largest request body accepted (bytes, or with KiB/MiB suffix)")
+	fs.StringVar(&cfg.LogLevel, "log-level", env("log-level", "info"), "log level: debug, info, warn, error")
+	fs.StringVar(&grace, "shutdown-grace", env("shutdown-grace", "30s"), "time in-flight requests get to finish on shutdown")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	var err error
+	if cfg.MaxBody, err = parseSize(maxBody); err != nil {
+		return cfg, fmt.Errorf("-max-body: %w", err)
+	}
+	if cfg.ShutdownGrace, err = time.ParseDuration(grace); err != nil {
+		return cfg, fmt.Errorf("-shutdown-grace: %w", err)
+	}
+	if cfg.BaseURL == "" {
+		cfg.BaseURL = "http://" + cfg.Addr
+	}
+	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
+	return cfg, nil
+}
+
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	for suffix, m := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "KB": 1000, "MB": 1000 * 1000} {
+		if strings.HasSuffix(s, suffix) {
+			s, mult = strings.TrimSuffix(s, suffix), m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size", s)
+	}
+	return n * mult, nil
+}
+
+// run serves until ctx ends, then shuts down gracefully: the listener
+// closes, in-flight requests finish, the store and database close.
+func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	a, err := newApp(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	srv := &http.Server{
+		Handler:           a.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("p2pserver listening", "addr", ln.Addr().String(), "fhir", cfg.BaseURL+"/fhir", "db", cfg.DB)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "grace", cfg.ShutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,378 @@
+package fhir
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"github.com/p2pserver/p2pserver/fhir/fhirjson"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/errs"
+)
+
+// Bundle is the wire form of the Bundles this server produces and reads.
+type Bundle struct {
+	ResourceType string        `json:"resourceType"`
+	ID           string        `json:"id,omitempty"`
+	Meta         *BundleMeta   `json:"meta,omitempty"`
+	Type         string        `json:"type"`
+	Timestamp    string        `json:"timestamp,omitempty"`
+	Total        *int          `json:"total,omitempty"`
+	Link         []BundleLink  `json:"link,omitempty"`
+	Entry        []BundleEntry `json:"entry,omitempty"`
+}
+
+// BundleMeta is Bundle.meta.
+type BundleMeta struct {
+	LastUpdated string `json:"lastUpdated,omitempty"`
+}
+
+// BundleLink is Bundle.link.
+type BundleLink struct {
+	Relation string `json:"relation"`
+	URL      string `json:"url"`
+}
+
+// BundleEntry is Bundle.entry.
+type BundleEntry struct {
+	FullURL  string          `json:"fullUrl,omitempty"`
+	Resource json.RawMessage `json:"resource,omitempty"`
+	Search   *EntrySearch    `json:"search,omitempty"`
+	Request  *EntryRequest   `json:"request,omitempty"`
+	Response *EntryResponse  `json:"response,omitempty"`
+}
+
+// EntrySearch is Bundle.entry.search.
+type EntrySearch struct {
+	Mode string `json:"mode"`
+}
+
+// EntryRequest is Bundle.entry.request.
+type EntryRequest struct {
+	Method      string `json:"method"`
+	URL         string `json:"url"`
+	IfMatch     string `json:"ifMatch,omitempty"`
+	IfNoneExist string `json:"ifNoneExist,omitempty"`
+}
+
+// EntryResponse is Bundle.entry.response.
+type EntryResponse struct {
+	Status       string          `json:"status"`
+	Location     string          `json:"location,omitempty"`
+	Etag         string          `json:"etag,omitempty"`
+	LastModified string          `json:"lastModified,omitempty"`
+	Outcome      json.RawMessage `json:"outcome,omitempty"`
+}
+
+func newBundle(typ string) *Bundle {
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	return &Bundle{ResourceType: "Bundle", ID: NewID(), Meta: &BundleMeta{LastUpdated: now}, Type: typ, Timestamp: now}
+}
+
+func (s *Server) fullURL(v *store.Version) string {
+	return s.cfg.BaseURL + "/" + v.Type + "/" + v.ID
+}
+
+// snapshot is a search's result set, kept so that later pages are exactly
+// the continuation of the first whatever is written meanwhile.
+type snapshot struct {
+	typ     string
+	ids     []string
+	query   *search.Query
+	self    string
+	expires time.Time
+}
+
+type pageCache struct {
+	mu  sync.Mutex
+	ttl time.Duration
+	max int
+	m   map[string]*snapshot
+}
+
+func newPageCache(ttl time.Duration, max int) *pageCache {
+	return &pageCache{ttl: ttl, max: max, m: map[string]*snapshot{}}
+}
+
+func (c *pageCache) put(sn *snapshot) string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	key := hex.EncodeToString(b)
+	now := time.Now()
+	sn.expires = now.Add(c.ttl)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= c.max {
+		// Drop the expired ones, then the soonest to expire.
+		var oldest string
+		for k, v := range c.m {
+			if v.expires.Before(now) {
+				delete(c.m, k)
+			} else if oldest == "" || v.expires.Before(c.m[oldest].expires) {
+				oldest = k
+			}
+		}
+		if len(c.m) >= c.max && oldest != "" {
+			delete(c.m, oldest)
+		}
+	}
+	c.m[key] = sn
+	return key
+}
+
+func (c *pageCache) get(key string) *snapshot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sn := c.m[key]
+	if sn != nil && time.Now().After(sn.expires) {
+		delete(c.m, key)
+		return nil
+	}
+	return sn
+}
+
+// searchBundle runs a search and renders its first page.
+func (s *Server) searchBundle(tx *store.Tx, typ string, params url.Values, lenient bool, _ string) ([]byte, error) {
+	q, err := s.reg.Parse(typ, params, search.Options{
+		Base: s.cfg.BaseURL, Lenient: lenient, DefaultCount: s.cfg.DefaultCount, MaxCount: s.cfg.MaxCount,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ids, err := tx.Search(q)
+	if err != nil {
+		return nil, err
+	}
+	sn := &snapshot{typ: typ, ids: ids, query: q, self: s.cfg.BaseURL + "/" + typ}
+	if enc := q.Kept.Encode(); enc != "" {
+		sn.self += "?" + enc
+	}
+	var key string
+	if q.Count > 0 && len(ids) > q.Count && q.Summary != "count" {
+		key = s.pages.put(sn)
+	}
+	return s.renderPage(tx, sn, key, 0)
+}
+
+// searchPage renders a later page of a kept result set: cursor is
+// "<key>.<offset>".
+func (s *Server) searchPage(tx *store.Tx, typ, cursor string) ([]byte, error) {
+	key, off, ok := strings.Cut(cursor, ".")
+	offset, err := strconv.Atoi(off)
+	if !ok || err != nil || offset < 0 {
+		return nil, errs.E("fhir.page", errs.Invalid, fmt.Sprintf("%q is not a page cursor of this server", cursor))
+	}
+	sn := s.pages.get(key)
+	if sn == nil || sn.typ != typ {
+		return nil, errs.E("fhir.page", errs.Gone, "this search result has expired; run the search again")
+	}
+	return s.renderPage(tx, sn, key, offset)
+}
+
+func (s *Server) pageURL(sn *snapshot, key string, offset int) string {
+	return fmt.Sprintf("%s/%s?_cursor=%s.%d", s.cfg.BaseURL, sn.typ, key, offset)
+}
+
+func (s *Server) renderPage(tx *store.Tx, sn *snapshot, key string, offset int) ([]byte, error) {
+	q := sn.query
+	b := newBundle("searchset")
+	if q.Total != "none" {
+		total := len(sn.ids)
+		b.Total = &total
+	}
+	self := sn.self
+	if offset > 0 {
+		self = s.pageURL(sn, key, offset)
+	}
+	b.Link = append(b.Link, BundleLink{Relation: "self", URL: self})
+	if q.Summary == "count" || q.Count == 0 {
+		return json.Marshal(b)
+	}
+	if offset > len(sn.ids) {
+		offset = len(sn.ids)
+	}
+	end := min(offset+q.Count, len(sn.ids))
+	if key != "" {
+		b.Link = append(b.Link, BundleLink{Relation: "first", URL: s.pageURL(sn, key, 0)})
+		if end < len(sn.ids) {
+			b.Link = append(b.Link, BundleLink{Relation: "next", URL: s.pageURL(sn, key, end)})
+		}
+		if offset > 0 {
+			b.Link = append(b.Link, BundleLink{Relation: "previous", URL: s.pageURL(sn, key, max(0, offset-q.Count))})
+		}
+		last := ((len(sn.ids) - 1) / q.Count) * q.Count
+		b.Link = append(b.Link, BundleLink{Relation: "last", URL: s.pageURL(sn, key, last)})
+	}
+	ids := sn.ids[offset:end]
+	matches, err := tx.ReadCurrent(sn.typ, ids)
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range matches {
+		body, err := shape(v.JSON, q)
+		if err != nil {
+			return nil, err
+		}
+		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: body, Search: &EntrySearch{Mode: "match"}})
+	}
+	var extra []*store.Version
+	if len(q.Include) > 0 {
+		inc, err := tx.Included(sn.typ, ids, q.Include)
+		if err != nil {
+			return nil, err
+		}
+		extra = append(extra, inc...)
+	}
+	if len(q.RevInclude) > 0 {
+		rev, err := tx.RevIncluded(sn.typ, ids, q.RevInclude)
+		if err != nil {
+			return nil, err
+		}
+		extra = append(extra, rev...)
+	}
+	for _, v := range extra {
+		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: v.JSON, Search: &EntrySearch{Mode: "include"}})
+	}
+	if len(q.Ignored) > 0 {
+		oo, _ := json.Marshal(&OperationOutcome{ResourceType: "OperationOutcome", Issue: []OOIssue{{
+			Severity: "warning", Code: "not-supported",
+			Diagnostics: "these parameters are not known and were ignored: " + strings.Join(q.Ignored, ", "),
+		}}})
+		b.Entry = append(b.Entry, BundleEntry{Resource: oo, Search: &EntrySearch{Mode: "outcome"}})
+	}
+	return json.Marshal(b)
+}
+
+// subsetted is the meta.tag FHIR requires on a resource cut down by
+// _elements or _summary.
+var subsetted = json.RawMessage(`{"system":"http://terminology.hl7.org/CodeSystem/v3-ObservationValue","code":"SUBSETTED","display":"Resource encoded in summary mode"}`)
+
+// shape applies _elements and _summary to a stored resource.
+func shape(body []byte, q *search.Query) (json.RawMessage, error) {
+	if len(q.Elements) == 0 && q.Summary != "text" && q.Summary != "data" {
+		return body, nil
+	}
+	keep := func(k string) bool {
+		switch k {
+		case "resourceType", "id", "meta":
+			return true
+		}
+		switch q.Summary {
+		case "text":
+			return k == "text"
+		case "data":
+			return k != "text"
+		}
+		return slices.Contains(q.Elements, k)
+	}
+	ms, err := fhirjson.Members(body)
+	if err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	out.WriteByte('{')
+	first := true
+	for _, m := range ms {
+		if !keep(m.Key) {
+			continue
+		}
+		val := m.Raw
+		if m.Key == "meta" {
+			val, err = addTag(m.Raw)
+			if err != nil {
+				return nil, err
+			}
+		}
+		if !first {
+			out.WriteByte(',')
+		}
+		first = false
+		k, _ := json.Marshal(m.Key)
+		out.Write(k)
+		out.WriteByte(':')
+		out.Write(val)
+	}
+	out.WriteByte('}')
+	return out.Bytes(), nil
+}
+
+func addTag(meta json.RawMessage) (json.RawMessage, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(meta, &m); err != nil {
+		return nil, err
+	}
+	var tags []json.RawMessage
+	if t, ok := m["tag"]; ok {
+		if err := json.Unmarshal(t, &tags); err != nil {
+			return nil, err
+		}
+	}
+	tags = append(tags, subsetted)
+	enc, _ := json.Marshal(tags)
+	m["tag"] = enc
+	return json.Marshal(m)
+}
+
+func (s *Server) historyBundle(r *http.Request, page *store.HistoryPage, hq store.HistoryQuery) *Bundle {
+	b := newBundle("history")
+	if page.Total >= 0 {
+		b.Total = &page.Total
+	}
+	path := s.cfg.BaseURL
+	if hq.Type != "" {
+		path += "/" + hq.Type
+	}
+	if hq.ID != "" {
+		path += "/" + hq.ID
+	}
+	path += "/_history"
+	b.Link = append(b.Link, BundleLink{Relation: "self", URL: path + queryOf(r)})
+	if page.Next != 0 {
+		q := url.Values{"_cursor": {strconv.FormatUint(page.Next, 10)}, "_count": {strconv.Itoa(hq.Count)}}
+		if !hq.Since.IsZero() {
+			q.Set("_since", hq.Since.Format(time.RFC3339Nano))
+		}
+		b.Link = append(b.Link, BundleLink{Relation: "next", URL: path + "?" + q.Encode()})
+	}
+	for _, v := range page.Versions {
+		e := BundleEntry{
+			FullURL: s.fullURL(v),
+			Request: &EntryRequest{Method: http.MethodPut, URL: v.Type + "/" + v.ID},
+			Response: &EntryResponse{
+				Status: "200 OK", Etag: fmt.Sprintf(`W/"%d"`, v.VersionID),
+				LastModified: v.LastUpdated.Format(time.RFC3339Nano),
+			},
+		}
+		switch {
+		case v.Deleted:
+			e.Request.Method = http.MethodDelete
+			e.Response.Status = "204 No Content"
+		case v.VersionID == 1:
+			e.Request.Method = http.MethodPost
+			e.Request.URL = v.Type
+			e.Response.Status = "201 Created"
+		}
+		if !v.Deleted {
+			e.Resource = v.JSON
+		}
+		b.Entry = append(b.Entry, e)
+	}
+	return b
+}
+
+func queryOf(r *http.Request) string {
+	if r.URL.RawQuery == "" {
+		return ""
+	}
+	return "?" + r.URL.RawQuery
+}

@@ -1,0 +1,303 @@
+package fhir
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/errs"
+)
+
+// prefer reads the Prefer header's return and handling preferences.
+func prefer(r *http.Request) (ret string, lenient bool) {
+	for _, h := range r.Header.Values("Prefer") {
+		for _, part := range strings.Split(h, ";") {
+			k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+			v = strings.Trim(v, `"`)
+			switch strings.ToLower(k) {
+			case "return":
+				ret = v
+			case "handling":
+				lenient = v == "lenient"
+			}
+		}
+	}
+	return ret, lenient
+}
+
+// do runs one interaction in a write (or read) transaction and answers.
+func (s *Server) do(w http.ResponseWriter, r *http.Request, rq *request) {
+	var res *response
+	fn := func(tx *store.Tx) error {
+		var err error
+		res, err = s.apply(tx, rq)
+		return err
+	}
+	var err error
+	if rq.Method == http.MethodGet {
+		err = s.store.View(r.Context(), fn)
+	} else {
+		err = s.store.Write(detachedContext(r.Context()), fn)
+	}
+	if err != nil {
+		if res != nil && res.Version != nil && errs.Is(err, errs.Gone) {
+			setVersionHeaders(w, res.Version)
+		}
+		WriteError(w, r, err)
+		return
+	}
+	s.respond(w, r, res)
+}
+
+func setVersionHeaders(w http.ResponseWriter, v *store.Version) {
+	w.Header().Set("ETag", fmt.Sprintf(`W/"%d"`, v.VersionID))
+	w.Header().Set("Last-Modified", v.LastUpdated.UTC().Format(http.TimeFormat))
+}
+
+func (s *Server) location(v *store.Version) string {
+	return fmt.Sprintf("%s/%s/%s/_history/%d", s.cfg.BaseURL, v.Type, v.ID, v.VersionID)
+}
+
+// respond writes an interaction's outcome honouring Prefer: return.
+func (s *Server) respond(w http.ResponseWriter, r *http.Request, res *response) {
+	ret, _ := prefer(r)
+	if res.Body != nil {
+		writeBody(w, res.Status, res.Body)
+		return
+	}
+	if v := res.Version; v != nil {
+		setVersionHeaders(w, v)
+		if r.Method == http.MethodPost || r.Method == http.MethodPut {
+			w.Header().Set("Location", s.location(v))
+		}
+	}
+	switch {
+	case res.Version == nil || res.Version.Deleted:
+		oo := res.Outcome
+		if oo == nil {
+			oo = Info("done")
+		}
+		if ret == "minimal" {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		writeJSON(w, res.Status, oo)
+	case r.Method == http.MethodGet || ret == "" || ret == "representation":
+		writeBody(w, res.Status, res.Version.JSON)
+	case ret == "OperationOutcome":
+		verb := "updated"
+		if res.Status == http.StatusCreated {
+			verb = "created"
+		}
+		writeJSON(w, res.Status, Info(fmt.Sprintf("%s %s/%s version %d", verb, res.Version.Type, res.Version.ID, res.Version.VersionID)))
+	default: // minimal
+		w.WriteHeader(res.Status)
+	}
+}
+
+func (s *Server) read(w http.ResponseWriter, r *http.Request) {
+	typ, id := chi.URLParam(r, "type"), chi.URLParam(r, "id")
+	if err := checkID(id); err != nil {
+		WriteError(w, r, errs.E("fhir.read", errs.NotFound, err))
+		return
+	}
+	s.do(w, r, &request{Method: http.MethodGet, Type: typ, ID: id})
+}
+
+func (s *Server) vread(w http.ResponseWriter, r *http.Request) {
+	typ, id := chi.URLParam(r, "type"), chi.URLParam(r, "id")
+	if err := checkID(id); err != nil {
+		WriteError(w, r, errs.E("fhir.vread", errs.NotFound, err))
+		return
+	}
+	s.do(w, r, &request{Method: http.MethodGet, Type: typ, ID: id, VID: chi.URLParam(r, "vid")})
+}
+
+// body reads and parses the resource of a create or update.
+func (s *Server) body(w http.ResponseWriter, r *http.Request, typ string) (*store.Doc, bool) {
+	if err := checkContentType(r); err != nil {
+		WriteError(w, r, err)
+		return nil, false
+	}
+	raw, err := readBody(w, r, s.cfg.MaxBody)
+	if err != nil {
+		WriteError(w, r, err)
+		return nil, false
+	}
+	doc, err := s.parseResource(raw, typ)
+	if err != nil {
+		WriteError(w, r, err)
+		return nil, false
+	}
+	return doc, true
+}
+
+func (s *Server) create(w http.ResponseWriter, r *http.Request) {
+	typ := chi.URLParam(r, "type")
+	doc, ok := s.body(w, r, typ)
+	if !ok {
+		return
+	}
+	doc.ID = NewID() // the server assigns ids on create; a client id is ignored
+	s.store.Prepare(doc)
+	s.do(w, r, &request{Method: http.MethodPost, Type: typ, Doc: doc, IfNoneExist: r.Header.Get("If-None-Exist")})
+}
+
+func (s *Server) update(w http.ResponseWriter, r *http.Request) {
+	typ, id := chi.URLParam(r, "type"), chi.URLParam(r, "id")
+	if err := checkID(id); err != nil {
+		WriteError(w, r, err)
+		return
+	}
+	doc, ok := s.body(w, r, typ)
+	if !ok {
+		return
+	}
+	if doc.ID == id {
+		s.store.Prepare(doc)
+	}
+	s.do(w, r, &request{Method: http.MethodPut, Type: typ, ID: id, Doc: doc, IfMatch: r.Header.Get("If-Match")})
+}
+
+func (s *Server) conditionalUpdate(w http.ResponseWriter, r *http.Request) {
+	typ := chi.URLParam(r, "type")
+	doc, ok := s.body(w, r, typ)
+	if !ok {
+		return
+	}
+	s.do(w, r, &request{Method: http.MethodPut, Type: typ, Doc: doc, Query: searchParams(r.URL.Query()), Conditional: true, IfMatch: r.Header.Get("If-Match")})
+}
+
+func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
+	typ, id := chi.URLParam(r, "type"), chi.URLParam(r, "id")
+	if err := checkID(id); err != nil {
+		WriteError(w, r, errs.E("fhir.delete", errs.NotFound, err))
+		return
+	}
+	s.do(w, r, &request{Method: http.MethodDelete, Type: typ, ID: id, IfMatch: r.Header.Get("If-Match")})
+}
+
+func (s *Server) conditionalDelete(w http.ResponseWriter, r *http.Request) {
+	typ := chi.URLParam(r, "type")
+	s.do(w, r, &request{Method: http.MethodDelete, Type: typ, Query: searchParams(r.URL.Query()), Conditional: true})
+}
+
+// searchParams drops the format parameters that are not search criteria.
+func searchParams(q url.Values) url.Values {
+	out := url.Values{}
+	for k, v := range q {
+		if k == "_format" || k == "_pretty" {
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}
+
+func (s *Server) search(w http.ResponseWriter, r *http.Request) {
+	s.runSearch(w, r, chi.URLParam(r, "type"), r.URL.Query())
+}
+
+func (s *Server) searchPost(w http.ResponseWriter, r *http.Request) {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
+		WriteError(w, r, errs.E("fhir.search", errs.UnsupportedMedia, "_search takes application/x-www-form-urlencoded parameters"))
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)
+	if err := r.ParseForm(); err != nil {
+		WriteError(w, r, errs.E("fhir.search", errs.Invalid, "the search form could not be read", err))
+		return
+	}
+	// URL and body parameters together, as FHIR allows.
+	s.runSearch(w, r, chi.URLParam(r, "type"), r.Form)
+}
+
+func (s *Server) runSearch(w http.ResponseWriter, r *http.Request, typ string, params url.Values) {
+	_, lenient := prefer(r)
+	var body []byte
+	err := s.store.View(r.Context(), func(tx *store.Tx) error {
+		var err error
+		if c := params.Get("_cursor"); c != "" {
+			body, err = s.searchPage(tx, typ, c)
+			return err
+		}
+		body, err = s.searchBundle(tx, typ, searchParams(params), lenient, "")
+		return err
+	})
+	if err != nil {
+		WriteError(w, r, err)
+		return
+	}
+	writeBody(w, http.StatusOK, body)
+}
+
+func (s *Server) history(w http.ResponseWriter, r *http.Request, typ, id string) {
+	q := r.URL.Query()
+	hq := store.HistoryQuery{Type: typ, ID: id, Count: s.cfg.DefaultCount}
+	if c := q.Get("_count"); c != "" {
+		n, err := parsePositive("_count", c)
+		if err != nil {
+			WriteError(w, r, err)
+			return
+		}
+		hq.Count = min(n, s.cfg.MaxCount)
+	}
+	if v := q.Get("_since"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			WriteError(w, r, errs.E("fhir.history", errs.Invalid, fmt.Sprintf("_since %q is not an instant like 2024-01-02T15:04:05Z", v)))
+			return
+		}
+		hq.Since = t
+	}
+	if v := q.Get("_cursor"); v != "" {
+		n, err := parsePositive("_cursor", v)
+		if err != nil {
+			WriteError(w, r, err)
+			return
+		}
+		hq.Before = uint64(n)
+	}
+	var page *store.HistoryPage
+	err := s.store.View(r.Context(), func(tx *store.Tx) error {
+		if id != "" {
+			if _, err := tx.Read(typ, id); errs.Is(err, errs.NotFound) {
+				return err
+			}
+		}
+		var err error
+		page, err = tx.History(hq)
+		return err
+	})
+	if err != nil {
+		WriteError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.historyBundle(r, page, hq))
+}
+
+func (s *Server) systemHistory(w http.ResponseWriter, r *http.Request) { s.history(w, r, "", "") }
+func (s *Server) typeHistory(w http.ResponseWriter, r *http.Request) {
+	s.history(w, r, chi.URLParam(r, "type"), "")
+}
+func (s *Server) instanceHistory(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	if err := checkID(id); err != nil {
+		WriteError(w, r, errs.E("fhir.history", errs.NotFound, err))
+		return
+	}
+	s.history(w, r, chi.URLParam(r, "type"), id)
+}
+
+func parsePositive(name, v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, errs.E("fhir.param", errs.Invalid, fmt.Sprintf("%s must be a whole number of at least 1", name))
+	}
+	return n, nil
+}

@@ -1,0 +1,290 @@
+package search
+
+import (
+	"encoding/json"
+	"strings"
+
+	"github.com/p2pserver/p2pserver/fhir/fhirpath"
+)
+
+// Entry is one index entry of a resource: under parameter Param, the key
+// (a value encoding that sorts as the value does) and an optional payload
+// (a date's upper bound, a quantity's unit).
+type Entry struct {
+	Param   string
+	Key     string
+	Payload []byte
+}
+
+// Extract computes every index entry of res, a decoded resource of type typ
+// (numbers as json.Number). Duplicate entries are removed.
+func (r *Registry) Extract(typ string, res map[string]any) []Entry {
+	var out []Entry
+	seen := map[string]bool{}
+	for code, p := range r.byType[typ] {
+		for _, n := range p.expr.Eval(r.model, res) {
+			for _, e := range entriesFor(p, n) {
+				e.Param = code
+				k := code + "\x00" + e.Key
+				if seen[k] {
+					continue
+				}
+				seen[k] = true
+				out = append(out, e)
+			}
+		}
+	}
+	return out
+}
+
+func str(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case json.Number:
+		return x.String()
+	case bool:
+		if x {
+			return "true"
+		}
+		return "false"
+	}
+	return ""
+}
+
+func obj(v any) map[string]any {
+	m, _ := v.(map[string]any)
+	return m
+}
+
+func list(v any) []any {
+	switch x := v.(type) {
+	case []any:
+		return x
+	case nil:
+		return nil
+	default:
+		return []any{x}
+	}
+}
+
+func entriesFor(p *Param, n fhirpath.Node) []Entry {
+	switch p.Type {
+	case "token":
+		return tokenEntries(n)
+	case "string":
+		return stringEntries(n)
+	case "reference":
+		return referenceEntries(n)
+	case "date":
+		return dateEntries(n)
+	case "number", "quantity":
+		return numberEntries(n)
+	case "uri":
+		if s := str(n.Value); s != "" {
+			return []Entry{{Key: pfxURI + clip(stripNUL(s))}}
+		}
+	}
+	return nil
+}
+
+func codeEntries(system, code string) []Entry {
+	code, system = clip(stripNUL(code)), stripNUL(system)
+	if code == "" {
+		return nil
+	}
+	return []Entry{
+		{Key: pfxCode + code},
+		{Key: pfxSysCode + clip(system+"|"+code)},
+	}
+}
+
+func textEntry(s string) []Entry {
+	if s = Normalize(s); s == "" {
+		return nil
+	}
+	return []Entry{{Key: pfxText + clip(s)}}
+}
+
+func tokenEntries(n fhirpath.Node) []Entry {
+	m := obj(n.Value)
+	switch n.Type {
+	case "Coding":
+		return append(codeEntries(str(m["system"]), str(m["code"])), textEntry(str(m["display"]))...)
+	case "CodeableConcept":
+		var out []Entry
+		for _, c := range list(m["coding"]) {
+			cm := obj(c)
+			out = append(out, codeEntries(str(cm["system"]), str(cm["code"]))...)
+			out = append(out, textEntry(str(cm["display"]))...)
+		}
+		return append(out, textEntry(str(m["text"]))...)
+	case "Identifier":
+		out := codeEntries(str(m["system"]), str(m["value"]))
+		if t := obj(m["type"]); t != nil {
+			out = append(out, textEntry(str(t["text"]))...)
+		}
+		return out
+	case "ContactPoint":
+		return codeEntries(str(m["system"]), str(m["value"]))
+	case "Quantity", "Age", "Duration", "Distance", "Count", "SimpleQuantity", "Money":
+		return codeEntries(str(m["system"]), str(m["code"]))
+	case "Reference":
+		if id := obj(m["identifier"]); id != nil {
+			return codeEntries(str(id["system"]), str(id["value"]))
+		}
+		return nil
+	}
+	if m != nil {
+		return nil
+	}
+	// Primitives: code, string, id, uri, boolean.
+	return codeEntries("", str(n.Value))
+}
+
+func stringEntries(n fhirpath.Node) []Entry {
+	var parts []string
+	m := obj(n.Value)
+	switch {
+	case m == nil:
+		parts = []string{str(n.Value)}
+	case n.Type == "HumanName":
+		parts = append(parts, str(m["family"]), str(m["text"]))
+		for _, k := range []string{"given", "prefix", "suffix"} {
+			for _, v := range list(m[k]) {
+				parts = append(parts, str(v))
+			}
+		}
+	case n.Type == "Address":
+		for _, v := range list(m["line"]) {
+			parts = append(parts, str(v))
+		}
+		for _, k := range []string{"city", "district", "state", "postalCode", "country", "text"} {
+			parts = append(parts, str(m[k]))
+		}
+	default:
+		// Other complex types searched as strings: take their text-like fields.
+		for _, k := range []string{"text", "display", "value", "name"} {
+			parts = append(parts, str(m[k]))
+		}
+	}
+	var out []Entry
+	for _, s := range parts {
+		if s == "" {
+			continue
+		}
+		if nk := Normalize(s); nk != "" {
+			out = append(out, Entry{Key: pfxNorm + clip(nk)})
+		}
+		out = append(out, Entry{Key: pfxExact + clip(stripNUL(s))})
+	}
+	return out
+}
+
+// NormalizeReference turns a reference string into its indexed form:
+// "Patient/1/_history/2" becomes "Patient/1"; an absolute URL under base
+// becomes relative.
+func NormalizeReference(ref, base string) string {
+	if base != "" && strings.HasPrefix(ref, base+"/") {
+		ref = ref[len(base)+1:]
+	}
+	if i := strings.Index(ref, "/_history/"); i > 0 {
+		ref = ref[:i]
+	}
+	return ref
+}
+
+func referenceEntries(n fhirpath.Node) []Entry {
+	var ref string
+	if m := obj(n.Value); m != nil {
+		ref = str(m["reference"])
+	} else {
+		ref = str(n.Value) // canonical or uri used as a reference
+	}
+	if ref == "" || strings.HasPrefix(ref, "#") {
+		return nil
+	}
+	return []Entry{{Key: pfxRef + clip(stripNUL(NormalizeReference(ref, "")))}}
+}
+
+func dateEntry(lo, hi int64) Entry {
+	return Entry{Key: pfxDate + hexInt(lo), Payload: int64Bytes(hi)}
+}
+
+func dateEntries(n fhirpath.Node) []Entry {
+	m := obj(n.Value)
+	switch {
+	case m == nil:
+		lo, hi, err := DateRange(str(n.Value))
+		if err != nil {
+			return nil
+		}
+		return []Entry{dateEntry(lo, hi)}
+	case n.Type == "Period":
+		lo, hi := int64(minDate), int64(maxDate)
+		if s := str(m["start"]); s != "" {
+			l, _, err := DateRange(s)
+			if err != nil {
+				return nil
+			}
+			lo = l
+		}
+		if s := str(m["end"]); s != "" {
+			_, h, err := DateRange(s)
+			if err != nil {
+				return nil
+			}
+			hi = h
+		}
+		if lo == minDate && hi == maxDate {
+			return nil
+		}
+		return []Entry{dateEntry(lo, hi)}
+	case n.Type == "Timing":
+		var out []Entry
+		for _, ev := range list(m["event"]) {
+			if lo, hi, err := DateRange(str(ev)); err == nil {
+				out = append(out, dateEntry(lo, hi))
+			}
+		}
+		if rep := obj(m["repeat"]); rep != nil {
+			if b := obj(rep["boundsPeriod"]); b != nil {
+				out = append(out, dateEntries(fhirpath.Node{Value: b, Type: "Period"})...)
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+func numberEntries(n fhirpath.Node) []Entry {
+	m := obj(n.Value)
+	if m == nil {
+		v, _, _, err := numberRange(str(n.Value))
+		if err != nil {
+			return nil
+		}
+		return []Entry{{Key: pfxNum + hexFloat(v)}}
+	}
+	switch n.Type {
+	case "Range":
+		var out []Entry
+		for _, k := range []string{"low", "high"} {
+			if q := obj(m[k]); q != nil {
+				out = append(out, numberEntries(fhirpath.Node{Value: q, Type: "Quantity"})...)
+			}
+		}
+		return out
+	case "SampledData":
+		return nil
+	}
+	v, _, _, err := numberRange(str(m["value"]))
+	if err != nil {
+		return nil
+	}
+	unit := str(m["system"]) + "|" + str(m["code"]) + "|" + str(m["unit"])
+	if n.Type == "Money" {
+		unit = "urn:iso:std:iso:4217|" + str(m["currency"]) + "|" + str(m["currency"])
+	}
+	return []Entry{{Key: pfxNum + hexFloat(v), Payload: []byte(unit)}}
+}

@@ -1,0 +1,585 @@
+package search
+
+import (
+	"fmt"
+	"math"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/p2pserver/p2pserver/internal/errs"
+)
+
+// Query is a parsed type-level search.
+type Query struct {
+	Type       string
+	Clauses    []Clause // all must hold
+	Sort       []SortKey
+	Count      int    // page size
+	Total      string // none, estimate or accurate
+	Summary    string // "", count, data, text, false
+	Elements   []string
+	Include    []Include
+	RevInclude []Include
+	// Ignored lists parameters dropped under lenient handling, so the
+	// response's self link can leave them out.
+	Ignored []string
+	// Kept is the query string of the parameters that were applied.
+	Kept url.Values
+}
+
+// Clause is one search parameter occurrence: any of its values may match.
+type Clause struct {
+	Param    *Param
+	Modifier string
+	Not      bool  // token :not: resources without any of the values
+	Missing  *bool // :missing=true|false
+	Values   []Value
+}
+
+// Value is one alternative of a clause.
+type Value struct {
+	Raw    string
+	Ranges []Range
+	// Chain, when set, is a search on a referenced type: the value matches
+	// references to the resources it finds.
+	Chain *Chain
+}
+
+// Chain is a chained parameter such as subject:Patient.name=peter.
+type Chain struct {
+	Types  []string // candidate target types
+	Clause func(typ string) (*Clause, error)
+}
+
+// Range is a slice of one parameter's index, from Start (inclusive) to End
+// (exclusive), over entry keys (before the id). Match, when set, filters the
+// entries the range yields by key and payload.
+type Range struct {
+	Start, End string
+	Match      func(key string, payload []byte) bool
+}
+
+// SortKey is one _sort key.
+type SortKey struct {
+	Param *Param
+	Desc  bool
+}
+
+// Include is an _include or _revinclude: resources of Type referenced by
+// (or referencing through) parameter Param, optionally only of TargetType.
+type Include struct {
+	Type       string
+	Param      string // "*" for every reference parameter
+	TargetType string
+}
+
+// Options tune parsing.
+type Options struct {
+	Base         string // the server's FHIR base URL, to relativize references
+	Lenient      bool   // ignore unknown parameters instead of failing
+	DefaultCount int
+	MaxCount     int
+}
+
+// Control parameters that are not search parameters and that the HTTP layer
+// handles itself.
+var passthrough = map[string]bool{"_format": true, "_pretty": true, "_page": true, "_cursor": true}
+
+func invalid(format string, args ...any) error {
+	return errs.E("search.parse", errs.Invalid, fmt.Sprintf(format, args...))
+}
+
+// Parse turns request parameters into a Query for resource type typ.
+// Unknown or unsupported parameters and malformed values give an Invalid
+// error that names them (unless opts.Lenient, for unknown parameters).
+func (r *Registry) Parse(typ string, params url.Values, opts Options) (*Query, error) {
+	if opts.DefaultCount == 0 {
+		opts.DefaultCount = 20
+	}
+	if opts.MaxCount == 0 {
+		opts.MaxCount = 1000
+	}
+	q := &Query{Type: typ, Count: opts.DefaultCount, Total: "accurate", Kept: url.Values{}}
+	names := make([]string, 0, len(params))
+	for k := range params {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		vals := params[name]
+		if passthrough[name] {
+			continue
+		}
+		keep := true
+		var err error
+		switch name {
+		case "_count":
+			q.Count, err = intParam(name, vals, 0, opts.MaxCount)
+		case "_total":
+			q.Total = last(vals)
+			if q.Total != "none" && q.Total != "estimate" && q.Total != "accurate" {
+				err = invalid("_total must be none, estimate or accurate")
+			}
+		case "_summary":
+			q.Summary = last(vals)
+			switch q.Summary {
+			case "count", "data", "text", "false":
+			case "true":
+				err = errs.E("search.parse", errs.Invalid, "_summary=true is not supported; use _elements to choose elements")
+			default:
+				err = invalid("_summary must be count, data, text or false")
+			}
+		case "_elements":
+			for _, v := range vals {
+				for _, e := range strings.Split(v, ",") {
+					if e = strings.TrimSpace(e); e != "" {
+						q.Elements = append(q.Elements, e)
+					}
+				}
+			}
+		case "_sort":
+			err = r.parseSort(q, vals)
+		case "_include", "_include:iterate", "_revinclude", "_revinclude:iterate":
+			err = r.parseIncludes(q, strings.HasPrefix(name, "_revinclude"), vals)
+		default:
+			var clauses []Clause
+			clauses, err = r.parseParam(typ, name, vals, opts)
+			if err != nil && opts.Lenient && errs.Is(err, errs.NotFound) {
+				q.Ignored = append(q.Ignored, name)
+				keep, err = false, nil
+			}
+			q.Clauses = append(q.Clauses, clauses...)
+		}
+		if err != nil {
+			if errs.Is(err, errs.NotFound) {
+				err = errs.E("search.parse", errs.Invalid, err)
+			}
+			return nil, err
+		}
+		if keep {
+			q.Kept[name] = vals
+		}
+	}
+	return q, nil
+}
+
+func last(vals []string) string { return vals[len(vals)-1] }
+
+func intParam(name string, vals []string, lo, hi int) (int, error) {
+	n, err := strconv.Atoi(last(vals))
+	if err != nil || n < lo {
+		return 0, invalid("%s must be a whole number of at least %d", name, lo)
+	}
+	return min(n, hi), nil
+}
+
+func (r *Registry) parseSort(q *Query, vals []string) error {
+	for _, v := range vals {
+		for _, k := range strings.Split(v, ",") {
+			k = strings.TrimSpace(k)
+			desc := strings.HasPrefix(k, "-")
+			k = strings.TrimPrefix(k, "-")
+			if k == "" {
+				continue
+			}
+			p, ok := r.Lookup(q.Type, k)
+			if !ok {
+				return invalid("cannot sort %s by %q: no such search parameter", q.Type, k)
+			}
+			q.Sort = append(q.Sort, SortKey{Param: p, Desc: desc})
+		}
+	}
+	return nil
+}
+
+func (r *Registry) parseIncludes(q *Query, rev bool, vals []string) error {
+	for _, v := range vals {
+		parts := strings.Split(v, ":")
+		inc := Include{Type: parts[0]}
+		if v == "*" {
+			inc = Include{Type: q.Type, Param: "*"}
+		} else if len(parts) < 2 || len(parts) > 3 {
+			return invalid("%q is not Type:parameter[:targetType]", v)
+		} else {
+			inc.Param = parts[1]
+			if len(parts) == 3 {
+				inc.TargetType = parts[2]
+				if !r.model.IsResource(inc.TargetType) {
+					return invalid("unknown resource type %q in %q", inc.TargetType, v)
+				}
+			}
+		}
+		if !r.model.IsResource(inc.Type) {
+			return invalid("unknown resource type %q in %q", inc.Type, v)
+		}
+		if !rev && inc.Type != q.Type {
+			return invalid("_include=%s must name the searched type %s", v, q.Type)
+		}
+		if inc.Param != "*" {
+			p, ok := r.Lookup(inc.Type, inc.Param)
+			if !ok || p.Type != "reference" {
+				return invalid("%s has no reference search parameter %q", inc.Type, inc.Param)
+			}
+		}
+		if rev {
+			q.RevInclude = append(q.RevInclude, inc)
+		} else {
+			q.Include = append(q.Include, inc)
+		}
+	}
+	return nil
+}
+
+// parseParam parses one parameter name (with modifier or chain) and its
+// repeated values: each repetition is a clause (AND), each comma-separated
+// value within one an alternative (OR).
+func (r *Registry) parseParam(typ, name string, vals []string, opts Options) ([]Clause, error) {
+	head, chainRest, chained := strings.Cut(name, ".")
+	code, modifier, _ := strings.Cut(head, ":")
+	p, ok := r.Lookup(typ, code)
+	if !ok {
+		return nil, errs.E("search.parse", errs.NotFound, fmt.Sprintf("unknown search parameter %q for %s", code, typ))
+	}
+	var out []Clause
+	for _, raw := range vals {
+		c := Clause{Param: p, Modifier: modifier}
+		var err error
+		switch {
+		case chained:
+			err = r.parseChain(&c, p, modifier, chainRest, raw, opts)
+		case modifier == "missing":
+			b, perr := strconv.ParseBool(raw)
+			if perr != nil {
+				return nil, invalid("%s:missing must be true or false", code)
+			}
+			c.Missing = &b
+		default:
+			for _, v := range splitValues(raw) {
+				val, verr := r.parseValue(p, modifier, v, opts)
+				if verr != nil {
+					return nil, verr
+				}
+				c.Values = append(c.Values, val)
+			}
+			c.Not = modifier == "not"
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func (r *Registry) parseChain(c *Clause, p *Param, modifier, rest, raw string, opts Options) error {
+	if p.Type != "reference" {
+		return invalid("%s is not a reference parameter and cannot be chained", p.Code)
+	}
+	if strings.Contains(rest, ".") {
+		return invalid("chains deeper than one level are not supported (%s.%s)", p.Code, rest)
+	}
+	types := r.TargetTypes(p)
+	if modifier != "" {
+		if !slices.Contains(types, modifier) {
+			return invalid("%s cannot refer to %s", p.Code, modifier)
+		}
+		types = []string{modifier}
+	}
+	// Keep the types that have the chained parameter.
+	subCode, _, _ := strings.Cut(rest, ":")
+	var usable []string
+	for _, t := range types {
+		if _, ok := r.Lookup(t, subCode); ok {
+			usable = append(usable, t)
+		}
+	}
+	if len(usable) == 0 {
+		return invalid("no type %s refers to has a search parameter %q", p.Code, subCode)
+	}
+	ch := &Chain{Types: usable, Clause: func(t string) (*Clause, error) {
+		cs, err := r.parseParam(t, rest, []string{raw}, opts)
+		if err != nil {
+			return nil, err
+		}
+		return &cs[0], nil
+	}}
+	// Parse once now so that a bad chained value fails the request up front.
+	for _, t := range usable {
+		if _, err := ch.Clause(t); err != nil {
+			return err
+		}
+	}
+	c.Values = []Value{{Raw: raw, Chain: ch}}
+	return nil
+}
+
+// splitValues splits on commas not escaped with a backslash, and unescapes.
+func splitValues(s string) []string {
+	var out []string
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch {
+		case s[i] == '\\' && i+1 < len(s):
+			i++
+			b.WriteByte(s[i])
+		case s[i] == ',':
+			out = append(out, b.String())
+			b.Reset()
+		default:
+			b.WriteByte(s[i])
+		}
+	}
+	return append(out, b.String())
+}
+
+// splitPipes splits a token or quantity value on unescaped '|'.
+func splitPipes(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' {
+			i++
+			continue
+		}
+		if s[i] == '|' {
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, s[start:])
+}
+
+func exact(k string) Range  { return Range{Start: k + "\x00", End: k + "\x01"} }
+func prefix(k string) Range { return Range{Start: k, End: k + "\xff"} }
+
+var modifiersByType = map[string][]string{
+	"token":     {"", "not", "text"},
+	"string":    {"", "exact", "contains"},
+	"reference": {""},
+	"date":      {""},
+	"number":    {""},
+	"quantity":  {""},
+	"uri":       {"", "below", "above"},
+}
+
+// SupportedModifiers returns the modifiers supported for parameter type t
+// (besides missing, which every type supports).
+func SupportedModifiers(t string) []string { return modifiersByType[t] }
+
+func (r *Registry) parseValue(p *Param, modifier, v string, opts Options) (Value, error) {
+	val := Value{Raw: v}
+	if p.Type == "reference" && r.model.IsResource(modifier) {
+		// subject:Patient=123
+		val.Ranges = []Range{exact(pfxRef + modifier + "/" + v)}
+		return val, nil
+	}
+	if !slices.Contains(modifiersByType[p.Type], modifier) {
+		return val, invalid("modifier :%s is not supported on %s parameter %s", modifier, p.Type, p.Code)
+	}
+	if v == "" {
+		return val, invalid("empty value for %s", p.Code)
+	}
+	switch p.Type {
+	case "token":
+		if modifier == "text" {
+			val.Ranges = []Range{prefix(pfxText + Normalize(v))}
+			break
+		}
+		parts := splitPipes(v)
+		unesc := func(s string) string { return strings.NewReplacer(`\|`, "|", `\$`, "$", `\\`, `\`).Replace(s) }
+		switch len(parts) {
+		case 1:
+			val.Ranges = []Range{exact(pfxCode + unesc(parts[0]))}
+		case 2:
+			sys, code := unesc(parts[0]), unesc(parts[1])
+			if code == "" {
+				val.Ranges = []Range{prefix(pfxSysCode + sys + "|")}
+			} else {
+				val.Ranges = []Range{exact(pfxSysCode + sys + "|" + code)}
+			}
+		default:
+			return val, invalid("%q is not a token (system|code)", v)
+		}
+	case "string":
+		switch modifier {
+		case "exact":
+			val.Ranges = []Range{exact(pfxExact + v)}
+		case "contains":
+			n := Normalize(v)
+			val.Ranges = []Range{{Start: pfxNorm, End: pfxNorm + "\xff", Match: func(k string, _ []byte) bool {
+				return strings.Contains(k[len(pfxNorm):], n)
+			}}}
+		default:
+			val.Ranges = []Range{prefix(pfxNorm + Normalize(v))}
+		}
+	case "reference":
+		ref := NormalizeReference(v, opts.Base)
+		if strings.Contains(ref, "/") {
+			val.Ranges = []Range{exact(pfxRef + ref)}
+			break
+		}
+		for _, t := range r.TargetTypes(p) {
+			val.Ranges = append(val.Ranges, exact(pfxRef+t+"/"+ref))
+		}
+	case "uri":
+		switch modifier {
+		case "below":
+			val.Ranges = []Range{prefix(pfxURI + v)}
+		case "above":
+			val.Ranges = []Range{{Start: pfxURI, End: pfxURI + "\xff", Match: func(k string, _ []byte) bool {
+				return strings.HasPrefix(v, k[len(pfxURI):])
+			}}}
+		default:
+			val.Ranges = []Range{exact(pfxURI + v)}
+		}
+	case "date":
+		rg, err := dateValueRange(p.Code, v)
+		if err != nil {
+			return val, err
+		}
+		val.Ranges = []Range{rg}
+	case "number", "quantity":
+		rg, err := numberValueRange(p, v)
+		if err != nil {
+			return val, err
+		}
+		val.Ranges = []Range{rg}
+	}
+	return val, nil
+}
+
+var prefixes = []string{"eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"}
+
+func cutPrefix(v string) (string, string) {
+	if len(v) > 2 && slices.Contains(prefixes, v[:2]) {
+		return v[:2], v[2:]
+	}
+	return "eq", v
+}
+
+func dateValueRange(code, v string) (Range, error) {
+	pre, s := cutPrefix(v)
+	plo, phi, err := DateRange(s)
+	if err != nil {
+		return Range{}, invalid("%s: %v", code, err)
+	}
+	all := Range{Start: pfxDate, End: pfxDate + "\xff"}
+	span := phi - plo
+	match := func(f func(lo, hi int64) bool) func(string, []byte) bool {
+		return func(k string, payload []byte) bool {
+			lo, ok := parseHexInt(k[len(pfxDate):])
+			return ok && f(lo, bytesInt64(payload))
+		}
+	}
+	within := func(lo, hi int64) bool { return lo >= plo && hi <= phi }
+	switch pre {
+	case "eq":
+		return Range{Start: pfxDate + hexInt(plo), End: pfxDate + hexInt(phi+1), Match: match(within)}, nil
+	case "ne":
+		all.Match = match(func(lo, hi int64) bool { return !within(lo, hi) })
+	case "gt":
+		all.Match = match(func(_, hi int64) bool { return hi > phi })
+	case "lt":
+		return Range{Start: pfxDate, End: pfxDate + hexInt(plo), Match: match(func(lo, _ int64) bool { return lo < plo })}, nil
+	case "ge":
+		all.Match = match(func(lo, hi int64) bool { return hi > phi || within(lo, hi) })
+	case "le":
+		return Range{Start: pfxDate, End: pfxDate + hexInt(phi+1), Match: match(func(lo, hi int64) bool { return lo < plo || within(lo, hi) })}, nil
+	case "sa":
+		return Range{Start: pfxDate + hexInt(phi+1), End: pfxDate + "\xff"}, nil
+	case "eb":
+		all.Match = match(func(_, hi int64) bool { return hi < plo })
+	case "ap":
+		// Approximately: within 10% of the distance from now, at least a day.
+		pad := max(span/10, 24*3600*1000)
+		all.Match = match(func(lo, hi int64) bool { return hi >= plo-pad && lo <= phi+pad })
+	}
+	return all, nil
+}
+
+func numberValueRange(p *Param, v string) (Range, error) {
+	pre, s := cutPrefix(v)
+	var unitSys, unitCode string
+	if p.Type == "quantity" {
+		parts := splitPipes(s)
+		s = parts[0]
+		switch len(parts) {
+		case 1:
+		case 3:
+			unitSys, unitCode = parts[1], parts[2]
+		default:
+			return Range{}, invalid("%q is not a quantity (number|system|code)", v)
+		}
+	}
+	num, lo, hi, err := numberRange(s)
+	if err != nil {
+		return Range{}, invalid("%s: %v", p.Code, err)
+	}
+	unitOK := func(payload []byte) bool {
+		if unitCode == "" {
+			return true
+		}
+		parts := strings.SplitN(string(payload), "|", 3)
+		if len(parts) != 3 {
+			return false
+		}
+		if unitSys == "" {
+			return parts[1] == unitCode || parts[2] == unitCode
+		}
+		return parts[0] == unitSys && parts[1] == unitCode
+	}
+	var test func(x float64) bool
+	switch pre {
+	case "eq":
+		test = func(x float64) bool { return x >= lo && x < hi }
+	case "ne":
+		test = func(x float64) bool { return x < lo || x >= hi }
+	case "gt", "sa":
+		test = func(x float64) bool { return x > num }
+	case "lt", "eb":
+		test = func(x float64) bool { return x < num }
+	case "ge":
+		test = func(x float64) bool { return x >= num }
+	case "le":
+		test = func(x float64) bool { return x <= num }
+	case "ap":
+		d := math.Abs(num) * 0.1
+		test = func(x float64) bool { return x >= num-d && x <= num+d }
+	}
+	return Range{Start: pfxNum, End: pfxNum + "\xff", Match: func(k string, payload []byte) bool {
+		x, ok := parseHexFloat(k[len(pfxNum):])
+		return ok && test(x) && unitOK(payload)
+	}}, nil
+}
+
+// SortValue picks, from the index keys a resource has for a parameter, the
+// key to sort by (the smallest ascending, the largest descending), and
+// reports whether there was one. Keys must be the parameter's entry keys.
+func SortValue(p *Param, keys []string, desc bool) (string, bool) {
+	want := map[string]string{
+		"string": pfxNorm, "token": pfxCode, "date": pfxDate, "number": pfxNum,
+		"quantity": pfxNum, "reference": pfxRef, "uri": pfxURI,
+	}[p.Type]
+	var best string
+	found := false
+	for _, k := range keys {
+		if !strings.HasPrefix(k, want) {
+			continue
+		}
+		if !found || (desc && k > best) || (!desc && k < best) {
+			best, found = k, true
+		}
+	}
+	return best, found
+}
+
+// ReferenceKey returns the index key under which a reference parameter
+// stores a reference to typ/id, for _revinclude and compartments.
+func ReferenceKey(typ, id string) string { return pfxRef + typ + "/" + id }
+
+// ReferenceFromKey returns the reference held by a reference index key.
+func ReferenceFromKey(k string) (string, bool) {
+	return strings.CutPrefix(k, pfxRef)
+}

@@ -1,0 +1,126 @@
+// Package search is the FHIR search layer that does not depend on storage:
+// the registry of search parameters (loaded from the R4 definitions), the
+// extraction of index entries from a resource, and the parsing of a search
+// request into clauses whose index key ranges a store can scan.
+package search
+
+import (
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/p2pserver/p2pserver/fhir/fhirpath"
+	"github.com/p2pserver/p2pserver/fhir/spec"
+)
+
+// Param is one search parameter as it applies to one resource type.
+type Param struct {
+	Code       string
+	Type       string // number, date, string, token, reference, quantity, uri
+	URL        string
+	Expression string
+	Targets    []string // reference targets
+	expr       *fhirpath.Expr
+}
+
+// Supported parameter types: composite and special parameters are not
+// indexed and so not offered.
+var supportedTypes = map[string]bool{
+	"number": true, "date": true, "string": true, "token": true,
+	"reference": true, "quantity": true, "uri": true,
+}
+
+// Registry holds the search parameters of every resource type.
+type Registry struct {
+	model  *spec.Model
+	byType map[string]map[string]*Param
+}
+
+// NewRegistry builds the registry from the R4 SearchParameter definitions
+// and the US Core ones. A parameter whose expression this server cannot
+// evaluate is left out (and so not advertised), never half-supported.
+func NewRegistry(m *spec.Model) *Registry {
+	r := &Registry{model: m, byType: map[string]map[string]*Param{}}
+	add := func(sp spec.SearchParam) {
+		if !supportedTypes[sp.Type] || sp.Expression == "" {
+			return
+		}
+		for _, base := range sp.Base {
+			types := []string{base}
+			if base == "Resource" || base == "DomainResource" {
+				types = m.ResourceTypes()
+			}
+			for _, typ := range types {
+				expr := sp.Expression
+				if base == "Resource" || base == "DomainResource" {
+					expr = strings.ReplaceAll(expr, base+".", typ+".")
+				}
+				if r.byType[typ] != nil && r.byType[typ][sp.Code] != nil {
+					continue // the core definition wins over a profile's
+				}
+				compiled, err := fhirpath.Compile(expr)
+				if err != nil {
+					continue
+				}
+				if r.byType[typ] == nil {
+					r.byType[typ] = map[string]*Param{}
+				}
+				targets := sp.Target
+				if sp.Type == "reference" && len(targets) == 0 {
+					targets = nil
+				}
+				r.byType[typ][sp.Code] = &Param{
+					Code: sp.Code, Type: sp.Type, URL: sp.URL, Expression: expr,
+					Targets: targets, expr: compiled,
+				}
+			}
+		}
+	}
+	for _, sp := range spec.SearchParams() {
+		add(sp)
+	}
+	for _, sp := range spec.USCoreSearchParams() {
+		add(sp)
+	}
+	return r
+}
+
+// Model returns the type model the registry was built with.
+func (r *Registry) Model() *spec.Model { return r.model }
+
+// Lookup returns the parameter code of type typ.
+func (r *Registry) Lookup(typ, code string) (*Param, bool) {
+	p, ok := r.byType[typ][code]
+	return p, ok
+}
+
+// Params returns the parameters of typ sorted by code.
+func (r *Registry) Params(typ string) []*Param {
+	out := make([]*Param, 0, len(r.byType[typ]))
+	for _, p := range r.byType[typ] {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Code < out[j].Code })
+	return out
+}
+
+// TargetTypes returns the resource types a reference parameter may point
+// to; for a parameter without declared targets, every resource type.
+func (r *Registry) TargetTypes(p *Param) []string {
+	if len(p.Targets) > 0 {
+		return p.Targets
+	}
+	return r.model.ResourceTypes()
+}
+
+// ReferenceParams returns the reference parameters of typ that may point to
+// target (used for _revinclude with a wildcard and compartments).
+func (r *Registry) ReferenceParams(typ, target string) []*Param {
+	var out []*Param
+	for _, p := range r.Params(typ) {
+		if p.Type == "reference" && (len(p.Targets) == 0 || slices.Contains(p.Targets, target)) {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,230 @@
+package search
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
+)
+
+// Key prefixes inside one parameter's index. Each index entry key is one of
+// these prefixes, a value encoding, then (added by the store) 0x00 and the id.
+const (
+	pfxCode     = "c\x01" // token: code alone
+	pfxSysCode  = "s\x01" // token: system|code
+	pfxText     = "t\x01" // token: display/text, normalized
+	pfxNorm     = "n\x01" // string: normalized
+	pfxExact    = "e\x01" // string: as written
+	pfxRef      = "r\x01" // reference
+	pfxDate     = "d\x01" // date: hex low bound; payload: high bound
+	pfxNum      = "q\x01" // number/quantity: hex sortable float; payload: system|code|unit
+	pfxURI      = "u\x01" // uri
+	maxKeyBytes = 480
+)
+
+// Normalize folds a string for FHIR string search: lower case, accents
+// removed, runs of white space collapsed.
+func Normalize(s string) string {
+	ascii := true
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	space := false
+	write := func(r rune) {
+		if unicode.IsSpace(r) {
+			if !space && b.Len() > 0 {
+				b.WriteByte(' ')
+			}
+			space = true
+			return
+		}
+		if r == 0 {
+			return
+		}
+		space = false
+		b.WriteRune(unicode.ToLower(r))
+	}
+	if ascii {
+		for i := 0; i < len(s); i++ {
+			write(rune(s[i]))
+		}
+	} else {
+		for _, r := range norm.NFD.String(s) {
+			if unicode.Is(unicode.Mn, r) {
+				continue
+			}
+			write(r)
+		}
+	}
+	return strings.TrimRight(b.String(), " ")
+}
+
+func clip(s string) string {
+	if len(s) <= maxKeyBytes {
+		return s
+	}
+	// Cut on a rune boundary so keys stay valid UTF-8.
+	cut := maxKeyBytes
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
+}
+
+func stripNUL(s string) string {
+	if strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(s, "\x00", "")
+}
+
+// hexInt encodes v so that byte order equals numeric order.
+func hexInt(v int64) string {
+	return fmt.Sprintf("%016x", uint64(v)^(1<<63))
+}
+
+// parseHexInt decodes hexInt.
+func parseHexInt(s string) (int64, bool) {
+	u, err := strconv.ParseUint(s, 16, 64)
+	if err != nil {
+		return 0, false
+	}
+	return int64(u ^ (1 << 63)), true
+}
+
+// hexFloat encodes f so that byte order equals numeric order.
+func hexFloat(f float64) string {
+	bits := math.Float64bits(f)
+	if f >= 0 {
+		bits ^= 1 << 63
+	} else {
+		bits = ^bits
+	}
+	return fmt.Sprintf("%016x", bits)
+}
+
+func parseHexFloat(s string) (float64, bool) {
+	u, err := strconv.ParseUint(s, 16, 64)
+	if err != nil {
+		return 0, false
+	}
+	if u&(1<<63) != 0 {
+		u ^= 1 << 63
+	} else {
+		u = ^u
+	}
+	return math.Float64frombits(u), true
+}
+
+func int64Bytes(v int64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, uint64(v))
+	return b
+}
+
+func bytesInt64(b []byte) int64 {
+	if len(b) < 8 {
+		return math.MaxInt64
+	}
+	return int64(binary.BigEndian.Uint64(b))
+}
+
+// Date bounds are in milliseconds since the Unix epoch, both inclusive.
+const (
+	minDate = math.MinInt64 / 2
+	maxDate = math.MaxInt64 / 2
+)
+
+// DateRange parses a FHIR date, dateTime or instant (any precision, with or
+// without a zone; no zone means UTC) into the inclusive range of
+// milliseconds it denotes.
+func DateRange(s string) (lo, hi int64, err error) {
+	s = strings.TrimSpace(s)
+	layouts := []struct {
+		layout string
+		step   func(time.Time) time.Time
+	}{
+		{"2006", func(t time.Time) time.Time { return t.AddDate(1, 0, 0) }},
+		{"2006-01", func(t time.Time) time.Time { return t.AddDate(0, 1, 0) }},
+		{"2006-01-02", func(t time.Time) time.Time { return t.AddDate(0, 0, 1) }},
+	}
+	for _, l := range layouts {
+		if len(s) != len(l.layout) {
+			continue
+		}
+		t, perr := time.Parse(l.layout, s)
+		if perr != nil {
+			return 0, 0, fmt.Errorf("%q is not a valid date", s)
+		}
+		return t.UnixMilli(), l.step(t).UnixMilli() - 1, nil
+	}
+	if len(s) < 16 || s[10] != 'T' {
+		return 0, 0, fmt.Errorf("%q is not a valid date or dateTime", s)
+	}
+	// Split the zone off so that precision is read from the clock part.
+	clock, zone := s[11:], ""
+	if i := strings.IndexAny(clock, "Z+-"); i >= 0 {
+		clock, zone = clock[:i], clock[i:]
+	}
+	if zone == "" {
+		zone = "Z"
+	}
+	var layout string
+	var step time.Duration
+	switch {
+	case len(clock) == 5:
+		layout, step = "15:04", time.Minute
+	case len(clock) == 8:
+		layout, step = "15:04:05", time.Second
+	case len(clock) > 9 && clock[8] == '.':
+		frac := len(clock) - 9
+		layout = "15:04:05." + strings.Repeat("0", frac)
+		step = time.Second
+		for range frac {
+			step /= 10
+		}
+		if step < time.Millisecond {
+			step = time.Millisecond
+		}
+	default:
+		return 0, 0, fmt.Errorf("%q is not a valid dateTime", s)
+	}
+	zl := "Z07:00"
+	t, perr := time.Parse("2006-01-02T"+layout+zl, s[:11]+clock+zone)
+	if perr != nil {
+		return 0, 0, fmt.Errorf("%q is not a valid dateTime", s)
+	}
+	return t.UnixMilli(), t.Add(step).UnixMilli() - 1, nil
+}
+
+// numberRange returns the value and the implicit-precision range of a
+// decimal as written: "100" is [99.5, 100.5), "1.50" is [1.495, 1.505).
+func numberRange(s string) (v, lo, hi float64, err error) {
+	v, err = strconv.ParseFloat(s, 64)
+	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, 0, 0, fmt.Errorf("%q is not a number", s)
+	}
+	mant := strings.ToLower(s)
+	exp := 0
+	if i := strings.IndexByte(mant, 'e'); i >= 0 {
+		exp, _ = strconv.Atoi(mant[i+1:])
+		mant = mant[:i]
+	}
+	decimals := 0
+	if i := strings.IndexByte(mant, '.'); i >= 0 {
+		decimals = len(mant) - i - 1
+	}
+	half := 0.5 * math.Pow(10, float64(exp-decimals))
+	return v, v - half, v + half, nil
+}

@@ -1,0 +1,293 @@
+// Package fhir is the FHIR R4 REST layer of p2pserver: it maps the FHIR
+// interactions (read, vread, create, update, delete, history, search,
+// transaction/batch, operations) to store calls one to one, negotiates the
+// format, and turns every error into an OperationOutcome.
+package fhir
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/spec"
+	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/errs"
+)
+
+// Config sets up a Server.
+type Config struct {
+	// BaseURL is the absolute URL of the FHIR base, e.g.
+	// http://127.0.0.1:8080/fhir, used in fullUrl, Location and links.
+	BaseURL string
+	// MaxBody is the largest request body accepted, in bytes.
+	MaxBody int64
+	// DefaultCount and MaxCount bound search page sizes.
+	DefaultCount, MaxCount int
+	// PageTTL is how long a search's result set stays pageable.
+	PageTTL time.Duration
+	Logger  *slog.Logger
+	// Software names this server in the CapabilityStatement.
+	Software, Version string
+}
+
+// Server serves the FHIR REST API over a store.
+type Server struct {
+	cfg   Config
+	store *store.Store
+	reg   *search.Registry
+	model *spec.Model
+	log   *slog.Logger
+	pages *pageCache
+
+	mu         sync.RWMutex
+	operations []*Operation
+	validators map[string][]Validator
+	middleware []func(http.Handler) http.Handler
+	security   *CapSecurity
+	capJSON    []byte
+	started    time.Time
+}
+
+// Validator checks (and may amend) a resource of one type before it is
+// written: doc is the incoming resource, prev the current version (nil on
+// create). It runs inside the write transaction, so it sees a consistent
+// state; an error refuses the write.
+type Validator func(tx *store.Tx, doc *store.Doc, prev *store.Version) error
+
+// Operation is an extended operation ($name) that a domain package adds.
+type Operation struct {
+	Name string // without the $
+	// Types the operation applies to at type or instance level; empty with
+	// System for a system-level operation.
+	Types    []string
+	System   bool
+	Type     bool
+	Instance bool
+	// Methods allowed (GET, POST); empty means POST only.
+	Methods []string
+	// Definition is the canonical URL of its OperationDefinition, for the
+	// CapabilityStatement.
+	Definition string
+	// Handler serves the operation. URL params "type" and "id" are set by
+	// the router for type and instance levels.
+	Handler http.HandlerFunc
+}
+
+// New builds a Server.
+func New(st *store.Store, cfg Config) *Server {
+	if cfg.MaxBody == 0 {
+		cfg.MaxBody = 8 << 20
+	}
+	if cfg.DefaultCount == 0 {
+		cfg.DefaultCount = 20
+	}
+	if cfg.MaxCount == 0 {
+		cfg.MaxCount = 1000
+	}
+	if cfg.PageTTL == 0 {
+		cfg.PageTTL = 30 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Software == "" {
+		cfg.Software = "p2pserver"
+	}
+	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
+	return &Server{
+		cfg: cfg, store: st, reg: st.Registry(), model: st.Registry().Model(), log: cfg.Logger,
+		pages:      newPageCache(cfg.PageTTL, 2000),
+		validators: map[string][]Validator{},
+		started:    time.Now().UTC(),
+	}
+}
+
+// Store returns the store the server writes to.
+func (s *Server) Store() *store.Store { return s.store }
+
+// BaseURL returns the FHIR base URL.
+func (s *Server) BaseURL() string { return s.cfg.BaseURL }
+
+// AddOperation registers an extended operation.
+func (s *Server) AddOperation(op *Operation) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.operations = append(s.operations, op)
+	s.capJSON = nil
+}
+
+// AddValidator registers v for writes of resources of type typ.
+func (s *Server) AddValidator(typ string, v Validator) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.validators[typ] = append(s.validators[typ], v)
+}
+
+// Use adds middleware around every FHIR route (for example access control).
+// Call it before Handler.
+func (s *Server) Use(mw func(http.Handler) http.Handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.middleware = append(s.middleware, mw)
+}
+
+func (s *Server) validatorsFor(typ string) []Validator {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.validators[typ]
+}
+
+// Handler returns the http.Handler for the FHIR base; mount it at the path
+// of BaseURL (e.g. r.Mount("/fhir", s.Handler())).
+func (s *Server) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Use(recoverer, negotiate)
+	s.mu.RLock()
+	for _, mw := range s.middleware {
+		r.Use(mw)
+	}
+	s.mu.RUnlock()
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, r, errs.E("fhir.route", errs.NotFound, fmt.Sprintf("no FHIR endpoint at %s", r.URL.Path)))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, r, errs.E("fhir.route", errs.MethodNotAllowed, fmt.Sprintf("%s is not supported on %s", r.Method, r.URL.Path)))
+	})
+	r.Get("/metadata", s.capabilities)
+	r.Post("/", s.bundle)
+	r.Get("/_history", s.systemHistory)
+	r.HandleFunc("/{op:\\$[^/]+}", s.systemOperation)
+	r.Route("/{type}", func(r chi.Router) {
+		r.Use(s.knownType)
+		r.Get("/", s.search)
+		r.Post("/", s.create)
+		r.Put("/", s.conditionalUpdate)
+		r.Delete("/", s.conditionalDelete)
+		r.Post("/_search", s.searchPost)
+		r.Get("/_history", s.typeHistory)
+		r.HandleFunc("/{op:\\$[^/]+}", s.typeOperation)
+		r.Get("/{id}", s.read)
+		r.Put("/{id}", s.update)
+		r.Delete("/{id}", s.delete)
+		r.Get("/{id}/_history", s.instanceHistory)
+		r.Get("/{id}/_history/{vid}", s.vread)
+		r.HandleFunc("/{id}/{op:\\$[^/]+}", s.instanceOperation)
+	})
+	return r
+}
+
+// knownType answers 404 for a path segment that is not a resource type.
+func (s *Server) knownType(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		typ := chi.URLParam(r, "type")
+		if !s.model.IsResource(typ) {
+			WriteError(w, r, errs.E("fhir.route", errs.NotFound, fmt.Sprintf("%q is not a resource type this server knows", typ)))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// recoverer turns a panic into a 500 OperationOutcome and a log line with
+// the stack, so no input can take the server down or leak a stack.
+func recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				slog.ErrorContext(r.Context(), "panic serving FHIR request", "path", r.URL.Path, "panic", v, "stack", string(debug.Stack()))
+				WriteError(w, r, errs.E("fhir.panic", errs.Internal))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// negotiate refuses clients that do not accept JSON.
+func negotiate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !acceptable(r) {
+			WriteError(w, r, errs.E("fhir.negotiate", errs.NotAcceptable,
+				"this server answers in FHIR JSON only (application/fhir+json); XML and other formats are not supported"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) findOperation(name string, level string, typ string) *Operation {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, op := range s.operations {
+		if op.Name != name {
+			continue
+		}
+		switch level {
+		case "system":
+			if op.System {
+				return op
+			}
+		case "type", "instance":
+			if (level == "type" && !op.Type) || (level == "instance" && !op.Instance) {
+				continue
+			}
+			for _, t := range op.Types {
+				if t == typ || t == "Resource" {
+					return op
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Server) runOperation(w http.ResponseWriter, r *http.Request, level string) {
+	name := strings.TrimPrefix(chi.URLParam(r, "op"), "$")
+	typ := chi.URLParam(r, "type")
+	op := s.findOperation(name, level, typ)
+	if op == nil {
+		WriteError(w, r, errs.E("fhir.operation", errs.NotFound, fmt.Sprintf("operation $%s is not supported at %s level%s", name, level, forType(typ))))
+		return
+	}
+	methods := op.Methods
+	if len(methods) == 0 {
+		methods = []string{http.MethodPost}
+	}
+	for _, m := range methods {
+		if m == r.Method {
+			op.Handler(w, r)
+			return
+		}
+	}
+	WriteError(w, r, errs.E("fhir.operation", errs.MethodNotAllowed, fmt.Sprintf("$%s does not accept %s", name, r.Method)))
+}
+
+func forType(typ string) string {
+	if typ == "" {
+		return ""
+	}
+	return " for " + typ
+}
+
+func (s *Server) systemOperation(w http.ResponseWriter, r *http.Request) {
+	s.runOperation(w, r, "system")
+}
+func (s *Server) typeOperation(w http.ResponseWriter, r *http.Request) {
+	s.runOperation(w, r, "type")
+}
+func (s *Server) instanceOperation(w http.ResponseWriter, r *http.Request) {
+	s.runOperation(w, r, "instance")
+}
+
+// detachedContext is used for writes: once a write is queued it finishes
+// even if the client goes away, so the client's view can be reconstructed.
+func detachedContext(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }

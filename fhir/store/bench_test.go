@@ -1,0 +1,100 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+
+	"github.com/p2pserver/p2pserver/fhir/store"
+)
+
+func obs(i int) string {
+	return fmt.Sprintf(`{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"urn:b","code":"c%d"}]},"subject":{"reference":"Patient/p%d"},"effectiveDateTime":"2024-%02d-%02dT10:00:00Z","valueQuantity":{"value":%d,"unit":"mg","system":"http://unitsofmeasure.org","code":"mg"}}`,
+		i%1000, i%100, 1+i%12, 1+i%28, i%300)
+}
+
+// BenchmarkPut is one write transaction per resource, one writer.
+func BenchmarkPut(b *testing.B) {
+	st := openStore(b)
+	b.ResetTimer()
+	for i := range b.N {
+		put(b, st, doc(b, "Observation", fmt.Sprintf("o%d", i), obs(i)))
+	}
+}
+
+// BenchmarkPutParallel is concurrent writers sharing commits.
+func BenchmarkPutParallel(b *testing.B) {
+	st := openStore(b)
+	b.SetParallelism(8)
+	var n int64
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := int(atomicAdd(&n))
+			d := doc(b, "Observation", fmt.Sprintf("o%d", i), obs(i))
+			st.Prepare(d)
+			if err := st.Write(context.Background(), func(tx *store.Tx) error {
+				_, err := tx.Put(d, store.PutOptions{})
+				return err
+			}); err != nil {
+				b.Error(err)
+			}
+		}
+	})
+}
+
+func loaded(b *testing.B, n int) *store.Store {
+	st := openStore(b)
+	const chunk = 500
+	for i := 0; i < n; i += chunk {
+		if err := st.Write(context.Background(), func(tx *store.Tx) error {
+			for j := i; j < min(i+chunk, n); j++ {
+				if _, err := tx.Put(doc(b, "Observation", fmt.Sprintf("o%d", j), obs(j)), store.PutOptions{}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return st
+}
+
+func BenchmarkRead(b *testing.B) {
+	st := loaded(b, 10000)
+	b.ResetTimer()
+	for i := range b.N {
+		if err := st.View(context.Background(), func(tx *store.Tx) error {
+			_, err := tx.Read("Observation", fmt.Sprintf("o%d", i%10000))
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkSearchToken finds ~10 of 10,000 Observations by code.
+func BenchmarkSearchToken(b *testing.B) {
+	st := loaded(b, 10000)
+	b.ResetTimer()
+	for i := range b.N {
+		if got := find(b, st, "Observation", fmt.Sprintf("code=urn:b|c%d", i%1000)); len(got) != 10 {
+			b.Fatalf("%d hits", len(got))
+		}
+	}
+}
+
+// BenchmarkSearchDateRange finds the Observations of one month.
+func BenchmarkSearchDateRange(b *testing.B) {
+	st := loaded(b, 10000)
+	b.ResetTimer()
+	for i := range b.N {
+		if got := find(b, st, "Observation", fmt.Sprintf("date=2024-%02d", 1+i%12)); len(got) == 0 {
+			b.Fatal("no hits")
+		}
+	}
+}
+
+func atomicAdd(p *int64) int64 { return atomic.AddInt64(p, 1) }

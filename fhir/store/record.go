@@ -1,0 +1,143 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"github.com/p2pserver/p2pserver/fhir/fhirjson"
+	"time"
+)
+
+// Version is one stored version of a resource.
+type Version struct {
+	Type        string
+	ID          string
+	VersionID   int64
+	LastUpdated time.Time
+	Deleted     bool
+	// JSON is the resource with id and meta as stored; empty when Deleted.
+	JSON []byte
+}
+
+const flagDeleted = 1
+
+// A record is how a version sits in a bucket: flags, version, lastUpdated
+// (microseconds since the epoch), then the JSON.
+func encodeRecord(v *Version) []byte {
+	b := make([]byte, 17+len(v.JSON))
+	if v.Deleted {
+		b[0] = flagDeleted
+	}
+	binary.BigEndian.PutUint64(b[1:], uint64(v.VersionID))
+	binary.BigEndian.PutUint64(b[9:], uint64(v.LastUpdated.UnixMicro()))
+	copy(b[17:], v.JSON)
+	return b
+}
+
+// decodeRecord copies what it needs: bbolt memory is valid only in its tx.
+func decodeRecord(typ, id string, b []byte, withJSON bool) (*Version, error) {
+	if len(b) < 17 {
+		return nil, fmt.Errorf("store: corrupt record %s/%s", typ, id)
+	}
+	v := &Version{
+		Type:        typ,
+		ID:          id,
+		Deleted:     b[0]&flagDeleted != 0,
+		VersionID:   int64(binary.BigEndian.Uint64(b[1:])),
+		LastUpdated: time.UnixMicro(int64(binary.BigEndian.Uint64(b[9:]))).UTC(),
+	}
+	if withJSON && len(b) > 17 {
+		v.JSON = bytes.Clone(b[17:])
+	}
+	return v, nil
+}
+
+func recordDeleted(b []byte) bool { return len(b) > 0 && b[0]&flagDeleted != 0 }
+
+func historyKey(id string, version int64) []byte {
+	k := make([]byte, len(id)+9)
+	copy(k, id)
+	binary.BigEndian.PutUint64(k[len(id)+1:], uint64(version))
+	return k
+}
+
+// changeValue is what the change log holds per write: type, id, version.
+func changeValue(typ, id string, version int64) []byte {
+	b := make([]byte, 0, len(typ)+len(id)+10)
+	b = append(b, typ...)
+	b = append(b, 0)
+	b = append(b, id...)
+	b = append(b, 0)
+	return binary.BigEndian.AppendUint64(b, uint64(version))
+}
+
+func parseChange(b []byte) (typ, id string, version int64, ok bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return
+	}
+	j := bytes.IndexByte(b[i+1:], 0)
+	if j < 0 || len(b) != i+1+j+1+8 {
+		return
+	}
+	return string(b[:i]), string(b[i+1 : i+1+j]), int64(binary.BigEndian.Uint64(b[i+j+2:])), true
+}
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+
+// stamp returns the resource JSON with resourceType, id and meta first,
+// meta.versionId and meta.lastUpdated set (other meta elements kept), and
+// every other member as it was, in its order, compacted.
+func stamp(data []byte, typ, id string, version int64, lastUpdated time.Time) ([]byte, error) {
+	ms, err := fhirjson.Members(data)
+	if err != nil {
+		return nil, err
+	}
+	var meta []fhirjson.Member
+	for _, m := range ms {
+		if m.Key == "meta" {
+			if meta, err = fhirjson.Members(m.Raw); err != nil {
+				return nil, fmt.Errorf("meta: %w", err)
+			}
+		}
+	}
+	var b bytes.Buffer
+	b.Grow(len(data) + 96)
+	b.WriteString(`{"resourceType":`)
+	writeString(&b, typ)
+	b.WriteString(`,"id":`)
+	writeString(&b, id)
+	fmt.Fprintf(&b, `,"meta":{"versionId":"%d","lastUpdated":"%s"`, version, lastUpdated.UTC().Format("2006-01-02T15:04:05.000000Z07:00"))
+	for _, m := range meta {
+		if m.Key == "versionId" || m.Key == "lastUpdated" {
+			continue
+		}
+		b.WriteByte(',')
+		writeString(&b, m.Key)
+		b.WriteByte(':')
+		if err := json.Compact(&b, m.Raw); err != nil {
+			return nil, err
+		}
+	}
+	b.WriteByte('}')
+	for _, m := range ms {
+		switch m.Key {
+		case "resourceType", "id", "meta":
+			continue
+		}
+		b.WriteByte(',')
+		writeString(&b, m.Key)
+		b.WriteByte(':')
+		if err := json.Compact(&b, m.Raw); err != nil {
+			return nil, err
+		}
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+func writeString(b *bytes.Buffer, s string) {
+	enc, _ := json.Marshal(s)
+	b.Write(enc)
+}

@@ -1,0 +1,356 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/internal/errs"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Tx is a store transaction, read-only from View, read-write from Write.
+type Tx struct {
+	s        *Store
+	btx      *bolt.Tx
+	ctx      context.Context
+	writable bool
+	after    []func()
+}
+
+// Context returns the context of the request the transaction serves.
+func (tx *Tx) Context() context.Context { return tx.ctx }
+
+// AfterCommit schedules f to run once the transaction has committed (never
+// if it does not). f must not block for long.
+func (tx *Tx) AfterCommit(f func()) { tx.after = append(tx.after, f) }
+
+func bucketName(kind, typ string) []byte { return []byte(kind + ":" + typ) }
+
+func (tx *Tx) bucket(name []byte) (*bolt.Bucket, error) {
+	if b := tx.btx.Bucket(name); b != nil || !tx.writable {
+		return b, nil
+	}
+	b, err := tx.btx.CreateBucket(name)
+	if err != nil {
+		return nil, fmt.Errorf("store: create bucket %s: %w", name, err)
+	}
+	return b, nil
+}
+
+// Read returns the current version of typ/id: NotFound if it never
+// existed, Gone (with the deleted version) if its current version is a
+// delete.
+func (tx *Tx) Read(typ, id string) (*Version, error) {
+	v, err := tx.current(typ, id)
+	if err != nil {
+		return nil, err
+	}
+	if v == nil {
+		return nil, errs.E("store.read", errs.NotFound, fmt.Sprintf("%s/%s is not known", typ, id))
+	}
+	if v.Deleted {
+		return v, errs.E("store.read", errs.Gone, fmt.Sprintf("%s/%s was deleted", typ, id))
+	}
+	return v, nil
+}
+
+func (tx *Tx) current(typ, id string) (*Version, error) {
+	b := tx.btx.Bucket(bucketName("R", typ))
+	if b == nil {
+		return nil, nil
+	}
+	raw := b.Get([]byte(id))
+	if raw == nil {
+		return nil, nil
+	}
+	return decodeRecord(typ, id, raw, true)
+}
+
+// VRead returns version vid of typ/id.
+func (tx *Tx) VRead(typ, id string, vid int64) (*Version, error) {
+	b := tx.btx.Bucket(bucketName("H", typ))
+	var raw []byte
+	if b != nil {
+		raw = b.Get(historyKey(id, vid))
+	}
+	if raw == nil {
+		return nil, errs.E("store.vread", errs.NotFound, fmt.Sprintf("%s/%s has no version %d", typ, id, vid))
+	}
+	v, err := decodeRecord(typ, id, raw, true)
+	if err != nil {
+		return nil, err
+	}
+	if v.Deleted {
+		return v, errs.E("store.vread", errs.Gone, fmt.Sprintf("version %d of %s/%s is a deletion", vid, typ, id))
+	}
+	return v, nil
+}
+
+// Doc is a resource ready to be written: its decoded form (numbers as
+// json.Number), from which index entries are taken, and its JSON bytes.
+type Doc struct {
+	Type string
+	ID   string
+	Map  map[string]any
+	JSON []byte
+	// Entries, when set, are the index entries computed ahead of the
+	// transaction by Prepare; otherwise Put computes them.
+	Entries []search.Entry
+	// LastUpdated, when set by Prepare, is the time stamped on the version.
+	LastUpdated time.Time
+}
+
+// Prepare computes a Doc's index entries and time stamp outside of any
+// transaction, so that the work is done in the caller's goroutine rather
+// than in the single writer. The Map's id and meta.lastUpdated are set.
+func (s *Store) Prepare(d *Doc) {
+	d.LastUpdated = now()
+	d.Map["id"] = d.ID
+	meta, _ := d.Map["meta"].(map[string]any)
+	if meta == nil {
+		meta = map[string]any{}
+		d.Map["meta"] = meta
+	}
+	meta["lastUpdated"] = d.LastUpdated.Format(time.RFC3339Nano)
+	d.Entries = s.reg.Extract(d.Type, d.Map)
+}
+
+// PutOptions qualify a Put.
+type PutOptions struct {
+	// IfMatch, when non-zero, is the version the current one must be.
+	IfMatch int64
+	// CreateOnly fails with Conflict when the resource already exists.
+	CreateOnly bool
+}
+
+// Put writes a new version of d (creating the resource if it does not
+// exist or was deleted) with its index entries, history and change log
+// entry, and runs the hooks. It returns the version written.
+func (tx *Tx) Put(d *Doc, opts PutOptions) (*Version, error) {
+	if !tx.writable {
+		return nil, errs.E("store.put", errs.Internal, "write in a read-only transaction")
+	}
+	if d.Entries == nil || d.LastUpdated.IsZero() {
+		tx.s.Prepare(d)
+	}
+	prev, err := tx.current(d.Type, d.ID)
+	if err != nil {
+		return nil, err
+	}
+	var next int64 = 1
+	if prev != nil {
+		next = prev.VersionID + 1
+		if opts.CreateOnly && !prev.Deleted {
+			return nil, errs.E("store.put", errs.Conflict, fmt.Sprintf("%s/%s already exists", d.Type, d.ID))
+		}
+	}
+	if opts.IfMatch != 0 && (prev == nil || prev.VersionID != opts.IfMatch) {
+		have := "none"
+		if prev != nil {
+			have = fmt.Sprint(prev.VersionID)
+		}
+		return nil, errs.E("store.put", errs.Precondition,
+			fmt.Sprintf("%s/%s is at version %s, not %d", d.Type, d.ID, have, opts.IfMatch))
+	}
+	body, err := stamp(d.JSON, d.Type, d.ID, next, d.LastUpdated)
+	if err != nil {
+		return nil, errs.E("store.put", errs.Invalid, "the resource is not a JSON object", err)
+	}
+	v := &Version{Type: d.Type, ID: d.ID, VersionID: next, LastUpdated: d.LastUpdated, JSON: body}
+	if err := tx.writeVersion(v, d.Entries); err != nil {
+		return nil, err
+	}
+	op := OpCreate
+	if prev != nil && !prev.Deleted {
+		op = OpUpdate
+	}
+	if prev != nil && prev.Deleted {
+		prev = nil
+	}
+	return v, tx.runHooks(Event{Op: op, Version: v, Previous: prev})
+}
+
+// Delete marks typ/id deleted (a new version with no content) and removes
+// its index entries. Deleting what does not exist or is already deleted
+// succeeds and returns nil, as FHIR's delete is idempotent.
+func (tx *Tx) Delete(typ, id string, ifMatch int64) (*Version, error) {
+	prev, err := tx.current(typ, id)
+	if err != nil {
+		return nil, err
+	}
+	if prev == nil || prev.Deleted {
+		if ifMatch != 0 {
+			return nil, errs.E("store.delete", errs.Precondition, fmt.Sprintf("%s/%s does not exist", typ, id))
+		}
+		return nil, nil
+	}
+	if ifMatch != 0 && prev.VersionID != ifMatch {
+		return nil, errs.E("store.delete", errs.Precondition,
+			fmt.Sprintf("%s/%s is at version %d, not %d", typ, id, prev.VersionID, ifMatch))
+	}
+	v := &Version{Type: typ, ID: id, VersionID: prev.VersionID + 1, LastUpdated: now(), Deleted: true}
+	if err := tx.writeVersion(v, nil); err != nil {
+		return nil, err
+	}
+	return v, tx.runHooks(Event{Op: OpDelete, Version: v, Previous: prev})
+}
+
+func (tx *Tx) runHooks(ev Event) error {
+	for _, h := range tx.s.hookList() {
+		if err := h(tx, ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeVersion stores v as current and in history, logs the change, and
+// replaces the resource's index entries with entries.
+func (tx *Tx) writeVersion(v *Version, entries []search.Entry) error {
+	rec := encodeRecord(v)
+	cur, err := tx.bucket(bucketName("R", v.Type))
+	if err != nil {
+		return err
+	}
+	hist, err := tx.bucket(bucketName("H", v.Type))
+	if err != nil {
+		return err
+	}
+	if err := cur.Put([]byte(v.ID), rec); err != nil {
+		return fmt.Errorf("store: put %s/%s: %w", v.Type, v.ID, err)
+	}
+	if err := hist.Put(historyKey(v.ID, v.VersionID), rec); err != nil {
+		return fmt.Errorf("store: history %s/%s: %w", v.Type, v.ID, err)
+	}
+	if err := tx.logChange(v); err != nil {
+		return err
+	}
+	return tx.reindex(v.Type, v.ID, entries)
+}
+
+func (tx *Tx) logChange(v *Version) error {
+	global := tx.btx.Bucket([]byte("C"))
+	seq, err := global.NextSequence()
+	if err != nil {
+		return err
+	}
+	perType, err := tx.bucket(bucketName("C", v.Type))
+	if err != nil {
+		return err
+	}
+	cv := changeValue(v.Type, v.ID, v.VersionID)
+	if err := global.Put(seqKey(seq), cv); err != nil {
+		return err
+	}
+	return perType.Put(seqKey(seq), cv)
+}
+
+// reindex replaces the index entries of typ/id, touching only those that
+// changed.
+func (tx *Tx) reindex(typ, id string, entries []search.Entry) error {
+	rev, err := tx.bucket(bucketName("X", typ))
+	if err != nil {
+		return err
+	}
+	old := decodeEntries(rev.Get([]byte(id)))
+	keep := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		keep[e.Param+"\x00"+e.Key+"\x00"+string(e.Payload)] = true
+	}
+	had := make(map[string]bool, len(old))
+	for _, e := range old {
+		k := e.Param + "\x00" + e.Key + "\x00" + string(e.Payload)
+		had[k] = true
+		if keep[k] {
+			continue
+		}
+		if b := tx.btx.Bucket(indexBucket(typ, e.Param)); b != nil {
+			if err := b.Delete(indexKey(e.Key, id)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, e := range entries {
+		if had[e.Param+"\x00"+e.Key+"\x00"+string(e.Payload)] {
+			continue
+		}
+		b, err := tx.bucket(indexBucket(typ, e.Param))
+		if err != nil {
+			return err
+		}
+		if err := b.Put(indexKey(e.Key, id), e.Payload); err != nil {
+			return fmt.Errorf("store: index %s.%s: %w", typ, e.Param, err)
+		}
+	}
+	if len(entries) == 0 {
+		return rev.Delete([]byte(id))
+	}
+	return rev.Put([]byte(id), encodeEntries(entries))
+}
+
+func indexBucket(typ, param string) []byte { return []byte("I:" + typ + ":" + param) }
+
+func indexKey(key, id string) []byte {
+	k := make([]byte, 0, len(key)+1+len(id))
+	k = append(k, key...)
+	k = append(k, 0)
+	return append(k, id...)
+}
+
+// splitIndexKey splits a stored index key into entry key and id.
+func splitIndexKey(k []byte) (key, id string) {
+	i := bytes.IndexByte(k, 0)
+	if i < 0 {
+		return string(k), ""
+	}
+	return string(k[:i]), string(k[i+1:])
+}
+
+func encodeEntries(es []search.Entry) []byte {
+	var b []byte
+	for _, e := range es {
+		b = binary.AppendUvarint(b, uint64(len(e.Param)))
+		b = append(b, e.Param...)
+		b = binary.AppendUvarint(b, uint64(len(e.Key)))
+		b = append(b, e.Key...)
+		b = binary.AppendUvarint(b, uint64(len(e.Payload)))
+		b = append(b, e.Payload...)
+	}
+	return b
+}
+
+func decodeEntries(b []byte) []search.Entry {
+	var out []search.Entry
+	next := func() ([]byte, bool) {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || uint64(len(b)-k) < n {
+			return nil, false
+		}
+		v := b[k : k+int(n)]
+		b = b[k+int(n):]
+		return v, true
+	}
+	for len(b) > 0 {
+		p, ok1 := next()
+		k, ok2 := next()
+		pl, ok3 := next()
+		if !ok1 || !ok2 || !ok3 {
+			break
+		}
+		out = append(out, search.Entry{Param: string(p), Key: string(k), Payload: bytes.Clone(pl)})
+	}
+	return out
+}
+
+// EntriesOf returns the index entries typ/id has now.
+func (tx *Tx) EntriesOf(typ, id string) []search.Entry {
+	b := tx.btx.Bucket(bucketName("X", typ))
+	if b == nil {
+		return nil
+	}
+	return decodeEntries(b.Get([]byte(id)))
+}

@@ -1,0 +1,319 @@
+package store
+
+import (
+	"bytes"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/internal/errs"
+)
+
+type idSet map[string]struct{}
+
+// Search returns the ids of the current resources of q.Type that match
+// every clause of q, in q.Sort order (id order when unsorted, which is
+// creation order for server-assigned ids). Only indexes are read, never the
+// resources themselves.
+func (tx *Tx) Search(q *search.Query) ([]string, error) {
+	var sets []idSet
+	for i := range q.Clauses {
+		if err := tx.ctx.Err(); err != nil {
+			return nil, err
+		}
+		set, err := tx.clauseIDs(q.Type, &q.Clauses[i])
+		if err != nil {
+			return nil, err
+		}
+		if len(set) == 0 {
+			return nil, nil
+		}
+		sets = append(sets, set)
+	}
+	var ids []string
+	if len(sets) == 0 {
+		ids = tx.AllIDs(q.Type)
+	} else {
+		sort.Slice(sets, func(i, j int) bool { return len(sets[i]) < len(sets[j]) })
+	outer:
+		for id := range sets[0] {
+			for _, s := range sets[1:] {
+				if _, ok := s[id]; !ok {
+					continue outer
+				}
+			}
+			ids = append(ids, id)
+		}
+		slices.Sort(ids)
+	}
+	if len(q.Sort) > 0 {
+		tx.sortIDs(q.Type, ids, q.Sort)
+	}
+	return ids, nil
+}
+
+// AllIDs returns the ids of every current (not deleted) resource of typ.
+func (tx *Tx) AllIDs(typ string) []string {
+	b := tx.btx.Bucket(bucketName("R", typ))
+	if b == nil {
+		return nil
+	}
+	var ids []string
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if !recordDeleted(v) {
+			ids = append(ids, string(k))
+		}
+	}
+	return ids
+}
+
+// Count returns how many current resources of typ there are.
+func (tx *Tx) Count(typ string) int { return len(tx.AllIDs(typ)) }
+
+func (tx *Tx) clauseIDs(typ string, c *search.Clause) (idSet, error) {
+	if c.Missing != nil {
+		return tx.missing(typ, c.Param.Code, *c.Missing), nil
+	}
+	set := idSet{}
+	for _, v := range c.Values {
+		if v.Chain != nil {
+			if err := tx.chain(typ, c.Param.Code, v.Chain, set); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		for _, r := range v.Ranges {
+			tx.scan(typ, c.Param.Code, r, set)
+		}
+	}
+	if c.Not {
+		not := idSet{}
+		for _, id := range tx.AllIDs(typ) {
+			if _, hit := set[id]; !hit {
+				not[id] = struct{}{}
+			}
+		}
+		return not, nil
+	}
+	return set, nil
+}
+
+// scan adds to set the ids of the index entries in r.
+func (tx *Tx) scan(typ, param string, r search.Range, set idSet) {
+	b := tx.btx.Bucket(indexBucket(typ, param))
+	if b == nil {
+		return
+	}
+	c := b.Cursor()
+	end := []byte(r.End)
+	for k, v := c.Seek([]byte(r.Start)); k != nil && bytes.Compare(k, end) < 0; k, v = c.Next() {
+		key, id := splitIndexKey(k)
+		if r.Match != nil && !r.Match(key, v) {
+			continue
+		}
+		set[id] = struct{}{}
+	}
+}
+
+// chain finds the resources of the chained types that match, then the
+// resources of typ whose parameter refers to any of them.
+func (tx *Tx) chain(typ, param string, ch *search.Chain, set idSet) error {
+	for _, t := range ch.Types {
+		sub, err := ch.Clause(t)
+		if err != nil {
+			return err
+		}
+		targets, err := tx.clauseIDs(t, sub)
+		if err != nil {
+			return err
+		}
+		for id := range targets {
+			k := search.ReferenceKey(t, id)
+			tx.scan(typ, param, search.Range{Start: k + "\x00", End: k + "\x01"}, set)
+		}
+	}
+	return nil
+}
+
+func (tx *Tx) missing(typ, param string, want bool) idSet {
+	set := idSet{}
+	b := tx.btx.Bucket(bucketName("X", typ))
+	for _, id := range tx.AllIDs(typ) {
+		has := false
+		if b != nil {
+			for _, e := range decodeEntries(b.Get([]byte(id))) {
+				if e.Param == param {
+					has = true
+					break
+				}
+			}
+		}
+		if has != want {
+			set[id] = struct{}{}
+		}
+	}
+	return set
+}
+
+func (tx *Tx) sortIDs(typ string, ids []string, keys []search.SortKey) {
+	type row struct {
+		id   string
+		vals []string
+		has  []bool
+	}
+	rows := make([]row, len(ids))
+	b := tx.btx.Bucket(bucketName("X", typ))
+	for i, id := range ids {
+		rows[i] = row{id: id, vals: make([]string, len(keys)), has: make([]bool, len(keys))}
+		var entries []search.Entry
+		if b != nil {
+			entries = decodeEntries(b.Get([]byte(id)))
+		}
+		for j, k := range keys {
+			var ks []string
+			for _, e := range entries {
+				if e.Param == k.Param.Code {
+					ks = append(ks, e.Key)
+				}
+			}
+			rows[i].vals[j], rows[i].has[j] = search.SortValue(k.Param, ks, k.Desc)
+		}
+	}
+	sort.SliceStable(rows, func(a, c int) bool {
+		for j, k := range keys {
+			ra, rc := rows[a], rows[c]
+			switch {
+			case ra.has[j] != rc.has[j]:
+				return ra.has[j] // resources without a value go last
+			case ra.vals[j] == rc.vals[j]:
+				continue
+			case k.Desc:
+				return ra.vals[j] > rc.vals[j]
+			default:
+				return ra.vals[j] < rc.vals[j]
+			}
+		}
+		return rows[a].id < rows[c].id
+	})
+	for i := range rows {
+		ids[i] = rows[i].id
+	}
+}
+
+// ReadCurrent returns the current versions of typ/ids that exist and are
+// not deleted, in the order given.
+func (tx *Tx) ReadCurrent(typ string, ids []string) ([]*Version, error) {
+	out := make([]*Version, 0, len(ids))
+	for _, id := range ids {
+		v, err := tx.current(typ, id)
+		if err != nil {
+			return nil, err
+		}
+		if v != nil && !v.Deleted {
+			out = append(out, v)
+		}
+	}
+	return out, nil
+}
+
+// Included returns the resources that matches (of type typ) refer to
+// through the _include parameters, without duplicates or the matches
+// themselves.
+func (tx *Tx) Included(typ string, matches []string, incs []search.Include) ([]*Version, error) {
+	seen := map[string]bool{}
+	for _, id := range matches {
+		seen[typ+"/"+id] = true
+	}
+	var out []*Version
+	for _, id := range matches {
+		for _, e := range tx.EntriesOf(typ, id) {
+			ref, ok := search.ReferenceFromKey(e.Key)
+			if !ok || !wantInclude(incs, e.Param, ref) || seen[ref] {
+				continue
+			}
+			seen[ref] = true
+			rt, rid, ok := strings.Cut(ref, "/")
+			if !ok || strings.Contains(rid, "/") {
+				continue // absolute or malformed: not ours to include
+			}
+			v, err := tx.current(rt, rid)
+			if err != nil {
+				return nil, err
+			}
+			if v != nil && !v.Deleted {
+				out = append(out, v)
+			}
+		}
+	}
+	return out, nil
+}
+
+func wantInclude(incs []search.Include, param, ref string) bool {
+	for _, inc := range incs {
+		if inc.Param != "*" && inc.Param != param {
+			continue
+		}
+		if inc.TargetType == "" || strings.HasPrefix(ref, inc.TargetType+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// RevIncluded returns resources that refer to the matches (of type typ)
+// through the _revinclude parameters.
+func (tx *Tx) RevIncluded(typ string, matches []string, incs []search.Include) ([]*Version, error) {
+	var out []*Version
+	seen := map[string]bool{}
+	for _, inc := range incs {
+		if inc.TargetType != "" && inc.TargetType != typ {
+			continue
+		}
+		params := []string{inc.Param}
+		if inc.Param == "*" {
+			params = params[:0]
+			for _, p := range tx.s.reg.ReferenceParams(inc.Type, typ) {
+				params = append(params, p.Code)
+			}
+		}
+		for _, param := range params {
+			set := idSet{}
+			for _, id := range matches {
+				k := search.ReferenceKey(typ, id)
+				tx.scan(inc.Type, param, search.Range{Start: k + "\x00", End: k + "\x01"}, set)
+			}
+			ids := make([]string, 0, len(set))
+			for id := range set {
+				if !seen[inc.Type+"/"+id] {
+					seen[inc.Type+"/"+id] = true
+					ids = append(ids, id)
+				}
+			}
+			slices.Sort(ids)
+			vs, err := tx.ReadCurrent(inc.Type, ids)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, vs...)
+		}
+	}
+	return out, nil
+}
+
+// Referencing returns the ids of resources of typ whose parameter param
+// refers to target/id (for example compartment membership).
+func (tx *Tx) Referencing(typ, param, target, id string) []string {
+	set := idSet{}
+	k := search.ReferenceKey(target, id)
+	tx.scan(typ, param, search.Range{Start: k + "\x00", End: k + "\x01"}, set)
+	ids := make([]string, 0, len(set))
+	for id := range set {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+var _ = errs.Internal

@@ -1,0 +1,186 @@
+package store_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/spec"
+	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/errs"
+	bolt "go.etcd.io/bbolt"
+)
+
+var reg = search.NewRegistry(spec.R4())
+
+func openStore(tb testing.TB) *store.Store {
+	tb.Helper()
+	db, err := bolt.Open(filepath.Join(tb.TempDir(), "s.db"), 0o600, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	st, err := store.Open(db, reg, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { st.Close(); db.Close() })
+	return st
+}
+
+func doc(tb testing.TB, typ, id, body string) *store.Doc {
+	tb.Helper()
+	var m map[string]any
+	dec := json.NewDecoder(stringsReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		tb.Fatal(err)
+	}
+	return &store.Doc{Type: typ, ID: id, Map: m, JSON: []byte(body)}
+}
+
+func put(tb testing.TB, st *store.Store, d *store.Doc) *store.Version {
+	tb.Helper()
+	var v *store.Version
+	err := st.Write(context.Background(), func(tx *store.Tx) error {
+		var err error
+		v, err = tx.Put(d, store.PutOptions{})
+		return err
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return v
+}
+
+func find(tb testing.TB, st *store.Store, typ, query string) []string {
+	tb.Helper()
+	vals, _ := url.ParseQuery(query)
+	q, err := reg.Parse(typ, vals, search.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var ids []string
+	if err := st.View(context.Background(), func(tx *store.Tx) error {
+		ids, err = tx.Search(q)
+		return err
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	return ids
+}
+
+// TestUpdateReplacesIndexEntries: an index entry the old version had and
+// the new one does not must stop matching.
+func TestUpdateReplacesIndexEntries(t *testing.T) {
+	st := openStore(t)
+	put(t, st, doc(t, "Patient", "a", `{"resourceType":"Patient","name":[{"family":"Old"}],"gender":"male"}`))
+	if got := find(t, st, "Patient", "family=old"); len(got) != 1 {
+		t.Fatalf("before update: %v", got)
+	}
+	put(t, st, doc(t, "Patient", "a", `{"resourceType":"Patient","name":[{"family":"New"}],"gender":"male"}`))
+	if got := find(t, st, "Patient", "family=old"); len(got) != 0 {
+		t.Errorf("old name still matches: %v", got)
+	}
+	if got := find(t, st, "Patient", "family=new&gender=male"); len(got) != 1 {
+		t.Errorf("new name does not match: %v", got)
+	}
+	if err := st.Write(context.Background(), func(tx *store.Tx) error {
+		_, err := tx.Delete("Patient", "a", 0)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := find(t, st, "Patient", "gender=male"); len(got) != 0 {
+		t.Errorf("deleted resource still matches: %v", got)
+	}
+}
+
+// TestFailedWriteDoesNotAffectOthers: writes committed together are
+// isolated; one failing does not roll back the others, nor leave traces.
+func TestFailedWriteDoesNotAffectOthers(t *testing.T) {
+	st := openStore(t)
+	var wg sync.WaitGroup
+	errc := make(chan error, 100)
+	for i := range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- st.Write(context.Background(), func(tx *store.Tx) error {
+				if _, err := tx.Put(doc(t, "Patient", fmt.Sprintf("p%d", i), `{"resourceType":"Patient","gender":"female"}`), store.PutOptions{}); err != nil {
+					return err
+				}
+				if i%10 == 0 {
+					return errs.E("test", errs.Conflict, "refused")
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	failed := 0
+	for err := range errc {
+		if err != nil {
+			if !errs.Is(err, errs.Conflict) {
+				t.Errorf("unexpected error %v", err)
+			}
+			failed++
+		}
+	}
+	if failed != 10 {
+		t.Errorf("%d writes failed, want 10", failed)
+	}
+	if got := find(t, st, "Patient", "gender=female"); len(got) != 90 {
+		t.Errorf("%d patients stored, want 90", len(got))
+	}
+}
+
+func TestHistoryPagingWhileWriting(t *testing.T) {
+	st := openStore(t)
+	for i := range 30 {
+		put(t, st, doc(t, "Patient", fmt.Sprintf("h%d", i%7), `{"resourceType":"Patient"}`))
+	}
+	seen := 0
+	var before uint64
+	for {
+		var page *store.HistoryPage
+		if err := st.View(context.Background(), func(tx *store.Tx) error {
+			var err error
+			page, err = tx.History(store.HistoryQuery{Type: "Patient", Count: 8, Before: before})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		seen += len(page.Versions)
+		put(t, st, doc(t, "Patient", "late", `{"resourceType":"Patient"}`)) // must not shift pages
+		if page.Next == 0 {
+			break
+		}
+		before = page.Next
+	}
+	if seen != 30 {
+		t.Errorf("paged through %d versions, want 30", seen)
+	}
+}
+
+type sr struct {
+	s string
+	i int
+}
+
+func (r *sr) Read(p []byte) (int, error) {
+	if r.i >= len(r.s) {
+		return 0, io.EOF
+	}
+	n := copy(p, r.s[r.i:])
+	r.i += n
+	return n, nil
+}
+
+func stringsReader(s string) *sr { return &sr{s: s} }

@@ -1,0 +1,133 @@
+package fhir_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/p2pserver/p2pserver/fhir"
+)
+
+func TestTransactionRewritesReferences(t *testing.T) {
+	ts := newServer(t)
+	ts.do(http.MethodPut, "/Organization/payer1", `{"resourceType":"Organization","id":"payer1","identifier":[{"system":"urn:payer","value":"P1"}]}`).want(t, http.StatusCreated)
+	tx := `{"resourceType":"Bundle","type":"transaction","entry":[
+	 {"fullUrl":"urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a","resource":{"resourceType":"Patient","name":[{"family":"Tx"}],
+	   "managingOrganization":{"reference":"Organization?identifier=urn:payer|P1"}},"request":{"method":"POST","url":"Patient"}},
+	 {"fullUrl":"urn:uuid:88f151c0-a954-468a-88bd-5ae15c08e059","resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},
+	   "subject":{"reference":"urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"}},"request":{"method":"POST","url":"Observation"}},
+	 {"resource":{"resourceType":"Organization","identifier":[{"system":"urn:payer","value":"P1"}]},
+	   "request":{"method":"POST","url":"Organization","ifNoneExist":"identifier=urn:payer|P1"}},
+	 {"request":{"method":"GET","url":"Organization/payer1"}}
+	]}`
+	r := ts.do(http.MethodPost, "/", tx).want(t, http.StatusOK)
+	if r.JSON["type"] != "transaction-response" {
+		t.Fatalf("type %v", r.JSON["type"])
+	}
+	entries := r.JSON["entry"].([]any)
+	status := func(i int) string {
+		return entries[i].(map[string]any)["response"].(map[string]any)["status"].(string)
+	}
+	if status(0) != "201 Created" || status(1) != "201 Created" || status(2) != "200 OK" || status(3) != "200 OK" {
+		t.Fatalf("statuses: %s", r.Body)
+	}
+	loc := entries[0].(map[string]any)["response"].(map[string]any)["location"].(string)
+	patRef := strings.Join(strings.Split(loc, "/")[:2], "/")
+	obsLoc := entries[1].(map[string]any)["response"].(map[string]any)["location"].(string)
+	obs := ts.do(http.MethodGet, "/"+strings.Join(strings.Split(obsLoc, "/")[:2], "/"), nil).want(t, http.StatusOK)
+	if got := obs.JSON["subject"].(map[string]any)["reference"]; got != patRef {
+		t.Errorf("subject %v, want %v", got, patRef)
+	}
+	pat := ts.do(http.MethodGet, "/"+patRef, nil).want(t, http.StatusOK)
+	if got := pat.JSON["managingOrganization"].(map[string]any)["reference"]; got != "Organization/payer1" {
+		t.Errorf("conditional reference resolved to %v", got)
+	}
+	// The conditional create found the existing organization.
+	orgs := ts.do(http.MethodGet, "/Organization?_summary=count", nil)
+	if orgs.JSON["total"] != json.Number("1") {
+		t.Errorf("%v organizations", orgs.JSON["total"])
+	}
+}
+
+func TestTransactionIsAllOrNothing(t *testing.T) {
+	ts := newServer(t)
+	tx := `{"resourceType":"Bundle","type":"transaction","entry":[
+	 {"resource":{"resourceType":"Patient","id":"keep-out","name":[{"family":"Never"}]},"request":{"method":"PUT","url":"Patient/keep-out"}},
+	 {"resource":{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"}},"request":{"method":"PUT","url":"Observation/o1","ifMatch":"W/\"4\""}}
+	]}`
+	r := ts.do(http.MethodPost, "/", tx).want(t, http.StatusPreconditionFailed)
+	if !strings.Contains(r.outcome(t), "entry 1") {
+		t.Errorf("outcome does not say which entry: %s", r.Body)
+	}
+	ts.do(http.MethodGet, "/Patient/keep-out", nil).want(t, http.StatusNotFound)
+
+	bad := `{"resourceType":"Bundle","type":"transaction","entry":[
+	 {"resource":{"resourceType":"Patient","name":[{"family":"Never"}]},"request":{"method":"POST","url":"Patient"}},
+	 {"resource":{"resourceType":"Patient","birthDate":"not a date"},"request":{"method":"POST","url":"Patient"}}
+	]}`
+	ts.do(http.MethodPost, "/", bad).want(t, http.StatusBadRequest).outcome(t)
+	if n := ts.do(http.MethodGet, "/Patient?_summary=count", nil).JSON["total"]; n != json.Number("0") {
+		t.Errorf("a failed transaction left %v patients", n)
+	}
+}
+
+func TestBatchEntriesAreIndependent(t *testing.T) {
+	ts := newServer(t)
+	b := `{"resourceType":"Bundle","type":"batch","entry":[
+	 {"resource":{"resourceType":"Patient","name":[{"family":"Ok"}]},"request":{"method":"POST","url":"Patient"}},
+	 {"request":{"method":"GET","url":"Patient/missing"}},
+	 {"resource":{"resourceType":"Patient","id":"b2"},"request":{"method":"PUT","url":"Patient/b2"}},
+	 {"request":{"method":"GET","url":"Patient?family=ok"}}
+	]}`
+	r := ts.do(http.MethodPost, "/", b).want(t, http.StatusOK)
+	entries := r.JSON["entry"].([]any)
+	want := []string{"201 Created", "404 Not Found", "201 Created", "200 OK"}
+	for i, w := range want {
+		resp := entries[i].(map[string]any)["response"].(map[string]any)
+		if resp["status"] != w {
+			t.Errorf("entry %d: %v, want %s", i, resp["status"], w)
+		}
+	}
+	if oo := entries[1].(map[string]any)["response"].(map[string]any)["outcome"]; oo == nil {
+		t.Error("failed batch entry has no outcome")
+	}
+	search := entries[3].(map[string]any)["resource"].(map[string]any)
+	if search["type"] != "searchset" || search["total"] != json.Number("1") {
+		t.Errorf("search entry: %v", search)
+	}
+}
+
+// TestSyntheaTransactions loads Synthea's patient transaction bundles (with
+// urn:uuid references throughout) and checks every reference resolves.
+func TestSyntheaTransactions(t *testing.T) {
+	ts := newServer(t, func(c *fhir.Config) { c.MaxBody = 32 << 20 })
+	files, _ := filepath.Glob(filepath.Join(testdata, "synthea", "*.json"))
+	if len(files) < 3 {
+		t.Fatal("no synthea bundles")
+	}
+	for _, f := range files[:3] {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := ts.do(http.MethodPost, "/", raw)
+		if r.Status != http.StatusOK {
+			t.Fatalf("%s: %d %.500s", filepath.Base(f), r.Status, r.Body)
+		}
+	}
+	r := ts.do(http.MethodGet, "/Encounter?_count=1000", nil).want(t, http.StatusOK)
+	if len(bundleIDs(r.JSON)) == 0 {
+		t.Fatal("no encounters")
+	}
+	for _, e := range r.JSON["entry"].([]any) {
+		enc := e.(map[string]any)["resource"].(map[string]any)
+		ref := enc["subject"].(map[string]any)["reference"].(string)
+		if strings.HasPrefix(ref, "urn:uuid:") {
+			t.Fatalf("reference %s was not rewritten", ref)
+		}
+		ts.do(http.MethodGet, "/"+ref, nil).want(t, http.StatusOK)
+	}
+}
