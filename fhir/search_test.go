@@ -126,6 +126,15 @@ func TestSearchSemantics(t *testing.T) {
 		{"Patient?gender=female,male", []string{"p1", "p2", "p3"}, false},
 		{"Patient?name=smith&name=john", []string{"p3"}, false},
 		{"Patient?name=smith&name=anna", nil, false},
+		// open-ended clauses after a selective one are checked per candidate
+		{"Observation?subject=p1&date=ge2024-01-01", []string{"o1", "o2"}, false},
+		{"Observation?code=http://loinc.org|8867-4&value-quantity=gt80", []string{"o3"}, false},
+		{"Patient?gender=male&name:contains=uin", []string{"p3"}, false},
+		{"Observation?subject=p3&date:missing=true", []string{"o4"}, false},
+		{"Observation?status=final&date:missing=true", nil, false},
+		{"Patient?identifier=urn:mrn|&gender:not=male", []string{"p2"}, false},
+		{"Patient?identifier=urn:mrn|&birthdate=lt1980", []string{"p1"}, false},
+		{"Patient?identifier=urn:mrn|&birthdate=ap1985-07-01", []string{"p2"}, false},
 		// _sort with several keys and descending
 		{"Patient?_sort=birthdate", []string{"p1", "p2", "p3"}, true},
 		{"Patient?_sort=-birthdate", []string{"p3", "p2", "p1"}, true},

@@ -61,6 +61,46 @@ type Range struct {
 	Match      func(key string, payload []byte) bool
 }
 
+// Wide reports whether the range spans a whole parameter index, so that
+// answering it from the index means reading every entry.
+func (r Range) Wide() bool { return len(r.Start) <= len(pfxCode) }
+
+// Contains reports whether an index entry falls in the range.
+func (r Range) Contains(key string, payload []byte) bool {
+	return key+"\x00" >= r.Start && key < r.End && (r.Match == nil || r.Match(key, payload))
+}
+
+// Matches reports whether a resource with these index entries satisfies
+// the clause (chained values excepted: they need other resources, and are
+// never matched here).
+func Matches(c *Clause, entries []Entry) bool {
+	code := c.Param.Code
+	if c.Missing != nil {
+		has := false
+		for _, e := range entries {
+			if e.Param == code {
+				has = true
+				break
+			}
+		}
+		return has != *c.Missing
+	}
+	hit := false
+	for _, e := range entries {
+		if e.Param != code {
+			continue
+		}
+		for _, v := range c.Values {
+			for _, r := range v.Ranges {
+				if r.Contains(e.Key, e.Payload) {
+					hit = true
+				}
+			}
+		}
+	}
+	return hit != c.Not
+}
+
 // SortKey is one _sort key.
 type SortKey struct {
 	Param *Param

@@ -31,12 +31,17 @@ func (tx *Tx) AfterCommit(f func()) { tx.after = append(tx.after, f) }
 func bucketName(kind, typ string) []byte { return []byte(kind + ":" + typ) }
 
 func (tx *Tx) bucket(name []byte) (*bolt.Bucket, error) {
-	if b := tx.btx.Bucket(name); b != nil || !tx.writable {
-		return b, nil
+	b := tx.btx.Bucket(name)
+	if b == nil && tx.writable {
+		var err error
+		if b, err = tx.btx.CreateBucket(name); err != nil {
+			return nil, fmt.Errorf("store: create bucket %s: %w", name, err)
+		}
 	}
-	b, err := tx.btx.CreateBucket(name)
-	if err != nil {
-		return nil, fmt.Errorf("store: create bucket %s: %w", name, err)
+	if b != nil && len(name) > 1 && name[1] == ':' && (name[0] == 'R' || name[0] == 'H' || name[0] == 'C') {
+		// Keys there mostly grow at the end (time-ordered ids, versions,
+		// sequences): fuller pages on split halve the space they take.
+		b.FillPercent = 0.9
 	}
 	return b, nil
 }

@@ -17,12 +17,23 @@ type idSet map[string]struct{}
 // creation order for server-assigned ids). Only indexes are read, never the
 // resources themselves.
 func (tx *Tx) Search(q *search.Query) ([]string, error) {
-	var sets []idSet
+	// Selective clauses are answered from their index; the others, once the
+	// candidates are few, by checking each candidate's own index entries
+	// rather than scanning a whole index.
+	var narrow, wide []*search.Clause
 	for i := range q.Clauses {
+		if c := &q.Clauses[i]; isWide(c) {
+			wide = append(wide, c)
+		} else {
+			narrow = append(narrow, c)
+		}
+	}
+	var sets []idSet
+	for _, c := range narrow {
 		if err := tx.ctx.Err(); err != nil {
 			return nil, err
 		}
-		set, err := tx.clauseIDs(q.Type, &q.Clauses[i])
+		set, err := tx.clauseIDs(q.Type, c)
 		if err != nil {
 			return nil, err
 		}
@@ -32,25 +43,89 @@ func (tx *Tx) Search(q *search.Query) ([]string, error) {
 		sets = append(sets, set)
 	}
 	var ids []string
-	if len(sets) == 0 {
-		ids = tx.AllIDs(q.Type)
-	} else {
-		sort.Slice(sets, func(i, j int) bool { return len(sets[i]) < len(sets[j]) })
-	outer:
-		for id := range sets[0] {
-			for _, s := range sets[1:] {
-				if _, ok := s[id]; !ok {
-					continue outer
-				}
-			}
-			ids = append(ids, id)
+	if len(sets) > 0 {
+		ids = intersect(sets)
+	}
+	for _, c := range wide {
+		if err := tx.ctx.Err(); err != nil {
+			return nil, err
 		}
-		slices.Sort(ids)
+		if len(sets) > 0 && len(ids) <= filterLimit {
+			ids = tx.filter(q.Type, ids, c)
+		} else {
+			set, err := tx.clauseIDs(q.Type, c)
+			if err != nil {
+				return nil, err
+			}
+			sets = append(sets, set)
+			ids = intersect(sets)
+		}
+		if len(ids) == 0 {
+			return nil, nil
+		}
+	}
+	if len(q.Clauses) == 0 {
+		ids = tx.AllIDs(q.Type)
 	}
 	if len(q.Sort) > 0 {
 		tx.sortIDs(q.Type, ids, q.Sort)
 	}
 	return ids, nil
+}
+
+// filterLimit is the candidate count below which checking candidates one
+// by one beats scanning an index.
+const filterLimit = 5000
+
+// isWide reports whether answering c from its index means scanning all or
+// much of it: :not, :missing, and open-ended value ranges.
+func isWide(c *search.Clause) bool {
+	if c.Not || c.Missing != nil {
+		return true
+	}
+	for _, v := range c.Values {
+		if v.Chain != nil {
+			return false
+		}
+		for _, r := range v.Ranges {
+			if r.Wide() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func intersect(sets []idSet) []string {
+	sort.Slice(sets, func(i, j int) bool { return len(sets[i]) < len(sets[j]) })
+	var ids []string
+outer:
+	for id := range sets[0] {
+		for _, s := range sets[1:] {
+			if _, ok := s[id]; !ok {
+				continue outer
+			}
+		}
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// filter keeps the ids whose own index entries satisfy c.
+func (tx *Tx) filter(typ string, ids []string, c *search.Clause) []string {
+	b := tx.btx.Bucket(bucketName("X", typ))
+	out := ids[:0:0]
+	for _, id := range ids {
+		var entries []search.Entry
+		if b != nil {
+			entries = decodeEntries(b.Get([]byte(id)))
+		}
+		if search.Matches(c, entries) {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // AllIDs returns the ids of every current (not deleted) resource of typ.
