@@ -12,7 +12,8 @@
 // operators and functions), ofType(), where(), exists(), empty(), not(),
 // first(), resolve() (see below), extension(url), a literal [index],
 // parentheses, string, number and boolean literals, $this, and %resource.
-// Anything else is a compile error, never a panic.
+// Anything else is a compile error, never a panic. A primitive element that
+// has only extensions (_birthDate without birthDate) gives no item.
 //
 // resolve() does not fetch anything: it types a Reference by the resource
 // type its reference names ("Patient/1", "http://x/fhir/Patient/1",

@@ -312,14 +312,14 @@ func TestValidateAcceptsFloat64Numbers(t *testing.T) {
 }
 
 func BenchmarkValidate(b *testing.B) {
-	for _, name := range []string{"patient-deceased-example.json", "QuestionnaireResponse-PRAPARE-example.json"} {
-		raw, err := os.ReadFile(filepath.Join(testdata, "us-core", name))
+	for _, name := range []string{"us-core/patient-deceased-example.json", "us-core/QuestionnaireResponse-PRAPARE-example.json", "synthea/Angelic_Mueller_29d755a6-32fa-482e-8fdd-081300209df8.json"} {
+		raw, err := os.ReadFile(filepath.Join(testdata, name))
 		if err != nil {
 			b.Fatal(err)
 		}
 		res := decode(b, raw)
 		m := R4()
-		b.Run(fmt.Sprintf("%s-%dB", strings.TrimSuffix(name, ".json"), len(raw)), func(b *testing.B) {
+		b.Run(fmt.Sprintf("%s-%dB", strings.TrimSuffix(filepath.Base(name), ".json"), len(raw)), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				if issues := m.Validate(res); len(issues) != 0 {
