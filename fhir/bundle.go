@@ -149,6 +149,7 @@ func (s *Server) searchBundle(tx *store.Tx, typ string, params url.Values, lenie
 	if err != nil {
 		return nil, err
 	}
+	q.Compartment = AccessFrom(tx.Context()).compartment()
 	ids, err := tx.Search(q)
 	if err != nil {
 		return nil, err
@@ -175,6 +176,11 @@ func (s *Server) searchPage(tx *store.Tx, typ, cursor string) ([]byte, error) {
 	sn := s.pages.get(key)
 	if sn == nil || sn.typ != typ {
 		return nil, errs.E("fhir.page", errs.Gone, "this search result has expired; run the search again")
+	}
+	if a := AccessFrom(tx.Context()); sn.query.Compartment != a.compartment() {
+		return nil, errs.E("fhir.page", errs.Permission, "this page belongs to a search made with other access rights")
+	} else if err := a.mayRead(typ); err != nil {
+		return nil, err
 	}
 	return s.renderPage(tx, sn, key, offset)
 }
@@ -240,7 +246,11 @@ func (s *Server) renderPage(tx *store.Tx, sn *snapshot, key string, offset int) 
 		}
 		extra = append(extra, rev...)
 	}
+	a := AccessFrom(tx.Context())
 	for _, v := range extra {
+		if s.visible(tx, a, v.Type, v.ID) != nil {
+			continue // never include what the request may not see
+		}
 		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: v.JSON, Search: &EntrySearch{Mode: "include"}})
 	}
 	if len(q.Ignored) > 0 {

@@ -78,6 +78,17 @@ func (s *Server) apply(tx *store.Tx, rq *request) (*response, error) {
 }
 
 func (s *Server) applyGet(tx *store.Tx, rq *request) (*response, error) {
+	a := AccessFrom(tx.Context())
+	if err := a.mayRead(rq.Type); err != nil {
+		return nil, err
+	}
+	if rq.ID != "" {
+		if _, err := tx.Read(rq.Type, rq.ID); !errs.Is(err, errs.NotFound) {
+			if err := s.visible(tx, a, rq.Type, rq.ID); err != nil {
+				return nil, err
+			}
+		}
+	}
 	switch {
 	case rq.ID == "":
 		body, err := s.searchBundle(tx, rq.Type, rq.Query, rq.Lenient, "")
@@ -112,6 +123,7 @@ func (s *Server) matchCondition(tx *store.Tx, typ string, cond url.Values) ([]st
 	if err != nil {
 		return nil, err
 	}
+	q.Compartment = AccessFrom(tx.Context()).compartment()
 	return tx.Search(q)
 }
 
@@ -145,6 +157,9 @@ func (s *Server) applyCreate(tx *store.Tx, rq *request) (*response, error) {
 			if err != nil {
 				return nil, err
 			}
+			if err := s.visible(tx, AccessFrom(tx.Context()), rq.Type, ids[0]); err != nil {
+				return nil, err
+			}
 			return &response{Status: http.StatusOK, Version: v}, nil
 		default:
 			return nil, errs.E("fhir.create", errs.Precondition,
@@ -158,8 +173,11 @@ func (s *Server) applyCreate(tx *store.Tx, rq *request) (*response, error) {
 	return &response{Status: http.StatusCreated, Version: v}, nil
 }
 
-// put runs the type's validators and writes the version.
+// put checks access, runs the type's validators and writes the version.
 func (s *Server) put(tx *store.Tx, doc *store.Doc, prev *store.Version, opts store.PutOptions) (*store.Version, error) {
+	if err := s.writable(tx, AccessFrom(tx.Context()), doc, prev); err != nil {
+		return nil, err
+	}
 	if vs := s.validatorsFor(doc.Type); len(vs) > 0 {
 		for _, v := range vs {
 			if err := v(tx, doc, prev); err != nil {
@@ -256,6 +274,15 @@ func (s *Server) applyDelete(tx *store.Tx, rq *request) (*response, error) {
 	if err != nil {
 		return nil, err
 	}
+	a := AccessFrom(tx.Context())
+	if err := a.mayWrite(rq.Type); err != nil {
+		return nil, err
+	}
+	if p := a.compartment(); p != "" && !tx.InCompartment(rq.Type, id, p) {
+		if _, err := tx.Read(rq.Type, id); err == nil {
+			return nil, errs.E("fhir.access", errs.Permission, fmt.Sprintf("%s/%s is outside the compartment of Patient/%s", rq.Type, id, p))
+		}
+	}
 	v, err := tx.Delete(rq.Type, id, ifMatch)
 	if err != nil {
 		return nil, err
@@ -264,4 +291,29 @@ func (s *Server) applyDelete(tx *store.Tx, rq *request) (*response, error) {
 		return &response{Status: http.StatusOK, Outcome: Info(fmt.Sprintf("%s/%s does not exist or was already deleted", rq.Type, id))}, nil
 	}
 	return &response{Status: http.StatusOK, Version: v, Outcome: Info(fmt.Sprintf("deleted %s/%s (version %d)", rq.Type, id, v.VersionID))}, nil
+}
+
+// ParseResource decodes and structurally validates a resource body of type
+// typ (any type when empty), as the REST API does for a create or update.
+func (s *Server) ParseResource(body []byte, typ string) (*store.Doc, error) {
+	return s.parseResource(body, typ)
+}
+
+// Put writes doc inside tx as the REST API's update would: the request's
+// access rights (from tx's context) and the type's validators apply, and a
+// non-zero ifMatch must be the current version. It creates the resource
+// when it does not exist. Domain packages use it for the writes they make
+// on a user's behalf (a job moving a Task, an ingested page).
+func (s *Server) Put(tx *store.Tx, doc *store.Doc, ifMatch int64) (*store.Version, error) {
+	if err := checkID(doc.ID); err != nil {
+		return nil, err
+	}
+	prev, err := tx.Read(doc.Type, doc.ID)
+	switch {
+	case errs.Is(err, errs.NotFound), errs.Is(err, errs.Gone):
+		prev = nil
+	case err != nil:
+		return nil, err
+	}
+	return s.put(tx, doc, prev, store.PutOptions{IfMatch: ifMatch})
 }

@@ -265,8 +265,22 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request, typ, id string)
 	}
 	var page *store.HistoryPage
 	err := s.store.View(r.Context(), func(tx *store.Tx) error {
+		a := AccessFrom(tx.Context())
+		if id == "" && a.compartment() != "" {
+			return errs.E("fhir.history", errs.Permission, "type and system history are not available to member-scoped tokens")
+		}
+		if typ != "" {
+			if err := a.mayRead(typ); err != nil {
+				return err
+			}
+		} else if a != nil && a.CanRead != nil {
+			return errs.E("fhir.history", errs.Permission, "system history needs a token that may read every type")
+		}
 		if id != "" {
 			if _, err := tx.Read(typ, id); errs.Is(err, errs.NotFound) {
+				return err
+			}
+			if err := s.visible(tx, a, typ, id); err != nil {
 				return err
 			}
 		}

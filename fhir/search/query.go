@@ -27,6 +27,9 @@ type Query struct {
 	Ignored []string
 	// Kept is the query string of the parameters that were applied.
 	Kept url.Values
+	// Compartment, when set, confines the results to the compartment of
+	// Patient/<Compartment> (member-scoped access).
+	Compartment string
 }
 
 // Clause is one search parameter occurrence: any of its values may match.

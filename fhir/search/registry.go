@@ -124,3 +124,41 @@ func (r *Registry) ReferenceParams(typ, target string) []*Param {
 	}
 	return out
 }
+
+// CompartmentParams returns the parameters of typ that tie a resource to a
+// Patient in the R4 Patient compartment; nil when typ is not in it. For
+// Patient itself the resource's own id also ties it (see InCompartment).
+func (r *Registry) CompartmentParams(typ string) []*Param {
+	var out []*Param
+	for _, code := range spec.PatientCompartment()[typ] {
+		if p, ok := r.Lookup(typ, code); ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// InPatientCompartment reports whether typ is in the Patient compartment.
+func (r *Registry) InPatientCompartment(typ string) bool {
+	if typ == "Patient" {
+		return true
+	}
+	return len(r.CompartmentParams(typ)) > 0
+}
+
+// InCompartment reports whether a resource of typ with id and these index
+// entries belongs to the compartment of Patient/patient.
+func (r *Registry) InCompartment(typ, id string, entries []Entry, patient string) bool {
+	if typ == "Patient" && id == patient {
+		return true
+	}
+	want := ReferenceKey("Patient", patient)
+	for _, p := range r.CompartmentParams(typ) {
+		for _, e := range entries {
+			if e.Param == p.Code && e.Key == want {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"time"
 
+	"github.com/p2pserver/p2pserver/fhir/fhirjson"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/internal/errs"
 	bolt "go.etcd.io/bbolt"
@@ -358,4 +360,52 @@ func (tx *Tx) EntriesOf(typ, id string) []search.Entry {
 		return nil
 	}
 	return decodeEntries(b.Get([]byte(id)))
+}
+
+// Set sets the top-level element key of the resource to v (nil removes
+// it), in both its decoded form and its JSON, keeping the other members and
+// their order as they are. The index entries are recomputed at write.
+func (d *Doc) Set(key string, v any) error {
+	ms, err := fhirjson.Members(d.JSON)
+	if err != nil {
+		return fmt.Errorf("store: set %s: %w", key, err)
+	}
+	var raw []byte
+	if v != nil {
+		if raw, err = json.Marshal(v); err != nil {
+			return fmt.Errorf("store: set %s: %w", key, err)
+		}
+	}
+	out := ms[:0]
+	found := false
+	for _, m := range ms {
+		if m.Key == key {
+			found = true
+			if v == nil {
+				continue
+			}
+			m.Raw = raw
+		}
+		out = append(out, m)
+	}
+	if !found && v != nil {
+		out = append(out, fhirjson.Member{Key: key, Raw: raw})
+	}
+	if d.JSON, err = fhirjson.Object(out); err != nil {
+		return err
+	}
+	if v == nil {
+		delete(d.Map, key)
+	} else {
+		// Keep the decoded form as the JSON decoder would give it.
+		var dv any
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		if err := dec.Decode(&dv); err != nil {
+			return err
+		}
+		d.Map[key] = dv
+	}
+	d.Entries = nil
+	return nil
 }

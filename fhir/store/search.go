@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
-	"github.com/p2pserver/p2pserver/internal/errs"
 )
 
 type idSet map[string]struct{}
@@ -42,35 +41,113 @@ func (tx *Tx) Search(q *search.Query) ([]string, error) {
 		}
 		sets = append(sets, set)
 	}
+	if q.Compartment != "" {
+		set := tx.compartment(q.Type, q.Compartment)
+		if len(set) == 0 {
+			return nil, nil
+		}
+		sets = append(sets, set)
+	}
 	var ids []string
-	if len(sets) > 0 {
+	have := len(sets) > 0
+	if have {
 		ids = intersect(sets)
 	}
 	for _, c := range wide {
 		if err := tx.ctx.Err(); err != nil {
 			return nil, err
 		}
-		if len(sets) > 0 && len(ids) <= filterLimit {
+		if have && len(ids) <= filterLimit {
 			ids = tx.filter(q.Type, ids, c)
 		} else {
 			set, err := tx.clauseIDs(q.Type, c)
 			if err != nil {
 				return nil, err
 			}
-			sets = append(sets, set)
-			ids = intersect(sets)
+			if have {
+				ids = slices.DeleteFunc(ids, func(id string) bool { _, ok := set[id]; return !ok })
+			} else {
+				ids, have = intersect([]idSet{set}), true
+			}
 		}
 		if len(ids) == 0 {
 			return nil, nil
 		}
 	}
-	if len(q.Clauses) == 0 {
+	if !have {
 		ids = tx.AllIDs(q.Type)
 	}
 	if len(q.Sort) > 0 {
 		tx.sortIDs(q.Type, ids, q.Sort)
 	}
 	return ids, nil
+}
+
+// compartment returns the ids of typ in the compartment of Patient/patient.
+func (tx *Tx) compartment(typ, patient string) idSet {
+	set := idSet{}
+	if typ == "Patient" {
+		if v, _ := tx.current(typ, patient); v != nil && !v.Deleted {
+			set[patient] = struct{}{}
+		}
+	}
+	k := search.ReferenceKey("Patient", patient)
+	for _, p := range tx.s.reg.CompartmentParams(typ) {
+		tx.scan(typ, p.Code, search.Range{Start: k + "\x00", End: k + "\x01"}, set)
+	}
+	return set
+}
+
+// InCompartment reports whether the current version of typ/id belongs to
+// the compartment of Patient/patient.
+func (tx *Tx) InCompartment(typ, id, patient string) bool {
+	return tx.s.reg.InCompartment(typ, id, tx.EntriesOf(typ, id), patient)
+}
+
+// CompartmentIDs returns the ids of the current resources of typ in the
+// compartment of Patient/patient, in id order.
+func (tx *Tx) CompartmentIDs(typ, patient string) []string {
+	set := tx.compartment(typ, patient)
+	ids := make([]string, 0, len(set))
+	for id := range set {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Match reports whether the current version of typ/id matches every clause
+// of q, without scanning: for deciding whether one write concerns a
+// subscription. Chained clauses are checked by running them.
+func (tx *Tx) Match(q *search.Query, id string) (bool, error) {
+	if v, _ := tx.current(q.Type, id); v == nil || v.Deleted {
+		return false, nil
+	}
+	entries := tx.EntriesOf(q.Type, id)
+	if q.Compartment != "" && !tx.s.reg.InCompartment(q.Type, id, entries, q.Compartment) {
+		return false, nil
+	}
+	for i := range q.Clauses {
+		c := &q.Clauses[i]
+		chained := false
+		for _, v := range c.Values {
+			chained = chained || v.Chain != nil
+		}
+		if !chained {
+			if !search.Matches(c, entries) {
+				return false, nil
+			}
+			continue
+		}
+		set, err := tx.clauseIDs(q.Type, c)
+		if err != nil {
+			return false, err
+		}
+		if _, ok := set[id]; !ok {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // filterLimit is the candidate count below which checking candidates one
@@ -390,5 +467,3 @@ func (tx *Tx) Referencing(typ, param, target, id string) []string {
 	slices.Sort(ids)
 	return ids
 }
-
-var _ = errs.Internal
