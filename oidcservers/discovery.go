@@ -68,7 +68,8 @@ func WellKnownURL(s Server) string {
 //
 // Errors are *errs.Error whose message is safe to show an administrator:
 // Timeout, Transient (unreachable, 5xx), or Unprocessable (not a usable
-// document).
+// document). When the document was read but its issuer is missing or does
+// not match, the document is returned with the error, for reports.
 //
 // Discover fetches the document itself rather than through go-oidc's
 // NewProvider because the definition may name a well-known URL that is not

@@ -2,8 +2,12 @@ package oidcservers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -258,5 +262,113 @@ func TestDiscoverUnreachable(t *testing.T) {
 	_, err = Discover(context.Background(), srv)
 	if !errs.Is(err, errs.Transient) {
 		t.Errorf("Discover = %v, want Transient", err)
+	}
+}
+
+func TestTokenSourceClientSecretPost(t *testing.T) {
+	t.Parallel()
+	p := newProvider(t)
+	// A discovery document of its own that lists only client_secret_post,
+	// pointing at the real provider's token endpoint.
+	var doc *httptest.Server
+	doc = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{
+			"issuer":                                doc.URL,
+			"token_endpoint":                        p.TokenEndpoint(),
+			"token_endpoint_auth_methods_supported": []string{"client_secret_post"},
+		})
+	}))
+	t.Cleanup(doc.Close)
+	srv := providerServer(p)
+	srv.Issuer = doc.URL
+	ts, err := NewTokenSource(context.Background(), srv, expired(t, p), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.Token(); err != nil {
+		t.Fatalf("refresh with client_secret_post: %v", err)
+	}
+	form := p.RefreshRequests()[0]
+	if form.Get("client_id") != clientID || form.Get("client_secret") != clientSecret {
+		t.Errorf("client credentials not in the form: %v", form)
+	}
+}
+
+func TestTokenResponseParsing(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, contentType, body string
+		ok                      bool
+		expiresIn               int64
+	}{
+		{"json", "application/json", `{"access_token":"a","token_type":"Bearer","expires_in":3600}`, true, 3600},
+		{"json quoted expiry", "application/json", `{"access_token":"a","token_type":"bearer","expires_in":"60"}`, true, 60},
+		{"no type", "application/json", `{"access_token":"a"}`, true, 0},
+		{"form", "application/x-www-form-urlencoded", `access_token=a&token_type=bearer&expires_in=30`, true, 30},
+		{"no access token", "application/json", `{"token_type":"Bearer"}`, false, 0},
+		{"other token type", "application/json", `{"access_token":"a","token_type":"DPoP"}`, false, 0},
+		{"bad expiry", "application/json", `{"access_token":"a","expires_in":"soon"}`, false, 0},
+	}
+	for _, tc := range tests {
+		fields, err := parseTokenResponse(tc.contentType, []byte(tc.body))
+		if err != nil {
+			t.Fatalf("%s: parse: %v", tc.name, err)
+		}
+		tok, err := tokenFromFields(fields)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: err = %v, want ok=%v", tc.name, err, tc.ok)
+			continue
+		}
+		if tc.ok && (tok.AccessToken != "a" || tok.ExpiresIn != tc.expiresIn || (tc.expiresIn > 0) == tok.Expiry.IsZero()) {
+			t.Errorf("%s: token = %+v", tc.name, tok)
+		}
+	}
+}
+
+func TestTokenSourceServerErrorIsTransient(t *testing.T) {
+	t.Parallel()
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"error":"temporarily_unavailable"}`))
+	}))
+	t.Cleanup(down.Close)
+	srv := Server{ClientID: "c", TokenEndpoint: down.URL}
+	ts, err := NewTokenSource(context.Background(), srv, &oauth2.Token{RefreshToken: "r"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.Token(); !errs.Is(err, errs.Transient) || errors.Is(err, ErrRefreshRejected) {
+		t.Errorf("Token = %v, want Transient", err)
+	}
+}
+
+func TestTokenSourcePublicClient(t *testing.T) {
+	t.Parallel()
+	var got url.Values
+	var authz string
+	tokenEP := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		got, authz = r.PostForm, r.Header.Get("Authorization")
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token":"new","token_type":"Bearer","expires_in":300}`))
+	}))
+	t.Cleanup(tokenEP.Close)
+	srv := Server{ClientID: "public-app", TokenEndpoint: tokenEP.URL}
+	ts, err := NewTokenSource(context.Background(), srv, &oauth2.Token{AccessToken: "old", RefreshToken: "r1", Expiry: time.Now().Add(-time.Hour)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := ts.Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Get("client_id") != "public-app" || got.Has("client_secret") || authz != "" {
+		t.Errorf("public client sent form %v, Authorization %q", got, authz)
+	}
+	// The server did not rotate: the old refresh token is kept.
+	if tok.AccessToken != "new" || tok.RefreshToken != "r1" {
+		t.Errorf("token = %+v", tok)
 	}
 }

@@ -35,7 +35,6 @@ func Mount(r chi.Router, base string) {
 		Title:       "p2pserver P2P API",
 		SwaggerJSON: base + "/openapi.json",
 		BasePath:    base + "/",
-		HideCurl:    false,
 	})
 	r.Get("/", ui.ServeHTTP)
 	r.Get("/openapi.json", serveDocument)

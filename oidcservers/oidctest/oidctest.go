@@ -87,7 +87,7 @@ func WithLogger(l *slog.Logger) Option {
 // when the test ends.
 func New(t testing.TB, opts ...Option) *Provider {
 	t.Helper()
-	p, err := Start(opts...)
+	p, err := start(opts...)
 	if err != nil {
 		t.Fatalf("oidctest: %v", err)
 	}
@@ -95,8 +95,7 @@ func New(t testing.TB, opts ...Option) *Provider {
 	return p
 }
 
-// Start is New for code without a testing.TB; the caller must Close.
-func Start(opts ...Option) (*Provider, error) {
+func start(opts ...Option) (*Provider, error) {
 	cfg := config{accessTTL: time.Hour, logger: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
 		o(&cfg)
