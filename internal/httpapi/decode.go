@@ -11,6 +11,11 @@ import (
 	"strings"
 )
 
+// DefaultMaxBody is the request body cap for /api JSON requests: far above
+// any OIDC server definition or batch job request, far below what would
+// strain memory.
+const DefaultMaxBody = 1 << 20
+
 // DecodeJSON reads r's body into dst, strictly:
 //
 //   - the Content-Type must be application/json (or a +json type): else 415;
