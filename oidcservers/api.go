@@ -63,34 +63,25 @@ func view(s Server) serverView {
 	return serverView{Server: s, HasClientSecret: s.ClientSecret != ""}
 }
 
-// serverInput is the body of POST and PUT. ClientSecret is a pointer so PUT
-// can tell "keep the stored secret" (absent) from "remove it" ("").
+// serverInput is the body of POST and PUT: the definition's fields, with
+// ClientSecret a pointer so PUT can tell "keep the stored secret" (absent)
+// from "remove it" (""). The outer fields shadow the embedded ones of the
+// same JSON name.
 type serverInput struct {
-	PID               *int64  `json:"pid"`
-	Name              string  `json:"name"`
-	Issuer            string  `json:"issuer"`
-	ClientID          string  `json:"clientId"`
-	ClientSecret      *string `json:"clientSecret"`
-	JWKText           string  `json:"jwkText"`
-	AuthWellKnown     string  `json:"authWellKnown"`
-	Scopes            string  `json:"scopes"`
-	FHIREndpoint      string  `json:"fhirEndpoint"`
-	TokenEndpoint     string  `json:"tokenEndpoint"`
-	CustomTokenParams string  `json:"customTokenParams"`
-	ResponseType      string  `json:"responseType"`
-	OrganizationID    string  `json:"organizationId"`
-	Notes             string  `json:"notes"`
+	Server
+	PID          *int64  `json:"pid"`
+	ClientSecret *string `json:"clientSecret"`
 	// HasClientSecret is accepted, and ignored, so a definition read with GET
 	// can be sent back with PUT as it is.
 	HasClientSecret *bool `json:"hasClientSecret"`
 }
 
-// apply copies the input onto s; the secret only when given.
+// apply replaces s's fields with the input's, keeping s's pid, and its secret
+// unless the input has one.
 func (in serverInput) apply(s *Server) {
-	s.Name, s.Issuer, s.ClientID = in.Name, in.Issuer, in.ClientID
-	s.JWKText, s.AuthWellKnown, s.Scopes = in.JWKText, in.AuthWellKnown, in.Scopes
-	s.FHIREndpoint, s.TokenEndpoint, s.CustomTokenParams = in.FHIREndpoint, in.TokenEndpoint, in.CustomTokenParams
-	s.ResponseType, s.OrganizationID, s.Notes = in.ResponseType, in.OrganizationID, in.Notes
+	pid, secret := s.PID, s.ClientSecret
+	*s = in.Server
+	s.PID, s.ClientSecret = pid, secret
 	if in.ClientSecret != nil {
 		s.ClientSecret = *in.ClientSecret
 	}

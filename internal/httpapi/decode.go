@@ -52,7 +52,7 @@ func DecodeJSON(r *http.Request, maxBytes int64, dst any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
-		return decodeError(err)
+		return decodeError(err, reflect.TypeOf(dst))
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Errorf(http.StatusBadRequest, CodeInvalid, "request body has data after the JSON value")
@@ -66,7 +66,7 @@ func tooLarge(maxBytes int64) *Error {
 
 // decodeError turns an encoding/json error into a client answer that names the
 // problem without echoing Go internals.
-func decodeError(err error) *Error {
+func decodeError(err error, dst reflect.Type) *Error {
 	var syn *json.SyntaxError
 	var typ *json.UnmarshalTypeError
 	switch {
@@ -78,8 +78,9 @@ func decodeError(err error) *Error {
 		if typ.Field == "" {
 			return Errorf(http.StatusBadRequest, CodeInvalid, "request body must be a JSON %s", jsonKind(typ.Type))
 		}
-		e := Errorf(http.StatusBadRequest, CodeInvalid, "field %q has the wrong type", typ.Field)
-		e.Fields = map[string]string{typ.Field: "must be a " + jsonKind(typ.Type)}
+		field := jsonPath(dst, typ.Field)
+		e := Errorf(http.StatusBadRequest, CodeInvalid, "field %q has the wrong type", field)
+		e.Fields = map[string]string{field: "must be a " + jsonKind(typ.Type)}
 		return e
 	}
 	// encoding/json reports unknown fields only as text: `json: unknown field "x"`.
@@ -90,6 +91,39 @@ func decodeError(err error) *Error {
 		return e
 	}
 	return Errorf(http.StatusBadRequest, CodeInvalid, "request body is not valid JSON for this operation")
+}
+
+// jsonPath turns encoding/json's field path, which names embedded structs by
+// their Go type ("Server.scopes"), into the path the client wrote ("scopes").
+func jsonPath(t reflect.Type, path string) string {
+	var out []string
+	for _, seg := range strings.Split(path, ".") {
+		for t != nil && t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t != nil && t.Kind() == reflect.Struct {
+			if f, ok := t.FieldByName(seg); ok && f.Anonymous && f.Tag.Get("json") == "" {
+				t = f.Type
+				continue // promoted fields: the embedded struct is not in the JSON
+			}
+			t = fieldType(t, seg)
+		} else {
+			t = nil
+		}
+		out = append(out, seg)
+	}
+	return strings.Join(out, ".")
+}
+
+// fieldType is the type of the field of struct t whose JSON name is name, or nil.
+func fieldType(t reflect.Type, name string) reflect.Type {
+	for _, f := range reflect.VisibleFields(t) {
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if tag == name || (tag == "" && f.Name == name) {
+			return f.Type
+		}
+	}
+	return nil
 }
 
 // jsonKind names a Go type the way a JSON client thinks of it.

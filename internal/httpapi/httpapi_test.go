@@ -151,6 +151,32 @@ func TestDecodeJSON(t *testing.T) {
 	}
 }
 
+func TestDecodeJSONEmbeddedFieldPath(t *testing.T) {
+	t.Parallel()
+	type inner struct {
+		Scopes string `json:"scopes"`
+		Nested struct {
+			Count int `json:"count"`
+		} `json:"nested"`
+	}
+	type outer struct {
+		inner
+		Extra *string `json:"extra"`
+	}
+	for body, field := range map[string]string{
+		`{"scopes":["a"]}`:         "scopes",
+		`{"nested":{"count":"x"}}`: "nested.count",
+		`{"extra":1}`:              "extra",
+	} {
+		req := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		var e *Error
+		if err := DecodeJSON(req, 1024, &outer{}); !errors.As(err, &e) || e.Fields[field] == "" {
+			t.Errorf("%s: error %v, want fields naming %q", body, err, field)
+		}
+	}
+}
+
 func TestDecodeJSONDeclaredLengthTooLarge(t *testing.T) {
 	t.Parallel()
 	req := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{}`))
