@@ -13,6 +13,10 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/apidoc"
+	"github.com/p2pserver/p2pserver/internal/httpapi"
+	"github.com/p2pserver/p2pserver/internal/secrets"
+	"github.com/p2pserver/p2pserver/oidcservers"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -23,6 +27,8 @@ type app struct {
 	db    *bolt.DB
 	store *store.Store
 	fhir  *fhir.Server
+	admin *httpapi.Authorizer
+	oidc  *oidcservers.API
 }
 
 func newApp(cfg Config, log *slog.Logger) (*app, error) {
@@ -41,8 +47,38 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		db.Close()
 		return nil, err
 	}
-	fs := fhir.New(st, fhir.Config{BaseURL: cfg.BaseURL + "/fhir", MaxBody: cfg.MaxBody, Logger: log, Version: version})
-	return &app{cfg: cfg, log: log, db: db, store: st, fhir: fs}, nil
+	a := &app{cfg: cfg, log: log, db: db, store: st}
+	if err := a.wire(); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// wire builds each package's value with its dependencies.
+func (a *app) wire() error {
+	cfg, log := a.cfg, a.log
+	a.fhir = fhir.New(a.store, fhir.Config{BaseURL: cfg.BaseURL + "/fhir", MaxBody: cfg.MaxBody, Logger: log, Version: version})
+
+	var cipher *secrets.Cipher
+	if cfg.SecretKey != "" {
+		var err error
+		if cipher, err = secrets.NewCipher(cfg.SecretKey); err != nil {
+			return fmt.Errorf("-secret-key: %w", err)
+		}
+	}
+	oidcRepo, err := oidcservers.NewRepository(a.db, cipher)
+	if err != nil {
+		return err
+	}
+	a.admin, err = httpapi.NewAuthorizer(log,
+		httpapi.Role{Name: "admin", Setting: "-admin-token or P2P_ADMIN_TOKEN", Tokens: httpapi.SplitTokens(cfg.AdminToken)},
+	)
+	if err != nil {
+		return fmt.Errorf("-admin-token: %w", err)
+	}
+	a.oidc = oidcservers.NewAPI(oidcRepo, a.admin.Require("admin"), log, httpapi.DefaultMaxBody)
+	return nil
 }
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -52,6 +88,10 @@ var version = "dev"
 func (a *app) Handler() http.Handler {
 	r := chi.NewRouter()
 	r.Mount("/fhir", a.fhir.Handler())
+	api := httpapi.NewRouter(a.log)
+	apidoc.Mount(api, "/api")
+	a.oidc.Mount(api)
+	r.Mount("/api", api)
 	r.Get("/healthz", a.healthz)
 	return r
 }

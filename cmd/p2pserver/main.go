@@ -28,6 +28,10 @@ type Config struct {
 	BaseURL  string
 	MaxBody  int64
 	LogLevel string
+	// AdminToken is a comma-separated list of bearer tokens for admin /api writes.
+	AdminToken string
+	// SecretKey encrypts secrets at rest (client secrets, member tokens).
+	SecretKey string
 	// ShutdownGrace is how long in-flight requests get to finish on SIGTERM.
 	ShutdownGrace time.Duration
 }
@@ -39,6 +43,7 @@ func main() {
 		os.Exit(2)
 	}
 	log := newLogger(cfg.LogLevel)
+	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg, log); err != nil {
@@ -71,6 +76,8 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<addr>)")
 	fs.StringVar(&maxBody, "max-body", env("max-body", "8MiB"), "largest request body accepted (bytes, or with KiB/MiB suffix)")
 	fs.StringVar(&cfg.LogLevel, "log-level", env("log-level", "info"), "log level: debug, info, warn, error")
+	fs.StringVar(&cfg.AdminToken, "admin-token", env("admin-token", ""), "comma-separated bearer tokens for admin /api writes (none: admin writes are refused)")
+	fs.StringVar(&cfg.SecretKey, "secret-key", env("secret-key", ""), "32-byte key (base64 or hex) encrypting secrets at rest; comma-separate keys to rotate")
 	fs.StringVar(&grace, "shutdown-grace", env("shutdown-grace", "30s"), "time in-flight requests get to finish on shutdown")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err

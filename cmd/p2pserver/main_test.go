@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigFlagsAndEnvironment(t *testing.T) {
+	env := map[string]string{"P2P_ADDR": "127.0.0.1:9999", "P2P_MAX_BODY": "2MiB", "P2P_DB": "/tmp/x.db"}
+	cfg, err := parseConfig([]string{"-db", "/tmp/flag.db"}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Addr != "127.0.0.1:9999" || cfg.MaxBody != 2<<20 || cfg.DB != "/tmp/flag.db" {
+		t.Errorf("flags and env not applied: %+v", cfg)
+	}
+	if cfg.BaseURL != "http://127.0.0.1:9999" {
+		t.Errorf("default base URL %q", cfg.BaseURL)
+	}
+	for _, bad := range [][]string{{"-max-body", "lots"}, {"-shutdown-grace", "soon"}, {"-nonsense"}} {
+		if _, err := parseConfig(bad, func(string) string { return "" }); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}
+
+// TestServeAndShutDown starts the whole server as make run would (on a
+// free port, database in a temporary folder), checks that it answers, and
+// that a signal shuts it down cleanly so the database can be reopened.
+func TestServeAndShutDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	db := filepath.Join(t.TempDir(), "data", "p2p.db")
+	cfg, err := parseConfig([]string{"-addr", addr, "-db", db}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	start := func() (context.CancelFunc, chan error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- run(ctx, cfg, log) }()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			resp, err := http.Get("http://" + addr + "/healthz")
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("server did not become healthy")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return cancel, done
+	}
+	cancel, done := start()
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/fhir/metadata"); code != 200 || !strings.Contains(body, "CapabilityStatement") {
+		t.Errorf("metadata: %d %.100s", code, body)
+	}
+	if code, body := get("/api/oidc_servers"); code != 200 || !strings.Contains(body, "servers") {
+		t.Errorf("oidc_servers: %d %.100s", code, body)
+	}
+	resp, err := http.Post("http://"+addr+"/fhir/Patient", "application/fhir+json", strings.NewReader(`{"resourceType":"Patient","id":"x"}`))
+	if err != nil || resp.StatusCode != 201 {
+		t.Fatalf("create: %v %v", err, resp)
+	}
+	loc := resp.Header.Get("Location")
+	resp.Body.Close()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	// The database was closed cleanly: a new server opens it and has the data.
+	cancel, done = start()
+	defer func() { cancel(); <-done }()
+	id := strings.Split(strings.TrimPrefix(loc, cfg.BaseURL+"/fhir/Patient/"), "/")[0]
+	if code, _ := get(fmt.Sprintf("/fhir/Patient/%s", id)); code != 200 {
+		t.Errorf("patient lost across restart: %d", code)
+	}
+}
