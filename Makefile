@@ -1,7 +1,7 @@
 # p2pserver — build, run and test.
 GO ?= go
 BIN := bin/p2pserver
-STATICCHECK_VERSION := 2025.1.1
+STATICCHECK_VERSION := v0.7.0
 
 .PHONY: all build run test lint bench load spec clean
 

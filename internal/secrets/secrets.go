@@ -43,10 +43,12 @@ import (
 // KeySize is the length in bytes of a secret key.
 const KeySize = 32
 
+// version1 is the format byte of the current sealed-message layout.
+const version1 byte = 1
+
 const (
-	version1  byte = 1
-	keyIDSize      = 4
-	nonceSize      = 12
+	keyIDSize = 4
+	nonceSize = 12
 	// headerSize is everything before the GCM ciphertext in a version 1 message.
 	headerSize = 1 + keyIDSize + nonceSize
 )
