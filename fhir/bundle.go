@@ -93,15 +93,21 @@ type snapshot struct {
 	expires time.Time
 }
 
+// pageCache keeps result sets for paging, bounded in count and in the
+// total number of ids held, so that broad searches cannot exhaust memory:
+// past either bound the oldest result sets are dropped (their links then
+// answer 410, and the search must be run again).
 type pageCache struct {
-	mu  sync.Mutex
-	ttl time.Duration
-	max int
-	m   map[string]*snapshot
+	mu     sync.Mutex
+	ttl    time.Duration
+	max    int
+	maxIDs int
+	ids    int
+	m      map[string]*snapshot
 }
 
-func newPageCache(ttl time.Duration, max int) *pageCache {
-	return &pageCache{ttl: ttl, max: max, m: map[string]*snapshot{}}
+func newPageCache(ttl time.Duration, max, maxIDs int) *pageCache {
+	return &pageCache{ttl: ttl, max: max, maxIDs: maxIDs, m: map[string]*snapshot{}}
 }
 
 func (c *pageCache) put(sn *snapshot) string {
@@ -112,22 +118,28 @@ func (c *pageCache) put(sn *snapshot) string {
 	sn.expires = now.Add(c.ttl)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.m) >= c.max {
-		// Drop the expired ones, then the soonest to expire.
-		var oldest string
+	for k, v := range c.m {
+		if v.expires.Before(now) {
+			c.drop(k)
+		}
+	}
+	for len(c.m) > 0 && (len(c.m) >= c.max || c.ids+len(sn.ids) > c.maxIDs) {
+		oldest := ""
 		for k, v := range c.m {
-			if v.expires.Before(now) {
-				delete(c.m, k)
-			} else if oldest == "" || v.expires.Before(c.m[oldest].expires) {
+			if oldest == "" || v.expires.Before(c.m[oldest].expires) {
 				oldest = k
 			}
 		}
-		if len(c.m) >= c.max && oldest != "" {
-			delete(c.m, oldest)
-		}
+		c.drop(oldest)
 	}
 	c.m[key] = sn
+	c.ids += len(sn.ids)
 	return key
+}
+
+func (c *pageCache) drop(key string) {
+	c.ids -= len(c.m[key].ids)
+	delete(c.m, key)
 }
 
 func (c *pageCache) get(key string) *snapshot {
@@ -135,14 +147,14 @@ func (c *pageCache) get(key string) *snapshot {
 	defer c.mu.Unlock()
 	sn := c.m[key]
 	if sn != nil && time.Now().After(sn.expires) {
-		delete(c.m, key)
+		c.drop(key)
 		return nil
 	}
 	return sn
 }
 
 // searchBundle runs a search and renders its first page.
-func (s *Server) searchBundle(tx *store.Tx, typ string, params url.Values, lenient bool, _ string) ([]byte, error) {
+func (s *Server) searchBundle(tx *store.Tx, typ string, params url.Values, lenient bool) ([]byte, error) {
 	q, err := s.reg.Parse(typ, params, search.Options{
 		Base: s.cfg.BaseURL, Lenient: lenient, DefaultCount: s.cfg.DefaultCount, MaxCount: s.cfg.MaxCount,
 	})

@@ -91,7 +91,7 @@ func (s *Server) applyGet(tx *store.Tx, rq *request) (*response, error) {
 	}
 	switch {
 	case rq.ID == "":
-		body, err := s.searchBundle(tx, rq.Type, rq.Query, rq.Lenient, "")
+		body, err := s.searchBundle(tx, rq.Type, rq.Query, rq.Lenient)
 		if err != nil {
 			return nil, err
 		}

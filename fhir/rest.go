@@ -226,7 +226,7 @@ func (s *Server) runSearch(w http.ResponseWriter, r *http.Request, typ string, p
 			body, err = s.searchPage(tx, typ, c)
 			return err
 		}
-		body, err = s.searchBundle(tx, typ, searchParams(params), lenient, "")
+		body, err = s.searchBundle(tx, typ, searchParams(params), lenient)
 		return err
 	})
 	if err != nil {

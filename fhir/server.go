@@ -103,7 +103,7 @@ func New(st *store.Store, cfg Config) *Server {
 	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
 	return &Server{
 		cfg: cfg, store: st, reg: st.Registry(), model: st.Registry().Model(), log: cfg.Logger,
-		pages:      newPageCache(cfg.PageTTL, 2000),
+		pages:      newPageCache(cfg.PageTTL, 2000, 4_000_000),
 		validators: map[string][]Validator{},
 		started:    time.Now().UTC(),
 	}

@@ -225,15 +225,27 @@ func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
 				if err != nil {
 					return entryErr(e, err)
 				}
-				doc, err := s.parseResource(raw, e.typ)
+				// The whole Bundle was validated before; rewriting references
+				// replaced strings with strings, so decoding is enough here.
+				m, err := decodeJSON(raw)
 				if err != nil {
 					return entryErr(e, err)
 				}
+				if rt, _ := m["resourceType"].(string); rt != e.typ {
+					return entryErr(e, errs.E("fhir.transaction", errs.Invalid, fmt.Sprintf("the resource is a %s but request.url is for %s", rt, e.typ)))
+				}
+				id, _ := m["id"].(string)
+				doc := &store.Doc{Type: e.typ, ID: id, Map: m, JSON: raw}
 				if e.method == http.MethodPost {
 					doc.ID = ids[e.index]
 				} else if e.cond {
 					// The condition was resolved in step 1; the body may omit the id.
-					doc.ID = strings.TrimPrefix(targets[e.index], e.typ+"/")
+					target := strings.TrimPrefix(targets[e.index], e.typ+"/")
+					if doc.ID != "" && doc.ID != target {
+						return entryErr(e, errs.E("fhir.transaction", errs.Invalid,
+							fmt.Sprintf("the resource id %q differs from the id %q the condition matched", doc.ID, target)))
+					}
+					doc.ID = target
 					rq.Conditional, rq.ID = false, doc.ID
 				}
 				rq.Doc = doc
