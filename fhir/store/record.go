@@ -94,50 +94,31 @@ func stamp(data []byte, typ, id string, version int64, lastUpdated time.Time) ([
 	if err != nil {
 		return nil, err
 	}
-	var meta []fhirjson.Member
-	for _, m := range ms {
-		if m.Key == "meta" {
-			if meta, err = fhirjson.Members(m.Raw); err != nil {
-				return nil, fmt.Errorf("meta: %w", err)
-			}
-		}
+	quote := func(s string) json.RawMessage { b, _ := json.Marshal(s); return b }
+	meta := []fhirjson.Member{
+		{Key: "versionId", Raw: quote(fmt.Sprint(version))},
+		{Key: "lastUpdated", Raw: quote(lastUpdated.UTC().Format("2006-01-02T15:04:05.000000Z07:00"))},
 	}
-	var b bytes.Buffer
-	b.Grow(len(data) + 96)
-	b.WriteString(`{"resourceType":`)
-	writeString(&b, typ)
-	b.WriteString(`,"id":`)
-	writeString(&b, id)
-	fmt.Fprintf(&b, `,"meta":{"versionId":"%d","lastUpdated":"%s"`, version, lastUpdated.UTC().Format("2006-01-02T15:04:05.000000Z07:00"))
-	for _, m := range meta {
-		if m.Key == "versionId" || m.Key == "lastUpdated" {
-			continue
-		}
-		b.WriteByte(',')
-		writeString(&b, m.Key)
-		b.WriteByte(':')
-		if err := json.Compact(&b, m.Raw); err != nil {
-			return nil, err
-		}
-	}
-	b.WriteByte('}')
+	out := []fhirjson.Member{{Key: "resourceType", Raw: quote(typ)}, {Key: "id", Raw: quote(id)}, {Key: "meta"}}
 	for _, m := range ms {
 		switch m.Key {
-		case "resourceType", "id", "meta":
-			continue
-		}
-		b.WriteByte(',')
-		writeString(&b, m.Key)
-		b.WriteByte(':')
-		if err := json.Compact(&b, m.Raw); err != nil {
-			return nil, err
+		case "resourceType", "id":
+		case "meta":
+			old, err := fhirjson.Members(m.Raw)
+			if err != nil {
+				return nil, fmt.Errorf("meta: %w", err)
+			}
+			for _, mm := range old {
+				if mm.Key != "versionId" && mm.Key != "lastUpdated" {
+					meta = append(meta, mm)
+				}
+			}
+		default:
+			out = append(out, m)
 		}
 	}
-	b.WriteByte('}')
-	return b.Bytes(), nil
-}
-
-func writeString(b *bytes.Buffer, s string) {
-	enc, _ := json.Marshal(s)
-	b.Write(enc)
+	if out[2].Raw, err = fhirjson.Object(meta); err != nil {
+		return nil, err
+	}
+	return fhirjson.Object(out)
 }

@@ -1,0 +1,172 @@
+package search
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/p2pserver/p2pserver/fhir/spec"
+)
+
+var reg = NewRegistry(spec.R4())
+
+func ms(s string) int64 {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		panic(err)
+	}
+	return t.UnixMilli()
+}
+
+func TestDateRangePrecision(t *testing.T) {
+	cases := []struct {
+		in     string
+		lo, hi string
+	}{
+		{"2024", "2024-01-01T00:00:00Z", "2024-12-31T23:59:59.999Z"},
+		{"2024-02", "2024-02-01T00:00:00Z", "2024-02-29T23:59:59.999Z"},
+		{"2023-02-28", "2023-02-28T00:00:00Z", "2023-02-28T23:59:59.999Z"},
+		{"2024-01-15T10:00", "2024-01-15T10:00:00Z", "2024-01-15T10:00:59.999Z"},
+		{"2024-01-15T10:00:05Z", "2024-01-15T10:00:05Z", "2024-01-15T10:00:05.999Z"},
+		{"2024-01-15T10:00:05+02:00", "2024-01-15T08:00:05Z", "2024-01-15T08:00:05.999Z"},
+		{"2024-01-15T10:00:05.5-05:00", "2024-01-15T15:00:05.5Z", "2024-01-15T15:00:05.599Z"},
+		{"2024-01-15T10:00:05.123456Z", "2024-01-15T10:00:05.123Z", "2024-01-15T10:00:05.123Z"},
+	}
+	for _, c := range cases {
+		lo, hi, err := DateRange(c.in)
+		if err != nil {
+			t.Errorf("%s: %v", c.in, err)
+			continue
+		}
+		if lo != ms(c.lo) || hi != ms(c.hi) {
+			t.Errorf("%s: [%s, %s], want [%s, %s]", c.in,
+				time.UnixMilli(lo).UTC().Format(time.RFC3339Nano), time.UnixMilli(hi).UTC().Format(time.RFC3339Nano), c.lo, c.hi)
+		}
+	}
+	for _, bad := range []string{"", "24", "2024-13", "2024-02-30", "2024-01-15T25:00", "2024-01-15 10:00", "yesterday", "2024-01-15T10"} {
+		if _, _, err := DateRange(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestNumberImplicitPrecision(t *testing.T) {
+	cases := []struct {
+		in     string
+		lo, hi float64
+	}{
+		{"100", 99.5, 100.5},
+		{"100.0", 99.95, 100.05},
+		{"1.50", 1.495, 1.505},
+		{"1e2", 50, 150},
+		{"-3", -3.5, -2.5},
+	}
+	for _, c := range cases {
+		_, lo, hi, err := numberRange(c.in)
+		if err != nil || abs(lo-c.lo) > 1e-9 || abs(hi-c.hi) > 1e-9 {
+			t.Errorf("%s: [%v, %v] %v, want [%v, %v]", c.in, lo, hi, err, c.lo, c.hi)
+		}
+	}
+	for _, bad := range []string{"", "abc", "NaN", "Inf", "1,5"} {
+		if _, _, _, err := numberRange(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func abs(f float64) float64 {
+	if f < 0 {
+		return -f
+	}
+	return f
+}
+
+func TestNormalizeFoldsCaseAndAccents(t *testing.T) {
+	for in, want := range map[string]string{
+		"Müller": "muller", "  JOSÉ   María ": "jose maria", "Ørsted": "ørsted", "ÅNGSTRÖM": "angstrom", "a\x00b": "ab",
+	} {
+		if got := Normalize(in); got != want {
+			t.Errorf("Normalize(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestSortableEncodings(t *testing.T) {
+	floats := []float64{-1e9, -2.5, -0.1, 0, 0.1, 2.5, 1e9}
+	for i := 1; i < len(floats); i++ {
+		if hexFloat(floats[i-1]) >= hexFloat(floats[i]) {
+			t.Errorf("hexFloat order broken between %v and %v", floats[i-1], floats[i])
+		}
+		if back, _ := parseHexFloat(hexFloat(floats[i])); back != floats[i] {
+			t.Errorf("hexFloat round trip %v -> %v", floats[i], back)
+		}
+	}
+	ints := []int64{minDate, -5, 0, 5, maxDate}
+	for i := 1; i < len(ints); i++ {
+		if hexInt(ints[i-1]) >= hexInt(ints[i]) {
+			t.Errorf("hexInt order broken between %v and %v", ints[i-1], ints[i])
+		}
+	}
+}
+
+func TestSplitValuesEscapes(t *testing.T) {
+	got := splitValues(`a,b\,c,d\\,e`)
+	want := []string{"a", "b,c", `d\`, "e"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+func TestParseRefusesWhatItCannotDo(t *testing.T) {
+	cases := map[string]string{
+		"colour=blue":                        "unknown search parameter",
+		"name:below=x":                       "not supported",
+		"birthdate=2024-13":                  "birthdate",
+		"_count=-1":                          "_count",
+		"_count=many":                        "_count",
+		"_sort=colour":                       "colour",
+		"_include=Observation:subject":       "must name the searched type",
+		"_include=Patient:name":              "no reference search parameter",
+		"_revinclude=Nope:x":                 "unknown resource type",
+		"general-practitioner.name.family=x": "deeper than one level",
+		"_summary=true":                      "not supported",
+		"_total=exact":                       "_total",
+		"name:missing=maybe":                 "true or false",
+		"identifier=a|b|c":                   "not a token",
+		"gender=":                            "empty value",
+	}
+	for q, says := range cases {
+		vals, _ := url.ParseQuery(q)
+		_, err := reg.Parse("Patient", vals, Options{})
+		if err == nil || !strings.Contains(err.Error(), says) {
+			t.Errorf("%s: error %v, want one saying %q", q, err, says)
+		}
+	}
+	vals, _ := url.ParseQuery("colour=blue&name=x")
+	q, err := reg.Parse("Patient", vals, Options{Lenient: true})
+	if err != nil || len(q.Ignored) != 1 || q.Ignored[0] != "colour" || len(q.Clauses) != 1 {
+		t.Errorf("lenient parse: %+v %v", q, err)
+	}
+}
+
+func TestRegistryCoversTheExchangeTypes(t *testing.T) {
+	want := map[string][]string{
+		"Patient":                     {"identifier", "family", "given", "birthdate", "gender", "name", "_id", "_lastUpdated"},
+		"Observation":                 {"code", "subject", "patient", "date", "value-quantity", "category", "status"},
+		"ExplanationOfBenefit":        {"patient", "identifier", "created", "provider", "status"},
+		"Coverage":                    {"beneficiary", "payor", "identifier", "subscriber"},
+		"Provenance":                  {"target", "recorded", "agent", "patient"},
+		"Task":                        {"code", "status", "requester", "owner", "identifier", "authored-on", "modified"},
+		"Subscription":                {"criteria", "status", "type", "url"},
+		"CoverageEligibilityResponse": {"request", "patient", "outcome", "created"},
+		"Consent":                     {"patient", "status", "category"},
+	}
+	for typ, codes := range want {
+		for _, c := range codes {
+			if _, ok := reg.Lookup(typ, c); !ok {
+				t.Errorf("%s has no search parameter %s", typ, c)
+			}
+		}
+	}
+}
