@@ -287,7 +287,11 @@ func (s *storage) GetPrivateClaimsFromRequest(_ context.Context, req op.TokenReq
 	if !ok {
 		return nil, nil
 	}
-	return map[string]any{"patient": tr.patient, "scope": strings.Join(tr.scopes, " ")}, nil
+	claims := map[string]any{"scope": strings.Join(tr.scopes, " ")}
+	if tr.patient != "" { // system (client credentials) tokens have no patient
+		claims["patient"] = tr.patient
+	}
+	return claims, nil
 }
 
 func (s *storage) GetKeyByIDAndClientID(context.Context, string, string) (*jose.JSONWebKey, error) {
