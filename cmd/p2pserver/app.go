@@ -37,7 +37,11 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 			return nil, fmt.Errorf("create database folder: %w", err)
 		}
 	}
-	db, err := bolt.Open(cfg.DB, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	// The freelist is not written at every commit (it is rebuilt by a scan
+	// at open instead): on a large database that write dominates commits.
+	db, err := bolt.Open(cfg.DB, 0o600, &bolt.Options{
+		Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w (is another p2pserver using it?)", cfg.DB, err)
 	}
