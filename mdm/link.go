@@ -1,0 +1,221 @@
+package mdm
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+
+	"github.com/p2pserver/p2pserver/fhir/store"
+)
+
+// Code systems of the CARIN Blue Button patient identifier types
+// (ValueSet C4BBPatientIdentifierType).
+const (
+	C4BBIdentifierTypeSystem = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBIdentifierType"
+	V2IdentifierTypeSystem   = "http://terminology.hl7.org/CodeSystem/v2-0203"
+)
+
+// PatientIdentifierType is one code of the C4BBPatientIdentifierType value set.
+type PatientIdentifierType struct {
+	System, Code, Display string
+}
+
+// PatientIdentifierTypes are the CARIN BB patient identifier types, in the
+// order MemberIdentifier prefers them: the identifiers that name the member
+// across the payer first, the record-keeping ones last.
+var PatientIdentifierTypes = []PatientIdentifierType{
+	{C4BBIdentifierTypeSystem, "um", "Unique Member ID"},
+	{V2IdentifierTypeSystem, "MB", "Member Number"},
+	{C4BBIdentifierTypeSystem, "pat", "Patient Account Number"},
+	{V2IdentifierTypeSystem, "MR", "Medical Record Number"},
+}
+
+// Identifier is a member identifier found on a source payer's Patient.
+type Identifier struct {
+	// Type is the CARIN BB type it carries.
+	Type PatientIdentifierType
+	// System and Value are as the source payer wrote them.
+	System, Value string
+}
+
+// MemberIdentifier returns the identifier of a source payer's Patient that
+// names the member there: among its identifiers with a value and a CARIN BB
+// patient identifier type, the one whose type comes first in
+// PatientIdentifierTypes (the first such identifier for a tie). ok is false
+// when the Patient has none.
+func MemberIdentifier(patient map[string]any) (id Identifier, ok bool) {
+	best := len(PatientIdentifierTypes)
+	ids, _ := patient["identifier"].([]any)
+	for _, raw := range ids {
+		ident, _ := raw.(map[string]any)
+		value, _ := ident["value"].(string)
+		if value == "" {
+			continue
+		}
+		system, _ := ident["system"].(string)
+		typ, _ := ident["type"].(map[string]any)
+		codings, _ := typ["coding"].([]any)
+		for _, c := range codings {
+			coding, _ := c.(map[string]any)
+			cs, _ := coding["system"].(string)
+			code, _ := coding["code"].(string)
+			for rank, t := range PatientIdentifierTypes[:best] {
+				if t.System == cs && t.Code == code {
+					best = rank
+					id, ok = Identifier{Type: t, System: system, Value: value}, true
+					break
+				}
+			}
+		}
+	}
+	return id, ok
+}
+
+// Assigner names the source payer in the identifier added to the member.
+type Assigner struct {
+	Name           string // the OIDC server definition's name
+	OrganizationID string // its organizationId (payer id)
+}
+
+// Linker adds the source payer's member identifier to the target member and
+// links the ingested source Patient with the member. A Linker with an empty
+// system is disabled: Enabled is false and it changes nothing.
+type Linker struct {
+	system string
+}
+
+// NewLinker returns a Linker that adds member identifiers under system (the
+// -mdm-identifier-system setting); "" disables it.
+func NewLinker(system string) *Linker { return &Linker{system: system} }
+
+// Enabled reports whether the Linker adds identifiers and links.
+func (l *Linker) Enabled() bool { return l != nil && l.system != "" }
+
+// System is the identifier system member identifiers are added under.
+func (l *Linker) System() string {
+	if l == nil {
+		return ""
+	}
+	return l.system
+}
+
+// linkType is the Patient.link type used both ways: each record is valid and
+// in use, and the other holds data about the same person.
+const linkType = "seealso"
+
+// LinkIngested amends doc, the ingested copy of the source payer's Patient
+// as it is about to be stored, with a link to Patient/memberID. It returns
+// whether doc changed (false when disabled or when the link is there).
+func (l *Linker) LinkIngested(doc *store.Doc, memberID string) (bool, error) {
+	if !l.Enabled() {
+		return false, nil
+	}
+	if doc.Type != "Patient" {
+		return false, fmt.Errorf("mdm: link a Patient, not a %s", doc.Type)
+	}
+	return addLink(doc, "Patient/"+memberID)
+}
+
+// AmendMember returns the member's Patient with the source identifier added
+// under the Linker's system (assigned by the source payer) and a link to the
+// ingested copy Patient/ingestedID, ready to be written; nil when the member
+// already has both or the Linker is disabled. member is the member's
+// current version.
+func (l *Linker) AmendMember(member *store.Version, id Identifier, by Assigner, ingestedID string) (*store.Doc, error) {
+	if !l.Enabled() {
+		return nil, nil
+	}
+	if member == nil || member.Type != "Patient" || member.Deleted {
+		return nil, fmt.Errorf("mdm: the member must be a current Patient")
+	}
+	m, err := decode(member.JSON)
+	if err != nil {
+		return nil, fmt.Errorf("mdm: member Patient/%s: %w", member.ID, err)
+	}
+	doc := &store.Doc{Type: member.Type, ID: member.ID, Map: m, JSON: member.JSON}
+	changed := false
+	if id.Value != "" && !hasIdentifier(m, l.system, id.Value) {
+		ids, _ := m["identifier"].([]any)
+		ids = append(append([]any(nil), ids...), l.identifier(id, by))
+		if err := doc.Set("identifier", ids); err != nil {
+			return nil, err
+		}
+		changed = true
+	}
+	if ingestedID != "" {
+		linked, err := addLink(doc, "Patient/"+ingestedID)
+		if err != nil {
+			return nil, err
+		}
+		changed = changed || linked
+	}
+	if !changed {
+		return nil, nil
+	}
+	return doc, nil
+}
+
+// identifier is the Identifier added to the member: the source's value and
+// type, under the configured system, assigned by the source payer.
+func (l *Linker) identifier(id Identifier, by Assigner) map[string]any {
+	out := map[string]any{
+		"type": map[string]any{"coding": []any{map[string]any{
+			"system": id.Type.System, "code": id.Type.Code, "display": id.Type.Display,
+		}}},
+		"system": l.system,
+		"value":  id.Value,
+	}
+	assigner := map[string]any{}
+	if by.OrganizationID != "" {
+		assigner["identifier"] = map[string]any{"value": by.OrganizationID}
+	}
+	if by.Name != "" {
+		assigner["display"] = by.Name
+	}
+	if len(assigner) > 0 {
+		out["assigner"] = assigner
+	}
+	return out
+}
+
+func hasIdentifier(patient map[string]any, system, value string) bool {
+	ids, _ := patient["identifier"].([]any)
+	for _, raw := range ids {
+		ident, _ := raw.(map[string]any)
+		if ident["system"] == system && ident["value"] == value {
+			return true
+		}
+	}
+	return false
+}
+
+// addLink adds {other: ref, type: seealso} to doc's Patient.link unless a
+// link to ref is there.
+func addLink(doc *store.Doc, ref string) (bool, error) {
+	links, _ := doc.Map["link"].([]any)
+	for _, raw := range links {
+		link, _ := raw.(map[string]any)
+		other, _ := link["other"].(map[string]any)
+		if other["reference"] == ref {
+			return false, nil
+		}
+	}
+	links = append(append([]any(nil), links...), map[string]any{
+		"other": map[string]any{"reference": ref},
+		"type":  linkType,
+	})
+	if err := doc.Set("link", links); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+func decode(raw []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
