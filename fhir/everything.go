@@ -1,0 +1,488 @@
+package fhir
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/spec"
+	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/errs"
+)
+
+// EverythingDefinition is the canonical URL of the OperationDefinition of
+// Patient/$everything.
+const EverythingDefinition = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+
+// EverythingOptions configure Patient/$everything.
+type EverythingOptions struct {
+	// Withhold, when set, is asked once per patient whose data a request
+	// gathers (and again for each page): the resources for which the
+	// function it returns reports true are left out, for example the
+	// sensitive data a member's consent does not release (mdm.Withhold).
+	// A nil function withholds nothing. It applies to every caller, admin
+	// included: $everything is how data leaves for another payer.
+	Withhold func(tx *store.Tx, patient string) (func(v *store.Version) bool, error)
+}
+
+// EnableEverything registers Patient/{id}/$everything and the type-level
+// Patient/$everything (GET, or POST with the parameters in the URL or a
+// Parameters body). An instance answers the Patient, every resource of its
+// compartment, and the resources those refer to that belong to no
+// patient's compartment (Practitioner, Organization, Location,
+// Medication...), as a searchset Bundle: the compartment as search mode
+// match, the referenced resources as include. _type keeps only the named
+// types, _since only resources updated at or after the instant, _count
+// sets the page size; the result set is kept as search results are, so
+// that next links stay exact while others write. The type level gathers
+// every patient's data and is refused to member-scoped tokens; start and
+// end (care dates) are not supported.
+func (s *Server) EnableEverything(opts EverythingOptions) {
+	s.AddOperation(&Operation{
+		Name: "everything", Types: []string{"Patient"}, Type: true, Instance: true,
+		Methods:    []string{http.MethodGet, http.MethodPost},
+		Definition: EverythingDefinition,
+		Handler:    func(w http.ResponseWriter, r *http.Request) { s.everything(w, r, opts) },
+	})
+}
+
+// everythingKind marks $everything result sets in the page cache: no
+// search of a type can have it, so a cursor never crosses over.
+const everythingKind = "Patient/$everything"
+
+// everythingQuery is a parsed $everything request.
+type everythingQuery struct {
+	patient string          // "" at type level
+	types   map[string]bool // _type; nil for all
+	since   time.Time
+	count   int
+	kept    url.Values // what the self link repeats
+	ignored []string   // dropped under lenient handling
+}
+
+func (s *Server) everything(w http.ResponseWriter, r *http.Request, opts EverythingOptions) {
+	id := chi.URLParam(r, "id")
+	if id != "" {
+		if err := checkID(id); err != nil {
+			WriteError(w, r, errs.E("fhir.everything", errs.NotFound, err))
+			return
+		}
+	}
+	params, err := s.everythingParams(w, r)
+	if err != nil {
+		WriteError(w, r, err)
+		return
+	}
+	var body []byte
+	err = s.store.View(r.Context(), func(tx *store.Tx) error {
+		a := AccessFrom(tx.Context())
+		if err := a.mayRead("Patient"); err != nil {
+			return err
+		}
+		if c := params.Get("_cursor"); c != "" {
+			body, err = s.everythingPage(tx, opts, id, c)
+			return err
+		}
+		_, lenient := prefer(r)
+		q, err := s.parseEverything(id, params, lenient)
+		if err != nil {
+			return err
+		}
+		body, err = s.everythingBundle(tx, opts, q)
+		return err
+	})
+	if err != nil {
+		WriteError(w, r, err)
+		return
+	}
+	writeBody(w, http.StatusOK, body)
+}
+
+// everythingParams returns the request's parameters: the URL's, and for a
+// POST those of a Parameters body.
+func (s *Server) everythingParams(w http.ResponseWriter, r *http.Request) (url.Values, error) {
+	params := r.URL.Query()
+	if r.Method != http.MethodPost {
+		return params, nil
+	}
+	if err := checkContentType(r); err != nil {
+		return nil, err
+	}
+	raw, err := readBody(w, r, s.cfg.MaxBody)
+	if err != nil || len(strings.TrimSpace(string(raw))) == 0 {
+		return params, err
+	}
+	doc, err := s.parseResource(raw, "Parameters")
+	if err != nil {
+		return nil, err
+	}
+	list, _ := doc.Map["parameter"].([]any)
+	for i, p := range list {
+		pm, _ := p.(map[string]any)
+		name, _ := pm["name"].(string)
+		val := ""
+		for k, v := range pm {
+			if !strings.HasPrefix(k, "value") {
+				continue
+			}
+			switch v := v.(type) {
+			case string:
+				val = v
+			case json.Number:
+				val = v.String()
+			}
+		}
+		if val == "" {
+			return nil, errs.E("fhir.everything", errs.Invalid, fmt.Sprintf("parameter %d (%s) has no primitive value", i+1, name),
+				errs.Issue{Code: "value", Path: fmt.Sprintf("Parameters.parameter[%d]", i), Message: "a value[x] of a primitive type is required"})
+		}
+		params.Add(name, val)
+	}
+	return params, nil
+}
+
+func (s *Server) parseEverything(patient string, params url.Values, lenient bool) (*everythingQuery, error) {
+	const op = "fhir.everything"
+	q := &everythingQuery{patient: patient, count: s.cfg.DefaultCount, kept: url.Values{}}
+	for name, vals := range params {
+		switch name {
+		case "_format", "_pretty":
+		case "_count":
+			n, err := parsePositive("_count", vals[len(vals)-1])
+			if err != nil {
+				return nil, err
+			}
+			q.count = min(n, s.cfg.MaxCount)
+			q.kept.Set("_count", strconv.Itoa(q.count))
+		case "_since":
+			t, err := time.Parse(time.RFC3339Nano, vals[len(vals)-1])
+			if err != nil {
+				return nil, errs.E(op, errs.Invalid, fmt.Sprintf("_since %q is not an instant like 2024-01-02T15:04:05Z", vals[len(vals)-1]))
+			}
+			q.since = t
+			q.kept.Set("_since", vals[len(vals)-1])
+		case "_type":
+			q.types = map[string]bool{}
+			var all []string
+			for _, v := range vals {
+				for _, t := range strings.Split(v, ",") {
+					t = strings.TrimSpace(t)
+					if !s.model.IsResource(t) {
+						return nil, errs.E(op, errs.Invalid, fmt.Sprintf("_type %q is not a resource type", t))
+					}
+					q.types[t] = true
+					all = append(all, t)
+				}
+			}
+			q.kept.Set("_type", strings.Join(all, ","))
+		default:
+			why := fmt.Sprintf("parameter %s is not supported by $everything (supported: _since, _type, _count)", name)
+			if name == "start" || name == "end" {
+				why = "start and end (care dates) are not supported by this server's $everything; use _since and _type"
+			}
+			if !lenient {
+				return nil, errs.E(op, errs.Invalid, why)
+			}
+			q.ignored = append(q.ignored, name)
+		}
+	}
+	sort.Strings(q.ignored)
+	return q, nil
+}
+
+// An entry of an $everything result set is "Type/id", the patient whose
+// data brought it in, and whether it is a match (compartment) or an
+// include (referenced), joined by NUL.
+func everythingEntry(ref, patient string, include bool) string {
+	mode := "m"
+	if include {
+		mode = "i"
+	}
+	return ref + "\x00" + patient + "\x00" + mode
+}
+
+func splitEntry(e string) (typ, id, patient string, include bool) {
+	parts := strings.SplitN(e, "\x00", 3)
+	if len(parts) != 3 {
+		return "", "", "", false
+	}
+	typ, id, _ = strings.Cut(parts[0], "/")
+	return typ, id, parts[1], parts[2] == "i"
+}
+
+// compartmentTypes are the types of the Patient compartment, Patient
+// first, then by name, so that a member's record reads in a stable order.
+func compartmentTypes() []string {
+	var out []string
+	for t := range spec.PatientCompartment() {
+		if t != "Patient" {
+			out = append(out, t)
+		}
+	}
+	sort.Strings(out)
+	return append([]string{"Patient"}, out...)
+}
+
+// gatherer collects an $everything result set inside one transaction.
+type gatherer struct {
+	s       *Server
+	tx      *store.Tx
+	a       *Access
+	q       *everythingQuery
+	opts    EverythingOptions
+	seen    map[string]bool
+	matches []string
+	refs    []string // referenced, not yet read: "Type/id\x00patient"
+}
+
+func (g *gatherer) wanted(v *store.Version) bool {
+	if g.q.types != nil && !g.q.types[v.Type] {
+		return false
+	}
+	if !g.q.since.IsZero() && v.LastUpdated.Before(g.q.since) {
+		return false
+	}
+	return g.a.mayRead(v.Type) == nil
+}
+
+// patient adds one patient's compartment and notes what it refers to.
+func (g *gatherer) patient(p string) error {
+	withhold, err := g.withholder(p)
+	if err != nil {
+		return err
+	}
+	for _, typ := range compartmentTypes() {
+		if err := g.tx.Context().Err(); err != nil {
+			return err
+		}
+		ids := g.tx.CompartmentIDs(typ, p)
+		if typ == "Patient" {
+			// The member first, then the records linked to it.
+			ids = append([]string{p}, slices.DeleteFunc(ids, func(id string) bool { return id == p })...)
+		}
+		vs, err := g.tx.ReadCurrent(typ, ids)
+		if err != nil {
+			return err
+		}
+		for _, v := range vs {
+			ref := v.Type + "/" + v.ID
+			if withhold != nil && withhold(v) {
+				continue
+			}
+			// References are followed even from resources _type or _since
+			// leave out: what they point to may be wanted.
+			g.noteReferences(v, p)
+			if g.seen[ref] || !g.wanted(v) {
+				continue
+			}
+			g.seen[ref] = true
+			g.matches = append(g.matches, everythingEntry(ref, p, false))
+		}
+	}
+	return nil
+}
+
+func (g *gatherer) withholder(p string) (func(*store.Version) bool, error) {
+	if g.opts.Withhold == nil {
+		return nil, nil
+	}
+	return g.opts.Withhold(g.tx, p)
+}
+
+// noteReferences records the relative references of v to resources of
+// types outside the Patient compartment: the practitioners, organizations,
+// locations, medications... that the member's record needs to be read.
+// Resources of compartment types are never followed, so that another
+// member's data cannot come in through a reference.
+func (g *gatherer) noteReferences(v *store.Version, patient string) {
+	var doc any
+	if err := json.Unmarshal(v.JSON, &doc); err != nil {
+		return
+	}
+	walkReferences(doc, func(ref string) { // transaction.go's walker
+		ref = search.NormalizeReference(ref, g.s.cfg.BaseURL)
+		typ, id, ok := strings.Cut(ref, "/")
+		if !ok || strings.Contains(id, "/") || checkID(id) != nil || !g.s.model.IsResource(typ) || g.s.reg.InPatientCompartment(typ) {
+			return
+		}
+		if !g.seen["ref:"+ref] {
+			g.seen["ref:"+ref] = true
+			g.refs = append(g.refs, ref+"\x00"+patient)
+		}
+	})
+}
+
+// includes reads the referenced resources and adds those the request may
+// have, after the matches, in reference order.
+func (g *gatherer) includes() ([]string, error) {
+	sort.Strings(g.refs)
+	var out []string
+	withholders := map[string]func(*store.Version) bool{}
+	for _, r := range g.refs {
+		ref, p, _ := strings.Cut(r, "\x00")
+		if g.seen[ref] {
+			continue
+		}
+		typ, id, _ := strings.Cut(ref, "/")
+		v, err := g.tx.Read(typ, id)
+		if err != nil {
+			continue // dangling or deleted: nothing to include
+		}
+		w, ok := withholders[p]
+		if !ok {
+			if w, err = g.withholder(p); err != nil {
+				return nil, err
+			}
+			withholders[p] = w
+		}
+		if (w != nil && w(v)) || !g.wanted(v) {
+			continue
+		}
+		g.seen[ref] = true
+		out = append(out, everythingEntry(ref, p, true))
+	}
+	return out, nil
+}
+
+func (s *Server) everythingBundle(tx *store.Tx, opts EverythingOptions, q *everythingQuery) ([]byte, error) {
+	a := AccessFrom(tx.Context())
+	g := &gatherer{s: s, tx: tx, a: a, q: q, opts: opts, seen: map[string]bool{}}
+	if q.patient != "" {
+		if _, err := tx.Read("Patient", q.patient); err != nil {
+			return nil, err
+		}
+		if err := s.visible(tx, a, "Patient", q.patient); err != nil {
+			return nil, err
+		}
+		if err := g.patient(q.patient); err != nil {
+			return nil, err
+		}
+	} else {
+		if a.compartment() != "" {
+			return nil, errs.E("fhir.everything", errs.Permission,
+				"type-level Patient/$everything gathers every member's data; a token bound to one patient must use Patient/{id}/$everything")
+		}
+		for _, p := range tx.AllIDs("Patient") {
+			if err := g.patient(p); err != nil {
+				return nil, err
+			}
+		}
+	}
+	inc, err := g.includes()
+	if err != nil {
+		return nil, err
+	}
+	entries := append(g.matches, inc...)
+	self := s.everythingURL(q.patient)
+	if enc := q.kept.Encode(); enc != "" {
+		self += "?" + enc
+	}
+	kept := url.Values{"patient": {q.patient}}
+	if len(q.ignored) > 0 {
+		kept["ignored"] = q.ignored
+	}
+	sn := &snapshot{typ: everythingKind, ids: entries, self: self,
+		query: &search.Query{Type: "Patient", Count: q.count, Compartment: a.compartment(), Kept: kept}}
+	var key string
+	if len(entries) > q.count {
+		key = s.pages.put(sn)
+	}
+	return s.renderEverything(tx, opts, sn, key, 0)
+}
+
+func (s *Server) everythingURL(patient string) string {
+	if patient == "" {
+		return s.cfg.BaseURL + "/Patient/$everything"
+	}
+	return s.cfg.BaseURL + "/Patient/" + patient + "/$everything"
+}
+
+// everythingPage renders a later page of a kept result set; cursor is
+// "<key>.<offset>". The cursor only works with the access rights and the
+// patient it was made for.
+func (s *Server) everythingPage(tx *store.Tx, opts EverythingOptions, patient, cursor string) ([]byte, error) {
+	key, off, ok := strings.Cut(cursor, ".")
+	offset, err := strconv.Atoi(off)
+	if !ok || err != nil || offset < 0 {
+		return nil, errs.E("fhir.everything", errs.Invalid, fmt.Sprintf("%q is not a page cursor of this server", cursor))
+	}
+	sn := s.pages.get(key)
+	if sn == nil || sn.typ != everythingKind || sn.query.Kept.Get("patient") != patient {
+		return nil, errs.E("fhir.everything", errs.Gone, "this $everything result has expired; ask again")
+	}
+	if sn.query.Compartment != AccessFrom(tx.Context()).compartment() {
+		return nil, errs.E("fhir.everything", errs.Permission, "this page belongs to a request made with other access rights")
+	}
+	return s.renderEverything(tx, opts, sn, key, offset)
+}
+
+func (s *Server) everythingPageURL(sn *snapshot, key string, offset int) string {
+	return fmt.Sprintf("%s?_cursor=%s.%d", s.everythingURL(sn.query.Kept.Get("patient")), key, offset)
+}
+
+// renderEverything renders one page of a kept result set: the current
+// version of each entry (left out if deleted since, or withheld since),
+// with self, first, next, previous and last links.
+func (s *Server) renderEverything(tx *store.Tx, opts EverythingOptions, sn *snapshot, key string, offset int) ([]byte, error) {
+	count := sn.query.Count
+	b := newBundle("searchset")
+	total := len(sn.ids)
+	b.Total = &total
+	self := sn.self
+	if offset > 0 {
+		self = s.everythingPageURL(sn, key, offset)
+	}
+	b.Link = append(b.Link, BundleLink{Relation: "self", URL: self})
+	offset = min(offset, len(sn.ids))
+	end := min(offset+count, len(sn.ids))
+	if key != "" {
+		b.Link = append(b.Link, BundleLink{Relation: "first", URL: s.everythingPageURL(sn, key, 0)})
+		if end < len(sn.ids) {
+			b.Link = append(b.Link, BundleLink{Relation: "next", URL: s.everythingPageURL(sn, key, end)})
+		}
+		if offset > 0 {
+			b.Link = append(b.Link, BundleLink{Relation: "previous", URL: s.everythingPageURL(sn, key, max(0, offset-count))})
+		}
+		last := ((len(sn.ids) - 1) / count) * count
+		b.Link = append(b.Link, BundleLink{Relation: "last", URL: s.everythingPageURL(sn, key, last)})
+	}
+	withholders := map[string]func(*store.Version) bool{}
+	for _, e := range sn.ids[offset:end] {
+		typ, id, patient, include := splitEntry(e)
+		v, err := tx.Read(typ, id)
+		if err != nil {
+			continue // deleted since the result set was made
+		}
+		w, ok := withholders[patient]
+		if !ok && opts.Withhold != nil {
+			if w, err = opts.Withhold(tx, patient); err != nil {
+				return nil, err
+			}
+			withholders[patient] = w
+		}
+		if w != nil && w(v) {
+			continue
+		}
+		mode := "match"
+		if include {
+			mode = "include"
+		}
+		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: v.JSON, Search: &EntrySearch{Mode: mode}})
+	}
+	if ignored := sn.query.Kept["ignored"]; len(ignored) > 0 {
+		oo, _ := json.Marshal(&OperationOutcome{ResourceType: "OperationOutcome", Issue: []OOIssue{{
+			Severity: "warning", Code: "not-supported",
+			Diagnostics: "these parameters are not supported and were ignored: " + strings.Join(ignored, ", "),
+		}}})
+		b.Entry = append(b.Entry, BundleEntry{Resource: oo, Search: &EntrySearch{Mode: "outcome"}})
+	}
+	return json.Marshal(b)
+}
