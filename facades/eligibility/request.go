@@ -19,7 +19,7 @@ type Request struct {
 	// PayerIDs are the identifier values of the request's insurer and the
 	// Coverage's payors, the candidates the router matches.
 	PayerIDs []string `json:"payerIds,omitempty"`
-	Patient Person `json:"patient"`
+	Patient  Person   `json:"patient"`
 	// Subscriber is the policy holder when the patient is a dependent.
 	Subscriber *Person `json:"subscriber,omitempty"`
 	// Relationship is the patient's relationship to the subscriber, a code
@@ -457,5 +457,5 @@ func nonEmpty(in []string) []string {
 }
 
 func obj(v any) map[string]any { m, _ := v.(map[string]any); return m }
-func arr(v any) []any           { a, _ := v.([]any); return a }
-func str(v any) string          { s, _ := v.(string); return s }
+func arr(v any) []any          { a, _ := v.([]any); return a }
+func str(v any) string         { s, _ := v.(string); return s }

@@ -38,7 +38,7 @@ type period struct {
 }
 
 type benefitJSON struct {
-	Type               concept     `json:"type"`
+	Type               concept `json:"type"`
 	AllowedUnsignedInt *int    `json:"allowedUnsignedInt,omitempty"`
 	AllowedString      string  `json:"allowedString,omitempty"`
 	AllowedMoney       *money  `json:"allowedMoney,omitempty"`

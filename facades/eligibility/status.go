@@ -61,22 +61,22 @@ const (
 
 // The error codes. Each names what to fix, so a front desk can act on it.
 var (
-	ErrMemberID = &ErrorCode{Code: "member-id", Display: "The payer did not recognise the member ID", Fix: "Coverage.subscriberId"}
-	ErrMemberName = &ErrorCode{Code: "member-name", Display: "The payer did not recognise the patient's name (check spelling, nicknames, name changes)", Fix: "Patient.name"}
-	ErrMemberDOB = &ErrorCode{Code: "member-dob", Display: "The payer did not recognise the patient's date of birth", Fix: "Patient.birthDate"}
-	ErrMemberNotFound = &ErrorCode{Code: "member-not-found", Display: "The payer found no member with these demographics and member ID", Fix: "Patient"}
-	ErrProviderNPI = &ErrorCode{Code: "provider-npi", Display: "The payer does not recognise the provider's NPI", Fix: "CoverageEligibilityRequest.provider"}
-	ErrPayerUnavailable = &ErrorCode{Code: "payer-unavailable", Display: "The payer has been unavailable; try again later", Retry: true}
-	ErrPayerUnreachable = &ErrorCode{Code: "payer-unreachable", Display: "The payer could not be reached through the eligibility vendor", Retry: true}
-	ErrVendorCredentials = &ErrorCode{Code: "vendor-credentials", Display: "The eligibility vendor refused this server's credentials; an administrator must renew them"}
-	ErrDatasourceCredentials = &ErrorCode{Code: "datasource-credentials", Display: "The payer portal refused the datasource connection's credentials; an administrator must update the connection"}
+	ErrMemberID               = &ErrorCode{Code: "member-id", Display: "The payer did not recognise the member ID", Fix: "Coverage.subscriberId"}
+	ErrMemberName             = &ErrorCode{Code: "member-name", Display: "The payer did not recognise the patient's name (check spelling, nicknames, name changes)", Fix: "Patient.name"}
+	ErrMemberDOB              = &ErrorCode{Code: "member-dob", Display: "The payer did not recognise the patient's date of birth", Fix: "Patient.birthDate"}
+	ErrMemberNotFound         = &ErrorCode{Code: "member-not-found", Display: "The payer found no member with these demographics and member ID", Fix: "Patient"}
+	ErrProviderNPI            = &ErrorCode{Code: "provider-npi", Display: "The payer does not recognise the provider's NPI", Fix: "CoverageEligibilityRequest.provider"}
+	ErrPayerUnavailable       = &ErrorCode{Code: "payer-unavailable", Display: "The payer has been unavailable; try again later", Retry: true}
+	ErrPayerUnreachable       = &ErrorCode{Code: "payer-unreachable", Display: "The payer could not be reached through the eligibility vendor", Retry: true}
+	ErrVendorCredentials      = &ErrorCode{Code: "vendor-credentials", Display: "The eligibility vendor refused this server's credentials; an administrator must renew them"}
+	ErrDatasourceCredentials  = &ErrorCode{Code: "datasource-credentials", Display: "The payer portal refused the datasource connection's credentials; an administrator must update the connection"}
 	ErrDatasourceDisconnected = &ErrorCode{Code: "datasource-disconnected", Display: "The payer-portal datasource connection is disconnected; an administrator must reconnect it"}
-	ErrRequestRejected = &ErrorCode{Code: "request-rejected", Display: "The eligibility vendor refused the request"}
-	ErrMissingFields = &ErrorCode{Code: "missing-fields", Display: "The payer requires fields the request does not have"}
-	ErrUnmappedStatus = &ErrorCode{Code: "unmapped-status", Display: "The vendor answered with a status this server does not know; see the server log"}
-	ErrNoAnswer = &ErrorCode{Code: "no-answer", Display: "The vendor gave no answer within the time allowed", Retry: true}
-	ErrCancelled = &ErrorCode{Code: "cancelled", Display: "The check was cancelled"}
-	ErrInternal = &ErrorCode{Code: "internal", Display: "The check failed inside this server; see the server log", Retry: true}
+	ErrRequestRejected        = &ErrorCode{Code: "request-rejected", Display: "The eligibility vendor refused the request"}
+	ErrMissingFields          = &ErrorCode{Code: "missing-fields", Display: "The payer requires fields the request does not have"}
+	ErrUnmappedStatus         = &ErrorCode{Code: "unmapped-status", Display: "The vendor answered with a status this server does not know; see the server log"}
+	ErrNoAnswer               = &ErrorCode{Code: "no-answer", Display: "The vendor gave no answer within the time allowed", Retry: true}
+	ErrCancelled              = &ErrorCode{Code: "cancelled", Display: "The check was cancelled"}
+	ErrInternal               = &ErrorCode{Code: "internal", Display: "The check failed inside this server; see the server log", Retry: true}
 )
 
 // ErrorCodes lists every error code, for the README and the tests.
