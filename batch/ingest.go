@@ -1,0 +1,618 @@
+package batch
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+
+	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/mdm"
+	"github.com/p2pserver/p2pserver/oidcservers"
+	"github.com/p2pserver/p2pserver/provenance"
+)
+
+// Buckets kept beside the resources.
+const (
+	// digestBucket: local ref -> version (8 bytes) and SHA-256 of the JSON
+	// the last ingestion wrote, to recognize a resource that comes again
+	// unchanged.
+	digestBucket = "batch_ingested"
+)
+
+type pageKind int
+
+const (
+	memberPage pageKind = iota // the read of the member's Patient, for MDM
+	dataPage                   // a page of the requested Bundle
+)
+
+// errJobEnded aborts a write for a job that has ended meanwhile.
+var errJobEnded = errors.New("batch: the job has ended")
+
+// mdmError is a failure to link the member; the page is written without
+// the link, and the problem reported in the job's mdmNote.
+type mdmError struct{ err error }
+
+func (e *mdmError) Error() string { return "link the member: " + e.err.Error() }
+func (e *mdmError) Unwrap() error { return e.err }
+
+// retryLater is how long a job waits after a failure of this server's own
+// (the database), which is not the job's fault.
+const retryLater = 5 * time.Second
+
+// advance does one step of a job: start it, fetch and write one page, or
+// end it. It returns the delay before the next step, or done.
+func (r *Runner) advance(rn *run) (time.Duration, bool) {
+	rec, err := r.load(rn.id)
+	switch {
+	case errors.Is(err, errNoJob):
+		return 0, true
+	case err != nil:
+		if r.ctx.Err() == nil {
+			r.log.Error("batch: read job", "job", rn.id, "err", err)
+		}
+		return retryLater, false
+	case !rec.Status.Active():
+		return 0, true
+	case rec.Status == Stopping:
+		return r.endStep(rec, Stopped, "stopped on request before it finished")
+	case rec.Status == Starting:
+		if err := r.begin(rec); err != nil {
+			return r.writeFailed(rn, err)
+		}
+		return 0, false
+	}
+	if rn.ts == nil {
+		if reason := r.openTokens(rn, rec); reason != "" {
+			return r.endStep(rec, Failed, reason)
+		}
+	}
+	kind, u := dataPage, rec.NextURL
+	if r.linker.Enabled() && !rec.MemberDone {
+		kind, u = memberPage, rec.SourceBase+"/Patient/"+url.PathEscape(rec.SourcePatientID)
+	}
+	if u == "" {
+		return r.endStep(rec, Completed, "")
+	}
+	body, err := r.fetch(rn, u)
+	if errors.Is(err, errCanceled) {
+		return 0, false // stop request or shutdown: the next step tells which
+	}
+	var ff *fetchFailure
+	if errors.As(err, &ff) {
+		return r.fetchFailed(rn, rec, kind, u, ff)
+	}
+	rn.attempts, rn.refreshed = 0, false
+
+	pg, failNext, err := r.prepare(rec, body, u, kind)
+	var pe *pageError
+	if errors.As(err, &pe) {
+		return r.endStep(rec, Failed, pe.Reason)
+	}
+	if err != nil {
+		return r.writeFailed(rn, err)
+	}
+	ended, err := r.commit(rec.ID, pg, kind, failNext)
+	if errors.As(err, &pe) {
+		return r.endStep(rec, Failed, pe.Reason)
+	}
+	if errors.Is(err, errJobEnded) {
+		return 0, true
+	}
+	if err != nil {
+		return r.writeFailed(rn, err)
+	}
+	return 0, ended
+}
+
+// writeFailed handles a failure of this server's database during a step:
+// the job is neither advanced nor failed, and tries again later.
+func (r *Runner) writeFailed(rn *run, err error) (time.Duration, bool) {
+	if r.ctx.Err() != nil || errors.Is(err, context.Canceled) {
+		return 0, false
+	}
+	r.log.Error("batch: write failed; the job will try again", "job", rn.id, "err", err)
+	return retryLater, false
+}
+
+func (r *Runner) load(id int64) (*record, error) {
+	var rec *record
+	err := r.st.View(r.ctx, func(tx *store.Tx) (err error) {
+		rec, err = getJob(tx, id)
+		return err
+	})
+	return rec, err
+}
+
+// openTokens builds the job's token source; it returns why it cannot.
+func (r *Runner) openTokens(rn *run, rec *record) string {
+	srv, err := r.defs.Get(rn.ctx, rec.ServerID)
+	if err != nil {
+		if errs.Is(err, errs.NotFound) {
+			return fmt.Sprintf("the OIDC server definition %d no longer exists", rec.ServerID)
+		}
+		msg, _ := errs.Public(err)
+		return fmt.Sprintf("the OIDC server definition %d cannot be read: %s", rec.ServerID, msg)
+	}
+	tok, err := r.memberToken(rec)
+	if err != nil {
+		return "the member's tokens cannot be decrypted with this server's secret key (was -secret-key changed?)"
+	}
+	ctx := context.WithValue(rn.ctx, oauth2.HTTPClient, r.client)
+	ts, err := oidcservers.NewTokenSource(ctx, srv, tok, func(t *oauth2.Token) { r.saveTokens(rec.ID, t) })
+	if err != nil {
+		msg, _ := errs.Public(err)
+		return "the member's tokens cannot be used with OIDC server definition " + fmt.Sprint(rec.ServerID) + ": " + msg
+	}
+	rn.ts = ts
+	return ""
+}
+
+// saveTokens keeps the member's refreshed tokens, sealed, with the job, so
+// that a restart uses them (a rotated refresh token is the only one left).
+func (r *Runner) saveTokens(id int64, tok *oauth2.Token) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), 30*time.Second)
+	defer cancel()
+	err := r.st.Write(ctx, func(tx *store.Tx) error {
+		rec, err := getJob(tx, id)
+		if err != nil {
+			return err
+		}
+		rec.TokenRefreshes++
+		if rec.Status.Active() {
+			if err := r.sealToken(rec, tok); err != nil {
+				return err
+			}
+		}
+		return putJob(tx, rec, time.Now().UTC())
+	})
+	if err != nil {
+		r.log.Error("batch: could not keep the member's refreshed tokens; a restart would need the member to authorize again", "job", id, "err", err)
+	}
+}
+
+// fetchFailed decides what a failed request means for the job.
+func (r *Runner) fetchFailed(rn *run, rec *record, kind pageKind, u string, ff *fetchFailure) (time.Duration, bool) {
+	switch {
+	case ff.retry && ff.after < 0:
+		return 0, false // a refreshed token, right away
+	case ff.retry:
+		rn.attempts++
+		if rn.attempts > r.cfg.MaxRetries {
+			return r.endStep(rec, Failed, fmt.Sprintf("%s; gave up after %d retries", ff.reason, r.cfg.MaxRetries))
+		}
+		d := r.backoff(rn.attempts, ff.after)
+		r.update(rec.ID, func(rec *record) { rec.Retries++ })
+		r.log.Warn("batch: source request failed; retrying", "job", rec.ID, "attempt", rn.attempts, "in", d, "reason", ff.reason)
+		return d, false
+	case ff.expired && kind == dataPage && u != rec.FirstURL && rec.Restarts < 2:
+		// The source no longer holds the search being paged (a restart took
+		// long): pages are written idempotently, so start again.
+		rn.attempts, rn.refreshed = 0, false
+		r.update(rec.ID, func(rec *record) { rec.Restarts++; rec.NextURL = rec.FirstURL })
+		r.log.Warn("batch: the source's paging cursor expired; starting the request again", "job", rec.ID)
+		return 0, false
+	case kind == memberPage && !ff.authz:
+		// The member's Patient cannot be read: pull the data anyway.
+		rn.attempts, rn.refreshed = 0, false
+		r.update(rec.ID, func(rec *record) {
+			rec.MemberDone = true
+			rec.MDMNote = "the member's Patient could not be read at the source (" + ff.reason + "); no identifier was added"
+		})
+		return 0, false
+	}
+	return r.endStep(rec, Failed, ff.reason)
+}
+
+// update changes a job's record in a small transaction of its own.
+func (r *Runner) update(id int64, change func(*record)) {
+	err := r.st.Write(r.ctx, func(tx *store.Tx) error {
+		rec, err := getJob(tx, id)
+		if err != nil || !rec.Status.Active() {
+			return err
+		}
+		change(rec)
+		return putJob(tx, rec, time.Now().UTC())
+	})
+	if err != nil && r.ctx.Err() == nil {
+		r.log.Error("batch: update job", "job", id, "err", err)
+	}
+}
+
+// prepare parses and validates a page and readies it for the write: all
+// the work that does not need the store's single writer.
+func (r *Runner) prepare(rec *record, body []byte, u string, kind pageKind) (pg *preparedPage, failNext string, err error) {
+	pp := &preparer{model: r.st.Registry().Model(), base: rec.SourceBase, memberSrc: rec.SourcePatientID, workers: r.cfg.PrepWorkers,
+		expect: expectsReferenced(rec.FirstURL)}
+	pg, err = pp.parse(body, u)
+	if err != nil {
+		return nil, "", err
+	}
+	if kind == memberPage {
+		pg.next = ""
+	} else if pg.next != "" {
+		pg.next, failNext = checkNext(rec.SourceBase, u, pg.next)
+	}
+	inPage := make(map[string]bool, len(pg.resources))
+	for _, res := range pg.resources {
+		inPage[res.localRef()] = true
+	}
+	present := map[string]bool{}
+	current := make(map[string]storedDigest, len(pg.resources))
+	err = r.st.View(r.ctx, func(tx *store.Tx) error {
+		for _, res := range pg.resources {
+			for _, t := range res.refs {
+				if inPage[t] || present[t] {
+					continue
+				}
+				typ, id, _ := strings.Cut(t, "/")
+				if _, err := tx.Read(typ, id); err == nil {
+					present[t] = true
+				}
+			}
+			v, err := tx.Read(res.typ, res.localID)
+			if err != nil {
+				continue
+			}
+			sd := storedDigest{version: v.VersionID}
+			if raw := tx.KV(digestBucket).Get([]byte(res.localRef())); len(raw) == 8+sha256.Size {
+				sd.digestVersion = int64(binary.BigEndian.Uint64(raw))
+				copy(sd.digest[:], raw[8:])
+			}
+			current[res.localRef()] = sd
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	var amend func(*pageResource)
+	if r.linker.Enabled() && pg.member != nil {
+		amend = func(res *pageResource) {
+			if res == pg.member {
+				_, _ = r.linker.LinkIngested(res.doc, rec.TargetPatientID)
+			}
+		}
+	}
+	pp.finish(pg, present, current, r.st, amend)
+	return pg, failNext, nil
+}
+
+// checkNext resolves a next link against the page it came from and checks
+// it stays on the source's origin. It returns the link, or why it is not
+// followed.
+func checkNext(base, page, next string) (string, string) {
+	b, err1 := url.Parse(base)
+	p, err2 := url.Parse(page)
+	if err1 != nil || err2 != nil {
+		return "", "the page URL cannot be parsed"
+	}
+	n, err := p.Parse(next)
+	if err != nil || (n.Scheme != "http" && n.Scheme != "https") {
+		return "", fmt.Sprintf("the source payer's next link %q is not an http(s) URL", clip(next, 300))
+	}
+	if !sameOrigin(n, b) {
+		return "", fmt.Sprintf("the source payer's next link %s leads to another origin than its fhirEndpoint %s; links are only followed on the same origin", clip(n.Redacted(), 300), b.Scheme+"://"+b.Host)
+	}
+	n.Fragment = ""
+	return n.String(), ""
+}
+
+type commitOpts struct {
+	skipMDM, skipTask bool
+	mdmNote, taskNote string
+}
+
+// commit writes a prepared page in one transaction with the job's
+// checkpoint. When linking the member or moving the Task fails, the page
+// is written again without that part, which is reported in the job. It
+// returns whether the job ended.
+func (r *Runner) commit(id int64, pg *preparedPage, kind pageKind, failNext string) (bool, error) {
+	var o commitOpts
+	for {
+		var rec *record
+		err := r.st.Write(r.ctx, func(tx *store.Tx) (err error) {
+			rec, err = r.writePage(tx, id, pg, kind, failNext, &o)
+			return err
+		})
+		var te *taskError
+		var me *mdmError
+		switch {
+		case errors.As(err, &te) && !o.skipTask:
+			o.skipTask, o.taskNote = true, publicText(te.err)
+			r.log.Warn("batch: the add-payer Task could not be moved", "job", id, "err", te.err)
+			continue
+		case errors.As(err, &me) && !o.skipMDM:
+			o.skipMDM, o.mdmNote = true, "the member could not be linked: "+publicText(me.err)
+			r.log.Warn("batch: the member could not be linked", "job", id, "err", me.err)
+			continue
+		case err != nil:
+			return false, err
+		}
+		r.log.Debug("batch: page written", "job", id, "page", rec.Pages, "resources", len(pg.resources), "status", rec.Status)
+		if !rec.Status.Active() {
+			r.logEnd(rec)
+		}
+		return !rec.Status.Active(), nil
+	}
+}
+
+func publicText(err error) string {
+	msg, issues := errs.Public(err)
+	for i, is := range issues {
+		if i == 3 {
+			break
+		}
+		msg += "; " + strings.TrimPrefix(is.Path+": ", ": ") + is.Message
+	}
+	return clip(msg, 500)
+}
+
+// writePage is the transaction of one page.
+func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKind, failNext string, o *commitOpts) (*record, error) {
+	now := time.Now().UTC()
+	rec, err := getJob(tx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !rec.Status.Active() {
+		return rec, errJobEnded
+	}
+	inPage := make(map[string]bool, len(pg.resources))
+	for _, res := range pg.resources {
+		inPage[res.localRef()] = true
+	}
+	written := make([]provenance.IngestedResource, 0, len(pg.resources))
+	versions, unchanged, relinked := 0, 0, 0
+	digests := tx.KV(digestBucket)
+	for _, res := range pg.resources {
+		if res.unchanged {
+			if v, err := tx.Read(res.typ, res.localID); err == nil && v.VersionID == res.version {
+				written = append(written, provenance.IngestedResource{Type: res.typ, ID: res.localID, Version: v.VersionID})
+				unchanged++
+				continue
+			}
+		}
+		v, err := r.fhir.Put(tx, res.doc, 0)
+		if err != nil {
+			return nil, refused(res, pg.url, err)
+		}
+		versions++
+		if err := digests.Put([]byte(res.localRef()), digestValue(v.VersionID, res.digest)); err != nil {
+			return nil, err
+		}
+		written = append(written, provenance.IngestedResource{Type: res.typ, ID: res.localID, Version: v.VersionID})
+		n, err := r.relink(tx, res.localRef(), inPage)
+		if err != nil {
+			return nil, err
+		}
+		relinked += n
+	}
+	for _, p := range pg.pending {
+		if err := putPending(tx, rec.ID, p); err != nil {
+			return nil, err
+		}
+	}
+	if o.skipMDM {
+		rec.MDMNote = o.mdmNote
+	} else if pg.member != nil && r.linker.Enabled() {
+		if err := r.linkMember(tx, rec, pg.member); err != nil {
+			return nil, &mdmError{err}
+		}
+	}
+	if kind == memberPage {
+		rec.MemberDone = true
+		if pg.member == nil {
+			rec.MDMNote = fmt.Sprintf("the source payer did not return Patient/%s when it was read; no identifier was added", rec.SourcePatientID)
+		}
+	}
+	rec.Pages++
+	if len(written) > 0 {
+		doc, err := provenance.ForIngestedPage(provenance.IngestedPage{
+			ID:                   fmt.Sprintf("batch-%d-page-%d", rec.ID, rec.Pages),
+			Recorded:             now,
+			PageURL:              pg.url,
+			Description:          fmt.Sprintf("page %d of P2P batch job %d", rec.Pages, rec.ID),
+			SourceName:           rec.SourceName,
+			SourceOrganizationID: rec.SourceOrganizationID,
+			Resources:            written,
+			Versioned:            r.cfg.VersionedReferences,
+		})
+		if err != nil {
+			return nil, errs.E("batch.provenance", errs.Internal, err)
+		}
+		if _, err := r.fhir.Put(tx, doc, 0); err != nil {
+			return nil, fmt.Errorf("batch: write Provenance %s: %w", doc.ID, err)
+		}
+		rec.ProvenanceIDs = append(rec.ProvenanceIDs, doc.ID)
+	}
+	if rec.Resources == nil {
+		rec.Resources = map[string]int{}
+	}
+	for _, res := range pg.resources {
+		rec.Resources[res.typ]++
+	}
+	for typ, n := range pg.skipped {
+		if rec.Skipped == nil {
+			rec.Skipped = map[string]int{}
+		}
+		rec.Skipped[typ] += n
+	}
+	rec.Versions += versions
+	rec.Unchanged += unchanged
+	rec.Relinked += relinked
+	if kind == dataPage {
+		rec.NextURL = pg.next
+	}
+	switch {
+	case failNext != "":
+		return rec, r.end(tx, rec, Failed, failNext, o, now)
+	case kind == dataPage && pg.next == "":
+		return rec, r.end(tx, rec, Completed, "", o, now)
+	}
+	return rec, putJob(tx, rec, now)
+}
+
+func digestValue(version int64, digest [sha256.Size]byte) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, uint64(version)), digest[:]...)
+}
+
+// refused explains a resource the store or a validator would not take.
+func refused(res *pageResource, page string, err error) error {
+	if errs.KindOf(err) == errs.Internal {
+		return err
+	}
+	return pageErrorf("%s/%s from the page %s was refused here: %s", res.typ, clip(res.srcID, 64), page, publicText(err))
+}
+
+// linkMember adds the source's member identifier to the member and links
+// the member with the ingested copy of their source Patient.
+func (r *Runner) linkMember(tx *store.Tx, rec *record, member *pageResource) error {
+	v, err := tx.Read("Patient", rec.TargetPatientID)
+	if err != nil {
+		rec.MDMNote = fmt.Sprintf("the member Patient/%s is not on this server any more; no identifier was added", rec.TargetPatientID)
+		return nil
+	}
+	ident, ok := mdm.MemberIdentifier(member.doc.Map)
+	if !ok {
+		rec.MDMNote = "the member's Patient at the source has no CARIN BB member identifier (um, MB, pat or MR); the records were linked, but no identifier was added"
+	}
+	doc, err := r.linker.AmendMember(v, ident, mdm.Assigner{Name: rec.SourceName, OrganizationID: rec.SourceOrganizationID}, member.localID)
+	if err != nil {
+		return err
+	}
+	if doc != nil {
+		if _, err := r.fhir.Put(tx, doc, v.VersionID); err != nil {
+			return err
+		}
+	}
+	rec.LinkedPatient = "Patient/" + member.localID
+	if ok {
+		rec.MemberIdent = r.linker.System() + "|" + ident.Value
+	}
+	return nil
+}
+
+// begin marks a job STARTED and its Task in progress.
+func (r *Runner) begin(rec *record) error {
+	var o commitOpts
+	for {
+		err := r.st.Write(r.ctx, func(tx *store.Tx) error {
+			cur, err := getJob(tx, rec.ID)
+			if err != nil || cur.Status != Starting {
+				return err
+			}
+			now := time.Now().UTC()
+			cur.Status, cur.Started = Started, now
+			if o.skipTask {
+				cur.TaskNote = o.taskNote
+			} else if err := r.moveTask(tx, cur, "in-progress",
+				fmt.Sprintf("Your data is being copied from %s.", cur.SourceName), "", now); err != nil {
+				return err
+			}
+			return putJob(tx, cur, now)
+		})
+		var te *taskError
+		if errors.As(err, &te) && !o.skipTask {
+			o.skipTask, o.taskNote = true, "the add-payer Task could not be set in progress: "+publicText(te.err)
+			r.log.Warn("batch: the add-payer Task could not be moved", "job", rec.ID, "err", te.err)
+			continue
+		}
+		if err == nil {
+			r.log.Info("batch: job started", "job", rec.ID, "server", rec.ServerID, "request", rec.BundleRequest)
+		}
+		return err
+	}
+}
+
+// endStep ends a job in its own transaction, as the last step.
+func (r *Runner) endStep(rec *record, status Status, reason string) (time.Duration, bool) {
+	var o commitOpts
+	for {
+		var cur *record
+		err := r.st.Write(r.ctx, func(tx *store.Tx) (err error) {
+			cur, err = getJob(tx, rec.ID)
+			if err != nil || !cur.Status.Active() {
+				return err
+			}
+			if status == Stopped && cur.Status != Stopping {
+				return nil
+			}
+			return r.end(tx, cur, status, reason, &o, time.Now().UTC())
+		})
+		var te *taskError
+		if errors.As(err, &te) && !o.skipTask {
+			o.skipTask, o.taskNote = true, publicText(te.err)
+			r.log.Warn("batch: the add-payer Task could not be moved", "job", rec.ID, "err", te.err)
+			continue
+		}
+		if err != nil {
+			if r.ctx.Err() != nil {
+				return 0, false
+			}
+			r.log.Error("batch: could not end the job; trying again", "job", rec.ID, "err", err)
+			return retryLater, false
+		}
+		if cur != nil && !cur.Status.Active() {
+			r.logEnd(cur)
+		}
+		return 0, true
+	}
+}
+
+// end records a job's final status in tx: end time, reason, the tokens
+// dropped, and the Task moved to match.
+func (r *Runner) end(tx *store.Tx, rec *record, status Status, reason string, o *commitOpts, now time.Time) error {
+	n, err := r.settle(tx, rec.ID)
+	if err != nil {
+		return err
+	}
+	rec.ToSource += n
+	rec.Status, rec.Ended, rec.Reason = status, now, reason
+	rec.SealedAccess, rec.SealedRefresh, rec.AccessExpiry = nil, nil, time.Time{}
+	if o.skipTask {
+		rec.TaskNote = "the add-payer Task could not be moved: " + o.taskNote
+	} else {
+		var err error
+		switch status {
+		case Completed:
+			err = r.moveTask(tx, rec, "completed",
+				fmt.Sprintf("Your data from %s has been copied (%d records).", rec.SourceName, rec.total()), "", now)
+		case Failed:
+			err = r.moveTask(tx, rec, "failed",
+				fmt.Sprintf("Copying your data from %s did not finish.", rec.SourceName), reason, now)
+		case Stopped:
+			err = r.moveTask(tx, rec, "cancelled",
+				fmt.Sprintf("Copying your data from %s was stopped by the payer's staff.", rec.SourceName), "stopped on request before it finished", now)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return putJob(tx, rec, now)
+}
+
+func (r *Runner) logEnd(rec *record) {
+	args := []any{"job", rec.ID, "status", rec.Status, "pages", rec.Pages, "resources", rec.total(), "versions", rec.Versions}
+	if rec.Status == Failed {
+		r.log.Warn("batch: job failed", append(args, "reason", rec.Reason)...)
+		return
+	}
+	r.log.Info("batch: job ended", args...)
+}
+
+// expectsReferenced reports whether a request promises the resources its
+// resources refer to: Patient/$everything returns the member's compartment
+// and what it references.
+func expectsReferenced(firstURL string) bool {
+	path, _, _ := strings.Cut(firstURL, "?")
+	return strings.HasSuffix(path, "/$everything")
+}

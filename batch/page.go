@@ -1,0 +1,484 @@
+package batch
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+
+	"github.com/p2pserver/p2pserver/fhir/spec"
+	"github.com/p2pserver/p2pserver/fhir/store"
+)
+
+// pageError is a problem with a page's content: the job fails with Reason.
+type pageError struct{ Reason string }
+
+func (e *pageError) Error() string { return e.Reason }
+
+func pageErrorf(format string, args ...any) error {
+	return &pageError{Reason: fmt.Sprintf(format, args...)}
+}
+
+// neverIngested are resource types a page may carry that are not member
+// data and must not be stored: a Subscription would make this server call
+// out to wherever the source says, an OperationOutcome is a message about
+// the response.
+var neverIngested = map[string]bool{"Subscription": true, "OperationOutcome": true}
+
+// pageResource is one resource of a page, from the source's JSON to the
+// document written here.
+type pageResource struct {
+	index   int    // entry index in the Bundle, for messages
+	typ     string // resource type
+	srcID   string // the source's id, or the fullUrl when it has none
+	localID string
+	source  string // meta.source: where the resource lives at the source
+	raw     []byte
+	m       map[string]any
+	refs    []string // source-relative targets it references, as local refs
+	doc     *store.Doc
+	digest  [sha256.Size]byte
+	// unchanged: the resource is stored here as the page has it; version
+	// is the current local version it was found at.
+	unchanged bool
+	version   int64
+}
+
+func (p *pageResource) localRef() string { return p.typ + "/" + p.localID }
+
+// pendingRef records that referrer names target, which is not here yet.
+// The referrer holds either the absolute source URL abs (until target
+// arrives) or, when local, target's local reference (until the job ends,
+// when it is set to abs if target never came).
+type pendingRef struct {
+	target, referrer, abs string
+	local                 bool
+}
+
+// preparedPage is a page ready to be written in one transaction.
+type preparedPage struct {
+	url       string
+	next      string // absolute next link, "" on the last page
+	resources []*pageResource
+	skipped   map[string]int
+	pending   []pendingRef
+	member    *pageResource // the member's Patient at the source, if on the page
+}
+
+// bundleJSON is the part of a page the job reads.
+type bundleJSON struct {
+	ResourceType string `json:"resourceType"`
+	Type         string `json:"type"`
+	Link         []struct {
+		Relation string `json:"relation"`
+		URL      string `json:"url"`
+	} `json:"link"`
+	Entry []struct {
+		FullURL  string          `json:"fullUrl"`
+		Resource json.RawMessage `json:"resource"`
+		Search   *struct {
+			Mode string `json:"mode"`
+		} `json:"search"`
+	} `json:"entry"`
+	Issue []struct {
+		Severity    string `json:"severity"`
+		Code        string `json:"code"`
+		Diagnostics string `json:"diagnostics"`
+	} `json:"issue"`
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
+
+// localID is the id a source resource is stored under: a digest of its
+// source identity, so that every job that brings it again finds it.
+func localID(base, typ, srcID string) string {
+	sum := sha256.Sum256([]byte(base + "\x00" + typ + "\x00" + srcID))
+	return hex.EncodeToString(sum[:16])
+}
+
+// preparer turns pages of one job into preparedPages.
+type preparer struct {
+	model     *spec.Model
+	base      string // the source's FHIR base, normalized
+	memberSrc string // the member's Patient id at the source
+	workers   int
+	// expect: the request promises the resources its resources refer to
+	// (Patient/$everything), so references to resources not here yet are
+	// written local at once; otherwise they point at the source until the
+	// resource arrives.
+	expect bool
+}
+
+// parse decodes and validates a page body fetched from pageURL: a
+// searchset or collection Bundle, or (for the member read) one resource.
+// It fills in identities and the page's own references; nothing is looked
+// up in the store yet.
+func (pp *preparer) parse(body []byte, pageURL string) (*preparedPage, error) {
+	var b bundleJSON
+	if err := json.Unmarshal(body, &b); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return nil, pageErrorf("the source payer sent a page that is not valid JSON (syntax error at byte %d) from %s", se.Offset, pageURL)
+		}
+		return nil, pageErrorf("the source payer sent a page that is not a FHIR Bundle from %s: %s", pageURL, clip(err.Error(), 200))
+	}
+	pg := &preparedPage{url: pageURL, skipped: map[string]int{}}
+	type entry struct {
+		fullURL string
+		raw     []byte
+	}
+	var entries []entry
+	switch {
+	case b.ResourceType == "Bundle":
+		if b.Type != "searchset" && b.Type != "collection" {
+			return nil, pageErrorf("the source payer sent a %q Bundle from %s; a page must be a searchset or collection Bundle", b.Type, pageURL)
+		}
+		for i, e := range b.Entry {
+			if e.Search != nil && e.Search.Mode == "outcome" {
+				pg.skipped["OperationOutcome"]++
+				continue
+			}
+			if len(e.Resource) == 0 || bytes.Equal(e.Resource, []byte("null")) {
+				return nil, pageErrorf("entry %d of the Bundle from %s has no resource", i, pageURL)
+			}
+			entries = append(entries, entry{e.FullURL, e.Resource})
+		}
+		for _, l := range b.Link {
+			if l.Relation == "next" && l.URL != "" {
+				pg.next = l.URL
+			}
+		}
+	case b.ResourceType == "OperationOutcome":
+		return nil, pageErrorf("the source payer answered %s with an OperationOutcome instead of data: %s", pageURL, outcomeText(b.Issue))
+	case b.ResourceType == "":
+		return nil, pageErrorf("the source payer sent JSON without a resourceType from %s; a page must be a FHIR Bundle", pageURL)
+	case !pp.model.IsResource(b.ResourceType):
+		return nil, pageErrorf("the source payer sent a %q from %s, which is not a FHIR R4 resource", clip(b.ResourceType, 64), pageURL)
+	default:
+		// A single resource: the read of the member's Patient.
+		entries = append(entries, entry{pageURL, body})
+	}
+
+	res := make([]*pageResource, len(entries))
+	errsAt := make([]error, len(entries))
+	pp.parallel(len(entries), func(i int) {
+		res[i], errsAt[i] = pp.decode(i, entries[i].fullURL, entries[i].raw)
+	})
+	var problems []string
+	for _, err := range errsAt {
+		if err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	if len(problems) > 0 {
+		more := ""
+		if len(problems) > 3 {
+			more = fmt.Sprintf(" (and %d more)", len(problems)-3)
+			problems = problems[:3]
+		}
+		return nil, pageErrorf("the page from %s has invalid resources: %s%s", pageURL, strings.Join(problems, "; "), more)
+	}
+	seen := map[string]int{}
+	for _, r := range res {
+		if r == nil {
+			continue
+		}
+		if neverIngested[r.typ] {
+			pg.skipped[r.typ]++
+			continue
+		}
+		if j, dup := seen[r.localRef()]; dup {
+			// The same resource twice on a page (an _include of a match):
+			// the later copy wins, once.
+			pg.resources[j] = r
+			continue
+		}
+		seen[r.localRef()] = len(pg.resources)
+		pg.resources = append(pg.resources, r)
+		if r.typ == "Patient" && r.srcID == pp.memberSrc {
+			pg.member = r
+		}
+	}
+	if pg.member != nil {
+		pg.member = pg.resources[seen[pg.member.localRef()]]
+	}
+	return pg, nil
+}
+
+// decode parses and validates one resource and works out its identity.
+func (pp *preparer) decode(i int, fullURL string, raw []byte) (*pageResource, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil || m == nil {
+		return nil, fmt.Errorf("entry %d is not a JSON object", i)
+	}
+	typ, _ := m["resourceType"].(string)
+	id, _ := m["id"].(string)
+	name := typ
+	if id != "" {
+		name += "/" + clip(id, 64)
+	}
+	switch {
+	case typ == "":
+		return nil, fmt.Errorf("entry %d has no resourceType", i)
+	case !pp.model.IsResource(typ):
+		return nil, fmt.Errorf("entry %d is a %q, not a FHIR R4 resource", i, clip(typ, 64))
+	}
+	if neverIngested[typ] {
+		return &pageResource{index: i, typ: typ}, nil
+	}
+	if issues := pp.model.Validate(m); len(issues) > 0 {
+		return nil, fmt.Errorf("entry %d (%s) is not valid FHIR R4: %s: %s", i, name, issues[0].Path, issues[0].Message)
+	}
+	r := &pageResource{index: i, typ: typ, raw: raw, m: m}
+	switch {
+	case id != "":
+		r.srcID = id
+		r.source = pp.base + "/" + typ + "/" + id
+	case fullURL != "":
+		// No id (a collection Bundle): the fullUrl is the identity.
+		r.srcID = fullURL
+		r.source = fullURL
+	default:
+		return nil, fmt.Errorf("entry %d (%s) has neither an id nor a fullUrl, so it could not be recognized when it comes again", i, typ)
+	}
+	r.localID = localID(pp.base, typ, r.srcID)
+	walkRefs(m, func(ref string) (string, bool) {
+		if t, id, _, ok := pp.sourceRef(ref); ok {
+			r.refs = append(r.refs, t+"/"+localID(pp.base, t, id))
+		}
+		return "", false
+	})
+	return r, nil
+}
+
+// sourceRef splits a reference to a resource at the source: relative
+// (Type/id, Type/id/_history/n) or absolute under the source base. suffix is
+// the /_history/n part.
+func (pp *preparer) sourceRef(ref string) (typ, id, suffix string, ok bool) {
+	r := ref
+	if rest, abs := strings.CutPrefix(ref, pp.base+"/"); abs {
+		r = rest
+	} else if strings.Contains(ref, ":") {
+		return "", "", "", false
+	}
+	if strings.ContainsAny(r, "?#") {
+		return "", "", "", false
+	}
+	parts := strings.Split(r, "/")
+	switch {
+	case len(parts) == 2:
+	case len(parts) == 4 && parts[2] == "_history" && parts[3] != "":
+		suffix = "/_history/" + parts[3]
+	default:
+		return "", "", "", false
+	}
+	if !pp.model.IsResource(parts[0]) || !idPattern.MatchString(parts[1]) {
+		return "", "", "", false
+	}
+	return parts[0], parts[1], suffix, true
+}
+
+// finish rewrites every resource of pg for storage, given which targets
+// outside the page exist here (present) and what is stored now (current:
+// local ref -> version and digest of what the last ingestion wrote). It
+// marks resources that are stored as they are as unchanged, and prepares
+// the others' index entries with st. amend, when set, may change a
+// resource's document before its digest is taken.
+func (pp *preparer) finish(pg *preparedPage, present map[string]bool, current map[string]storedDigest, st *store.Store, amend func(*pageResource)) {
+	inPage := make(map[string]string, 2*len(pg.resources))
+	for _, r := range pg.resources {
+		if !strings.Contains(r.srcID, ":") {
+			inPage[r.typ+"/"+r.srcID] = r.localRef()
+		}
+		// fullUrls are matched as written; absolute URLs under the base are
+		// matched through the Type/id they name.
+	}
+	fullURLs := map[string]string{}
+	for _, r := range pg.resources {
+		if strings.Contains(r.srcID, ":") {
+			fullURLs[r.srcID] = r.localRef()
+		}
+	}
+	pending := make([][]pendingRef, len(pg.resources))
+	pp.parallel(len(pg.resources), func(i int) {
+		r := pg.resources[i]
+		record := true
+		resolve := func(ref string) (string, bool) {
+			if local, ok := fullURLs[ref]; ok {
+				return local, true
+			}
+			typ, id, suffix, ok := pp.sourceRef(ref)
+			if !ok {
+				return ref, false
+			}
+			if local, ok := inPage[typ+"/"+id]; ok {
+				return local, true
+			}
+			local := typ + "/" + localID(pp.base, typ, id)
+			if present[local] {
+				return local, true
+			}
+			abs := pp.base + "/" + typ + "/" + id + suffix
+			if record {
+				pending[i] = append(pending[i], pendingRef{target: local, referrer: r.localRef(), abs: abs, local: pp.expect})
+			}
+			if pp.expect {
+				return local, true
+			}
+			return abs, abs != ref
+		}
+		canon, err := canonical(r.raw, r.localID, r.source, resolve)
+		if err != nil {
+			// The decoder accepted it, so this cannot happen; keep the
+			// resource as the decoder saw it rather than lose it.
+			canon, _ = json.Marshal(r.m)
+		}
+		// The same rewriting on the decoded form, which the index entries
+		// and validators read.
+		record = false
+		walkRefs(r.m, resolve)
+		r.m["id"] = r.localID
+		meta, _ := r.m["meta"].(map[string]any)
+		if meta == nil {
+			meta = map[string]any{}
+			r.m["meta"] = meta
+		}
+		delete(meta, "versionId")
+		delete(meta, "lastUpdated")
+		meta["source"] = r.source
+		r.doc = &store.Doc{Type: r.typ, ID: r.localID, Map: r.m, JSON: canon}
+		r.raw, r.m = nil, nil
+	})
+	for _, p := range pending {
+		pg.pending = append(pg.pending, p...)
+	}
+	for _, r := range pg.resources {
+		if amend != nil {
+			amend(r)
+		}
+		pp.digest(r, current)
+	}
+	var todo []*pageResource
+	for _, r := range pg.resources {
+		if !r.unchanged {
+			todo = append(todo, r)
+		}
+	}
+	pp.parallel(len(todo), func(i int) { st.Prepare(todo[i].doc) })
+}
+
+// digest computes r's digest and marks it unchanged when the store holds
+// exactly what the last ingestion wrote and that equals r.
+func (pp *preparer) digest(r *pageResource, current map[string]storedDigest) {
+	r.digest = sha256.Sum256(r.doc.JSON)
+	if c, ok := current[r.localRef()]; ok && c.digestVersion == c.version && c.digest == r.digest {
+		r.unchanged, r.version = true, c.version
+	}
+}
+
+// parallel runs f(0..n-1) on up to pp.workers goroutines.
+func (pp *preparer) parallel(n int, f func(i int)) {
+	w := min(pp.workers, (n+31)/32)
+	if w <= 1 {
+		for i := range n {
+			f(i)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	chunk := (n + w - 1) / w
+	for start := 0; start < n; start += chunk {
+		end := min(start+chunk, n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := start; i < end; i++ {
+				f(i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func defaultPrepWorkers() int { return max(1, runtime.GOMAXPROCS(0)) }
+
+// walkRefs calls f with every string value of a member named "reference"
+// in v, and replaces it with f's result when f reports a change.
+func walkRefs(v any, f refFunc) {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, val := range x {
+			if s, ok := val.(string); ok && k == "reference" {
+				if to, changed := f(s); changed {
+					x[k] = to
+				}
+				continue
+			}
+			walkRefs(val, f)
+		}
+	case []any:
+		for _, e := range x {
+			walkRefs(e, f)
+		}
+	}
+}
+
+// storedDigest is what the store holds for a local ref: its current
+// version, and the version and digest the last ingestion wrote.
+type storedDigest struct {
+	version       int64
+	digestVersion int64
+	digest        [sha256.Size]byte
+}
+
+// outcomeText renders OperationOutcome issues for a failure reason.
+func outcomeText(issues []struct {
+	Severity    string `json:"severity"`
+	Code        string `json:"code"`
+	Diagnostics string `json:"diagnostics"`
+}) string {
+	var parts []string
+	for _, is := range issues {
+		s := is.Code
+		if is.Diagnostics != "" {
+			s += ": " + is.Diagnostics
+		}
+		parts = append(parts, clip(s, 200))
+		if len(parts) == 3 {
+			break
+		}
+	}
+	if len(parts) == 0 {
+		return "no details given"
+	}
+	return strings.Join(parts, "; ")
+}
+
+// clip shortens s to n bytes for a message, and keeps only printable text:
+// what a source payer sends is quoted to admins, never trusted.
+func clip(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > n {
+		s = strings.ToValidUTF8(s[:n], "") + "…"
+	}
+	return s
+}
+
+// sameOrigin reports whether u has the scheme, host and port of base.
+func sameOrigin(u, base *url.URL) bool {
+	return strings.EqualFold(u.Scheme, base.Scheme) && strings.EqualFold(u.Host, base.Host) && u.User == nil
+}

@@ -1,0 +1,205 @@
+package batch
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"strings"
+
+	"github.com/p2pserver/p2pserver/fhir/store"
+)
+
+// References to resources that are not here yet are tracked in two buckets
+// beside the resources:
+//
+//	batch_pending_refs:  target ref, 0, referrer ref -> kind, job id, absolute source URL
+//	batch_pending_local: job id, target ref, 0, referrer ref -> "" (kind 'L' only)
+//
+// Kind 'A': the referrer holds the absolute source URL; when the target
+// arrives (in any job) the referrer is rewritten to the local reference.
+// Kind 'L': the referrer already holds the local reference (the job
+// expects the target); when the job ends without it, the referrer is
+// rewritten to the absolute URL and the entry becomes kind 'A'.
+const (
+	pendingBucket = "batch_pending_refs"
+	localBucket   = "batch_pending_local"
+)
+
+const (
+	heldAbsolute = 'A'
+	heldLocal    = 'L'
+)
+
+func pendingKey(target, referrer string) []byte { return []byte(target + "\x00" + referrer) }
+
+func pendingValue(kind byte, job int64, abs string) []byte {
+	v := append([]byte{kind}, binary.BigEndian.AppendUint64(nil, uint64(job))...)
+	return append(v, abs...)
+}
+
+func parsePending(v []byte) (kind byte, job int64, abs string, ok bool) {
+	if len(v) < 9 {
+		return 0, 0, "", false
+	}
+	return v[0], int64(binary.BigEndian.Uint64(v[1:9])), string(v[9:]), true
+}
+
+// putPending records p for job.
+func putPending(tx *store.Tx, job int64, p pendingRef) error {
+	kind := byte(heldAbsolute)
+	if p.local {
+		kind = heldLocal
+		k := append(idKey(job), pendingKey(p.target, p.referrer)...)
+		if err := tx.KV(localBucket).Put(k, nil); err != nil {
+			return err
+		}
+	}
+	return tx.KV(pendingBucket).Put(pendingKey(p.target, p.referrer), pendingValue(kind, job, p.abs))
+}
+
+// relink settles the references waiting for target, which has just been
+// written: referrers holding the source URL are rewritten to the local
+// reference (except those on the page being written, which have it
+// already). It returns how many resources were rewritten.
+func (r *Runner) relink(tx *store.Tx, target string, inPage map[string]bool) (int, error) {
+	prefix := []byte(target + "\x00")
+	type waiting struct {
+		key      []byte
+		referrer string
+		kind     byte
+		job      int64
+		abs      string
+	}
+	var list []waiting
+	kv := tx.KV(pendingBucket)
+	if err := kv.Scan(prefix, func(k, v []byte) (bool, error) {
+		if !bytes.HasPrefix(k, prefix) {
+			return false, nil
+		}
+		if kind, job, abs, ok := parsePending(v); ok {
+			list = append(list, waiting{k, string(k[len(prefix):]), kind, job, abs})
+		}
+		return true, nil
+	}); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, w := range list {
+		if err := kv.Delete(w.key); err != nil {
+			return n, err
+		}
+		if w.kind == heldLocal {
+			if err := tx.KV(localBucket).Delete(append(idKey(w.job), w.key...)); err != nil {
+				return n, err
+			}
+			continue
+		}
+		if inPage[w.referrer] {
+			continue
+		}
+		changed, err := r.rewriteRef(tx, w.referrer, w.abs, target)
+		if err != nil {
+			return n, err
+		}
+		if changed {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// settle ends job's expectations: a referrer still naming a target that
+// never arrived is rewritten to the target's URL at the source, so that no
+// reference is left dangling, and waits (kind 'A') for the target to come
+// with another job. It returns how many resources were rewritten.
+func (r *Runner) settle(tx *store.Tx, job int64) (int, error) {
+	prefix := idKey(job)
+	var keys [][]byte
+	if err := tx.KV(localBucket).Scan(prefix, func(k, _ []byte) (bool, error) {
+		if !bytes.HasPrefix(k, prefix) {
+			return false, nil
+		}
+		keys = append(keys, k)
+		return true, nil
+	}); err != nil {
+		return 0, err
+	}
+	n := 0
+	pending := tx.KV(pendingBucket)
+	for _, k := range keys {
+		if err := tx.KV(localBucket).Delete(k); err != nil {
+			return n, err
+		}
+		pk := k[8:]
+		target, referrer, ok := strings.Cut(string(pk), "\x00")
+		if !ok {
+			continue
+		}
+		kind, _, abs, ok := parsePending(pending.Get(pk))
+		if !ok || kind != heldLocal {
+			continue
+		}
+		typ, id, _ := strings.Cut(target, "/")
+		if _, err := tx.Read(typ, id); err == nil {
+			if err := pending.Delete(pk); err != nil {
+				return n, err
+			}
+			continue
+		}
+		changed, err := r.rewriteRef(tx, referrer, target, abs)
+		if err != nil {
+			return n, err
+		}
+		if changed {
+			n++
+		}
+		if err := pending.Put(pk, pendingValue(heldAbsolute, job, abs)); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// rewriteRef replaces the reference from with to in the current version of
+// referrer ("Type/id") and writes it. The digest of what ingestion wrote is
+// kept current, so the resource coming again from the source unchanged is
+// recognized.
+func (r *Runner) rewriteRef(tx *store.Tx, referrer, from, to string) (bool, error) {
+	typ, id, _ := strings.Cut(referrer, "/")
+	v, err := tx.Read(typ, id)
+	if err != nil {
+		return false, nil // deleted here since: nothing to fix
+	}
+	changed := false
+	s := scanner{src: v.JSON, refs: func(ref string) (string, bool) {
+		if ref == from {
+			changed = true
+			return to, true
+		}
+		return ref, false
+	}}
+	if err := s.value(""); err != nil || !changed {
+		return false, nil
+	}
+	m, err := decodeMap(s.out)
+	if err != nil {
+		return false, nil
+	}
+	nv, err := r.fhir.Put(tx, &store.Doc{Type: typ, ID: id, Map: m, JSON: s.out}, v.VersionID)
+	if err != nil {
+		return false, fmt.Errorf("batch: rewrite the reference %s in %s: %w", from, referrer, err)
+	}
+	dk := []byte(referrer)
+	if raw := tx.KV(digestBucket).Get(dk); len(raw) == 8+sha256.Size && int64(binary.BigEndian.Uint64(raw)) == v.VersionID {
+		meta, _ := m["meta"].(map[string]any)
+		if source, _ := meta["source"].(string); source != "" {
+			if canon, err := canonical(nv.JSON, id, source, nil); err == nil {
+				if err := tx.KV(digestBucket).Put(dk, digestValue(nv.VersionID, sha256.Sum256(canon))); err != nil {
+					return true, err
+				}
+			}
+		}
+	}
+	return true, nil
+}

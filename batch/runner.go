@@ -1,0 +1,334 @@
+package batch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/secrets"
+	"github.com/p2pserver/p2pserver/mdm"
+	"github.com/p2pserver/p2pserver/oidcservers"
+)
+
+// Config sets up a Runner. The zero value of every field means its default.
+type Config struct {
+	// Workers is how many pages are worked on at once (-batch-workers).
+	// Jobs take turns page by page, so more jobs than workers all advance.
+	// Default 4.
+	Workers int
+	// VersionedReferences makes each page's Provenance target the exact
+	// versions written (Type/id/_history/n) rather than the resources.
+	VersionedReferences bool
+	// MDMIdentifierSystem, when set, is the identifier system under which
+	// the member's identifier at the source payer is added to the member
+	// here, and the ingested source Patient is linked to the member. Blank:
+	// nothing is added.
+	MDMIdentifierSystem string
+	// RequestTimeout bounds every request to a source payer (default 60s).
+	RequestTimeout time.Duration
+	// MaxRetries is how many times a request answered 429, 5xx or not at
+	// all is retried before the job fails (default 5).
+	MaxRetries int
+	// RetryBase is the first backoff; it doubles with each retry (default
+	// 1s). MaxRetryDelay caps the backoff and any Retry-After (default 5m).
+	RetryBase, MaxRetryDelay time.Duration
+	// MaxPageBytes caps a page's size (default 64 MiB).
+	MaxPageBytes int64
+	// PrepWorkers is how many goroutines decode and validate one page
+	// (default GOMAXPROCS).
+	PrepWorkers int
+	// Transport carries the requests to source payers (default: a clone of
+	// http.DefaultTransport).
+	Transport http.RoundTripper
+	Logger    *slog.Logger
+}
+
+func (c *Config) defaults() {
+	if c.Workers <= 0 {
+		c.Workers = 4
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 60 * time.Second
+	}
+	if c.MaxRetries <= 0 {
+		c.MaxRetries = 5
+	}
+	if c.RetryBase <= 0 {
+		c.RetryBase = time.Second
+	}
+	if c.MaxRetryDelay <= 0 {
+		c.MaxRetryDelay = 5 * time.Minute
+	}
+	if c.MaxPageBytes <= 0 {
+		c.MaxPageBytes = 64 << 20
+	}
+	if c.PrepWorkers <= 0 {
+		c.PrepWorkers = defaultPrepWorkers()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Definitions is where a Runner finds the OIDC server definition of a job:
+// *oidcservers.Repository.
+type Definitions interface {
+	Get(ctx context.Context, pid int64) (oidcservers.Server, error)
+}
+
+// Runner owns the job workers. Build it with New, start it with Start,
+// and stop it with Close before the store is closed.
+type Runner struct {
+	cfg    Config
+	fhir   *fhir.Server
+	st     *store.Store
+	defs   Definitions
+	cipher *secrets.Cipher
+	linker *mdm.Linker
+	log    *slog.Logger
+	client *http.Client
+
+	mu      sync.Mutex
+	runs    map[int64]*run
+	queue   []*run
+	notify  chan struct{}
+	started bool
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// run is a job in this process: queued, being worked on, or waiting to
+// retry. Only the worker holding it touches its unguarded fields.
+type run struct {
+	id     int64
+	ctx    context.Context
+	cancel context.CancelFunc
+	stop   atomic.Bool
+	timer  *time.Timer // guarded by Runner.mu, set while waiting
+
+	ts        *oidcservers.TokenSource
+	attempts  int  // retries of the current request
+	refreshed bool // the current request already got a refresh after 401
+}
+
+// New builds a Runner that writes through srv (so the FHIR validators of
+// the types it writes apply) into srv's store, finds definitions in defs,
+// and seals the members' tokens with cipher. A nil cipher leaves the runner
+// unable to accept jobs: member tokens are never stored in clear.
+func New(srv *fhir.Server, defs Definitions, cipher *secrets.Cipher, cfg Config) (*Runner, error) {
+	if srv == nil || defs == nil {
+		return nil, errors.New("batch: a FHIR server and the definitions are required")
+	}
+	cfg.defaults()
+	transport := cfg.Transport
+	if transport == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = cfg.Workers * 2
+		t.ResponseHeaderTimeout = cfg.RequestTimeout
+		t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+		transport = t
+	}
+	r := &Runner{
+		cfg: cfg, fhir: srv, st: srv.Store(), defs: defs, cipher: cipher,
+		linker: mdm.NewLinker(cfg.MDMIdentifierSystem),
+		log:    cfg.Logger,
+		client: &http.Client{
+			Transport:     transport,
+			Timeout:       cfg.RequestTimeout,
+			CheckRedirect: sameOriginRedirects,
+		},
+		runs:   map[int64]*run{},
+		notify: make(chan struct{}, 1),
+	}
+	return r, nil
+}
+
+// sameOriginRedirects follows at most 5 redirects, all on the origin of the
+// first request: a source payer cannot send the server elsewhere.
+func sameOriginRedirects(req *http.Request, via []*http.Request) error {
+	if len(via) >= 5 {
+		return errors.New("batch: more than 5 redirects")
+	}
+	if !sameOrigin(req.URL, via[0].URL) {
+		return fmt.Errorf("batch: redirect to another origin (%s://%s)", req.URL.Scheme, req.URL.Host)
+	}
+	return nil
+}
+
+// Start resumes every job that was unfinished when the server last
+// stopped (from its checkpoint) and starts the workers. The workers run
+// until ctx ends or Close is called.
+func (r *Runner) Start(ctx context.Context) error {
+	r.mu.Lock()
+	if r.started {
+		r.mu.Unlock()
+		return errors.New("batch: runner already started")
+	}
+	r.started = true
+	r.ctx, r.cancel = context.WithCancel(ctx)
+	r.mu.Unlock()
+
+	var active map[int64]int64
+	if err := r.st.View(ctx, func(tx *store.Tx) (err error) {
+		active, err = activeJobs(tx)
+		return err
+	}); err != nil {
+		return fmt.Errorf("batch: list unfinished jobs: %w", err)
+	}
+	for id := range active {
+		r.enqueue(id)
+	}
+	if len(active) > 0 {
+		r.log.Info("batch: resuming unfinished jobs", "jobs", len(active))
+	}
+	for range r.cfg.Workers {
+		r.wg.Add(1)
+		go r.worker()
+	}
+	return nil
+}
+
+// Close stops the workers and waits for them. A page being written is
+// committed or not at all; jobs stay where their checkpoint says and resume
+// at the next Start.
+func (r *Runner) Close() error {
+	r.mu.Lock()
+	if r.cancel != nil {
+		r.cancel()
+	}
+	for _, rn := range r.runs {
+		if rn.timer != nil {
+			rn.timer.Stop()
+			rn.timer = nil
+		}
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+	return nil
+}
+
+// enqueue makes job id runnable, unless it already is in this process.
+func (r *Runner) enqueue(id int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.runs[id]; ok || r.ctx == nil {
+		// Not started: Start picks the job up from the database.
+		return
+	}
+	if r.ctx.Err() != nil {
+		return
+	}
+	rn := &run{id: id}
+	rn.ctx, rn.cancel = context.WithCancel(r.ctx)
+	r.runs[id] = rn
+	r.pushLocked(rn)
+}
+
+func (r *Runner) pushLocked(rn *run) {
+	r.queue = append(r.queue, rn)
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
+}
+
+// pop waits for a runnable job.
+func (r *Runner) pop() *run {
+	for {
+		r.mu.Lock()
+		if len(r.queue) > 0 {
+			rn := r.queue[0]
+			r.queue[0] = nil
+			r.queue = r.queue[1:]
+			more := len(r.queue) > 0
+			r.mu.Unlock()
+			if more {
+				select {
+				case r.notify <- struct{}{}:
+				default:
+				}
+			}
+			return rn
+		}
+		r.mu.Unlock()
+		select {
+		case <-r.notify:
+		case <-r.ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (r *Runner) worker() {
+	defer r.wg.Done()
+	for {
+		rn := r.pop()
+		if rn == nil {
+			return
+		}
+		delay, done := r.advance(rn)
+		if r.ctx.Err() != nil {
+			return
+		}
+		r.mu.Lock()
+		switch {
+		case done:
+			delete(r.runs, rn.id)
+			rn.cancel()
+		case delay <= 0 || rn.stop.Load():
+			r.pushLocked(rn)
+		default:
+			rn.timer = time.AfterFunc(delay, func() {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				if rn.timer == nil {
+					return // stopped by Close or a stop request
+				}
+				rn.timer = nil
+				r.pushLocked(rn)
+			})
+		}
+		r.mu.Unlock()
+	}
+}
+
+// requestStop makes a job in this process notice a stop request now: its
+// request in flight is abandoned and a wait for a retry is cut short.
+func (r *Runner) requestStop(id int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rn, ok := r.runs[id]
+	if !ok {
+		return
+	}
+	rn.stop.Store(true)
+	rn.cancel()
+	if rn.timer != nil && rn.timer.Stop() {
+		rn.timer = nil
+		r.pushLocked(rn)
+	}
+}
+
+// InUse reports whether a job of the OIDC server definition pid is still
+// to finish; install it with oidcservers.Repository.SetInUseCheck so a
+// definition cannot be deleted from under a running job.
+func (r *Runner) InUse(ctx context.Context, pid int64) (bool, error) {
+	busy := false
+	err := r.st.View(ctx, func(tx *store.Tx) error {
+		active, err := activeJobs(tx)
+		for _, server := range active {
+			busy = busy || server == pid
+		}
+		return err
+	})
+	return busy, err
+}
