@@ -42,6 +42,14 @@ type Connector interface {
 	Webhook(ctx context.Context, header http.Header, body []byte) ([]Notice, error)
 }
 
+// Preparer is implemented by connectors that learn something from the
+// vendor before checks are sent (VerifyTreatment's per-payer required
+// fields). Service.Start calls Prepare once, in the worker, before the
+// first job; an error is logged and the connector checks when it sends.
+type Preparer interface {
+	Prepare(ctx context.Context, routes []Route) error
+}
+
 // TwoFactor is implemented by connectors whose checks can wait for a
 // second-factor code (tuuthfairy datasource connections).
 type TwoFactor interface {

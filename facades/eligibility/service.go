@@ -57,6 +57,7 @@ type Service struct {
 	waiters map[string][]chan struct{}
 	cancel  context.CancelFunc
 	done    chan struct{}
+	ready   chan struct{}
 }
 
 // KV buckets.
@@ -101,7 +102,7 @@ func New(fs *fhir.Server, cfg Config, opts Options) (*Service, error) {
 	s := &Service{
 		fs: fs, st: fs.Store(), cfg: cfg, log: opts.Logger, cipher: opts.Cipher, admin: opts.Admin, now: opts.Now,
 		routes: map[string]Route{}, conns: map[string]Connector{}, table: map[string]StatusMapping{},
-		wake: make(chan struct{}, 1), busy: map[string]bool{}, waiters: map[string][]chan struct{}{},
+		wake: make(chan struct{}, 1), ready: make(chan struct{}), busy: map[string]bool{}, waiters: map[string][]chan struct{}{},
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -151,6 +152,10 @@ const (
 
 // Table returns the status table the Service maps vendor statuses with.
 func (s *Service) Table() []StatusMapping { return append([]StatusMapping(nil), s.rows...) }
+
+// Prepared is closed once the connectors have been prepared (see
+// Preparer) after Start.
+func (s *Service) Prepared() <-chan struct{} { return s.ready }
 
 // Start starts the worker. Jobs recorded before a restart are picked up.
 func (s *Service) Start(ctx context.Context) {

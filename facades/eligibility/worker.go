@@ -117,6 +117,14 @@ func cutPrefix(s, p string) (string, bool) {
 
 func (s *Service) loop(ctx context.Context) {
 	defer close(s.done)
+	for _, c := range s.order {
+		if p, ok := c.(Preparer); ok {
+			if err := p.Prepare(ctx, s.cfg.Routes); err != nil && ctx.Err() == nil {
+				s.log.Warn("eligibility: connector not prepared", "vendor", c.Vendor(), "err", err)
+			}
+		}
+	}
+	close(s.ready)
 	conc := s.cfg.Concurrency
 	if conc <= 0 {
 		conc = 4
