@@ -1,0 +1,357 @@
+package provenance
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/store"
+)
+
+// SourceConfig names this payer in the Provenance it supplies for what it
+// serves.
+type SourceConfig struct {
+	// BaseURL is the FHIR base URL; absolute references under it count as
+	// local.
+	BaseURL string
+	// OrganizationName and OrganizationID identify this payer: its name and
+	// its payer id (the same kind of value as a source payer definition's
+	// organizationId). At least one is required.
+	OrganizationName string
+	OrganizationID   string
+	// OrganizationResource, when set, is the id of the Organization
+	// resource here that is this payer: the transmitter agent then refers
+	// to it, and pages that carry generated Provenance include it.
+	OrganizationResource string
+	Logger               *slog.Logger
+	// Now is the clock for Provenance.recorded; default time.Now.
+	Now func() time.Time
+}
+
+// Source supplies Provenance for the resources this payer serves to another
+// payer (the source role of the PDex exchange), so that the receiving
+// payer can trace each resource to the payer that sent it.
+//
+// It works on the searchset Bundles the server answers, as they leave:
+// every page of Patient/$everything, and every search page requested with
+// a token-derived fhir.Access (a trusted issuer's token, not an admin token
+// or an open server). For each resource the page returns:
+//
+//   - the stored Provenance resources that target it and that the request
+//     may read are added as include entries (if not on the page already);
+//   - when there is none, a Provenance is generated for it, following the
+//     PDex Provenance profile: target the served version
+//     (Type/id/_history/n), recorded when served, this payer as the
+//     transmitter agent. It is added as an include entry with a urn:uuid
+//     fullUrl and no id, since it is not stored: the same version served
+//     twice gets the same uuid, so a receiver that stores by fullUrl keeps
+//     one.
+//
+// Provenance is only added where the request may read Provenance. Single
+// reads (GET Type/id) answer the resource alone, as FHIR has no place for
+// it there; a client that wants Provenance uses a search or $everything.
+type Source struct {
+	st  *store.Store
+	cfg SourceConfig
+	log *slog.Logger
+}
+
+// NewSource builds a Source over the store the FHIR server serves from.
+func NewSource(st *store.Store, cfg SourceConfig) (*Source, error) {
+	if strings.TrimSpace(cfg.OrganizationName) == "" && strings.TrimSpace(cfg.OrganizationID) == "" {
+		return nil, errors.New("provenance: name this payer (organization name or id) for the Provenance it supplies")
+	}
+	if cfg.OrganizationResource != "" && !validID(cfg.OrganizationResource) {
+		return nil, fmt.Errorf("provenance: %q is not a FHIR id for the payer's Organization", cfg.OrganizationResource)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
+	return &Source{st: st, cfg: cfg, log: cfg.Logger}, nil
+}
+
+func validID(id string) bool {
+	if len(id) == 0 || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// Attach installs the middleware on s. Call it after the access control's
+// Attach (smart.Guard), so that the request's fhir.Access is known here,
+// and before s.Handler.
+func (s *Source) Attach(srv *fhir.Server) { srv.Use(s.Middleware) }
+
+// Served is one resource a page serves.
+type Served struct {
+	Type, ID  string
+	VersionID int64 // 0 when unknown: the target is then unversioned
+}
+
+// generatedNamespace derives the uuid of a generated Provenance from what
+// it is about.
+var generatedNamespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("urn:p2pserver:served-provenance"))
+
+// Generate builds the Provenance this payer supplies for a served resource
+// that has none, and the urn:uuid fullUrl to give it. It is valid FHIR R4
+// and claims the PDex Provenance profile.
+func (s *Source) Generate(r Served, recorded time.Time) (json.RawMessage, string, error) {
+	target := r.Type + "/" + r.ID
+	if r.VersionID > 0 {
+		target += "/_history/" + strconv.FormatInt(r.VersionID, 10)
+	}
+	who := refJSON{Type: "Organization", Display: s.cfg.OrganizationName}
+	if s.cfg.OrganizationResource != "" {
+		who.Reference = "Organization/" + s.cfg.OrganizationResource
+	}
+	if s.cfg.OrganizationID != "" {
+		who.Identifier = &identifierJSON{Type: &conceptJSON{Text: "Payer ID"}, Value: s.cfg.OrganizationID}
+	}
+	pr := provenanceJSON{
+		ResourceType: "Provenance",
+		Meta:         metaJSON{Profile: []string{PDexProvenanceProfile}},
+		Target:       []refJSON{{Reference: target}},
+		Recorded:     recorded.UTC().Format("2006-01-02T15:04:05.000Z07:00"),
+		Agent: []agentJSON{{
+			Type: conceptJSON{Coding: []codingJSON{{System: participantTypeSystem, Code: transmitterCode, Display: "Transmitter"}}},
+			Who:  who,
+		}},
+	}
+	raw, err := json.Marshal(pr)
+	if err != nil {
+		return nil, "", fmt.Errorf("provenance: encode: %w", err)
+	}
+	id := uuid.NewSHA1(generatedNamespace, []byte(s.cfg.BaseURL+"/"+target))
+	return raw, "urn:uuid:" + id.String(), nil
+}
+
+// Entries returns the Provenance entries (search mode include) for the
+// resources a page serves, as the type comment describes. present holds
+// the fullUrls already on the page, which are not added again; it is
+// updated. tx's context carries the request's access rights.
+func (s *Source) Entries(tx *store.Tx, served []Served, present map[string]bool) ([]fhir.BundleEntry, error) {
+	a := fhir.AccessFrom(tx.Context())
+	if a != nil && a.CanRead != nil && !a.CanRead("Provenance") {
+		return nil, nil
+	}
+	now := s.cfg.Now()
+	var out []fhir.BundleEntry
+	generated := false
+	for _, r := range served {
+		stored := tx.Referencing("Provenance", "target", r.Type, r.ID)
+		visible := 0
+		for _, id := range stored {
+			if a != nil && a.Patient != "" && !tx.InCompartment("Provenance", id, a.Patient) && !s.aboutMember(tx, id, a.Patient) {
+				continue
+			}
+			visible++
+			full := s.cfg.BaseURL + "/Provenance/" + id
+			if present[full] {
+				continue
+			}
+			v, err := tx.Read("Provenance", id)
+			if err != nil {
+				continue
+			}
+			present[full] = true
+			out = append(out, fhir.BundleEntry{FullURL: full, Resource: v.JSON, Search: &fhir.EntrySearch{Mode: "include"}})
+		}
+		if visible > 0 {
+			continue
+		}
+		raw, full, err := s.Generate(r, now)
+		if err != nil {
+			return nil, err
+		}
+		if present[full] {
+			continue
+		}
+		present[full] = true
+		generated = true
+		out = append(out, fhir.BundleEntry{FullURL: full, Resource: raw, Search: &fhir.EntrySearch{Mode: "include"}})
+	}
+	if generated && s.cfg.OrganizationResource != "" && (a == nil || a.CanRead == nil || a.CanRead("Organization")) {
+		full := s.cfg.BaseURL + "/Organization/" + s.cfg.OrganizationResource
+		if v, err := tx.Read("Organization", s.cfg.OrganizationResource); err == nil && !present[full] {
+			present[full] = true
+			out = append(out, fhir.BundleEntry{FullURL: full, Resource: v.JSON, Search: &fhir.EntrySearch{Mode: "include"}})
+		}
+	}
+	return out, nil
+}
+
+// aboutMember reports whether every target of the stored Provenance id is
+// in the member's compartment: then it is about the member's own data and
+// may be shown to them, though Provenance's own compartment rule (it names
+// the Patient) does not say so.
+func (s *Source) aboutMember(tx *store.Tx, id, patient string) bool {
+	v, err := tx.Read("Provenance", id)
+	if err != nil {
+		return false
+	}
+	var p struct {
+		Target []struct {
+			Reference string `json:"reference"`
+		} `json:"target"`
+	}
+	if json.Unmarshal(v.JSON, &p) != nil || len(p.Target) == 0 {
+		return false
+	}
+	for _, t := range p.Target {
+		ref := strings.TrimPrefix(t.Reference, s.cfg.BaseURL+"/")
+		if i := strings.Index(ref, "/_history/"); i > 0 {
+			ref = ref[:i]
+		}
+		typ, rid, ok := strings.Cut(ref, "/")
+		if !ok || !tx.InCompartment(typ, rid, patient) {
+			return false
+		}
+	}
+	return true
+}
+
+// Middleware adds Provenance to the searchset Bundles the FHIR server
+// answers to another payer (see Source). Other answers pass untouched.
+func (s *Source) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		everything := strings.Contains(r.URL.Path, "/$everything")
+		if (r.Method != http.MethodGet && r.Method != http.MethodPost) || (!everything && fhir.AccessFrom(r.Context()) == nil) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		bw := &bufferedWriter{w: w}
+		next.ServeHTTP(bw, r)
+		if !bw.buffering {
+			return // already passed through
+		}
+		body := bw.buf.Bytes()
+		if out, err := s.augment(r, body); err != nil {
+			s.log.ErrorContext(r.Context(), "provenance: could not add Provenance to a served page; sent without", "path", r.URL.Path, "err", err)
+		} else if out != nil {
+			body = out
+		}
+		w.WriteHeader(bw.status)
+		_, _ = w.Write(body)
+	})
+}
+
+// augment returns the page with Provenance entries, or nil when it is not
+// a searchset Bundle.
+func (s *Source) augment(r *http.Request, body []byte) ([]byte, error) {
+	var peek struct {
+		ResourceType string `json:"resourceType"`
+		Type         any    `json:"type"` // a code in a Bundle, a CodeableConcept elsewhere
+	}
+	if err := json.Unmarshal(body, &peek); err != nil || peek.ResourceType != "Bundle" || peek.Type != "searchset" {
+		return nil, nil
+	}
+	var b fhir.Bundle
+	if err := json.Unmarshal(body, &b); err != nil {
+		return nil, err
+	}
+	present := map[string]bool{}
+	var served []Served
+	for _, e := range b.Entry {
+		if e.FullURL != "" {
+			present[e.FullURL] = true
+		}
+		if e.Search == nil || (e.Search.Mode != "match" && e.Search.Mode != "include") {
+			continue
+		}
+		var res struct {
+			ResourceType string `json:"resourceType"`
+			ID           string `json:"id"`
+			Meta         struct {
+				VersionID string `json:"versionId"`
+			} `json:"meta"`
+		}
+		if err := json.Unmarshal(e.Resource, &res); err != nil {
+			return nil, err
+		}
+		switch {
+		case res.ID == "", res.ResourceType == "Provenance", res.ResourceType == "OperationOutcome":
+			continue
+		case res.ResourceType == "Organization" && res.ID == s.cfg.OrganizationResource:
+			continue // this payer itself
+		}
+		vid, _ := strconv.ParseInt(res.Meta.VersionID, 10, 64)
+		served = append(served, Served{Type: res.ResourceType, ID: res.ID, VersionID: vid})
+	}
+	if len(served) == 0 {
+		return nil, nil
+	}
+	var add []fhir.BundleEntry
+	err := s.st.View(r.Context(), func(tx *store.Tx) error {
+		var err error
+		add, err = s.Entries(tx, served, present)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(add) == 0 {
+		return nil, nil
+	}
+	// Include entries go after the matches and includes, before any
+	// OperationOutcome, which by convention comes last.
+	var outcome []fhir.BundleEntry
+	for len(b.Entry) > 0 && b.Entry[len(b.Entry)-1].Search != nil && b.Entry[len(b.Entry)-1].Search.Mode == "outcome" {
+		outcome = append([]fhir.BundleEntry{b.Entry[len(b.Entry)-1]}, outcome...)
+		b.Entry = b.Entry[:len(b.Entry)-1]
+	}
+	b.Entry = append(append(b.Entry, add...), outcome...)
+	return json.Marshal(&b)
+}
+
+// bufferedWriter holds back a successful FHIR JSON answer so that it can
+// be amended; anything else goes straight through.
+type bufferedWriter struct {
+	w         http.ResponseWriter
+	status    int
+	decided   bool
+	buffering bool
+	buf       bytes.Buffer
+}
+
+func (b *bufferedWriter) Header() http.Header { return b.w.Header() }
+
+func (b *bufferedWriter) WriteHeader(status int) {
+	if b.decided {
+		return
+	}
+	b.decided, b.status = true, status
+	mt, _, _ := mime.ParseMediaType(b.w.Header().Get("Content-Type"))
+	b.buffering = status == http.StatusOK && mt == "application/fhir+json"
+	if !b.buffering {
+		b.w.WriteHeader(status)
+	}
+}
+
+func (b *bufferedWriter) Write(p []byte) (int, error) {
+	if !b.decided {
+		b.WriteHeader(http.StatusOK)
+	}
+	if b.buffering {
+		return b.buf.Write(p)
+	}
+	return b.w.Write(p)
+}
