@@ -192,6 +192,34 @@ func TestMemberMatchUnique(t *testing.T) {
 		id["system"] != "http://example.org/old-payer/identifiers/member" || id["value"] != "M-1001" {
 		t.Errorf("MemberIdentifier: %v", mi)
 	}
+	// The identifier has the shape the PDex example answer gives its
+	// members' identifiers: type MB, system, value, assigner.
+	var out struct {
+		Parameter []struct {
+			Resource struct {
+				Contained []struct {
+					Identifier []map[string]any `json:"identifier"`
+				} `json:"contained"`
+			} `json:"resource"`
+		} `json:"parameter"`
+	}
+	raw, err := os.ReadFile(filepath.Join(pdexDir, "Parameters-payer-multi-member-match-out.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatal(err)
+	}
+	example := out.Parameter[0].Resource.Contained[0].Identifier[0]
+	for k := range example {
+		if _, ok := id[k]; !ok {
+			t.Errorf("MemberIdentifier lacks %q, which the PDex example has: %v", k, id)
+		}
+	}
+	exCoding := example["type"].(map[string]any)["coding"].([]any)[0].(map[string]any)
+	if exCoding["system"] != coding["system"] || exCoding["code"] != coding["code"] {
+		t.Errorf("MemberIdentifier type %v, the PDex example's %v", coding, exCoding)
+	}
 	if mid := params[1].(map[string]any); mid["name"] != "MemberId" || mid["valueReference"].(map[string]any)["reference"] != "Patient/pat-a" {
 		t.Errorf("MemberId: %v", mid)
 	}

@@ -496,9 +496,14 @@ func verb(p Perm) string {
 	return "interaction"
 }
 
+// levelFor is the scope level to suggest in a refusal: the one the token
+// uses.
 func levelFor(t *Token) string {
-	if t.Patient != "" {
+	switch {
+	case t.Patient != "":
 		return LevelPatient
+	case slices.ContainsFunc(t.Scopes.Resource, func(s Scope) bool { return s.Level == LevelUser }):
+		return LevelUser
 	}
 	return LevelSystem
 }
