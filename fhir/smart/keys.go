@@ -272,7 +272,8 @@ func matching(keys []jose.JSONWebKey, kid string) []jose.JSONWebKey {
 var errIssuerUnreachable = errors.New("smart: the token issuer's keys could not be fetched")
 
 func fetchJWKS(ctx context.Context, client *http.Client, uri string) ([]jose.JSONWebKey, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// As for discovery: the keys serve every later request.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, uri, nil)
 	if err != nil {
@@ -400,7 +401,9 @@ func (t *trusted) discoverLocked(ctx context.Context) error {
 		return t.lastErr
 	}
 	t.lastTry = time.Now()
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// The result serves every later request: a client that hangs up must
+	// not leave a failure behind for the others.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	p, err := oidc.NewProvider(oidc.ClientContext(ctx, t.client), t.URL)
 	if err != nil {
