@@ -11,12 +11,15 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/apidoc"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
 	"github.com/p2pserver/p2pserver/internal/secrets"
+	"github.com/p2pserver/p2pserver/mdm"
 	"github.com/p2pserver/p2pserver/oidcservers"
+	"github.com/p2pserver/p2pserver/provenance"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -28,6 +31,7 @@ type app struct {
 	store *store.Store
 	fhir  *fhir.Server
 	admin *httpapi.Authorizer
+	guard *smart.Guard
 	oidc  *oidcservers.API
 }
 
@@ -62,7 +66,29 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 // wire builds each package's value with its dependencies.
 func (a *app) wire() error {
 	cfg, log := a.cfg, a.log
-	a.fhir = fhir.New(a.store, fhir.Config{BaseURL: cfg.BaseURL + "/fhir", MaxBody: cfg.MaxBody, Logger: log, Version: version})
+	base := cfg.BaseURL + "/fhir"
+	a.fhir = fhir.New(a.store, fhir.Config{BaseURL: base, MaxBody: cfg.MaxBody, Logger: log, Version: version})
+
+	// Access control on /fhir comes first: later middleware reads the
+	// fhir.Access it sets.
+	issuers, err := smart.ParseIssuers(cfg.TrustedIssuers)
+	if err != nil {
+		return fmt.Errorf("-trusted-issuers: %w", err)
+	}
+	if a.guard, err = smart.New(smart.Config{BaseURL: base, Issuers: issuers,
+		Audiences: httpapi.SplitTokens(cfg.TokenAudience), AdminTokens: httpapi.SplitTokens(cfg.AdminToken), Logger: log}); err != nil {
+		return err
+	}
+	a.guard.Attach(a.fhir)
+	src, err := provenance.NewSource(a.store, provenance.SourceConfig{BaseURL: base,
+		OrganizationName: cfg.OrganizationName, OrganizationID: cfg.OrganizationID,
+		OrganizationResource: cfg.OrganizationResource, Logger: log})
+	if err != nil {
+		return err
+	}
+	src.Attach(a.fhir)
+	a.fhir.EnableEverything(fhir.EverythingOptions{Withhold: mdm.Withhold})
+	mdm.NewMemberMatch(a.fhir, mdm.MemberMatchConfig{MaxBody: cfg.MaxBody, Logger: log}).Register()
 
 	var cipher *secrets.Cipher
 	if cfg.SecretKey != "" {
@@ -91,6 +117,7 @@ var version = "dev"
 // Handler is the whole HTTP surface.
 func (a *app) Handler() http.Handler {
 	r := chi.NewRouter()
+	r.Method(http.MethodGet, "/fhir"+smart.WellKnownPath(), a.guard.ConfigurationHandler())
 	r.Mount("/fhir", a.fhir.Handler())
 	api := httpapi.NewRouter(a.log)
 	apidoc.Mount(api, "/api")

@@ -34,6 +34,10 @@ type Config struct {
 	AdminToken string
 	// SecretKey encrypts secrets at rest (client secrets, member tokens).
 	SecretKey string
+	// TrustedIssuers and TokenAudience configure bearer tokens on /fhir.
+	TrustedIssuers, TokenAudience string
+	// Organization* name this payer in the Provenance it supplies.
+	OrganizationName, OrganizationID, OrganizationResource string
 	// DebugAddr, when set, serves net/http/pprof there (keep it on loopback).
 	DebugAddr string
 	// ShutdownGrace is how long in-flight requests get to finish on SIGTERM.
@@ -88,6 +92,11 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", env("log-level", "info"), "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.AdminToken, "admin-token", env("admin-token", ""), "comma-separated bearer tokens for admin /api writes (none: admin writes are refused)")
 	fs.StringVar(&cfg.SecretKey, "secret-key", env("secret-key", ""), "32-byte key (base64 or hex) encrypting secrets at rest; comma-separate keys to rotate")
+	fs.StringVar(&cfg.TrustedIssuers, "trusted-issuers", env("trusted-issuers", ""), "comma-separated issuer URLs whose JWT access tokens /fhir accepts (ISSUER=KEYFILE for a static key); empty: /fhir is open (local use only)")
+	fs.StringVar(&cfg.TokenAudience, "token-audience", env("token-audience", ""), "comma-separated aud values a token must include one of (default <base-url>/fhir)")
+	fs.StringVar(&cfg.OrganizationName, "organization-name", env("organization-name", "p2pserver"), "this payer's name in the Provenance it supplies")
+	fs.StringVar(&cfg.OrganizationID, "organization-id", env("organization-id", ""), "this payer's payer id, as the transmitter agent's identifier")
+	fs.StringVar(&cfg.OrganizationResource, "organization-resource", env("organization-resource", ""), "id of this payer's Organization resource, referenced by the Provenance it supplies")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", env("debug-addr", ""), "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; off when empty")
 	fs.StringVar(&grace, "shutdown-grace", env("shutdown-grace", "30s"), "time in-flight requests get to finish on shutdown")
 	if err := fs.Parse(args); err != nil {
@@ -141,6 +150,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer a.Close()
+	if err := a.guard.Prepare(ctx); err != nil {
+		log.Warn("token issuer discovery failed; it is retried on first use", "err", err)
+	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
