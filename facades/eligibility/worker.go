@@ -362,7 +362,7 @@ func (s *Service) apply(tx *store.Tx, j *job, res Result, callErr error) error {
 		s.log.Error("eligibility: vendor status missing from the status table", "vendor", j.Vendor, "status", res.Status, "request", j.RequestID)
 		return s.finish(tx, j, failRow(ErrUnmappedStatus), res, fmt.Sprintf("%s status %q", j.Vendor, res.Status))
 	}
-	if res.Ref != "" && j.State != stateHold && j.State != stateRelay {
+	if res.Ref != "" {
 		j.Ref = res.Ref
 	}
 	if err := j.index(tx, j.Ref); err != nil {
