@@ -58,13 +58,25 @@ func (a *Access) compartment() string {
 	return a.Patient
 }
 
+// readCompartment is the compartment a read or search of typ is confined
+// to under a: the member's, for the types of the Patient compartment; none
+// for the types that belong to no patient (Practitioner, Organization,
+// Location, Medication...), which a member may read like anyone whose
+// scopes allow it.
+func (s *Server) readCompartment(a *Access, typ string) string {
+	if !s.reg.InPatientCompartment(typ) {
+		return ""
+	}
+	return a.compartment()
+}
+
 // visible checks that a stored resource may be seen under a: outside the
 // member's compartment it does not exist, as far as the request can tell.
 func (s *Server) visible(tx *store.Tx, a *Access, typ, id string) error {
 	if err := a.mayRead(typ); err != nil {
 		return err
 	}
-	if p := a.compartment(); p != "" && !tx.InCompartment(typ, id, p) {
+	if p := s.readCompartment(a, typ); p != "" && !tx.InCompartment(typ, id, p) {
 		return errs.E("fhir.access", errs.NotFound, fmt.Sprintf("%s/%s is not known", typ, id))
 	}
 	return nil

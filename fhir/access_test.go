@@ -73,6 +73,14 @@ func TestMemberScopedAccess(t *testing.T) {
 	// A transaction cannot be used to step outside.
 	as("POST", "/", `{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"GET","url":"Patient/p2"}}]}`).want(t, 404)
 
+	// Resources that belong to no patient are readable, not writable.
+	ts.do("PUT", "/Practitioner/dr1", `{"resourceType":"Practitioner","id":"dr1","name":[{"family":"Who"}]}`).want(t, 201)
+	as("GET", "/Practitioner/dr1", nil).want(t, 200)
+	if got := bundleIDs(as("GET", "/Practitioner?name=who", nil).want(t, 200).JSON); !slices.Equal(got, []string{"Practitioner/dr1"}) {
+		t.Errorf("member search of Practitioner: %v", got)
+	}
+	as("PUT", "/Practitioner/dr1", `{"resourceType":"Practitioner","id":"dr1"}`).want(t, 403)
+
 	// Type limits.
 	ro := ts.do("GET", member+"/Observation/o1", nil, "X-Test-Read", "Patient")
 	ro.want(t, 403).outcome(t)

@@ -161,7 +161,7 @@ func (s *Server) searchBundle(tx *store.Tx, typ string, params url.Values, lenie
 	if err != nil {
 		return nil, err
 	}
-	q.Compartment = AccessFrom(tx.Context()).compartment()
+	q.Compartment = s.readCompartment(AccessFrom(tx.Context()), typ)
 	ids, err := tx.Search(q)
 	if err != nil {
 		return nil, err
@@ -189,7 +189,7 @@ func (s *Server) searchPage(tx *store.Tx, typ, cursor string) ([]byte, error) {
 	if sn == nil || sn.typ != typ {
 		return nil, errs.E("fhir.page", errs.Gone, "this search result has expired; run the search again")
 	}
-	if a := AccessFrom(tx.Context()); sn.query.Compartment != a.compartment() {
+	if a := AccessFrom(tx.Context()); sn.query.Compartment != s.readCompartment(a, typ) {
 		return nil, errs.E("fhir.page", errs.Permission, "this page belongs to a search made with other access rights")
 	} else if err := a.mayRead(typ); err != nil {
 		return nil, err

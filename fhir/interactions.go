@@ -123,7 +123,7 @@ func (s *Server) matchCondition(tx *store.Tx, typ string, cond url.Values) ([]st
 	if err != nil {
 		return nil, err
 	}
-	q.Compartment = AccessFrom(tx.Context()).compartment()
+	q.Compartment = s.readCompartment(AccessFrom(tx.Context()), typ)
 	return tx.Search(q)
 }
 

@@ -213,7 +213,8 @@ func TestScopeAndCompartmentRules(t *testing.T) {
 			{"GET", "/Observation", "", 200, []string{"Observation/o1"}},
 			{"GET", "/Patient", "", 200, []string{"Patient/p1"}},
 			{"GET", "/Patient?_id=p2", "", 200, nil},
-			{"GET", "/Practitioner/dr1", "", 404, nil}, // not in any member's compartment
+			{"GET", "/Practitioner/dr1", "", 200, nil}, // belongs to no patient: readable, as its data refers to it
+			{"PUT", "/Practitioner/dr1", `{"resourceType":"Practitioner","id":"dr1"}`, 403, nil},
 			{"POST", "/Task", task("p1"), 403, nil},
 			{"DELETE", "/Observation/o1", "", 403, nil},
 			{"GET", "/_history", "", 403, nil},
