@@ -40,6 +40,8 @@ type env struct {
 	dbPath string
 	cfg    eligibility.Config
 	conns  func(e *env) []eligibility.Connector
+	// noCipher starts the service without a secret key.
+	noCipher bool
 
 	srv     *httptest.Server
 	handler *swapHandler
@@ -101,6 +103,9 @@ func (e *env) start() {
 	cipher, err := secrets.NewCipher(testKey)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if e.noCipher {
+		cipher = nil
 	}
 	svc, err := eligibility.New(fs, e.cfg, eligibility.Options{Connectors: e.conns(e), Cipher: cipher, Admin: admin.Require("admin")})
 	if err != nil {

@@ -14,6 +14,8 @@ import (
 )
 
 // soharEnv runs the server with payer 60054 routed to a Sohar simulator.
+type soharConfig = sohar.Config
+
 func soharEnv(t *testing.T, tune func(*eligibility.Config, *sohar.Config)) (*env, *sohartest.Sim) {
 	t.Helper()
 	sim, err := sohartest.New(sohartest.Options{})
