@@ -105,7 +105,7 @@ func TestRequestWithStoredResources(t *testing.T) {
 		"birthDate": "1990-01-31", "address": []any{map[string]any{"state": "ny"}}})
 	org := create(map[string]any{"resourceType": "Organization", "identifier": []any{map[string]any{"value": "60054"}}, "name": "Aetna"})
 	cov := create(map[string]any{"resourceType": "Coverage", "status": "active", "beneficiary": map[string]any{"reference": pat},
-		"payor": []any{map[string]any{"reference": org}},
+		"payor":      []any{map[string]any{"reference": org}},
 		"identifier": []any{map[string]any{"type": map[string]any{"coding": []any{map[string]any{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MB"}}}, "value": "MB-77"}}})
 	req := map[string]any{"resourceType": "CoverageEligibilityRequest", "status": "active", "purpose": []any{"validation"},
 		"patient": map[string]any{"reference": pat}, "created": "2026-11-23", "insurer": map[string]any{"reference": org},

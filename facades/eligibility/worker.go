@@ -130,7 +130,12 @@ func (s *Service) loop(ctx context.Context) {
 		conc = 4
 	}
 	sem := make(chan struct{}, conc)
+	var pruned time.Time
 	for {
+		if s.now().Sub(pruned) > time.Hour {
+			s.pruneDeliveries(ctx)
+			pruned = s.now()
+		}
 		next := s.dispatch(ctx, sem)
 		wait := time.Minute
 		if !next.IsZero() {
@@ -616,5 +621,36 @@ func (s *Service) notify(reqID string) {
 	s.mu.Unlock()
 	for _, ch := range list {
 		close(ch)
+	}
+}
+
+// deliveryMemory is how long webhook delivery ids are remembered to
+// recognise a repeated delivery; vendors retry for a day or two.
+const deliveryMemory = 7 * 24 * time.Hour
+
+// pruneDeliveries forgets delivery ids older than deliveryMemory.
+func (s *Service) pruneDeliveries(ctx context.Context) {
+	cutoff := s.now().Add(-deliveryMemory)
+	var old [][]byte
+	if err := s.st.View(ctx, func(tx *store.Tx) error {
+		return tx.KV(bDeliveries).Scan(nil, func(k, v []byte) (bool, error) {
+			if t, err := time.Parse(time.RFC3339, string(v)); err != nil || t.Before(cutoff) {
+				old = append(old, k)
+			}
+			return true, nil
+		})
+	}); err != nil || len(old) == 0 {
+		return
+	}
+	err := s.st.Write(ctx, func(tx *store.Tx) error {
+		for _, k := range old {
+			if err := tx.KV(bDeliveries).Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn("eligibility: prune webhook deliveries", "err", err)
 	}
 }
