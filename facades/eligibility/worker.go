@@ -373,6 +373,10 @@ func (s *Service) apply(tx *store.Tx, j *job, res Result, callErr error) error {
 	if err := j.index(tx, j.Ref); err != nil {
 		return err
 	}
+	// The Task changes only when the vendor's status does, not on every
+	// poll: each Task version may notify subscribers.
+	prevState, prevStatus := j.State, j.Status
+	changed := prevStatus != res.Status || prevState != stateWait
 	j.Status = res.Status
 	if row.Outcome != "" {
 		if res.Ref == "" {
@@ -394,13 +398,19 @@ func (s *Service) apply(tx *store.Tx, j *job, res Result, callErr error) error {
 			return err
 		}
 		j.NextAt = now.Add(s.cfg.MaxPollInterval.or(10 * time.Minute))
-		if err := s.updateTask(tx, j.TaskID, func(d *store.Doc) error {
-			if err := setTwoFactorInput(d, res.Hold.Prompt); err != nil {
+		if prevState != stateHold || prevStatus != res.Status {
+			reason := res.Hold.Prompt
+			if prevState == stateRelay {
+				reason = "The code was not accepted. " + reason
+			}
+			if err := s.updateTask(tx, j.TaskID, func(d *store.Doc) error {
+				if err := setTwoFactorInput(d, res.Hold.Prompt); err != nil {
+					return err
+				}
+				return setTaskState(d, TaskOnHold, reason, statusText(j.Vendor, res), now)
+			}); err != nil {
 				return err
 			}
-			return setTaskState(d, TaskOnHold, res.Hold.Prompt, statusText(j.Vendor, res), now)
-		}); err != nil {
-			return err
 		}
 		if err := putJob(tx, j); err != nil {
 			return err
@@ -425,13 +435,15 @@ func (s *Service) apply(tx *store.Tx, j *job, res Result, callErr error) error {
 		}
 		j.Polls++
 		j.NextAt = now.Add(delay)
-		if err := s.updateTask(tx, j.TaskID, func(d *store.Doc) error {
-			if err := setTwoFactorInput(d, ""); err != nil {
+		if changed {
+			if err := s.updateTask(tx, j.TaskID, func(d *store.Doc) error {
+				if err := setTwoFactorInput(d, ""); err != nil {
+					return err
+				}
+				return setTaskState(d, TaskInProgress, "", statusText(j.Vendor, res), now)
+			}); err != nil {
 				return err
 			}
-			return setTaskState(d, TaskInProgress, "", statusText(j.Vendor, res), now)
-		}); err != nil {
-			return err
 		}
 		return putJob(tx, j)
 	}
