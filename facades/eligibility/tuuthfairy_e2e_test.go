@@ -229,19 +229,32 @@ func TestTuuthfairy2FAThroughTaskUpdate(t *testing.T) {
 	if r := e.do("PUT", "/fhir/Task/"+idOf(task), bad); r.Status != http.StatusUnprocessableEntity {
 		t.Fatalf("client completing the Task: %d %s", r.Status, r.Body)
 	}
-	in := task["input"].([]any)[0].(map[string]any)
-	delete(in, "_valueString")
-	in["valueString"] = "123456"
-	r = e.do("PUT", "/fhir/Task/"+idOf(task), task)
+	relay := func(code string) *result {
+		task := e.taskFor(reqID)
+		in := task["input"].([]any)[0].(map[string]any)
+		delete(in, "_valueString")
+		in["valueString"] = code
+		return e.do("PUT", "/fhir/Task/"+idOf(task), task)
+	}
+	// A wrong code: the Task goes back on hold and says so.
+	if r := relay("999999"); r.Status != http.StatusOK || r.JSON["status"] != "in-progress" {
+		t.Fatalf("update: %d %s", r.Status, r.Body)
+	}
+	e.eventually("the Task to be on hold again", func() bool {
+		tk := e.taskFor(reqID)
+		sr, _ := tk["statusReason"].(map[string]any)
+		return tk["status"] == "on-hold" && strings.Contains(str(sr["text"]), "not accepted")
+	})
+	r = relay("123456")
 	if r.Status != http.StatusOK || r.JSON["status"] != "in-progress" {
 		t.Fatalf("update: %d %s", r.Status, r.Body)
 	}
 	e.eventually("the check to complete", func() bool { return e.taskFor(reqID)["status"] == "completed" })
 	hist := e.do("GET", "/fhir/Task/"+idOf(task)+"/_history?_count=100", nil)
-	if bytes.Contains(hist.Body, []byte("123456")) {
+	if bytes.Contains(hist.Body, []byte("123456")) || bytes.Contains(hist.Body, []byte("999999")) {
 		t.Fatalf("the code is stored in the Task's history")
 	}
-	if got := sim.ConfirmedCodes(sim2(e, sim)); len(got) != 1 || got[0] != "123456" {
+	if got := sim.ConfirmedCodes(sim2(e, sim)); len(got) != 2 || got[1] != "123456" {
 		t.Fatalf("codes relayed: %v", got)
 	}
 }
