@@ -56,6 +56,10 @@ func TestStatusTableGolden(t *testing.T) {
 	if got != string(want) {
 		t.Fatalf("the status table changed; run go test -update and update the README:\n%s", got)
 	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil || !strings.Contains(string(readme), got) {
+		t.Errorf("facades/eligibility/README.md does not hold the current status table (%v)", err)
+	}
 	// Every status the vendors document is in it.
 	for _, s := range []string{"complete.eligible", "complete.ineligible", "error.member.id", "error.member.name", "error.member.dob",
 		"error.payer", "error.payer.npi", "connection:auth_2fa_code", "connection:auth_failed", "connection:auth_in_progress",
