@@ -38,17 +38,18 @@ func (f *fetchFailure) Error() string { return f.reason }
 // errCanceled means the run's context ended: a stop request or shutdown.
 var errCanceled = errors.New("batch: canceled")
 
-// fetch GETs url from the source payer with the member's access token. A
-// 401 is answered once by a token refresh and an immediate retry.
-func (r *Runner) fetch(rn *run, url string) ([]byte, error) {
-	tok, err := rn.ts.Token()
+// fetch GETs url from the source payer with the member's access token from
+// ts. A 401 is answered by invalidating the token, to be refreshed for an
+// immediate retry, unless refreshed says that was done for this request.
+func (r *Runner) fetch(runCtx context.Context, ts *oidcservers.TokenSource, url string, refreshed bool) ([]byte, error) {
+	tok, err := ts.Token()
 	if err != nil {
-		if rn.ctx.Err() != nil {
+		if runCtx.Err() != nil {
 			return nil, errCanceled
 		}
 		return nil, tokenFailure(err)
 	}
-	ctx, cancel := context.WithTimeout(rn.ctx, r.cfg.RequestTimeout)
+	ctx, cancel := context.WithTimeout(runCtx, r.cfg.RequestTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -58,7 +59,7 @@ func (r *Runner) fetch(rn *run, url string) ([]byte, error) {
 	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
 	resp, err := r.client.Do(req)
 	if err != nil {
-		if rn.ctx.Err() != nil {
+		if runCtx.Err() != nil {
 			return nil, errCanceled
 		}
 		var ue interface{ Timeout() bool }
@@ -75,9 +76,8 @@ func (r *Runner) fetch(rn *run, url string) ([]byte, error) {
 	case resp.StatusCode == http.StatusOK:
 	case resp.StatusCode == http.StatusUnauthorized:
 		drain(resp.Body)
-		if !rn.refreshed {
-			rn.refreshed = true
-			rn.ts.Invalidate(tok.AccessToken)
+		if !refreshed {
+			ts.Invalidate(tok.AccessToken)
 			return nil, &fetchFailure{retry: true, after: -1, reason: "the source payer refused the member's access token (401); refreshing it"}
 		}
 		return nil, &fetchFailure{authz: true, reason: fmt.Sprintf("the source payer refused the member's access token (401) for %s even after a refresh; the member must authorize again", clip(url, 300))}
@@ -100,7 +100,7 @@ func (r *Runner) fetch(rn *run, url string) ([]byte, error) {
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, r.cfg.MaxPageBytes+1))
 	if err != nil {
-		if rn.ctx.Err() != nil {
+		if runCtx.Err() != nil {
 			return nil, errCanceled
 		}
 		return nil, &fetchFailure{retry: true, reason: fmt.Sprintf("the page from %s could not be read in full (%s)", clip(url, 300), netReason(err))}

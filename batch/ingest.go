@@ -82,14 +82,22 @@ func (r *Runner) advance(rn *run) (time.Duration, bool) {
 	if u == "" {
 		return r.endStep(rec, Completed, "")
 	}
-	body, err := r.fetch(rn, u)
-	if errors.Is(err, errCanceled) {
+	res, inflight := r.claim(rn, u, kind)
+	if inflight {
+		return park, false
+	}
+	if res == nil {
+		r.startFetch(rn, u, kind)
+		return park, false
+	}
+	if errors.Is(res.err, errCanceled) {
 		return 0, false // stop request or shutdown: the next step tells which
 	}
 	var ff *fetchFailure
-	if errors.As(err, &ff) {
+	if errors.As(res.err, &ff) {
 		return r.fetchFailed(rn, rec, kind, u, ff)
 	}
+	body := res.body
 	rn.attempts, rn.refreshed = 0, false
 
 	pg, failNext, err := r.prepare(rec, body, u, kind)
@@ -99,6 +107,10 @@ func (r *Runner) advance(rn *run) (time.Duration, bool) {
 	}
 	if err != nil {
 		return r.writeFailed(rn, err)
+	}
+	if pg.next != "" && failNext == "" {
+		// Fetch the next page while this one is written.
+		r.startFetch(rn, pg.next, dataPage)
 	}
 	ended, err := r.commit(rec.ID, pg, kind, failNext)
 	if errors.As(err, &pe) {
@@ -183,7 +195,8 @@ func (r *Runner) saveTokens(id int64, tok *oauth2.Token) {
 func (r *Runner) fetchFailed(rn *run, rec *record, kind pageKind, u string, ff *fetchFailure) (time.Duration, bool) {
 	switch {
 	case ff.retry && ff.after < 0:
-		return 0, false // a refreshed token, right away
+		rn.refreshed = true
+		return 0, false // with a refreshed token, right away
 	case ff.retry:
 		rn.attempts++
 		if rn.attempts > r.cfg.MaxRetries {
@@ -235,6 +248,9 @@ func (r *Runner) prepare(rec *record, body []byte, u string, kind pageKind) (pg 
 	pg, err = pp.parse(body, u)
 	if err != nil {
 		return nil, "", err
+	}
+	if kind == dataPage && pg.single != "" {
+		return nil, "", pageErrorf("the source payer answered %s with a %s where a Bundle of results was expected", u, pg.single)
 	}
 	if kind == memberPage {
 		pg.next = ""
@@ -571,11 +587,12 @@ func (r *Runner) endStep(rec *record, status Status, reason string) (time.Durati
 // end records a job's final status in tx: end time, reason, the tokens
 // dropped, and the Task moved to match.
 func (r *Runner) end(tx *store.Tx, rec *record, status Status, reason string, o *commitOpts, now time.Time) error {
-	n, err := r.settle(tx, rec.ID)
+	toSource, relinked, err := r.settle(tx, rec.ID)
 	if err != nil {
 		return err
 	}
-	rec.ToSource += n
+	rec.ToSource += toSource
+	rec.Relinked += relinked
 	rec.Status, rec.Ended, rec.Reason = status, now, reason
 	rec.SealedAccess, rec.SealedRefresh, rec.AccessExpiry = nil, nil, time.Time{}
 	if o.skipTask {

@@ -70,6 +70,7 @@ type preparedPage struct {
 	skipped   map[string]int
 	pending   []pendingRef
 	member    *pageResource // the member's Patient at the source, if on the page
+	single    string        // the type of the body when one resource, not a Bundle
 }
 
 // bundleJSON is the part of a page the job reads.
@@ -163,6 +164,7 @@ func (pp *preparer) parse(body []byte, pageURL string) (*preparedPage, error) {
 		return nil, pageErrorf("the source payer sent a %q from %s, which is not a FHIR R4 resource", clip(b.ResourceType, 64), pageURL)
 	default:
 		// A single resource: the read of the member's Patient.
+		pg.single = b.ResourceType
 		entries = append(entries, entry{pageURL, body})
 	}
 

@@ -13,8 +13,8 @@ import (
 // References to resources that are not here yet are tracked in two buckets
 // beside the resources:
 //
-//	batch_pending_refs:  target ref, 0, referrer ref -> kind, job id, absolute source URL
-//	batch_pending_local: job id, target ref, 0, referrer ref -> "" (kind 'L' only)
+//	batch_pending_refs:   target ref, 0, referrer ref -> kind, job id, absolute source URL
+//	batch_pending_by_job: job id, target ref, 0, referrer ref -> "" (until the job ends)
 //
 // Kind 'A': the referrer holds the absolute source URL; when the target
 // arrives (in any job) the referrer is rewritten to the local reference.
@@ -23,7 +23,7 @@ import (
 // rewritten to the absolute URL and the entry becomes kind 'A'.
 const (
 	pendingBucket = "batch_pending_refs"
-	localBucket   = "batch_pending_local"
+	byJobBucket   = "batch_pending_by_job"
 )
 
 const (
@@ -50,12 +50,12 @@ func putPending(tx *store.Tx, job int64, p pendingRef) error {
 	kind := byte(heldAbsolute)
 	if p.local {
 		kind = heldLocal
-		k := append(idKey(job), pendingKey(p.target, p.referrer)...)
-		if err := tx.KV(localBucket).Put(k, nil); err != nil {
-			return err
-		}
 	}
-	return tx.KV(pendingBucket).Put(pendingKey(p.target, p.referrer), pendingValue(kind, job, p.abs))
+	k := pendingKey(p.target, p.referrer)
+	if err := tx.KV(byJobBucket).Put(append(idKey(job), k...), nil); err != nil {
+		return err
+	}
+	return tx.KV(pendingBucket).Put(k, pendingValue(kind, job, p.abs))
 }
 
 // relink settles the references waiting for target, which has just been
@@ -89,13 +89,10 @@ func (r *Runner) relink(tx *store.Tx, target string, inPage map[string]bool) (in
 		if err := kv.Delete(w.key); err != nil {
 			return n, err
 		}
-		if w.kind == heldLocal {
-			if err := tx.KV(localBucket).Delete(append(idKey(w.job), w.key...)); err != nil {
-				return n, err
-			}
-			continue
+		if err := tx.KV(byJobBucket).Delete(append(idKey(w.job), w.key...)); err != nil {
+			return n, err
 		}
-		if inPage[w.referrer] {
+		if w.kind == heldLocal || inPage[w.referrer] {
 			continue
 		}
 		changed, err := r.rewriteRef(tx, w.referrer, w.abs, target)
@@ -109,56 +106,66 @@ func (r *Runner) relink(tx *store.Tx, target string, inPage map[string]bool) (in
 	return n, nil
 }
 
-// settle ends job's expectations: a referrer still naming a target that
-// never arrived is rewritten to the target's URL at the source, so that no
-// reference is left dangling, and waits (kind 'A') for the target to come
-// with another job. It returns how many resources were rewritten.
-func (r *Runner) settle(tx *store.Tx, job int64) (int, error) {
+// settle closes job's account of references to resources not here: a
+// referrer still naming a target that never arrived is rewritten to the
+// target's URL at the source, so that no reference is left dangling, and
+// waits there (kind 'A') for the target to come with another job. It
+// returns how many references the job leaves at the source, and how many
+// it relinked here because the target came meanwhile.
+func (r *Runner) settle(tx *store.Tx, job int64) (toSource, relinked int, err error) {
 	prefix := idKey(job)
 	var keys [][]byte
-	if err := tx.KV(localBucket).Scan(prefix, func(k, _ []byte) (bool, error) {
+	if err := tx.KV(byJobBucket).Scan(prefix, func(k, _ []byte) (bool, error) {
 		if !bytes.HasPrefix(k, prefix) {
 			return false, nil
 		}
 		keys = append(keys, k)
 		return true, nil
 	}); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	n := 0
 	pending := tx.KV(pendingBucket)
 	for _, k := range keys {
-		if err := tx.KV(localBucket).Delete(k); err != nil {
-			return n, err
+		if err := tx.KV(byJobBucket).Delete(k); err != nil {
+			return toSource, relinked, err
 		}
 		pk := k[8:]
 		target, referrer, ok := strings.Cut(string(pk), "\x00")
 		if !ok {
 			continue
 		}
-		kind, _, abs, ok := parsePending(pending.Get(pk))
-		if !ok || kind != heldLocal {
-			continue
+		kind, owner, abs, ok := parsePending(pending.Get(pk))
+		if !ok || owner != job {
+			continue // settled already, or taken over by a later job
 		}
 		typ, id, _ := strings.Cut(target, "/")
 		if _, err := tx.Read(typ, id); err == nil {
+			// The target is here (it came meanwhile by another way).
 			if err := pending.Delete(pk); err != nil {
-				return n, err
+				return toSource, relinked, err
+			}
+			if kind == heldAbsolute {
+				changed, err := r.rewriteRef(tx, referrer, abs, target)
+				if err != nil {
+					return toSource, relinked, err
+				}
+				if changed {
+					relinked++
+				}
 			}
 			continue
 		}
-		changed, err := r.rewriteRef(tx, referrer, target, abs)
-		if err != nil {
-			return n, err
-		}
-		if changed {
-			n++
-		}
-		if err := pending.Put(pk, pendingValue(heldAbsolute, job, abs)); err != nil {
-			return n, err
+		toSource++
+		if kind == heldLocal {
+			if _, err := r.rewriteRef(tx, referrer, target, abs); err != nil {
+				return toSource, relinked, err
+			}
+			if err := pending.Put(pk, pendingValue(heldAbsolute, job, abs)); err != nil {
+				return toSource, relinked, err
+			}
 		}
 	}
-	return n, nil
+	return toSource, relinked, nil
 }
 
 // rewriteRef replaces the reference from with to in the current version of

@@ -45,6 +45,10 @@ type Config struct {
 	// PrepWorkers is how many goroutines decode and validate one page
 	// (default GOMAXPROCS).
 	PrepWorkers int
+	// MaxFetches caps the requests to source payers in flight at once
+	// (default 8 per worker). A job waiting for a slow source holds one of
+	// these, never a worker.
+	MaxFetches int
 	// Transport carries the requests to source payers (default: a clone of
 	// http.DefaultTransport).
 	Transport http.RoundTripper
@@ -69,6 +73,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxPageBytes <= 0 {
 		c.MaxPageBytes = 64 << 20
+	}
+	if c.MaxFetches <= 0 {
+		c.MaxFetches = 8 * c.Workers
 	}
 	if c.PrepWorkers <= 0 {
 		c.PrepWorkers = defaultPrepWorkers()
@@ -96,6 +103,8 @@ type Runner struct {
 	log    *slog.Logger
 	client *http.Client
 
+	fetches chan struct{} // slots for requests in flight
+
 	mu      sync.Mutex
 	runs    map[int64]*run
 	queue   []*run
@@ -106,19 +115,36 @@ type Runner struct {
 	wg      sync.WaitGroup
 }
 
-// run is a job in this process: queued, being worked on, or waiting to
-// retry. Only the worker holding it touches its unguarded fields.
+// run is a job in this process. It is in exactly one of these places:
+// queued, held by a worker, parked while its page is fetched, or waiting
+// for a retry. Only the worker holding it touches its unguarded fields.
 type run struct {
 	id     int64
 	ctx    context.Context
 	cancel context.CancelFunc
 	stop   atomic.Bool
-	timer  *time.Timer // guarded by Runner.mu, set while waiting
+
+	// Guarded by Runner.mu.
+	timer    *time.Timer // waiting for a retry
+	fetching string      // URL being fetched, "" when none
+	result   *fetched    // a fetch's outcome, not yet claimed
+	parked   bool        // waiting for the fetch: its end queues the run
 
 	ts        *oidcservers.TokenSource
 	attempts  int  // retries of the current request
 	refreshed bool // the current request already got a refresh after 401
 }
+
+// fetched is the outcome of one request to the source payer.
+type fetched struct {
+	url  string
+	kind pageKind
+	body []byte
+	err  error
+}
+
+// park is advance's answer for a job waiting on its fetch.
+const park = time.Duration(-1)
 
 // New builds a Runner that writes through srv (so the FHIR validators of
 // the types it writes apply) into srv's store, finds definitions in defs,
@@ -146,8 +172,9 @@ func New(srv *fhir.Server, defs Definitions, cipher *secrets.Cipher, cfg Config)
 			Timeout:       cfg.RequestTimeout,
 			CheckRedirect: sameOriginRedirects,
 		},
-		runs:   map[int64]*run{},
-		notify: make(chan struct{}, 1),
+		runs:    map[int64]*run{},
+		notify:  make(chan struct{}, 1),
+		fetches: make(chan struct{}, cfg.MaxFetches),
 	}
 	return r, nil
 }
@@ -284,6 +311,12 @@ func (r *Runner) worker() {
 		case done:
 			delete(r.runs, rn.id)
 			rn.cancel()
+		case delay == park:
+			if rn.result != nil {
+				r.pushLocked(rn)
+			} else {
+				rn.parked = true
+			}
 		case delay <= 0 || rn.stop.Load():
 			r.pushLocked(rn)
 		default:
@@ -301,6 +334,50 @@ func (r *Runner) worker() {
 	}
 }
 
+// claim returns the outcome of the fetch of u, if it has ended. inflight
+// reports a fetch still running: the run must park until it ends. The
+// outcome of a fetch of another URL (a prefetch the job no longer wants)
+// is dropped.
+func (r *Runner) claim(rn *run, u string, kind pageKind) (res *fetched, inflight bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if res = rn.result; res != nil {
+		rn.result = nil
+		if res.url == u && res.kind == kind {
+			return res, false
+		}
+	}
+	return nil, rn.fetching != ""
+}
+
+// startFetch fetches u for rn in a goroutine of its own, so that a slow
+// source payer holds no worker; its end queues the run if it is parked.
+func (r *Runner) startFetch(rn *run, u string, kind pageKind) {
+	r.mu.Lock()
+	rn.fetching = u
+	r.mu.Unlock()
+	ts, refreshed := rn.ts, rn.refreshed
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		res := &fetched{url: u, kind: kind}
+		select {
+		case r.fetches <- struct{}{}:
+			res.body, res.err = r.fetch(rn.ctx, ts, u, refreshed)
+			<-r.fetches
+		case <-rn.ctx.Done():
+			res.err = errCanceled
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		rn.fetching, rn.result = "", res
+		if rn.parked {
+			rn.parked = false
+			r.pushLocked(rn)
+		}
+	}()
+}
+
 // requestStop makes a job in this process notice a stop request now: its
 // request in flight is abandoned and a wait for a retry is cut short.
 func (r *Runner) requestStop(id int64) {
@@ -311,7 +388,7 @@ func (r *Runner) requestStop(id int64) {
 		return
 	}
 	rn.stop.Store(true)
-	rn.cancel()
+	rn.cancel() // a fetch in flight ends, and queues the run if parked
 	if rn.timer != nil && rn.timer.Stop() {
 		rn.timer = nil
 		r.pushLocked(rn)
