@@ -1,0 +1,151 @@
+package batch
+
+import (
+	"encoding/base64"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCanonical(t *testing.T) {
+	refs := func(ref string) (string, bool) {
+		if ref == "Patient/1" {
+			return "Patient/local1", true
+		}
+		return ref, false
+	}
+	for _, tc := range []struct{ name, in, want string }{
+		{"order, id, meta and references",
+			`{"status":"final", "subject":{"reference":"Patient/1"},"id":"o1","resourceType":"Observation","meta":{"versionId":"3","lastUpdated":"2024-01-01T00:00:00Z","source":"x","profile":["p"]}}`,
+			`{"resourceType":"Observation","id":"L","meta":{"profile":["p"],"source":"https://src/fhir/Observation/o1"},"status":"final","subject":{"reference":"Patient/local1"}}`},
+		{"no meta",
+			`{"resourceType":"Patient","id":"1"}`,
+			`{"resourceType":"Patient","id":"L","meta":{"source":"https://src/fhir/Observation/o1"}}`},
+		{"one spelling per string",
+			`{"resourceType":"Patient","text":{"div":"\u003cdiv\u003e\"a\" \/ \u00e9\u0007\u003c/div\u003e"},"name":[{"text":"é"}]}`,
+			`{"resourceType":"Patient","id":"L","meta":{"source":"https://src/fhir/Observation/o1"},"text":{"div":"<div>\"a\" / é\u0007</div>"},"name":[{"text":"é"}]}`},
+		{"references in arrays, extensions and contained",
+			`{"resourceType":"ExplanationOfBenefit","contained":[{"resourceType":"Coverage","beneficiary":{"reference":"Patient/1"}}],"extension":[{"url":"u","valueReference":{"reference":"Patient/1"}}],"careTeam":[{"provider":{"reference":"#x"}}],"note":[{"text":"reference"}],"identifier":[{"value":"Patient/1"}]}`,
+			`{"resourceType":"ExplanationOfBenefit","id":"L","meta":{"source":"https://src/fhir/Observation/o1"},"contained":[{"resourceType":"Coverage","beneficiary":{"reference":"Patient/local1"}}],"extension":[{"url":"u","valueReference":{"reference":"Patient/local1"}}],"careTeam":[{"provider":{"reference":"#x"}}],"note":[{"text":"reference"}],"identifier":[{"value":"Patient/1"}]}`},
+		{"numbers and literals as written",
+			`{"resourceType":"Observation","valueQuantity":{"value":1.50e2},"x":[true,false,null,-0.0]}`,
+			`{"resourceType":"Observation","id":"L","meta":{"source":"https://src/fhir/Observation/o1"},"valueQuantity":{"value":1.50e2},"x":[true,false,null,-0.0]}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := canonical([]byte(tc.in), "L", "https://src/fhir/Observation/o1", refs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tc.want {
+				t.Errorf("got\n%s\nwant\n%s", got, tc.want)
+			}
+		})
+	}
+	for _, bad := range []string{`[1]`, `{"resourceType":"X"`, `{"a":}`, `{"id":"x"}`} {
+		if _, err := canonical([]byte(bad), "L", "s", nil); err == nil {
+			t.Errorf("canonical(%s) gave no error", bad)
+		}
+	}
+}
+
+func TestLocalIDsAreStable(t *testing.T) {
+	a := localID("https://src/fhir", "Observation", "1")
+	if a != localID("https://src/fhir", "Observation", "1") || !idPattern.MatchString(a) {
+		t.Fatalf("local id %q", a)
+	}
+	for _, other := range []string{
+		localID("https://other/fhir", "Observation", "1"),
+		localID("https://src/fhir", "Condition", "1"),
+		localID("https://src/fhir", "Observation", "2"),
+	} {
+		if other == a {
+			t.Errorf("two source identities share the local id %s", a)
+		}
+	}
+}
+
+func TestRequestURLs(t *testing.T) {
+	const base = "https://payer-a.example/fhir"
+	for _, tc := range []struct{ req, want, why string }{
+		{"Patient/1/$everything", base + "/Patient/1/$everything", ""},
+		{"ExplanationOfBenefit?patient=1&_count=50", base + "/ExplanationOfBenefit?patient=1&_count=50", ""},
+		{"https://payer-a.example/fhir/Patient/1", "https://payer-a.example/fhir/Patient/1", ""},
+		{"https://PAYER-A.example/other/path", "https://PAYER-A.example/other/path", ""},
+		{"https://payer-a.example:8443/fhir/Patient", "", "origin"},
+		{"http://payer-a.example/fhir/Patient", "", "origin"},
+		{"https://evil.example/fhir/Patient", "", "origin"},
+		{"//evil.example/fhir/Patient", "", "no leading /"},
+		{"/fhir/Patient", "", "no leading /"},
+		{"Patient#x", "", "fragment"},
+		{"ftp://payer-a.example/x", "", "http"},
+		{"https://user@payer-a.example/fhir/Patient", "", "origin"},
+	} {
+		got, why := firstURL(base, tc.req)
+		if got != tc.want || (tc.why == "") != (why == "") || !strings.Contains(why, tc.why) {
+			t.Errorf("firstURL(%q) = %q, %q; want %q, %q", tc.req, got, why, tc.want, tc.why)
+		}
+	}
+	page := base + "/Patient/1/$everything?_count=10"
+	for _, tc := range []struct{ next, want, why string }{
+		{base + "/Patient/1/$everything?_cursor=k.10", base + "/Patient/1/$everything?_cursor=k.10", ""},
+		{"$everything?_cursor=k.20", base + "/Patient/1/$everything?_cursor=k.20", ""},
+		{"https://payer-a.example/fhir/x#frag", "https://payer-a.example/fhir/x", ""},
+		{"https://evil.example/fhir/x", "", "another origin"},
+		{"http://payer-a.example/fhir/x", "", "another origin"},
+		{"javascript:alert(1)", "", "not an http(s) URL"},
+	} {
+		got, why := checkNext(base, page, tc.next)
+		if got != tc.want || (tc.why == "") != (why == "") || !strings.Contains(why, tc.why) {
+			t.Errorf("checkNext(%q) = %q, %q; want %q, %q", tc.next, got, why, tc.want, tc.why)
+		}
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	r := &Runner{cfg: Config{RetryBase: time.Second, MaxRetryDelay: 10 * time.Second}}
+	for n, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second} {
+		if d := r.backoff(n, 0); d < want*3/4 || d > want*5/4 {
+			t.Errorf("backoff(%d) = %s, want %s ±25%%", n, d, want)
+		}
+	}
+	if d := r.backoff(30, 0); d != 10*time.Second {
+		t.Errorf("backoff is not capped: %s", d)
+	}
+	if d := r.backoff(1, 7*time.Second); d != 7*time.Second {
+		t.Errorf("Retry-After 7s gave %s", d)
+	}
+	if d := r.backoff(1, time.Hour); d != 10*time.Second {
+		t.Errorf("Retry-After of an hour gave %s, want the cap", d)
+	}
+	for h, want := range map[string]time.Duration{"": 0, "3": 3 * time.Second, "-1": 0, "soon": 0,
+		time.Now().Add(-time.Hour).UTC().Format(http.TimeFormat): 0} {
+		if got := retryAfter(h); got != want {
+			t.Errorf("retryAfter(%q) = %s, want %s", h, got, want)
+		}
+	}
+	if got := retryAfter(time.Now().Add(time.Minute).UTC().Format(http.TimeFormat)); got < 58*time.Second || got > time.Minute {
+		t.Errorf("Retry-After as a date a minute away: %s", got)
+	}
+}
+
+func TestJWTExpiry(t *testing.T) {
+	enc := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	if got := jwtExpiry(enc(`{}`) + "." + enc(`{"exp":1700000000}`) + ".sig"); !got.Equal(time.Unix(1700000000, 0)) {
+		t.Errorf("exp read as %s", got)
+	}
+	for _, tok := range []string{"opaque-token", "a.b.c", enc(`{}`) + "." + enc(`{"exp":"soon"}`) + ".s", enc(`{}`) + "." + enc(`{}`) + ".s"} {
+		if got := jwtExpiry(tok); !got.IsZero() {
+			t.Errorf("jwtExpiry(%q) = %s, want none", tok, got)
+		}
+	}
+}
+
+func TestClip(t *testing.T) {
+	if got := clip("a\nb\x00c", 10); got != "a b c" {
+		t.Errorf("control characters kept: %q", got)
+	}
+	if got := clip(strings.Repeat("é", 10), 5); got != "éé…" {
+		t.Errorf("clipped to %q", got)
+	}
+}
