@@ -1,0 +1,44 @@
+// Package notify implements FHIR R4 Subscriptions for p2pserver: criteria
+// matched on every resource write, a durable outbox written in the same
+// transaction as the write that caused it, and a worker that delivers over
+// rest-hook (HTTP POST) and email (SMTP, github.com/wneessen/go-mail) with
+// retries.
+//
+// # Subscriptions
+//
+// A Subscription is written like any resource (POST/PUT /fhir/Subscription).
+// One written with status requested (or active) is checked — its criteria
+// parse as a search on a resource type, its channel is rest-hook or email,
+// a rest-hook endpoint's host is allowed by the host policy, mailto
+// addresses are valid — and stored active; otherwise the write is refused
+// with an OperationOutcome (422) naming each problem. Status off stops it;
+// error is set by the server when delivery keeps failing (with the reason
+// in Subscription.error), and writing requested again re-activates it and
+// re-queues the notifications that failed.
+//
+// Criteria are any type-level search ("Task?code=...&status=requested",
+// "CoverageEligibilityResponse?patient=Patient/1"). Every create or update
+// whose new version matches notifies: an update of a resource that already
+// matched notifies again (each version is an event; for Tasks, every status
+// change is one), a write after which it no longer matches does not, and a
+// delete does not. Email templates may skip writes a reader would not care
+// about (see Template.Notable).
+//
+// # Delivery
+//
+// Matching runs in a store hook inside the write transaction, and each
+// notification is written to the outbox in that same transaction, so a
+// committed write always has its notifications and a failed one has none.
+// The worker delivers them after the commit; a failure is retried with
+// exponential backoff and jitter, and after Config.MaxAttempts the
+// notification is kept as failed and its Subscription set to error. A crash
+// between commit and delivery, or during it, loses nothing: the entry is
+// still pending when the server starts again (at-least-once). Every
+// delivery carries the notification's stable id (X-Notification-Id, and
+// the email's Message-ID) so receivers can drop duplicates.
+//
+// Delivered notifications are removed from the outbox at once; failed ones
+// are kept for Config.KeepFailed for the admin view
+// (GET /api/notifications) and then removed, so the outbox does not grow
+// without bound.
+package notify
