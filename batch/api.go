@@ -372,7 +372,7 @@ func checkRequest(in *CreateRequest, base string, fields map[string]string) stri
 		return false
 	}
 	id := func(field, v string) {
-		if line(field, v, 64, true) && !idPattern.MatchString(v) {
+		if line(field, v, 64, true) && !validID(v) {
 			fields[field] = "must be a FHIR id (1-64 of A-Z a-z 0-9 - .)"
 		}
 	}

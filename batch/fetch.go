@@ -142,11 +142,11 @@ func drain(r io.Reader) { _, _ = io.Copy(io.Discard, io.LimitReader(r, 64<<10)) 
 // bodyDetail quotes the diagnostics of an OperationOutcome error body.
 func bodyDetail(resp *http.Response) string {
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var oo bundleJSON
-	if json.Unmarshal(raw, &oo) != nil || oo.ResourceType != "OperationOutcome" || len(oo.Issue) == 0 {
+	oo, err := readEnvelope(raw)
+	if err != nil || oo.resourceType != "OperationOutcome" || len(oo.issues) == 0 {
 		return ""
 	}
-	return ": " + outcomeText(oo.Issue)
+	return ": " + outcomeText(oo.issues)
 }
 
 // retryAfter reads Retry-After: seconds or an HTTP date. 0 when absent.

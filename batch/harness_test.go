@@ -486,3 +486,24 @@ func (tg *targetPayer) ingested(base string) map[string]map[string]any {
 	}
 	return out
 }
+
+// walkRefs calls f with every string value of a member named "reference"
+// in v, and replaces it with f's result when f reports a change.
+func walkRefs(v any, f refFunc) {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, val := range x {
+			if s, ok := val.(string); ok && k == "reference" {
+				if to, changed := f(s); changed {
+					x[k] = to
+				}
+				continue
+			}
+			walkRefs(val, f)
+		}
+	case []any:
+		for _, e := range x {
+			walkRefs(e, f)
+		}
+	}
+}

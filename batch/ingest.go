@@ -82,47 +82,105 @@ func (r *Runner) advance(rn *run) (time.Duration, bool) {
 	if u == "" {
 		return r.endStep(rec, Completed, "")
 	}
-	res, inflight := r.claim(rn, u, kind)
-	if inflight {
-		return park, false
-	}
-	if res == nil {
-		r.startFetch(rn, u, kind)
-		return park, false
-	}
-	if errors.Is(res.err, errCanceled) {
-		return 0, false // stop request or shutdown: the next step tells which
-	}
-	var ff *fetchFailure
-	if errors.As(res.err, &ff) {
-		return r.fetchFailed(rn, rec, kind, u, ff)
-	}
-	body := res.body
-	rn.attempts, rn.refreshed = 0, false
-
-	pg, failNext, err := r.prepare(rec, body, u, kind)
+	var pg *preparedPage
+	var failNext string
 	var pe *pageError
-	if errors.As(err, &pe) {
-		return r.endStep(rec, Failed, pe.Reason)
+	if p := rn.prepared; p != nil {
+		rn.prepared = nil
+		if p.url == u && p.kind == kind {
+			if errors.As(p.err, &pe) {
+				return r.endStep(rec, Failed, pe.Reason)
+			}
+			if p.err == nil {
+				pg, failNext = p.pg, p.failNext
+			}
+		}
 	}
-	if err != nil {
-		return r.writeFailed(rn, err)
+	if pg == nil {
+		res, inflight := r.claim(rn, u, kind)
+		if inflight {
+			return park, false
+		}
+		if res == nil {
+			r.startFetch(rn, u, kind)
+			return park, false
+		}
+		if errors.Is(res.err, errCanceled) {
+			return 0, false // stop request or shutdown: the next step tells which
+		}
+		var ff *fetchFailure
+		if errors.As(res.err, &ff) {
+			return r.fetchFailed(rn, rec, kind, u, ff)
+		}
+		rn.attempts, rn.refreshed = 0, false
+		pg, failNext, err = r.prepare(rec, res.body, u, kind)
+		if pg != nil {
+			pg.fetched = res.took
+		}
+		if errors.As(err, &pe) {
+			return r.endStep(rec, Failed, pe.Reason)
+		}
+		if err != nil {
+			return r.writeFailed(rn, err)
+		}
 	}
-	if pg.next != "" && failNext == "" {
+	next := ""
+	if failNext == "" {
+		next = pg.next
+	}
+	if next != "" {
 		// Fetch the next page while this one is written.
-		r.startFetch(rn, pg.next, dataPage)
+		r.startFetch(rn, next, dataPage)
 	}
-	ended, err := r.commit(rec.ID, pg, kind, failNext)
-	if errors.As(err, &pe) {
+	type outcome struct {
+		ended bool
+		err   error
+	}
+	committed := make(chan outcome, 1)
+	go func() {
+		ended, err := r.commit(rec.ID, pg, kind, failNext)
+		committed <- outcome{ended, err}
+	}()
+	// While the page is written (the store has one writer), prepare the
+	// next one if it arrives: the worker is busy until the write ends
+	// anyway, and the writer then finds the next page ready.
+	arrived := r.fetchDone(rn)
+	var out outcome
+	for waiting := true; waiting; {
+		select {
+		case out = <-committed:
+			waiting = false
+		case <-arrived:
+			arrived = nil
+			res, _ := r.claim(rn, next, dataPage)
+			if res == nil {
+				continue
+			}
+			if res.err != nil {
+				r.unclaim(rn, res) // the next step handles it
+				continue
+			}
+			rn.attempts, rn.refreshed = 0, false
+			p := &readyPage{url: next, kind: dataPage}
+			p.pg, p.failNext, p.err = r.prepare(rec, res.body, next, dataPage)
+			if p.pg != nil {
+				p.pg.fetched = res.took
+			}
+			rn.prepared = p
+		}
+	}
+	if errors.As(out.err, &pe) {
+		rn.prepared = nil
 		return r.endStep(rec, Failed, pe.Reason)
 	}
-	if errors.Is(err, errJobEnded) {
+	if errors.Is(out.err, errJobEnded) {
 		return 0, true
 	}
-	if err != nil {
-		return r.writeFailed(rn, err)
+	if out.err != nil {
+		rn.prepared = nil
+		return r.writeFailed(rn, out.err)
 	}
-	return 0, ended
+	return 0, out.ended
 }
 
 // writeFailed handles a failure of this server's database during a step:
@@ -245,6 +303,7 @@ func (r *Runner) update(id int64, change func(*record)) {
 func (r *Runner) prepare(rec *record, body []byte, u string, kind pageKind) (pg *preparedPage, failNext string, err error) {
 	pp := &preparer{model: r.st.Registry().Model(), base: rec.SourceBase, memberSrc: rec.SourcePatientID, workers: r.cfg.PrepWorkers,
 		expect: expectsReferenced(rec.FirstURL)}
+	began := time.Now()
 	pg, err = pp.parse(body, u)
 	if err != nil {
 		return nil, "", err
@@ -299,6 +358,7 @@ func (r *Runner) prepare(rec *record, body []byte, u string, kind pageKind) (pg 
 		}
 	}
 	pp.finish(pg, present, current, r.st, amend)
+	pg.prepared = time.Since(began).Round(time.Millisecond)
 	return pg, failNext, nil
 }
 
@@ -333,6 +393,7 @@ type commitOpts struct {
 // returns whether the job ended.
 func (r *Runner) commit(id int64, pg *preparedPage, kind pageKind, failNext string) (bool, error) {
 	var o commitOpts
+	began := time.Now()
 	for {
 		var rec *record
 		err := r.st.Write(r.ctx, func(tx *store.Tx) (err error) {
@@ -353,7 +414,8 @@ func (r *Runner) commit(id int64, pg *preparedPage, kind pageKind, failNext stri
 		case err != nil:
 			return false, err
 		}
-		r.log.Debug("batch: page written", "job", id, "page", rec.Pages, "resources", len(pg.resources), "status", rec.Status)
+		r.log.Debug("batch: page written", "job", id, "page", rec.Pages, "resources", len(pg.resources), "status", rec.Status,
+			"fetched", pg.fetched, "prepared", pg.prepared, "written", time.Since(began).Round(time.Millisecond))
 		if !rec.Status.Active() {
 			r.logEnd(rec)
 		}

@@ -1,17 +1,16 @@
 package batch
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
@@ -42,7 +41,8 @@ type pageResource struct {
 	source  string // meta.source: where the resource lives at the source
 	raw     []byte
 	m       map[string]any
-	refs    []string // source-relative targets it references, as local refs
+	refMaps []map[string]any // the References in m
+	refs    []string         // source-relative targets it references, as local refs
 	doc     *store.Doc
 	digest  [sha256.Size]byte
 	// unchanged: the resource is stored here as the page has it; version
@@ -71,31 +71,24 @@ type preparedPage struct {
 	pending   []pendingRef
 	member    *pageResource // the member's Patient at the source, if on the page
 	single    string        // the type of the body when one resource, not a Bundle
+
+	fetched, prepared time.Duration // for the log
 }
 
-// bundleJSON is the part of a page the job reads.
-type bundleJSON struct {
-	ResourceType string `json:"resourceType"`
-	Type         string `json:"type"`
-	Link         []struct {
-		Relation string `json:"relation"`
-		URL      string `json:"url"`
-	} `json:"link"`
-	Entry []struct {
-		FullURL  string          `json:"fullUrl"`
-		Resource json.RawMessage `json:"resource"`
-		Search   *struct {
-			Mode string `json:"mode"`
-		} `json:"search"`
-	} `json:"entry"`
-	Issue []struct {
-		Severity    string `json:"severity"`
-		Code        string `json:"code"`
-		Diagnostics string `json:"diagnostics"`
-	} `json:"issue"`
+// validID reports whether s is a FHIR id: 1-64 of A-Z a-z 0-9 - . (a
+// hand-written check: it runs for every reference of every resource).
+func validID(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
-
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
 
 // localID is the id a source resource is stored under: a digest of its
 // source identity, so that every job that brings it again finds it.
@@ -122,8 +115,8 @@ type preparer struct {
 // It fills in identities and the page's own references; nothing is looked
 // up in the store yet.
 func (pp *preparer) parse(body []byte, pageURL string) (*preparedPage, error) {
-	var b bundleJSON
-	if err := json.Unmarshal(body, &b); err != nil {
+	b, err := readEnvelope(body)
+	if err != nil {
 		var se *json.SyntaxError
 		if errors.As(err, &se) {
 			return nil, pageErrorf("the source payer sent a page that is not valid JSON (syntax error at byte %d) from %s", se.Offset, pageURL)
@@ -137,34 +130,34 @@ func (pp *preparer) parse(body []byte, pageURL string) (*preparedPage, error) {
 	}
 	var entries []entry
 	switch {
-	case b.ResourceType == "Bundle":
-		if b.Type != "searchset" && b.Type != "collection" {
-			return nil, pageErrorf("the source payer sent a %q Bundle from %s; a page must be a searchset or collection Bundle", b.Type, pageURL)
+	case b.resourceType == "Bundle":
+		if b.typ != "searchset" && b.typ != "collection" {
+			return nil, pageErrorf("the source payer sent a %q Bundle from %s; a page must be a searchset or collection Bundle", clip(b.typ, 40), pageURL)
 		}
-		for i, e := range b.Entry {
-			if e.Search != nil && e.Search.Mode == "outcome" {
+		for i, e := range b.entries {
+			if e.mode == "outcome" {
 				pg.skipped["OperationOutcome"]++
 				continue
 			}
-			if len(e.Resource) == 0 || bytes.Equal(e.Resource, []byte("null")) {
+			if len(e.resource) == 0 || string(e.resource) == "null" {
 				return nil, pageErrorf("entry %d of the Bundle from %s has no resource", i, pageURL)
 			}
-			entries = append(entries, entry{e.FullURL, e.Resource})
+			entries = append(entries, entry{e.fullURL, e.resource})
 		}
-		for _, l := range b.Link {
-			if l.Relation == "next" && l.URL != "" {
-				pg.next = l.URL
+		for _, l := range b.links {
+			if l.relation == "next" && l.url != "" {
+				pg.next = l.url
 			}
 		}
-	case b.ResourceType == "OperationOutcome":
-		return nil, pageErrorf("the source payer answered %s with an OperationOutcome instead of data: %s", pageURL, outcomeText(b.Issue))
-	case b.ResourceType == "":
+	case b.resourceType == "OperationOutcome":
+		return nil, pageErrorf("the source payer answered %s with an OperationOutcome instead of data: %s", pageURL, outcomeText(b.issues))
+	case b.resourceType == "":
 		return nil, pageErrorf("the source payer sent JSON without a resourceType from %s; a page must be a FHIR Bundle", pageURL)
-	case !pp.model.IsResource(b.ResourceType):
-		return nil, pageErrorf("the source payer sent a %q from %s, which is not a FHIR R4 resource", clip(b.ResourceType, 64), pageURL)
+	case !pp.model.IsResource(b.resourceType):
+		return nil, pageErrorf("the source payer sent a %q from %s, which is not a FHIR R4 resource", clip(b.resourceType, 64), pageURL)
 	default:
 		// A single resource: the read of the member's Patient.
-		pg.single = b.ResourceType
+		pg.single = b.resourceType
 		entries = append(entries, entry{pageURL, body})
 	}
 
@@ -216,10 +209,10 @@ func (pp *preparer) parse(body []byte, pageURL string) (*preparedPage, error) {
 
 // decode parses and validates one resource and works out its identity.
 func (pp *preparer) decode(i int, fullURL string, raw []byte) (*pageResource, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil || m == nil {
+	var refMaps []map[string]any
+	v, err := decodeJSON(raw, &refMaps)
+	m, _ := v.(map[string]any)
+	if err != nil || m == nil {
 		return nil, fmt.Errorf("entry %d is not a JSON object", i)
 	}
 	typ, _ := m["resourceType"].(string)
@@ -240,7 +233,7 @@ func (pp *preparer) decode(i int, fullURL string, raw []byte) (*pageResource, er
 	if issues := pp.model.Validate(m); len(issues) > 0 {
 		return nil, fmt.Errorf("entry %d (%s) is not valid FHIR R4: %s: %s", i, name, issues[0].Path, issues[0].Message)
 	}
-	r := &pageResource{index: i, typ: typ, raw: raw, m: m}
+	r := &pageResource{index: i, typ: typ, raw: raw, m: m, refMaps: refMaps}
 	switch {
 	case id != "":
 		r.srcID = id
@@ -253,12 +246,11 @@ func (pp *preparer) decode(i int, fullURL string, raw []byte) (*pageResource, er
 		return nil, fmt.Errorf("entry %d (%s) has neither an id nor a fullUrl, so it could not be recognized when it comes again", i, typ)
 	}
 	r.localID = localID(pp.base, typ, r.srcID)
-	walkRefs(m, func(ref string) (string, bool) {
-		if t, id, _, ok := pp.sourceRef(ref); ok {
+	for _, rm := range refMaps {
+		if t, id, _, ok := pp.sourceRef(rm["reference"].(string)); ok {
 			r.refs = append(r.refs, t+"/"+localID(pp.base, t, id))
 		}
-		return "", false
-	})
+	}
 	return r, nil
 }
 
@@ -275,18 +267,22 @@ func (pp *preparer) sourceRef(ref string) (typ, id, suffix string, ok bool) {
 	if strings.ContainsAny(r, "?#") {
 		return "", "", "", false
 	}
-	parts := strings.Split(r, "/")
-	switch {
-	case len(parts) == 2:
-	case len(parts) == 4 && parts[2] == "_history" && parts[3] != "":
-		suffix = "/_history/" + parts[3]
-	default:
+	typ, rest, ok := strings.Cut(r, "/")
+	if !ok {
 		return "", "", "", false
 	}
-	if !pp.model.IsResource(parts[0]) || !idPattern.MatchString(parts[1]) {
+	id, version, versioned := strings.Cut(rest, "/")
+	if versioned {
+		v, ok := strings.CutPrefix(version, "_history/")
+		if !ok || v == "" || strings.Contains(v, "/") {
+			return "", "", "", false
+		}
+		suffix = "/_history/" + v
+	}
+	if !validID(id) || !pp.model.IsResource(typ) {
 		return "", "", "", false
 	}
-	return parts[0], parts[1], suffix, true
+	return typ, id, suffix, true
 }
 
 // finish rewrites every resource of pg for storage, given which targets
@@ -347,7 +343,11 @@ func (pp *preparer) finish(pg *preparedPage, present map[string]bool, current ma
 		// The same rewriting on the decoded form, which the index entries
 		// and validators read.
 		record = false
-		walkRefs(r.m, resolve)
+		for _, rm := range r.refMaps {
+			if to, changed := resolve(rm["reference"].(string)); changed {
+				rm["reference"] = to
+			}
+		}
 		r.m["id"] = r.localID
 		meta, _ := r.m["meta"].(map[string]any)
 		if meta == nil {
@@ -358,7 +358,7 @@ func (pp *preparer) finish(pg *preparedPage, present map[string]bool, current ma
 		delete(meta, "lastUpdated")
 		meta["source"] = r.source
 		r.doc = &store.Doc{Type: r.typ, ID: r.localID, Map: r.m, JSON: canon}
-		r.raw, r.m = nil, nil
+		r.raw, r.m, r.refMaps = nil, nil, nil
 	})
 	for _, p := range pending {
 		pg.pending = append(pg.pending, p...)
@@ -413,27 +413,6 @@ func (pp *preparer) parallel(n int, f func(i int)) {
 
 func defaultPrepWorkers() int { return max(1, runtime.GOMAXPROCS(0)) }
 
-// walkRefs calls f with every string value of a member named "reference"
-// in v, and replaces it with f's result when f reports a change.
-func walkRefs(v any, f refFunc) {
-	switch x := v.(type) {
-	case map[string]any:
-		for k, val := range x {
-			if s, ok := val.(string); ok && k == "reference" {
-				if to, changed := f(s); changed {
-					x[k] = to
-				}
-				continue
-			}
-			walkRefs(val, f)
-		}
-	case []any:
-		for _, e := range x {
-			walkRefs(e, f)
-		}
-	}
-}
-
 // storedDigest is what the store holds for a local ref: its current
 // version, and the version and digest the last ingestion wrote.
 type storedDigest struct {
@@ -443,16 +422,12 @@ type storedDigest struct {
 }
 
 // outcomeText renders OperationOutcome issues for a failure reason.
-func outcomeText(issues []struct {
-	Severity    string `json:"severity"`
-	Code        string `json:"code"`
-	Diagnostics string `json:"diagnostics"`
-}) string {
+func outcomeText(issues []issue) string {
 	var parts []string
 	for _, is := range issues {
-		s := is.Code
-		if is.Diagnostics != "" {
-			s += ": " + is.Diagnostics
+		s := is.code
+		if is.diagnostics != "" {
+			s += ": " + is.diagnostics
 		}
 		parts = append(parts, clip(s, 200))
 		if len(parts) == 3 {

@@ -125,10 +125,15 @@ type run struct {
 	stop   atomic.Bool
 
 	// Guarded by Runner.mu.
-	timer    *time.Timer // waiting for a retry
-	fetching string      // URL being fetched, "" when none
-	result   *fetched    // a fetch's outcome, not yet claimed
-	parked   bool        // waiting for the fetch: its end queues the run
+	timer     *time.Timer   // waiting for a retry
+	fetching  string        // URL being fetched, "" when none
+	result    *fetched      // a fetch's outcome, not yet claimed
+	parked    bool          // waiting for the fetch: its end queues the run
+	fetchDone chan struct{} // closed when the current fetch ends
+
+	// prepared is the next page, prepared while the previous one was
+	// being written.
+	prepared *readyPage
 
 	ts        *oidcservers.TokenSource
 	attempts  int  // retries of the current request
@@ -141,6 +146,16 @@ type fetched struct {
 	kind pageKind
 	body []byte
 	err  error
+	took time.Duration
+}
+
+// readyPage is a page prepared ahead of its turn.
+type readyPage struct {
+	url      string
+	kind     pageKind
+	pg       *preparedPage
+	failNext string
+	err      error
 }
 
 // park is advance's answer for a job waiting on its fetch.
@@ -353,8 +368,9 @@ func (r *Runner) claim(rn *run, u string, kind pageKind) (res *fetched, inflight
 // startFetch fetches u for rn in a goroutine of its own, so that a slow
 // source payer holds no worker; its end queues the run if it is parked.
 func (r *Runner) startFetch(rn *run, u string, kind pageKind) {
+	done := make(chan struct{})
 	r.mu.Lock()
-	rn.fetching = u
+	rn.fetching, rn.fetchDone = u, done
 	r.mu.Unlock()
 	ts, refreshed := rn.ts, rn.refreshed
 	r.wg.Add(1)
@@ -363,7 +379,9 @@ func (r *Runner) startFetch(rn *run, u string, kind pageKind) {
 		res := &fetched{url: u, kind: kind}
 		select {
 		case r.fetches <- struct{}{}:
+			began := time.Now()
 			res.body, res.err = r.fetch(rn.ctx, ts, u, refreshed)
+			res.took = time.Since(began).Round(time.Millisecond)
 			<-r.fetches
 		case <-rn.ctx.Done():
 			res.err = errCanceled
@@ -371,11 +389,32 @@ func (r *Runner) startFetch(rn *run, u string, kind pageKind) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		rn.fetching, rn.result = "", res
+		close(done)
 		if rn.parked {
 			rn.parked = false
 			r.pushLocked(rn)
 		}
 	}()
+}
+
+// fetchDone returns the channel closed when rn's fetch in flight ends, nil
+// when there is none.
+func (r *Runner) fetchDone(rn *run) <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rn.fetching == "" {
+		return nil
+	}
+	return rn.fetchDone
+}
+
+// unclaim puts back a fetch outcome for the next step to handle.
+func (r *Runner) unclaim(rn *run, res *fetched) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rn.result == nil {
+		rn.result = res
+	}
 }
 
 // requestStop makes a job in this process notice a stop request now: its

@@ -51,7 +51,7 @@ func TestCanonical(t *testing.T) {
 
 func TestLocalIDsAreStable(t *testing.T) {
 	a := localID("https://src/fhir", "Observation", "1")
-	if a != localID("https://src/fhir", "Observation", "1") || !idPattern.MatchString(a) {
+	if a != localID("https://src/fhir", "Observation", "1") || !validID(a) {
 		t.Fatalf("local id %q", a)
 	}
 	for _, other := range []string{
@@ -98,6 +98,43 @@ func TestRequestURLs(t *testing.T) {
 		got, why := checkNext(base, page, tc.next)
 		if got != tc.want || (tc.why == "") != (why == "") || !strings.Contains(why, tc.why) {
 			t.Errorf("checkNext(%q) = %q, %q; want %q, %q", tc.next, got, why, tc.want, tc.why)
+		}
+	}
+}
+
+func TestValidID(t *testing.T) {
+	for id, want := range map[string]bool{"a": true, "A-b.9": true, strings.Repeat("x", 64): true, strings.Repeat("x", 65): false,
+		"": false, "a b": false, "a/b": false, "é": false, "a_b": false} {
+		if validID(id) != want {
+			t.Errorf("validID(%q) = %v", id, !want)
+		}
+	}
+}
+
+func TestSourceRefs(t *testing.T) {
+	pp := &preparer{model: testRegistry().Model(), base: "https://src/fhir"}
+	for ref, want := range map[string]string{
+		"Patient/1":                             "Patient 1 ",
+		"Patient/1/_history/2":                  "Patient 1 /_history/2",
+		"https://src/fhir/Encounter/e.1":        "Encounter e.1 ",
+		"https://other/fhir/Encounter/e":        "",
+		"urn:uuid:1234":                         "",
+		"#contained":                            "",
+		"Patient?identifier=x":                  "",
+		"Patient/1/_history":                    "",
+		"Patient/1/_history/2/x":                "",
+		"Gizmo/1":                               "",
+		"Patient/a b":                           "",
+		"Patient/1/$everything":                 "",
+		"https://src/fhir/Patient/1/_history/3": "Patient 1 /_history/3",
+	} {
+		typ, id, suffix, ok := pp.sourceRef(ref)
+		got := ""
+		if ok {
+			got = typ + " " + id + " " + suffix
+		}
+		if got != want {
+			t.Errorf("sourceRef(%q) = %q, want %q", ref, got, want)
 		}
 	}
 }
