@@ -61,7 +61,7 @@ func (n *Service) deliver(ctx context.Context, seq uint64) {
 	if res == (result{}) {
 		start := time.Now()
 		res = n.send(ctx, t)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil && !res.ok {
 			// Cut short by Close: not the endpoint's fault; tried again
 			// at the next start.
 			return
@@ -73,7 +73,9 @@ func (n *Service) deliver(ctx context.Context, seq uint64) {
 		lvl("notify: delivery", "id", t.entry.ID, "subscription", t.entry.Subscription, "channel", t.entry.Channel,
 			"resource", t.entry.Resource, "attempt", t.entry.Attempts+1, "ok", res.ok, "err", errText(res.err), "took", time.Since(start))
 	}
-	if err := n.record(ctx, seq, res); err != nil && ctx.Err() == nil {
+	// Recorded even when Close has begun (the store closes after the
+	// Service): a delivery that went through is not sent again.
+	if err := n.record(context.WithoutCancel(ctx), seq, res); err != nil {
 		n.log.Error("notify: record a delivery", "id", t.entry.ID, "err", err)
 	}
 }

@@ -44,7 +44,7 @@ const waitLimit = 20 * time.Second
 // add-payer rules, notify with its API), over a database file that
 // outlives a stop, so a test can stop everything and start again.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	dbPath string
 	smtp   *smtptest.Server
 	admins []string
@@ -72,7 +72,7 @@ func withConfig(f func(*notify.Config)) envOption {
 	return func(e *env) { e.tune = f }
 }
 
-func newEnv(t *testing.T, opts ...envOption) *env {
+func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Helper()
 	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "p2p.db"), admins: []string{"admin1@payer.example.org", "admin2@payer.example.org"}}
 	for _, o := range opts {
@@ -209,7 +209,7 @@ func (e *env) do(method, url string, body any, headers ...string) *answer {
 	return a
 }
 
-func (a *answer) want(t *testing.T, status int) *answer {
+func (a *answer) want(t testing.TB, status int) *answer {
 	t.Helper()
 	if a.Status != status {
 		t.Fatalf("status %d, want %d: %.800s", a.Status, status, a.Body)
@@ -233,7 +233,7 @@ func (e *env) outbox(query string) []map[string]any {
 	return out
 }
 
-func waitFor(t *testing.T, what string, f func() bool) {
+func waitFor(t testing.TB, what string, f func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitLimit)
 	for !f() {
@@ -296,7 +296,7 @@ type hookCall struct {
 	Body   []byte
 }
 
-func newHook(t *testing.T) *hook {
+func newHook(t testing.TB) *hook {
 	h := &hook{}
 	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -330,7 +330,7 @@ func (h *hook) setRespond(f func(w http.ResponseWriter, r *http.Request, n int))
 	h.mu.Unlock()
 }
 
-func (h *hook) wait(t *testing.T, n int) []hookCall {
+func (h *hook) wait(t testing.TB, n int) []hookCall {
 	t.Helper()
 	waitFor(t, "rest-hook calls", func() bool { return len(h.calls()) >= n })
 	return h.calls()

@@ -453,11 +453,16 @@ func (n *Service) loop(ctx context.Context) {
 				n.log.Error("notify: prune failed notifications", "err", err)
 			}
 		}
-		due, next, err := n.due(ctx, cap(slots)-len(slots))
-		if err != nil && ctx.Err() == nil {
-			n.log.Error("notify: read the outbox", "err", err)
-			next = n.now().Add(time.Second)
+		var due []uint64
+		var next time.Time
+		if free := cap(slots) - len(slots); free > 0 {
+			var err error
+			if due, next, err = n.due(ctx, free); err != nil && ctx.Err() == nil {
+				n.log.Error("notify: read the outbox", "err", err)
+				next = n.now().Add(time.Second)
+			}
 		}
+		// With every slot busy, the next look is when one frees up.
 		for _, seq := range due {
 			slots <- struct{}{}
 			wg.Add(1)
