@@ -362,6 +362,9 @@ func TestEveryStatusHasWordsForTheMember(t *testing.T) {
 			} else if !strings.Contains(mail.Text, "What to do: ") || !strings.Contains(mail.Text, "(was requested)") && st != "requested" {
 				t.Errorf("%s: staff text:\n%s", st, mail.Text)
 			}
+			if strings.Contains(mail.Text+mail.HTML+mail.Subject, "%!") || strings.Contains(mail.Text, "{payer}") {
+				t.Errorf("%s: a formatting mistake in the message:\n%s", st, mail.Text)
+			}
 			if strings.Contains(mail.HTML, "<Health>") || !strings.Contains(mail.HTML, "Acme &lt;Health&gt; &amp; Co") {
 				t.Errorf("%s: the payer name is not escaped in HTML", st)
 			}

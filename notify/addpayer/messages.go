@@ -20,54 +20,54 @@ type wording struct {
 }
 
 // words is written for a member who knows nothing of FHIR: what happened,
-// and what happens next. %[1]s is the payer asked for.
+// and what happens next. {payer} stands for the payer asked for.
 var words = map[string]wording{
 	workflow.Draft: {"saved as a draft",
-		"Your request to add %[1]s is saved as a draft. It has not been sent to us yet.",
+		"Your request to add {payer} is saved as a draft. It has not been sent to us yet.",
 		"When you are ready, submit it in the member portal.",
 		"Nothing to do until the member submits it."},
 	workflow.Requested: {"we received it",
-		"We have received your request to add %[1]s, so that your health records held by %[1]s can be brought over to us.",
+		"We have received your request to add {payer}, so that your health records held by {payer} can be brought over to us.",
 		"Our team will review your request. We will email you at each step; you do not need to do anything now.",
 		"Review the request: accept it (status accepted) or reject it with the reason in statusReason (status rejected)."},
 	workflow.Received: {"under review",
-		"Our team has started reviewing your request to add %[1]s.",
+		"Our team has started reviewing your request to add {payer}.",
 		"We will email you when it is accepted.",
 		"Decide whether to accept or reject it."},
 	workflow.Accepted: {"accepted",
-		"Your request to add %[1]s has been accepted.",
-		"Next, we will ask %[1]s for your health records. We will email you when copying starts.",
+		"Your request to add {payer} has been accepted.",
+		"Next, we will ask {payer} for your health records. We will email you when copying starts.",
 		"Start a P2P batch job with the member's authorization and link it to this Task (taskId) to copy the records."},
 	workflow.Ready: {"ready to start",
-		"Your request to add %[1]s is ready to start.",
-		"We will email you when we begin copying your health records from %[1]s.",
+		"Your request to add {payer} is ready to start.",
+		"We will email you when we begin copying your health records from {payer}.",
 		"Start a P2P batch job with the member's authorization and link it to this Task (taskId)."},
 	workflow.InProgress: {"copying your records",
-		"We are now copying your health records from %[1]s.",
+		"We are now copying your health records from {payer}.",
 		"This can take some time. We will email you when it is finished.",
 		"A batch job is copying the records; follow it on the admin page."},
 	workflow.OnHold: {"paused",
-		"Work on your request to add %[1]s is paused.",
+		"Work on your request to add {payer} is paused.",
 		"We will email you when it continues. If we need anything from you, we will contact you.",
 		"Find out why it is paused and resume it."},
 	workflow.Completed: {"done",
-		"Your health records from %[1]s have been copied to us.",
+		"Your health records from {payer} have been copied to us.",
 		"You can see them in the member portal. There is nothing else you need to do.",
 		"Nothing to do."},
 	workflow.Failed: {"could not be finished",
-		"We could not finish copying your health records from %[1]s.",
+		"We could not finish copying your health records from {payer}.",
 		"Our team has been told and will look into it. You can contact us, or make a new request in the member portal.",
 		"Read the reason, fix the cause, and start a new batch job if the member still wants their records."},
 	workflow.Rejected: {"not accepted",
-		"We could not accept your request to add %[1]s.",
+		"We could not accept your request to add {payer}.",
 		"If you think this is a mistake, contact us or make a new request in the member portal.",
 		"Nothing to do; the member was told."},
 	workflow.Cancelled: {"cancelled",
-		"Your request to add %[1]s was cancelled.",
+		"Your request to add {payer} was cancelled.",
 		"No records will be copied. You can make a new request at any time in the member portal.",
 		"Nothing to do."},
 	workflow.EnteredInError: {"withdrawn",
-		"Your request to add %[1]s was withdrawn because it was entered by mistake.",
+		"Your request to add {payer} was withdrawn because it was entered by mistake.",
 		"You do not need to do anything.",
 		"Nothing to do."},
 }
@@ -150,11 +150,11 @@ func (mailTemplate) Compose(ev notify.Event) (notify.Mail, error) {
 	}
 	w, ok := words[v.Status]
 	if !ok {
-		w = wording{v.Status, "Your request to add %[1]s is now " + v.Status + ".", "We will email you when it changes.", "Check the Task."}
+		w = wording{v.Status, "Your request to add {payer} is now " + v.Status + ".", "We will email you when it changes.", "Check the Task."}
 	}
 	v.Short = w.short
-	v.Happened = fmt.Sprintf(w.happened, v.Payer)
-	v.Next = fmt.Sprintf(w.next, v.Payer)
+	v.Happened = strings.ReplaceAll(w.happened, "{payer}", v.Payer)
+	v.Next = strings.ReplaceAll(w.next, "{payer}", v.Payer)
 	v.Staff = w.staff
 
 	var subject string
