@@ -197,3 +197,32 @@ func TestRouteRequiredFields(t *testing.T) {
 		t.Fatalf("%d %s", r.Status, r.Body)
 	}
 }
+
+// A CoverageEligibilityRequest copied from another payer (a P2P batch job
+// brings the member's history, meta.source naming the source payer) is
+// stored as the record it is: no vendor is asked, no Task is created, and
+// a request that would not be routable here is not refused.
+func TestMirroredRequestIsARecord(t *testing.T) {
+	e, sim := soharEnv(t, nil)
+	req := map[string]any{"resourceType": "CoverageEligibilityRequest", "status": "active", "purpose": []any{"validation"},
+		"meta":    map[string]any{"source": "https://old-payer.example/fhir/CoverageEligibilityRequest/77"},
+		"patient": map[string]any{"reference": "Patient/elsewhere"}, "created": "2025-02-01",
+		"insurer": map[string]any{"display": "A payer nobody routes"}}
+	r := e.do("POST", "/fhir/CoverageEligibilityRequest", req)
+	if r.Status != http.StatusCreated {
+		t.Fatalf("copy of another payer's request: %d %s", r.Status, r.Body)
+	}
+	id := idOf(r.JSON)
+	if s := e.do("GET", "/fhir/Task?focus=CoverageEligibilityRequest/"+id, nil); s.Status != http.StatusOK || s.JSON["total"] != float64(0) {
+		t.Fatalf("a Task was made for a copied request: %d %s", s.Status, s.Body)
+	}
+	if n := len(sim.Verifications()); n != 0 {
+		t.Fatalf("the vendor was asked %d times about a copied request", n)
+	}
+	// The same request without meta.source is a question, and this one
+	// cannot be routed: refused, as before.
+	delete(req, "meta")
+	if r := e.do("POST", "/fhir/CoverageEligibilityRequest", req); r.Status != http.StatusUnprocessableEntity {
+		t.Fatalf("unroutable request of this payer: %d %s", r.Status, r.Body)
+	}
+}

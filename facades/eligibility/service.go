@@ -13,6 +13,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/workflow"
 	"github.com/p2pserver/p2pserver/internal/errs"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 )
@@ -272,7 +273,9 @@ func applyDefaults(r Route, req *Request) {
 // issue per problem) before any vendor is called when the payer has no
 // route or the request lacks what the payer requires.
 func (s *Service) validateRequest(tx *store.Tx, doc *store.Doc, prev *store.Version) error {
-	if prev != nil || doc.Map["status"] != "active" {
+	// A copy of another payer's request (a P2P batch job brings the
+	// member's history) is a record, not a question to ask a vendor.
+	if prev != nil || doc.Map["status"] != "active" || workflow.Mirrored(doc.Map, s.fs.BaseURL()) {
 		return nil
 	}
 	req, _, err := s.prepare(tx, doc.ID, doc.Map)
