@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -9,15 +11,21 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/p2pserver/p2pserver/batch"
+	"github.com/p2pserver/p2pserver/facades/connectors"
+	"github.com/p2pserver/p2pserver/facades/eligibility"
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/workflow"
 	"github.com/p2pserver/p2pserver/internal/apidoc"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 	"github.com/p2pserver/p2pserver/mdm"
+	"github.com/p2pserver/p2pserver/notify"
+	"github.com/p2pserver/p2pserver/notify/addpayer"
 	"github.com/p2pserver/p2pserver/oidcservers"
 	"github.com/p2pserver/p2pserver/provenance"
 	bolt "go.etcd.io/bbolt"
@@ -33,6 +41,12 @@ type app struct {
 	admin *httpapi.Authorizer
 	guard *smart.Guard
 	oidc  *oidcservers.API
+
+	notify    *notify.Service
+	notifyAPI *notify.API
+	runner    *batch.Runner
+	batchAPI  *batch.API
+	elig      *eligibility.Service
 }
 
 func newApp(cfg Config, log *slog.Logger) (*app, error) {
@@ -103,11 +117,78 @@ func (a *app) wire() error {
 	}
 	a.admin, err = httpapi.NewAuthorizer(log,
 		httpapi.Role{Name: "admin", Setting: "-admin-token or P2P_ADMIN_TOKEN", Tokens: httpapi.SplitTokens(cfg.AdminToken)},
+		httpapi.Role{Name: "backoffice", Setting: "-backoffice-token or P2P_BACKOFFICE_TOKEN", Tokens: httpapi.SplitTokens(cfg.BackofficeToken)},
 	)
 	if err != nil {
-		return fmt.Errorf("-admin-token: %w", err)
+		return fmt.Errorf("-admin-token, -backoffice-token: %w", err)
 	}
 	a.oidc = oidcservers.NewAPI(oidcRepo, a.admin.Require("admin"), log, httpapi.DefaultMaxBody)
+
+	// Tasks: the R4 state machine for every Task, then the add-payer rules.
+	workflow.Register(a.fhir, workflow.Options{})
+	addpayer.Register(a.fhir)
+
+	// Subscriptions and the outbox.
+	hosts, err := notify.ParseHosts(cfg.SubscriptionHosts)
+	if err != nil {
+		return fmt.Errorf("-subscription-hosts: %w", err)
+	}
+	var mailer *notify.Mailer
+	if cfg.SMTPURL != "" {
+		if cfg.MailFrom == "" {
+			return errors.New("-smtp-url is set but -mail-from is not: emails need a sender address")
+		}
+		if mailer, err = notify.NewMailer(notify.MailConfig{URL: cfg.SMTPURL, From: cfg.MailFrom}); err != nil {
+			return fmt.Errorf("-smtp-url: %w", err)
+		}
+	}
+	if a.notify, err = notify.New(a.fhir, notify.Config{Hosts: hosts, Mailer: mailer, MaxAttempts: cfg.NotifyMaxAttempts, Logger: log}); err != nil {
+		return err
+	}
+	a.notifyAPI = notify.NewAPI(a.notify, a.admin.Require("admin"), log)
+
+	// P2P batch jobs.
+	if a.runner, err = batch.New(a.fhir, oidcRepo, cipher, batch.Config{Workers: cfg.BatchWorkers,
+		VersionedReferences: cfg.VersionedReferences, MDMIdentifierSystem: cfg.MDMIdentifierSystem, Logger: log}); err != nil {
+		return err
+	}
+	oidcRepo.SetInUseCheck(a.runner.InUse)
+	a.batchAPI = batch.NewAPI(a.runner, a.admin.Require("admin", "backoffice"), log, httpapi.DefaultMaxBody)
+
+	// Eligibility facade.
+	ecfg := eligibility.Config{}
+	if cfg.EligibilityConfig != "" {
+		if ecfg, err = eligibility.LoadConfig(cfg.EligibilityConfig); err != nil {
+			return fmt.Errorf("-eligibility-config: %w", err)
+		}
+	}
+	conns, err := connectors.New(ecfg, nil, log)
+	if err != nil {
+		return fmt.Errorf("-eligibility-config: %w", err)
+	}
+	if a.elig, err = eligibility.New(a.fhir, ecfg, eligibility.Options{Connectors: conns, Cipher: cipher,
+		Admin: a.admin.Require("admin"), Logger: log}); err != nil {
+		return fmt.Errorf("-eligibility-config: %w", err)
+	}
+	return nil
+}
+
+// Start does what needs the network or background work: token issuer
+// discovery, the default add-payer Subscription, and the workers of the
+// outbox, the batch jobs and the eligibility checks. They run until ctx
+// ends or Close is called.
+func (a *app) Start(ctx context.Context) error {
+	if err := a.guard.Prepare(ctx); err != nil {
+		a.log.Warn("token issuer discovery failed; it is retried on first use", "err", err)
+	}
+	if err := addpayer.Setup(ctx, a.notify, httpapi.SplitTokens(a.cfg.NotifyAdmins), a.log); err != nil {
+		return err
+	}
+	a.notify.Start(ctx)
+	if err := a.runner.Start(ctx); err != nil {
+		return err
+	}
+	a.elig.Start(ctx)
 	return nil
 }
 
@@ -122,6 +203,9 @@ func (a *app) Handler() http.Handler {
 	api := httpapi.NewRouter(a.log)
 	apidoc.Mount(api, "/api")
 	a.oidc.Mount(api)
+	a.batchAPI.Mount(api)
+	a.notifyAPI.Mount(api)
+	a.elig.Mount(api)
 	r.Mount("/api", api)
 	r.Get("/healthz", a.healthz)
 	return r
@@ -138,8 +222,23 @@ func (a *app) healthz(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write([]byte(`{"status":"ok"}`))
 }
 
-// Close stops the store's writer and closes the database cleanly.
+// Close stops the workers, then the store's writer, and closes the
+// database cleanly.
 func (a *app) Close() error {
+	stop := func(what string, c interface{ Close() error }) {
+		if err := c.Close(); err != nil {
+			a.log.Error("stop "+what, "err", err)
+		}
+	}
+	if a.elig != nil {
+		stop("eligibility checks", a.elig)
+	}
+	if a.runner != nil {
+		stop("batch jobs", a.runner)
+	}
+	if a.notify != nil {
+		stop("notifications", a.notify)
+	}
 	a.store.Close()
 	return a.db.Close()
 }

@@ -38,6 +38,18 @@ type Config struct {
 	TrustedIssuers, TokenAudience string
 	// Organization* name this payer in the Provenance it supplies.
 	OrganizationName, OrganizationID, OrganizationResource string
+	// BackofficeToken is a comma-separated list of bearer tokens of the
+	// back-office role: it may run batch jobs, not change definitions.
+	BackofficeToken string
+	// Batch jobs.
+	BatchWorkers        int
+	VersionedReferences bool
+	MDMIdentifierSystem string
+	// Notifications.
+	NotifyAdmins, MailFrom, SMTPURL, SubscriptionHosts string
+	NotifyMaxAttempts                                  int
+	// EligibilityConfig is the JSON file routing payers to eligibility vendors.
+	EligibilityConfig string
 	// DebugAddr, when set, serves net/http/pprof there (keep it on loopback).
 	DebugAddr string
 	// ShutdownGrace is how long in-flight requests get to finish on SIGTERM.
@@ -83,8 +95,17 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 		}
 		return def
 	}
+	var envErr error
+	envBool := func(name string) bool {
+		v := env(name, "false")
+		b, err := strconv.ParseBool(v)
+		if err != nil && envErr == nil {
+			envErr = fmt.Errorf("P2P_%s: %q is not true or false", strings.ToUpper(strings.ReplaceAll(name, "-", "_")), v)
+		}
+		return b
+	}
 	var cfg Config
-	var maxBody, grace string
+	var maxBody, grace, workers, attempts string
 	fs.StringVar(&cfg.Addr, "addr", env("addr", "127.0.0.1:8080"), "listen address (host:port)")
 	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "bbolt database file (created if missing)")
 	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<addr>)")
@@ -97,10 +118,23 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&cfg.OrganizationName, "organization-name", env("organization-name", "p2pserver"), "this payer's name in the Provenance it supplies")
 	fs.StringVar(&cfg.OrganizationID, "organization-id", env("organization-id", ""), "this payer's payer id, as the transmitter agent's identifier")
 	fs.StringVar(&cfg.OrganizationResource, "organization-resource", env("organization-resource", ""), "id of this payer's Organization resource, referenced by the Provenance it supplies")
+	fs.StringVar(&cfg.BackofficeToken, "backoffice-token", env("backoffice-token", ""), "comma-separated bearer tokens of the back-office role (may start and read batch jobs)")
+	fs.StringVar(&workers, "batch-workers", env("batch-workers", "4"), "pages of batch jobs worked on at once")
+	fs.BoolVar(&cfg.VersionedReferences, "versioned-references", envBool("versioned-references"), "Provenance of a batch page targets the exact versions written (Type/id/_history/n)")
+	fs.StringVar(&cfg.MDMIdentifierSystem, "mdm-identifier-system", env("mdm-identifier-system", ""), "identifier system under which a member's id at the source payer is added to the member here (empty: none added)")
+	fs.StringVar(&cfg.NotifyAdmins, "notify-admins", env("notify-admins", ""), "comma-separated email addresses told of every add-payer request")
+	fs.StringVar(&cfg.MailFrom, "mail-from", env("mail-from", ""), "sender address of every email, e.g. \"Payer <p2p@payer.example>\"")
+	fs.StringVar(&cfg.SMTPURL, "smtp-url", env("smtp-url", ""), "mail server: smtp://user:pass@host:587 (STARTTLS when offered) or smtps://...:465; empty: no email")
+	fs.StringVar(&cfg.SubscriptionHosts, "subscription-hosts", env("subscription-hosts", ""), "comma-separated hosts rest-hook Subscriptions may call (host, host:port, *.domain); empty: loopback only")
+	fs.StringVar(&attempts, "notify-max-attempts", env("notify-max-attempts", "8"), "delivery attempts of a notification before its Subscription is set to error")
+	fs.StringVar(&cfg.EligibilityConfig, "eligibility-config", env("eligibility-config", ""), "JSON file routing payers to eligibility vendors, with the vendors' credentials; empty: eligibility requests are refused")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", env("debug-addr", ""), "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; off when empty")
 	fs.StringVar(&grace, "shutdown-grace", env("shutdown-grace", "30s"), "time in-flight requests get to finish on shutdown")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
+	}
+	if envErr != nil {
+		return cfg, envErr
 	}
 	var err error
 	if cfg.MaxBody, err = parseSize(maxBody); err != nil {
@@ -108,6 +142,12 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if cfg.ShutdownGrace, err = time.ParseDuration(grace); err != nil {
 		return cfg, fmt.Errorf("-shutdown-grace: %w", err)
+	}
+	if cfg.BatchWorkers, err = strconv.Atoi(workers); err != nil || cfg.BatchWorkers < 1 {
+		return cfg, fmt.Errorf("-batch-workers: %q is not a positive number", workers)
+	}
+	if cfg.NotifyMaxAttempts, err = strconv.Atoi(attempts); err != nil || cfg.NotifyMaxAttempts < 1 {
+		return cfg, fmt.Errorf("-notify-max-attempts: %q is not a positive number", attempts)
 	}
 	if cfg.BaseURL == "" {
 		cfg.BaseURL = "http://" + cfg.Addr
@@ -150,8 +190,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer a.Close()
-	if err := a.guard.Prepare(ctx); err != nil {
-		log.Warn("token issuer discovery failed; it is retried on first use", "err", err)
+	if err := a.Start(ctx); err != nil {
+		return err
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
