@@ -1,0 +1,3 @@
+package healthie
+
+//go:generate go run github.com/Khan/genqlient@v0.8.1 genqlient.yaml
