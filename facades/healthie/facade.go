@@ -117,8 +117,9 @@ func (f *Facade) Handler() http.Handler {
 		r.Get("/{id}", f.read)
 		r.Put("/{id}", f.update)
 		r.Delete("/{id}", f.delete)
+		// Everything else under a type (history, vread, operations, PATCH,
+		// PUT or DELETE on the type) is refused by name.
 		r.HandleFunc("/*", f.unsupported)
-		r.HandleFunc("/", f.unsupported)
 	})
 	r.HandleFunc("/", f.unsupported)
 	return r

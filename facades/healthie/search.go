@@ -75,8 +75,6 @@ var params = map[string][]param{
 	},
 }
 
-// control parameters accepted besides the search parameters.
-var control = map[string]bool{"_id": true, "_count": true, "_cursor": true, "_format": true, "_pretty": true}
 
 func paramOf(typ, name string) *param {
 	for i := range params[typ] {
