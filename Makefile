@@ -26,9 +26,11 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-## bench: Go benchmarks for the store, then a load run against a live server.
+## bench: Go benchmarks (store, batch ingest of 20,000+ resources, notifications), then a load run against a live server.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./fhir/store/
+	$(GO) test -run '^$$' -bench . -benchmem ./fhir/store/ ./fhir/fhirjson/
+	$(GO) test -run '^$$' -bench Ingest -benchtime 1x ./batch/
+	$(GO) test -run '^$$' -bench . -benchtime 300x ./notify/
 	$(GO) run ./cmd/p2pload -server $(BIN) -resources 100000
 
 ## spec: regenerate the embedded FHIR R4 definitions from ../shared/fhir-r4.

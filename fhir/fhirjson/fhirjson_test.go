@@ -1,0 +1,167 @@
+package fhirjson
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// decoded is Members as encoding/json's Decoder sees the object: the
+// reference the hand-written splitter must agree with.
+func decoded(t testing.TB, data []byte) []Member {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if _, err := dec.Token(); err != nil {
+		t.Fatal(err)
+	}
+	var out []Member
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, Member{tok.(string), raw})
+	}
+	return out
+}
+
+func checkSame(t *testing.T, name string, data []byte) {
+	t.Helper()
+	got, err := Members(data)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	want := decoded(t, data)
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d members, want %d", name, len(got), len(want))
+	}
+	for i := range want {
+		if got[i].Key != want[i].Key || !bytes.Equal(got[i].Raw, want[i].Raw) {
+			t.Fatalf("%s: member %d is %q=%s, want %q=%s", name, i, got[i].Key, got[i].Raw, want[i].Key, want[i].Raw)
+		}
+	}
+	obj, err := Object(got)
+	if err != nil {
+		t.Fatalf("%s: Object: %v", name, err)
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, data); err != nil {
+		t.Fatal(err)
+	}
+	// Keys are written back as encoding/json writes them ("x\u0041" as
+	// "xA"); the rest is byte for byte the compacted input.
+	if !bytes.Contains(data, []byte(`\u`)) && !bytes.Equal(obj, compact.Bytes()) {
+		t.Fatalf("%s: Object(Members) differs from the compacted input", name)
+	}
+}
+
+// Every HL7 example, as written (indented) and compacted, splits exactly
+// as encoding/json decodes it, and Object puts it back together.
+func TestMembersAgreesWithEncodingJSON(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join("..", "..", "..", "shared", "testdata", "*", "*.json"))
+	if len(files) < 50 {
+		t.Fatalf("only %d example files found", len(files))
+	}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkSame(t, f, raw)
+		var c bytes.Buffer
+		if err := json.Compact(&c, raw); err != nil {
+			t.Fatal(err)
+		}
+		checkSame(t, f+" (compact)", c.Bytes())
+	}
+	for _, s := range []string{
+		`{}`, ` { } `, `{"a":1}`, `{"a" : -1.50e+3 , "b":true,"c":null,"d":false}`,
+		`{"k\"ey":"v\\\"}","x\u0041":[{"}":"]"},[],{}],"z":{"a":{"b":[1,2,{"c":"\\"}]}}}`,
+		"{\n\t\"a\"\r\n:\t\"b c\"\n}",
+	} {
+		checkSame(t, s, []byte(s))
+	}
+}
+
+func TestMembersRefusesWhatIsNotAnObject(t *testing.T) {
+	for _, s := range []string{``, `[]`, `"x"`, `{`, `{"a":}`, `{"a":1,}`, `{"a":1}x`, `{'a':1}`, `{"a":01}`, `{"a":"\x"}`} {
+		if _, err := Members([]byte(s)); err == nil {
+			t.Errorf("%q accepted", s)
+		}
+	}
+	if _, err := Object([]Member{{Key: "a", Raw: json.RawMessage("{\"b\": }")}}); err == nil {
+		t.Error("Object accepted an invalid member value")
+	}
+}
+
+// FuzzMembers: on any input, Members either refuses it or agrees with
+// encoding/json.
+func FuzzMembers(f *testing.F) {
+	for _, s := range []string{`{}`, `{"a":1}`, `{"a":[{"b":"c\"}"}],"d":null}`, "{\"a\" :\n true}"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ms, err := Members(data)
+		if err != nil {
+			return
+		}
+		var probe map[string]json.RawMessage
+		if json.Unmarshal(data, &probe) != nil {
+			t.Fatalf("Members accepted %q, which is not a JSON object", data)
+		}
+		want := decoded(t, data)
+		if len(ms) != len(want) {
+			t.Fatalf("%q: %d members, want %d", data, len(ms), len(want))
+		}
+		for i := range want {
+			if ms[i].Key != want[i].Key || !bytes.Equal(ms[i].Raw, want[i].Raw) {
+				t.Fatalf("%q: member %d differs", data, i)
+			}
+		}
+	})
+}
+
+func BenchmarkDecoderObject(b *testing.B) {
+	docs := benchDocs()
+	b.ResetTimer()
+	for i := range b.N {
+		ms := decoded(b, docs[i%len(docs)])
+		var buf bytes.Buffer
+		for _, m := range ms {
+			_ = json.Compact(&buf, m.Raw)
+		}
+	}
+}
+
+func BenchmarkMembersObject(b *testing.B) {
+	docs := benchDocs()
+	b.ResetTimer()
+	for i := range b.N {
+		ms, err := Members(docs[i%len(docs)])
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := Object(ms); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func benchDocs() [][]byte {
+	files, _ := filepath.Glob(filepath.Join("..", "..", "..", "shared", "testdata", "us-core", "*.json"))
+	var docs [][]byte
+	for _, f := range files {
+		raw, _ := os.ReadFile(f)
+		var c bytes.Buffer
+		if json.Compact(&c, raw) == nil {
+			docs = append(docs, c.Bytes())
+		}
+	}
+	return docs
+}
