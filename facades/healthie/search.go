@@ -75,7 +75,6 @@ var params = map[string][]param{
 	},
 }
 
-
 func paramOf(typ, name string) *param {
 	for i := range params[typ] {
 		if params[typ][i].name == name {

@@ -207,17 +207,14 @@ func (s *Syncer) syncType(ctx context.Context, typ string, rep *SyncReport) erro
 		if err != nil {
 			return err
 		}
+		written, err := s.putPage(ctx, typ, items)
+		if err != nil {
+			return err
+		}
+		rep.Written += written
+		rep.Unchanged += len(items) - written
 		for _, it := range items {
 			seen[it.hid] = true
-			written, err := s.put(ctx, typ, it.hid, it.json)
-			if err != nil {
-				return err
-			}
-			if written {
-				rep.Written++
-			} else {
-				rep.Unchanged++
-			}
 			pos = it.after
 		}
 		if !more || len(items) == 0 {
@@ -321,31 +318,51 @@ func (s *Syncer) Refresh(ctx context.Context, kind, hid string) ([]string, error
 // put writes a mapped resource unless the store has it unchanged; it
 // reports whether it wrote.
 func (s *Syncer) put(ctx context.Context, typ, hid string, body []byte) (bool, error) {
+	n, err := s.putPage(ctx, typ, []listed{{hid: hid, json: body}})
+	return n == 1, err
+}
+
+// putPage writes the resources of one Healthie page that changed, in one
+// transaction (one commit per page rather than per resource), and returns
+// how many it wrote.
+func (s *Syncer) putPage(ctx context.Context, typ string, items []listed) (int, error) {
 	const op = "healthie.sync"
-	doc, err := s.fs.ParseResource(body, typ)
-	if err != nil {
-		return false, errs.E(op, errs.Internal, fmt.Sprintf("the %s mapped from Healthie record %s is not valid FHIR", typ, hid), err)
+	type prepared struct {
+		key []byte
+		sum [sha256.Size]byte
+		doc *store.Doc
 	}
-	sum := sha256.Sum256(body)
-	key := []byte(typ + "/" + hid)
-	written := false
-	err = s.st.Write(syncContext(ctx), func(tx *store.Tx) error {
-		written = false
+	docs := make([]prepared, len(items))
+	for i, it := range items {
+		doc, err := s.fs.ParseResource(it.json, typ)
+		if err != nil {
+			return 0, errs.E(op, errs.Internal, fmt.Sprintf("the %s mapped from Healthie record %s is not valid FHIR", typ, it.hid), err)
+		}
+		docs[i] = prepared{[]byte(typ + "/" + it.hid), sha256.Sum256(it.json), doc}
+	}
+	written := 0
+	err := s.st.Write(syncContext(ctx), func(tx *store.Tx) error {
+		written = 0
 		kv := tx.KV(syncBucket)
-		if bytes.Equal(kv.Get(key), sum[:]) {
-			if _, err := tx.Read(typ, doc.ID); err == nil {
-				return nil
+		for _, p := range docs {
+			if bytes.Equal(kv.Get(p.key), p.sum[:]) {
+				if _, err := tx.Read(typ, p.doc.ID); err == nil {
+					continue
+				}
+			}
+			d := &store.Doc{Type: typ, ID: p.doc.ID, Map: p.doc.Map, JSON: p.doc.JSON}
+			if _, err := s.fs.Put(tx, d, 0); err != nil {
+				return errs.E(op, fmt.Sprintf("%s/%s could not be written to the local store", typ, p.doc.ID), err)
+			}
+			written++
+			if err := kv.Put(p.key, p.sum[:]); err != nil {
+				return err
 			}
 		}
-		d := &store.Doc{Type: typ, ID: doc.ID, Map: doc.Map, JSON: doc.JSON}
-		if _, err := s.fs.Put(tx, d, 0); err != nil {
-			return err
-		}
-		written = true
-		return kv.Put(key, sum[:])
+		return nil
 	})
 	if err != nil {
-		return false, errs.E(op, fmt.Sprintf("%s/%s could not be written to the local store", typ, doc.ID), err)
+		return 0, errs.E(op, err)
 	}
 	return written, nil
 }
