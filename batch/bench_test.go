@@ -71,7 +71,6 @@ func loadOneMember(tb testing.TB, src *sourcePayer, atLeast int) (string, int) {
 					}
 					_ = json.Unmarshal(e, &probe)
 					if probe.Resource.ResourceType == "Patient" {
-						body = strings.ReplaceAll(string(mustJSON(tb, bundle.Entry)), probe.FullURL, "Patient/"+member)
 						continue
 					}
 					keep = append(keep, e)

@@ -3,7 +3,6 @@ package batch
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -594,10 +593,4 @@ func TestJobsDoNotBlockEachOther(t *testing.T) {
 	if job := x.tg.job(x.pid, slow); job.BatchStatus != Started {
 		t.Errorf("the slow job is %s", job.BatchStatus)
 	}
-}
-
-// encodeJSON is json.Marshal for test bodies.
-func encodeJSON(v any) string {
-	b, _ := json.Marshal(v)
-	return string(b)
 }

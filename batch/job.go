@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/store"
@@ -96,15 +95,6 @@ func (r *record) total() int {
 		n += c
 	}
 	return n
-}
-
-// clone copies r deeply enough that changing the copy leaves r alone.
-func (r *record) clone() *record {
-	c := *r
-	c.Resources = maps.Clone(r.Resources)
-	c.Skipped = maps.Clone(r.Skipped)
-	c.ProvenanceIDs = append([]string(nil), r.ProvenanceIDs...)
-	return &c
 }
 
 // Buckets of the job records, in the store's database.

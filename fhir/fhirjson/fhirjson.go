@@ -137,7 +137,7 @@ func Object(ms []Member) ([]byte, error) {
 		k, _ := json.Marshal(m.Key)
 		b.Write(k)
 		b.WriteByte(':')
-		if bytes.IndexAny(m.Raw, " \t\r\n") < 0 {
+		if !bytes.ContainsAny(m.Raw, " \t\r\n") {
 			b.Write(m.Raw) // already compact
 
 			continue
