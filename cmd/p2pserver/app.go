@@ -14,6 +14,7 @@ import (
 	"github.com/p2pserver/p2pserver/batch"
 	"github.com/p2pserver/p2pserver/facades/connectors"
 	"github.com/p2pserver/p2pserver/facades/eligibility"
+	"github.com/p2pserver/p2pserver/facades/healthie"
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/smart"
@@ -47,6 +48,7 @@ type app struct {
 	runner    *batch.Runner
 	batchAPI  *batch.API
 	elig      *eligibility.Service
+	healthie  *healthie.Healthie // nil when not configured
 }
 
 func newApp(cfg Config, log *slog.Logger) (*app, error) {
@@ -170,6 +172,15 @@ func (a *app) wire() error {
 		Admin: a.admin.Require("admin"), Logger: log}); err != nil {
 		return fmt.Errorf("-eligibility-config: %w", err)
 	}
+
+	// Healthie practice data facade, behind the same token guard as /fhir.
+	if cfg.HealthieURL != "" {
+		if a.healthie, err = healthie.Setup(a.fhir, healthie.Options{URL: cfg.HealthieURL, APIKey: cfg.HealthieAPIKey,
+			WebhookSecret: cfg.HealthieWebhookSecret, Sync: cfg.HealthieSync, BaseURL: cfg.BaseURL, Logger: log}); err != nil {
+			return fmt.Errorf("-healthie-url: %w", err)
+		}
+		a.healthie.Use(a.guard.Middleware)
+	}
 	return nil
 }
 
@@ -189,6 +200,9 @@ func (a *app) Start(ctx context.Context) error {
 		return err
 	}
 	a.elig.Start(ctx)
+	if a.healthie != nil {
+		a.healthie.Start(ctx)
+	}
 	return nil
 }
 
@@ -206,6 +220,10 @@ func (a *app) Handler() http.Handler {
 	a.batchAPI.Mount(api)
 	a.notifyAPI.Mount(api)
 	a.elig.Mount(api)
+	if a.healthie != nil {
+		r.Mount(healthie.Path, a.healthie.Handler())
+		a.healthie.Mount(api)
+	}
 	r.Mount("/api", api)
 	r.Get("/healthz", a.healthz)
 	return r
@@ -229,6 +247,9 @@ func (a *app) Close() error {
 		if err := c.Close(); err != nil {
 			a.log.Error("stop "+what, "err", err)
 		}
+	}
+	if a.healthie != nil {
+		stop("Healthie sync", a.healthie)
 	}
 	if a.elig != nil {
 		stop("eligibility checks", a.elig)

@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-chi/chi/v5"
+	"github.com/p2pserver/p2pserver/facades/healthie/healthietest"
+	"github.com/p2pserver/p2pserver/internal/apidoc"
 	"github.com/p2pserver/p2pserver/notify/smtptest"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 )
@@ -318,4 +321,56 @@ func TestPayerToPayerExchange(t *testing.T) {
 	if st := target.call("DELETE", fmt.Sprintf("/api/oidc_servers/%d", pid), testAdmin, nil, nil); st != 204 {
 		t.Errorf("delete the definition: %d", st)
 	}
+}
+
+// TestHealthieFacadeWired runs the binary's wiring with the Healthie
+// facade on, against the Healthie simulator, behind trusted-issuer tokens:
+// staff tokens read practice data live and in sync mode from /fhir, member
+// tokens are refused, unsigned webhooks change nothing, and every /api route
+// the server mounts is in the OpenAPI document.
+func TestHealthieFacadeWired(t *testing.T) {
+	idp := oidctest.New(t)
+	idp.AddClient("portal", "portal-secret")
+	sim := healthietest.New(healthietest.Options{})
+	sim.Seed(5)
+	hs := sim.Start()
+	t.Cleanup(func() { hs.Close(); sim.Close() })
+	p := startPayer(t, "-admin-token", testAdmin, "-trusted-issuers", idp.Issuer(),
+		"-healthie-url", hs.URL+"/graphql", "-healthie-api-key", sim.APIKey(), "-healthie-webhook-secret", "whsec-test-0123456789",
+		"-healthie-sync")
+
+	var bundle map[string]any
+	if st := p.call("GET", "/facades/healthie/fhir/Patient?_count=2", testAdmin, nil, &bundle); st != 200 || len(bundle["entry"].([]any)) != 2 {
+		t.Fatalf("facade search: %d %v", st, bundle)
+	}
+	if !strings.Contains(fmt.Sprint(bundle["link"]), "next") {
+		t.Errorf("no next link over 5 patients: %v", bundle["link"])
+	}
+	if st := p.call("GET", "/facades/healthie/fhir/Patient", "", nil, nil); st != 401 {
+		t.Errorf("facade without a token: %d", st)
+	}
+	member, err := idp.MintFor([]string{p.URL + "/fhir"}, oidctest.Grant{ClientID: "portal", Patient: "member-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := p.call("GET", "/facades/healthie/fhir/Patient", member.AccessToken, nil, nil); st != 403 {
+		t.Errorf("facade with a member token: %d", st)
+	}
+	// Sync mode: the practice's patients are in the local store too.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var local map[string]any
+		p.call("GET", "/fhir/Patient?_tag="+url.QueryEscape("urn:p2pserver:facade|healthie")+"&_total=accurate", testAdmin, nil, &local)
+		if local["total"] == float64(5) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("synced patients: %v", local["total"])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := p.call("POST", "/api/webhooks/healthie", "", `{"resource_id":"1","resource_id_type":"Patient","event_type":"patient.updated"}`, nil); st != 401 {
+		t.Errorf("unsigned webhook: %d", st)
+	}
+	apidoc.CheckRoutes(t, p.app.Handler().(chi.Routes))
 }

@@ -50,6 +50,9 @@ type Config struct {
 	NotifyMaxAttempts                                  int
 	// EligibilityConfig is the JSON file routing payers to eligibility vendors.
 	EligibilityConfig string
+	// Healthie facade; off when HealthieURL is empty.
+	HealthieURL, HealthieAPIKey, HealthieWebhookSecret string
+	HealthieSync                                       bool
 	// DebugAddr, when set, serves net/http/pprof there (keep it on loopback).
 	DebugAddr string
 	// ShutdownGrace is how long in-flight requests get to finish on SIGTERM.
@@ -128,6 +131,10 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&cfg.SubscriptionHosts, "subscription-hosts", env("subscription-hosts", ""), "comma-separated hosts rest-hook Subscriptions may call (host, host:port, *.domain); empty: loopback only")
 	fs.StringVar(&attempts, "notify-max-attempts", env("notify-max-attempts", "8"), "delivery attempts of a notification before its Subscription is set to error")
 	fs.StringVar(&cfg.EligibilityConfig, "eligibility-config", env("eligibility-config", ""), "JSON file routing payers to eligibility vendors, with the vendors' credentials; empty: eligibility requests are refused")
+	fs.StringVar(&cfg.HealthieURL, "healthie-url", env("healthie-url", ""), "Healthie GraphQL endpoint; serves the Healthie facade at /facades/healthie/fhir (empty: off)")
+	fs.StringVar(&cfg.HealthieAPIKey, "healthie-api-key", env("healthie-api-key", ""), "Healthie API key")
+	fs.StringVar(&cfg.HealthieWebhookSecret, "healthie-webhook-secret", env("healthie-webhook-secret", ""), "secret verifying Healthie's webhook signatures (empty: every webhook is refused)")
+	fs.BoolVar(&cfg.HealthieSync, "healthie-sync", envBool("healthie-sync"), "also keep the Healthie facade's resources in the local store (searches, Subscriptions, $everything see them)")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", env("debug-addr", ""), "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; off when empty")
 	fs.StringVar(&grace, "shutdown-grace", env("shutdown-grace", "30s"), "time in-flight requests get to finish on shutdown")
 	if err := fs.Parse(args); err != nil {
