@@ -27,8 +27,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/p2pserver/p2pserver/internal/loopback"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -183,18 +183,10 @@ type Delivery struct {
 func New(opt Options) (*Sim, error) {
 	s := &Sim{opt: opt, clients: map[string]string{}, tokens: map[string]*token{}, scripts: map[string]Script{},
 		verifications: map[string]*Verification{}, calls: map[string]int{}}
-	addr := opt.Addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
+	var err error
+	if s.srv, err = loopback.Serve(opt.Addr, http.HandlerFunc(s.serve)); err != nil {
 		return nil, err
 	}
-	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
-	s.srv.Listener.Close()
-	s.srv.Listener = ln
-	s.srv.Start()
 	s.URL = s.srv.URL
 	s.secretText, s.webhookSecret = NewWebhookSecret()
 	return s, nil

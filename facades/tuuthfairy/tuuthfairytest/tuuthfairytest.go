@@ -37,8 +37,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"github.com/p2pserver/p2pserver/internal/loopback"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -230,18 +230,9 @@ func New(opt Options) (*Sim, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr := opt.Addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
+	if s.srv, err = loopback.Serve(opt.Addr, http.HandlerFunc(s.serve)); err != nil {
 		return nil, err
 	}
-	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
-	s.srv.Listener.Close()
-	s.srv.Listener = ln
-	s.srv.Start()
 	s.URL = s.srv.URL
 	return s, nil
 }

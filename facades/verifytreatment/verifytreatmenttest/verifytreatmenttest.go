@@ -36,8 +36,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/p2pserver/p2pserver/internal/loopback"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -132,18 +132,10 @@ func New(opt Options) (*Sim, error) {
 		facilities: []map[string]string{{"_id": "ACCOUNT_DEFAULT", "name": "Main office"}, {"_id": "fac_2", "name": "North clinic"}}}
 	s.AddPayer(Payer{ID: "vtx_aetna", Name: "Aetna", RequiredFields: []string{"first_name", "last_name", "date_of_birth", "member_id"}})
 	s.AddPayer(Payer{ID: "vtx_cigna", Name: "Cigna", RequiredFields: []string{"first_name", "last_name", "date_of_birth", "member_id", "gender", "subscriber_relation"}})
-	addr := opt.Addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
+	var err error
+	if s.srv, err = loopback.Serve(opt.Addr, http.HandlerFunc(s.serve)); err != nil {
 		return nil, err
 	}
-	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
-	s.srv.Listener.Close()
-	s.srv.Listener = ln
-	s.srv.Start()
 	s.URL = s.srv.URL
 	return s, nil
 }
