@@ -27,7 +27,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/p2pserver/p2pserver/internal/loopback"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -36,6 +35,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/p2pserver/p2pserver/internal/loopback"
 )
 
 // The statuses Sohar documents.

@@ -37,7 +37,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"github.com/p2pserver/p2pserver/internal/loopback"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -48,6 +47,8 @@ import (
 	"time"
 
 	graphql "github.com/graph-gophers/graphql-go"
+
+	"github.com/p2pserver/p2pserver/internal/loopback"
 )
 
 // Schema is the GraphQL schema the simulator serves.

@@ -36,7 +36,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/p2pserver/p2pserver/internal/loopback"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -47,6 +46,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/p2pserver/p2pserver/internal/loopback"
 )
 
 // Options configure a simulator.
