@@ -214,7 +214,7 @@ func (s *Server) renderPage(tx *store.Tx, sn *snapshot, key string, offset int) 
 	}
 	b.Link = append(b.Link, BundleLink{Relation: "self", URL: self})
 	if q.Summary == "count" || q.Count == 0 {
-		return json.Marshal(b)
+		return b.Encode()
 	}
 	if offset > len(sn.ids) {
 		offset = len(sn.ids)
@@ -272,7 +272,7 @@ func (s *Server) renderPage(tx *store.Tx, sn *snapshot, key string, offset int) 
 		}}})
 		b.Entry = append(b.Entry, BundleEntry{Resource: oo, Search: &EntrySearch{Mode: "outcome"}})
 	}
-	return json.Marshal(b)
+	return b.Encode()
 }
 
 // subsetted is the meta.tag FHIR requires on a resource cut down by

@@ -484,5 +484,5 @@ func (s *Server) renderEverything(tx *store.Tx, opts EverythingOptions, sn *snap
 		}}})
 		b.Entry = append(b.Entry, BundleEntry{Resource: oo, Search: &EntrySearch{Mode: "outcome"}})
 	}
-	return json.Marshal(b)
+	return b.Encode()
 }

@@ -319,7 +319,7 @@ func (s *Source) augment(r *http.Request, body []byte) ([]byte, error) {
 		b.Entry = b.Entry[:len(b.Entry)-1]
 	}
 	b.Entry = append(append(b.Entry, add...), outcome...)
-	return json.Marshal(&b)
+	return b.Encode()
 }
 
 // bufferedWriter holds back a successful FHIR JSON answer so that it can

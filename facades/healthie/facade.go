@@ -402,7 +402,7 @@ func (f *Facade) bundle(q *query, entries []json.RawMessage, next string) []byte
 		}}})
 		b.Entry = append(b.Entry, fhir.BundleEntry{Resource: oo, Search: &fhir.EntrySearch{Mode: "outcome"}})
 	}
-	body, _ := json.Marshal(b)
+	body, _ := b.Encode()
 	return body
 }
 
