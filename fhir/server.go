@@ -148,7 +148,7 @@ func (s *Server) validatorsFor(typ string) []Validator {
 // of BaseURL (e.g. r.Mount("/fhir", s.Handler())).
 func (s *Server) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(recoverer, negotiate)
+	r.Use(Recoverer, Negotiate)
 	s.mu.RLock()
 	for _, mw := range s.middleware {
 		r.Use(mw)
@@ -195,9 +195,10 @@ func (s *Server) knownType(next http.Handler) http.Handler {
 	})
 }
 
-// recoverer turns a panic into a 500 OperationOutcome and a log line with
-// the stack, so no input can take the server down or leak a stack.
-func recoverer(next http.Handler) http.Handler {
+// Recoverer turns a panic into a 500 OperationOutcome and a log line with
+// the stack, so no input can take the server down or leak a stack. FHIR
+// endpoints outside this package (the facades) use it too.
+func Recoverer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
 			if v := recover(); v != nil {
@@ -212,8 +213,9 @@ func recoverer(next http.Handler) http.Handler {
 	})
 }
 
-// negotiate refuses clients that do not accept JSON.
-func negotiate(next http.Handler) http.Handler {
+// Negotiate refuses clients that do not accept JSON (Accept or _format)
+// with 406.
+func Negotiate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !acceptable(r) {
 			WriteError(w, r, errs.E("fhir.negotiate", errs.NotAcceptable,

@@ -7,10 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"mime"
 	"net/http"
 	"net/url"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -98,7 +96,7 @@ func (f *Facade) Use(mw func(http.Handler) http.Handler) {
 // (e.g. r.Mount("/facades/healthie/fhir", f.Handler())).
 func (f *Facade) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(recoverer, negotiate)
+	r.Use(fhir.Recoverer, fhir.Negotiate)
 	f.mu.Lock()
 	for _, mw := range f.middleware {
 		r.Use(mw)
@@ -136,48 +134,6 @@ func (f *Facade) servedType(next http.Handler) http.Handler {
 		typ := chi.URLParam(r, "type")
 		if _, ok := params[typ]; !ok {
 			fhir.WriteError(w, r, errs.E("healthie.route", errs.NotFound, fmt.Sprintf("the Healthie facade does not serve %q; it serves %s", typ, strings.Join(Types, ", "))))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-func recoverer(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer func() {
-			if v := recover(); v != nil {
-				if v == http.ErrAbortHandler {
-					panic(v)
-				}
-				slog.ErrorContext(r.Context(), "panic serving the Healthie facade", "path", r.URL.Path, "panic", v, "stack", string(debug.Stack()))
-				fhir.WriteError(w, r, errs.E("healthie.panic", errs.Internal))
-			}
-		}()
-		next.ServeHTTP(w, r)
-	})
-}
-
-// negotiate refuses clients that accept no JSON (FHIR XML is not served).
-func negotiate(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ok := true
-		if f := r.URL.Query().Get("_format"); f != "" {
-			switch strings.ToLower(f) {
-			case "json", "application/json", "application/fhir+json", "application/json+fhir":
-			default:
-				ok = false
-			}
-		} else if accept := r.Header.Get("Accept"); accept != "" {
-			ok = false
-			for _, part := range strings.Split(accept, ",") {
-				mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
-				if err == nil && (mt == "*/*" || mt == "application/*" || mt == "application/json" || mt == "application/fhir+json" || mt == "application/json+fhir") {
-					ok = true
-				}
-			}
-		}
-		if !ok {
-			fhir.WriteError(w, r, errs.E("healthie.negotiate", errs.NotAcceptable, "the Healthie facade answers in FHIR JSON only (application/fhir+json)"))
 			return
 		}
 		next.ServeHTTP(w, r)
