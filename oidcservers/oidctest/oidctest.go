@@ -204,7 +204,11 @@ type Grant struct {
 // the scopes), a refresh token and an ID token for g, as if the member had
 // just completed the authorization-code flow. The ID token is in
 // tok.Extra("id_token").
-func (p *Provider) Mint(g Grant) (*oauth2.Token, error) {
+func (p *Provider) Mint(g Grant) (*oauth2.Token, error) { return p.mint(nil, g) }
+
+// mint issues g's tokens; the access token's aud is audience, or the
+// client id when audience is empty.
+func (p *Provider) mint(audience []string, g Grant) (*oauth2.Token, error) {
 	client, err := p.store.client(g.ClientID)
 	if err != nil {
 		return nil, err
@@ -223,6 +227,7 @@ func (p *Provider) Mint(g Grant) (*oauth2.Token, error) {
 		subject:   g.Subject,
 		patient:   g.Patient,
 		scopes:    append([]string(nil), g.Scopes...),
+		audience:  append([]string(nil), audience...),
 		authTime:  time.Now().UTC(),
 		accessTTL: g.AccessTokenLifetime,
 	}}

@@ -74,38 +74,5 @@ func (p *Provider) MintFor(audience []string, g Grant) (*oauth2.Token, error) {
 	if len(audience) == 0 {
 		return nil, errors.New("oidctest: MintFor needs an audience")
 	}
-	client, err := p.store.client(g.ClientID)
-	if err != nil {
-		return nil, err
-	}
-	if g.Patient == "" {
-		return nil, errors.New("oidctest: Grant.Patient is required")
-	}
-	if g.Subject == "" {
-		g.Subject = "member-" + g.Patient
-	}
-	if len(g.Scopes) == 0 {
-		g.Scopes = DefaultScopes
-	}
-	req := &tokenRequest{grant: grant{
-		clientID:  g.ClientID,
-		subject:   g.Subject,
-		patient:   g.Patient,
-		scopes:    append([]string(nil), g.Scopes...),
-		audience:  append([]string(nil), audience...),
-		authTime:  time.Now().UTC(),
-		accessTTL: g.AccessTokenLifetime,
-	}}
-	ctx := op.ContextWithIssuer(context.Background(), p.issuer)
-	resp, err := op.CreateTokenResponse(ctx, req, client, p.op, true, "", "")
-	if err != nil {
-		return nil, err
-	}
-	tok := &oauth2.Token{
-		AccessToken:  resp.AccessToken,
-		TokenType:    resp.TokenType,
-		RefreshToken: resp.RefreshToken,
-		Expiry:       req.accessExpiry,
-	}
-	return tok.WithExtra(map[string]any{"id_token": resp.IDToken, "patient": g.Patient, "scope": strings.Join(g.Scopes, " ")}), nil
+	return p.mint(audience, g)
 }
