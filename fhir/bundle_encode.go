@@ -3,6 +3,8 @@ package fhir
 import (
 	"bytes"
 	"encoding/json"
+
+	"github.com/p2pserver/p2pserver/fhir/fhirjson"
 )
 
 // Encode writes b as JSON, like json.Marshal, but writes each entry's
@@ -50,12 +52,10 @@ func (b *Bundle) Encode() ([]byte, error) {
 				buf.WriteByte(',')
 			}
 			buf.WriteString(`"resource":`)
-			if bytes.ContainsAny(res, " \t\r\n") {
-				if err := json.Compact(buf, res); err != nil {
-					return nil, err
-				}
-			} else {
+			if fhirjson.IsCompact(res) {
 				buf.Write(res)
+			} else if err := json.Compact(buf, res); err != nil {
+				return nil, err
 			}
 			sep = true
 		}

@@ -165,3 +165,19 @@ func benchDocs() [][]byte {
 	}
 	return docs
 }
+
+func TestIsCompact(t *testing.T) {
+	for s, want := range map[string]bool{
+		`{"a":"b c","d":[1,2]}`: true, `"x \" y"`: true, `{"a\\":" "}`: true,
+		`{"a": 1}`: false, "[1,\n2]": false, `{"a":"\\" ,"b":1 }`: false,
+	} {
+		if got := IsCompact([]byte(s)); got != want {
+			t.Errorf("IsCompact(%s) = %v", s, got)
+		}
+		var c bytes.Buffer
+		_ = json.Compact(&c, []byte(s))
+		if (c.String() == s) != want {
+			t.Errorf("%s: json.Compact disagrees", s)
+		}
+	}
+}
