@@ -276,13 +276,19 @@ func TestPayerToPayerExchange(t *testing.T) {
 		b, _ := json.MarshalIndent(provs, "", " ")
 		t.Errorf("Provenance of the EOB: %d ours, %d from the source: %s", ours, theirs, b)
 	}
-	target.call("GET", "/fhir/Observation?code:text=secret", "", nil, &secret)
-	if secret["entry"] != nil {
+	// The search that would find it does find it at the source.
+	var there map[string]any
+	if st := source.call("GET", "/fhir/Observation?code:text=secret", testAdmin, nil, &there); st != 200 || len(there["entry"].([]any)) != 1 {
+		t.Fatalf("the other member's Observation at the source: %d %v", st, there["total"])
+	}
+	if st := target.call("GET", "/fhir/Observation?code:text=secret", "", nil, &secret); st != 200 || secret["entry"] != nil {
 		t.Errorf("another member's data travelled: %v", secret["entry"])
 	}
 	// MDM: the member carries their identifier at the old payer.
 	var found map[string]any
-	target.call("GET", "/fhir/Patient?identifier="+url.QueryEscape("urn:payer-a:member-id|"), "", nil, &found)
+	if st := target.call("GET", "/fhir/Patient?identifier="+url.QueryEscape("urn:payer-a:member-id|"), "", nil, &found); st != 200 {
+		t.Fatalf("search by the source identifier system: %d", st)
+	}
 	if ids := fmt.Sprint(found["entry"]); !strings.Contains(ids, "member-1") {
 		t.Errorf("member not found by the source identifier: %v", found["total"])
 	}
