@@ -33,9 +33,9 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 300x ./notify/
 	$(GO) run ./cmd/p2pload -server $(BIN) -resources 100000
 
-## spec: regenerate the embedded FHIR R4 definitions from ../shared/fhir-r4.
+## spec: regenerate the embedded FHIR R4 definitions from testdata/fhir-r4.
 spec:
-	$(GO) run ./fhir/spec/gen -in ../shared/fhir-r4 -out fhir/spec/data
+	$(GO) run ./fhir/spec/gen -in testdata/fhir-r4 -out fhir/spec/data
 
 clean:
 	rm -rf bin

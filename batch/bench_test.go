@@ -3,6 +3,7 @@ package batch
 import (
 	"encoding/json"
 	"fmt"
+	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -29,7 +30,7 @@ var uuidRE = regexp.MustCompile(`urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0
 // returns the member's Patient id and how many resources are theirs.
 func loadOneMember(tb testing.TB, src *sourcePayer, atLeast int) (string, int) {
 	tb.Helper()
-	files, _ := filepath.Glob(filepath.Join("..", "..", "shared", "testdata", "synthea", "*.json"))
+	files, _ := filepath.Glob(filepath.Join(td.Dir, "synthea", "*.json"))
 	sort.Strings(files)
 	var raws []string
 	for _, f := range files {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"io"
 	"log/slog"
 	"net/http"
@@ -123,7 +124,7 @@ func (s *sourcePayer) load(names ...string) []string {
 	s.t.Helper()
 	var ids []string
 	for _, name := range names {
-		files, _ := filepath.Glob(filepath.Join("..", "..", "shared", "testdata", "synthea", name+"*.json"))
+		files, _ := filepath.Glob(filepath.Join(td.Dir, "synthea", name+"*.json"))
 		if len(files) != 1 {
 			s.t.Fatalf("synthea bundle %s: %v", name, files)
 		}

@@ -3,6 +3,7 @@ package fhir_test
 import (
 	"encoding/json"
 	"fmt"
+	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,7 +15,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir"
 )
 
-const testdata = "../../shared/testdata"
+var testdata = td.Dir
 
 // stripServerFields removes what the server sets: id and meta.versionId /
 // meta.lastUpdated (and meta itself when nothing else is left in it).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -69,11 +70,11 @@ func TestMemberIdentifier(t *testing.T) {
 	}
 	// Outside data: a PDex member with MB, MR, XV and PT identifiers, and a
 	// Synthea patient with only a medical record number among CARIN types.
-	got, ok := mdm.MemberIdentifier(readPatient(t, "../../shared/testdata/pdex/Patient-1-2.json"))
+	got, ok := mdm.MemberIdentifier(readPatient(t, td.Path("pdex", "Patient-1-2.json")))
 	if !ok || got.Type.Code != "MB" || got.System != "https://www.xxxhealthplan.com/fhir/memberidentifier" {
 		t.Errorf("PDex Patient-1-2: %+v %v", got, ok)
 	}
-	files, _ := filepath.Glob("../../shared/testdata/synthea/Angelic_Mueller_*.json")
+	files, _ := filepath.Glob(td.Path("synthea", "Angelic_Mueller_*.json"))
 	if len(files) != 1 {
 		t.Fatalf("Synthea bundle: %v", files)
 	}

@@ -2,6 +2,7 @@ package mdm_test
 
 import (
 	"encoding/json"
+	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"io"
 	"log/slog"
 	"net/http"
@@ -25,7 +26,7 @@ import (
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 )
 
-const pdexDir = "../../shared/testdata/pdex"
+var pdexDir = td.Path("pdex")
 
 // matchEnv is a payer's FHIR server on loopback with $member-match and
 // $everything (honouring consents) enabled, as cmd/p2pserver wires them.

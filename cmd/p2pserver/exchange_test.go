@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"io"
 	"log/slog"
 	"net/http"
@@ -145,7 +146,7 @@ func TestPayerToPayerExchange(t *testing.T) {
 		"-mdm-identifier-system", "urn:payer-a:member-id")
 
 	// The old payer holds the member's history (a Synthea bundle).
-	files, _ := filepath.Glob(filepath.Join("..", "..", "..", "shared", "testdata", "synthea", "Angelic_Mueller*.json"))
+	files, _ := filepath.Glob(filepath.Join(td.Dir, "synthea", "Angelic_Mueller*.json"))
 	if len(files) != 1 {
 		t.Fatalf("synthea bundle: %v", files)
 	}

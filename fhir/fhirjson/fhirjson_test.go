@@ -3,6 +3,7 @@ package fhirjson
 import (
 	"bytes"
 	"encoding/json"
+	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"os"
 	"path/filepath"
 	"testing"
@@ -64,7 +65,7 @@ func checkSame(t *testing.T, name string, data []byte) {
 // Every HL7 example, as written (indented) and compacted, splits exactly
 // as encoding/json decodes it, and Object puts it back together.
 func TestMembersAgreesWithEncodingJSON(t *testing.T) {
-	files, _ := filepath.Glob(filepath.Join("..", "..", "..", "shared", "testdata", "*", "*.json"))
+	files, _ := filepath.Glob(filepath.Join(td.Dir, "*", "*.json"))
 	if len(files) < 50 {
 		t.Fatalf("only %d example files found", len(files))
 	}
@@ -154,7 +155,7 @@ func BenchmarkMembersObject(b *testing.B) {
 }
 
 func benchDocs() [][]byte {
-	files, _ := filepath.Glob(filepath.Join("..", "..", "..", "shared", "testdata", "us-core", "*.json"))
+	files, _ := filepath.Glob(filepath.Join(td.Dir, "us-core", "*.json"))
 	var docs [][]byte
 	for _, f := range files {
 		raw, _ := os.ReadFile(f)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,7 +14,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/spec"
 )
 
-const testdata = "../../../shared/testdata"
+var testdata = td.Dir
 
 func decode(t testing.TB, b []byte) map[string]any {
 	t.Helper()

@@ -3,7 +3,7 @@
 // structural validation and for typing FHIRPath results), the
 // SearchParameter definitions, and the Patient compartment.
 //
-// The files under data/ are trimmed copies of ../shared/fhir-r4, written by
+// The files under data/ are trimmed copies of testdata/fhir-r4, written by
 // the generator in gen/ (`make spec`); do not edit them by hand.
 package spec
 

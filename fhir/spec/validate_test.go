@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +12,7 @@ import (
 )
 
 // testdata is the shared folder of outside example resources.
-const testdata = "../../../shared/testdata"
+var testdata = td.Dir
 
 func decode(t testing.TB, b []byte) map[string]any {
 	t.Helper()

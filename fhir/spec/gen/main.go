@@ -1,5 +1,5 @@
 // Command gen writes the trimmed FHIR R4 definitions that package spec
-// embeds. It reads the files of ../shared/fhir-r4 and writes, into -out:
+// embeds. It reads the files of testdata/fhir-r4 and writes, into -out:
 //
 //   - fhir.schema.json: the R4 JSON Schema without descriptions, without the
 //     resource types and elements the redistribution (Medplum) added to R4,
@@ -13,7 +13,7 @@
 //     SearchParameter with only the fields a server needs;
 //   - compartmentdefinition-patient.json: the Patient compartment, trimmed.
 //
-// Run it with `make spec` (go run ./fhir/spec/gen -in ../shared/fhir-r4 -out fhir/spec/data).
+// Run it with `make spec` (go run ./fhir/spec/gen -in testdata/fhir-r4 -out fhir/spec/data).
 package main
 
 import (
@@ -29,7 +29,7 @@ import (
 )
 
 func main() {
-	in := flag.String("in", "../shared/fhir-r4", "folder holding the FHIR R4 definition files")
+	in := flag.String("in", "testdata/fhir-r4", "folder holding the FHIR R4 definition files")
 	out := flag.String("out", "fhir/spec/data", "folder to write the trimmed files to")
 	flag.Parse()
 	log.SetFlags(0)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,7 +15,7 @@ func TestEmbeddedFilesAreUpToDate(t *testing.T) {
 		t.Skip("regenerates the whole schema")
 	}
 	out := t.TempDir()
-	if err := run("../../../../shared/fhir-r4", out); err != nil {
+	if err := run(td.Path("fhir-r4"), out); err != nil {
 		t.Fatal(err)
 	}
 	files, err := filepath.Glob(filepath.Join(out, "*.json"))
