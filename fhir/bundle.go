@@ -203,6 +203,7 @@ func (s *Server) pageURL(sn *snapshot, key string, offset int) string {
 
 func (s *Server) renderPage(tx *store.Tx, sn *snapshot, key string, offset int) ([]byte, error) {
 	q := sn.query
+	noteSearch(tx.Context(), q)
 	b := newBundle("searchset")
 	if q.Total != "none" {
 		total := len(sn.ids)

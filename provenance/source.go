@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 )
 
@@ -42,14 +44,30 @@ type SourceConfig struct {
 // payer (the source role of the PDex exchange), so that the receiving
 // payer can trace each resource to the payer that sent it.
 //
-// It works on the searchset Bundles the server answers, as they leave:
-// every page of Patient/$everything, and every search page requested with
-// a token-derived fhir.Access (a trusted issuer's token, not an admin token
-// or an open server). For each resource the page returns:
+// It works on the searchset Bundles the server answers, as they leave, and
+// adds only what the request asked for, so that a search answers the type
+// searched for and the includes requested, nothing else (FHIR R4
+// search.html#include; the Da Vinci PDex payer-server suite checks that
+// Encounter?patient=... answers Encounters only):
+//
+//   - every page of Patient/$everything (the PDex "Provenance is part of
+//     the member's record" rule): Provenance for every resource on the
+//     page, and this payer's Organization when a generated Provenance
+//     names it;
+//   - a search page whose search has _revinclude=Provenance:target (or
+//     Provenance:target:<the served type>, or Provenance:*), whoever
+//     asks: Provenance for its matches. The server's search already adds
+//     the stored Provenance that targets them; Source adds a generated one
+//     for each match that has none. This payer's Organization comes along
+//     only when the search also asks for the Provenance's agents
+//     (_include:iterate=Provenance:agent, or Provenance:agent:Organization,
+//     or Provenance:*).
+//
+// What is added for a served resource:
 //
 //   - the stored Provenance resources that target it and that the request
-//     may read are added as include entries (if not on the page already);
-//   - when there is none, a Provenance is generated for it, following the
+//     may read, as include entries (if not on the page already);
+//   - when there is none, a Provenance generated for it, following the
 //     PDex Provenance profile: target the served version
 //     (Type/id/_history/n), recorded when served, this payer as the
 //     transmitter agent. It is added as an include entry with a urn:uuid
@@ -145,10 +163,12 @@ func (s *Source) Generate(r Served, recorded time.Time) (json.RawMessage, string
 }
 
 // Entries returns the Provenance entries (search mode include) for the
-// resources a page serves, as the type comment describes. present holds
-// the fullUrls already on the page, which are not added again; it is
-// updated. tx's context carries the request's access rights.
-func (s *Source) Entries(tx *store.Tx, served []Served, present map[string]bool) ([]fhir.BundleEntry, error) {
+// resources a page serves, as the type comment describes, and this payer's
+// Organization after them when withOrganization is set and a generated
+// Provenance names it. present holds the fullUrls already on the page,
+// which are not added again; it is updated. tx's context carries the
+// request's access rights.
+func (s *Source) Entries(tx *store.Tx, served []Served, present map[string]bool, withOrganization bool) ([]fhir.BundleEntry, error) {
 	a := fhir.AccessFrom(tx.Context())
 	if a != nil && a.CanRead != nil && !a.CanRead("Provenance") {
 		return nil, nil
@@ -189,7 +209,7 @@ func (s *Source) Entries(tx *store.Tx, served []Served, present map[string]bool)
 		generated = true
 		out = append(out, fhir.BundleEntry{FullURL: full, Resource: raw, Search: &fhir.EntrySearch{Mode: "include"}})
 	}
-	if generated && s.cfg.OrganizationResource != "" && (a == nil || a.CanRead == nil || a.CanRead("Organization")) {
+	if withOrganization && generated && s.cfg.OrganizationResource != "" && (a == nil || a.CanRead == nil || a.CanRead("Organization")) {
 		full := s.cfg.BaseURL + "/Organization/" + s.cfg.OrganizationResource
 		if v, err := tx.Read("Organization", s.cfg.OrganizationResource); err == nil && !present[full] {
 			present[full] = true
@@ -230,21 +250,31 @@ func (s *Source) aboutMember(tx *store.Tx, id, patient string) bool {
 }
 
 // Middleware adds Provenance to the searchset Bundles the FHIR server
-// answers to another payer (see Source). Other answers pass untouched.
+// answers, where they ask for it (see Source). Other answers pass
+// untouched, and are not held back.
 func (s *Source) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		everything := strings.Contains(r.URL.Path, "/$everything")
-		if (r.Method != http.MethodGet && r.Method != http.MethodPost) || (!everything && fhir.AccessFrom(r.Context()) == nil) {
+		if r.Method != http.MethodGet && r.Method != http.MethodPost {
 			next.ServeHTTP(w, r)
 			return
 		}
-		bw := &bufferedWriter{w: w}
-		next.ServeHTTP(bw, r)
+		everything := strings.Contains(r.URL.Path, "/$everything")
+		ctx, info := fhir.WithSearchInfo(r.Context())
+		var ask asked
+		bw := &bufferedWriter{w: w, want: func() bool {
+			if everything {
+				ask = asked{modes: []string{"match", "include"}, organization: true}
+			} else {
+				ask = provenanceAsked(info.Query())
+			}
+			return len(ask.modes) > 0
+		}}
+		next.ServeHTTP(bw, r.WithContext(ctx))
 		if !bw.buffering {
 			return // already passed through
 		}
 		body := bw.buf.Bytes()
-		if out, err := s.augment(r, body); err != nil {
+		if out, err := s.augment(r, body, ask); err != nil {
 			s.log.ErrorContext(r.Context(), "provenance: could not add Provenance to a served page; sent without", "path", r.URL.Path, "err", err)
 		} else if out != nil {
 			body = out
@@ -254,9 +284,44 @@ func (s *Source) Middleware(next http.Handler) http.Handler {
 	})
 }
 
+// asked is what a page asks Source to add: Provenance for its entries of
+// the search modes listed (none: nothing), and this payer's Organization
+// with the Provenance generated.
+type asked struct {
+	modes        []string
+	types        []string // the served types Provenance is asked for; nil for every type
+	organization bool
+}
+
+// provenanceAsked reads a search's _revinclude (search.html#include):
+// _revinclude=Provenance:target asks for the Provenance of the matches
+// (Provenance:target:<Type> of those of one type; Provenance:* too).
+func provenanceAsked(q *search.Query) asked {
+	var a asked
+	if q == nil {
+		return a
+	}
+	all := false
+	for _, inc := range q.RevInclude {
+		if inc.Type != "Provenance" || (inc.Param != "target" && inc.Param != "*") {
+			continue
+		}
+		a.modes = []string{"match"}
+		if inc.TargetType == "" {
+			all = true
+		} else {
+			a.types = append(a.types, inc.TargetType)
+		}
+	}
+	if all {
+		a.types = nil
+	}
+	return a
+}
+
 // augment returns the page with Provenance entries, or nil when it is not
-// a searchset Bundle.
-func (s *Source) augment(r *http.Request, body []byte) ([]byte, error) {
+// a searchset Bundle or nothing is to be added.
+func (s *Source) augment(r *http.Request, body []byte, ask asked) ([]byte, error) {
 	var peek struct {
 		ResourceType string `json:"resourceType"`
 		Type         any    `json:"type"` // a code in a Bundle, a CodeableConcept elsewhere
@@ -274,7 +339,7 @@ func (s *Source) augment(r *http.Request, body []byte) ([]byte, error) {
 		if e.FullURL != "" {
 			present[e.FullURL] = true
 		}
-		if e.Search == nil || (e.Search.Mode != "match" && e.Search.Mode != "include") {
+		if e.Search == nil || !slices.Contains(ask.modes, e.Search.Mode) {
 			continue
 		}
 		var res struct {
@@ -292,6 +357,8 @@ func (s *Source) augment(r *http.Request, body []byte) ([]byte, error) {
 			continue
 		case res.ResourceType == "Organization" && res.ID == s.cfg.OrganizationResource:
 			continue // this payer itself
+		case ask.types != nil && !slices.Contains(ask.types, res.ResourceType):
+			continue
 		}
 		vid, _ := strconv.ParseInt(res.Meta.VersionID, 10, 64)
 		served = append(served, Served{Type: res.ResourceType, ID: res.ID, VersionID: vid})
@@ -302,7 +369,7 @@ func (s *Source) augment(r *http.Request, body []byte) ([]byte, error) {
 	var add []fhir.BundleEntry
 	err := s.st.View(r.Context(), func(tx *store.Tx) error {
 		var err error
-		add, err = s.Entries(tx, served, present)
+		add, err = s.Entries(tx, served, present, ask.organization)
 		return err
 	})
 	if err != nil {
@@ -325,7 +392,10 @@ func (s *Source) augment(r *http.Request, body []byte) ([]byte, error) {
 // bufferedWriter holds back a successful FHIR JSON answer so that it can
 // be amended; anything else goes straight through.
 type bufferedWriter struct {
-	w         http.ResponseWriter
+	w http.ResponseWriter
+	// want says, once the header is written, whether the answer is one to
+	// amend.
+	want      func() bool
 	status    int
 	decided   bool
 	buffering bool
@@ -340,7 +410,7 @@ func (b *bufferedWriter) WriteHeader(status int) {
 	}
 	b.decided, b.status = true, status
 	mt, _, _ := mime.ParseMediaType(b.w.Header().Get("Content-Type"))
-	b.buffering = status == http.StatusOK && mt == "application/fhir+json"
+	b.buffering = status == http.StatusOK && mt == "application/fhir+json" && b.want()
 	if !b.buffering {
 		b.w.WriteHeader(status)
 	}

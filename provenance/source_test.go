@@ -177,6 +177,23 @@ func (e *sourceEnv) get(method, path, token, body string) *served {
 	return out
 }
 
+// form POSTs a search form.
+func (e *sourceEnv) form(path, token, form string) *served {
+	e.t.Helper()
+	req, _ := http.NewRequest("POST", e.base+path, strings.NewReader(form))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := &served{status: resp.StatusCode}
+	out.body, _ = io.ReadAll(resp.Body)
+	_ = json.Unmarshal(out.body, &out.bundle)
+	return out
+}
+
 // provenances returns, for a page, the targets of its Provenance entries
 // ("stored:<id>=>target" or "generated=>target") and its other entries.
 func (s *served) provenances(t *testing.T) (prov []string, other []string) {
@@ -213,7 +230,15 @@ func (s *served) provenances(t *testing.T) (prov []string, other []string) {
 	return prov, other
 }
 
-func TestProvenanceOnWhatIsServed(t *testing.T) {
+// TestProvenanceOnlyWhenAsked holds the rule of what a page carries beyond
+// its matches: a search answers the searched type and the includes asked
+// for (FHIR R4 search.html#include; Inferno's PDex payer-server suite,
+// "Server returned Search bundle with valid Encounter data", requires every
+// entry of Encounter?patient=Patient/<id> to be an Encounter); Provenance
+// comes with _revinclude=Provenance:target (stored and generated alike,
+// search mode include), this payer's Organization only with an include of
+// the Provenance's agents, and $everything carries both (PDex).
+func TestProvenanceOnlyWhenAsked(t *testing.T) {
 	t.Parallel()
 	e := newSourceEnv(t)
 	for _, d := range []string{
@@ -223,8 +248,13 @@ func TestProvenanceOnWhatIsServed(t *testing.T) {
 		`{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/m1"}}`,
 		`{"resourceType":"Observation","id":"o2","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/m1"}}`,
 		`{"resourceType":"Observation","id":"o3","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/m2"}}`,
-		// o1 came from another payer: its Provenance is stored.
+		`{"resourceType":"Encounter","id":"e1","status":"finished","class":{"code":"AMB"},"subject":{"reference":"Patient/m1"}}`,
+		`{"resourceType":"Encounter","id":"e2","status":"finished","class":{"code":"AMB"},"subject":{"reference":"Patient/m1"}}`,
+		`{"resourceType":"Encounter","id":"e3","status":"finished","class":{"code":"AMB"},"subject":{"reference":"Patient/m2"}}`,
+		// o1 and e1 came from another payer: their Provenance is stored.
 		`{"resourceType":"Provenance","id":"prov1","target":[{"reference":"Observation/o1"}],"recorded":"2024-01-15T10:00:00Z",
+		  "agent":[{"type":{"coding":[{"system":"http://hl7.org/fhir/us/core/CodeSystem/us-core-provenance-participant-type","code":"transmitter"}]},"who":{"display":"Payer Z"}}]}`,
+		`{"resourceType":"Provenance","id":"prov-e1","target":[{"reference":"Encounter/e1"}],"recorded":"2024-01-15T10:00:00Z",
 		  "agent":[{"type":{"coding":[{"system":"http://hl7.org/fhir/us/core/CodeSystem/us-core-provenance-participant-type","code":"transmitter"}]},"who":{"display":"Payer Z"}}]}`,
 	} {
 		var m map[string]any
@@ -240,29 +270,63 @@ func TestProvenanceOnWhatIsServed(t *testing.T) {
 	noProv, _ := e.idp.MintFor(aud, oidctest.Grant{ClientID: "payer-b", Patient: "m1", Scopes: []string{"patient/Observation.rs"}})
 
 	cases := []struct {
-		name, path, token string
-		prov, other       []string
+		name, method, path, form, token string
+		prov, other                     []string
 	}{
-		{"a payer's system token searching", "/Observation", sys.AccessToken,
-			[]string{"generated=>Observation/o2/_history/2", "generated=>Observation/o3/_history/1", "stored:prov1=>Observation/o1"},
-			[]string{"Observation/o1:match", "Observation/o2:match", "Observation/o3:match", "Organization/payer-a:include"}},
-		{"with _revinclude, the stored one is there once", "/Observation?_id=o1&_revinclude=Provenance:target", sys.AccessToken,
+		// The issue's example: a payer's token searching a member's
+		// Encounters gets Encounters, nothing else.
+		{"Encounter?patient with a payer's token: Encounters only", "GET", "/Encounter?patient=Patient/m1", "", sys.AccessToken,
+			nil, []string{"Encounter/e1:match", "Encounter/e2:match"}},
+		{"Encounter?patient with the member's token: Encounters only", "GET", "/Encounter?patient=Patient/m1", "", member.AccessToken,
+			nil, []string{"Encounter/e1:match", "Encounter/e2:match"}},
+		{"every Observation with a payer's token: Observations only", "GET", "/Observation", "", sys.AccessToken,
+			nil, []string{"Observation/o1:match", "Observation/o2:match", "Observation/o3:match"}},
+		{"an _include asked for: the included, no Provenance", "GET", "/Observation?_id=o2&_include=Observation:subject", "", sys.AccessToken,
+			nil, []string{"Observation/o2:match", "Patient/m1:include"}},
+		{"_revinclude=Provenance:target: stored and generated, no Organization", "GET", "/Encounter?patient=Patient/m1&_revinclude=Provenance:target", "", sys.AccessToken,
+			[]string{"generated=>Encounter/e2/_history/1", "stored:prov-e1=>Encounter/e1"},
+			[]string{"Encounter/e1:match", "Encounter/e2:match"}},
+		{"_revinclude=Provenance:target with the member's token", "GET", "/Observation?_revinclude=Provenance:target", "", member.AccessToken,
+			[]string{"generated=>Observation/o2/_history/2", "stored:prov1=>Observation/o1"},
+			[]string{"Observation/o1:match", "Observation/o2:match"}},
+		{"_revinclude=Provenance:target, all stored: the stored one once", "GET", "/Observation?_id=o1&_revinclude=Provenance:target", "", sys.AccessToken,
 			[]string{"stored:prov1=>Observation/o1"}, []string{"Observation/o1:match"}},
-		{"a member's token", "/Observation", member.AccessToken,
+		{"_revinclude=Provenance:target:Observation names the searched type", "GET", "/Observation?_revinclude=Provenance:target:Observation", "", sys.AccessToken,
+			[]string{"generated=>Observation/o2/_history/2", "generated=>Observation/o3/_history/1", "stored:prov1=>Observation/o1"},
+			[]string{"Observation/o1:match", "Observation/o2:match", "Observation/o3:match"}},
+		{"_revinclude=Provenance:target:Patient on Observations: none targets them", "GET", "/Observation?_id=o2&_revinclude=Provenance:target:Patient", "", sys.AccessToken,
+			nil, []string{"Observation/o2:match"}},
+		{"_revinclude=Provenance:* counts as asking", "GET", "/Observation?_id=o2,o3&_revinclude=Provenance:*", "", sys.AccessToken,
+			[]string{"generated=>Observation/o2/_history/2", "generated=>Observation/o3/_history/1"},
+			[]string{"Observation/o2:match", "Observation/o3:match"}},
+		{"another _revinclude is not asking for Provenance", "GET", "/Patient?_id=m1&_revinclude=Observation:subject", "", sys.AccessToken,
+			nil, []string{"Observation/o1:include", "Observation/o2:include", "Patient/m1:match"}},
+		{"generated only for the matches, not for the included", "GET", "/Observation?_id=o2&_include=Observation:subject&_revinclude=Provenance:target", "", sys.AccessToken,
+			[]string{"generated=>Observation/o2/_history/2"}, []string{"Observation/o2:match", "Patient/m1:include"}},
+		{"POST _search with _revinclude in the form", "POST", "/Encounter/_search", "patient=Patient/m1&_revinclude=Provenance:target", sys.AccessToken,
+			[]string{"generated=>Encounter/e2/_history/1", "stored:prov-e1=>Encounter/e1"},
+			[]string{"Encounter/e1:match", "Encounter/e2:match"}},
+		{"an admin token asking gets them too", "GET", "/Observation?_id=o2&_revinclude=Provenance:target", "", adminTok,
+			[]string{"generated=>Observation/o2/_history/2"}, []string{"Observation/o2:match"}},
+		{"a token that may not read Provenance", "GET", "/Observation?_revinclude=Provenance:target", "", noProv.AccessToken,
+			nil, []string{"Observation/o1:match", "Observation/o2:match"}},
+		{"$everything carries Provenance and the payer, even for an admin", "GET", "/Patient/m1/$everything", "", adminTok,
+			[]string{"generated=>Encounter/e2/_history/1", "generated=>Observation/o2/_history/2", "generated=>Patient/m1/_history/1",
+				"stored:prov-e1=>Encounter/e1", "stored:prov1=>Observation/o1"},
+			[]string{"Encounter/e1:match", "Encounter/e2:match", "Observation/o1:match", "Observation/o2:match", "Organization/payer-a:include", "Patient/m1:match"}},
+		{"$everything with the member's token", "GET", "/Patient/m1/$everything?_type=Observation", "", member.AccessToken,
 			[]string{"generated=>Observation/o2/_history/2", "stored:prov1=>Observation/o1"},
 			// The payer's Organization is no member's data: it comes along
 			// with the Provenance that names it.
 			[]string{"Observation/o1:match", "Observation/o2:match", "Organization/payer-a:include"}},
-		{"a token that may not read Provenance", "/Observation", noProv.AccessToken,
-			nil, []string{"Observation/o1:match", "Observation/o2:match"}},
-		{"an admin token searching (not another payer)", "/Observation", adminTok,
-			nil, []string{"Observation/o1:match", "Observation/o2:match", "Observation/o3:match"}},
-		{"$everything, even for an admin", "/Patient/m1/$everything", adminTok,
-			[]string{"generated=>Observation/o2/_history/2", "generated=>Patient/m1/_history/1", "stored:prov1=>Observation/o1"},
-			[]string{"Observation/o1:match", "Observation/o2:match", "Organization/payer-a:include", "Patient/m1:match"}},
 	}
 	for _, c := range cases {
-		r := e.get("GET", c.path, c.token, "")
+		var r *served
+		if c.method == "POST" {
+			r = e.form(c.path, c.token, c.form)
+		} else {
+			r = e.get("GET", c.path, c.token, "")
+		}
 		if r.status != 200 {
 			t.Errorf("%s: %d %s", c.name, r.status, r.body)
 			continue
@@ -276,19 +340,28 @@ func TestProvenanceOnWhatIsServed(t *testing.T) {
 		}
 	}
 
-	// Later pages get theirs too, and the total counts matches only.
-	first := e.get("GET", "/Observation?_count=1", sys.AccessToken, "")
-	if *first.bundle.Total != 3 {
-		t.Errorf("total %d", *first.bundle.Total)
-	}
-	var next string
-	for _, l := range first.bundle.Link {
-		if l.Relation == "next" {
-			next = l.URL
+	// Later pages, whose links carry only a cursor, follow the search
+	// they page through; the total counts matches only.
+	for _, c := range []struct {
+		search string
+		prov   []string
+	}{
+		{"/Observation?_count=1&_revinclude=Provenance:target", []string{"generated=>Observation/o2/_history/2"}},
+		{"/Observation?_count=1", nil},
+	} {
+		first := e.get("GET", c.search, sys.AccessToken, "")
+		if *first.bundle.Total != 3 {
+			t.Errorf("%s: total %d", c.search, *first.bundle.Total)
 		}
-	}
-	if prov, _ := e.get("GET", next, sys.AccessToken, "").provenances(t); !slices.Equal(prov, []string{"generated=>Observation/o2/_history/2"}) {
-		t.Errorf("second page: %v", prov)
+		var next string
+		for _, l := range first.bundle.Link {
+			if l.Relation == "next" {
+				next = l.URL
+			}
+		}
+		if prov, other := e.get("GET", next, sys.AccessToken, "").provenances(t); !slices.Equal(prov, c.prov) || !slices.Equal(other, []string{"Observation/o2:match"}) {
+			t.Errorf("%s, second page: %v %v", c.search, prov, other)
+		}
 	}
 	// Single reads and errors pass untouched.
 	if r := e.get("GET", "/Observation/o2", sys.AccessToken, ""); r.status != 200 || strings.Contains(string(r.body), "Provenance") {
@@ -303,7 +376,7 @@ func TestProvenanceOnWhatIsServed(t *testing.T) {
 
 	// The receiving payer can store what it got: a generated Provenance is
 	// a valid resource.
-	r := e.get("GET", "/Observation?_id=o2", sys.AccessToken, "")
+	r := e.get("GET", "/Observation?_id=o2&_revinclude=Provenance:target", sys.AccessToken, "")
 	var gen json.RawMessage
 	for _, en := range r.bundle.Entry {
 		if strings.HasPrefix(en.FullURL, "urn:uuid:") {
