@@ -74,6 +74,16 @@ func startPayer(t *testing.T, args ...string) *payer {
 // call sends a JSON request and decodes the JSON answer into out.
 func (p *payer) call(method, path, token string, body any, out any) int {
 	p.t.Helper()
+	var h map[string]string
+	if token != "" {
+		h = map[string]string{"Authorization": "Bearer " + token}
+	}
+	return p.callHeaders(method, path, h, body, out)
+}
+
+// callHeaders is call with request headers of the caller's choosing.
+func (p *payer) callHeaders(method, path string, headers map[string]string, body any, out any) int {
+	p.t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -93,8 +103,8 @@ func (p *payer) call(method, path, token string, body any, out any) int {
 		}
 		req.Header.Set("Content-Type", ct)
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+	for k, v := range headers {
+		req.Header.Set(k, v)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
