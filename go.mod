@@ -12,6 +12,7 @@ require (
 	github.com/go-jose/go-jose/v4 v4.1.3
 	github.com/google/uuid v1.6.0
 	github.com/graph-gophers/graphql-go v1.5.0
+	github.com/rs/cors v1.11.1
 	github.com/swaggest/swgui v1.8.4
 	github.com/vektah/gqlparser/v2 v2.5.19
 	github.com/wneessen/go-mail v0.7.2
@@ -36,7 +37,6 @@ require (
 	github.com/oasdiff/yaml v0.0.0-20250309154309-f31be36b4037 // indirect
 	github.com/oasdiff/yaml3 v0.0.0-20250309153720-d2182401db90 // indirect
 	github.com/perimeterx/marshmallow v1.1.5 // indirect
-	github.com/rs/cors v1.11.1 // indirect
 	github.com/sirupsen/logrus v1.9.3 // indirect
 	github.com/vearutop/statigz v1.4.0 // indirect
 	github.com/woodsbury/decimal128 v1.3.0 // indirect

@@ -115,6 +115,14 @@ func (s *Server) capabilityStatement() *capStatement {
 		FhirVersion: "4.0.1",
 		Format:      []string{"application/fhir+json", "json"},
 	}
+	if s.cfg.CORS {
+		cp := CapSecurity{}
+		if sec != nil {
+			cp = *sec
+		}
+		cp.Cors = true
+		sec = &cp
+	}
 	rest := capRest{Mode: "server", Security: sec,
 		Interaction: []capInteraction{{"transaction"}, {"batch"}, {"history-system"}}}
 	for _, op := range ops {

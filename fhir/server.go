@@ -35,6 +35,10 @@ type Config struct {
 	Logger  *slog.Logger
 	// Software names this server in the CapabilityStatement.
 	Software, Version string
+	// CORS says browser clients of other origins may call the server (the
+	// CORS headers are the HTTP layer's job); the CapabilityStatement's
+	// rest.security.cors reports it.
+	CORS bool
 }
 
 // Server serves the FHIR REST API over a store.

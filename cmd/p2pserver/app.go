@@ -82,8 +82,13 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 // wire builds each package's value with its dependencies.
 func (a *app) wire() error {
 	cfg, log := a.cfg, a.log
+	if cfg.BaseURL == "" {
+		cfg.BaseURL = "http://" + cfg.Addr
+		a.cfg.BaseURL = cfg.BaseURL
+	}
 	base := cfg.BaseURL + "/fhir"
-	a.fhir = fhir.New(a.store, fhir.Config{BaseURL: base, MaxBody: cfg.MaxBody, Logger: log, Version: version})
+	a.fhir = fhir.New(a.store, fhir.Config{BaseURL: base, MaxBody: cfg.MaxBody, Logger: log, Version: version,
+		CORS: len(cfg.CORSOrigins) > 0})
 
 	// Access control on /fhir comes first: later middleware reads the
 	// fhir.Access it sets.
@@ -226,7 +231,8 @@ func (a *app) Handler() http.Handler {
 	}
 	r.Mount("/api", api)
 	r.Get("/healthz", a.healthz)
-	return r
+	r.Get("/", a.home)
+	return a.cors(r)
 }
 
 func (a *app) healthz(w http.ResponseWriter, r *http.Request) {

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -57,6 +58,9 @@ type Config struct {
 	DebugAddr string
 	// ShutdownGrace is how long in-flight requests get to finish on SIGTERM.
 	ShutdownGrace time.Duration
+	// CORSOrigins are the browser origins allowed to call the server
+	// (scheme://host[:port], "*.example.org" wildcards, or "*"); empty: none.
+	CORSOrigins []string
 }
 
 func main() {
@@ -81,12 +85,12 @@ func main() {
 	}
 }
 
+// logLevels are the values -log-level takes.
+var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+
+// newLogger logs at level, one of logLevels (parseConfig has checked it).
 func newLogger(level string) *slog.Logger {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		l = slog.LevelInfo
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevels[strings.ToLower(level)]}))
 }
 
 // parseConfig reads flags, with P2P_* environment variables as defaults.
@@ -108,10 +112,10 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 		return b
 	}
 	var cfg Config
-	var maxBody, grace, workers, attempts string
+	var maxBody, grace, workers, attempts, cors string
 	fs.StringVar(&cfg.Addr, "addr", env("addr", "127.0.0.1:8080"), "listen address (host:port)")
 	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "bbolt database file (created if missing)")
-	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<addr>)")
+	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<the address bound>)")
 	fs.StringVar(&maxBody, "max-body", env("max-body", "8MiB"), "largest request body accepted (bytes, or with KiB/MiB suffix)")
 	fs.StringVar(&cfg.LogLevel, "log-level", env("log-level", "info"), "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.AdminToken, "admin-token", env("admin-token", ""), "comma-separated bearer tokens for admin /api writes (none: admin writes are refused)")
@@ -137,13 +141,23 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.BoolVar(&cfg.HealthieSync, "healthie-sync", envBool("healthie-sync"), "also keep the Healthie facade's resources in the local store (searches, Subscriptions, $everything see them)")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", env("debug-addr", ""), "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; off when empty")
 	fs.StringVar(&grace, "shutdown-grace", env("shutdown-grace", "30s"), "time in-flight requests get to finish on shutdown")
+	fs.StringVar(&cors, "cors-origins", env("cors-origins", ""), "comma-separated browser origins allowed to call the server (https://portal.example.org, https://*.example.org or *); empty: none")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
 	if envErr != nil {
 		return cfg, envErr
 	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q: p2pserver takes only flags (-name value, or P2P_NAME in the environment); -h lists them", fs.Arg(0))
+	}
+	if _, ok := logLevels[strings.ToLower(cfg.LogLevel)]; !ok {
+		return cfg, fmt.Errorf("-log-level: %q is not a level; use debug, info, warn or error", cfg.LogLevel)
+	}
 	var err error
+	if cfg.CORSOrigins, err = parseOrigins(cors); err != nil {
+		return cfg, fmt.Errorf("-cors-origins: %w", err)
+	}
 	if cfg.MaxBody, err = parseSize(maxBody); err != nil {
 		return cfg, fmt.Errorf("-max-body: %w", err)
 	}
@@ -156,11 +170,60 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	if cfg.NotifyMaxAttempts, err = strconv.Atoi(attempts); err != nil || cfg.NotifyMaxAttempts < 1 {
 		return cfg, fmt.Errorf("-notify-max-attempts: %q is not a positive number", attempts)
 	}
-	if cfg.BaseURL == "" {
-		cfg.BaseURL = "http://" + cfg.Addr
+	if cfg.BaseURL != "" {
+		u, err := url.Parse(cfg.BaseURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return cfg, fmt.Errorf("-base-url: %q is not an absolute http(s) URL", cfg.BaseURL)
+		}
 	}
 	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
 	return cfg, nil
+}
+
+// baseURLFor is the base URL of a server listening on bound (the address
+// actually bound, so port 0 becomes the port chosen) for -addr addr, when
+// -base-url is not set. A host name given in -addr is kept; with no host or
+// an unspecified IP (all interfaces) the links name localhost, and wildcard
+// reports that -base-url should say how clients reach the server.
+func baseURLFor(addr string, bound net.Addr) (base string, wildcard bool) {
+	host, _, _ := net.SplitHostPort(addr)
+	_, port, err := net.SplitHostPort(bound.String())
+	if err != nil {
+		return "http://" + bound.String(), false
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		return "http://" + net.JoinHostPort("localhost", port), true
+	}
+	if ip := net.ParseIP(host); ip == nil {
+		return "http://" + net.JoinHostPort(host, port), false
+	}
+	if tcp, ok := bound.(*net.TCPAddr); ok {
+		return "http://" + net.JoinHostPort(tcp.IP.String(), port), false
+	}
+	return "http://" + net.JoinHostPort(host, port), false
+}
+
+// parseOrigins reads -cors-origins: "*", or origins scheme://host[:port]
+// whose host may start with "*." for any subdomain.
+func parseOrigins(s string) ([]string, error) {
+	var out []string
+	for _, o := range strings.Split(s, ",") {
+		o = strings.TrimSpace(o)
+		if o == "" {
+			continue
+		}
+		if o == "*" {
+			out = append(out, o)
+			continue
+		}
+		u, err := url.Parse(strings.Replace(o, "://*.", "://wildcard.", 1))
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+			(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			return nil, fmt.Errorf("%q is not an origin: write scheme://host[:port], like https://portal.example.org (or https://*.example.org, or *)", o)
+		}
+		out = append(out, strings.TrimSuffix(o, "/"))
+	}
+	return out, nil
 }
 
 // debugHandler serves the Go profiler's endpoints.
@@ -192,6 +255,21 @@ func parseSize(s string) (int64, error) {
 // run serves until ctx ends, then shuts down gracefully: the listener
 // closes, in-flight requests finish, the store and database close.
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	// Listen first: the links the server writes name the address actually
+	// bound (the port chosen for :0) unless -base-url says otherwise.
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	defer ln.Close()
+	if cfg.BaseURL == "" {
+		var wildcard bool
+		cfg.BaseURL, wildcard = baseURLFor(cfg.Addr, ln.Addr())
+		if wildcard {
+			log.Warn("listening on every interface: links and the default token audience use "+cfg.BaseURL+
+				"; set -base-url to the URL clients use to reach this server", "addr", ln.Addr().String())
+		}
+	}
 	a, err := newApp(cfg, log)
 	if err != nil {
 		return err
@@ -199,10 +277,6 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer a.Close()
 	if err := a.Start(ctx); err != nil {
 		return err
-	}
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
 	srv := &http.Server{
 		Handler:           a.Handler(),

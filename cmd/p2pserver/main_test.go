@@ -22,8 +22,8 @@ func TestConfigFlagsAndEnvironment(t *testing.T) {
 	if cfg.Addr != "127.0.0.1:9999" || cfg.MaxBody != 2<<20 || cfg.DB != "/tmp/flag.db" {
 		t.Errorf("flags and env not applied: %+v", cfg)
 	}
-	if cfg.BaseURL != "http://127.0.0.1:9999" {
-		t.Errorf("default base URL %q", cfg.BaseURL)
+	if cfg.BaseURL != "" {
+		t.Errorf("base URL %q set before the address is bound", cfg.BaseURL)
 	}
 	for _, bad := range [][]string{{"-max-body", "lots"}, {"-shutdown-grace", "soon"}, {"-nonsense"}} {
 		if _, err := parseConfig(bad, func(string) string { return "" }); err == nil {
@@ -102,7 +102,7 @@ func TestServeAndShutDown(t *testing.T) {
 	// The database was closed cleanly: a new server opens it and has the data.
 	cancel, done = start()
 	defer func() { cancel(); <-done }()
-	id := strings.Split(strings.TrimPrefix(loc, cfg.BaseURL+"/fhir/Patient/"), "/")[0]
+	id := strings.Split(strings.TrimPrefix(loc, "http://"+addr+"/fhir/Patient/"), "/")[0]
 	if code, _ := get(fmt.Sprintf("/fhir/Patient/%s", id)); code != 200 {
 		t.Errorf("patient lost across restart: %d", code)
 	}

@@ -24,6 +24,7 @@ var Document []byte
 // Mount registers on r, the router mounted at base (normally "/api"):
 //
 //	GET {base}/              the Swagger UI page
+//	GET {base}/docs          a redirect to the Swagger UI page
 //	GET {base}/openapi.json  the document
 //	GET {base}/<asset>       the UI's scripts, styles and icons
 //
@@ -37,6 +38,9 @@ func Mount(r chi.Router, base string) {
 		BasePath:    base + "/",
 	})
 	r.Get("/", ui.ServeHTTP)
+	r.Get("/docs", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, base+"/", http.StatusFound)
+	})
 	r.Get("/openapi.json", serveDocument)
 	for _, name := range uiAssets() {
 		r.Get("/"+name, ui.ServeHTTP)
@@ -69,7 +73,7 @@ func uiAssets() []string {
 // they serve the documentation, are not part of the API, and CheckRoutes
 // skips them.
 func ownRoutes() map[string]bool {
-	own := map[string]bool{"/": true, "/openapi.json": true}
+	own := map[string]bool{"/": true, "/docs": true, "/openapi.json": true}
 	for _, n := range uiAssets() {
 		own["/"+n] = true
 	}

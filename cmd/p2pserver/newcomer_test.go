@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestMainRefusesWhatItCannotUse runs the binary's main (this test binary
+// re-executed) with settings a newcomer gets wrong: each is refused with a
+// message naming the setting and what it takes, exit status 2, before
+// anything is created.
+func TestMainRefusesWhatItCannotUse(t *testing.T) {
+	if os.Getenv("P2P_TEST_RUN_MAIN") == "1" {
+		os.Args = append([]string{"p2pserver"}, strings.Fields(os.Getenv("P2P_TEST_ARGS"))...)
+		main()
+		os.Exit(0)
+	}
+	for _, c := range []struct {
+		name string
+		args string
+		env  []string
+		want string
+	}{
+		{"log level in the environment", "", []string{"P2P_LOG_LEVEL=verbose"}, `-log-level: "verbose" is not a level; use debug, info, warn or error`},
+		{"log level flag", "-log-level trace", nil, `-log-level: "trace" is not a level`},
+		{"a stray argument", "serve", nil, `unexpected argument "serve": p2pserver takes only flags`},
+		{"a stray argument after flags", "-max-body 1MiB extra", nil, `unexpected argument "extra"`},
+		{"an origin without a scheme", "-cors-origins portal.example.org", nil, `-cors-origins: "portal.example.org" is not an origin`},
+		{"an origin with a path", "-cors-origins https://portal.example.org/app", nil, `is not an origin`},
+		{"a base URL without a scheme", "-base-url 127.0.0.1:8080", nil, `-base-url: "127.0.0.1:8080" is not an absolute http(s) URL`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			db := filepath.Join(t.TempDir(), "data", "p2p.db")
+			// A server that starts anyway is stopped, and fails the row.
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMainRefusesWhatItCannotUse$")
+			cmd.Env = append(os.Environ(), "P2P_TEST_RUN_MAIN=1", "P2P_TEST_ARGS="+c.args, "P2P_DB="+db, "P2P_ADDR=127.0.0.1:0")
+			cmd.Env = append(cmd.Env, c.env...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+				t.Fatalf("exit %v, want status 2; stderr: %s", err, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), c.want) {
+				t.Errorf("stderr %q does not say %q", stderr.String(), c.want)
+			}
+			if _, err := os.Stat(filepath.Dir(db)); !os.IsNotExist(err) {
+				t.Errorf("a refused start created %s", filepath.Dir(db))
+			}
+		})
+	}
+}
+
+// TestBaseURLFor is the rule for links when -base-url is not set: the
+// address actually bound, a host name kept as given, and localhost (with a
+// warning) when the server listens on every interface.
+func TestBaseURLFor(t *testing.T) {
+	bound := func(ip string, port int) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: port} }
+	for _, c := range []struct {
+		addr     string
+		bound    net.Addr
+		want     string
+		wildcard bool
+	}{
+		{"127.0.0.1:0", bound("127.0.0.1", 41234), "http://127.0.0.1:41234", false},
+		{"127.0.0.1:8080", bound("127.0.0.1", 8080), "http://127.0.0.1:8080", false},
+		{"[::1]:0", bound("::1", 41235), "http://[::1]:41235", false},
+		{"localhost:0", bound("127.0.0.1", 41236), "http://localhost:41236", false},
+		{"payer.example.org:8080", bound("10.0.0.5", 8080), "http://payer.example.org:8080", false},
+		{":8080", bound("::", 8080), "http://localhost:8080", true},
+		{":0", bound("::", 41237), "http://localhost:41237", true},
+		{"0.0.0.0:0", bound("0.0.0.0", 41238), "http://localhost:41238", true},
+		{"[::]:9000", bound("::", 9000), "http://localhost:9000", true},
+	} {
+		got, wildcard := baseURLFor(c.addr, c.bound)
+		if got != c.want || wildcard != c.wildcard {
+			t.Errorf("-addr %s bound %s: %s (wildcard %v), want %s (%v)", c.addr, c.bound, got, wildcard, c.want, c.wildcard)
+		}
+	}
+}
+
+// syncBuffer is a log sink the test reads while the server writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// serveOnPortZero runs the server as main does with -addr addr and no
+// -base-url, and returns the address it logs as bound.
+func serveOnPortZero(t *testing.T, addr string) string {
+	t.Helper()
+	cfg, err := parseConfig([]string{"-addr", addr, "-db", filepath.Join(t.TempDir(), "p2p.db")}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, slog.New(slog.NewTextHandler(logs, nil))) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	re := regexp.MustCompile(`msg="p2pserver listening" addr=(\S+)`)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if m := re.FindStringSubmatch(logs.String()); m != nil {
+			return m[1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server did not say where it listens: %s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestLinksNameTheBoundAddress: with -addr on port 0 and no -base-url,
+// Location, fullUrl and paging links name the port actually bound, not
+// ":0".
+func TestLinksNameTheBoundAddress(t *testing.T) {
+	for _, c := range []struct{ addr, host string }{{"127.0.0.1:0", "127.0.0.1"}, {"localhost:0", "localhost"}} {
+		t.Run(c.addr, func(t *testing.T) {
+			bound := serveOnPortZero(t, c.addr)
+			_, port, _ := net.SplitHostPort(bound)
+			want := "http://" + net.JoinHostPort(c.host, port) + "/fhir/"
+			resp, err := http.Post("http://"+bound+"/fhir/Patient", "application/fhir+json", strings.NewReader(`{"resourceType":"Patient"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if loc := resp.Header.Get("Location"); !strings.HasPrefix(loc, want+"Patient/") {
+				t.Errorf("Location %q, want it under %s", loc, want)
+			}
+			resp, err = http.Get("http://" + bound + "/fhir/Patient?_count=1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b struct {
+				Link  []struct{ URL string } `json:"link"`
+				Entry []struct {
+					FullURL string `json:"fullUrl"`
+				} `json:"entry"`
+			}
+			err = json.NewDecoder(resp.Body).Decode(&b)
+			resp.Body.Close()
+			if err != nil || len(b.Link) == 0 || len(b.Entry) != 1 {
+				t.Fatalf("search: %v %+v", err, b)
+			}
+			for _, u := range append([]string{b.Entry[0].FullURL}, b.Link[0].URL) {
+				if !strings.HasPrefix(u, want) {
+					t.Errorf("link %q, want it under %s", u, want)
+				}
+			}
+		})
+	}
+}
+
+// TestHomeAndDocs: GET / points a newcomer at the FHIR base, the
+// CapabilityStatement, the /api documentation and the README, as JSON or
+// (for a browser) HTML; /api/docs leads to the Swagger UI.
+func TestHomeAndDocs(t *testing.T) {
+	p := startPayer(t)
+	var home map[string]string
+	if st := p.call("GET", "/", "", nil, &home); st != 200 {
+		t.Fatalf("GET /: %d", st)
+	}
+	for k, want := range map[string]string{"fhir": p.URL + "/fhir", "capabilityStatement": p.URL + "/fhir/metadata",
+		"apiDocs": p.URL + "/api/docs", "openapi": p.URL + "/api/openapi.json"} {
+		if home[k] != want {
+			t.Errorf("%s: %q, want %q", k, home[k], want)
+		}
+	}
+	if !strings.Contains(home["documentation"], "README") {
+		t.Errorf("no pointer to the README: %v", home)
+	}
+	req, _ := http.NewRequest("GET", p.URL+"/", nil)
+	req.Header.Set("Accept", "text/html,application/xhtml+xml")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") || !strings.Contains(string(page), `href="`+p.URL+`/fhir/metadata"`) {
+		t.Errorf("HTML home: %s %s", resp.Header.Get("Content-Type"), page)
+	}
+	resp, err = http.Get(p.URL + "/api/docs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ui, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Request.URL.Path != "/api/" || !strings.Contains(string(ui), "openapi.json") {
+		t.Errorf("/api/docs: %d at %s", resp.StatusCode, resp.Request.URL)
+	}
+}
+
+// TestCORS: a member portal in the browser, on an origin of -cors-origins,
+// can call /fhir and /api: preflights are answered without a token, answers
+// carry Access-Control-Allow-Origin and expose Location and ETag; other
+// origins get no CORS headers; the CapabilityStatement says cors (Fetch
+// standard, CORS protocol; FHIR R4 CapabilityStatement.rest.security.cors).
+func TestCORS(t *testing.T) {
+	const portal = "https://portal.payer-b.example"
+	p := startPayer(t, "-cors-origins", portal+", https://*.members.example", "-trusted-issuers", "https://issuer.invalid", "-admin-token", testAdmin)
+	closed := startPayer(t)
+
+	do := func(p *payer, method, path, origin string, h map[string]string, body string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(method, p.URL+path, strings.NewReader(body))
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		for k, v := range h {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	preflight := map[string]string{"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type, if-none-exist"}
+	for _, c := range []struct {
+		name   string
+		p      *payer
+		origin string
+		allow  bool
+	}{
+		{"listed origin", p, portal, true},
+		{"wildcard subdomain", p, "https://app.members.example", true},
+		{"other origin", p, "https://evil.example", false},
+		{"server without -cors-origins", closed, portal, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for _, path := range []string{"/fhir/Task", "/api/oidc_servers"} {
+				resp := do(c.p, "OPTIONS", path, c.origin, preflight, "")
+				got := resp.Header.Get("Access-Control-Allow-Origin")
+				if !c.allow {
+					if got != "" {
+						t.Errorf("preflight %s from %s allowed: %q", path, c.origin, got)
+					}
+					continue
+				}
+				if resp.StatusCode >= 300 || got != c.origin {
+					t.Errorf("preflight %s: %d, Allow-Origin %q", path, resp.StatusCode, got)
+				}
+				allowed := strings.ToLower(resp.Header.Get("Access-Control-Allow-Headers"))
+				for _, h := range []string{"authorization", "content-type", "if-none-exist"} {
+					if !strings.Contains(allowed, h) {
+						t.Errorf("preflight %s: header %s not allowed (%q)", path, h, allowed)
+					}
+				}
+				if !strings.Contains(resp.Header.Get("Access-Control-Allow-Methods"), "POST") {
+					t.Errorf("preflight %s: methods %q", path, resp.Header.Get("Access-Control-Allow-Methods"))
+				}
+			}
+			resp := do(c.p, "POST", "/fhir/Patient", c.origin, map[string]string{"Authorization": "Bearer " + testAdmin, "Content-Type": "application/fhir+json"}, `{"resourceType":"Patient"}`)
+			if resp.StatusCode != 201 {
+				t.Fatalf("create: %d", resp.StatusCode)
+			}
+			got := resp.Header.Get("Access-Control-Allow-Origin")
+			exposed := strings.ToLower(strings.Join(resp.Header.Values("Access-Control-Expose-Headers"), ","))
+			if c.allow && (got != c.origin || !strings.Contains(exposed, "location") || !strings.Contains(exposed, "etag")) {
+				t.Errorf("create from %s: Allow-Origin %q, Expose-Headers %q", c.origin, got, exposed)
+			}
+			if !c.allow && got != "" {
+				t.Errorf("create from %s: Allow-Origin %q", c.origin, got)
+			}
+		})
+	}
+	for _, c := range []struct {
+		p    *payer
+		cors bool
+	}{{p, true}, {closed, false}} {
+		var cs struct {
+			Rest []struct {
+				Security *struct {
+					Cors bool `json:"cors"`
+				} `json:"security"`
+			} `json:"rest"`
+		}
+		c.p.call("GET", "/fhir/metadata", "", nil, &cs)
+		if len(cs.Rest) != 1 || cs.Rest[0].Security == nil || cs.Rest[0].Security.Cors != c.cors {
+			t.Errorf("CapabilityStatement rest.security.cors: %+v, want %v", cs.Rest, c.cors)
+		}
+	}
+}
