@@ -1,7 +1,6 @@
 package fhir
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -124,7 +123,7 @@ func (s *Server) parseEntries(wb *wireBundle) ([]*txEntry, error) {
 			te.query = q
 		}
 		switch te.method {
-		case http.MethodGet:
+		case http.MethodGet, http.MethodHead:
 		case http.MethodPost:
 			if te.id != "" || len(e.Resource) == 0 {
 				return nil, fail("POST takes a resource and a type URL")
@@ -147,112 +146,132 @@ func (s *Server) parseEntries(wb *wireBundle) ([]*txEntry, error) {
 	return out, nil
 }
 
-// processing order of a transaction (FHIR R4 3.1.0.11.2).
-var methodOrder = map[string]int{http.MethodDelete: 0, http.MethodPost: 1, http.MethodPut: 2, http.MethodGet: 3}
+// processing order of a transaction (FHIR R4 http.html#trules): DELETE,
+// POST, PUT/PATCH, then GET/HEAD.
+var methodOrder = map[string]int{http.MethodDelete: 0, http.MethodPost: 1, http.MethodPut: 2, http.MethodGet: 3, http.MethodHead: 3}
 
 // transaction processes all entries in one store transaction: all or
-// nothing. urn:uuid (and other fullUrl) references between entries are
-// rewritten to the ids the server assigns.
+// nothing, by the rules of FHIR R4 http.html#trules (see txrules.go).
 func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
-	ids := make([]string, len(entries))
-	for i := range ids {
-		ids[i] = NewID()
+	if err := checkFullURLs(entries); err != nil {
+		return err
+	}
+	newIDs := make([]string, len(entries))
+	bodies := make([]bodyInfo, len(entries))
+	for i, e := range entries {
+		newIDs[i] = NewID()
+		if len(e.raw) > 0 {
+			bodies[i] = decodeBody(e.raw)
+			if bodies[i].ResourceType != e.typ {
+				return entryErr(e, errs.E("fhir.transaction", errs.Invalid, fmt.Sprintf("the resource is a %s but request.url is for %s", bodies[i].ResourceType, e.typ)))
+			}
+		}
 	}
 	ordered := append([]*txEntry(nil), entries...)
 	sort.SliceStable(ordered, func(a, b int) bool { return methodOrder[ordered[a].method] < methodOrder[ordered[b].method] })
 	return s.store.Write(detachedContext(r.Context()), func(tx *store.Tx) error {
-		// 1. Decide the id of every created or conditionally updated entry.
-		refs := map[string]string{}
-		targets := map[int]string{}
-		skip := map[int]*response{}
 		for _, e := range entries {
 			e.res = nil
-			var target string
-			switch {
-			case e.method == http.MethodPost:
-				target = e.typ + "/" + ids[e.index]
-				if e.ifNone != "" {
-					cond, err := conditionFrom(e.ifNone)
-					if err != nil {
-						return entryErr(e, err)
-					}
-					found, err := s.matchCondition(tx, e.typ, cond)
-					if err != nil {
-						return entryErr(e, err)
-					}
-					if len(found) > 1 {
-						return entryErr(e, errs.E("fhir.transaction", errs.Precondition, fmt.Sprintf("ifNoneExist matched %d resources", len(found))))
-					}
-					if len(found) == 1 {
-						v, err := tx.Read(e.typ, found[0])
-						if err != nil {
-							return entryErr(e, err)
-						}
-						skip[e.index] = &response{Status: http.StatusOK, Version: v}
-						target = e.typ + "/" + found[0]
-					}
-				}
-			case e.method == http.MethodPut && e.cond:
-				found, err := s.matchCondition(tx, e.typ, e.query)
-				if err != nil {
-					return entryErr(e, err)
-				}
-				switch len(found) {
-				case 0:
-					target = e.typ + "/" + ids[e.index]
-				case 1:
-					target = e.typ + "/" + found[0]
-				default:
-					return entryErr(e, errs.E("fhir.transaction", errs.Precondition, fmt.Sprintf("the condition matched %d resources", len(found))))
-				}
-			case e.method == http.MethodPut:
-				target = e.typ + "/" + e.id
-			}
-			targets[e.index] = target
-			if target != "" && e.fullURL != "" {
-				refs[e.fullURL] = target
-			}
 		}
-		// 2. Process in FHIR's order.
-		for _, e := range ordered {
-			if res, ok := skip[e.index]; ok {
-				e.res = res
+		// 1. Every entry's identity, against the state before the transaction.
+		plan, err := s.planTransaction(tx, entries, bodies, newIDs)
+		if err != nil {
+			return err
+		}
+		// 2. fullUrl links rewritten to the locations decided in 1.
+		docs := make([]*store.Doc, len(entries))
+		var writes []*txWrite
+		conds := map[int][]string{}
+		for _, e := range entries {
+			t := plan.targets[e.index]
+			if (e.method != http.MethodPost && e.method != http.MethodPut) || t.skip != nil {
 				continue
 			}
-			rq := &request{Method: e.method, Type: e.typ, ID: e.id, VID: e.vid, Query: e.query, Conditional: e.cond, IfMatch: e.ifMatch}
-			if e.method == http.MethodPost || e.method == http.MethodPut {
-				raw, err := s.resolveReferences(tx, e.raw, refs)
-				if err != nil {
-					return entryErr(e, err)
-				}
-				// The whole Bundle was validated before; rewriting references
-				// replaced strings with strings, so decoding is enough here.
-				m, err := decodeJSON(raw)
-				if err != nil {
-					return entryErr(e, err)
-				}
-				if rt, _ := m["resourceType"].(string); rt != e.typ {
-					return entryErr(e, errs.E("fhir.transaction", errs.Invalid, fmt.Sprintf("the resource is a %s but request.url is for %s", rt, e.typ)))
-				}
-				id, _ := m["id"].(string)
-				doc := &store.Doc{Type: e.typ, ID: id, Map: m, JSON: raw}
-				if e.method == http.MethodPost {
-					doc.ID = ids[e.index]
-				} else if e.cond {
-					// The condition was resolved in step 1; the body may omit the id.
-					target := strings.TrimPrefix(targets[e.index], e.typ+"/")
-					if doc.ID != "" && doc.ID != target {
-						return entryErr(e, errs.E("fhir.transaction", errs.Invalid,
-							fmt.Sprintf("the resource id %q differs from the id %q the condition matched", doc.ID, target)))
+			raw, _ := rewriteLinks(s.model, e.raw, e.typ, func(kind linkKind, v string) (string, bool) {
+				if kind == linkReference {
+					if _, _, ok := s.conditionalRef(v); ok {
+						conds[e.index] = append(conds[e.index], v)
+						return "", false
 					}
-					doc.ID = target
-					rq.Conditional, rq.ID = false, doc.ID
 				}
-				rq.Doc = doc
+				return s.link(plan, e, kind, v)
+			})
+			// The whole Bundle was validated before; rewriting links
+			// replaced strings with strings, so decoding is enough here.
+			m, err := decodeJSON(raw)
+			if err != nil {
+				return entryErr(e, err)
+			}
+			_, id, _ := strings.Cut(t.ref, "/")
+			docs[e.index] = &store.Doc{Type: e.typ, ID: id, Map: m, JSON: raw}
+			writes = append(writes, &txWrite{typ: e.typ, id: id, m: m})
+		}
+		// 3. Conditional references, against the state after the writes.
+		resolved := map[string]string{}
+		for _, e := range entries {
+			refs := conds[e.index]
+			if len(refs) == 0 {
+				continue
+			}
+			for _, ref := range refs {
+				if _, ok := resolved[ref]; ok {
+					continue
+				}
+				to, err := s.resolveConditionalRef(tx, ref, plan, writes)
+				if err != nil {
+					return entryErr(e, err)
+				}
+				resolved[ref] = to
+			}
+			d := docs[e.index]
+			raw, _ := rewriteLinks(s.model, d.JSON, e.typ, func(kind linkKind, v string) (string, bool) {
+				to, ok := resolved[v]
+				return to, ok && kind == linkReference
+			})
+			m, err := decodeJSON(raw)
+			if err != nil {
+				return entryErr(e, err)
+			}
+			d.JSON, d.Map = raw, m
+		}
+		// 4. Process in FHIR's order.
+		for _, e := range ordered {
+			t := plan.targets[e.index]
+			if t.skip != nil {
+				e.res = t.skip
+				continue
+			}
+			_, id, _ := strings.Cut(t.ref, "/")
+			rq := &request{Method: e.method, Type: e.typ, ID: e.id, VID: e.vid, Query: e.query, IfMatch: e.ifMatch}
+			switch e.method {
+			case http.MethodHead:
+				rq.Method = http.MethodGet
+			case http.MethodDelete:
+				if t.cond && id == "" {
+					e.res = &response{Status: http.StatusOK, Outcome: Info("no resource matched the condition; nothing was deleted")}
+					continue
+				}
+				rq.ID = id
+			case http.MethodPost, http.MethodPut:
+				doc := docs[e.index]
+				if e.method == http.MethodPut && bodies[e.index].ID != "" && bodies[e.index].ID != id {
+					what := "the id in request.url"
+					if t.cond {
+						what = "the id the condition matched"
+					}
+					return entryErr(e, errs.E("fhir.transaction", errs.Invalid,
+						fmt.Sprintf("the resource id %q differs from %s (%q)", bodies[e.index].ID, what, id)))
+				}
+				rq.ID, rq.Doc = id, doc
 			}
 			res, err := s.apply(tx, rq)
 			if err != nil {
 				return entryErr(e, err)
+			}
+			if e.method == http.MethodHead && res != nil {
+				head := *res
+				head.Body = nil
+				res = &head
 			}
 			e.res = res
 		}
@@ -263,71 +282,6 @@ func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
 func entryErr(e *txEntry, err error) error {
 	msg, issues := errs.Public(err)
 	return errs.E("fhir.transaction", errs.KindOf(err), fmt.Sprintf("entry %d (%s %s): %s; nothing was written", e.index, e.method, e.typ, msg), issues, err)
-}
-
-// resolveReferences rewrites, in a resource's JSON, every string equal to
-// the fullUrl of another entry into the reference the server assigned, and
-// every conditional reference ("Patient?identifier=x") into the one
-// resource it matches.
-func (s *Server) resolveReferences(tx *store.Tx, raw []byte, refs map[string]string) ([]byte, error) {
-	out := raw
-	for from, to := range refs {
-		q, _ := json.Marshal(from)
-		if bytes.Contains(out, q) {
-			r, _ := json.Marshal(to)
-			out = bytes.ReplaceAll(out, q, r)
-		}
-	}
-	// Conditional references.
-	if !bytes.Contains(out, []byte(`"reference"`)) || !bytes.Contains(out, []byte("?")) {
-		return out, nil
-	}
-	m, err := decodeJSON(out)
-	if err != nil {
-		return nil, err
-	}
-	var conds []string
-	walkReferences(m, func(ref string) {
-		if i := strings.IndexByte(ref, '?'); i > 0 && s.model.IsResource(ref[:i]) {
-			conds = append(conds, ref)
-		}
-	})
-	for _, ref := range conds {
-		typ, rawQuery, _ := strings.Cut(ref, "?")
-		cond, err := url.ParseQuery(rawQuery)
-		if err != nil {
-			return nil, errs.E("fhir.transaction", errs.Invalid, fmt.Sprintf("conditional reference %q cannot be parsed", ref))
-		}
-		found, err := s.matchCondition(tx, typ, cond)
-		if err != nil {
-			return nil, err
-		}
-		if len(found) != 1 {
-			return nil, errs.E("fhir.transaction", errs.Precondition,
-				fmt.Sprintf("conditional reference %q matched %d resources; it must match exactly one", ref, len(found)))
-		}
-		q, _ := json.Marshal(ref)
-		r, _ := json.Marshal(typ + "/" + found[0])
-		out = bytes.ReplaceAll(out, q, r)
-	}
-	return out, nil
-}
-
-func walkReferences(v any, fn func(string)) {
-	switch x := v.(type) {
-	case map[string]any:
-		for k, c := range x {
-			if s, ok := c.(string); ok && k == "reference" {
-				fn(s)
-				continue
-			}
-			walkReferences(c, fn)
-		}
-	case []any:
-		for _, c := range x {
-			walkReferences(c, fn)
-		}
-	}
 }
 
 // batch processes each entry on its own; a failure is that entry's
@@ -390,4 +344,23 @@ func (s *Server) responseBundle(typ string, entries []*txEntry, withResource boo
 		b.Entry = append(b.Entry, be)
 	}
 	return b
+}
+
+// walkReferences calls fn with the value of every "reference" member in a
+// decoded resource.
+func walkReferences(v any, fn func(string)) {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, c := range x {
+			if s, ok := c.(string); ok && k == "reference" {
+				fn(s)
+				continue
+			}
+			walkReferences(c, fn)
+		}
+	case []any:
+		for _, c := range x {
+			walkReferences(c, fn)
+		}
+	}
 }

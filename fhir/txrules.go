@@ -1,0 +1,328 @@
+package fhir
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/errs"
+)
+
+// This file holds the rules of FHIR R4 http.html#trules ("Transaction
+// Processing Rules") and the conditional references of the same section:
+//
+//   - every entry's identity is decided against the state before the
+//     transaction (conditional updates, deletes and creates included), and a
+//     resource identity may appear once among the DELETE, POST and PUT
+//     entries, or the transaction fails with nothing written;
+//   - entries are processed DELETE, then POST, then PUT, then GET/HEAD, so
+//     the reads see every write and the outcome does not depend on the
+//     order of the entries;
+//   - the fullUrl of each created or updated entry is replaced, wherever the
+//     rules name links (references, uri/url/oid/uuid elements, href and src
+//     in the narrative; never canonical), by the resource's new location,
+//     version-specific links keeping a version (the one the write will get);
+//     relative references resolve against the root of the referring entry's
+//     RESTful fullUrl as the rules for resolving references in Bundles say;
+//   - conditional references ("Patient?identifier=x") are resolved as the
+//     last step: against the state after the transaction's writes, so a
+//     resource created in the same transaction is found. Resources the
+//     transaction writes are matched in memory by their index entries;
+//     chained parameters only match stored resources.
+
+// txTarget is what one entry of a transaction acts on.
+type txTarget struct {
+	ref     string // Type/id; "" for reads and for conditional deletes that match nothing
+	version int64  // the version the entry's write will have (or the existing one of a matched conditional create)
+	skip    *response
+	cond    bool // a conditional entry, resolved here
+}
+
+// txPlan is a transaction's entries resolved against one store state.
+type txPlan struct {
+	targets []txTarget
+	byURL   map[string]int // fullUrl -> entry index, for created and updated entries
+}
+
+// bodyInfo is what a transaction needs to know of an entry's resource
+// before it is rewritten.
+type bodyInfo struct {
+	ID           string `json:"id"`
+	ResourceType string `json:"resourceType"`
+}
+
+// checkFullURLs refuses a transaction in which two entries claim the same
+// fullUrl: references to it would be ambiguous (Bundle invariant bdl-7).
+func checkFullURLs(entries []*txEntry) error {
+	seen := map[string]int{}
+	for _, e := range entries {
+		if e.fullURL == "" {
+			continue
+		}
+		if j, dup := seen[e.fullURL]; dup {
+			return errs.E("fhir.transaction", errs.Invalid, fmt.Sprintf(
+				"entries %d and %d have the same fullUrl %q; a fullUrl must be unique in a Bundle (bdl-7); nothing was written", j, e.index, e.fullURL))
+		}
+		seen[e.fullURL] = e.index
+	}
+	return nil
+}
+
+// planTransaction decides every entry's identity against tx's state and
+// checks that no identity appears twice among the writes.
+func (s *Server) planTransaction(tx *store.Tx, entries []*txEntry, bodies []bodyInfo, newIDs []string) (*txPlan, error) {
+	p := &txPlan{targets: make([]txTarget, len(entries)), byURL: map[string]int{}}
+	owner := map[string]int{}
+	for _, e := range entries {
+		t := &p.targets[e.index]
+		var id string
+		switch e.method {
+		case http.MethodDelete:
+			id = e.id
+			if e.cond {
+				t.cond = true
+				found, err := s.matchCondition(tx, e.typ, e.query)
+				if err != nil {
+					return nil, entryErr(e, err)
+				}
+				switch len(found) {
+				case 0:
+				case 1:
+					id = found[0]
+				default:
+					return nil, entryErr(e, errs.E("fhir.transaction", errs.Precondition,
+						fmt.Sprintf("the condition matched %d resources; a conditional delete must match at most one", len(found))))
+				}
+			}
+		case http.MethodPost:
+			id = newIDs[e.index]
+			if e.ifNone != "" {
+				cond, err := conditionFrom(e.ifNone)
+				if err != nil {
+					return nil, entryErr(e, err)
+				}
+				found, err := s.matchCondition(tx, e.typ, cond)
+				if err != nil {
+					return nil, entryErr(e, err)
+				}
+				switch len(found) {
+				case 0:
+				case 1:
+					v, err := tx.Read(e.typ, found[0])
+					if err != nil {
+						return nil, entryErr(e, err)
+					}
+					t.skip = &response{Status: http.StatusOK, Version: v}
+					t.version = v.VersionID
+					id = found[0]
+				default:
+					return nil, entryErr(e, errs.E("fhir.transaction", errs.Precondition,
+						fmt.Sprintf("ifNoneExist matched %d resources; it must match at most one", len(found))))
+				}
+			}
+		case http.MethodPut:
+			id = e.id
+			if e.cond {
+				t.cond = true
+				found, err := s.matchCondition(tx, e.typ, e.query)
+				if err != nil {
+					return nil, entryErr(e, err)
+				}
+				switch len(found) {
+				case 0:
+					id = bodies[e.index].ID
+					if id == "" {
+						id = newIDs[e.index]
+					}
+				case 1:
+					id = found[0]
+				default:
+					return nil, entryErr(e, errs.E("fhir.transaction", errs.Precondition,
+						fmt.Sprintf("the condition matched %d resources; it must match at most one", len(found))))
+				}
+			}
+		default: // GET, HEAD
+			continue
+		}
+		if id == "" {
+			continue
+		}
+		t.ref = e.typ + "/" + id
+		if j, dup := owner[t.ref]; dup {
+			return nil, errs.E("fhir.transaction", errs.Invalid, fmt.Sprintf(
+				"entries %d (%s) and %d (%s) both act on %s; a resource may appear only once in a transaction (FHIR R4 http.html#trules); nothing was written",
+				j, entries[j].method, e.index, e.method, t.ref))
+		}
+		owner[t.ref] = e.index
+		if e.method == http.MethodDelete {
+			continue
+		}
+		if t.skip == nil {
+			t.version = 1
+			if v, err := tx.Read(e.typ, id); v != nil && (err == nil || errs.Is(err, errs.Gone)) {
+				t.version = v.VersionID + 1
+			}
+		}
+		if e.fullURL != "" {
+			p.byURL[e.fullURL] = e.index
+		}
+	}
+	return p, nil
+}
+
+// link answers what a link found in the resource of entry from becomes:
+// the location of the entry whose fullUrl it names.
+func (s *Server) link(p *txPlan, from *txEntry, kind linkKind, v string) (string, bool) {
+	i, versioned, ok := p.lookup(v)
+	if !ok && kind != linkURI {
+		// A relative Type/id resolves against the root of the referring
+		// entry's RESTful fullUrl (http.html#trules, "Resolving references
+		// in Bundles").
+		if root := s.restfulRoot(from.fullURL); root != "" && !strings.Contains(v, ":") {
+			i, versioned, ok = p.lookup(root + v)
+		}
+	}
+	if !ok {
+		return "", false
+	}
+	t := p.targets[i]
+	to := t.ref
+	if versioned {
+		to += fmt.Sprintf("/_history/%d", t.version)
+	}
+	if kind != linkReference {
+		to = s.cfg.BaseURL + "/" + to
+	}
+	return to, to != v
+}
+
+// lookup finds the entry whose fullUrl v is, or a version of.
+func (p *txPlan) lookup(v string) (int, bool, bool) {
+	if i, ok := p.byURL[v]; ok {
+		return i, false, true
+	}
+	if base, vid, ok := strings.Cut(v, "/_history/"); ok && vid != "" && !strings.Contains(vid, "/") {
+		if i, ok := p.byURL[base]; ok {
+			return i, true, true
+		}
+	}
+	return 0, false, false
+}
+
+// restfulRoot returns the base of a RESTful absolute fullUrl
+// ("http://x/fhir/" of "http://x/fhir/Patient/1"), or "".
+func (s *Server) restfulRoot(fullURL string) string {
+	if !strings.HasPrefix(fullURL, "http://") && !strings.HasPrefix(fullURL, "https://") {
+		return ""
+	}
+	parts := strings.Split(fullURL, "/")
+	n := len(parts)
+	if n < 5 || !s.model.IsResource(parts[n-2]) || checkID(parts[n-1]) != nil {
+		return ""
+	}
+	return strings.Join(parts[:n-2], "/") + "/"
+}
+
+// conditionalRef reports whether ref is a conditional reference:
+// [type]?[parameters].
+func (s *Server) conditionalRef(ref string) (string, string, bool) {
+	typ, query, ok := strings.Cut(ref, "?")
+	if !ok || !s.model.IsResource(typ) {
+		return "", "", false
+	}
+	return typ, query, true
+}
+
+// controlParams are the search parameters that shape a result rather than
+// filter it; a conditional reference may not use them (http.html#trules:
+// "Only filtering parameters are allowed").
+var controlParams = []string{"_sort", "_count", "_include", "_revinclude", "_summary", "_elements", "_total", "_contained", "_containedType", "_format", "_pretty", "_cursor"}
+
+// txWrite is a resource a transaction is about to write, for matching
+// conditional references in memory.
+type txWrite struct {
+	typ, id string
+	m       map[string]any
+	entries []search.Entry
+}
+
+// resolveConditionalRef finds the one resource a conditional reference
+// names in the state after the transaction's writes: the stored resources
+// that match, less those the transaction deletes or replaces, plus the
+// resources it writes whose index entries match.
+func (s *Server) resolveConditionalRef(tx *store.Tx, ref string, p *txPlan, writes []*txWrite) (string, error) {
+	typ, rawQuery, _ := s.conditionalRef(ref)
+	cond, err := url.ParseQuery(rawQuery)
+	if err != nil || len(cond) == 0 {
+		return "", errs.E("fhir.transaction", errs.Invalid, fmt.Sprintf("conditional reference %q is not [type]?[search parameters]", ref))
+	}
+	for name := range cond {
+		base, _, _ := strings.Cut(name, ":")
+		if slices.Contains(controlParams, base) {
+			return "", errs.E("fhir.transaction", errs.Invalid,
+				fmt.Sprintf("conditional reference %q uses %s; only filtering parameters are allowed (FHIR R4 http.html#trules)", ref, base))
+		}
+	}
+	q, err := s.reg.Parse(typ, cond, search.Options{Base: s.cfg.BaseURL})
+	if err != nil {
+		return "", err
+	}
+	q.Compartment = s.readCompartment(AccessFrom(tx.Context()), typ)
+	stored, err := tx.Search(q)
+	if err != nil {
+		return "", err
+	}
+	touched := map[string]bool{}
+	for _, t := range p.targets {
+		if t.skip == nil && t.ref != "" {
+			touched[t.ref] = true
+		}
+	}
+	var found []string
+	for _, id := range stored {
+		if !touched[typ+"/"+id] {
+			found = append(found, typ+"/"+id)
+		}
+	}
+	for _, w := range writes {
+		if w.typ != typ {
+			continue
+		}
+		if w.entries == nil {
+			w.m["id"] = w.id
+			w.entries = s.reg.Extract(w.typ, w.m)
+		}
+		if q.Compartment != "" && !s.reg.InCompartment(w.typ, w.id, w.entries, q.Compartment) {
+			continue
+		}
+		ok := true
+		for i := range q.Clauses {
+			if !search.Matches(&q.Clauses[i], w.entries) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			found = append(found, typ+"/"+w.id)
+		}
+	}
+	if len(found) != 1 {
+		sort.Strings(found)
+		return "", errs.E("fhir.transaction", errs.Precondition,
+			fmt.Sprintf("conditional reference %q matched %d resources; it must match exactly one (FHIR R4 http.html#trules)", ref, len(found)))
+	}
+	return found[0], nil
+}
+
+// decodeBody reads the id and resourceType of an entry's resource.
+func decodeBody(raw []byte) bodyInfo {
+	var b bodyInfo
+	_ = json.Unmarshal(raw, &b)
+	return b
+}
