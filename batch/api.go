@@ -239,7 +239,8 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in CreateRequest
-	if err := httpapi.DecodeJSON(r, a.maxBody, &in); err != nil {
+	fields, err := httpapi.DecodeJSONFields(r, a.maxBody, &in)
+	if err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
@@ -254,8 +255,15 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	base := normalizeBase(srv.FHIREndpoint)
-	fields := map[string]string{}
-	first := checkRequest(&in, base, fields)
+	// The body's own problems (unknown fields, wrong types) stand; the
+	// checks below add theirs for the other fields.
+	checked := map[string]string{}
+	first := checkRequest(&in, base, checked)
+	for f, msg := range checked {
+		if _, ok := fields[f]; !ok && !coveredBy(fields, f) {
+			fields[f] = msg
+		}
+	}
 	rec := &record{
 		ServerID: pid, Status: Starting, TaskID: in.TaskID,
 		SourceBase: base, SourceName: srv.Name, SourceOrganizationID: srv.OrganizationID,
@@ -339,6 +347,18 @@ func (r *Runner) create(ctx context.Context, rec *record) error {
 		tx.AfterCommit(func() { r.enqueue(rec.ID) })
 		return putJob(tx, rec, now)
 	})
+}
+
+// coveredBy reports whether a problem of field f (like
+// "sourcePayer.patientId") follows from one already reported for the
+// object that holds it ("sourcePayer" of the wrong type).
+func coveredBy(fields map[string]string, f string) bool {
+	for i := strings.LastIndexByte(f, '.'); i > 0; i = strings.LastIndexByte(f[:i], '.') {
+		if _, ok := fields[f[:i]]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // normalizeBase is the form of a fhirEndpoint jobs use: no trailing slash,

@@ -70,6 +70,11 @@ func TestCreateReportsEveryBadField(t *testing.T) {
 		{"not an add-payer Task", set("taskId", "not-add-payer"), []string{"taskId"}},
 		{"unknown field", map[string]any{"sourcePayer": ok()["sourcePayer"], "targetPayer": ok()["targetPayer"], "extra": 1}, []string{"extra"}},
 		{"wrong type", map[string]any{"sourcePayer": "x", "targetPayer": ok()["targetPayer"]}, []string{"sourcePayer"}},
+		{"body problems with value problems", map[string]any{
+			"sourcePayer": map[string]any{"oidcToken": 5, "fhirBundleRequest": "/fhir/Patient", "patientId": "p1", "colour": 1},
+			"targetPayer": map[string]any{"patientId": "nobody", "organizationId": "PAYRB"},
+			"extra":       true,
+		}, []string{"sourcePayer.oidcToken", "sourcePayer.colour", "sourcePayer.fhirBundleRequest", "targetPayer.patientId", "extra"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var e apiError

@@ -134,17 +134,21 @@ func (a *API) get(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) create(w http.ResponseWriter, r *http.Request) {
 	var in serverInput
-	if err := httpapi.DecodeJSON(r, a.maxBody, &in); err != nil {
+	fields, err := httpapi.DecodeJSONFields(r, a.maxBody, &in)
+	if err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
 	if in.PID != nil {
-		httpapi.WriteError(w, httpapi.Invalid(map[string]string{"pid": "is assigned by the server; leave it out"}))
-		return
+		fields["pid"] = "is assigned by the server; leave it out"
 	}
 	var s Server
 	in.apply(&s)
-	s, err := a.repo.Create(r.Context(), s)
+	if len(fields) > 0 {
+		a.writeProblems(w, r, fields, s, 0)
+		return
+	}
+	s, err = a.repo.Create(r.Context(), s)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -161,12 +165,22 @@ func (a *API) replace(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in serverInput
-	if err := httpapi.DecodeJSON(r, a.maxBody, &in); err != nil {
+	fields, err := httpapi.DecodeJSONFields(r, a.maxBody, &in)
+	if err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
 	if in.PID != nil && *in.PID != id {
-		httpapi.WriteError(w, httpapi.Invalid(map[string]string{"pid": fmt.Sprintf("must be %d, the pid in the URL, or left out", id)}))
+		fields["pid"] = fmt.Sprintf("must be %d, the pid in the URL, or left out", id)
+	}
+	if len(fields) > 0 {
+		cur, err := a.repo.Get(r.Context(), id)
+		if err != nil {
+			httpapi.WriteError(w, err)
+			return
+		}
+		in.apply(&cur)
+		a.writeProblems(w, r, fields, cur, id)
 		return
 	}
 	s, err := a.repo.Update(r.Context(), id, func(s *Server) error {
@@ -179,6 +193,23 @@ func (a *API) replace(w http.ResponseWriter, r *http.Request) {
 	}
 	a.logger.Info("oidc server replaced", "pid", s.PID, "issuer", s.Issuer, "secretChanged", in.ClientSecret != nil, "role", role(r))
 	httpapi.WriteJSON(w, http.StatusOK, view(s))
+}
+
+// writeProblems answers a request whose body had problems of its own
+// (fields) with those and every problem of the definition s it would make
+// (Repository.Problems), in one 400.
+func (a *API) writeProblems(w http.ResponseWriter, r *http.Request, fields map[string]string, s Server, self int64) {
+	issues, err := a.repo.Problems(r.Context(), s, self)
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	for _, is := range issues {
+		if _, ok := fields[is.Path]; !ok {
+			fields[is.Path] = is.Message
+		}
+	}
+	httpapi.WriteError(w, httpapi.Invalid(fields))
 }
 
 func (a *API) delete(w http.ResponseWriter, r *http.Request) {

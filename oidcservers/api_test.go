@@ -416,6 +416,51 @@ func TestAPIValidationErrors(t *testing.T) {
 	}
 }
 
+// TestAPIEveryProblemAtOnce: a body with problems of every kind (unknown
+// field, wrong JSON type, pid, missing and invalid values, an issuer
+// already registered) is answered with all of them in one 400, on POST and
+// PUT, and nothing is stored.
+func TestAPIEveryProblemAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newAPIEnv(t, envConfig{key: newKey(t), tokens: []string{adminToken}})
+	if r := e.do("POST", "/api/oidc_servers", adminToken, inputJSON(nil), ""); r.status != 201 {
+		t.Fatalf("POST: %d %s", r.status, r.body)
+	}
+	if r := e.do("POST", "/api/oidc_servers", adminToken, inputJSON(func(m map[string]any) { m["issuer"] = "https://b.example" }), ""); r.status != 201 {
+		t.Fatalf("POST: %d %s", r.status, r.body)
+	}
+	bad := inputJSON(func(m map[string]any) {
+		delete(m, "name")
+		m["client_secret"] = "x"                     // unknown
+		m["scopes"] = []string{"openid"}             // wrong type
+		m["tokenEndpoint"] = "ftp://x.example/token" // invalid
+		m["responseType"] = "password"               // invalid
+		m["pid"] = 9
+	})
+	want := []string{"name", "client_secret", "scopes", "tokenEndpoint", "responseType", "pid", "issuer"}
+	for _, c := range []struct{ method, path string }{{"POST", "/api/oidc_servers"}, {"PUT", "/api/oidc_servers/2"}} {
+		r := e.do(c.method, c.path, adminToken, bad, "")
+		code, fields := r.errorOf(t)
+		if r.status != 400 || code != "invalid" {
+			t.Errorf("%s: %d %s", c.method, r.status, r.body)
+		}
+		for _, f := range want {
+			if fields[f] == nil {
+				t.Errorf("%s: the answer does not name %s: %s", c.method, f, r.body)
+			}
+		}
+		if !strings.Contains(fmt.Sprint(fields["issuer"]), "already registered") {
+			t.Errorf("%s: issuer %v", c.method, fields["issuer"])
+		}
+	}
+	if r := e.do("GET", "/api/oidc_servers/2", "", "", ""); !strings.Contains(string(r.body), "https://b.example") {
+		t.Errorf("a refused PUT changed the definition: %s", r.body)
+	}
+	if r := e.do("GET", "/api/oidc_servers/3", "", "", ""); r.status != 404 {
+		t.Errorf("a refused POST stored a definition: %d", r.status)
+	}
+}
+
 func TestAPIAdminAuthOnEveryWriteRoute(t *testing.T) {
 	t.Parallel()
 	e := newAPIEnv(t, envConfig{key: newKey(t), tokens: []string{"other-admin-token-abcdef", adminToken}})

@@ -192,12 +192,9 @@ func (r *Repository) Create(ctx context.Context, s Server) (Server, error) {
 		return Server{}, err
 	}
 	s.Normalize()
-	if err := r.check(op, &s); err != nil {
-		return Server{}, err
-	}
 	err := r.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketName)
-		if err := uniqueIssuer(op, b, s.Issuer, 0); err != nil {
+		if err := r.checkAll(op, b, &s, 0); err != nil {
 			return err
 		}
 		seq, err := b.NextSequence()
@@ -241,10 +238,7 @@ func (r *Repository) Update(ctx context.Context, pid int64, change func(*Server)
 		}
 		s.PID = pid
 		s.Normalize()
-		if err := r.check(op, &s); err != nil {
-			return err
-		}
-		if err := uniqueIssuer(op, b, s.Issuer, pid); err != nil {
+		if err := r.checkAll(op, b, &s, pid); err != nil {
 			return err
 		}
 		out = s
@@ -299,6 +293,49 @@ func (r *Repository) check(op string, s *Server) error {
 		return errs.E(op, errs.Invalid, "the OIDC server definition has invalid fields", issues)
 	}
 	return nil
+}
+
+// Problems returns every problem s would be stored with, as the issues
+// Create and Update report: its fields (Validate), a client secret with no
+// secret key to seal it, and an issuer another definition than self (0
+// for none) has. It writes nothing; the API uses it to report a request's
+// problems all at once.
+func (r *Repository) Problems(ctx context.Context, s Server, self int64) ([]errs.Issue, error) {
+	const op = "oidcservers.problems"
+	s.Normalize()
+	var issues []errs.Issue
+	err := r.db.View(func(tx *bbolt.Tx) error {
+		err := r.checkAll(op, tx.Bucket(bucketName), &s, self)
+		if k := errs.KindOf(err); k == errs.Invalid || k == errs.Conflict {
+			_, issues = errs.Public(err)
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, errs.E(op, err)
+	}
+	return issues, ctx.Err()
+}
+
+// checkAll is check and uniqueIssuer together: when the fields are
+// invalid, a taken issuer is one more of the problems reported (400);
+// alone it is a Conflict (409).
+func (r *Repository) checkAll(op string, b *bbolt.Bucket, s *Server, self int64) error {
+	err := r.check(op, s)
+	var dup error
+	if s.Issuer != "" {
+		dup = uniqueIssuer(op, b, s.Issuer, self)
+	}
+	switch {
+	case err == nil || (dup != nil && errs.KindOf(dup) != errs.Conflict):
+		return dup
+	case dup == nil:
+		return err
+	}
+	_, issues := errs.Public(err)
+	_, more := errs.Public(dup)
+	return errs.E(op, errs.Invalid, "the OIDC server definition has invalid fields", append(issues, more...))
 }
 
 // uniqueIssuer fails if another definition than self has the same issuer.

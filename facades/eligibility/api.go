@@ -207,23 +207,23 @@ func (s *Service) connect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in connectInput
-	if err := httpapi.DecodeJSON(r, httpapi.DefaultMaxBody, &in); err != nil {
+	fields, err := httpapi.DecodeJSONFields(r, httpapi.DefaultMaxBody, &in)
+	if err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
-	fields := map[string]string{}
-	if strings.TrimSpace(in.WebsiteID) == "" {
-		fields["websiteId"] = "required: the payer portal's website id (see the vendor's payers query)"
+	// A field the body had of the wrong type is reported as such, once.
+	need := func(field, msg string, missing bool) {
+		_, bad := fields[field]
+		_, badParent := fields[strings.Split(field, ".")[0]]
+		if missing && !bad && !badParent {
+			fields[field] = msg
+		}
 	}
-	if !npiRE.MatchString(in.Provider.NPI) {
-		fields["provider.npi"] = "required: a 10-digit NPI"
-	}
-	if in.Credentials == nil || in.Credentials.Username == "" {
-		fields["credentials.username"] = "required"
-	}
-	if in.Credentials == nil || in.Credentials.Password == "" {
-		fields["credentials.password"] = "required"
-	}
+	need("websiteId", "required: the payer portal's website id (see the vendor's payers query)", strings.TrimSpace(in.WebsiteID) == "")
+	need("provider.npi", "required: a 10-digit NPI", !npiRE.MatchString(in.Provider.NPI))
+	need("credentials.username", "required", in.Credentials == nil || in.Credentials.Username == "")
+	need("credentials.password", "required", in.Credentials == nil || in.Credentials.Password == "")
 	if len(fields) > 0 {
 		httpapi.WriteError(w, httpapi.Invalid(fields))
 		return
@@ -373,12 +373,16 @@ func (s *Service) addProvider(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in providerIn
-	if err := httpapi.DecodeJSON(r, httpapi.DefaultMaxBody, &in); err != nil {
+	fields, err := httpapi.DecodeJSONFields(r, httpapi.DefaultMaxBody, &in)
+	if err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
-	if !npiRE.MatchString(in.NPI) {
-		httpapi.WriteError(w, httpapi.Invalid(map[string]string{"npi": "required: a 10-digit NPI"}))
+	if _, bad := fields["npi"]; !bad && !npiRE.MatchString(in.NPI) {
+		fields["npi"] = "required: a 10-digit NPI"
+	}
+	if len(fields) > 0 {
+		httpapi.WriteError(w, httpapi.Invalid(fields))
 		return
 	}
 	id := chi.URLParam(r, "id")
@@ -417,12 +421,16 @@ func (s *Service) connectionConfirm2FA(w http.ResponseWriter, r *http.Request) {
 	var in struct {
 		Code string `json:"code"`
 	}
-	if err := httpapi.DecodeJSON(r, httpapi.DefaultMaxBody, &in); err != nil {
+	fields, err := httpapi.DecodeJSONFields(r, httpapi.DefaultMaxBody, &in)
+	if err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
-	if strings.TrimSpace(in.Code) == "" {
-		httpapi.WriteError(w, httpapi.Invalid(map[string]string{"code": "required: the 2FA code"}))
+	if _, bad := fields["code"]; !bad && strings.TrimSpace(in.Code) == "" {
+		fields["code"] = "required: the 2FA code"
+	}
+	if len(fields) > 0 {
+		httpapi.WriteError(w, httpapi.Invalid(fields))
 		return
 	}
 	id := chi.URLParam(r, "id")

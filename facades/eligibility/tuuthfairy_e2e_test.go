@@ -121,6 +121,23 @@ func TestTuuthfairyConnectionsAdminAPI(t *testing.T) {
 		!strings.Contains(string(r.Body), "provider.npi") || !strings.Contains(string(r.Body), "credentials.password") {
 		t.Fatalf("bad connect: %d %s", r.Status, r.Body)
 	}
+	// Wrong types and unknown fields are named with the missing values, in one answer.
+	r = e.admin("POST", "/api/eligibility/connections", map[string]any{"websiteId": 7, "provider": map[string]any{"npi": 1234567893},
+		"credentials": map[string]any{"username": "u"}, "colour": "red"})
+	var bad struct {
+		Error struct{ Fields map[string]string } `json:"error"`
+	}
+	_ = json.Unmarshal(r.Body, &bad)
+	for f, want := range map[string]string{"websiteId": "must be a string", "provider.npi": "must be a string",
+		"credentials.password": "required", "colour": "unknown field"} {
+		if r.Status != http.StatusBadRequest || bad.Error.Fields[f] != want {
+			t.Errorf("field %s: %q, want %q (%d %s)", f, bad.Error.Fields[f], want, r.Status, r.Body)
+		}
+	}
+	if r := e.admin("POST", "/api/eligibility/connections/"+id+"/providers", map[string]any{"npi": 1999999984, "x": 1}); r.Status != http.StatusBadRequest ||
+		!strings.Contains(string(r.Body), `"npi"`) || !strings.Contains(string(r.Body), `"x"`) {
+		t.Errorf("bad add provider: %d %s", r.Status, r.Body)
+	}
 	if r := e.admin("POST", "/api/eligibility/connections", map[string]any{"websiteId": "nowhere.example", "provider": map[string]any{"npi": tfNPI},
 		"credentials": map[string]any{"username": "u", "password": "p"}}); r.Status != http.StatusUnprocessableEntity || !strings.Contains(string(r.Body), "websiteId") {
 		t.Fatalf("unknown website: %d %s", r.Status, r.Body)

@@ -2,12 +2,15 @@ package httpapi
 
 import (
 	"bytes"
+	"encoding"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 )
 
@@ -20,44 +23,254 @@ const DefaultMaxBody = 1 << 20
 //
 //   - the Content-Type must be application/json (or a +json type): else 415;
 //   - the body may be at most maxBytes long: else 413;
-//   - unknown fields are refused with 400 naming the field;
-//   - malformed JSON, a wrong type, an empty body, a bare null, or anything
-//     after the first JSON value are refused with 400.
+//   - unknown fields and values of the wrong JSON type are refused with 400,
+//     every one of them named in Fields at once;
+//   - malformed JSON, an empty body, a bare null, a body that is not of
+//     dst's JSON kind, or anything after the first JSON value are refused
+//     with 400.
 //
-// The returned error is always an *Error, ready for WriteError.
+// The returned error is always an *Error, ready for WriteError. Handlers
+// that validate the values further use DecodeJSONFields, so that the
+// client hears of every problem in one answer.
 func DecodeJSON(r *http.Request, maxBytes int64, dst any) error {
+	fields, err := DecodeJSONFields(r, maxBytes, dst)
+	if err != nil {
+		return err
+	}
+	if len(fields) > 0 {
+		return fieldsError(fields)
+	}
+	return nil
+}
+
+// DecodeJSONFields is DecodeJSON for handlers that check the values too:
+// the problems of single fields (unknown fields, wrong JSON types) come
+// back as fields (JSON path -> what is wrong), all of them, with dst
+// holding every field that could be decoded, so that the handler can add
+// its own checks' problems and answer them together (Invalid). err, an
+// *Error, is for a body that cannot be read as a whole.
+func DecodeJSONFields(r *http.Request, maxBytes int64, dst any) (fields map[string]string, err error) {
 	ct := r.Header.Get("Content-Type")
-	mt, _, err := mime.ParseMediaType(ct)
-	if ct == "" || err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-		return Errorf(http.StatusUnsupportedMediaType, CodeUnsupportedMediaType, "Content-Type must be application/json")
+	mt, _, perr := mime.ParseMediaType(ct)
+	if ct == "" || perr != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+		return nil, Errorf(http.StatusUnsupportedMediaType, CodeUnsupportedMediaType, "Content-Type must be application/json")
 	}
 	if r.ContentLength > maxBytes {
-		return tooLarge(maxBytes)
+		return nil, tooLarge(maxBytes)
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxBytes+1))
-	if err != nil {
-		return Errorf(http.StatusBadRequest, CodeInvalid, "could not read the request body")
+	body, rerr := io.ReadAll(io.LimitReader(r.Body, maxBytes+1))
+	if rerr != nil {
+		return nil, Errorf(http.StatusBadRequest, CodeInvalid, "could not read the request body")
 	}
 	if int64(len(body)) > maxBytes {
-		return tooLarge(maxBytes)
+		return nil, tooLarge(maxBytes)
 	}
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
-		return Errorf(http.StatusBadRequest, CodeInvalid, "request body is empty")
+		return nil, Errorf(http.StatusBadRequest, CodeInvalid, "request body is empty")
 	}
 	if bytes.Equal(trimmed, []byte("null")) {
-		return Errorf(http.StatusBadRequest, CodeInvalid, "request body must be a JSON object, not null")
+		return nil, Errorf(http.StatusBadRequest, CodeInvalid, "request body must be a JSON object, not null")
 	}
 
+	// First the JSON as such, then each value against dst's type, so
+	// that every bad field is found, not only the first.
 	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
-		return decodeError(err, reflect.TypeOf(dst))
+	dec.UseNumber()
+	var tree any
+	if err := dec.Decode(&tree); err != nil {
+		return nil, decodeError(err, reflect.TypeOf(dst))
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Errorf(http.StatusBadRequest, CodeInvalid, "request body has data after the JSON value")
+		return nil, Errorf(http.StatusBadRequest, CodeInvalid, "request body has data after the JSON value")
 	}
-	return nil
+	t := reflect.TypeOf(dst)
+	if t == nil || t.Kind() != reflect.Pointer {
+		return nil, Errorf(http.StatusInternalServerError, CodeInternal, internalMessage)
+	}
+	fields = map[string]string{}
+	if !checkValue(t.Elem(), tree, "", fields) {
+		if msg, ok := fields[""]; ok {
+			return nil, Errorf(http.StatusBadRequest, CodeInvalid, "request body %s", msg)
+		}
+	}
+	clean, err := json.Marshal(tree)
+	if err == nil {
+		err = json.Unmarshal(clean, dst)
+	}
+	if err != nil {
+		return nil, decodeError(err, t)
+	}
+	return fields, nil
+}
+
+// fieldsError is the 400 answer for fields that could not be decoded.
+func fieldsError(fields map[string]string) *Error {
+	if len(fields) == 1 {
+		for f, msg := range fields {
+			if msg == "unknown field" {
+				return &Error{Status: http.StatusBadRequest, Code: CodeInvalid, Message: fmt.Sprintf("unknown field %q", f), Fields: fields}
+			}
+			return &Error{Status: http.StatusBadRequest, Code: CodeInvalid, Message: fmt.Sprintf("field %q has the wrong type", f), Fields: fields}
+		}
+	}
+	return Invalid(fields)
+}
+
+var (
+	jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
+
+// checkValue reports whether v (decoded with UseNumber) can be decoded
+// into a value of type t by encoding/json. Problems go into fields under
+// their JSON path; a bad member of an object is removed from it, so that
+// what remains decodes. The whole value is bad (false) only when it is
+// not of t's JSON kind; the caller then drops it.
+func checkValue(t reflect.Type, v any, path string, fields map[string]string) bool {
+	if v == nil {
+		return true // null leaves the field as it is
+	}
+	if t.Implements(jsonUnmarshaler) || reflect.PointerTo(t).Implements(jsonUnmarshaler) {
+		return true // the type decides; a failure is reported by the decode
+	}
+	if t.Implements(textUnmarshaler) || reflect.PointerTo(t).Implements(textUnmarshaler) {
+		return expect(t, v, path, fields, isString(v))
+	}
+	switch t.Kind() {
+	case reflect.Pointer:
+		return checkValue(t.Elem(), v, path, fields)
+	case reflect.Interface:
+		return true
+	case reflect.String:
+		return expect(t, v, path, fields, isString(v))
+	case reflect.Bool:
+		_, ok := v.(bool)
+		return expect(t, v, path, fields, ok)
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		n, ok := v.(json.Number)
+		if ok {
+			_, err := strconv.ParseInt(string(n), 10, t.Bits())
+			ok = err == nil
+		}
+		return expect(t, v, path, fields, ok)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n, ok := v.(json.Number)
+		if ok {
+			_, err := strconv.ParseUint(string(n), 10, t.Bits())
+			ok = err == nil
+		}
+		return expect(t, v, path, fields, ok)
+	case reflect.Float32, reflect.Float64:
+		_, ok := v.(json.Number)
+		return expect(t, v, path, fields, ok)
+	case reflect.Slice, reflect.Array:
+		if t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Uint8 {
+			return expect(t, v, path, fields, isString(v)) // base64
+		}
+		list, ok := v.([]any)
+		if !expect(t, v, path, fields, ok) {
+			return false
+		}
+		good := true
+		for i, e := range list {
+			good = checkValue(t.Elem(), e, fmt.Sprintf("%s[%d]", path, i), fields) && good
+		}
+		return good
+	case reflect.Map:
+		obj, ok := v.(map[string]any)
+		if !expect(t, v, path, fields, ok) {
+			return false
+		}
+		for k, e := range obj {
+			if !checkValue(t.Elem(), e, join(path, k), fields) {
+				delete(obj, k)
+			}
+		}
+		return true
+	case reflect.Struct:
+		obj, ok := v.(map[string]any)
+		if !expect(t, v, path, fields, ok) {
+			return false
+		}
+		known := jsonFields(t)
+		for k, e := range obj {
+			ft, ok := known[k]
+			if !ok {
+				for name, typ := range known {
+					if strings.EqualFold(name, k) {
+						ft, ok = typ, true
+						break
+					}
+				}
+			}
+			switch {
+			case !ok:
+				fields[join(path, k)] = "unknown field"
+				delete(obj, k)
+			case !checkValue(ft, e, join(path, k), fields):
+				delete(obj, k)
+			}
+		}
+		return true
+	}
+	return true
+}
+
+// expect records that the value at path is not what t takes, unless ok.
+func expect(t reflect.Type, _ any, path string, fields map[string]string, ok bool) bool {
+	if !ok {
+		if path == "" {
+			fields[""] = "must be a JSON " + jsonKind(t)
+		} else {
+			fields[path] = "must be " + article(jsonKind(t))
+		}
+	}
+	return ok
+}
+
+func isString(v any) bool { _, ok := v.(string); return ok }
+
+func join(path, name string) string {
+	if path == "" {
+		return name
+	}
+	return path + "." + name
+}
+
+// jsonFields maps the JSON names of struct t's fields, as encoding/json
+// sees them (embedded structs' fields promoted, the shallowest field of a
+// name winning), to their types.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	depth := map[string]int{}
+	for _, f := range reflect.VisibleFields(t) {
+		tag := f.Tag.Get("json")
+		if tag == "-" {
+			continue
+		}
+		name, _, _ := strings.Cut(tag, ",")
+		if f.Anonymous && name == "" {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				continue // its fields are promoted
+			}
+		}
+		if !f.IsExported() && !f.Anonymous {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		if d, ok := depth[name]; ok && d <= len(f.Index) {
+			continue
+		}
+		out[name], depth[name] = f.Type, len(f.Index)
+	}
+	return out
 }
 
 func tooLarge(maxBytes int64) *Error {
@@ -80,7 +293,7 @@ func decodeError(err error, dst reflect.Type) *Error {
 		}
 		field := jsonPath(dst, typ.Field)
 		e := Errorf(http.StatusBadRequest, CodeInvalid, "field %q has the wrong type", field)
-		e.Fields = map[string]string{field: "must be a " + jsonKind(typ.Type)}
+		e.Fields = map[string]string{field: "must be " + article(jsonKind(typ.Type))}
 		return e
 	}
 	// encoding/json reports unknown fields only as text: `json: unknown field "x"`.
@@ -124,6 +337,14 @@ func fieldType(t reflect.Type, name string) reflect.Type {
 		}
 	}
 	return nil
+}
+
+// article puts "a" or "an" before a kind.
+func article(kind string) string {
+	if strings.IndexByte("aeiou", kind[0]) >= 0 {
+		return "an " + kind
+	}
+	return "a " + kind
 }
 
 // jsonKind names a Go type the way a JSON client thinks of it.

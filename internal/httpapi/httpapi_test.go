@@ -177,6 +177,62 @@ func TestDecodeJSONEmbeddedFieldPath(t *testing.T) {
 	}
 }
 
+// TestDecodeJSONFieldsReportsEveryProblem: unknown fields and wrong types
+// anywhere in the body are all named in one answer, and the fields that
+// are fine are decoded, so the handler can add its own checks' problems.
+func TestDecodeJSONFieldsReportsEveryProblem(t *testing.T) {
+	t.Parallel()
+	type inner struct {
+		Count int      `json:"count"`
+		Tags  []string `json:"tags"`
+	}
+	type payload struct {
+		Name   string           `json:"name"`
+		Age    uint8            `json:"age"`
+		Flag   bool             `json:"flag"`
+		Nested *inner           `json:"nested"`
+		Labels map[string]int   `json:"labels"`
+		Any    any              `json:"any"`
+		Raw    json.RawMessage  `json:"raw"`
+		List   []inner          `json:"list"`
+		Keep   string           `json:"keep"`
+		Extra  map[string]inner `json:"extra"`
+	}
+	body := `{"name":3,"age":300,"flag":"yes","colour":"red","nested":{"count":"x","tags":["a",2],"deep":1},
+		"labels":{"a":1,"b":"two"},"any":[1,"x"],"raw":{"whatever":true},"list":[{"count":1},{"count":false}],
+		"Keep":"kept","extra":{"k":{"count":2}}}`
+	req := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	var dst payload
+	fields, err := DecodeJSONFields(req, 1<<20, &dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"name": "must be a string", "age": "must be an integer", "flag": "must be a boolean", "colour": "unknown field",
+		"nested.count": "must be an integer", "nested.tags[1]": "must be a string", "nested.deep": "unknown field",
+		"labels.b": "must be an integer", "list[1].count": "must be an integer",
+	}
+	for f, msg := range want {
+		if fields[f] != msg {
+			t.Errorf("field %s: %q, want %q", f, fields[f], msg)
+		}
+	}
+	if len(fields) != len(want) {
+		t.Errorf("fields %v, want exactly %v", fields, want)
+	}
+	if dst.Keep != "kept" || dst.Labels["a"] != 1 || string(dst.Raw) != `{"whatever":true}` || dst.Extra["k"].Count != 2 || dst.Any == nil {
+		t.Errorf("the good fields were not decoded: %+v", dst)
+	}
+	// DecodeJSON answers them in one 400.
+	req = httptest.NewRequest(http.MethodPost, "/", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	var e *Error
+	if err := DecodeJSON(req, 1<<20, &payload{}); !errors.As(err, &e) || e.Status != 400 || len(e.Fields) != len(want) {
+		t.Errorf("DecodeJSON: %v", err)
+	}
+}
+
 func TestDecodeJSONDeclaredLengthTooLarge(t *testing.T) {
 	t.Parallel()
 	req := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{}`))
