@@ -9,12 +9,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"mime"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/search"
@@ -37,13 +40,45 @@ const (
 	TagMemberMatch = "member-match"
 )
 
+// The HRex versions whose $member-match output profile
+// (StructureDefinition hrex-parameters-member-match-out) the answer can
+// follow.
+const (
+	// HRex100 is HRex STU1 (1.0.0), the version the Da Vinci PDex 2.0.0
+	// payer-server tests validate against: one parameter, MemberIdentifier
+	// (slicing closed), its type v2-0203 MB.
+	HRex100 = "1.0.0"
+	// HRex110 is HRex STU 1.1 (1.1.0, FHIR-42810 and FHIR-44933):
+	// MemberIdentifier typed hrex-temp UMB, and MemberId, a RESTful
+	// reference to the member's Patient.
+	HRex110 = "1.1.0"
+)
+
+// HRexTempSystem is the HRex temporary code system (1.1.0 and later),
+// which holds the UMB identifier type.
+const HRexTempSystem = "http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp"
+
 // MemberMatchConfig sets up a MemberMatch.
 type MemberMatchConfig struct {
 	// MaxBody is the largest request accepted, in bytes; default 1 MiB.
 	MaxBody int64
 	Logger  *slog.Logger
-	// Now is the clock for consent periods; default time.Now.
+	// Now is the clock for consent and identifier periods; default
+	// time.Now.
 	Now func() time.Time
+	// HRexVersion is the HRex version whose output profile the answer
+	// follows: HRex100 (the default, "") or HRex110.
+	HRexVersion string
+	// MemberIdentifierSystem is the identifier system of this payer's
+	// member ids (the -member-identifier-system setting): its identifiers
+	// are the MemberIdentifier's next choice after typed member numbers,
+	// and a member with no identifier that finds it gets one under it.
+	// Empty: "<FHIR base>/Patient", the value then being the Patient's id.
+	MemberIdentifierSystem string
+	// SourcePayerSystem is the system under which the member's ids at
+	// other payers are added to the member here (-mdm-identifier-system):
+	// those are never answered as this payer's MemberIdentifier.
+	SourcePayerSystem string
 }
 
 // MemberMatch serves Patient/$member-match (Da Vinci HRex, as PDex uses it
@@ -51,7 +86,9 @@ type MemberMatchConfig struct {
 // (MemberPatient), the coverage the member had here (CoverageToMatch), its
 // own coverage (CoverageToLink) and the member's consent (Consent); if
 // exactly one member here matches, the answer is that member's identifier
-// and the Consent is stored for $everything to honour.
+// (one that Patient?identifier=<value> finds the member by: see
+// memberIdentifier; shaped by the HRex output profile: see Answer) and the
+// Consent is stored for $everything to honour.
 //
 // Matching is deterministic, as HRex asks: a member matches when
 //
@@ -78,8 +115,15 @@ type MemberMatch struct {
 }
 
 // NewMemberMatch builds the operation over the FHIR server s. Call
-// Register to offer it.
-func NewMemberMatch(s *fhir.Server, cfg MemberMatchConfig) *MemberMatch {
+// Register to offer it. It fails on an HRex version it does not know.
+func NewMemberMatch(s *fhir.Server, cfg MemberMatchConfig) (*MemberMatch, error) {
+	switch cfg.HRexVersion {
+	case "":
+		cfg.HRexVersion = HRex100
+	case HRex100, HRex110:
+	default:
+		return nil, fmt.Errorf("mdm: HRex version %q: the $member-match answer follows %s or %s", cfg.HRexVersion, HRex100, HRex110)
+	}
 	if cfg.MaxBody == 0 {
 		cfg.MaxBody = 1 << 20
 	}
@@ -89,7 +133,7 @@ func NewMemberMatch(s *fhir.Server, cfg MemberMatchConfig) *MemberMatch {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &MemberMatch{s: s, st: s.Store(), reg: s.Store().Registry(), cfg: cfg, log: cfg.Logger}
+	return &MemberMatch{s: s, st: s.Store(), reg: s.Store().Registry(), cfg: cfg, log: cfg.Logger}, nil
 }
 
 // Register adds POST Patient/$member-match to the server (and so to its
@@ -115,6 +159,9 @@ type Matched struct {
 	PatientID  string
 	Identifier map[string]any // the MemberIdentifier (an Identifier)
 	ConsentID  string         // the stored Consent
+	// Added is true when the match gave the member the identifier it
+	// answers with (see MemberMatch.memberIdentifier).
+	Added bool
 }
 
 func (m *MemberMatch) serve(w http.ResponseWriter, r *http.Request) {
@@ -151,21 +198,37 @@ func (m *MemberMatch) serve(w http.ResponseWriter, r *http.Request) {
 		fhir.WriteError(w, r, err)
 		return
 	}
-	m.log.InfoContext(r.Context(), "member-match: matched", "patient", res.PatientID, "consent", res.ConsentID, "by", source)
-	out := map[string]any{
-		"resourceType": "Parameters",
-		"parameter": []any{
-			map[string]any{"name": "MemberIdentifier", "valueIdentifier": res.Identifier},
-			map[string]any{"name": "MemberId", "valueReference": map[string]any{"reference": "Patient/" + res.PatientID}},
-		},
-	}
-	b, err := json.Marshal(out)
+	m.log.InfoContext(r.Context(), "member-match: matched", "patient", res.PatientID, "consent", res.ConsentID, "by", source, "identifier_added", res.Added)
+	b, err := json.Marshal(m.Answer(res))
 	if err != nil {
 		fhir.WriteError(w, r, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/fhir+json; charset=utf-8")
 	_, _ = w.Write(b)
+}
+
+// Answer is the Parameters $member-match answers for a match, per the
+// output profile (hrex-parameters-member-match-out) of the configured HRex
+// version: under 1.0.0 the MemberIdentifier alone, typed v2-0203 MB (the
+// profile's slicing is closed, with one parameter at most); under 1.1.0
+// the MemberIdentifier typed hrex-temp UMB and MemberId, the reference
+// Patient/<id>.
+func (m *MemberMatch) Answer(res *Matched) map[string]any {
+	ident := maps.Clone(res.Identifier)
+	params := []any{map[string]any{"name": "MemberIdentifier", "valueIdentifier": ident}}
+	switch m.cfg.HRexVersion {
+	case HRex110:
+		ident["type"] = map[string]any{"coding": []any{map[string]any{
+			"system": HRexTempSystem, "code": "UMB", "display": "Unique Product-independent Payer Person Identifier",
+		}}}
+		params = append(params, map[string]any{"name": "MemberId", "valueReference": map[string]any{"reference": "Patient/" + res.PatientID}})
+	default:
+		ident["type"] = map[string]any{"coding": []any{map[string]any{
+			"system": V2IdentifierTypeSystem, "code": "MB", "display": "Member Number",
+		}}}
+	}
+	return map[string]any{"resourceType": "Parameters", "parameter": params}
 }
 
 func (m *MemberMatch) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
@@ -304,7 +367,11 @@ func (m *MemberMatch) Match(ctx context.Context, req *MatchRequest, source strin
 		if err != nil {
 			return err
 		}
-		res = &Matched{PatientID: ids[0], Identifier: m.memberIdentifier(ids[0], pm), ConsentID: consentID}
+		ident, added, err := m.memberIdentifier(tx, patient, pm)
+		if err != nil {
+			return err
+		}
+		res = &Matched{PatientID: ids[0], Identifier: ident, ConsentID: consentID, Added: added}
 		return nil
 	})
 	if err != nil {
@@ -489,34 +556,156 @@ func familyNames(p map[string]any) []string {
 	return out
 }
 
-// memberIdentifierType is the type HRex requires of MemberIdentifier.
-var memberIdentifierType = map[string]any{"coding": []any{map[string]any{
-	"system": V2IdentifierTypeSystem, "code": "MB", "display": "Member Number",
-}}}
-
-// memberIdentifier is the identifier this payer knows the member by: the
-// Patient's Member Number (v2-0203 MB), else its CARIN BB unique member
-// id, else the Patient's logical id under the FHIR base URL (the
-// MemberId reference in the answer names the Patient either way).
-func (m *MemberMatch) memberIdentifier(id string, patient map[string]any) map[string]any {
-	for _, want := range []PatientIdentifierType{PatientIdentifierTypes[1], PatientIdentifierTypes[0]} {
-		list, _ := patient["identifier"].([]any)
-		for _, raw := range list {
-			i, _ := raw.(map[string]any)
-			v, _ := i["value"].(string)
-			if v != "" && hasCoding(i["type"], want.System, want.Code) {
-				out := map[string]any{"type": memberIdentifierType, "value": v}
-				if s, _ := i["system"].(string); s != "" {
-					out["system"] = s
-				}
-				if a, ok := i["assigner"]; ok {
-					out["assigner"] = a
-				}
-				return out
-			}
+// memberIdentifier chooses the identifier $member-match answers with. The
+// requester's next step is Patient?identifier=<value>, the value alone
+// (the PDex payer-server suite does exactly that), so the answer must be
+// an identifier that search finds the member by, and only the member:
+//
+//  1. the candidates are the Patient's identifiers with a value, leaving
+//     out those no longer in use (use "old", or a period that has ended)
+//     and those naming the member at another payer (SourcePayerSystem);
+//  2. they are tried in this order, each rank in the Patient's order: a
+//     Member Number (v2-0203 MB); a unique member id (hrex-temp UMB,
+//     CARIN BB um); one under MemberIdentifierSystem; any other;
+//  3. the first whose value, searched as Patient?identifier=<value>,
+//     finds this Patient and no other is the answer; a value that search
+//     reads otherwise (a "|" or "," in it, one shared with another
+//     Patient, one the index cannot find) is passed over;
+//  4. when none is found so, the member gets one: type MB, system
+//     MemberIdentifierSystem (default <FHIR base>/Patient), value the
+//     Patient's id (a new uuid when another Patient has that value), added
+//     to the Patient in the match's transaction, so the same member
+//     matched again answers with it. added is then true.
+//
+// The answer copies the identifier's system, value and assigner; Answer
+// sets the type the HRex profile fixes.
+func (m *MemberMatch) memberIdentifier(tx *store.Tx, patient *store.Version, pm map[string]any) (ident map[string]any, added bool, err error) {
+	const op = "mdm.member-match"
+	list, _ := pm["identifier"].([]any)
+	type candidate struct {
+		rank int
+		id   map[string]any
+	}
+	var cands []candidate
+	for _, raw := range list {
+		i, _ := raw.(map[string]any)
+		v, _ := i["value"].(string)
+		sys, _ := i["system"].(string)
+		if v == "" || i["use"] == "old" || m.ended(i["period"]) || (m.cfg.SourcePayerSystem != "" && sys == m.cfg.SourcePayerSystem) {
+			continue
+		}
+		rank := 3
+		switch {
+		case hasCoding(i["type"], V2IdentifierTypeSystem, "MB"):
+			rank = 0
+		case hasCoding(i["type"], HRexTempSystem, "UMB"), hasCoding(i["type"], C4BBIdentifierTypeSystem, "um"):
+			rank = 1
+		case m.cfg.MemberIdentifierSystem != "" && sys == m.cfg.MemberIdentifierSystem:
+			rank = 2
+		}
+		cands = append(cands, candidate{rank, i})
+	}
+	slices.SortStableFunc(cands, func(a, b candidate) int { return a.rank - b.rank })
+	for _, c := range cands {
+		v, _ := c.id["value"].(string)
+		only, err := m.findsOnly(tx, v, patient.ID)
+		if err != nil {
+			return nil, false, err
+		}
+		if only {
+			return answerIdentifier(c.id), false, nil
 		}
 	}
-	return map[string]any{"type": memberIdentifierType, "system": m.s.BaseURL() + "/Patient", "value": id}
+
+	// None: give the member one.
+	sys := m.cfg.MemberIdentifierSystem
+	if sys == "" {
+		sys = m.s.BaseURL() + "/Patient"
+	}
+	value := patient.ID
+	if found, err := m.find(tx, value); err != nil {
+		return nil, false, err
+	} else if len(found) > 0 {
+		value = uuid.NewString()
+	}
+	newID := map[string]any{
+		"use":    "usual",
+		"type":   map[string]any{"coding": []any{map[string]any{"system": V2IdentifierTypeSystem, "code": "MB", "display": "Member Number"}}},
+		"system": sys,
+		"value":  value,
+	}
+	// The identifiers there are kept as they were written.
+	var kept struct {
+		Identifier []json.RawMessage `json:"identifier"`
+	}
+	if err := json.Unmarshal(patient.JSON, &kept); err != nil {
+		return nil, false, err
+	}
+	raw, err := json.Marshal(newID)
+	if err != nil {
+		return nil, false, err
+	}
+	doc := &store.Doc{Type: "Patient", ID: patient.ID, Map: pm, JSON: patient.JSON}
+	if err := doc.Set("identifier", append(kept.Identifier, raw)); err != nil {
+		return nil, false, err
+	}
+	if _, err := tx.Put(doc, store.PutOptions{IfMatch: patient.VersionID}); err != nil {
+		return nil, false, err
+	}
+	if only, err := m.findsOnly(tx, value, patient.ID); err != nil {
+		return nil, false, err
+	} else if !only {
+		return nil, false, errs.E(op, errs.Internal, fmt.Sprintf("the member identifier %s|%s added to Patient/%s is not found by Patient?identifier=", sys, value, patient.ID))
+	}
+	return answerIdentifier(newID), true, nil
+}
+
+// answerIdentifier is the MemberIdentifier for one of the Patient's
+// identifiers: its system, value and assigner.
+func answerIdentifier(i map[string]any) map[string]any {
+	out := map[string]any{"value": i["value"]}
+	if s, _ := i["system"].(string); s != "" {
+		out["system"] = s
+	}
+	if a, ok := i["assigner"]; ok {
+		out["assigner"] = a
+	}
+	return out
+}
+
+// find returns the Patients that Patient?identifier=<value> finds, as a
+// client's search would; nil when the value does not parse as a search
+// (then no search finds anything by it).
+func (m *MemberMatch) find(tx *store.Tx, value string) ([]string, error) {
+	q, err := m.reg.Parse("Patient", url.Values{"identifier": {value}}, search.Options{Base: m.s.BaseURL()})
+	if err != nil {
+		if errs.KindOf(err) == errs.Invalid {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return tx.Search(q)
+}
+
+// findsOnly reports whether Patient?identifier=<value> finds Patient/id and
+// nothing else.
+func (m *MemberMatch) findsOnly(tx *store.Tx, value, id string) (bool, error) {
+	found, err := m.find(tx, value)
+	if err != nil {
+		return false, err
+	}
+	return len(found) == 1 && found[0] == id, nil
+}
+
+// ended reports whether an Identifier.period has ended.
+func (m *MemberMatch) ended(period any) bool {
+	p, _ := period.(map[string]any)
+	end, _ := p["end"].(string)
+	if end == "" {
+		return false
+	}
+	_, hi, err := search.DateRange(end)
+	return err == nil && m.cfg.Now().UnixMilli() > hi
 }
 
 // storeConsent writes the request's Consent for Patient/patient, or finds

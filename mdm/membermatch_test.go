@@ -38,6 +38,12 @@ type matchEnv struct {
 
 func newMatchEnv(t *testing.T, now time.Time, guard func(base string) *smart.Guard) *matchEnv {
 	t.Helper()
+	return newMatchEnvWith(t, now, guard, mdm.MemberMatchConfig{})
+}
+
+// newMatchEnvWith is newMatchEnv with $member-match set up by cfg.
+func newMatchEnvWith(t *testing.T, now time.Time, guard func(base string) *smart.Guard, cfg mdm.MemberMatchConfig) *matchEnv {
+	t.Helper()
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "payer.db"), 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -53,11 +59,15 @@ func newMatchEnv(t *testing.T, now time.Time, guard func(base string) *smart.Gua
 	if guard != nil {
 		guard(e.base).Attach(e.fhir)
 	}
-	cfg := mdm.MemberMatchConfig{Logger: slog.New(slog.DiscardHandler)}
+	cfg.Logger = slog.New(slog.DiscardHandler)
 	if !now.IsZero() {
 		cfg.Now = func() time.Time { return now }
 	}
-	mdm.NewMemberMatch(e.fhir, cfg).Register()
+	mm, err := mdm.NewMemberMatch(e.fhir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mm.Register()
 	e.fhir.EnableEverything(fhir.EverythingOptions{Withhold: mdm.Withhold})
 	mux.Mount("/fhir", e.fhir.Handler())
 	t.Cleanup(func() {
@@ -183,8 +193,8 @@ func TestMemberMatchUnique(t *testing.T) {
 		t.Fatalf("answer: %s", r.body)
 	}
 	params := r.json["parameter"].([]any)
-	if len(params) != 2 {
-		t.Fatalf("want MemberIdentifier and MemberId: %s", r.body)
+	if len(params) != 1 {
+		t.Fatalf("want MemberIdentifier alone (HRex 1.0.0): %s", r.body)
 	}
 	mi := params[0].(map[string]any)
 	id := mi["valueIdentifier"].(map[string]any)
@@ -220,9 +230,6 @@ func TestMemberMatchUnique(t *testing.T) {
 	exCoding := example["type"].(map[string]any)["coding"].([]any)[0].(map[string]any)
 	if exCoding["system"] != coding["system"] || exCoding["code"] != coding["code"] {
 		t.Errorf("MemberIdentifier type %v, the PDex example's %v", coding, exCoding)
-	}
-	if mid := params[1].(map[string]any); mid["name"] != "MemberId" || mid["valueReference"].(map[string]any)["reference"] != "Patient/pat-a" {
-		t.Errorf("MemberId: %v", mid)
 	}
 
 	// The consent is stored for the member, as the requester wrote it but

@@ -109,7 +109,12 @@ func (a *app) wire() error {
 	}
 	src.Attach(a.fhir)
 	a.fhir.EnableEverything(fhir.EverythingOptions{Withhold: mdm.Withhold})
-	mdm.NewMemberMatch(a.fhir, mdm.MemberMatchConfig{MaxBody: cfg.MaxBody, Logger: log}).Register()
+	mm, err := mdm.NewMemberMatch(a.fhir, mdm.MemberMatchConfig{MaxBody: cfg.MaxBody, Logger: log, HRexVersion: cfg.MemberMatchHRex,
+		MemberIdentifierSystem: cfg.MemberIdentifierSystem, SourcePayerSystem: cfg.MDMIdentifierSystem})
+	if err != nil {
+		return fmt.Errorf("-member-match-hrex: %w", err)
+	}
+	mm.Register()
 
 	var cipher *secrets.Cipher
 	if cfg.SecretKey != "" {

@@ -46,6 +46,9 @@ type Config struct {
 	BatchWorkers        int
 	VersionedReferences bool
 	MDMIdentifierSystem string
+	// $member-match: this payer's member id system, and the HRex version
+	// of its answer.
+	MemberIdentifierSystem, MemberMatchHRex string
 	// Notifications.
 	NotifyAdmins, MailFrom, SMTPURL, SubscriptionHosts string
 	NotifyMaxAttempts                                  int
@@ -129,6 +132,8 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&workers, "batch-workers", env("batch-workers", "4"), "pages of batch jobs worked on at once")
 	fs.BoolVar(&cfg.VersionedReferences, "versioned-references", envBool("versioned-references"), "Provenance of a batch page targets the exact versions written (Type/id/_history/n)")
 	fs.StringVar(&cfg.MDMIdentifierSystem, "mdm-identifier-system", env("mdm-identifier-system", ""), "identifier system under which a member's id at the source payer is added to the member here (empty: none added)")
+	fs.StringVar(&cfg.MemberIdentifierSystem, "member-identifier-system", env("member-identifier-system", ""), "identifier system of this payer's member ids, answered by $member-match after typed member numbers; a matched member without a searchable identifier gets one under it (empty: <base-url>/fhir/Patient)")
+	fs.StringVar(&cfg.MemberMatchHRex, "member-match-hrex", env("member-match-hrex", "1.0.0"), "HRex version whose member-match output profile $member-match answers follow: 1.0.0 (MemberIdentifier only) or 1.1.0 (also MemberId)")
 	fs.StringVar(&cfg.NotifyAdmins, "notify-admins", env("notify-admins", ""), "comma-separated email addresses told of every add-payer request")
 	fs.StringVar(&cfg.MailFrom, "mail-from", env("mail-from", ""), "sender address of every email, e.g. \"Payer <p2p@payer.example>\"")
 	fs.StringVar(&cfg.SMTPURL, "smtp-url", env("smtp-url", ""), "mail server: smtp://user:pass@host:587 (STARTTLS when offered) or smtps://...:465; empty: no email")
