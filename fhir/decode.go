@@ -88,6 +88,24 @@ func (s *Server) parseResource(body []byte, wantType string) (*store.Doc, error)
 }
 
 func (s *Server) docFrom(m map[string]any, raw []byte, wantType string) (*store.Doc, error) {
+	doc, err := s.docOf(m, raw, wantType)
+	if err != nil {
+		return nil, err
+	}
+	if issues := s.model.Validate(m); len(issues) > 0 {
+		list := make([]errs.Issue, len(issues))
+		for i, is := range issues {
+			list[i] = errs.Issue{Code: "structure", Path: is.Path, Message: is.Message}
+		}
+		return nil, errs.E("fhir.parse", errs.Invalid,
+			fmt.Sprintf("the %s is not valid FHIR R4 (%d problems)", doc.Type, len(issues)), list)
+	}
+	return doc, nil
+}
+
+// docOf checks a decoded resource's type, without structural validation
+// (done already, with the Bundle it came in).
+func (s *Server) docOf(m map[string]any, raw []byte, wantType string) (*store.Doc, error) {
 	rt, _ := m["resourceType"].(string)
 	switch {
 	case rt == "":
@@ -96,14 +114,6 @@ func (s *Server) docFrom(m map[string]any, raw []byte, wantType string) (*store.
 		return nil, errs.E("fhir.parse", errs.Invalid, fmt.Sprintf("%q is not a FHIR R4 resource type", rt))
 	case wantType != "" && rt != wantType:
 		return nil, errs.E("fhir.parse", errs.Invalid, fmt.Sprintf("the resource is a %s but the URL is for %s", rt, wantType))
-	}
-	if issues := s.model.Validate(m); len(issues) > 0 {
-		list := make([]errs.Issue, len(issues))
-		for i, is := range issues {
-			list[i] = errs.Issue{Code: "structure", Path: is.Path, Message: is.Message}
-		}
-		return nil, errs.E("fhir.parse", errs.Invalid,
-			fmt.Sprintf("the %s is not valid FHIR R4 (%d problems)", rt, len(issues)), list)
 	}
 	id, _ := m["id"].(string)
 	return &store.Doc{Type: rt, ID: id, Map: m, JSON: raw}, nil

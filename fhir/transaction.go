@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,11 +18,15 @@ import (
 type wireBundle struct {
 	ResourceType string `json:"resourceType"`
 	Type         string `json:"type"`
-	Entry        []struct {
-		FullURL  string          `json:"fullUrl"`
-		Resource json.RawMessage `json:"resource"`
-		Request  *EntryRequest   `json:"request"`
-	} `json:"entry"`
+	// Entry is read one entry at a time: in a batch, an entry that cannot
+	// be read is that entry's failure only.
+	Entry []json.RawMessage `json:"entry"`
+}
+
+type wireEntry struct {
+	FullURL  string          `json:"fullUrl"`
+	Resource json.RawMessage `json:"resource"`
+	Request  *EntryRequest   `json:"request"`
 }
 
 // txEntry is one entry of a transaction or batch being processed.
@@ -37,6 +43,9 @@ type txEntry struct {
 	ifNone  string
 	raw     []byte
 	res     *response
+	// valid: the entry's resource passed the Bundle's structural
+	// validation (checkBundle), so it is not validated again.
+	valid bool
 }
 
 // bundle serves POST [base] with a transaction or batch Bundle.
@@ -59,7 +68,10 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, errs.E("fhir.bundle", errs.Invalid, "POST to the base takes a Bundle of type transaction or batch"))
 		return
 	}
-	if _, err := s.docFrom(m, body, "Bundle"); err != nil {
+	typ, _ := m["type"].(string)
+	isBatch := typ == "batch"
+	invalid, err := s.checkBundle(m, isBatch)
+	if err != nil {
 		WriteError(w, r, err)
 		return
 	}
@@ -68,7 +80,7 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, errs.E("fhir.bundle", errs.Invalid, "the Bundle could not be read", err))
 		return
 	}
-	entries, err := s.parseEntries(&wb)
+	entries, err := s.parseEntries(&wb, invalid, isBatch)
 	if err != nil {
 		WriteError(w, r, err)
 		return
@@ -89,61 +101,122 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.responseBundle(wb.Type+"-response", entries, ret == "representation"))
 }
 
-func (s *Server) parseEntries(wb *wireBundle) ([]*txEntry, error) {
+// entryPath finds the entry a validation issue is about:
+// Bundle.entry[3].resource.birthDate is entry 3's.
+var entryPath = regexp.MustCompile(`^Bundle\.entry\[(\d+)\]`)
+
+// checkBundle validates a transaction or batch Bundle structurally, against
+// the R4 JSON schema, entries' resources included. Problems outside the
+// entries fail the whole Bundle. Problems of an entry fail the whole Bundle
+// too in a transaction (all or nothing, FHIR R4 http.html#trules), but in a
+// batch only that entry (each entry is processed on its own, and the batch
+// answers 200 whatever its entries' outcomes, http.html#brules): they are
+// returned by entry index, as that entry's 400 outcome.
+func (s *Server) checkBundle(m map[string]any, batch bool) (map[int]error, error) {
+	issues := s.model.Validate(m)
+	if len(issues) == 0 {
+		return nil, nil
+	}
+	var whole []errs.Issue
+	byEntry := map[int][]errs.Issue{}
+	for _, is := range issues {
+		i := errs.Issue{Code: "structure", Path: is.Path, Message: is.Message}
+		if g := entryPath.FindStringSubmatch(is.Path); g != nil && batch {
+			n, _ := strconv.Atoi(g[1])
+			byEntry[n] = append(byEntry[n], i)
+			continue
+		}
+		whole = append(whole, i)
+	}
+	if len(whole) > 0 {
+		return nil, errs.E("fhir.parse", errs.Invalid, fmt.Sprintf("the Bundle is not valid FHIR R4 (%d problems)", len(whole)), whole)
+	}
+	out := make(map[int]error, len(byEntry))
+	for n, list := range byEntry {
+		out[n] = errs.E("fhir.parse", errs.Invalid, fmt.Sprintf("entry %d is not valid FHIR R4 (%d problems); the other entries were processed", n, len(list)), list)
+	}
+	return out, nil
+}
+
+// parseEntries reads the entries' requests. In a batch an entry that is
+// invalid (listed in invalid, or with a request this server cannot
+// process) is given its failure as its response, and the others go on; in
+// a transaction it fails the whole Bundle.
+func (s *Server) parseEntries(wb *wireBundle, invalid map[int]error, batch bool) ([]*txEntry, error) {
 	out := make([]*txEntry, len(wb.Entry))
-	for i, e := range wb.Entry {
-		fail := func(format string, args ...any) error {
-			return errs.E("fhir.bundle", errs.Invalid, fmt.Sprintf("entry %d: ", i)+fmt.Sprintf(format, args...))
-		}
-		if e.Request == nil || e.Request.Method == "" || e.Request.URL == "" {
-			return nil, fail("request.method and request.url are required")
-		}
-		te := &txEntry{index: i, fullURL: e.FullURL, method: strings.ToUpper(e.Request.Method),
-			ifMatch: e.Request.IfMatch, ifNone: e.Request.IfNoneExist, raw: e.Resource}
-		u := strings.TrimPrefix(e.Request.URL, s.cfg.BaseURL+"/")
-		path, rawQuery, hasQuery := strings.Cut(u, "?")
-		parts := strings.Split(strings.Trim(path, "/"), "/")
-		te.typ = parts[0]
-		if !s.model.IsResource(te.typ) {
-			return nil, fail("%q does not name a resource type", e.Request.URL)
-		}
-		switch {
-		case len(parts) == 2:
-			te.id = parts[1]
-		case len(parts) == 4 && parts[2] == "_history":
-			te.id, te.vid = parts[1], parts[3]
-		case len(parts) != 1:
-			return nil, fail("%q is not a URL this server can process in a Bundle", e.Request.URL)
-		}
-		if hasQuery {
-			q, err := url.ParseQuery(rawQuery)
-			if err != nil {
-				return nil, fail("the query of %q cannot be parsed", e.Request.URL)
+	for i, rawEntry := range wb.Entry {
+		te, err := s.parseEntry(i, rawEntry, invalid[i])
+		if err != nil {
+			if !batch {
+				return nil, err
 			}
-			te.query = q
-		}
-		switch te.method {
-		case http.MethodGet, http.MethodHead:
-		case http.MethodPost:
-			if te.id != "" || len(e.Resource) == 0 {
-				return nil, fail("POST takes a resource and a type URL")
-			}
-		case http.MethodPut:
-			if len(e.Resource) == 0 || (te.id == "" && !hasQuery) {
-				return nil, fail("PUT takes a resource and a Type/id or conditional URL")
-			}
-			te.cond = te.id == ""
-		case http.MethodDelete:
-			if te.id == "" && !hasQuery {
-				return nil, fail("DELETE takes a Type/id or conditional URL")
-			}
-			te.cond = te.id == ""
-		default:
-			return nil, fail("method %s is not supported in a Bundle", te.method)
+			status, oo := Outcome(err)
+			te = &txEntry{index: i, res: &response{Status: status, Outcome: oo}}
 		}
 		out[i] = te
 	}
 	return out, nil
+}
+
+func (s *Server) parseEntry(i int, rawEntry json.RawMessage, invalid error) (*txEntry, error) {
+	if invalid != nil {
+		return nil, invalid
+	}
+	fail := func(format string, args ...any) error {
+		return errs.E("fhir.bundle", errs.Invalid, fmt.Sprintf("entry %d: ", i)+fmt.Sprintf(format, args...))
+	}
+	var e wireEntry
+	if err := json.Unmarshal(rawEntry, &e); err != nil {
+		return nil, fail("the entry could not be read")
+	}
+	if e.Request == nil || e.Request.Method == "" || e.Request.URL == "" {
+		return nil, fail("request.method and request.url are required")
+	}
+	te := &txEntry{index: i, fullURL: e.FullURL, method: strings.ToUpper(e.Request.Method),
+		ifMatch: e.Request.IfMatch, ifNone: e.Request.IfNoneExist, raw: e.Resource}
+	u := strings.TrimPrefix(e.Request.URL, s.cfg.BaseURL+"/")
+	path, rawQuery, hasQuery := strings.Cut(u, "?")
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	te.typ = parts[0]
+	if !s.model.IsResource(te.typ) {
+		return nil, fail("%q does not name a resource type", e.Request.URL)
+	}
+	switch {
+	case len(parts) == 2:
+		te.id = parts[1]
+	case len(parts) == 4 && parts[2] == "_history":
+		te.id, te.vid = parts[1], parts[3]
+	case len(parts) != 1:
+		return nil, fail("%q is not a URL this server can process in a Bundle", e.Request.URL)
+	}
+	if hasQuery {
+		q, err := url.ParseQuery(rawQuery)
+		if err != nil {
+			return nil, fail("the query of %q cannot be parsed", e.Request.URL)
+		}
+		te.query = q
+	}
+	switch te.method {
+	case http.MethodGet, http.MethodHead:
+	case http.MethodPost:
+		if te.id != "" || len(e.Resource) == 0 {
+			return nil, fail("POST takes a resource and a type URL")
+		}
+	case http.MethodPut:
+		if len(e.Resource) == 0 || (te.id == "" && !hasQuery) {
+			return nil, fail("PUT takes a resource and a Type/id or conditional URL")
+		}
+		te.cond = te.id == ""
+	case http.MethodDelete:
+		if te.id == "" && !hasQuery {
+			return nil, fail("DELETE takes a Type/id or conditional URL")
+		}
+		te.cond = te.id == ""
+	default:
+		return nil, fail("method %s is not supported in a Bundle", te.method)
+	}
+	te.valid = true
+	return te, nil
 }
 
 // processing order of a transaction (FHIR R4 http.html#trules): DELETE,
@@ -288,11 +361,14 @@ func entryErr(e *txEntry, err error) error {
 // response and does not affect the others.
 func (s *Server) batch(r *http.Request, entries []*txEntry) {
 	for _, e := range entries {
+		if e.res != nil {
+			continue // refused when read (parseEntries)
+		}
 		rq := &request{Method: e.method, Type: e.typ, ID: e.id, VID: e.vid, Query: e.query, Conditional: e.cond, IfMatch: e.ifMatch, IfNoneExist: e.ifNone}
 		var err error
 		if e.method == http.MethodPost || e.method == http.MethodPut {
 			var doc *store.Doc
-			doc, err = s.parseResource(e.raw, e.typ)
+			doc, err = s.entryResource(e)
 			if err == nil {
 				if e.method == http.MethodPost {
 					doc.ID = NewID()
@@ -317,6 +393,19 @@ func (s *Server) batch(r *http.Request, entries []*txEntry) {
 			e.res = &response{Status: status, Outcome: oo}
 		}
 	}
+}
+
+// entryResource decodes a batch entry's resource, validated already with
+// the Bundle.
+func (s *Server) entryResource(e *txEntry) (*store.Doc, error) {
+	if !e.valid {
+		return s.parseResource(e.raw, e.typ)
+	}
+	m, err := decodeJSON(e.raw)
+	if err != nil {
+		return nil, err
+	}
+	return s.docOf(m, e.raw, e.typ)
 }
 
 func (s *Server) responseBundle(typ string, entries []*txEntry, withResource bool) *Bundle {
