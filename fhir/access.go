@@ -18,7 +18,10 @@ type Access struct {
 	CanRead, CanWrite func(typ string) bool
 	// Patient, when set, confines the request to the compartment of
 	// Patient/<Patient>: reads of anything else answer 404, searches find
-	// only the compartment, writes outside it are refused.
+	// only the compartment, writes outside it are refused. When the server
+	// follows MDM links (SetPatientLinks) the records of the Patients
+	// linked to the member read as the member's own (InMemberRecord);
+	// writes stay confined to the member's own compartment.
 	Patient string
 	// Subject names who is acting, for logs and Provenance.
 	Subject string
@@ -71,12 +74,13 @@ func (s *Server) readCompartment(a *Access, typ string) string {
 }
 
 // visible checks that a stored resource may be seen under a: outside the
-// member's compartment it does not exist, as far as the request can tell.
+// member's record (InMemberRecord) it does not exist, as far as the
+// request can tell.
 func (s *Server) visible(tx *store.Tx, a *Access, typ, id string) error {
 	if err := a.mayRead(typ); err != nil {
 		return err
 	}
-	if p := s.readCompartment(a, typ); p != "" && !tx.InCompartment(typ, id, p) {
+	if p := s.readCompartment(a, typ); p != "" && !s.InMemberRecord(tx, p, typ, id) {
 		return errs.E("fhir.access", errs.NotFound, fmt.Sprintf("%s/%s is not known", typ, id))
 	}
 	return nil
@@ -87,6 +91,9 @@ func (s *Server) visible(tx *store.Tx, a *Access, typ, id string) error {
 // belongs to the member's compartment.
 func (s *Server) writable(tx *store.Tx, a *Access, doc *store.Doc, prev *store.Version) error {
 	if err := a.mayWrite(doc.Type); err != nil {
+		return err
+	}
+	if err := a.mayWriteLinks(doc, prev); err != nil {
 		return err
 	}
 	p := a.compartment()

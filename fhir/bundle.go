@@ -155,13 +155,17 @@ func (c *pageCache) get(key string) *snapshot {
 
 // searchBundle runs a search and renders its first page.
 func (s *Server) searchBundle(tx *store.Tx, typ string, params url.Values, lenient bool) ([]byte, error) {
+	links := s.patientLinks()
 	q, err := s.reg.Parse(typ, params, search.Options{
 		Base: s.cfg.BaseURL, Lenient: lenient, DefaultCount: s.cfg.DefaultCount, MaxCount: s.cfg.MaxCount,
+		MDM: links != nil,
 	})
 	if err != nil {
 		return nil, err
 	}
 	q.Compartment = s.readCompartment(AccessFrom(tx.Context()), typ)
+	q.Linked = s.linked(tx, q.Compartment)
+	q.ExpandMDM(func(p string) []string { return s.linked(tx, p) })
 	ids, err := tx.Search(q)
 	if err != nil {
 		return nil, err

@@ -75,15 +75,21 @@ type capInteraction struct {
 }
 
 type capParam struct {
-	Name       string `json:"name"`
-	Definition string `json:"definition,omitempty"`
-	Type       string `json:"type"`
+	Name          string `json:"name"`
+	Definition    string `json:"definition,omitempty"`
+	Type          string `json:"type"`
+	Documentation string `json:"documentation,omitempty"`
 }
 
 type capOperation struct {
-	Name       string `json:"name"`
-	Definition string `json:"definition"`
+	Name          string `json:"name"`
+	Definition    string `json:"definition"`
+	Documentation string `json:"documentation,omitempty"`
 }
+
+// mdmParamDoc documents the :mdm modifier on the reference parameters that
+// accept it (R4 has no coded place for a server's own modifiers).
+const mdmParamDoc = "Accepts the :mdm modifier (as HAPI FHIR): a reference to Patient/<id> also matches references to the Patients linked to it by MDM links (mutual Patient.link, one level)."
 
 var typeInteractions = []capInteraction{
 	{"read"}, {"vread"}, {"update"}, {"delete"}, {"history-instance"}, {"history-type"}, {"create"}, {"search-type"},
@@ -101,6 +107,7 @@ func (s *Server) capabilityStatement() *capStatement {
 	s.mu.RLock()
 	ops := append([]*Operation(nil), s.operations...)
 	sec := s.security
+	links := s.links != nil
 	s.mu.RUnlock()
 	cs := &capStatement{
 		ResourceType: "CapabilityStatement",
@@ -127,7 +134,7 @@ func (s *Server) capabilityStatement() *capStatement {
 		Interaction: []capInteraction{{"transaction"}, {"batch"}, {"history-system"}}}
 	for _, op := range ops {
 		if op.System {
-			rest.Operation = append(rest.Operation, capOperation{Name: op.Name, Definition: op.Definition})
+			rest.Operation = append(rest.Operation, capOperation{Name: op.Name, Definition: op.Definition, Documentation: op.Documentation})
 		}
 	}
 	for _, typ := range s.model.ResourceTypes() {
@@ -137,7 +144,11 @@ func (s *Server) capabilityStatement() *capStatement {
 			ConditionalUpdate: true, ConditionalDelete: "single",
 		}
 		for _, p := range s.reg.Params(typ) {
-			res.SearchParam = append(res.SearchParam, capParam{Name: p.Code, Definition: p.URL, Type: p.Type})
+			cp := capParam{Name: p.Code, Definition: p.URL, Type: p.Type}
+			if links && s.reg.AcceptsMDM(p) {
+				cp.Documentation = mdmParamDoc
+			}
+			res.SearchParam = append(res.SearchParam, cp)
 			if p.Type == "reference" {
 				res.SearchInclude = append(res.SearchInclude, typ+":"+p.Code)
 			}
@@ -149,7 +160,7 @@ func (s *Server) capabilityStatement() *capStatement {
 			}
 			for _, t := range op.Types {
 				if t == typ || t == "Resource" {
-					res.Operation = append(res.Operation, capOperation{Name: op.Name, Definition: op.Definition})
+					res.Operation = append(res.Operation, capOperation{Name: op.Name, Definition: op.Definition, Documentation: op.Documentation})
 					break
 				}
 			}

@@ -39,18 +39,23 @@ type EverythingOptions struct {
 // compartment, and the resources those refer to that belong to no
 // patient's compartment (Practitioner, Organization, Location,
 // Medication...), as a searchset Bundle: the compartment as search mode
-// match, the referenced resources as include. _type keeps only the named
-// types, _since only resources updated at or after the instant, _count
-// sets the page size; the result set is kept as search results are, so
-// that next links stay exact while others write. The type level gathers
-// every patient's data and is refused to member-scoped tokens; start and
-// end (care dates) are not supported.
+// match, the referenced resources as include. When the server follows MDM
+// links (SetPatientLinks) the instance level also gathers the Patients
+// linked to the patient and their compartments, so that the data ingested
+// from another payer is part of the member's record; _mdm=false (HAPI
+// FHIR's parameter) keeps to the patient's own compartment. _type keeps
+// only the named types, _since only resources updated at or after the
+// instant, _count sets the page size; the result set is kept as search
+// results are, so that next links stay exact while others write. The type
+// level gathers every patient's data and is refused to member-scoped
+// tokens; start and end (care dates) are not supported.
 func (s *Server) EnableEverything(opts EverythingOptions) {
 	s.AddOperation(&Operation{
 		Name: "everything", Types: []string{"Patient"}, Type: true, Instance: true,
-		Methods:    []string{http.MethodGet, http.MethodPost},
-		Definition: EverythingDefinition,
-		Handler:    func(w http.ResponseWriter, r *http.Request) { s.everything(w, r, opts) },
+		Methods:       []string{http.MethodGet, http.MethodPost},
+		Definition:    EverythingDefinition,
+		Documentation: "Patient/{id}/$everything also gathers the Patients linked to the patient by MDM links (mutual Patient.link, one level) and their compartments, when this server follows them (see the :mdm search modifier); _mdm=false keeps to the patient's own compartment. Parameters: _since, _type, _count, _mdm. start and end are not supported.",
+		Handler:       func(w http.ResponseWriter, r *http.Request) { s.everything(w, r, opts) },
 	})
 }
 
@@ -64,6 +69,7 @@ type everythingQuery struct {
 	types   map[string]bool // _type; nil for all
 	since   time.Time
 	count   int
+	noMDM   bool       // _mdm=false: the patient's own compartment only
 	kept    url.Values // what the self link repeats
 	ignored []string   // dropped under lenient handling
 }
@@ -169,6 +175,19 @@ func (s *Server) parseEverything(patient string, params url.Values, lenient bool
 			}
 			q.since = t
 			q.kept.Set("_since", vals[len(vals)-1])
+		case "_mdm":
+			on, err := strconv.ParseBool(vals[len(vals)-1])
+			if err != nil {
+				return nil, errs.E(op, errs.Invalid, fmt.Sprintf("_mdm %q must be true or false", vals[len(vals)-1]))
+			}
+			if on && s.patientLinks() == nil {
+				return nil, errs.E(op, errs.Invalid, "_mdm=true: this server does not follow MDM links")
+			}
+			if patient == "" && on {
+				return nil, errs.E(op, errs.Invalid, "_mdm applies to Patient/{id}/$everything; the type level gathers every patient anyway")
+			}
+			q.noMDM = !on
+			q.kept.Set("_mdm", strconv.FormatBool(on))
 		case "_type":
 			q.types = map[string]bool{}
 			var all []string
@@ -184,7 +203,7 @@ func (s *Server) parseEverything(patient string, params url.Values, lenient bool
 			}
 			q.kept.Set("_type", strings.Join(all, ","))
 		default:
-			why := fmt.Sprintf("parameter %s is not supported by $everything (supported: _since, _type, _count)", name)
+			why := fmt.Sprintf("parameter %s is not supported by $everything (supported: _since, _type, _count, _mdm)", name)
 			if name == "start" || name == "end" {
 				why = "start and end (care dates) are not supported by this server's $everything; use _since and _type"
 			}
@@ -241,6 +260,12 @@ type gatherer struct {
 	seen    map[string]bool
 	matches []string
 	refs    []string // referenced, not yet read: "Type/id\x00patient"
+	// confine, when set, is the member a request is confined to whose
+	// record is not the one asked for (a member asking for a Patient
+	// linked to them): every match must then be in the member's record
+	// (the member and confineLinked, see InMemberRecord).
+	confine       string
+	confineLinked []string
 }
 
 func (g *gatherer) wanted(v *store.Version) bool {
@@ -253,48 +278,92 @@ func (g *gatherer) wanted(v *store.Version) bool {
 	return g.a.mayRead(v.Type) == nil
 }
 
-// patient adds one patient's compartment and notes what it refers to.
-func (g *gatherer) patient(p string) error {
-	withhold, err := g.withholder(p)
-	if err != nil {
-		return err
+// record adds the compartments of patients, type by type, and notes what
+// they refer to. The first patient is the one asked for; the others are
+// Patients linked to it, which bring their compartments but, among
+// Patients, only themselves.
+func (g *gatherer) record(patients []string) error {
+	withhold := make([]func(*store.Version) bool, len(patients))
+	for i, p := range patients {
+		var err error
+		if withhold[i], err = g.withholder(p); err != nil {
+			return err
+		}
 	}
 	for _, typ := range compartmentTypes() {
-		if err := g.tx.Context().Err(); err != nil {
-			return err
-		}
-		ids := g.tx.CompartmentIDs(typ, p)
-		if typ == "Patient" {
-			// The member first, then the records linked to it.
-			ids = append([]string{p}, slices.DeleteFunc(ids, func(id string) bool { return id == p })...)
-		}
-		vs, err := g.tx.ReadCurrent(typ, ids)
-		if err != nil {
-			return err
-		}
-		for _, v := range vs {
-			ref := v.Type + "/" + v.ID
-			if withhold != nil && withhold(v) {
-				continue
+		for i, p := range patients {
+			if err := g.tx.Context().Err(); err != nil {
+				return err
 			}
-			// References are followed even from resources _type or _since
-			// leave out: what they point to may be wanted.
-			g.noteReferences(v, p)
-			if g.seen[ref] || !g.wanted(v) {
-				continue
+			var ids []string
+			switch {
+			case typ != "Patient":
+				ids = g.tx.CompartmentIDs(typ, p)
+			case i == 0:
+				// The patient first, then the records linked to it.
+				ids = g.tx.CompartmentIDs(typ, p)
+				ids = append([]string{p}, slices.DeleteFunc(ids, func(id string) bool { return id == p })...)
+			default:
+				ids = []string{p}
 			}
-			g.seen[ref] = true
-			g.matches = append(g.matches, everythingEntry(ref, p, false))
+			vs, err := g.tx.ReadCurrent(typ, ids)
+			if err != nil {
+				return err
+			}
+			for _, v := range vs {
+				g.add(v, p, withhold[i])
+			}
 		}
 	}
 	return nil
 }
 
+// add adds v, brought in by patient's compartment, unless it is withheld,
+// left out by the parameters, or outside what the request may read.
+func (g *gatherer) add(v *store.Version, patient string, withhold func(*store.Version) bool) {
+	ref := v.Type + "/" + v.ID
+	if withhold != nil && withhold(v) {
+		return
+	}
+	if g.confine != "" && !g.tx.InRecord(v.Type, v.ID, g.confine, g.confineLinked) {
+		return
+	}
+	// References are followed even from resources _type or _since leave
+	// out: what they point to may be wanted.
+	g.noteReferences(v, patient)
+	if g.seen[ref] || !g.wanted(v) {
+		return
+	}
+	g.seen[ref] = true
+	g.matches = append(g.matches, everythingEntry(ref, patient, false))
+}
+
 func (g *gatherer) withholder(p string) (func(*store.Version) bool, error) {
-	if g.opts.Withhold == nil {
+	return g.s.withholder(g.tx, g.opts, g.q.patient, p)
+}
+
+// withholder is what the Withhold hook keeps back of patient p's data in
+// the record of root: p's own consent decides, and when p is a Patient
+// linked to root, root's consent too (the member's consent covers their
+// whole record). root is "" at type level.
+func (s *Server) withholder(tx *store.Tx, opts EverythingOptions, root, p string) (func(*store.Version) bool, error) {
+	if opts.Withhold == nil {
 		return nil, nil
 	}
-	return g.opts.Withhold(g.tx, p)
+	w, err := opts.Withhold(tx, p)
+	if err != nil || root == "" || root == p {
+		return w, err
+	}
+	rw, err := opts.Withhold(tx, root)
+	switch {
+	case err != nil:
+		return nil, err
+	case w == nil:
+		return rw, nil
+	case rw == nil:
+		return w, nil
+	}
+	return func(v *store.Version) bool { return w(v) || rw(v) }, nil
 }
 
 // noteReferences records the relative references of v to resources of
@@ -362,7 +431,14 @@ func (s *Server) everythingBundle(tx *store.Tx, opts EverythingOptions, q *every
 		if err := s.visible(tx, a, "Patient", q.patient); err != nil {
 			return nil, err
 		}
-		if err := g.patient(q.patient); err != nil {
+		patients := []string{q.patient}
+		if !q.noMDM {
+			patients = append(patients, s.linked(tx, q.patient)...)
+		}
+		if m := a.compartment(); m != "" && m != q.patient {
+			g.confine, g.confineLinked = m, s.linked(tx, m)
+		}
+		if err := g.record(patients); err != nil {
 			return nil, err
 		}
 	} else {
@@ -371,7 +447,7 @@ func (s *Server) everythingBundle(tx *store.Tx, opts EverythingOptions, q *every
 				"type-level Patient/$everything gathers every member's data; a token bound to one patient must use Patient/{id}/$everything")
 		}
 		for _, p := range tx.AllIDs("Patient") {
-			if err := g.patient(p); err != nil {
+			if err := g.record([]string{p}); err != nil {
 				return nil, err
 			}
 		}
@@ -462,8 +538,8 @@ func (s *Server) renderEverything(tx *store.Tx, opts EverythingOptions, sn *snap
 			continue // deleted since the result set was made
 		}
 		w, ok := withholders[patient]
-		if !ok && opts.Withhold != nil {
-			if w, err = opts.Withhold(tx, patient); err != nil {
+		if !ok {
+			if w, err = s.withholder(tx, opts, sn.query.Kept.Get("patient"), patient); err != nil {
 				return nil, err
 			}
 			withholders[patient] = w

@@ -319,7 +319,7 @@ func TestEverythingParameters(t *testing.T) {
 
 	// The CapabilityStatement lists the operation.
 	cs := ts.do(http.MethodGet, "/metadata", nil).want(t, http.StatusOK)
-	if !strings.Contains(string(cs.Body), `{"name":"everything","definition":"`+fhir.EverythingDefinition+`"}`) {
+	if !strings.Contains(string(cs.Body), `{"name":"everything","definition":"`+fhir.EverythingDefinition+`"`) {
 		t.Error("$everything is not in the CapabilityStatement")
 	}
 }

@@ -278,6 +278,9 @@ func (s *Server) applyDelete(tx *store.Tx, rq *request) (*response, error) {
 	if err := a.mayWrite(rq.Type); err != nil {
 		return nil, err
 	}
+	if err := a.mayDeleteLinked(tx, rq.Type, id); err != nil {
+		return nil, err
+	}
 	if p := a.compartment(); p != "" && !tx.InCompartment(rq.Type, id, p) {
 		if _, err := tx.Read(rq.Type, id); err == nil {
 			return nil, errs.E("fhir.access", errs.Permission, fmt.Sprintf("%s/%s is outside the compartment of Patient/%s", rq.Type, id, p))

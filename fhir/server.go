@@ -55,6 +55,7 @@ type Server struct {
 	validators map[string][]Validator
 	middleware []func(http.Handler) http.Handler
 	security   *CapSecurity
+	links      PatientLinks
 	capJSON    []byte
 	started    time.Time
 }
@@ -79,6 +80,9 @@ type Operation struct {
 	// Definition is the canonical URL of its OperationDefinition, for the
 	// CapabilityStatement.
 	Definition string
+	// Documentation, when set, says in the CapabilityStatement what this
+	// server's implementation does beyond the definition.
+	Documentation string
 	// Handler serves the operation. URL params "type" and "id" are set by
 	// the router for type and instance levels.
 	Handler http.HandlerFunc

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/p2pserver/p2pserver/fhir/store"
 )
@@ -218,4 +220,85 @@ func decode(raw []byte) (map[string]any, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// RecordLinkTypes are the Patient.link types (R4 code system
+// http://hl7.org/fhir/link-type) by which two Patients are one person's
+// record. All four say the other resource "concerns the same actual
+// patient" (R4 Patient.link); they differ only in which record is the main
+// one, which does not change whose data it is: seealso (both in use, the
+// link batch ingestion writes), replaces and replaced-by (a merge: the
+// surviving record and the retired one), refer (this record is not the
+// main source; the other should be consulted).
+var RecordLinkTypes = []string{"replaced-by", "replaces", "refer", "seealso"}
+
+// Linked returns the ids of the Patients linked to Patient/patient as one
+// person's record, in id order, without patient itself (the rule the FHIR
+// server follows, fhir.PatientLinks). A Patient/P counts when:
+//
+//   - patient's Patient.link has other = Patient/P (a relative reference,
+//     as batch ingestion writes it; a /_history/n suffix is ignored) with a
+//     type in RecordLinkTypes;
+//   - Patient/P exists (not deleted) and its own Patient.link names
+//     Patient/patient back with a type in RecordLinkTypes: both records
+//     assert the link, so one resource alone cannot claim another
+//     person's record;
+//   - it is one level deep: the Patients linked to P are not followed, so
+//     that a link made for one member never reaches another member's
+//     record through a record they share.
+//
+// Links to RelatedPerson, absolute URLs and logical references (identifier
+// only) are not followed. Who may write Patient.link is the FHIR server's
+// rule (only its own jobs and admins).
+func Linked(tx *store.Tx, patient string) []string {
+	v, err := tx.Read("Patient", patient)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, other := range recordLinks(v.JSON) {
+		if other == patient || slices.Contains(out, other) {
+			continue
+		}
+		ov, err := tx.Read("Patient", other)
+		if err != nil {
+			continue
+		}
+		if slices.Contains(recordLinks(ov.JSON), patient) {
+			out = append(out, other)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// recordLinks returns the ids of the Patients a stored Patient links to
+// with a type in RecordLinkTypes.
+func recordLinks(raw []byte) []string {
+	var p struct {
+		Link []struct {
+			Other struct {
+				Reference string `json:"reference"`
+			} `json:"other"`
+			Type string `json:"type"`
+		} `json:"link"`
+	}
+	if json.Unmarshal(raw, &p) != nil {
+		return nil
+	}
+	var out []string
+	for _, l := range p.Link {
+		if !slices.Contains(RecordLinkTypes, l.Type) {
+			continue
+		}
+		ref := l.Other.Reference
+		if i := strings.Index(ref, "/_history/"); i > 0 {
+			ref = ref[:i]
+		}
+		id, ok := strings.CutPrefix(ref, "Patient/")
+		if ok && id != "" && !strings.ContainsAny(id, "/:?#") {
+			out = append(out, id)
+		}
+	}
+	return out
 }

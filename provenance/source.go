@@ -82,6 +82,7 @@ type Source struct {
 	st  *store.Store
 	cfg SourceConfig
 	log *slog.Logger
+	srv *fhir.Server // set by Attach: whose member records decide visibility
 }
 
 // NewSource builds a Source over the store the FHIR server serves from.
@@ -117,7 +118,19 @@ func validID(id string) bool {
 // Attach installs the middleware on s. Call it after the access control's
 // Attach (smart.Guard), so that the request's fhir.Access is known here,
 // and before s.Handler.
-func (s *Source) Attach(srv *fhir.Server) { srv.Use(s.Middleware) }
+func (s *Source) Attach(srv *fhir.Server) {
+	s.srv = srv
+	srv.Use(s.Middleware)
+}
+
+// inRecord reports whether typ/id is in the record of the member (the
+// server's rule, fhir.Server.InMemberRecord, once attached).
+func (s *Source) inRecord(tx *store.Tx, member, typ, id string) bool {
+	if s.srv != nil {
+		return s.srv.InMemberRecord(tx, member, typ, id)
+	}
+	return tx.InCompartment(typ, id, member)
+}
 
 // Served is one resource a page serves.
 type Served struct {
@@ -180,7 +193,7 @@ func (s *Source) Entries(tx *store.Tx, served []Served, present map[string]bool,
 		stored := tx.Referencing("Provenance", "target", r.Type, r.ID)
 		visible := 0
 		for _, id := range stored {
-			if a != nil && a.Patient != "" && !tx.InCompartment("Provenance", id, a.Patient) && !s.aboutMember(tx, id, a.Patient) {
+			if a != nil && a.Patient != "" && !s.inRecord(tx, a.Patient, "Provenance", id) && !s.aboutMember(tx, id, a.Patient) {
 				continue
 			}
 			visible++
@@ -220,7 +233,7 @@ func (s *Source) Entries(tx *store.Tx, served []Served, present map[string]bool,
 }
 
 // aboutMember reports whether every target of the stored Provenance id is
-// in the member's compartment: then it is about the member's own data and
+// in the member's record: then it is about the member's own data and
 // may be shown to them, though Provenance's own compartment rule (it names
 // the Patient) does not say so.
 func (s *Source) aboutMember(tx *store.Tx, id, patient string) bool {
@@ -242,7 +255,7 @@ func (s *Source) aboutMember(tx *store.Tx, id, patient string) bool {
 			ref = ref[:i]
 		}
 		typ, rid, ok := strings.Cut(ref, "/")
-		if !ok || !tx.InCompartment(typ, rid, patient) {
+		if !ok || !s.inRecord(tx, patient, typ, rid) {
 			return false
 		}
 	}

@@ -109,6 +109,9 @@ func (a *app) wire() error {
 	}
 	src.Attach(a.fhir)
 	a.fhir.EnableEverything(fhir.EverythingOptions{Withhold: mdm.Withhold})
+	// The member's record includes the Patients MDM links to it (the
+	// data ingested from other payers).
+	a.fhir.SetPatientLinks(mdm.Linked)
 	mm, err := mdm.NewMemberMatch(a.fhir, mdm.MemberMatchConfig{MaxBody: cfg.MaxBody, Logger: log, HRexVersion: cfg.MemberMatchHRex,
 		MemberIdentifierSystem: cfg.MemberIdentifierSystem, SourcePayerSystem: cfg.MDMIdentifierSystem})
 	if err != nil {

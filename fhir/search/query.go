@@ -28,8 +28,13 @@ type Query struct {
 	// Kept is the query string of the parameters that were applied.
 	Kept url.Values
 	// Compartment, when set, confines the results to the compartment of
-	// Patient/<Compartment> (member-scoped access).
+	// Patient/<Compartment> (member-scoped access), widened by Linked.
 	Compartment string
+	// Linked are the Patients linked to Compartment as one person's record
+	// (MDM links): their compartments count as the member's, except that
+	// for the Patient type each brings only itself, never the Patients
+	// that link to it (see Registry.InRecord).
+	Linked []string
 }
 
 // Clause is one search parameter occurrence: any of its values may match.
@@ -48,6 +53,10 @@ type Value struct {
 	// Chain, when set, is a search on a referenced type: the value matches
 	// references to the resources it finds.
 	Chain *Chain
+	// Patient is, for a value of the :mdm modifier, the id of the Patient
+	// it names; Query.ExpandMDM widens the value to the Patients linked to
+	// it.
+	Patient string
 }
 
 // Chain is a chained parameter such as subject:Patient.name=peter.
@@ -124,6 +133,50 @@ type Options struct {
 	Lenient      bool   // ignore unknown parameters instead of failing
 	DefaultCount int
 	MaxCount     int
+	// MDM accepts HAPI FHIR's :mdm modifier on reference parameters
+	// (ModifierMDM); the caller must widen its values with Query.ExpandMDM
+	// before searching. Without it :mdm is refused.
+	MDM bool
+}
+
+// ModifierMDM is HAPI FHIR's :mdm modifier on a reference parameter
+// (https://hapifhir.io/hapi-fhir/docs/server_jpa_mdm/mdm_expansion.html):
+// subject:mdm=Patient/1 matches references to Patient/1 and to every
+// Patient linked to it as the same person. Only references to Patients are
+// expanded, and it cannot be chained (as in HAPI).
+const ModifierMDM = "mdm"
+
+// ExpandMDM widens each value of the :mdm clauses of q to references to
+// the Patient it names and to every Patient linked(id) returns.
+func (q *Query) ExpandMDM(linked func(patient string) []string) {
+	for i := range q.Clauses {
+		c := &q.Clauses[i]
+		if c.Modifier != ModifierMDM {
+			continue
+		}
+		for j := range c.Values {
+			v := &c.Values[j]
+			if v.Patient == "" {
+				continue
+			}
+			v.Ranges = []Range{exact(ReferenceKey("Patient", v.Patient))}
+			for _, p := range linked(v.Patient) {
+				if p != v.Patient {
+					v.Ranges = append(v.Ranges, exact(ReferenceKey("Patient", p)))
+				}
+			}
+		}
+	}
+}
+
+// HasMDM reports whether q has a clause with the :mdm modifier.
+func (q *Query) HasMDM() bool {
+	for _, c := range q.Clauses {
+		if c.Modifier == ModifierMDM {
+			return true
+		}
+	}
+	return false
 }
 
 // Control parameters that are not search parameters and that the HTTP layer
@@ -285,6 +338,11 @@ func (r *Registry) parseParam(typ, name string, vals []string, opts Options) ([]
 	if !ok {
 		return nil, errs.E("search.parse", errs.NotFound, fmt.Sprintf("unknown search parameter %q for %s", code, typ))
 	}
+	if modifier == ModifierMDM {
+		if err := r.checkMDM(p, chained, opts); err != nil {
+			return nil, err
+		}
+	}
 	var out []Clause
 	for _, raw := range vals {
 		c := Clause{Param: p, Modifier: modifier}
@@ -314,6 +372,28 @@ func (r *Registry) parseParam(typ, name string, vals []string, opts Options) ([]
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// AcceptsMDM reports whether p accepts the :mdm modifier (when the caller
+// allows it, Options.MDM): a reference parameter that may refer to a
+// Patient.
+func (r *Registry) AcceptsMDM(p *Param) bool {
+	return p.Type == "reference" && slices.Contains(r.TargetTypes(p), "Patient")
+}
+
+// checkMDM checks that the :mdm modifier may be used on p.
+func (r *Registry) checkMDM(p *Param, chained bool, opts Options) error {
+	switch {
+	case !opts.MDM:
+		return invalid("the :mdm modifier is not supported here (%s:mdm)", p.Code)
+	case p.Type != "reference":
+		return invalid("the :mdm modifier applies to reference parameters; %s is a %s parameter", p.Code, p.Type)
+	case chained:
+		return invalid("the :mdm modifier cannot be chained (%s:mdm.…); search by the Patient's reference instead", p.Code)
+	case !r.AcceptsMDM(p):
+		return invalid("the :mdm modifier expands references to Patients, and %s cannot refer to a Patient", p.Code)
+	}
+	return nil
 }
 
 func (r *Registry) parseChain(c *Clause, p *Param, modifier, rest, raw string, opts Options) error {
@@ -413,6 +493,9 @@ func SupportedModifiers(t string) []string { return modifiersByType[t] }
 
 func (r *Registry) parseValue(p *Param, modifier, v string, opts Options) (Value, error) {
 	val := Value{Raw: v}
+	if modifier == ModifierMDM {
+		return mdmValue(p, v, opts)
+	}
 	if p.Type == "reference" && r.model.IsResource(modifier) {
 		// subject:Patient=123
 		val.Ranges = []Range{exact(pfxRef + modifier + "/" + v)}
@@ -490,6 +573,24 @@ func (r *Registry) parseValue(p *Param, modifier, v string, opts Options) (Value
 		}
 		val.Ranges = []Range{rg}
 	}
+	return val, nil
+}
+
+// mdmValue parses the value of p:mdm: Patient/id, id, or an absolute URL
+// of a Patient on this server. Until Query.ExpandMDM it matches the Patient
+// itself only.
+func mdmValue(p *Param, v string, opts Options) (Value, error) {
+	val := Value{Raw: v}
+	ref := NormalizeReference(v, opts.Base)
+	id, ok := strings.CutPrefix(ref, "Patient/")
+	if !ok && !strings.Contains(ref, "/") {
+		id, ok = ref, true
+	}
+	if !ok || id == "" || strings.ContainsAny(id, "/:?#") {
+		return val, invalid("%s:mdm=%s: the :mdm modifier expands references to Patients on this server (Patient/<id>)", p.Code, v)
+	}
+	val.Patient = id
+	val.Ranges = []Range{exact(ReferenceKey("Patient", id))}
 	return val, nil
 }
 

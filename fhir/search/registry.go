@@ -162,3 +162,24 @@ func (r *Registry) InCompartment(typ, id string, entries []Entry, patient string
 	}
 	return false
 }
+
+// InRecord reports whether a resource of typ with id and these index
+// entries belongs to the record of Patient/patient widened by the Patients
+// linked to it: the compartment of patient, the compartments of the
+// linked Patients for every type but Patient, and the linked Patients
+// themselves. A Patient that merely links to a linked Patient is not in
+// the record: only the member's own links decide who else is the member.
+func (r *Registry) InRecord(typ, id string, entries []Entry, patient string, linked []string) bool {
+	if r.InCompartment(typ, id, entries, patient) {
+		return true
+	}
+	if typ == "Patient" {
+		return slices.Contains(linked, id)
+	}
+	for _, l := range linked {
+		if r.InCompartment(typ, id, entries, l) {
+			return true
+		}
+	}
+	return false
+}

@@ -42,7 +42,7 @@ func (tx *Tx) Search(q *search.Query) ([]string, error) {
 		sets = append(sets, set)
 	}
 	if q.Compartment != "" {
-		set := tx.compartment(q.Type, q.Compartment)
+		set := tx.record(q.Type, q.Compartment, q.Linked)
 		if len(set) == 0 {
 			return nil, nil
 		}
@@ -98,6 +98,29 @@ func (tx *Tx) compartment(typ, patient string) idSet {
 	return set
 }
 
+// record returns the ids of typ in the record of Patient/patient widened
+// by the Patients linked to it (see search.Registry.InRecord).
+func (tx *Tx) record(typ, patient string, linked []string) idSet {
+	set := tx.compartment(typ, patient)
+	for _, l := range linked {
+		if typ != "Patient" {
+			for id := range tx.compartment(typ, l) {
+				set[id] = struct{}{}
+			}
+		} else if v, _ := tx.current(typ, l); v != nil && !v.Deleted {
+			set[l] = struct{}{}
+		}
+	}
+	return set
+}
+
+// InRecord reports whether the current version of typ/id belongs to the
+// record of Patient/patient widened by the Patients linked to it (see
+// search.Registry.InRecord).
+func (tx *Tx) InRecord(typ, id, patient string, linked []string) bool {
+	return tx.s.reg.InRecord(typ, id, tx.EntriesOf(typ, id), patient, linked)
+}
+
 // InCompartment reports whether the current version of typ/id belongs to
 // the compartment of Patient/patient.
 func (tx *Tx) InCompartment(typ, id, patient string) bool {
@@ -124,7 +147,7 @@ func (tx *Tx) Match(q *search.Query, id string) (bool, error) {
 		return false, nil
 	}
 	entries := tx.EntriesOf(q.Type, id)
-	if q.Compartment != "" && !tx.s.reg.InCompartment(q.Type, id, entries, q.Compartment) {
+	if q.Compartment != "" && !tx.s.reg.InRecord(q.Type, id, entries, q.Compartment, q.Linked) {
 		return false, nil
 	}
 	for i := range q.Clauses {
