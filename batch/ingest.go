@@ -125,7 +125,7 @@ func (r *Runner) advance(rn *run) (time.Duration, bool) {
 		}
 	}
 	next := ""
-	if failNext == "" {
+	if failNext == "" && pg.nextRead == 0 {
 		next = pg.next
 	}
 	if next != "" {
@@ -316,6 +316,18 @@ func (r *Runner) prepare(rec *record, body []byte, u string, kind pageKind) (pg 
 	} else if pg.next != "" {
 		pg.next, failNext = checkNext(rec.SourceBase, u, pg.next)
 	}
+	if failNext == "" && pg.next != "" {
+		// A link back to a page already read is not fetched; writePage
+		// fails the job (and checks again, in its transaction).
+		if pg.next == u {
+			pg.nextRead = -1
+		} else if err := r.st.View(r.ctx, func(tx *store.Tx) error {
+			pg.nextRead = pageRead(tx, rec.ID, pg.next)
+			return nil
+		}); err != nil {
+			return nil, "", err
+		}
+	}
 	inPage := make(map[string]bool, len(pg.resources))
 	for _, res := range pg.resources {
 		inPage[res.localRef()] = true
@@ -444,6 +456,10 @@ func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKi
 	if !rec.Status.Active() {
 		return rec, errJobEnded
 	}
+	if n := rec.total() + len(pg.resources); kind == dataPage && n > r.cfg.MaxResources {
+		return rec, r.end(tx, rec, Failed, fmt.Sprintf("the source payer sent more than %d resources, the most one job reads (-batch-max-resources): "+
+			"%d were written from %d pages, and page %d with %d more was not (%s)", r.cfg.MaxResources, rec.total(), rec.Pages, rec.Pages+1, len(pg.resources), clip(pg.url, 300)), o, now)
+	}
 	inPage := make(map[string]bool, len(pg.resources))
 	for _, res := range pg.resources {
 		inPage[res.localRef()] = true
@@ -529,6 +545,20 @@ func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKi
 	rec.Relinked += relinked
 	if kind == dataPage {
 		rec.NextURL = pg.next
+		if pg.next != "" && failNext == "" {
+			if err := markPageRead(tx, rec.ID, pg.url, rec.Pages); err != nil {
+				return nil, err
+			}
+			n := pageRead(tx, rec.ID, pg.next)
+			if pg.nextRead > 0 {
+				n = pg.nextRead
+			}
+			if n > 0 {
+				failNext = repeatedLink(rec.Pages, pg.next, n)
+			} else if rec.Pages >= r.cfg.MaxPages {
+				failNext = fmt.Sprintf("the source payer's next links went on past %d pages, the most one job reads (-batch-max-pages); the pages read are kept", r.cfg.MaxPages)
+			}
+		}
 	}
 	switch {
 	case failNext != "":
@@ -651,6 +681,9 @@ func (r *Runner) endStep(rec *record, status Status, reason string) (time.Durati
 func (r *Runner) end(tx *store.Tx, rec *record, status Status, reason string, o *commitOpts, now time.Time) error {
 	toSource, relinked, err := r.settle(tx, rec.ID)
 	if err != nil {
+		return err
+	}
+	if err := forgetPagesRead(tx, rec.ID); err != nil {
 		return err
 	}
 	rec.ToSource += toSource

@@ -71,6 +71,9 @@ type preparedPage struct {
 	pending   []pendingRef
 	member    *pageResource // the member's Patient at the source, if on the page
 	single    string        // the type of the body when one resource, not a Bundle
+	// nextRead is set when next leads back to a page the job has read:
+	// that page's number, or -1 for this page itself.
+	nextRead int
 
 	fetched, prepared time.Duration // for the log
 }

@@ -42,6 +42,12 @@ type Config struct {
 	RetryBase, MaxRetryDelay time.Duration
 	// MaxPageBytes caps a page's size (default 64 MiB).
 	MaxPageBytes int64
+	// MaxPages and MaxResources are the most pages (as counted in the
+	// job's pagesFetched) and resources one job reads from a source payer
+	// (-batch-max-pages, -batch-max-resources; defaults DefaultMaxPages and
+	// DefaultMaxResources). A job whose source goes on past them fails,
+	// saying so; what it wrote until then stays.
+	MaxPages, MaxResources int
 	// PrepWorkers is how many goroutines decode and validate one page
 	// (default GOMAXPROCS).
 	PrepWorkers int
@@ -73,6 +79,12 @@ func (c *Config) defaults() {
 	}
 	if c.MaxPageBytes <= 0 {
 		c.MaxPageBytes = 64 << 20
+	}
+	if c.MaxPages <= 0 {
+		c.MaxPages = DefaultMaxPages
+	}
+	if c.MaxResources <= 0 {
+		c.MaxResources = DefaultMaxResources
 	}
 	if c.MaxFetches <= 0 {
 		c.MaxFetches = 8 * c.Workers

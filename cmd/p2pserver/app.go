@@ -164,7 +164,8 @@ func (a *app) wire() error {
 
 	// P2P batch jobs.
 	if a.runner, err = batch.New(a.fhir, oidcRepo, cipher, batch.Config{Workers: cfg.BatchWorkers,
-		VersionedReferences: cfg.VersionedReferences, MDMIdentifierSystem: cfg.MDMIdentifierSystem, Logger: log}); err != nil {
+		VersionedReferences: cfg.VersionedReferences, MDMIdentifierSystem: cfg.MDMIdentifierSystem,
+		MaxPages: cfg.BatchMaxPages, MaxResources: cfg.BatchMaxResources, Logger: log}); err != nil {
 		return err
 	}
 	oidcRepo.SetInUseCheck(a.runner.InUse)

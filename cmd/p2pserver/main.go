@@ -22,6 +22,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/p2pserver/p2pserver/batch"
 )
 
 // Config is everything p2pserver can be told at start-up.
@@ -44,6 +46,8 @@ type Config struct {
 	BackofficeToken string
 	// Batch jobs.
 	BatchWorkers        int
+	// BatchMaxPages and BatchMaxResources are the ceilings of one job.
+	BatchMaxPages, BatchMaxResources int
 	VersionedReferences bool
 	MDMIdentifierSystem string
 	// $member-match: this payer's member id system, and the HRex version
@@ -115,7 +119,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 		return b
 	}
 	var cfg Config
-	var maxBody, grace, workers, attempts, cors string
+	var maxBody, grace, workers, attempts, cors, maxPages, maxResources string
 	fs.StringVar(&cfg.Addr, "addr", env("addr", "127.0.0.1:8080"), "listen address (host:port)")
 	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "bbolt database file (created if missing)")
 	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<the address bound>)")
@@ -130,6 +134,8 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&cfg.OrganizationResource, "organization-resource", env("organization-resource", ""), "id of this payer's Organization resource, referenced by the Provenance it supplies")
 	fs.StringVar(&cfg.BackofficeToken, "backoffice-token", env("backoffice-token", ""), "comma-separated bearer tokens of the back-office role (may start and read batch jobs)")
 	fs.StringVar(&workers, "batch-workers", env("batch-workers", "4"), "pages of batch jobs worked on at once")
+	fs.StringVar(&maxPages, "batch-max-pages", env("batch-max-pages", strconv.Itoa(batch.DefaultMaxPages)), "most pages one batch job reads from a source payer; past it the job fails")
+	fs.StringVar(&maxResources, "batch-max-resources", env("batch-max-resources", strconv.Itoa(batch.DefaultMaxResources)), "most resources one batch job reads from a source payer; past it the job fails")
 	fs.BoolVar(&cfg.VersionedReferences, "versioned-references", envBool("versioned-references"), "Provenance of a batch page targets the exact versions written (Type/id/_history/n)")
 	fs.StringVar(&cfg.MDMIdentifierSystem, "mdm-identifier-system", env("mdm-identifier-system", ""), "identifier system under which a member's id at the source payer is added to the member here (empty: none added)")
 	fs.StringVar(&cfg.MemberIdentifierSystem, "member-identifier-system", env("member-identifier-system", ""), "identifier system of this payer's member ids, answered by $member-match after typed member numbers; a matched member without a searchable identifier gets one under it (empty: <base-url>/fhir/Patient)")
@@ -171,6 +177,12 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if cfg.BatchWorkers, err = strconv.Atoi(workers); err != nil || cfg.BatchWorkers < 1 {
 		return cfg, fmt.Errorf("-batch-workers: %q is not a positive number", workers)
+	}
+	if cfg.BatchMaxPages, err = strconv.Atoi(maxPages); err != nil || cfg.BatchMaxPages < 1 {
+		return cfg, fmt.Errorf("-batch-max-pages: %q is not a positive number", maxPages)
+	}
+	if cfg.BatchMaxResources, err = strconv.Atoi(maxResources); err != nil || cfg.BatchMaxResources < 1 {
+		return cfg, fmt.Errorf("-batch-max-resources: %q is not a positive number", maxResources)
 	}
 	if cfg.NotifyMaxAttempts, err = strconv.Atoi(attempts); err != nil || cfg.NotifyMaxAttempts < 1 {
 		return cfg, fmt.Errorf("-notify-max-attempts: %q is not a positive number", attempts)
