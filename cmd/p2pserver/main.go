@@ -45,11 +45,11 @@ type Config struct {
 	// back-office role: it may run batch jobs, not change definitions.
 	BackofficeToken string
 	// Batch jobs.
-	BatchWorkers        int
+	BatchWorkers int
 	// BatchMaxPages and BatchMaxResources are the ceilings of one job.
 	BatchMaxPages, BatchMaxResources int
-	VersionedReferences bool
-	MDMIdentifierSystem string
+	VersionedReferences              bool
+	MDMIdentifierSystem              string
 	// $member-match: this payer's member id system, and the HRex version
 	// of its answer.
 	MemberIdentifierSystem, MemberMatchHRex string
