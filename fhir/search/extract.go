@@ -82,28 +82,25 @@ func entriesFor(p *Param, n fhirpath.Node) []Entry {
 		return numberEntries(n)
 	case "uri":
 		if s := str(n.Value); s != "" {
-			return []Entry{{Key: pfxURI + clip(stripNUL(s))}}
+			return []Entry{valueEntry(pfxURI, stripNUL(s))}
 		}
 	}
 	return nil
 }
 
 func codeEntries(system, code string) []Entry {
-	code, system = clip(stripNUL(code)), stripNUL(system)
+	code, system = stripNUL(code), stripNUL(system)
 	if code == "" {
 		return nil
 	}
-	return []Entry{
-		{Key: pfxCode + code},
-		{Key: pfxSysCode + clip(system+"|"+code)},
-	}
+	return []Entry{valueEntry(pfxCode, code), valueEntry(pfxSysCode, system+"|"+code)}
 }
 
 func textEntry(s string) []Entry {
 	if s = Normalize(s); s == "" {
 		return nil
 	}
-	return []Entry{{Key: pfxText + clip(s)}}
+	return []Entry{valueEntry(pfxText, s)}
 }
 
 func tokenEntries(n fhirpath.Node) []Entry {
@@ -174,9 +171,9 @@ func stringEntries(n fhirpath.Node) []Entry {
 			continue
 		}
 		if nk := Normalize(s); nk != "" {
-			out = append(out, Entry{Key: pfxNorm + clip(nk)})
+			out = append(out, valueEntry(pfxNorm, nk))
 		}
-		out = append(out, Entry{Key: pfxExact + clip(stripNUL(s))})
+		out = append(out, valueEntry(pfxExact, stripNUL(s)))
 	}
 	return out
 }
@@ -204,7 +201,7 @@ func referenceEntries(n fhirpath.Node) []Entry {
 	if ref == "" || strings.HasPrefix(ref, "#") {
 		return nil
 	}
-	return []Entry{{Key: pfxRef + clip(stripNUL(NormalizeReference(ref, "")))}}
+	return []Entry{valueEntry(pfxRef, stripNUL(NormalizeReference(ref, "")))}
 }
 
 func dateEntry(lo, hi int64) Entry {

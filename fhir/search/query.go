@@ -498,7 +498,7 @@ func (r *Registry) parseValue(p *Param, modifier, v string, opts Options) (Value
 	}
 	if p.Type == "reference" && r.model.IsResource(modifier) {
 		// subject:Patient=123
-		val.Ranges = []Range{exact(pfxRef + modifier + "/" + v)}
+		val.Ranges = []Range{exactValue(pfxRef, modifier+"/"+v)}
 		return val, nil
 	}
 	if !slices.Contains(modifiersByType[p.Type], modifier) {
@@ -510,20 +510,20 @@ func (r *Registry) parseValue(p *Param, modifier, v string, opts Options) (Value
 	switch p.Type {
 	case "token":
 		if modifier == "text" {
-			val.Ranges = []Range{prefix(pfxText + Normalize(v))}
+			val.Ranges = []Range{prefixValue(pfxText, Normalize(v))}
 			break
 		}
 		parts := splitPipes(v)
 		unesc := func(s string) string { return strings.NewReplacer(`\|`, "|", `\$`, "$", `\\`, `\`).Replace(s) }
 		switch len(parts) {
 		case 1:
-			val.Ranges = []Range{exact(pfxCode + unesc(parts[0]))}
+			val.Ranges = []Range{exactValue(pfxCode, unesc(parts[0]))}
 		case 2:
 			sys, code := unesc(parts[0]), unesc(parts[1])
 			if code == "" {
-				val.Ranges = []Range{prefix(pfxSysCode + sys + "|")}
+				val.Ranges = []Range{prefixValue(pfxSysCode, sys+"|")}
 			} else {
-				val.Ranges = []Range{exact(pfxSysCode + sys + "|" + code)}
+				val.Ranges = []Range{exactValue(pfxSysCode, sys+"|"+code)}
 			}
 		default:
 			return val, invalid("%q is not a token (system|code)", v)
@@ -531,34 +531,34 @@ func (r *Registry) parseValue(p *Param, modifier, v string, opts Options) (Value
 	case "string":
 		switch modifier {
 		case "exact":
-			val.Ranges = []Range{exact(pfxExact + v)}
+			val.Ranges = []Range{exactValue(pfxExact, v)}
 		case "contains":
 			n := Normalize(v)
-			val.Ranges = []Range{{Start: pfxNorm, End: pfxNorm + "\xff", Match: func(k string, _ []byte) bool {
-				return strings.Contains(k[len(pfxNorm):], n)
+			val.Ranges = []Range{{Start: pfxNorm, End: pfxNorm + "\xff", Match: func(k string, payload []byte) bool {
+				return strings.Contains(entryValue(pfxNorm, k, payload), n)
 			}}}
 		default:
-			val.Ranges = []Range{prefix(pfxNorm + Normalize(v))}
+			val.Ranges = []Range{prefixValue(pfxNorm, Normalize(v))}
 		}
 	case "reference":
 		ref := NormalizeReference(v, opts.Base)
 		if strings.Contains(ref, "/") {
-			val.Ranges = []Range{exact(pfxRef + ref)}
+			val.Ranges = []Range{exactValue(pfxRef, ref)}
 			break
 		}
 		for _, t := range r.TargetTypes(p) {
-			val.Ranges = append(val.Ranges, exact(pfxRef+t+"/"+ref))
+			val.Ranges = append(val.Ranges, exactValue(pfxRef, t+"/"+ref))
 		}
 	case "uri":
 		switch modifier {
 		case "below":
-			val.Ranges = []Range{prefix(pfxURI + v)}
+			val.Ranges = []Range{prefixValue(pfxURI, v)}
 		case "above":
-			val.Ranges = []Range{{Start: pfxURI, End: pfxURI + "\xff", Match: func(k string, _ []byte) bool {
-				return strings.HasPrefix(v, k[len(pfxURI):])
+			val.Ranges = []Range{{Start: pfxURI, End: pfxURI + "\xff", Match: func(k string, payload []byte) bool {
+				return strings.HasPrefix(v, entryValue(pfxURI, k, payload))
 			}}}
 		default:
-			val.Ranges = []Range{exact(pfxURI + v)}
+			val.Ranges = []Range{exactValue(pfxURI, v)}
 		}
 	case "date":
 		rg, err := dateValueRange(p.Code, v)

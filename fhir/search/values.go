@@ -1,7 +1,9 @@
 package search
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"strconv"
@@ -70,16 +72,88 @@ func Normalize(s string) string {
 	return strings.TrimRight(b.String(), " ")
 }
 
-func clip(s string) string {
-	if len(s) <= maxKeyBytes {
+// Values longer than maxKeyBytes cannot be index keys as they are. Such a
+// value's key is its first clipBytes bytes (cut on a rune boundary), 0x01
+// and digestHex hex digits of the SHA-256 of the whole value, and the whole
+// value is the entry's payload. So every stored value stays findable by its
+// full value (the key of a query value is computed the same way), prefix
+// searches still run on the key order, and every match is verified against
+// the whole value: an exact search never matches a mere prefix.
+const (
+	digestHex = 32
+	clipBytes = maxKeyBytes - 1 - digestHex
+)
+
+// clipTo cuts s to at most n bytes on a rune boundary.
+func clipTo(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	// Cut on a rune boundary so keys stay valid UTF-8.
-	cut := maxKeyBytes
+	cut := n
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
 	return s[:cut]
+}
+
+// longKey is the key of a value longer than maxKeyBytes under prefix pfx.
+func longKey(pfx, v string) string {
+	sum := sha256.Sum256([]byte(v))
+	return pfx + clipTo(v, clipBytes) + "\x01" + hex.EncodeToString(sum[:digestHex/2])
+}
+
+// valueEntry is the index entry of value v (a string, token, reference or
+// uri encoding) under prefix pfx.
+func valueEntry(pfx, v string) Entry {
+	if len(v) <= maxKeyBytes {
+		return Entry{Key: pfx + v}
+	}
+	return Entry{Key: longKey(pfx, v), Payload: []byte(v)}
+}
+
+// entryValue is the whole value an entry made by valueEntry holds.
+func entryValue(pfx, key string, payload []byte) string {
+	if len(payload) > 0 {
+		return string(payload)
+	}
+	return key[len(pfx):]
+}
+
+// exactValue is the range of the entries whose whole value is v.
+func exactValue(pfx, v string) Range {
+	if len(v) <= maxKeyBytes {
+		r := exact(pfx + v)
+		// A short key can only equal a long value's key if crafted to.
+		r.Match = func(_ string, payload []byte) bool { return len(payload) == 0 }
+		return r
+	}
+	r := exact(longKey(pfx, v))
+	r.Match = func(_ string, payload []byte) bool { return string(payload) == v }
+	return r
+}
+
+// prefixValue is the range of the entries whose whole value starts with p.
+func prefixValue(pfx, p string) Range {
+	c := clipTo(p, clipBytes)
+	r := prefix(pfx + c)
+	if len(c) < len(p) {
+		r.Match = func(key string, payload []byte) bool { return strings.HasPrefix(entryValue(pfx, key, payload), p) }
+	}
+	return r
+}
+
+// MayBeClipped reports whether an index key written before long values got
+// their own key form (when they were cut to maxKeyBytes, with no payload)
+// may hold a cut value; the store re-indexes resources with such keys.
+func MayBeClipped(key string, payload []byte) bool {
+	if len(key) < len(pfxCode)+maxKeyBytes-utf8.UTFMax || len(payload) > 0 {
+		return false
+	}
+	switch key[:len(pfxCode)] {
+	case pfxCode, pfxSysCode, pfxText, pfxNorm, pfxExact, pfxRef, pfxURI:
+		return true
+	}
+	return false
 }
 
 func stripNUL(s string) string {

@@ -80,6 +80,9 @@ func Open(db *bolt.DB, reg *search.Registry, log *slog.Logger) (*Store, error) {
 		closing: make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
+	if err := s.upgradeIndexes(); err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
 	go s.writer()
 	return s, nil
 }

@@ -1,0 +1,107 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/spec"
+	bolt "go.etcd.io/bbolt"
+)
+
+// TestUpgradeIndexesOfClippedValues opens a database whose index holds a long
+// value the way earlier versions wrote it (cut to 480 bytes, so the full
+// value could not be found and :exact matched the cut), and checks that
+// Open indexes it again: the full value is found, the cut is not.
+func TestUpgradeIndexesOfClippedValues(t *testing.T) {
+	reg := search.NewRegistry(spec.R4())
+	path := filepath.Join(t.TempDir(), "old.db")
+	family := strings.Repeat("Longfamily", 61)
+	open := func() (*bolt.DB, *Store) {
+		db, err := bolt.Open(path, 0o600, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := Open(db, reg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return db, st
+	}
+	db, st := open()
+	body := `{"resourceType":"Patient","id":"p","name":[{"family":"` + family + `"}]}`
+	var m map[string]any
+	dec := json.NewDecoder(strings.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	err := st.Write(context.Background(), func(tx *Tx) error {
+		if _, err := tx.Put(&Doc{Type: "Patient", ID: "p", Map: m, JSON: []byte(body)}, PutOptions{}); err != nil {
+			return err
+		}
+		// Rewrite its entries as the old format had them.
+		var old []search.Entry
+		for _, e := range tx.EntriesOf("Patient", "p") {
+			if len(e.Payload) > 480 {
+				e = search.Entry{Param: e.Param, Key: e.Key[:2] + string(e.Payload)[:480]}
+			}
+			old = append(old, e)
+		}
+		if err := tx.reindex("Patient", "p", nil); err != nil {
+			return err
+		}
+		if err := tx.reindex("Patient", "p", old); err != nil {
+			return err
+		}
+		return tx.btx.Bucket(metaBucket).Delete(indexFormatKey)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	find := func(st *Store, param, value string) int {
+		var n int
+		err := st.View(context.Background(), func(tx *Tx) error {
+			q, err := reg.Parse("Patient", url.Values{param: {value}}, search.Options{})
+			if err != nil {
+				return err
+			}
+			ids, err := tx.Search(q)
+			n = len(ids)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if find(st, "family:exact", family[:480]) != 1 || find(st, "family:exact", family) != 0 {
+		t.Fatal("the test did not recreate the old index form")
+	}
+	st.Close()
+	db.Close()
+
+	db, st = open()
+	defer db.Close()
+	defer st.Close()
+	if n := find(st, "family:exact", family); n != 1 {
+		t.Errorf("after the upgrade the full value finds %d resources", n)
+	}
+	if n := find(st, "family:exact", family[:480]); n != 0 {
+		t.Errorf("after the upgrade :exact with the first 480 bytes finds %d resources", n)
+	}
+	if n := find(st, "family", strings.ToLower(family)); n != 1 {
+		t.Errorf("after the upgrade the full value (normalized) finds %d resources", n)
+	}
+	_ = st.View(context.Background(), func(tx *Tx) error {
+		if !bytes.Equal(tx.btx.Bucket(metaBucket).Get(indexFormatKey), []byte(indexFormat)) {
+			t.Error("the index format was not recorded")
+		}
+		return nil
+	})
+}
