@@ -17,6 +17,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/netguard"
 	"github.com/p2pserver/p2pserver/oidcservers"
 )
 
@@ -65,6 +66,9 @@ func (r *Runner) fetch(runCtx context.Context, ts *oidcservers.TokenSource, url 
 		var ue interface{ Timeout() bool }
 		if errors.As(err, &ue) && ue.Timeout() {
 			return nil, &fetchFailure{retry: true, reason: fmt.Sprintf("the source payer did not answer within %s for %s", r.cfg.RequestTimeout, clip(url, 300))}
+		}
+		if netguard.IsRefused(err) {
+			return nil, &fetchFailure{reason: fmt.Sprintf("the source payer's endpoint for %s is not reachable under this server's outbound policy: %s", clip(url, 300), refusal(err))}
 		}
 		if strings.Contains(err.Error(), "redirect to another origin") {
 			return nil, &fetchFailure{reason: fmt.Sprintf("the source payer redirected %s to another origin; requests are only sent to the origin of its fhirEndpoint", clip(url, 300))}
@@ -121,11 +125,23 @@ func tokenFailure(err error) error {
 	case errs.Is(err, errs.Transient), errs.Is(err, errs.Timeout):
 		return &fetchFailure{retry: true, reason: msg}
 	}
+	if netguard.IsRefused(err) {
+		return &fetchFailure{reason: "the source payer's token endpoint is not reachable under this server's outbound policy: " + refusal(err)}
+	}
 	var ne interface{ Timeout() bool }
 	if errors.As(err, &ne) {
 		return &fetchFailure{retry: true, reason: "the source payer's token endpoint could not be reached: " + msg}
 	}
 	return &fetchFailure{authz: true, reason: "the member's token could not be refreshed: " + msg}
+}
+
+// refusal is the outbound policy's reason behind err.
+func refusal(err error) string {
+	var re *netguard.RefusedError
+	if errors.As(err, &re) {
+		return re.Error()
+	}
+	return netReason(err)
 }
 
 // netReason names a transport failure without echoing internals at length.

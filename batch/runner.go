@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/netguard"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 	"github.com/p2pserver/p2pserver/mdm"
 	"github.com/p2pserver/p2pserver/oidcservers"
@@ -55,8 +55,13 @@ type Config struct {
 	// (default 8 per worker). A job waiting for a slow source holds one of
 	// these, never a worker.
 	MaxFetches int
-	// Transport carries the requests to source payers (default: a clone of
-	// http.DefaultTransport).
+	// Outbound is the policy every connection to a source payer (its FHIR
+	// endpoint and its token endpoint) is checked with, on the address
+	// dialled after name resolution (default netguard.Default: public
+	// addresses and loopback).
+	Outbound *netguard.Policy
+	// Transport, when set, carries the requests to source payers instead
+	// of a transport built from Outbound (tests that need their own).
 	Transport http.RoundTripper
 	Logger    *slog.Logger
 }
@@ -184,10 +189,13 @@ func New(srv *fhir.Server, defs Definitions, cipher *secrets.Cipher, cfg Config)
 	cfg.defaults()
 	transport := cfg.Transport
 	if transport == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
+		guard := cfg.Outbound
+		if guard == nil {
+			guard = netguard.Default()
+		}
+		t := guard.Transport()
 		t.MaxIdleConnsPerHost = cfg.Workers * 2
 		t.ResponseHeaderTimeout = cfg.RequestTimeout
-		t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 		transport = t
 	}
 	r := &Runner{

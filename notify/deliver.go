@@ -13,6 +13,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/netguard"
 )
 
 // result is what one delivery attempt came to.
@@ -169,6 +170,12 @@ func (n *Service) post(ctx context.Context, t target) result {
 	}
 	resp, err := n.client.Do(req)
 	if err != nil {
+		if netguard.IsRefused(err) {
+			// The endpoint's name leads to an address the policy does not
+			// allow: nothing was sent, and the Subscription's author is
+			// told why in Subscription.error.
+			return result{counted: true, permanent: true, subError: true, err: fmt.Errorf("POST %s: %s", s.endpoint, netError(err))}
+		}
 		return result{counted: true, err: fmt.Errorf("POST %s: %s", s.endpoint, netError(err))}
 	}
 	defer resp.Body.Close()

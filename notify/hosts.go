@@ -1,15 +1,15 @@
 package notify
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/p2pserver/p2pserver/internal/netguard"
 )
 
 // HostPolicy decides which hosts a rest-hook Subscription may call, so that
@@ -20,8 +20,10 @@ import (
 // ::1), which is what a developer running everything on one machine
 // needs. Otherwise an endpoint's host must be listed: an exact name or IP
 // ("hooks.example.org", "10.0.0.7"), optionally with a port
-// ("hooks.example.org:8443"), or a wildcard for subdomains
-// ("*.partner.example", which does not admit partner.example itself).
+// ("hooks.example.org:8443"), a wildcard for subdomains
+// ("*.partner.example", which does not admit partner.example itself), or
+// an address range ("10.20.0.0/16"). Listed addresses and ranges are also
+// what a listed name may resolve to beyond public addresses (see Guard).
 //
 // Plain http is allowed to loopback only; any other host needs https, as
 // rest-hook requests carry the Subscription's headers (often credentials)
@@ -33,7 +35,8 @@ type HostPolicy struct {
 type hostRule struct {
 	host     string // lower case; without the "*." of a wildcard
 	wildcard bool
-	port     string // "" for any
+	port     string       // "" for any
+	prefix   netip.Prefix // an IP (as /32, /128) or a range; invalid for names
 }
 
 // ParseHosts reads a comma-separated host list (the -subscription-hosts
@@ -43,6 +46,14 @@ func ParseHosts(list string) (*HostPolicy, error) {
 	for _, item := range strings.Split(list, ",") {
 		item = strings.ToLower(strings.TrimSpace(item))
 		if item == "" {
+			continue
+		}
+		if strings.Contains(item, "/") && !strings.Contains(item, "://") {
+			pr, err := netguard.ParsePrefix(item)
+			if err != nil {
+				return nil, fmt.Errorf("subscription host %q: %w", item, err)
+			}
+			p.rules = append(p.rules, hostRule{host: pr.String(), prefix: pr})
 			continue
 		}
 		if strings.Contains(item, "://") || strings.ContainsAny(item, "/?#@ ") {
@@ -65,7 +76,8 @@ func ParseHosts(list string) (*HostPolicy, error) {
 			if r.wildcard {
 				return nil, fmt.Errorf("subscription host %q: an IP address cannot have a wildcard", item)
 			}
-			r.host = ip.Unmap().String()
+			ip = ip.Unmap().WithZone("")
+			r.host, r.prefix = ip.String(), netip.PrefixFrom(ip, ip.BitLen())
 		}
 		p.rules = append(p.rules, r)
 	}
@@ -133,12 +145,17 @@ func (p *HostPolicy) Check(u *url.URL) error {
 	if port == "" {
 		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
 	}
-	if ip, err := netip.ParseAddr(host); err == nil {
-		host = ip.Unmap().String()
+	ip, err := netip.ParseAddr(host)
+	if err == nil {
+		ip = ip.Unmap().WithZone("")
+		host = ip.String()
 	}
 	for _, r := range p.rules {
 		if r.port != "" && r.port != port {
 			continue
+		}
+		if r.prefix.IsValid() && ip.IsValid() && r.prefix.Contains(ip) {
+			return nil
 		}
 		if (!r.wildcard && host == r.host) || (r.wildcard && strings.HasSuffix(host, "."+r.host)) {
 			return nil
@@ -147,59 +164,34 @@ func (p *HostPolicy) Check(u *url.URL) error {
 	return fmt.Errorf("host %s is not allowed: -subscription-hosts lists %s", net.JoinHostPort(host, port), p)
 }
 
-// dialAllowed checks the address a connection is about to be made to,
-// after name resolution: a name on the list must not lead to a loopback,
-// link-local (cloud metadata) or unspecified address unless that address
-// itself is listed, and in loopback-only mode only loopback is reached.
-func (p *HostPolicy) dialAllowed(address string) error {
-	host, _, err := net.SplitHostPort(address)
-	if err != nil {
-		return err
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return fmt.Errorf("not an IP address: %s", host)
-	}
-	ip = ip.Unmap()
+// Guard is the outbound policy rest-hook connections are checked with,
+// after name resolution: in loopback-only mode only loopback is reached;
+// with hosts listed, public addresses and the addresses and ranges the
+// list names (a listed name is not a range: "localhost" or an internal
+// name that resolves to a loopback, private or link-local address is
+// refused unless that address or its range is listed too).
+func (p *HostPolicy) Guard() *netguard.Policy {
 	if p.LoopbackOnly() {
-		if !ip.IsLoopback() {
-			return fmt.Errorf("%s is not a loopback address", ip)
-		}
-		return nil
+		return &netguard.Policy{Allow: netguard.Loopback, Setting: "-subscription-hosts (empty: loopback only)"}
 	}
-	if ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() || ip.IsMulticast() {
-		for _, r := range p.rules {
-			if r.host == ip.String() {
-				return nil
-			}
+	g := &netguard.Policy{Public: true, Setting: "-subscription-hosts"}
+	for _, r := range p.rules {
+		if r.prefix.IsValid() {
+			g.Allow = append(g.Allow, r.prefix)
 		}
-		return fmt.Errorf("%s is a link-local, multicast or unspecified address; list it in -subscription-hosts to allow it", ip)
 	}
-	return nil
+	return g
 }
 
 // client returns the HTTP client rest-hooks are delivered with: no proxy
 // from the environment (a proxy would hide the real destination from the
-// policy), every connection checked after resolution, and no redirects
-// followed (a redirect answer counts as a failed delivery).
-func (p *HostPolicy) client(timeout time.Duration) *http.Client {
-	dialer := &net.Dialer{
-		Timeout: timeout,
-		Control: func(_, address string, _ syscall.RawConn) error {
-			return p.dialAllowed(address)
-		},
-	}
-	tr := &http.Transport{
-		Proxy: nil,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return dialer.DialContext(ctx, network, addr)
-		},
-		TLSHandshakeTimeout:   timeout,
-		ResponseHeaderTimeout: timeout,
-		MaxIdleConnsPerHost:   4,
-		IdleConnTimeout:       90 * time.Second,
-		ForceAttemptHTTP2:     true,
-	}
+// policy), every connection checked after resolution by Guard, and no
+// redirects followed (a redirect answer counts as a failed delivery).
+func (p *HostPolicy) client(timeout time.Duration, guard *netguard.Policy) *http.Client {
+	tr := guard.Transport()
+	tr.TLSHandshakeTimeout = timeout
+	tr.ResponseHeaderTimeout = timeout
+	tr.MaxIdleConnsPerHost = 4
 	return &http.Client{
 		Transport: tr,
 		Timeout:   timeout,

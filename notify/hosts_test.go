@@ -1,6 +1,7 @@
 package notify
 
 import (
+	"net/netip"
 	"net/url"
 	"strings"
 	"testing"
@@ -59,32 +60,46 @@ func TestHostPolicy(t *testing.T) {
 			t.Errorf("%s (%s): %v, want %q", c.url, c.p, err, c.want)
 		}
 	}
-	// After name resolution: loopback mode reaches loopback only; a listed
-	// name may not lead to link-local (cloud metadata) addresses unless that
-	// address is itself listed.
+	// After name resolution (netguard checks the address dialled): loopback
+	// mode reaches loopback only; with hosts listed, public addresses and
+	// the listed addresses and ranges only, so a listed name that resolves
+	// to loopback, a private range or link-local (cloud metadata) is
+	// refused unless that address or range is itself listed.
+	ranged, err := ParseHosts("hooks.example.org, 10.20.0.0/16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := ParseHosts("hooks.example.org, localhost")
 	dial := []struct {
 		p    *HostPolicy
 		addr string
 		ok   bool
 	}{
-		{loop, "127.0.0.1:80", true},
-		{loop, "[::1]:80", true},
-		{loop, "10.0.0.1:80", false},
-		{listed, "93.184.216.34:443", true},
-		{listed, "169.254.169.254:80", true},
-		{listed, "[fe80::1]:80", false},
-		{listed, "0.0.0.0:80", false},
+		{loop, "127.0.0.1", true},
+		{loop, "::1", true},
+		{loop, "10.0.0.1", false},
+		{loop, "93.184.216.34", false},
+		{listed, "93.184.216.34", true},
+		{listed, "169.254.169.254", true},
+		{listed, "10.0.0.7", true},
+		{listed, "10.0.0.8", false},
+		{listed, "::1", true},
+		{listed, "127.0.0.1", false},
+		{listed, "fe80::1", false},
+		{listed, "0.0.0.0", false},
+		{other, "169.254.169.254", false},
+		{other, "127.0.0.1", false}, // "localhost" names a host, not the loopback range
+		{ranged, "10.20.3.4", true},
+		{ranged, "10.21.0.1", false},
 	}
-	other, _ := ParseHosts("hooks.example.org")
-	dial = append(dial, struct {
-		p    *HostPolicy
-		addr string
-		ok   bool
-	}{other, "169.254.169.254:80", false})
 	for _, d := range dial {
-		if err := d.p.dialAllowed(d.addr); (err == nil) != d.ok {
+		if err := d.p.Guard().Check("h", netip.MustParseAddr(d.addr)); (err == nil) != d.ok {
 			t.Errorf("dial %s under %s: %v, want allowed=%v", d.addr, d.p, err, d.ok)
 		}
+	}
+	u, _ := url.Parse("https://10.20.9.9/hook")
+	if err := ranged.Check(u); err != nil {
+		t.Errorf("an address in a listed range: %v", err)
 	}
 }
 

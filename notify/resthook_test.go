@@ -3,6 +3,8 @@ package notify_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -220,5 +222,48 @@ func TestNotificationsAPI(t *testing.T) {
 	got := e.notifications("?limit=1")
 	if list := got["notifications"].([]any); len(list) != 1 || list[0].(map[string]any)["resource"] != "Task/"+tk["id"].(string) || !got["truncated"].(bool) {
 		t.Errorf("limit=1 (newest first, truncated): %v", got)
+	}
+}
+
+// TestRestHookDialPolicy: the rest-hook's address is checked after name
+// resolution (rule 10). With "localhost:<port>" listed in
+// -subscription-hosts the URL is accepted, but localhost resolves to
+// loopback, a range the list does not name: nothing is sent, and the
+// Subscription is set to error saying why. Naming the loopback addresses
+// too lets the same Subscription deliver. (FHIR R4 subscription.html,
+// rest-hook: the server POSTs to the endpoint the client named; which
+// endpoints it may reach is this server's policy.)
+func TestRestHookDialPolicy(t *testing.T) {
+	h := newHook(t)
+	port := h.srv.Listener.Addr().(*net.TCPAddr).Port
+	for _, c := range []struct {
+		hosts string
+		sent  bool
+	}{
+		{fmt.Sprintf("localhost:%d", port), false},
+		{fmt.Sprintf("localhost:%d, 127.0.0.1, ::1", port), true},
+		{fmt.Sprintf("localhost:%d, 127.0.0.0/8, ::1", port), true},
+	} {
+		t.Run(c.hosts, func(t *testing.T) {
+			e := newEnv(t, withHosts(c.hosts), withoutMail())
+			before := len(h.calls())
+			sub := e.do("POST", "/Subscription", restHook(fmt.Sprintf("http://localhost:%d/hook", port), "Basic", "application/fhir+json")).want(t, 201).JSON
+			e.do("POST", "/Basic", map[string]any{"resourceType": "Basic", "code": map[string]any{"text": "x"}}).want(t, 201)
+			if c.sent {
+				h.wait(t, before+1)
+				return
+			}
+			var cur map[string]any
+			waitFor(t, "the Subscription in error", func() bool {
+				cur = e.do("GET", "/Subscription/"+sub["id"].(string), nil).want(t, 200).JSON
+				return cur["status"] == "error"
+			})
+			if msg, _ := cur["error"].(string); !strings.Contains(msg, "127.0.0.1 is a loopback address") && !strings.Contains(msg, "::1 is a loopback address") {
+				t.Errorf("Subscription.error %q does not say why", msg)
+			}
+			if n := len(h.calls()); n != before {
+				t.Errorf("the endpoint was called %d times", n-before)
+			}
+		})
 	}
 }

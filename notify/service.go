@@ -111,7 +111,7 @@ func New(fs *fhir.Server, cfg Config) (*Service, error) {
 	n := &Service{
 		cfg: cfg, fs: fs, st: fs.Store(), reg: fs.Store().Registry(), base: strings.TrimRight(fs.BaseURL(), "/"),
 		hosts: cfg.Hosts, mailer: cfg.Mailer, log: cfg.Logger,
-		client:   cfg.Hosts.client(cfg.Timeout),
+		client:   cfg.Hosts.client(cfg.Timeout, cfg.Hosts.Guard()),
 		wake:     make(chan struct{}, 1),
 		inflight: map[uint64]bool{},
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"golang.org/x/oauth2"
 
 	"github.com/p2pserver/p2pserver/internal/errs"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
@@ -29,7 +30,12 @@ type API struct {
 	logger        *slog.Logger
 	maxBody       int64
 	verifyTimeout time.Duration
+	client        *http.Client // nil: the package default
 }
+
+// UseClient makes verify fetch the discovery document and keys with c
+// (the binary passes one checked by its outbound policy).
+func (a *API) UseClient(c *http.Client) { a.client = c }
 
 // NewAPI builds the API. admin guards the write routes (see httpapi.Admin);
 // maxBody caps request bodies in bytes.
@@ -264,6 +270,9 @@ func (a *API) verify(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.verifyTimeout)
 	defer cancel()
+	if a.client != nil {
+		ctx = context.WithValue(ctx, oauth2.HTTPClient, a.client)
+	}
 	httpapi.WriteJSON(w, http.StatusOK, Check(ctx, s))
 }
 

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/netguard"
 )
 
 // maxDocument caps what is read of a discovery document, JWKS or token
@@ -22,9 +23,10 @@ import (
 const maxDocument = 1 << 20
 
 // defaultClient is used when the context carries no *http.Client under
-// oauth2.HTTPClient. Its timeout bounds each request; callers' contexts may
+// oauth2.HTTPClient: its connections are checked by netguard.Default after
+// name resolution. Its timeout bounds each request; callers' contexts may
 // bound them further.
-var defaultClient = &http.Client{Timeout: 30 * time.Second}
+var defaultClient = netguard.Default().Client(30 * time.Second)
 
 // httpClient returns the client in ctx (the golang.org/x/oauth2 convention,
 // which go-oidc follows too) or defaultClient.

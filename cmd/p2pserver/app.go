@@ -23,6 +23,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/workflow"
 	"github.com/p2pserver/p2pserver/internal/apidoc"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
+	"github.com/p2pserver/p2pserver/internal/netguard"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 	"github.com/p2pserver/p2pserver/mdm"
 	"github.com/p2pserver/p2pserver/notify"
@@ -92,11 +93,19 @@ func (a *app) wire() error {
 
 	// Access control on /fhir comes first: later middleware reads the
 	// fhir.Access it sets.
+	ranges, err := netguard.ParseRanges(cfg.OutboundAllow)
+	if err != nil {
+		return fmt.Errorf("-outbound-allow: %w", err)
+	}
+	// Every connection to another system (source payers, token issuers,
+	// vendors) is checked on the address dialled; rest-hooks have their
+	// own policy, -subscription-hosts.
+	outbound := &netguard.Policy{Public: true, Allow: ranges, Setting: "-outbound-allow"}
 	issuers, err := smart.ParseIssuers(cfg.TrustedIssuers)
 	if err != nil {
 		return fmt.Errorf("-trusted-issuers: %w", err)
 	}
-	if a.guard, err = smart.New(smart.Config{BaseURL: base, Issuers: issuers,
+	if a.guard, err = smart.New(smart.Config{BaseURL: base, Issuers: issuers, HTTPClient: outbound.Client(10 * time.Second),
 		Audiences: httpapi.SplitTokens(cfg.TokenAudience), AdminTokens: httpapi.SplitTokens(cfg.AdminToken), Logger: log}); err != nil {
 		return err
 	}
@@ -138,6 +147,7 @@ func (a *app) wire() error {
 		return fmt.Errorf("-admin-token, -backoffice-token: %w", err)
 	}
 	a.oidc = oidcservers.NewAPI(oidcRepo, a.admin.Require("admin"), log, httpapi.DefaultMaxBody)
+	a.oidc.UseClient(outbound.Client(30 * time.Second))
 
 	// Tasks: the R4 state machine for every Task, then the add-payer rules.
 	workflow.Register(a.fhir, workflow.Options{})
@@ -163,7 +173,7 @@ func (a *app) wire() error {
 	a.notifyAPI = notify.NewAPI(a.notify, a.admin.Require("admin"), log)
 
 	// P2P batch jobs.
-	if a.runner, err = batch.New(a.fhir, oidcRepo, cipher, batch.Config{Workers: cfg.BatchWorkers,
+	if a.runner, err = batch.New(a.fhir, oidcRepo, cipher, batch.Config{Workers: cfg.BatchWorkers, Outbound: outbound,
 		VersionedReferences: cfg.VersionedReferences, MDMIdentifierSystem: cfg.MDMIdentifierSystem,
 		MaxPages: cfg.BatchMaxPages, MaxResources: cfg.BatchMaxResources, Logger: log}); err != nil {
 		return err
@@ -178,7 +188,7 @@ func (a *app) wire() error {
 			return fmt.Errorf("-eligibility-config: %w", err)
 		}
 	}
-	conns, err := connectors.New(ecfg, nil, log)
+	conns, err := connectors.New(ecfg, outbound.Client(0), log)
 	if err != nil {
 		return fmt.Errorf("-eligibility-config: %w", err)
 	}
@@ -190,7 +200,8 @@ func (a *app) wire() error {
 	// Healthie practice data facade, behind the same token guard as /fhir.
 	if cfg.HealthieURL != "" {
 		if a.healthie, err = healthie.Setup(a.fhir, healthie.Options{URL: cfg.HealthieURL, APIKey: cfg.HealthieAPIKey,
-			WebhookSecret: cfg.HealthieWebhookSecret, Sync: cfg.HealthieSync, BaseURL: cfg.BaseURL, Logger: log}); err != nil {
+			WebhookSecret: cfg.HealthieWebhookSecret, Sync: cfg.HealthieSync, BaseURL: cfg.BaseURL,
+			HTTPClient: outbound.Client(30 * time.Second), Logger: log}); err != nil {
 			return fmt.Errorf("-healthie-url: %w", err)
 		}
 		a.healthie.Use(a.guard.Middleware)

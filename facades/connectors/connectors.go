@@ -19,7 +19,7 @@ import (
 var Vendors = []string{sohar.Vendor, tuuthfairy.Vendor, verifytreatment.Vendor}
 
 // New builds a connector for each vendor with settings under
-// cfg.Vendors, in name order. hc may be nil (http.DefaultClient). It
+// cfg.Vendors, in name order. hc may be nil (a client checked by netguard.Default). It
 // refuses an unknown vendor name and settings a vendor refuses.
 func New(cfg eligibility.Config, hc *http.Client, log *slog.Logger) ([]eligibility.Connector, error) {
 	var names []string

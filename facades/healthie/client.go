@@ -16,6 +16,7 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/netguard"
 )
 
 // ClientConfig configures the Healthie API client.
@@ -82,7 +83,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	hc := cfg.HTTPClient
 	if hc == nil {
-		hc = &http.Client{Timeout: cfg.Timeout}
+		hc = netguard.Default().Client(cfg.Timeout)
 	}
 	c := &Client{cfg: cfg, http: hc, log: cfg.Logger, sleep: sleepCtx}
 	c.gql = graphql.NewClient(cfg.URL, doer{c})

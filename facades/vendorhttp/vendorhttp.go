@@ -21,7 +21,12 @@ import (
 	"time"
 
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/netguard"
 )
+
+// defaultClient carries calls made without Client.HTTP: its connections
+// are checked by netguard.Default after name resolution.
+var defaultClient = netguard.Default().Client(0)
 
 // MaxBody caps what is read of a vendor answer.
 const MaxBody = 4 << 20
@@ -108,7 +113,7 @@ func (c *Client) Do(ctx context.Context, rq Request, out any) ([]byte, error) {
 	req.Header.Set("Accept", "application/json")
 	hc := c.HTTP
 	if hc == nil {
-		hc = http.DefaultClient
+		hc = defaultClient
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

@@ -48,6 +48,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/netguard"
 )
 
 // Config sets up a Guard.
@@ -65,7 +66,7 @@ type Config struct {
 	// httpapi.SplitTokens for the -admin-token list).
 	AdminTokens []string
 	// HTTPClient fetches discovery documents and key sets; default a client
-	// with a 10 s timeout.
+	// checked by netguard.Default, with a 10 s timeout.
 	HTTPClient *http.Client
 	Logger     *slog.Logger
 	// Leeway is the clock skew tolerated on nbf; default one minute. (exp
@@ -94,7 +95,7 @@ func New(cfg Config) (*Guard, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+		cfg.HTTPClient = netguard.Default().Client(10 * time.Second)
 	}
 	if cfg.Leeway == 0 {
 		cfg.Leeway = time.Minute
