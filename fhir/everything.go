@@ -144,6 +144,8 @@ func (s *Server) everythingParams(w http.ResponseWriter, r *http.Request) (url.V
 				val = v
 			case json.Number:
 				val = v.String()
+			case bool:
+				val = strconv.FormatBool(v)
 			}
 		}
 		if val == "" {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/mdm"
 )
 
 // everythingServer is a test server with $everything enabled.
@@ -443,5 +444,74 @@ func TestEverythingWithholds(t *testing.T) {
 	}
 	if !slices.Contains(calls, "m1") {
 		t.Error("Withhold was never asked")
+	}
+}
+
+// TestEverythingFollowsMDMLinks: with MDM links followed
+// (SetPatientLinks(mdm.Linked)), Patient/{id}/$everything is the member's
+// record with the linked Patients' compartments, paged like any other;
+// _mdm=false (HAPI FHIR's parameter) keeps to the patient's own; the
+// member's consent (Withhold) covers the linked data too. Without links,
+// :mdm and _mdm=true are refused rather than ignored.
+func TestEverythingFollowsMDMLinks(t *testing.T) {
+	t.Parallel()
+	ts := everythingServer(t, fhir.EverythingOptions{Withhold: func(tx *store.Tx, patient string) (func(*store.Version) bool, error) {
+		if patient != "m1" {
+			return nil, nil
+		}
+		return func(v *store.Version) bool { return strings.Contains(string(v.JSON), `"code":"PSY"`) }, nil
+	}})
+	psy := `"meta":{"security":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"PSY"}]},`
+	loadFixtures(t, ts, []string{
+		`{"resourceType":"Patient","id":"m1","link":[{"other":{"reference":"Patient/i1"},"type":"seealso"}]}`,
+		`{"resourceType":"Patient","id":"i1","link":[{"other":{"reference":"Patient/m1"},"type":"seealso"}]}`,
+		`{"resourceType":"Patient","id":"m2"}`,
+		`{"resourceType":"Observation","id":"o-m1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/m1"}}`,
+		`{"resourceType":"Observation","id":"o-i1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/i1"}}`,
+		`{"resourceType":"Observation","id":"o-i1-psy",` + psy + `"status":"final","code":{"text":"x"},"subject":{"reference":"Patient/i1"}}`,
+		`{"resourceType":"Condition","id":"c-i1","subject":{"reference":"Patient/i1"}}`,
+		`{"resourceType":"Observation","id":"o-m2","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/m2"}}`,
+	})
+	// Not following links: the patient's own compartment (which holds the
+	// linked Patient itself, by the R4 CompartmentDefinition's link).
+	own := []string{"Patient/m1", "Patient/i1", "Observation/o-m1"}
+	if got := refsOf(readPage(t, ts.do(http.MethodGet, "/Patient/m1/$everything", nil).want(t, http.StatusOK))); !slices.Equal(got, own) {
+		t.Errorf("without links: %v", got)
+	}
+	ts.do(http.MethodGet, "/Observation?subject:mdm=Patient/m1", nil).want(t, http.StatusBadRequest).outcome(t)
+	ts.do(http.MethodGet, "/Patient/m1/$everything?_mdm=true", nil).want(t, http.StatusBadRequest).outcome(t)
+	ts.do(http.MethodGet, "/Patient/m1/$everything?_mdm=false", nil).want(t, http.StatusOK)
+
+	ts.fhir.SetPatientLinks(mdm.Linked)
+	record := []string{"Patient/m1", "Patient/i1", "Condition/c-i1", "Observation/o-m1", "Observation/o-i1"}
+	for _, q := range []string{"", "?_mdm=true"} {
+		if got := refsOf(readPage(t, ts.do(http.MethodGet, "/Patient/m1/$everything"+q, nil).want(t, http.StatusOK))); !slices.Equal(got, record) {
+			t.Errorf("$everything%s: %v, want %v", q, got, record)
+		}
+	}
+	entries, total := all(t, ts, "/Patient/m1/$everything?_count=2", 2)
+	var paged []string
+	for _, e := range entries {
+		paged = append(paged, e.ref)
+	}
+	if total != len(record) || !slices.Equal(paged, record) {
+		t.Errorf("paged: %d %v", total, paged)
+	}
+	p := readPage(t, ts.do(http.MethodGet, "/Patient/m1/$everything?_mdm=false&_count=2", nil).want(t, http.StatusOK))
+	if p.total != len(own) || !strings.Contains(p.links["self"], "_mdm=false") {
+		t.Errorf("_mdm=false: total %d, self %s", p.total, p.links["self"])
+	}
+	// The linked record's own $everything is not under m1's consent.
+	if got := refsOf(readPage(t, ts.do(http.MethodGet, "/Patient/i1/$everything?_mdm=false&_type=Observation", nil).want(t, http.StatusOK))); !slices.Equal(got, []string{"Observation/o-i1", "Observation/o-i1-psy"}) {
+		t.Errorf("Patient/i1/$everything?_mdm=false: %v", got)
+	}
+	for _, bad := range []string{"_mdm=maybe", "_mdm"} {
+		ts.do(http.MethodGet, "/Patient/m1/$everything?"+bad, nil).want(t, http.StatusBadRequest).outcome(t)
+	}
+	ts.do(http.MethodGet, "/Patient/$everything?_mdm=true", nil).want(t, http.StatusBadRequest).outcome(t)
+	// A Parameters body may carry _mdm too.
+	body := `{"resourceType":"Parameters","parameter":[{"name":"_mdm","valueBoolean":false}]}`
+	if got := refsOf(readPage(t, ts.do(http.MethodPost, "/Patient/m1/$everything", body).want(t, http.StatusOK))); !slices.Equal(got, own) {
+		t.Errorf("POST _mdm=false: %v", got)
 	}
 }

@@ -32,8 +32,7 @@ type PatientLinks func(tx *store.Tx, patient string) []string
 //     InMemberRecord). Writes stay confined to the member's own
 //     compartment.
 //
-// Without it nothing follows links and :mdm is refused. Call it before
-// Handler.
+// Without it nothing follows links and :mdm is refused.
 func (s *Server) SetPatientLinks(f PatientLinks) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
