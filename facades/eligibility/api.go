@@ -95,7 +95,7 @@ func (s *Service) webhook(w http.ResponseWriter, r *http.Request) {
 				if j.State == stateRelay {
 					continue
 				}
-				j.NextAt = now
+				j.wake(now)
 				if err := putJob(tx, j); err != nil {
 					return err
 				}
@@ -354,7 +354,7 @@ func (s *Service) saveConnection(ctx context.Context, vendor string, c Connectio
 		}
 		for _, id := range ids {
 			if j, err := getJob(tx, id); err == nil && j != nil && j.State != stateRelay {
-				j.NextAt = now
+				j.wake(now)
 				if err := putJob(tx, j); err != nil {
 					return err
 				}

@@ -22,6 +22,12 @@ const tfNPI = "1234567893"
 // clearinghouse data.
 func tfEnv(t *testing.T) (*env, *tuuthfairytest.Sim) {
 	t.Helper()
+	return tfEnvWith(t, nil)
+}
+
+// tfEnvWith is tfEnv with the configuration changed by tune.
+func tfEnvWith(t *testing.T, tune func(*eligibility.Config)) (*env, *tuuthfairytest.Sim) {
+	t.Helper()
 	sim, err := tuuthfairytest.New(tuuthfairytest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +44,9 @@ func tfEnv(t *testing.T) (*env, *tuuthfairytest.Sim) {
 		Vendors:      map[string]json.RawMessage{"tuuthfairy": json.RawMessage(`{}`)},
 		PollInterval: eligibility.Duration(20 * time.Millisecond), MaxPollInterval: eligibility.Duration(100 * time.Millisecond),
 		RetryBackoff: eligibility.Duration(10 * time.Millisecond), MaxAttempts: 3, SubmitWait: eligibility.Duration(15 * time.Second),
+	}
+	if tune != nil {
+		tune(&cfg)
 	}
 	e := newEnv(t, cfg, func(e *env) []eligibility.Connector {
 		c, err := tuuthfairy.New(tuuthfairy.Config{Endpoint: sim.URL + "/graphql", APIKey: "tf-key", WebhookPublicKey: sim.PublicKeyPEM(),

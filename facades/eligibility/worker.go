@@ -45,6 +45,18 @@ type job struct {
 	// Seq changes whenever someone other than the worker changes the job,
 	// so a vendor answer that raced with the change is not applied.
 	Seq int `json:"seq,omitempty"`
+	// Wake counts the "look again now" marks (a vendor's webhook, a
+	// connection's new status): a vendor answer that was under way when
+	// one came is applied, and the vendor is asked again at once, since
+	// the answer may predate the news (see record).
+	Wake int `json:"wake,omitempty"`
+}
+
+// wake marks the job to be looked at again now. The mark survives a
+// vendor call under way: record sees Wake changed.
+func (j *job) wake(now time.Time) {
+	j.Wake++
+	j.NextAt = now
 }
 
 func putJob(tx *store.Tx, j *job) error {
@@ -323,7 +335,18 @@ func (s *Service) record(ctx context.Context, seen *job, res Result, callErr err
 			j.NextAt = s.now().UTC()
 			return putJob(tx, j)
 		}
-		return s.apply(tx, j, res, callErr)
+		if err := s.apply(tx, j, res, callErr); err != nil || j.Wake == seen.Wake {
+			return err
+		}
+		// News came while the vendor was asked (a webhook overtook the
+		// answer): unless the answer ended the check, ask again now
+		// rather than at the next poll.
+		cur, err := getJob(tx, seen.RequestID)
+		if err != nil || cur == nil {
+			return err
+		}
+		cur.NextAt = s.now().UTC()
+		return putJob(tx, cur)
 	})
 	if err != nil {
 		s.log.Error("eligibility: record vendor answer", "request", seen.RequestID, "err", err)

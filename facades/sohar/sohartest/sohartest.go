@@ -77,6 +77,13 @@ type Script struct {
 	// ResolveAfter, with Pending, resolves the verification by itself on
 	// that many GETs of it (0: only Resolve does).
 	ResolveAfter int
+	// ResolveDuringGet, with Pending, resolves the verification while
+	// that GET of it (counting from 1) is under way: the GET read the
+	// verification before the change, so it answers pending, but the
+	// verification.updated webhook is delivered, and answered, before that
+	// answer is sent. It is the order a client sees when Sohar's webhook
+	// overtakes a Get Verification call in flight.
+	ResolveDuringGet int
 }
 
 // Benefit is one entry of a verification's "benefits".
@@ -528,15 +535,21 @@ func (s *Sim) get(w http.ResponseWriter, id string) {
 	v := s.verifications[id]
 	var out map[string]any
 	var event []byte
+	overtaken := false
 	if v != nil {
 		v.gets++
-		if v.pending && v.final.ResolveAfter > 0 && v.gets >= v.final.ResolveAfter {
+		out = s.view(v)
+		switch {
+		case v.pending && v.final.ResolveDuringGet > 0 && v.gets == v.final.ResolveDuringGet:
+			s.finish(v)
+			event, overtaken = s.event("updated", v), true
+		case v.pending && v.final.ResolveAfter > 0 && v.gets >= v.final.ResolveAfter:
 			s.finish(v)
 			event = s.event("updated", v)
+			out = s.view(v)
 		}
-		out = s.view(v)
 	}
-	if event != nil && !s.closed {
+	if event != nil && !overtaken && !s.closed {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -547,6 +560,9 @@ func (s *Sim) get(w http.ResponseWriter, id string) {
 	if v == nil {
 		apiError(w, http.StatusNotFound, "invalid_request_error", "verificationId", "no such verification")
 		return
+	}
+	if overtaken {
+		s.deliver(event) // synchronous: answered before the GET is
 	}
 	writeJSON(w, http.StatusOK, out)
 }

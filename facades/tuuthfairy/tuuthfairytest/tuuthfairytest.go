@@ -144,6 +144,13 @@ type Script struct {
 	Failure string
 	// PendingPolls is how many reads answer requested first (default 1).
 	PendingPolls int
+	// ResolveDuringRead resolves the request while its first read is
+	// under way (PendingPolls is then not used): the read answers
+	// requested, as it read the request before the change, and the
+	// eligibility_ok or eligibility_failed webhook is delivered, and
+	// answered, before that answer. It is the order a client sees when the
+	// webhook overtakes an eligibility query in flight.
+	ResolveDuringRead bool
 }
 
 // Sim is a running simulator.
@@ -194,6 +201,7 @@ type elig struct {
 	Status, Failure            string
 	Active                     bool
 	left                       int
+	overtake                   bool
 }
 
 // Delivery is a webhook the simulator sent.
@@ -405,18 +413,27 @@ func (s *Sim) serve(w http.ResponseWriter, r *http.Request) {
 
 // eventLocked queues a signed webhook to every endpoint; s.mu is held.
 func (s *Sim) eventLocked(event string, data map[string]any) {
-	if s.closed || len(s.webhooks) == 0 {
+	body := s.eventBodyLocked(event, data)
+	if body == nil {
 		return
 	}
-	s.seq++
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	body, _ := json.Marshal(map[string]any{"id": "evt_" + hex.EncodeToString(b), "event": event, "data": data})
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		s.post(body)
 	}()
+}
+
+// eventBodyLocked builds a webhook body; nil when none is to be sent.
+func (s *Sim) eventBodyLocked(event string, data map[string]any) []byte {
+	if s.closed || len(s.webhooks) == 0 {
+		return nil
+	}
+	s.seq++
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	body, _ := json.Marshal(map[string]any{"id": "evt_" + hex.EncodeToString(b), "event": event, "data": data})
+	return body
 }
 
 func (s *Sim) post(body []byte) int {
@@ -713,7 +730,7 @@ func (r *resolver) RequestEligibility(args eligibilityInput) eligPayload {
 			sc = Script{Failure: "datasource_unavailable"}
 		}
 	}
-	e.Failure, e.Active = sc.Failure, !sc.Inactive
+	e.Failure, e.Active, e.overtake = sc.Failure, !sc.Inactive, sc.ResolveDuringRead
 	s.eligs[e.ID] = e
 	s.eventLocked("eligibility_requested", map[string]any{"eligibilityId": e.ID, "status": e.Status})
 	return eligPayload{Result: &eligRefR{ID: graphql.ID(e.ID)}, UserErrors: []userErrorR{}}
@@ -758,25 +775,42 @@ func fp(v float64) *float64 { return &v }
 func (r *resolver) Eligibility(ctx context.Context, args struct{ ID graphql.ID }) *eligibilityR {
 	s := r.s
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	e := s.eligs[string(args.ID)]
 	if e == nil {
+		s.mu.Unlock()
 		return nil
 	}
+	status := e.Status // as read, before any change this read makes
+	var overtaking []byte
 	if e.Status == "requested" {
 		e.left--
-		if e.left < 0 {
+		if e.left < 0 || e.overtake {
+			event := "eligibility_ok"
+			e.Status = "ok"
 			if e.Failure != "" {
-				e.Status = "failed"
-				s.eventLocked("eligibility_failed", map[string]any{"eligibilityId": e.ID, "status": e.Status})
+				event, e.Status = "eligibility_failed", "failed"
+			}
+			data := map[string]any{"eligibilityId": e.ID, "status": e.Status}
+			if e.overtake {
+				overtaking = s.eventBodyLocked(event, data)
 			} else {
-				e.Status = "ok"
-				s.eventLocked("eligibility_ok", map[string]any{"eligibilityId": e.ID, "status": e.Status})
+				s.eventLocked(event, data)
+				status = e.Status
 			}
 		}
 	}
-	out := &eligibilityR{ID: graphql.ID(e.ID), Status: e.Status, PayerID: e.PayerID, Benefits: []benefitR{}}
-	switch e.Status {
+	out := s.eligibilityLocked(e, status)
+	s.mu.Unlock()
+	if overtaking != nil {
+		s.post(overtaking) // synchronous: answered before the read is
+	}
+	return out
+}
+
+// eligibilityLocked is e as a read answers it, with status.
+func (s *Sim) eligibilityLocked(e *elig, status string) *eligibilityR {
+	out := &eligibilityR{ID: graphql.ID(e.ID), Status: status, PayerID: e.PayerID, Benefits: []benefitR{}}
+	switch status {
 	case "failed":
 		out.FailureReason = field(e.Failure)
 	case "ok":
