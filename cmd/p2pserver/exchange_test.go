@@ -153,7 +153,7 @@ func TestPayerToPayerExchange(t *testing.T) {
 	source := startPayer(t, "-admin-token", testAdmin, "-trusted-issuers", idp.Issuer(), "-organization-name", "Source Payer A", "-organization-id", "PAYRA")
 	target := startPayer(t, "-admin-token", testAdmin, "-backoffice-token", testBackoffice, "-secret-key", testSecretKey,
 		"-smtp-url", mail.URL(), "-mail-from", "Payer B <p2p@payer-b.example>", "-notify-admins", "admins@payer-b.example",
-		"-mdm-identifier-system", "urn:payer-a:member-id")
+		"-mdm-identifier-system", "urn:payer-a:member-id", "-trusted-issuers", idp.Issuer())
 
 	// The old payer holds the member's history (a Synthea bundle).
 	files, _ := filepath.Glob(filepath.Join(td.Dir, "synthea", "Angelic_Mueller*.json"))
@@ -181,18 +181,18 @@ func TestPayerToPayerExchange(t *testing.T) {
 	source.call("POST", "/fhir/Observation", testAdmin, `{"resourceType":"Observation","status":"final","code":{"text":"secret"},"subject":{"reference":"Patient/`+other["id"].(string)+`"}}`, nil)
 
 	// The member exists at the new payer and asks for their data.
-	if st := target.call("PUT", "/fhir/Patient/member-1", "", `{"resourceType":"Patient","id":"member-1","name":[{"family":"Mueller","given":["Angelic"]}],"birthDate":"1990-01-01"}`, nil); st != 201 {
+	if st := target.call("PUT", "/fhir/Patient/member-1", testAdmin, `{"resourceType":"Patient","id":"member-1","name":[{"family":"Mueller","given":["Angelic"]}],"birthDate":"1990-01-01"}`, nil); st != 201 {
 		t.Fatalf("member: %d", st)
 	}
 	var task map[string]any
-	if st := target.call("POST", "/fhir/Task", "", addPayerTask("member-1", "angelic@example.org"), &task); st != 201 {
+	if st := target.call("POST", "/fhir/Task", testAdmin, addPayerTask("member-1", "angelic@example.org"), &task); st != 201 {
 		t.Fatalf("add-payer Task: %d %v", st, task)
 	}
 	taskID := task["id"].(string)
 	// A Task missing the member's email is refused, naming the input.
 	bad := addPayerTask("member-1", "not-an-address")
 	var oo map[string]any
-	if st := target.call("POST", "/fhir/Task", "", bad, &oo); st != 422 || !strings.Contains(fmt.Sprint(oo), "requester-email") {
+	if st := target.call("POST", "/fhir/Task", testAdmin, bad, &oo); st != 422 || !strings.Contains(fmt.Sprint(oo), "requester-email") {
 		t.Fatalf("bad add-payer Task: %d %v", st, oo)
 	}
 	msgs := mail.Wait(2, 20*time.Second)
@@ -261,7 +261,7 @@ func TestPayerToPayerExchange(t *testing.T) {
 	// The data is here, with where it came from, and nothing of the
 	// other member.
 	var eobs, provs, secret map[string]any
-	target.call("GET", "/fhir/ExplanationOfBenefit?_count=1&_total=accurate", "", nil, &eobs)
+	target.call("GET", "/fhir/ExplanationOfBenefit?_count=1&_total=accurate", testAdmin, nil, &eobs)
 	if eobs["total"].(float64) == 0 {
 		t.Fatal("no ExplanationOfBenefit was brought over")
 	}
@@ -269,7 +269,7 @@ func TestPayerToPayerExchange(t *testing.T) {
 	if src := eob["meta"].(map[string]any)["source"].(string); !strings.HasPrefix(src, source.URL+"/fhir/ExplanationOfBenefit/") {
 		t.Errorf("meta.source %q", src)
 	}
-	target.call("GET", "/fhir/Provenance?target="+url.QueryEscape("ExplanationOfBenefit/"+eob["id"].(string)), "", nil, &provs)
+	target.call("GET", "/fhir/Provenance?target="+url.QueryEscape("ExplanationOfBenefit/"+eob["id"].(string)), testAdmin, nil, &provs)
 	// Two Provenance trace the EOB: the one the old payer supplied with it
 	// (its transmitter record) and the one this payer wrote for the page.
 	var ours, theirs int
@@ -292,20 +292,115 @@ func TestPayerToPayerExchange(t *testing.T) {
 	if st := source.call("GET", "/fhir/Observation?code:text=secret", testAdmin, nil, &there); st != 200 || len(there["entry"].([]any)) != 1 {
 		t.Fatalf("the other member's Observation at the source: %d %v", st, there["total"])
 	}
-	if st := target.call("GET", "/fhir/Observation?code:text=secret", "", nil, &secret); st != 200 || secret["entry"] != nil {
+	if st := target.call("GET", "/fhir/Observation?code:text=secret", testAdmin, nil, &secret); st != 200 || secret["entry"] != nil {
 		t.Errorf("another member's data travelled: %v", secret["entry"])
 	}
 	// MDM: the member carries their identifier at the old payer.
 	var found map[string]any
-	if st := target.call("GET", "/fhir/Patient?identifier="+url.QueryEscape("urn:payer-a:member-id|"), "", nil, &found); st != 200 {
+	if st := target.call("GET", "/fhir/Patient?identifier="+url.QueryEscape("urn:payer-a:member-id|"), testAdmin, nil, &found); st != 200 {
 		t.Fatalf("search by the source identifier system: %d", st)
 	}
 	if ids := fmt.Sprint(found["entry"]); !strings.Contains(ids, "member-1") {
 		t.Errorf("member not found by the source identifier: %v", found["total"])
 	}
 
+	// The data brought over is the member's record (problem 5 of issue
+	// 14): batch ingestion linked the ingested copy of their source
+	// Patient with them (Patient.link, seealso both ways), so
+	// $everything follows the link by default, searches follow it with
+	// HAPI FHIR's :mdm modifier, and the member's own token at this payer
+	// sees it as theirs.
+	memberData := func(token string) map[string]int {
+		t.Helper()
+		byType := map[string]int{}
+		next := "/fhir/Patient/member-1/$everything?_count=200"
+		for next != "" {
+			var page map[string]any
+			if st := target.call("GET", next, token, nil, &page); st != 200 {
+				t.Fatalf("$everything: %d %v", st, page)
+			}
+			next = ""
+			for _, l := range page["link"].([]any) {
+				if l := l.(map[string]any); l["relation"] == "next" {
+					next = strings.TrimPrefix(l["url"].(string), target.URL)
+				}
+			}
+			entries, _ := page["entry"].([]any)
+			for _, e := range entries {
+				e := e.(map[string]any)
+				if e["search"].(map[string]any)["mode"] != "match" {
+					continue
+				}
+				res := e["resource"].(map[string]any)
+				src, _ := res["meta"].(map[string]any)["source"].(string)
+				if strings.HasPrefix(src, source.URL+"/fhir/") || strings.HasPrefix(res["id"].(string), "batch-") {
+					byType[res["resourceType"].(string)]++
+				}
+			}
+		}
+		return byType
+	}
+	total := func(path, token string) int {
+		t.Helper()
+		var b map[string]any
+		if st := target.call("GET", path, token, nil, &b); st != 200 {
+			t.Fatalf("%s: %d %v", path, st, b)
+		}
+		return int(b["total"].(float64))
+	}
+	allEOBs := total("/fhir/ExplanationOfBenefit?_summary=count", testAdmin)
+	allObs := total("/fhir/Observation?_summary=count", testAdmin)
+	got := memberData(testAdmin)
+	if got["ExplanationOfBenefit"] != allEOBs || got["Observation"] != allObs || got["Condition"] == 0 || got["Provenance"] == 0 {
+		t.Errorf("Patient/member-1/$everything holds %v of the ingested data; %d EOBs and %d Observations were brought over", got, allEOBs, allObs)
+	}
+	if n := total("/fhir/Observation?subject:mdm=Patient/member-1&_summary=count", testAdmin); n != allObs || n == 0 {
+		t.Errorf("Observation?subject:mdm=Patient/member-1: %d of %d", n, allObs)
+	}
+	if n := total("/fhir/ExplanationOfBenefit?patient:mdm=member-1&_summary=count", testAdmin); n != allEOBs {
+		t.Errorf("ExplanationOfBenefit?patient:mdm=member-1: %d of %d", n, allEOBs)
+	}
+	// The member's token here, and another member's.
+	if st := target.call("PUT", "/fhir/Patient/member-2", testAdmin, `{"resourceType":"Patient","id":"member-2","name":[{"family":"Else"}]}`, nil); st != 201 {
+		t.Fatalf("member-2: %d", st)
+	}
+	memberTok := func(member string) string {
+		tok, err := idp.MintFor([]string{target.URL + "/fhir"}, oidctest.Grant{ClientID: "payer-b", Patient: member,
+			Scopes: []string{"openid", "patient/*.read", "patient/Patient.write"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok.AccessToken
+	}
+	m1, m2 := memberTok("member-1"), memberTok("member-2")
+	if got := memberData(m1); got["ExplanationOfBenefit"] != allEOBs || got["Observation"] != allObs {
+		t.Errorf("the member's token sees %v of their record", got)
+	}
+	if n := total("/fhir/Observation?_summary=count", m1); n != allObs {
+		t.Errorf("Observation search with the member's token: %d of %d", n, allObs)
+	}
+	if n := total("/fhir/Observation?subject:mdm=Patient/member-1&_summary=count", m2); n != 0 {
+		t.Errorf("another member's token finds %d of member-1's Observations", n)
+	}
+	if st := target.call("GET", "/fhir/ExplanationOfBenefit/"+eob["id"].(string), m2, nil, nil); st != 404 {
+		t.Errorf("another member's token reads member-1's EOB: %d", st)
+	}
+	if st := target.call("GET", "/fhir/ExplanationOfBenefit/"+eob["id"].(string), m1, nil, nil); st != 200 {
+		t.Errorf("the member's token reads their ingested EOB: %d", st)
+	}
+	// member-2 cannot make member-1's record theirs by linking to it.
+	var m2doc map[string]any
+	target.call("GET", "/fhir/Patient/member-2", m2, nil, &m2doc)
+	m2doc["link"] = []any{map[string]any{"other": map[string]any{"reference": "Patient/member-1"}, "type": "seealso"}}
+	if st := target.call("PUT", "/fhir/Patient/member-2", m2, m2doc, nil); st != 403 {
+		t.Errorf("a member linking their Patient to another member's: %d", st)
+	}
+	if n := total("/fhir/Observation?_summary=count", m2); n != 0 {
+		t.Errorf("member-2 sees %d Observations", n)
+	}
+
 	// The Task is completed and the member is told, in words.
-	target.call("GET", "/fhir/Task/"+taskID, "", nil, &task)
+	target.call("GET", "/fhir/Task/"+taskID, testAdmin, nil, &task)
 	if task["status"] != "completed" {
 		t.Fatalf("Task %v: %v", task["status"], task["businessStatus"])
 	}
@@ -332,7 +427,7 @@ func TestPayerToPayerExchange(t *testing.T) {
 	// The definition is in use by nothing now and can be deleted; the
 	// eligibility facade, not configured here, refuses clearly.
 	var ce map[string]any
-	if st := target.call("POST", "/fhir/CoverageEligibilityRequest", "", `{"resourceType":"CoverageEligibilityRequest","status":"active","purpose":["validation"],"patient":{"reference":"Patient/member-1"},"created":"2026-11-23","insurer":{"display":"Nobody"}}`, &ce); st != 422 {
+	if st := target.call("POST", "/fhir/CoverageEligibilityRequest", testAdmin, `{"resourceType":"CoverageEligibilityRequest","status":"active","purpose":["validation"],"patient":{"reference":"Patient/member-1"},"created":"2026-11-23","insurer":{"display":"Nobody"}}`, &ce); st != 422 {
 		t.Errorf("eligibility without configuration: %d %v", st, ce)
 	}
 	if st := target.call("DELETE", fmt.Sprintf("/api/oidc_servers/%d", pid), testAdmin, nil, nil); st != 204 {
