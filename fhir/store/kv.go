@@ -46,7 +46,7 @@ func (kv KV) Put(key, value []byte) error {
 	if err != nil {
 		return err
 	}
-	return b.Put(key, value)
+	return kv.tx.put(b, kv.name, key, value)
 }
 
 // Delete removes key.
@@ -55,7 +55,7 @@ func (kv KV) Delete(key []byte) error {
 	if b == nil {
 		return nil
 	}
-	return b.Delete(key)
+	return kv.tx.del(b, kv.name, key)
 }
 
 // NextSequence returns a new unique, increasing integer for this bucket.
@@ -64,7 +64,7 @@ func (kv KV) NextSequence() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return b.NextSequence()
+	return kv.tx.nextSequence(b, kv.name)
 }
 
 // Scan calls fn for each key at or after start, in key order, with copies

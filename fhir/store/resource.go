@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/fhirjson"
@@ -21,6 +22,13 @@ type Tx struct {
 	ctx      context.Context
 	writable bool
 	after    []func()
+	// undo, when set, records this write's changes so that it can be
+	// taken back alone (see commit).
+	undo *undoLog
+	// index holds the queued index changes by bucket (see reindex), and
+	// flushErr the first failure to make them.
+	index    map[string][]indexOp
+	flushErr error
 }
 
 // Context returns the context of the request the transaction serves.
@@ -39,6 +47,7 @@ func (tx *Tx) bucket(name []byte) (*bolt.Bucket, error) {
 		if b, err = tx.btx.CreateBucket(name); err != nil {
 			return nil, fmt.Errorf("store: create bucket %s: %w", name, err)
 		}
+		tx.undo.bucketCreated(name)
 	}
 	if b != nil && len(name) > 1 && name[1] == ':' && (name[0] == 'R' || name[0] == 'H' || name[0] == 'C') {
 		// Keys there mostly grow at the end (time-ordered ids, versions,
@@ -109,6 +118,10 @@ type Doc struct {
 	Entries []search.Entry
 	// LastUpdated, when set by Prepare, is the time stamped on the version.
 	LastUpdated time.Time
+	// stamped is JSON as Put stores it for version 1 (a create) of
+	// stampedID, made by Prepare so that the writer need not.
+	stamped   []byte
+	stampedID string
 }
 
 // Prepare computes a Doc's index entries and time stamp outside of any
@@ -124,6 +137,13 @@ func (s *Store) Prepare(d *Doc) {
 	}
 	meta["lastUpdated"] = d.LastUpdated.Format(time.RFC3339Nano)
 	d.Entries = s.reg.Extract(d.Type, d.Map)
+	if d.Entries == nil {
+		d.Entries = []search.Entry{} // prepared, with no entries
+	}
+	// Most writes are creates: their stored form is made here. An
+	// update (or a failure here) stamps in Put instead.
+	d.stamped, _ = stamp(d.JSON, d.Type, d.ID, 1, d.LastUpdated)
+	d.stampedID = d.ID
 }
 
 // PutOptions qualify a Put.
@@ -163,9 +183,12 @@ func (tx *Tx) Put(d *Doc, opts PutOptions) (*Version, error) {
 		return nil, errs.E("store.put", errs.Precondition,
 			fmt.Sprintf("%s/%s is at version %s, not %d", d.Type, d.ID, have, opts.IfMatch))
 	}
-	body, err := stamp(d.JSON, d.Type, d.ID, next, d.LastUpdated)
-	if err != nil {
-		return nil, errs.E("store.put", errs.Invalid, "the resource is not a JSON object", err)
+	body := d.stamped
+	if next != 1 || body == nil || d.stampedID != d.ID {
+		var err error
+		if body, err = stamp(d.JSON, d.Type, d.ID, next, d.LastUpdated); err != nil {
+			return nil, errs.E("store.put", errs.Invalid, "the resource is not a JSON object", err)
+		}
 	}
 	v := &Version{Type: d.Type, ID: d.ID, VersionID: next, LastUpdated: d.LastUpdated, JSON: body}
 	if err := tx.writeVersion(v, d.Entries); err != nil {
@@ -227,10 +250,10 @@ func (tx *Tx) writeVersion(v *Version, entries []search.Entry) error {
 	if err != nil {
 		return err
 	}
-	if err := cur.Put([]byte(v.ID), rec); err != nil {
+	if err := tx.put(cur, bucketName("R", v.Type), []byte(v.ID), rec); err != nil {
 		return fmt.Errorf("store: put %s/%s: %w", v.Type, v.ID, err)
 	}
-	if err := hist.Put(historyKey(v.ID, v.VersionID), rec); err != nil {
+	if err := tx.put(hist, bucketName("H", v.Type), historyKey(v.ID, v.VersionID), rec); err != nil {
 		return fmt.Errorf("store: history %s/%s: %w", v.Type, v.ID, err)
 	}
 	if err := tx.logChange(v); err != nil {
@@ -241,7 +264,7 @@ func (tx *Tx) writeVersion(v *Version, entries []search.Entry) error {
 
 func (tx *Tx) logChange(v *Version) error {
 	global := tx.btx.Bucket([]byte("C"))
-	seq, err := global.NextSequence()
+	seq, err := tx.nextSequence(global, []byte("C"))
 	if err != nil {
 		return err
 	}
@@ -250,20 +273,40 @@ func (tx *Tx) logChange(v *Version) error {
 		return err
 	}
 	cv := changeValue(v.Type, v.ID, v.VersionID)
-	if err := global.Put(seqKey(seq), cv); err != nil {
+	if err := tx.put(global, []byte("C"), seqKey(seq), cv); err != nil {
 		return err
 	}
-	return perType.Put(seqKey(seq), cv)
+	return tx.put(perType, bucketName("C", v.Type), seqKey(seq), cv)
 }
 
 // reindex replaces the index entries of typ/id, touching only those that
-// changed.
+// changed. The changes to the index buckets are queued and made, sorted
+// by key, when the write ends or something reads an index (flushIndex):
+// a transaction of thousands of resources otherwise inserts its keys at
+// random places of the same few B-tree nodes, which bbolt does by moving
+// every later key each time.
 func (tx *Tx) reindex(typ, id string, entries []search.Entry) error {
 	rev, err := tx.bucket(bucketName("X", typ))
 	if err != nil {
 		return err
 	}
 	old := decodeEntries(rev.Get([]byte(id)))
+	if len(old) == 0 {
+		for _, e := range entries {
+			tx.queueIndex(typ, e.Param, indexOp{key: indexKey(e.Key, id), value: e.Payload})
+		}
+	} else if err := tx.reindexChanged(typ, id, old, entries); err != nil {
+		return err
+	}
+	if len(entries) == 0 {
+		return tx.del(rev, bucketName("X", typ), []byte(id))
+	}
+	return tx.put(rev, bucketName("X", typ), []byte(id), encodeEntries(entries))
+}
+
+// reindexChanged queues the changes from the old index entries of typ/id
+// to the new ones.
+func (tx *Tx) reindexChanged(typ, id string, old, entries []search.Entry) error {
 	keep := make(map[string]bool, len(entries))
 	for _, e := range entries {
 		keep[e.Param+"\x00"+e.Key+"\x00"+string(e.Payload)] = true
@@ -275,28 +318,74 @@ func (tx *Tx) reindex(typ, id string, entries []search.Entry) error {
 		if keep[k] {
 			continue
 		}
-		if b := tx.btx.Bucket(indexBucket(typ, e.Param)); b != nil {
-			if err := b.Delete(indexKey(e.Key, id)); err != nil {
-				return err
-			}
-		}
+		tx.queueIndex(typ, e.Param, indexOp{key: indexKey(e.Key, id), del: true})
 	}
 	for _, e := range entries {
 		if had[e.Param+"\x00"+e.Key+"\x00"+string(e.Payload)] {
 			continue
 		}
-		b, err := tx.bucket(indexBucket(typ, e.Param))
-		if err != nil {
-			return err
-		}
-		if err := b.Put(indexKey(e.Key, id), e.Payload); err != nil {
-			return fmt.Errorf("store: index %s.%s: %w", typ, e.Param, err)
+		tx.queueIndex(typ, e.Param, indexOp{key: indexKey(e.Key, id), value: e.Payload})
+	}
+	return nil
+}
+
+// indexOp is a queued change to an index bucket.
+type indexOp struct {
+	key, value []byte
+	del        bool
+}
+
+func (tx *Tx) queueIndex(typ, param string, op indexOp) {
+	if tx.index == nil {
+		tx.index = map[string][]indexOp{}
+	}
+	name := string(indexBucket(typ, param))
+	tx.index[name] = append(tx.index[name], op)
+}
+
+// flushIndex makes the queued index changes, each bucket's in key order
+// (the changes to one key keep their order).
+func (tx *Tx) flushIndex() error {
+	if len(tx.index) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(tx.index))
+	for name := range tx.index {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		ops := tx.index[name]
+		slices.SortStableFunc(ops, func(a, b indexOp) int { return bytes.Compare(a.key, b.key) })
+		bname := []byte(name)
+		for _, op := range ops {
+			if op.del {
+				if b := tx.btx.Bucket(bname); b != nil {
+					if err := tx.del(b, bname, op.key); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			b, err := tx.bucket(bname)
+			if err != nil {
+				return err
+			}
+			if err := tx.put(b, bname, op.key, op.value); err != nil {
+				return fmt.Errorf("store: index %s: %w", name, err)
+			}
 		}
 	}
-	if len(entries) == 0 {
-		return rev.Delete([]byte(id))
+	clear(tx.index)
+	return nil
+}
+
+// indexReady flushes the queued index changes before an index is read;
+// a failure fails the write (see commit).
+func (tx *Tx) indexReady() {
+	if err := tx.flushIndex(); err != nil && tx.flushErr == nil {
+		tx.flushErr = err
 	}
-	return rev.Put([]byte(id), encodeEntries(entries))
 }
 
 func indexBucket(typ, param string) []byte { return []byte("I:" + typ + ":" + param) }
@@ -394,6 +483,7 @@ func (d *Doc) Set(key string, v any) error {
 	if d.JSON, err = fhirjson.Object(out); err != nil {
 		return err
 	}
+	d.stamped = nil
 	if v == nil {
 		delete(d.Map, key)
 	} else {

@@ -277,6 +277,7 @@ func (tx *Tx) clauseIDs(typ string, c *search.Clause) (idSet, error) {
 
 // scan adds to set the ids of the index entries in r.
 func (tx *Tx) scan(typ, param string, r search.Range, set idSet) {
+	tx.indexReady()
 	b := tx.btx.Bucket(indexBucket(typ, param))
 	if b == nil {
 		return

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -120,6 +121,16 @@ func (s *Store) Ping(ctx context.Context) error {
 	})
 }
 
+// ChangeSeq returns the sequence of the last resource write the
+// transaction sees: when two transactions give the same, no resource was
+// written between them.
+func (tx *Tx) ChangeSeq() uint64 {
+	if b := tx.btx.Bucket([]byte("C")); b != nil {
+		return b.Sequence()
+	}
+	return 0
+}
+
 // View runs fn in a read-only transaction: a consistent snapshot.
 func (s *Store) View(ctx context.Context, fn func(tx *Tx) error) error {
 	if err := ctx.Err(); err != nil {
@@ -129,6 +140,10 @@ func (s *Store) View(ctx context.Context, fn func(tx *Tx) error) error {
 		return fn(&Tx{s: s, btx: btx, ctx: ctx})
 	})
 }
+
+// Queued returns how many writes wait for the writer (not counting the
+// group being committed).
+func (s *Store) Queued() int { return len(s.writes) }
 
 // ErrClosed is returned for writes after Close.
 var ErrClosed = errs.E("store.write", errs.Transient, "the server is shutting down")
@@ -140,10 +155,18 @@ type writeReq struct {
 }
 
 // Write runs fn in a read-write transaction and commits it, together with
-// other writes waiting at the same moment. fn may be run more than once
-// (when a write sharing its commit fails, the others are run again without
-// it), so it must only have effects through tx, or reset what it sets.
-// Either everything fn wrote is committed, or nothing.
+// other writes waiting at the same moment (group commit). fn runs once, in
+// the single writer: it should find everything it needs prepared (decoded,
+// validated, indexed with Prepare) so that it holds the writer briefly.
+// Either everything fn wrote is committed, or nothing: when fn fails, what
+// it wrote is taken back and the other writes of the group are committed
+// without it (they are not run again).
+//
+// ctx is honoured until fn starts: a write whose ctx ends while it waits
+// for the writer is not run and returns ctx's error. A long fn should
+// check tx.Context() itself (a transaction Bundle does, per entry); once
+// fn has returned, the write commits whatever ctx says, and Write returns
+// the commit's outcome.
 func (s *Store) Write(ctx context.Context, fn func(tx *Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -156,7 +179,8 @@ func (s *Store) Write(ctx context.Context, fn func(tx *Tx) error) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	// Once queued, wait for the outcome even if ctx ends: the write may commit.
+	// Once queued, wait for the outcome even if ctx ends: the write may
+	// already be running, and then it may commit.
 	return <-req.done
 }
 
@@ -193,51 +217,79 @@ func (s *Store) writer() {
 	}
 }
 
-type groupFailure struct {
-	index int
-	err   error
+// errNothingToCommit rolls back a group in which every write failed.
+var errNothingToCommit = errors.New("store: no write of the group succeeded")
+
+// commit runs a group in one bbolt transaction. Each write is isolated:
+// when one fails (or its client has gone), its own changes are taken back
+// and it alone is answered with its error; the others commit together.
+func (s *Store) commit(group []*writeReq) {
+	results := make([]error, len(group))
+	var after []func()
+	single := len(group) == 1
+	err := s.db.Update(func(btx *bolt.Tx) error {
+		ok := 0
+		for i, r := range group {
+			if err := r.ctx.Err(); err != nil {
+				results[i] = err // the client went away before its turn
+				continue
+			}
+			tx := &Tx{s: s, btx: btx, ctx: r.ctx, writable: true}
+			if !single {
+				tx.undo = &undoLog{}
+			}
+			if err := s.run(tx, r.fn); err != nil {
+				results[i] = err
+				if single {
+					return err // rolls back the whole transaction
+				}
+				if uerr := tx.undo.rollback(btx); uerr != nil {
+					return fmt.Errorf("store: take back a failed write: %w", uerr)
+				}
+				continue
+			}
+			ok++
+			after = append(after, tx.after...)
+		}
+		if ok == 0 {
+			return errNothingToCommit
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errNothingToCommit) && !(single && results[0] != nil) {
+		// The commit itself failed: nothing of the group is written.
+		err = errs.E("store.commit", errs.Internal, err)
+		for i := range results {
+			if results[i] == nil {
+				results[i] = err
+			}
+		}
+		after = nil
+	}
+	for i, r := range group {
+		r.done <- results[i]
+	}
+	for _, f := range after {
+		f()
+	}
 }
 
-func (g *groupFailure) Error() string { return g.err.Error() }
-
-// commit runs a group in one transaction. When one write fails, it is
-// reported alone and the others are committed without it.
-func (s *Store) commit(group []*writeReq) {
-	for len(group) > 0 {
-		var after []func()
-		err := s.db.Update(func(btx *bolt.Tx) error {
-			after = after[:0]
-			for i, r := range group {
-				if err := r.ctx.Err(); err != nil {
-					return &groupFailure{i, err}
-				}
-				tx := &Tx{s: s, btx: btx, ctx: r.ctx, writable: true}
-				if err := r.fn(tx); err != nil {
-					return &groupFailure{i, err}
-				}
-				after = append(after, tx.after...)
-			}
-			return nil
-		})
-		var gf *groupFailure
-		if errors.As(err, &gf) {
-			group[gf.index].done <- gf.err
-			group = append(group[:gf.index:gf.index], group[gf.index+1:]...)
-			continue
+// run calls fn, turning a panic into an internal error so that one bad
+// write cannot stop the writer (and with it every later write).
+func (s *Store) run(tx *Tx, fn func(tx *Tx) error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("store: a write panicked", "panic", v, "stack", string(debug.Stack()))
+			err = errs.E("store.write", errs.Internal, fmt.Errorf("panic: %v", v))
 		}
-		if err != nil {
-			err = errs.E("store.commit", errs.Internal, err)
-		}
-		for _, r := range group {
-			r.done <- err
-		}
-		if err == nil {
-			for _, f := range after {
-				f()
-			}
-		}
-		return
+	}()
+	if err := fn(tx); err != nil {
+		return err
 	}
+	if err := tx.flushIndex(); err != nil {
+		return err
+	}
+	return tx.flushErr
 }
 
 // now is the clock for lastUpdated; microsecond precision as stored.

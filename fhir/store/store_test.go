@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/url"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 
@@ -184,3 +185,111 @@ func (r *sr) Read(p []byte) (int, error) {
 }
 
 func stringsReader(s string) *sr { return &sr{s: s} }
+
+// TestFailedWriteIsTakenBackAlone: in a commit group, a write that fails
+// after changing resources, indexes, a key-value bucket it created and
+// sequences is taken back entirely, and the writes around it commit.
+func TestFailedWriteIsTakenBackAlone(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	put(t, st, doc(t, "Observation", "before", obs(1)))
+	entered, release := make(chan struct{}), make(chan struct{})
+	go func() {
+		_ = st.Write(ctx, func(tx *store.Tx) error { close(entered); <-release; return nil })
+	}()
+	<-entered
+	errc := make(chan error, 3)
+	write := func(fn func(tx *store.Tx) error) {
+		go func() { errc <- st.Write(ctx, fn) }()
+	}
+	write(func(tx *store.Tx) error {
+		_, err := tx.Put(doc(t, "Observation", "a", obs(2)), store.PutOptions{})
+		return err
+	})
+	for st.Queued() < 1 {
+		runtime.Gosched()
+	}
+	boom := errs.E("test", errs.Precondition, "refused")
+	write(func(tx *store.Tx) error {
+		if _, err := tx.Put(doc(t, "Observation", "b", obs(3)), store.PutOptions{}); err != nil {
+			return err
+		}
+		if _, err := tx.Put(doc(t, "Observation", "before", obs(4)), store.PutOptions{}); err != nil {
+			return err
+		}
+		kv := tx.KV("scratch")
+		if _, err := kv.NextSequence(); err != nil {
+			return err
+		}
+		if err := kv.Put([]byte("k"), []byte("v")); err != nil {
+			return err
+		}
+		if _, err := tx.Delete("Observation", "a", 0); err != nil {
+			return err
+		}
+		return boom
+	})
+	for st.Queued() < 2 {
+		runtime.Gosched()
+	}
+	write(func(tx *store.Tx) error {
+		_, err := tx.Put(doc(t, "Observation", "c", obs(5)), store.PutOptions{})
+		return err
+	})
+	for st.Queued() < 3 {
+		runtime.Gosched()
+	}
+	close(release)
+	var failed int
+	for range 3 {
+		if err := <-errc; err != nil {
+			if !errs.Is(err, errs.Precondition) {
+				t.Fatalf("unexpected error %v", err)
+			}
+			failed++
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d writes failed, want 1", failed)
+	}
+	if got := find(t, st, "Observation", "code=urn:b|c4"); len(got) != 0 {
+		t.Errorf("the failed write's index entries remain: %v", got)
+	}
+	if got := find(t, st, "Observation", "code=urn:b|c1"); len(got) != 1 {
+		t.Errorf("the index entries the failed write replaced are gone: %v", got)
+	}
+	if err := st.View(ctx, func(tx *store.Tx) error {
+		for id, want := range map[string]int64{"before": 1, "a": 1, "c": 1} {
+			v, err := tx.Read("Observation", id)
+			if err != nil || v.VersionID != want {
+				t.Errorf("Observation/%s: %v, %v", id, v, err)
+			}
+		}
+		if _, err := tx.Read("Observation", "b"); !errs.Is(err, errs.NotFound) {
+			t.Errorf("Observation/b written by the failed write: %v", err)
+		}
+		if v := tx.KV("scratch").Get([]byte("k")); v != nil {
+			t.Errorf("the failed write's key-value entry remains")
+		}
+		page, err := tx.History(store.HistoryQuery{Count: 10})
+		if err != nil {
+			return err
+		}
+		if len(page.Versions) != 3 {
+			t.Errorf("history has %d versions, want 3 (before, a, c)", len(page.Versions))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The next sequence continues as if the failed write never ran.
+	if err := st.Write(ctx, func(tx *store.Tx) error {
+		n, err := tx.KV("scratch").NextSequence()
+		if n != 1 {
+			t.Errorf("sequence %d, want 1", n)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
