@@ -178,13 +178,12 @@ func (s *Server) put(tx *store.Tx, doc *store.Doc, prev *store.Version, opts sto
 	if err := s.writable(tx, AccessFrom(tx.Context()), doc, prev); err != nil {
 		return nil, err
 	}
-	if vs := s.validatorsFor(doc.Type); len(vs) > 0 {
-		for _, v := range vs {
-			if err := v(tx, doc, prev); err != nil {
-				return nil, err
-			}
+	// A validator that amends the resource does so with Doc.Set, which
+	// drops the prepared index entries: Put computes them again.
+	for _, v := range s.validatorsFor(doc.Type) {
+		if err := v(tx, doc, prev); err != nil {
+			return nil, err
 		}
-		doc.Entries = nil // a validator may have amended the resource
 	}
 	return tx.Put(doc, opts)
 }

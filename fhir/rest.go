@@ -42,7 +42,8 @@ func (s *Server) do(w http.ResponseWriter, r *http.Request, rq *request) {
 	if rq.Method == http.MethodGet {
 		err = s.store.View(r.Context(), fn)
 	} else {
-		err = s.store.Write(detachedContext(r.Context()), fn)
+		// A client that goes away before its write's turn cancels it.
+		err = s.store.Write(r.Context(), fn)
 	}
 	if err != nil {
 		if res != nil && res.Version != nil && errs.Is(err, errs.Gone) {

@@ -5,7 +5,6 @@
 package fhir
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -32,7 +31,10 @@ type Config struct {
 	DefaultCount, MaxCount int
 	// PageTTL is how long a search's result set stays pageable.
 	PageTTL time.Duration
-	Logger  *slog.Logger
+	// MaxBundleEntries is the most entries a transaction or batch Bundle
+	// may have; a larger one is refused with 413. Default 10,000.
+	MaxBundleEntries int
+	Logger           *slog.Logger
 	// Software names this server in the CapabilityStatement.
 	Software, Version string
 	// CORS says browser clients of other origins may call the server (the
@@ -40,6 +42,9 @@ type Config struct {
 	// rest.security.cors reports it.
 	CORS bool
 }
+
+// DefaultMaxBundleEntries is Config.MaxBundleEntries' default.
+const DefaultMaxBundleEntries = 10000
 
 // Server serves the FHIR REST API over a store.
 type Server struct {
@@ -101,6 +106,9 @@ func New(st *store.Store, cfg Config) *Server {
 	}
 	if cfg.PageTTL == 0 {
 		cfg.PageTTL = 30 * time.Minute
+	}
+	if cfg.MaxBundleEntries <= 0 {
+		cfg.MaxBundleEntries = DefaultMaxBundleEntries
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -297,7 +305,3 @@ func (s *Server) typeOperation(w http.ResponseWriter, r *http.Request) {
 func (s *Server) instanceOperation(w http.ResponseWriter, r *http.Request) {
 	s.runOperation(w, r, "instance")
 }
-
-// detachedContext is used for writes: once a write is queued it finishes
-// even if the client goes away, so the client's view can be reconstructed.
-func detachedContext(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }

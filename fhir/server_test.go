@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,6 +30,8 @@ type testServer struct {
 	URL  string // FHIR base
 	http *httptest.Server
 	fhir *fhir.Server
+	// gone counts requests whose client went away before their answer.
+	gone atomic.Int64
 }
 
 func newServer(t *testing.T, opts ...func(*fhir.Config)) *testServer {
@@ -43,6 +46,24 @@ func newServer(t *testing.T, opts ...func(*fhir.Config)) *testServer {
 	}
 	ts := &testServer{t: t}
 	mux := chi.NewRouter()
+	mux.Use(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			served := make(chan struct{})
+			defer close(served)
+			go func() {
+				select {
+				case <-r.Context().Done():
+					select {
+					case <-served: // the answer was given
+					default:
+						ts.gone.Add(1)
+					}
+				case <-served:
+				}
+			}()
+			next.ServeHTTP(w, r)
+		})
+	})
 	ts.http = httptest.NewServer(mux)
 	cfg := fhir.Config{BaseURL: ts.http.URL + "/fhir", MaxBody: 1 << 20}
 	for _, o := range opts {

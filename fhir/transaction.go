@@ -68,6 +68,11 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, errs.E("fhir.bundle", errs.Invalid, "POST to the base takes a Bundle of type transaction or batch"))
 		return
 	}
+	if list, _ := m["entry"].([]any); len(list) > s.cfg.MaxBundleEntries {
+		WriteError(w, r, errs.E("fhir.bundle", errs.TooLarge, fmt.Sprintf(
+			"the Bundle has %d entries; this server processes at most %d per transaction or batch (-max-bundle-entries): split it", len(list), s.cfg.MaxBundleEntries)))
+		return
+	}
 	typ, _ := m["type"].(string)
 	isBatch := typ == "batch"
 	invalid, err := s.checkBundle(m, isBatch)
@@ -225,7 +230,17 @@ var methodOrder = map[string]int{http.MethodDelete: 0, http.MethodPost: 1, http.
 
 // transaction processes all entries in one store transaction: all or
 // nothing, by the rules of FHIR R4 http.html#trules (see txrules.go).
+//
+// The single store writer is held only for the writes themselves: the
+// transaction is prepared first on a read snapshot (identities decided,
+// links rewritten, conditional references resolved, each resource decoded
+// and its index entries computed, see prepareTransaction). The writer then
+// checks that every read the preparation made answers the same (only when
+// something was written since the snapshot), preparing again inside if one
+// does not, and writes. A client that goes away stops the transaction
+// before its next entry, and nothing is written.
 func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
+	ctx := r.Context()
 	if err := checkFullURLs(entries); err != nil {
 		return err
 	}
@@ -242,73 +257,32 @@ func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
 	}
 	ordered := append([]*txEntry(nil), entries...)
 	sort.SliceStable(ordered, func(a, b int) bool { return methodOrder[ordered[a].method] < methodOrder[ordered[b].method] })
-	return s.store.Write(detachedContext(r.Context()), func(tx *store.Tx) error {
+	var prep *txPrepared
+	if err := s.store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		prep, err = s.prepareTransaction(tx, entries, bodies, newIDs)
+		return err
+	}); err != nil {
+		return err
+	}
+	return s.store.Write(ctx, func(tx *store.Tx) error {
 		for _, e := range entries {
 			e.res = nil
 		}
-		// 1. Every entry's identity, against the state before the transaction.
-		plan, err := s.planTransaction(tx, entries, bodies, newIDs)
-		if err != nil {
-			return err
+		if !prep.holds(tx) {
+			// A write since the snapshot changed what the preparation
+			// read: prepare again, on the writer's state.
+			var err error
+			if prep, err = s.prepareTransaction(tx, entries, bodies, newIDs); err != nil {
+				return err
+			}
 		}
-		// 2. fullUrl links rewritten to the locations decided in 1.
-		docs := make([]*store.Doc, len(entries))
-		var writes []*txWrite
-		conds := map[int][]string{}
-		for _, e := range entries {
-			t := plan.targets[e.index]
-			if (e.method != http.MethodPost && e.method != http.MethodPut) || t.skip != nil {
-				continue
-			}
-			raw, _ := rewriteLinks(s.model, e.raw, e.typ, func(kind linkKind, v string) (string, bool) {
-				if kind == linkReference {
-					if _, _, ok := s.conditionalRef(v); ok {
-						conds[e.index] = append(conds[e.index], v)
-						return "", false
-					}
-				}
-				return s.link(plan, e, kind, v)
-			})
-			// The whole Bundle was validated before; rewriting links
-			// replaced strings with strings, so decoding is enough here.
-			m, err := decodeJSON(raw)
-			if err != nil {
-				return entryErr(e, err)
-			}
-			_, id, _ := strings.Cut(t.ref, "/")
-			docs[e.index] = &store.Doc{Type: e.typ, ID: id, Map: m, JSON: raw}
-			writes = append(writes, &txWrite{typ: e.typ, id: id, m: m})
-		}
-		// 3. Conditional references, against the state after the writes.
-		resolved := map[string]string{}
-		for _, e := range entries {
-			refs := conds[e.index]
-			if len(refs) == 0 {
-				continue
-			}
-			for _, ref := range refs {
-				if _, ok := resolved[ref]; ok {
-					continue
-				}
-				to, err := s.resolveConditionalRef(tx, ref, plan, writes)
-				if err != nil {
-					return entryErr(e, err)
-				}
-				resolved[ref] = to
-			}
-			d := docs[e.index]
-			raw, _ := rewriteLinks(s.model, d.JSON, e.typ, func(kind linkKind, v string) (string, bool) {
-				to, ok := resolved[v]
-				return to, ok && kind == linkReference
-			})
-			m, err := decodeJSON(raw)
-			if err != nil {
-				return entryErr(e, err)
-			}
-			d.JSON, d.Map = raw, m
-		}
-		// 4. Process in FHIR's order.
+		plan, docs := prep.plan, prep.docs
+		// 5. Process in FHIR's order.
 		for _, e := range ordered {
+			if err := ctx.Err(); err != nil {
+				return errs.E("fhir.transaction", errs.Transient, "the client went away; nothing was written", err)
+			}
 			t := plan.targets[e.index]
 			if t.skip != nil {
 				e.res = t.skip
@@ -352,6 +326,110 @@ func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
 	})
 }
 
+// txPrepared is a transaction made ready to write: its plan, and the
+// resources to write with their references rewritten and index entries
+// computed.
+type txPrepared struct {
+	plan *txPlan
+	docs []*store.Doc
+	seq  uint64 // the store's change sequence when prepared
+}
+
+// holds reports whether the preparation is still right in tx: nothing was
+// written since, or every read it made answers the same.
+func (p *txPrepared) holds(tx *store.Tx) bool {
+	if tx.ChangeSeq() == p.seq {
+		return true
+	}
+	for _, check := range p.plan.reads {
+		if !check(tx) {
+			return false
+		}
+	}
+	return true
+}
+
+// prepareTransaction decides every entry's identity, rewrites links,
+// resolves conditional references and prepares each resource to write,
+// reading through tx.
+func (s *Server) prepareTransaction(tx *store.Tx, entries []*txEntry, bodies []bodyInfo, newIDs []string) (*txPrepared, error) {
+	ctx := tx.Context()
+	// 1. Every entry's identity, against the state before the transaction.
+	plan, err := s.planTransaction(tx, entries, bodies, newIDs)
+	if err != nil {
+		return nil, err
+	}
+	// 2. fullUrl links rewritten to the locations decided in 1.
+	docs := make([]*store.Doc, len(entries))
+	var writes []*txWrite
+	conds := map[int][]string{}
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		t := plan.targets[e.index]
+		if (e.method != http.MethodPost && e.method != http.MethodPut) || t.skip != nil {
+			continue
+		}
+		raw, _ := rewriteLinks(s.model, e.raw, e.typ, func(kind linkKind, v string) (string, bool) {
+			if kind == linkReference {
+				if _, _, ok := s.conditionalRef(v); ok {
+					conds[e.index] = append(conds[e.index], v)
+					return "", false
+				}
+			}
+			return s.link(plan, e, kind, v)
+		})
+		// The whole Bundle was validated before; rewriting links
+		// replaced strings with strings, so decoding is enough here.
+		m, err := decodeJSON(raw)
+		if err != nil {
+			return nil, entryErr(e, err)
+		}
+		_, id, _ := strings.Cut(t.ref, "/")
+		docs[e.index] = &store.Doc{Type: e.typ, ID: id, Map: m, JSON: raw}
+		writes = append(writes, &txWrite{typ: e.typ, id: id, m: m})
+	}
+	// 3. Conditional references, against the state after the writes.
+	resolved := map[string]string{}
+	for _, e := range entries {
+		refs := conds[e.index]
+		if len(refs) == 0 {
+			continue
+		}
+		for _, ref := range refs {
+			if _, ok := resolved[ref]; ok {
+				continue
+			}
+			to, err := s.resolveConditionalRef(tx, ref, plan, writes)
+			if err != nil {
+				return nil, entryErr(e, err)
+			}
+			resolved[ref] = to
+		}
+		d := docs[e.index]
+		raw, _ := rewriteLinks(s.model, d.JSON, e.typ, func(kind linkKind, v string) (string, bool) {
+			to, ok := resolved[v]
+			return to, ok && kind == linkReference
+		})
+		m, err := decodeJSON(raw)
+		if err != nil {
+			return nil, entryErr(e, err)
+		}
+		d.JSON, d.Map = raw, m
+	}
+	// 4. Index entries and stored forms, outside the writer.
+	for _, d := range docs {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if d != nil && d.ID != "" {
+			s.store.Prepare(d)
+		}
+	}
+	return &txPrepared{plan: plan, docs: docs, seq: tx.ChangeSeq()}, nil
+}
+
 func entryErr(e *txEntry, err error) error {
 	msg, issues := errs.Public(err)
 	return errs.E("fhir.transaction", errs.KindOf(err), fmt.Sprintf("entry %d (%s %s): %s; nothing was written", e.index, e.method, e.typ, msg), issues, err)
@@ -373,6 +451,9 @@ func (s *Server) batch(r *http.Request, entries []*txEntry) {
 				if e.method == http.MethodPost {
 					doc.ID = NewID()
 				}
+				if e.method == http.MethodPost || doc.ID == e.id && doc.ID != "" {
+					s.store.Prepare(doc) // index entries outside the writer
+				}
 				rq.Doc = doc
 			}
 		}
@@ -385,7 +466,7 @@ func (s *Server) batch(r *http.Request, entries []*txEntry) {
 			if e.method == http.MethodGet {
 				err = s.store.View(r.Context(), fn)
 			} else {
-				err = s.store.Write(detachedContext(r.Context()), fn)
+				err = s.store.Write(r.Context(), fn)
 			}
 		}
 		if err != nil {

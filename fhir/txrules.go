@@ -48,6 +48,41 @@ type txTarget struct {
 type txPlan struct {
 	targets []txTarget
 	byURL   map[string]int // fullUrl -> entry index, for created and updated entries
+	// reads repeat each read the plan made of the store and report whether
+	// it answers the same: a plan made on a snapshot still holds in the
+	// writer when all do.
+	reads []func(tx *store.Tx) bool
+	mem   *txMemIndex // built by the first conditional reference
+}
+
+// search runs a conditional search and notes it among the plan's reads.
+func (p *txPlan) search(s *Server, tx *store.Tx, typ string, cond url.Values) ([]string, error) {
+	found, err := s.matchCondition(tx, typ, cond)
+	if err == nil {
+		p.reads = append(p.reads, func(tx *store.Tx) bool {
+			again, err := s.matchCondition(tx, typ, cond)
+			return err == nil && slices.Equal(again, found)
+		})
+	}
+	return found, err
+}
+
+// current reads typ/id, deleted or not, noting its version among the
+// plan's reads.
+func (p *txPlan) current(tx *store.Tx, typ, id string) (*store.Version, error) {
+	version := func(tx *store.Tx) (*store.Version, int64, error) {
+		v, err := tx.Read(typ, id)
+		if v != nil && (err == nil || errs.Is(err, errs.Gone)) {
+			return v, v.VersionID, err
+		}
+		return v, 0, err
+	}
+	v, n, err := version(tx)
+	p.reads = append(p.reads, func(tx *store.Tx) bool {
+		_, again, _ := version(tx)
+		return again == n
+	})
+	return v, err
 }
 
 // bodyInfo is what a transaction needs to know of an entry's resource
@@ -87,7 +122,7 @@ func (s *Server) planTransaction(tx *store.Tx, entries []*txEntry, bodies []body
 			id = e.id
 			if e.cond {
 				t.cond = true
-				found, err := s.matchCondition(tx, e.typ, e.query)
+				found, err := p.search(s, tx, e.typ, e.query)
 				if err != nil {
 					return nil, entryErr(e, err)
 				}
@@ -107,14 +142,14 @@ func (s *Server) planTransaction(tx *store.Tx, entries []*txEntry, bodies []body
 				if err != nil {
 					return nil, entryErr(e, err)
 				}
-				found, err := s.matchCondition(tx, e.typ, cond)
+				found, err := p.search(s, tx, e.typ, cond)
 				if err != nil {
 					return nil, entryErr(e, err)
 				}
 				switch len(found) {
 				case 0:
 				case 1:
-					v, err := tx.Read(e.typ, found[0])
+					v, err := p.current(tx, e.typ, found[0])
 					if err != nil {
 						return nil, entryErr(e, err)
 					}
@@ -130,7 +165,7 @@ func (s *Server) planTransaction(tx *store.Tx, entries []*txEntry, bodies []body
 			id = e.id
 			if e.cond {
 				t.cond = true
-				found, err := s.matchCondition(tx, e.typ, e.query)
+				found, err := p.search(s, tx, e.typ, e.query)
 				if err != nil {
 					return nil, entryErr(e, err)
 				}
@@ -165,7 +200,7 @@ func (s *Server) planTransaction(tx *store.Tx, entries []*txEntry, bodies []body
 		}
 		if t.skip == nil {
 			t.version = 1
-			if v, err := tx.Read(e.typ, id); v != nil && (err == nil || errs.Is(err, errs.Gone)) {
+			if v, err := p.current(tx, e.typ, id); v != nil && (err == nil || errs.Is(err, errs.Gone)) {
 				t.version = v.VersionID + 1
 			}
 		}
@@ -278,26 +313,18 @@ func (s *Server) resolveConditionalRef(tx *store.Tx, ref string, p *txPlan, writ
 	if err != nil {
 		return "", err
 	}
-	touched := map[string]bool{}
-	for _, t := range p.targets {
-		if t.skip == nil && t.ref != "" {
-			touched[t.ref] = true
-		}
-	}
+	p.reads = append(p.reads, func(tx *store.Tx) bool {
+		again, err := tx.Search(q)
+		return err == nil && slices.Equal(again, stored)
+	})
+	mem := p.memIndex(s, writes)
 	var found []string
 	for _, id := range stored {
-		if !touched[typ+"/"+id] {
+		if !mem.touched[typ+"/"+id] {
 			found = append(found, typ+"/"+id)
 		}
 	}
-	for _, w := range writes {
-		if w.typ != typ {
-			continue
-		}
-		if w.entries == nil {
-			w.m["id"] = w.id
-			w.entries = s.reg.Extract(w.typ, w.m)
-		}
+	for _, w := range mem.candidates(typ, q) {
 		if q.Compartment != "" && !s.reg.InCompartment(w.typ, w.id, w.entries, q.Compartment) {
 			continue
 		}
@@ -318,6 +345,64 @@ func (s *Server) resolveConditionalRef(tx *store.Tx, ref string, p *txPlan, writ
 			fmt.Sprintf("conditional reference %q matched %d resources; it must match exactly one (FHIR R4 http.html#trules)", ref, len(found)))
 	}
 	return found[0], nil
+}
+
+// txMemIndex finds the resources a transaction writes by their index
+// entries, so that resolving each conditional reference costs a lookup,
+// not a pass over every entry.
+type txMemIndex struct {
+	touched map[string]bool       // Type/id the transaction writes or deletes (matched conditional creates aside)
+	byType  map[string][]*txWrite // the writes of each type
+	byKey   map[string][]*txWrite // Type NUL param NUL key -> the writes with that entry
+}
+
+// memIndex builds the index once per plan.
+func (p *txPlan) memIndex(s *Server, writes []*txWrite) *txMemIndex {
+	if p.mem != nil {
+		return p.mem
+	}
+	mem := &txMemIndex{touched: map[string]bool{}, byType: map[string][]*txWrite{}, byKey: map[string][]*txWrite{}}
+	for _, t := range p.targets {
+		if t.skip == nil && t.ref != "" {
+			mem.touched[t.ref] = true
+		}
+	}
+	for _, w := range writes {
+		if w.entries == nil {
+			w.m["id"] = w.id
+			w.entries = s.reg.Extract(w.typ, w.m)
+		}
+		mem.byType[w.typ] = append(mem.byType[w.typ], w)
+		for _, e := range w.entries {
+			k := w.typ + "\x00" + e.Param + "\x00" + e.Key
+			mem.byKey[k] = append(mem.byKey[k], w)
+		}
+	}
+	p.mem = mem
+	return mem
+}
+
+// candidates returns the writes of typ that may match q: those having one
+// of the keys of a clause that matches whole keys, else every write of typ.
+func (m *txMemIndex) candidates(typ string, q *search.Query) []*txWrite {
+	for i := range q.Clauses {
+		keys, ok := q.Clauses[i].ExactKeys()
+		if !ok {
+			continue
+		}
+		var out []*txWrite
+		seen := map[*txWrite]bool{}
+		for _, k := range keys {
+			for _, w := range m.byKey[typ+"\x00"+q.Clauses[i].Param.Code+"\x00"+k] {
+				if !seen[w] {
+					seen[w] = true
+					out = append(out, w)
+				}
+			}
+		}
+		return out
+	}
+	return m.byType[typ]
 }
 
 // decodeBody reads the id and resourceType of an entry's resource.

@@ -52,6 +52,9 @@ type app struct {
 	healthie  *healthie.Healthie // nil when not configured
 }
 
+// initialMmapSize is the address space reserved for the database file.
+const initialMmapSize = 8 << 30
+
 func newApp(cfg Config, log *slog.Logger) (*app, error) {
 	if dir := filepath.Dir(cfg.DB); dir != "" {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -60,8 +63,13 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 	}
 	// The freelist is not written at every commit (it is rebuilt by a scan
 	// at open instead): on a large database that write dominates commits.
+	// The map is reserved large (address space, not memory) so that the
+	// file growing does not remap it: a remap waits for every read
+	// transaction to end while holding the writer, and copies every node
+	// a large write has touched.
 	db, err := bolt.Open(cfg.DB, 0o600, &bolt.Options{
 		Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
+		InitialMmapSize: initialMmapSize,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w (is another p2pserver using it?)", cfg.DB, err)
@@ -88,7 +96,8 @@ func (a *app) wire() error {
 		a.cfg.BaseURL = cfg.BaseURL
 	}
 	base := cfg.BaseURL + "/fhir"
-	a.fhir = fhir.New(a.store, fhir.Config{BaseURL: base, MaxBody: cfg.MaxBody, Logger: log, Version: version,
+	a.fhir = fhir.New(a.store, fhir.Config{BaseURL: base, MaxBody: cfg.MaxBody, MaxBundleEntries: cfg.MaxBundleEntries,
+		Logger: log, Version: version,
 		CORS: len(cfg.CORSOrigins) > 0})
 
 	// Access control on /fhir comes first: later middleware reads the

@@ -82,6 +82,30 @@ func (r Range) Contains(key string, payload []byte) bool {
 	return key+"\x00" >= r.Start && key < r.End && (r.Match == nil || r.Match(key, payload))
 }
 
+// ExactKeys returns the index entry keys of c's parameter that satisfy c
+// when c matches whole keys only (token, reference, uri and :exact
+// string values, without :not, :missing or chains): an entry satisfies c
+// exactly when its key is one of them. ok is false for any other clause.
+// Callers use it to find candidates by key lookup instead of a scan.
+func (c *Clause) ExactKeys() (keys []string, ok bool) {
+	if c.Not || c.Missing != nil {
+		return nil, false
+	}
+	for _, v := range c.Values {
+		if v.Chain != nil || len(v.Ranges) == 0 {
+			return nil, false
+		}
+		for _, r := range v.Ranges {
+			k, isExact := strings.CutSuffix(r.Start, "\x00")
+			if r.Match != nil || !isExact || r.End != k+"\x01" {
+				return nil, false
+			}
+			keys = append(keys, k)
+		}
+	}
+	return keys, len(keys) > 0
+}
+
 // Matches reports whether a resource with these index entries satisfies
 // the clause (chained values excepted: they need other resources, and are
 // never matched here).

@@ -1,0 +1,225 @@
+package fhir_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/store"
+)
+
+// writerGate holds the store's single writer on demand: a Basic resource
+// with code "hold" blocks inside its write until Release. Tests use it to
+// queue writes behind one another deterministically.
+type writerGate struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func holdWriter(ts *testServer) *writerGate {
+	g := &writerGate{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	ts.fhir.AddValidator("Basic", func(tx *store.Tx, doc *store.Doc, _ *store.Version) error {
+		if c, _ := doc.Map["code"].(map[string]any); c != nil && c["text"] == "hold" {
+			g.entered <- struct{}{}
+			<-g.release
+		}
+		return nil
+	})
+	return g
+}
+
+// start sends the holding write and returns once the writer runs it.
+func (g *writerGate) start(ts *testServer) chan *result {
+	done := make(chan *result, 1)
+	go func() { done <- ts.do(http.MethodPost, "/Basic", `{"resourceType":"Basic","code":{"text":"hold"}}`) }()
+	<-g.entered
+	return done
+}
+
+// waitQueued waits until n writes wait behind the held one.
+func waitQueued(t *testing.T, ts *testServer, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d queued writes", n), func() bool { return ts.fhir.Store().Queued() >= n })
+}
+
+// TestFailingWriteDoesNotRerunItsGroup: writes waiting together are
+// committed together (group commit); one that fails (a stale If-Match,
+// 412) is taken back alone. The others are run exactly once: a
+// transaction of 40 entries is validated 40 times, not 40 more per
+// failing neighbour.
+func TestFailingWriteDoesNotRerunItsGroup(t *testing.T) {
+	ts := newServer(t)
+	var validated atomic.Int64
+	ts.fhir.AddValidator("Observation", func(*store.Tx, *store.Doc, *store.Version) error {
+		validated.Add(1)
+		return nil
+	})
+	gate := holdWriter(ts)
+	ts.do(http.MethodPut, "/Patient/p", `{"resourceType":"Patient","id":"p"}`).want(t, http.StatusCreated)
+
+	held := gate.start(ts)
+	const n = 40
+	txDone := make(chan *result, 1)
+	go func() { txDone <- ts.do(http.MethodPost, "/", transactionOf(n, 0)) }()
+	waitQueued(t, ts, 1)
+	stale := make(chan *result, 3)
+	for range 3 {
+		go func() {
+			stale <- ts.do(http.MethodPut, "/Patient/p", `{"resourceType":"Patient","id":"p","active":true}`, "If-Match", `W/"7"`)
+		}()
+	}
+	waitQueued(t, ts, 4)
+	// A read is served while the writer is held.
+	ts.do(http.MethodGet, "/Patient/p", nil).want(t, http.StatusOK)
+	close(gate.release)
+
+	(<-held).want(t, http.StatusCreated)
+	(<-txDone).want(t, http.StatusOK)
+	for range 3 {
+		(<-stale).want(t, http.StatusPreconditionFailed).outcome(t)
+	}
+	if got := validated.Load(); got != n {
+		t.Errorf("the transaction's %d entries were validated %d times: failing writes in its commit group made it run again", n, got)
+	}
+	if v := ts.do(http.MethodGet, "/Patient/p", nil).want(t, http.StatusOK); v.Header.Get("ETag") != `W/"1"` {
+		t.Errorf("Patient/p is at %s after three refused updates", v.Header.Get("ETag"))
+	}
+	if total := ts.do(http.MethodGet, "/Observation?_summary=count", nil).JSON["total"]; total != json.Number(fmt.Sprint(n)) {
+		t.Errorf("%v Observations stored, want %d", total, n)
+	}
+}
+
+// TestWriteOfAGoneClientIsNotMade: a client that disconnects while its
+// write waits for the writer cancels it; nothing is stored.
+func TestWriteOfAGoneClientIsNotMade(t *testing.T) {
+	ts := newServer(t)
+	gate := holdWriter(ts)
+	held := gate.start(ts)
+
+	cancelled := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		defer close(cancelled)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, ts.URL+"/Patient",
+			strings.NewReader(`{"resourceType":"Patient","name":[{"family":"Gone"}]}`))
+		req.Header.Set("Content-Type", "application/fhir+json")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	waitQueued(t, ts, 1)
+	cancel()
+	<-cancelled
+	// The server learns of the disconnect from the closed connection; the
+	// write is still queued behind the held one.
+	waitFor(t, "the server to see the client leave", func() bool { return ts.gone.Load() > 0 })
+	ts.do(http.MethodGet, "/metadata", nil).want(t, http.StatusOK)
+	close(gate.release)
+	(<-held).want(t, http.StatusCreated)
+	// The writer goes on serving others; writes take their turns in order,
+	// so once this one is answered the cancelled one has had its turn.
+	ts.do(http.MethodPost, "/Patient", `{"resourceType":"Patient","name":[{"family":"Stays"}]}`).want(t, http.StatusCreated)
+
+	if total := ts.do(http.MethodGet, "/Patient?family=gone&_summary=count", nil).JSON["total"]; total != json.Number("0") {
+		t.Errorf("the write of a client that went away was made (%v found)", total)
+	}
+}
+
+// TestBundleEntryLimit: a transaction or batch with more entries than
+// -max-bundle-entries is refused whole with 413 and an OperationOutcome
+// (FHIR R4 http.html#transaction leaves the limit to the server; 413 is
+// HTTP's answer to a request larger than the server will process), and
+// nothing of it is written.
+func TestBundleEntryLimit(t *testing.T) {
+	ts := newServer(t, func(c *fhir.Config) { c.MaxBundleEntries = 5 })
+	for _, c := range []struct {
+		name    string
+		body    string
+		status  int
+		written int
+	}{
+		{"transaction at the limit", transactionOf(5, 0), http.StatusOK, 5},
+		{"transaction over the limit", transactionOf(6, 100), http.StatusRequestEntityTooLarge, 0},
+		{"batch over the limit", strings.Replace(transactionOf(6, 200), `"transaction"`, `"batch"`, 1), http.StatusRequestEntityTooLarge, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := count(t, ts, "Observation")
+			r := ts.do(http.MethodPost, "/", c.body).want(t, c.status)
+			if c.status != http.StatusOK && !strings.Contains(r.outcome(t), "max-bundle-entries") {
+				t.Errorf("the outcome does not name the limit: %s", r.Body)
+			}
+			if got := count(t, ts, "Observation") - before; got != c.written {
+				t.Errorf("%d written, want %d", got, c.written)
+			}
+		})
+	}
+}
+
+// TestTransactionReferenceForms: references between entries are
+// rewritten in the resources the transaction prepares outside the writer,
+// and the index entries computed there follow the rewritten form:
+// urn:uuid and absolute fullUrls, escaped or not, and a conditional
+// reference to a resource the same transaction creates (FHIR R4
+// http.html#trules).
+func TestTransactionReferenceForms(t *testing.T) {
+	ts := newServer(t)
+	tx := `{"resourceType":"Bundle","type":"transaction","entry":[
+	 {"fullUrl":"urn:uuid:aaaaaaaa-0000-4000-8000-000000000001","resource":{"resourceType":"Patient","identifier":[{"system":"urn:t","value":"1"}]},"request":{"method":"POST","url":"Patient"}},
+	 {"fullUrl":"http://elsewhere.example/fhir/Practitioner/dr1","resource":{"resourceType":"Practitioner","id":"dr1"},"request":{"method":"PUT","url":"Practitioner/dr1"}},
+	 {"resource":{"resourceType":"Organization","identifier":[{"system":"urn:org","value":"O1"}]},"request":{"method":"POST","url":"Organization"}},
+	 {"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},
+	   "subject":{"reference":"urn:uuid:aaaaaaaa-0000-4000-8000-000000000001"},
+	   "performer":[{"reference":"http://elsewhere.example/fhir/Practitioner/dr1"},{"reference":"Organization?identifier=urn:org|O1"}],
+	   "focus":[{"reference":"urn:uuid:aaaa\u0061aaa-0000-4000-8000-000000000001"}]},"request":{"method":"POST","url":"Observation"}}
+	]}`
+	r := ts.do(http.MethodPost, "/", tx).want(t, http.StatusOK)
+	entries := r.JSON["entry"].([]any)
+	loc := func(i int) string {
+		l := entries[i].(map[string]any)["response"].(map[string]any)["location"].(string)
+		return strings.Join(strings.Split(l, "/")[:2], "/")
+	}
+	obs := ts.do(http.MethodGet, "/"+loc(3), nil).want(t, http.StatusOK).JSON
+	ref := func(v any) string { return v.(map[string]any)["reference"].(string) }
+	performers := obs["performer"].([]any)
+	for _, c := range []struct{ name, got, want string }{
+		{"urn:uuid", ref(obs["subject"]), loc(0)},
+		{"absolute fullUrl", ref(performers[0]), "Practitioner/dr1"},
+		{"conditional reference to an entry of the same transaction", ref(performers[1]), loc(2)},
+		{"escaped urn:uuid", ref(obs["focus"].([]any)[0]), loc(0)},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %q, want %q", c.name, c.got, c.want)
+		}
+	}
+	// The index follows the rewritten references.
+	found := ts.do(http.MethodGet, "/Observation?subject="+loc(0), nil).want(t, http.StatusOK)
+	if ids := bundleIDs(found.JSON); len(ids) != 1 || ids[0] != loc(3) {
+		t.Errorf("search by the rewritten subject found %v", ids)
+	}
+}
+
+// transactionOf is a transaction of n Observations, numbered from first.
+func transactionOf(n, first int) string {
+	var b strings.Builder
+	b.WriteString(`{"resourceType":"Bundle","type":"transaction","entry":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"fullUrl":"urn:uuid:00000000-0000-4000-8000-%012d","resource":{"resourceType":"Observation","status":"final","code":{"text":"n%d"}},"request":{"method":"POST","url":"Observation"}}`, first+i, first+i)
+	}
+	b.WriteString("]}")
+	return b.String()
+}
+
+func count(t *testing.T, ts *testServer, typ string) int {
+	t.Helper()
+	var n int
+	fmt.Sscan(string(ts.do(http.MethodGet, "/"+typ+"?_summary=count", nil).want(t, http.StatusOK).JSON["total"].(json.Number)), &n)
+	return n
+}
