@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -475,6 +476,10 @@ func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKi
 				continue
 			}
 		}
+		if why := foreign(tx, res); why != "" {
+			return nil, pageErrorf("%s/%s from the page %s cannot be stored: its local id %s/%s %s; the page was not written and nothing stored was changed",
+				res.typ, clip(res.srcID, 64), pg.url, res.typ, res.localID, why)
+		}
 		v, err := r.fhir.Put(tx, res.doc, 0)
 		if err != nil {
 			return nil, refused(res, pg.url, err)
@@ -567,6 +572,64 @@ func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKi
 		return rec, r.end(tx, rec, Completed, "", o, now)
 	}
 	return rec, putJob(tx, rec, now)
+}
+
+// foreign says why res may not be written over what its local id holds,
+// or "" when it may: ingestion writes only over resources it created (its
+// own record of what it wrote is kept in digestBucket) from the same
+// source identity (meta.source). A resource there from anywhere
+// else (written by a client, another source, a facade), live or deleted (a
+// deleted resource keeps its owner: its last live version decides), is
+// never overwritten.
+func foreign(tx *store.Tx, res *pageResource) string {
+	v, err := tx.Read(res.typ, res.localID)
+	switch {
+	case v == nil:
+		return "" // nothing there
+	case errs.Is(err, errs.Gone):
+		v = lastLive(tx, v)
+		if v == nil {
+			return ""
+		}
+	case err != nil:
+		return "cannot be read"
+	}
+	switch src := metaSource(v.JSON); {
+	case src == res.source && tx.KV(digestBucket).Get([]byte(res.localRef())) != nil:
+		return ""
+	case src == res.source:
+		// meta.source is the client's to write: only ingestion's own
+		// record says ingestion put the resource there.
+		return "holds a resource that claims this source but was not ingested here"
+	case src == "":
+		return "holds a resource that was not ingested from a source payer"
+	default:
+		return "holds a resource ingested from another source"
+	}
+}
+
+// lastLive returns the last version before deletion marker del that is not
+// itself a deletion, nil when there is none.
+func lastLive(tx *store.Tx, del *store.Version) *store.Version {
+	for vid := del.VersionID - 1; vid >= 1; vid-- {
+		if v, err := tx.VRead(del.Type, del.ID, vid); err == nil {
+			return v
+		}
+	}
+	return nil
+}
+
+// metaSource reads meta.source from a resource's JSON.
+func metaSource(raw []byte) string {
+	var r struct {
+		Meta struct {
+			Source string `json:"source"`
+		} `json:"meta"`
+	}
+	if json.Unmarshal(raw, &r) != nil {
+		return ""
+	}
+	return r.Meta.Source
 }
 
 func digestValue(version int64, digest [sha256.Size]byte) []byte {

@@ -169,14 +169,22 @@ func (r *Runner) settle(tx *store.Tx, job int64) (toSource, relinked int, err er
 }
 
 // rewriteRef replaces the reference from with to in the current version of
-// referrer ("Type/id") and writes it. The digest of what ingestion wrote is
-// kept current, so the resource coming again from the source unchanged is
-// recognized.
+// referrer ("Type/id") and writes it, when that version is the one
+// ingestion wrote (anyone else's version is left as it is). The digest of
+// what ingestion wrote is kept current, so the resource coming again from
+// the source unchanged is recognized.
 func (r *Runner) rewriteRef(tx *store.Tx, referrer, from, to string) (bool, error) {
 	typ, id, _ := strings.Cut(referrer, "/")
 	v, err := tx.Read(typ, id)
 	if err != nil {
 		return false, nil // deleted here since: nothing to fix
+	}
+	dk := []byte(referrer)
+	raw := tx.KV(digestBucket).Get(dk)
+	if len(raw) != 8+sha256.Size || int64(binary.BigEndian.Uint64(raw)) != v.VersionID {
+		// Someone other than ingestion wrote the referrer since: it is not
+		// ingestion's to change any more.
+		return false, nil
 	}
 	changed := false
 	s := scanner{src: v.JSON, refs: func(ref string) (string, bool) {
@@ -197,14 +205,11 @@ func (r *Runner) rewriteRef(tx *store.Tx, referrer, from, to string) (bool, erro
 	if err != nil {
 		return false, fmt.Errorf("batch: rewrite the reference %s in %s: %w", from, referrer, err)
 	}
-	dk := []byte(referrer)
-	if raw := tx.KV(digestBucket).Get(dk); len(raw) == 8+sha256.Size && int64(binary.BigEndian.Uint64(raw)) == v.VersionID {
-		meta, _ := m["meta"].(map[string]any)
-		if source, _ := meta["source"].(string); source != "" {
-			if canon, err := canonical(nv.JSON, id, source, nil); err == nil {
-				if err := tx.KV(digestBucket).Put(dk, digestValue(nv.VersionID, sha256.Sum256(canon))); err != nil {
-					return true, err
-				}
+	meta, _ := m["meta"].(map[string]any)
+	if source, _ := meta["source"].(string); source != "" {
+		if canon, err := canonical(nv.JSON, id, source, nil); err == nil {
+			if err := tx.KV(digestBucket).Put(dk, digestValue(nv.VersionID, sha256.Sum256(canon))); err != nil {
+				return true, err
 			}
 		}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/facades/healthie"
 	"github.com/p2pserver/p2pserver/facades/healthie/healthietest"
+	"github.com/p2pserver/p2pserver/fhir/store"
 )
 
 func localIDs(hids []string) []string {
@@ -195,4 +196,41 @@ func TestWebhooksFireSubscriptionsInSyncMode(t *testing.T) {
 	if vid := v["meta"].(map[string]any)["versionId"]; vid != "1" {
 		t.Errorf("the webhook after a facade booking made version %v", vid)
 	}
+}
+
+// TestSyncNeverOverwritesWhatItDidNotCopy (rule 9): sync stores each
+// Healthie record under an id derived from it (healthie-<id>) and writes
+// there only over its own copy (the same meta.source), live or deleted. A
+// resource put there by someone else (before sync mode was on, when the
+// guard on healthie- ids did not run) stays as it is; that record is not
+// copied, the others are.
+func TestSyncNeverOverwritesWhatItDidNotCopy(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, patients(3), syncMode())
+	taken, gone := healthie.IDPrefix+e.demo.Patients[0], healthie.IDPrefix+e.demo.Patients[1]
+	err := e.st.Write(context.Background(), func(tx *store.Tx) error {
+		for _, id := range []string{taken, gone} {
+			raw := []byte(`{"resourceType":"Patient","id":"` + id + `","name":[{"family":"Local"}],"meta":{"source":"urn:local"}}`)
+			doc, err := e.fs.ParseResource(raw, "Patient")
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Put(doc, store.PutOptions{}); err != nil {
+				return err
+			}
+		}
+		_, err := tx.Delete("Patient", gone, 0)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.h.Syncer().SyncAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if p := e.local(http.MethodGet, "/Patient/"+taken, nil).want(t, 200).JSON; p["name"].([]any)[0].(map[string]any)["family"] != "Local" {
+		t.Errorf("the local Patient was overwritten: %v", p)
+	}
+	e.local(http.MethodGet, "/Patient/"+gone, nil).want(t, 410)
+	e.local(http.MethodGet, "/Patient/"+healthie.IDPrefix+e.demo.Patients[2], nil).want(t, 200)
 }

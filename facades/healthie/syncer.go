@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -315,6 +316,41 @@ func (s *Syncer) Refresh(ctx context.Context, kind, hid string) ([]string, error
 	return changed, nil
 }
 
+// foreign says why doc, a copy of a Healthie record, may not be written
+// over what its id holds, or "" when it may: sync writes only over copies
+// of the same record (the same meta.source), live or deleted (a deleted
+// resource keeps its owner: its last live version decides).
+func foreign(tx *store.Tx, doc *store.Doc) string {
+	v, err := tx.Read(doc.Type, doc.ID)
+	switch {
+	case v == nil:
+		return ""
+	case errs.Is(err, errs.Gone):
+		for vid := v.VersionID - 1; ; vid-- {
+			if vid < 1 {
+				return ""
+			}
+			if lv, err := tx.VRead(doc.Type, doc.ID, vid); err == nil {
+				v = lv
+				break
+			}
+		}
+	case err != nil:
+		return "cannot be read"
+	}
+	var stored struct {
+		Meta struct {
+			Source string `json:"source"`
+		} `json:"meta"`
+	}
+	_ = json.Unmarshal(v.JSON, &stored)
+	want, _ := doc.Map["meta"].(map[string]any)["source"].(string)
+	if stored.Meta.Source != want {
+		return "holds a resource that is not a copy of this Healthie record"
+	}
+	return ""
+}
+
 // put writes a mapped resource unless the store has it unchanged; it
 // reports whether it wrote.
 func (s *Syncer) put(ctx context.Context, typ, hid string, body []byte) (bool, error) {
@@ -349,6 +385,13 @@ func (s *Syncer) putPage(ctx context.Context, typ string, items []listed) (int, 
 				if _, err := tx.Read(typ, p.doc.ID); err == nil {
 					continue
 				}
+			}
+			if why := foreign(tx, p.doc); why != "" {
+				// Sync writes only over its own copies: the resource there
+				// stays, this record is not copied, the rest of the page is.
+				s.log.Warn("healthie: a Healthie record is not copied to the local store: its id "+why,
+					"resource", typ+"/"+p.doc.ID)
+				continue
 			}
 			d := &store.Doc{Type: typ, ID: p.doc.ID, Map: p.doc.Map, JSON: p.doc.JSON}
 			if _, err := s.fs.Put(tx, d, 0); err != nil {
