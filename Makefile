@@ -3,17 +3,22 @@ GO ?= go
 BIN := bin/p2pserver
 STATICCHECK_VERSION := v0.7.0
 
-.PHONY: all build run test lint bench load spec clean
+.PHONY: all build run demo test lint bench load spec clean
 
 all: build
 
+## build: the server and the development tools (p2p-devidp, p2p-mailsink, p2p-demo) into bin/.
 build:
-	$(GO) build -o $(BIN) ./cmd/p2pserver
+	$(GO) build -o bin/ ./cmd/p2pserver ./cmd/p2p-devidp ./cmd/p2p-mailsink ./cmd/p2p-demo
 
 ## run: build and start the server on the embedded default (bbolt file under data/).
 run: build
 	mkdir -p data
 	./$(BIN)
+
+## demo: the whole payer-to-payer exchange on this machine, each step printed as its HTTP call (README, "Your first exchange").
+demo: build
+	./bin/p2p-demo -bin bin -synthea testdata/synthea
 
 ## test: every test, with the race detector.
 test:
