@@ -306,7 +306,9 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, errs.E("batch.create", errs.Internal, err))
 		return
 	}
-	rec.MemberDone = !a.runner.linker.Enabled()
+	// The member's Patient is read first for the identifier to add;
+	// without one, the link is made when it comes with the data.
+	rec.MemberDone = !a.runner.linker.AddsIdentifiers()
 	if err := a.runner.create(r.Context(), rec); err != nil {
 		httpapi.WriteError(w, err)
 		return

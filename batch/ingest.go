@@ -649,11 +649,12 @@ func refused(res *pageResource, page string, err error) error {
 func (r *Runner) linkMember(tx *store.Tx, rec *record, member *pageResource) error {
 	v, err := tx.Read("Patient", rec.TargetPatientID)
 	if err != nil {
-		rec.MDMNote = fmt.Sprintf("the member Patient/%s is not on this server any more; no identifier was added", rec.TargetPatientID)
+		rec.MDMNote = fmt.Sprintf("the member Patient/%s is not on this server any more; it was not linked and no identifier was added", rec.TargetPatientID)
 		return nil
 	}
 	ident, ok := mdm.MemberIdentifier(member.doc.Map)
-	if !ok {
+	ok = ok && r.linker.AddsIdentifiers()
+	if !ok && r.linker.AddsIdentifiers() {
 		rec.MDMNote = "the member's Patient at the source has no CARIN BB member identifier (um, MB, pat or MR); the records were linked, but no identifier was added"
 	}
 	doc, err := r.linker.AmendMember(v, ident, mdm.Assigner{Name: rec.SourceName, OrganizationID: rec.SourceOrganizationID}, member.localID)

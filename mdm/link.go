@@ -79,19 +79,25 @@ type Assigner struct {
 	OrganizationID string // its organizationId (payer id)
 }
 
-// Linker adds the source payer's member identifier to the target member and
-// links the ingested source Patient with the member. A Linker with an empty
-// system is disabled: Enabled is false and it changes nothing.
+// Linker links the ingested copy of the source payer's Patient with the
+// target member, both ways, so that the data brought over is the member's
+// record (see Linked); with an identifier system it also adds the source
+// payer's member identifier to the member. A nil Linker does nothing.
 type Linker struct {
 	system string
 }
 
-// NewLinker returns a Linker that adds member identifiers under system (the
-// -mdm-identifier-system setting); "" disables it.
+// NewLinker returns a Linker that links records and, when system is not
+// "", adds member identifiers under system (the -mdm-identifier-system
+// setting).
 func NewLinker(system string) *Linker { return &Linker{system: system} }
 
-// Enabled reports whether the Linker adds identifiers and links.
-func (l *Linker) Enabled() bool { return l != nil && l.system != "" }
+// Enabled reports whether the Linker links records (any non-nil Linker).
+func (l *Linker) Enabled() bool { return l != nil }
+
+// AddsIdentifiers reports whether the Linker adds the source payer's
+// member identifier to the member (it has an identifier system).
+func (l *Linker) AddsIdentifiers() bool { return l != nil && l.system != "" }
 
 // System is the identifier system member identifiers are added under.
 func (l *Linker) System() string {
@@ -107,7 +113,7 @@ const linkType = "seealso"
 
 // LinkIngested amends doc, the ingested copy of the source payer's Patient
 // as it is about to be stored, with a link to Patient/memberID. It returns
-// whether doc changed (false when disabled or when the link is there).
+// whether doc changed (false for a nil Linker or when the link is there).
 func (l *Linker) LinkIngested(doc *store.Doc, memberID string) (bool, error) {
 	if !l.Enabled() {
 		return false, nil
@@ -119,10 +125,10 @@ func (l *Linker) LinkIngested(doc *store.Doc, memberID string) (bool, error) {
 }
 
 // AmendMember returns the member's Patient with the source identifier added
-// under the Linker's system (assigned by the source payer) and a link to the
-// ingested copy Patient/ingestedID, ready to be written; nil when the member
-// already has both or the Linker is disabled. member is the member's
-// current version.
+// under the Linker's system (assigned by the source payer; none without a
+// system) and a link to the ingested copy Patient/ingestedID, ready to be
+// written; nil when the member already has both or the Linker is nil.
+// member is the member's current version.
 func (l *Linker) AmendMember(member *store.Version, id Identifier, by Assigner, ingestedID string) (*store.Doc, error) {
 	if !l.Enabled() {
 		return nil, nil
@@ -136,7 +142,7 @@ func (l *Linker) AmendMember(member *store.Version, id Identifier, by Assigner, 
 	}
 	doc := &store.Doc{Type: member.Type, ID: member.ID, Map: m, JSON: member.JSON}
 	changed := false
-	if id.Value != "" && !hasIdentifier(m, l.system, id.Value) {
+	if l.system != "" && id.Value != "" && !hasIdentifier(m, l.system, id.Value) {
 		ids, _ := m["identifier"].([]any)
 		ids = append(append([]any(nil), ids...), l.identifier(id, by))
 		if err := doc.Set("identifier", ids); err != nil {

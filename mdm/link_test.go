@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
@@ -212,18 +213,30 @@ func TestLinkIngested(t *testing.T) {
 	}
 }
 
-func TestLinkerDisabled(t *testing.T) {
+// TestLinkerWithoutSystem: without an identifier system the Linker still
+// links the records both ways (the data brought over is the member's
+// record), and adds no identifier.
+func TestLinkerWithoutSystem(t *testing.T) {
 	l := mdm.NewLinker("")
-	if l.Enabled() {
-		t.Fatal("a blank system enables the Linker")
+	if !l.Enabled() || l.AddsIdentifiers() {
+		t.Fatalf("Enabled %v, AddsIdentifiers %v", l.Enabled(), l.AddsIdentifiers())
 	}
 	raw := []byte(`{"resourceType":"Patient","id":"x"}`)
 	doc := &store.Doc{Type: "Patient", ID: "x", Map: decode(t, raw), JSON: raw}
-	if changed, err := l.LinkIngested(doc, "m1"); changed || err != nil || string(doc.JSON) != string(raw) {
-		t.Errorf("disabled Linker linked: %v %v %s", changed, err, doc.JSON)
+	if changed, err := l.LinkIngested(doc, "m1"); !changed || err != nil || !strings.Contains(string(doc.JSON), `"reference":"Patient/m1"`) {
+		t.Errorf("ingested copy not linked: %v %v %s", changed, err, doc.JSON)
 	}
 	member := &store.Version{Type: "Patient", ID: "m1", VersionID: 1, JSON: []byte(`{"resourceType":"Patient","id":"m1"}`)}
-	if doc, err := l.AmendMember(member, mdm.Identifier{Value: "v"}, mdm.Assigner{}, "x"); doc != nil || err != nil {
-		t.Errorf("disabled Linker amended the member: %v %v", doc, err)
+	doc, err := l.AmendMember(member, mdm.Identifier{Value: "v"}, mdm.Assigner{}, "x")
+	if err != nil || doc == nil {
+		t.Fatalf("member not amended: %v %v", doc, err)
+	}
+	want := `{"resourceType":"Patient","id":"m1","link":[{"other":{"reference":"Patient/x"},"type":"seealso"}]}`
+	if string(doc.JSON) != want {
+		t.Errorf("member\n%s\nwant\n%s", doc.JSON, want)
+	}
+	var nilLinker *mdm.Linker
+	if changed, _ := nilLinker.LinkIngested(doc, "m1"); changed || nilLinker.Enabled() {
+		t.Error("a nil Linker links")
 	}
 }
