@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/authz"
 )
 
 // withTestAccess stands in for token middleware: X-Test-Patient confines
@@ -22,8 +23,7 @@ func withTestAccess(s *fhir.Server) {
 			a := &fhir.Access{Patient: p}
 			if types != "" {
 				allowed := strings.Split(types, ",")
-				a.CanRead = func(t string) bool { return slices.Contains(allowed, t) }
-				a.CanWrite = a.CanRead
+				a.Grant = func(t string, _ authz.Perm) bool { return slices.Contains(allowed, t) }
 			}
 			next.ServeHTTP(w, r.WithContext(fhir.WithAccess(r.Context(), a)))
 		})
@@ -58,15 +58,21 @@ func TestMemberScopedAccess(t *testing.T) {
 			t.Errorf("%s: %v, want %v", q, got, want)
 		}
 	}
-	// Includes never reach outside the compartment.
+	// Includes never reach outside the member's record; the Provenance
+	// of the member's own Observation is theirs.
 	r := as("GET", "/Observation?_include=Observation:subject&_revinclude=Provenance:target", nil).want(t, 200)
-	if inc := includes(r.JSON); !slices.Equal(inc, []string{"Patient/p1"}) {
+	if inc := includes(r.JSON); !slices.Equal(inc, []string{"Patient/p1", "Provenance/prov1"}) {
 		t.Errorf("includes %v", inc)
 	}
 	// Writes outside the compartment are refused, inside allowed.
 	as("POST", "/Observation", `{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p2"}}`).want(t, 403).outcome(t)
 	as("POST", "/Observation", `{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}`).want(t, 201)
-	as("DELETE", "/Observation/o3", nil).want(t, 403)
+	// Another member's resource answers as one that does not exist.
+	gone := as("DELETE", "/Observation/o3", nil).want(t, 200)
+	none := as("DELETE", "/Observation/o-none", nil).want(t, 200)
+	if strings.ReplaceAll(string(gone.Body), "o3", "X") != strings.ReplaceAll(string(none.Body), "o-none", "X") {
+		t.Errorf("delete of another's and of nothing differ: %s / %s", gone.Body, none.Body)
+	}
 	ts.do("GET", "/Observation/o3", nil).want(t, 200) // still there
 	as("GET", "/Observation/_history", nil).want(t, 403)
 	as("GET", "/_history", nil).want(t, 403)

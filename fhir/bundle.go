@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
@@ -91,6 +92,9 @@ type snapshot struct {
 	query   *search.Query
 	self    string
 	expires time.Time
+	// binding is the Key of the principal that made it: only the same
+	// rights may page through it.
+	binding string
 }
 
 // pageCache keeps result sets for paging, bounded in count and in the
@@ -156,6 +160,10 @@ func (c *pageCache) get(key string) *snapshot {
 // searchBundle runs a search and renders its first page.
 func (s *Server) searchBundle(tx *store.Tx, typ string, params url.Values, lenient bool) ([]byte, error) {
 	links := s.patientLinks()
+	a := AccessFrom(tx.Context())
+	if err := s.policy.Need(a, typ, authz.Search); err != nil {
+		return nil, err
+	}
 	q, err := s.reg.Parse(typ, params, search.Options{
 		Base: s.cfg.BaseURL, Lenient: lenient, DefaultCount: s.cfg.DefaultCount, MaxCount: s.cfg.MaxCount,
 		MDM: links != nil,
@@ -163,14 +171,16 @@ func (s *Server) searchBundle(tx *store.Tx, typ string, params url.Values, lenie
 	if err != nil {
 		return nil, err
 	}
-	q.Compartment = s.readCompartment(AccessFrom(tx.Context()), typ)
-	q.Linked = s.linked(tx, q.Compartment)
-	q.ExpandMDM(func(p string) []string { return s.linked(tx, p) })
+	s.policy.Confine(tx, a, q)
 	ids, err := tx.Search(q)
 	if err != nil {
 		return nil, err
 	}
-	sn := &snapshot{typ: typ, ids: ids, query: q, self: s.cfg.BaseURL + "/" + typ}
+	if ids, err = s.policy.Filter(tx, a, typ, ids); err != nil {
+		return nil, err
+	}
+	q.Visible = nil // bound to this transaction; the snapshot outlives it
+	sn := &snapshot{typ: typ, ids: ids, query: q, self: s.cfg.BaseURL + "/" + typ, binding: a.Key()}
 	if enc := q.Kept.Encode(); enc != "" {
 		sn.self += "?" + enc
 	}
@@ -189,14 +199,16 @@ func (s *Server) searchPage(tx *store.Tx, typ, cursor string) ([]byte, error) {
 	if !ok || err != nil || offset < 0 {
 		return nil, errs.E("fhir.page", errs.Invalid, fmt.Sprintf("%q is not a page cursor of this server", cursor))
 	}
+	a := AccessFrom(tx.Context())
+	if err := s.policy.Need(a, typ, authz.Search); err != nil {
+		return nil, err
+	}
 	sn := s.pages.get(key)
 	if sn == nil || sn.typ != typ {
 		return nil, errs.E("fhir.page", errs.Gone, "this search result has expired; run the search again")
 	}
-	if a := AccessFrom(tx.Context()); sn.query.Compartment != s.readCompartment(a, typ) {
+	if sn.binding != a.Key() {
 		return nil, errs.E("fhir.page", errs.Permission, "this page belongs to a search made with other access rights")
-	} else if err := a.mayRead(typ); err != nil {
-		return nil, err
 	}
 	return s.renderPage(tx, sn, key, offset)
 }
@@ -236,12 +248,18 @@ func (s *Server) renderPage(tx *store.Tx, sn *snapshot, key string, offset int) 
 		last := ((len(sn.ids) - 1) / q.Count) * q.Count
 		b.Link = append(b.Link, BundleLink{Relation: "last", URL: s.pageURL(sn, key, last)})
 	}
+	// Every resource is checked again as the page is served: it may have
+	// changed hands since the search ran.
+	sees := s.policy.Seer(tx, AccessFrom(tx.Context()))
 	ids := sn.ids[offset:end]
 	matches, err := tx.ReadCurrent(sn.typ, ids)
 	if err != nil {
 		return nil, err
 	}
 	for _, v := range matches {
+		if !sees(v) {
+			continue
+		}
 		body, err := shape(v.JSON, q)
 		if err != nil {
 			return nil, err
@@ -263,9 +281,8 @@ func (s *Server) renderPage(tx *store.Tx, sn *snapshot, key string, offset int) 
 		}
 		extra = append(extra, rev...)
 	}
-	a := AccessFrom(tx.Context())
 	for _, v := range extra {
-		if s.visible(tx, a, v.Type, v.ID) != nil {
+		if !sees(v) {
 			continue // never include what the request may not see
 		}
 		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: v.JSON, Search: &EntrySearch{Mode: "include"}})

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
@@ -89,9 +90,8 @@ func (s *Server) everything(w http.ResponseWriter, r *http.Request, opts Everyth
 	}
 	var body []byte
 	err = s.store.View(r.Context(), func(tx *store.Tx) error {
-		a := AccessFrom(tx.Context())
-		if err := a.mayRead("Patient"); err != nil {
-			return err
+		if a := AccessFrom(tx.Context()); !a.CanRead("Patient") {
+			return s.policy.Need(a, "Patient", authz.Read)
 		}
 		if c := params.Get("_cursor"); c != "" {
 			body, err = s.everythingPage(tx, opts, id, c)
@@ -256,18 +256,12 @@ func compartmentTypes() []string {
 type gatherer struct {
 	s       *Server
 	tx      *store.Tx
-	a       *Access
+	sees    func(*store.Version) bool // the policy, for this request
 	q       *everythingQuery
 	opts    EverythingOptions
 	seen    map[string]bool
 	matches []string
 	refs    []string // referenced, not yet read: "Type/id\x00patient"
-	// confine, when set, is the member a request is confined to whose
-	// record is not the one asked for (a member asking for a Patient
-	// linked to them): every match must then be in the member's record
-	// (the member and confineLinked, see InMemberRecord).
-	confine       string
-	confineLinked []string
 }
 
 func (g *gatherer) wanted(v *store.Version) bool {
@@ -277,7 +271,7 @@ func (g *gatherer) wanted(v *store.Version) bool {
 	if !g.q.since.IsZero() && v.LastUpdated.Before(g.q.since) {
 		return false
 	}
-	return g.a.mayRead(v.Type) == nil
+	return g.sees(v)
 }
 
 // record adds the compartments of patients, type by type, and notes what
@@ -327,8 +321,8 @@ func (g *gatherer) add(v *store.Version, patient string, withhold func(*store.Ve
 	if withhold != nil && withhold(v) {
 		return
 	}
-	if g.confine != "" && !g.tx.InRecord(v.Type, v.ID, g.confine, g.confineLinked) {
-		return
+	if !g.sees(v) {
+		return // what the request may not read brings nothing in, not even its references
 	}
 	// References are followed even from resources _type or _since leave
 	// out: what they point to may be wanted.
@@ -425,26 +419,22 @@ func (g *gatherer) includes() ([]string, error) {
 
 func (s *Server) everythingBundle(tx *store.Tx, opts EverythingOptions, q *everythingQuery) ([]byte, error) {
 	a := AccessFrom(tx.Context())
-	g := &gatherer{s: s, tx: tx, a: a, q: q, opts: opts, seen: map[string]bool{}}
+	g := &gatherer{s: s, tx: tx, sees: s.policy.Seer(tx, a), q: q, opts: opts, seen: map[string]bool{}}
 	if q.patient != "" {
-		if _, err := tx.Read("Patient", q.patient); err != nil {
-			return nil, err
-		}
-		if err := s.visible(tx, a, "Patient", q.patient); err != nil {
+		if _, err := s.policy.Current(tx, a, "Patient", q.patient); err != nil {
 			return nil, err
 		}
 		patients := []string{q.patient}
 		if !q.noMDM {
-			patients = append(patients, s.linked(tx, q.patient)...)
-		}
-		if m := a.compartment(); m != "" && m != q.patient {
-			g.confine, g.confineLinked = m, s.linked(tx, m)
+			// The Patients linked to it, and their compartments, are the
+			// same person's record.
+			patients = append(patients, s.policy.Linked(tx, q.patient)...)
 		}
 		if err := g.record(patients); err != nil {
 			return nil, err
 		}
 	} else {
-		if a.compartment() != "" {
+		if a.Member() {
 			return nil, errs.E("fhir.everything", errs.Permission,
 				"type-level Patient/$everything gathers every member's data; a token bound to one patient must use Patient/{id}/$everything")
 		}
@@ -467,8 +457,8 @@ func (s *Server) everythingBundle(tx *store.Tx, opts EverythingOptions, q *every
 	if len(q.ignored) > 0 {
 		kept["ignored"] = q.ignored
 	}
-	sn := &snapshot{typ: everythingKind, ids: entries, self: self,
-		query: &search.Query{Type: "Patient", Count: q.count, Compartment: a.compartment(), Kept: kept}}
+	sn := &snapshot{typ: everythingKind, ids: entries, self: self, binding: a.Key(),
+		query: &search.Query{Type: "Patient", Count: q.count, Kept: kept}}
 	var key string
 	if len(entries) > q.count {
 		key = s.pages.put(sn)
@@ -496,7 +486,7 @@ func (s *Server) everythingPage(tx *store.Tx, opts EverythingOptions, patient, c
 	if sn == nil || sn.typ != everythingKind || sn.query.Kept.Get("patient") != patient {
 		return nil, errs.E("fhir.everything", errs.Gone, "this $everything result has expired; ask again")
 	}
-	if sn.query.Compartment != AccessFrom(tx.Context()).compartment() {
+	if sn.binding != AccessFrom(tx.Context()).Key() {
 		return nil, errs.E("fhir.everything", errs.Permission, "this page belongs to a request made with other access rights")
 	}
 	return s.renderEverything(tx, opts, sn, key, offset)
@@ -533,11 +523,14 @@ func (s *Server) renderEverything(tx *store.Tx, opts EverythingOptions, sn *snap
 		b.Link = append(b.Link, BundleLink{Relation: "last", URL: s.everythingPageURL(sn, key, last)})
 	}
 	withholders := map[string]func(*store.Version) bool{}
+	// Every resource is checked again as the page is served: it may have
+	// changed hands since the result set was made.
+	sees := s.policy.Seer(tx, AccessFrom(tx.Context()))
 	for _, e := range sn.ids[offset:end] {
 		typ, id, patient, include := splitEntry(e)
 		v, err := tx.Read(typ, id)
-		if err != nil {
-			continue // deleted since the result set was made
+		if err != nil || !sees(v) {
+			continue // deleted since the result set was made, or no longer the requester's
 		}
 		w, ok := withholders[patient]
 		if !ok {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/google/uuid"
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
@@ -25,6 +26,13 @@ type request struct {
 	IfNoneExist string
 	Lenient     bool
 	Doc         *store.Doc // POST/PUT body
+	// pending reports references to resources the same transaction
+	// writes (nil outside a transaction).
+	pending func(ref string) bool
+	// assigned says the server chose ID for a conditional update that
+	// matched nothing (in a transaction): a create, not an
+	// update-as-create.
+	assigned bool
 }
 
 // response is what an interaction produced.
@@ -79,16 +87,6 @@ func (s *Server) apply(tx *store.Tx, rq *request) (*response, error) {
 
 func (s *Server) applyGet(tx *store.Tx, rq *request) (*response, error) {
 	a := AccessFrom(tx.Context())
-	if err := a.mayRead(rq.Type); err != nil {
-		return nil, err
-	}
-	if rq.ID != "" {
-		if _, err := tx.Read(rq.Type, rq.ID); !errs.Is(err, errs.NotFound) {
-			if err := s.visible(tx, a, rq.Type, rq.ID); err != nil {
-				return nil, err
-			}
-		}
-	}
 	switch {
 	case rq.ID == "":
 		body, err := s.searchBundle(tx, rq.Type, rq.Query, rq.Lenient)
@@ -97,25 +95,41 @@ func (s *Server) applyGet(tx *store.Tx, rq *request) (*response, error) {
 		}
 		return &response{Status: http.StatusOK, Body: body}, nil
 	case rq.VID != "":
+		if err := s.policy.Need(a, rq.Type, authz.Read); err != nil {
+			return nil, err
+		}
 		vid, err := strconv.ParseInt(rq.VID, 10, 64)
 		if err != nil || vid < 1 {
 			return nil, errs.E("fhir.vread", errs.NotFound, fmt.Sprintf("%q is not a version id", rq.VID))
 		}
 		v, err := tx.VRead(rq.Type, rq.ID, vid)
+		if v != nil && !s.policy.CanSee(tx, a, v) {
+			// Each version on its own: a resource can change hands.
+			return nil, authz.NoVersion(rq.Type, rq.ID, vid)
+		}
 		if err != nil {
 			return &response{Version: v}, err
 		}
 		return &response{Status: http.StatusOK, Version: v}, nil
 	}
-	v, err := tx.Read(rq.Type, rq.ID)
+	if err := s.policy.Need(a, rq.Type, authz.Read); err != nil {
+		return nil, err
+	}
+	v, err := s.policy.Current(tx, a, rq.Type, rq.ID)
 	if err != nil {
 		return &response{Version: v}, err
 	}
 	return &response{Status: http.StatusOK, Version: v}, nil
 }
 
-// matchCondition runs a conditional's search inside tx.
+// matchCondition runs a conditional's search inside tx, as the request's
+// principal would search (it needs s on the type, and finds only what the
+// principal may see).
 func (s *Server) matchCondition(tx *store.Tx, typ string, cond url.Values) ([]string, error) {
+	a := AccessFrom(tx.Context())
+	if err := s.policy.Need(a, typ, authz.Search); err != nil {
+		return nil, err
+	}
 	if len(cond) == 0 {
 		return nil, errs.E("fhir.conditional", errs.Invalid, "a conditional interaction needs search parameters")
 	}
@@ -123,8 +137,12 @@ func (s *Server) matchCondition(tx *store.Tx, typ string, cond url.Values) ([]st
 	if err != nil {
 		return nil, err
 	}
-	q.Compartment = s.readCompartment(AccessFrom(tx.Context()), typ)
-	return tx.Search(q)
+	s.policy.Confine(tx, a, q)
+	ids, err := tx.Search(q)
+	if err != nil {
+		return nil, err
+	}
+	return s.policy.Filter(tx, a, typ, ids)
 }
 
 // conditionFrom parses If-None-Exist's value or a conditional URL's query:
@@ -141,6 +159,9 @@ func conditionFrom(s string) (url.Values, error) {
 }
 
 func (s *Server) applyCreate(tx *store.Tx, rq *request) (*response, error) {
+	if err := s.policy.Need(AccessFrom(tx.Context()), rq.Type, authz.Create); err != nil {
+		return nil, err
+	}
 	if rq.IfNoneExist != "" {
 		cond, err := conditionFrom(rq.IfNoneExist)
 		if err != nil {
@@ -157,26 +178,35 @@ func (s *Server) applyCreate(tx *store.Tx, rq *request) (*response, error) {
 			if err != nil {
 				return nil, err
 			}
-			if err := s.visible(tx, AccessFrom(tx.Context()), rq.Type, ids[0]); err != nil {
-				return nil, err
-			}
 			return &response{Status: http.StatusOK, Version: v}, nil
 		default:
 			return nil, errs.E("fhir.create", errs.Precondition,
 				fmt.Sprintf("If-None-Exist matched %d resources; it must match at most one", len(ids)))
 		}
 	}
-	v, err := s.put(tx, rq.Doc, nil, store.PutOptions{CreateOnly: true})
+	v, err := s.put(tx, rq.Doc, nil, store.PutOptions{CreateOnly: true}, rq.pending)
 	if err != nil {
 		return nil, err
 	}
 	return &response{Status: http.StatusCreated, Version: v}, nil
 }
 
-// put checks access, runs the type's validators and writes the version.
-func (s *Server) put(tx *store.Tx, doc *store.Doc, prev *store.Version, opts store.PutOptions) (*store.Version, error) {
-	if err := s.writable(tx, AccessFrom(tx.Context()), doc, prev); err != nil {
-		return nil, err
+// put checks the write against the policy, runs the type's validators and
+// writes the version. before is the current version, a deletion included
+// (a deleted resource keeps its owner); nil when there is none. pending
+// names the references to resources the same transaction writes.
+func (s *Server) put(tx *store.Tx, doc *store.Doc, before *store.Version, opts store.PutOptions, pending func(string) bool) (*store.Version, error) {
+	if a := AccessFrom(tx.Context()); a != nil {
+		if a.Member() && doc.Entries == nil {
+			s.store.Prepare(doc)
+		}
+		if err := s.policy.MayWrite(tx, a, before, doc, pending); err != nil {
+			return nil, err
+		}
+	}
+	prev := before
+	if prev != nil && prev.Deleted {
+		prev = nil
 	}
 	// A validator that amends the resource does so with Doc.Set, which
 	// drops the prepared index entries: Put computes them again.
@@ -189,8 +219,13 @@ func (s *Server) put(tx *store.Tx, doc *store.Doc, prev *store.Version, opts sto
 }
 
 func (s *Server) applyUpdate(tx *store.Tx, rq *request) (*response, error) {
+	a := AccessFrom(tx.Context())
+	if err := s.policy.Need(a, rq.Type, authz.Update); err != nil {
+		return nil, err
+	}
 	doc := rq.Doc
 	id := rq.ID
+	assigned := rq.assigned // the server chose the id: a create, not an update-as-create
 	if rq.Conditional {
 		ids, err := s.matchCondition(tx, rq.Type, rq.Query)
 		if err != nil {
@@ -201,6 +236,7 @@ func (s *Server) applyUpdate(tx *store.Tx, rq *request) (*response, error) {
 			if doc.ID == "" {
 				doc.ID = NewID()
 				doc.Entries = nil
+				assigned = true
 			}
 			id = doc.ID
 		case 1:
@@ -227,29 +263,39 @@ func (s *Server) applyUpdate(tx *store.Tx, rq *request) (*response, error) {
 	if doc.ID != id {
 		return nil, errs.E("fhir.update", errs.Invalid, fmt.Sprintf("the resource id %q does not match the URL id %q", doc.ID, id))
 	}
+	before, err := s.policy.Current(tx, a, rq.Type, id)
+	switch {
+	case errs.Is(err, errs.NotFound):
+		if a.Member() && !assigned {
+			// A member cannot choose the id of a new resource: an id that
+			// is another's answers as one that does not exist.
+			return nil, err
+		}
+		before = nil
+	case errs.Is(err, errs.Gone):
+	case err != nil:
+		return nil, err
+	}
 	ifMatch, err := parseETag(rq.IfMatch)
 	if err != nil {
 		return nil, err
 	}
-	prev, err := tx.Read(rq.Type, id)
-	switch {
-	case errs.Is(err, errs.NotFound), errs.Is(err, errs.Gone):
-		prev = nil
-	case err != nil:
-		return nil, err
-	}
-	v, err := s.put(tx, doc, prev, store.PutOptions{IfMatch: ifMatch})
+	v, err := s.put(tx, doc, before, store.PutOptions{IfMatch: ifMatch}, rq.pending)
 	if err != nil {
 		return nil, err
 	}
 	status := http.StatusOK
-	if prev == nil {
+	if before == nil || before.Deleted {
 		status = http.StatusCreated
 	}
 	return &response{Status: status, Version: v}, nil
 }
 
 func (s *Server) applyDelete(tx *store.Tx, rq *request) (*response, error) {
+	a := AccessFrom(tx.Context())
+	if err := s.policy.Need(a, rq.Type, authz.Delete); err != nil {
+		return nil, err
+	}
 	id := rq.ID
 	if rq.Conditional {
 		ids, err := s.matchCondition(tx, rq.Type, rq.Query)
@@ -273,17 +319,19 @@ func (s *Server) applyDelete(tx *store.Tx, rq *request) (*response, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := AccessFrom(tx.Context())
-	if err := a.mayWrite(rq.Type); err != nil {
-		return nil, err
-	}
-	if err := a.mayDeleteLinked(tx, rq.Type, id); err != nil {
-		return nil, err
-	}
-	if p := a.compartment(); p != "" && !tx.InCompartment(rq.Type, id, p) {
-		if _, err := tx.Read(rq.Type, id); err == nil {
-			return nil, errs.E("fhir.access", errs.Permission, fmt.Sprintf("%s/%s is outside the compartment of Patient/%s", rq.Type, id, p))
+	prev, err := s.policy.Current(tx, a, rq.Type, id)
+	switch {
+	case errs.Is(err, errs.NotFound), errs.Is(err, errs.Gone):
+		// Never there, already deleted, or not the requester's: one answer.
+		if ifMatch != 0 {
+			return nil, errs.E("fhir.delete", errs.Precondition, fmt.Sprintf("%s/%s does not exist", rq.Type, id))
 		}
+		return &response{Status: http.StatusOK, Outcome: Info(fmt.Sprintf("%s/%s does not exist or was already deleted", rq.Type, id))}, nil
+	case err != nil:
+		return nil, err
+	}
+	if err := s.policy.MayWrite(tx, a, prev, nil, nil); err != nil {
+		return nil, err
 	}
 	v, err := tx.Delete(rq.Type, id, ifMatch)
 	if err != nil {
@@ -310,12 +358,13 @@ func (s *Server) Put(tx *store.Tx, doc *store.Doc, ifMatch int64) (*store.Versio
 	if err := checkID(doc.ID); err != nil {
 		return nil, err
 	}
-	prev, err := tx.Read(doc.Type, doc.ID)
+	before, err := tx.Read(doc.Type, doc.ID)
 	switch {
-	case errs.Is(err, errs.NotFound), errs.Is(err, errs.Gone):
-		prev = nil
+	case errs.Is(err, errs.NotFound):
+		before = nil
+	case errs.Is(err, errs.Gone):
 	case err != nil:
 		return nil, err
 	}
-	return s.put(tx, doc, prev, store.PutOptions{IfMatch: ifMatch})
+	return s.put(tx, doc, before, store.PutOptions{IfMatch: ifMatch}, nil)
 }

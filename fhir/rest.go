@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
@@ -267,33 +268,68 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request, typ, id string)
 	var page *store.HistoryPage
 	err := s.store.View(r.Context(), func(tx *store.Tx) error {
 		a := AccessFrom(tx.Context())
-		if id == "" && a.compartment() != "" {
+		switch {
+		case id != "":
+			// Instance history is a read (r), type and system history a
+			// search (s), as SMART App Launch 2 assigns them.
+			if err := s.policy.Need(a, typ, authz.Read); err != nil {
+				return err
+			}
+			if _, err := s.policy.Current(tx, a, typ, id); errs.Is(err, errs.NotFound) {
+				return err
+			}
+		case a.Member():
 			return errs.E("fhir.history", errs.Permission, "type and system history are not available to member-scoped tokens")
-		}
-		if typ != "" {
-			if err := a.mayRead(typ); err != nil {
+		case typ != "":
+			if err := s.policy.Need(a, typ, authz.Search); err != nil {
 				return err
 			}
-		} else if a != nil && a.CanRead != nil {
-			return errs.E("fhir.history", errs.Permission, "system history needs a token that may read every type")
-		}
-		if id != "" {
-			if _, err := tx.Read(typ, id); errs.Is(err, errs.NotFound) {
-				return err
-			}
-			if err := s.visible(tx, a, typ, id); err != nil {
-				return err
+		default:
+			if !a.Allows("*", authz.Search) {
+				return errs.E("fhir.history", errs.Permission, "system history needs a token that may search every type (*.s)")
 			}
 		}
 		var err error
-		page, err = tx.History(hq)
-		return err
+		if page, err = tx.History(hq); err != nil || a == nil {
+			return err
+		}
+		// Each version on its own: a resource can change hands.
+		sees := s.policy.Seer(tx, a)
+		kept := page.Versions[:0]
+		for _, v := range page.Versions {
+			if sees(v) {
+				kept = append(kept, v)
+			}
+		}
+		if len(kept) < len(page.Versions) && page.Total >= 0 {
+			page.Total = s.visibleVersions(tx, typ, id, hq, sees)
+		}
+		page.Versions = kept
+		return nil
 	})
 	if err != nil {
 		WriteError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, s.historyBundle(r, page, hq))
+}
+
+// visibleVersions counts the versions of typ/id in hq's window that sees
+// allows, for the total of an instance history some of whose versions are
+// hidden.
+func (s *Server) visibleVersions(tx *store.Tx, typ, id string, hq store.HistoryQuery, sees func(*store.Version) bool) int {
+	vid, _, ok := tx.CurrentVersion(typ, id)
+	if !ok {
+		return 0
+	}
+	n := 0
+	for ; vid >= 1; vid-- {
+		v, _ := tx.VRead(typ, id, vid)
+		if v != nil && (hq.Since.IsZero() || !v.LastUpdated.Before(hq.Since)) && sees(v) {
+			n++
+		}
+	}
+	return n
 }
 
 func (s *Server) systemHistory(w http.ResponseWriter, r *http.Request) { s.history(w, r, "", "") }

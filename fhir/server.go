@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
@@ -54,6 +55,8 @@ type Server struct {
 	model *spec.Model
 	log   *slog.Logger
 	pages *pageCache
+	// policy decides every access (see package authz).
+	policy *authz.Policy
 
 	mu         sync.RWMutex
 	operations []*Operation
@@ -120,6 +123,7 @@ func New(st *store.Store, cfg Config) *Server {
 	return &Server{
 		cfg: cfg, store: st, reg: st.Registry(), model: st.Registry().Model(), log: cfg.Logger,
 		pages:      newPageCache(cfg.PageTTL, 2000, 4_000_000),
+		policy:     authz.New(st.Registry(), cfg.BaseURL),
 		validators: map[string][]Validator{},
 		started:    time.Now().UTC(),
 	}

@@ -278,6 +278,14 @@ func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
 			}
 		}
 		plan, docs := prep.plan, prep.docs
+		// References between entries are checked when their targets are
+		// written (by the policy), not before they exist.
+		pending := map[string]bool{}
+		for _, t := range plan.targets {
+			if t.skip == nil && t.ref != "" {
+				pending[t.ref] = true
+			}
+		}
 		// 5. Process in FHIR's order.
 		for _, e := range ordered {
 			if err := ctx.Err(); err != nil {
@@ -289,7 +297,8 @@ func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
 				continue
 			}
 			_, id, _ := strings.Cut(t.ref, "/")
-			rq := &request{Method: e.method, Type: e.typ, ID: e.id, VID: e.vid, Query: e.query, IfMatch: e.ifMatch}
+			rq := &request{Method: e.method, Type: e.typ, ID: e.id, VID: e.vid, Query: e.query, IfMatch: e.ifMatch,
+				pending: func(ref string) bool { return pending[ref] }}
 			switch e.method {
 			case http.MethodHead:
 				rq.Method = http.MethodGet
@@ -310,6 +319,9 @@ func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
 						fmt.Sprintf("the resource id %q differs from %s (%q)", bodies[e.index].ID, what, id)))
 				}
 				rq.ID, rq.Doc = id, doc
+				// A conditional update that matched nothing creates with
+				// the id the server chose: a create, not an update-as-create.
+				rq.assigned = e.method == http.MethodPut && t.cond && id == newIDs[e.index]
 			}
 			res, err := s.apply(tx, rq)
 			if err != nil {

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
@@ -138,6 +139,11 @@ func (s *Server) planTransaction(tx *store.Tx, entries []*txEntry, bodies []body
 		case http.MethodPost:
 			id = newIDs[e.index]
 			if e.ifNone != "" {
+				// Authorized as the same create over REST: c here, s for
+				// the condition (matchCondition).
+				if err := s.policy.Need(AccessFrom(tx.Context()), e.typ, authz.Create); err != nil {
+					return nil, entryErr(e, err)
+				}
 				cond, err := conditionFrom(e.ifNone)
 				if err != nil {
 					return nil, entryErr(e, err)
@@ -304,17 +310,30 @@ func (s *Server) resolveConditionalRef(tx *store.Tx, ref string, p *txPlan, writ
 				fmt.Sprintf("conditional reference %q uses %s; only filtering parameters are allowed (FHIR R4 http.html#trules)", ref, base))
 		}
 	}
+	// Resolved as the requester would search (s on the type, only what
+	// they may see).
+	a := AccessFrom(tx.Context())
+	if err := s.policy.Need(a, typ, authz.Search); err != nil {
+		return "", err
+	}
 	q, err := s.reg.Parse(typ, cond, search.Options{Base: s.cfg.BaseURL})
 	if err != nil {
 		return "", err
 	}
-	q.Compartment = s.readCompartment(AccessFrom(tx.Context()), typ)
-	stored, err := tx.Search(q)
+	lookup := func(tx *store.Tx) ([]string, error) {
+		s.policy.Confine(tx, a, q)
+		ids, err := tx.Search(q)
+		if err != nil {
+			return nil, err
+		}
+		return s.policy.Filter(tx, a, typ, ids)
+	}
+	stored, err := lookup(tx)
 	if err != nil {
 		return "", err
 	}
 	p.reads = append(p.reads, func(tx *store.Tx) bool {
-		again, err := tx.Search(q)
+		again, err := lookup(tx)
 		return err == nil && slices.Equal(again, stored)
 	})
 	mem := p.memIndex(s, writes)
@@ -325,8 +344,8 @@ func (s *Server) resolveConditionalRef(tx *store.Tx, ref string, p *txPlan, writ
 		}
 	}
 	for _, w := range mem.candidates(typ, q) {
-		if q.Compartment != "" && !s.reg.InCompartment(w.typ, w.id, w.entries, q.Compartment) {
-			continue
+		if q.Compartment != "" && !s.reg.InRecord(w.typ, w.id, w.entries, q.Compartment, q.Linked) {
+			continue // the member's write is confined as a stored resource is
 		}
 		ok := true
 		for i := range q.Clauses {

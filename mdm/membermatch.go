@@ -171,7 +171,7 @@ func (m *MemberMatch) serve(w http.ResponseWriter, r *http.Request) {
 			fhir.WriteError(w, r, errs.E(op, errs.Permission, "$member-match looks up any member: it needs a token that is not bound to one patient (a payer's system token)"))
 			return
 		}
-		if a.CanRead != nil && (!a.CanRead("Patient") || !a.CanRead("Coverage")) {
+		if !a.CanRead("Patient") || !a.CanRead("Coverage") {
 			fhir.WriteError(w, r, errs.E(op, errs.Permission, "$member-match needs read access to Patient and Coverage"))
 			return
 		}

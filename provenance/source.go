@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 )
@@ -82,7 +83,9 @@ type Source struct {
 	st  *store.Store
 	cfg SourceConfig
 	log *slog.Logger
-	srv *fhir.Server // set by Attach: whose member records decide visibility
+	// policy decides which stored Provenance a request may have; Attach
+	// sets the FHIR server's.
+	policy *authz.Policy
 }
 
 // NewSource builds a Source over the store the FHIR server serves from.
@@ -100,7 +103,11 @@ func NewSource(st *store.Store, cfg SourceConfig) (*Source, error) {
 		cfg.Now = time.Now
 	}
 	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
-	return &Source{st: st, cfg: cfg, log: cfg.Logger}, nil
+	src := &Source{st: st, cfg: cfg, log: cfg.Logger}
+	if st != nil {
+		src.policy = authz.New(st.Registry(), cfg.BaseURL)
+	}
+	return src, nil
 }
 
 func validID(id string) bool {
@@ -119,17 +126,8 @@ func validID(id string) bool {
 // Attach (smart.Guard), so that the request's fhir.Access is known here,
 // and before s.Handler.
 func (s *Source) Attach(srv *fhir.Server) {
-	s.srv = srv
+	s.policy = srv.Policy()
 	srv.Use(s.Middleware)
-}
-
-// inRecord reports whether typ/id is in the record of the member (the
-// server's rule, fhir.Server.InMemberRecord, once attached).
-func (s *Source) inRecord(tx *store.Tx, member, typ, id string) bool {
-	if s.srv != nil {
-		return s.srv.InMemberRecord(tx, member, typ, id)
-	}
-	return tx.InCompartment(typ, id, member)
 }
 
 // Served is one resource a page serves.
@@ -183,9 +181,10 @@ func (s *Source) Generate(r Served, recorded time.Time) (json.RawMessage, string
 // request's access rights.
 func (s *Source) Entries(tx *store.Tx, served []Served, present map[string]bool, withOrganization bool) ([]fhir.BundleEntry, error) {
 	a := fhir.AccessFrom(tx.Context())
-	if a != nil && a.CanRead != nil && !a.CanRead("Provenance") {
+	if !a.CanRead("Provenance") {
 		return nil, nil
 	}
+	sees := s.policy.Seer(tx, a)
 	now := s.cfg.Now()
 	var out []fhir.BundleEntry
 	generated := false
@@ -193,16 +192,13 @@ func (s *Source) Entries(tx *store.Tx, served []Served, present map[string]bool,
 		stored := tx.Referencing("Provenance", "target", r.Type, r.ID)
 		visible := 0
 		for _, id := range stored {
-			if a != nil && a.Patient != "" && !s.inRecord(tx, a.Patient, "Provenance", id) && !s.aboutMember(tx, id, a.Patient) {
+			v, err := tx.Read("Provenance", id)
+			if err != nil || !sees(v) {
 				continue
 			}
 			visible++
 			full := s.cfg.BaseURL + "/Provenance/" + id
 			if present[full] {
-				continue
-			}
-			v, err := tx.Read("Provenance", id)
-			if err != nil {
 				continue
 			}
 			present[full] = true
@@ -222,44 +218,14 @@ func (s *Source) Entries(tx *store.Tx, served []Served, present map[string]bool,
 		generated = true
 		out = append(out, fhir.BundleEntry{FullURL: full, Resource: raw, Search: &fhir.EntrySearch{Mode: "include"}})
 	}
-	if withOrganization && generated && s.cfg.OrganizationResource != "" && (a == nil || a.CanRead == nil || a.CanRead("Organization")) {
+	if withOrganization && generated && s.cfg.OrganizationResource != "" {
 		full := s.cfg.BaseURL + "/Organization/" + s.cfg.OrganizationResource
-		if v, err := tx.Read("Organization", s.cfg.OrganizationResource); err == nil && !present[full] {
+		if v, err := tx.Read("Organization", s.cfg.OrganizationResource); err == nil && !present[full] && sees(v) {
 			present[full] = true
 			out = append(out, fhir.BundleEntry{FullURL: full, Resource: v.JSON, Search: &fhir.EntrySearch{Mode: "include"}})
 		}
 	}
 	return out, nil
-}
-
-// aboutMember reports whether every target of the stored Provenance id is
-// in the member's record: then it is about the member's own data and
-// may be shown to them, though Provenance's own compartment rule (it names
-// the Patient) does not say so.
-func (s *Source) aboutMember(tx *store.Tx, id, patient string) bool {
-	v, err := tx.Read("Provenance", id)
-	if err != nil {
-		return false
-	}
-	var p struct {
-		Target []struct {
-			Reference string `json:"reference"`
-		} `json:"target"`
-	}
-	if json.Unmarshal(v.JSON, &p) != nil || len(p.Target) == 0 {
-		return false
-	}
-	for _, t := range p.Target {
-		ref := strings.TrimPrefix(t.Reference, s.cfg.BaseURL+"/")
-		if i := strings.Index(ref, "/_history/"); i > 0 {
-			ref = ref[:i]
-		}
-		typ, rid, ok := strings.Cut(ref, "/")
-		if !ok || !s.inRecord(tx, patient, typ, rid) {
-			return false
-		}
-	}
-	return true
 }
 
 // Middleware adds Provenance to the searchset Bundles the FHIR server

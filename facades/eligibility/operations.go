@@ -227,7 +227,7 @@ func (s *Service) confirm2FA(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a := fhir.AccessFrom(r.Context())
-	if a != nil && a.CanWrite != nil && !a.CanWrite("Task") {
+	if !a.CanWrite("Task") {
 		fhir.WriteError(w, r, errs.E(op, errs.Permission, "this token does not allow writing Task resources"))
 		return
 	}

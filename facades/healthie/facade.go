@@ -151,10 +151,10 @@ func access(r *http.Request, typ string, write bool) error {
 	if a.Patient != "" {
 		return errs.E("healthie.access", errs.Permission, "the Healthie facade serves practice staff and payer systems; a member-scoped token cannot use it")
 	}
-	if write && a.CanWrite != nil && !a.CanWrite(typ) {
+	if write && !a.CanWrite(typ) {
 		return errs.E("healthie.access", errs.Permission, fmt.Sprintf("this token does not allow writing %s resources", typ))
 	}
-	if !write && a.CanRead != nil && !a.CanRead(typ) {
+	if !write && !a.CanRead(typ) {
 		return errs.E("healthie.access", errs.Permission, fmt.Sprintf("this token does not allow reading %s resources", typ))
 	}
 	return nil

@@ -15,6 +15,7 @@ import (
 	"github.com/p2pserver/p2pserver/facades/healthie"
 	"github.com/p2pserver/p2pserver/facades/healthie/healthietest"
 	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/authz"
 )
 
 func hasFacadeMarks(t *testing.T, res map[string]any, simURL string) {
@@ -457,7 +458,7 @@ func TestMemberTokensCannotUseTheFacade(t *testing.T) {
 			if r.Header.Get("X-Test-Member") != "" {
 				r = r.WithContext(fhir.WithAccess(r.Context(), &fhir.Access{Patient: r.Header.Get("X-Test-Member")}))
 			} else if r.Header.Get("X-Test-Readonly") != "" {
-				r = r.WithContext(fhir.WithAccess(r.Context(), &fhir.Access{CanWrite: func(string) bool { return false }}))
+				r = r.WithContext(fhir.WithAccess(r.Context(), &fhir.Access{Grant: func(_ string, need authz.Perm) bool { return need&(authz.Create|authz.Update|authz.Delete) == 0 }}))
 			}
 			next.ServeHTTP(w, r)
 		})

@@ -35,6 +35,11 @@ type Query struct {
 	// for the Patient type each brings only itself, never the Patients
 	// that link to it (see Registry.InRecord).
 	Linked []string
+	// Visible, when set, says which resources the search may look at
+	// beyond its own type: the targets a chained parameter matches are
+	// only those it reports true for, so that a chain cannot test data
+	// the requester may not read.
+	Visible func(typ, id string) bool
 }
 
 // Clause is one search parameter occurrence: any of its values may match.

@@ -412,11 +412,23 @@ func (t *Token) Access() (*fhir.Access, error) {
 		subject = t.ClientID
 	}
 	return &fhir.Access{
-		CanRead:  func(typ string) bool { return t.Scopes.AllowsAny(levels, typ, Read|Search) },
-		CanWrite: func(typ string) bool { return t.Scopes.AllowsAny(levels, typ, Create|Update|Delete) },
-		Patient:  t.Patient,
-		Subject:  subject,
+		Grant:   func(typ string, need Perm) bool { return t.Scopes.Allows(levels, typ, need) },
+		Patient: t.Patient,
+		Subject: subject,
+		Level:   levelFor(t),
+		Binding: t.binding(),
 	}, nil
+}
+
+// binding identifies the token's rights for the cursors it makes: its
+// issuer, subject, client, patient and scopes (in a stable order).
+func (t *Token) binding() string {
+	var raw []string
+	for _, s := range t.Scopes.Resource {
+		raw = append(raw, s.Raw)
+	}
+	slices.Sort(raw)
+	return strings.Join([]string{t.Issuer, t.Subject, t.ClientID, t.Patient, strings.Join(raw, " ")}, "\x00")
 }
 
 // Middleware authenticates each FHIR request (see the package comment) and
@@ -461,9 +473,23 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 		}
 		g.refreshSecurity()
 		ctx := context.WithValue(r.Context(), tokenKey{}, tok)
-		next.ServeHTTP(w, r.WithContext(fhir.WithAccess(ctx, a)))
+		next.ServeHTTP(&challenger{ResponseWriter: w}, r.WithContext(fhir.WithAccess(ctx, a)))
 	})
 }
+
+// challenger adds the insufficient_scope challenge (RFC 6750 3.1) to the
+// refusals the FHIR core makes for a token's rights.
+type challenger struct{ http.ResponseWriter }
+
+func (c *challenger) WriteHeader(status int) {
+	if status == http.StatusForbidden && c.Header().Get("WWW-Authenticate") == "" {
+		c.Header().Set("WWW-Authenticate", `Bearer realm="p2pserver", error="insufficient_scope"`)
+	}
+	c.ResponseWriter.WriteHeader(status)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (c *challenger) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 // refuse answers an authentication or authorization failure with the
 // RFC 6750 challenge and an OperationOutcome.
@@ -519,9 +545,11 @@ func routePath(r *http.Request) string {
 }
 
 // interaction says which permission a REST interaction needs on which
-// type, from its method and path below the base. Transactions, history
-// and operations are left to the core's type checks and to the operations
-// themselves (need 0).
+// type, from its method and path below the base, so that a token lacking
+// it is refused early with the RFC 6750 challenge. The FHIR core asks the
+// same policy (authz.Policy.Need) for every interaction, REST or Bundle
+// entry; transactions, system history and operations are left to it
+// (need 0).
 func interaction(method, path string) (string, Perm) {
 	segs := strings.Split(strings.Trim(path, "/"), "/")
 	if len(segs) == 0 || segs[0] == "" || !spec.R4().IsResource(segs[0]) {
@@ -545,7 +573,7 @@ func interaction(method, path string) (string, Perm) {
 		case segs[1] == "_search" && method == http.MethodPost:
 			return typ, Search
 		case segs[1] == "_history":
-			return typ, Read
+			return typ, Search // type history, as SMART App Launch 2 assigns it
 		case strings.HasPrefix(segs[1], "$"):
 			return "", 0
 		}

@@ -5,39 +5,28 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 )
 
 // Perm is a set of SMART permissions on a resource type, in the terms of
-// SMART App Launch 2 (c, r, u, d, s). A v1 scope maps onto them: read is
-// r and s, write is c, u and d, * is all five.
-type Perm uint8
+// SMART App Launch 2 (c, r, u, d, s); the policy's (authz.Perm). A v1
+// scope maps onto them: read is r and s, write is c, u and d, * is all
+// five.
+type Perm = authz.Perm
 
 // The permissions of a SMART v2 scope, in the order the scope spells them.
 const (
-	Create Perm = 1 << iota
-	Read
-	Update
-	Delete
-	Search
+	Create  = authz.Create
+	Read    = authz.Read
+	Update  = authz.Update
+	Delete  = authz.Delete
+	Search  = authz.Search
+	PermAll = authz.PermAll
 )
 
-// PermAll is every permission ("cruds", v1 "*").
-const PermAll = Create | Read | Update | Delete | Search
-
 // permLetters is the v2 spelling, in the order SMART requires.
-const permLetters = "cruds"
-
-// String spells p as a v2 scope suffix, e.g. "rs".
-func (p Perm) String() string {
-	var b strings.Builder
-	for i := range len(permLetters) {
-		if p&(1<<i) != 0 {
-			b.WriteByte(permLetters[i])
-		}
-	}
-	return b.String()
-}
+const permLetters = authz.Letters
 
 // The scope levels (SMART calls them contexts): a patient/ scope is about
 // the patient in the token's launch context, user/ about what the user may

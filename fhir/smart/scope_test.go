@@ -114,7 +114,7 @@ func TestInteractionNeeds(t *testing.T) {
 		{"GET", "/Observation/1", "Observation", Read},
 		{"GET", "/Observation/1/_history", "Observation", Read},
 		{"GET", "/Observation/1/_history/2", "Observation", Read},
-		{"GET", "/Observation/_history", "Observation", Read},
+		{"GET", "/Observation/_history", "Observation", Search}, // SMART App Launch 2: type history is s
 		{"POST", "/Task", "Task", Create},
 		{"PUT", "/Task/1", "Task", Update},
 		{"PUT", "/Task", "Task", Update},

@@ -74,6 +74,21 @@ func (tx *Tx) Read(typ, id string) (*Version, error) {
 	return v, nil
 }
 
+// CurrentVersion returns the version number of the current version of
+// typ/id and whether it is a deletion, without reading the resource; ok is
+// false when typ/id never existed.
+func (tx *Tx) CurrentVersion(typ, id string) (vid int64, deleted, ok bool) {
+	b := tx.btx.Bucket(bucketName("R", typ))
+	if b == nil {
+		return 0, false, false
+	}
+	raw := b.Get([]byte(id))
+	if len(raw) < 17 {
+		return 0, false, false
+	}
+	return int64(binary.BigEndian.Uint64(raw[1:])), recordDeleted(raw), true
+}
+
 func (tx *Tx) current(typ, id string) (*Version, error) {
 	b := tx.btx.Bucket(bucketName("R", typ))
 	if b == nil {

@@ -32,7 +32,7 @@ func (tx *Tx) Search(q *search.Query) ([]string, error) {
 		if err := tx.ctx.Err(); err != nil {
 			return nil, err
 		}
-		set, err := tx.clauseIDs(q.Type, c)
+		set, err := tx.clauseIDs(q.Type, c, q.Visible)
 		if err != nil {
 			return nil, err
 		}
@@ -60,7 +60,7 @@ func (tx *Tx) Search(q *search.Query) ([]string, error) {
 		if have && len(ids) <= filterLimit {
 			ids = tx.filter(q.Type, ids, c)
 		} else {
-			set, err := tx.clauseIDs(q.Type, c)
+			set, err := tx.clauseIDs(q.Type, c, q.Visible)
 			if err != nil {
 				return nil, err
 			}
@@ -162,7 +162,7 @@ func (tx *Tx) Match(q *search.Query, id string) (bool, error) {
 			}
 			continue
 		}
-		set, err := tx.clauseIDs(q.Type, c)
+		set, err := tx.clauseIDs(q.Type, c, q.Visible)
 		if err != nil {
 			return false, err
 		}
@@ -247,14 +247,16 @@ func (tx *Tx) AllIDs(typ string) []string {
 // Count returns how many current resources of typ there are.
 func (tx *Tx) Count(typ string) int { return len(tx.AllIDs(typ)) }
 
-func (tx *Tx) clauseIDs(typ string, c *search.Clause) (idSet, error) {
+// clauseIDs returns the ids of typ that satisfy c; the targets of a chain
+// are only those visible reports true for (all when nil).
+func (tx *Tx) clauseIDs(typ string, c *search.Clause, visible func(typ, id string) bool) (idSet, error) {
 	if c.Missing != nil {
 		return tx.missing(typ, c.Param.Code, *c.Missing), nil
 	}
 	set := idSet{}
 	for _, v := range c.Values {
 		if v.Chain != nil {
-			if err := tx.chain(typ, c.Param.Code, v.Chain, set); err != nil {
+			if err := tx.chain(typ, c.Param.Code, v.Chain, set, visible); err != nil {
 				return nil, err
 			}
 			continue
@@ -293,19 +295,23 @@ func (tx *Tx) scan(typ, param string, r search.Range, set idSet) {
 	}
 }
 
-// chain finds the resources of the chained types that match, then the
-// resources of typ whose parameter refers to any of them.
-func (tx *Tx) chain(typ, param string, ch *search.Chain, set idSet) error {
+// chain finds the resources of the chained types that match and that
+// visible allows, then the resources of typ whose parameter refers to any
+// of them.
+func (tx *Tx) chain(typ, param string, ch *search.Chain, set idSet, visible func(typ, id string) bool) error {
 	for _, t := range ch.Types {
 		sub, err := ch.Clause(t)
 		if err != nil {
 			return err
 		}
-		targets, err := tx.clauseIDs(t, sub)
+		targets, err := tx.clauseIDs(t, sub, visible)
 		if err != nil {
 			return err
 		}
 		for id := range targets {
+			if visible != nil && !visible(t, id) {
+				continue
+			}
 			k := search.ReferenceKey(t, id)
 			tx.scan(typ, param, search.Range{Start: k + "\x00", End: k + "\x01"}, set)
 		}
