@@ -66,4 +66,3 @@ func (s *Server) InMemberRecord(tx *store.Tx, member, typ, id string) bool {
 	v, err := tx.Read(typ, id)
 	return err == nil && s.policy.CanSee(tx, &authz.Principal{Patient: member}, v)
 }
-
