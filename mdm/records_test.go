@@ -496,10 +496,12 @@ func TestLinkWritesRefused(t *testing.T) {
 		{"member removes the links", "PUT", "/Patient/m1", patient("m1"), m1, 403},
 		{"member links the ingested copy to another member", "PUT", "/Patient/i1", patient("i1", "seealso Patient/m1", "seealso Patient/m2"), m1, 403},
 		{"member creates a Patient linked to them", "POST", "/Patient", patient("new", "seealso Patient/m1"), m1, 403},
-		{"member creates a Patient by PUT linked to them", "PUT", "/Patient/m1-bis", patient("m1-bis", "seealso Patient/m1"), m1, 403},
+		// A member cannot choose a new resource's id: an id nobody has
+		// answers as one that is another's (not found means not found).
+		{"member creates a Patient by PUT linked to them", "PUT", "/Patient/m1-bis", patient("m1-bis", "seealso Patient/m1"), m1, 404},
 		{"member deletes the linked ingested copy", "DELETE", "/Patient/i1", "", m1, 403},
 		{"member adds a link in a transaction", "POST", "", `{"resourceType":"Bundle","type":"transaction","entry":[
-			{"request":{"method":"PUT","url":"Observation/o-new"},"resource":` + observation("o-new", "m1", "bp") + `},
+			{"request":{"method":"POST","url":"Observation"},"resource":` + observation("o-new", "m1", "bp") + `},
 			{"request":{"method":"PUT","url":"Patient/m1"},"resource":` + patient("m1", "seealso Patient/i1", "seealso Patient/m2") + `}]}`, m1, 403},
 		{"member adds a link by conditional update", "PUT", "/Patient?_id=m1", patient("m1", "seealso Patient/i1", "seealso Patient/m2"), m1, 403},
 		{"member writes into a linked record (writes stay in the member's own compartment)", "PUT", "/Observation/o-i1", observation("o-i1", "i1", "changed"), m1, 403},

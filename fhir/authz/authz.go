@@ -65,14 +65,19 @@
 // # Writes by a member
 //
 // The resource as it was (its last live version) and as it will be must
-// both lie wholly in the member's record: the member may see it, and
-// every reference it holds to a Patient names one of the member's
-// Patients and every reference to another patient-bound resource names
-// one the member may see. So a Group of several members or a Composition
+// both lie wholly in the member's own compartment (the records of the
+// Patients linked to them are read as theirs, never written): it belongs
+// to the compartment by its type's rule, every reference it holds to a
+// Patient names the member, and every reference to another patient-bound
+// resource names one of the member's own. So a Group of several members or a Composition
 // about two people is not writable by a member, and a Provenance cannot
 // target another member's data. A member cannot create a resource with
 // an id of its choosing (update-as-create): an update of an id the member
 // may not see answers as an update of an id that does not exist.
+//
+// Whatever the principal, only an unrestricted request (the server's MDM,
+// an admin) may add, change or remove Patient.link, or delete a Patient
+// that has links: the links decide whose record a Patient's data is.
 //
 // # Not found means not found
 //

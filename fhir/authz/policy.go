@@ -256,11 +256,13 @@ func (pol *Policy) MayWrite(tx *store.Tx, p *Principal, before *store.Version, a
 		return nil
 	}
 	const op = "authz.write"
-	w := pol.view(tx, p)
+	// Writes stay in the member's own compartment: the records of the
+	// Patients linked to them are read as theirs, never written.
+	w := &view{pol: pol, tx: tx, p: p, pats: []string{p.Patient}, memo: map[string]bool{}}
 	if before != nil {
-		if b := w.live(before); b != nil && (!w.owned(b, maxDepth) || w.foreignRef(b.JSON, nil) != "") {
+		if b := w.live(before); b != nil && (!w.owned(b, maxDepth) || w.foreignRef(b.Type, b.JSON, nil) != "") {
 			return errs.E(op, errs.Permission, fmt.Sprintf(
-				"%s/%s is shared with another patient's record: a member-scoped token cannot change it", b.Type, b.ID))
+				"%s/%s lies outside the member's own compartment or is shared with another patient's record: a member-scoped token cannot change it", b.Type, b.ID))
 		}
 	}
 	if after == nil {
@@ -273,9 +275,9 @@ func (pol *Policy) MayWrite(tx *store.Tx, p *Principal, before *store.Version, a
 	r := &resource{typ: after.Type, id: after.ID, json: after.JSON, m: after.Map, entries: after.Entries}
 	if !w.ownedRes(r, maxDepth) {
 		return errs.E(op, errs.Permission, fmt.Sprintf(
-			"the %s does not belong to Patient/%s, the only patient this token may write for", after.Type, p.Patient))
+			"the %s does not belong to the compartment of Patient/%s, the only patient this token may write for", after.Type, p.Patient))
 	}
-	if ref := w.foreignRef(after.JSON, pending); ref != "" {
+	if ref := w.foreignRef(after.Type, after.JSON, pending); ref != "" {
 		return errs.E(op, errs.Permission, fmt.Sprintf(
 			"the %s refers to %s: a member may write only resources that lie wholly in their own record (every Patient it refers to the member, every other patient-bound resource one they may read)", after.Type, ref))
 	}
@@ -440,16 +442,19 @@ func (w *view) refOwned(ref string, depth int) bool {
 	return owned
 }
 
-// foreignRef returns the first reference in raw that takes the resource
-// outside the member's record: a Patient not theirs (or not on this
+// foreignRef returns the first reference in raw (a resource of typ) that
+// takes it outside the member's record: a Patient not theirs (or not on this
 // server), or a patient-bound resource they may not see. "" when there is
 // none.
-func (w *view) foreignRef(raw []byte, pending func(string) bool) string {
-	var doc any
+func (w *view) foreignRef(typ string, raw []byte, pending func(string) bool) string {
+	var doc map[string]any
 	d := json.NewDecoder(bytes.NewReader(raw))
 	d.UseNumber()
 	if d.Decode(&doc) != nil {
 		return ""
+	}
+	if typ == "Patient" {
+		delete(doc, "link") // the MDM's, kept as it is (linksKept)
 	}
 	var refs []string
 	walkReferences(doc, func(ref string) { refs = append(refs, ref) })
