@@ -115,6 +115,12 @@ func (n *Service) read(tx *store.Tx, seq uint64) (target, result, error) {
 	case sub.channel != e.Channel:
 		return t, result{drop: "its Subscription's channel changed"}, nil
 	}
+	if sub.channel == ChannelRestHook && len(sub.headers) > 0 {
+		// The resource shows masked values; the real ones are sealed.
+		if sub.headers, err = n.storedHeaders(tx, sub.id); err != nil {
+			return t, result{permanent: true, subError: true, err: errors.New("the Subscription's channel.header values cannot be decrypted with this server's secret key; write them again")}, nil
+		}
+	}
 	t.sub = sub
 	typ, id, _ := strings.Cut(e.Resource, "/")
 	if t.res, err = tx.VRead(typ, id, e.Version); err != nil {

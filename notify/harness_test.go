@@ -22,6 +22,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/workflow"
 	"github.com/p2pserver/p2pserver/internal/apidoc"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
+	"github.com/p2pserver/p2pserver/internal/secrets"
 	"github.com/p2pserver/p2pserver/notify"
 	"github.com/p2pserver/p2pserver/notify/addpayer"
 	"github.com/p2pserver/p2pserver/notify/smtptest"
@@ -51,6 +52,14 @@ type env struct {
 	hosts  string
 	tune   func(*notify.Config)
 	noMail bool
+	// key is the -secret-key the env runs with ("" none); log, when set,
+	// receives the service's logs.
+	key string
+	log *slog.Logger
+
+	// startErr is why the last start failed, when mayFail let it.
+	startErr error
+	mayFail  bool
 
 	db   *bolt.DB
 	st   *store.Store
@@ -68,13 +77,19 @@ func withAdmins(a ...string) envOption      { return func(e *env) { e.admins = a
 func withHosts(h string) envOption          { return func(e *env) { e.hosts = h } }
 func withSMTP(s *smtptest.Server) envOption { return func(e *env) { e.smtp = s } }
 func withoutMail() envOption                { return func(e *env) { e.noMail = true } }
+func withKey(k string) envOption            { return func(e *env) { e.key = k } }
+func withLog(l *slog.Logger) envOption      { return func(e *env) { e.log = l } }
+
+// testKey is the secret key envs run with by default (32 bytes, base64).
+const testKey = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+
 func withConfig(f func(*notify.Config)) envOption {
 	return func(e *env) { e.tune = f }
 }
 
 func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Helper()
-	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "p2p.db"), admins: []string{"admin1@payer.example.org", "admin2@payer.example.org"}}
+	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "p2p.db"), admins: []string{"admin1@payer.example.org", "admin2@payer.example.org"}, key: testKey}
 	for _, o := range opts {
 		o(e)
 	}
@@ -111,6 +126,14 @@ func (e *env) start() {
 		t.Fatal(err)
 	}
 	cfg := notify.Config{Hosts: hosts, Logger: quiet, MaxAttempts: 1000, Backoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Timeout: 5 * time.Second}
+	if e.log != nil {
+		cfg.Logger = e.log
+	}
+	if e.key != "" {
+		if cfg.Cipher, err = secrets.NewCipher(e.key); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if !e.noMail {
 		m, err := notify.NewMailer(notify.MailConfig{URL: e.smtp.URL(), From: "P2P Exchange <noreply@payer.example.org>", Timeout: 5 * time.Second, TLSConfig: e.smtp.ClientTLS()})
 		if err != nil {
@@ -123,6 +146,14 @@ func (e *env) start() {
 	}
 	e.n, err = notify.New(e.fs, cfg)
 	if err != nil {
+		e.startErr = err
+		st.Close()
+		db.Close()
+		srv.Close()
+		e.db = nil
+		if e.mayFail {
+			return
+		}
 		t.Fatal(err)
 	}
 	if err := addpayer.Setup(context.Background(), e.n, e.admins, quiet); err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/secrets"
 )
 
 // Config tunes a Service. The zero value of each field picks the default
@@ -25,6 +26,9 @@ type Config struct {
 	// deliveries of email Subscriptions stored before, until one is
 	// configured).
 	Mailer *Mailer
+	// Cipher seals the rest-hook channel.header values, which are secrets
+	// (see HeaderMask); nil refuses Subscriptions with headers.
+	Cipher *secrets.Cipher
 	// MaxAttempts is how many times a notification is tried before it is
 	// kept as failed and its Subscription set to error. Default 8.
 	MaxAttempts int
@@ -57,6 +61,7 @@ type Service struct {
 	base   string
 	hosts  *HostPolicy
 	mailer *Mailer
+	cipher *secrets.Cipher
 	log    *slog.Logger
 	client *http.Client
 
@@ -110,10 +115,13 @@ func New(fs *fhir.Server, cfg Config) (*Service, error) {
 	}
 	n := &Service{
 		cfg: cfg, fs: fs, st: fs.Store(), reg: fs.Store().Registry(), base: strings.TrimRight(fs.BaseURL(), "/"),
-		hosts: cfg.Hosts, mailer: cfg.Mailer, log: cfg.Logger,
+		hosts: cfg.Hosts, mailer: cfg.Mailer, cipher: cfg.Cipher, log: cfg.Logger,
 		client:   cfg.Hosts.client(cfg.Timeout, cfg.Hosts.Guard()),
 		wake:     make(chan struct{}, 1),
 		inflight: map[uint64]bool{},
+	}
+	if err := n.st.Write(context.Background(), n.secureStored); err != nil {
+		return nil, fmt.Errorf("notify: %w", err)
 	}
 	fs.AddValidator("Subscription", n.validate)
 	n.st.AddHook(n.hook)
@@ -209,6 +217,12 @@ func (n *Service) hook(tx *store.Tx, ev store.Event) error {
 	v := ev.Version
 	if v.Type == "Subscription" {
 		n.invalidate()
+		if ev.Op == store.OpDelete {
+			// A deleted Subscription keeps no secrets.
+			if err := n.putHeaders(tx, v.ID, nil); err != nil {
+				return err
+			}
+		}
 		if err := n.requeue(tx, ev); err != nil {
 			return err
 		}

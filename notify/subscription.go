@@ -247,6 +247,9 @@ func (n *Service) check(s *subscription) []errs.Issue {
 // problem; off is stored as it is; error is the server's to set.
 func (n *Service) validate(tx *store.Tx, doc *store.Doc, prev *store.Version) error {
 	const op = "notify.subscription"
+	if issues := n.sealHeaders(tx, doc); len(issues) > 0 {
+		return errs.E(op, errs.Unprocessable, fmt.Sprintf("the Subscription's channel.header cannot be stored (%d problems)", len(issues)), issues)
+	}
 	status, _ := doc.Map["status"].(string)
 	switch status {
 	case StatusOff:
