@@ -252,6 +252,11 @@ type VerifyReport struct {
 	Endpoints map[string]string `json:"endpoints"`
 	// JWKSKeys is the number of keys at jwks_uri, when it was fetched.
 	JWKSKeys *int `json:"jwksKeys,omitempty"`
+	// TokenEndpoint is where member tokens are refreshed, and
+	// TokenEndpointFrom where it was found: definition,
+	// openid-configuration or smart-configuration (FindTokenEndpoint).
+	TokenEndpoint     string `json:"tokenEndpoint,omitempty"`
+	TokenEndpointFrom string `json:"tokenEndpointFrom,omitempty"`
 	// Problems make the definition unusable; Warnings deserve a look.
 	Problems []string `json:"problems"`
 	Warnings []string `json:"warnings"`
@@ -281,6 +286,12 @@ func (a *API) verify(w http.ResponseWriter, r *http.Request) {
 // show an administrator. Bound it with ctx.
 func Check(ctx context.Context, s Server) VerifyReport {
 	rep := VerifyReport{WellKnownURL: WellKnownURL(s), Endpoints: map[string]string{}, Problems: []string{}, Warnings: []string{}}
+	if ep, err := FindTokenEndpoint(ctx, s); err != nil {
+		msg, _ := errs.Public(err)
+		rep.Problems = append(rep.Problems, "member tokens cannot be refreshed: "+msg)
+	} else {
+		rep.TokenEndpoint, rep.TokenEndpointFrom = ep.URL, ep.From
+	}
 	d, err := Discover(ctx, s)
 	if d != nil {
 		rep.Issuer = d.Issuer
@@ -299,9 +310,6 @@ func Check(ctx context.Context, s Server) VerifyReport {
 		msg, _ := errs.Public(err)
 		rep.Problems = append(rep.Problems, msg)
 		return rep
-	}
-	if d.TokenEndpoint == "" && s.TokenEndpoint == "" {
-		rep.Problems = append(rep.Problems, "the discovery document has no token_endpoint and the definition sets no tokenEndpoint: member tokens cannot be refreshed")
 	}
 	if s.TokenEndpoint != "" && d.TokenEndpoint != "" && s.TokenEndpoint != d.TokenEndpoint {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("the definition's tokenEndpoint differs from the discovered %q; the definition's is used", d.TokenEndpoint))

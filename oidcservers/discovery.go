@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -137,4 +138,103 @@ func transportError(op, what string, err error) error {
 		return errs.E(op, errs.Transient, fmt.Sprintf("fetching the %s was cancelled", what), err)
 	}
 	return errs.E(op, errs.Transient, fmt.Sprintf("could not connect to fetch the %s", what), err)
+}
+
+// ErrNoTokenEndpoint is in the chain of the error FindTokenEndpoint (and a
+// TokenSource's refresh) returns when no token endpoint is set or can be
+// discovered for a definition: set tokenEndpoint in it.
+var ErrNoTokenEndpoint = errors.New("oidcservers: no token endpoint")
+
+// TokenEndpoint is where a definition's member tokens are refreshed.
+type TokenEndpoint struct {
+	URL string
+	// From says where URL was found: "definition" (tokenEndpoint),
+	// "openid-configuration" (OpenID discovery) or "smart-configuration"
+	// (the source's FHIR server).
+	From string
+	// Basic is true when the client authenticates with HTTP Basic
+	// (client_secret_basic), false for client_secret_post: the discovered
+	// document lists only the latter.
+	Basic bool
+}
+
+// smartConfiguration is the part of a FHIR server's
+// .well-known/smart-configuration (SMART App Launch 2.x, "Retrieve
+// .well-known/smart-configuration") used to find its token endpoint.
+type smartConfiguration struct {
+	Issuer                   string   `json:"issuer"`
+	TokenEndpoint            string   `json:"token_endpoint"`
+	TokenEndpointAuthMethods []string `json:"token_endpoint_auth_methods_supported"`
+}
+
+// SMARTConfigurationURL is where the source's FHIR server describes its
+// authorization server: fhirEndpoint + /.well-known/smart-configuration.
+func SMARTConfigurationURL(s Server) string {
+	return strings.TrimRight(s.FHIREndpoint, "/") + "/.well-known/smart-configuration"
+}
+
+// FindTokenEndpoint finds where the member tokens of s are refreshed:
+//
+//  1. the definition's tokenEndpoint, when set;
+//  2. else token_endpoint of its OpenID discovery document (authWellKnown,
+//     or the issuer's /.well-known/openid-configuration; see Discover);
+//  3. else, when the definition names no authWellKnown, token_endpoint of
+//     the SMART configuration of its fhirEndpoint
+//     (/.well-known/smart-configuration, required there by SMART App Launch
+//     2.x), provided that document names no other issuer.
+//
+// A definition therefore needs tokenEndpoint only when neither document
+// says where the token endpoint is. The error says what was tried: Transient
+// or Timeout when a document could not be fetched (worth trying again),
+// else Unprocessable with ErrNoTokenEndpoint in its chain.
+func FindTokenEndpoint(ctx context.Context, s Server) (TokenEndpoint, error) {
+	const op = "oidcservers.token_endpoint"
+	if s.TokenEndpoint != "" {
+		return TokenEndpoint{URL: s.TokenEndpoint, From: "definition", Basic: true}, nil
+	}
+	var tried []string
+	transient := false
+	note := func(what string, err error) {
+		msg, _ := errs.Public(err)
+		tried = append(tried, what+": "+msg)
+		if k := errs.KindOf(err); k == errs.Transient || k == errs.Timeout {
+			transient = true
+		}
+	}
+	d, err := Discover(ctx, s)
+	switch {
+	case err == nil && d.TokenEndpoint != "":
+		return TokenEndpoint{URL: d.TokenEndpoint, From: "openid-configuration", Basic: basicAuth(d.TokenEndpointAuthMethods)}, nil
+	case err == nil:
+		tried = append(tried, WellKnownURL(s)+" lists no token_endpoint")
+	default:
+		note(WellKnownURL(s), err)
+	}
+	if s.AuthWellKnown == "" && s.FHIREndpoint != "" {
+		u := SMARTConfigurationURL(s)
+		var sc smartConfiguration
+		err := getJSON(ctx, op, u, "SMART configuration", &sc)
+		switch {
+		case err != nil:
+			note(u, err)
+		case sc.Issuer != "" && !SameIssuer(sc.Issuer, s.Issuer):
+			tried = append(tried, fmt.Sprintf("%s names the issuer %q, not the definition's", u, sc.Issuer))
+		case sc.TokenEndpoint == "":
+			tried = append(tried, u+" lists no token_endpoint")
+		default:
+			return TokenEndpoint{URL: sc.TokenEndpoint, From: "smart-configuration", Basic: basicAuth(sc.TokenEndpointAuthMethods)}, nil
+		}
+	}
+	msg := "no token endpoint to refresh the member's tokens was found (" + strings.Join(tried, "; ") + "); set tokenEndpoint in the OIDC server definition"
+	if transient {
+		return TokenEndpoint{}, errs.E(op, errs.Transient, msg, ErrNoTokenEndpoint)
+	}
+	return TokenEndpoint{}, errs.E(op, errs.Unprocessable, msg, ErrNoTokenEndpoint)
+}
+
+// basicAuth reports whether a client authenticates with HTTP Basic at a
+// token endpoint listing methods: yes unless only client_secret_post is
+// listed (Basic is the default, RFC 6749 section 2.3.1).
+func basicAuth(methods []string) bool {
+	return len(methods) == 0 || slices.Contains(methods, "client_secret_basic") || !slices.Contains(methods, "client_secret_post")
 }

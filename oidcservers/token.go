@@ -9,7 +9,6 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,15 +35,15 @@ var ErrNoRefreshToken = errors.New("oidcservers: access token expired and there 
 // refresh token is never sent twice.
 type TokenSource struct {
 	ctx       context.Context
-	tokenURL  string
+	srv       Server // where the token endpoint is found, on the first refresh
 	clientID  string
 	secret    string
-	inHeader  bool // client_secret_basic rather than client_secret_post
 	params    url.Values
 	onRefresh func(*oauth2.Token)
 
-	mu  sync.Mutex
-	tok *oauth2.Token
+	mu       sync.Mutex
+	tok      *oauth2.Token
+	endpoint *TokenEndpoint // found on the first refresh
 }
 
 var _ oauth2.TokenSource = (*TokenSource)(nil)
@@ -52,18 +51,22 @@ var _ oauth2.TokenSource = (*TokenSource)(nil)
 // NewTokenSource builds the TokenSource for srv and a member's tokens tok
 // (tok.AccessToken may be empty: the first Token call then refreshes).
 //
-// The token endpoint is srv.TokenEndpoint, or else discovered from
-// srv.AuthWellKnown or srv.Issuer (see Discover); discovery happens here, once.
-// The client authenticates with srv.ClientID and srv.ClientSecret: HTTP Basic
-// (client_secret_basic) unless discovery lists only client_secret_post, and
-// client_id alone in the form when there is no secret.
+// Nothing is fetched here: while the access token is valid, Token returns
+// it without contacting the authorization server. The token endpoint is
+// found on the first refresh (FindTokenEndpoint: srv.TokenEndpoint, or its
+// OpenID discovery document, or the SMART configuration of its
+// fhirEndpoint), and a failure to find it is tried again at the next. The
+// client authenticates with srv.ClientID and srv.ClientSecret: HTTP Basic
+// (client_secret_basic) unless the discovered document lists only
+// client_secret_post, and client_id alone in the form when there is no
+// secret.
 //
 // onRefresh, if not nil, is called with every refreshed token, before Token
 // returns it, so the caller can persist it (encrypted); it must not call back
 // into the TokenSource. A refreshed token keeps the previous refresh token
 // when the server does not rotate it.
 //
-// ctx is used for discovery and for every later refresh request, like
+// ctx is used for discovery and for every refresh request, like
 // oauth2.Config.TokenSource: it must live as long as the TokenSource. An
 // *http.Client stored in ctx under oauth2.HTTPClient is used for the requests.
 func NewTokenSource(ctx context.Context, srv Server, tok *oauth2.Token, onRefresh func(*oauth2.Token)) (*TokenSource, error) {
@@ -75,30 +78,22 @@ func NewTokenSource(ctx context.Context, srv Server, tok *oauth2.Token, onRefres
 	if err != nil {
 		return nil, errs.E(op, errs.Invalid, "customTokenParams "+err.Error())
 	}
-	ts := &TokenSource{
+	return &TokenSource{
 		ctx:       ctx,
-		tokenURL:  srv.TokenEndpoint,
+		srv:       srv,
 		clientID:  srv.ClientID,
 		secret:    srv.ClientSecret,
-		inHeader:  true,
 		params:    params,
 		onRefresh: onRefresh,
 		tok:       copyToken(tok),
-	}
-	if ts.tokenURL == "" {
-		d, err := Discover(ctx, srv)
-		if err != nil {
-			return nil, err
-		}
-		if d.TokenEndpoint == "" {
-			return nil, errs.E(op, errs.Unprocessable, "the discovery document has no token_endpoint")
-		}
-		ts.tokenURL = d.TokenEndpoint
-		if m := d.TokenEndpointAuthMethods; len(m) > 0 && !slices.Contains(m, "client_secret_basic") && slices.Contains(m, "client_secret_post") {
-			ts.inHeader = false
-		}
-	}
-	return ts, nil
+	}, nil
+}
+
+// CanRefresh reports whether the TokenSource holds a refresh token.
+func (ts *TokenSource) CanRefresh() bool {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.tok.RefreshToken != ""
 }
 
 func copyToken(t *oauth2.Token) *oauth2.Token {
@@ -131,27 +126,39 @@ func (ts *TokenSource) Invalidate(accessToken string) {
 func (ts *TokenSource) refreshLocked() (*oauth2.Token, error) {
 	const op = "oidcservers.refresh"
 	if ts.tok.RefreshToken == "" {
-		return nil, errs.E(op, errs.Unauthorized, "the member's access token has expired and there is no refresh token; the member must authorize again", ErrNoRefreshToken)
+		at := ""
+		if e := ts.tok.Expiry; e.After(time.Unix(1, 0)) {
+			at = " at " + e.UTC().Format(time.RFC3339)
+		}
+		return nil, errs.E(op, errs.Unauthorized, "the member's access token has expired"+at+" and there is no refresh token to renew it; the member must authorize again", ErrNoRefreshToken)
 	}
 	form := url.Values{}
 	for k, v := range ts.params {
 		form[k] = v
 	}
+	if ts.endpoint == nil {
+		ep, err := FindTokenEndpoint(ts.ctx, ts.srv)
+		if err != nil {
+			return nil, err
+		}
+		ts.endpoint = &ep
+	}
+	inHeader := ts.endpoint.Basic
 	form.Set("grant_type", "refresh_token")
 	form.Set("refresh_token", ts.tok.RefreshToken)
-	if !ts.inHeader || ts.secret == "" {
+	if !inHeader || ts.secret == "" {
 		form.Set("client_id", ts.clientID)
 		if ts.secret != "" {
 			form.Set("client_secret", ts.secret)
 		}
 	}
-	req, err := http.NewRequestWithContext(ts.ctx, http.MethodPost, ts.tokenURL, strings.NewReader(form.Encode()))
+	req, err := http.NewRequestWithContext(ts.ctx, http.MethodPost, ts.endpoint.URL, strings.NewReader(form.Encode()))
 	if err != nil {
 		return nil, errs.E(op, errs.Unprocessable, "the token endpoint URL is not usable", err)
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
-	if ts.inHeader && ts.secret != "" {
+	if inHeader && ts.secret != "" {
 		// RFC 6749 section 2.3.1: id and secret are form-encoded before Basic.
 		req.SetBasicAuth(url.QueryEscape(ts.clientID), url.QueryEscape(ts.secret))
 	}

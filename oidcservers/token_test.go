@@ -224,9 +224,13 @@ func TestTokenSourceIssuerMismatch(t *testing.T) {
 	srv := providerServer(p)
 	srv.AuthWellKnown = p.WellKnownURL()
 	srv.Issuer = p.Issuer() + "/another-tenant"
-	_, err := NewTokenSource(context.Background(), srv, expired(t, p), nil)
+	ts, err := NewTokenSource(context.Background(), srv, expired(t, p), nil)
+	if err != nil {
+		t.Fatal(err) // nothing is fetched before a refresh is needed
+	}
+	_, err = ts.Token()
 	if !errs.Is(err, errs.Unprocessable) {
-		t.Fatalf("NewTokenSource = %v, want Unprocessable", err)
+		t.Fatalf("Token = %v, want Unprocessable", err)
 	}
 	if msg, _ := errs.Public(err); !strings.Contains(msg, "issuer mismatch") {
 		t.Errorf("message = %q", msg)
@@ -370,5 +374,111 @@ func TestTokenSourcePublicClient(t *testing.T) {
 	// The server did not rotate: the old refresh token is kept.
 	if tok.AccessToken != "new" || tok.RefreshToken != "r1" {
 		t.Errorf("token = %+v", tok)
+	}
+}
+
+// TestFindTokenEndpoint is where a definition's member tokens are
+// refreshed, in order: its tokenEndpoint, its OpenID discovery document
+// (authWellKnown or the issuer's), else the SMART configuration of its
+// fhirEndpoint (SMART App Launch 2.x, .well-known/smart-configuration,
+// where token_endpoint is required); each row then refreshes there for
+// real, or fails saying what was tried.
+func TestFindTokenEndpoint(t *testing.T) {
+	t.Parallel()
+	p := newProvider(t)
+	// A FHIR server publishing only a SMART configuration, for an issuer
+	// that publishes no OpenID discovery document (p's, under a path it
+	// does not serve).
+	plainIssuer := p.Issuer() + "/oauth-only"
+	smart := func(issuer string) *httptest.Server {
+		hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/fhir/.well-known/smart-configuration" {
+				http.NotFound(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]any{"issuer": issuer, "token_endpoint": p.TokenEndpoint(),
+				"authorization_endpoint": p.Issuer() + "/authorize", "capabilities": []string{"launch-standalone"}})
+		}))
+		t.Cleanup(hs.Close)
+		return hs
+	}
+	withSMART, otherIssuer, bare := smart(plainIssuer), smart("https://another-issuer.example"), httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(bare.Close)
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close()
+
+	for _, c := range []struct {
+		name   string
+		change func(*Server)
+		from   string // "" when none is found
+		kind   errs.Kind
+		says   []string
+	}{
+		{"the definition's tokenEndpoint, nothing fetched", func(s *Server) {
+			s.TokenEndpoint, s.Issuer, s.FHIREndpoint = p.TokenEndpoint(), "https://issuer.invalid", "https://fhir.invalid/fhir"
+		}, "definition", 0, nil},
+		{"the issuer's OpenID discovery", func(s *Server) {}, "openid-configuration", 0, nil},
+		{"authWellKnown", func(s *Server) { s.AuthWellKnown = p.WellKnownURL() }, "openid-configuration", 0, nil},
+		{"the source's SMART configuration", func(s *Server) { s.Issuer, s.FHIREndpoint = plainIssuer, withSMART.URL+"/fhir" },
+			"smart-configuration", 0, nil},
+		{"a SMART configuration of another issuer", func(s *Server) { s.Issuer, s.FHIREndpoint = plainIssuer, otherIssuer.URL+"/fhir" },
+			"", errs.Unprocessable, []string{"another-issuer.example", "set tokenEndpoint"}},
+		{"neither document", func(s *Server) { s.Issuer, s.FHIREndpoint = plainIssuer, bare.URL+"/fhir" },
+			"", errs.Unprocessable, []string{plainIssuer + "/.well-known/openid-configuration", bare.URL + "/fhir/.well-known/smart-configuration", "set tokenEndpoint"}},
+		{"an explicit authWellKnown is not second-guessed", func(s *Server) {
+			s.Issuer, s.AuthWellKnown, s.FHIREndpoint = plainIssuer, plainIssuer+"/.well-known/openid-configuration", withSMART.URL+"/fhir"
+		}, "", errs.Unprocessable, []string{"set tokenEndpoint"}},
+		{"unreachable", func(s *Server) { s.Issuer, s.FHIREndpoint = dead.URL, dead.URL+"/fhir" },
+			"", errs.Transient, []string{"set tokenEndpoint"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			srv := providerServer(p)
+			c.change(&srv)
+			ep, err := FindTokenEndpoint(context.Background(), srv)
+			if c.from == "" {
+				msg, _ := errs.Public(err)
+				if errs.KindOf(err) != c.kind || !errors.Is(err, ErrNoTokenEndpoint) {
+					t.Fatalf("FindTokenEndpoint = %+v, %v (kind %v), want %v", ep, err, errs.KindOf(err), c.kind)
+				}
+				for _, s := range c.says {
+					if !strings.Contains(msg, s) {
+						t.Errorf("message %q does not say %q", msg, s)
+					}
+				}
+				return
+			}
+			if err != nil || ep.From != c.from || ep.URL != p.TokenEndpoint() {
+				t.Fatalf("FindTokenEndpoint = %+v, %v; want %s from %s", ep, err, p.TokenEndpoint(), c.from)
+			}
+			ts, err := NewTokenSource(context.Background(), srv, expired(t, p), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tok, err := ts.Token(); err != nil || tok.AccessToken == "" {
+				t.Errorf("refresh at %s: %v", ep.URL, err)
+			}
+		})
+	}
+}
+
+// TestTokenSourceFetchesNothingWhileTheTokenIsValid: a definition whose
+// token endpoint cannot be found still serves a valid access token; only
+// a refresh needs the endpoint.
+func TestTokenSourceFetchesNothingWhileTheTokenIsValid(t *testing.T) {
+	t.Parallel()
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close()
+	srv := Server{Name: "A", Issuer: dead.URL, ClientID: "c", FHIREndpoint: dead.URL + "/fhir"}
+	ts, err := NewTokenSource(context.Background(), srv, &oauth2.Token{AccessToken: "valid", Expiry: time.Now().Add(time.Hour), RefreshToken: "r"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := ts.Token(); err != nil || tok.AccessToken != "valid" {
+		t.Fatalf("Token = %v, %v", tok, err)
+	}
+	ts.Invalidate("valid")
+	if _, err := ts.Token(); !errors.Is(err, ErrNoTokenEndpoint) {
+		t.Errorf("refresh without an endpoint: %v", err)
 	}
 }
