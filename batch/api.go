@@ -93,8 +93,14 @@ type Job struct {
 	SourcePayer JobSource   `json:"sourcePayer"`
 	TargetPayer TargetPayer `json:"targetPayer"`
 	Progress    Progress    `json:"progress"`
-	// FailureReason says in words why a FAILED job failed.
+	// FailureReason says in words why a FAILED job failed, and whether the
+	// member must authorize again.
 	FailureReason string `json:"failureReason,omitempty"`
+	// FinalFailure is true when the job failed for a cause only the member
+	// can remove (their authorization was revoked, or expired with nothing
+	// to renew it): the add-payer Task failed with it and the member was
+	// told. Any other failure leaves the Task open for a new job.
+	FinalFailure bool `json:"finalFailure,omitempty"`
 	// MDM reports the member identifier added and the link made.
 	MDM *MDMReport `json:"mdm,omitempty"`
 	// TaskNote reports a problem moving the add-payer Task.
@@ -188,6 +194,7 @@ func (rec *record) view() Job {
 			Restarts:           rec.Restarts,
 		},
 		FailureReason: rec.Reason,
+		FinalFailure:  rec.Final,
 		TaskNote:      rec.TaskNote,
 	}
 	if j.Progress.ResourcesWritten == nil {

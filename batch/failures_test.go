@@ -129,8 +129,12 @@ func TestMemberTokens(t *testing.T) {
 		})
 		id := x.tg.startJob(x.pid, jobBody("", refresh, x.everything(100), x.patient, "member-1", "task-1"))
 		job := x.tg.waitEnd(x.pid, id)
-		if job.BatchStatus != Failed || !strings.Contains(job.FailureReason, "(401)") || !strings.Contains(job.FailureReason, "even after a refresh") {
-			t.Fatalf("job %s: %q", job.BatchStatus, job.FailureReason)
+		if job.BatchStatus != Failed || !strings.Contains(job.FailureReason, "(401) without saying why") ||
+			!strings.Contains(job.FailureReason, "freshly refreshed token was refused too") || job.FinalFailure {
+			t.Fatalf("job %s (final %v): %q", job.BatchStatus, job.FinalFailure, job.FailureReason)
+		}
+		if task := x.task(t); task["status"] != "in-progress" {
+			t.Errorf("a failure the payers can fix ended the member's request: Task %v", task["status"])
 		}
 	})
 	t.Run("refresh rejected", func(t *testing.T) {
@@ -144,8 +148,8 @@ func TestMemberTokens(t *testing.T) {
 			t.Fatalf("job %s: %q", job.BatchStatus, job.FailureReason)
 		}
 		task := x.task(t)
-		if task["status"] != "failed" || !strings.Contains(fmt.Sprint(task["statusReason"]), "refresh token") {
-			t.Errorf("Task %v, reason %v", task["status"], task["statusReason"])
+		if task["status"] != "failed" || !strings.Contains(fmt.Sprint(task["statusReason"]), "refresh token") || !job.FinalFailure {
+			t.Errorf("Task %v, reason %v, final %v", task["status"], task["statusReason"], job.FinalFailure)
 		}
 		if job.Progress.PagesFetched != 0 || job.Progress.ResourcesTotal != 0 {
 			t.Errorf("a job without access wrote %d pages", job.Progress.PagesFetched)
@@ -240,8 +244,11 @@ func TestSourceErrors(t *testing.T) {
 		if job.Progress.ResourcesTotal != 81 {
 			t.Errorf("%d resources written before the failure, want 81", job.Progress.ResourcesTotal)
 		}
-		if task := x.task(t); task["status"] != "failed" {
-			t.Errorf("Task %v", task["status"])
+		// The source's outage is not the member's doing: the request stays
+		// open, with the attempt in its history.
+		if task := x.task(t); task["status"] != "in-progress" || !strings.Contains(fmt.Sprint(task["output"]), fmt.Sprintf("batch job %d (", id)) ||
+			!strings.Contains(fmt.Sprint(task["output"]), "FAILED") {
+			t.Errorf("Task %v, output %v", task["status"], task["output"])
 		}
 	})
 	t.Run("503 twice with Retry-After, then the page", func(t *testing.T) {
@@ -537,7 +544,8 @@ func TestSearchReferencesWaitAtTheSource(t *testing.T) {
 }
 
 // TestStop stops a job waiting on its source: STOPPING, then STOPPED, the
-// Task cancelled, and a second stop refused.
+// Task left open (a stop is the payer's, not the member's, decision) with
+// the stopped attempt in its output, and a second stop refused.
 func TestStop(t *testing.T) {
 	x := newExchange(t, Config{})
 	x.src.setFault(func(w http.ResponseWriter, r *http.Request) bool {
@@ -559,8 +567,8 @@ func TestStop(t *testing.T) {
 	if job.BatchStatus != Stopped || job.EndTime == nil {
 		t.Fatalf("job %s", job.BatchStatus)
 	}
-	if task := x.task(t); task["status"] != "cancelled" {
-		t.Errorf("Task %v", task["status"])
+	if task := x.task(t); task["status"] != "in-progress" || !strings.Contains(fmt.Sprint(task["output"]), "STOPPED") {
+		t.Errorf("Task %v, output %v", task["status"], task["output"])
 	}
 	var e map[string]any
 	if st, _ := x.tg.call(http.MethodPost, path, backOfficeToken, nil, &e); st != http.StatusConflict {

@@ -2,8 +2,6 @@ package batch
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -30,7 +28,10 @@ type fetchFailure struct {
 	// search result they no longer hold.
 	expired bool
 	// authz: the member's authorization was refused; nothing can be read.
-	authz  bool
+	authz bool
+	// final: only the member can remove the cause (their authorization
+	// has ended), so the member's add-payer request ends with the job.
+	final  bool
 	reason string
 }
 
@@ -80,17 +81,17 @@ func (r *Runner) fetch(runCtx context.Context, ts *oidcservers.TokenSource, url 
 	case resp.StatusCode == http.StatusOK:
 	case resp.StatusCode == http.StatusUnauthorized:
 		drain(resp.Body)
-		if !refreshed {
+		ff := unauthorized(resp.Header, tok.AccessToken, url, ts.CanRefresh(), refreshed, time.Now())
+		if ff.retry {
 			ts.Invalidate(tok.AccessToken)
-			return nil, &fetchFailure{retry: true, after: -1, reason: "the source payer refused the member's access token (401); refreshing it"}
 		}
-		return nil, &fetchFailure{authz: true, reason: fmt.Sprintf("the source payer refused the member's access token (401) for %s even after a refresh; the member must authorize again", clip(url, 300))}
+		return nil, ff
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
 		detail := bodyDetail(resp)
 		return nil, &fetchFailure{retry: true, after: retryAfter(resp.Header.Get("Retry-After")),
 			reason: fmt.Sprintf("the source payer answered %s for %s%s", resp.Status, clip(url, 300), detail)}
 	case resp.StatusCode == http.StatusForbidden:
-		return nil, &fetchFailure{authz: true, reason: fmt.Sprintf("the source payer answered %s for %s%s; the member's authorization does not cover it", resp.Status, clip(url, 300), bodyDetail(resp))}
+		return nil, forbidden(resp.Header, resp.Status, url, bodyDetail(resp))
 	case resp.StatusCode == http.StatusGone:
 		return nil, &fetchFailure{expired: true, reason: fmt.Sprintf("the source payer answered %s for %s%s", resp.Status, clip(url, 300), bodyDetail(resp))}
 	default:
@@ -115,13 +116,14 @@ func (r *Runner) fetch(runCtx context.Context, ts *oidcservers.TokenSource, url 
 	return body, nil
 }
 
-// tokenFailure explains a TokenSource error. A rejected or missing refresh
-// token ends the job: only the member can authorize again.
+// tokenFailure explains a TokenSource error. A rejected refresh token, or
+// an expired access token with none, ends the member's request: only the
+// member can authorize again. Any other cause is the payer's to fix.
 func tokenFailure(err error) error {
 	msg, _ := errs.Public(err)
 	switch {
 	case errors.Is(err, oidcservers.ErrRefreshRejected), errors.Is(err, oidcservers.ErrNoRefreshToken):
-		return &fetchFailure{authz: true, reason: msg}
+		return &fetchFailure{authz: true, final: true, reason: msg}
 	case errs.Is(err, errs.Transient), errs.Is(err, errs.Timeout):
 		return &fetchFailure{retry: true, reason: msg}
 	}
@@ -189,30 +191,6 @@ func (r *Runner) backoff(n int, after time.Duration) time.Duration {
 	d := r.cfg.RetryBase << min(n-1, 20)
 	d = time.Duration(float64(d) * (0.75 + rand.Float64()/2))
 	return min(d, r.cfg.MaxRetryDelay)
-}
-
-// jwtExpiry reads the exp claim of a JWT access token without verifying it
-// (the source payer does that): knowing it saves a request refused 401.
-func jwtExpiry(tok string) time.Time {
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		return time.Time{}
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return time.Time{}
-	}
-	var claims struct {
-		Exp json.Number `json:"exp"`
-	}
-	if json.Unmarshal(raw, &claims) != nil {
-		return time.Time{}
-	}
-	n, err := claims.Exp.Int64()
-	if err != nil || n <= 0 {
-		return time.Time{}
-	}
-	return time.Unix(n, 0)
 }
 
 // memberToken rebuilds the member's token from a job record.

@@ -93,6 +93,7 @@ func newSource(t testing.TB, idp *oidctest.Provider) *sourcePayer {
 		t.Fatal(err)
 	}
 	guard.Attach(s.fhir)
+	mux.Method(http.MethodGet, "/fhir"+smart.WellKnownPath(), guard.ConfigurationHandler())
 	h := s.fhir.Handler()
 	mux.Mount("/fhir", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.hits.Add(1)

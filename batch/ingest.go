@@ -281,7 +281,7 @@ func (r *Runner) fetchFailed(rn *run, rec *record, kind pageKind, u string, ff *
 		})
 		return 0, false
 	}
-	return r.endStep(rec, Failed, ff.reason)
+	return r.endWith(rec, Failed, ff.reason, ff.final)
 }
 
 // update changes a job's record in a small transaction of its own.
@@ -459,7 +459,7 @@ func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKi
 	}
 	if n := rec.total() + len(pg.resources); kind == dataPage && n > r.cfg.MaxResources {
 		return rec, r.end(tx, rec, Failed, fmt.Sprintf("the source payer sent more than %d resources, the most one job reads (-batch-max-resources): "+
-			"%d were written from %d pages, and page %d with %d more was not (%s)", r.cfg.MaxResources, rec.total(), rec.Pages, rec.Pages+1, len(pg.resources), clip(pg.url, 300)), o, now)
+			"%d were written from %d pages, and page %d with %d more was not (%s)", r.cfg.MaxResources, rec.total(), rec.Pages, rec.Pages+1, len(pg.resources), clip(pg.url, 300)), false, o, now)
 	}
 	inPage := make(map[string]bool, len(pg.resources))
 	for _, res := range pg.resources {
@@ -567,9 +567,9 @@ func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKi
 	}
 	switch {
 	case failNext != "":
-		return rec, r.end(tx, rec, Failed, failNext, o, now)
+		return rec, r.end(tx, rec, Failed, failNext, false, o, now)
 	case kind == dataPage && pg.next == "":
-		return rec, r.end(tx, rec, Completed, "", o, now)
+		return rec, r.end(tx, rec, Completed, "", false, o, now)
 	}
 	return rec, putJob(tx, rec, now)
 }
@@ -686,8 +686,8 @@ func (r *Runner) begin(rec *record) error {
 			cur.Status, cur.Started = Started, now
 			if o.skipTask {
 				cur.TaskNote = o.taskNote
-			} else if err := r.moveTask(tx, cur, "in-progress",
-				fmt.Sprintf("Your data is being copied from %s.", cur.SourceName), "", now); err != nil {
+			} else if err := r.moveTask(tx, cur, taskChange{status: "in-progress",
+				business: fmt.Sprintf("Your data is being copied from %s.", cur.SourceName)}, now); err != nil {
 				return err
 			}
 			return putJob(tx, cur, now)
@@ -705,8 +705,15 @@ func (r *Runner) begin(rec *record) error {
 	}
 }
 
-// endStep ends a job in its own transaction, as the last step.
+// endStep ends a job in its own transaction, as the last step. A failure
+// ended here is not final: the member's request stays open.
 func (r *Runner) endStep(rec *record, status Status, reason string) (time.Duration, bool) {
+	return r.endWith(rec, status, reason, false)
+}
+
+// endWith is endStep, with final saying whether a failure ends the
+// member's add-payer request too (see end).
+func (r *Runner) endWith(rec *record, status Status, reason string, final bool) (time.Duration, bool) {
 	var o commitOpts
 	for {
 		var cur *record
@@ -718,7 +725,7 @@ func (r *Runner) endStep(rec *record, status Status, reason string) (time.Durati
 			if status == Stopped && cur.Status != Stopping {
 				return nil
 			}
-			return r.end(tx, cur, status, reason, &o, time.Now().UTC())
+			return r.end(tx, cur, status, reason, final, &o, time.Now().UTC())
 		})
 		var te *taskError
 		if errors.As(err, &te) && !o.skipTask {
@@ -741,8 +748,14 @@ func (r *Runner) endStep(rec *record, status Status, reason string) (time.Durati
 }
 
 // end records a job's final status in tx: end time, reason, the tokens
-// dropped, and the Task moved to match.
-func (r *Runner) end(tx *store.Tx, rec *record, status Status, reason string, o *commitOpts, now time.Time) error {
+// dropped, and the job's line in its Task's output (the history of
+// attempts). The Task itself moves only when the member's request is
+// over: completed, or failed when final says the cause is one only the
+// member can remove (their authorization has ended), which tells the
+// member. Any other failure, and a stop, leave the Task open, so the back
+// office can start a new job for it once the cause is fixed (or end the
+// request itself by failing the Task).
+func (r *Runner) end(tx *store.Tx, rec *record, status Status, reason string, final bool, o *commitOpts, now time.Time) error {
 	toSource, relinked, err := r.settle(tx, rec.ID)
 	if err != nil {
 		return err
@@ -753,23 +766,20 @@ func (r *Runner) end(tx *store.Tx, rec *record, status Status, reason string, o 
 	rec.ToSource += toSource
 	rec.Relinked += relinked
 	rec.Status, rec.Ended, rec.Reason = status, now, reason
+	rec.Final = status == Failed && final
 	rec.SealedAccess, rec.SealedRefresh, rec.AccessExpiry = nil, nil, time.Time{}
 	if o.skipTask {
 		rec.TaskNote = "the add-payer Task could not be moved: " + o.taskNote
 	} else {
-		var err error
-		switch status {
-		case Completed:
-			err = r.moveTask(tx, rec, "completed",
-				fmt.Sprintf("Your data from %s has been copied (%d records).", rec.SourceName, rec.total()), "", now)
-		case Failed:
-			err = r.moveTask(tx, rec, "failed",
-				fmt.Sprintf("Copying your data from %s did not finish.", rec.SourceName), reason, now)
-		case Stopped:
-			err = r.moveTask(tx, rec, "cancelled",
-				fmt.Sprintf("Copying your data from %s was stopped by the payer's staff.", rec.SourceName), "stopped on request before it finished", now)
+		var ch taskChange
+		switch {
+		case status == Completed:
+			ch = taskChange{status: "completed", business: fmt.Sprintf("Your data from %s has been copied (%d records).", rec.SourceName, rec.total())}
+		case rec.Final:
+			ch = taskChange{status: "failed", reason: reason, business: fmt.Sprintf(
+				"We could not copy your data from %s: your permission for us to read it has ended. To bring it over, make a new request and sign in at %s again.", rec.SourceName, rec.SourceName)}
 		}
-		if err != nil {
+		if err := r.moveTask(tx, rec, ch, now); err != nil {
 			return err
 		}
 	}

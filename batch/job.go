@@ -87,6 +87,9 @@ type progress struct {
 	MDMNote        string         `json:"mdmNote,omitempty"`
 	TaskNote       string         `json:"taskNote,omitempty"`
 	Reason         string         `json:"failureReason,omitempty"`
+	// Final: the job failed for a cause only the member can remove, and
+	// its add-payer Task failed with it.
+	Final bool `json:"final,omitempty"`
 }
 
 func (r *record) total() int {

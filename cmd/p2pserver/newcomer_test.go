@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -17,6 +18,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/p2pserver/p2pserver/notify/smtptest"
+	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 )
 
 // TestMainRefusesWhatItCannotUse runs the binary's main (this test binary
@@ -317,5 +321,140 @@ func TestCORS(t *testing.T) {
 		if len(cs.Rest) != 1 || cs.Rest[0].Security == nil || cs.Rest[0].Security.Cors != c.cors {
 			t.Errorf("CapabilityStatement rest.security.cors: %+v, want %v", cs.Rest, c.cors)
 		}
+	}
+}
+
+// TestAPayerSideFailureDoesNotUseUpTheRequest runs the exchange between two
+// wired p2pservers with mail: a job that fails for a cause on the payers'
+// side (a token minted for another audience) leaves the member's add-payer
+// Task in progress, emails nobody a failure, and a new job for the same
+// Task completes it; the Task's output lists both attempts. A failure only
+// the member can remove (their refresh token revoked) fails another
+// member's request and tells that member to sign in again.
+func TestAPayerSideFailureDoesNotUseUpTheRequest(t *testing.T) {
+	idp := oidctest.New(t)
+	idp.AddClient("payer-b", "payer-b-secret")
+	mail := smtptest.New(t, smtptest.Options{})
+	source := startPayer(t, "-admin-token", testAdmin, "-trusted-issuers", idp.Issuer())
+	target := startPayer(t, "-admin-token", testAdmin, "-backoffice-token", testBackoffice, "-secret-key", testSecretKey,
+		"-smtp-url", mail.URL(), "-mail-from", "Payer B <p2p@payer-b.example>", "-notify-admins", "admins@payer-b.example")
+
+	for _, m := range []string{"alice", "bob"} {
+		if st := source.call("PUT", "/fhir/Patient/src-"+m, testAdmin, `{"resourceType":"Patient","id":"src-`+m+`"}`, nil); st != 201 {
+			t.Fatalf("source patient: %d", st)
+		}
+		if st := source.call("POST", "/fhir/Observation", testAdmin, `{"resourceType":"Observation","status":"final","code":{"text":"weight"},"subject":{"reference":"Patient/src-`+m+`"}}`, nil); st != 201 {
+			t.Fatalf("source observation: %d", st)
+		}
+		if st := target.call("PUT", "/fhir/Patient/"+m, "", `{"resourceType":"Patient","id":"`+m+`"}`, nil); st != 201 {
+			t.Fatalf("member: %d", st)
+		}
+	}
+	tasks := map[string]string{}
+	for _, m := range []string{"alice", "bob"} {
+		var task map[string]any
+		if st := target.call("POST", "/fhir/Task", "", addPayerTask(m, m+"@example.org"), &task); st != 201 {
+			t.Fatalf("Task: %d %v", st, task)
+		}
+		tasks[m] = task["id"].(string)
+	}
+	mail.Wait(4, 20*time.Second) // each request told to the admins and the member
+	var def map[string]any
+	if st := target.call("POST", "/api/oidc_servers", testAdmin, map[string]any{"name": "Source Payer A", "issuer": idp.Issuer(),
+		"clientId": "payer-b", "clientSecret": "payer-b-secret", "fhirEndpoint": source.URL + "/fhir"}, &def); st != 201 {
+		t.Fatalf("definition: %d %v", st, def)
+	}
+	jobs := fmt.Sprintf("/api/oidc_servers/%v/batch_job", def["pid"])
+	run := func(member, access, refresh string) map[string]any {
+		t.Helper()
+		var job map[string]any
+		if st := target.call("POST", jobs, testBackoffice, map[string]any{
+			"sourcePayer": map[string]any{"oidcToken": access, "oidcRefreshToken": refresh, "fhirBundleRequest": "Patient/src-" + member + "/$everything", "patientId": "src-" + member},
+			"targetPayer": map[string]any{"patientId": member, "organizationId": "PAYRB"}, "taskId": tasks[member]}, &job); st != 202 {
+			t.Fatalf("start job: %d %v", st, job)
+		}
+		path := fmt.Sprintf("%s/%v", jobs, job["batchJobId"])
+		deadline := time.Now().Add(60 * time.Second)
+		for job["batchStatus"] != "COMPLETED" && job["batchStatus"] != "FAILED" {
+			if time.Now().After(deadline) {
+				t.Fatalf("job still %v", job["batchStatus"])
+			}
+			time.Sleep(50 * time.Millisecond)
+			target.call("GET", path, testBackoffice, nil, &job)
+		}
+		return job
+	}
+	task := func(member string) map[string]any {
+		var m map[string]any
+		target.call("GET", "/fhir/Task/"+tasks[member], testAdmin, nil, &m)
+		return m
+	}
+	mint := func(member string, aud string) (string, string) {
+		tok, err := idp.MintFor([]string{aud}, oidctest.Grant{ClientID: "payer-b", Patient: "src-" + member})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok.AccessToken, tok.RefreshToken
+	}
+
+	// The portal asked for the wrong audience: the payers' mistake.
+	access, refresh := mint("alice", "https://elsewhere.example/fhir")
+	first := run("alice", access, refresh)
+	if first["batchStatus"] != "FAILED" || first["finalFailure"] == true || !strings.Contains(fmt.Sprint(first["failureReason"]), "meant for another server") {
+		t.Fatalf("first job: %v", first)
+	}
+	if tk := task("alice"); tk["status"] != "in-progress" {
+		t.Fatalf("the Task after a payer-side failure: %v %v", tk["status"], tk["statusReason"])
+	}
+	access, refresh = mint("alice", source.URL+"/fhir")
+	if second := run("alice", access, refresh); second["batchStatus"] != "COMPLETED" {
+		t.Fatalf("second job: %v", second)
+	}
+	tk := task("alice")
+	out := fmt.Sprint(tk["output"])
+	if tk["status"] != "completed" || !strings.Contains(out, fmt.Sprintf("batch job %v (", first["batchJobId"])) || !strings.Contains(out, "FAILED") || !strings.Contains(out, "COMPLETED") {
+		t.Errorf("Task %v with attempts %s", tk["status"], out)
+	}
+
+	// Bob's authorization is revoked: only Bob can fix that.
+	expiredTok, err := idp.MintFor([]string{source.URL + "/fhir"}, oidctest.Grant{ClientID: "payer-b", Patient: "src-bob", AccessTokenLifetime: -time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idp.RevokeRefreshToken(expiredTok.RefreshToken)
+	if job := run("bob", expiredTok.AccessToken, expiredTok.RefreshToken); job["finalFailure"] != true {
+		t.Fatalf("bob's job: %v", job)
+	}
+	if tk := task("bob"); tk["status"] != "failed" {
+		t.Errorf("bob's Task: %v", tk["status"])
+	}
+
+	// Alice hears that her records arrived, Bob that he must sign in
+	// again; nobody hears of Alice's failed first attempt.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var aliceDone, bobFailed bool
+		for _, m := range mail.Messages() {
+			to := strings.Join(m.To, ",")
+			aliceDone = aliceDone || (to == "alice@example.org" && strings.Contains(m.Text, "have been copied"))
+			bobFailed = bobFailed || (to == "bob@example.org" && strings.Contains(m.Text, "sign in at Source Payer A again"))
+		}
+		if aliceDone && bobFailed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("emails: alice done %v, bob failed %v", aliceDone, bobFailed)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, m := range mail.Messages() {
+		if strings.Contains(m.Text, "could not") && strings.Contains(strings.Join(m.To, ","), "alice") {
+			t.Errorf("alice was told of a failure: %s\n%s", m.Subject, m.Text)
+		}
+	}
+	var history map[string]any
+	target.call("GET", "/fhir/Task/"+tasks["alice"]+"/_history", testAdmin, nil, &history)
+	if strings.Contains(fmt.Sprint(history), "status:failed") {
+		t.Errorf("alice's Task was failed at some point: %v", history)
 	}
 }
