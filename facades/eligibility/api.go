@@ -87,6 +87,14 @@ func (s *Service) webhook(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				return err
 			}
+			if len(ids) == 0 && n.Ref != "" {
+				// The call that made this ref may not have returned yet
+				// (the vendor's webhook overtook its answer): keep the
+				// news for the job that records the ref (see record).
+				if err := tx.KV(bEarly).Put([]byte(vendor+"\x00"+n.Ref), []byte(now.Format(time.RFC3339))); err != nil {
+					return err
+				}
+			}
 			for _, id := range ids {
 				j, err := getJob(tx, id)
 				if err != nil || j == nil {

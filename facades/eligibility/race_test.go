@@ -50,7 +50,7 @@ func TestWebhookOvertakingAPollIsNotLost(t *testing.T) {
 			return v, "sohar"
 		}
 	}
-	tuuthfairy := func(script tuuthfairytest.Script) func(t *testing.T) (vendor, string) {
+	tuuthfairy := func(script tuuthfairytest.Script, late ...time.Duration) func(t *testing.T) (vendor, string) {
 		return func(t *testing.T) (vendor, string) {
 			var sim *tuuthfairytest.Sim
 			v := vendor{request: dental("62308", "RACE-2"), readsWant: 2}
@@ -58,6 +58,9 @@ func TestWebhookOvertakingAPollIsNotLost(t *testing.T) {
 				var e *env
 				e, sim = tfEnvWith(t, slowPolls)
 				sim.Script("RACE-2", script)
+				for _, d := range late {
+					sim.AnswerLate("requestEligibility", d)
+				}
 				return e, func() []int {
 					var st []int
 					for _, d := range sim.Deliveries() {
@@ -89,6 +92,11 @@ func TestWebhookOvertakingAPollIsNotLost(t *testing.T) {
 			tuuthfairy(tuuthfairytest.Script{ResolveDuringRead: true}), "completed", "complete", true, ""},
 		{"tuuthfairy eligibility_failed overtakes the eligibility query",
 			tuuthfairy(tuuthfairytest.Script{ResolveDuringRead: true, Failure: "invalid_member_id"}), "failed", "error", nil, "member-id"},
+		// The webhook about a new eligibility request comes while
+		// requestEligibility's answer, which names it, is still on its
+		// way: the job learns the ref after the news.
+		{"tuuthfairy eligibility_requested overtakes requestEligibility's answer",
+			tuuthfairy(tuuthfairytest.Script{ResolveDuringRead: true}, 300*time.Millisecond), "completed", "complete", true, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

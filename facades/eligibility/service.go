@@ -68,6 +68,7 @@ const (
 	bTasks       = "eligibility_tasks"       // task id -> request id
 	bMarks       = "eligibility_marks"       // request id -> Request, validator to hook
 	bDeliveries  = "eligibility_deliveries"  // vendor 0 delivery id -> time
+	bEarly       = "eligibility_early"       // vendor 0 ref -> time: a webhook about a ref no job knows yet
 	bPriors      = "eligibility_priors"      // vendor 0 payer 0 member id -> vendor ref
 	bConnections = "eligibility_connections" // connection id -> record
 	bChecks      = "eligibility_checks"      // request id -> check (kept)

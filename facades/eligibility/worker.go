@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/p2pserver/p2pserver/facades/vendorhttp"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
@@ -335,15 +336,29 @@ func (s *Service) record(ctx context.Context, seen *job, res Result, callErr err
 			j.NextAt = s.now().UTC()
 			return putJob(tx, j)
 		}
-		if err := s.apply(tx, j, res, callErr); err != nil || j.Wake == seen.Wake {
+		if err := s.apply(tx, j, res, callErr); err != nil {
 			return err
 		}
-		// News came while the vendor was asked (a webhook overtook the
-		// answer): unless the answer ended the check, ask again now
-		// rather than at the next poll.
 		cur, err := getJob(tx, seen.RequestID)
 		if err != nil || cur == nil {
-			return err
+			return err // the answer ended the check
+		}
+		// News came while the vendor was asked (a webhook overtook the
+		// answer), about the job or about a ref this answer gave it
+		// before the job knew it: ask again now rather than at the next
+		// poll.
+		early := false
+		for _, ref := range cur.Refs {
+			k := []byte(cur.Vendor + "\x00" + ref)
+			if tx.KV(bEarly).Get(k) != nil {
+				early = true
+				if err := tx.KV(bEarly).Delete(k); err != nil {
+					return err
+				}
+			}
+		}
+		if cur.Wake == seen.Wake && !early {
+			return nil
 		}
 		cur.NextAt = s.now().UTC()
 		return putJob(tx, cur)
@@ -362,12 +377,15 @@ func (s *Service) apply(tx *store.Tx, j *job, res Result, callErr error) error {
 		case errs.Transient, errs.Timeout:
 			j.Attempts++
 			j.LastError = msg
-			max := s.cfg.MaxAttempts
-			if max <= 0 {
-				max = 4
+			most := s.cfg.MaxAttempts
+			if most <= 0 {
+				most = 4
 			}
-			if j.Attempts < max {
-				j.NextAt = now.Add(backoff(s.cfg.RetryBackoff.or(2*time.Second), j.Attempts-1, time.Hour))
+			if j.Attempts < most {
+				// The vendor's Retry-After (bounded by
+				// vendorhttp.MaxRetryAfter) holds the retry back further.
+				delay := max(backoff(s.cfg.RetryBackoff.or(2*time.Second), j.Attempts-1, time.Hour), vendorhttp.RetryAfter(callErr))
+				j.NextAt = now.Add(delay)
 				s.log.Warn("eligibility: vendor call failed; will retry", "request", j.RequestID, "vendor", j.Vendor, "attempt", j.Attempts, "err", callErr)
 				return putJob(tx, j)
 			}
@@ -663,24 +681,32 @@ func (s *Service) notify(reqID string) {
 // recognise a repeated delivery; vendors retry for a day or two.
 const deliveryMemory = 7 * 24 * time.Hour
 
-// pruneDeliveries forgets delivery ids older than deliveryMemory.
+// pruneDeliveries forgets delivery ids, and the news of webhooks about refs
+// no job came to know, older than deliveryMemory.
 func (s *Service) pruneDeliveries(ctx context.Context) {
 	cutoff := s.now().Add(-deliveryMemory)
-	var old [][]byte
+	old := map[string][][]byte{}
 	if err := s.st.View(ctx, func(tx *store.Tx) error {
-		return tx.KV(bDeliveries).Scan(nil, func(k, v []byte) (bool, error) {
-			if t, err := time.Parse(time.RFC3339, string(v)); err != nil || t.Before(cutoff) {
-				old = append(old, k)
+		for _, b := range []string{bDeliveries, bEarly} {
+			if err := tx.KV(b).Scan(nil, func(k, v []byte) (bool, error) {
+				if t, err := time.Parse(time.RFC3339, string(v)); err != nil || t.Before(cutoff) {
+					old[b] = append(old[b], k)
+				}
+				return true, nil
+			}); err != nil {
+				return err
 			}
-			return true, nil
-		})
+		}
+		return nil
 	}); err != nil || len(old) == 0 {
 		return
 	}
 	err := s.st.Write(ctx, func(tx *store.Tx) error {
-		for _, k := range old {
-			if err := tx.KV(bDeliveries).Delete(k); err != nil {
-				return err
+		for b, keys := range old {
+			for _, k := range keys {
+				if err := tx.KV(b).Delete(k); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

@@ -8,13 +8,13 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/Khan/genqlient/graphql"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
+	"github.com/p2pserver/p2pserver/facades/vendorhttp"
 	"github.com/p2pserver/p2pserver/internal/errs"
 	"github.com/p2pserver/p2pserver/internal/netguard"
 )
@@ -169,18 +169,11 @@ func (d doer) Do(req *http.Request) (*http.Response, error) {
 	}
 }
 
-// retryAfter reads Retry-After as seconds or an HTTP date; 0 when absent.
+// retryAfter reads Retry-After as seconds or an HTTP date, the way every
+// vendor's is read (vendorhttp.ParseRetryAfter); 0 when absent.
 func retryAfter(h string) time.Duration {
-	if h == "" {
-		return 0
-	}
-	if n, err := strconv.Atoi(strings.TrimSpace(h)); err == nil && n >= 0 {
-		return time.Duration(n) * time.Second
-	}
-	if t, err := http.ParseTime(h); err == nil {
-		return max(0, time.Until(t))
-	}
-	return 0
+	d, _ := vendorhttp.ParseRetryAfter(h, time.Now())
+	return d
 }
 
 // call runs one generated operation under the client's timeout and

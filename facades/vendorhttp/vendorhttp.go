@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,10 +42,88 @@ type Client struct {
 	Timeout time.Duration
 }
 
+// MaxRetryAfter bounds how long a vendor's Retry-After can hold a retry
+// back: a longer (or absurd) value is taken as this.
+const MaxRetryAfter = 10 * time.Minute
+
 // StatusError is the cause of an error for a non-2xx answer.
 type StatusError struct {
 	Status int
 	Body   []byte
+	// RetryAfter is the answer's Retry-After (RFC 9110 section 10.2.3),
+	// bounded by MaxRetryAfter; 0 when it had none.
+	RetryAfter time.Duration
+}
+
+// ParseRetryAfter reads a Retry-After value, delay-seconds or an
+// HTTP-date (RFC 9110 section 10.2.3), as a wait from now, within [0,
+// MaxRetryAfter]. ok is false for an absent or malformed value.
+func ParseRetryAfter(v string, now time.Time) (d time.Duration, ok bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n < 0 {
+			return 0, false
+		}
+		if n > int64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter, true
+		}
+		return time.Duration(n) * time.Second, true
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	return min(max(t.Sub(now), 0), MaxRetryAfter), true
+}
+
+// RetryAfter returns the Retry-After of the vendor answer behind err,
+// bounded by MaxRetryAfter; 0 when there is none.
+func RetryAfter(err error) time.Duration {
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.RetryAfter
+	}
+	return 0
+}
+
+// errUndecodable is the cause of a 2xx answer that is not the documented
+// JSON: the vendor did the work, whatever the body says.
+var errUndecodable = errors.New("undecodable answer")
+
+// MaybeProcessed reports whether a failed call may nonetheless have been
+// carried out by the vendor, so that repeating a non-idempotent call
+// (a create) could do it twice: a timeout or a broken connection after the
+// request was sent, an answer of 500, 502 or 504, or a 2xx answer that
+// could not be read. A call that never reached the vendor (the connection
+// was refused or could not be made) or that the vendor refused before
+// acting (429, 503, 4xx) was not carried out.
+func MaybeProcessed(err error) bool {
+	if err == nil {
+		return false
+	}
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Status == http.StatusInternalServerError || se.Status == http.StatusBadGateway || se.Status == http.StatusGatewayTimeout
+	}
+	if errors.Is(err, errUndecodable) {
+		return true
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return false
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return false
+	}
+	switch errs.KindOf(err) {
+	case errs.Timeout, errs.Transient:
+		return true
+	}
+	return false
 }
 
 func (e *StatusError) Error() string {
@@ -136,6 +215,7 @@ func (c *Client) Do(ctx context.Context, rq Request, out any) ([]byte, error) {
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		se := &StatusError{Status: resp.StatusCode, Body: raw}
+		se.RetryAfter, _ = ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		msg := VendorMessage(raw)
 		switch {
 		case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout:
@@ -149,7 +229,7 @@ func (c *Client) Do(ctx context.Context, rq Request, out any) ([]byte, error) {
 	}
 	if out != nil {
 		if err := json.Unmarshal(raw, out); err != nil {
-			return raw, errs.E(op, errs.Transient, fmt.Sprintf("%s answered with something other than the documented JSON", c.Vendor), err)
+			return raw, errs.E(op, errs.Transient, fmt.Sprintf("%s answered with something other than the documented JSON", c.Vendor), errors.Join(errUndecodable, err))
 		}
 	}
 	return raw, nil

@@ -84,3 +84,95 @@ func TestVendorMessage(t *testing.T) {
 		}
 	}
 }
+
+// TestParseRetryAfter: both forms RFC 9110 section 10.2.3 allows, bounded
+// by MaxRetryAfter; anything else is no Retry-After.
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	date := func(d time.Duration) string { return now.Add(d).Format(http.TimeFormat) }
+	cases := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"1", time.Second, true},
+		{"0", 0, true},
+		{" 120 ", 2 * time.Minute, true},
+		{date(90 * time.Second), 90 * time.Second, true},
+		{now.Add(90 * time.Second).Format(time.RFC850), 90 * time.Second, true}, // obsolete form, still an HTTP-date
+		{date(-time.Hour), 0, true},    // a date passed: retry now
+		{"86400", MaxRetryAfter, true}, // a day: bounded
+		{"99999999999999999", MaxRetryAfter, true},
+		{date(365 * 24 * time.Hour), MaxRetryAfter, true},
+		{"-5", 0, false},
+		{"1.5", 0, false},
+		{"soon", 0, false},
+		{"", 0, false},
+	}
+	for _, c := range cases {
+		got, ok := ParseRetryAfter(c.in, now)
+		if got != c.want || ok != c.ok {
+			t.Errorf("ParseRetryAfter(%q) = %v, %v; want %v, %v", c.in, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+// TestRetryAfterAndMaybeProcessed: a refused call carries the vendor's
+// Retry-After to the caller; and whether a failed call may have been
+// carried out (so must not simply be repeated) is told apart by how it
+// failed.
+func TestRetryAfterAndMaybeProcessed(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/late":
+			time.Sleep(300 * time.Millisecond)
+			w.WriteHeader(http.StatusCreated)
+			return
+		case "/garbage":
+			_, _ = w.Write([]byte("<html>"))
+			return
+		}
+		if ra := r.URL.Query().Get("ra"); ra != "" {
+			w.Header().Set("Retry-After", ra)
+		}
+		status, _ := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/"))
+		w.WriteHeader(status)
+	}))
+	defer srv.Close()
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	closed := "http://" + ln.Addr().String()
+	ln.Close()
+	c := &Client{Vendor: "Acme", Timeout: 100 * time.Millisecond}
+	cases := []struct {
+		url        string
+		retryAfter time.Duration
+		maybe      bool
+	}{
+		{srv.URL + "/429?ra=7", 7 * time.Second, false},
+		{srv.URL + "/503?ra=" + strings.ReplaceAll(time.Now().Add(time.Hour).UTC().Format(http.TimeFormat), " ", "%20"), MaxRetryAfter, false},
+		{srv.URL + "/429", 0, false},
+		{srv.URL + "/400", 0, false},
+		{srv.URL + "/401", 0, false},
+		{srv.URL + "/404", 0, false},
+		{srv.URL + "/500", 0, true},
+		{srv.URL + "/502", 0, true},
+		{srv.URL + "/504?ra=3", 3 * time.Second, true},
+		{srv.URL + "/late", 0, true},    // timed out after sending: may have been done
+		{srv.URL + "/garbage", 0, true}, // answered 200: done
+		{closed, 0, false},              // never reached
+	}
+	for _, tc := range cases {
+		var out map[string]any
+		_, err := c.Do(context.Background(), Request{Method: http.MethodPost, URL: tc.url, JSON: map[string]any{"a": 1}}, &out)
+		if err == nil {
+			t.Errorf("%s: no error", tc.url)
+			continue
+		}
+		if got := RetryAfter(err); got != tc.retryAfter && !(tc.retryAfter == MaxRetryAfter && got > MaxRetryAfter-2*time.Second && got <= MaxRetryAfter) {
+			t.Errorf("%s: RetryAfter %v, want %v", tc.url, got, tc.retryAfter)
+		}
+		if got := MaybeProcessed(err); got != tc.maybe {
+			t.Errorf("%s: MaybeProcessed %v, want %v (%v)", tc.url, got, tc.maybe, err)
+		}
+	}
+}

@@ -162,7 +162,10 @@ type Sim struct {
 	verifications map[string]*Verification
 	order         []string
 	calls         map[string]int
+	callTimes     map[string][]time.Time
 	failNext      []int
+	retryAfter    string
+	late          map[string]time.Duration
 	delay         time.Duration
 	tokenUses     int // 0 = unlimited
 	webhookURL    string
@@ -190,7 +193,7 @@ type Delivery struct {
 // New starts a simulator. Close it when done.
 func New(opt Options) (*Sim, error) {
 	s := &Sim{opt: opt, clients: map[string]string{}, tokens: map[string]*token{}, scripts: map[string]Script{},
-		verifications: map[string]*Verification{}, calls: map[string]int{}}
+		verifications: map[string]*Verification{}, calls: map[string]int{}, callTimes: map[string][]time.Time{}, late: map[string]time.Duration{}}
 	var err error
 	if s.srv, err = loopback.Serve(opt.Addr, http.HandlerFunc(s.serve)); err != nil {
 		return nil, err
@@ -257,6 +260,31 @@ func (s *Sim) FailNext(statuses ...int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.failNext = append(s.failNext, statuses...)
+}
+
+// RetryAfter sets the Retry-After header FailNext's answers carry ("" for
+// none): delay-seconds ("1") or an HTTP-date.
+func (s *Sim) RetryAfter(v string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retryAfter = v
+}
+
+// AnswerLate makes the next call "METHOD /path-pattern" (as Calls counts
+// them) be carried out at once and answered only d later: a client that
+// gives up sooner sees a timeout, though Sohar did the work (and sends its
+// webhooks).
+func (s *Sim) AnswerLate(key string, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.late[key] = d
+}
+
+// CallTimes returns when each request "METHOD /path-pattern" arrived.
+func (s *Sim) CallTimes(key string) []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.callTimes[key]...)
 }
 
 // Delay makes every API answer wait d first (to exceed a client timeout).
@@ -360,7 +388,10 @@ func (s *Sim) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.calls[key]++
+	s.callTimes[key] = append(s.callTimes[key], time.Now())
 	delay := s.delay
+	late, isLate := s.late[key]
+	delete(s.late, key)
 	s.mu.Unlock()
 	if delay > 0 {
 		select {
@@ -369,6 +400,22 @@ func (s *Sim) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if isLate {
+		rec := httptest.NewRecorder()
+		s.serveAPI(rec, r)
+		time.Sleep(late) // the work is done; the answer is late
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+		return
+	}
+	s.serveAPI(w, r)
+}
+
+// serveAPI answers one request.
+func (s *Sim) serveAPI(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.URL.Path == "/oauth/token" && r.Method == http.MethodPost:
 		s.token(w, r)
@@ -378,6 +425,11 @@ func (s *Sim) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if st := s.nextFailure(); st != 0 {
+		s.mu.Lock()
+		if s.retryAfter != "" {
+			w.Header().Set("Retry-After", s.retryAfter)
+		}
+		s.mu.Unlock()
 		apiError(w, st, "api_error", "", "simulated failure")
 		return
 	}

@@ -172,6 +172,10 @@ type Sim struct {
 	code         string
 	webhooks     []string
 	calls        map[string]int
+	callTimes    map[string][]time.Time
+	failNext     []int
+	retryAfter   string
+	late         map[string]time.Duration
 	sent         []Delivery
 	wg           sync.WaitGroup
 	closed       bool
@@ -220,7 +224,8 @@ func New(opt Options) (*Sim, error) {
 		return nil, err
 	}
 	s := &Sim{key: key, apiKeys: map[string]bool{}, websites: map[string]*website{}, conns: map[string]*conn{}, eligs: map[string]*elig{},
-		scripts: map[string]Script{}, badPasswords: map[string]bool{}, code: "123456", calls: map[string]int{}}
+		scripts: map[string]Script{}, badPasswords: map[string]bool{}, code: "123456", calls: map[string]int{},
+		callTimes: map[string][]time.Time{}, late: map[string]time.Duration{}}
 	for _, w := range []*website{
 		{ID: "dnoaconnect.com", Name: "DNOA Connect", URL: "https://www.dnoaconnect.com"},
 		{ID: "deltadentalins.com", Name: "Delta Dental", URL: "https://www.deltadentalins.com", Has2FA: true},
@@ -340,6 +345,40 @@ func (s *Sim) Calls(field string) int {
 	return s.calls[field]
 }
 
+// FailNext makes the next GraphQL requests answer these HTTP statuses,
+// one each, in order, without doing anything.
+func (s *Sim) FailNext(statuses ...int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failNext = append(s.failNext, statuses...)
+}
+
+// RetryAfter sets the Retry-After header FailNext's answers carry ("" for
+// none): delay-seconds ("1") or an HTTP-date.
+func (s *Sim) RetryAfter(v string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retryAfter = v
+}
+
+// AnswerLate makes the next operation whose first field is field
+// ("requestEligibility") be carried out at once and answered only d
+// later: a client that gives up sooner sees a timeout, though the work
+// was done (and its webhooks sent).
+func (s *Sim) AnswerLate(field string, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.late[field] = d
+}
+
+// CallTimes returns when each operation whose first field is field
+// arrived.
+func (s *Sim) CallTimes(field string) []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.callTimes[field]...)
+}
+
 // Deliveries returns the webhooks sent.
 func (s *Sim) Deliveries() []Delivery {
 	s.mu.Lock()
@@ -401,12 +440,33 @@ func (s *Sim) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, `{"errors":[{"message":"body must be {query, variables}"}]}`, http.StatusBadRequest)
 		return
 	}
+	field := ""
 	if m := opFieldRE.FindStringSubmatch(in.Query); m != nil {
-		s.mu.Lock()
-		s.calls[m[1]]++
-		s.mu.Unlock()
+		field = m[1]
 	}
-	resp := s.schema.Exec(r.Context(), in.Query, in.OperationName, in.Variables)
+	s.mu.Lock()
+	s.calls[field]++
+	s.callTimes[field] = append(s.callTimes[field], time.Now())
+	late, isLate := s.late[field]
+	delete(s.late, field)
+	status, retryAfter := 0, s.retryAfter
+	if len(s.failNext) > 0 {
+		status, s.failNext = s.failNext[0], s.failNext[1:]
+	}
+	s.mu.Unlock()
+	if status != 0 {
+		if retryAfter != "" {
+			w.Header().Set("Retry-After", retryAfter)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_, _ = w.Write([]byte(`{"errors":[{"message":"simulated failure"}]}`))
+		return
+	}
+	resp := s.schema.Exec(context.WithoutCancel(r.Context()), in.Query, in.OperationName, in.Variables)
+	if isLate {
+		time.Sleep(late) // the work is done; the answer is late
+	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(resp)
 }

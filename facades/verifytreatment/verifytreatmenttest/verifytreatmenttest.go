@@ -107,7 +107,10 @@ type Sim struct {
 	vobs        map[string]*VOB
 	order       []string
 	calls       map[string]int
+	callTimes   map[string][]time.Time
 	failNext    []int
+	retryAfter  string
+	late        map[string]time.Duration
 	delay       time.Duration
 	tokenUses   int
 	tokenTTL    time.Duration
@@ -129,6 +132,7 @@ type tok struct {
 func New(opt Options) (*Sim, error) {
 	s := &Sim{clients: map[string]string{}, codes: map[string]codeGrant{}, access: map[string]*tok{}, refresh: map[string]string{},
 		payers: map[string]Payer{}, scripts: map[string]Script{}, vobs: map[string]*VOB{}, calls: map[string]int{},
+		callTimes: map[string][]time.Time{}, late: map[string]time.Duration{},
 		tokenTTL:   time.Hour,
 		facilities: []map[string]string{{"_id": "ACCOUNT_DEFAULT", "name": "Main office"}, {"_id": "fac_2", "name": "North clinic"}}}
 	s.AddPayer(Payer{ID: "vtx_aetna", Name: "Aetna", RequiredFields: []string{"first_name", "last_name", "date_of_birth", "member_id"}})
@@ -211,6 +215,30 @@ func (s *Sim) FailNext(statuses ...int) {
 	s.failNext = append(s.failNext, statuses...)
 }
 
+// RetryAfter sets the Retry-After header FailNext's answers carry ("" for
+// none): delay-seconds ("1") or an HTTP-date.
+func (s *Sim) RetryAfter(v string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retryAfter = v
+}
+
+// AnswerLate makes the next call "METHOD /pattern" (as Calls counts them)
+// be carried out at once and answered only d later: a client that gives
+// up sooner sees a timeout, though the work was done.
+func (s *Sim) AnswerLate(key string, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.late[key] = d
+}
+
+// CallTimes returns when each request "METHOD /pattern" arrived.
+func (s *Sim) CallTimes(key string) []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.callTimes[key]...)
+}
+
 // Delay makes every API answer wait d first.
 func (s *Sim) Delay(d time.Duration) {
 	s.mu.Lock()
@@ -281,7 +309,10 @@ func (s *Sim) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.calls[key]++
+	s.callTimes[key] = append(s.callTimes[key], time.Now())
 	delay := s.delay
+	late, isLate := s.late[key]
+	delete(s.late, key)
 	s.mu.Unlock()
 	if delay > 0 {
 		select {
@@ -290,6 +321,22 @@ func (s *Sim) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if isLate {
+		rec := httptest.NewRecorder()
+		s.serveAPI(rec, r)
+		time.Sleep(late) // the work is done; the answer is late
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+		return
+	}
+	s.serveAPI(w, r)
+}
+
+// serveAPI answers one request.
+func (s *Sim) serveAPI(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/oauth/authorize":
 		s.authorize(w, r)
@@ -303,6 +350,11 @@ func (s *Sim) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if st := s.nextFailure(); st != 0 {
+		s.mu.Lock()
+		if s.retryAfter != "" {
+			w.Header().Set("Retry-After", s.retryAfter)
+		}
+		s.mu.Unlock()
 		fail(w, st, "server_error", "simulated failure")
 		return
 	}
