@@ -1,15 +1,12 @@
 package fhir
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/p2pserver/p2pserver/fhir/fhirjson"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -256,36 +253,32 @@ func (s *Server) renderPage(tx *store.Tx, sn *snapshot, key string, offset int) 
 	if err != nil {
 		return nil, err
 	}
+	var seen []string // the ids of the matches served
 	for _, v := range matches {
 		if !sees(v) {
 			continue
 		}
-		body, err := shape(v.JSON, q)
+		seen = append(seen, v.ID)
+		body, err := s.shapeResource(v.JSON, v.Type, q.Summary, q.Elements)
 		if err != nil {
 			return nil, err
 		}
 		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: body, Search: &EntrySearch{Mode: "match"}})
 	}
-	var extra []*store.Version
-	if len(q.Include) > 0 {
-		inc, err := tx.Included(sn.typ, ids, q.Include)
-		if err != nil {
-			return nil, err
-		}
-		extra = append(extra, inc...)
-	}
-	if len(q.RevInclude) > 0 {
-		rev, err := tx.RevIncluded(sn.typ, ids, q.RevInclude)
-		if err != nil {
-			return nil, err
-		}
-		extra = append(extra, rev...)
+	extra, cut, err := s.included(tx, sn.typ, seen, q, sees)
+	if err != nil {
+		return nil, err
 	}
 	for _, v := range extra {
-		if !sees(v) {
-			continue // never include what the request may not see
+		body, err := s.shapeResource(v.JSON, v.Type, q.Summary, nil)
+		if err != nil {
+			return nil, err
 		}
-		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: v.JSON, Search: &EntrySearch{Mode: "include"}})
+		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: body, Search: &EntrySearch{Mode: "include"}})
+	}
+	if cut {
+		oo, _ := json.Marshal(includeLimitOutcome(s.cfg.MaxIncluded))
+		b.Entry = append(b.Entry, BundleEntry{Resource: oo, Search: &EntrySearch{Mode: "outcome"}})
 	}
 	if len(q.Ignored) > 0 {
 		oo, _ := json.Marshal(&OperationOutcome{ResourceType: "OperationOutcome", Issue: []OOIssue{{
@@ -295,76 +288,6 @@ func (s *Server) renderPage(tx *store.Tx, sn *snapshot, key string, offset int) 
 		b.Entry = append(b.Entry, BundleEntry{Resource: oo, Search: &EntrySearch{Mode: "outcome"}})
 	}
 	return b.Encode()
-}
-
-// subsetted is the meta.tag FHIR requires on a resource cut down by
-// _elements or _summary.
-var subsetted = json.RawMessage(`{"system":"http://terminology.hl7.org/CodeSystem/v3-ObservationValue","code":"SUBSETTED","display":"Resource encoded in summary mode"}`)
-
-// shape applies _elements and _summary to a stored resource.
-func shape(body []byte, q *search.Query) (json.RawMessage, error) {
-	if len(q.Elements) == 0 && q.Summary != "text" && q.Summary != "data" {
-		return body, nil
-	}
-	keep := func(k string) bool {
-		switch k {
-		case "resourceType", "id", "meta":
-			return true
-		}
-		switch q.Summary {
-		case "text":
-			return k == "text"
-		case "data":
-			return k != "text"
-		}
-		return slices.Contains(q.Elements, k)
-	}
-	ms, err := fhirjson.Members(body)
-	if err != nil {
-		return nil, err
-	}
-	var out bytes.Buffer
-	out.WriteByte('{')
-	first := true
-	for _, m := range ms {
-		if !keep(m.Key) {
-			continue
-		}
-		val := m.Raw
-		if m.Key == "meta" {
-			val, err = addTag(m.Raw)
-			if err != nil {
-				return nil, err
-			}
-		}
-		if !first {
-			out.WriteByte(',')
-		}
-		first = false
-		k, _ := json.Marshal(m.Key)
-		out.Write(k)
-		out.WriteByte(':')
-		out.Write(val)
-	}
-	out.WriteByte('}')
-	return out.Bytes(), nil
-}
-
-func addTag(meta json.RawMessage) (json.RawMessage, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(meta, &m); err != nil {
-		return nil, err
-	}
-	var tags []json.RawMessage
-	if t, ok := m["tag"]; ok {
-		if err := json.Unmarshal(t, &tags); err != nil {
-			return nil, err
-		}
-	}
-	tags = append(tags, subsetted)
-	enc, _ := json.Marshal(tags)
-	m["tag"] = enc
-	return json.Marshal(m)
 }
 
 func (s *Server) historyBundle(r *http.Request, page *store.HistoryPage, hq store.HistoryQuery) *Bundle {

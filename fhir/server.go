@@ -35,7 +35,11 @@ type Config struct {
 	// MaxBundleEntries is the most entries a transaction or batch Bundle
 	// may have; a larger one is refused with 413. Default 10,000.
 	MaxBundleEntries int
-	Logger           *slog.Logger
+	// MaxIncluded bounds the _include/_revinclude resources of one search
+	// page (iterations included); past it the page says so in an outcome
+	// entry. Default 5000.
+	MaxIncluded int
+	Logger      *slog.Logger
 	// Software names this server in the CapabilityStatement.
 	Software, Version string
 	// CORS says browser clients of other origins may call the server (the
@@ -106,6 +110,9 @@ func New(st *store.Store, cfg Config) *Server {
 	}
 	if cfg.MaxCount == 0 {
 		cfg.MaxCount = 1000
+	}
+	if cfg.MaxIncluded == 0 {
+		cfg.MaxIncluded = 5000
 	}
 	if cfg.PageTTL == 0 {
 		cfg.PageTTL = 30 * time.Minute

@@ -150,10 +150,14 @@ type SortKey struct {
 
 // Include is an _include or _revinclude: resources of Type referenced by
 // (or referencing through) parameter Param, optionally only of TargetType.
+// With Iterate (the :iterate modifier, FHIR R4 search.html#include) it
+// applies to the included resources too, again and again; Type is then "*"
+// for a wildcard that follows every reference of every type.
 type Include struct {
 	Type       string
 	Param      string // "*" for every reference parameter
 	TargetType string
+	Iterate    bool
 }
 
 // Options tune parsing.
@@ -250,24 +254,24 @@ func (r *Registry) Parse(typ string, params url.Values, opts Options) (*Query, e
 		case "_summary":
 			q.Summary = last(vals)
 			switch q.Summary {
-			case "count", "data", "text", "false":
-			case "true":
-				err = errs.E("search.parse", errs.Invalid, "_summary=true is not supported; use _elements to choose elements")
+			case "true", "count", "data", "text", "false":
 			default:
-				err = invalid("_summary must be count, data, text or false")
+				err = invalid("_summary must be true, text, data, count or false")
 			}
 		case "_elements":
-			for _, v := range vals {
-				for _, e := range strings.Split(v, ",") {
-					if e = strings.TrimSpace(e); e != "" {
-						q.Elements = append(q.Elements, e)
-					}
+			var applied []string
+			applied, err = r.parseElements(q, vals, opts.Lenient)
+			if err == nil {
+				if len(applied) == 0 {
+					keep = false
+				} else {
+					vals = []string{strings.Join(applied, ",")}
 				}
 			}
 		case "_sort":
 			err = r.parseSort(q, vals)
 		case "_include", "_include:iterate", "_revinclude", "_revinclude:iterate":
-			err = r.parseIncludes(q, strings.HasPrefix(name, "_revinclude"), vals)
+			err = r.parseIncludes(q, strings.HasPrefix(name, "_revinclude"), strings.HasSuffix(name, ":iterate"), vals)
 		default:
 			var clauses []Clause
 			clauses, err = r.parseParam(typ, name, vals, opts)
@@ -287,7 +291,51 @@ func (r *Registry) Parse(typ string, params url.Values, opts Options) (*Query, e
 			q.Kept[name] = vals
 		}
 	}
+	if _, ok := q.Kept["_count"]; ok {
+		q.Kept["_count"] = []string{strconv.Itoa(q.Count)} // as applied, after the cap
+	}
+	if len(q.Elements) > 0 && (q.Summary == "true" || q.Summary == "text" || q.Summary == "data") {
+		return nil, invalid("_elements cannot be combined with _summary=%s; use one of them", q.Summary)
+	}
+	if q.Summary == "text" && (len(q.Include) > 0 || len(q.RevInclude) > 0) {
+		return nil, invalid("_include and _revinclude cannot be mixed with _summary=text (FHIR R4 search.html#summary)")
+	}
 	return q, nil
+}
+
+// parseElements reads _elements: top-level element names of the searched
+// type, "name" or "Type.name", a choice element by its base name
+// ("value", "value[x]") or a concrete one ("valueQuantity"). An element the
+// type does not have is an error, or ignored (and named in q.Ignored) under
+// lenient handling. It returns the names applied.
+func (r *Registry) parseElements(q *Query, vals []string, lenient bool) ([]string, error) {
+	var applied []string
+	for _, v := range vals {
+		for _, e := range strings.Split(v, ",") {
+			e = strings.TrimSpace(e)
+			if e == "" {
+				continue
+			}
+			name := e
+			if t, rest, ok := strings.Cut(e, "."); ok && t == q.Type {
+				name = rest
+			}
+			name = strings.TrimSuffix(name, "[x]")
+			_, known := r.model.Element(q.Type, name)
+			if (!known && len(r.model.ChoiceElements(q.Type, name)) == 0) || strings.HasPrefix(name, "_") || strings.Contains(name, ".") {
+				if lenient {
+					q.Ignored = append(q.Ignored, "_elements="+e)
+					continue
+				}
+				return nil, invalid("_elements: %s has no top-level element %q", q.Type, e)
+			}
+			if !slices.Contains(q.Elements, name) {
+				q.Elements = append(q.Elements, name)
+				applied = append(applied, e)
+			}
+		}
+	}
+	return applied, nil
 }
 
 func last(vals []string) string { return vals[len(vals)-1] }
@@ -319,12 +367,15 @@ func (r *Registry) parseSort(q *Query, vals []string) error {
 	return nil
 }
 
-func (r *Registry) parseIncludes(q *Query, rev bool, vals []string) error {
+func (r *Registry) parseIncludes(q *Query, rev, iterate bool, vals []string) error {
 	for _, v := range vals {
 		parts := strings.Split(v, ":")
-		inc := Include{Type: parts[0]}
+		inc := Include{Type: parts[0], Iterate: iterate}
 		if v == "*" {
-			inc = Include{Type: q.Type, Param: "*"}
+			inc = Include{Type: q.Type, Param: "*", Iterate: iterate}
+			if iterate && !rev {
+				inc.Type = "*"
+			}
 		} else if len(parts) < 2 || len(parts) > 3 {
 			return invalid("%q is not Type:parameter[:targetType]", v)
 		} else {
@@ -336,11 +387,11 @@ func (r *Registry) parseIncludes(q *Query, rev bool, vals []string) error {
 				}
 			}
 		}
-		if !r.model.IsResource(inc.Type) {
+		if !r.model.IsResource(inc.Type) && inc.Type != "*" {
 			return invalid("unknown resource type %q in %q", inc.Type, v)
 		}
-		if !rev && inc.Type != q.Type {
-			return invalid("_include=%s must name the searched type %s", v, q.Type)
+		if !rev && !iterate && inc.Type != q.Type {
+			return invalid("_include=%s must name the searched type %s (or use _include:iterate)", v, q.Type)
 		}
 		if inc.Param != "*" {
 			p, ok := r.Lookup(inc.Type, inc.Param)

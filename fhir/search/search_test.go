@@ -130,11 +130,18 @@ func TestParseRefusesWhatItCannotDo(t *testing.T) {
 		"_include=Patient:name":              "no reference search parameter",
 		"_revinclude=Nope:x":                 "unknown resource type",
 		"general-practitioner.name.family=x": "deeper than one level",
-		"_summary=true":                      "not supported",
-		"_total=exact":                       "_total",
-		"name:missing=maybe":                 "true or false",
-		"identifier=a|b|c":                   "not a token",
-		"gender=":                            "empty value",
+		"_summary=yes":                       "_summary must be",
+		"_summary=text&_include=Patient:organization": "cannot be mixed with _summary=text",
+		"_summary=true&_elements=name":                "cannot be combined",
+		"_elements=colour":                            "no top-level element",
+		"_elements=Observation.code":                  "no top-level element",
+		"_elements=name.family":                       "no top-level element",
+		"_include:iterate=Nope:x":                     "unknown resource type",
+		"_include:iterate=Observation:nonsense":       "no reference search parameter",
+		"_total=exact":                                "_total",
+		"name:missing=maybe":                          "true or false",
+		"identifier=a|b|c":                            "not a token",
+		"gender=":                                     "empty value",
 	}
 	for q, says := range cases {
 		vals, _ := url.ParseQuery(q)

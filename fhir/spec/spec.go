@@ -320,3 +320,10 @@ func readData(name string, v any) error {
 	}
 	return nil
 }
+
+// IsComplex reports whether typeName is a complex type, a resource or a
+// backbone element: a type with properties, not a primitive.
+func (m *Model) IsComplex(typeName string) bool {
+	t := m.types[typeName]
+	return t != nil && t.prim == nil && t.props != nil
+}

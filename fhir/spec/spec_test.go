@@ -218,3 +218,40 @@ func TestPatientCompartment(t *testing.T) {
 		t.Error("PatientCompartment shares its slices with callers")
 	}
 }
+
+// TestElementFlags checks isSummary and min as the R4 definitions give them
+// (FHIR R4 observation.html, patient.html, datatypes.html).
+func TestElementFlags(t *testing.T) {
+	m := R4()
+	cases := []struct {
+		typ, name          string
+		summary, mandatory bool
+	}{
+		{"Observation", "status", true, true},
+		{"Observation", "_status", true, true},
+		{"Observation", "code", true, true},
+		{"Observation", "category", false, false},
+		{"Observation", "valueQuantity", true, false},
+		{"Observation", "text", false, false},
+		{"Observation", "id", true, false},
+		{"Observation_Component", "code", true, true},
+		{"Observation_Component", "interpretation", false, false},
+		{"Patient", "contact", false, false},
+		{"Patient", "birthDate", true, false},
+		{"Patient_Link", "other", true, true},
+		{"HumanName", "family", true, false},
+		{"HumanName", "extension", false, false},
+		{"Extension", "url", false, true},
+		{"Narrative", "div", false, true},
+		{"Bundle", "type", true, true},
+		{"Timing_Repeat", "modifierExtension", true, false},
+	}
+	for _, c := range cases {
+		if got := m.InSummary(c.typ, c.name); got != c.summary {
+			t.Errorf("InSummary(%s, %s) = %v", c.typ, c.name, got)
+		}
+		if got := m.Mandatory(c.typ, c.name); got != c.mandatory {
+			t.Errorf("Mandatory(%s, %s) = %v", c.typ, c.name, got)
+		}
+	}
+}

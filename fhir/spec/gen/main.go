@@ -11,7 +11,10 @@
 //     the descriptions are still at hand (see choiceGroups);
 //   - search-parameters.json and search-parameters-uscore.json: every
 //     SearchParameter with only the fields a server needs;
-//   - compartmentdefinition-patient.json: the Patient compartment, trimmed.
+//   - compartmentdefinition-patient.json: the Patient compartment, trimmed;
+//   - element-flags.json: for every type and backbone element, which of its
+//     properties are in the summary and which are mandatory, from the
+//     StructureDefinitions (see elementFlags).
 //
 // Run it with `make spec` (go run ./fhir/spec/gen -in testdata/fhir-r4 -out fhir/spec/data).
 package main
@@ -55,6 +58,13 @@ func run(in, out string) error {
 		return err
 	}
 	if err := writeJSON(filepath.Join(out, "choice-elements.json"), choices); err != nil {
+		return err
+	}
+	flags, err := elementFlags(in, trimmed, choices)
+	if err != nil {
+		return err
+	}
+	if err := writeJSON(filepath.Join(out, "element-flags.json"), flags); err != nil {
 		return err
 	}
 	for _, name := range []string{"search-parameters.json", "search-parameters-uscore.json"} {

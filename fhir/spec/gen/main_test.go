@@ -19,8 +19,8 @@ func TestEmbeddedFilesAreUpToDate(t *testing.T) {
 		t.Fatal(err)
 	}
 	files, err := filepath.Glob(filepath.Join(out, "*.json"))
-	if err != nil || len(files) != 5 {
-		t.Fatalf("generator wrote %v (%v), want 5 files", files, err)
+	if err != nil || len(files) != 6 {
+		t.Fatalf("generator wrote %v (%v), want 6 files", files, err)
 	}
 	for _, f := range files {
 		got, err := os.ReadFile(f)
