@@ -74,6 +74,9 @@ func (s *Store) upgradeIndexes() error {
 				return err
 			}
 		}
+		if err := tx.flushIndex(); err != nil {
+			return err
+		}
 		if len(todo) > 0 {
 			s.log.Info("store: indexes upgraded", "format", indexFormat, "resources", len(todo))
 		}
