@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
@@ -304,6 +305,10 @@ func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
 				rq.Method = http.MethodGet
 			case http.MethodDelete:
 				if t.cond && id == "" {
+					// Nothing to delete, but authorized as the same REST call.
+					if err := s.policy.Need(AccessFrom(tx.Context()), e.typ, authz.Delete); err != nil {
+						return entryErr(e, err)
+					}
 					e.res = &response{Status: http.StatusOK, Outcome: Info("no resource matched the condition; nothing was deleted")}
 					continue
 				}

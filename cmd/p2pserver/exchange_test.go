@@ -33,7 +33,7 @@ const (
 // payer is one whole p2pserver, wired by newApp exactly as the binary is,
 // on a loopback port.
 type payer struct {
-	t   *testing.T
+	t   testing.TB
 	app *app
 	hs  *httptest.Server
 	URL string
@@ -41,7 +41,7 @@ type payer struct {
 
 // startPayer runs a p2pserver with the given flags (plus -db and
 // -base-url) and stops it when the test ends.
-func startPayer(t *testing.T, args ...string) *payer {
+func startPayer(t testing.TB, args ...string) *payer {
 	t.Helper()
 	hs := httptest.NewUnstartedServer(nil)
 	base := "http://" + hs.Listener.Addr().String()

@@ -562,8 +562,9 @@ func inBundle(entries []any, ref, base string) map[string]any {
 }
 
 // criteriaConfined applies the Subscription rule: some occurrence of a
-// compartment parameter of the criteria's type (or _id for Patient) names
-// only the member's Patients.
+// parameter of the criteria's type that names Patients (a compartment
+// parameter, or a reference parameter to Patients only, such as patient;
+// _id for Patient) names only the member's Patients.
 func (w *view) criteriaConfined(sub map[string]any) bool {
 	criteria, _ := sub["criteria"].(string)
 	typ, query, ok := strings.Cut(criteria, "?")
@@ -574,14 +575,19 @@ func (w *view) criteriaConfined(sub map[string]any) bool {
 	if err != nil {
 		return false
 	}
-	params := spec.PatientCompartment()[typ]
+	compartment := spec.PatientCompartment()[typ]
 	for key, occurrences := range values {
 		code, mod, _ := strings.Cut(key, ":")
 		if mod != "" && mod != "Patient" {
 			continue
 		}
-		isID := typ == "Patient" && code == "_id"
-		if !isID && (code == spec.CompartmentSelf || !slices.Contains(params, code)) {
+		onlyPatients := typ == "Patient" && code == "_id"
+		if p, ok := w.pol.reg.Lookup(typ, code); ok && p.Type == "reference" {
+			onlyPatients = onlyPatients || slices.Equal(p.Targets, []string{"Patient"})
+			if !onlyPatients && !slices.Contains(compartment, code) {
+				continue
+			}
+		} else if !onlyPatients {
 			continue
 		}
 		for _, occ := range occurrences {
@@ -590,8 +596,8 @@ func (w *view) criteriaConfined(sub map[string]any) bool {
 				v = search.NormalizeReference(strings.TrimSpace(v), w.pol.base)
 				if pid, isRef := strings.CutPrefix(v, "Patient/"); isRef {
 					v = pid
-				} else if strings.Contains(v, "/") {
-					all = false
+				} else if strings.Contains(v, "/") || (!onlyPatients && mod == "") {
+					all = false // another type, or an id that may not be a Patient's
 					break
 				}
 				all = all && slices.Contains(w.pats, v)
