@@ -4720,7 +4720,7 @@ func ListLocations(
 // The query executed by ListPatientPolicies.
 const ListPatientPolicies_Operation = `
 query ListPatientPolicies ($offset: Int, $page_size: Int) {
-	users(offset: $offset, page_size: $page_size, should_paginate: true, sort_by: "created_at_asc") {
+	users(offset: $offset, page_size: $page_size, should_paginate: true, order_by: CREATED_AT_ASC) {
 		id
 		policies {
 			... PolicyFields
@@ -4780,7 +4780,7 @@ func ListPatientPolicies(
 // The query executed by ListPatients.
 const ListPatients_Operation = `
 query ListPatients ($offset: Int, $page_size: Int, $keywords: String, $active_status: String) {
-	users(offset: $offset, page_size: $page_size, keywords: $keywords, active_status: $active_status, should_paginate: true, sort_by: "created_at_asc") {
+	users(offset: $offset, page_size: $page_size, keywords: $keywords, active_status: $active_status, should_paginate: true, order_by: CREATED_AT_ASC) {
 		... PatientFields
 	}
 }

@@ -3,6 +3,7 @@ package healthietest
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -208,10 +209,20 @@ type usersArgs struct {
 	Keywords       *string
 	ActiveStatus   *string
 	ShouldPaginate *bool
+	OrderBy        *string
 	SortBy         *string
 }
 
-func (r *root) Users(a usersArgs) []*userView {
+// errSortByRemoved answers a query that still sends the string sort_by
+// argument: Healthie deprecated it on November 6, 2023 (flagged with
+// @deprecated) and announced its removal for August 6, 2024, recommending
+// the enum order_by arguments.
+var errSortByRemoved = errors.New("sort_by: string-based sort_by arguments were deprecated on November 6, 2023 and removed on August 6, 2024; use the enum order_by argument")
+
+func (r *root) Users(a usersArgs) ([]*userView, error) {
+	if a.SortBy != nil {
+		return nil, errSortByRemoved
+	}
 	var out []*userView
 	for _, u := range r.s.st.Users {
 		if !u.IsPatient {
@@ -227,35 +238,50 @@ func (r *root) Users(a usersArgs) []*userView {
 		}
 		out = append(out, &userView{r.s, u})
 	}
-	sortUsers(out, a.SortBy)
-	return page(out, a.Offset, a.PageSize, a.ShouldPaginate)
+	by := "LAST_NAME_DESC" // Healthie's default
+	if a.OrderBy != nil {
+		by = *a.OrderBy
+	}
+	if err := sortUsers(out, by); err != nil {
+		return nil, err
+	}
+	return page(out, a.Offset, a.PageSize, a.ShouldPaginate), nil
 }
 
-// sortUsers orders by last name (descending by default, as Healthie does),
-// then id, so offsets are stable.
-func sortUsers(out []*userView, sortBy *string) {
-	by := "last_name_desc"
-	if sortBy != nil && *sortBy != "" {
-		by = *sortBy
+// sortUsers orders by a UserOrderKeys value, then id, so offsets are
+// stable. The keys on data the simulator does not keep (groups, providers,
+// next appointments) are refused rather than ignored.
+func sortUsers(out []*userView, by string) error {
+	field, desc := strings.CutSuffix(by, "_DESC")
+	if !desc {
+		var asc bool
+		if field, asc = strings.CutSuffix(by, "_ASC"); !asc {
+			return fmt.Errorf("order_by: %q is not a UserOrderKeys value", by)
+		}
+	}
+	var cmp func(a, b *User) int
+	switch field {
+	case "LAST_NAME":
+		cmp = func(a, b *User) int { return strings.Compare(a.LastName, b.LastName) }
+	case "FIRST_NAME":
+		cmp = func(a, b *User) int { return strings.Compare(a.FirstName, b.FirstName) }
+	case "EMAIL":
+		cmp = func(a, b *User) int { return strings.Compare(a.Email, b.Email) }
+	case "CREATED_AT":
+		cmp = func(a, b *User) int { return a.CreatedAt.Compare(b.CreatedAt) }
+	case "UPDATED_AT":
+		cmp = func(a, b *User) int { return a.UpdatedAt.Compare(b.UpdatedAt) }
+	default:
+		return fmt.Errorf("order_by: the simulator does not sort users by %s", by)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].u, out[j].u
-		switch by {
-		case "last_name_asc", "last_name":
-			if a.LastName != b.LastName {
-				return a.LastName < b.LastName
-			}
-		case "created_at_asc":
-			if !a.CreatedAt.Equal(b.CreatedAt) {
-				return a.CreatedAt.Before(b.CreatedAt)
-			}
-		default:
-			if a.LastName != b.LastName {
-				return a.LastName > b.LastName
-			}
+		if c := cmp(a, b); c != 0 {
+			return (c < 0) != desc
 		}
 		return idLess(a.ID, b.ID)
 	})
+	return nil
 }
 
 type membersArgs struct {
@@ -265,7 +291,10 @@ type membersArgs struct {
 	SortBy   *string
 }
 
-func (r *root) OrganizationMembers(a membersArgs) []*userView {
+func (r *root) OrganizationMembers(a membersArgs) ([]*userView, error) {
+	if a.SortBy != nil {
+		return nil, errSortByRemoved
+	}
 	var out []*userView
 	for _, u := range r.s.st.Users {
 		if u.IsPatient || !matchKeywords(a.Keywords, u.FirstName, u.LastName, u.Email, u.NPI) {
@@ -273,12 +302,10 @@ func (r *root) OrganizationMembers(a membersArgs) []*userView {
 		}
 		out = append(out, &userView{r.s, u})
 	}
-	by := "last_name_asc"
-	if a.SortBy != nil {
-		by = *a.SortBy
+	if err := sortUsers(out, "LAST_NAME_ASC"); err != nil {
+		return nil, err
 	}
-	sortUsers(out, &by)
-	return page(out, a.Offset, a.PageSize, nil)
+	return page(out, a.Offset, a.PageSize, nil), nil
 }
 
 // ---- organization and locations ----
@@ -684,7 +711,10 @@ type claimsArgs struct {
 	SortBy     *string
 }
 
-func (r *root) Cms1500s(a claimsArgs) []*claimView {
+func (r *root) Cms1500s(a claimsArgs) ([]*claimView, error) {
+	if a.SortBy != nil {
+		return nil, errSortByRemoved
+	}
 	var out []*claimView
 	for _, c := range r.s.st.Claims {
 		if a.ClientID != nil && c.PatientID != string(*a.ClientID) {
@@ -706,5 +736,5 @@ func (r *root) Cms1500s(a claimsArgs) []*claimView {
 		out = append(out, &claimView{r.s, c})
 	}
 	sort.Slice(out, func(i, j int) bool { return idLess(out[i].c.ID, out[j].c.ID) })
-	return page(out, a.Offset, a.PageSize, nil)
+	return page(out, a.Offset, a.PageSize, nil), nil
 }

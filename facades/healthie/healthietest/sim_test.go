@@ -3,6 +3,7 @@ package healthietest
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -67,4 +68,60 @@ func TestSimulatorRefusesBadKeyAndBadGraphQL(t *testing.T) {
 		t.Fatalf("after burst: %d", code)
 	}
 	_ = bytes.MinRead
+}
+
+// TestSimulatorSortByIsGone: Healthie deprecated the string sort_by query
+// arguments on November 6, 2023, flagged them with @deprecated and
+// announced their removal for August 6, 2024, recommending the enum
+// order_by arguments. The simulator refuses sort_by wherever it was, and
+// sorts users by order_by.
+func TestSimulatorSortByIsGone(t *testing.T) {
+	s := New(Options{})
+	s.Seed(6)
+	srv := s.Start()
+	defer srv.Close()
+	ids := func(query string) ([]string, any) {
+		t.Helper()
+		b, _ := json.Marshal(map[string]string{"query": query})
+		_, m := post(t, srv.URL, s.APIKey(), string(b))
+		data, _ := m["data"].(map[string]any)
+		var out []string
+		for _, v := range data {
+			list, _ := v.([]any)
+			for _, u := range list {
+				out = append(out, u.(map[string]any)["id"].(string))
+			}
+		}
+		return out, m["errors"]
+	}
+	byCreated, errs := ids(`{ users(should_paginate: false, order_by: CREATED_AT_ASC) { id } }`)
+	if errs != nil || len(byCreated) < 2 {
+		t.Fatalf("order_by CREATED_AT_ASC: %v %v", byCreated, errs)
+	}
+	desc, _ := ids(`{ users(should_paginate: false, order_by: CREATED_AT_DESC) { id } }`)
+	for i := range byCreated {
+		if desc[len(desc)-1-i] != byCreated[i] {
+			t.Fatalf("CREATED_AT_DESC %v is not CREATED_AT_ASC %v reversed", desc, byCreated)
+		}
+	}
+	for _, c := range []struct {
+		name, query, wantErr string
+	}{
+		{"users with sort_by (ListPatients, ListPatientPolicies used it)", `{ users(sort_by: "created_at_asc") { id } }`, "removed on August 6, 2024"},
+		{"users with sort_by and order_by", `{ users(sort_by: "last_name", order_by: LAST_NAME_ASC) { id } }`, "use the enum order_by"},
+		{"organizationMembers with sort_by", `{ organizationMembers(sort_by: "last_name_asc") { id } }`, "removed on August 6, 2024"},
+		{"cms1500s with sort_by", `{ cms1500s(sort_by: "created_at") { id } }`, "removed on August 6, 2024"},
+		{"an order_by value that is no UserOrderKeys", `{ users(order_by: created_at_asc) { id } }`, "created_at_asc"},
+		{"an order_by on data the simulator does not keep", `{ users(order_by: NEXT_APPT_DATE_ASC) { id } }`, "does not sort users by NEXT_APPT_DATE_ASC"},
+	} {
+		got, errs := ids(c.query)
+		if errs == nil || !strings.Contains(fmt.Sprint(errs), c.wantErr) {
+			t.Errorf("%s: %v, errors %v; want an error saying %q", c.name, got, errs, c.wantErr)
+		}
+	}
+	for _, ok := range []string{`{ users(order_by: LAST_NAME_ASC) { id } }`, `{ users { id } }`, `{ organizationMembers { id } }`, `{ cms1500s { id } }`} {
+		if _, errs := ids(ok); errs != nil {
+			t.Errorf("%s: %v", ok, errs)
+		}
+	}
 }
