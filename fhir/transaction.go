@@ -301,8 +301,8 @@ func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
 			rq := &request{Method: e.method, Type: e.typ, ID: e.id, VID: e.vid, Query: e.query, IfMatch: e.ifMatch,
 				pending: func(ref string) bool { return pending[ref] }}
 			switch e.method {
-			case http.MethodHead:
-				rq.Method = http.MethodGet
+			case http.MethodGet, http.MethodHead:
+				rq.Method, rq.Query = http.MethodGet, plan.queryLinks(e.query)
 			case http.MethodDelete:
 				if t.cond && id == "" {
 					// Nothing to delete, but authorized as the same REST call.

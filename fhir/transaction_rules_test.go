@@ -14,6 +14,7 @@ var txFixtures = []string{
 	`{"resourceType":"Organization","id":"o1","identifier":[{"system":"urn:org","value":"O1"}]}`,
 	`{"resourceType":"Organization","id":"o2","identifier":[{"system":"urn:org","value":"DUP"}]}`,
 	`{"resourceType":"Organization","id":"o3","identifier":[{"system":"urn:org","value":"DUP"}]}`,
+	`{"resourceType":"Observation","id":"obsA","status":"final","code":{"coding":[{"system":"urn:c","code":"x"}]},"subject":{"reference":"Patient/a"}}`,
 }
 
 func txBundle(entries ...string) string {
@@ -448,6 +449,46 @@ func TestTransactionProcessingRules(t *testing.T) {
 		}, func(x txResult) {
 			if _, p := x.read(x.ref(0)); refOf(p, "managingOrganization") != "Organization/o3" {
 				x.t.Errorf("managingOrganization %q", refOf(p, "managingOrganization"))
+			}
+		}},
+		{"a fullUrl in an ifNoneExist is replaced: the condition finds the existing resource", []string{
+			`{"fullUrl":"` + u1 + `","resource":{"resourceType":"Patient","id":"a","gender":"female"},"request":{"method":"PUT","url":"Patient/a"}}`,
+			`{"resource":{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"urn:c","code":"x"}]},"subject":{"reference":"` + u1 + `"}},
+			  "request":{"method":"POST","url":"Observation","ifNoneExist":"subject=` + u1 + `&code=urn:c|x"}}`,
+		}, func(x txResult) {
+			if x.status(1) != "200 OK" || x.entry(1)["fullUrl"] != x.ts.URL+"/Observation/obsA" {
+				x.t.Errorf("conditional create: %v", x.entry(1))
+			}
+		}},
+		{"a fullUrl in a conditional PUT's url is replaced: the condition finds the existing resource", []string{
+			`{"fullUrl":"` + u1 + `","resource":{"resourceType":"Patient","id":"a","gender":"female"},"request":{"method":"PUT","url":"Patient/a"}}`,
+			`{"resource":{"resourceType":"Observation","status":"amended","code":{"coding":[{"system":"urn:c","code":"x"}]},"subject":{"reference":"` + u1 + `"}},
+			  "request":{"method":"PUT","url":"Observation?subject=` + u1 + `&code=urn:c|x"}}`,
+		}, func(x txResult) {
+			if x.status(1) != "200 OK" || x.ref(1) != "Observation/obsA" {
+				x.t.Errorf("conditional update: %s %s", x.status(1), x.ref(1))
+			}
+			if _, o := x.read("Observation/obsA"); o["status"] != "amended" || refOf(o, "subject") != "Patient/a" {
+				x.t.Errorf("Observation/obsA: %v", o)
+			}
+		}},
+		{"a fullUrl in a GET entry's search is replaced", []string{
+			`{"request":{"method":"GET","url":"Observation?subject=` + u1 + `"}}`,
+			`{"fullUrl":"` + u1 + `","resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient"}}`,
+			`{"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"` + u1 + `"}},"request":{"method":"POST","url":"Observation"}}`,
+		}, func(x txResult) {
+			res := x.entry(0)["resource"].(map[string]any)
+			if res["total"] != json.Number("1") || !strings.Contains(link(res, "self"), strings.Split(x.ref(1), "/")[1]) {
+				x.t.Errorf("the search found %v: %v", res["total"], link(res, "self"))
+			}
+		}},
+		{"a fullUrl in a conditional reference is replaced", []string{
+			`{"fullUrl":"` + u1 + `","resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient"}}`,
+			`{"resource":{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"urn:c","code":"bp"}]},"subject":{"reference":"` + u1 + `"}},"request":{"method":"POST","url":"Observation"}}`,
+			`{"resource":{"resourceType":"DiagnosticReport","status":"final","code":{"text":"r"},"result":[{"reference":"Observation?subject=` + u1 + `&code=urn:c|bp"}]},"request":{"method":"POST","url":"DiagnosticReport"}}`,
+		}, func(x txResult) {
+			if _, d := x.read(x.ref(2)); d["result"].([]any)[0].(map[string]any)["reference"] != x.ref(1) {
+				x.t.Errorf("result %v, want %s", d["result"], x.ref(1))
 			}
 		}},
 		{"conditional reference inside a contained resource and an extension", []string{

@@ -115,7 +115,17 @@ func checkFullURLs(entries []*txEntry) error {
 func (s *Server) planTransaction(tx *store.Tx, entries []*txEntry, bodies []bodyInfo, newIDs []string) (*txPlan, error) {
 	p := &txPlan{targets: make([]txTarget, len(entries)), byURL: map[string]int{}}
 	owner := map[string]int{}
-	for _, e := range entries {
+	// The entries whose identity a search decides come last, so that the
+	// fullUrls their conditions name are known (see queryLinks).
+	order := make([]*txEntry, 0, len(entries))
+	for _, searched := range []bool{false, true} {
+		for _, e := range entries {
+			if (e.cond || (e.method == http.MethodPost && e.ifNone != "")) == searched {
+				order = append(order, e)
+			}
+		}
+	}
+	for _, e := range order {
 		t := &p.targets[e.index]
 		var id string
 		switch e.method {
@@ -123,7 +133,7 @@ func (s *Server) planTransaction(tx *store.Tx, entries []*txEntry, bodies []body
 			id = e.id
 			if e.cond {
 				t.cond = true
-				found, err := p.search(s, tx, e.typ, e.query)
+				found, err := p.search(s, tx, e.typ, p.queryLinks(e.query))
 				if err != nil {
 					return nil, entryErr(e, err)
 				}
@@ -148,7 +158,7 @@ func (s *Server) planTransaction(tx *store.Tx, entries []*txEntry, bodies []body
 				if err != nil {
 					return nil, entryErr(e, err)
 				}
-				found, err := p.search(s, tx, e.typ, cond)
+				found, err := p.search(s, tx, e.typ, p.queryLinks(cond))
 				if err != nil {
 					return nil, entryErr(e, err)
 				}
@@ -171,7 +181,7 @@ func (s *Server) planTransaction(tx *store.Tx, entries []*txEntry, bodies []body
 			id = e.id
 			if e.cond {
 				t.cond = true
-				found, err := p.search(s, tx, e.typ, e.query)
+				found, err := p.search(s, tx, e.typ, p.queryLinks(e.query))
 				if err != nil {
 					return nil, entryErr(e, err)
 				}
@@ -243,6 +253,48 @@ func (s *Server) link(p *txPlan, from *txEntry, kind linkKind, v string) (string
 	return to, to != v
 }
 
+// queryLinks returns q with every value (or comma-separated alternative)
+// that is the fullUrl of an entry whose identity is decided replaced by the
+// entry's Type/id: the links of a conditional URL, an ifNoneExist, a GET
+// entry's search or a conditional reference are links in the bundle too
+// (http.html#trules: "Servers SHALL replace all matching links in the
+// bundle"). A condition naming an entry that is itself conditional sees
+// the fullUrl only when that entry was decided first.
+func (p *txPlan) queryLinks(q url.Values) url.Values {
+	var out url.Values
+	for k, vs := range q {
+		for j, v := range vs {
+			parts := strings.Split(v, ",")
+			changed := false
+			for n, part := range parts {
+				i, versioned, ok := p.lookup(part)
+				if !ok || p.targets[i].ref == "" {
+					continue
+				}
+				to := p.targets[i].ref
+				if versioned {
+					to += fmt.Sprintf("/_history/%d", p.targets[i].version)
+				}
+				parts[n], changed = to, true
+			}
+			if !changed {
+				continue
+			}
+			if out == nil {
+				out = make(url.Values, len(q))
+				for k2, vs2 := range q {
+					out[k2] = slices.Clone(vs2)
+				}
+			}
+			out[k][j] = strings.Join(parts, ",")
+		}
+	}
+	if out == nil {
+		return q
+	}
+	return out
+}
+
 // lookup finds the entry whose fullUrl v is, or a version of.
 func (p *txPlan) lookup(v string) (int, bool, bool) {
 	if i, ok := p.byURL[v]; ok {
@@ -303,6 +355,7 @@ func (s *Server) resolveConditionalRef(tx *store.Tx, ref string, p *txPlan, writ
 	if err != nil || len(cond) == 0 {
 		return "", errs.E("fhir.transaction", errs.Invalid, fmt.Sprintf("conditional reference %q is not [type]?[search parameters]", ref))
 	}
+	cond = p.queryLinks(cond)
 	for name := range cond {
 		base, _, _ := strings.Cut(name, ":")
 		if slices.Contains(controlParams, base) {

@@ -76,6 +76,9 @@ type Chain struct {
 type Range struct {
 	Start, End string
 	Match      func(key string, payload []byte) bool
+	// exact marks a range of one key whose Match only checks the whole
+	// value behind the key (see exactValue).
+	exact bool
 }
 
 // Wide reports whether the range spans a whole parameter index, so that
@@ -87,10 +90,12 @@ func (r Range) Contains(key string, payload []byte) bool {
 	return key+"\x00" >= r.Start && key < r.End && (r.Match == nil || r.Match(key, payload))
 }
 
-// ExactKeys returns the index entry keys of c's parameter that satisfy c
-// when c matches whole keys only (token, reference, uri and :exact
-// string values, without :not, :missing or chains): an entry satisfies c
-// exactly when its key is one of them. ok is false for any other clause.
+// ExactKeys returns the index entry keys of c's parameter that an entry
+// must have to satisfy c when c matches whole keys only (token, reference,
+// uri and :exact string values, without :not, :missing or chains). An
+// entry with another key never satisfies c; one with these keys still has
+// to pass Matches (a long value's key is shared by every value with its
+// digest, and the whole value decides). ok is false for any other clause.
 // Callers use it to find candidates by key lookup instead of a scan.
 func (c *Clause) ExactKeys() (keys []string, ok bool) {
 	if c.Not || c.Missing != nil {
@@ -102,7 +107,7 @@ func (c *Clause) ExactKeys() (keys []string, ok bool) {
 		}
 		for _, r := range v.Ranges {
 			k, isExact := strings.CutSuffix(r.Start, "\x00")
-			if r.Match != nil || !isExact || r.End != k+"\x01" {
+			if (r.Match != nil && !r.exact) || !isExact || r.End != k+"\x01" {
 				return nil, false
 			}
 			keys = append(keys, k)

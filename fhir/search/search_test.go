@@ -177,3 +177,31 @@ func TestRegistryCoversTheExchangeTypes(t *testing.T) {
 		}
 	}
 }
+
+// TestExactKeysOfLongValues: a clause on a value longer than an index key
+// still offers its key for lookups, and the entry of a resource holding the
+// value has that key and satisfies the clause; one holding only the first
+// 480 bytes does not.
+func TestExactKeysOfLongValues(t *testing.T) {
+	long := strings.Repeat("9", 600)
+	q, err := reg.Parse("Patient", url.Values{"identifier": {"urn:s|" + long}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &q.Clauses[0]
+	keys, ok := c.ExactKeys()
+	if !ok || len(keys) != 1 {
+		t.Fatalf("ExactKeys: %v %v", keys, ok)
+	}
+	for _, value := range []string{long, long[:480]} {
+		entries := reg.Extract("Patient", map[string]any{"resourceType": "Patient", "id": "x",
+			"identifier": []any{map[string]any{"system": "urn:s", "value": value}}})
+		hasKey := false
+		for _, e := range entries {
+			hasKey = hasKey || (e.Param == "identifier" && e.Key == keys[0])
+		}
+		if want := value == long; hasKey != want || Matches(c, entries) != want {
+			t.Errorf("value of %d bytes: has the key %v, matches %v; want %v", len(value), hasKey, Matches(c, entries), want)
+		}
+	}
+}

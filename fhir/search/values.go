@@ -125,10 +125,12 @@ func exactValue(pfx, v string) Range {
 		r := exact(pfx + v)
 		// A short key can only equal a long value's key if crafted to.
 		r.Match = func(_ string, payload []byte) bool { return len(payload) == 0 }
+		r.exact = true
 		return r
 	}
 	r := exact(longKey(pfx, v))
 	r.Match = func(_ string, payload []byte) bool { return string(payload) == v }
+	r.exact = true
 	return r
 }
 
