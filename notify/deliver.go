@@ -122,6 +122,13 @@ func (n *Service) read(tx *store.Tx, seq uint64) (target, result, error) {
 		}
 	}
 	t.sub = sub
+	o, err := storedOwner(tx, sub.id)
+	if err != nil {
+		return t, result{}, err
+	}
+	if o == nil {
+		return t, result{permanent: true, subError: true, err: errNoOwner(sub.id)}, nil
+	}
 	typ, id, _ := strings.Cut(e.Resource, "/")
 	if t.res, err = tx.VRead(typ, id, e.Version); err != nil {
 		if errs.Is(err, errs.NotFound) {
@@ -129,8 +136,16 @@ func (n *Service) read(tx *store.Tx, seq uint64) (target, result, error) {
 		}
 		return t, result{}, err
 	}
+	// Checked again when it is sent: only what the owner may read now
+	// (the Subscriptions Backport IG, safety_security.html: servers
+	// "SHOULD ensure that authorization is (still) in place when sending
+	// any event notifications").
+	pol, who := n.fs.Policy(), o.principal()
+	if !pol.CanSee(tx, who, t.res) {
+		return t, result{drop: fmt.Sprintf("the Subscription's owner may not read %s version %d now; nothing was sent", e.Resource, e.Version)}, nil
+	}
 	if e.Version > 1 {
-		if p, err := tx.VRead(typ, id, e.Version-1); err == nil {
+		if p, err := tx.VRead(typ, id, e.Version-1); err == nil && pol.CanSee(tx, who, p) {
 			t.prev = p
 		}
 	}

@@ -24,6 +24,30 @@
 // delete does not. Email templates may skip writes a reader would not care
 // about (see Template.Notable).
 //
+// # Whom a Subscription acts for
+//
+// A Subscription acts for its owner: the principal that last set what it
+// sends where (its criteria and channel), with the rights its token had
+// then (recorded beside it: member or client, patient, the permission
+// letters its scopes granted on each type). Someone else changing only its
+// status does not change its owner. Creating (or re-pointing) one needs
+// read rights on the criteria's type, and a member's criteria must be
+// confined to their own record (the access policy, fhir/authz, refuses
+// otherwise). Matching (in the write transaction) and delivery (when the
+// notification is sent) both ask the policy whether the owner may read the
+// version in question (authz.Policy.CanSee): what the owner may not read
+// is never sent, not even as a ping. A Subscription stored before owners
+// were recorded sends nothing and is set to error until it is written
+// again; the default Subscription a package seeds (Ensure) is the
+// server's own.
+//
+// # Header secrets
+//
+// A rest-hook's channel.header values are secrets: they are taken out of
+// the resource on every write, kept sealed with the server's secret key
+// (Config.Cipher), sent only to the endpoint and never returned or logged;
+// the resource keeps each header's name with the value HeaderMask.
+//
 // # Delivery
 //
 // Matching runs in a store hook inside the write transaction, and each

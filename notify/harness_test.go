@@ -56,6 +56,9 @@ type env struct {
 	// receives the service's logs.
 	key string
 	log *slog.Logger
+	// guard, when set, is attached to the FHIR server before its handler
+	// is built (a smart.Guard's Attach).
+	guard func(fs *fhir.Server)
 
 	// startErr is why the last start failed, when mayFail let it.
 	startErr error
@@ -79,6 +82,9 @@ func withSMTP(s *smtptest.Server) envOption { return func(e *env) { e.smtp = s }
 func withoutMail() envOption                { return func(e *env) { e.noMail = true } }
 func withKey(k string) envOption            { return func(e *env) { e.key = k } }
 func withLog(l *slog.Logger) envOption      { return func(e *env) { e.log = l } }
+func withGuard(g func(*fhir.Server)) envOption {
+	return func(e *env) { e.guard = g }
+}
 
 // testKey is the secret key envs run with by default (32 bytes, base64).
 const testKey = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
@@ -167,6 +173,9 @@ func (e *env) start() {
 	}
 	e.api = httpapi.NewRouter(nil)
 	notify.NewAPI(e.n, authz.Require("admin"), nil).Mount(e.api)
+	if e.guard != nil {
+		e.guard(e.fs)
+	}
 	root.Mount("/fhir", e.fs.Handler())
 	root.Mount("/api", e.api)
 }

@@ -76,8 +76,9 @@ func (n *Service) putHeaders(tx *store.Tx, id string, hs []header) error {
 // sealHeaders takes the channel.header values out of doc, whatever its
 // status: they are kept sealed under the Subscription's id, and doc keeps
 // each header's name with HeaderMask as its value. A masked value stands
-// for the value stored for that name. Each problem is one issue.
-func (n *Service) sealHeaders(tx *store.Tx, doc *store.Doc) []errs.Issue {
+// for the value stored for that name. It returns the headers with their
+// values; each problem is one issue.
+func (n *Service) sealHeaders(tx *store.Tx, doc *store.Doc) ([]header, []errs.Issue) {
 	ch, _ := doc.Map["channel"].(map[string]any)
 	raw := asList(ch["header"])
 	var issues []errs.Issue
@@ -85,7 +86,7 @@ func (n *Service) sealHeaders(tx *store.Tx, doc *store.Doc) []errs.Issue {
 		if err := n.putHeaders(tx, doc.ID, nil); err != nil {
 			issues = append(issues, errs.Issue{Code: "exception", Path: "Subscription.channel.header", Message: "the stored headers could not be removed"})
 		}
-		return issues
+		return nil, issues
 	}
 	var stored []header
 	if tx.KV(bucketHeaders).Get([]byte(doc.ID)) != nil {
@@ -140,10 +141,10 @@ func (n *Service) sealHeaders(tx *store.Tx, doc *store.Doc) []errs.Issue {
 			Message: "header values are secrets this server keeps encrypted, and it has no secret key (-secret-key): leave channel.header out or configure a key"})
 	}
 	if len(issues) > 0 {
-		return issues
+		return nil, issues
 	}
 	if err := n.putHeaders(tx, doc.ID, out); err != nil {
-		return []errs.Issue{{Code: "exception", Path: "Subscription.channel.header", Message: "the header values could not be stored encrypted"}}
+		return nil, []errs.Issue{{Code: "exception", Path: "Subscription.channel.header", Message: "the header values could not be stored encrypted"}}
 	}
 	masked := make(map[string]any, len(ch))
 	for k, v := range ch {
@@ -151,9 +152,9 @@ func (n *Service) sealHeaders(tx *store.Tx, doc *store.Doc) []errs.Issue {
 	}
 	masked["header"] = shown
 	if err := doc.Set("channel", masked); err != nil {
-		return []errs.Issue{{Code: "exception", Path: "Subscription.channel", Message: "the channel could not be written"}}
+		return nil, []errs.Issue{{Code: "exception", Path: "Subscription.channel", Message: "the channel could not be written"}}
 	}
-	return nil
+	return out, nil
 }
 
 // hasPlainHeaders reports whether a stored Subscription's JSON carries a
@@ -265,7 +266,7 @@ func (n *Service) sealPlain(tx *store.Tx, id string) error {
 			// Only the current version's values are kept; masking an
 			// older one must not replace them.
 			saved := tx.KV(bucketHeaders).Get([]byte(id))
-			issues := n.sealHeaders(tx, doc)
+			_, issues := n.sealHeaders(tx, doc)
 			if saved == nil {
 				err = tx.KV(bucketHeaders).Delete([]byte(id))
 			} else {
@@ -277,7 +278,7 @@ func (n *Service) sealPlain(tx *store.Tx, id string) error {
 			if len(issues) > 0 {
 				return errors.New(issues[0].Message)
 			}
-		} else if issues := n.sealHeaders(tx, doc); len(issues) > 0 {
+		} else if _, issues := n.sealHeaders(tx, doc); len(issues) > 0 {
 			return errors.New(issues[0].Message)
 		}
 		if err := tx.Redact("Subscription", id, vid, doc.JSON); err != nil {

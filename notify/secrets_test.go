@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -11,8 +12,10 @@ import (
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/notify"
+	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -187,7 +190,24 @@ func TestPlainHeadersStoredEarlierAreSealedAtStart(t *testing.T) {
 			t.Errorf("%s still shows a header value: %s", path, body)
 		}
 	}
+	// Stored before owners were recorded, it sends nothing until it is
+	// written again, and says so; written back as read, it acts for the
+	// writer and sends what it held back, with the sealed value.
 	e.do("POST", "/Basic", map[string]any{"resourceType": "Basic", "code": map[string]any{"text": "x"}}).want(t, 201)
+	var sub map[string]any
+	waitFor(t, "the legacy Subscription in error", func() bool {
+		sub = e.do("GET", "/Subscription/legacy", nil).want(t, 200).JSON
+		return sub["status"] == "error"
+	})
+	if msg, _ := sub["error"].(string); !strings.Contains(msg, "write it again") {
+		t.Errorf("Subscription.error %q", msg)
+	}
+	if n := len(h.calls()); n != 0 {
+		t.Fatalf("sent %d notifications without an owner", n)
+	}
+	sub["status"] = "requested"
+	delete(sub, "error")
+	e.do("PUT", "/Subscription/legacy", sub).want(t, 200)
 	if c := h.wait(t, 1)[0]; c.Header.Get("Authorization") != "Bearer "+current {
 		t.Fatalf("delivery after sealing: %v", c.Header)
 	}
@@ -204,4 +224,47 @@ func sameStrings(got any, want []string) bool {
 		}
 	}
 	return true
+}
+
+// TestDeliveryRechecksTheOwnersRights (rule 7): a notification is checked
+// against its Subscription's owner again when it is sent (the
+// Subscriptions Backport IG, safety_security.html: servers "SHOULD ensure
+// that authorization is (still) in place when sending any event
+// notifications"). An admin's Subscription on Observation holds a
+// notification its endpoint keeps refusing; a client that may write
+// Subscriptions and read Patients, not Observations, points the
+// Subscription at its own endpoint (it may: it becomes the owner, and it
+// may read what the new criteria match). The held Observation is then not
+// its to receive: it is dropped, never sent to the new endpoint.
+func TestDeliveryRechecksTheOwnersRights(t *testing.T) {
+	idp := oidctest.New(t)
+	idp.AddClient("backend", "backend-secret")
+	const admin = "admin-token-for-notify-guard-0123"
+	e := newEnv(t, withoutMail(), withGuard(func(fs *fhir.Server) {
+		g, err := smart.New(smart.Config{BaseURL: fs.BaseURL(), Issuers: []smart.Issuer{{URL: idp.Issuer()}}, AdminTokens: []string{admin}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Attach(fs)
+	}))
+	tok, err := idp.MintSystem(oidctest.SystemGrant{ClientID: "backend", Scopes: []string{"system/Subscription.cruds", "system/Patient.rs"}, Audience: []string{e.base}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing, other := newHook(t), newHook(t)
+	refusing.setRespond(func(w http.ResponseWriter, _ *http.Request, _ int) {
+		http.Error(w, "not now", http.StatusServiceUnavailable)
+	})
+	sub := e.do("POST", "/Subscription", restHook(refusing.srv.URL, "Observation", "application/fhir+json"), "Authorization", "Bearer "+admin).want(t, 201).JSON
+	e.do("POST", "/Observation", map[string]any{"resourceType": "Observation", "status": "final", "code": map[string]any{"text": "held"},
+		"subject": map[string]any{"reference": "Patient/B"}}, "Authorization", "Bearer "+admin).want(t, 201)
+	refusing.wait(t, 1) // the notification is held, being retried
+
+	sub["criteria"] = "Patient"
+	sub["channel"] = map[string]any{"type": "rest-hook", "endpoint": other.srv.URL, "payload": "application/fhir+json"}
+	e.do("PUT", "/Subscription/"+sub["id"].(string), sub, "Authorization", "Bearer "+tok.AccessToken).want(t, 200)
+	waitFor(t, "the held notification dropped", func() bool { return len(e.outbox("")) == 0 })
+	if got := other.calls(); len(got) != 0 {
+		t.Fatalf("the new owner's endpoint was sent %d notifications: %s", len(got), got[0].Body)
+	}
 }

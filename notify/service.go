@@ -181,12 +181,26 @@ func (n *Service) Ensure(ctx context.Context, doc *store.Doc, update func(cur *s
 		case err != nil:
 			return err
 		}
-		if update == nil {
-			return nil
-		}
 		cur, err := n.fs.ParseResource(v.JSON, "Subscription")
 		if err != nil {
 			return errs.E(op, errs.Internal, err)
+		}
+		if o, err := storedOwner(tx, doc.ID); err != nil {
+			return errs.E(op, errs.Internal, err)
+		} else if o == nil {
+			// Stored before owners were recorded: the server's own.
+			hs, err := n.storedHeaders(tx, doc.ID)
+			if err != nil {
+				return errs.E(op, errs.Internal, err)
+			}
+			s, _ := n.decode(doc.ID, v.VersionID, cur.Map)
+			if err := putOwner(tx, doc.ID, ownerOf(nil, nil, sendsDigest(s, hs))); err != nil {
+				return err
+			}
+			n.invalidate()
+		}
+		if update == nil {
+			return nil
 		}
 		changed, err := update(cur)
 		if err != nil || !changed {
@@ -218,8 +232,11 @@ func (n *Service) hook(tx *store.Tx, ev store.Event) error {
 	if v.Type == "Subscription" {
 		n.invalidate()
 		if ev.Op == store.OpDelete {
-			// A deleted Subscription keeps no secrets.
+			// A deleted Subscription keeps no secrets, and acts for no one.
 			if err := n.putHeaders(tx, v.ID, nil); err != nil {
+				return err
+			}
+			if err := putOwner(tx, v.ID, nil); err != nil {
 				return err
 			}
 		}
@@ -246,6 +263,12 @@ func (n *Service) hook(tx *store.Tx, ev store.Event) error {
 			return fmt.Errorf("notify: match Subscription/%s: %w", s.id, err)
 		}
 		if !ok {
+			continue
+		}
+		if s.owner != nil && !n.fs.Policy().CanSee(tx, s.owner.principal(), v) {
+			// Its owner may not read this version: nothing is sent, not
+			// even a ping. (Without a recorded owner the delivery fails,
+			// saying why.)
 			continue
 		}
 		held := ""
@@ -384,6 +407,9 @@ func (n *Service) load(tx *store.Tx) (map[string][]*subscription, error) {
 		if s.query == nil {
 			n.log.Warn("notify: active Subscription ignored: its criteria do not parse", "subscription", v.ID, "issues", len(issues))
 			continue
+		}
+		if s.owner, err = storedOwner(tx, v.ID); err != nil {
+			return nil, err
 		}
 		out[s.query.Type] = append(out[s.query.Type], s)
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
@@ -65,6 +66,7 @@ type subscription struct {
 	to         []string // email addresses of a mailto endpoint
 	resourceTo bool     // ExtResourceRecipients
 	end        time.Time
+	owner      *owner // whom it acts for; nil when none is recorded
 }
 
 // ended reports whether the Subscription's end has passed.
@@ -247,10 +249,14 @@ func (n *Service) check(s *subscription) []errs.Issue {
 // problem; off is stored as it is; error is the server's to set.
 func (n *Service) validate(tx *store.Tx, doc *store.Doc, prev *store.Version) error {
 	const op = "notify.subscription"
-	if issues := n.sealHeaders(tx, doc); len(issues) > 0 {
+	hs, issues := n.sealHeaders(tx, doc)
+	if len(issues) > 0 {
 		return errs.E(op, errs.Unprocessable, fmt.Sprintf("the Subscription's channel.header cannot be stored (%d problems)", len(issues)), issues)
 	}
 	status, _ := doc.Map["status"].(string)
+	if err := n.recordOwner(tx, doc, hs, status); err != nil {
+		return err
+	}
 	switch status {
 	case StatusOff:
 		return nil
@@ -278,6 +284,50 @@ func (n *Service) validate(tx *store.Tx, doc *store.Doc, prev *store.Version) er
 		return errs.E(op, errs.Internal, err)
 	}
 	return nil
+}
+
+// recordOwner records whom doc acts for (see owner): the writer, when the
+// write sets what the Subscription sends where (it is new, or its
+// criteria or channel changed); otherwise the owner stays. A writer
+// becoming the owner of an active Subscription must be allowed to read
+// what its criteria match (the Subscriptions Backport IG,
+// safety_security.html: a Subscription's topic and filters are weighed
+// when its creation is authorized).
+func (n *Service) recordOwner(tx *store.Tx, doc *store.Doc, hs []header, status string) error {
+	s, _ := n.decode(doc.ID, 0, doc.Map)
+	sends := sendsDigest(s, hs)
+	cur, err := storedOwner(tx, doc.ID)
+	if err != nil {
+		return errs.E("notify.subscription", errs.Internal, err)
+	}
+	o, writer := cur, cur == nil || cur.Sends != sends
+	p := authz.FromContext(tx.Context())
+	if writer {
+		o = ownerOf(p, n.reg.Model().ResourceTypes(), sends)
+	}
+	if (status == StatusRequested || status == StatusActive) && s.query != nil && !o.principal().CanRead(s.query.Type) {
+		typ := s.query.Type
+		msg := fmt.Sprintf("a Subscription on %s resources sends what it matches: the token's scopes must allow reading %s (a scope such as %s/%s.rs, or a v1 equivalent)",
+			typ, typ, level(p), typ)
+		if !writer {
+			msg = fmt.Sprintf("the Subscription acts for whoever last set its criteria and channel, who may not read %s resources: write them again with a token that may", typ)
+		}
+		return errs.E("notify.subscription", errs.Permission, msg, errs.Issue{Code: "forbidden", Path: "Subscription.criteria", Message: msg})
+	}
+	if !writer {
+		return nil
+	}
+	return putOwner(tx, doc.ID, o)
+}
+
+func level(p *authz.Principal) string {
+	switch {
+	case p.Member():
+		return "patient"
+	case p.Level != "":
+		return p.Level
+	}
+	return "system"
 }
 
 // parseMailto reads "mailto:a@example.org,b@example.org".

@@ -273,6 +273,19 @@ func (pol *Policy) MayWrite(tx *store.Tx, p *Principal, before *store.Version, a
 			"%s resources hold no patient's data: a member-scoped token cannot write them", after.Type))
 	}
 	r := &resource{typ: after.Type, id: after.ID, json: after.JSON, m: after.Map, entries: after.Entries}
+	if after.Type == "Subscription" && !w.ownedRes(r, maxDepth) {
+		criteria, _ := after.Map["criteria"].(string)
+		typ, _, _ := strings.Cut(criteria, "?")
+		example := "Observation?subject=Patient/" + p.Patient
+		if typ == "Patient" {
+			example = "Patient?_id=" + p.Patient
+		} else if params := spec.PatientCompartment()[typ]; len(params) > 0 && params[0] != spec.CompartmentSelf {
+			example = typ + "?" + params[0] + "=Patient/" + p.Patient
+		}
+		msg := fmt.Sprintf("%q does not confine the Subscription to the member's own record: a member's Subscription must be a search of a Patient compartment type that names Patient/%s in a compartment parameter, such as %s",
+			criteria, p.Patient, example)
+		return errs.E(op, errs.Permission, msg, errs.Issue{Code: "forbidden", Path: "Subscription.criteria", Message: msg})
+	}
 	if !w.ownedRes(r, maxDepth) {
 		return errs.E(op, errs.Permission, fmt.Sprintf(
 			"the %s does not belong to the compartment of Patient/%s, the only patient this token may write for", after.Type, p.Patient))
