@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
@@ -56,6 +58,8 @@ func statusOf(k errs.Kind) (int, string) {
 		return http.StatusServiceUnavailable, "transient"
 	case errs.Timeout:
 		return http.StatusGatewayTimeout, "timeout"
+	case errs.SlowClient:
+		return http.StatusRequestTimeout, "timeout"
 	}
 	return http.StatusInternalServerError, "exception"
 }
@@ -93,7 +97,13 @@ func Info(msg string) *OperationOutcome {
 // logged with their cause; the client sees only a generic sentence.
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	status, oo := Outcome(err)
-	if status >= 500 {
+	retry := errs.RetryAfterOf(err)
+	if retry > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
+	}
+	// A refusal at a limit (it says when to retry) or the answer to a
+	// client that has gone is not a fault to log.
+	if status >= 500 && retry == 0 && r.Context().Err() == nil {
 		slog.ErrorContext(r.Context(), "fhir request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
 	writeJSON(w, status, oo)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Kind classifies an error.
@@ -29,8 +30,9 @@ const (
 	UnsupportedMedia             // 415
 	Unprocessable                // 422: well-formed but breaks a business rule or profile
 	TooMany                      // 429
-	Transient                    // 503: try again later (a peer or vendor is unreachable)
+	Transient                    // 503: try again later (a peer or vendor is unreachable, the server is at a limit)
 	Timeout                      // 504: a peer did not answer in time
+	SlowClient                   // 408: the client did not send its request in time
 )
 
 var kindNames = map[Kind]string{
@@ -39,6 +41,7 @@ var kindNames = map[Kind]string{
 	NotAcceptable: "not-acceptable", Conflict: "conflict", Gone: "gone",
 	Precondition: "precondition-failed", TooLarge: "too-large", UnsupportedMedia: "unsupported-media-type",
 	Unprocessable: "unprocessable", TooMany: "too-many-requests", Transient: "unavailable", Timeout: "timeout",
+	SlowClient: "request-timeout",
 }
 
 // String returns a short stable name for the kind, usable as an API error code.
@@ -68,11 +71,14 @@ type Error struct {
 	Message string  // safe to show to a client
 	Issues  []Issue // details, each shown to the client
 	Err     error   // the cause, for logs only
+	// RetryAfter, when set, is when the client may try again (the
+	// Retry-After header of a 429 or 503).
+	RetryAfter time.Duration
 }
 
 // E builds an Error for operation op. The other arguments are interpreted by
 // type: Kind sets the kind; string sets the client message; error sets the
-// cause; Issue or []Issue add issues. A cause that is itself an *Error lends
+// cause; Issue or []Issue add issues; time.Duration sets RetryAfter. A cause that is itself an *Error lends
 // its kind, message and issues where they are unset.
 func E(op string, args ...any) error {
 	e := &Error{Op: op, Kind: -1}
@@ -88,6 +94,8 @@ func E(op string, args ...any) error {
 			e.Issues = append(e.Issues, v)
 		case []Issue:
 			e.Issues = append(e.Issues, v...)
+		case time.Duration:
+			e.RetryAfter = v
 		}
 	}
 	var inner *Error
@@ -143,6 +151,17 @@ func KindOf(err error) Kind {
 		return e.Kind
 	}
 	return Internal
+}
+
+// RetryAfterOf returns the first RetryAfter set in err's chain, 0 if none.
+func RetryAfterOf(err error) time.Duration {
+	for err != nil {
+		if e, ok := err.(*Error); ok && e.RetryAfter > 0 {
+			return e.RetryAfter
+		}
+		err = errors.Unwrap(err)
+	}
+	return 0
 }
 
 // Is reports whether err is an *Error of kind k.

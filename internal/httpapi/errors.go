@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
@@ -87,6 +89,9 @@ type errorJSON struct {
 //     message says nothing about the cause.
 func WriteError(w http.ResponseWriter, err error) {
 	e := toError(err)
+	if d := errs.RetryAfterOf(err); d > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((d+time.Second-1)/time.Second)))
+	}
 	WriteJSON(w, e.Status, errorBody{Error: errorJSON{Code: e.Code, Message: e.Message, Fields: e.Fields}})
 }
 
@@ -159,6 +164,8 @@ func StatusOf(k errs.Kind) int {
 		return http.StatusServiceUnavailable
 	case errs.Timeout:
 		return http.StatusGatewayTimeout
+	case errs.SlowClient:
+		return http.StatusRequestTimeout
 	}
 	return http.StatusInternalServerError
 }
