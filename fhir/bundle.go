@@ -92,26 +92,45 @@ type snapshot struct {
 	// binding is the Key of the principal that made it: only the same
 	// rights may page through it.
 	binding string
+	bytes   int64 // what it holds, as counted against the cache's budget
 }
 
-// pageCache keeps result sets for paging, bounded in count and in the
-// total number of ids held, so that broad searches cannot exhaust memory:
-// past either bound the oldest result sets are dropped (their links then
-// answer 410, and the search must be run again).
+// pageCache keeps result sets for paging within a budget of bytes: what
+// each result set holds (its ids, the parsed query, the self link) is
+// counted, and past the budget the oldest result sets are dropped (their
+// links then answer 410, and the search must be run again). One result
+// set may take at most a quarter of the budget: a search that would keep
+// more is refused as too costly rather than evicting everyone else's
+// paging. The count of result sets is bounded too.
 type pageCache struct {
-	mu     sync.Mutex
-	ttl    time.Duration
-	max    int
-	maxIDs int
-	ids    int
-	m      map[string]*snapshot
+	mu       sync.Mutex
+	ttl      time.Duration
+	max      int   // result sets
+	maxBytes int64 // bytes of all result sets
+	bytes    int64
+	m        map[string]*snapshot
 }
 
-func newPageCache(ttl time.Duration, max, maxIDs int) *pageCache {
-	return &pageCache{ttl: ttl, max: max, maxIDs: maxIDs, m: map[string]*snapshot{}}
+func newPageCache(ttl time.Duration, max int, maxBytes int64) *pageCache {
+	return &pageCache{ttl: ttl, max: max, maxBytes: maxBytes, m: map[string]*snapshot{}}
 }
 
-func (c *pageCache) put(sn *snapshot) string {
+// maxSet is the most bytes one result set may hold.
+func (c *pageCache) maxSet() int64 { return c.maxBytes / 4 }
+
+// errTooCostly refuses a result set larger than the cache keeps.
+func (c *pageCache) errTooCostly(what string, n int) error {
+	return errs.E("fhir.page", errs.Unprocessable, fmt.Sprintf(
+		"%s has %d results, more than this server keeps for paging (a quarter of -search-cache-bytes, %d bytes); narrow it (by date, type or a more selective parameter)",
+		what, n, c.maxSet()), errs.Issue{Code: "too-costly", Message: fmt.Sprintf("%s has %d results, too many to page", what, n)})
+}
+
+// put keeps sn and returns its key; a result set over maxSet is refused.
+func (c *pageCache) put(sn *snapshot, what string) (string, error) {
+	sn.bytes = sn.size()
+	if sn.bytes > c.maxSet() {
+		return "", c.errTooCostly(what, len(sn.ids))
+	}
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)
 	key := hex.EncodeToString(b)
@@ -124,7 +143,7 @@ func (c *pageCache) put(sn *snapshot) string {
 			c.drop(k)
 		}
 	}
-	for len(c.m) > 0 && (len(c.m) >= c.max || c.ids+len(sn.ids) > c.maxIDs) {
+	for len(c.m) > 0 && (len(c.m) >= c.max || c.bytes+sn.bytes > c.maxBytes) {
 		oldest := ""
 		for k, v := range c.m {
 			if oldest == "" || v.expires.Before(c.m[oldest].expires) {
@@ -134,12 +153,12 @@ func (c *pageCache) put(sn *snapshot) string {
 		c.drop(oldest)
 	}
 	c.m[key] = sn
-	c.ids += len(sn.ids)
-	return key
+	c.bytes += sn.bytes
+	return key, nil
 }
 
 func (c *pageCache) drop(key string) {
-	c.ids -= len(c.m[key].ids)
+	c.bytes -= c.m[key].bytes
 	delete(c.m, key)
 }
 
@@ -152,6 +171,42 @@ func (c *pageCache) get(key string) *snapshot {
 		return nil
 	}
 	return sn
+}
+
+// size estimates the bytes a result set holds: each string with its
+// header and allocation rounding, each parsed clause, value and range,
+// the kept query and the self link.
+func (sn *snapshot) size() int64 {
+	str := func(s string) int64 { return 16 + int64(len(s)+15)&^15 }
+	n := int64(256) + str(sn.typ) + str(sn.self) + 24
+	for _, id := range sn.ids {
+		n += str(id)
+	}
+	if q := sn.query; q != nil {
+		n += 512
+		for _, c := range q.Clauses {
+			n += 128 + str(c.Modifier)
+			for _, v := range c.Values {
+				n += 64 + str(v.Raw)
+				for _, r := range v.Ranges {
+					n += 48 + str(r.Start) + str(r.End)
+				}
+			}
+		}
+		for k, vs := range q.Kept {
+			n += 64 + str(k)
+			for _, v := range vs {
+				n += str(v)
+			}
+		}
+		for _, l := range [][]string{q.Elements, q.Ignored, q.Linked} {
+			for _, v := range l {
+				n += str(v)
+			}
+		}
+		n += int64(len(q.Sort))*32 + int64(len(q.Include)+len(q.RevInclude))*64 + str(q.Compartment)
+	}
+	return n
 }
 
 // searchBundle runs a search and renders its first page.
@@ -183,7 +238,9 @@ func (s *Server) searchBundle(tx *store.Tx, typ string, params url.Values, lenie
 	}
 	var key string
 	if q.Count > 0 && len(ids) > q.Count && q.Summary != "count" {
-		key = s.pages.put(sn)
+		if key, err = s.pages.put(sn, "this search"); err != nil {
+			return nil, err
+		}
 	}
 	return s.renderPage(tx, sn, key, 0)
 }

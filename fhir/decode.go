@@ -8,23 +8,80 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"os"
 	"strings"
 
+	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
 
-// readBody reads the request body, refusing more than limit bytes.
+// readBody reads the request body, refusing more than limit bytes, and
+// more JSON values than the decoding budget that limit implies (see
+// ValueBudget): decoding is what costs memory, and a body of tiny values
+// ("[0,0,0,...]") costs tens of times its size to decode.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		return nil, errs.E("fhir.body", errs.TooLarge, fmt.Sprintf("the request body is larger than the %d bytes this server accepts", limit))
 	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, errs.E("fhir.body", errs.SlowClient, "the request body was not sent in time (-read-timeout)", err)
+	}
 	if err != nil {
 		return nil, errs.E("fhir.body", errs.Invalid, "the request body could not be read", err)
 	}
+	if budget := ValueBudget(limit); CountJSONValues(body, budget) > budget {
+		return nil, errs.E("fhir.body", errs.TooLarge, fmt.Sprintf(
+			"the request body has more than %d JSON values, the decoding budget of this server (one value per %d bytes of -max-body); send fewer, larger values or split the request", budget, bytesPerValue))
+	}
 	return body, nil
+}
+
+// bytesPerValue sets the decoding budget: FHIR JSON as clients send it
+// has one value per 20 to 30 bytes; the budget allows one per 16 bytes of
+// the body limit, whatever the body's own size.
+const bytesPerValue = 16
+
+// ValueBudget is the most JSON values (objects, arrays, strings, numbers,
+// literals; not member names) a request body may hold under a body limit
+// of limit bytes.
+func ValueBudget(limit int64) int { return int(max(limit/bytesPerValue, 1024)) }
+
+// CountJSONValues counts the JSON values in data, stopping once it has
+// counted more than stop. data need not be valid JSON (the decoder
+// decides that); the count is then approximate.
+func CountJSONValues(data []byte, stop int) int {
+	n := 0
+	for i := 0; i < len(data) && n <= stop; i++ {
+		switch c := data[i]; {
+		case c == '"':
+			j := i + 1
+			for j < len(data) && data[j] != '"' {
+				if data[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			k := j + 1
+			for k < len(data) && (data[k] == ' ' || data[k] == '\t' || data[k] == '\r' || data[k] == '\n') {
+				k++
+			}
+			if k >= len(data) || data[k] != ':' {
+				n++ // a string value, not a member name
+			}
+			i = j
+		case c == '{' || c == '[':
+			n++
+		case c == '-' || c >= '0' && c <= '9' || c == 't' || c == 'f' || c == 'n':
+			n++
+			for i+1 < len(data) && !strings.ContainsRune(",]} \t\r\n", rune(data[i+1])) {
+				i++
+			}
+		}
+	}
+	return n
 }
 
 // checkContentType accepts FHIR JSON and plain JSON (any charset param).
@@ -92,15 +149,28 @@ func (s *Server) docFrom(m map[string]any, raw []byte, wantType string) (*store.
 	if err != nil {
 		return nil, err
 	}
-	if issues := s.model.Validate(m); len(issues) > 0 {
-		list := make([]errs.Issue, len(issues))
-		for i, is := range issues {
-			list[i] = errs.Issue{Code: "structure", Path: is.Path, Message: is.Message}
-		}
+	if issues, more := s.model.ValidateN(m, maxIssues); len(issues) > 0 {
 		return nil, errs.E("fhir.parse", errs.Invalid,
-			fmt.Sprintf("the %s is not valid FHIR R4 (%d problems)", doc.Type, len(issues)), list)
+			fmt.Sprintf("the %s is not valid FHIR R4 (%d problems)", doc.Type, len(issues)+more), structureIssues(issues, more))
 	}
 	return doc, nil
+}
+
+// maxIssues is the most structural problems an answer lists.
+const maxIssues = 100
+
+// structureIssues lists validation problems as OperationOutcome issues,
+// with a last one saying how many more were found and not listed.
+func structureIssues(issues []spec.Issue, more int) []errs.Issue {
+	list := make([]errs.Issue, len(issues), len(issues)+1)
+	for i, is := range issues {
+		list[i] = errs.Issue{Code: "structure", Path: is.Path, Message: is.Message}
+	}
+	if more > 0 {
+		list = append(list, errs.Issue{Code: "too-costly", Message: fmt.Sprintf(
+			"%d more problems were found and are not listed; only the first %d are", more, len(issues))})
+	}
+	return list
 }
 
 // docOf checks a decoded resource's type, without structural validation

@@ -55,6 +55,7 @@ func (s *Server) EnableEverything(opts EverythingOptions) {
 		Name: "everything", Types: []string{"Patient"}, Type: true, Instance: true,
 		Methods:       []string{http.MethodGet, http.MethodPost},
 		Definition:    EverythingDefinition,
+		Expensive:     true,
 		Documentation: "Patient/{id}/$everything also gathers the Patients linked to the patient by MDM links (mutual Patient.link, one level) and their compartments, when this server follows them (see the :mdm search modifier); _mdm=false keeps to the patient's own compartment. Parameters: _since, _type, _count, _mdm. start and end are not supported.",
 		Handler:       func(w http.ResponseWriter, r *http.Request) { s.everything(w, r, opts) },
 	})
@@ -262,6 +263,21 @@ type gatherer struct {
 	seen    map[string]bool
 	matches []string
 	refs    []string // referenced, not yet read: "Type/id\x00patient"
+	// bytes counts what matches hold; past the page cache's limit for one
+	// result set, gathering stops (the result could not be paged).
+	bytes int64
+}
+
+// tooMany stops a gathering whose result set the page cache would refuse.
+func (g *gatherer) tooMany() error {
+	if g.bytes <= g.s.pages.maxSet() {
+		return nil
+	}
+	what := "this Patient/$everything"
+	if g.q.patient == "" {
+		what = "type-level Patient/$everything"
+	}
+	return g.s.pages.errTooCostly(what, len(g.matches))
 }
 
 func (g *gatherer) wanted(v *store.Version) bool {
@@ -309,6 +325,9 @@ func (g *gatherer) record(patients []string) error {
 			for _, v := range vs {
 				g.add(v, p, withhold[i])
 			}
+			if err := g.tooMany(); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -331,7 +350,9 @@ func (g *gatherer) add(v *store.Version, patient string, withhold func(*store.Ve
 		return
 	}
 	g.seen[ref] = true
-	g.matches = append(g.matches, everythingEntry(ref, patient, false))
+	e := everythingEntry(ref, patient, false)
+	g.matches = append(g.matches, e)
+	g.bytes += 16 + int64(len(e)+15)&^15
 }
 
 func (g *gatherer) withholder(p string) (func(*store.Version) bool, error) {
@@ -461,7 +482,10 @@ func (s *Server) everythingBundle(tx *store.Tx, opts EverythingOptions, q *every
 		query: &search.Query{Type: "Patient", Count: q.count, Kept: kept}}
 	var key string
 	if len(entries) > q.count {
-		key = s.pages.put(sn)
+		var err error
+		if key, err = s.pages.put(sn, "this $everything"); err != nil {
+			return nil, err
+		}
 	}
 	return s.renderEverything(tx, opts, sn, key, 0)
 }

@@ -4,13 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/limit"
 )
 
 // writerGate holds the store's single writer on demand: a Basic resource
@@ -222,4 +226,193 @@ func count(t *testing.T, ts *testServer, typ string) int {
 	var n int
 	fmt.Sscan(string(ts.do(http.MethodGet, "/"+typ+"?_summary=count", nil).want(t, http.StatusOK).JSON["total"].(json.Number)), &n)
 	return n
+}
+
+// TestDecodingBudget: a body is decoded only if it has no more JSON
+// values than the budget its size limit implies (one per 16 bytes of
+// -max-body): bodies of tiny values cost tens of times their size to
+// decode, and are refused with 413 before that. An invalid resource lists
+// at most 100 problems and counts the rest, so that an answer is not
+// larger than what was sent.
+func TestDecodingBudget(t *testing.T) {
+	const limit = 1 << 20 // budget: 65,536 values
+	ts := newServer(t, func(c *fhir.Config) { c.MaxBody = limit })
+	fill := func(head, elem, tail string, size int) string {
+		return head + strings.Repeat(elem, (size-len(head)-len(tail))/len(elem)) + tail
+	}
+	for _, c := range []struct {
+		name   string
+		body   string
+		status int
+	}{
+		{"numbers", fill(`{"resourceType":"Patient","name":[{"given":[`, `0,`, `0]}]}`, 900_000), http.StatusRequestEntityTooLarge},
+		{"empty objects", fill(`{"resourceType":"Patient","name":[`, `{},`, `{}]}`, 900_000), http.StatusRequestEntityTooLarge},
+		{"unknown members", fill(`{"resourceType":"Patient","name":[`, `{"x":1},`, `{"x":1}]}`, 900_000), http.StatusRequestEntityTooLarge},
+		{"a Bundle of empty entries", fill(`{"resourceType":"Bundle","type":"batch","entry":[`, `{},`, `{}]}`, 900_000), http.StatusRequestEntityTooLarge},
+		{"many problems within the budget", fill(`{"resourceType":"Patient","name":[`, `{"x":1},`, `{"x":1}]}`, 200_000), http.StatusBadRequest},
+		{"a large valid resource", fill(`{"resourceType":"Patient","name":[{"given":[`, `"Bartholomew-Maximilian-Alexander",`, `"A"]}]}`, 900_000), http.StatusCreated},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := "/Patient"
+			if strings.Contains(c.body, `"Bundle"`) {
+				path = "/"
+			}
+			r := ts.do(http.MethodPost, path, c.body).want(t, c.status)
+			if c.status == http.StatusCreated {
+				return
+			}
+			r.outcome(t)
+			if issues := r.JSON["issue"].([]any); len(issues) > 101 {
+				t.Errorf("%d issues listed", len(issues))
+			}
+			if c.status == http.StatusBadRequest && !strings.Contains(string(r.Body), "more problems were found") {
+				t.Errorf("the outcome does not say problems were left out: %.300s", r.Body)
+			}
+			if len(r.Body) > 64<<10 {
+				t.Errorf("a %d-byte answer to a %d-byte request", len(r.Body), len(c.body))
+			}
+		})
+	}
+	// The server still answers.
+	ts.do(http.MethodGet, "/metadata", nil).want(t, http.StatusOK)
+}
+
+// TestResultSetsBoundedInBytes: the result sets kept for paging are
+// bounded by -search-cache-bytes, counting what each holds (ids, the
+// parsed query, the self link), not by their number: long queries evict
+// older result sets (whose links then answer 410), and a result set that
+// alone would take more than a quarter of the budget is refused as too
+// costly (422, issue too-costly) instead of evicting everyone's paging.
+func TestResultSetsBoundedInBytes(t *testing.T) {
+	ts := newServer(t, func(c *fhir.Config) { c.SearchCacheBytes = 400 << 10 })
+	for range 30 {
+		ts.do(http.MethodPost, "/Observation", `{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"urn:t","code":"page"}]}}`).want(t, http.StatusCreated)
+	}
+	longQuery := func(i, n int) string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "/Observation?_count=10&code=urn:t|page")
+		for j := range n {
+			fmt.Fprintf(&b, ",urn:long-query-%d|code-%d", i, j)
+		}
+		return b.String()
+	}
+	var nexts []string
+	for i := range 20 {
+		r := ts.do(http.MethodGet, longQuery(i, 300), nil).want(t, http.StatusOK)
+		next := link(r.JSON, "next")
+		if next == "" {
+			t.Fatalf("search %d has no next link", i)
+		}
+		nexts = append(nexts, next)
+	}
+	ts.do(http.MethodGet, nexts[0], nil).want(t, http.StatusGone).outcome(t)
+	ts.do(http.MethodGet, nexts[len(nexts)-1], nil).want(t, http.StatusOK)
+
+	r := ts.do(http.MethodGet, longQuery(99, 3000), nil).want(t, http.StatusUnprocessableEntity)
+	if !strings.Contains(r.outcome(t), "too-costly") {
+		t.Errorf("not refused as too costly: %.300s", r.Body)
+	}
+	// Pages that fit are still served, and so is everyone else.
+	ts.do(http.MethodGet, "/Observation?code=urn:t|page&_count=5", nil).want(t, http.StatusOK)
+	ts.do(http.MethodGet, nexts[len(nexts)-1], nil).want(t, http.StatusOK)
+}
+
+// clientFrom returns an HTTP client whose connections come from ip (a
+// loopback address such as 127.0.0.2): another client, as far as
+// per-client limits go.
+func clientFrom(ip string) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+}
+
+func post(t *testing.T, c *http.Client, url, body string) (int, http.Header, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/fhir+json")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// TestExpensiveRequestsAreLimited: large Bundles and Patient/$everything
+// take a slot of the server's limiter while they run. A client with too
+// many under way is refused with 429, a server with too many with 503,
+// both with Retry-After and an OperationOutcome (FHIR R4 http.html: the
+// server may refuse with 429 "throttled"); nothing is queued, and other
+// requests are served.
+func TestExpensiveRequestsAreLimited(t *testing.T) {
+	ts := newServer(t, func(c *fhir.Config) {
+		c.Limiter = limit.New(2, 1, 3*time.Second)
+		c.LargeBundleEntries = 5
+	})
+	ts.fhir.EnableEverything(fhir.EverythingOptions{})
+	ts.do(http.MethodPut, "/Patient/m", `{"resourceType":"Patient","id":"m"}`).want(t, http.StatusCreated)
+	gate := holdWriter(ts)
+	held := gate.start(ts)
+
+	a, b, c := clientFrom("127.0.0.1"), clientFrom("127.0.0.2"), clientFrom("127.0.0.3")
+	first := make(chan int, 2)
+	go func() { s, _, _ := post(t, a, ts.URL, transactionOf(5, 0)); first <- s }()
+	waitQueued(t, ts, 1)
+
+	for _, r := range []struct {
+		name   string
+		client *http.Client
+		path   string
+		body   string
+		status int
+	}{
+		{"a second large transaction of the same client", a, "/", transactionOf(5, 10), http.StatusTooManyRequests},
+		{"$everything of the same client", a, "/Patient/m/$everything", `{"resourceType":"Parameters"}`, http.StatusTooManyRequests},
+		{"a read of the same client", a, "/Patient/m/_history", "", http.StatusOK},
+	} {
+		t.Run(r.name, func(t *testing.T) {
+			var status int
+			var h http.Header
+			var body string
+			if r.body == "" {
+				resp, err := r.client.Get(ts.URL + r.path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				status = resp.StatusCode
+			} else {
+				status, h, body = post(t, r.client, ts.URL+r.path, r.body)
+			}
+			if status != r.status {
+				t.Fatalf("status %d, want %d: %.300s", status, r.status, body)
+			}
+			if status >= 400 && (h.Get("Retry-After") != "3" || !strings.Contains(body, "OperationOutcome")) {
+				t.Errorf("refusal without Retry-After or OperationOutcome: %v %s", h, body)
+			}
+		})
+	}
+	// Another client may run one; then the server is at its total.
+	go func() { s, _, _ := post(t, b, ts.URL, transactionOf(5, 20)); first <- s }()
+	waitQueued(t, ts, 2)
+	status, h, body := post(t, c, ts.URL+"/Patient/m/$everything", `{"resourceType":"Parameters"}`)
+	if status != http.StatusServiceUnavailable || h.Get("Retry-After") == "" {
+		t.Errorf("a third client at the server's limit: %d %v %.200s", status, h, body)
+	}
+	ts.do(http.MethodGet, "/metadata", nil).want(t, http.StatusOK)
+
+	close(gate.release)
+	(<-held).want(t, http.StatusCreated)
+	for range 2 {
+		if s := <-first; s != http.StatusOK {
+			t.Errorf("a transaction that had its slot: %d", s)
+		}
+	}
+	// Slots are given back.
+	if s, _, body := post(t, a, ts.URL, transactionOf(5, 30)); s != http.StatusOK {
+		t.Errorf("after the slots were given back: %d %.200s", s, body)
+	}
+	if s, _, _ := post(t, c, ts.URL+"/Patient/m/$everything", `{"resourceType":"Parameters"}`); s != http.StatusOK {
+		t.Errorf("$everything after the slots were given back: %d", s)
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/limit"
 )
 
 // Config sets up a Server.
@@ -32,6 +33,11 @@ type Config struct {
 	DefaultCount, MaxCount int
 	// PageTTL is how long a search's result set stays pageable.
 	PageTTL time.Duration
+	// SearchCacheBytes bounds the memory of the result sets kept for
+	// paging (searches and $everything), counted in bytes: their ids,
+	// parsed queries and self links. One result set may take a quarter
+	// of it. Default 128 MiB.
+	SearchCacheBytes int64
 	// MaxBundleEntries is the most entries a transaction or batch Bundle
 	// may have; a larger one is refused with 413. Default 10,000.
 	MaxBundleEntries int
@@ -39,7 +45,13 @@ type Config struct {
 	// page (iterations included); past it the page says so in an outcome
 	// entry. Default 5000.
 	MaxIncluded int
-	Logger      *slog.Logger
+	// Limiter bounds expensive requests at once, in total and per client
+	// (see Server.Expensive); nil: no bound.
+	Limiter *limit.Limiter
+	// LargeBundleEntries is the entry count from which a transaction or
+	// batch counts as expensive work. Default 500.
+	LargeBundleEntries int
+	Logger             *slog.Logger
 	// Software names this server in the CapabilityStatement.
 	Software, Version string
 	// CORS says browser clients of other origins may call the server (the
@@ -47,6 +59,9 @@ type Config struct {
 	// rest.security.cors reports it.
 	CORS bool
 }
+
+// DefaultSearchCacheBytes is Config.SearchCacheBytes' default.
+const DefaultSearchCacheBytes = 128 << 20
 
 // DefaultMaxBundleEntries is Config.MaxBundleEntries' default.
 const DefaultMaxBundleEntries = 10000
@@ -98,6 +113,11 @@ type Operation struct {
 	// Handler serves the operation. URL params "type" and "id" are set by
 	// the router for type and instance levels.
 	Handler http.HandlerFunc
+	// Expensive operations take a slot of the server's Limiter while they
+	// run (Patient/$everything, bulk kick-offs): a client with too many
+	// under way gets 429, a server at its limit 503, both with
+	// Retry-After.
+	Expensive bool
 }
 
 // New builds a Server.
@@ -117,8 +137,14 @@ func New(st *store.Store, cfg Config) *Server {
 	if cfg.PageTTL == 0 {
 		cfg.PageTTL = 30 * time.Minute
 	}
+	if cfg.SearchCacheBytes <= 0 {
+		cfg.SearchCacheBytes = DefaultSearchCacheBytes
+	}
 	if cfg.MaxBundleEntries <= 0 {
 		cfg.MaxBundleEntries = DefaultMaxBundleEntries
+	}
+	if cfg.LargeBundleEntries <= 0 {
+		cfg.LargeBundleEntries = 500
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -129,7 +155,7 @@ func New(st *store.Store, cfg Config) *Server {
 	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
 	return &Server{
 		cfg: cfg, store: st, reg: st.Registry(), model: st.Registry().Model(), log: cfg.Logger,
-		pages:      newPageCache(cfg.PageTTL, 2000, 4_000_000),
+		pages:      newPageCache(cfg.PageTTL, 2000, cfg.SearchCacheBytes),
 		policy:     authz.New(st.Registry(), cfg.BaseURL),
 		validators: map[string][]Validator{},
 		started:    time.Now().UTC(),
@@ -293,11 +319,36 @@ func (s *Server) runOperation(w http.ResponseWriter, r *http.Request, level stri
 	}
 	for _, m := range methods {
 		if m == r.Method {
+			if op.Expensive {
+				release, err := s.Expensive(r, "$"+op.Name)
+				if err != nil {
+					WriteError(w, r, err)
+					return
+				}
+				defer release()
+			}
 			op.Handler(w, r)
 			return
 		}
 	}
 	WriteError(w, r, errs.E("fhir.operation", errs.MethodNotAllowed, fmt.Sprintf("$%s does not accept %s", name, r.Method)))
+}
+
+// Expensive takes a slot of the server's Limiter for r, for work
+// described by what, or refuses: 429 when r's client (its token's subject,
+// else its IP address) has too much under way, 503 when the server has.
+// Call release when the work is done.
+func (s *Server) Expensive(r *http.Request, what string) (release func(), err error) {
+	return s.cfg.Limiter.Acquire(ClientKey(r), what)
+}
+
+// ClientKey identifies r's client for per-client limits: the subject of
+// its token when it has one, else its IP address.
+func ClientKey(r *http.Request) string {
+	if a := AccessFrom(r.Context()); a != nil && a.Subject != "" {
+		return "sub:" + a.Subject
+	}
+	return limit.ClientIP(r)
 }
 
 func forType(typ string) string {

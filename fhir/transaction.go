@@ -69,10 +69,19 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, errs.E("fhir.bundle", errs.Invalid, "POST to the base takes a Bundle of type transaction or batch"))
 		return
 	}
-	if list, _ := m["entry"].([]any); len(list) > s.cfg.MaxBundleEntries {
+	list, _ := m["entry"].([]any)
+	if len(list) > s.cfg.MaxBundleEntries {
 		WriteError(w, r, errs.E("fhir.bundle", errs.TooLarge, fmt.Sprintf(
 			"the Bundle has %d entries; this server processes at most %d per transaction or batch (-max-bundle-entries): split it", len(list), s.cfg.MaxBundleEntries)))
 		return
+	}
+	if len(list) >= s.cfg.LargeBundleEntries {
+		release, err := s.Expensive(r, fmt.Sprintf("a Bundle of %d entries", len(list)))
+		if err != nil {
+			WriteError(w, r, err)
+			return
+		}
+		defer release()
 	}
 	typ, _ := m["type"].(string)
 	isBatch := typ == "batch"
@@ -118,10 +127,16 @@ var entryPath = regexp.MustCompile(`^Bundle\.entry\[(\d+)\]`)
 // batch only that entry (each entry is processed on its own, and the batch
 // answers 200 whatever its entries' outcomes, http.html#brules): they are
 // returned by entry index, as that entry's 400 outcome.
+//
+// At most maxIssues problems are listed. A batch with more is refused
+// whole: past the cut, which entries are valid is not known.
 func (s *Server) checkBundle(m map[string]any, batch bool) (map[int]error, error) {
-	issues := s.model.Validate(m)
+	issues, more := s.model.ValidateN(m, maxIssues)
 	if len(issues) == 0 {
 		return nil, nil
+	}
+	if more > 0 {
+		return nil, errs.E("fhir.parse", errs.Invalid, fmt.Sprintf("the Bundle is not valid FHIR R4 (%d problems)", len(issues)+more), structureIssues(issues, more))
 	}
 	var whole []errs.Issue
 	byEntry := map[int][]errs.Issue{}

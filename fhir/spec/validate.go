@@ -39,15 +39,25 @@ func (i Issue) String() string { return i.Path + ": " + i.Message }
 // It returns every problem found, ordered by path, or nil for a valid
 // resource. It does not check profiles, invariants or terminology.
 func (m *Model) Validate(resource map[string]any) []Issue {
-	v := validator{m: m, path: make([]byte, 0, 128)}
+	issues, _ := m.ValidateN(resource, 0)
+	return issues
+}
+
+// ValidateN is Validate keeping at most max issues (all when max is 0):
+// the first max found, in document order, then ordered by path. more
+// counts the problems found beyond them. A body with a problem in every
+// one of its million array elements costs a count, not a million
+// messages.
+func (m *Model) ValidateN(resource map[string]any, max int) (issues []Issue, more int) {
+	v := validator{m: m, path: make([]byte, 0, 128), max: max}
 	if resource == nil {
-		return []Issue{{Path: "resourceType", Message: "no resource"}}
+		return []Issue{{Path: "resourceType", Message: "no resource"}}, 0
 	}
 	v.resource(resource, true)
 	if len(v.issues) > 1 {
 		slices.SortStableFunc(v.issues, func(a, b Issue) int { return strings.Compare(a.Path, b.Path) })
 	}
-	return v.issues
+	return v.issues, v.more
 }
 
 // validator walks one resource. path holds the location of the value being
@@ -56,9 +66,15 @@ type validator struct {
 	m      *Model
 	path   []byte
 	issues []Issue
+	max    int // most issues kept; 0 for all
+	more   int // issues found beyond max
 }
 
 func (v *validator) report(format string, args ...any) {
+	if v.max > 0 && len(v.issues) >= v.max {
+		v.more++
+		return
+	}
 	v.issues = append(v.issues, Issue{Path: string(v.path), Message: fmt.Sprintf(format, args...)})
 }
 
