@@ -96,9 +96,10 @@ func (a *app) wire() error {
 		a.cfg.BaseURL = cfg.BaseURL
 	}
 	base := cfg.BaseURL + "/fhir"
-	a.fhir = fhir.New(a.store, fhir.Config{BaseURL: base, MaxBody: cfg.MaxBody, MaxBundleEntries: cfg.MaxBundleEntries,
-		Logger: log, Version: version,
-		CORS: len(cfg.CORSOrigins) > 0})
+	fcfg := fhir.Config{BaseURL: base, MaxBody: cfg.MaxBody, Logger: log, Version: version,
+		CORS: len(cfg.CORSOrigins) > 0}
+	cfg.Limits.fhir(&fcfg)
+	a.fhir = fhir.New(a.store, fcfg)
 
 	// Access control on /fhir comes first: later middleware reads the
 	// fhir.Access it sets.

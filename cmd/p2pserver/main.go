@@ -32,9 +32,10 @@ type Config struct {
 	DB      string
 	BaseURL string
 	MaxBody int64
-	// MaxBundleEntries is the most entries of a transaction or batch.
-	MaxBundleEntries int
-	LogLevel         string
+	// Limits keep one client's requests from taking the server from the
+	// others (see limits.go).
+	Limits   Limits
+	LogLevel string
 	// AdminToken is a comma-separated list of bearer tokens for admin /api writes.
 	AdminToken string
 	// SecretKey encrypts secrets at rest (client secrets, member tokens).
@@ -124,12 +125,12 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 		return b
 	}
 	var cfg Config
-	var maxBody, grace, workers, attempts, cors, maxPages, maxResources, bundleEntries string
+	var maxBody, grace, workers, attempts, cors, maxPages, maxResources string
 	fs.StringVar(&cfg.Addr, "addr", env("addr", "127.0.0.1:8080"), "listen address (host:port)")
 	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "bbolt database file (created if missing)")
 	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<the address bound>)")
 	fs.StringVar(&maxBody, "max-body", env("max-body", "8MiB"), "largest request body accepted (bytes, or with KiB/MiB suffix)")
-	fs.StringVar(&bundleEntries, "max-bundle-entries", env("max-bundle-entries", "10000"), "most entries of a transaction or batch Bundle; larger ones get 413")
+	limits := limitFlags(fs, env)
 	fs.StringVar(&cfg.LogLevel, "log-level", env("log-level", "info"), "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.AdminToken, "admin-token", env("admin-token", ""), "comma-separated bearer tokens for admin /api writes (none: admin writes are refused)")
 	fs.StringVar(&cfg.SecretKey, "secret-key", env("secret-key", ""), "32-byte key (base64 or hex) encrypting secrets at rest; comma-separate keys to rotate")
@@ -179,8 +180,8 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	if cfg.MaxBody, err = parseSize(maxBody); err != nil {
 		return cfg, fmt.Errorf("-max-body: %w", err)
 	}
-	if cfg.MaxBundleEntries, err = strconv.Atoi(bundleEntries); err != nil || cfg.MaxBundleEntries < 1 {
-		return cfg, fmt.Errorf("-max-bundle-entries: %q is not a positive number", bundleEntries)
+	if cfg.Limits, err = limits(); err != nil {
+		return cfg, err
 	}
 	if cfg.ShutdownGrace, err = time.ParseDuration(grace); err != nil {
 		return cfg, fmt.Errorf("-shutdown-grace: %w", err)
@@ -305,14 +306,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := a.Start(ctx); err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           a.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := cfg.Limits.httpServer(a.Handler())
+	srv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- srv.Serve(cfg.Limits.listener(ln)) }()
 	if cfg.DebugAddr != "" {
 		dbg := &http.Server{Addr: cfg.DebugAddr, Handler: debugHandler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() {

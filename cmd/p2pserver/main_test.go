@@ -25,7 +25,9 @@ func TestConfigFlagsAndEnvironment(t *testing.T) {
 	if cfg.BaseURL != "" {
 		t.Errorf("base URL %q set before the address is bound", cfg.BaseURL)
 	}
-	for _, bad := range [][]string{{"-max-body", "lots"}, {"-shutdown-grace", "soon"}, {"-nonsense"}} {
+	for _, bad := range [][]string{{"-max-body", "lots"}, {"-shutdown-grace", "soon"}, {"-nonsense"},
+		{"-read-timeout", "soon"}, {"-write-timeout", "0s"}, {"-max-connections", "0"}, {"-max-header-bytes", "1"},
+		{"-search-cache-bytes", "lots"}, {"-max-expensive-per-client", "none"}, {"-max-bundle-entries", "-1"}} {
 		if _, err := parseConfig(bad, func(string) string { return "" }); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
