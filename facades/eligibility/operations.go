@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
@@ -58,6 +59,11 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 	if doc.Map["status"] != "active" {
 		fhir.WriteError(w, r, errs.E(op, errs.Invalid, "$submit needs a CoverageEligibilityRequest with status active",
 			errs.Issue{Code: "value", Path: "CoverageEligibilityRequest.status", Message: "must be active"}))
+		return
+	}
+	// $submit creates the request, as a POST would: the same letter (c).
+	if err := s.fs.Policy().Need(fhir.AccessFrom(r.Context()), "CoverageEligibilityRequest", authz.Create); err != nil {
+		fhir.WriteError(w, r, err)
 		return
 	}
 	doc.ID = fhir.NewID()
@@ -226,18 +232,18 @@ func (s *Service) confirm2FA(w http.ResponseWriter, r *http.Request) {
 			errs.Issue{Code: "required", Path: "Parameters.parameter.where(name='code').valueString", Message: "the 2FA code"}))
 		return
 	}
+	// Relaying the code changes the Task: the update letter (u), on a Task
+	// the requester may see (one it may not answers as one that does not
+	// exist).
 	a := fhir.AccessFrom(r.Context())
-	if !a.CanWrite("Task") {
-		fhir.WriteError(w, r, errs.E(op, errs.Permission, "this token does not allow writing Task resources"))
+	if err := s.fs.Policy().Need(a, "Task", authz.Update); err != nil {
+		fhir.WriteError(w, r, err)
 		return
 	}
 	var j *job
 	err = s.st.View(r.Context(), func(tx *store.Tx) error {
-		if _, err := tx.Read("Task", taskID); err != nil {
+		if _, err := s.fs.Policy().Current(tx, a, "Task", taskID); err != nil {
 			return err
-		}
-		if a != nil && a.Patient != "" && !tx.InCompartment("Task", taskID, a.Patient) {
-			return errs.E(op, errs.NotFound, fmt.Sprintf("Task/%s is not known", taskID))
 		}
 		reqID := tx.KV(bTasks).Get([]byte(taskID))
 		if reqID == nil {

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
@@ -164,11 +165,17 @@ const (
 
 // extractor reads a CoverageEligibilityRequest and the resources it
 // references: contained ones ("#id"), stored ones ("Patient/123"), and
-// logical references by identifier.
+// logical references by identifier. Stored ones are read with the
+// requester's rights (the Principal in tx's context), never the store's.
 type extractor struct {
 	tx     *store.Tx
+	pol    *authz.Policy
+	p      *authz.Principal
 	doc    map[string]any
 	issues []errs.Issue
+	// forbidden is the first reference the requester's scopes do not let
+	// it read at all (its type); the request is refused with it.
+	forbidden error
 }
 
 func (x *extractor) fail(path, format string, args ...any) {
@@ -196,7 +203,15 @@ func (x *extractor) resolve(ref map[string]any, path string) map[string]any {
 		x.fail(path, "reference %q must be contained (#id) or relative (Type/id)", r)
 		return nil
 	}
-	v, err := x.tx.Read(typ, id)
+	if err := x.pol.Need(x.p, typ, authz.Read); err != nil {
+		if x.forbidden == nil {
+			x.forbidden = err
+		}
+		return nil
+	}
+	// What the requester may not see answers exactly as what does not
+	// exist: the vendor is sent nothing, and the requester learns nothing.
+	v, err := x.pol.Current(x.tx, x.p, typ, id)
 	if err != nil {
 		x.fail(path, "%s is not a resource on this server", r)
 		return nil
@@ -211,9 +226,14 @@ func (x *extractor) resolve(ref map[string]any, path string) map[string]any {
 
 // ExtractRequest builds the Request of a CoverageEligibilityRequest, and an
 // issue for each part that cannot be read. Missing optional data is left
-// empty; the connectors say what they require.
-func ExtractRequest(tx *store.Tx, id string, doc map[string]any, today time.Time) (*Request, []errs.Issue) {
-	x := &extractor{tx: tx, doc: doc}
+// empty; the connectors say what they require. The resources it references
+// are read with the rights of the request in tx's context
+// (authz.FromContext), as pol decides: one the requester may not see is
+// reported exactly as one that does not exist; one whose type the
+// requester's scopes do not let it read at all makes the error a
+// Permission error, returned alone.
+func ExtractRequest(tx *store.Tx, pol *authz.Policy, id string, doc map[string]any, today time.Time) (*Request, []errs.Issue, error) {
+	x := &extractor{tx: tx, pol: pol, p: authz.FromContext(tx.Context()), doc: doc}
 	req := &Request{RequestID: id}
 
 	if p := obj(doc["patient"]); p != nil {
@@ -348,7 +368,7 @@ func ExtractRequest(tx *store.Tx, id string, doc map[string]any, today time.Time
 		}
 		req.Items = append(req.Items, item)
 	}
-	return req, x.issues
+	return req, x.issues, x.forbidden
 }
 
 // provider reads an NPI and a specialty from a reference to a

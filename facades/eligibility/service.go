@@ -208,7 +208,10 @@ func (s *Service) route(req *Request) (Route, bool) {
 // is the validator's work, also used by tests.
 func (s *Service) prepare(tx *store.Tx, id string, m map[string]any) (*Request, Route, error) {
 	const op = "eligibility.validate"
-	req, issues := ExtractRequest(tx, id, m, s.now())
+	req, issues, err := ExtractRequest(tx, s.fs.Policy(), id, m, s.now())
+	if err != nil {
+		return nil, Route{}, err
+	}
 	route, ok := s.route(req)
 	if !ok {
 		msg := "the request names no payer: give the insurer Organization an identifier (the payer id)"

@@ -84,6 +84,10 @@ func (f *Facade) create(w http.ResponseWriter, r *http.Request) {
 		fhir.WriteError(w, r, err)
 		return
 	}
+	if err := referencedReadable(r, m); err != nil {
+		fhir.WriteError(w, r, err)
+		return
+	}
 	var hid string
 	var body []byte
 	switch typ {
@@ -115,6 +119,10 @@ func (f *Facade) update(w http.ResponseWriter, r *http.Request) {
 		fhir.WriteError(w, r, err)
 		return
 	}
+	if err := referencedReadable(r, m); err != nil {
+		fhir.WriteError(w, r, err)
+		return
+	}
 	if bid, _ := m["id"].(string); bid != id {
 		fhir.WriteError(w, r, errs.E("healthie.update", errs.Invalid, fmt.Sprintf("the resource id %q is not the id %q in the URL", bid, id)))
 		return
@@ -142,6 +150,34 @@ func (f *Facade) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// referencedReadable checks that the request may read every type of the
+// facade's resources that m refers to (an Appointment's patient and
+// practitioner, a Patient's generalPractitioner): a write resolves them in
+// Healthie, which would otherwise tell a caller that may not read them
+// whether they exist, and act on them for it.
+func referencedReadable(r *http.Request, m map[string]any) error {
+	var refs []string
+	for _, p := range objects(m["participant"]) {
+		actor, _ := p["actor"].(map[string]any)
+		refs = append(refs, str(actor, "reference"))
+	}
+	for _, gp := range objects(m["generalPractitioner"]) {
+		refs = append(refs, str(gp, "reference"))
+	}
+	seen := map[string]bool{}
+	for _, ref := range refs {
+		for _, typ := range []string{"Patient", "Practitioner"} {
+			if strings.Contains(ref, typ+"/") && !seen[typ] {
+				seen[typ] = true
+				if err := access(r, typ, false); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // fieldPaths tells which FHIR element a Healthie input field comes from.
