@@ -87,6 +87,18 @@ func (s *Service) webhook(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				return err
 			}
+			if len(ids) == 0 && n.Ref != "" && n.RequestID != "" {
+				// The vendor names the check by our id: a check still
+				// waiting for its create call's answer, or whose create
+				// call went unconfirmed, takes the vendor's ref from it.
+				adopted, err := adopt(tx, vendor, n.RequestID, n.Ref, now)
+				if err != nil {
+					return err
+				}
+				if adopted {
+					ids = []string{n.RequestID}
+				}
+			}
 			if len(ids) == 0 && n.Ref != "" {
 				// The call that made this ref may not have returned yet
 				// (the vendor's webhook overtook its answer): keep the
@@ -120,6 +132,23 @@ func (s *Service) webhook(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpapi.WriteJSON(w, http.StatusOK, map[string]int{"received": len(notices), "duplicates": dup, "checks": woken})
+}
+
+// adopt gives the check reqID, of vendor, the vendor's ref when the check
+// has none yet (it was never answered, or its create call went
+// unconfirmed) and starts waiting on it. It reports whether it did.
+func adopt(tx *store.Tx, vendor, reqID, ref string, now time.Time) (bool, error) {
+	j, err := getJob(tx, reqID)
+	if err != nil || j == nil || j.Vendor != vendor || j.State != stateSubmit || j.Ref != "" {
+		return false, err
+	}
+	j.Ref, j.WaitRef, j.State = ref, ref, stateWait
+	j.Req.Unconfirmed, j.Attempts, j.LastError = time.Time{}, 0, ""
+	j.Seq++ // a create call's answer still on its way is not applied over this
+	if err := j.index(tx, ref); err != nil {
+		return false, err
+	}
+	return true, putJob(tx, j)
 }
 
 // connectionRecord is what the server keeps of a datasource connection.

@@ -40,6 +40,11 @@ type Config struct {
 	// MaxWait is how long a check may wait for an asynchronous vendor
 	// answer in all. Default 72h (Sohar gives up on a payer after 24h).
 	MaxWait Duration `json:"maxWait"`
+	// ConfirmWait is how long a check whose create call went unconfirmed
+	// (it may have been carried out) waits for the vendor's webhook naming
+	// it, for vendors whose webhooks do (Sohar), before it fails rather
+	// than create again. Default 10m.
+	ConfirmWait Duration `json:"confirmWait"`
 	// Concurrency is how many vendor calls run at once. Default 4.
 	Concurrency int `json:"concurrency"`
 }

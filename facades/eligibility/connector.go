@@ -2,6 +2,7 @@ package eligibility
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 )
@@ -40,6 +41,51 @@ type Connector interface {
 	// returns what it announces. It must not trust the body beyond
 	// locating the check: the Service polls the vendor's API for the result.
 	Webhook(ctx context.Context, header http.Header, body []byte) ([]Notice, error)
+}
+
+// Unconfirmed marks err, the failure of a call that creates something at
+// the vendor (a verification, a VOB, an eligibility request: calls that
+// are not idempotent and may be billed), as one that may nonetheless have
+// been carried out: a timeout or broken connection after the request was
+// sent, an answer of 500, 502 or 504 (vendorhttp.MaybeProcessed). The
+// worker then never repeats the call blindly (see Request.Unconfirmed).
+// Connectors mark the error of their create calls only; a failed token or
+// read call is repeated freely. The error keeps err's kind.
+func Unconfirmed(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &unconfirmedError{err}
+}
+
+type unconfirmedError struct{ err error }
+
+func (e *unconfirmedError) Error() string { return e.err.Error() }
+func (e *unconfirmedError) Unwrap() error { return e.err }
+
+// IsUnconfirmed reports whether err was marked by Unconfirmed.
+func IsUnconfirmed(err error) bool {
+	var u *unconfirmedError
+	return errors.As(err, &u)
+}
+
+// Finder is implemented by connectors that can find, at the vendor, what
+// an unconfirmed create call of a check made, by what the vendor documents
+// (a search by the member's data, this server's own id). Before such a
+// check is submitted again, the worker calls Find: found, its Result is
+// the check's (and Submit is not called); not found, Submit is safe.
+type Finder interface {
+	// Find looks for what the call that failed at req.Unconfirmed made.
+	Find(ctx context.Context, route Route, req *Request) (res Result, found bool, err error)
+}
+
+// WebhookConfirmer is implemented by connectors whose vendor sends, for
+// every check it creates, a webhook naming the check by this server's id
+// (Notice.RequestID): an unconfirmed create is then confirmed by that
+// webhook, which gives the check its Ref, and the worker waits for it
+// (Config.ConfirmWait) rather than creating again.
+type WebhookConfirmer interface {
+	ConfirmsByWebhook()
 }
 
 // Preparer is implemented by connectors that learn something from the
@@ -131,6 +177,12 @@ type Notice struct {
 	// ConnectionID is set when the event is about a datasource connection,
 	// whose stored record then takes Status.
 	ConnectionID string
+	// RequestID is this server's id of the check (the
+	// CoverageEligibilityRequest id), when the vendor's event carries the
+	// id this server gave the check; a check still waiting for its create
+	// call's answer (or whose create call went unconfirmed) takes Ref from
+	// it.
+	RequestID string
 }
 
 // Coverage is plan and benefit information in vendor-neutral form.

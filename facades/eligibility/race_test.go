@@ -8,6 +8,7 @@ import (
 	"github.com/p2pserver/p2pserver/facades/eligibility"
 	"github.com/p2pserver/p2pserver/facades/sohar"
 	"github.com/p2pserver/p2pserver/facades/sohar/sohartest"
+	"github.com/p2pserver/p2pserver/facades/tuuthfairy"
 	"github.com/p2pserver/p2pserver/facades/tuuthfairy/tuuthfairytest"
 )
 
@@ -56,7 +57,7 @@ func TestWebhookOvertakingAPollIsNotLost(t *testing.T) {
 			v := vendor{request: dental("62308", "RACE-2"), readsWant: 2}
 			v.start = func(t *testing.T) (*env, func() []int) {
 				var e *env
-				e, sim = tfEnvWith(t, slowPolls)
+				e, sim = tfEnvWith(t, func(c *eligibility.Config, _ *tuuthfairy.Config) { slowPolls(c) })
 				sim.Script("RACE-2", script)
 				for _, d := range late {
 					sim.AnswerLate("requestEligibility", d)

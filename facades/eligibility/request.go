@@ -36,6 +36,13 @@ type Request struct {
 	// Prior is the vendor's id of the last check for the same member and
 	// payer, so a connector can re-verify rather than start afresh.
 	Prior string `json:"prior,omitempty"`
+	// Unconfirmed, when set, is when a call of this check that creates
+	// something at the vendor (Submit's create, a re-verification, a
+	// request made by Poll) failed in a way that leaves open whether the
+	// vendor carried it out (see Unconfirmed). The check never repeats
+	// such a call blindly: a Finder looks first, a WebhookConfirmer waits
+	// for the vendor's webhook, other vendors' checks fail.
+	Unconfirmed time.Time `json:"unconfirmed,omitzero"`
 }
 
 // Person is a patient or subscriber.

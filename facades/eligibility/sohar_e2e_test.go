@@ -331,12 +331,15 @@ func TestSoharRevokedCredentials(t *testing.T) {
 	}
 }
 
-// 5xx answers are retried a bounded number of times, then the payer could
-// not be reached; a vendor slower than the timeout likewise.
+// Answers refusing the call before Sohar acted (503, 429) are retried a
+// bounded number of times, then the payer could not be reached; a vendor
+// slower than the timeout likewise. (Answers that leave open whether
+// Create Verification was carried out, 500/502/504, are never simply
+// retried: see TestVendorCreatesAreNeverRepeatedBlindly.)
 func TestSoharUnreachable(t *testing.T) {
-	t.Run("5xx", func(t *testing.T) {
+	t.Run("503", func(t *testing.T) {
 		e, sim := soharEnv(t, nil)
-		sim.FailNext(503, 502, 500, 503)
+		sim.FailNext(503, 429, 503, 503)
 		r := e.do("POST", "/fhir/CoverageEligibilityRequest/$submit", eligibilityRequest(defaults()))
 		if r.Status != http.StatusServiceUnavailable || !strings.Contains(string(r.Body), "could not be reached") {
 			t.Fatalf("$submit: %d %s", r.Status, r.Body)
@@ -351,7 +354,7 @@ func TestSoharUnreachable(t *testing.T) {
 	})
 	t.Run("recovers", func(t *testing.T) {
 		e, sim := soharEnv(t, nil)
-		sim.FailNext(503, 500)
+		sim.FailNext(503, 429)
 		r := e.do("POST", "/fhir/CoverageEligibilityRequest/$submit", eligibilityRequest(defaults()))
 		if r.Status != http.StatusOK || r.JSON["outcome"] != "complete" {
 			t.Fatalf("$submit: %d %s", r.Status, r.Body)

@@ -25,8 +25,8 @@ func tfEnv(t *testing.T) (*env, *tuuthfairytest.Sim) {
 	return tfEnvWith(t, nil)
 }
 
-// tfEnvWith is tfEnv with the configuration changed by tune.
-func tfEnvWith(t *testing.T, tune func(*eligibility.Config)) (*env, *tuuthfairytest.Sim) {
+// tfEnvWith is tfEnv with the configurations changed by tune.
+func tfEnvWith(t *testing.T, tune func(*eligibility.Config, *tuuthfairy.Config)) (*env, *tuuthfairytest.Sim) {
 	t.Helper()
 	sim, err := tuuthfairytest.New(tuuthfairytest.Options{})
 	if err != nil {
@@ -45,12 +45,13 @@ func tfEnvWith(t *testing.T, tune func(*eligibility.Config)) (*env, *tuuthfairyt
 		PollInterval: eligibility.Duration(20 * time.Millisecond), MaxPollInterval: eligibility.Duration(100 * time.Millisecond),
 		RetryBackoff: eligibility.Duration(10 * time.Millisecond), MaxAttempts: 3, SubmitWait: eligibility.Duration(15 * time.Second),
 	}
+	tcfg := tuuthfairy.Config{Endpoint: sim.URL + "/graphql", APIKey: "tf-key", WebhookPublicKey: sim.PublicKeyPEM(),
+		Timeout: eligibility.Duration(5 * time.Second)}
 	if tune != nil {
-		tune(&cfg)
+		tune(&cfg, &tcfg)
 	}
 	e := newEnv(t, cfg, func(e *env) []eligibility.Connector {
-		c, err := tuuthfairy.New(tuuthfairy.Config{Endpoint: sim.URL + "/graphql", APIKey: "tf-key", WebhookPublicKey: sim.PublicKeyPEM(),
-			Timeout: eligibility.Duration(5 * time.Second)}, nil)
+		c, err := tuuthfairy.New(tcfg, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

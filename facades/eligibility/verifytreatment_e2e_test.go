@@ -130,19 +130,42 @@ func TestVerifyTreatmentConfigurationChangedAfterAcceptance(t *testing.T) {
 	}
 }
 
-// A second check of the same member re-verifies the member's VOB.
-func TestVerifyTreatmentReverifiesTheMembersVOB(t *testing.T) {
-	e, sim := vtEnv(t, nil)
-	sim.Script("VT4", verifytreatmenttest.Script{PendingPolls: 2})
-	for i := 0; i < 2; i++ {
-		r := e.do("POST", "/fhir/CoverageEligibilityRequest/$submit", vtRequest("87726", "VT4"))
-		if r.Status != http.StatusOK || r.JSON["outcome"] != "complete" {
-			t.Fatalf("check %d: %d %s", i+1, r.Status, r.Body)
-		}
+// TestVerifyTreatmentReverification: a second check of a member at the
+// same payer verifies the member's VOB again, with the operation
+// VerifyTreatment documents for it: Re-Verify VOB (its "_id") when nothing
+// changed, Update VOB with "action": "verify" when the data did; another
+// member gets a VOB of their own.
+func TestVerifyTreatmentReverification(t *testing.T) {
+	cases := []struct {
+		name                               string
+		second                             func(map[string]any) map[string]any
+		vobs, reverified, puts, reverifies int
+	}{
+		{"the same data: Re-Verify VOB", func(r map[string]any) map[string]any { return r }, 1, 1, 0, 1},
+		{"a new date of birth: Update VOB with action verify", func(map[string]any) map[string]any {
+			o := defaults()
+			o.payer, o.member, o.dob = "87726", "VT4", "1980-09-21"
+			return eligibilityRequest(o)
+		}, 1, 1, 1, 0},
+		{"another member: a VOB of their own", func(map[string]any) map[string]any { return vtRequest("87726", "VT5") }, 2, 0, 0, 0},
 	}
-	vobs := sim.VOBs()
-	if len(vobs) != 1 || vobs[0].Reverified != 1 || sim.Calls("PUT /vobs/{id}") != 1 {
-		t.Fatalf("VOBs %d, re-verified %d times", len(vobs), vobs[0].Reverified)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e, sim := vtEnv(t, nil)
+			sim.Script("VT4", verifytreatmenttest.Script{PendingPolls: 2})
+			first := vtRequest("87726", "VT4")
+			for i, req := range []map[string]any{first, c.second(first)} {
+				r := e.do("POST", "/fhir/CoverageEligibilityRequest/$submit", req)
+				if r.Status != http.StatusOK || r.JSON["outcome"] != "complete" {
+					t.Fatalf("check %d: %d %s", i+1, r.Status, r.Body)
+				}
+			}
+			vobs := sim.VOBs()
+			if len(vobs) != c.vobs || vobs[0].Reverified != c.reverified || sim.Calls("PUT /vobs/{id}") != c.puts || sim.Calls("POST /vobs/verify") != c.reverifies {
+				t.Fatalf("VOBs %d, the first re-verified %d times, %d Update VOB, %d Re-Verify VOB; want %d, %d, %d, %d",
+					len(vobs), vobs[0].Reverified, sim.Calls("PUT /vobs/{id}"), sim.Calls("POST /vobs/verify"), c.vobs, c.reverified, c.puts, c.reverifies)
+			}
+		})
 	}
 }
 

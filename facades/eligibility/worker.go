@@ -3,6 +3,7 @@ package eligibility
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -270,7 +271,7 @@ func (s *Service) step(ctx context.Context, id string) {
 	var err error
 	switch j.State {
 	case stateSubmit:
-		res, err = conn.Submit(cctx, route, &j.Req)
+		res, err = s.submitCheck(cctx, conn, route, j)
 	case stateWait, stateHold:
 		res, err = conn.Poll(cctx, route, j.WaitRef, &j.Req)
 	case stateRelay:
@@ -289,6 +290,29 @@ func (s *Service) step(ctx context.Context, id string) {
 		return // shutting down: the job is retried after a restart
 	}
 	s.record(ctx, j, res, err)
+}
+
+// errNotConfirmed is what step records for a check whose create call went
+// unconfirmed and whose vendor's webhook did not confirm it in time.
+var errNotConfirmed = errors.New("the vendor did not confirm the check")
+
+// submitCheck starts a check at the vendor, never repeating a create call that
+// may have been carried out (Request.Unconfirmed): a Finder looks for what
+// it made first; for other vendors the check waited for the vendor's
+// webhook (which adopts the check, see Service.webhook) and now fails.
+func (s *Service) submitCheck(ctx context.Context, conn Connector, route Route, j *job) (Result, error) {
+	if j.Req.Unconfirmed.IsZero() {
+		return conn.Submit(ctx, route, &j.Req)
+	}
+	f, ok := conn.(Finder)
+	if !ok {
+		return Result{}, errNotConfirmed
+	}
+	res, found, err := f.Find(ctx, route, &j.Req)
+	if err != nil || found {
+		return res, err
+	}
+	return conn.Submit(ctx, route, &j.Req)
 }
 
 func (s *Service) openCode(b []byte) (string, error) {
@@ -371,6 +395,32 @@ func (s *Service) record(ctx context.Context, seen *job, res Result, callErr err
 // apply maps one vendor answer through the status table.
 func (s *Service) apply(tx *store.Tx, j *job, res Result, callErr error) error {
 	now := s.now().UTC()
+	if errors.Is(callErr, errNotConfirmed) {
+		return s.finish(tx, j, failRow(ErrPayerUnreachable), Result{Ref: j.Ref}, fmt.Sprintf(
+			"%s did not confirm within %s whether it received the request (%s); it was not sent again, so that no duplicate (possibly billed) request is made",
+			j.Vendor, s.cfg.ConfirmWait.or(10*time.Minute), j.LastError))
+	}
+	if callErr != nil && IsUnconfirmed(callErr) {
+		msg, _ := errs.Public(callErr)
+		if j.Req.Unconfirmed.IsZero() {
+			j.Req.Unconfirmed = now
+		}
+		switch s.conns[j.Vendor].(type) {
+		case Finder:
+			// Retried below as any transient failure: the next step looks
+			// for what the call made before anything is created.
+		case WebhookConfirmer:
+			j.LastError = msg
+			j.NextAt = j.Req.Unconfirmed.Add(s.cfg.ConfirmWait.or(10 * time.Minute))
+			s.log.Warn("eligibility: the vendor may have received the request; waiting for its webhook rather than sending it again",
+				"request", j.RequestID, "vendor", j.Vendor, "err", callErr)
+			return putJob(tx, j)
+		default:
+			s.log.Warn("eligibility: the vendor may have received the request; not sending it again", "request", j.RequestID, "vendor", j.Vendor, "err", callErr)
+			return s.finish(tx, j, failRow(ErrPayerUnreachable), Result{Ref: j.Ref}, fmt.Sprintf(
+				"%s may have received the request but did not confirm it (%s); it was not sent again, so that no duplicate (possibly billed) request is made", j.Vendor, msg))
+		}
+	}
 	if callErr != nil {
 		msg, _ := errs.Public(callErr)
 		switch errs.KindOf(callErr) {
@@ -403,6 +453,7 @@ func (s *Service) apply(tx *store.Tx, j *job, res Result, callErr error) error {
 		}
 	}
 	j.Attempts, j.LastError = 0, ""
+	j.Req.Unconfirmed = time.Time{} // the vendor answered: what it made is known
 	row, ok := s.table[j.Vendor+"\x00"+res.Status]
 	if !ok {
 		s.log.Error("eligibility: vendor status missing from the status table", "vendor", j.Vendor, "status", res.Status, "request", j.RequestID)

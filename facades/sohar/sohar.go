@@ -339,6 +339,11 @@ func (c *Connector) call(ctx context.Context, rq vendorhttp.Request, out any) er
 		if errs.Is(err, errs.Unauthorized) {
 			return errs.E("sohar.call", errs.Unauthorized, "Sohar refused a freshly issued token; check the API credentials", err)
 		}
+		if rq.Method != http.MethodGet && vendorhttp.MaybeProcessed(err) {
+			// Create Verification may have been carried out: it must not
+			// simply be repeated (each verification may be billed).
+			return eligibility.Unconfirmed(err)
+		}
 		return err
 	}
 }
@@ -395,6 +400,7 @@ func (c *Connector) Webhook(ctx context.Context, h http.Header, body []byte) ([]
 	var ev struct {
 		Event          string `json:"event"`
 		VerificationID string `json:"verificationId"`
+		ID             string `json:"id"` // the id this server gave the verification
 		Status         string `json:"status"`
 	}
 	if err := json.Unmarshal(body, &ev); err != nil || ev.VerificationID == "" {
@@ -406,8 +412,16 @@ func (c *Connector) Webhook(ctx context.Context, h http.Header, body []byte) ([]
 		// Other events (discovery, flows) are acknowledged and ignored.
 		return nil, nil
 	}
-	return []eligibility.Notice{{DeliveryID: webhookID(h), Ref: ev.VerificationID, Event: ev.Event, Status: ev.Status}}, nil
+	return []eligibility.Notice{{DeliveryID: webhookID(h), Ref: ev.VerificationID, Event: ev.Event, Status: ev.Status, RequestID: ev.ID}}, nil
 }
+
+// ConfirmsByWebhook implements eligibility.WebhookConfirmer: Sohar sends
+// verification.pending or verification.updated for every verification,
+// with the id this server gave it (Create Verification's "id", the
+// CoverageEligibilityRequest id), so a Create Verification whose answer
+// was lost is confirmed by its webhook rather than sent again. Sohar
+// documents no way to look a verification up by that id.
+func (c *Connector) ConfirmsByWebhook() {}
 
 func webhookID(h http.Header) string {
 	if v := h.Get("svix-id"); v != "" {

@@ -404,6 +404,12 @@ func (c *Connector) requestEligibility(ctx context.Context, route eligibility.Ro
 		} `json:"requestEligibility"`
 	}
 	if err := c.gql(ctx, "RequestEligibility", map[string]any{"input": input}, &out); err != nil {
+		if vendorhttp.MaybeProcessed(err) {
+			// The request may have been made (and billed): tuuthfairy
+			// documents neither an idempotency key nor a way to find a
+			// request by this server's data, so it is not repeated.
+			return eligibility.Result{}, eligibility.Unconfirmed(err)
+		}
 		return eligibility.Result{}, err
 	}
 	p := out.RequestEligibility

@@ -247,9 +247,12 @@ func (c *Connector) fields(route eligibility.Route, req *eligibility.Request) ma
 }
 
 // Submit implements eligibility.Connector. With a VOB from an earlier
-// check of the same member and payer, the VOB is updated with the
-// request's data and re-verified; otherwise a new VOB is created and
-// verified.
+// check of the same member and payer (View VOB, GET /vobs/{_id}), that VOB
+// is verified again rather than a new one created: with Re-Verify VOB
+// (POST /vobs/verify {"_id"}) when the request's data are the VOB's, else
+// with Update VOB carrying the new data and "action": "verify"
+// (PUT /vobs/{_id}). Otherwise, or when the earlier VOB is gone, a new VOB
+// is created and verified (Create VOB, POST /vobs).
 func (c *Connector) Submit(ctx context.Context, route eligibility.Route, req *eligibility.Request) (eligibility.Result, error) {
 	required, err := c.payerConfig(ctx, route.VendorPayer(), false)
 	if err != nil {
@@ -263,16 +266,25 @@ func (c *Connector) Submit(ctx context.Context, route eligibility.Route, req *el
 		sort.Strings(names)
 		return eligibility.Result{Status: "missing-fields", Reason: strings.Join(names, ", ")}, nil
 	}
+	fields := c.fields(route, req)
 	body := map[string]any{}
-	for k, v := range c.fields(route, req) {
+	for k, v := range fields {
 		body[k] = v
 	}
 	body["action"] = "verify"
 	var v vob
 	if req.Prior != "" {
-		err = c.call(ctx, vendorhttp.Request{Method: http.MethodPut, URL: c.base + "/vobs/" + url.PathEscape(req.Prior), JSON: body}, &v)
+		var prior map[string]any
+		err := c.call(ctx, vendorhttp.Request{Method: http.MethodGet, URL: c.base + "/vobs/" + url.PathEscape(req.Prior)}, &prior)
 		if err == nil {
-			return c.result(v, req), nil
+			if sameData(prior, fields) {
+				err = c.call(ctx, vendorhttp.Request{Method: http.MethodPost, URL: c.base + "/vobs/verify", JSON: map[string]any{"_id": req.Prior}}, &v)
+			} else {
+				err = c.call(ctx, vendorhttp.Request{Method: http.MethodPut, URL: c.base + "/vobs/" + url.PathEscape(req.Prior), JSON: body}, &v)
+			}
+			if err == nil {
+				return c.result(v, req), nil
+			}
 		}
 		if !errs.Is(err, errs.NotFound) {
 			return eligibility.Result{}, err
@@ -286,6 +298,80 @@ func (c *Connector) Submit(ctx context.Context, route eligibility.Route, req *el
 		return eligibility.Result{}, errs.E("verifytreatment.vob", errs.Transient, "VerifyTreatment answered a VOB without _id")
 	}
 	return c.result(v, req), nil
+}
+
+// sameData reports whether a VOB (as View VOB answers it) holds every
+// field a new VOB would be sent with.
+func sameData(prior map[string]any, fields map[string]string) bool {
+	for k, want := range fields {
+		if have, _ := prior[k].(string); have != want {
+			return false
+		}
+	}
+	return true
+}
+
+// clockSkew is how far VerifyTreatment's clock may be from this server's
+// when telling whether a VOB was created or verified by a call of ours.
+const clockSkew = 5 * time.Minute
+
+// Find implements eligibility.Finder: after a create or re-verification
+// whose answer was lost (req.Unconfirmed), it looks for what that call did
+// before anything is sent again. The member's earlier VOB (View VOB) was
+// re-verified when it is pending or verified since; otherwise a VOB
+// created since for the same member, payer, name and birth date is found
+// with List VOB (GET /vobs, free-text q on the member id, newest first).
+func (c *Connector) Find(ctx context.Context, route eligibility.Route, req *eligibility.Request) (eligibility.Result, bool, error) {
+	since := req.Unconfirmed.Add(-clockSkew)
+	if req.Prior != "" {
+		var prior vob
+		err := c.call(ctx, vendorhttp.Request{Method: http.MethodGet, URL: c.base + "/vobs/" + url.PathEscape(req.Prior)}, &prior)
+		switch {
+		case err == nil && (prior.Status == "pending" || after(prior.VerifiedAt, since)):
+			return c.result(prior, req), true, nil
+		case err == nil:
+			return eligibility.Result{}, false, nil // not re-verified: Submit does it
+		case !errs.Is(err, errs.NotFound):
+			return eligibility.Result{}, false, err
+		}
+	}
+	q := url.Values{"q": {req.MemberID}, "sort": {"-created_at"}, "limit": {"20"}}
+	var list struct {
+		Data []struct {
+			vob
+			PayerID     string `json:"payer_id"`
+			MemberID    string `json:"member_id"`
+			LastName    string `json:"last_name"`
+			DateOfBirth string `json:"date_of_birth"`
+			CreatedAt   string `json:"created_at"`
+		} `json:"data"`
+	}
+	if err := c.call(ctx, vendorhttp.Request{Method: http.MethodGet, URL: c.base + "/vobs?" + q.Encode()}, &list); err != nil {
+		return eligibility.Result{}, false, err
+	}
+	for _, v := range list.Data {
+		if v.PayerID == route.VendorPayer() && v.MemberID == req.MemberID && strings.EqualFold(v.LastName, req.Patient.LastName) &&
+			sameDate(v.DateOfBirth, req.Patient.BirthDate) && after(v.CreatedAt, since) {
+			return c.result(v.vob, req), true, nil
+		}
+	}
+	return eligibility.Result{}, false, nil
+}
+
+// after reports whether a VOB's timestamp (RFC 3339) is at or after t; an
+// absent or unreadable one is not.
+func after(stamp string, t time.Time) bool {
+	at, err := time.Parse(time.RFC3339, stamp)
+	return err == nil && !at.Before(t)
+}
+
+// sameDate compares a VOB's date_of_birth (MM/DD/YYYY or YYYY-MM-DD) with
+// a FHIR date.
+func sameDate(vobDate, fhirDate string) bool {
+	if t, err := time.Parse("01/02/2006", vobDate); err == nil {
+		return t.Format("2006-01-02") == fhirDate
+	}
+	return vobDate == fhirDate
 }
 
 // Poll implements eligibility.Connector: GET /vobs/{_id}.
@@ -304,10 +390,11 @@ func (c *Connector) Webhook(ctx context.Context, h http.Header, body []byte) ([]
 }
 
 type vob struct {
-	ID       string `json:"_id"`
-	Status   string `json:"status"`
-	Coverage string `json:"coverage"`
-	Error    *struct {
+	ID         string `json:"_id"`
+	Status     string `json:"status"`
+	Coverage   string `json:"coverage"`
+	VerifiedAt string `json:"verified_at"`
+	Error      *struct {
 		Code    string `json:"code"`
 		Message string `json:"message"`
 	} `json:"error"`
@@ -394,6 +481,11 @@ func (c *Connector) call(ctx context.Context, rq vendorhttp.Request, out any) er
 		}
 		if errs.Is(err, errs.Unauthorized) {
 			return errs.E("verifytreatment.call", errs.Unauthorized, "VerifyTreatment refused a freshly issued token", err)
+		}
+		if rq.Method != http.MethodGet && vendorhttp.MaybeProcessed(err) {
+			// A VOB may have been created or re-verified: the worker finds
+			// it (Find) before anything is sent again.
+			return eligibility.Unconfirmed(err)
 		}
 		return err
 	}

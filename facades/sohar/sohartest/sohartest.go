@@ -16,7 +16,8 @@
 // error.member.id, error.member.name, error.member.dob, error.payer,
 // error.payer.npi, and pending (resolved when the test calls Resolve).
 // Failures are scripted too: tokens that expire after N calls, revoked
-// clients, 5xx answers, answers slower than the client waits.
+// clients, 5xx and 429 answers (with a Retry-After), answers slower than
+// the client waits, and calls carried out but answered late.
 package sohartest
 
 import (

@@ -19,9 +19,13 @@
 // form, the simulator fixes one, and the connector follows it; these
 // choices are listed in the README: the payer configuration at
 // GET /payers/{payer_id}/configuration answering {"payer_id",
-// "required_fields": [...]}; GET /vobs/{_id}; update PUT /vobs/{_id} with
-// "action": "save" | "verify"; re-verification POST /vobs/reverify with
-// {"_id"}; list answers {"data": [...], "total": n}; a VOB's "status"
+// "required_fields": [...]}; View VOB at GET /vobs/{_id}; Update VOB at
+// PUT /vobs/{_id} with the documented fields and "action": "save" |
+// "verify"; Re-Verify VOB, documented as taking the VOB's "_id", at
+// POST /vobs/verify with {"_id"} (the path VerifyTreatment's own Node
+// client, verifytx-node, sends it to); List VOB at GET /vobs with the
+// documented q (free text: names and member id), sort (-created_at),
+// skip and limit; list answers {"data": [...], "total": n}; a VOB's "status"
 // (pending, verified, error), "coverage" (active, inactive, unavailable),
 // "error" {"code","message"} and "benefits" {"in_network": [...],
 // "out_of_network": [...]}.
@@ -247,7 +251,7 @@ func (s *Sim) Delay(d time.Duration) {
 }
 
 // Calls counts served requests by "METHOD /pattern" ("POST /vobs",
-// "GET /vobs/{id}", "PUT /vobs/{id}", "POST /vobs/reverify",
+// "GET /vobs/{id}", "PUT /vobs/{id}", "POST /vobs/verify", "GET /vobs",
 // "POST /oauth/token", "GET /payers/{id}/configuration").
 func (s *Sim) Calls(key string) int {
 	s.mu.Lock()
@@ -301,7 +305,7 @@ var (
 func (s *Sim) serve(w http.ResponseWriter, r *http.Request) {
 	key := r.Method + " " + r.URL.Path
 	switch {
-	case r.URL.Path == "/vobs/reverify":
+	case r.URL.Path == "/vobs/verify" && r.Method == http.MethodPost:
 	case vobPath.MatchString(r.URL.Path):
 		key = r.Method + " /vobs/{id}"
 	case configPath.MatchString(r.URL.Path):
@@ -374,7 +378,7 @@ func (s *Sim) serveAPI(w http.ResponseWriter, r *http.Request) {
 		s.createVOB(w, r)
 	case r.URL.Path == "/vobs" && r.Method == http.MethodGet:
 		s.listVOBs(w, r)
-	case r.URL.Path == "/vobs/reverify" && r.Method == http.MethodPost:
+	case r.URL.Path == "/vobs/verify" && r.Method == http.MethodPost:
 		s.reverify(w, r)
 	case vobPath.MatchString(r.URL.Path) && r.Method == http.MethodGet:
 		s.getVOB(w, vobPath.FindStringSubmatch(r.URL.Path)[1])
