@@ -281,16 +281,20 @@ func TestTransactionProcessingRules(t *testing.T) {
 		{"urn:uuid references replaced in every place the rules name", []string{
 			`{"fullUrl":"` + u1 + `","resource":{"resourceType":"Patient","name":[{"family":"Linked"}]},"request":{"method":"POST","url":"Patient"}}`,
 			`{"fullUrl":"` + u2 + `","resource":{"resourceType":"Binary","contentType":"text/plain","data":"aGk="},"request":{"method":"POST","url":"Binary"}}`,
+			`{"fullUrl":"urn:oid:1.2.840.99.1","resource":{"resourceType":"Organization","name":"by oid"},"request":{"method":"POST","url":"Organization"}}`,
 			`{"fullUrl":"` + u3 + `","resource":{"resourceType":"DocumentReference","status":"current",
 			  "text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">For <a href=\"` + u1 + `\">the patient</a> <img src='` + u2 + `'/> &amp; <a href=\"urn:uuid:not-in-bundle\">x</a></div>"},
 			  "extension":[{"url":"http://example.org/fhir/StructureDefinition/source","valueUri":"` + u1 + `"},
-			               {"url":"http://example.org/fhir/StructureDefinition/derived","valueCanonical":"` + u1 + `"}],
+			               {"url":"http://example.org/fhir/StructureDefinition/derived","valueCanonical":"` + u1 + `"},
+			               {"url":"http://example.org/fhir/StructureDefinition/u","valueUuid":"` + u1 + `"},
+			               {"url":"http://example.org/fhir/StructureDefinition/l","valueUrl":"` + u2 + `"},
+			               {"url":"http://example.org/fhir/StructureDefinition/o","valueOid":"urn:oid:1.2.840.99.1"}],
 			  "identifier":[{"system":"urn:ietf:rfc:3986","value":"` + u1 + `"}],
 			  "subject":{"reference":"` + u1 + `"},
 			  "content":[{"attachment":{"contentType":"text/plain","url":"` + u2 + `"}}]},"request":{"method":"POST","url":"DocumentReference"}}`,
 		}, func(x txResult) {
-			pat, bin := x.ref(0), x.ref(1)
-			raw, doc := x.read(x.ref(2))
+			pat, bin, org := x.ref(0), x.ref(1), x.ref(2)
+			raw, doc := x.read(x.ref(3))
 			if got := refOf(doc, "subject"); got != pat {
 				x.t.Errorf("Reference.reference %q, want %q", got, pat)
 			}
@@ -304,6 +308,13 @@ func TestTransactionProcessingRules(t *testing.T) {
 			}
 			if got := ext[1].(map[string]any)["valueCanonical"]; got != u1 {
 				x.t.Errorf("valueCanonical was replaced with %q; canonical elements are not replaced", got)
+			}
+			for i, want := range map[int]string{2: x.ts.URL + "/" + pat, 3: x.ts.URL + "/" + bin, 4: x.ts.URL + "/" + org} {
+				for k, v := range ext[i].(map[string]any) {
+					if k != "url" && v != want {
+						x.t.Errorf("%s (of type %s) is %q, want %q", k, strings.ToLower(strings.TrimPrefix(k, "value")), v, want)
+					}
+				}
 			}
 			if got := doc["identifier"].([]any)[0].(map[string]any)["value"]; got != u1 {
 				x.t.Errorf("Identifier.value (a string) was replaced with %q", got)
