@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/p2pserver/p2pserver/examples"
 	"github.com/p2pserver/p2pserver/facades/healthie"
 	"github.com/p2pserver/p2pserver/facades/healthie/healthietest"
 	"github.com/p2pserver/p2pserver/facades/sohar/sohartest"
@@ -17,10 +18,13 @@ import (
 // eligibilityAsk is a CoverageEligibilityRequest about Patient/A naming the
 // stored Coverage cov, the stored payer Organization, and a contained
 // provider.
-func eligibilityAsk(cov string) map[string]any {
+func eligibilityAsk(cov string) map[string]any { return eligibilityAbout("Patient/A", cov) }
+
+// eligibilityAbout is eligibilityAsk about another patient.
+func eligibilityAbout(patient, cov string) map[string]any {
 	return map[string]any{
 		"resourceType": "CoverageEligibilityRequest", "status": "active", "purpose": []any{"validation", "benefits"},
-		"patient": map[string]any{"reference": "Patient/A"}, "created": "2026-11-23", "servicedDate": "2026-11-30",
+		"patient": map[string]any{"reference": patient}, "created": "2026-11-23", "servicedDate": "2026-11-30",
 		"insurer":   map[string]any{"reference": "Organization/payer"},
 		"insurance": []any{map[string]any{"focal": true, "coverage": map[string]any{"reference": cov}}},
 		"provider":  map[string]any{"reference": "#role"},
@@ -104,8 +108,15 @@ func TestOperationsResolveWithTheCallersRights(t *testing.T) {
 	// Answers that must not depend on whether B's resource exists: the
 	// OperationOutcome for B's, with B's id replaced by an unknown one.
 	outcome := func(token, cov string) (int, string) {
+		patient := "Patient/A"
+		switch {
+		case cov == "Coverage/covB-for-A":
+			cov = "Coverage/covB"
+		case cov == "Coverage/covB" && token != memberRW:
+			patient = "Patient/B" // asked about B, by those who may
+		}
 		var oo map[string]any
-		st := p.call("POST", "/fhir/CoverageEligibilityRequest/$submit", token, eligibilityAsk(cov), &oo)
+		st := p.call("POST", "/fhir/CoverageEligibilityRequest/$submit", token, eligibilityAbout(patient, cov), &oo)
 		b, _ := json.Marshal(oo)
 		return st, string(b)
 	}
@@ -125,6 +136,9 @@ func TestOperationsResolveWithTheCallersRights(t *testing.T) {
 		{"intake client, B's Coverage", intake, "Coverage/covB", 200, "CoverageEligibilityResponse", true},
 		{"back office", testBackoffice, "Coverage/covA", 401, "", false},
 		{"admin, B's Coverage", testAdmin, "Coverage/covB", 200, "CoverageEligibilityResponse", true},
+		// Whoever asks, the Coverage must be the patient's: B's benefits are
+		// never filed in A's record.
+		{"admin, B's Coverage for A", testAdmin, "Coverage/covB-for-A", 422, "is not the request's patient", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			before := len(sim.Verifications())
@@ -135,7 +149,7 @@ func TestOperationsResolveWithTheCallersRights(t *testing.T) {
 			if asked := len(sim.Verifications()) > before; asked != c.vendor {
 				t.Fatalf("vendor asked: %v, want %v", asked, c.vendor)
 			}
-			if c.status == 422 || c.status == 403 && strings.Contains(c.cov, "covB") {
+			if c.status == 422 && c.cov != "Coverage/covB-for-A" || c.status == 403 && strings.Contains(c.cov, "covB") {
 				// Exactly the answer for a resource that does not exist.
 				unknown := strings.Replace(c.cov, "cov", "nobody", 1)
 				st2, body2 := outcome(c.token, unknown)
@@ -154,6 +168,60 @@ func TestOperationsResolveWithTheCallersRights(t *testing.T) {
 				}
 			}
 		})
+	}
+
+	// $member-match matches across every member: clients only, with read
+	// rights on Patient and Coverage (Da Vinci HRex: a payer's system
+	// calls it); a member, whatever their scopes, is refused.
+	mm, err := examples.Read("member-match.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, token string
+		refused     int // 0: allowed (the match itself may then find no one: 200 or 422)
+	}{
+		{"member read-only", memberRO, 403},
+		{"member read-write", memberRW, 403},
+		{"system client with one type", client("system/Patient.rs"), 403},
+		{"payer client", client("system/Patient.rs", "system/Coverage.rs", "system/Consent.c"), 0},
+		{"back office", testBackoffice, 401},
+		{"admin", testAdmin, 0},
+	} {
+		t.Run("$member-match "+c.name, func(t *testing.T) {
+			var out map[string]any
+			st := p.call("POST", "/fhir/Patient/$member-match", c.token, mm, &out)
+			if (c.refused != 0 && st != c.refused) || (c.refused == 0 && st != 200 && st != 422) {
+				t.Fatalf("%d %v, want %d", st, out, c.refused)
+			}
+		})
+	}
+
+	// $everything gathers a member's record with the requester's rights:
+	// another member's answers as an unknown id, a type the scopes do not
+	// cover is refused, references never lead into another member's data.
+	everything := func(token, id string) (int, string) {
+		var out map[string]any
+		st := p.call("GET", "/fhir/Patient/"+id+"/$everything", token, nil, &out)
+		b, _ := json.Marshal(out)
+		return st, string(b)
+	}
+	if st, body := everything(memberRO, "A"); st != 200 || strings.Contains(body, "covB") || strings.Contains(body, `"id":"B"`) || !strings.Contains(body, "covAofB") {
+		t.Errorf("member's own $everything: %d %s", st, body)
+	}
+	stB, bodyB := everything(memberRO, "B")
+	stX, bodyX := everything(memberRO, "nobody")
+	if stB != 404 || stB != stX || bodyB != strings.ReplaceAll(bodyX, "nobody", "B") {
+		t.Errorf("another member's $everything: %d %s; unknown: %d %s", stB, bodyB, stX, bodyX)
+	}
+	if st, _ := everything(client("system/Observation.rs"), "A"); st != 403 {
+		t.Errorf("$everything with Observation scopes only: %d", st)
+	}
+	if st, _ := everything(testBackoffice, "A"); st != 401 {
+		t.Errorf("$everything by the back office: %d", st)
+	}
+	if st, body := everything(testAdmin, "B"); st != 200 || !strings.Contains(body, "covB") {
+		t.Errorf("admin's $everything of B: %d %s", st, body)
 	}
 
 	// Healthie: booking for a Patient needs read rights on Patient and

@@ -1,14 +1,18 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/p2pserver/p2pserver/facades/sohar/sohartest"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 )
 
@@ -107,6 +111,71 @@ func TestOutboundPolicySourcePayer(t *testing.T) {
 			}
 			if n := hits.Load() - before; n != 0 {
 				t.Fatalf("the source got %d requests", n)
+			}
+		})
+	}
+}
+
+// TestOutboundPolicyVendorsAndIssuers (rule 10): the eligibility vendor and
+// the token issuer are reached through the same policy. With
+// -outbound-allow none, a vendor and an issuer on loopback are never
+// called: $submit answers 503 saying the payer could not be reached (the
+// vendor received nothing, not even a token request), and a token from
+// the issuer cannot be checked (its keys cannot be fetched: 503). With
+// loopback allowed both work.
+func TestOutboundPolicyVendorsAndIssuers(t *testing.T) {
+	for _, c := range []struct {
+		allow string
+		ok    bool
+	}{{"none", false}, {"loopback", true}} {
+		t.Run(c.allow, func(t *testing.T) {
+			idp := oidctest.New(t)
+			idp.AddClient("backend", "backend-secret")
+			sim, err := sohartest.New(sohartest.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(sim.Close)
+			sim.AddClient("client-1", "secret-1")
+			raw, _ := json.Marshal(map[string]any{
+				"routes": []any{map[string]any{"payerId": "60054", "vendor": "sohar", "name": "Aetna", "placeOfService": "10", "specialty": "PSY"}},
+				"vendors": map[string]any{"sohar": map[string]any{"baseUrl": sim.URL, "clientId": "client-1", "clientSecret": "secret-1",
+					"webhookSecret": sim.WebhookSecret()}},
+				"submitWait": "15s", "pollInterval": "50ms", "retryBackoff": "10ms", "maxAttempts": 2,
+			})
+			cfgFile := filepath.Join(t.TempDir(), "eligibility.json")
+			if err := os.WriteFile(cfgFile, raw, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			p := startPayer(t, "-admin-token", testAdmin, "-trusted-issuers", idp.Issuer(), "-eligibility-config", cfgFile,
+				"-outbound-allow", c.allow)
+			sim.SetWebhook(p.URL + "/api/webhooks/sohar")
+			for path, body := range map[string]string{
+				"Patient/A":          `{"resourceType":"Patient","id":"A","name":[{"family":"Doe","given":["Jane"]}],"birthDate":"1980-09-20","gender":"female","address":[{"state":"CA"}]}`,
+				"Organization/payer": `{"resourceType":"Organization","id":"payer","identifier":[{"value":"60054"}]}`,
+				"Coverage/covA":      `{"resourceType":"Coverage","id":"covA","status":"active","subscriberId":"M-A","beneficiary":{"reference":"Patient/A"},"payor":[{"reference":"Organization/payer"}]}`,
+			} {
+				if st := p.call("PUT", "/fhir/"+path, testAdmin, body, nil); st != 201 {
+					t.Fatalf("%s: %d", path, st)
+				}
+			}
+			var out map[string]any
+			st := p.call("POST", "/fhir/CoverageEligibilityRequest/$submit", testAdmin, eligibilityAsk("Coverage/covA"), &out)
+			calls := sim.Calls("POST /oauth/token") + len(sim.Verifications())
+			if c.ok && (st != 200 || calls == 0) {
+				t.Fatalf("$submit: %d %v, %d vendor calls", st, out, calls)
+			}
+			if !c.ok && (st != 503 || calls != 0) {
+				t.Fatalf("$submit: %d %v, %d vendor calls; want 503 and none", st, out, calls)
+			}
+
+			tok, err := idp.MintSystem(oidctest.SystemGrant{ClientID: "backend", Scopes: []string{"system/Patient.rs"}, Audience: []string{p.URL + "/fhir"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[bool]int{true: 200, false: 503}[c.ok]
+			if st := p.call("GET", "/fhir/Patient/A", tok.AccessToken, nil, &out); st != want {
+				t.Fatalf("read with the issuer's token: %d %v, want %d", st, out, want)
 			}
 		})
 	}

@@ -272,6 +272,15 @@ func ExtractRequest(tx *store.Tx, pol *authz.Policy, id string, doc map[string]a
 	if cov == nil && len(x.issues) == 0 {
 		x.fail("CoverageEligibilityRequest.insurance.coverage", "the request names no Coverage (insurance.coverage), so there is no member id")
 	}
+	// The Coverage must be the patient's: a request filed under one
+	// patient must not carry (and file under them the answer about)
+	// another person's coverage.
+	if cov != nil {
+		want := str(obj(doc["patient"])["reference"])
+		if have := str(obj(cov["beneficiary"])["reference"]); have != "" && want != "" && have != want {
+			x.fail("Coverage.beneficiary", "the Coverage's beneficiary %s is not the request's patient %s", have, want)
+		}
+	}
 	var payerRefs []map[string]any
 	if ref := obj(doc["insurer"]); ref != nil {
 		payerRefs = append(payerRefs, ref)
