@@ -49,13 +49,28 @@ type smartConfiguration struct {
 
 // ConfigurationHandler serves the SMART configuration
 // (.well-known/smart-configuration). It needs no token; mount it at the
-// FHIR base + WellKnownPath(). The endpoints are those of the first trusted
-// issuer, read from its OpenID configuration: SMART names exactly one
-// authorization server. Without a trusted issuer (open mode) it answers 404
-// with an OperationOutcome saying no authorization is needed; when the
-// issuer cannot be reached, 503.
+// FHIR base + WellKnownPath().
+//
+// With Config.Backend set it describes this server's own authorization
+// server for SMART Backend Services, whether or not issuers are trusted:
+// token_endpoint, token_endpoint_auth_methods_supported ["private_key_jwt"],
+// the assertion signing algorithms, grant_types_supported
+// ["client_credentials"] and the system scopes (SMART App Launch 2,
+// "Backend Services" and "client-confidential-asymmetric", discovery
+// requirements). Member-facing apps find their identity provider through
+// the OIDC server definitions, not here.
+//
+// Otherwise the endpoints are those of the first trusted issuer, read from
+// its OpenID configuration: SMART names exactly one authorization server.
+// Without a trusted issuer (open mode) it answers 404 with an
+// OperationOutcome saying no authorization is needed; when the issuer
+// cannot be reached, 503.
 func (g *Guard) ConfigurationHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if g.backend != nil {
+			writeConfiguration(w, r, backendConfiguration(g.backend.Endpoints()))
+			return
+		}
 		if g.Open() {
 			fhir.WriteError(w, r, errs.E("smart.configuration", errs.NotFound,
 				"this server runs open, without an authorization server: no token is needed"))
@@ -69,15 +84,37 @@ func (g *Guard) ConfigurationHandler() http.Handler {
 			return
 		}
 		g.refreshSecurity()
-		body, err := json.Marshal(configurationFrom(m))
-		if err != nil {
-			fhir.WriteError(w, r, err)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "max-age=300")
-		_, _ = w.Write(body)
+		writeConfiguration(w, r, configurationFrom(m))
 	})
+}
+
+func writeConfiguration(w http.ResponseWriter, r *http.Request, c *smartConfiguration) {
+	body, err := json.Marshal(c)
+	if err != nil {
+		fhir.WriteError(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "max-age=300")
+	_, _ = w.Write(body)
+}
+
+// backendConfiguration is the SMART configuration of this server's own
+// authorization server: client_credentials with private_key_jwt only. It
+// names no issuer, since it offers no OpenID Connect sign-in (SMART App
+// Launch 2, conformance: issuer is omitted without sso-openid-connect),
+// and no authorization endpoint, since it offers no launch.
+func backendConfiguration(e BackendEndpoints) *smartConfiguration {
+	return &smartConfiguration{
+		JWKSURI:              e.JWKSURI,
+		TokenEndpoint:        e.TokenEndpoint,
+		TokenAuthMethods:     []string{"private_key_jwt"},
+		TokenAuthAlgs:        e.AssertionAlgs,
+		GrantTypes:           []string{"client_credentials"},
+		ScopesSupported:      e.Scopes,
+		CodeChallengeMethods: []string{},
+		Capabilities:         []string{"client-confidential-asymmetric", "permission-v1", "permission-v2"},
+	}
 }
 
 func configurationFrom(m *metadata) *smartConfiguration {
@@ -143,14 +180,24 @@ func capabilities(m *metadata) []string {
 // the oauth-uris extension with the authorization server's endpoints.
 func (g *Guard) security(m *metadata) *fhir.CapSecurity {
 	if g.Open() {
-		return &fhir.CapSecurity{
+		sec := &fhir.CapSecurity{
 			Description: "OPEN SERVER: no token issuer is trusted (-trusted-issuers is empty), so no access control applies: " +
 				"every client may read and write all data without a token. For local use only.",
 		}
+		if g.backend != nil {
+			e := g.backend.Endpoints()
+			sec.Description += fmt.Sprintf(" An access token of this server's token endpoint (%s, SMART Backend Services) is verified when presented, "+
+				"and the request is then held to its system/ scopes.", e.TokenEndpoint)
+			sec.Extension = oauthURIs(e.TokenEndpoint, "", "", "")
+		}
+		return sec
 	}
 	var names []string
 	for _, is := range g.issuers {
 		names = append(names, is.URL)
+	}
+	if g.backend != nil {
+		names = append(names, g.backend.Endpoints().Issuer+" (this server's token endpoint, SMART Backend Services)")
 	}
 	sec := &fhir.CapSecurity{
 		Service: []map[string]any{{
@@ -167,30 +214,41 @@ func (g *Guard) security(m *metadata) *fhir.CapSecurity {
 			"Endpoints of the authorization server: %s%s.",
 			strings.Join(names, ", "), strings.Join(g.audience, " or "), g.cfg.BaseURL, wellKnownPath),
 	}
-	if m != nil && m.TokenEndpoint != "" {
-		ext := []map[string]any{{"url": "token", "valueUri": m.TokenEndpoint}}
-		if m.AuthorizationEndpoint != "" {
-			ext = append(ext, map[string]any{"url": "authorize", "valueUri": m.AuthorizationEndpoint})
-		}
-		if m.RevocationEndpoint != "" {
-			ext = append(ext, map[string]any{"url": "revoke", "valueUri": m.RevocationEndpoint})
-		}
-		if m.IntrospectionEndpoint != "" {
-			ext = append(ext, map[string]any{"url": "introspect", "valueUri": m.IntrospectionEndpoint})
-		}
-		sec.Extension = []map[string]any{{
-			"url":       "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-			"extension": ext,
-		}}
+	switch {
+	case g.backend != nil:
+		// The SMART configuration names this server's token endpoint; the
+		// CapabilityStatement says the same.
+		sec.Extension = oauthURIs(g.backend.Endpoints().TokenEndpoint, "", "", "")
+	case m != nil && m.TokenEndpoint != "":
+		sec.Extension = oauthURIs(m.TokenEndpoint, m.AuthorizationEndpoint, m.RevocationEndpoint, m.IntrospectionEndpoint)
 	}
 	return sec
+}
+
+// oauthURIs is the SMART oauth-uris extension of the CapabilityStatement's
+// security section.
+func oauthURIs(token, authorize, revoke, introspect string) []map[string]any {
+	ext := []map[string]any{{"url": "token", "valueUri": token}}
+	if authorize != "" {
+		ext = append(ext, map[string]any{"url": "authorize", "valueUri": authorize})
+	}
+	if revoke != "" {
+		ext = append(ext, map[string]any{"url": "revoke", "valueUri": revoke})
+	}
+	if introspect != "" {
+		ext = append(ext, map[string]any{"url": "introspect", "valueUri": introspect})
+	}
+	return []map[string]any{{
+		"url":       "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+		"extension": ext,
+	}}
 }
 
 // refreshSecurity adds the authorization server's endpoints to the
 // CapabilityStatement once they are known: discovery happens on first use
 // or in Prepare, never here, so a request never waits for it.
 func (g *Guard) refreshSecurity() {
-	if g.Open() {
+	if g.Open() || g.backend != nil {
 		return
 	}
 	g.mu.Lock()

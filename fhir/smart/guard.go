@@ -9,12 +9,17 @@
 //
 //   - With no trusted issuer configured the server runs open: no token is
 //     needed and none is checked. Start-up logs it, and the
-//     CapabilityStatement says it.
+//     CapabilityStatement says it. The one exception: an access token of
+//     this server's own token endpoint (Config.Backend, SMART Backend
+//     Services) is verified when presented, and the request is then held
+//     to its scopes, so that what a backend client starts is known to be
+//     its own. A request without a token is still served in full.
 //   - Otherwise every FHIR request but GET /metadata needs
 //     "Authorization: Bearer <token>". An admin token (-admin-token) has
-//     full access. Any other token must be a JWT from a trusted issuer,
-//     signed with one of its keys, meant for this server (aud), and
-//     current (exp, nbf); if not, 401 with WWW-Authenticate: Bearer
+//     full access. Any other token must be a JWT from a trusted issuer
+//     (or from this server's token endpoint, Config.Backend), signed with
+//     one of its keys, meant for this server (aud), and current (exp,
+//     nbf); if not, 401 with WWW-Authenticate: Bearer
 //     error="invalid_token".
 //   - A token with a patient claim (or, failing that, a fhirUser that is a
 //     Patient) is confined to that member's compartment whatever its
@@ -72,6 +77,10 @@ type Config struct {
 	// Leeway is the clock skew tolerated on nbf; default one minute. (exp
 	// is checked without leeway.)
 	Leeway time.Duration
+	// Backend, when set, is this server's own authorization server for
+	// SMART Backend Services: its tokens are accepted beside the trusted
+	// issuers', and the SMART configuration names its token endpoint.
+	Backend Backend
 }
 
 // Guard authenticates FHIR requests. Its methods are safe for concurrent
@@ -80,6 +89,7 @@ type Guard struct {
 	cfg      Config
 	log      *slog.Logger
 	issuers  []*trusted
+	backend  Backend
 	admin    [][sha256.Size]byte
 	audience []string
 
@@ -104,14 +114,21 @@ func New(cfg Config) (*Guard, error) {
 	if cfg.BaseURL == "" {
 		return nil, errors.New("smart: the FHIR base URL is required")
 	}
-	g := &Guard{cfg: cfg, log: cfg.Logger}
+	g := &Guard{cfg: cfg, log: cfg.Logger, backend: cfg.Backend}
 	seen := map[string]bool{}
+	if g.backend != nil {
+		iss := g.backend.Endpoints().Issuer
+		if err := checkIssuerURL(iss); err != nil {
+			return nil, fmt.Errorf("smart: backend services: %w", err)
+		}
+		seen[issuerKey(iss)] = true
+	}
 	for _, is := range cfg.Issuers {
 		if err := checkIssuerURL(is.URL); err != nil {
 			return nil, fmt.Errorf("smart: %w", err)
 		}
 		if seen[issuerKey(is.URL)] {
-			return nil, fmt.Errorf("smart: issuer %s is listed twice", is.URL)
+			return nil, fmt.Errorf("smart: issuer %s is listed twice, or is this server's own token issuer", is.URL)
 		}
 		seen[issuerKey(is.URL)] = true
 		g.issuers = append(g.issuers, newTrusted(is, cfg.HTTPClient))
@@ -144,11 +161,18 @@ func (g *Guard) Attach(s *fhir.Server) {
 	if g.Open() {
 		g.log.Warn("FHIR API is OPEN: no -trusted-issuers configured, so no token is needed and every client may read and write all data; use this for local work only",
 			"fhir", g.cfg.BaseURL)
+		if g.backend != nil {
+			g.log.Info("FHIR API: access tokens of this server's token endpoint (SMART Backend Services) are verified when presented and hold the request to their scopes; requests without a token are still served",
+				"token_endpoint", g.backend.Endpoints().TokenEndpoint)
+		}
 		return
 	}
 	var names []string
 	for _, is := range g.issuers {
 		names = append(names, is.URL)
+	}
+	if g.backend != nil {
+		names = append(names, g.backend.Endpoints().Issuer+" (this server's token endpoint, SMART Backend Services)")
 	}
 	g.log.Info("FHIR API requires bearer tokens", "issuers", strings.Join(names, ", "),
 		"audience", strings.Join(g.audience, ", "), "admin_tokens", len(g.admin))
@@ -195,6 +219,10 @@ type Token struct {
 	Patient  string
 	FHIRUser string
 	Scopes   Scopes
+	// Backend is true for a token this server's own token endpoint issued
+	// to a registered backend client (Config.Backend); ClientID is then
+	// that client's clientId. See BackendClient.
+	Backend bool
 }
 
 type tokenKey struct{}
@@ -238,10 +266,22 @@ func (n *jsonNumber) UnmarshalJSON(b []byte) error {
 
 // Verify checks a bearer token: a JWT signed by a trusted issuer's key,
 // whose iss is that issuer, whose aud names this server, not expired and
-// not before its nbf. Errors are *errs.Error: Unauthorized for a token
-// that is not good, Transient when the issuer's keys cannot be fetched.
+// not before its nbf; or a token of this server's own token endpoint,
+// checked by Config.Backend. Errors are *errs.Error: Unauthorized for a
+// token that is not good, Transient when the issuer's keys cannot be
+// fetched.
 func (g *Guard) Verify(ctx context.Context, raw string) (*Token, error) {
 	const op = "smart.verify"
+	if g.isBackendToken(raw) {
+		t, err := g.backend.VerifyBackend(ctx, raw)
+		if err != nil {
+			return nil, errs.E(op, err)
+		}
+		if !t.Backend || t.ClientID == "" {
+			return nil, errs.E(op, errs.Internal, "backend services returned a token without its client")
+		}
+		return t, nil
+	}
 	jws, err := jose.ParseSigned(raw, signingAlgs)
 	if err != nil {
 		return nil, errs.E(op, errs.Unauthorized, "the bearer token is not a JWT signed with an asymmetric algorithm", err)
@@ -436,8 +476,12 @@ func (t *Token) binding() string {
 func (g *Guard) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if g.Open() {
-			next.ServeHTTP(w, r)
-			return
+			// Open stays open; only a token of this server's own token
+			// endpoint is looked at, so that it carries its client.
+			if raw, ok := bearer(r); !ok || !g.isBackendToken(raw) {
+				next.ServeHTTP(w, r)
+				return
+			}
 		}
 		path := routePath(r)
 		if (r.Method == http.MethodGet || r.Method == http.MethodHead) && (path == "/metadata" || path == wellKnownPath) {
@@ -451,7 +495,7 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 				"this FHIR server needs a bearer token (Authorization: Bearer <token>) from a trusted issuer"))
 			return
 		}
-		if g.isAdmin(raw) {
+		if !g.Open() && g.isAdmin(raw) {
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), adminKey{}, true)))
 			return
 		}

@@ -52,6 +52,12 @@ type env struct {
 
 func newEnv(t *testing.T, issuers []smart.Issuer, opts ...func(*smart.Config)) *env {
 	t.Helper()
+	return newEnvMW(t, issuers, nil, opts...)
+}
+
+// newEnvMW is newEnv with mw installed on the FHIR server after the guard.
+func newEnvMW(t *testing.T, issuers []smart.Issuer, mw func(http.Handler) http.Handler, opts ...func(*smart.Config)) *env {
+	t.Helper()
 	regOnce.Do(func() { registry = search.NewRegistry(spec.R4()) })
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "test.db"), 0o600, nil)
 	if err != nil {
@@ -77,6 +83,9 @@ func newEnv(t *testing.T, issuers []smart.Issuer, opts ...func(*smart.Config)) *
 		t.Fatal(err)
 	}
 	e.guard.Attach(e.fhir)
+	if mw != nil {
+		e.fhir.Use(mw)
+	}
 	mux.Method(http.MethodGet, "/fhir"+smart.WellKnownPath(), e.guard.ConfigurationHandler())
 	mux.Mount("/fhir", e.fhir.Handler())
 	t.Cleanup(func() {
