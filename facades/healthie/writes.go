@@ -3,14 +3,17 @@ package healthie
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/Khan/genqlient/graphql"
 	"github.com/go-chi/chi/v5"
+	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/internal/errs"
@@ -339,9 +342,20 @@ func (f *Facade) createPatient(ctx context.Context, p map[string]any) (string, [
 	input := CreateClientInput{First_name: in.first, Last_name: in.last, Legal_name: in.legal, Email: in.email, Skipped_email: in.email == "",
 		Phone_number: in.phone, Dob: in.dob, Gender: in.gender, Dietitian_id: in.dietitian, Record_identifier: in.record,
 		Dont_send_welcome: true, Location: in.location}
+	began := time.Now()
 	r, err := call(asMutation(ctx), f.src.c, "createClient", func(ctx context.Context, g graphql.Client) (*CreateClientResponse, error) {
 		return CreateClient(ctx, g, input)
 	})
+	if err != nil && maybeDone(err) {
+		// Healthie may have created the client though its answer was
+		// lost: look for it as Healthie advises before anyone creates it
+		// again (a search by email and name).
+		if u, found := f.findCreatedPatient(context.WithoutCancel(ctx), input, began); found {
+			f.src.c.log.Warn("healthie: createClient failed, but the client it created was found", "client", u.Id, "err", err)
+			f.synced(ctx, "Patient", u.Id, func(m *mapper) []byte { return m.Patient(u) })
+			return u.Id, f.src.m.Patient(u), nil
+		}
+	}
 	if err != nil {
 		return "", nil, err
 	}
@@ -470,9 +484,19 @@ func (f *Facade) createAppointment(ctx context.Context, a map[string]any) (strin
 			input.Contact_type = t.AppointmentType.Available_contact_types[0]
 		}
 	}
+	began := time.Now()
 	r, err := call(asMutation(ctx), f.src.c, "createAppointment", func(ctx context.Context, g graphql.Client) (*CreateAppointmentResponse, error) {
 		return CreateAppointment(ctx, g, input)
 	})
+	if err != nil && maybeDone(err) {
+		// Healthie may have booked it though its answer was lost: look
+		// for the booking before anyone books it again.
+		if ap, found := f.findBookedAppointment(context.WithoutCancel(ctx), input, began); found {
+			f.src.c.log.Warn("healthie: createAppointment failed, but the appointment it booked was found", "appointment", ap.Id, "err", err)
+			f.synced(ctx, "Appointment", ap.Id, func(m *mapper) []byte { return m.Appointment(ap) })
+			return ap.Id, m.Appointment(ap), nil
+		}
+	}
 	if err != nil {
 		return "", nil, err
 	}
@@ -485,6 +509,90 @@ func (f *Facade) createAppointment(ctx context.Context, a map[string]any) (strin
 	}
 	f.synced(ctx, "Appointment", ap.Id, func(m *mapper) []byte { return m.Appointment(ap) })
 	return ap.Id, m.Appointment(ap), nil
+}
+
+// maybeDone reports whether a failed mutation may nonetheless have been
+// carried out by Healthie: no answer in time, a broken connection, or an
+// answer of 500, 502 or 504. A mutation refused before Healthie acted
+// (429, 503, a refused API key or connection, GraphQL errors) was not.
+// Such a mutation is never repeated by the facade (Healthie documents no
+// idempotency key), and the facade looks for what it made instead.
+func maybeDone(err error) bool {
+	var he *graphql.HTTPError
+	if errors.As(err, &he) {
+		return he.StatusCode == http.StatusInternalServerError || he.StatusCode == http.StatusBadGateway || he.StatusCode == http.StatusGatewayTimeout
+	}
+	var gl gqlerror.List
+	if errors.As(err, &gl) {
+		return false
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return false
+	}
+	return errs.KindOf(err) == errs.Timeout || errs.KindOf(err) == errs.Transient
+}
+
+// sinceSkew is how far Healthie's clock may be from this server's when
+// telling whether a record was made by a call of ours.
+const sinceSkew = 2 * time.Minute
+
+// findCreatedPatient looks for the client a failed createClient may have
+// made: Healthie's documented advice against duplicate accounts is to
+// search for the email first, and a client is unique by email, first and
+// last name. Every given field must agree, and the client must have
+// changed since the call began.
+func (f *Facade) findCreatedPatient(ctx context.Context, in CreateClientInput, began time.Time) (*PatientFields, bool) {
+	keywords := in.Email
+	if keywords == "" {
+		keywords = strings.TrimSpace(in.First_name + " " + in.Last_name + " " + in.Dob)
+	}
+	r, err := call(ctx, f.src.c, "users", func(ctx context.Context, g graphql.Client) (*ListPatientsResponse, error) {
+		return ListPatients(ctx, g, 0, 50, keywords, "")
+	})
+	if err != nil {
+		return nil, false
+	}
+	for i := range r.Users {
+		u := &r.Users[i].PatientFields
+		at, ok := healthieTime(u.Updated_at)
+		if !ok || at.Before(began.Add(-sinceSkew)) || !strings.EqualFold(u.First_name, in.First_name) || !strings.EqualFold(u.Last_name, in.Last_name) ||
+			!strings.EqualFold(u.Email, in.Email) || (in.Dob != "" && u.Dob != in.Dob) || (in.Record_identifier != "" && u.Record_identifier != in.Record_identifier) {
+			continue
+		}
+		return u, true
+	}
+	return nil, false
+}
+
+// findBookedAppointment looks for the appointment a failed
+// createAppointment may have booked: the patient's appointment with the
+// same provider, type and start, created since the call began.
+func (f *Facade) findBookedAppointment(ctx context.Context, in CreateAppointmentInput, began time.Time) (*AppointmentFields, bool) {
+	start, err := time.Parse(time.RFC3339, in.Datetime)
+	if err != nil {
+		return nil, false
+	}
+	after := ""
+	for range 20 {
+		r, err := call(ctx, f.src.c, "appointments", func(ctx context.Context, g graphql.Client) (*ListAppointmentsResponse, error) {
+			return ListAppointments(ctx, g, in.User_id, in.Other_party_id, 100, after)
+		})
+		if err != nil || len(r.Appointments) == 0 {
+			return nil, false
+		}
+		for i := range r.Appointments {
+			ap := &r.Appointments[i].AppointmentFields
+			date, ok := healthieTime(ap.Date)
+			created, ok2 := healthieTime(ap.Created_at)
+			if ok && ok2 && date.Equal(start) && !created.Before(began.Add(-sinceSkew)) && ap.User.Id == in.User_id &&
+				(in.Other_party_id == "" || ap.Provider.Id == in.Other_party_id) && ap.Appointment_type.Id == in.Appointment_type_id {
+				return ap, true
+			}
+		}
+		after = r.Appointments[len(r.Appointments)-1].Cursor
+	}
+	return nil, false
 }
 
 func (f *Facade) deleteAppointment(ctx context.Context, hid string) error {

@@ -63,6 +63,8 @@ type Simulator struct {
 	lastRefill  time.Time
 	forced429   int
 	retryAfter  string
+	failNext    map[string][]int
+	late        map[string]time.Duration
 	requests    []Request
 	pending     []Event
 
@@ -91,7 +93,7 @@ func New(opts Options) *Simulator {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Simulator{opts: opts, st: newState(), client: &http.Client{Timeout: 10 * time.Second}}
+	s := &Simulator{opts: opts, st: newState(), client: &http.Client{Timeout: 10 * time.Second}, late: map[string]time.Duration{}, failNext: map[string][]int{}}
 	s.schema = graphql.MustParseSchema(Schema, &root{s}, graphql.MaxDepth(12))
 	s.st.Org = Organization{ID: s.st.NewID(), Name: "Simulated Practice", NPI: "1234567893", TaxID: "123456789", TaxIDType: "EIN"}
 	owner := &User{ID: s.st.NewID(), FirstName: "Olivia", LastName: "Owner", Email: "owner@practice.example", OrgRole: "Standard", Qualifications: "MD", NPI: "1679576722", CreatedAt: s.now(), UpdatedAt: s.now()}
@@ -136,6 +138,25 @@ func (s *Simulator) ForceRateLimit(n int, retryAfter time.Duration) {
 	if retryAfter > 0 {
 		s.retryAfter = strconv.Itoa(int(retryAfter.Round(time.Second) / time.Second))
 	}
+}
+
+// FailNext makes the next requests of the named operation ("CreateClient")
+// answer these HTTP statuses (500, 502, 503...), one each, in order,
+// without doing anything.
+func (s *Simulator) FailNext(operationName string, statuses ...int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failNext[operationName] = append(s.failNext[operationName], statuses...)
+}
+
+// AnswerLate makes the next request of the named operation ("CreateClient")
+// be carried out at once (its webhooks sent) and answered only d later: a
+// client that gives up sooner sees a timeout, though Healthie did the
+// work.
+func (s *Simulator) AnswerLate(operationName string, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.late[operationName] = d
 }
 
 // Requests returns the requests received so far.
@@ -187,6 +208,9 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	status := s.admit(r)
+	if list := s.failNext[req.OperationName]; status == http.StatusOK && len(list) > 0 {
+		status, s.failNext[req.OperationName] = list[0], list[1:]
+	}
 	s.requests = append(s.requests, Request{OperationName: req.OperationName, Query: req.Query, Variables: req.Variables, Status: status})
 	if status != http.StatusOK {
 		retry := s.retryAfter
@@ -199,15 +223,22 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Retry-After", retry)
 			}
 			writeErr(w, status, "Rate limit exceeded")
+		default:
+			writeErr(w, status, "simulated failure")
 		}
 		return
 	}
+	late, isLate := s.late[req.OperationName]
+	delete(s.late, req.OperationName)
 	// One request at a time: resolvers read and write the state directly.
-	resp := s.schema.Exec(r.Context(), req.Query, req.OperationName, req.Variables)
+	resp := s.schema.Exec(context.WithoutCancel(r.Context()), req.Query, req.OperationName, req.Variables)
 	events := s.pending
 	s.pending = nil
 	s.mu.Unlock()
 	s.dispatch(events)
+	if isLate {
+		time.Sleep(late) // the work is done; the answer is late
+	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(resp)
 }
