@@ -41,12 +41,6 @@ func (s *Server) patientLinks() PatientLinks {
 	return s.links
 }
 
-// linked returns the Patients linked to patient; nil when links are not
-// followed.
-func (s *Server) linked(tx *store.Tx, patient string) []string {
-	return s.policy.Linked(tx, patient)
-}
-
 // MemberPatients returns the Patients whose data is the record of the
 // member Patient/member: the member first, then the Patients linked to it
 // (see SetPatientLinks) in id order. A request confined to the member
