@@ -57,12 +57,13 @@ type SourceConfig struct {
 //     names it;
 //   - a search page whose search has _revinclude=Provenance:target (or
 //     Provenance:target:<the served type>, or Provenance:*), whoever
-//     asks: Provenance for its matches. The server's search already adds
-//     the stored Provenance that targets them; Source adds a generated one
-//     for each match that has none. This payer's Organization comes along
-//     only when the search also asks for the Provenance's agents
-//     (_include:iterate=Provenance:agent, or Provenance:agent:Organization,
-//     or Provenance:*).
+//     asks: Provenance for its matches, and with _revinclude:iterate for
+//     its included resources too. The server's search already adds the
+//     stored Provenance that targets them; Source adds a generated one
+//     for each that has none. This payer's Organization, which generated
+//     Provenance names as its agent, comes along only when the search
+//     asks for the Provenance's agents (_include:iterate=Provenance:agent,
+//     Provenance:agent:Organization, Provenance:* or *).
 //
 // What is added for a served resource:
 //
@@ -272,9 +273,12 @@ type asked struct {
 	organization bool
 }
 
-// provenanceAsked reads a search's _revinclude (search.html#include):
-// _revinclude=Provenance:target asks for the Provenance of the matches
-// (Provenance:target:<Type> of those of one type; Provenance:* too).
+// provenanceAsked reads a search's _revinclude and _include
+// (search.html#include): _revinclude=Provenance:target asks for the
+// Provenance of the matches (Provenance:target:<Type> of those of one
+// type; Provenance:* too), :iterate of the included resources as well;
+// an _include:iterate of Provenance's agent asks for the agents of the
+// Provenance included, this payer's Organization among them.
 func provenanceAsked(q *search.Query) asked {
 	var a asked
 	if q == nil {
@@ -285,7 +289,12 @@ func provenanceAsked(q *search.Query) asked {
 		if inc.Type != "Provenance" || (inc.Param != "target" && inc.Param != "*") {
 			continue
 		}
-		a.modes = []string{"match"}
+		if len(a.modes) == 0 {
+			a.modes = []string{"match"}
+		}
+		if inc.Iterate {
+			a.modes = []string{"match", "include"}
+		}
 		if inc.TargetType == "" {
 			all = true
 		} else {
@@ -294,6 +303,12 @@ func provenanceAsked(q *search.Query) asked {
 	}
 	if all {
 		a.types = nil
+	}
+	for _, inc := range q.Include {
+		if inc.Iterate && (inc.Type == "Provenance" || inc.Type == "*") && (inc.Param == "agent" || inc.Param == "*") &&
+			(inc.TargetType == "" || inc.TargetType == "Organization") {
+			a.organization = true
+		}
 	}
 	return a
 }

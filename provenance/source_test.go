@@ -236,8 +236,9 @@ func (s *served) provenances(t *testing.T) (prov []string, other []string) {
 // "Server returned Search bundle with valid Encounter data", requires every
 // entry of Encounter?patient=Patient/<id> to be an Encounter); Provenance
 // comes with _revinclude=Provenance:target (stored and generated alike,
-// search mode include), this payer's Organization only with an include of
-// the Provenance's agents, and $everything carries both (PDex).
+// search mode include; :iterate for the included too), this payer's
+// Organization only with _include:iterate of the Provenance's agents, and
+// $everything carries both (PDex).
 func TestProvenanceOnlyWhenAsked(t *testing.T) {
 	t.Parallel()
 	e := newSourceEnv(t)
@@ -303,6 +304,19 @@ func TestProvenanceOnlyWhenAsked(t *testing.T) {
 			nil, []string{"Observation/o1:include", "Observation/o2:include", "Patient/m1:match"}},
 		{"generated only for the matches, not for the included", "GET", "/Observation?_id=o2&_include=Observation:subject&_revinclude=Provenance:target", "", sys.AccessToken,
 			[]string{"generated=>Observation/o2/_history/2"}, []string{"Observation/o2:match", "Patient/m1:include"}},
+		{"_revinclude:iterate: for the included too", "GET", "/Observation?_id=o2&_include=Observation:subject&_revinclude:iterate=Provenance:target", "", sys.AccessToken,
+			[]string{"generated=>Observation/o2/_history/2", "generated=>Patient/m1/_history/1"}, []string{"Observation/o2:match", "Patient/m1:include"}},
+		{"the payer's Organization with the Provenance's agents", "GET", "/Encounter?patient=Patient/m1&_revinclude=Provenance:target&_include:iterate=Provenance:agent", "", sys.AccessToken,
+			[]string{"generated=>Encounter/e2/_history/1", "stored:prov-e1=>Encounter/e1"},
+			[]string{"Encounter/e1:match", "Encounter/e2:match", "Organization/payer-a:include"}},
+		{"the agents asked as Organizations", "GET", "/Encounter?patient=Patient/m1&_revinclude=Provenance:target&_include:iterate=Provenance:agent:Organization", "", member.AccessToken,
+			[]string{"generated=>Encounter/e2/_history/1", "stored:prov-e1=>Encounter/e1"},
+			[]string{"Encounter/e1:match", "Encounter/e2:match", "Organization/payer-a:include"}},
+		{"agents of another type asked: no Organization", "GET", "/Encounter?patient=Patient/m1&_revinclude=Provenance:target&_include:iterate=Provenance:agent:Practitioner", "", sys.AccessToken,
+			[]string{"generated=>Encounter/e2/_history/1", "stored:prov-e1=>Encounter/e1"},
+			[]string{"Encounter/e1:match", "Encounter/e2:match"}},
+		{"the agents asked without Provenance: nothing", "GET", "/Encounter?patient=Patient/m1&_include:iterate=Provenance:agent", "", sys.AccessToken,
+			nil, []string{"Encounter/e1:match", "Encounter/e2:match"}},
 		{"POST _search with _revinclude in the form", "POST", "/Encounter/_search", "patient=Patient/m1&_revinclude=Provenance:target", sys.AccessToken,
 			[]string{"generated=>Encounter/e2/_history/1", "stored:prov-e1=>Encounter/e1"},
 			[]string{"Encounter/e1:match", "Encounter/e2:match"}},
