@@ -8,8 +8,12 @@ import (
 	"strings"
 	"testing"
 
+	"context"
+	"github.com/p2pserver/p2pserver/internal/netguard"
+	"github.com/p2pserver/p2pserver/notify"
 	"github.com/p2pserver/p2pserver/notify/addpayer"
 	"github.com/p2pserver/p2pserver/notify/smtptest"
+	"time"
 )
 
 // byRecipient indexes messages by their one envelope recipient.
@@ -299,5 +303,34 @@ func TestWithoutMailServerEmailSubscriptionsAreRefused(t *testing.T) {
 	a := e.do("POST", "/Subscription", sub).want(t, 422)
 	if !strings.Contains(string(a.Body), "-smtp-url") {
 		t.Errorf("refusal does not say what to configure: %s", a.Body)
+	}
+}
+
+// TestMailerDialsThroughTheOutboundPolicy (rule 10): the connection to the
+// mail server is checked like every outbound connection, on the address
+// dialled: with a policy that allows public addresses only, a mail server
+// on loopback is never reached; with loopback allowed the email arrives.
+func TestMailerDialsThroughTheOutboundPolicy(t *testing.T) {
+	srv := smtptest.New(t, smtptest.Options{})
+	for _, c := range []struct {
+		policy *netguard.Policy
+		sent   bool
+	}{
+		{&netguard.Policy{Public: true, Setting: "-outbound-allow"}, false},
+		{&netguard.Policy{Public: true, Allow: netguard.Loopback}, true},
+	} {
+		m, err := notify.NewMailer(notify.MailConfig{URL: srv.URL(), From: "p2p@payer.example.org", Timeout: 5 * time.Second, Dial: c.policy.DialContext})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := len(srv.Messages())
+		err = m.Send(context.Background(), notify.Outgoing{ID: "n-1", To: "member@example.org",
+			Mail: notify.Mail{Subject: "hello", Text: "hello", HTML: "<p>hello</p>"}})
+		if c.sent && (err != nil || len(srv.Wait(before+1, waitLimit)) != before+1) {
+			t.Fatalf("under %s: %v", c.policy, err)
+		}
+		if !c.sent && (!netguard.IsRefused(err) || len(srv.Messages()) != before) {
+			t.Fatalf("under %s: %v, %d messages", c.policy, err, len(srv.Messages())-before)
+		}
 	}
 }

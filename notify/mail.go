@@ -34,6 +34,11 @@ type MailConfig struct {
 	TLSConfig *tls.Config
 	// HELO is the name the server greets with; the host name when empty.
 	HELO string
+	// Dial, when set, opens the connections to the mail server (the
+	// binary passes its outbound policy's, netguard.Policy.DialContext, so
+	// the address dialled is checked after resolution like every other
+	// outbound connection); net.Dialer's when nil.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // Mailer sends emails over SMTP with go-mail: one connection per email,
@@ -157,6 +162,9 @@ func (m *Mailer) Send(ctx context.Context, o Outgoing) error {
 	if m.user != "" {
 		opts = append(opts, mail.WithSMTPAuth(mail.SMTPAuthAutoDiscover), mail.WithUsername(m.user), mail.WithPassword(m.pass))
 	}
+	if m.cfg.Dial != nil {
+		opts = append(opts, mail.WithDialContextFunc(m.dial))
+	}
 	c, err := mail.NewClient(m.host, opts...)
 	if err != nil {
 		return fmt.Errorf("mail client: %w", err)
@@ -169,4 +177,26 @@ func (m *Mailer) Send(ctx context.Context, o Outgoing) error {
 		return err
 	}
 	return nil
+}
+
+// dial opens a connection with MailConfig.Dial; for smtps it does the TLS
+// handshake go-mail leaves to a custom dial function.
+func (m *Mailer) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	conn, err := m.cfg.Dial(ctx, network, address)
+	if err != nil || !m.ssl {
+		return conn, err
+	}
+	cfg := &tls.Config{ServerName: m.host, MinVersion: tls.VersionTLS12}
+	if m.cfg.TLSConfig != nil {
+		cfg = m.cfg.TLSConfig.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName = m.host
+		}
+	}
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return tc, nil
 }

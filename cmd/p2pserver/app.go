@@ -173,7 +173,7 @@ func (a *app) wire() error {
 		if cfg.MailFrom == "" {
 			return errors.New("-smtp-url is set but -mail-from is not: emails need a sender address")
 		}
-		if mailer, err = notify.NewMailer(notify.MailConfig{URL: cfg.SMTPURL, From: cfg.MailFrom}); err != nil {
+		if mailer, err = notify.NewMailer(notify.MailConfig{URL: cfg.SMTPURL, From: cfg.MailFrom, Dial: outbound.DialContext}); err != nil {
 			return fmt.Errorf("-smtp-url: %w", err)
 		}
 	}

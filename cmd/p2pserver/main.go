@@ -151,7 +151,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&cfg.MailFrom, "mail-from", env("mail-from", ""), "sender address of every email, e.g. \"Payer <p2p@payer.example>\"")
 	fs.StringVar(&cfg.SMTPURL, "smtp-url", env("smtp-url", ""), "mail server: smtp://user:pass@host:587 (STARTTLS when offered) or smtps://...:465; empty: no email")
 	fs.StringVar(&cfg.SubscriptionHosts, "subscription-hosts", env("subscription-hosts", ""), "comma-separated hosts rest-hook Subscriptions may call (host, host:port, *.domain); empty: loopback only")
-	fs.StringVar(&cfg.OutboundAllow, "outbound-allow", env("outbound-allow", "loopback"), "non-public address ranges that connections to source payers, token issuers and vendors may reach after DNS resolution: loopback, private, link-local, CIDRs, or none (public addresses only)")
+	fs.StringVar(&cfg.OutboundAllow, "outbound-allow", env("outbound-allow", "loopback"), "non-public address ranges that connections to source payers, token issuers, vendors and the mail server may reach after DNS resolution: loopback, private, link-local, CIDRs, or none (public addresses only)")
 	fs.StringVar(&attempts, "notify-max-attempts", env("notify-max-attempts", "8"), "delivery attempts of a notification before its Subscription is set to error")
 	fs.StringVar(&cfg.EligibilityConfig, "eligibility-config", env("eligibility-config", ""), "JSON file routing payers to eligibility vendors, with the vendors' credentials; empty: eligibility requests are refused")
 	fs.StringVar(&cfg.HealthieURL, "healthie-url", env("healthie-url", ""), "Healthie GraphQL endpoint; serves the Healthie facade at /facades/healthie/fhir (empty: off)")

@@ -3,7 +3,8 @@
 // dialled, after DNS resolution. Every outbound client of p2pserver is
 // built from a Policy: rest-hook Subscriptions (notify), source payers'
 // FHIR and token endpoints (batch, oidcservers), OIDC discovery and key
-// sets (smart, oidcservers), the eligibility vendors and Healthie.
+// sets (smart, oidcservers), the eligibility vendors, Healthie, and the
+// connection to the mail server (notify).
 //
 // Checking a URL's host name is not enough: a name on an allow list, or
 // an administrator's fhirEndpoint, can resolve (or be re-pointed by its
