@@ -113,7 +113,17 @@
 //   - mdm $member-match: clients only (a member is refused), with read on
 //     Patient and Coverage;
 //   - the facades (eligibility, Healthie) take the request's Principal and
-//     its letters.
+//     its letters: eligibility $submit needs c, $confirm-2fa u on a Task
+//     it may see (Current), and the resources a request refers to are read
+//     with Need (r) and Current, so one the requester may not see is
+//     reported as one that does not exist; a Healthie write needs r on the
+//     Patient and Practitioner types it refers to
+//     (cmd/p2pserver operations_access_test.go);
+//   - notify: creating or re-pointing a Subscription needs r or s on its
+//     criteria's type; it acts for its owner (the principal that set its
+//     criteria and channel, recorded with its grants), and both matching
+//     and delivery send only versions the owner may see (CanSee)
+//     (subscription_access_test.go, notify secrets_test.go).
 package authz
 
 import (
