@@ -216,7 +216,7 @@ func (tx *Tx) Put(d *Doc, opts PutOptions) (*Version, error) {
 	if prev != nil && prev.Deleted {
 		prev = nil
 	}
-	return v, tx.runHooks(Event{Op: op, Version: v, Previous: prev})
+	return v, tx.runHooks(Event{Op: op, Version: v, Previous: prev, Entries: d.Entries})
 }
 
 // Delete marks typ/id deleted (a new version with no content) and removes

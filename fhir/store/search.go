@@ -244,6 +244,26 @@ func (tx *Tx) AllIDs(typ string) []string {
 	return ids
 }
 
+// CurrentVersions calls fn with the id and current version number of
+// every resource of typ (deleted ones included, with deleted set), in id
+// order, without reading their content, until fn returns false.
+func (tx *Tx) CurrentVersions(typ string, fn func(id string, version int64, deleted bool) bool) {
+	b := tx.btx.Bucket(bucketName("R", typ))
+	if b == nil {
+		return
+	}
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		rec, err := decodeRecord(typ, string(k), v, false)
+		if err != nil {
+			continue
+		}
+		if !fn(rec.ID, rec.VersionID, rec.Deleted) {
+			return
+		}
+	}
+}
+
 // Count returns how many current resources of typ there are.
 func (tx *Tx) Count(typ string) int { return len(tx.AllIDs(typ)) }
 

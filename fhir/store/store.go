@@ -61,6 +61,9 @@ type Event struct {
 	Op       Op
 	Version  *Version // the new version (Deleted for a delete)
 	Previous *Version // the version before, nil on create
+	// Entries are the new version's index entries (none for a delete), so
+	// that a hook can match the write against searches without reading.
+	Entries []search.Entry
 }
 
 // Open wraps an open bbolt database. The registry decides what is indexed.
