@@ -36,7 +36,8 @@ func (a *API) Mount(r chi.Router) {
 // notificationList is the answer of GET /api/notifications.
 type notificationList struct {
 	// Counts are the numbers of notifications by status in the whole
-	// outbox, whatever the filters.
+	// outbox, whatever the filters; queued counts those still to be made
+	// from writes that matched many Subscriptions (see fanout.go).
 	Counts        map[string]int `json:"counts"`
 	Notifications []Notification `json:"notifications"`
 	// Truncated says more matched than limit.
@@ -92,6 +93,11 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) {
 	ring := make([]Notification, 0, limit)
 	matched := 0
 	err := a.n.st.View(r.Context(), func(tx *store.Tx) error {
+		q, err := queued(tx)
+		if err != nil {
+			return err
+		}
+		out.Counts[StateQueued] = q
 		return scanEntries(tx, func(e *Notification) (bool, error) {
 			out.Counts[e.Status]++
 			if (len(want) == 0 || want[e.Status]) && (sub == "" || e.Subscription == sub) && (res == "" || e.Resource == res) {

@@ -67,12 +67,12 @@ func (n *Service) deliver(ctx context.Context, seq uint64) {
 			// at the next start.
 			return
 		}
-		lvl := n.log.Debug
-		if !res.ok {
-			lvl = n.log.Warn
-		}
-		lvl("notify: delivery", "id", t.entry.ID, "subscription", t.entry.Subscription, "channel", t.entry.Channel,
+		n.log.Debug("notify: delivery", "id", t.entry.ID, "subscription", t.entry.Subscription, "channel", t.entry.Channel,
 			"resource", t.entry.Resource, "attempt", t.entry.Attempts+1, "ok", res.ok, "err", errText(res.err), "took", time.Since(start))
+		if !res.ok {
+			// One warning per Subscription and period, not per attempt.
+			n.failures.note(t.entry.Subscription, t.entry.Endpoint, errText(res.err), n.now())
+		}
 	}
 	// Recorded even when Close has begun (the store closes after the
 	// Service): a delivery that went through is not sent again.

@@ -50,9 +50,14 @@
 //
 // # Delivery
 //
-// Matching runs in a store hook inside the write transaction, and each
-// notification is written to the outbox in that same transaction, so a
-// committed write always has its notifications and a failed one has none.
+// Matching runs in a store hook inside the write transaction, from the
+// write's index entries and an in-memory index of the active
+// Subscriptions (no reads), and what the write owes is written to the
+// outbox in that same transaction, so a committed write always has its
+// notifications and a failed one has none: the notifications themselves
+// when it matched a few Subscriptions, else one event row that the worker
+// fans out into notifications as fast as it delivers (fanout.go). A
+// write's cost does not grow with the number of Subscriptions it matches.
 // The worker delivers them after the commit; a failure is retried with
 // exponential backoff and jitter, and after Config.MaxAttempts the
 // notification is kept as failed and its Subscription set to error. A crash
@@ -63,6 +68,9 @@
 //
 // Delivered notifications are removed from the outbox at once; failed ones
 // are kept for Config.KeepFailed for the admin view
-// (GET /api/notifications) and then removed, so the outbox does not grow
-// without bound.
+// (GET /api/notifications) and then removed. The outbox holds at most
+// Config.MaxOutbox rows: a write that would add one more is refused (503,
+// Retry-After). A type has at most Config.MaxPerType active Subscriptions.
+// Delivery failures are logged once per Subscription and
+// Config.FailureLogEvery, with their count and the last error.
 package notify

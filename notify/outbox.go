@@ -32,6 +32,9 @@ const (
 const (
 	StatePending = "pending"
 	StateFailed  = "failed"
+	// StateQueued counts, in GET /api/notifications, the notifications
+	// still to be made from writes that matched many Subscriptions.
+	StateQueued = "queued"
 )
 
 // Notification is one outbox entry: one delivery of one resource version
@@ -105,6 +108,9 @@ func addEntry(tx *store.Tx, n *Notification, held string) error {
 	} else {
 		n.Status, n.NextAttempt = StatePending, n.Created
 	}
+	if err := countRow(tx, 1); err != nil {
+		return err
+	}
 	return putEntry(tx, n, time.Time{})
 }
 
@@ -136,6 +142,9 @@ func deleteEntry(tx *store.Tx, n *Notification) error {
 		if err := tx.KV(bucketDue).Delete(dueKey(n.NextAttempt, n.Seq)); err != nil {
 			return err
 		}
+	}
+	if err := countRow(tx, -1); err != nil {
+		return err
 	}
 	return tx.KV(bucketOutbox).Delete(seqKey(n.Seq))
 }

@@ -48,6 +48,17 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// MaxOutbox is the most rows the outbox holds (a write that matched
+	// Subscriptions, or one notification); a write that would add one more
+	// is refused with 503. Default 1,000,000.
+	MaxOutbox int
+	// MaxPerType is the most active Subscriptions whose criteria are on
+	// one resource type; one more is refused with 422. Default 5,000.
+	MaxPerType int
+	// FailureLogEvery is how often delivery failures of one Subscription
+	// are logged: the first at once, the others summed up per period.
+	// Default 1 minute.
+	FailureLogEvery time.Duration
 }
 
 // Service matches writes against Subscriptions, keeps the outbox and
@@ -68,9 +79,10 @@ type Service struct {
 	tmu       sync.RWMutex
 	templates []Template
 
-	cmu    sync.Mutex
-	cache  map[string][]*subscription // by criteria type; nil when stale
-	cached bool
+	cmu sync.Mutex
+	idx *subIndex // the Subscriptions as of its generation (see index)
+
+	failures *failureLog
 
 	wake chan struct{}
 
@@ -110,6 +122,15 @@ func New(fs *fhir.Server, cfg Config) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.MaxOutbox <= 0 {
+		cfg.MaxOutbox = 1_000_000
+	}
+	if cfg.MaxPerType <= 0 {
+		cfg.MaxPerType = 5000
+	}
+	if cfg.FailureLogEvery <= 0 {
+		cfg.FailureLogEvery = time.Minute
+	}
 	if cfg.Hosts == nil {
 		cfg.Hosts = &HostPolicy{}
 	}
@@ -119,6 +140,10 @@ func New(fs *fhir.Server, cfg Config) (*Service, error) {
 		client:   cfg.Hosts.client(cfg.Timeout, cfg.Hosts.Guard()),
 		wake:     make(chan struct{}, 1),
 		inflight: map[uint64]bool{},
+		failures: newFailureLog(cfg.Logger, cfg.FailureLogEvery),
+	}
+	if err := n.st.Write(context.Background(), n.countRows); err != nil {
+		return nil, fmt.Errorf("notify: count the outbox: %w", err)
 	}
 	if err := n.st.Write(context.Background(), n.secureStored); err != nil {
 		return nil, fmt.Errorf("notify: %w", err)
@@ -197,7 +222,9 @@ func (n *Service) Ensure(ctx context.Context, doc *store.Doc, update func(cur *s
 			if err := putOwner(tx, doc.ID, ownerOf(nil, nil, sendsDigest(s, hs))); err != nil {
 				return err
 			}
-			n.invalidate()
+			if err := bumpGen(tx); err != nil {
+				return err
+			}
 		}
 		if update == nil {
 			return nil
@@ -225,12 +252,16 @@ func cloneMap(m map[string]any) map[string]any {
 	return out
 }
 
-// hook runs inside every write transaction: it keeps the Subscription
-// cache current and writes the outbox entries of a matching write.
+// hook runs inside every write transaction: it marks the Subscriptions
+// changed when one is written, and adds the one outbox row of a write
+// that matches Subscriptions (fanned out later by the worker, see
+// fanout.go).
 func (n *Service) hook(tx *store.Tx, ev store.Event) error {
 	v := ev.Version
 	if v.Type == "Subscription" {
-		n.invalidate()
+		if err := bumpGen(tx); err != nil {
+			return err
+		}
 		if ev.Op == store.OpDelete {
 			// A deleted Subscription keeps no secrets, and acts for no one.
 			if err := n.putHeaders(tx, v.ID, nil); err != nil {
@@ -247,173 +278,15 @@ func (n *Service) hook(tx *store.Tx, ev store.Event) error {
 	if ev.Op == store.OpDelete {
 		return nil
 	}
-	subs, err := n.subscriptionsFor(tx, v.Type)
-	if err != nil || len(subs) == 0 {
+	idx, err := n.index(tx)
+	if err != nil {
 		return err
 	}
-	now := n.now()
-	var cur, prev *Resource
-	added := false
-	for _, s := range subs {
-		if s.ended(now) {
-			continue
-		}
-		ok, err := tx.Match(s.query, v.ID)
-		if err != nil {
-			return fmt.Errorf("notify: match Subscription/%s: %w", s.id, err)
-		}
-		if !ok {
-			continue
-		}
-		if s.owner != nil && !n.fs.Policy().CanSee(tx, s.owner.principal(), v) {
-			// Its owner may not read this version: nothing is sent, not
-			// even a ping. (Without a recorded owner the delivery fails,
-			// saying why.)
-			continue
-		}
-		held := ""
-		if s.status == StatusError {
-			held = fmt.Sprintf("not sent: Subscription/%s is in error; it is sent when the Subscription is re-activated (status requested)", s.id)
-		}
-		base := Notification{
-			ID: fhir.NewID(), Subscription: s.id, Channel: s.channel, Resource: v.Type + "/" + v.ID,
-			Version: v.VersionID, Event: string(ev.Op), Created: now,
-		}
-		switch s.channel {
-		case ChannelRestHook:
-			e := base
-			e.Endpoint = s.endpoint
-			if err := addEntry(tx, &e, held); err != nil {
-				return err
-			}
-			added = true
-		case ChannelEmail:
-			if cur == nil {
-				if cur, err = decodeResource(v.Type, v.ID, v.VersionID, v.LastUpdated, v.JSON); err != nil {
-					return err
-				}
-				if ev.Previous != nil {
-					p := ev.Previous
-					if prev, err = decodeResource(p.Type, p.ID, p.VersionID, p.LastUpdated, p.JSON); err != nil {
-						return err
-					}
-				}
-			}
-			t := n.templateFor(cur)
-			if !t.Notable(prev, cur) {
-				continue
-			}
-			seen := map[string]bool{}
-			send := func(addr string, aud Audience) error {
-				key := strings.ToLower(addr)
-				if seen[key] {
-					return nil
-				}
-				seen[key] = true
-				e := base
-				e.ID = fhir.NewID()
-				e.Endpoint, e.Audience = addr, aud
-				added = true
-				return addEntry(tx, &e, held)
-			}
-			for _, a := range s.to {
-				if err := send(a, AudienceSubscriber); err != nil {
-					return err
-				}
-			}
-			if s.resourceTo {
-				for _, a := range t.Recipients(cur) {
-					if CheckAddress(a) != nil {
-						// The resource's own rules decide what it may
-						// hold; an address mail cannot go to is skipped.
-						n.log.Warn("notify: the resource names an address that cannot be mailed", "resource", cur.Ref(), "subscription", s.id)
-						continue
-					}
-					if err := send(a, AudienceResource); err != nil {
-						return err
-					}
-				}
-			}
-		}
+	groups, err := n.match(tx, idx, ev)
+	if err != nil || len(groups) == 0 {
+		return err
 	}
-	if added {
-		// Waking the worker for held entries costs one empty look.
-		tx.AfterCommit(n.poke)
-	}
-	return nil
-}
-
-func (n *Service) invalidate() {
-	n.cmu.Lock()
-	n.cached = false
-	n.cache = nil
-	n.cmu.Unlock()
-}
-
-// subscriptionsFor returns the active (and error) Subscriptions whose criteria are on
-// typ. The criteria are parsed once and kept until a Subscription is
-// written; each one used is checked against the version in tx, so a cache
-// built inside a transaction that was then rolled back is not trusted.
-func (n *Service) subscriptionsFor(tx *store.Tx, typ string) ([]*subscription, error) {
-	n.cmu.Lock()
-	defer n.cmu.Unlock()
-	for attempt := 0; attempt < 2; attempt++ {
-		if !n.cached {
-			c, err := n.load(tx)
-			if err != nil {
-				return nil, err
-			}
-			n.cache, n.cached = c, true
-		}
-		subs := n.cache[typ]
-		fresh := true
-		for _, s := range subs {
-			v, err := tx.Read("Subscription", s.id)
-			if err != nil || v.VersionID != s.version {
-				fresh = false
-				break
-			}
-		}
-		if fresh {
-			return subs, nil
-		}
-		n.cached = false
-	}
-	return n.cache[typ], nil
-}
-
-// load reads every active Subscription.
-func (n *Service) load(tx *store.Tx) (map[string][]*subscription, error) {
-	out := map[string][]*subscription{}
-	ids := tx.AllIDs("Subscription")
-	vs, err := tx.ReadCurrent("Subscription", ids)
-	if err != nil {
-		return nil, err
-	}
-	for _, v := range vs {
-		// Subscriptions in error still match: what they would have sent is
-		// kept, failed, and sent when they are re-activated.
-		if v == nil || v.Deleted {
-			continue
-		}
-		if st := statusOf(v.JSON); st != StatusActive && st != StatusError {
-			continue
-		}
-		r, err := decodeResource(v.Type, v.ID, v.VersionID, v.LastUpdated, v.JSON)
-		if err != nil {
-			return nil, err
-		}
-		s, issues := n.decode(v.ID, v.VersionID, r.Map)
-		if s.query == nil {
-			n.log.Warn("notify: active Subscription ignored: its criteria do not parse", "subscription", v.ID, "issues", len(issues))
-			continue
-		}
-		if s.owner, err = storedOwner(tx, v.ID); err != nil {
-			return nil, err
-		}
-		out[s.query.Type] = append(out[s.query.Type], s)
-	}
-	return out, nil
+	return n.addEvent(tx, idx, ev, groups)
 }
 
 // requeue puts the failed notifications of a Subscription back in the
@@ -521,10 +394,28 @@ func (n *Service) loop(ctx context.Context) {
 				n.deliver(ctx, seq)
 			}(seq)
 		}
+		// Writes that matched Subscriptions are fanned out into
+		// notifications only as fast as they are delivered.
+		if free := cap(slots) - len(slots); free > 0 && len(due) < free {
+			var more bool
+			err := n.st.Write(ctx, func(tx *store.Tx) error {
+				var err error
+				more, err = n.fanOut(tx)
+				return err
+			})
+			if err != nil && ctx.Err() == nil {
+				n.log.Error("notify: fan out a write's notifications", "err", err)
+			}
+			if more && err == nil {
+				continue
+			}
+		}
+		n.failures.flush(n.now())
 		wait := time.Hour
 		if !next.IsZero() {
 			wait = max(next.Sub(n.now()), 10*time.Millisecond)
 		}
+		wait = min(wait, n.cfg.FailureLogEvery)
 		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
@@ -611,6 +502,6 @@ func (n *Service) prune(ctx context.Context) error {
 				return err
 			}
 		}
-		return nil
+		return pruneSets(tx)
 	})
 }

@@ -274,6 +274,19 @@ func (n *Service) validate(tx *store.Tx, doc *store.Doc, prev *store.Version) er
 	}
 	s, issues := n.decode(doc.ID, 0, doc.Map)
 	issues = append(issues, n.check(s)...)
+	if len(issues) == 0 && s.query != nil {
+		// Each write is matched against the active Subscriptions on its
+		// type: their number is bounded.
+		idx, err := n.index(tx)
+		if err != nil {
+			return err
+		}
+		if have := idx.activeOn(s.query.Type, doc.ID); have >= n.cfg.MaxPerType {
+			issues = append(issues, errs.Issue{Code: "business-rule", Path: "Subscription.criteria", Message: fmt.Sprintf(
+				"this server keeps at most %d active Subscriptions on %s (-max-subscriptions-per-type) and has %d; turn one off or delete it first",
+				n.cfg.MaxPerType, s.query.Type, have)})
+		}
+	}
 	if len(issues) > 0 {
 		return errs.E(op, errs.Unprocessable, fmt.Sprintf("the Subscription cannot be activated (%d problems)", len(issues)), issues)
 	}

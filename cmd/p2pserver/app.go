@@ -177,7 +177,8 @@ func (a *app) wire() error {
 			return fmt.Errorf("-smtp-url: %w", err)
 		}
 	}
-	if a.notify, err = notify.New(a.fhir, notify.Config{Hosts: hosts, Mailer: mailer, Cipher: cipher, MaxAttempts: cfg.NotifyMaxAttempts, Logger: log}); err != nil {
+	if a.notify, err = notify.New(a.fhir, notify.Config{MaxOutbox: cfg.Limits.NotifyMaxOutbox, MaxPerType: cfg.Limits.MaxSubscriptionsPerType,
+		Hosts: hosts, Mailer: mailer, Cipher: cipher, MaxAttempts: cfg.NotifyMaxAttempts, Logger: log}); err != nil {
 		return err
 	}
 	a.notifyAPI = notify.NewAPI(a.notify, a.admin.Require("admin"), log)

@@ -34,6 +34,9 @@ type Limits struct {
 	MaxExpensive, MaxExpensivePerClient int
 	// SearchCacheBytes bounds the result sets kept for paging.
 	SearchCacheBytes int64
+	// NotifyMaxOutbox bounds the notification outbox's rows, and
+	// MaxSubscriptionsPerType the active Subscriptions on one type.
+	NotifyMaxOutbox, MaxSubscriptionsPerType int
 }
 
 // limitFlags registers the flags of Limits on fs, with env giving their
@@ -53,6 +56,8 @@ func limitFlags(fs *flag.FlagSet, env func(name, def string) string) func() (Lim
 	idle := add("idle-timeout", "2m", "how long a connection is kept open between requests")
 	expensive := add("max-expensive", strconv.Itoa(2*runtime.GOMAXPROCS(0)), "expensive requests (large Bundles, Patient/$everything) run at once; more get 503 with Retry-After")
 	perClient := add("max-expensive-per-client", "2", "expensive requests one client (token subject, else IP address) runs at once; more get 429 with Retry-After")
+	outbox := add("notify-max-outbox", "1000000", "most rows of the notification outbox (writes that matched Subscriptions, notifications); a write that would add one more gets 503 with Retry-After")
+	perType := add("max-subscriptions-per-type", "5000", "most active Subscriptions whose criteria are on one resource type; one more gets 422")
 	cache := add("search-cache-bytes", "128MiB", "memory the result sets kept for paging may hold (ids, queries, links); one result set may take a quarter")
 	return func() (Limits, error) {
 		var l Limits
@@ -81,6 +86,8 @@ func limitFlags(fs *flag.FlagSet, env func(name, def string) string) func() (Lim
 		positive("max-connections", *conns, &l.MaxConnections)
 		positive("max-expensive", *expensive, &l.MaxExpensive)
 		positive("max-expensive-per-client", *perClient, &l.MaxExpensivePerClient)
+		positive("notify-max-outbox", *outbox, &l.NotifyMaxOutbox)
+		positive("max-subscriptions-per-type", *perType, &l.MaxSubscriptionsPerType)
 		duration("read-header-timeout", *readHeader, &l.ReadHeaderTimeout)
 		duration("read-timeout", *read, &l.ReadTimeout)
 		duration("write-timeout", *write, &l.WriteTimeout)
