@@ -31,12 +31,13 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-## bench: Go benchmarks (store, batch ingest of 20,000+ resources, notifications), then a load run against a live server.
+## bench: Go benchmarks (store, batch ingest of 20,000+ resources, notifications), then a load run against a live server, then what expensive requests cost the others (p2pload -limits).
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./fhir/store/ ./fhir/fhirjson/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 1x ./batch/
 	$(GO) test -run '^$$' -bench . -benchtime 300x ./notify/
 	$(GO) run ./cmd/p2pload -server $(BIN) -resources 100000
+	$(GO) run ./cmd/p2pload -server $(BIN) -limits -d 10s
 
 ## spec: regenerate the embedded FHIR R4 definitions from testdata/fhir-r4.
 spec:

@@ -37,8 +37,20 @@ func main() {
 		resources   = flag.Int("resources", 100000, "resources to create (one Patient per 10)")
 		concurrency = flag.Int("c", 32, "concurrent clients")
 		duration    = flag.Duration("d", 10*time.Second, "duration of the read and search phases")
+		limits      = flag.Bool("limits", false, "with -server: measure what expensive requests cost the others (a 10,000-entry transaction, long-query searches, 2,000 matching Subscriptions) instead of the load run")
 	)
 	flag.Parse()
+	if *limits {
+		if *server == "" {
+			fmt.Fprintln(os.Stderr, "p2pload: -limits needs -server")
+			os.Exit(2)
+		}
+		if err := runLimits(*server, 16, *duration); err != nil {
+			fmt.Fprintln(os.Stderr, "p2pload:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*base, *server, *resources, *concurrency, *duration); err != nil {
 		fmt.Fprintln(os.Stderr, "p2pload:", err)
 		os.Exit(1)
@@ -239,7 +251,7 @@ func (l *loader) phase(name string, c, count int, d time.Duration, f func(i int)
 
 // spawn starts a p2pserver on a free loopback port with a new database and
 // returns a function that stops it and removes the database.
-func spawn(bin string) (func(), string, error) {
+func spawn(bin string, args ...string) (func(), string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, "", err
@@ -250,7 +262,7 @@ func spawn(bin string) (func(), string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	cmd := exec.Command(bin, "-addr", addr, "-db", filepath.Join(dir, "load.db"), "-log-level", "warn")
+	cmd := exec.Command(bin, append([]string{"-addr", addr, "-db", filepath.Join(dir, "load.db"), "-log-level", "warn"}, args...)...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(dir)

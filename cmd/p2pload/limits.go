@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// runLimits measures what one expensive client costs the others, against
+// a server it starts itself (the figures of issue 17): a 10,000-entry
+// transaction with other writers going on, the heap after 1,000 searches
+// with long queries, and write throughput with 2,000 Subscriptions
+// matching every write. Every phase is bounded in requests and time.
+func runLimits(bin string, c int, d time.Duration) error {
+	debug, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	const admin = "p2pload-admin-token-0123456789"
+	stop, base, err := spawn(bin, "-debug-addr", debug, "-admin-token", admin)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c * 2}, Timeout: 5 * time.Minute}
+	l := &loader{base: strings.TrimRight(base, "/"), client: client}
+	fmt.Printf("p2pserver limits: %d concurrent clients, the load client sharing the machine with the server\n\n", c)
+	fmt.Printf("%-62s %-28s %s\n", "figure", "before (issue 17)", "now")
+
+	// 1. A 10,000-entry transaction while c writers create Patients.
+	tx := bigTransaction(10000)
+	var during []time.Duration
+	var txTime time.Duration
+	var writes atomic.Int64
+	{
+		ctx, cancel := context.WithCancel(context.Background())
+		var mu sync.Mutex
+		var txStart, txEnd atomic.Int64
+		var wg sync.WaitGroup
+		for w := range c {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ctx.Err() == nil; i++ {
+					t0 := time.Now()
+					if _, err := l.create("Patient", patientJSON(w*1_000_000+i)); err != nil {
+						return
+					}
+					writes.Add(1)
+					if s, e := txStart.Load(), txEnd.Load(); s != 0 && t0.UnixNano() >= s && (e == 0 || t0.UnixNano() <= e) {
+						mu.Lock()
+						during = append(during, time.Since(t0))
+						mu.Unlock()
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Second) // the writers get going
+		t0 := time.Now()
+		txStart.Store(t0.UnixNano())
+		resp, err := client.Post(l.base, "application/fhir+json", bytes.NewReader(tx))
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		txTime = time.Since(t0)
+		txEnd.Store(time.Now().UnixNano())
+		cancel()
+		wg.Wait()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("the transaction: %d %.300s", resp.StatusCode, body)
+		}
+	}
+	slices.Sort(during)
+	fmt.Printf("%-62s %-28s %s\n", fmt.Sprintf("10,000-entry transaction (%.1f MB)", float64(len(tx))/1e6), "69.5 s", txTime.Round(time.Millisecond))
+	fmt.Printf("%-62s %-28s p50 %s  p99 %s  max %s  (%d writes)\n", "other writers' latency during it", "p99 = the transaction's length",
+		pct(during, 0.5), pct(during, 0.99), pct(during, 1), len(during))
+
+	// 2. The heap after 1,000 searches with long queries.
+	for range 3 {
+		if _, err := l.create("Observation", []byte(`{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"urn:lq","code":"x"}]}}`)); err != nil {
+			return err
+		}
+	}
+	before, err := heapInuse(debug)
+	if err != nil {
+		return err
+	}
+	form := longQuery(500 << 10)
+	st, err := l.phase("search", c, 1000, 0, func(i int) (string, error) {
+		resp, err := client.Post(l.base+"/Observation/_search", "application/x-www-form-urlencoded", strings.NewReader(form))
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || !bytes.Contains(b, []byte(`"next"`)) {
+			return "", fmt.Errorf("long-query search: %d (want 200 with a next link) %.200s", resp.StatusCode, b)
+		}
+		return "", nil
+	})
+	if err != nil {
+		return err
+	}
+	after, err := heapInuse(debug)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%-62s %-28s %.0f MiB (from %.0f MiB; -search-cache-bytes 128 MiB; %.1f searches/s)\n",
+		"heap after 1,000 searches with a 500 KB query (POST _search)", "2.6 GB for 30 minutes",
+		float64(after)/(1<<20), float64(before)/(1<<20), float64(st.n)/st.elapsed.Seconds())
+
+	// 3. Writes with 2,000 Subscriptions matching each.
+	var delivered atomic.Int64
+	hook := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		delivered.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}), ReadHeaderTimeout: 10 * time.Second}
+	hln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go func() { _ = hook.Serve(hln) }()
+	defer hook.Close()
+	sub := fmt.Sprintf(`{"resourceType":"Subscription","status":"requested","reason":"load","criteria":"Basic?code=urn:fan|x","channel":{"type":"rest-hook","endpoint":"http://%s/hook"}}`, hln.Addr())
+	if _, err := l.phase("create 2,000 Subscriptions", c, 2000, 0, func(int) (string, error) {
+		return l.create("Subscription", []byte(sub))
+	}); err != nil {
+		return err
+	}
+	basic := []byte(`{"resourceType":"Basic","code":{"coding":[{"system":"urn:fan","code":"x"}]}}`)
+	st, err = l.phase("write", c, 0, d, func(int) (string, error) { return l.create("Basic", basic) })
+	if err != nil {
+		return err
+	}
+	slices.Sort(st.lat)
+	fmt.Printf("%-62s %-28s %.0f writes/s  p50 %s  p99 %s  (%d deliveries made meanwhile)\n",
+		"writes with 2,000 Subscriptions matching each", "44 writes/s (16 writers)",
+		float64(st.n)/st.elapsed.Seconds(), pct(st.lat, 0.5), pct(st.lat, 0.99), delivered.Load())
+	other := []byte(`{"resourceType":"Basic","code":{"coding":[{"system":"urn:fan","code":"unwatched"}]}}`)
+	st, err = l.phase("write", c, 0, d/2, func(int) (string, error) { return l.create("Basic", other) })
+	if err != nil {
+		return err
+	}
+	slices.Sort(st.lat)
+	fmt.Printf("%-62s %-28s %.0f writes/s  p50 %s  p99 %s\n", "the same writes matching none of them", "about 10,000 writes/s",
+		float64(st.n)/st.elapsed.Seconds(), pct(st.lat, 0.5), pct(st.lat, 0.99))
+	return nil
+}
+
+func pct(lat []time.Duration, p float64) time.Duration {
+	if len(lat) == 0 {
+		return 0
+	}
+	return lat[min(len(lat)-1, int(float64(len(lat))*p))].Round(time.Millisecond)
+}
+
+// bigTransaction is a transaction of n entries: one Patient per ten, each
+// followed by nine Observations referring to it by urn:uuid.
+func bigTransaction(n int) []byte {
+	var b bytes.Buffer
+	b.WriteString(`{"resourceType":"Bundle","type":"transaction","entry":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		if i%10 == 0 {
+			fmt.Fprintf(&b, `{"fullUrl":"urn:uuid:00000000-0000-4000-8000-%012d","resource":{"resourceType":"Patient","identifier":[{"system":"urn:tx:member","value":"tx%d"}],"name":[{"family":"Transaction%d","given":["Given%d","Middle"]}],"gender":"female","birthDate":"1970-01-%02d","address":[{"line":["%d Main Street"],"city":"Springfield","state":"MA","postalCode":"01101"}]},"request":{"method":"POST","url":"Patient"}}`,
+				i, i, i, i, 1+i%28, i)
+			continue
+		}
+		fmt.Fprintf(&b, `{"fullUrl":"urn:uuid:00000000-0000-4000-8000-%012d","resource":{"resourceType":"Observation","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"%d-%d","display":"Load test code %d"}]},"subject":{"reference":"urn:uuid:00000000-0000-4000-8000-%012d"},"effectiveDateTime":"2024-%02d-%02dT10:00:00Z","issued":"2024-%02d-%02dT11:00:00Z","valueQuantity":{"value":%d.%d,"unit":"mg/dL","system":"http://unitsofmeasure.org","code":"mg/dL"},"note":[{"text":"entry %d of a large transaction"}]},"request":{"method":"POST","url":"Observation"}}`,
+			i, 1000+i%500, i%10, i%500, i-i%10, 1+i%12, 1+i%28, 1+i%12, 1+i%28, i%300, i%10, i)
+	}
+	b.WriteString("]}")
+	return b.Bytes()
+}
+
+// longQuery is a search form of about size bytes: a code matching the
+// three Observations, or'd with codes matching nothing, one per page.
+func longQuery(size int) string {
+	var b strings.Builder
+	b.WriteString("_count=1&code=urn:lq|x")
+	for i := 0; b.Len() < size; i++ {
+		fmt.Fprintf(&b, ",%s", url.QueryEscape(fmt.Sprintf("urn:lq-%d|v%d", i, i)))
+	}
+	return b.String()
+}
+
+// heapInuse reads the server's in-use heap after a collection, from its
+// profiling endpoint.
+func heapInuse(debugAddr string) (uint64, error) {
+	resp, err := http.Get("http://" + debugAddr + "/debug/pprof/heap?gc=1&debug=1")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "# HeapInuse = "); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no HeapInuse in the server's heap profile")
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
