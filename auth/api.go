@@ -153,3 +153,27 @@ func role(r *http.Request) string {
 	ro, _ := httpapi.RoleFromContext(r.Context())
 	return ro
 }
+
+// Disabled stands in for a Server when Backend Services cannot run (the
+// server has no -secret-key to seal its signing keys): its routes answer
+// with Reason instead of a bare 404.
+type Disabled struct{ Reason string }
+
+// Handler answers every /auth route with an OAuth error saying why.
+func (d Disabled) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		oauthError(w, http.StatusNotFound, "invalid_request", d.Reason)
+	})
+}
+
+// MountAPI answers the /api/backend_clients routes with 403 and Reason.
+func (d Disabled) MountAPI(r chi.Router) {
+	refuse := func(w http.ResponseWriter, r *http.Request) {
+		httpapi.WriteError(w, httpapi.Errorf(http.StatusForbidden, httpapi.CodeForbidden, "%s", d.Reason))
+	}
+	r.Get("/backend_clients", refuse)
+	r.Post("/backend_clients", refuse)
+	r.Get("/backend_clients/{clientId}", refuse)
+	r.Put("/backend_clients/{clientId}", refuse)
+	r.Delete("/backend_clients/{clientId}", refuse)
+}

@@ -22,6 +22,7 @@
 package auth
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -94,9 +95,23 @@ type Config struct {
 	Admin func(http.Handler) http.Handler
 	// MaxBody caps /api request bodies, in bytes.
 	MaxBody int64
-	Logger  *slog.Logger
+	// Limits bound the token requests; zero fields take the defaults.
+	Limits Limits
+	Logger *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+}
+
+// Limits bound token requests, each with a token bucket: per remote
+// address (before anything is checked) and per client (once its assertion
+// is verified). Rates are requests per second, bursts how many may come at
+// once. A client needs a token every few minutes; these leave room for
+// many processes behind one address.
+type Limits struct {
+	AddressRate  float64 // default 5
+	AddressBurst int     // default 60
+	ClientRate   float64 // default 0.5
+	ClientBurst  int     // default 10
 }
 
 // Server is this payer's authorization server for backend clients. It
@@ -111,9 +126,8 @@ type Server struct {
 	byAddr  *limiter
 	byIss   *limiter
 
-	stop   context.CancelFunc
-	wg     sync.WaitGroup
-	closed bool
+	stop context.CancelFunc
+	wg   sync.WaitGroup
 }
 
 var _ smart.Backend = (*Server)(nil)
@@ -161,8 +175,8 @@ func New(st *store.Store, cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, log: cfg.Logger, st: st, keys: keys,
 		clients: &clientRepo{st: st, now: cfg.Now},
 		jwks:    newJWKSCache(cfg.HTTPClient, cfg.Now),
-		byAddr:  newLimiter(2, 30, 10000),
-		byIss:   newLimiter(0.5, 10, 10000),
+		byAddr:  newLimiter(cmp.Or(cfg.Limits.AddressRate, 5), cmp.Or(cfg.Limits.AddressBurst, 60), 10000),
+		byIss:   newLimiter(cmp.Or(cfg.Limits.ClientRate, 0.5), cmp.Or(cfg.Limits.ClientBurst, 10), 10000),
 	}, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/p2pserver/p2pserver/auth"
 	"github.com/p2pserver/p2pserver/batch"
 	"github.com/p2pserver/p2pserver/facades/connectors"
 	"github.com/p2pserver/p2pserver/facades/eligibility"
@@ -42,6 +43,7 @@ type app struct {
 	fhir  *fhir.Server
 	admin *httpapi.Authorizer
 	guard *smart.Guard
+	auth  *auth.Server // nil without -secret-key
 	oidc  *oidcservers.API
 
 	notify    *notify.Service
@@ -115,8 +117,38 @@ func (a *app) wire() error {
 	if err != nil {
 		return fmt.Errorf("-trusted-issuers: %w", err)
 	}
+	var cipher *secrets.Cipher
+	if cfg.SecretKey != "" {
+		if cipher, err = secrets.NewCipher(cfg.SecretKey); err != nil {
+			return fmt.Errorf("-secret-key: %w", err)
+		}
+	}
+	a.admin, err = httpapi.NewAuthorizer(log,
+		httpapi.Role{Name: "admin", Setting: "-admin-token or P2P_ADMIN_TOKEN", Tokens: httpapi.SplitTokens(cfg.AdminToken)},
+		httpapi.Role{Name: "backoffice", Setting: "-backoffice-token or P2P_BACKOFFICE_TOKEN", Tokens: httpapi.SplitTokens(cfg.BackofficeToken)},
+	)
+	if err != nil {
+		return fmt.Errorf("-admin-token, -backoffice-token: %w", err)
+	}
+
+	// SMART Backend Services: other payers' systems get tokens from this
+	// server's token endpoint. Its signing keys are sealed with the
+	// secret key, so without one it is off.
+	var backend smart.Backend
+	if cipher != nil {
+		alg, _ := auth.ParseAlg(cfg.TokenSigningAlg) // checked by parseConfig
+		if a.auth, err = auth.New(a.store, auth.Config{BaseURL: cfg.BaseURL, FHIRBase: base, Cipher: cipher,
+			TokenLifetime: cfg.TokenLifetime, KeyRotation: cfg.TokenKeyRotation, SigningAlg: alg,
+			HTTPClient: outbound.Client(5 * time.Second), Admin: a.admin.Require("admin"), MaxBody: httpapi.DefaultMaxBody, Logger: log}); err != nil {
+			return err
+		}
+		backend = a.auth
+	} else {
+		log.Info("SMART Backend Services are off: the server has no -secret-key to seal the keys that sign its access tokens")
+	}
 	if a.guard, err = smart.New(smart.Config{BaseURL: base, Issuers: issuers, HTTPClient: outbound.Client(10 * time.Second),
-		Audiences: httpapi.SplitTokens(cfg.TokenAudience), AdminTokens: httpapi.SplitTokens(cfg.AdminToken), Logger: log}); err != nil {
+		Audiences: httpapi.SplitTokens(cfg.TokenAudience), AdminTokens: httpapi.SplitTokens(cfg.AdminToken), Logger: log,
+		Backend: backend}); err != nil {
 		return err
 	}
 	a.guard.Attach(a.fhir)
@@ -138,23 +170,9 @@ func (a *app) wire() error {
 	}
 	mm.Register()
 
-	var cipher *secrets.Cipher
-	if cfg.SecretKey != "" {
-		var err error
-		if cipher, err = secrets.NewCipher(cfg.SecretKey); err != nil {
-			return fmt.Errorf("-secret-key: %w", err)
-		}
-	}
 	oidcRepo, err := oidcservers.NewRepository(a.db, cipher)
 	if err != nil {
 		return err
-	}
-	a.admin, err = httpapi.NewAuthorizer(log,
-		httpapi.Role{Name: "admin", Setting: "-admin-token or P2P_ADMIN_TOKEN", Tokens: httpapi.SplitTokens(cfg.AdminToken)},
-		httpapi.Role{Name: "backoffice", Setting: "-backoffice-token or P2P_BACKOFFICE_TOKEN", Tokens: httpapi.SplitTokens(cfg.BackofficeToken)},
-	)
-	if err != nil {
-		return fmt.Errorf("-admin-token, -backoffice-token: %w", err)
 	}
 	a.oidc = oidcservers.NewAPI(oidcRepo, a.admin.Require("admin"), log, httpapi.DefaultMaxBody)
 	a.oidc.UseClient(outbound.Client(30 * time.Second))
@@ -228,6 +246,11 @@ func (a *app) Start(ctx context.Context) error {
 	if err := a.guard.Prepare(ctx); err != nil {
 		a.log.Warn("token issuer discovery failed; it is retried on first use", "err", err)
 	}
+	if a.auth != nil {
+		if err := a.auth.Start(ctx); err != nil {
+			return err
+		}
+	}
 	if err := addpayer.Setup(ctx, a.notify, httpapi.SplitTokens(a.cfg.NotifyAdmins), a.log); err != nil {
 		return err
 	}
@@ -256,6 +279,14 @@ func (a *app) Handler() http.Handler {
 	a.batchAPI.Mount(api)
 	a.notifyAPI.Mount(api)
 	a.elig.Mount(api)
+	if a.auth != nil {
+		r.Mount("/auth", a.auth.Handler())
+		a.auth.MountAPI(api)
+	} else {
+		off := auth.Disabled{Reason: "SMART Backend Services are off on this server: it has no -secret-key (P2P_SECRET_KEY) to seal the keys that sign access tokens"}
+		r.Mount("/auth", off.Handler())
+		off.MountAPI(api)
+	}
 	if a.healthie != nil {
 		r.Mount(healthie.Path, a.healthie.Handler())
 		a.healthie.Mount(api)
@@ -296,6 +327,9 @@ func (a *app) Close() error {
 	}
 	if a.notify != nil {
 		stop("notifications", a.notify)
+	}
+	if a.auth != nil {
+		stop("backend services", a.auth)
 	}
 	a.store.Close()
 	return a.db.Close()

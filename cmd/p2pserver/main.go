@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/p2pserver/p2pserver/auth"
 	"github.com/p2pserver/p2pserver/batch"
 )
 
@@ -42,6 +43,11 @@ type Config struct {
 	SecretKey string
 	// TrustedIssuers and TokenAudience configure bearer tokens on /fhir.
 	TrustedIssuers, TokenAudience string
+	// SMART Backend Services (this server's token endpoint): the
+	// lifetime of its access tokens, how long one signing key signs, and
+	// the algorithm of new signing keys.
+	TokenLifetime, TokenKeyRotation time.Duration
+	TokenSigningAlg                 string
 	// Organization* name this payer in the Provenance it supplies.
 	OrganizationName, OrganizationID, OrganizationResource string
 	// BackofficeToken is a comma-separated list of bearer tokens of the
@@ -126,6 +132,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	var cfg Config
 	var maxBody, grace, workers, attempts, cors, maxPages, maxResources string
+	var tokenLifetime, tokenRotation string
 	fs.StringVar(&cfg.Addr, "addr", env("addr", "127.0.0.1:8080"), "listen address (host:port)")
 	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "bbolt database file (created if missing)")
 	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<the address bound>)")
@@ -136,6 +143,9 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&cfg.SecretKey, "secret-key", env("secret-key", ""), "32-byte key (base64 or hex) encrypting secrets at rest; comma-separate keys to rotate")
 	fs.StringVar(&cfg.TrustedIssuers, "trusted-issuers", env("trusted-issuers", ""), "comma-separated issuer URLs whose JWT access tokens /fhir accepts (ISSUER=KEYFILE for a static key); empty: /fhir is open (local use only)")
 	fs.StringVar(&cfg.TokenAudience, "token-audience", env("token-audience", ""), "comma-separated aud values a token must include one of (default <base-url>/fhir)")
+	fs.StringVar(&tokenLifetime, "token-lifetime", env("token-lifetime", "5m"), "lifetime of the access tokens this server's token endpoint issues to backend clients (SMART Backend Services; SMART recommends 5m at most)")
+	fs.StringVar(&tokenRotation, "token-key-rotation", env("token-key-rotation", "24h"), "how long one key signs access tokens before a new one takes over (old keys stay published until their tokens expire)")
+	fs.StringVar(&cfg.TokenSigningAlg, "token-signing-alg", env("token-signing-alg", "ES384"), "algorithm of new keys signing access tokens: ES384 or RS384")
 	fs.StringVar(&cfg.OrganizationName, "organization-name", env("organization-name", "p2pserver"), "this payer's name in the Provenance it supplies")
 	fs.StringVar(&cfg.OrganizationID, "organization-id", env("organization-id", ""), "this payer's payer id, as the transmitter agent's identifier")
 	fs.StringVar(&cfg.OrganizationResource, "organization-resource", env("organization-resource", ""), "id of this payer's Organization resource, referenced by the Provenance it supplies")
@@ -182,6 +192,15 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if cfg.Limits, err = limits(); err != nil {
 		return cfg, err
+	}
+	if cfg.TokenLifetime, err = time.ParseDuration(tokenLifetime); err != nil || cfg.TokenLifetime < 30*time.Second || cfg.TokenLifetime > time.Hour {
+		return cfg, fmt.Errorf("-token-lifetime: %q is not a duration from 30s to 1h", tokenLifetime)
+	}
+	if cfg.TokenKeyRotation, err = time.ParseDuration(tokenRotation); err != nil || cfg.TokenKeyRotation < time.Minute {
+		return cfg, fmt.Errorf("-token-key-rotation: %q is not a duration of at least 1m", tokenRotation)
+	}
+	if _, err := auth.ParseAlg(cfg.TokenSigningAlg); err != nil {
+		return cfg, fmt.Errorf("-token-signing-alg: %w", err)
 	}
 	if cfg.ShutdownGrace, err = time.ParseDuration(grace); err != nil {
 		return cfg, fmt.Errorf("-shutdown-grace: %w", err)
