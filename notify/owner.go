@@ -138,5 +138,5 @@ func putOwner(tx *store.Tx, id string, o *owner) error {
 // errNoOwner is why a Subscription stored before owners were recorded
 // sends nothing.
 func errNoOwner(id string) error {
-	return fmt.Errorf("Subscription/%s was stored before this server recorded whose rights a Subscription acts under; write it again (status requested) to re-activate it under the writer's rights", id)
+	return fmt.Errorf("this Subscription (%s) was stored before this server recorded whose rights a Subscription acts under; write it again (status requested) to re-activate it under the writer's rights", id)
 }
