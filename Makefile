@@ -3,7 +3,7 @@ GO ?= go
 BIN := bin/p2pserver
 STATICCHECK_VERSION := v0.7.0
 
-.PHONY: all build run demo test lint bench load spec clean
+.PHONY: all build run demo test lint bench load spec clean fuzz
 
 all: build
 
@@ -24,6 +24,12 @@ demo: build
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+## fuzz: the non-interference proof with random requests for FUZZTIME
+## (default 5m): no answer to one member may depend on another's data.
+FUZZTIME ?= 5m
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzNonInterference$$' -fuzztime $(FUZZTIME) ./cmd/p2pserver/
 
 ## lint: gofmt, go vet and staticcheck.
 lint:

@@ -3,6 +3,7 @@ package fhir
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
@@ -28,6 +29,11 @@ func (s *Server) included(tx *store.Tx, typ string, ids []string, q *search.Quer
 	for round := 0; len(frontier) > 0 && !full; round++ {
 		next := map[string][]string{}
 		add := func(vs []*store.Version) {
+			// In one order whatever the order of a resource's index
+			// entries: answers must not vary from server to server.
+			slices.SortStableFunc(vs, func(a, b *store.Version) int {
+				return strings.Compare(a.Type+"/"+a.ID, b.Type+"/"+b.ID)
+			})
 			for _, v := range vs {
 				k := v.Type + "/" + v.ID
 				if seen[k] || full {

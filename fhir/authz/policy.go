@@ -256,6 +256,10 @@ func (pol *Policy) MayWrite(tx *store.Tx, p *Principal, before *store.Version, a
 		return nil
 	}
 	const op = "authz.write"
+	if typ := writtenType(before, after); !patientBound(typ) {
+		return errs.E(op, errs.Permission, fmt.Sprintf(
+			"%s resources hold no patient's data: a member-scoped token cannot write them", typ))
+	}
 	// Writes stay in the member's own compartment: the records of the
 	// Patients linked to them are read as theirs, never written.
 	w := &view{pol: pol, tx: tx, p: p, pats: []string{p.Patient}, memo: map[string]bool{}}
@@ -267,10 +271,6 @@ func (pol *Policy) MayWrite(tx *store.Tx, p *Principal, before *store.Version, a
 	}
 	if after == nil {
 		return nil
-	}
-	if !patientBound(after.Type) {
-		return errs.E(op, errs.Permission, fmt.Sprintf(
-			"%s resources hold no patient's data: a member-scoped token cannot write them", after.Type))
 	}
 	r := &resource{typ: after.Type, id: after.ID, json: after.JSON, m: after.Map, entries: after.Entries}
 	if after.Type == "Subscription" && !w.ownedRes(r, maxDepth) {
@@ -295,6 +295,16 @@ func (pol *Policy) MayWrite(tx *store.Tx, p *Principal, before *store.Version, a
 			"the %s refers to %s: a member may write only resources that lie wholly in their own record (every Patient it refers to the member, every other patient-bound resource one they may read)", after.Type, ref))
 	}
 	return nil
+}
+
+func writtenType(before *store.Version, after *store.Doc) string {
+	if after != nil {
+		return after.Type
+	}
+	if before != nil {
+		return before.Type
+	}
+	return ""
 }
 
 // view is one principal's view of one transaction, remembering what it
