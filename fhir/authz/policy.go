@@ -279,7 +279,7 @@ func (pol *Policy) MayWrite(tx *store.Tx, p *Principal, before *store.Version, a
 		example := "Observation?subject=Patient/" + p.Patient
 		if typ == "Patient" {
 			example = "Patient?_id=" + p.Patient
-		} else if params := spec.PatientCompartment()[typ]; len(params) > 0 && params[0] != spec.CompartmentSelf {
+		} else if params := spec.PatientCompartmentParams(typ); len(params) > 0 && params[0] != spec.CompartmentSelf {
 			example = typ + "?" + params[0] + "=Patient/" + p.Patient
 		}
 		msg := fmt.Sprintf("%q does not confine the Subscription to the member's own record: a member's Subscription must be a search of a Patient compartment type that names Patient/%s in a compartment parameter, such as %s",
@@ -598,7 +598,7 @@ func (w *view) criteriaConfined(sub map[string]any) bool {
 	if err != nil {
 		return false
 	}
-	compartment := spec.PatientCompartment()[typ]
+	compartment := spec.PatientCompartmentParams(typ)
 	for key, occurrences := range values {
 		code, mod, _ := strings.Cut(key, ":")
 		if mod != "" && mod != "Patient" {

@@ -98,7 +98,7 @@ func RuleOf(typ string) Rule {
 	case "Subscription":
 		return SubscriptionCriteria
 	}
-	if _, ok := spec.PatientCompartment()[typ]; ok {
+	if spec.PatientCompartmentParams(typ) != nil {
 		return Compartment
 	}
 	switch {

@@ -34,6 +34,9 @@ var supportedTypes = map[string]bool{
 type Registry struct {
 	model  *spec.Model
 	byType map[string]map[string]*Param
+	// compartment holds CompartmentParams per type, asked per resource
+	// when member access is checked.
+	compartment map[string][]*Param
 }
 
 // NewRegistry builds the registry from the R4 SearchParameter definitions
@@ -82,6 +85,14 @@ func NewRegistry(m *spec.Model) *Registry {
 	for _, sp := range spec.USCoreSearchParams() {
 		add(sp)
 	}
+	r.compartment = map[string][]*Param{}
+	for typ, codes := range spec.PatientCompartment() {
+		for _, code := range codes {
+			if p, ok := r.Lookup(typ, code); ok {
+				r.compartment[typ] = append(r.compartment[typ], p)
+			}
+		}
+	}
 	return r
 }
 
@@ -128,14 +139,9 @@ func (r *Registry) ReferenceParams(typ, target string) []*Param {
 // CompartmentParams returns the parameters of typ that tie a resource to a
 // Patient in the R4 Patient compartment; nil when typ is not in it. For
 // Patient itself the resource's own id also ties it (see InCompartment).
+// The slice is shared: callers must not modify it.
 func (r *Registry) CompartmentParams(typ string) []*Param {
-	var out []*Param
-	for _, code := range spec.PatientCompartment()[typ] {
-		if p, ok := r.Lookup(typ, code); ok {
-			out = append(out, p)
-		}
-	}
-	return out
+	return r.compartment[typ]
 }
 
 // InPatientCompartment reports whether typ is in the Patient compartment.

@@ -129,8 +129,26 @@ var (
 // to a Patient (Observation: subject, performer). Patient maps to
 // CompartmentSelf ("{def}", the Patient itself) and link. Types the
 // compartment definition lists without parameters are not in the
-// compartment and are left out. The map is the caller's to keep and modify.
+// compartment and are left out. The map is the caller's to keep and modify
+// (a copy on each call: per resource, use PatientCompartmentParams).
 func PatientCompartment() map[string][]string {
+	loadCompartment()
+	out := make(map[string][]string, len(compartment))
+	for k, v := range compartment {
+		out[k] = slices.Clone(v)
+	}
+	return out
+}
+
+// PatientCompartmentParams returns the codes PatientCompartment lists for
+// typ, nil when typ is not in the Patient compartment, without copying the
+// whole map: the slice is shared and must not be modified.
+func PatientCompartmentParams(typ string) []string {
+	loadCompartment()
+	return compartment[typ]
+}
+
+func loadCompartment() {
 	compartmentOnce.Do(func() {
 		var c struct {
 			Resource []struct {
@@ -153,9 +171,4 @@ func PatientCompartment() map[string][]string {
 			compartment[r.Code] = params
 		}
 	})
-	out := make(map[string][]string, len(compartment))
-	for k, v := range compartment {
-		out[k] = slices.Clone(v)
-	}
-	return out
 }
