@@ -292,9 +292,11 @@ func niTable(reg *search.Registry) []niRequest {
 			if len(vals) == 0 {
 				continue
 			}
-			// Two values of the kind, in turn, and each modifier.
-			for _, v := range []string{vals[i%len(vals)], vals[(i+1)%len(vals)]} {
-				get(base + "?" + p.Code + "=" + url.QueryEscape(v))
+			// A value of the kind, in turn (two for references and
+			// dates, which B's data answers most to), and each modifier.
+			get(base + "?" + p.Code + "=" + url.QueryEscape(vals[i%len(vals)]))
+			if p.Type == "reference" || p.Type == "date" {
+				get(base + "?" + p.Code + "=" + url.QueryEscape(vals[(i+1)%len(vals)]))
 			}
 			for _, m := range niModifiers[p.Type] {
 				v := vals[i%len(vals)]
@@ -310,7 +312,10 @@ func niTable(reg *search.Registry) []niRequest {
 				}
 				get(base + "?" + p.Code + m + "=" + url.QueryEscape(v))
 			}
-			get(base + "?_sort=" + p.Code + "&_count=5")
+			// Not by _lastUpdated: the servers set it, each at its own time.
+			if (i < 4 || p.Type == "date") && p.Code != "_lastUpdated" {
+				get(base + "?_sort=-" + p.Code + ",_id&_count=5")
+			}
 			if p.Type != "reference" {
 				continue
 			}
@@ -615,8 +620,8 @@ func niRandomQuery(rng *rand.Rand, reg *search.Registry, typ string) string {
 			q.Add("_revinclude", other+":"+rps[rng.IntN(len(rps))].Code)
 		}
 	}
-	if rng.IntN(4) == 0 {
-		q.Add("_sort", params[rng.IntN(len(params))].Code)
+	if p := params[rng.IntN(len(params))]; rng.IntN(4) == 0 && p.Code != "_lastUpdated" {
+		q.Add("_sort", p.Code+",_id")
 	}
 	if rng.IntN(3) == 0 {
 		q.Add("_count", fmt.Sprint(1+rng.IntN(3)))
