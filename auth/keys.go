@@ -69,8 +69,14 @@ type Keys struct {
 	store *store.Store
 
 	mu      sync.Mutex
-	current *liveKey                   // the key that signs now, opened
-	public  map[string]jose.JSONWebKey // kid -> public key, as last read
+	current *liveKey             // the key that signs now, opened
+	public  map[string]publicKey // kid -> public key, as last read
+}
+
+// publicKey is a published key and when it stops being published.
+type publicKey struct {
+	jwk   jose.JSONWebKey
+	until time.Time
 }
 
 // liveKey is a key whose private part is open in memory.
@@ -336,43 +342,57 @@ func (k *Keys) open(r keyRecord) (*liveKey, error) {
 // JWKS returns the public keys published now: the signing key and those
 // that stopped signing within the retention period, newest first.
 func (k *Keys) JWKS(ctx context.Context) (jose.JSONWebKeySet, error) {
-	recs, err := k.read(ctx)
+	keys, err := k.published(ctx)
 	if err != nil {
 		return jose.JSONWebKeySet{}, err
 	}
-	slices.SortFunc(recs, func(a, b keyRecord) int { return b.Created.Compare(a.Created) })
-	set := jose.JSONWebKeySet{Keys: make([]jose.JSONWebKey, 0, len(recs))}
-	for _, r := range recs {
-		var jwk jose.JSONWebKey
-		if err := jwk.UnmarshalJSON(r.Public); err != nil {
-			return set, errs.E("auth.keys", errs.Internal, err)
-		}
-		set.Keys = append(set.Keys, jwk)
+	set := jose.JSONWebKeySet{Keys: make([]jose.JSONWebKey, len(keys))}
+	for i, p := range keys {
+		set.Keys[i] = p.jwk
 	}
 	return set, nil
 }
 
-// PublicKey returns the published key kid, reading the database again
-// when it is not among those last read (another process may have
-// rotated).
-func (k *Keys) PublicKey(ctx context.Context, kid string) (jose.JSONWebKey, bool, error) {
-	k.mu.Lock()
-	jwk, ok := k.public[kid]
-	k.mu.Unlock()
-	if ok {
-		return jwk, true, nil
+// published reads the keys published now, newest first.
+func (k *Keys) published(ctx context.Context) ([]publicKey, error) {
+	recs, err := k.read(ctx)
+	if err != nil {
+		return nil, err
 	}
-	set, err := k.JWKS(ctx)
+	slices.SortFunc(recs, func(a, b keyRecord) int { return b.Created.Compare(a.Created) })
+	out := make([]publicKey, 0, len(recs))
+	for _, r := range recs {
+		var jwk jose.JSONWebKey
+		if err := jwk.UnmarshalJSON(r.Public); err != nil {
+			return nil, errs.E("auth.keys", errs.Internal, err)
+		}
+		out = append(out, publicKey{jwk: jwk, until: r.PublishUntil})
+	}
+	return out, nil
+}
+
+// PublicKey returns the key kid if it is published now, reading the
+// database again when it is not among those last read (another process
+// may have rotated).
+func (k *Keys) PublicKey(ctx context.Context, kid string) (jose.JSONWebKey, bool, error) {
+	now := k.cfg.Now()
+	k.mu.Lock()
+	p, ok := k.public[kid]
+	k.mu.Unlock()
+	if ok && now.Before(p.until) {
+		return p.jwk, true, nil
+	}
+	keys, err := k.published(ctx)
 	if err != nil {
 		return jose.JSONWebKey{}, false, err
 	}
-	m := make(map[string]jose.JSONWebKey, len(set.Keys))
-	for _, j := range set.Keys {
-		m[j.KeyID] = j
+	m := make(map[string]publicKey, len(keys))
+	for _, p := range keys {
+		m[p.jwk.KeyID] = p
 	}
 	k.mu.Lock()
 	k.public = m
 	k.mu.Unlock()
-	jwk, ok = m[kid]
-	return jwk, ok, nil
+	p, ok = m[kid]
+	return p.jwk, ok, nil
 }

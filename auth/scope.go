@@ -32,7 +32,7 @@ func Intersect(asked string, registered []string) (granted, dropped []string) {
 			dropped = append(dropped, raw)
 			continue
 		}
-		before := len(granted)
+		matched := false
 		for _, r := range reg {
 			typ := a.Type
 			switch {
@@ -45,6 +45,7 @@ func Intersect(asked string, registered []string) (granted, dropped []string) {
 			if perms == 0 {
 				continue
 			}
+			matched = true
 			s := raw
 			if typ != a.Type || perms != a.Perms {
 				s = format(smart.LevelSystem, typ, perms, a.V2)
@@ -53,7 +54,7 @@ func Intersect(asked string, registered []string) (granted, dropped []string) {
 				granted = append(granted, s)
 			}
 		}
-		if len(granted) == before {
+		if !matched {
 			dropped = append(dropped, raw)
 		}
 	}
