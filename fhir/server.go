@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -85,6 +86,14 @@ type Server struct {
 	links      PatientLinks
 	capJSON    []byte
 	started    time.Time
+	routes     []route
+}
+
+// route is a handler below the base outside the FHIR REST paths (see
+// Server.Route).
+type route struct {
+	pattern string
+	h       http.Handler
 }
 
 // Validator checks (and may amend) a resource of one type before it is
@@ -191,6 +200,18 @@ func (s *Server) Use(mw func(http.Handler) http.Handler) {
 	s.middleware = append(s.middleware, mw)
 }
 
+// Route adds h for the paths below the base that pattern (a chi pattern,
+// e.g. "/bulkstatus/{id}") matches: URLs that are not FHIR REST
+// interactions but belong to the FHIR base, such as the Bulk Data status
+// and output file URLs. Its first segment must not be a resource type.
+// The server's middleware (access control) applies to it. Call it before
+// Handler.
+func (s *Server) Route(pattern string, h http.Handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.routes = append(s.routes, route{pattern: pattern, h: h})
+}
+
 func (s *Server) validatorsFor(typ string) []Validator {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -206,7 +227,11 @@ func (s *Server) Handler() http.Handler {
 	for _, mw := range s.middleware {
 		r.Use(mw)
 	}
+	routes := slices.Clone(s.routes)
 	s.mu.RUnlock()
+	for _, rt := range routes {
+		r.Handle(rt.pattern, rt.h)
+	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, errs.E("fhir.route", errs.NotFound, fmt.Sprintf("no FHIR endpoint at %s", r.URL.Path)))
 	})

@@ -3,6 +3,7 @@ package mdm
 import (
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -324,4 +325,62 @@ func Withhold(tx *store.Tx, patient string) (func(v *store.Version) bool, error)
 		}
 		return p.Withholds(v.Type, v.ID, m)
 	}, nil
+}
+
+// RequesterSource is the meta.source $member-match gives the Consent it
+// stores for a requester (the token's subject).
+func RequesterSource(requester string) string {
+	return "urn:p2pserver:requester:" + url.PathEscape(requester)
+}
+
+// ConsentHolds reports whether Patient/patient's consent to share with
+// requester (the subject $member-match was called with; "" for any) still
+// holds at now: a Consent $member-match stored for that requester is in
+// force (active, patient-privacy, within its period) and no consent in
+// force withholds everything (a deny, a revocation). PDex STU 2.1 asks
+// for this at each export ("Consent SHALL be evaluated at the time of the
+// data request"). reason says why not, for the export's error file.
+func ConsentHolds(tx *store.Tx, patient, requester string, now time.Time) (ok bool, reason string, err error) {
+	vs, err := tx.ReadCurrent("Consent", tx.CompartmentIDs("Consent", patient))
+	if err != nil {
+		return false, "", err
+	}
+	found := false
+	pol := &Policy{Labels: map[string]bool{}, Types: map[string]bool{}, Refs: map[string]bool{}}
+	for _, v := range vs {
+		c, err := decode(v.JSON)
+		if err != nil {
+			return false, "", fmt.Errorf("mdm: Consent/%s: %w", v.ID, err)
+		}
+		if !inForce(c, now) {
+			continue
+		}
+		pol.add(c)
+		meta, _ := c["meta"].(map[string]any)
+		if !hasTag(meta, TagSystem, TagMemberMatch) {
+			continue
+		}
+		if src, _ := meta["source"].(string); requester == "" || src == RequesterSource(requester) {
+			found = true
+		}
+	}
+	switch {
+	case !found:
+		return false, "the member's consent to share their data with this payer is not in force (expired, revoked or never given)", nil
+	case pol.All:
+		return false, "the member's consent now denies sharing their data", nil
+	}
+	return true, "", nil
+}
+
+// hasTag reports whether meta carries the tag system|code.
+func hasTag(meta map[string]any, system, code string) bool {
+	tags, _ := meta["tag"].([]any)
+	for _, raw := range tags {
+		t, _ := raw.(map[string]any)
+		if t["system"] == system && t["code"] == code {
+			return true
+		}
+	}
+	return false
 }

@@ -762,7 +762,7 @@ func (m *MemberMatch) storeConsent(tx *store.Tx, req *MatchRequest, patient, sou
 		meta["profile"] = old["profile"]
 	}
 	if source != "" {
-		meta["source"] = "urn:p2pserver:requester:" + url.PathEscape(source)
+		meta["source"] = RequesterSource(source)
 	}
 	c["meta"] = meta
 	c["resourceType"] = "Consent"
@@ -780,3 +780,22 @@ func (m *MemberMatch) storeConsent(tx *store.Tx, req *MatchRequest, patient, sou
 	}
 	return doc.ID, nil
 }
+
+// Find returns the ids of the members req describes by the matching rules
+// above (demographics and a coverage tie), sorted, without looking at the
+// consent or writing anything: $bulk-member-match sorts a member that
+// matches but whose consent cannot be honoured apart from one that does
+// not match.
+func (m *MemberMatch) Find(ctx context.Context, req *MatchRequest) ([]string, error) {
+	var ids []string
+	err := m.st.View(ctx, func(tx *store.Tx) (err error) {
+		ids, err = m.candidates(tx, req)
+		return err
+	})
+	return ids, err
+}
+
+// CheckConsent refuses (Unprocessable, issue code business-rule) a
+// consent this server cannot honour now: not active, not about privacy,
+// ended, denying, or without an HRex policy; nil when it can be honoured.
+func (m *MemberMatch) CheckConsent(c map[string]any) error { return checkConsent(c, m.cfg.Now()) }

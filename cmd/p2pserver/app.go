@@ -13,6 +13,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/p2pserver/p2pserver/auth"
 	"github.com/p2pserver/p2pserver/batch"
+	"github.com/p2pserver/p2pserver/bulk"
 	"github.com/p2pserver/p2pserver/facades/connectors"
 	"github.com/p2pserver/p2pserver/facades/eligibility"
 	"github.com/p2pserver/p2pserver/facades/healthie"
@@ -49,6 +50,7 @@ type app struct {
 	notify    *notify.Service
 	notifyAPI *notify.API
 	runner    *batch.Runner
+	exports   *bulk.Exporter
 	batchAPI  *batch.API
 	elig      *eligibility.Service
 	healthie  *healthie.Healthie // nil when not configured
@@ -170,6 +172,18 @@ func (a *app) wire() error {
 	}
 	mm.Register()
 
+	// Bulk Data exports and $bulk-member-match, their files beside the
+	// database unless -export-dir says otherwise.
+	exportDir := cfg.ExportDir
+	if exportDir == "" {
+		exportDir = filepath.Join(filepath.Dir(cfg.DB), "exports")
+	}
+	if a.exports, err = bulk.New(a.fhir, mm, bulk.Config{Dir: exportDir, Retention: cfg.ExportRetention,
+		Workers: cfg.ExportWorkers, PerClient: cfg.ExportPerClient, Logger: log}); err != nil {
+		return fmt.Errorf("-export-dir: %w", err)
+	}
+	a.exports.Register()
+
 	oidcRepo, err := oidcservers.NewRepository(a.db, cipher)
 	if err != nil {
 		return err
@@ -258,6 +272,9 @@ func (a *app) Start(ctx context.Context) error {
 	if err := a.runner.Start(ctx); err != nil {
 		return err
 	}
+	if err := a.exports.Start(ctx); err != nil {
+		return err
+	}
 	a.elig.Start(ctx)
 	if a.healthie != nil {
 		a.healthie.Start(ctx)
@@ -324,6 +341,9 @@ func (a *app) Close() error {
 	}
 	if a.runner != nil {
 		stop("batch jobs", a.runner)
+	}
+	if a.exports != nil {
+		stop("Bulk Data jobs", a.exports)
 	}
 	if a.notify != nil {
 		stop("notifications", a.notify)

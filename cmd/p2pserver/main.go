@@ -62,6 +62,12 @@ type Config struct {
 	// $member-match: this payer's member id system, and the HRex version
 	// of its answer.
 	MemberIdentifierSystem, MemberMatchHRex string
+	// Bulk Data exports and $bulk-member-match: the folder of their files
+	// (default: "exports" beside the database), how long finished jobs
+	// stay, how many run at once, and how many one client may have.
+	ExportDir                      string
+	ExportRetention                time.Duration
+	ExportWorkers, ExportPerClient int
 	// Notifications.
 	NotifyAdmins, MailFrom, SMTPURL, SubscriptionHosts string
 	NotifyMaxAttempts                                  int
@@ -133,6 +139,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	var cfg Config
 	var maxBody, grace, workers, attempts, cors, maxPages, maxResources string
 	var tokenLifetime, tokenRotation string
+	var retention, exportWorkers, exportPerClient string
 	fs.StringVar(&cfg.Addr, "addr", env("addr", "127.0.0.1:8080"), "listen address (host:port)")
 	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "bbolt database file (created if missing)")
 	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<the address bound>)")
@@ -157,6 +164,10 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&cfg.MDMIdentifierSystem, "mdm-identifier-system", env("mdm-identifier-system", ""), "identifier system under which a member's id at the source payer is added to the member here (empty: none added; the ingested source Patient is linked with the member either way)")
 	fs.StringVar(&cfg.MemberIdentifierSystem, "member-identifier-system", env("member-identifier-system", ""), "identifier system of this payer's member ids, answered by $member-match after typed member numbers; a matched member without a searchable identifier gets one under it (empty: <base-url>/fhir/Patient)")
 	fs.StringVar(&cfg.MemberMatchHRex, "member-match-hrex", env("member-match-hrex", "1.0.0"), "HRex version whose member-match output profile $member-match answers follow: 1.0.0 (MemberIdentifier only) or 1.1.0 (also MemberId)")
+	fs.StringVar(&cfg.ExportDir, "export-dir", env("export-dir", ""), "folder of the Bulk Data export files, one sub-folder per job (default: exports beside the database file)")
+	fs.StringVar(&retention, "export-retention", env("export-retention", "24h"), "how long a finished Bulk Data job and its files are kept before they are deleted")
+	fs.StringVar(&exportWorkers, "export-workers", env("export-workers", "2"), "Bulk Data jobs (exports, $bulk-member-match) worked on at once; they take turns slice by slice")
+	fs.StringVar(&exportPerClient, "export-per-client", env("export-per-client", "2"), "unfinished Bulk Data jobs one client may have; a kick-off beyond it answers 429 with Retry-After")
 	fs.StringVar(&cfg.NotifyAdmins, "notify-admins", env("notify-admins", ""), "comma-separated email addresses told of every add-payer request")
 	fs.StringVar(&cfg.MailFrom, "mail-from", env("mail-from", ""), "sender address of every email, e.g. \"Payer <p2p@payer.example>\"")
 	fs.StringVar(&cfg.SMTPURL, "smtp-url", env("smtp-url", ""), "mail server: smtp://user:pass@host:587 (STARTTLS when offered) or smtps://...:465; empty: no email")
@@ -213,6 +224,15 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if cfg.BatchMaxResources, err = strconv.Atoi(maxResources); err != nil || cfg.BatchMaxResources < 1 {
 		return cfg, fmt.Errorf("-batch-max-resources: %q is not a positive number", maxResources)
+	}
+	if cfg.ExportRetention, err = time.ParseDuration(retention); err != nil || cfg.ExportRetention <= 0 {
+		return cfg, fmt.Errorf("-export-retention: %q is not a positive duration (e.g. 24h)", retention)
+	}
+	if cfg.ExportWorkers, err = strconv.Atoi(exportWorkers); err != nil || cfg.ExportWorkers < 1 {
+		return cfg, fmt.Errorf("-export-workers: %q is not a positive number", exportWorkers)
+	}
+	if cfg.ExportPerClient, err = strconv.Atoi(exportPerClient); err != nil || cfg.ExportPerClient < 1 {
+		return cfg, fmt.Errorf("-export-per-client: %q is not a positive number", exportPerClient)
 	}
 	if cfg.NotifyMaxAttempts, err = strconv.Atoi(attempts); err != nil || cfg.NotifyMaxAttempts < 1 {
 		return cfg, fmt.Errorf("-notify-max-attempts: %q is not a positive number", attempts)

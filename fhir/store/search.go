@@ -2,9 +2,12 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"slices"
 	"sort"
 	"strings"
+	"time"
+	"unsafe"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
 )
@@ -263,6 +266,39 @@ func (tx *Tx) CurrentVersions(typ string, fn func(id string, version int64, dele
 		}
 	}
 }
+
+// ScanCurrent calls fn with each current (not deleted) resource of typ
+// whose id sorts after after ("" for the first), in id order, until fn
+// returns false. id, lastUpdated and json (the stored resource) are the
+// database's own memory: valid only during the call, never to be kept or
+// changed. Keep the transaction short (a few thousand resources at a
+// time): a long read transaction holds back the database's growth.
+func (tx *Tx) ScanCurrent(typ, after string, fn func(id string, lastUpdated time.Time, json []byte) bool) {
+	b := tx.btx.Bucket(bucketName("R", typ))
+	if b == nil {
+		return
+	}
+	c := b.Cursor()
+	var k, v []byte
+	if after == "" {
+		k, v = c.First()
+	} else if k, v = c.Seek([]byte(after)); k != nil && string(k) == after {
+		k, v = c.Next()
+	}
+	for ; k != nil; k, v = c.Next() {
+		if len(v) < 17 || recordDeleted(v) {
+			continue
+		}
+		lu := time.UnixMicro(int64(binary.BigEndian.Uint64(v[9:]))).UTC()
+		if !fn(unsafeString(k), lu, v[17:]) {
+			return
+		}
+	}
+}
+
+// unsafeString views b as a string without copying; b must not change
+// while the string is used.
+func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // Count returns how many current resources of typ there are.
 func (tx *Tx) Count(typ string) int { return len(tx.AllIDs(typ)) }

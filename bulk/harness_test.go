@@ -1,0 +1,318 @@
+package bulk
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/smart"
+	"github.com/p2pserver/p2pserver/fhir/spec"
+	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/mdm"
+	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
+)
+
+var (
+	regOnce  sync.Once
+	registry *search.Registry
+)
+
+func testRegistry() *search.Registry {
+	regOnce.Do(func() { registry = search.NewRegistry(spec.R4()) })
+	return registry
+}
+
+const adminToken = "bulk-admin-token-0123456789abcdef"
+
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// payer is a p2pserver FHIR API with Bulk Data on a real database, on a
+// loopback port that stays the same across restarts, guarded by tokens of
+// the in-process OpenID provider.
+type payer struct {
+	t      testing.TB
+	dir    string
+	addr   string
+	URL    string // FHIR base
+	idp    *oidctest.Provider
+	cfg    Config
+	db     *bolt.DB
+	st     *store.Store
+	srv    *fhir.Server
+	ex     *Exporter
+	hs     *http.Server
+	cancel context.CancelFunc
+}
+
+func newPayer(t testing.TB, idp *oidctest.Provider, cfg Config) *payer {
+	t.Helper()
+	p := &payer{t: t, dir: t.TempDir(), idp: idp, cfg: cfg}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.addr = ln.Addr().String()
+	p.URL = "http://" + p.addr + "/fhir"
+	p.start(ln)
+	t.Cleanup(p.stop)
+	return p
+}
+
+// start opens the database and serves.
+func (p *payer) start(ln net.Listener) {
+	t := p.t
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(p.dir, "p2p.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(db, testRegistry(), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.db, p.st = db, st
+	p.srv = fhir.New(st, fhir.Config{BaseURL: p.URL, MaxBody: 64 << 20, Logger: testLogger(t)})
+	guard, err := smart.New(smart.Config{BaseURL: p.URL, Issuers: []smart.Issuer{{URL: p.idp.Issuer()}},
+		AdminTokens: []string{adminToken}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guard.Attach(p.srv)
+	p.srv.SetPatientLinks(mdm.Linked)
+	mm, err := mdm.NewMemberMatch(p.srv, mdm.MemberMatchConfig{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mm.Register()
+	cfg := p.cfg
+	cfg.Dir = filepath.Join(p.dir, "exports")
+	cfg.Logger = testLogger(t)
+	if p.ex, err = New(p.srv, mm, cfg); err != nil {
+		t.Fatal(err)
+	}
+	p.ex.Register()
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	if err := p.ex.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mux := chi.NewRouter()
+	mux.Mount("/fhir", p.srv.Handler())
+	p.hs = &http.Server{Handler: mux}
+	go func() { _ = p.hs.Serve(ln) }()
+}
+
+// stop shuts the server down as a process exit would leave it: workers
+// stopped where they are, the database closed.
+func (p *payer) stop() {
+	if p.hs == nil {
+		return
+	}
+	_ = p.hs.Close()
+	p.cancel()
+	_ = p.ex.Close()
+	p.st.Close()
+	_ = p.db.Close()
+	p.hs = nil
+}
+
+// restart stops the server and starts it again on the same database,
+// folder and port.
+func (p *payer) restart() {
+	p.t.Helper()
+	p.stop()
+	var ln net.Listener
+	var err error
+	for range 50 {
+		if ln, err = net.Listen("tcp", p.addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.start(ln)
+}
+
+// token mints a system token of client with scopes, for this server.
+func (p *payer) token(client string, scopes ...string) string {
+	p.t.Helper()
+	tok, err := p.idp.MintSystem(oidctest.SystemGrant{ClientID: client, Scopes: scopes, Audience: []string{p.URL}})
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return tok.AccessToken
+}
+
+// do sends a request with token (none when empty) and returns the answer
+// with its body read.
+func (p *payer) do(method, url, token string, body any, hdr ...string) (*http.Response, []byte) {
+	p.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		rd = bytes.NewReader(raw)
+	}
+	if !strings.HasPrefix(url, "http") {
+		url = p.URL + url
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/fhir+json")
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/fhir+json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return resp, raw
+}
+
+// put writes resources with the admin token (a transaction).
+func (p *payer) put(resources ...map[string]any) {
+	p.t.Helper()
+	var entries []any
+	for _, r := range resources {
+		entries = append(entries, map[string]any{"resource": r, "request": map[string]any{
+			"method": "PUT", "url": fmt.Sprintf("%s/%s", r["resourceType"], r["id"])}})
+	}
+	resp, body := p.do("POST", "", adminToken, map[string]any{"resourceType": "Bundle", "type": "transaction", "entry": entries})
+	if resp.StatusCode != 200 {
+		p.t.Fatalf("load: %d %s", resp.StatusCode, body)
+	}
+}
+
+// kickoff starts an async operation and returns the status URL.
+func (p *payer) kickoff(method, path, token string, body any) string {
+	p.t.Helper()
+	resp, raw := p.do(method, path, token, body, "Prefer", "respond-async")
+	if resp.StatusCode != http.StatusAccepted {
+		p.t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, raw)
+	}
+	loc := resp.Header.Get("Content-Location")
+	if loc == "" {
+		p.t.Fatalf("%s %s: 202 without Content-Location", method, path)
+	}
+	return loc
+}
+
+// wait polls a status URL until the job ends; it returns the manifest
+// (complete) or fails the test.
+func (p *payer) wait(status, token string) *Manifest {
+	p.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, raw := p.do("GET", status, token, nil)
+		switch resp.StatusCode {
+		case http.StatusAccepted:
+			if resp.Header.Get("X-Progress") == "" || resp.Header.Get("Retry-After") == "" {
+				p.t.Fatalf("202 status without X-Progress or Retry-After: %v", resp.Header)
+			}
+			time.Sleep(20 * time.Millisecond)
+			continue
+		case http.StatusOK:
+			var m Manifest
+			if err := json.Unmarshal(raw, &m); err != nil {
+				p.t.Fatalf("manifest: %v: %s", err, raw)
+			}
+			return &m
+		default:
+			p.t.Fatalf("status: %d %s", resp.StatusCode, raw)
+		}
+	}
+	p.t.Fatal("the job did not finish in 60s")
+	return nil
+}
+
+// lines downloads an NDJSON file and decodes its lines.
+func (p *payer) lines(url, token string) []map[string]any {
+	p.t.Helper()
+	resp, raw := p.do("GET", url, token, nil)
+	if resp.StatusCode != 200 {
+		p.t.Fatalf("file %s: %d %s", url, resp.StatusCode, raw)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != NDJSON {
+		p.t.Fatalf("file %s: Content-Type %q", url, ct)
+	}
+	var out []map[string]any
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	sc.Buffer(nil, 16<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			p.t.Fatalf("file %s: line %q: %v", url, sc.Text(), err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// exported downloads every output file of m and returns the ids by type
+// ("Type/id"), checking that each file's count is its line count.
+func (p *payer) exported(m *Manifest, token string) map[string]map[string]any {
+	p.t.Helper()
+	out := map[string]map[string]any{}
+	for _, o := range m.Output {
+		ls := p.lines(o.URL, token)
+		if int64(len(ls)) != o.Count {
+			p.t.Errorf("%s: manifest count %d, file has %d lines", o.URL, o.Count, len(ls))
+		}
+		for _, r := range ls {
+			if r["resourceType"] != o.Type {
+				p.t.Errorf("%s file holds a %v", o.Type, r["resourceType"])
+			}
+			key := fmt.Sprintf("%s/%s", r["resourceType"], r["id"])
+			if out[key] != nil {
+				p.t.Errorf("%s exported twice", key)
+			}
+			out[key] = r
+		}
+	}
+	return out
+}
