@@ -18,13 +18,18 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	jose "github.com/go-jose/go-jose/v4"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/p2pserver/p2pserver/auth"
+	"github.com/p2pserver/p2pserver/auth/authtest"
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/httpapi"
+	"github.com/p2pserver/p2pserver/internal/secrets"
 	"github.com/p2pserver/p2pserver/mdm"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 )
@@ -39,7 +44,10 @@ func testRegistry() *search.Registry {
 	return registry
 }
 
-const adminToken = "bulk-admin-token-0123456789abcdef"
+const (
+	adminToken = "bulk-admin-token-0123456789abcdef"
+	secretKey  = "0000000000000000000000000000000000000000000000000000000000000009"
+)
 
 func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
@@ -62,6 +70,7 @@ type payer struct {
 	st     *store.Store
 	srv    *fhir.Server
 	ex     *Exporter
+	auth   *auth.Server
 	hs     *http.Server
 	cancel context.CancelFunc
 }
@@ -94,8 +103,21 @@ func (p *payer) start(ln net.Listener) {
 	}
 	p.db, p.st = db, st
 	p.srv = fhir.New(st, fhir.Config{BaseURL: p.URL, MaxBody: 64 << 20, Logger: testLogger(t)})
+	cipher, err := secrets.NewCipher(secretKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := httpapi.NewAuthorizer(testLogger(t), httpapi.Role{Name: "admin", Tokens: []string{adminToken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// SMART Backend Services, as cmd/p2pserver wires it.
+	if p.auth, err = auth.New(st, auth.Config{BaseURL: "http://" + p.addr, FHIRBase: p.URL, Cipher: cipher,
+		Admin: admin.Require("admin"), Logger: testLogger(t)}); err != nil {
+		t.Fatal(err)
+	}
 	guard, err := smart.New(smart.Config{BaseURL: p.URL, Issuers: []smart.Issuer{{URL: p.idp.Issuer()}},
-		AdminTokens: []string{adminToken}, Logger: testLogger(t)})
+		AdminTokens: []string{adminToken}, Logger: testLogger(t), Backend: p.auth})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,8 +140,16 @@ func (p *payer) start(ln net.Listener) {
 	if err := p.ex.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if err := p.auth.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
 	mux := chi.NewRouter()
+	mux.Method(http.MethodGet, "/fhir"+smart.WellKnownPath(), guard.ConfigurationHandler())
 	mux.Mount("/fhir", p.srv.Handler())
+	mux.Mount("/auth", p.auth.Handler())
+	api := httpapi.NewRouter(testLogger(t))
+	p.auth.MountAPI(api)
+	mux.Mount("/api", api)
 	p.hs = &http.Server{Handler: mux}
 	go func() { _ = p.hs.Serve(ln) }()
 }
@@ -133,6 +163,7 @@ func (p *payer) stop() {
 	_ = p.hs.Close()
 	p.cancel()
 	_ = p.ex.Close()
+	_ = p.auth.Close()
 	p.st.Close()
 	_ = p.db.Close()
 	p.hs = nil
@@ -165,6 +196,17 @@ func (p *payer) token(client string, scopes ...string) string {
 		p.t.Fatal(err)
 	}
 	return tok.AccessToken
+}
+
+// backend registers a SMART Backend Services client (an ES384 key) with
+// scopes and returns its clientId and an access token from the token
+// endpoint.
+func (p *payer) backend(name string, scopes ...string) (clientID, token string) {
+	p.t.Helper()
+	key := authtest.NewKey(p.t, jose.ES384)
+	base := "http://" + p.addr
+	clientID = authtest.MustRegister(p.t, base, adminToken, name, scopes, key)
+	return clientID, key.Token(p.t, clientID, base+auth.TokenPath, strings.Join(scopes, " "))
 }
 
 // do sends a request with token (none when empty) and returns the answer

@@ -211,10 +211,10 @@ func (e *Exporter) matchSlice(ctx context.Context, j *Job) (bool, error) {
 		done++
 	}
 	res := j.Results
+	res.Name = resultsFile
 	if err := e.appendFile(j.ID, res, buf.Bytes()); err != nil {
 		return false, err
 	}
-	res.Name = resultsFile
 	res.Size += int64(buf.Len())
 	res.Count += int64(done)
 	return true, e.checkpoint(ctx, j.ID, func(k *Job) {

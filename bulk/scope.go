@@ -148,20 +148,15 @@ const (
 	reviewActionCode = "http://hl7.org/fhir/us/davinci-pas/StructureDefinition/extension-reviewActionCode"
 )
 
-// denied reports whether a prior authorization was denied: an item or the
-// header whose review action is A3 (X12 306 "not certified"), or whose
-// adjudication says denied.
+// denied reports whether a prior authorization was denied: a review
+// action A3 (X12 306 "not certified") on an item or the header, or an
+// adjudication or reason saying denied.
 func denied(res map[string]any) bool {
+	if slices.Contains(reviewActions(res), "A3") {
+		return true
+	}
 	hit := false
 	walk(res, func(m map[string]any) {
-		if hit {
-			return
-		}
-		if url, _ := m["url"].(string); url == reviewActionCode || url == reviewActionExt {
-			if cc, ok := m["valueCodeableConcept"].(map[string]any); ok && codes(cc, "A3") {
-				hit = true
-			}
-		}
 		if cat, ok := m["category"].(map[string]any); ok && (codes(cat, "denied") || codes(cat, "denial")) {
 			hit = true
 		}
@@ -170,6 +165,30 @@ func denied(res map[string]any) bool {
 		}
 	})
 	return hit
+}
+
+// reviewActions returns the codes of the Da Vinci PAS review action
+// extensions anywhere in res (reviewAction, with its code sub-extension,
+// or reviewActionCode).
+func reviewActions(res map[string]any) []string {
+	var out []string
+	walk(res, func(m map[string]any) {
+		if url, _ := m["url"].(string); url != reviewActionExt && url != reviewActionCode {
+			return
+		}
+		walk(m, func(inner map[string]any) {
+			if cc, ok := inner["valueCodeableConcept"].(map[string]any); ok {
+				list, _ := cc["coding"].([]any)
+				for _, raw := range list {
+					c, _ := raw.(map[string]any)
+					if code, _ := c["code"].(string); code != "" {
+						out = append(out, code)
+					}
+				}
+			}
+		})
+	})
+	return out
 }
 
 // drug reports whether a prior authorization is for a drug: its type is
@@ -194,15 +213,7 @@ func pending(res map[string]any) bool {
 	if o := res["outcome"]; o == "queued" || o == "partial" {
 		return true
 	}
-	hit := false
-	walk(res, func(m map[string]any) {
-		if url, _ := m["url"].(string); url == reviewActionCode || url == reviewActionExt {
-			if cc, ok := m["valueCodeableConcept"].(map[string]any); ok && codes(cc, "A4") {
-				hit = true
-			}
-		}
-	})
-	return hit
+	return slices.Contains(reviewActions(res), "A4")
 }
 
 // codes reports whether a CodeableConcept has a coding with one of these
