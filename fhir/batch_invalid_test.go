@@ -43,6 +43,15 @@ func TestInvalidEntryBatchVersusTransaction(t *testing.T) {
 			"entry 1"},
 		{"request URL of no resource type", `{"request":{"method":"GET","url":"Nothing/1"}}`,
 			"does not name a resource type"},
+		// A version is only read: PUT or DELETE of Type/id/_history/vid
+		// is no R4 interaction (http.html#vread; over REST it is 405).
+		{"PUT of a version URL", `{"resource":{"resourceType":"Patient","id":"x"},"request":{"method":"PUT","url":"Patient/x/_history/1"}}`,
+			"only GET and HEAD may name a version"},
+		{"DELETE of a version URL", `{"request":{"method":"DELETE","url":"Patient/x/_history/1"}}`,
+			"only GET and HEAD may name a version"},
+		// bdl-8: fullUrl cannot be a version specific reference.
+		{"version-specific fullUrl", `{"fullUrl":"http://example.org/fhir/Patient/x/_history/1","resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient"}}`,
+			"bdl-8"},
 		{"resource of another type than the URL", `{"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"}},"request":{"method":"POST","url":"Patient"}}`,
 			"is for Patient"},
 	} {

@@ -169,7 +169,8 @@ func (s *Server) parseEntries(wb *wireBundle, invalid map[int]error, batch bool)
 		te, err := s.parseEntry(i, rawEntry, invalid[i])
 		if err != nil {
 			if !batch {
-				return nil, err
+				msg, issues := errs.Public(err)
+				return nil, errs.E("fhir.transaction", errs.KindOf(err), msg+"; nothing was written", issues, err)
 			}
 			status, oo := Outcome(err)
 			te = &txEntry{index: i, res: &response{Status: status, Outcome: oo}}
@@ -216,6 +217,15 @@ func (s *Server) parseEntry(i int, rawEntry json.RawMessage, invalid error) (*tx
 			return nil, fail("the query of %q cannot be parsed", e.Request.URL)
 		}
 		te.query = q
+	}
+	if te.vid != "" && te.method != http.MethodGet && te.method != http.MethodHead {
+		// A version is only read (vread); PUT or DELETE of
+		// Type/id/_history/vid is no R4 interaction, and acting on the
+		// current version instead would do what was not asked.
+		return nil, fail("%s of a version URL (%q) is not an R4 interaction; only GET and HEAD may name a version", te.method, e.Request.URL)
+	}
+	if strings.Contains(e.FullURL, "/_history/") {
+		return nil, fail("fullUrl %q is version-specific; a fullUrl cannot be a version specific reference (Bundle invariant bdl-8)", e.FullURL)
 	}
 	switch te.method {
 	case http.MethodGet, http.MethodHead:

@@ -410,10 +410,10 @@ func (tx *Tx) sortIDs(typ string, ids []string, keys []search.SortKey) {
 			entries = decodeEntries(b.Get([]byte(id)))
 		}
 		for j, k := range keys {
-			var ks []string
+			var ks []search.Entry
 			for _, e := range entries {
 				if e.Param == k.Param.Code {
-					ks = append(ks, e.Key)
+					ks = append(ks, e)
 				}
 			}
 			rows[i].vals[j], rows[i].has[j] = search.SortValue(k.Param, ks, k.Desc)
