@@ -178,3 +178,47 @@ func postSearch(t *testing.T, ts *testServer, typ string, params url.Values) *re
 	}
 	return out
 }
+
+// TestSortLongValues: _sort orders by the element's whole value (FHIR R4
+// search.html#sort), also when the value is longer than an index key
+// holds: values that share their first 500 characters are ordered by what
+// follows, not by the digest of their clipped key, and a long value sorts
+// against a short one by its text, not by the key's separator.
+func TestSortLongValues(t *testing.T) {
+	q := strings.Repeat("Q", 500)
+	short := strings.Repeat("Q", 460) + "A" // 461 bytes: a key of its own
+	fixtures := []struct{ id, family, ident string }{
+		{"c", q + "C", q + "C"},
+		{"a", q + "A", q + "A"},
+		{"s", short, short},
+		{"b", q + "B", q + "B"},
+	}
+	ts := newServer(t)
+	for _, f := range fixtures {
+		ts.do(http.MethodPut, "/Patient/"+f.id, map[string]any{"resourceType": "Patient", "id": f.id,
+			"name":       []any{map[string]any{"family": f.family}},
+			"identifier": []any{map[string]any{"system": "urn:sort", "value": f.ident}},
+		}).want(t, http.StatusCreated)
+	}
+	for _, c := range []struct {
+		sort string
+		want []string
+	}{
+		{"family", []string{"s", "a", "b", "c"}},
+		{"-family", []string{"c", "b", "a", "s"}},
+		{"identifier", []string{"s", "a", "b", "c"}},
+		{"-identifier", []string{"c", "b", "a", "s"}},
+		{"family,-_id", []string{"s", "a", "b", "c"}},
+	} {
+		t.Run(c.sort, func(t *testing.T) {
+			r := ts.do(http.MethodGet, "/Patient?identifier=urn:sort|&_sort="+c.sort, nil).want(t, http.StatusOK)
+			got := bundleIDs(r.JSON)
+			for i := range got {
+				got[i] = strings.TrimPrefix(got[i], "Patient/")
+			}
+			if !slices.Equal(got, c.want) {
+				t.Errorf("_sort=%s: %v, want %v", c.sort, got, c.want)
+			}
+		})
+	}
+}

@@ -783,19 +783,27 @@ func numberValueRange(p *Param, v string) (Range, error) {
 	}}, nil
 }
 
-// SortValue picks, from the index keys a resource has for a parameter, the
-// key to sort by (the smallest ascending, the largest descending), and
-// reports whether there was one. Keys must be the parameter's entry keys.
-func SortValue(p *Param, keys []string, desc bool) (string, bool) {
+// SortValue picks, from the index entries a resource has for a parameter,
+// the value to sort by (the smallest ascending, the largest descending),
+// and reports whether there was one. Entries must be the parameter's. A
+// value longer than an index key is compared whole (its payload), never by
+// its clipped key and digest: _sort orders by the element's value (FHIR R4
+// search.html#sort), whatever its length.
+func SortValue(p *Param, entries []Entry, desc bool) (string, bool) {
 	want := map[string]string{
 		"string": pfxNorm, "token": pfxCode, "date": pfxDate, "number": pfxNum,
 		"quantity": pfxNum, "reference": pfxRef, "uri": pfxURI,
 	}[p.Type]
+	whole := want == pfxNorm || want == pfxCode || want == pfxRef || want == pfxURI
 	var best string
 	found := false
-	for _, k := range keys {
-		if !strings.HasPrefix(k, want) {
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Key, want) {
 			continue
+		}
+		k := e.Key
+		if whole {
+			k = want + entryValue(want, e.Key, e.Payload)
 		}
 		if !found || (desc && k > best) || (!desc && k < best) {
 			best, found = k, true
