@@ -61,26 +61,6 @@ func matchIDs(a *answer) []string {
 	return out
 }
 
-// entryIDs lists "Type/id" of every entry of a Bundle with a resource.
-func entryIDs(a *answer) []string {
-	var b struct {
-		Entry []struct {
-			Resource struct {
-				ResourceType string `json:"resourceType"`
-				ID           string `json:"id"`
-			} `json:"resource"`
-		} `json:"entry"`
-	}
-	_ = json.Unmarshal(a.body, &b)
-	out := []string{}
-	for _, e := range b.Entry {
-		if e.Resource.ID != "" {
-			out = append(out, e.Resource.ResourceType+"/"+e.Resource.ID)
-		}
-	}
-	return out
-}
-
 type accessRow struct {
 	name            string // the rule or the issue's example the row proves
 	who             string

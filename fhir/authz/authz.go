@@ -89,41 +89,46 @@
 // # Paths that ask the policy
 //
 // A new path is not done until it is on this list and in the tests
-// (cmd/p2pserver access_test.go, noninterference_test.go):
+// (cmd/p2pserver access_test.go and noninterference_test.go):
 //
+//   - smart.Guard turns every token (a trusted issuer's, or one of this
+//     server's own backend-client tokens) into the Principal; admin tokens
+//     and an open server give none;
 //   - fhir read, vread: Policy.Need (r), Policy.Current, Policy.CanSee per
 //     version;
 //   - fhir instance history (r), type history (s), system history (s on
-//     every type): each version through CanSee; type and system history are
-//     refused to members;
+//     every type): each version through CanSee; type and system history
+//     are refused to members;
 //   - fhir search, GET and POST _search (s): Policy.Confine (compartment,
-//     chain targets) and Policy.Filter; _include and _revinclude entries
-//     through CanSee;
+//     chain targets, :mdm expansion) and Policy.Filter; _include and
+//     _revinclude, :iterate included, through CanSee (fhir/include.go);
 //   - fhir search pages and $everything pages: every resource through
 //     CanSee again when the page is served, and the cursor only with the
-//     Principal.Binding it was made with;
+//     Principal.Key it was made with;
 //   - fhir create (c), update (u), delete (d), and their conditional forms
-//     (s): Need, Current, Policy.MayWrite; If-None-Exist through Confine;
-//   - fhir transaction and batch: each entry as the same REST call,
-//     conditional references and ifNoneExist through Confine;
+//     (s): Need, Current, Policy.MayWrite; If-None-Exist through Confine
+//     and Filter;
+//   - fhir transaction and batch: each entry as the same REST call; a
+//     transaction's ifNoneExist (c, s), conditional updates and deletes
+//     (s, and d for a delete that matches nothing) and conditional
+//     references (s) through Confine and Filter, references between its
+//     entries through MayWrite when each is written;
 //   - fhir Patient/$everything: Current for the Patient, CanSee for every
-//     match and include, on the first page and on every later one;
-//   - provenance.Source: the stored Provenance added to pages through
-//     CanSee;
+//     match and include (and nothing the request may not see brings its
+//     references in), on the first page and on every later one;
+//   - fhir.Server.InMemberRecord and MemberPatients (the MDM record rule)
+//     answer through CanSee and Patients;
+//   - provenance.Source: the stored Provenance and the payer's
+//     Organization added to pages through CanSee;
+//   - notify: a Subscription's notification goes out only for a version
+//     its owner may see when it is delivered (CanSee with the owner's
+//     rights);
+//   - facades/eligibility operations: Need and Current for the resources
+//     they act on;
 //   - mdm $member-match: clients only (a member is refused), with read on
 //     Patient and Coverage;
-//   - the facades (eligibility, Healthie) take the request's Principal and
-//     its letters: eligibility $submit needs c, $confirm-2fa u on a Task
-//     it may see (Current), and the resources a request refers to are read
-//     with Need (r) and Current, so one the requester may not see is
-//     reported as one that does not exist; a Healthie write needs r on the
-//     Patient and Practitioner types it refers to
-//     (cmd/p2pserver operations_access_test.go);
-//   - notify: creating or re-pointing a Subscription needs r or s on its
-//     criteria's type; it acts for its owner (the principal that set its
-//     criteria and channel, recorded with its grants), and both matching
-//     and delivery send only versions the owner may see (CanSee)
-//     (subscription_access_test.go, notify secrets_test.go).
+//   - the Healthie facade: the Principal's letters per type, members
+//     refused.
 package authz
 
 import (
