@@ -250,11 +250,13 @@ func putRecord(kv store.KV, r keyRecord) error {
 	return kv.Put([]byte(r.KID), b)
 }
 
-// signing is the newest record whose signing period holds now.
+// signing is the newest record whose signing period has not ended at
+// now. (One made by another process a moment later than now counts: it is
+// the one to use.)
 func signing(recs []keyRecord, now time.Time) *keyRecord {
 	var best *keyRecord
 	for i, r := range recs {
-		if !now.Before(r.Created) && now.Before(r.SignUntil) && (best == nil || r.Created.After(best.Created)) {
+		if now.Before(r.SignUntil) && (best == nil || r.Created.After(best.Created)) {
 			best = &recs[i]
 		}
 	}
