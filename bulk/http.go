@@ -63,15 +63,8 @@ func (e *Exporter) Register() {
 // token as "admin"; "" on an open server for a request without a token
 // (anyone may then follow the job, as anyone may read everything).
 func Owner(ctx context.Context) string {
-	if id, ok := smart.BackendClient(ctx); ok {
-		return "client:" + id
-	}
 	if t := smart.FromContext(ctx); t != nil {
-		who := t.ClientID
-		if who == "" {
-			who = t.Subject
-		}
-		return "token:" + t.Issuer + "|" + who
+		return t.Owner()
 	}
 	if smart.IsAdmin(ctx) {
 		return "admin"

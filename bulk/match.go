@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
@@ -500,9 +501,14 @@ func (g *groupBuilder) resource() map[string]any {
 	}
 	code := map[string]any{"coding": []any{map[string]any{"system": MatchResultSystem, "code": g.code, "display": groupDisplay[g.code]}}}
 	client := map[string]any{"system": ClientIdentifierSystem, "value": g.j.Owner}
+	meta := map[string]any{"profile": []string{profile}}
+	if g.j.Owner != "" && g.j.Owner != "admin" {
+		// The requesting client's alone (authz.OwnerTagSystem).
+		meta["tag"] = []any{map[string]any{"system": authz.OwnerTagSystem, "code": g.j.Owner, "display": "the client that asked for this $bulk-member-match"}}
+	}
 	res := map[string]any{
 		"resourceType": "Group",
-		"meta":         map[string]any{"profile": []string{profile}},
+		"meta":         meta,
 		"identifier":   []any{client, map[string]any{"system": JobIdentifierSystem, "value": g.j.ID}},
 		"type":         "person",
 		"actual":       true,

@@ -227,6 +227,31 @@ func TestBulkMemberMatchOutcomes(t *testing.T) {
 			t.Errorf("Group?%s: %d, the matched Group not found: %s", q, resp.StatusCode, body)
 		}
 	}
+
+	// §pdex-161: another payer's client neither reads, finds nor exports
+	// them, though its scopes cover Groups.
+	_, other := p.backend("other-payer", "system/*.rs", "system/Group.ud")
+	for _, c := range []struct {
+		name, method, path string
+		want               int // 200: a search that must not find them; 0: any
+	}{
+		{"read", "GET", "/Group/" + matchedID, 404},
+		{"search by identifier", "GET", "/Group?identifier=" + url.QueryEscape(JobIdentifierSystem+"|"+jobOf(status)), 200},
+		{"search by characteristic", "GET", "/Group?characteristic=match", 200},
+		{"search everything", "GET", "/Group", 200},
+		{"export", "GET", "/Group/" + matchedID + "/$davinci-data-export?exportType=" + url.QueryEscape(PayerToPayer), 404},
+		// FHIR answers a delete of what is not there with 200: the
+		// owner still reads it below.
+		{"delete", "DELETE", "/Group/" + matchedID, 0},
+	} {
+		resp, raw := p.do(c.method, c.path, other, nil, "Prefer", "respond-async")
+		if c.want != 0 && resp.StatusCode != c.want || c.want == 200 && strings.Contains(string(raw), matchedID) {
+			t.Errorf("other client, %s: %d %s; want %d without the Group", c.name, resp.StatusCode, raw, c.want)
+		}
+	}
+	if resp, _ := p.do("GET", "/Group/"+matchedID, tok, nil); resp.StatusCode != 200 {
+		t.Errorf("after the other client's attempts the owner reads the Group: %d", resp.StatusCode)
+	}
 }
 
 func jobOf(status string) string { return status[strings.LastIndex(status, "/")+1:] }
@@ -247,7 +272,7 @@ func TestPayerToPayerScope(t *testing.T) {
 	subj := map[string]any{"reference": "Patient/ann"}
 	pa := func(id string, extra map[string]any) map[string]any {
 		r := map[string]any{"resourceType": "ExplanationOfBenefit", "id": id, "status": "active", "use": "preauthorization",
-			"type": map[string]any{"coding": []any{map[string]any{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}}},
+			"type":    map[string]any{"coding": []any{map[string]any{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}}},
 			"patient": subj, "created": ago(30 * day), "insurer": map[string]any{"display": "Old Payer"}, "provider": map[string]any{"display": "Dr X"},
 			"outcome": "complete", "insurance": []any{map[string]any{"focal": true, "coverage": map[string]any{"reference": "Coverage/cov-ann"}}}}
 		for k, v := range extra {
@@ -269,7 +294,7 @@ func TestPayerToPayerScope(t *testing.T) {
 			"total":     []any{map[string]any{"category": map[string]any{"text": "submitted"}, "amount": map[string]any{"value": 100, "currency": "USD"}}},
 			"payment":   map[string]any{"amount": map[string]any{"value": 80, "currency": "USD"}},
 			"item": []any{map[string]any{"sequence": 1, "productOrService": map[string]any{"text": "visit"},
-				"net":         map[string]any{"value": 100, "currency": "USD"},
+				"net":          map[string]any{"value": 100, "currency": "USD"},
 				"adjudication": []any{map[string]any{"category": map[string]any{"coding": []any{map[string]any{"code": "copay"}}}, "amount": map[string]any{"value": 20, "currency": "USD"}}}}}},
 		pa("pa-active", nil),
 		pa("pa-pending", map[string]any{"outcome": "queued"}),

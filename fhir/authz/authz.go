@@ -197,6 +197,10 @@ type Principal struct {
 	// Grant reports whether the principal's scopes grant all of need on
 	// resources of typ; nil grants everything.
 	Grant func(typ string, need Perm) bool
+	// Client names the client the principal acts for (see OwnerTagSystem):
+	// resources of the OwnedTypes tagged with another owner are not its to
+	// see. Empty: a principal that owns nothing.
+	Client string
 	// Binding identifies the principal's rights (issuer, subject, client,
 	// patient and scopes): a search or $everything cursor made under one
 	// Binding is refused under another. Empty: derived from Patient.

@@ -123,6 +123,9 @@ func (pol *Policy) Current(tx *store.Tx, p *Principal, typ, id string) (*store.V
 	if p.Member() && !pol.view(tx, p).owned(v, maxDepth) {
 		return nil, NotFound(typ, id)
 	}
+	if foreign(p, v) {
+		return nil, NotFound(typ, id)
+	}
 	return v, err
 }
 
@@ -134,7 +137,7 @@ func (pol *Policy) CanSee(tx *store.Tx, p *Principal, v *store.Version) bool {
 	if p == nil {
 		return true
 	}
-	if !p.CanRead(v.Type) {
+	if !p.CanRead(v.Type) || foreign(p, v) {
 		return false
 	}
 	return !p.Member() || pol.view(tx, p).owned(v, maxDepth)
@@ -148,10 +151,10 @@ func (pol *Policy) Seer(tx *store.Tx, p *Principal) func(v *store.Version) bool 
 		return func(*store.Version) bool { return true }
 	}
 	if !p.Member() {
-		return func(v *store.Version) bool { return p.CanRead(v.Type) }
+		return func(v *store.Version) bool { return p.CanRead(v.Type) && !foreign(p, v) }
 	}
 	w := pol.view(tx, p)
-	return func(v *store.Version) bool { return p.CanRead(v.Type) && w.owned(v, maxDepth) }
+	return func(v *store.Version) bool { return p.CanRead(v.Type) && !foreign(p, v) && w.owned(v, maxDepth) }
 }
 
 // Confine prepares q, a search p makes, so that it finds only what p may
@@ -210,6 +213,16 @@ func (pol *Policy) expandMDM(tx *store.Tx, p *Principal, q *search.Query) {
 // Filter keeps the ids of typ (a search's result) that p may see, in
 // order. Compartment and public types were confined by Confine already.
 func (pol *Policy) Filter(tx *store.Tx, p *Principal, typ string, ids []string) ([]string, error) {
+	if p != nil && OwnedTypes[typ] {
+		// Another client's resources are not found.
+		kept := ids[:0:0]
+		for _, id := range ids {
+			if v, err := tx.Read(typ, id); err == nil && !foreign(p, v) {
+				kept = append(kept, id)
+			}
+		}
+		ids = kept
+	}
 	if !p.Member() {
 		return ids, nil
 	}

@@ -455,9 +455,26 @@ func (t *Token) Access() (*fhir.Access, error) {
 		Grant:   func(typ string, need Perm) bool { return t.Scopes.Allows(levels, typ, need) },
 		Patient: t.Patient,
 		Subject: subject,
+		Client:  t.Owner(),
 		Level:   levelFor(t),
 		Binding: t.binding(),
 	}, nil
+}
+
+// Owner names the client the token was issued to, as the owner of what it
+// starts and keeps (Bulk Data jobs, the Groups of $bulk-member-match; see
+// authz.OwnerTagSystem): "client:<clientId>" for a token of this server's
+// own token endpoint (SMART Backend Services), "token:<iss>|<client_id or
+// sub>" for a token of a trusted issuer.
+func (t *Token) Owner() string {
+	if t.Backend && t.ClientID != "" {
+		return "client:" + t.ClientID
+	}
+	who := t.ClientID
+	if who == "" {
+		who = t.Subject
+	}
+	return "token:" + t.Issuer + "|" + who
 }
 
 // binding identifies the token's rights for the cursors it makes: its
