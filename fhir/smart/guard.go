@@ -203,6 +203,11 @@ func (g *Guard) Prepare(ctx context.Context) error {
 			all = append(all, err)
 		}
 	}
+	// A failure at start-up is logged and retried by the first request
+	// that needs the issuer: the issuer is often started after the server.
+	for _, is := range g.issuers {
+		is.forgetStartFailure()
+	}
 	g.refreshSecurity()
 	return errors.Join(all...)
 }

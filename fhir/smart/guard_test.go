@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -656,5 +657,37 @@ func TestForgedKeyIDsDoNotFloodTheIssuer(t *testing.T) {
 	}
 	if a := e.do("GET", "/Patient/p1", good.AccessToken, ""); a.status != 200 {
 		t.Errorf("good token after the forgeries: %d", a.status)
+	}
+}
+
+// An issuer that was not up when the server started (the usual order on
+// one machine) is discovered by the first request that needs it; only
+// failures after that are remembered for the retry interval.
+func TestIssuerDownAtStartIsRetriedOnFirstUse(t *testing.T) {
+	t.Parallel()
+	idp := oidctest.New(t)
+	idp.AddClient("payer-b", "secret")
+	var mu sync.Mutex
+	down := true
+	flaky := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		mu.Lock()
+		d := down
+		mu.Unlock()
+		if d {
+			return nil, errors.New("connection refused")
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})}
+	e := newEnv(t, []smart.Issuer{{URL: idp.Issuer()}}, func(c *smart.Config) { c.HTTPClient = flaky })
+	if err := e.guard.Prepare(context.Background()); err == nil {
+		t.Fatal("Prepare succeeded while the issuer was down")
+	}
+	e.do("PUT", "/Patient/p1", adminToken, fixtures[0])
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	good, _ := idp.MintFor([]string{e.base}, oidctest.Grant{ClientID: "payer-b", Patient: "p1"})
+	if a := e.do("GET", "/Patient/p1", good.AccessToken, ""); a.status != 200 {
+		t.Fatalf("first request after the issuer came up: %d %s", a.status, a.body)
 	}
 }

@@ -358,6 +358,15 @@ func newVerifier(issuer string, ks oidc.KeySet) *oidc.IDTokenVerifier {
 	})
 }
 
+// forgetStartFailure lets the next request try discovery again at once
+// after a failed attempt at start-up; failures after that are remembered
+// for discoverRetry.
+func (t *trusted) forgetStartFailure() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.lastTry = time.Time{}
+}
+
 // tokenVerifier returns the issuer's verifier, discovering the issuer on
 // first use. A failed discovery is retried after discoverRetry, not on
 // every request.

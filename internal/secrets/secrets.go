@@ -59,7 +59,7 @@ var ErrNoKey = errors.New("secrets: no secret key configured (set -secret-key or
 
 // ErrWrongKey is returned by Open when the message was sealed with a key the
 // Cipher does not hold.
-var ErrWrongKey = errors.New("secrets: data was encrypted with a different secret key")
+var ErrWrongKey = errors.New("secrets: data was encrypted with a different secret key (start with the key this database was made with; -secret-key takes old and new keys comma-separated to rotate)")
 
 // ErrCorrupt is returned by Open when the message is malformed or fails
 // authentication under the matching key.
