@@ -125,6 +125,8 @@ type Server struct {
 	jwks    *jwksCache
 	byAddr  *limiter
 	byIss   *limiter
+	// verified remembers access tokens whose signature held.
+	verified verifiedCache
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup

@@ -472,3 +472,25 @@ func TestRateLimitOnAssertions(t *testing.T) {
 		t.Error("25 token requests in a row were all served")
 	}
 }
+
+// TestAccessTokensExpire: an access token lives -token-lifetime (five
+// minutes by default, SMART Backend Services: expires_in SHOULD NOT
+// exceed 300) and is refused after, even though it was accepted before.
+func TestAccessTokensExpire(t *testing.T) {
+	t.Parallel()
+	c := &clock{t: time.Now()}
+	e := newEnv(t, nil, func(cfg *auth.Config) { cfg.Now = c.now })
+	e.load()
+	k := authtest.NewKey(t, jose.ES384)
+	id := authtest.MustRegister(t, e.base, adminToken, "Payer B", []string{"system/*.rs"}, k)
+	tok := k.Token(t, id, e.tokenURL(), "system/*.rs")
+	for range 2 {
+		if a := e.do("GET", "/fhir/Observation/o1", tok, nil); a.status != 200 {
+			t.Fatalf("fresh token: %d %s", a.status, a.body)
+		}
+	}
+	c.add(auth.DefaultTokenLifetime + time.Second)
+	if a := e.do("GET", "/fhir/Observation/o1", tok, nil); a.status != 401 || !strings.Contains(string(a.body), "expired") {
+		t.Errorf("expired token: %d %s", a.status, a.body)
+	}
+}

@@ -44,7 +44,7 @@ var (
 // wires them. restart closes everything but the listener and opens it
 // again on the same database, as a restarted process would.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	hs      *httptest.Server
 	base    string
 	dbPath  string
@@ -61,6 +61,11 @@ type env struct {
 }
 
 func newEnv(t *testing.T, issuers []smart.Issuer, opts ...func(*auth.Config)) *env {
+	t.Helper()
+	return newEnvTB(t, issuers, opts...)
+}
+
+func newEnvTB(t testing.TB, issuers []smart.Issuer, opts ...func(*auth.Config)) *env {
 	t.Helper()
 	regOnce.Do(func() { registry = search.NewRegistry(spec.R4()) })
 	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "p2p.db"), issuers: issuers, opts: opts, logs: &bytes.Buffer{}}

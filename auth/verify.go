@@ -2,10 +2,13 @@ package auth
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
@@ -35,28 +38,9 @@ type accessClaims struct {
 func (s *Server) VerifyBackend(ctx context.Context, raw string) (*smart.Token, error) {
 	const op = "auth.verify"
 	bad := func(msg string, cause error) error { return errs.E(op, errs.Unauthorized, msg, cause) }
-	jws, err := jose.ParseSigned(raw, SigningAlgs)
-	if err != nil || len(jws.Signatures) != 1 {
-		return nil, bad("the access token is not a JWS of this server", err)
-	}
-	h := jws.Signatures[0].Protected
-	if typ, _ := h.ExtraHeaders[jose.HeaderType].(string); !strings.EqualFold(typ, accessTokenType) {
-		return nil, bad("the token is not an access token of this server (typ)", nil)
-	}
-	key, ok, err := s.keys.PublicKey(ctx, h.KeyID)
+	c, err := s.verified.claims(raw, func() (*accessClaims, error) { return s.checkSignature(ctx, raw) })
 	if err != nil {
-		return nil, errs.E(op, errs.Transient, "the server's keys cannot be read right now; try again later", err)
-	}
-	if !ok {
-		return nil, bad("the access token is signed with a key this server does not publish (it may have expired)", nil)
-	}
-	payload, err := jws.Verify(key)
-	if err != nil {
-		return nil, bad("the access token's signature does not verify", err)
-	}
-	var c accessClaims
-	if err := json.Unmarshal(payload, &c); err != nil {
-		return nil, bad("the access token's claims cannot be read", err)
+		return nil, err
 	}
 	now := s.cfg.Now()
 	switch {
@@ -83,4 +67,80 @@ func (s *Server) VerifyBackend(ctx context.Context, raw string) (*smart.Token, e
 		Issuer: c.Issuer, Subject: c.Subject, ClientID: c.ClientID, Audience: c.Audience,
 		Expiry: c.Expiry.Time(), Scopes: smart.ParseScopes(strings.Join(granted, " ")), Backend: true,
 	}, nil
+}
+
+// checkSignature parses an access token and checks that one of the
+// server's published keys signed it; it returns its claims, not checked.
+func (s *Server) checkSignature(ctx context.Context, raw string) (*accessClaims, error) {
+	const op = "auth.verify"
+	bad := func(msg string, cause error) error { return errs.E(op, errs.Unauthorized, msg, cause) }
+	jws, err := jose.ParseSigned(raw, SigningAlgs)
+	if err != nil || len(jws.Signatures) != 1 {
+		return nil, bad("the access token is not a JWS of this server", err)
+	}
+	h := jws.Signatures[0].Protected
+	if typ, _ := h.ExtraHeaders[jose.HeaderType].(string); !strings.EqualFold(typ, accessTokenType) {
+		return nil, bad("the token is not an access token of this server (typ)", nil)
+	}
+	key, ok, err := s.keys.PublicKey(ctx, h.KeyID)
+	if err != nil {
+		return nil, errs.E(op, errs.Transient, "the server's keys cannot be read right now; try again later", err)
+	}
+	if !ok {
+		return nil, bad("the access token is signed with a key this server does not publish (it may have expired)", nil)
+	}
+	payload, err := jws.Verify(key)
+	if err != nil {
+		return nil, bad("the access token's signature does not verify", err)
+	}
+	var c accessClaims
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return nil, bad("the access token's claims cannot be read", err)
+	}
+	return &c, nil
+}
+
+// verifiedCache remembers the claims of access tokens whose signature
+// held, so that a client paging through a search does not cost a
+// signature check per page (an ES384 check is most of a backend token's
+// cost). Only the signature is remembered: expiry, audience and the
+// client's registration are checked at every use. Bounded: when full,
+// expired entries go, and if none has, all do.
+type verifiedCache struct {
+	mu sync.Mutex
+	m  map[[sha256.Size]byte]*accessClaims
+}
+
+const verifiedMax = 4096
+
+func (v *verifiedCache) claims(raw string, check func() (*accessClaims, error)) (*accessClaims, error) {
+	key := sha256.Sum256([]byte(raw))
+	v.mu.Lock()
+	c, ok := v.m[key]
+	v.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	c, err := check()
+	if err != nil {
+		return nil, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.m == nil {
+		v.m = map[[sha256.Size]byte]*accessClaims{}
+	}
+	if len(v.m) >= verifiedMax {
+		now := time.Now()
+		for k, old := range v.m {
+			if old.Expiry == nil || !now.Before(old.Expiry.Time()) {
+				delete(v.m, k)
+			}
+		}
+		if len(v.m) >= verifiedMax {
+			clear(v.m)
+		}
+	}
+	v.m[key] = c
+	return c, nil
 }
