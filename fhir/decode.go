@@ -39,6 +39,13 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 	return body, nil
 }
 
+// ReadBody reads a FHIR request body as the core's handlers do: at most
+// limit bytes (413 past it), within the decoding budget limit implies
+// (413), in time (408). Packages serving FHIR operations use it.
+func ReadBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	return readBody(w, r, limit)
+}
+
 // bytesPerValue sets the decoding budget: FHIR JSON as clients send it
 // has one value per 20 to 30 bytes; the budget allows one per 16 bytes of
 // the body limit, whatever the body's own size.

@@ -5,9 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"mime"
@@ -239,15 +237,8 @@ func (m *MemberMatch) readBody(w http.ResponseWriter, r *http.Request) ([]byte, 
 			return nil, errs.E(op, errs.UnsupportedMedia, "send the Parameters as application/fhir+json")
 		}
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, m.cfg.MaxBody))
-	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) {
-		return nil, errs.E(op, errs.TooLarge, fmt.Sprintf("the request is larger than the %d bytes $member-match accepts", m.cfg.MaxBody))
-	}
-	if err != nil {
-		return nil, errs.E(op, errs.Invalid, "the request body could not be read", err)
-	}
-	return body, nil
+	// The size limit, the decoding budget it implies, the read deadline.
+	return fhir.ReadBody(w, r, m.cfg.MaxBody)
 }
 
 // The parameters of $member-match, with the resource type each carries and

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -45,9 +44,9 @@ func (f *Facade) readBody(w http.ResponseWriter, r *http.Request, typ string) (m
 			return nil, errs.E(op, errs.UnsupportedMedia, "send the resource as application/fhir+json")
 		}
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, f.cfg.MaxBody))
+	body, err := fhir.ReadBody(w, r, f.cfg.MaxBody)
 	if err != nil {
-		return nil, errs.E(op, errs.TooLarge, fmt.Sprintf("the body is larger than %d bytes", f.cfg.MaxBody))
+		return nil, err
 	}
 	var m map[string]any
 	dec := json.NewDecoder(strings.NewReader(string(body)))
