@@ -181,8 +181,15 @@ func (pol *Policy) Confine(tx *store.Tx, p *Principal, q *search.Query) {
 		if !p.CanRead(typ) {
 			return false
 		}
-		v, err := tx.Read(typ, id)
-		return v != nil && err == nil && w.owned(v, maxDepth)
+		if _, deleted, ok := tx.CurrentVersion(typ, id); !ok || deleted {
+			return false
+		}
+		if RuleOf(typ) == Compartment {
+			// As a read of it would decide (a Patient too: the record
+			// holds the Patients that link to the member).
+			return w.inCompartment(&resource{typ: typ, id: id, current: true, tx: tx})
+		}
+		return w.refOwned(typ+"/"+id, maxDepth)
 	}
 }
 
@@ -233,14 +240,12 @@ func (pol *Policy) Filter(tx *store.Tx, p *Principal, typ string, ids []string) 
 	w := pol.view(tx, p)
 	out := ids[:0:0]
 	for _, id := range ids {
-		v, err := tx.Read(typ, id)
-		if err != nil {
-			if errs.Is(err, errs.NotFound) || errs.Is(err, errs.Gone) {
-				continue
-			}
-			return nil, err
+		if _, deleted, ok := tx.CurrentVersion(typ, id); !ok || deleted {
+			continue
 		}
-		if w.owned(v, maxDepth) {
+		// Current: the rules read the index, and the JSON only if they
+		// need it.
+		if w.ownedRes(&resource{typ: typ, id: id, current: true, tx: tx}, maxDepth) {
 			out = append(out, id)
 		}
 	}
@@ -337,13 +342,19 @@ func (pol *Policy) view(tx *store.Tx, p *Principal) *view {
 // resource is a resource version as the rules read it.
 type resource struct {
 	typ, id string
-	json    []byte
+	json    []byte // nil with tx set: read when first needed
+	tx      *store.Tx
 	m       map[string]any
 	entries []search.Entry
 	current bool // entries may be read from the store's index
 }
 
 func (r *resource) decoded() map[string]any {
+	if r.m == nil && r.json == nil && r.tx != nil {
+		if v, err := r.tx.Read(r.typ, r.id); err == nil {
+			r.json = v.JSON
+		}
+	}
 	if r.m == nil {
 		d := json.NewDecoder(bytes.NewReader(r.json))
 		d.UseNumber()
@@ -388,7 +399,7 @@ func (w *view) ownedRes(r *resource, depth int) bool {
 	case Compartment:
 		return w.inCompartment(r)
 	case ProvenanceRule:
-		return w.inCompartment(r) || w.allOwned(refsAt(r.decoded(), "target"), depth)
+		return w.inCompartment(r) || w.allOwned(w.targets(r), depth)
 	case SecurityContext:
 		ref := refsAt(r.decoded(), "securityContext")
 		return len(ref) == 1 && w.refOwned(ref[0], depth)
@@ -431,6 +442,24 @@ func (w *view) inCompartment(r *resource) bool {
 	return w.pol.reg.InRecord(r.typ, r.id, entries, w.pats[0], w.pats[1:])
 }
 
+// targets returns a Provenance's targets: from the index when r is
+// current (no decoding), from its JSON otherwise.
+func (w *view) targets(r *resource) []string {
+	if !r.current || r.entries != nil {
+		return refsAt(r.decoded(), "target")
+	}
+	var out []string
+	for _, e := range w.tx.EntriesOf(r.typ, r.id) {
+		if e.Param != "target" {
+			continue
+		}
+		if ref, ok := search.ReferenceFromKey(e.Key); ok {
+			out = append(out, ref)
+		}
+	}
+	return out
+}
+
 // allOwned reports whether there is at least one reference and each names
 // a resource of the member's record.
 func (w *view) allOwned(refs []string, depth int) bool {
@@ -470,6 +499,14 @@ func (w *view) refOwned(ref string, depth int) bool {
 	key := typ + "/" + id
 	if seen, ok := w.memo[key]; ok {
 		return seen
+	}
+	if RuleOf(typ) == Compartment {
+		// The index answers for a current resource, without reading it.
+		if _, deleted, ok := w.tx.CurrentVersion(typ, id); ok && !deleted {
+			owned := w.pol.reg.InRecord(typ, id, w.tx.EntriesOf(typ, id), w.pats[0], w.pats[1:])
+			w.memo[key] = owned
+			return owned
+		}
 	}
 	w.memo[key] = false // a reference cycle is not ownership
 	v, _ := w.tx.Read(typ, id)
