@@ -309,10 +309,19 @@ func (n *Service) match(tx *store.Tx, idx *subIndex, ev store.Event) ([]*subGrou
 }
 
 // matches reports whether the write ev satisfies g's criteria: from the
-// write's index entries, without reading, unless a clause is chained.
+// write's index entries, without reading, unless a clause is chained. A
+// chain is answered as its owner's search would be (authz.Policy.Confine):
+// its targets are only resources the owner may read, so that whether a
+// notification is sent never tells what another resource holds.
 func (n *Service) matches(tx *store.Tx, g *subGroup, ev store.Event) (bool, error) {
 	if g.chained || ev.Entries == nil {
-		ok, err := tx.Match(g.query, ev.Version.ID)
+		q := g.query
+		if g.chained && g.owner != nil {
+			confined := *g.query
+			n.fs.Policy().Confine(tx, g.owner.principal(), &confined)
+			q = &confined
+		}
+		ok, err := tx.Match(q, ev.Version.ID)
 		if err != nil {
 			return false, fmt.Errorf("notify: match %s: %w", g.query.Type, err)
 		}

@@ -86,6 +86,7 @@ func TestSubscriptionAccess(t *testing.T) {
 	memberRO, memberRW := member("patient/*.read"), member("patient/*.*")
 	subsOnly := client("system/Subscription.cruds")
 	obsClient := client("system/Subscription.cruds", "system/Observation.rs")
+	obsPatientClient := client("system/Subscription.cruds", "system/Observation.rs", "system/Patient.rs")
 
 	hooks := newReceiver(t)
 	subs := map[string]string{} // row -> Subscription id
@@ -108,6 +109,11 @@ func TestSubscriptionAccess(t *testing.T) {
 		{"subs-only-patient", "system client with one type", subsOnly, "Patient?_id=A", 403, "must allow reading Patient"},
 		{"client-obs", "system client with Observation.rs", obsClient, "Observation", 201, ""},
 		{"client-patient", "system client with Observation.rs", obsClient, "Patient", 403, "must allow reading Patient"},
+		// A chain in the criteria reaches only what the owner may read, as
+		// the same search would: without Patient read, whether B's
+		// Observation is sent must not tell B's name.
+		{"client-obs-chain", "system client with Observation.rs", obsClient, "Observation?subject:Patient.name=Member B", 201, ""},
+		{"client-obs-patient-chain", "system client with Observation.rs and Patient.rs", obsPatientClient, "Observation?subject:Patient.name=Member B", 201, ""},
 		{"backoffice", "back office", testBackoffice, "Observation", 401, ""},
 		{"admin", "admin", testAdmin, "Observation", 201, ""},
 	} {
@@ -182,17 +188,19 @@ func TestSubscriptionAccess(t *testing.T) {
 		}
 	}
 	want := map[string][]string{
-		"member-own-obs":     {obsA},
-		"member-own-patient": {"Patient/A"},
-		"client-obs":         {obsA, obsB, obsA2},
-		"admin":              {obsA, obsB, obsA2},
+		"member-own-obs":           {obsA},
+		"member-own-patient":       {"Patient/A"},
+		"client-obs":               {obsA, obsB, obsA2},
+		"client-obs-chain":         nil,
+		"client-obs-patient-chain": {obsB},
+		"admin":                    {obsA, obsB, obsA2},
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		var pending map[string]any
 		p.call("GET", "/api/notifications", testAdmin, nil, &pending)
 		list, _ := pending["notifications"].([]any)
-		done := len(hooks.calls("/admin")) == 3 && len(hooks.calls("/client-obs")) == 3 && len(list) == 0
+		done := len(hooks.calls("/admin")) == 3 && len(hooks.calls("/client-obs")) == 3 && len(hooks.calls("/client-obs-patient-chain")) == 1 && len(list) == 0
 		if done {
 			break
 		}

@@ -121,8 +121,10 @@
 //   - provenance.Source: the stored Provenance and the payer's
 //     Organization added to pages through CanSee;
 //   - notify: a Subscription's notification goes out only for a version
-//     its owner may see when it is delivered (CanSee with the owner's
-//     rights);
+//     its owner may see when it matches and when it is delivered (CanSee
+//     with the owner's rights); chained criteria are matched through
+//     Confine with the owner, so a chain reaches only what the owner may
+//     read;
 //   - facades/eligibility operations: Need and Current for the resources
 //     they act on;
 //   - mdm $member-match: clients only (a member is refused), with read on
