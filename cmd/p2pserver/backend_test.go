@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -160,4 +163,54 @@ func newJWKSServer(t *testing.T, set any) *httptest.Server {
 	}))
 	t.Cleanup(hs.Close)
 	return hs
+}
+
+// TestREADMEBackendServicesWalkthrough runs the README's worked example of
+// SMART Backend Services (the shell block of its section, with openssl
+// and curl) against a real p2pserver, so that the example stays true: a
+// key pair, its registration, a signed assertion, a token with the
+// registered scope only, a FHIR read with it, and the revocation.
+func TestREADMEBackendServicesWalkthrough(t *testing.T) {
+	for _, tool := range []string{"bash", "curl", "openssl", "sed"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("the README example needs %s, which is not installed", tool)
+		}
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## SMART Backend Services (other payers as clients)\n")
+	if !ok {
+		t.Fatal("README has no SMART Backend Services section")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	_, script, ok := strings.Cut(section, "```sh\n")
+	if !ok {
+		t.Fatal("the section has no sh block")
+	}
+	script, _, _ = strings.Cut(script, "```")
+	p := startPayer(t, "-admin-token", testAdmin, "-secret-key", testSecretKey)
+	p.call("PUT", "/fhir/Patient/p1", testAdmin, `{"resourceType":"Patient","id":"p1"}`, nil)
+	p.call("PUT", "/fhir/Coverage/cov1", testAdmin, `{"resourceType":"Coverage","id":"cov1","status":"active","beneficiary":{"reference":"Patient/p1"},"payor":[{"display":"Payer A"}]}`, nil)
+	script = strings.ReplaceAll(script, "http://127.0.0.1:8080", p.URL)
+	dir := t.TempDir()
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "ADMIN="+testAdmin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the README example failed: %v\n%s", err, out)
+	}
+	token, _ := os.ReadFile(filepath.Join(dir, "token.json"))
+	if !strings.Contains(string(token), `"scope":"system/*.rs"`) || !strings.Contains(string(token), `"access_token"`) {
+		t.Errorf("token answer: %s", token)
+	}
+	if !strings.Contains(string(out), `"resourceType":"Bundle"`) || !strings.Contains(string(out), "cov1") {
+		t.Errorf("the FHIR read with the token: %s", out)
+	}
+	var list map[string]any
+	if p.call("GET", "/api/backend_clients", testAdmin, nil, &list); len(list["clients"].([]any)) != 0 {
+		t.Errorf("the example's client was not revoked: %v", list)
+	}
 }
