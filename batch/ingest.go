@@ -320,7 +320,7 @@ func (r *Runner) prepare(rec *record, body []byte, u string, kind pageKind) (pg 
 	if failNext == "" && pg.next != "" {
 		// A link back to a page already read is not fetched; writePage
 		// fails the job (and checks again, in its transaction).
-		if pg.next == u {
+		if samePage(pg.next) == samePage(u) {
 			pg.nextRead = -1
 		} else if err := r.st.View(r.ctx, func(tx *store.Tx) error {
 			pg.nextRead = pageRead(tx, rec.ID, pg.next)

@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"net/url"
+	"strings"
 
 	"github.com/p2pserver/p2pserver/fhir/store"
 )
@@ -28,8 +30,35 @@ const (
 )
 
 func pageReadKey(job int64, url string) []byte {
-	sum := sha256.Sum256([]byte(url))
+	sum := sha256.Sum256([]byte(samePage(url)))
 	return append(idKey(job), sum[:]...)
+}
+
+// samePage is the form of a page URL under which links that name the same
+// page compare equal, so that a source cannot evade the repeated-link
+// check by writing a link otherwise: scheme and host in lower case, no
+// default port, the path with its percent-encoding made canonical
+// (%24everything is $everything), the query parameters in one order with
+// one encoding (a FHIR search's meaning does not depend on the order of
+// its parameters, http.html#search; the values of one parameter keep
+// theirs), no fragment. A URL that does not parse is its own form.
+func samePage(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	u.Scheme = strings.ToLower(u.Scheme)
+	host := strings.ToLower(u.Host)
+	if (u.Scheme == "https" && strings.HasSuffix(host, ":443")) || (u.Scheme == "http" && strings.HasSuffix(host, ":80")) {
+		host = host[:strings.LastIndexByte(host, ':')]
+	}
+	u.Host = host
+	u.RawPath = "" // EscapedPath then encodes Path canonically
+	if q, err := url.ParseQuery(u.RawQuery); err == nil {
+		u.RawQuery = q.Encode()
+	}
+	u.Fragment, u.RawFragment = "", ""
+	return u.String()
 }
 
 // pageRead returns the number of the page of job that was read from url, 0

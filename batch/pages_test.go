@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -121,6 +122,45 @@ func TestSourcePagesMustEnd(t *testing.T) {
 				return func(off int, self, next string) string {
 					if off == 40 {
 						return self + "#again"
+					}
+					return next
+				}
+			}, pages: 3},
+		// Links naming the same page otherwise: a search's parameters in
+		// another order, other percent-encoding, the host in capitals, the
+		// default port (RFC 3986 6.2.2, 6.2.3; http.html#search).
+		{name: "the same link with its query parameters in another order", want: "leads back to page 4, already read",
+			edit: func(string) func(int, string, string) string {
+				return func(off int, self, next string) string {
+					switch {
+					case off == 40 && strings.Contains(self, "&n=1"):
+						// page 4 (page 3 again, one parameter more) links
+						// to itself with its parameters reversed
+						path, query, _ := strings.Cut(self, "?")
+						params := strings.Split(query, "&")
+						slices.Reverse(params)
+						return path + "?" + strings.Join(params, "&")
+					case off == 40:
+						return self + "&n=1"
+					}
+					return next
+				}
+			}, pages: 4},
+		{name: "the same link with other percent-encoding", want: "leads back to page 3, already read",
+			edit: func(string) func(int, string, string) string {
+				return func(off int, self, next string) string {
+					if off == 40 {
+						u := strings.Replace(self, "$everything", "%24everything", 1)
+						return strings.Replace(u, "_count=", "%5Fcount=", 1)
+					}
+					return next
+				}
+			}, pages: 3},
+		{name: "the same link with the host in capitals and the default port", want: "leads back to page 3, already read",
+			edit: func(string) func(int, string, string) string {
+				return func(off int, self, next string) string {
+					if off == 40 {
+						return strings.Replace(self, "http://127.0.0.1:", "HTTP://127.0.0.1:", 1)
 					}
 					return next
 				}
