@@ -24,6 +24,12 @@ var includeFixtures = []string{
 	`{"resourceType":"Provenance","id":"prov-o1","recorded":"2024-01-01T00:00:00Z","target":[{"reference":"Observation/o1"}],"agent":[{"who":{"display":"x"}}]}`,
 	`{"resourceType":"Provenance","id":"prov-p1","recorded":"2024-01-01T00:00:00Z","target":[{"reference":"Patient/p1"}],"agent":[{"who":{"display":"x"}}]}`,
 	`{"resourceType":"Provenance","id":"prov-pr1","recorded":"2024-01-01T00:00:00Z","target":[{"reference":"Practitioner/pr1"}],"agent":[{"who":{"display":"x"}}]}`,
+	// Canonical references (R4 references.html#canonical): url, or url|version.
+	`{"resourceType":"Questionnaire","id":"intake1","status":"active","url":"http://example.org/Questionnaire/intake","version":"1"}`,
+	`{"resourceType":"Questionnaire","id":"intake2","status":"active","url":"http://example.org/Questionnaire/intake","version":"2"}`,
+	`{"resourceType":"Questionnaire","id":"other","status":"active","url":"http://example.org/Questionnaire/other"}`,
+	`{"resourceType":"QuestionnaireResponse","id":"qr-v2","status":"completed","questionnaire":"http://example.org/Questionnaire/intake|2"}`,
+	`{"resourceType":"QuestionnaireResponse","id":"qr-any","status":"completed","questionnaire":"http://example.org/Questionnaire/intake"}`,
 }
 
 // outcomes returns the diagnostics of a searchset's outcome entries.
@@ -85,6 +91,22 @@ func TestSearchIncludeIterate(t *testing.T) {
 			[]string{"Observation/o1"}, []string{"Organization/org1", "Patient/p1", "Practitioner/pr1", "Provenance/prov-o1", "Provenance/prov-p1"}, "stopped at 5"},
 		{"Practitioner?_id=pr1&_revinclude:iterate=Observation:performer&_include:iterate=Observation:subject&_revinclude:iterate=Provenance:target",
 			[]string{"Practitioner/pr1"}, []string{"Observation/o1", "Observation/o2", "Patient/p1", "Patient/p2", "Provenance/prov-pr1"}, "stopped at 5"},
+		// A reference parameter on a canonical element is followed too:
+		// url|version names that version, url alone every version.
+		{"QuestionnaireResponse?_id=qr-v2&_include=QuestionnaireResponse:questionnaire",
+			[]string{"QuestionnaireResponse/qr-v2"}, []string{"Questionnaire/intake2"}, ""},
+		{"QuestionnaireResponse?_id=qr-any&_include=QuestionnaireResponse:questionnaire:Questionnaire",
+			[]string{"QuestionnaireResponse/qr-any"}, []string{"Questionnaire/intake1", "Questionnaire/intake2"}, ""},
+		{"QuestionnaireResponse?_id=qr-v2&_include=*",
+			[]string{"QuestionnaireResponse/qr-v2"}, []string{"Questionnaire/intake2"}, ""},
+		{"Questionnaire?_id=intake2&_revinclude=QuestionnaireResponse:questionnaire",
+			[]string{"Questionnaire/intake2"}, []string{"QuestionnaireResponse/qr-any", "QuestionnaireResponse/qr-v2"}, ""},
+		{"Questionnaire?_id=intake1&_revinclude=QuestionnaireResponse:questionnaire",
+			[]string{"Questionnaire/intake1"}, []string{"QuestionnaireResponse/qr-any"}, ""},
+		{"Questionnaire?_id=other&_revinclude=QuestionnaireResponse:questionnaire",
+			[]string{"Questionnaire/other"}, nil, ""},
+		{"QuestionnaireResponse?_id=qr-v2&_include=QuestionnaireResponse:questionnaire&_revinclude:iterate=QuestionnaireResponse:questionnaire",
+			[]string{"QuestionnaireResponse/qr-v2"}, []string{"Questionnaire/intake2", "QuestionnaireResponse/qr-any"}, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.query, func(t *testing.T) {
