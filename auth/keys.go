@@ -135,6 +135,11 @@ func (k *Keys) Sign(ctx context.Context, typ string, payload []byte) (string, er
 	if err != nil {
 		return "", err
 	}
+	return signWith(cur, typ, payload)
+}
+
+// signWith signs payload with the opened key cur.
+func signWith(cur *liveKey, typ string, payload []byte) (string, error) {
 	opts := (&jose.SignerOptions{}).WithType(jose.ContentType(typ)).WithHeader("kid", cur.KID)
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(cur.Alg), Key: cur.priv}, opts)
 	if err != nil {

@@ -31,7 +31,12 @@ type API struct {
 	maxBody       int64
 	verifyTimeout time.Duration
 	client        *http.Client // nil: the package default
+	signer        AssertionSigner
 }
+
+// UseSigner gives the system_token check this payer's client keys, which
+// sign its client assertions (private_key_jwt).
+func (a *API) UseSigner(s AssertionSigner) { a.signer = s }
 
 // UseClient makes verify fetch the discovery document and keys with c
 // (the binary passes one checked by its outbound policy).
@@ -56,6 +61,28 @@ func (a *API) Mount(r chi.Router) {
 	r.With(a.admin).Put("/oidc_servers/{id}", a.replace)
 	r.With(a.admin).Delete("/oidc_servers/{id}", a.delete)
 	r.With(a.admin).Post("/oidc_servers/{id}/verify", a.verify)
+	r.With(a.admin).Post("/oidc_servers/{id}/system_token", a.systemToken)
+}
+
+// systemToken obtains a system access token with the definition's
+// system access and reports what was granted (CheckSystemToken); 200
+// whatever the outcome, the token never in the answer.
+func (a *API) systemToken(w http.ResponseWriter, r *http.Request) {
+	id, err := pid(r)
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	s, err := a.repo.Get(r.Context(), id)
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), a.verifyTimeout)
+	defer cancel()
+	rep := CheckSystemToken(ctx, s, a.signer, a.client)
+	a.logger.Info("oidc server system token checked", "pid", id, "ok", rep.OK, "problems", rep.Problems, "role", role(r))
+	httpapi.WriteJSON(w, http.StatusOK, rep)
 }
 
 // serverView is a definition as the API returns it: every field but the

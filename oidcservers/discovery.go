@@ -156,6 +156,9 @@ type TokenEndpoint struct {
 	// (client_secret_basic), false for client_secret_post: the discovered
 	// document lists only the latter.
 	Basic bool
+	// Methods are the token_endpoint_auth_methods_supported the
+	// discovered document lists, if any.
+	Methods []string
 }
 
 // smartConfiguration is the part of a FHIR server's

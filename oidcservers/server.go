@@ -37,7 +37,31 @@ type Server struct {
 	ResponseType      string `json:"responseType,omitempty"`
 	OrganizationID    string `json:"organizationId,omitempty"`
 	Notes             string `json:"notes,omitempty"`
+
+	// SystemClientID is the client id this payer was given at the source
+	// payer for system-to-system access (SMART App Launch 2, Backend
+	// Services): the iss and sub of its client assertions, or the Basic
+	// user name. Empty: the definition serves the member-token flow only.
+	SystemClientID string `json:"systemClientId,omitempty"`
+	// SystemAuth is how this payer authenticates as SystemClientID:
+	// SystemAuthPrivateKeyJWT (the default when SystemClientID is set) or
+	// SystemAuthClientSecretBasic with ClientSecret.
+	SystemAuth string `json:"systemAuth,omitempty"`
+	// SystemScopes are the scopes asked for with the client_credentials
+	// grant, space-separated (system/*.rs, say).
+	SystemScopes string `json:"systemScopes,omitempty"`
 }
+
+// The values of Server.SystemAuth: the client authentication methods of
+// the client_credentials grant (RFC 8414 token_endpoint_auth_method names).
+const (
+	// SystemAuthPrivateKeyJWT signs a client assertion with this payer's
+	// own keys, published at GET /api/jwks (SMART Backend Services).
+	SystemAuthPrivateKeyJWT = "private_key_jwt"
+	// SystemAuthClientSecretBasic sends SystemClientID and the
+	// definition's clientSecret with HTTP Basic (RFC 6749 section 2.3.1).
+	SystemAuthClientSecretBasic = "client_secret_basic"
+)
 
 // ResponseTypes are the accepted values of Server.ResponseType, as listed by
 // the P2P module guide. An empty ResponseType is stored as "code".
@@ -62,12 +86,17 @@ const (
 // and defaults ResponseType to "code".
 func (s *Server) Normalize() {
 	for _, f := range []*string{&s.Name, &s.Issuer, &s.ClientID, &s.JWKText, &s.AuthWellKnown, &s.Scopes,
-		&s.FHIREndpoint, &s.TokenEndpoint, &s.CustomTokenParams, &s.ResponseType, &s.OrganizationID, &s.Notes} {
+		&s.FHIREndpoint, &s.TokenEndpoint, &s.CustomTokenParams, &s.ResponseType, &s.OrganizationID, &s.Notes,
+		&s.SystemClientID, &s.SystemAuth, &s.SystemScopes} {
 		*f = strings.TrimSpace(*f)
 	}
 	s.Scopes = strings.Join(strings.Fields(s.Scopes), " ")
+	s.SystemScopes = strings.Join(strings.Fields(s.SystemScopes), " ")
 	if s.ResponseType == "" {
 		s.ResponseType = "code"
+	}
+	if s.SystemClientID != "" && s.SystemAuth == "" {
+		s.SystemAuth = SystemAuthPrivateKeyJWT
 	}
 }
 
@@ -126,11 +155,15 @@ func (s *Server) Validate() []errs.Issue {
 	if len(s.Notes) > maxNotes || !utf8.ValidString(s.Notes) {
 		add("notes", "must be valid UTF-8 of at most %d bytes", maxNotes)
 	}
-	if len(s.Scopes) > maxScopes {
-		add("scopes", "must be at most %d bytes", maxScopes)
-	} else if i := strings.IndexFunc(s.Scopes, func(r rune) bool { return r != ' ' && (r < 0x21 || r > 0x7e || r == '"' || r == '\\') }); i >= 0 {
-		add("scopes", "must be space-separated OAuth2 scope tokens (printable ASCII without \" or \\)")
+	scopes := func(field, v string) {
+		if len(v) > maxScopes {
+			add(field, "must be at most %d bytes", maxScopes)
+		} else if i := strings.IndexFunc(v, func(r rune) bool { return r != ' ' && (r < 0x21 || r > 0x7e || r == '"' || r == '\\') }); i >= 0 {
+			add(field, "must be space-separated OAuth2 scope tokens (printable ASCII without \" or \\)")
+		}
 	}
+	scopes("scopes", s.Scopes)
+	s.validateSystem(add, line, scopes)
 	if len(s.CustomTokenParams) > maxScopes {
 		add("customTokenParams", "must be at most %d bytes", maxScopes)
 	} else if _, err := ParseTokenParams(s.CustomTokenParams); err != nil {
@@ -147,6 +180,36 @@ func (s *Server) Validate() []errs.Issue {
 		}
 	}
 	return issues
+}
+
+// validateSystem checks the fields of system-to-system access: they go
+// together (a systemAuth or systemScopes without systemClientId is a
+// mistake), and client_secret_basic needs the clientSecret.
+func (s *Server) validateSystem(add func(field, format string, args ...any), line func(field, v string, max int), scopes func(field, v string)) {
+	if s.SystemClientID == "" {
+		if s.SystemAuth != "" {
+			add("systemAuth", "needs systemClientId: the client id this payer was given at the source payer")
+		}
+		if s.SystemScopes != "" {
+			add("systemScopes", "needs systemClientId: the client id this payer was given at the source payer")
+		}
+		return
+	}
+	line("systemClientId", s.SystemClientID, maxShort)
+	switch s.SystemAuth {
+	case SystemAuthPrivateKeyJWT:
+	case SystemAuthClientSecretBasic:
+		if s.ClientSecret == "" {
+			add("clientSecret", "is required with systemAuth %q: it is the secret sent with systemClientId", SystemAuthClientSecretBasic)
+		}
+	default:
+		add("systemAuth", "must be %q (the default) or %q", SystemAuthPrivateKeyJWT, SystemAuthClientSecretBasic)
+	}
+	if s.SystemScopes == "" {
+		add("systemScopes", "is required with systemClientId: the scopes to ask for, such as system/*.rs")
+	} else {
+		scopes("systemScopes", s.SystemScopes)
+	}
 }
 
 func validResponseType(v string) bool {

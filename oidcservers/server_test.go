@@ -68,6 +68,13 @@ func TestValidateFields(t *testing.T) {
 		{"token params", func(s *Server) { s.CustomTokenParams = "memberId=123&aud=x" }, ""},
 		{"bare token param", func(s *Server) { s.CustomTokenParams = "memberId" }, ""},
 		{"scopes smart", func(s *Server) { s.Scopes = "launch/patient patient/*.read openid" }, ""},
+		{"system access, private_key_jwt by default", func(s *Server) { s.SystemClientID = "c-1"; s.SystemScopes = "system/*.rs" }, ""},
+		{"system access, client_secret_basic", func(s *Server) {
+			s.SystemClientID, s.SystemAuth, s.SystemScopes = "c-1", "client_secret_basic", "system/Patient.rs system/Coverage.rs"
+		}, ""},
+		{"system access without tokenEndpoint (SMART configuration)", func(s *Server) {
+			s.TokenEndpoint, s.SystemClientID, s.SystemScopes = "", "c-1", "system/*.rs"
+		}, ""},
 
 		{"name missing", func(s *Server) { s.Name = "" }, "name"},
 		{"name too long", func(s *Server) { s.Name = strings.Repeat("n", 257) }, "name"},
@@ -98,6 +105,17 @@ func TestValidateFields(t *testing.T) {
 		{"token params empty key", func(s *Server) { s.CustomTokenParams = "=1" }, "customTokenParams"},
 		{"organizationId too long", func(s *Server) { s.OrganizationID = strings.Repeat("o", 257) }, "organizationId"},
 		{"notes too long", func(s *Server) { s.Notes = strings.Repeat("n", 16<<10+1) }, "notes"},
+		{"systemAuth without systemClientId", func(s *Server) { s.SystemAuth = "private_key_jwt" }, "systemAuth"},
+		{"systemScopes without systemClientId", func(s *Server) { s.SystemScopes = "system/*.rs" }, "systemScopes"},
+		{"systemAuth unknown", func(s *Server) {
+			s.SystemClientID, s.SystemAuth, s.SystemScopes = "c", "client_secret_post", "system/*.rs"
+		}, "systemAuth"},
+		{"systemScopes missing", func(s *Server) { s.SystemClientID = "c" }, "systemScopes"},
+		{"systemScopes quote", func(s *Server) { s.SystemClientID, s.SystemScopes = "c", `system/*.rs "x"` }, "systemScopes"},
+		{"systemClientId too long", func(s *Server) { s.SystemClientID, s.SystemScopes = strings.Repeat("c", 257), "system/*.rs" }, "systemClientId"},
+		{"client_secret_basic without clientSecret", func(s *Server) {
+			s.ClientSecret, s.SystemClientID, s.SystemAuth, s.SystemScopes = "", "c", "client_secret_basic", "system/*.rs"
+		}, "clientSecret"},
 		{"jwk not json", func(s *Server) { s.JWKText = "-----BEGIN PUBLIC KEY-----" }, "jwkText"},
 		{"jwk private RSA", func(s *Server) { s.JWKText = privRSA }, "jwkText"},
 		{"jwk private in set", func(s *Server) { s.JWKText = `{"keys":[` + pubRSA + `,` + privEd + `]}` }, "jwkText"},
@@ -131,13 +149,14 @@ func TestValidateFields(t *testing.T) {
 
 func TestValidateReportsEveryField(t *testing.T) {
 	t.Parallel()
-	s := Server{Issuer: "nope", FHIREndpoint: "x", ResponseType: "bogus", CustomTokenParams: "refresh_token=1", JWKText: "{"}
+	s := Server{Issuer: "nope", FHIREndpoint: "x", ResponseType: "bogus", CustomTokenParams: "refresh_token=1", JWKText: "{",
+		SystemClientID: "c", SystemAuth: "client_secret_basic"}
 	s.Normalize()
 	got := map[string]bool{}
 	for _, is := range s.Validate() {
 		got[is.Path] = true
 	}
-	for _, f := range []string{"name", "issuer", "clientId", "fhirEndpoint", "responseType", "customTokenParams", "jwkText"} {
+	for _, f := range []string{"name", "issuer", "clientId", "fhirEndpoint", "responseType", "customTokenParams", "jwkText", "systemScopes", "clientSecret"} {
 		if !got[f] {
 			t.Errorf("no issue for %s; got %v", f, got)
 		}

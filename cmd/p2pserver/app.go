@@ -45,7 +45,10 @@ type app struct {
 	admin *httpapi.Authorizer
 	guard *smart.Guard
 	auth  *auth.Server // nil without -secret-key
-	oidc  *oidcservers.API
+	// clientKeys sign this payer's client assertions to other payers;
+	// nil without -secret-key.
+	clientKeys *auth.ClientKeys
+	oidc       *oidcservers.API
 
 	notify    *notify.Service
 	notifyAPI *notify.API
@@ -145,6 +148,10 @@ func (a *app) wire() error {
 			return err
 		}
 		backend = a.auth
+		if a.clientKeys, err = auth.NewClientKeys(a.store, auth.ClientKeysConfig{Cipher: cipher, Alg: alg,
+			RotateEvery: cfg.ClientKeyRotation, Logger: log}); err != nil {
+			return err
+		}
 	} else {
 		log.Info("SMART Backend Services are off: the server has no -secret-key to seal the keys that sign its access tokens")
 	}
@@ -190,6 +197,9 @@ func (a *app) wire() error {
 	}
 	a.oidc = oidcservers.NewAPI(oidcRepo, a.admin.Require("admin"), log, httpapi.DefaultMaxBody)
 	a.oidc.UseClient(outbound.Client(30 * time.Second))
+	if a.clientKeys != nil {
+		a.oidc.UseSigner(a.clientKeys)
+	}
 
 	// Tasks: the R4 state machine for every Task, then the add-payer rules.
 	workflow.Register(a.fhir, workflow.Options{})
@@ -264,6 +274,9 @@ func (a *app) Start(ctx context.Context) error {
 		if err := a.auth.Start(ctx); err != nil {
 			return err
 		}
+		if err := a.clientKeys.Start(ctx); err != nil {
+			return err
+		}
 	}
 	if err := addpayer.Setup(ctx, a.notify, httpapi.SplitTokens(a.cfg.NotifyAdmins), a.log); err != nil {
 		return err
@@ -299,10 +312,14 @@ func (a *app) Handler() http.Handler {
 	if a.auth != nil {
 		r.Mount("/auth", a.auth.Handler())
 		a.auth.MountAPI(api)
+		api.Method(http.MethodGet, auth.ClientJWKSPath, a.clientKeys)
 	} else {
 		off := auth.Disabled{Reason: "SMART Backend Services are off on this server: it has no -secret-key (P2P_SECRET_KEY) to seal the keys that sign access tokens"}
 		r.Mount("/auth", off.Handler())
 		off.MountAPI(api)
+		api.Get(auth.ClientJWKSPath, func(w http.ResponseWriter, r *http.Request) {
+			httpapi.WriteError(w, httpapi.Errorf(http.StatusNotFound, httpapi.CodeNotFound, "this server has no client keys: it has no -secret-key (P2P_SECRET_KEY) to seal them"))
+		})
 	}
 	if a.healthie != nil {
 		r.Mount(healthie.Path, a.healthie.Handler())
@@ -338,6 +355,9 @@ func (a *app) Close() error {
 	}
 	if a.elig != nil {
 		stop("eligibility checks", a.elig)
+	}
+	if a.clientKeys != nil {
+		stop("client key rotation", a.clientKeys)
 	}
 	if a.runner != nil {
 		stop("batch jobs", a.runner)

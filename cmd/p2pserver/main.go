@@ -47,7 +47,10 @@ type Config struct {
 	// lifetime of its access tokens, how long one signing key signs, and
 	// the algorithm of new signing keys.
 	TokenLifetime, TokenKeyRotation time.Duration
-	TokenSigningAlg                 string
+	// ClientKeyRotation is how often this payer makes a new key for its
+	// own client assertions to other payers (GET /api/jwks).
+	ClientKeyRotation time.Duration
+	TokenSigningAlg   string
 	// Organization* name this payer in the Provenance it supplies.
 	OrganizationName, OrganizationID, OrganizationResource string
 	// BackofficeToken is a comma-separated list of bearer tokens of the
@@ -138,7 +141,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	var cfg Config
 	var maxBody, grace, workers, attempts, cors, maxPages, maxResources string
-	var tokenLifetime, tokenRotation string
+	var tokenLifetime, tokenRotation, clientRotation string
 	var retention, exportWorkers, exportPerClient string
 	fs.StringVar(&cfg.Addr, "addr", env("addr", "127.0.0.1:8080"), "listen address (host:port)")
 	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "bbolt database file (created if missing)")
@@ -151,6 +154,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&cfg.TrustedIssuers, "trusted-issuers", env("trusted-issuers", ""), "comma-separated issuer URLs whose JWT access tokens /fhir accepts (ISSUER=KEYFILE for a static key); empty: /fhir is open (local use only)")
 	fs.StringVar(&cfg.TokenAudience, "token-audience", env("token-audience", ""), "comma-separated aud values a token must include one of (default <base-url>/fhir)")
 	fs.StringVar(&tokenLifetime, "token-lifetime", env("token-lifetime", "5m"), "lifetime of the access tokens this server's token endpoint issues to backend clients (SMART Backend Services; SMART recommends 5m at most)")
+	fs.StringVar(&clientRotation, "client-key-rotation", env("client-key-rotation", "720h"), "how often a new key is made for this server's client assertions to other payers (published at /api/jwks ten minutes before it signs)")
 	fs.StringVar(&tokenRotation, "token-key-rotation", env("token-key-rotation", "24h"), "how long one key signs access tokens before a new one takes over (old keys stay published until their tokens expire)")
 	fs.StringVar(&cfg.TokenSigningAlg, "token-signing-alg", env("token-signing-alg", "ES384"), "algorithm of new keys signing access tokens: ES384 or RS384")
 	fs.StringVar(&cfg.OrganizationName, "organization-name", env("organization-name", "p2pserver"), "this payer's name in the Provenance it supplies")
@@ -206,6 +210,9 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if cfg.TokenLifetime, err = time.ParseDuration(tokenLifetime); err != nil || cfg.TokenLifetime < 30*time.Second || cfg.TokenLifetime > time.Hour {
 		return cfg, fmt.Errorf("-token-lifetime: %q is not a duration from 30s to 1h", tokenLifetime)
+	}
+	if cfg.ClientKeyRotation, err = time.ParseDuration(clientRotation); err != nil || cfg.ClientKeyRotation < time.Hour {
+		return cfg, fmt.Errorf("-client-key-rotation: %q is not a duration of at least 1h", clientRotation)
 	}
 	if cfg.TokenKeyRotation, err = time.ParseDuration(tokenRotation); err != nil || cfg.TokenKeyRotation < time.Minute {
 		return cfg, fmt.Errorf("-token-key-rotation: %q is not a duration of at least 1m", tokenRotation)

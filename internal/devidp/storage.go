@@ -473,6 +473,26 @@ func (s *storage) ValidateJWTProfileScopes(_ context.Context, _ string, scopes [
 
 func (s *storage) Health(context.Context) error { return nil }
 
+// ClientCredentials authenticates a confidential client for the
+// client_credentials grant (RFC 6749 section 4.4): a system acting for
+// itself, as another payer's back office does.
+func (s *storage) ClientCredentials(ctx context.Context, id, secret string) (op.Client, error) {
+	if err := s.AuthorizeClientIDSecret(ctx, id, secret); err != nil {
+		return nil, err
+	}
+	return s.client(id)
+}
+
+// ClientCredentialsTokenRequest is the grant of a client_credentials
+// request: the client as subject, the scopes asked for (SystemScopes when
+// none), no patient.
+func (s *storage) ClientCredentialsTokenRequest(_ context.Context, id string, scopes []string) (op.TokenRequest, error) {
+	if len(scopes) == 0 {
+		scopes = SystemScopes
+	}
+	return &tokenRequest{grant: grant{clientID: id, subject: id, scopes: append([]string(nil), scopes...), authTime: time.Now().UTC()}}, nil
+}
+
 // --- keys ---
 
 type signingKey struct {
@@ -539,7 +559,8 @@ func (a *authRequest) SetCurrentScopes(sc []string)          { a.scopes = sc }
 
 // client is a web client allowed the authorization-code and refresh_token
 // grants: confidential (client_secret_basic or client_secret_post) when it
-// has a secret, public (PKCE only) when not.
+// has a secret, and then also the client_credentials grant; public (PKCE
+// only) when not.
 type client struct {
 	id           string
 	secret       string
@@ -563,7 +584,10 @@ func (c *client) ResponseTypes() []oidc.ResponseType {
 	return []oidc.ResponseType{oidc.ResponseTypeCode}
 }
 func (c *client) GrantTypes() []oidc.GrantType {
-	return []oidc.GrantType{oidc.GrantTypeCode, oidc.GrantTypeRefreshToken}
+	if c.secret == "" {
+		return []oidc.GrantType{oidc.GrantTypeCode, oidc.GrantTypeRefreshToken}
+	}
+	return []oidc.GrantType{oidc.GrantTypeCode, oidc.GrantTypeRefreshToken, oidc.GrantTypeClientCredentials}
 }
 
 // LoginURL is where op sends the member's browser after an authorization
