@@ -327,7 +327,9 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) {
 }
 
 // create stores a new job and hands it to the workers once committed. A
-// member has one running job per source payer at a time.
+// member has one running job per source payer at a time, and an add-payer
+// Task one running job: two at once would race to complete and fail the
+// same request.
 func (r *Runner) create(ctx context.Context, rec *record) error {
 	return r.st.Write(ctx, func(tx *store.Tx) error {
 		active, err := activeJobs(tx)
@@ -335,14 +337,18 @@ func (r *Runner) create(ctx context.Context, rec *record) error {
 			return err
 		}
 		for id, server := range active {
-			if server != rec.ServerID {
+			if server != rec.ServerID && rec.TaskID == "" {
 				continue
 			}
 			other, err := getJob(tx, id)
 			if err != nil {
 				return err
 			}
-			if other.SourcePatientID == rec.SourcePatientID && other.TargetPatientID == rec.TargetPatientID {
+			if rec.TaskID != "" && other.TaskID == rec.TaskID {
+				return errs.E("batch.create", errs.Conflict, fmt.Sprintf(
+					"batch job %d (source payer %d) is already working on Task/%s (%s); stop it or wait for it to end before starting another for the same request", id, server, rec.TaskID, other.Status))
+			}
+			if server == rec.ServerID && other.SourcePatientID == rec.SourcePatientID && other.TargetPatientID == rec.TargetPatientID {
 				return errs.E("batch.create", errs.Conflict, fmt.Sprintf(
 					"batch job %d is already pulling this member's data from this source payer (%s); stop it or wait for it to end", id, other.Status))
 			}

@@ -3,7 +3,9 @@ package batch
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -600,5 +602,236 @@ func TestJobsDoNotBlockEachOther(t *testing.T) {
 	}
 	if job := x.tg.job(x.pid, slow); job.BatchStatus != Started {
 		t.Errorf("the slow job is %s", job.BatchStatus)
+	}
+}
+
+// TestTaskKeepsItsAttempts: the attempts a Task's output records are the
+// server's history of the request. A portal or member writing the Task
+// back without them (a cancel sent as the original body), or with some
+// left out, keeps them; one that adds or changes an attempt is refused
+// (422) and the Task stays as it was. The other outputs are the writer's.
+func TestTaskKeepsItsAttempts(t *testing.T) {
+	x := newExchange(t, Config{MaxRetries: 1, RetryBase: time.Millisecond})
+	x.src.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		w.WriteHeader(http.StatusBadRequest)
+		return true
+	})
+	access, refresh := x.token(t, oidctest.Grant{})
+	var ids []int64
+	for range 2 {
+		id := x.tg.startJob(x.pid, jobBody(access, refresh, x.everything(40), x.patient, "member-1", "task-1"))
+		if job := x.tg.waitEnd(x.pid, id); job.BatchStatus != Failed || job.FinalFailure {
+			t.Fatalf("job %d %s final=%v: %s", id, job.BatchStatus, job.FinalFailure, job.FailureReason)
+		}
+		ids = append(ids, id)
+	}
+	task := x.task(t)
+	attempts := listOf(task["output"])
+	if len(attempts) != 2 {
+		t.Fatalf("Task.output %v, want the two attempts", task["output"])
+	}
+	attempt := func(i int) any { return attempts[i] }
+	portalOutput := map[string]any{"type": map[string]any{"text": "portal note"}, "valueString": "called the member"}
+	forged := map[string]any{"type": attempts[0]["type"], "valueString": fmt.Sprintf("batch job %d (/api/oidc_servers/%d/batch_job/%d): COMPLETED 2026-01-01T00:00:00Z, 389 records", ids[0], x.pid, ids[0])}
+	newLine := map[string]any{"type": attempts[0]["type"], "valueString": "batch job 99 (/api/oidc_servers/1/batch_job/99): COMPLETED 2026-01-01T00:00:00Z, 1 records"}
+	for _, c := range []struct {
+		name   string
+		output []any // nil: the element left out
+		status int
+		want   []string // the output's valueStrings after the write
+	}{
+		{"left out (the Task written back as the portal first sent it)", nil, http.StatusOK,
+			[]string{attempts[0]["valueString"].(string), attempts[1]["valueString"].(string)}},
+		{"one left out, a portal output added", []any{portalOutput, attempt(1)}, http.StatusOK,
+			[]string{"called the member", attempts[1]["valueString"].(string), attempts[0]["valueString"].(string)}},
+		{"sent back as read", []any{attempt(0), attempt(1)}, http.StatusOK,
+			[]string{attempts[0]["valueString"].(string), attempts[1]["valueString"].(string)}},
+		{"an attempt changed to COMPLETED", []any{forged, attempt(1)}, http.StatusUnprocessableEntity, nil},
+		{"an attempt no job made", []any{attempt(0), attempt(1), newLine}, http.StatusUnprocessableEntity, nil},
+		{"an attempt sent twice", []any{attempt(0), attempt(0), attempt(1)}, http.StatusUnprocessableEntity, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before, err := x.tg.read("Task", "task-1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var body map[string]any
+			if err := json.Unmarshal([]byte(addPayerTask("task-1", "member-1")), &body); err != nil {
+				t.Fatal(err)
+			}
+			body["status"] = "in-progress"
+			if c.output != nil {
+				body["output"] = c.output
+			}
+			raw, _ := json.Marshal(body)
+			req, _ := http.NewRequest(http.MethodPut, x.tg.URL+"/fhir/Task/task-1", bytes.NewReader(raw))
+			req.Header.Set("Content-Type", "application/fhir+json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			answer, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != c.status {
+				t.Fatalf("PUT: %d %s, want %d", resp.StatusCode, answer, c.status)
+			}
+			after, err := x.tg.read("Task", "task-1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.want == nil {
+				if after.VersionID != before.VersionID || !strings.Contains(string(answer), "Task.output") {
+					t.Errorf("refused write changed the Task (version %d to %d) or did not name Task.output: %s", before.VersionID, after.VersionID, answer)
+				}
+				return
+			}
+			var got struct {
+				Output []struct {
+					ValueString string `json:"valueString"`
+				} `json:"output"`
+			}
+			if err := json.Unmarshal(after.JSON, &got); err != nil {
+				t.Fatal(err)
+			}
+			var lines []string
+			for _, o := range got.Output {
+				lines = append(lines, o.ValueString)
+			}
+			if fmt.Sprint(lines) != fmt.Sprint(c.want) {
+				t.Errorf("output %q, want %q", lines, c.want)
+			}
+		})
+	}
+	// The jobs still record themselves: a new attempt is added after the
+	// portal's writes.
+	id := x.tg.startJob(x.pid, jobBody(access, refresh, x.everything(40), x.patient, "member-1", "task-1"))
+	x.tg.waitEnd(x.pid, id)
+	if out := fmt.Sprint(x.task(t)["output"]); !strings.Contains(out, fmt.Sprintf("batch job %d (", id)) {
+		t.Errorf("the third job's attempt is missing: %v", out)
+	}
+}
+
+// TestOneJobPerTask: while a job works on an add-payer Task, another job
+// for the same request is refused with 409, whichever source payer
+// definition or source Patient it names: two at once would race to
+// complete and fail the one request. Once the job ends, a new one starts.
+func TestOneJobPerTask(t *testing.T) {
+	x := newExchange(t, Config{})
+	x.src.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if offset(r) == 40 {
+			<-r.Context().Done()
+			return true
+		}
+		return false
+	})
+	// A second definition of the same source (issuers are unique, so
+	// under another provider; the job uses the member's access token as
+	// given and never refreshes it).
+	idp2 := oidctest.New(t)
+	other, err := x.tg.repo.Create(context.Background(), oidcservers.Server{
+		Name: "Source Payer A, second definition", Issuer: idp2.Issuer(), ClientID: clientID, ClientSecret: clientSecret,
+		FHIREndpoint: x.src.URL, TokenEndpoint: idp2.TokenEndpoint(), OrganizationID: "PAYRA",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	access, refresh := x.token(t, oidctest.Grant{})
+	first := x.tg.startJob(x.pid, jobBody(access, refresh, x.everything(40), x.patient, "member-1", "task-1"))
+	x.tg.wait(x.pid, first, "the first page", func(j Job) bool { return j.Progress.PagesFetched >= 1 })
+	for _, c := range []struct {
+		name string
+		pid  int64
+		body map[string]any
+	}{
+		{"same definition, another source Patient", x.pid, jobBody(access, refresh, "Patient/other/$everything", "other", "member-1", "task-1")},
+		{"another definition", other.PID, jobBody(access, refresh, x.everything(40), x.patient, "member-1", "task-1")},
+	} {
+		var e map[string]any
+		st, _ := x.tg.call(http.MethodPost, fmt.Sprintf("/api/oidc_servers/%d/batch_job", c.pid), backOfficeToken, c.body, &e)
+		if st != http.StatusConflict || !strings.Contains(fmt.Sprint(e), "task-1") {
+			t.Errorf("%s: %d %v, want 409 naming the Task", c.name, st, e)
+		}
+	}
+	// Without the Task, a job for another definition is the back office's call.
+	if st, _ := x.tg.call(http.MethodPost, fmt.Sprintf("/api/oidc_servers/%d/batch_job", other.PID), backOfficeToken,
+		jobBody(access, refresh, "Patient/other/$everything", "other", "member-1", ""), nil); st != http.StatusAccepted {
+		t.Errorf("a job without the Task: %d, want 202", st)
+	}
+	if st, _ := x.tg.call(http.MethodPost, fmt.Sprintf("/api/oidc_servers/%d/batch_job/%d/stop", x.pid, first), backOfficeToken, nil, nil); st != http.StatusAccepted {
+		t.Fatalf("stop: %d", st)
+	}
+	x.tg.waitEnd(x.pid, first)
+	x.src.setFault(nil)
+	again := x.tg.startJob(other.PID, jobBody(access, refresh, x.everything(40), x.patient, "member-1", "task-1"))
+	if job := x.tg.waitEnd(other.PID, again); job.BatchStatus != Completed {
+		t.Errorf("the job after the stop: %s %s", job.BatchStatus, job.FailureReason)
+	}
+}
+
+// TestEndedRequestStopsTheJob: when the member's add-payer request ends
+// while its job runs (the member cancels it, the staff fail or reject it,
+// or it is deleted), the job copies nothing more: the next page is not
+// written, the job ends STOPPED saying why, and the Task keeps the status
+// it was given, with the attempt in its output.
+func TestEndedRequestStopsTheJob(t *testing.T) {
+	for _, c := range []struct {
+		name, method, status, reason string
+	}{
+		{"the member cancels", http.MethodPut, "cancelled", ""},
+		{"the staff fail it", http.MethodPut, "failed", "the member asked us by phone to stop"},
+		{"the staff put it on hold, then complete it by hand", http.MethodPut, "completed", ""},
+		{"the Task is deleted", http.MethodDelete, "", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			x := newExchange(t, Config{})
+			release := make(chan struct{})
+			x.src.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+				if offset(r) == 40 {
+					select {
+					case <-release:
+					case <-r.Context().Done():
+					}
+				}
+				return false
+			})
+			access, refresh := x.token(t, oidctest.Grant{})
+			id := x.tg.startJob(x.pid, jobBody(access, refresh, x.everything(40), x.patient, "member-1", "task-1"))
+			before := x.tg.wait(x.pid, id, "the first page", func(j Job) bool { return j.Progress.PagesFetched >= 2 })
+			if c.method == http.MethodDelete {
+				if st, _ := x.tg.call(http.MethodDelete, "/fhir/Task/task-1", "", nil, nil); st != http.StatusOK && st != http.StatusNoContent {
+					t.Fatalf("DELETE Task: %d", st)
+				}
+			} else {
+				task := x.task(t)
+				if c.status == "completed" {
+					task["status"] = "on-hold"
+					if st, _ := x.tg.call(http.MethodPut, "/fhir/Task/task-1", "", task, &task); st != http.StatusOK {
+						t.Fatalf("PUT Task on-hold: %d %v", st, task)
+					}
+				}
+				task["status"] = c.status
+				if c.reason != "" {
+					task["statusReason"] = map[string]any{"text": c.reason}
+				}
+				var answer map[string]any
+				if st, _ := x.tg.call(http.MethodPut, "/fhir/Task/task-1", "", task, &answer); st != http.StatusOK {
+					t.Fatalf("PUT Task %s: %d %v", c.status, st, answer)
+				}
+			}
+			close(release)
+			job := x.tg.waitEnd(x.pid, id)
+			if job.BatchStatus != Stopped || !strings.Contains(job.FailureReason, "Task/task-1") {
+				t.Fatalf("job %s: %q, want STOPPED naming the request", job.BatchStatus, job.FailureReason)
+			}
+			if job.Progress.ResourcesTotal != before.Progress.ResourcesTotal {
+				t.Errorf("%d resources written after the request ended (%d before)", job.Progress.ResourcesTotal-before.Progress.ResourcesTotal, before.Progress.ResourcesTotal)
+			}
+			if c.method == http.MethodDelete {
+				return
+			}
+			if task := x.task(t); task["status"] != c.status || !strings.Contains(fmt.Sprint(task["output"]), "STOPPED") {
+				t.Errorf("Task %v, output %v", task["status"], task["output"])
+			}
+		})
 	}
 }

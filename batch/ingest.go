@@ -457,6 +457,9 @@ func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKi
 	if !rec.Status.Active() {
 		return rec, errJobEnded
 	}
+	if why := taskEnded(tx, rec.TaskID); why != "" {
+		return rec, r.end(tx, rec, Stopped, why, false, o, now)
+	}
 	if n := rec.total() + len(pg.resources); kind == dataPage && n > r.cfg.MaxResources {
 		return rec, r.end(tx, rec, Failed, fmt.Sprintf("the source payer sent more than %d resources, the most one job reads (-batch-max-resources): "+
 			"%d were written from %d pages, and page %d with %d more was not (%s)", r.cfg.MaxResources, rec.total(), rec.Pages, rec.Pages+1, len(pg.resources), clip(pg.url, 300)), false, o, now)

@@ -211,6 +211,7 @@ func New(srv *fhir.Server, defs Definitions, cipher *secrets.Cipher, cfg Config)
 		notify:  make(chan struct{}, 1),
 		fetches: make(chan struct{}, cfg.MaxFetches),
 	}
+	srv.AddValidator("Task", keepAttempts)
 	return r, nil
 }
 
@@ -236,7 +237,9 @@ func (r *Runner) Start(ctx context.Context) error {
 		return errors.New("batch: runner already started")
 	}
 	r.started = true
-	r.ctx, r.cancel = context.WithCancel(ctx)
+	// Every write the runner makes carries the mark that lets it record
+	// its attempts in a Task's output (see keepAttempts).
+	r.ctx, r.cancel = context.WithCancel(context.WithValue(ctx, jobWriteKey{}, true))
 	r.mu.Unlock()
 
 	var active map[int64]int64

@@ -2,8 +2,10 @@ package batch
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -54,6 +56,28 @@ func checkTask(tx *store.Tx, id, memberID string) string {
 		if ref, _ := req["reference"].(string); ref != "Patient/"+memberID {
 			return fmt.Sprintf("Task/%s was requested by %s, not by the member Patient/%s", id, orNone(ref), memberID)
 		}
+	}
+	return ""
+}
+
+// taskEnded tells why a job linked to Task/id must not copy more of the
+// member's data: the request has ended without it (the member cancelled
+// it, the staff rejected, failed or completed it, or it was deleted). ""
+// when the job has no Task or the request is still open.
+func taskEnded(tx *store.Tx, id string) string {
+	if id == "" {
+		return ""
+	}
+	v, err := tx.Read("Task", id)
+	if err != nil {
+		return fmt.Sprintf("the add-payer request Task/%s is gone (deleted); nothing more was copied", id)
+	}
+	m, err := decodeMap(v.JSON)
+	if err != nil {
+		return ""
+	}
+	if st, _ := m["status"].(string); !openTaskStatuses[st] {
+		return fmt.Sprintf("the add-payer request Task/%s was %s while the job ran; nothing more was copied", id, st)
 	}
 	return ""
 }
@@ -222,4 +246,103 @@ func decodeMap(raw []byte) (map[string]any, error) {
 		return nil, fmt.Errorf("not a JSON object")
 	}
 	return m, nil
+}
+
+// jobWriteKey marks the context of the runner's own writes: only they may
+// add or change the attempts in a Task's output.
+type jobWriteKey struct{}
+
+// jobWriting reports whether ctx is the context of the runner's writes.
+func jobWriting(ctx context.Context) bool {
+	v, _ := ctx.Value(jobWriteKey{}).(bool)
+	return v
+}
+
+// keepAttempts is the Task validator that keeps the history of attempts:
+// the Task.output entries typed AttemptSystem|AttemptCode are written by
+// the server's batch jobs only. Any other write of a Task (a portal, a
+// member cancelling their request, an admin, a transaction entry) keeps
+// the stored ones: those it leaves out are put back, after the outputs it
+// sends, and one it adds or changes is refused with 422, so that the
+// history can neither be lost nor forged.
+func keepAttempts(tx *store.Tx, doc *store.Doc, prev *store.Version) error {
+	if jobWriting(tx.Context()) {
+		return nil
+	}
+	var stored []map[string]any
+	if prev != nil {
+		pm, err := decodeMap(prev.JSON)
+		if err != nil {
+			return errs.E("batch.task", errs.Internal, err)
+		}
+		for _, e := range listOfMaps(pm["output"]) {
+			if isAttempt(e) {
+				stored = append(stored, e)
+			}
+		}
+	}
+	sent, _ := doc.Map["output"].([]any)
+	if len(stored) == 0 && !slices.ContainsFunc(sent, isAttempt) {
+		return nil
+	}
+	used := make([]bool, len(stored))
+	var issues []errs.Issue
+	out := make([]any, 0, len(sent)+len(stored))
+	for i, raw := range sent {
+		e, _ := raw.(map[string]any)
+		if !isAttempt(e) {
+			out = append(out, raw)
+			continue
+		}
+		v, _ := e["valueString"].(string)
+		j := -1
+		for k, s := range stored {
+			if !used[k] && s["valueString"] == v {
+				j = k
+				break
+			}
+		}
+		if j < 0 {
+			issues = append(issues, errs.Issue{Code: "business-rule", Path: fmt.Sprintf("Task.output[%d]", i),
+				Message: fmt.Sprintf("the outputs typed %s|%s are the history of the batch jobs of this request, written by the server only; this one (%q) is not one of them", AttemptSystem, AttemptCode, truncate(v, 120))})
+			continue
+		}
+		used[j] = true
+		out = append(out, stored[j])
+	}
+	if len(issues) > 0 {
+		return errs.E("batch.task", errs.Unprocessable, "the attempts recorded in Task.output cannot be added or changed", issues)
+	}
+	for j, s := range stored {
+		if !used[j] {
+			out = append(out, s)
+		}
+	}
+	if err := doc.Set("output", out); err != nil {
+		return errs.E("batch.task", errs.Internal, err)
+	}
+	return nil
+}
+
+func isAttempt(e any) bool {
+	m, _ := e.(map[string]any)
+	return m != nil && hasCoding(m["type"], AttemptSystem, AttemptCode)
+}
+
+func listOfMaps(v any) []map[string]any {
+	list, _ := v.([]any)
+	out := make([]map[string]any, 0, len(list))
+	for _, e := range list {
+		if m, ok := e.(map[string]any); ok {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
