@@ -278,7 +278,8 @@ func baseURLFor(addr string, bound net.Addr) (base string, wildcard bool) {
 }
 
 // parseOrigins reads -cors-origins: "*", or origins scheme://host[:port]
-// whose host may start with "*." for any subdomain.
+// whose host may start with "*." for any subdomain; a "*" anywhere else is
+// refused.
 func parseOrigins(s string) ([]string, error) {
 	var out []string
 	for _, o := range strings.Split(s, ",") {
@@ -290,8 +291,12 @@ func parseOrigins(s string) ([]string, error) {
 			out = append(out, o)
 			continue
 		}
-		u, err := url.Parse(strings.Replace(o, "://*.", "://wildcard.", 1))
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		// The one wildcard is a whole leftmost label ("*." after the
+		// scheme); a "*" anywhere else ("https://*", "https://a.*.example")
+		// would widen the pattern past what it seems to say.
+		plain := strings.Replace(o, "://*.", "://wildcard.", 1)
+		u, err := url.Parse(plain)
+		if err != nil || strings.Contains(plain, "*") || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" ||
 			(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
 			return nil, fmt.Errorf("%q is not an origin: write scheme://host[:port], like https://portal.example.org (or https://*.example.org, or *)", o)
 		}

@@ -45,6 +45,13 @@ func TestMainRefusesWhatItCannotUse(t *testing.T) {
 		{"a stray argument after flags", "-max-body 1MiB extra", nil, `unexpected argument "extra"`},
 		{"an origin without a scheme", "-cors-origins portal.example.org", nil, `-cors-origins: "portal.example.org" is not an origin`},
 		{"an origin with a path", "-cors-origins https://portal.example.org/app", nil, `is not an origin`},
+		// A "*" is only a whole leftmost label: anything else widens the
+		// pattern past what it seems to say (https://* is every https site).
+		{"a wildcard for the whole host", "-cors-origins https://*", nil, `-cors-origins: "https://*" is not an origin`},
+		{"a wildcard inside the host", "-cors-origins https://portal.*.example.org", nil, `"https://portal.*.example.org" is not an origin`},
+		{"a doubled wildcard", "-cors-origins https://**.example.org", nil, `"https://**.example.org" is not an origin`},
+		{"two wildcard labels", "-cors-origins https://*.*.example.org", nil, `"https://*.*.example.org" is not an origin`},
+		{"a wildcard port", "-cors-origins https://portal.example.org:*", nil, `"https://portal.example.org:*" is not an origin`},
 		{"a base URL without a scheme", "-base-url 127.0.0.1:8080", nil, `-base-url: "127.0.0.1:8080" is not an absolute http(s) URL`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
