@@ -132,6 +132,9 @@ func (s *Server) body(w http.ResponseWriter, r *http.Request, typ string) (*stor
 		return nil, false
 	}
 	doc, err := s.parseResource(raw, typ)
+	if err == nil {
+		err = s.refuseConditionalRefs(doc.JSON, doc.Type)
+	}
 	if err != nil {
 		WriteError(w, r, err)
 		return nil, false

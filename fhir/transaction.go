@@ -490,6 +490,9 @@ func (s *Server) batch(r *http.Request, entries []*txEntry) {
 			var doc *store.Doc
 			doc, err = s.entryResource(e)
 			if err == nil {
+				err = s.refuseConditionalRefs(doc.JSON, doc.Type)
+			}
+			if err == nil {
 				if e.method == http.MethodPost {
 					doc.ID = NewID()
 				}

@@ -593,3 +593,68 @@ func TestTransactionOutcomeIndependentOfEntryOrder(t *testing.T) {
 }
 
 func mustJSON(v any) []byte { b, _ := json.Marshal(v); return b }
+
+// TestConditionalReferencesOnlyInTransactions: a conditional reference
+// ("Patient?identifier=x") is resolved by the transaction rules (FHIR R4
+// http.html#trules); outside a transaction (a create, an update, a batch
+// entry) nothing resolves it, and stored as it is it would refer to
+// nothing: the write is refused with 400 and nothing is written. In a
+// transaction the same resource is written with the reference resolved.
+func TestConditionalReferencesOnlyInTransactions(t *testing.T) {
+	obs := func(id, ref string) string {
+		idPart := ""
+		if id != "" {
+			idPart = `"id":"` + id + `",`
+		}
+		return `{"resourceType":"Observation",` + idPart + `"status":"final","code":{"text":"x"},"subject":{"reference":"` + ref + `"}}`
+	}
+	cases := []struct {
+		name, method, path string
+		body               string
+	}{
+		{"create", http.MethodPost, "/Observation", obs("", "Patient?identifier=urn:t|A")},
+		{"update", http.MethodPut, "/Observation/obsA", obs("obsA", "Patient?identifier=urn:t|A")},
+		{"update of a new id", http.MethodPut, "/Observation/new1", obs("new1", "Patient?_id=a")},
+		{"in a contained resource", http.MethodPost, "/Observation",
+			`{"resourceType":"Observation","status":"final","code":{"text":"x"},"contained":[{"resourceType":"Patient","id":"c","managingOrganization":{"reference":"Organization?identifier=urn:org|O1"}}],"subject":{"reference":"#c"}}`},
+		{"in an extension", http.MethodPost, "/Observation",
+			`{"resourceType":"Observation","extension":[{"url":"http://example.org/x","valueReference":{"reference":"Patient?identifier=urn:t|A"}}],"status":"final","code":{"text":"x"}}`},
+		{"batch POST", http.MethodPost, "/", `{"resourceType":"Bundle","type":"batch","entry":[{"resource":` + obs("", "Patient?identifier=urn:t|A") + `,"request":{"method":"POST","url":"Observation"}}]}`},
+		{"batch PUT", http.MethodPost, "/", `{"resourceType":"Bundle","type":"batch","entry":[{"resource":` + obs("obsA", "Patient?identifier=urn:t|A") + `,"request":{"method":"PUT","url":"Observation/obsA"}}]}`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ts := newServer(t)
+			loadFixtures(t, ts, txFixtures)
+			before := versionCount(t, ts)
+			var text string
+			if c.path == "/" {
+				r := ts.do(c.method, c.path, c.body).want(t, http.StatusOK)
+				entry := r.JSON["entry"].([]any)[0].(map[string]any)["response"].(map[string]any)
+				if entry["status"] != "400 Bad Request" {
+					t.Errorf("the batch entry was answered %v, want 400", entry["status"])
+				}
+				raw, _ := json.Marshal(entry["outcome"])
+				text = string(raw)
+			} else {
+				text = ts.do(c.method, c.path, c.body).want(t, http.StatusBadRequest).outcome(t)
+			}
+			if !strings.Contains(text, "only in a transaction") {
+				t.Errorf("outcome does not say conditional references are resolved only in a transaction: %s", text)
+			}
+			if after := versionCount(t, ts); after != before {
+				t.Errorf("%d versions written", after-before)
+			}
+		})
+	}
+	t.Run("the same in a transaction is resolved", func(t *testing.T) {
+		ts := newServer(t)
+		loadFixtures(t, ts, txFixtures)
+		r := ts.do(http.MethodPost, "/", txBundle(`{"resource":`+obs("", "Patient?identifier=urn:t|A")+`,"request":{"method":"POST","url":"Observation"}}`)).want(t, http.StatusOK)
+		x := txResult{t, ts, r}
+		_, m := x.read(x.ref(0))
+		if got := refOf(m, "subject"); got != "Patient/a" {
+			t.Errorf("subject %q, want Patient/a", got)
+		}
+	})
+}

@@ -1,6 +1,7 @@
 package fhir
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -330,6 +331,31 @@ func (s *Server) conditionalRef(ref string) (string, string, bool) {
 		return "", "", false
 	}
 	return typ, query, true
+}
+
+// refuseConditionalRefs refuses a resource written outside a transaction
+// (a create, an update, a batch entry) that holds a conditional reference
+// ("Patient?identifier=x"): conditional references are a feature of
+// transactions, resolved by their rules (FHIR R4 http.html#trules); stored
+// as they are they would be references to nothing.
+func (s *Server) refuseConditionalRefs(raw []byte, typ string) error {
+	if !bytes.ContainsRune(raw, '?') {
+		return nil
+	}
+	var found string
+	rewriteLinks(s.model, raw, typ, func(kind linkKind, v string) (string, bool) {
+		if kind == linkReference && found == "" {
+			if _, _, ok := s.conditionalRef(v); ok {
+				found = v
+			}
+		}
+		return "", false
+	})
+	if found == "" {
+		return nil
+	}
+	return errs.E("fhir.write", errs.Invalid, fmt.Sprintf(
+		"%q is a conditional reference; conditional references are resolved only in a transaction Bundle (FHIR R4 http.html#trules): send the write in one, or refer to the resource by Type/id", found))
 }
 
 // controlParams are the search parameters that shape a result rather than
