@@ -52,17 +52,29 @@ func TestExportLevels(t *testing.T) {
 	p := newPayer(t, idp, Config{Slice: 2})
 	loadBasic(p)
 	tok := p.token("payer-x", "system/*.rs")
+	obsOnly := p.token("payer-x", "system/Observation.rs")
+	chain := "/$export?_type=Observation&_typeFilter=" + url.QueryEscape("Observation?subject:Patient.family=Beta")
 	cases := []struct {
 		name, path string
 		want       []string
+		token      string // tok when empty
 	}{
-		{"system, one type", "/$export?_type=Observation", []string{"Observation/a1", "Observation/a2", "Observation/b1"}},
-		{"system, two types", "/$export?_type=Practitioner,Encounter", []string{"Encounter/ea", "Practitioner/doc"}},
-		{"patient level", "/Patient/$export?_type=Patient,Observation,Encounter", []string{"Encounter/ea", "Observation/a1", "Observation/a2", "Observation/b1", "Patient/a", "Patient/b"}},
-		{"group level", "/Group/ga/$export", []string{"Encounter/ea", "Observation/a1", "Observation/a2", "Patient/a"}},
-		{"group level with _typeFilter", "/Group/ga/$export?_type=Observation&_typeFilter=" + url.QueryEscape("Observation?code=http://loinc.org|8867-4"), []string{"Observation/a1"}},
+		{"system, one type", "/$export?_type=Observation", []string{"Observation/a1", "Observation/a2", "Observation/b1"}, ""},
+		{"system, two types", "/$export?_type=Practitioner,Encounter", []string{"Encounter/ea", "Practitioner/doc"}, ""},
+		{"patient level", "/Patient/$export?_type=Patient,Observation,Encounter", []string{"Encounter/ea", "Observation/a1", "Observation/a2", "Observation/b1", "Patient/a", "Patient/b"}, ""},
+		{"group level", "/Group/ga/$export", []string{"Encounter/ea", "Observation/a1", "Observation/a2", "Patient/a"}, ""},
+		{"group level with _typeFilter", "/Group/ga/$export?_type=Observation&_typeFilter=" + url.QueryEscape("Observation?code=http://loinc.org|8867-4"), []string{"Observation/a1"}, ""},
+		// A chained _typeFilter reaches only what the token may read, as
+		// the same search would (authz.Policy.Confine): without Patient
+		// read, what is exported must not tell a Patient's name.
+		{"_typeFilter chain into a readable type", chain, []string{"Observation/b1"}, ""},
+		{"_typeFilter chain into a type the token cannot read", chain, nil, obsOnly},
 	}
 	for _, c := range cases {
+		tok := tok
+		if c.token != "" {
+			tok = c.token
+		}
 		status := p.kickoff("GET", c.path, tok, nil)
 		m := p.wait(status, tok)
 		got := keys(p.exported(m, tok))

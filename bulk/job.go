@@ -3,8 +3,10 @@ package bulk
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
+	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/store"
 )
 
@@ -90,6 +92,25 @@ type ExportSpec struct {
 	PayerToPayer bool `json:"payerToPayer,omitempty"`
 	// ServiceFloor is the oldest date of service sent (payer-to-payer).
 	ServiceFloor time.Time `json:"serviceFloor,omitzero"`
+	// Restricted says the job acts for a restricted principal (a client
+	// token): what it writes is what the access policy lets that client
+	// read, the types in Readable (its scopes' r or s at kick-off) and
+	// none of another client's resources (authz.OwnerTagSystem).
+	Restricted bool     `json:"restricted,omitempty"`
+	Readable   []string `json:"readable,omitempty"`
+}
+
+// principal is the client an export acts for, as the access policy sees
+// it: its owner and the types it could read at kick-off; nil for an
+// unrestricted job (an admin's, or one on an open server).
+func (j *Job) principal() *authz.Principal {
+	if j.Export == nil || !j.Export.Restricted {
+		return nil
+	}
+	readable := j.Export.Readable
+	return &authz.Principal{Subject: j.Requester, Client: j.Owner, Grant: func(typ string, need authz.Perm) bool {
+		return need&^(authz.Read|authz.Search) == 0 && slices.Contains(readable, typ)
+	}}
 }
 
 // Cursor is the checkpoint of a job. For an export: the type being

@@ -249,8 +249,22 @@ func TestBulkMemberMatchOutcomes(t *testing.T) {
 			t.Errorf("other client, %s: %d %s; want %d without the Group", c.name, resp.StatusCode, raw, c.want)
 		}
 	}
-	if resp, _ := p.do("GET", "/Group/"+matchedID, tok, nil); resp.StatusCode != 200 {
-		t.Errorf("after the other client's attempts the owner reads the Group: %d", resp.StatusCode)
+	// Nor does it export them at system level, nor take one over by
+	// writing its id (update as create): it answers as for an id that
+	// does not exist, and creates nothing.
+	m = p.wait(p.kickoff("GET", "/$export?_type=Group", other, nil), other)
+	if got := p.exported(m, other); got["Group/"+matchedID] != nil {
+		t.Errorf("other client, system export: the Group is exported: %v", keys(got))
+	}
+	replaced := map[string]any{"resourceType": "Group", "type": "person", "actual": true}
+	for _, id := range []string{matchedID, "no-such-group"} {
+		replaced["id"] = id
+		if resp, raw := p.do("PUT", "/Group/"+id, other, replaced); resp.StatusCode != 404 || !strings.Contains(string(raw), "Group/"+id+" is not known") {
+			t.Errorf("other client, update of Group/%s: %d %s; want 404 as for an unknown id", id, resp.StatusCode, raw)
+		}
+	}
+	if resp, raw := p.do("GET", "/Group/"+matchedID, tok, nil); resp.StatusCode != 200 || !strings.Contains(string(raw), `"versionId":"1"`) {
+		t.Errorf("after the other client's attempts the owner reads the Group unchanged: %d %s", resp.StatusCode, raw)
 	}
 }
 

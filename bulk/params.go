@@ -51,6 +51,14 @@ func (e *Exporter) parseSpec(ctx context.Context, level, groupID string, params 
 		}
 	}
 	spec := &ExportSpec{Level: level, GroupID: groupID}
+	if p != nil {
+		spec.Restricted = true
+		for _, t := range e.st.Registry().Model().ResourceTypes() {
+			if p.CanRead(t) {
+				spec.Readable = append(spec.Readable, t)
+			}
+		}
+	}
 	if level == "davinci" {
 		spec.Level = "group"
 		switch et := params.Get("exportType"); et {

@@ -297,10 +297,13 @@ type reader struct {
 	now     time.Time
 	// policies are the consent policies of the members seen in this slice.
 	policies map[string]*mdm.Policy
+	// sees is the access policy's answer for the job's client.
+	sees func(*store.Version) bool
 }
 
 func (e *Exporter) newReader(tx *store.Tx, j *Job) (*reader, error) {
 	r := &reader{e: e, tx: tx, j: j, spec: j.Export, now: j.TransactionTime, policies: map[string]*mdm.Policy{}}
+	r.sees = e.srv.Policy().Seer(tx, j.principal())
 	for typ, qs := range j.Export.TypeFilters {
 		for _, raw := range qs {
 			vals, err := url.ParseQuery(raw)
@@ -311,6 +314,9 @@ func (e *Exporter) newReader(tx *store.Tx, j *Job) (*reader, error) {
 			if err != nil {
 				return nil, err
 			}
+			// A chain reaches only what the client may read, as in its
+			// own search.
+			e.srv.Policy().Confine(tx, j.principal(), q)
 			if r.filters == nil {
 				r.filters = map[string][]*search.Query{}
 			}
@@ -509,6 +515,9 @@ func (r *reader) emit(typ, id string, lu time.Time, raw []byte, pol *mdm.Policy,
 // resource as sent is appended to it as one line.
 func (r *reader) keep(typ, id string, lu time.Time, raw []byte, pol *mdm.Policy, buf *bytes.Buffer) (bool, error) {
 	spec := r.spec
+	if !r.sees(&store.Version{Type: typ, ID: id, JSON: raw, LastUpdated: lu}) {
+		return false, nil
+	}
 	if !spec.Since.IsZero() && lu.Before(spec.Since) {
 		return false, nil
 	}

@@ -266,9 +266,9 @@ func (s *Server) applyUpdate(tx *store.Tx, rq *request) (*response, error) {
 	before, err := s.policy.Current(tx, a, rq.Type, id)
 	switch {
 	case errs.Is(err, errs.NotFound):
-		if a.Member() && !assigned {
-			// A member cannot choose the id of a new resource: an id that
-			// is another's answers as one that does not exist.
+		if !assigned && !s.policy.MayChooseID(a, rq.Type) {
+			// An id that is another's answers as one that does not
+			// exist, and neither is created.
 			return nil, err
 		}
 		before = nil

@@ -73,7 +73,9 @@
 // about two people is not writable by a member, and a Provenance cannot
 // target another member's data. A member cannot create a resource with
 // an id of its choosing (update-as-create): an update of an id the member
-// may not see answers as an update of an id that does not exist.
+// may not see answers as an update of an id that does not exist. Nor can
+// a client for the types another client's resources may be hidden in
+// (OwnedTypes): see Policy.MayChooseID.
 //
 // Whatever the principal, only an unrestricted request (the server's MDM,
 // an admin) may add, change or remove Patient.link, or delete a Patient
@@ -127,6 +129,10 @@
 //     read;
 //   - facades/eligibility operations: Need and Current for the resources
 //     they act on;
+//   - bulk $export (system, Patient, Group) and $davinci-data-export:
+//     members refused; the job acts for the kick-off's client with the
+//     types it could read then (bulk Job.principal): every resource
+//     written through Seer, _typeFilter chains through Confine;
 //   - mdm $member-match: clients only (a member is refused), with read on
 //     Patient and Coverage;
 //   - the Healthie facade: the Principal's letters per type, members

@@ -167,10 +167,16 @@ func (pol *Policy) Confine(tx *store.Tx, p *Principal, q *search.Query) {
 	if p == nil {
 		return
 	}
-	if !p.Member() {
-		if p.Grant != nil {
-			q.Visible = func(typ, _ string) bool { return p.CanRead(typ) }
+	// Another client's resources (OwnerTagSystem) are no chain's target.
+	ours := func(typ, id string) bool {
+		if !OwnedTypes[typ] {
+			return true
 		}
+		v, err := tx.Read(typ, id)
+		return v != nil && err == nil && !foreign(p, v)
+	}
+	if !p.Member() {
+		q.Visible = func(typ, id string) bool { return p.CanRead(typ) && ours(typ, id) }
 		return
 	}
 	w := pol.view(tx, p)
@@ -178,7 +184,7 @@ func (pol *Policy) Confine(tx *store.Tx, p *Principal, q *search.Query) {
 		q.Compartment, q.Linked = w.pats[0], w.pats[1:]
 	}
 	q.Visible = func(typ, id string) bool {
-		if !p.CanRead(typ) {
+		if !p.CanRead(typ) || !ours(typ, id) {
 			return false
 		}
 		if _, deleted, ok := tx.CurrentVersion(typ, id); !ok || deleted {
@@ -191,6 +197,17 @@ func (pol *Policy) Confine(tx *store.Tx, p *Principal, q *search.Query) {
 		}
 		return w.refOwned(typ+"/"+id, maxDepth)
 	}
+}
+
+// MayChooseID reports whether p may create a resource of typ with an id
+// of its choosing (update as create, FHIR R4 http.html#upsert). Not where
+// a stored resource of typ can be hidden from p: a member's updates (any
+// patient-bound type), and a client's of the OwnedTypes (another client's
+// resource may hold the id). There, an update of an id p may not see
+// answers as the update of an id that does not exist, and neither
+// creates, so that the answer never tells them apart.
+func (pol *Policy) MayChooseID(p *Principal, typ string) bool {
+	return p == nil || (!p.Member() && !OwnedTypes[typ])
 }
 
 // expandMDM widens the :mdm values of q (search.ModifierMDM) by the links
