@@ -233,7 +233,7 @@ func (s *Server) searchBundle(tx *store.Tx, typ string, params url.Values, lenie
 	}
 	q.Visible = nil // bound to this transaction; the snapshot outlives it
 	sn := &snapshot{typ: typ, ids: ids, query: q, self: s.cfg.BaseURL + "/" + typ, binding: a.Key()}
-	if enc := q.Kept.Encode(); enc != "" {
+	if enc := selfParams(q).Encode(); enc != "" {
 		sn.self += "?" + enc
 	}
 	var key string
@@ -399,4 +399,26 @@ func queryOf(r *http.Request) string {
 		return ""
 	}
 	return "?" + r.URL.RawQuery
+}
+
+// selfParams are the parameters a searchset's self link lists: those
+// applied (FHIR R4 search.html#conformance: the self link "SHALL represent
+// the search parameters as processed"). _summary=count returns no
+// resources, so the parameters that choose, order or shape returned
+// resources (_include, _revinclude, _sort, _elements, _count) are not
+// applied then and are left out.
+func selfParams(q *search.Query) url.Values {
+	if q.Summary != "count" {
+		return q.Kept
+	}
+	out := url.Values{}
+	for k, vs := range q.Kept {
+		base, _, _ := strings.Cut(k, ":")
+		switch base {
+		case "_include", "_revinclude", "_sort", "_elements", "_count":
+			continue
+		}
+		out[k] = vs
+	}
+	return out
 }

@@ -194,6 +194,9 @@ func TestSearchSelfLinkListsWhatWasApplied(t *testing.T) {
 		{"Observation?_elements=subject,colour", true, "_elements=subject"},
 		{"Observation?_elements=colour", true, ""},
 		{"Observation?_summary=true&_sort=-date&_total=none", false, "_sort=-date&_summary=true&_total=none"},
+		// _summary=count returns no resources: what would choose, order or
+		// shape them is not applied.
+		{"Observation?status=final&_summary=count&_include=Observation:subject&_revinclude:iterate=Provenance:target&_sort=-date&_count=5", false, "status=final&_summary=count"},
 		{"Observation?_include=Observation:subject&_include:iterate=Patient:general-practitioner&_revinclude:iterate=Provenance:target", false,
 			"_include=Observation:subject&_include:iterate=Patient:general-practitioner&_revinclude:iterate=Provenance:target"},
 	}
