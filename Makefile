@@ -37,10 +37,11 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-## bench: Go benchmarks (store, batch ingest of 20,000+ resources, notifications), then a load run against a live server, then what expensive requests cost the others (p2pload -limits).
+## bench: Go benchmarks (store, batch ingest of 20,000+ resources, Bulk Data export of 50,000 and 200,000 resources, notifications), then a load run against a live server, then what expensive requests cost the others (p2pload -limits).
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./fhir/store/ ./fhir/fhirjson/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 1x ./batch/
+	$(GO) test -run '^$$' -bench Export -benchtime 1x ./bulk/
 	$(GO) test -run '^$$' -bench . -benchtime 300x ./notify/
 	$(GO) run ./cmd/p2pload -server $(BIN) -resources 100000
 	$(GO) run ./cmd/p2pload -server $(BIN) -limits -d 10s

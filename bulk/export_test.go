@@ -2,6 +2,7 @@ package bulk
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -348,4 +349,50 @@ func (p *payer) job(id string) *Job {
 		p.t.Fatalf("job %s: %v", id, err)
 	}
 	return j
+}
+
+// The CapabilityStatement lists the operations with their canonical
+// definitions: Group's bulk-member-match and davinci-data-export as the
+// PDex STU 2.1 pdex-payer-access-server statement names them, and the
+// Bulk Data Access STU 2 export operations.
+func TestCapabilityStatementOperations(t *testing.T) {
+	t.Parallel()
+	p := newPayer(t, oidctest.New(t), Config{})
+	resp, body := p.do("GET", "/metadata", "", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("metadata: %d", resp.StatusCode)
+	}
+	var cs struct {
+		Rest []struct {
+			Operation []struct{ Name, Definition string } `json:"operation"`
+			Resource  []struct {
+				Type      string                              `json:"type"`
+				Operation []struct{ Name, Definition string } `json:"operation"`
+			} `json:"resource"`
+		} `json:"rest"`
+	}
+	if err := json.Unmarshal(body, &cs); err != nil || len(cs.Rest) == 0 {
+		t.Fatalf("metadata: %v", err)
+	}
+	have := map[string]string{}
+	for _, o := range cs.Rest[0].Operation {
+		have["system $"+o.Name] = o.Definition
+	}
+	for _, r := range cs.Rest[0].Resource {
+		for _, o := range r.Operation {
+			have[r.Type+" $"+o.Name] = o.Definition
+		}
+	}
+	for k, want := range map[string]string{
+		"system $export":             "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+		"Patient $export":            "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+		"Group $export":              "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+		"Group $davinci-data-export": "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export",
+		"Group $bulk-member-match":   "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch",
+		"Patient $member-match":      "http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match",
+	} {
+		if have[k] != want {
+			t.Errorf("%s: definition %q, want %q", k, have[k], want)
+		}
+	}
 }

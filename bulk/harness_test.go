@@ -288,7 +288,7 @@ func (p *payer) kickoff(method, path, token string, body any) string {
 // (complete) or fails the test.
 func (p *payer) wait(status, token string) *Manifest {
 	p.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(5 * time.Minute)
 	for time.Now().Before(deadline) {
 		resp, raw := p.do("GET", status, token, nil)
 		switch resp.StatusCode {
@@ -308,7 +308,7 @@ func (p *payer) wait(status, token string) *Manifest {
 			p.t.Fatalf("status: %d %s", resp.StatusCode, raw)
 		}
 	}
-	p.t.Fatal("the job did not finish in 60s")
+	p.t.Fatal("the job did not finish in 5 minutes")
 	return nil
 }
 
