@@ -55,6 +55,11 @@ type Config struct {
 	Sweep time.Duration
 	// MaxBody bounds a $bulk-member-match request; default 32 MiB.
 	MaxBody int64
+	// Organization returns the organizationId a backend client was
+	// registered with ("" when none, or the client is unknown): a
+	// $bulk-member-match Consent whose recipient actor names another
+	// organization cannot be honoured for that client. Nil: not checked.
+	Organization func(ctx context.Context, clientID string) string
 	// Now is the clock; default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger

@@ -130,6 +130,13 @@ func (p *payer) start(ln net.Listener) {
 	mm.Register()
 	cfg := p.cfg
 	cfg.Dir = filepath.Join(p.dir, "exports")
+	cfg.Organization = func(ctx context.Context, id string) string {
+		c, err := p.auth.Client(ctx, id)
+		if err != nil {
+			return ""
+		}
+		return c.OrganizationID
+	}
 	cfg.Logger = testLogger(t)
 	if p.ex, err = New(p.srv, mm, cfg); err != nil {
 		t.Fatal(err)
@@ -206,6 +213,21 @@ func (p *payer) backend(name string, scopes ...string) (clientID, token string) 
 	key := authtest.NewKey(p.t, jose.ES384)
 	base := "http://" + p.addr
 	clientID = authtest.MustRegister(p.t, base, adminToken, name, scopes, key)
+	return clientID, key.Token(p.t, clientID, base+auth.TokenPath, strings.Join(scopes, " "))
+}
+
+// backendOf registers a SMART Backend Services client of organization org
+// and returns its clientId and an access token.
+func (p *payer) backendOf(name, org string, scopes ...string) (clientID, token string) {
+	p.t.Helper()
+	key := authtest.NewKey(p.t, jose.ES384)
+	base := "http://" + p.addr
+	status, out := authtest.Register(p.t, base, adminToken, map[string]any{"name": name, "jwks": authtest.JWKS(key),
+		"scopes": scopes, "organizationId": org})
+	clientID, _ = out["clientId"].(string)
+	if status != http.StatusCreated || clientID == "" {
+		p.t.Fatalf("register %s: %d %v", name, status, out)
+	}
 	return clientID, key.Token(p.t, clientID, base+auth.TokenPath, strings.Join(scopes, " "))
 }
 

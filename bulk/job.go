@@ -45,6 +45,10 @@ type Job struct {
 	// $member-match records it on the Consents it stores: a
 	// payer-to-payer export checks that the member's consent names it.
 	Requester string `json:"requester,omitempty"`
+	// RequesterOrg is the organizationId the requesting backend client
+	// was registered with, when known: the recipient a member's Consent
+	// must name.
+	RequesterOrg string `json:"requesterOrg,omitempty"`
 	// Request is the kick-off URL, as the manifest repeats it.
 	Request         string    `json:"request"`
 	TransactionTime time.Time `json:"transactionTime"`

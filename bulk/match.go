@@ -11,11 +11,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/authz"
+	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
@@ -98,6 +100,9 @@ func (e *Exporter) matchKickoff(w http.ResponseWriter, r *http.Request) {
 	}
 	j := &Job{ID: fhir.NewID(), Kind: KindMatch, Owner: Owner(r.Context()), Requester: requester, Request: e.requestURL(r),
 		TransactionTime: e.now(), State: StateAccepted, Members: len(lines), Match: &MatchCounts{}}
+	if id, ok := smart.BackendClient(r.Context()); ok && e.cfg.Organization != nil {
+		j.RequesterOrg = e.cfg.Organization(r.Context(), id)
+	}
 	if err := os.MkdirAll(e.jobDir(j.ID), 0o750); err != nil {
 		fhir.WriteError(w, r, err)
 		return
@@ -264,7 +269,7 @@ func (e *Exporter) matchOne(ctx context.Context, j *Job, line []byte) (*memberOu
 	if len(ids) != 1 {
 		return o, nil
 	}
-	if err := e.match.CheckConsent(req.Consent); err != nil {
+	if err := e.match.CheckConsent(req.Consent); err != nil || !namesRecipient(req.Consent, j.RequesterOrg) {
 		o.Outcome = outcomeConstraint
 		return o, nil
 	}
@@ -279,6 +284,37 @@ func (e *Exporter) matchOne(ctx context.Context, j *Job, line []byte) (*memberOu
 		return nil, err
 	}
 	return o, nil
+}
+
+// namesRecipient reports whether a Consent's recipient actors (role IRCP,
+// "information recipient"; all its actors when none has that role) name
+// the organization org by identifier value. With no org known, or a
+// Consent whose actors carry no identifier, there is nothing to hold it
+// to and it passes.
+func namesRecipient(c map[string]any, org string) bool {
+	if org == "" {
+		return true
+	}
+	prov, _ := c["provision"].(map[string]any)
+	actors, _ := prov["actor"].([]any)
+	var recipients, all []string
+	for _, raw := range actors {
+		a, _ := raw.(map[string]any)
+		ref, _ := a["reference"].(map[string]any)
+		ident, _ := ref["identifier"].(map[string]any)
+		v, _ := ident["value"].(string)
+		if v == "" {
+			continue
+		}
+		all = append(all, v)
+		if role, ok := a["role"].(map[string]any); ok && codes(role, "IRCP") {
+			recipients = append(recipients, v)
+		}
+	}
+	if len(recipients) == 0 {
+		recipients = all
+	}
+	return len(recipients) == 0 || slices.Contains(recipients, org)
 }
 
 // matchFinish writes the three Groups (PDex PDexMemberMatchGroup and

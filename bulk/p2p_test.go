@@ -118,6 +118,10 @@ func TestBulkMemberMatchOutcomes(t *testing.T) {
 	expired := consent("permit", mdm.PolicyRegular, now.AddDate(-2, 0, 0), now.AddDate(-1, 0, 0))
 	deny := consent("deny", mdm.PolicyRegular, now.Add(-day), now.AddDate(1, 0, 0))
 	noPolicy := consent("permit", "", now.Add(-day), now.AddDate(1, 0, 0))
+	// The recipient (IRCP) it names is another payer than the one asking.
+	otherRecipient := consent("permit", mdm.PolicyRegular, now.Add(-day), now.AddDate(1, 0, 0))
+	otherRecipient["provision"].(map[string]any)["actor"].([]any)[0].(map[string]any)["reference"] =
+		map[string]any{"identifier": map[string]any{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1111111111"}}
 	rows := []struct {
 		submitted string
 		bundle    map[string]any
@@ -133,6 +137,8 @@ func TestBulkMemberMatchOutcomes(t *testing.T) {
 		{"7", memberBundle("7", "Alvarez", "Ann", "1971-02-03", "", good), outcomeNoMatch},
 		// Does not match: its expired consent does not make it constrained.
 		{"8", memberBundle("8", "Nobody", "Nia", "1991-01-01", "C-x", expired), outcomeNoMatch},
+		// HRex Consent: the requesting payer must be its recipient.
+		{"9", memberBundle("9", "Garcia", "Gus", "1975-06-07", "C-gus", otherRecipient), outcomeConstraint},
 		// The same submitted id twice: both kept, told apart.
 		{"1", memberBundle("1", "Brown", "Bea", "1972-03-04", "C-bea", good), outcomeMatched},
 	}
@@ -140,7 +146,9 @@ func TestBulkMemberMatchOutcomes(t *testing.T) {
 	for _, r := range rows {
 		bundles = append(bundles, r.bundle)
 	}
-	client, tok := p.backend("new-payer", "system/Patient.rs", "system/Coverage.rs", "system/Group.rs")
+	// The client is registered as the organization the Consents name
+	// as recipient.
+	client, tok := p.backendOf("new-payer", "9876543210", "system/Patient.rs", "system/Coverage.rs", "system/Group.rs")
 	status := p.kickoff("POST", "/Group/$bulk-member-match", tok, matchRequest(bundles...))
 	m := p.wait(status, tok)
 

@@ -185,8 +185,19 @@ func (a *app) wire() error {
 	if exportDir == "" {
 		exportDir = filepath.Join(filepath.Dir(cfg.DB), "exports")
 	}
-	if a.exports, err = bulk.New(a.fhir, mm, bulk.Config{Dir: exportDir, Retention: cfg.ExportRetention,
-		Workers: cfg.ExportWorkers, PerClient: cfg.ExportPerClient, Logger: log}); err != nil {
+	bcfg := bulk.Config{Dir: exportDir, Retention: cfg.ExportRetention,
+		Workers: cfg.ExportWorkers, PerClient: cfg.ExportPerClient, Logger: log}
+	if a.auth != nil {
+		// A Consent must name the requesting payer's organization.
+		bcfg.Organization = func(ctx context.Context, clientID string) string {
+			c, err := a.auth.Client(ctx, clientID)
+			if err != nil {
+				return ""
+			}
+			return c.OrganizationID
+		}
+	}
+	if a.exports, err = bulk.New(a.fhir, mm, bcfg); err != nil {
 		return fmt.Errorf("-export-dir: %w", err)
 	}
 	a.exports.Register()
