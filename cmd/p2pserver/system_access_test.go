@@ -13,6 +13,8 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/p2pserver/p2pserver/auth/authtest"
+	"github.com/p2pserver/p2pserver/bulk"
+	"github.com/p2pserver/p2pserver/internal/errs"
 	"github.com/p2pserver/p2pserver/oidcservers"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 )
@@ -230,5 +232,145 @@ func TestSystemAccessClientSecretBasic(t *testing.T) {
 	rep = checkSystemToken(t, target, pid)
 	if msg := strings.Join(rep.Problems, "; "); rep.OK || !strings.Contains(msg, "invalid_client") || !strings.Contains(msg, "clientSecret") {
 		t.Errorf("wrong secret: %+v", rep)
+	}
+}
+
+// flakyFirstToken hands out a token the source does not know once, then
+// the real ones: the first request is answered 401, as with a token that
+// expired or was revoked mid-exchange.
+type flakyFirstToken struct {
+	*oidcservers.SystemTokenSource
+	used        bool
+	invalidated []string
+}
+
+func (f *flakyFirstToken) Token(ctx context.Context) (oidcservers.SystemToken, error) {
+	if !f.used {
+		f.used = true
+		return oidcservers.SystemToken{AccessToken: "expired-or-revoked"}, nil
+	}
+	return f.SystemTokenSource.Token(ctx)
+}
+
+func (f *flakyFirstToken) Invalidate(tok string) {
+	f.invalidated = append(f.invalidated, tok)
+	f.SystemTokenSource.Invalidate(tok)
+}
+
+// TestBulkClientExportFromAnotherPayer: the requesting side of Bulk Data
+// Access STU 2 against a second p2pserver, with this payer's system token
+// (SMART Backend Services, jwksUrl = GET /api/jwks): kick-off with Prefer:
+// respond-async (202 + Content-Location), polling as the status answers
+// ask (Retry-After), the manifest (requiresAccessToken), the files
+// streamed line by line with the token, a resume at a line offset, a 401
+// answered by getting a new token, a file that is gone named as such,
+// and DELETE cancelling.
+func TestBulkClientExportFromAnotherPayer(t *testing.T) {
+	t.Parallel()
+	idp := oidctest.New(t)
+	source := startPayer(t, "-admin-token", testAdmin, "-secret-key", testSecretKey, "-trusted-issuers", idp.Issuer())
+	target := startPayer(t, "-admin-token", testAdmin, "-secret-key", "0000000000000000000000000000000000000000000000000000000000000004")
+	seed := map[string]string{"/fhir/Patient/p1": `{"resourceType":"Patient","id":"p1"}`}
+	for i := range 3 {
+		seed[fmt.Sprintf("/fhir/Condition/c%d", i)] = fmt.Sprintf(`{"resourceType":"Condition","id":"c%d","subject":{"reference":"Patient/p1"}}`, i)
+	}
+	for path, body := range seed {
+		if st := source.call("PUT", path, testAdmin, body, nil); st != 201 && st != 200 {
+			t.Fatalf("seed %s: %d", path, st)
+		}
+	}
+	status, out := authtest.Register(t, source.URL, testAdmin, map[string]any{"name": "Target payer",
+		"jwksUrl": target.URL + "/api/jwks", "scopes": []any{"system/*.rs"}})
+	clientID, _ := out["clientId"].(string)
+	if status != 201 {
+		t.Fatalf("register: %d %v", status, out)
+	}
+	srv := oidcservers.Server{Name: "Source", Issuer: idp.Issuer(), ClientID: "m", FHIREndpoint: source.URL + "/fhir",
+		SystemClientID: clientID, SystemScopes: "system/*.rs"}
+	ts, err := oidcservers.NewSystemTokenSource(srv, target.app.clientKeys, &http.Client{Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := &flakyFirstToken{SystemTokenSource: ts}
+	c := &bulk.Client{HTTP: &http.Client{}, Tokens: tokens, MinPoll: 50 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	statusURL, err := c.KickOff(ctx, http.MethodGet, source.URL+"/fhir/Patient/$export?_type=Patient,Condition", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tokens.invalidated) != 1 || tokens.invalidated[0] != "expired-or-revoked" {
+		t.Errorf("the 401 did not drop the token: %v", tokens.invalidated)
+	}
+	m, err := c.Wait(ctx, statusURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.RequiresAccessToken || len(m.Output) != 2 {
+		t.Fatalf("manifest: %+v", m)
+	}
+	lines := map[string][]string{}
+	for _, f := range m.Output {
+		n, err := c.Download(ctx, f.URL, m.RequiresAccessToken, 0, func(line []byte) error {
+			var r struct{ ResourceType, ID string }
+			if err := json.Unmarshal(line, &r); err != nil {
+				return err
+			}
+			if r.ResourceType != f.Type {
+				t.Errorf("a %s in the %s file", r.ResourceType, f.Type)
+			}
+			lines[f.Type] = append(lines[f.Type], r.ID)
+			return nil
+		})
+		if err != nil || n != f.Count || int64(len(lines[f.Type])) != f.Count {
+			t.Fatalf("download %s: %d lines of %d, %v", f.Type, n, f.Count, err)
+		}
+	}
+	if len(lines["Condition"]) != 3 || len(lines["Patient"]) != 1 {
+		t.Fatalf("downloaded %v", lines)
+	}
+
+	// Resume after the first line: the rest, in the same order.
+	var cond bulk.ManifestOutput
+	for _, f := range m.Output {
+		if f.Type == "Condition" {
+			cond = f
+		}
+	}
+	var rest []string
+	n, err := c.Download(ctx, cond.URL, true, 1, func(line []byte) error {
+		var r struct{ ID string }
+		_ = json.Unmarshal(line, &r)
+		rest = append(rest, r.ID)
+		return nil
+	})
+	if err != nil || n != 3 || !slices.Equal(rest, lines["Condition"][1:]) {
+		t.Errorf("resume at line 1: %d %v %v, want %v", n, rest, err, lines["Condition"][1:])
+	}
+
+	// Without the token the file is not served; a file that is not there
+	// is named as gone.
+	if _, err := c.Download(ctx, cond.URL, false, 0, func([]byte) error { return nil }); err == nil {
+		t.Error("the file was served without a token")
+	}
+	if _, err := c.Download(ctx, cond.URL+"-nothing", true, 0, func([]byte) error { return nil }); errs.KindOf(err) != errs.NotFound || !strings.Contains(err.Error(), "is gone") {
+		t.Errorf("missing file: %v", err)
+	}
+
+	// Cancel: the status URL and the files go.
+	if err := c.Cancel(ctx, statusURL); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Poll(ctx, statusURL); errs.KindOf(err) != errs.NotFound {
+		t.Errorf("status after cancel: %v", err)
+	}
+	if _, err := c.Download(ctx, cond.URL, true, 0, func([]byte) error { return nil }); errs.KindOf(err) != errs.NotFound {
+		t.Errorf("file after cancel: %v", err)
+	}
+
+	// A kick-off the source refuses comes back with its reason.
+	if _, err := c.KickOff(ctx, http.MethodGet, source.URL+"/fhir/Patient/$export?_typeFilter=Condition%3Fnope%3D1", nil); err == nil || errs.KindOf(err) != errs.Invalid {
+		t.Errorf("refused kick-off: %v", err)
 	}
 }
