@@ -295,3 +295,55 @@ func TestConcurrentWriters(t *testing.T) {
 		t.Errorf("shared patient has %v versions, want 2", h.JSON["total"])
 	}
 }
+
+// TestConditionalUpdateMatchingNothing: FHIR R4 http.html#cond-update,
+// "No matches, id provided: The server treats the interaction as an Update
+// as Create" — a create with the client's id. When that id is an existing
+// resource the condition did not match, writing over it would replace
+// what the condition did not select: refused with 409, as FHIR R5 states
+// ("No matches, id provided and already exist: ... 409 Conflict"), over
+// REST and in a transaction alike. A new id, or a deleted resource's, is
+// created.
+func TestConditionalUpdateMatchingNothing(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		id     string
+		status int
+	}{
+		{"the id of an existing resource the condition does not match", "other", http.StatusConflict},
+		{"a new id", "fresh", http.StatusCreated},
+		{"the id of a deleted resource", "gone", http.StatusCreated},
+	} {
+		for _, how := range []string{"REST", "transaction"} {
+			t.Run(how+": "+c.name, func(t *testing.T) {
+				ts := newServer(t)
+				ts.do(http.MethodPut, "/Patient/other", `{"resourceType":"Patient","id":"other","gender":"female","identifier":[{"system":"urn:mrn","value":"1"}]}`).want(t, http.StatusCreated)
+				ts.do(http.MethodPut, "/Patient/gone", `{"resourceType":"Patient","id":"gone"}`).want(t, http.StatusCreated)
+				ts.do(http.MethodDelete, "/Patient/gone", nil).want(t, http.StatusOK)
+				body := `{"resourceType":"Patient","id":"` + c.id + `","gender":"male","identifier":[{"system":"urn:mrn","value":"99"}]}`
+				if how == "REST" {
+					ts.do(http.MethodPut, "/Patient?identifier=urn:mrn|99", body).want(t, c.status)
+				} else {
+					want := http.StatusOK
+					if c.status == http.StatusConflict {
+						want = c.status
+					}
+					ts.do(http.MethodPost, "/", `{"resourceType":"Bundle","type":"transaction","entry":[{"resource":`+body+
+						`,"request":{"method":"PUT","url":"Patient?identifier=urn:mrn|99"}}]}`).want(t, want)
+				}
+				other := ts.do(http.MethodGet, "/Patient/other", nil).want(t, http.StatusOK)
+				if other.JSON["gender"] != "female" || other.JSON["meta"].(map[string]any)["versionId"] != "1" {
+					t.Errorf("Patient/other, which the condition did not match, was written over: %s", other.Body)
+				}
+				found := ts.do(http.MethodGet, "/Patient?identifier=urn:mrn|99", nil).want(t, http.StatusOK)
+				wantTotal := json.Number("1")
+				if c.status == http.StatusConflict {
+					wantTotal = "0"
+				}
+				if found.JSON["total"] != wantTotal {
+					t.Errorf("%v resources hold the new identifier, want %v", found.JSON["total"], wantTotal)
+				}
+			})
+		}
+	}
+}

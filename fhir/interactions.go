@@ -237,6 +237,8 @@ func (s *Server) applyUpdate(tx *store.Tx, rq *request) (*response, error) {
 				doc.ID = NewID()
 				doc.Entries = nil
 				assigned = true
+			} else if err := noUnmatchedOverwrite(tx, rq.Type, doc.ID); err != nil {
+				return nil, err
 			}
 			id = doc.ID
 		case 1:
@@ -367,4 +369,21 @@ func (s *Server) Put(tx *store.Tx, doc *store.Doc, ifMatch int64) (*store.Versio
 		return nil, err
 	}
 	return s.put(tx, doc, before, store.PutOptions{IfMatch: ifMatch}, nil)
+}
+
+// noUnmatchedOverwrite refuses a conditional update that matched nothing
+// but names, in its resource, the id of a resource that exists: R4's "no
+// matches, id provided" is an update as create (http.html#cond-update),
+// a create with the client's id; writing over an existing resource the
+// condition did not match would replace what the client did not ask to
+// replace. FHIR R5 says so explicitly: "No matches, id provided and
+// already exist: the server rejects the update with a 409 Conflict". A
+// deleted resource may be created again.
+func noUnmatchedOverwrite(tx *store.Tx, typ, id string) error {
+	v, err := tx.Read(typ, id)
+	if err != nil || v == nil || v.Deleted {
+		return nil
+	}
+	return errs.E("fhir.update", errs.Conflict, fmt.Sprintf(
+		"the condition matched no resource, but %s/%s, named by the resource's id, exists and does not match it; a conditional update that matches nothing may only create (FHIR R4 http.html#cond-update)", typ, id))
 }
