@@ -374,3 +374,41 @@ func TestBulkClientExportFromAnotherPayer(t *testing.T) {
 		t.Errorf("refused kick-off: %v", err)
 	}
 }
+
+// TestSystemTokenRenewedBeforeExpiry: a cached system token is reused
+// only while it stays valid for more than a margin of 30 seconds; one that
+// expires sooner (here the source's tokens live 30 seconds) is replaced
+// before it is handed out, so no request leaves with a token about to
+// lapse.
+func TestSystemTokenRenewedBeforeExpiry(t *testing.T) {
+	t.Parallel()
+	idp := oidctest.New(t)
+	source := startPayer(t, "-admin-token", testAdmin, "-secret-key", testSecretKey, "-trusted-issuers", idp.Issuer(), "-token-lifetime", "30s")
+	target := startPayer(t, "-admin-token", testAdmin, "-secret-key", "0000000000000000000000000000000000000000000000000000000000000005")
+	status, out := authtest.Register(t, source.URL, testAdmin, map[string]any{"name": "Target payer",
+		"jwksUrl": target.URL + "/api/jwks", "scopes": []any{"system/Patient.rs"}})
+	if status != 201 {
+		t.Fatalf("register: %d %v", status, out)
+	}
+	srv := oidcservers.Server{Name: "Source", Issuer: idp.Issuer(), ClientID: "m", FHIREndpoint: source.URL + "/fhir",
+		SystemClientID: out["clientId"].(string), SystemScopes: "system/Patient.rs"}
+	ts, err := oidcservers.NewSystemTokenSource(srv, target.app.clientKeys, &http.Client{Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	first, err := ts.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := ts.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.AccessToken == second.AccessToken {
+		t.Error("a token valid for 30 seconds or less was handed out again")
+	}
+	if first.Expiry.IsZero() || first.Expiry.After(time.Now().Add(31*time.Second)) {
+		t.Errorf("expiry %v, want within 30 seconds", first.Expiry)
+	}
+}
