@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/p2pserver/p2pserver/fhir/authz"
+	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
@@ -108,7 +109,7 @@ func (s *Server) read(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, errs.E("fhir.read", errs.NotFound, err))
 		return
 	}
-	s.do(w, r, &request{Method: http.MethodGet, Type: typ, ID: id})
+	s.readShaped(w, r, &request{Method: http.MethodGet, Type: typ, ID: id})
 }
 
 func (s *Server) vread(w http.ResponseWriter, r *http.Request) {
@@ -117,7 +118,59 @@ func (s *Server) vread(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, errs.E("fhir.vread", errs.NotFound, err))
 		return
 	}
-	s.do(w, r, &request{Method: http.MethodGet, Type: typ, ID: id, VID: chi.URLParam(r, "vid")})
+	s.readShaped(w, r, &request{Method: http.MethodGet, Type: typ, ID: id, VID: chi.URLParam(r, "vid")})
+}
+
+// readShaped serves a read or vread, applying _summary and _elements when
+// asked (FHIR R4 search.html#summary and #elements apply to read as to
+// search): the resource cut down as a search would return it, with the
+// SUBSETTED tag. _summary=count is for searches only and is refused, as is
+// an _elements naming no element of the type: what is asked is done or
+// refused, never ignored.
+func (s *Server) readShaped(w http.ResponseWriter, r *http.Request, rq *request) {
+	query := r.URL.Query()
+	shape := url.Values{}
+	for _, k := range []string{"_summary", "_elements"} {
+		if vs, ok := query[k]; ok {
+			shape[k] = vs
+		}
+	}
+	if len(shape) == 0 || !s.model.IsResource(rq.Type) {
+		s.do(w, r, rq)
+		return
+	}
+	q, err := s.reg.Parse(rq.Type, shape, search.Options{Base: s.cfg.BaseURL})
+	if err == nil && q.Summary == "count" {
+		err = errs.E("fhir.read", errs.Invalid, "_summary=count is for searches; a read returns the resource (use _summary=true, text, data or false)")
+	}
+	if err != nil {
+		WriteError(w, r, err)
+		return
+	}
+	var res *response
+	err = s.store.View(r.Context(), func(tx *store.Tx) error {
+		var err error
+		res, err = s.apply(tx, rq)
+		return err
+	})
+	if err != nil {
+		if res != nil && res.Version != nil && errs.Is(err, errs.Gone) {
+			setVersionHeaders(w, res.Version)
+		}
+		WriteError(w, r, err)
+		return
+	}
+	if res.Body != nil || res.Version == nil || res.Version.Deleted {
+		s.respond(w, r, res)
+		return
+	}
+	body, err := s.shapeResource(res.Version.JSON, rq.Type, q.Summary, q.Elements)
+	if err != nil {
+		WriteError(w, r, err)
+		return
+	}
+	setVersionHeaders(w, res.Version)
+	writeBody(w, res.Status, body)
 }
 
 // body reads and parses the resource of a create or update.

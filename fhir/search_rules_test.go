@@ -382,3 +382,51 @@ func TestSearchSummaryAndElements(t *testing.T) {
 		}
 	}
 }
+
+// TestReadSummaryAndElements: _summary and _elements apply to read and
+// vread as to search (FHIR R4 search.html#summary, #elements): the
+// resource read is the one a search with the same parameter returns, cut
+// down and tagged SUBSETTED; _summary=count (search only) and an unknown
+// element are refused, never ignored.
+func TestReadSummaryAndElements(t *testing.T) {
+	ts := newServer(t)
+	loadFixtures(t, ts, summaryFixtures)
+	for _, c := range []struct {
+		path, params string
+		status       int
+	}{
+		{"/Patient/ps", "_summary=true", http.StatusOK},
+		{"/Patient/ps", "_summary=text", http.StatusOK},
+		{"/Patient/ps", "_summary=data", http.StatusOK},
+		{"/Patient/ps", "_elements=name,birthDate", http.StatusOK},
+		{"/Observation/os", "_elements=value", http.StatusOK},
+		{"/Observation/os", "_summary=true", http.StatusOK},
+		{"/Observation/os/_history/1", "_elements=subject", http.StatusOK},
+		{"/Patient/ps", "_summary=count", http.StatusBadRequest},
+		{"/Patient/ps", "_elements=colour", http.StatusBadRequest},
+		{"/Patient/ps", "_summary=true&_elements=name", http.StatusBadRequest},
+	} {
+		t.Run(c.path+"?"+c.params, func(t *testing.T) {
+			r := ts.do(http.MethodGet, c.path+"?"+c.params, nil).want(t, c.status)
+			if c.status != http.StatusOK {
+				r.outcome(t)
+				return
+			}
+			if !subsettedTag(r.JSON) {
+				t.Errorf("no SUBSETTED tag: %s", r.Body)
+			}
+			typ, rest, _ := strings.Cut(strings.TrimPrefix(c.path, "/"), "/")
+			id, _, _ := strings.Cut(rest, "/")
+			s := ts.do(http.MethodGet, "/"+typ+"?_id="+id+"&"+c.params, nil).want(t, http.StatusOK)
+			want := s.JSON["entry"].([]any)[0].(map[string]any)["resource"].(map[string]any)
+			if got, w := keysOf(r.JSON), keysOf(want); !slices.Equal(got, w) {
+				t.Errorf("read has %v, the search's resource %v", got, w)
+			}
+			gotJSON, _ := json.Marshal(r.JSON)
+			wantJSON, _ := json.Marshal(want)
+			if string(gotJSON) != string(wantJSON) {
+				t.Errorf("read %s\nsearch %s", gotJSON, wantJSON)
+			}
+		})
+	}
+}
