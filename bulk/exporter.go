@@ -298,13 +298,6 @@ func (e *Exporter) stopRun(id string) {
 	}
 }
 
-// isRunning reports whether a slice of job id is under way here.
-func (e *Exporter) isRunning(id string) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.running[id] != nil
-}
-
 // slice runs one slice of job id; more is true when the job has work
 // left.
 func (e *Exporter) slice(ctx context.Context, id string) (more bool) {
