@@ -14,6 +14,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/netguard"
 	"github.com/p2pserver/p2pserver/internal/secrets"
+	"github.com/p2pserver/p2pserver/internal/slots"
 	"github.com/p2pserver/p2pserver/mdm"
 	"github.com/p2pserver/p2pserver/oidcservers"
 )
@@ -24,6 +25,10 @@ type Config struct {
 	// Jobs take turns page by page, so more jobs than workers all advance.
 	// Default 4.
 	Workers int
+	// Slots, when set, is the pool of work slots the batch jobs share
+	// with the other job runners (Bulk Data jobs): a page is worked on
+	// only with a slot. Nil: only Workers bounds them.
+	Slots *slots.Slots
 	// VersionedReferences makes each page's Provenance target the exact
 	// versions written (Type/id/_history/n) rather than the resources.
 	VersionedReferences bool
@@ -340,7 +345,12 @@ func (r *Runner) worker() {
 		if rn == nil {
 			return
 		}
+		// The slot is shared with the other job runners (Config.Slots).
+		if err := r.cfg.Slots.Acquire(r.ctx); err != nil {
+			return
+		}
 		delay, done := r.advance(rn)
+		r.cfg.Slots.Release()
 		if r.ctx.Err() != nil {
 			return
 		}

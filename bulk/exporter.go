@@ -13,6 +13,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/slots"
 	"github.com/p2pserver/p2pserver/mdm"
 )
 
@@ -39,6 +40,11 @@ type Config struct {
 	Retention time.Duration
 	// Workers is how many jobs run at once; default 2.
 	Workers int
+	// Slots, when set, is the pool of work slots the Bulk Data jobs share
+	// with the other job runners (batch jobs): a slice runs only with a
+	// slot, and waiting runners get one in turn. Nil: only Workers bounds
+	// them.
+	Slots *slots.Slots
 	// PerClient is how many unfinished jobs one client may have; a kick-off
 	// beyond it is refused with 429 (-export-per-client); default 2.
 	PerClient int
@@ -248,7 +254,14 @@ func (e *Exporter) worker() {
 		if !ok {
 			return
 		}
+		if err := e.cfg.Slots.Acquire(ctx); err != nil {
+			e.mu.Lock()
+			delete(e.running, id)
+			e.mu.Unlock()
+			return
+		}
 		more := e.slice(ctx, id)
+		e.cfg.Slots.Release()
 		if e.cfg.afterSlice != nil {
 			var j *Job
 			_ = e.st.View(ctx, func(tx *store.Tx) (err error) {

@@ -27,6 +27,7 @@ import (
 	"github.com/p2pserver/p2pserver/internal/httpapi"
 	"github.com/p2pserver/p2pserver/internal/netguard"
 	"github.com/p2pserver/p2pserver/internal/secrets"
+	"github.com/p2pserver/p2pserver/internal/slots"
 	"github.com/p2pserver/p2pserver/mdm"
 	"github.com/p2pserver/p2pserver/notify"
 	"github.com/p2pserver/p2pserver/notify/addpayer"
@@ -54,6 +55,7 @@ type app struct {
 	notifyAPI *notify.API
 	runner    *batch.Runner
 	exports   *bulk.Exporter
+	slots     *slots.Slots // shared by the batch and Bulk Data jobs
 	batchAPI  *batch.API
 	elig      *eligibility.Service
 	healthie  *healthie.Healthie // nil when not configured
@@ -179,6 +181,10 @@ func (a *app) wire() error {
 	}
 	mm.Register()
 
+	// Batch jobs and Bulk Data jobs share -batch-workers slots of work,
+	// taken in turn: neither kind starves the other.
+	a.slots = slots.New(cfg.BatchWorkers)
+
 	// Bulk Data exports and $bulk-member-match, their files beside the
 	// database unless -export-dir says otherwise.
 	exportDir := cfg.ExportDir
@@ -186,7 +192,7 @@ func (a *app) wire() error {
 		exportDir = filepath.Join(filepath.Dir(cfg.DB), "exports")
 	}
 	bcfg := bulk.Config{Dir: exportDir, Retention: cfg.ExportRetention,
-		Workers: cfg.ExportWorkers, PerClient: cfg.ExportPerClient, Logger: log}
+		Workers: cfg.ExportWorkers, PerClient: cfg.ExportPerClient, Slots: a.slots, Logger: log}
 	if a.auth != nil {
 		// A Consent must name the requesting payer's organization.
 		bcfg.Organization = func(ctx context.Context, clientID string) string {
@@ -237,7 +243,7 @@ func (a *app) wire() error {
 	a.notifyAPI = notify.NewAPI(a.notify, a.admin.Require("admin"), log)
 
 	// P2P batch jobs.
-	if a.runner, err = batch.New(a.fhir, oidcRepo, cipher, batch.Config{Workers: cfg.BatchWorkers, Outbound: outbound,
+	if a.runner, err = batch.New(a.fhir, oidcRepo, cipher, batch.Config{Workers: cfg.BatchWorkers, Slots: a.slots, Outbound: outbound,
 		VersionedReferences: cfg.VersionedReferences, MDMIdentifierSystem: cfg.MDMIdentifierSystem,
 		MaxPages: cfg.BatchMaxPages, MaxResources: cfg.BatchMaxResources, Logger: log}); err != nil {
 		return err
