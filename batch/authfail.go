@@ -112,17 +112,28 @@ func authParam(item string) (name, value string, isParam bool) {
 // verifying it (the source payer does that): whether it is a JWT, and
 // then its exp and aud.
 type tokenFacts struct {
-	jwt bool
-	exp time.Time
-	aud []string
+	jwt       bool
+	encrypted bool // a JWE (RFC 7516 compact form): its claims cannot be read here
+	exp       time.Time
+	aud       []string
 }
 
 func readToken(tok string) tokenFacts {
 	parts := strings.Split(tok, ".")
+	if len(parts) == 5 {
+		var h struct {
+			Enc string `json:"enc"`
+		}
+		if raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[0], "=")); err == nil && json.Unmarshal(raw, &h) == nil && h.Enc != "" {
+			return tokenFacts{encrypted: true}
+		}
+	}
 	if len(parts) != 3 {
 		return tokenFacts{}
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	// Some issuers pad their base64url; RFC 7515 does not, but the claims
+	// read the same.
+	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
 	if err != nil {
 		return tokenFacts{}
 	}
@@ -134,8 +145,9 @@ func readToken(tok string) tokenFacts {
 		return tokenFacts{}
 	}
 	f := tokenFacts{jwt: true}
-	if n, err := c.Exp.Int64(); err == nil && n > 0 {
-		f.exp = time.Unix(n, 0)
+	// A NumericDate may have a fraction (RFC 7519 section 2).
+	if n, err := c.Exp.Float64(); err == nil && n > 0 && n < 1<<40 {
+		f.exp = time.Unix(int64(n), 0)
 	}
 	var one string
 	if json.Unmarshal(c.Aud, &one) == nil && one != "" {
@@ -166,13 +178,37 @@ const (
 	refusedOther                           // another error code (invalid_request...)
 )
 
+// expiredWord finds "expired" in a description, with its negation
+// ("not expired", "unexpired") when there is one; orWord finds a
+// description that lists causes as alternatives, such as RFC 6750's own
+// "The access token provided is expired, revoked, malformed, or invalid
+// for other reasons", which does not say which one it is.
+var (
+	expiredWord = regexp.MustCompile(`(?i)\b(not |un)?expired\b`)
+	orWord      = regexp.MustCompile(`(?i)\bor\b`)
+)
+
+// saysExpired reports whether a description says that the token has
+// expired, and only that.
+func saysExpired(desc string) bool {
+	if orWord.MatchString(desc) {
+		return false
+	}
+	for _, m := range expiredWord.FindAllStringSubmatch(desc, -1) {
+		if m[1] == "" {
+			return true
+		}
+	}
+	return false
+}
+
 func classify(ch challenge, facts tokenFacts, now time.Time) refusalCause {
 	switch {
 	case ch.code == "insufficient_scope":
 		return refusedScope
 	case audienceWord.MatchString(ch.description):
 		return refusedAudience
-	case strings.Contains(strings.ToLower(ch.description), "expired") || (!facts.exp.IsZero() && !facts.exp.After(now)):
+	case saysExpired(ch.description) || (!facts.exp.IsZero() && !facts.exp.After(now)):
 		return refusedExpired
 	case ch.code == "invalid_token":
 		return refusedInvalid
@@ -221,7 +257,10 @@ func unauthorized(h http.Header, accessToken, url string, canRefresh, refreshed 
 		return &fetchFailure{retry: true, after: -1, reason: why + "; refreshing it"}
 	}
 	opaque := ""
-	if !facts.jwt {
+	switch {
+	case facts.encrypted:
+		opaque = " The token is an encrypted JWT (JWE), whose expiry this server cannot read."
+	case !facts.jwt:
 		opaque = " The token is not a JWT (an opaque token)."
 	}
 	switch classify(ch, facts, now) {

@@ -76,6 +76,33 @@ func TestUnauthorizedNamesTheCause(t *testing.T) {
 			[]string{"signature", "refreshing"}, "has expired"},
 		{"bare 401 after a refresh", h(`Bearer realm="x"`), jwt(now.Add(time.Hour)), true, true, false, false,
 			[]string{"without saying why", "has not expired", "freshly refreshed"}, "has expired"},
+		// RFC 6750 section 3.1's own wording for invalid_token lists causes
+		// as alternatives: it does not say the token expired, and the
+		// token's exp (an hour ahead) says it did not; the member's request
+		// is not ended for it.
+		{"RFC 6750's invalid_token text, token not expired, no refresh token", h(`Bearer error="invalid_token", error_description="The access token provided is expired, revoked, malformed, or invalid for other reasons."`),
+			jwt(now.Add(time.Hour)), false, false, false, false,
+			[]string{"expired, revoked, malformed", "has not expired", "no refresh token"}, "has expired"},
+		{"RFC 6750's invalid_token text, token expired by exp, no refresh token", h(`Bearer error="invalid_token", error_description="The access token provided is expired, revoked, malformed, or invalid for other reasons."`),
+			jwt(now.Add(-time.Hour)), false, false, false, true,
+			[]string{"has expired at", "the member must authorize again"}, ""},
+		{"RFC 6750's invalid_token text, opaque token, no refresh token", h(`Bearer error="invalid_token", error_description="The access token provided is expired, revoked, malformed, or invalid for other reasons."`),
+			"opaque", false, false, false, false,
+			[]string{"expired, revoked, malformed", "opaque token"}, "has expired"},
+		{"a description that denies expiry", h(`Bearer error="invalid_token", error_description="token not expired; bad signature"`), jwt(now.Add(time.Hour)), false, false, false, false,
+			[]string{"bad signature", "has not expired"}, "has expired"},
+		{"an encrypted token (JWE), no refresh token", h(`Bearer error="invalid_token", error_description="cannot decrypt"`),
+			b64(`{"alg":"RSA-OAEP","enc":"A256GCM"}`) + ".a2V5.aXY.Y2lwaGVy.dGFn", false, false, false, false,
+			[]string{"cannot decrypt", "encrypted JWT (JWE)"}, "opaque"},
+		{"exp with a fraction, expired, bare 401, no refresh token", h(`Bearer realm="x"`),
+			"eyJhbGciOiJSUzI1NiJ9." + b64(fmt.Sprintf(`{"exp":%d.5}`, now.Add(-time.Hour).Unix())) + ".c2ln", false, false, false, true,
+			[]string{"has expired at " + now.Add(-time.Hour).UTC().Format(time.RFC3339), "the member must authorize again"}, ""},
+		{"claims padded with =, expired, bare 401, no refresh token", h(`Bearer realm="x"`),
+			"eyJhbGciOiJSUzI1NiJ9." + base64.URLEncoding.EncodeToString([]byte(fmt.Sprintf(`{"exp": %d}`, now.Add(-time.Hour).Unix()))) + ".c2ln", false, false, false, true,
+			[]string{"has expired at", "the member must authorize again"}, ""},
+		{"quotes, non-ASCII and control characters in the description", h(`Bearer error="invalid_token", error_description="jeton \"inconnu\" — signature non vérifiée` + "\x01" + `"`),
+			jwt(now.Add(time.Hour)), false, false, false, false,
+			[]string{`jeton "inconnu" — signature non vérifiée`}, "\x01"},
 	} {
 		ff := unauthorized(c.header, c.token, "https://a.example/fhir/Patient/1", c.canRefresh, c.refreshed, now)
 		if ff.retry != c.retry || ff.final != c.final {
