@@ -98,3 +98,69 @@ func TestInvalidEntryBatchVersusTransaction(t *testing.T) {
 		t.Errorf("a refused batch wrote %v patients", n)
 	}
 }
+
+// TestBatchEntriesReferringToEachOther: in a batch, "there SHALL be no
+// interdependencies between the different entries in the Bundle that
+// cause change on the server … Servers SHOULD validate that this is the
+// case" (FHIR R4 http.html, 3.1.0.11.1 "Batch Processing Rules"). An entry
+// whose resource refers to another entry's fullUrl would be stored with a
+// reference to nothing, whether that entry failed or not: it fails with
+// 400 on its own. A reference that names no entry is stored as sent, as a
+// plain create stores it; the same entries in a transaction are resolved.
+func TestBatchEntriesReferringToEachOther(t *testing.T) {
+	const uuid = "urn:uuid:5b0e4fd2-8e64-4a57-9e0e-1d0c3b5e2c11"
+	patient := func(fullURL, birthDate string) string {
+		return `{"fullUrl":"` + fullURL + `","resource":{"resourceType":"Patient","birthDate":"` + birthDate + `"},"request":{"method":"POST","url":"Patient"}}`
+	}
+	obs := func(method, url, ref string) string {
+		return `{"resource":{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"` + ref + `"}},"request":{"method":"` + method + `","url":"` + url + `"}}`
+	}
+	for _, c := range []struct {
+		name      string
+		entries   []string
+		want      []string
+		says      string
+		txResolve bool // the same entries as a transaction succeed
+	}{
+		{"refers to an entry that failed", []string{patient(uuid, "not-a-date"), obs("POST", "Observation", uuid)},
+			[]string{"400 Bad Request", "400 Bad Request"}, "is the fullUrl of entry 0", false},
+		{"refers to an entry that succeeded", []string{patient(uuid, "1970-01-01"), obs("POST", "Observation", uuid)},
+			[]string{"201 Created", "400 Bad Request"}, "is the fullUrl of entry 0", true},
+		{"refers to a later entry, by PUT", []string{obs("PUT", "Observation/o1", uuid), patient(uuid, "1970-01-01")},
+			[]string{"400 Bad Request", "201 Created"}, "is the fullUrl of entry 1", true},
+		{"refers to an absolute RESTful fullUrl", []string{patient("http://example.org/fhir/Patient/p9", "1970-01-01"), obs("POST", "Observation", "http://example.org/fhir/Patient/p9")},
+			[]string{"201 Created", "400 Bad Request"}, "is the fullUrl of entry 0", true},
+		{"a urn:uuid reference that names no entry is stored as sent", []string{patient(uuid, "1970-01-01"), obs("POST", "Observation", "urn:uuid:00000000-0000-4000-8000-000000000000")},
+			[]string{"201 Created", "201 Created"}, "", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ts := newServer(t)
+			entries := strings.Join(c.entries, ",")
+			r := ts.do(http.MethodPost, "/", `{"resourceType":"Bundle","type":"batch","entry":[`+entries+`]}`).want(t, http.StatusOK)
+			got := r.JSON["entry"].([]any)
+			for i, want := range c.want {
+				resp := got[i].(map[string]any)["response"].(map[string]any)
+				if resp["status"] != want {
+					t.Errorf("entry %d: %v, want %s (%v)", i, resp["status"], want, resp["outcome"])
+				}
+				if want == "400 Bad Request" && c.says != "" && strings.Contains(fmt.Sprint(c.entries[i]), "Observation") &&
+					!strings.Contains(fmt.Sprint(resp["outcome"]), c.says) {
+					t.Errorf("entry %d's outcome does not say %q: %v", i, c.says, resp["outcome"])
+				}
+			}
+			stored := ts.do(http.MethodGet, "/Observation?_summary=count", nil).JSON["total"]
+			if wantObs := strings.Count(strings.Join(c.want, ","), "201") - strings.Count(entries, `"Patient","birthDate":"1970`); fmt.Sprint(stored) != fmt.Sprint(wantObs) {
+				t.Errorf("%v Observations stored, want %d", stored, wantObs)
+			}
+			if !c.txResolve {
+				return
+			}
+			ts = newServer(t)
+			ts.do(http.MethodPost, "/", `{"resourceType":"Bundle","type":"transaction","entry":[`+entries+`]}`).want(t, http.StatusOK)
+			o := ts.do(http.MethodGet, "/Observation", nil)
+			if !strings.Contains(string(o.Body), `"reference":"Patient/`) {
+				t.Errorf("the transaction did not resolve the reference: %s", o.Body)
+			}
+		})
+	}
+}

@@ -173,7 +173,13 @@ func (s *Server) parseEntries(wb *wireBundle, invalid map[int]error, batch bool)
 				return nil, errs.E("fhir.transaction", errs.KindOf(err), msg+"; nothing was written", issues, err)
 			}
 			status, oo := Outcome(err)
-			te = &txEntry{index: i, res: &response{Status: status, Outcome: oo}}
+			// Its fullUrl is kept, so that an entry referring to it
+			// is refused too (see batch).
+			var fu struct {
+				FullURL string `json:"fullUrl"`
+			}
+			_ = json.Unmarshal(rawEntry, &fu)
+			te = &txEntry{index: i, fullURL: fu.FullURL, res: &response{Status: status, Outcome: oo}}
 		}
 		out[i] = te
 	}
@@ -479,7 +485,21 @@ func entryErr(e *txEntry, err error) error {
 
 // batch processes each entry on its own; a failure is that entry's
 // response and does not affect the others.
+//
+// The entries of a batch are independent (FHIR R4 http.html, "Batch
+// Processing Rules": "there SHALL be no interdependencies between the
+// different entries in the Bundle that cause change on the server …
+// Servers SHOULD validate that this is the case"): an entry whose resource
+// refers to the fullUrl of another entry fails with 400, since that
+// reference would be stored as it is, pointing at nothing (only a
+// transaction replaces fullUrls with the ids it writes).
 func (s *Server) batch(r *http.Request, entries []*txEntry) {
+	fullURLs := make(map[string]int, len(entries))
+	for _, e := range entries {
+		if e.fullURL != "" {
+			fullURLs[e.fullURL] = e.index
+		}
+	}
 	for _, e := range entries {
 		if e.res != nil {
 			continue // refused when read (parseEntries)
@@ -491,6 +511,9 @@ func (s *Server) batch(r *http.Request, entries []*txEntry) {
 			doc, err = s.entryResource(e)
 			if err == nil {
 				err = s.refuseConditionalRefs(doc.JSON, doc.Type)
+			}
+			if err == nil {
+				err = batchIndependent(doc, e, fullURLs)
 			}
 			if err == nil {
 				if e.method == http.MethodPost {
@@ -519,6 +542,33 @@ func (s *Server) batch(r *http.Request, entries []*txEntry) {
 			e.res = &response{Status: status, Outcome: oo}
 		}
 	}
+}
+
+// batchIndependent refuses a batch entry whose resource refers to the
+// fullUrl of another entry of the batch (see batch).
+func batchIndependent(doc *store.Doc, e *txEntry, fullURLs map[string]int) error {
+	if len(fullURLs) == 0 {
+		return nil
+	}
+	var issues []errs.Issue
+	walkReferences(doc.Map, func(ref string) {
+		target, _, _ := strings.Cut(ref, "#")
+		if j, ok := fullURLs[target]; ok && j != e.index && len(issues) < 10 {
+			issues = append(issues, errs.Issue{Code: "business-rule", Path: fmt.Sprintf("Bundle.entry[%d].resource", e.index),
+				Message: fmt.Sprintf("the reference %q is the fullUrl of entry %d: the entries of a batch are independent and their references are not resolved to each other (FHIR R4 http.html, batch processing rules); send these entries in a transaction", clipRef(ref), j)})
+		}
+	})
+	if len(issues) > 0 {
+		return errs.E("fhir.batch", errs.Invalid, fmt.Sprintf("entry %d refers to another entry of the batch", e.index), issues)
+	}
+	return nil
+}
+
+func clipRef(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "…"
+	}
+	return s
 }
 
 // entryResource decodes a batch entry's resource, validated already with

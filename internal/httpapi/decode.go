@@ -10,6 +10,8 @@ import (
 	"mime"
 	"net/http"
 	"reflect"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -89,6 +91,12 @@ func DecodeJSONFields(r *http.Request, maxBytes int64, dst any) (fields map[stri
 		return nil, Errorf(http.StatusInternalServerError, CodeInternal, internalMessage)
 	}
 	fields = map[string]string{}
+	// A name sent twice in one object is ambiguous: encoding/json keeps
+	// the last value and drops the other without a word (RFC 8259
+	// section 4: names SHOULD be unique, and receivers differ).
+	for _, p := range duplicateNames(body, MaxFields+1) {
+		fields[p] = "appears more than once in its object: send each field once"
+	}
 	if !checkValue(t.Elem(), tree, "", fields) {
 		if msg, ok := fields[""]; ok {
 			return nil, Errorf(http.StatusBadRequest, CodeInvalid, "request body %s", msg)
@@ -194,20 +202,33 @@ func checkValue(t reflect.Type, v any, path string, fields map[string]string) bo
 			return false
 		}
 		known := jsonFields(t)
-		for k, e := range obj {
+		// encoding/json matches names without regard to case, so "name"
+		// and "Name" are one field sent twice.
+		sent := map[string]string{}
+		for _, k := range sortedKeys(obj) {
+			e := obj[k]
 			ft, ok := known[k]
+			field := k
 			if !ok {
 				for name, typ := range known {
 					if strings.EqualFold(name, k) {
-						ft, ok = typ, true
+						ft, ok, field = typ, true, name
 						break
 					}
 				}
+			}
+			other, twice := sent[field]
+			if ok {
+				sent[field] = k
 			}
 			switch {
 			case !ok:
 				fields[join(path, k)] = "unknown field"
 				delete(obj, k)
+			case twice:
+				fields[join(path, k)] = fmt.Sprintf("is the field %q again (names are matched without regard to case): send each field once", other)
+				delete(obj, k)
+				delete(obj, other)
 			case !checkValue(ft, e, join(path, k), fields):
 				delete(obj, k)
 			}
@@ -215,6 +236,62 @@ func checkValue(t reflect.Type, v any, path string, fields map[string]string) bo
 		return true
 	}
 	return true
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// duplicateNames returns the JSON paths (as checkValue writes them) of
+// the names that appear more than once in one object of body, at most
+// limit of them. body is valid JSON.
+func duplicateNames(body []byte, limit int) []string {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var out []string
+	var walk func(path string) error
+	walk = func(path string) error {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'):
+			seen := map[string]bool{}
+			for dec.More() {
+				kt, err := dec.Token()
+				if err != nil {
+					return err
+				}
+				k, _ := kt.(string)
+				p := join(path, k)
+				if seen[k] && len(out) < limit && !slices.Contains(out, p) {
+					out = append(out, p)
+				}
+				seen[k] = true
+				if err := walk(p); err != nil {
+					return err
+				}
+			}
+		case json.Delim('['):
+			for i := 0; dec.More(); i++ {
+				if err := walk(fmt.Sprintf("%s[%d]", path, i)); err != nil {
+					return err
+				}
+			}
+		default:
+			return nil
+		}
+		_, err = dec.Token() // the closing delimiter
+		return err
+	}
+	_ = walk("")
+	return out
 }
 
 // expect records that the value at path is not what t takes, unless ok.

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sort"
 	"strconv"
 	"time"
 
@@ -87,12 +88,38 @@ type errorJSON struct {
 //     an internal one is logged;
 //   - anything else is logged with slog.Default and answered with a 500 whose
 //     message says nothing about the cause.
+//
+// At most MaxFields fields are listed, the first in the order of their
+// names; the message says how many more there are.
 func WriteError(w http.ResponseWriter, err error) {
-	e := toError(err)
+	e := bounded(toError(err))
 	if d := errs.RetryAfterOf(err); d > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((d+time.Second-1)/time.Second)))
 	}
 	WriteJSON(w, e.Status, errorBody{Error: errorJSON{Code: e.Code, Message: e.Message, Fields: e.Fields}})
+}
+
+// MaxFields is the most field problems one error answer lists, so that
+// the answer to a body with thousands of bad fields stays small.
+const MaxFields = 100
+
+// bounded returns e with at most MaxFields fields.
+func bounded(e *Error) *Error {
+	if len(e.Fields) <= MaxFields {
+		return e
+	}
+	names := make([]string, 0, len(e.Fields))
+	for f := range e.Fields {
+		names = append(names, f)
+	}
+	sort.Strings(names)
+	out := *e
+	out.Fields = make(map[string]string, MaxFields)
+	for _, f := range names[:MaxFields] {
+		out.Fields[f] = e.Fields[f]
+	}
+	out.Message = fmt.Sprintf("%s (%d problems; the first %d are listed)", e.Message, len(e.Fields), MaxFields)
+	return &out
 }
 
 // toError converts err into the client answer, logging what must not be sent.

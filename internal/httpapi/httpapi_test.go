@@ -111,6 +111,11 @@ func TestDecodeJSON(t *testing.T) {
 		{name: "null", contentType: "application/json", body: `null`, status: 400, code: CodeInvalid},
 		{name: "trailing object", contentType: "application/json", body: `{"name":"a"}{"name":"b"}`, status: 400, code: CodeInvalid},
 		{name: "trailing garbage", contentType: "application/json", body: `{"name":"a"} x`, status: 400, code: CodeInvalid},
+		// RFC 8259 section 4: names SHOULD be unique; a receiver that keeps
+		// one of two values silently loses the other.
+		{name: "a name sent twice", contentType: "application/json", body: `{"name":"a","count":1,"name":"b"}`, status: 400, code: CodeInvalid, field: "name"},
+		{name: "a name sent twice, once as null", contentType: "application/json", body: `{"name":"a","name":null}`, status: 400, code: CodeInvalid, field: "name"},
+		{name: "a name sent twice in another case", contentType: "application/json", body: `{"name":"a","Name":"b"}`, status: 400, code: CodeInvalid, field: "name"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -473,5 +478,66 @@ func TestCodesAreKindNames(t *testing.T) {
 		if code != CodeInternal && StatusOf(kind) == 500 {
 			t.Errorf("kind %s maps to 500", kind)
 		}
+	}
+}
+
+// TestErrorFieldsAreBounded: a body with thousands of problems gets one
+// answer of bounded size, over real HTTP: the first MaxFields problems by
+// name, and a message saying how many there are. Names sent twice are
+// found in nested objects too.
+func TestErrorFieldsAreBounded(t *testing.T) {
+	t.Parallel()
+	type inner struct {
+		Count int `json:"count"`
+	}
+	type payload struct {
+		Name   string `json:"name"`
+		Nested inner  `json:"nested"`
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := DecodeJSON(r, 1<<20, &payload{}); err != nil {
+			WriteError(w, err)
+			return
+		}
+		WriteJSON(w, http.StatusOK, map[string]string{"ok": "yes"})
+	}))
+	t.Cleanup(srv.Close)
+	many := func(n int, format string) string {
+		parts := make([]string, n)
+		for i := range parts {
+			parts[i] = fmt.Sprintf(format, i)
+		}
+		return strings.Join(parts, ",")
+	}
+	for _, c := range []struct {
+		name   string
+		body   string
+		fields int
+		says   string
+	}{
+		{"5000 unknown fields", `{"name":"a",` + many(5000, `"f%05d":0`) + `}`, MaxFields, "5000 problems"},
+		{"150 names sent twice", `{` + many(150, `"n%03d":0`) + `,` + many(150, `"n%03d":1`) + `}`, MaxFields, "problems; the first 100"},
+		{"a name sent twice in a nested object", `{"nested":{"count":1,"count":2}}`, 1, ""},
+		{"40 unknown fields: all listed", `{` + many(40, `"u%02d":0`) + `}`, 40, "invalid fields"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			resp, err := http.Post(srv.URL, "application/json", strings.NewReader(c.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body struct {
+				Error errorJSON `json:"error"`
+			}
+			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusBadRequest || len(body.Error.Fields) != c.fields || !strings.Contains(body.Error.Message, c.says) {
+				t.Errorf("%d, %d fields, message %q; want 400, %d fields, saying %q", resp.StatusCode, len(body.Error.Fields), body.Error.Message, c.fields, c.says)
+			}
+			if c.fields == 1 && body.Error.Fields["nested.count"] == "" {
+				t.Errorf("fields %v do not name nested.count", body.Error.Fields)
+			}
+		})
 	}
 }
