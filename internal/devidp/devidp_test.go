@@ -192,10 +192,6 @@ func TestAuthorizationCodeFlow(t *testing.T) {
 	if c["patient"] != "pat-1" || c["sub"] != "angelic" || !strings.Contains(c["scope"].(string), "patient/*.read") {
 		t.Errorf("access token claims %v", c)
 	}
-	if st, a := token(t, p, exchange); st != 400 || a.Error != "invalid_grant" {
-		t.Errorf("the code redeemed twice: %d %+v", st, a)
-	}
-
 	st, ref := token(t, p, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {tok.RefreshToken}})
 	if st != 200 || ref.Patient != "pat-1" {
 		t.Fatalf("refresh: %d %+v", st, ref)
@@ -205,6 +201,28 @@ func TestAuthorizationCodeFlow(t *testing.T) {
 	}
 	if st, a := token(t, p, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {tok.RefreshToken}}); st != 400 || a.Error != "invalid_grant" {
 		t.Errorf("rotated refresh token reused: %d %+v", st, a)
+	}
+
+	// RFC 6749 section 4.1.2: a code used twice is refused, and the
+	// tokens issued for it are revoked (whoever holds the code a second
+	// time may have stolen it; RFC 9700 section 4.5): the refresh token
+	// the code's grant has rotated to stops working too.
+	if st, a := token(t, p, exchange); st != 400 || a.Error != "invalid_grant" {
+		t.Errorf("the code redeemed twice: %d %+v", st, a)
+	}
+	if st, a := token(t, p, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {ref.RefreshToken}}); st != 400 || a.Error != "invalid_grant" {
+		t.Errorf("refresh token of a code redeemed twice: %d %+v, want revoked", st, a)
+	}
+	// Another member authorization is not touched by it.
+	final, _ = login(t, p, authorizeURL(p, nil), "angelic", "angelic-pw")
+	u, _ = url.Parse(final)
+	exchange.Set("code", u.Query().Get("code"))
+	st, other := token(t, p, exchange)
+	if st != 200 {
+		t.Fatalf("second authorization: %d %+v", st, other)
+	}
+	if st, a := token(t, p, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {other.RefreshToken}}); st != 200 {
+		t.Errorf("another authorization's refresh token: %d %+v", st, a)
 	}
 }
 

@@ -41,6 +41,16 @@ type storage struct {
 	refresh  map[string]*grant       // by refresh token
 	requests map[string]*authRequest // by id
 	codes    map[string]string       // code -> auth request id
+	// used are the codes already redeemed, kept for authRequestTTL so
+	// that a second use revokes what the first obtained.
+	used map[string]usedCode
+}
+
+// usedCode is a redeemed authorization code: the request it answered, and
+// when.
+type usedCode struct {
+	request string
+	at      time.Time
 }
 
 // grant is one member authorization: what a refresh token stands for.
@@ -53,6 +63,9 @@ type grant struct {
 	authTime  time.Time
 	expires   time.Time     // of the refresh token
 	accessTTL time.Duration // for the next access token only; 0 means the provider's
+	// request is the authorization request whose code started this
+	// grant; its refresh tokens are revoked if that code is used again.
+	request string
 }
 
 func newStorage(key *rsa.PrivateKey, accessTTL time.Duration) *storage {
@@ -67,6 +80,7 @@ func newStorage(key *rsa.PrivateKey, accessTTL time.Duration) *storage {
 		refresh:   map[string]*grant{},
 		requests:  map[string]*authRequest{},
 		codes:     map[string]string{},
+		used:      map[string]usedCode{},
 	}
 }
 
@@ -209,6 +223,11 @@ func (s *storage) expireLocked() {
 			delete(s.codes, code)
 		}
 	}
+	for code, u := range s.used {
+		if time.Since(u.at) > authRequestTTL {
+			delete(s.used, code)
+		}
+	}
 }
 
 func (s *storage) AuthRequestByID(_ context.Context, id string) (op.AuthRequest, error) {
@@ -225,6 +244,18 @@ func (s *storage) AuthRequestByID(_ context.Context, id string) (op.AuthRequest,
 func (s *storage) AuthRequestByCode(ctx context.Context, code string) (op.AuthRequest, error) {
 	s.mu.Lock()
 	id, ok := s.codes[code]
+	if u, used := s.used[code]; used && !ok {
+		// RFC 6749 section 4.1.2: a code used twice is refused, and
+		// the tokens issued for it are revoked; someone else may hold
+		// it (RFC 9700 section 4.5).
+		for rt, g := range s.refresh {
+			if g.request == u.request {
+				delete(s.refresh, rt)
+			}
+		}
+		s.mu.Unlock()
+		return nil, oidc.ErrInvalidGrant().WithDescription("the authorization code was already used; the refresh tokens issued for it are revoked")
+	}
 	s.mu.Unlock()
 	if !ok {
 		return nil, oidc.ErrInvalidGrant().WithDescription("unknown, used or expired authorization code")
@@ -251,6 +282,7 @@ func (s *storage) DeleteAuthRequest(_ context.Context, id string) error {
 	for code, rid := range s.codes {
 		if rid == id {
 			delete(s.codes, code)
+			s.used[code] = usedCode{request: id, at: time.Now()}
 		}
 	}
 	return nil
@@ -331,6 +363,9 @@ func (s *storage) CreateAccessAndRefreshTokens(_ context.Context, req op.TokenRe
 	}
 	exp := s.accessExpiry(req)
 	g := *from
+	if ar, ok := req.(*authRequest); ok {
+		g.request = ar.id
+	}
 	g.scopes = slices.Clone(req.GetScopes())
 	g.audience = slices.Clone(from.audience)
 	g.expires = time.Now().Add(refreshTTL)
