@@ -343,8 +343,12 @@ func (a *app) Handler() http.Handler {
 		a.healthie.Mount(api)
 	}
 	r.Mount("/api", api)
+	// GET and HEAD, which every general-purpose server supports (RFC 9110
+	// section 9.1); net/http sends no body for HEAD.
 	r.Get("/healthz", a.healthz)
+	r.Head("/healthz", a.healthz)
 	r.Get("/", a.home)
+	r.Head("/", a.home)
 	return a.cors(r)
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"html/template"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/rs/cors"
@@ -54,7 +55,7 @@ func (a *app) home(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Add("Vary", "Accept")
-	if strings.Contains(r.Header.Get("Accept"), "text/html") {
+	if prefersHTML(r.Header.Values("Accept")) {
 		h.Set("Content-Type", "text/html; charset=utf-8")
 		if err := homePage.Execute(w, links); err != nil {
 			a.log.Error("home page", "err", err)
@@ -64,6 +65,34 @@ func (a *app) home(w http.ResponseWriter, r *http.Request) {
 	body, _ := json.MarshalIndent(links, "", "  ")
 	h.Set("Content-Type", "application/json; charset=utf-8")
 	_, _ = w.Write(append(body, '\n'))
+}
+
+// prefersHTML reports whether an Accept header names text/html with a
+// weight above 0 and at least that of JSON (RFC 9110 section 12.5.1:
+// q=0 means "not acceptable"). A client naming neither gets JSON.
+func prefersHTML(accept []string) bool {
+	htmlQ, jsonQ := -1.0, -1.0
+	for _, h := range accept {
+		for _, rng := range strings.Split(h, ",") {
+			mt, params, _ := strings.Cut(rng, ";")
+			q := 1.0
+			for _, p := range strings.Split(params, ";") {
+				k, v, _ := strings.Cut(strings.TrimSpace(p), "=")
+				if strings.EqualFold(k, "q") {
+					if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+						q = f
+					}
+				}
+			}
+			switch strings.ToLower(strings.TrimSpace(mt)) {
+			case "text/html":
+				htmlQ = q
+			case "application/json", "application/*", "*/*":
+				jsonQ = max(jsonQ, q)
+			}
+		}
+	}
+	return htmlQ > 0 && htmlQ >= jsonQ
 }
 
 // corsHeaders are the request headers a browser client may send: those

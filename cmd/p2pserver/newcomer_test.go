@@ -465,3 +465,44 @@ func TestAPayerSideFailureDoesNotUseUpTheRequest(t *testing.T) {
 		t.Errorf("alice's Task was failed at some point: %v", history)
 	}
 }
+
+// TestHomeAnswersHEADAndWeights: / and /healthz answer HEAD as GET without
+// a body (RFC 9110 section 9.1: every general-purpose server supports GET
+// and HEAD), and / follows the Accept weights (RFC 9110 section 12.5.1,
+// q=0 is "not acceptable"): HTML only when text/html weighs at least as
+// much as JSON.
+func TestHomeAnswersHEADAndWeights(t *testing.T) {
+	p := startPayer(t)
+	for _, c := range []struct {
+		method, path, accept string
+		status               int
+		contentType          string // prefix; "" for HEAD's JSON
+	}{
+		{"HEAD", "/", "", 200, "application/json"},
+		{"HEAD", "/", "text/html", 200, "text/html"},
+		{"HEAD", "/healthz", "", 200, "application/json"},
+		{"GET", "/", "text/html;q=0, application/json", 200, "application/json"},
+		{"GET", "/", "text/html;q=0.1, application/json", 200, "application/json"},
+		{"GET", "/", "application/json;q=0.5, text/html", 200, "text/html"},
+		{"GET", "/", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", 200, "text/html"},
+		{"GET", "/", "text/html;q=0.5, */*", 200, "application/json"},
+		{"GET", "/", "*/*", 200, "application/json"},
+	} {
+		req, _ := http.NewRequest(c.method, p.URL+c.path, nil)
+		if c.accept != "" {
+			req.Header.Set("Accept", c.accept)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.status || !strings.HasPrefix(resp.Header.Get("Content-Type"), c.contentType) {
+			t.Errorf("%s %s (Accept %q): %d %s, want %d %s", c.method, c.path, c.accept, resp.StatusCode, resp.Header.Get("Content-Type"), c.status, c.contentType)
+		}
+		if c.method == "HEAD" && len(body) != 0 {
+			t.Errorf("HEAD %s sent a body: %q", c.path, body)
+		}
+	}
+}
