@@ -206,6 +206,14 @@ func TestWritesStayInTheMembersRecord(t *testing.T) {
 		{name: "nor deletable", who: "member-rw", method: "DELETE", path: "/fhir/Group/shared", status: 403},
 		{name: "a Provenance targeting B's ExplanationOfBenefit", who: "member-rw", method: "POST", path: "/fhir/Provenance",
 			body: `{"resourceType":"Provenance","target":[{"reference":"ExplanationOfBenefit/b-eob"}],"recorded":"2024-01-01T00:00:00Z","agent":[{"who":{"reference":"Patient/A"}}]}`, status: 403},
+		// Nor through what A shares with B: a resource read through its
+		// references would be B's too.
+		{name: "a Provenance targeting the Group A shares with B", who: "member-rw", method: "POST", path: "/fhir/Provenance",
+			body: `{"resourceType":"Provenance","target":[{"reference":"Group/shared"}],"recorded":"2024-01-01T00:00:00Z","agent":[{"who":{"reference":"Patient/A"}}]}`, status: 403},
+		{name: "a Binary whose securityContext is the shared Group", who: "member-v2", method: "POST", path: "/fhir/Binary",
+			body: `{"resourceType":"Binary","contentType":"text/plain","securityContext":{"reference":"Group/shared"},"data":"QQ=="}`, status: 403},
+		{name: "a MessageHeader about A's Coverage, which names B as subscriber", who: "member-rw", method: "POST", path: "/fhir/MessageHeader",
+			body: `{"resourceType":"MessageHeader","eventCoding":{"system":"urn:events","code":"x"},"source":{"endpoint":"urn:a"},"focus":[{"reference":"Coverage/a-cov"}]}`, status: 403},
 		{name: "a Binary for B", who: "member-rw", method: "POST", path: "/fhir/Binary",
 			body: `{"resourceType":"Binary","contentType":"text/plain","securityContext":{"reference":"Patient/B"}}`, status: 403},
 		{name: "a Device for B", who: "member-rw", method: "POST", path: "/fhir/Device",

@@ -71,7 +71,10 @@
 // Patient names the member, and every reference to another patient-bound
 // resource names one of the member's own. So a Group of several members or a Composition
 // about two people is not writable by a member, and a Provenance cannot
-// target another member's data. A member cannot create a resource with
+// target another member's data. A resource whose rule reads it through
+// what it refers to (Provenance, Binary, Bundle, Device, References) may
+// refer only to resources in no other Patient's record: a Provenance
+// targeting the Group a member shares would be the other member's too. A member cannot create a resource with
 // an id of its choosing (update-as-create): an update of an id the member
 // may not see answers as an update of an id that does not exist. Nor can
 // a client for the types another client's resources may be hidden in

@@ -546,6 +546,13 @@ func (w *view) foreignRef(typ string, raw []byte, pending func(string) bool) str
 	if typ == "Patient" {
 		delete(doc, "link") // the MDM's, kept as it is (linksKept)
 	}
+	// A resource whose type's rule reads it through what it refers to is
+	// seen by whoever sees those: they must be the member's alone.
+	readThrough := false
+	switch RuleOf(typ) {
+	case ProvenanceRule, SecurityContext, BundleSubject, DevicePatient, References:
+		readThrough = true
+	}
 	var refs []string
 	walkReferences(doc, func(ref string) { refs = append(refs, ref) })
 	slices.Sort(refs) // the same answer every time, whatever the map order
@@ -563,11 +570,64 @@ func (w *view) foreignRef(typ string, raw []byte, pending func(string) bool) str
 		if pending != nil && pending(typ+"/"+id) {
 			continue
 		}
-		if patientBound(typ) && !w.refOwned(ref, maxDepth) {
+		if patientBound(typ) && (!w.refOwned(ref, maxDepth) || (readThrough && w.elsewhere(ref, maxDepth))) {
 			return ref
 		}
 	}
 	return ""
+}
+
+// elsewhere reports whether the resource ref names may be in the record
+// of a Patient other than the member: a Patient not theirs, a resource
+// whose compartment parameters name another Patient (a Group of several,
+// a Coverage whose subscriber is someone else), or one whose rule reads
+// it through references (Provenance, Binary, Bundle, Device, the
+// References types) to such a resource, to depth. A resource the member
+// writes whose rule reads it through one (a Provenance targeting the
+// Group they share, a Binary whose securityContext it is) would be read
+// by that other member as theirs.
+func (w *view) elsewhere(ref string, depth int) bool {
+	typ, id, ok := w.local(ref)
+	switch {
+	case !ok:
+		return strings.Contains(ref, "Patient/")
+	case typ == "Patient":
+		return id != w.p.Patient
+	case !patientBound(typ):
+		return false
+	case depth <= 0:
+		return true
+	}
+	v, _ := w.tx.Read(typ, id)
+	if v = w.live(v); v == nil {
+		return true
+	}
+	r := &resource{typ: v.Type, id: v.ID, json: v.JSON}
+	if vid, deleted, ok := w.tx.CurrentVersion(typ, id); ok && !deleted && vid == v.VersionID {
+		r.entries = w.tx.EntriesOf(typ, id)
+	} else {
+		r.entries = w.pol.reg.Extract(typ, r.decoded())
+	}
+	own := "Patient/" + w.p.Patient
+	for _, param := range w.pol.reg.CompartmentParams(typ) {
+		for _, e := range r.entries {
+			if target, isRef := search.ReferenceFromKey(e.Key); isRef && e.Param == param.Code &&
+				strings.HasPrefix(target, "Patient/") && target != own {
+				return true
+			}
+		}
+	}
+	switch RuleOf(typ) {
+	case Compartment, SubscriptionCriteria:
+		return false
+	}
+	shared := false
+	walkReferences(r.decoded(), func(to string) {
+		if !shared && !strings.HasPrefix(to, "#") {
+			shared = w.elsewhere(to, depth-1)
+		}
+	})
+	return shared
 }
 
 // bundleOwned applies the Bundle rule: a document by its Composition's
