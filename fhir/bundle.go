@@ -81,11 +81,17 @@ func (s *Server) fullURL(v *store.Version) string {
 	return s.cfg.BaseURL + "/" + v.Type + "/" + v.ID
 }
 
-// snapshot is a search's result set, kept so that later pages are exactly
-// the continuation of the first whatever is written meanwhile.
+// snapshot is what a paged search or $everything keeps between pages.
+// For a search it is the request itself (params, lenient): each page runs
+// the query again from the position its link carries (keyset paging), so
+// nothing proportional to the matches is kept. For $everything it is the
+// result set (ids), kept so that later pages are exactly the continuation
+// of the first.
 type snapshot struct {
 	typ     string
 	ids     []string
+	params  url.Values // a search's request parameters
+	lenient bool
 	query   *search.Query
 	self    string
 	expires time.Time
@@ -95,13 +101,15 @@ type snapshot struct {
 	bytes   int64 // what it holds, as counted against the cache's budget
 }
 
-// pageCache keeps result sets for paging within a budget of bytes: what
-// each result set holds (its ids, the parsed query, the self link) is
-// counted, and past the budget the oldest result sets are dropped (their
-// links then answer 410, and the search must be run again). One result
-// set may take at most a quarter of the budget: a search that would keep
-// more is refused as too costly rather than evicting everyone else's
-// paging. The count of result sets is bounded too.
+// pageCache keeps what paging needs within a budget of bytes: what each
+// snapshot holds (a search's parameters and parsed query, an
+// $everything's ids, the self link) is counted, and past the budget the
+// oldest are dropped (their links then answer 410, and the search must be
+// run again). One snapshot may take at most a quarter of the budget: one
+// that would keep more (a search whose query alone is that large, an
+// $everything with that many results) is refused as too costly rather
+// than evicting everyone else's paging. The count of snapshots is bounded
+// too.
 type pageCache struct {
 	mu       sync.Mutex
 	ttl      time.Duration
@@ -118,8 +126,21 @@ func newPageCache(ttl time.Duration, max int, maxBytes int64) *pageCache {
 // maxSet is the most bytes one result set may hold.
 func (c *pageCache) maxSet() int64 { return c.maxBytes / 4 }
 
+// Stats reports what the cache keeps: how many snapshots and the bytes
+// they hold as counted against -search-cache-bytes.
+func (c *pageCache) Stats() (n int, bytes int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m), c.bytes
+}
+
 // errTooCostly refuses a result set larger than the cache keeps.
 func (c *pageCache) errTooCostly(what string, n int) error {
+	if n < 0 {
+		return errs.E("fhir.page", errs.Unprocessable, fmt.Sprintf(
+			"%s is too large to keep for paging (more than a quarter of -search-cache-bytes, %d bytes); shorten the query",
+			what, c.maxSet()), errs.Issue{Code: "too-costly", Message: what + " is too large to page"})
+	}
 	return errs.E("fhir.page", errs.Unprocessable, fmt.Sprintf(
 		"%s has %d results, more than this server keeps for paging (a quarter of -search-cache-bytes, %d bytes); narrow it (by date, type or a more selective parameter)",
 		what, n, c.maxSet()), errs.Issue{Code: "too-costly", Message: fmt.Sprintf("%s has %d results, too many to page", what, n)})
@@ -129,7 +150,11 @@ func (c *pageCache) errTooCostly(what string, n int) error {
 func (c *pageCache) put(sn *snapshot, what string) (string, error) {
 	sn.bytes = sn.size()
 	if sn.bytes > c.maxSet() {
-		return "", c.errTooCostly(what, len(sn.ids))
+		n := len(sn.ids)
+		if sn.ids == nil {
+			n = -1
+		}
+		return "", c.errTooCostly(what, n)
 	}
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)
@@ -182,6 +207,12 @@ func (sn *snapshot) size() int64 {
 	for _, id := range sn.ids {
 		n += str(id)
 	}
+	for k, vs := range sn.params {
+		n += 64 + str(k)
+		for _, v := range vs {
+			n += str(v)
+		}
+	}
 	if q := sn.query; q != nil {
 		n += 512
 		for _, c := range q.Clauses {
@@ -211,11 +242,25 @@ func (sn *snapshot) size() int64 {
 
 // searchBundle runs a search and renders its first page.
 func (s *Server) searchBundle(tx *store.Tx, typ string, params url.Values, lenient bool) ([]byte, error) {
-	links := s.patientLinks()
 	a := AccessFrom(tx.Context())
 	if err := s.policy.Need(a, typ, authz.Search); err != nil {
 		return nil, err
 	}
+	q, err := s.parseSearch(tx, typ, params, lenient)
+	if err != nil {
+		return nil, err
+	}
+	sn := &snapshot{typ: typ, params: params, lenient: lenient, self: s.cfg.BaseURL + "/" + typ, binding: a.Key()}
+	if enc := selfParams(q).Encode(); enc != "" {
+		sn.self += "?" + enc
+	}
+	return s.renderSearch(tx, sn, "", q, nil)
+}
+
+// parseSearch parses a search and confines it to what the requester may
+// see, in tx.
+func (s *Server) parseSearch(tx *store.Tx, typ string, params url.Values, lenient bool) (*search.Query, error) {
+	links := s.patientLinks()
 	q, err := s.reg.Parse(typ, params, search.Options{
 		Base: s.cfg.BaseURL, Lenient: lenient, DefaultCount: s.cfg.DefaultCount, MaxCount: s.cfg.MaxCount,
 		MDM: links != nil,
@@ -223,34 +268,17 @@ func (s *Server) searchBundle(tx *store.Tx, typ string, params url.Values, lenie
 	if err != nil {
 		return nil, err
 	}
-	s.policy.Confine(tx, a, q)
-	ids, err := tx.Search(q)
-	if err != nil {
-		return nil, err
-	}
-	if ids, err = s.policy.Filter(tx, a, typ, ids); err != nil {
-		return nil, err
-	}
-	q.Visible = nil // bound to this transaction; the snapshot outlives it
-	sn := &snapshot{typ: typ, ids: ids, query: q, self: s.cfg.BaseURL + "/" + typ, binding: a.Key()}
-	if enc := selfParams(q).Encode(); enc != "" {
-		sn.self += "?" + enc
-	}
-	var key string
-	if q.Count > 0 && len(ids) > q.Count && q.Summary != "count" {
-		if key, err = s.pages.put(sn, "this search"); err != nil {
-			return nil, err
-		}
-	}
-	return s.renderPage(tx, sn, key, 0)
+	s.policy.Confine(tx, AccessFrom(tx.Context()), q)
+	return q, nil
 }
 
-// searchPage renders a later page of a kept result set: cursor is
-// "<key>.<offset>".
+// searchPage renders a later page of a search: cursor is "<key>.<pos>",
+// the key of the kept search and the position after which the page starts
+// (empty for the first page; see encodePosition).
 func (s *Server) searchPage(tx *store.Tx, typ, cursor string) ([]byte, error) {
-	key, off, ok := strings.Cut(cursor, ".")
-	offset, err := strconv.Atoi(off)
-	if !ok || err != nil || offset < 0 {
+	key, enc, ok := strings.Cut(cursor, ".")
+	pos, err := decodePosition(enc)
+	if !ok || err != nil {
 		return nil, errs.E("fhir.page", errs.Invalid, fmt.Sprintf("%q is not a page cursor of this server", cursor))
 	}
 	a := AccessFrom(tx.Context())
@@ -258,55 +286,132 @@ func (s *Server) searchPage(tx *store.Tx, typ, cursor string) ([]byte, error) {
 		return nil, err
 	}
 	sn := s.pages.get(key)
-	if sn == nil || sn.typ != typ {
+	if sn == nil || sn.typ != typ || sn.params == nil {
 		return nil, errs.E("fhir.page", errs.Gone, "this search result has expired; run the search again")
 	}
 	if sn.binding != a.Key() {
 		return nil, errs.E("fhir.page", errs.Permission, "this page belongs to a search made with other access rights")
 	}
-	return s.renderPage(tx, sn, key, offset)
-}
-
-func (s *Server) pageURL(sn *snapshot, key string, offset int) string {
-	return fmt.Sprintf("%s/%s?_cursor=%s.%d", s.cfg.BaseURL, sn.typ, key, offset)
-}
-
-func (s *Server) renderPage(tx *store.Tx, sn *snapshot, key string, offset int) ([]byte, error) {
-	q := sn.query
-	noteSearch(tx.Context(), q)
-	b := newBundle("searchset")
-	if q.Total != "none" {
-		total := len(sn.ids)
-		b.Total = &total
+	// Parsed and confined afresh: the member's record, the targets of its
+	// chains and its MDM links are those of now.
+	q, err := s.parseSearch(tx, typ, sn.params, sn.lenient)
+	if err != nil {
+		return nil, err
 	}
+	return s.renderSearch(tx, sn, key, q, pos)
+}
+
+// encodePosition writes a page position for a link ("" for the first
+// page): the id, then per sort key "!1" and the value or "!0" when the
+// resource had none, each part query-escaped. Readable on purpose: it
+// names only the last resource the page served and its sort values.
+func encodePosition(p *store.Position) string {
+	if p == nil {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString(url.QueryEscape(p.ID))
+	for i, v := range p.Vals {
+		if p.Has[i] {
+			b.WriteString("!1" + url.QueryEscape(v))
+		} else {
+			b.WriteString("!0")
+		}
+	}
+	return b.String()
+}
+
+func decodePosition(s string) (*store.Position, error) {
+	if s == "" {
+		return nil, nil
+	}
+	parts := strings.Split(s, "!")
+	id, err := url.QueryUnescape(parts[0])
+	if err != nil || id == "" {
+		return nil, fmt.Errorf("bad position")
+	}
+	p := &store.Position{ID: id}
+	for _, part := range parts[1:] {
+		switch {
+		case part == "0":
+			p.Vals, p.Has = append(p.Vals, ""), append(p.Has, false)
+		case strings.HasPrefix(part, "1"):
+			v, err := url.QueryUnescape(part[1:])
+			if err != nil {
+				return nil, err
+			}
+			p.Vals, p.Has = append(p.Vals, v), append(p.Has, true)
+		default:
+			return nil, fmt.Errorf("bad position")
+		}
+	}
+	return p, nil
+}
+
+func (s *Server) searchPageURL(sn *snapshot, key string, pos *store.Position) string {
+	return fmt.Sprintf("%s/%s?_cursor=%s", s.cfg.BaseURL, sn.typ, url.QueryEscape(key+"."+encodePosition(pos)))
+}
+
+// renderSearch runs q from pos (nil for the first page) and renders the
+// page. key is the kept search's, "" on the first request: it is kept only
+// when there is a next page to link to.
+func (s *Server) renderSearch(tx *store.Tx, sn *snapshot, key string, q *search.Query, pos *store.Position) ([]byte, error) {
+	noteSearch(tx.Context(), q)
+	a := AccessFrom(tx.Context())
+	keep := func(ids []string) ([]string, error) { return s.policy.Filter(tx, a, sn.typ, ids) }
+	b := newBundle("searchset")
 	self := sn.self
-	if offset > 0 {
-		self = s.pageURL(sn, key, offset)
+	if key != "" {
+		self = s.searchPageURL(sn, key, pos)
 	}
 	b.Link = append(b.Link, BundleLink{Relation: "self", URL: self})
 	if q.Summary == "count" || q.Count == 0 {
+		if q.Total != "none" {
+			total, err := tx.SearchCount(q, keep)
+			if err != nil {
+				return nil, err
+			}
+			b.Total = &total
+		}
 		return b.Encode()
 	}
-	if offset > len(sn.ids) {
-		offset = len(sn.ids)
+	ids, last, more, err := tx.SearchPage(q, pos, q.Count, keep)
+	if err != nil {
+		return nil, err
 	}
-	end := min(offset+q.Count, len(sn.ids))
+	switch {
+	case q.Total == "accurate":
+		total, err := tx.SearchCount(q, keep)
+		if err != nil {
+			return nil, err
+		}
+		b.Total = &total
+	case q.Total != "none" && pos == nil && !more:
+		// Known without counting: everything is on this one page.
+		total := len(ids)
+		b.Total = &total
+	}
+	if more && key == "" {
+		if key, err = s.pages.put(sn, "this search's query"); err != nil {
+			return nil, err
+		}
+	}
 	if key != "" {
-		b.Link = append(b.Link, BundleLink{Relation: "first", URL: s.pageURL(sn, key, 0)})
-		if end < len(sn.ids) {
-			b.Link = append(b.Link, BundleLink{Relation: "next", URL: s.pageURL(sn, key, end)})
+		b.Link = append(b.Link, BundleLink{Relation: "first", URL: s.searchPageURL(sn, key, nil)})
+		if more {
+			b.Link = append(b.Link, BundleLink{Relation: "next", URL: s.searchPageURL(sn, key, last)})
 		}
-		if offset > 0 {
-			b.Link = append(b.Link, BundleLink{Relation: "previous", URL: s.pageURL(sn, key, max(0, offset-q.Count))})
-		}
-		last := ((len(sn.ids) - 1) / q.Count) * q.Count
-		b.Link = append(b.Link, BundleLink{Relation: "last", URL: s.pageURL(sn, key, last)})
 	}
-	// Every resource is checked again as the page is served: it may have
-	// changed hands since the search ran.
+	return s.renderEntries(tx, b, sn.typ, ids, q)
+}
+
+// renderEntries adds to b the matches ids of typ, each checked again
+// against the requester's rights as it is served (it may have changed
+// hands since the search ran), their _include and _revinclude, and the
+// outcomes the page needs; and encodes b.
+func (s *Server) renderEntries(tx *store.Tx, b *Bundle, typ string, ids []string, q *search.Query) ([]byte, error) {
 	sees := s.policy.Seer(tx, AccessFrom(tx.Context()))
-	ids := sn.ids[offset:end]
-	matches, err := tx.ReadCurrent(sn.typ, ids)
+	matches, err := tx.ReadCurrent(typ, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -322,7 +427,7 @@ func (s *Server) renderPage(tx *store.Tx, sn *snapshot, key string, offset int) 
 		}
 		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: body, Search: &EntrySearch{Mode: "match"}})
 	}
-	extra, cut, err := s.included(tx, sn.typ, seen, q, sees)
+	extra, cut, err := s.included(tx, typ, seen, q, sees)
 	if err != nil {
 		return nil, err
 	}
@@ -399,6 +504,24 @@ func queryOf(r *http.Request) string {
 		return ""
 	}
 	return "?" + r.URL.RawQuery
+}
+
+// PagingStats is what a Server keeps for paging, as Server.PagingStats
+// reports it.
+type PagingStats struct {
+	// Kept is the number of kept searches and $everything result sets.
+	Kept int
+	// Bytes is what they hold, as counted against -search-cache-bytes.
+	Bytes int64
+}
+
+// PagingStats reports what the server keeps between pages. A search keeps
+// its parameters only (its pages are found again from their position), so
+// Bytes grows with the length of the queries being paged, not with their
+// matches.
+func (s *Server) PagingStats() PagingStats {
+	n, b := s.pages.Stats()
+	return PagingStats{Kept: n, Bytes: b}
 }
 
 // selfParams are the parameters a searchset's self link lists: those

@@ -277,12 +277,13 @@ func TestDecodingBudget(t *testing.T) {
 	ts.do(http.MethodGet, "/metadata", nil).want(t, http.StatusOK)
 }
 
-// TestResultSetsBoundedInBytes: the result sets kept for paging are
-// bounded by -search-cache-bytes, counting what each holds (ids, the
-// parsed query, the self link), not by their number: long queries evict
-// older result sets (whose links then answer 410), and a result set that
-// alone would take more than a quarter of the budget is refused as too
-// costly (422, issue too-costly) instead of evicting everyone's paging.
+// TestResultSetsBoundedInBytes: what is kept for paging a search (its
+// parameters and self link: pages are found again from their position, so
+// no result set is kept) is bounded by -search-cache-bytes, counting what
+// each holds, not by their number: long queries evict older searches
+// (whose links then answer 410), and a query that alone would take more
+// than a quarter of the budget is refused as too costly (422, issue
+// too-costly) instead of evicting everyone's paging.
 func TestResultSetsBoundedInBytes(t *testing.T) {
 	ts := newServer(t, func(c *fhir.Config) { c.SearchCacheBytes = 400 << 10 })
 	for range 30 {
@@ -298,7 +299,7 @@ func TestResultSetsBoundedInBytes(t *testing.T) {
 	}
 	var nexts []string
 	for i := range 20 {
-		r := ts.do(http.MethodGet, longQuery(i, 300), nil).want(t, http.StatusOK)
+		r := ts.do(http.MethodGet, longQuery(i, 800), nil).want(t, http.StatusOK)
 		next := link(r.JSON, "next")
 		if next == "" {
 			t.Fatalf("search %d has no next link", i)
@@ -308,7 +309,7 @@ func TestResultSetsBoundedInBytes(t *testing.T) {
 	ts.do(http.MethodGet, nexts[0], nil).want(t, http.StatusGone).outcome(t)
 	ts.do(http.MethodGet, nexts[len(nexts)-1], nil).want(t, http.StatusOK)
 
-	r := ts.do(http.MethodGet, longQuery(99, 3000), nil).want(t, http.StatusUnprocessableEntity)
+	r := ts.do(http.MethodGet, longQuery(99, 6000), nil).want(t, http.StatusUnprocessableEntity)
 	if !strings.Contains(r.outcome(t), "too-costly") {
 		t.Errorf("not refused as too costly: %.300s", r.Body)
 	}

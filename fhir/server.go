@@ -32,7 +32,8 @@ type Config struct {
 	MaxBody int64
 	// DefaultCount and MaxCount bound search page sizes.
 	DefaultCount, MaxCount int
-	// PageTTL is how long a search's result set stays pageable.
+	// PageTTL is how long a search (or an $everything result set) stays
+	// pageable after it ran.
 	PageTTL time.Duration
 	// SearchCacheBytes bounds the memory of the result sets kept for
 	// paging (searches and $everything), counted in bytes: their ids,

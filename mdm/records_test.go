@@ -220,7 +220,7 @@ func TestMDMModifier(t *testing.T) {
 		}
 	}
 	// Paging keeps the expanded result set, and the self link the modifier.
-	r := e.call("GET", "/Observation?subject:mdm=Patient/m1&_count=2", "")
+	r := e.call("GET", "/Observation?subject:mdm=Patient/m1&_count=2&_total=accurate", "")
 	if n, _ := r.json["total"].(float64); n != 3 || !strings.Contains(string(r.body), "subject%3Amdm=Patient%2Fm1") {
 		t.Errorf("first page: total %v %s", r.json["total"], r.body)
 	}

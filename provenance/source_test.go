@@ -360,8 +360,8 @@ func TestProvenanceOnlyWhenAsked(t *testing.T) {
 		search string
 		prov   []string
 	}{
-		{"/Observation?_count=1&_revinclude=Provenance:target", []string{"generated=>Observation/o2/_history/2"}},
-		{"/Observation?_count=1", nil},
+		{"/Observation?_count=1&_total=accurate&_revinclude=Provenance:target", []string{"generated=>Observation/o2/_history/2"}},
+		{"/Observation?_count=1&_total=accurate", nil},
 	} {
 		first := e.get("GET", c.search, sys.AccessToken, "")
 		if *first.bundle.Total != 3 {

@@ -17,7 +17,7 @@ type Query struct {
 	Clauses    []Clause // all must hold
 	Sort       []SortKey
 	Count      int    // page size
-	Total      string // none, estimate or accurate
+	Total      string // none, estimate or accurate; "" when not asked
 	Summary    string // "", count, data, text, false
 	Elements   []string
 	Include    []Include
@@ -235,7 +235,7 @@ func (r *Registry) Parse(typ string, params url.Values, opts Options) (*Query, e
 	if opts.MaxCount == 0 {
 		opts.MaxCount = 1000
 	}
-	q := &Query{Type: typ, Count: opts.DefaultCount, Total: "accurate", Kept: url.Values{}}
+	q := &Query{Type: typ, Count: opts.DefaultCount, Kept: url.Values{}}
 	names := make([]string, 0, len(params))
 	for k := range params {
 		names = append(names, k)
@@ -783,6 +783,11 @@ func numberValueRange(p *Param, v string) (Range, error) {
 	}}, nil
 }
 
+var sortPrefix = map[string]string{
+	"string": pfxNorm, "token": pfxCode, "date": pfxDate, "number": pfxNum,
+	"quantity": pfxNum, "reference": pfxRef, "uri": pfxURI,
+}
+
 // SortValue picks, from the index entries a resource has for a parameter,
 // the value to sort by (the smallest ascending, the largest descending),
 // and reports whether there was one. Entries must be the parameter's. A
@@ -790,10 +795,7 @@ func numberValueRange(p *Param, v string) (Range, error) {
 // its clipped key and digest: _sort orders by the element's value (FHIR R4
 // search.html#sort), whatever its length.
 func SortValue(p *Param, entries []Entry, desc bool) (string, bool) {
-	want := map[string]string{
-		"string": pfxNorm, "token": pfxCode, "date": pfxDate, "number": pfxNum,
-		"quantity": pfxNum, "reference": pfxRef, "uri": pfxURI,
-	}[p.Type]
+	want := sortPrefix[p.Type]
 	whole := want == pfxNorm || want == pfxCode || want == pfxRef || want == pfxURI
 	var best string
 	found := false

@@ -3,9 +3,12 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"net/url"
+	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 )
 
@@ -98,3 +101,67 @@ func BenchmarkSearchDateRange(b *testing.B) {
 }
 
 func atomicAdd(p *int64) int64 { return atomic.AddInt64(p, 1) }
+
+// BenchmarkPage20Of100k is the first page of 20 of a search with 100,000
+// matches (every Observation has code urn:b|all): "all" builds every
+// matching id as a search did before keyset paging (Search, then the
+// first 20); "page" reads only what the page needs (SearchPage). Sorted,
+// both read every match; the page keeps only 21 of them.
+func BenchmarkPage20Of100k(b *testing.B) {
+	const n = 100000
+	st := openStore(b)
+	const chunk = 1000
+	for i := 0; i < n; i += chunk {
+		if err := st.Write(context.Background(), func(tx *store.Tx) error {
+			for j := i; j < min(i+chunk, n); j++ {
+				body := strings.Replace(obs(j), `"coding":[`, `"coding":[{"system":"urn:b","code":"all"},`, 1)
+				if _, err := tx.Put(doc(b, "Observation", fmt.Sprintf("o%06d", j), body), store.PutOptions{}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, sort := range []string{"", "-date,_id"} {
+		vals := url.Values{"code": {"urn:b|all"}}
+		if sort != "" {
+			vals.Set("_sort", sort)
+		}
+		q, err := reg.Parse("Observation", vals, search.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		name := "sort=" + sort
+		b.Run("all/"+name, func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				if err := st.View(context.Background(), func(tx *store.Tx) error {
+					ids, err := tx.Search(q)
+					if len(ids) != n {
+						b.Fatalf("%d hits", len(ids))
+					}
+					_ = ids[:20]
+					return err
+				}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("page/"+name, func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				if err := st.View(context.Background(), func(tx *store.Tx) error {
+					ids, _, more, err := tx.SearchPage(q, nil, 20, nil)
+					if len(ids) != 20 || !more {
+						b.Fatalf("%d ids, more %v", len(ids), more)
+					}
+					return err
+				}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

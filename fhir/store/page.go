@@ -1,0 +1,427 @@
+package store
+
+import (
+	"bytes"
+	"container/heap"
+	"slices"
+
+	"github.com/p2pserver/p2pserver/fhir/search"
+)
+
+// Position is where a page of a search ends: the sort values (as
+// search.SortValue gives them, with whether the resource had one) and the
+// id of the last resource of the page. The next page starts after it.
+// Without _sort only ID counts.
+type Position struct {
+	ID   string
+	Vals []string
+	Has  []bool
+}
+
+// Keep, given ids of a search's candidates in the order they are met,
+// returns those the requester may see, in the same order (for a policy's
+// filter). A nil Keep keeps all.
+type Keep func(ids []string) ([]string, error)
+
+// keepBatch is how many candidates go to a Keep at once: what a page
+// holds beyond its own entries.
+const keepBatch = 256
+
+// SearchPage returns up to n ids of the current resources of q.Type that
+// match q and that keep allows, in q.Sort order (id order when unsorted),
+// starting after after (nil for the first page), and the Position of the
+// last one. more reports whether any match follows it.
+//
+// It reads the matches lazily: unsorted, from the position onwards until
+// n+1 are found (index entries of one exact key, or the type's resources
+// in id order, checked one by one against every clause); sorted, every
+// match once, keeping only the n+1 first after the position. Memory is
+// bounded by n (plus a keepBatch of candidates), not by the number of
+// matches, except for what a chained clause or a member's compartment
+// brings (their target sets, computed once per page). Time is that of the
+// candidates read: proportional to the rejected and served ones unsorted,
+// to all matches sorted.
+func (tx *Tx) SearchPage(q *search.Query, after *Position, n int, keep Keep) (ids []string, last *Position, more bool, err error) {
+	if n <= 0 {
+		return nil, nil, false, nil
+	}
+	m, err := tx.newMatcher(q)
+	if err != nil || m == nil {
+		return nil, nil, false, err
+	}
+	if len(q.Sort) == 0 {
+		start := ""
+		if after != nil {
+			start = after.ID
+		}
+		var out []string
+		err := m.each(start, min(n+1, keepBatch), keep, func(id string, _ []search.Entry) bool {
+			out = append(out, id)
+			return len(out) <= n
+		})
+		if err != nil {
+			return nil, nil, false, err
+		}
+		if more = len(out) > n; more {
+			out = out[:n]
+		}
+		if len(out) > 0 {
+			last = &Position{ID: out[len(out)-1]}
+		}
+		return out, last, more, nil
+	}
+	h := &rowHeap{keys: q.Sort}
+	var from *row
+	if after != nil {
+		from = &row{id: after.ID, vals: after.Vals, has: after.Has}
+	}
+	// One row is filled per candidate and kept only if it goes into the
+	// heap; the one it displaces is filled next.
+	r := &row{vals: make([]string, len(q.Sort)), has: make([]bool, len(q.Sort))}
+	err = m.each("", keepBatch, keep, func(id string, entries []search.Entry) bool {
+		fillRow(r, id, entries, q.Sort)
+		if from != nil && !h.less(from, r) {
+			return true
+		}
+		if h.Len() <= n {
+			heap.Push(h, r)
+			r = &row{vals: make([]string, len(q.Sort)), has: make([]bool, len(q.Sort))}
+		} else if h.less(r, h.rows[0]) {
+			h.rows[0], r = r, h.rows[0]
+			heap.Fix(h, 0)
+		}
+		return true
+	})
+	if err != nil {
+		return nil, nil, false, err
+	}
+	rows := h.rows
+	slices.SortFunc(rows, func(a, b *row) int {
+		if h.less(a, b) {
+			return -1
+		}
+		return 1
+	})
+	if more = len(rows) > n; more {
+		rows = rows[:n]
+	}
+	for _, r := range rows {
+		ids = append(ids, r.id)
+	}
+	if len(rows) > 0 {
+		r := rows[len(rows)-1]
+		last = &Position{ID: r.id, Vals: r.vals, Has: r.has}
+	}
+	return ids, last, more, nil
+}
+
+// SearchCount returns how many current resources of q.Type match q and
+// keep allows, reading every match once (time proportional to the
+// matches, memory to a keepBatch).
+func (tx *Tx) SearchCount(q *search.Query, keep Keep) (int, error) {
+	m, err := tx.newMatcher(q)
+	if err != nil || m == nil {
+		return 0, err
+	}
+	count := 0
+	err = m.each("", keepBatch, keep, func(string, []search.Entry) bool { count++; return true })
+	return count, err
+}
+
+// matcher streams the candidates of a query in id order and checks each
+// against the query's clauses by its own index entries.
+type matcher struct {
+	tx      *Tx
+	q       *search.Query
+	x       interface{ Get([]byte) []byte }
+	keys    []string // drive by these exact keys of param (when set)
+	param   string
+	within  []string // or by these ids (a compartment), sorted
+	bounded bool     // within applies
+	chained map[*search.Clause]idSet
+}
+
+// newMatcher prepares q's candidate stream; nil when nothing can match.
+func (tx *Tx) newMatcher(q *search.Query) (*matcher, error) {
+	tx.indexReady()
+	if tx.btx.Bucket(bucketName("R", q.Type)) == nil {
+		return nil, nil
+	}
+	m := &matcher{tx: tx, q: q, chained: map[*search.Clause]idSet{}}
+	if x := tx.btx.Bucket(bucketName("X", q.Type)); x != nil {
+		m.x = x
+	}
+	for i := range q.Clauses {
+		c := &q.Clauses[i]
+		for _, v := range c.Values {
+			if v.Chain != nil {
+				set, err := tx.clauseIDs(q.Type, c, q.Visible)
+				if err != nil {
+					return nil, err
+				}
+				m.chained[c] = set
+				break
+			}
+		}
+	}
+	if q.Compartment != "" {
+		set := tx.record(q.Type, q.Compartment, q.Linked)
+		m.within = make([]string, 0, len(set))
+		for id := range set {
+			m.within = append(m.within, id)
+		}
+		slices.Sort(m.within)
+		m.bounded = true
+		return m, nil
+	}
+	// The clause with the fewest exact keys drives, if any has them: its
+	// index entries of one key are in id order.
+	for i := range q.Clauses {
+		c := &q.Clauses[i]
+		if keys, ok := c.ExactKeys(); ok && (m.keys == nil || len(keys) < len(m.keys)) {
+			m.keys, m.param = keys, c.Param.Code
+		}
+	}
+	return m, nil
+}
+
+// each calls fn with the id and index entries of every match whose id
+// sorts after start, in id order, passed through keep in batches of size,
+// until fn returns false.
+func (m *matcher) each(start string, size int, keep Keep, fn func(id string, entries []search.Entry) bool) error {
+	type cand struct {
+		id      string
+		entries []search.Entry
+	}
+	var batch []cand
+	stopped := false
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		ids := make([]string, len(batch))
+		for i, c := range batch {
+			ids[i] = c.id
+		}
+		if keep != nil {
+			var err error
+			if ids, err = keep(ids); err != nil {
+				return err
+			}
+		}
+		j := 0
+		for _, c := range batch {
+			if j < len(ids) && ids[j] == c.id {
+				j++
+				if !fn(c.id, c.entries) {
+					stopped = true
+					break
+				}
+			}
+		}
+		batch = batch[:0]
+		return nil
+	}
+	var err error
+	n := 0
+	m.ids(start, func(id string) bool {
+		if n++; n%1024 == 0 {
+			if err = m.tx.ctx.Err(); err != nil {
+				return false
+			}
+		}
+		entries, ok := m.match(id)
+		if !ok {
+			return true
+		}
+		batch = append(batch, cand{id, entries})
+		if len(batch) >= size {
+			if err = flush(); err != nil || stopped {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil || stopped {
+		return err
+	}
+	return flush()
+}
+
+// match reports whether the current resource id matches every clause, with
+// its index entries.
+func (m *matcher) match(id string) ([]search.Entry, bool) {
+	if _, deleted, ok := m.tx.CurrentVersion(m.q.Type, id); !ok || deleted {
+		return nil, false
+	}
+	var entries []search.Entry
+	if m.x != nil {
+		entries = decodeEntries(m.x.Get([]byte(id)))
+	}
+	if m.bounded && !m.tx.s.reg.InRecord(m.q.Type, id, entries, m.q.Compartment, m.q.Linked) {
+		return nil, false
+	}
+	for i := range m.q.Clauses {
+		c := &m.q.Clauses[i]
+		if set, ok := m.chained[c]; ok {
+			if _, hit := set[id]; !hit {
+				return nil, false
+			}
+			continue
+		}
+		if !search.Matches(c, entries) {
+			return nil, false
+		}
+	}
+	return entries, true
+}
+
+// ids calls fn with the candidate ids after start in id order, without
+// repeats, until it returns false.
+func (m *matcher) ids(start string, fn func(id string) bool) {
+	switch {
+	case m.bounded:
+		i, _ := slices.BinarySearch(m.within, start)
+		for ; i < len(m.within); i++ {
+			if id := m.within[i]; id > start && !fn(id) {
+				return
+			}
+		}
+	case m.keys != nil:
+		m.keyIDs(start, fn)
+	default:
+		// Every resource of the type, in id order.
+		c := m.tx.btx.Bucket(bucketName("R", m.q.Type)).Cursor()
+		var k []byte
+		if start == "" {
+			k, _ = c.First()
+		} else if k, _ = c.Seek([]byte(start)); k != nil && string(k) == start {
+			k, _ = c.Next()
+		}
+		for ; k != nil; k, _ = c.Next() {
+			if !fn(string(k)) {
+				return
+			}
+		}
+	}
+}
+
+// keyIDs merges the ids under each exact key of the driving parameter's
+// index (each run in id order) into one id order.
+func (m *matcher) keyIDs(start string, fn func(id string) bool) {
+	b := m.tx.btx.Bucket(indexBucket(m.q.Type, m.param))
+	if b == nil {
+		return
+	}
+	type run struct {
+		c      interface{ Next() ([]byte, []byte) }
+		prefix []byte
+		id     string
+		ok     bool
+	}
+	runs := make([]*run, 0, len(m.keys))
+	for _, key := range m.keys {
+		c := b.Cursor()
+		r := &run{c: c, prefix: append([]byte(key), 0)}
+		k, _ := c.Seek(append(slices.Clip(r.prefix), start...))
+		for k != nil && bytes.HasPrefix(k, r.prefix) && string(k[len(r.prefix):]) <= start && start != "" {
+			k, _ = c.Next()
+		}
+		if k != nil && bytes.HasPrefix(k, r.prefix) {
+			r.id, r.ok = string(k[len(r.prefix):]), true
+		}
+		runs = append(runs, r)
+	}
+	advance := func(r *run) {
+		k, _ := r.c.Next()
+		r.ok = k != nil && bytes.HasPrefix(k, r.prefix)
+		if r.ok {
+			r.id = string(k[len(r.prefix):])
+		}
+	}
+	for {
+		var min *run
+		for _, r := range runs {
+			if r.ok && (min == nil || r.id < min.id) {
+				min = r
+			}
+		}
+		if min == nil {
+			return
+		}
+		id := min.id
+		for _, r := range runs {
+			for r.ok && r.id == id {
+				advance(r)
+			}
+		}
+		if !fn(id) {
+			return
+		}
+	}
+}
+
+type row struct {
+	id   string
+	vals []string
+	has  []bool
+}
+
+// fillRow sets r to the sort values of id (see search.SortValue).
+func fillRow(r *row, id string, entries []search.Entry, keys []search.SortKey) {
+	r.id = id
+	var ks []search.Entry
+	for j, k := range keys {
+		ks = ks[:0]
+		for _, e := range entries {
+			if e.Param == k.Param.Code {
+				ks = append(ks, e)
+			}
+		}
+		r.vals[j], r.has[j] = search.SortValue(k.Param, ks, k.Desc)
+	}
+}
+
+// rowHeap keeps the first rows in sort order, the greatest on top so that
+// it is the one a smaller row replaces.
+type rowHeap struct {
+	keys []search.SortKey
+	rows []*row
+}
+
+// less orders rows by the sort keys (resources without a value last,
+// whatever the direction: FHIR R4 search.html#sort leaves it to the
+// server), then by id.
+func (h *rowHeap) less(a, b *row) bool {
+	for j, k := range h.keys {
+		ah, bh := j < len(a.has) && a.has[j], j < len(b.has) && b.has[j]
+		var av, bv string
+		if j < len(a.vals) {
+			av = a.vals[j]
+		}
+		if j < len(b.vals) {
+			bv = b.vals[j]
+		}
+		switch {
+		case ah != bh:
+			return ah
+		case !ah || av == bv:
+			continue
+		case k.Desc:
+			return av > bv
+		default:
+			return av < bv
+		}
+	}
+	return a.id < b.id
+}
+
+func (h *rowHeap) Len() int           { return len(h.rows) }
+func (h *rowHeap) Less(i, j int) bool { return h.less(h.rows[j], h.rows[i]) }
+func (h *rowHeap) Swap(i, j int)      { h.rows[i], h.rows[j] = h.rows[j], h.rows[i] }
+func (h *rowHeap) Push(x any)         { h.rows = append(h.rows, x.(*row)) }
+func (h *rowHeap) Pop() any {
+	r := h.rows[len(h.rows)-1]
+	h.rows = h.rows[:len(h.rows)-1]
+	return r
+}
