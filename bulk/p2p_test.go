@@ -1,11 +1,13 @@
 package bulk
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -460,4 +462,59 @@ func firstEntry(t *testing.T, body []byte) map[string]any {
 		t.Fatalf("no entry: %v %s", err, body)
 	}
 	return b.Entry[0].Resource
+}
+
+// A $bulk-member-match cut by a restart resumes after the last member
+// decided (its checkpoint): every member is decided once, none twice.
+func TestBulkMemberMatchResumesAfterRestart(t *testing.T) {
+	t.Parallel()
+	idp := oidctest.New(t)
+	reached := make(chan struct{})
+	var once sync.Once
+	cfg := Config{Workers: 1}
+	cfg.afterSlice = func(ctx context.Context, j *Job) {
+		if j.Kind == KindMatch && j.Cursor.Member >= 50 && j.State == StateRunning {
+			once.Do(func() { close(reached) })
+			<-ctx.Done()
+		}
+	}
+	p := newPayer(t, idp, cfg)
+	now := time.Now().UTC()
+	memberHere(p, "ann", "Alvarez", "Ann", "1971-02-03")
+	good := consent("permit", mdm.PolicyRegular, now.Add(-day), now.AddDate(1, 0, 0))
+	var bundles []map[string]any
+	for i := range 120 {
+		bundles = append(bundles, memberBundle(fmt.Sprintf("n%03d", i), "Nobody", "Ned", "1990-01-01", "C-none", good))
+	}
+	bundles = append(bundles, memberBundle("a", "Alvarez", "Ann", "1971-02-03", "C-ann", good))
+	_, tok := p.backend("new-payer", "system/*.rs")
+	status := p.kickoff("POST", "/Group/$bulk-member-match", tok, matchRequest(bundles...))
+	<-reached
+	p.stop()
+	p.cfg.afterSlice = nil
+	p.restart()
+	if j := p.job(jobOf(status)); j.Cursor.Member < 50 || j.Cursor.Member >= 121 || j.State != StateRunning {
+		t.Fatalf("after the restart the job is at member %d (%s); want it part way", j.Cursor.Member, j.State)
+	}
+	m := p.wait(status, tok)
+	groups := map[string][]string{}
+	for _, o := range m.Output {
+		if o.Type != "Group" {
+			continue
+		}
+		for _, g := range p.lines(o.URL, tok) {
+			_, contained := groupMembersOf(g)
+			groups[groupCode(g)] = contained
+		}
+	}
+	if len(groups[outcomeNoMatch]) != 120 || len(groups[outcomeMatched]) != 1 {
+		t.Errorf("not matched %d, matched %d; want 120 and 1 (each member once)", len(groups[outcomeNoMatch]), len(groups[outcomeMatched]))
+	}
+	seen := map[string]bool{}
+	for _, id := range groups[outcomeNoMatch] {
+		if seen[id] {
+			t.Errorf("member %s decided twice", id)
+		}
+		seen[id] = true
+	}
 }
