@@ -553,7 +553,15 @@ func batchIndependent(doc *store.Doc, e *txEntry, fullURLs map[string]int) error
 	var issues []errs.Issue
 	walkReferences(doc.Map, func(ref string) {
 		target, _, _ := strings.Cut(ref, "#")
-		if j, ok := fullURLs[target]; ok && j != e.index && len(issues) < 10 {
+		j, ok := fullURLs[target]
+		if !ok {
+			// A version of another entry's fullUrl (…/_history/n)
+			// depends on that entry as much.
+			if base, _, versioned := strings.Cut(target, "/_history/"); versioned {
+				j, ok = fullURLs[base]
+			}
+		}
+		if ok && j != e.index && len(issues) < 10 {
 			issues = append(issues, errs.Issue{Code: "business-rule", Path: fmt.Sprintf("Bundle.entry[%d].resource", e.index),
 				Message: fmt.Sprintf("the reference %q is the fullUrl of entry %d: the entries of a batch are independent and their references are not resolved to each other (FHIR R4 http.html, batch processing rules); send these entries in a transaction", clipRef(ref), j)})
 		}

@@ -2,6 +2,7 @@ package fhir_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -97,6 +98,65 @@ func TestBatchEntriesAreIndependent(t *testing.T) {
 	search := entries[3].(map[string]any)["resource"].(map[string]any)
 	if search["type"] != "searchset" || search["total"] != json.Number("1") {
 		t.Errorf("search entry: %v", search)
+	}
+}
+
+// TestBatchEntriesMayNotDependOnEachOther (more rows of
+// TestBatchEntriesReferringToEachOther's rule): FHIR R4 http.html#brules, the
+// entries of a batch "SHALL have no interdependencies ... Servers SHALL
+// validate that this is the case". A resource referring to another entry
+// by its fullUrl (a urn:uuid, or the fullUrl of a POST, whose id the
+// server chooses) depends on it; nothing replaces the link in a batch, so
+// that entry is refused with 400 and nothing of it is written, while the
+// others are processed. A reference that names no entry is no dependency.
+// The same entries as a transaction are written with the link resolved.
+func TestBatchEntriesMayNotDependOnEachOther(t *testing.T) {
+	pat := `{"fullUrl":"%s","resource":{"resourceType":"Patient","name":[{"family":"Dep"}]},"request":{"method":"POST","url":"Patient"}}`
+	obs := func(ref string) string {
+		return `{"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"` + ref + `"}},"request":{"method":"POST","url":"Observation"}}`
+	}
+	const uuid = "urn:uuid:5f0c2a4e-0000-4000-8000-000000000001"
+	for _, c := range []struct {
+		name, fullURL, second string
+		want                  string // the second entry's status in the batch
+	}{
+		{"a urn:uuid reference", uuid, obs(uuid), "400 Bad Request"},
+		{"a version of a urn:uuid", uuid, obs(uuid + "/_history/1"), "400 Bad Request"},
+		{"the absolute fullUrl of a POST", "http://example.org/fhir/Patient/tmp1", obs("http://example.org/fhir/Patient/tmp1"), "400 Bad Request"},
+		{"a urn:oid reference", "urn:oid:1.2.3.4", obs("urn:oid:1.2.3.4"), "400 Bad Request"},
+		{"in a contained resource", uuid, `{"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},"contained":[{"resourceType":"Provenance","id":"p","recorded":"2024-01-01T00:00:00Z","target":[{"reference":"` + uuid + `"}],"agent":[{"who":{"display":"x"}}]}],"subject":{"reference":"#p"}},"request":{"method":"POST","url":"Observation"}}`, "400 Bad Request"},
+		{"a urn:uuid naming no entry", uuid, obs("urn:uuid:5f0c2a4e-0000-4000-8000-000000000099"), "201 Created"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ts := newServer(t)
+			entries := fmt.Sprintf(pat, c.fullURL) + "," + c.second
+			r := ts.do(http.MethodPost, "/", `{"resourceType":"Bundle","type":"batch","entry":[`+entries+`]}`).want(t, http.StatusOK)
+			got := r.JSON["entry"].([]any)
+			first := got[0].(map[string]any)["response"].(map[string]any)
+			second := got[1].(map[string]any)["response"].(map[string]any)
+			if first["status"] != "201 Created" || second["status"] != c.want {
+				t.Fatalf("batch answered %v and %v, want 201 Created and %s", first["status"], second["status"], c.want)
+			}
+			n := ts.do(http.MethodGet, "/Observation?_summary=count", nil).JSON["total"]
+			if c.want != "201 Created" {
+				if !strings.Contains(fmt.Sprint(second["outcome"]), "is the fullUrl of entry 0") {
+					t.Errorf("the refused entry's outcome: %v", second["outcome"])
+				}
+				if n != json.Number("0") {
+					t.Errorf("%v Observations written by the refused entry", n)
+				}
+			}
+
+			ts = newServer(t)
+			r = ts.do(http.MethodPost, "/", `{"resourceType":"Bundle","type":"transaction","entry":[`+entries+`]}`).want(t, http.StatusOK)
+			got = r.JSON["entry"].([]any)
+			patient := strings.Join(strings.Split(got[0].(map[string]any)["response"].(map[string]any)["location"].(string), "/")[:2], "/")
+			loc := got[1].(map[string]any)["response"].(map[string]any)["location"].(string)
+			o := ts.do(http.MethodGet, "/"+strings.Join(strings.Split(loc, "/")[:2], "/"), nil).want(t, http.StatusOK)
+			if c.want != "201 Created" && !strings.Contains(string(o.Body), `"`+patient) {
+				t.Errorf("in a transaction the link is not resolved to %s: %s", patient, o.Body)
+			}
+		})
 	}
 }
 
