@@ -312,9 +312,12 @@ func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
 		plan, docs := prep.plan, prep.docs
 		// References between entries are checked when their targets are
 		// written (by the policy), not before they exist.
+		// Only what an entry creates or updates: a DELETE writes nothing
+		// to check, and one of a resource the requester may not see
+		// answers as one of nothing, so its id must not count as written.
 		pending := map[string]bool{}
-		for _, t := range plan.targets {
-			if t.skip == nil && t.ref != "" {
+		for i, t := range plan.targets {
+			if m := entries[i].method; t.skip == nil && t.ref != "" && (m == http.MethodPost || m == http.MethodPut) {
 				pending[t.ref] = true
 			}
 		}

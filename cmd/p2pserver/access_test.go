@@ -206,6 +206,15 @@ func TestWritesStayInTheMembersRecord(t *testing.T) {
 		{name: "nor deletable", who: "member-rw", method: "DELETE", path: "/fhir/Group/shared", status: 403},
 		{name: "a Provenance targeting B's ExplanationOfBenefit", who: "member-rw", method: "POST", path: "/fhir/Provenance",
 			body: `{"resourceType":"Provenance","target":[{"reference":"ExplanationOfBenefit/b-eob"}],"recorded":"2024-01-01T00:00:00Z","agent":[{"who":{"reference":"Patient/A"}}]}`, status: 403},
+		// A DELETE of B in the same transaction deletes nothing (B is not
+		// A's to see) and does not make a reference to B one to the
+		// transaction's own writes.
+		{name: "a transaction deleting B, then naming B as performer", who: "member-rw", method: "POST", path: "/fhir",
+			body: `{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"DELETE","url":"Patient/B"}},` +
+				`{"request":{"method":"POST","url":"Observation"},"resource":` + obs(`,"subject":{"reference":"Patient/A"},"performer":[{"reference":"Patient/B"}]`) + `}]}`, status: 403},
+		{name: "a transaction deleting B's Observation, then deriving from it", who: "member-rw", method: "POST", path: "/fhir",
+			body: `{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"DELETE","url":"Observation/b-obs"}},` +
+				`{"request":{"method":"POST","url":"Observation"},"resource":` + obs(`,"subject":{"reference":"Patient/A"},"derivedFrom":[{"reference":"Observation/b-obs"}]`) + `}]}`, status: 403},
 		// Nor through what A shares with B: a resource read through its
 		// references would be B's too.
 		{name: "a Provenance targeting the Group A shares with B", who: "member-rw", method: "POST", path: "/fhir/Provenance",
