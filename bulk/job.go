@@ -1,6 +1,8 @@
 package bulk
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -180,7 +182,7 @@ func deleteJob(tx *store.Tx, id string) error {
 	if err := tx.KV(jobsBucket).Delete([]byte(id)); err != nil {
 		return err
 	}
-	return tx.KV(membersBucket).Delete([]byte(id))
+	return deleteMembers(tx, id)
 }
 
 // allJobs returns every job record.
@@ -198,21 +200,51 @@ func allJobs(tx *store.Tx) ([]*Job, error) {
 }
 
 // The member list of a patient or group export is resolved once, when it
-// starts running, and kept beside the job.
-func putMembers(tx *store.Tx, id string, members []string) error {
-	raw, err := json.Marshal(members)
-	if err != nil {
-		return err
-	}
-	return tx.KV(membersBucket).Put([]byte(id), raw)
+// starts running, and kept beside the job, one key per member, so that a
+// slice reads only the members it works on.
+func memberKey(job string, i int) []byte {
+	return binary.BigEndian.AppendUint64(append([]byte(job), 0), uint64(i))
 }
 
-func getMembers(tx *store.Tx, id string) ([]string, error) {
-	raw := tx.KV(membersBucket).Get([]byte(id))
-	if raw == nil {
-		return nil, nil
+func putMembers(tx *store.Tx, id string, members []string) error {
+	kv := tx.KV(membersBucket)
+	for i, m := range members {
+		if err := kv.Put(memberKey(id, i), []byte(m)); err != nil {
+			return err
+		}
 	}
-	var m []string
-	err := json.Unmarshal(raw, &m)
-	return m, err
+	return nil
+}
+
+// memberList is the member list of a job, read in a transaction.
+type memberList struct {
+	tx  *store.Tx
+	job string
+	n   int
+}
+
+func (l memberList) len() int { return l.n }
+
+func (l memberList) at(i int) string { return string(l.tx.KV(membersBucket).Get(memberKey(l.job, i))) }
+
+// deleteMembers removes the member list of job id.
+func deleteMembers(tx *store.Tx, id string) error {
+	kv := tx.KV(membersBucket)
+	prefix := append([]byte(id), 0)
+	var keys [][]byte
+	if err := kv.Scan(prefix, func(k, _ []byte) (bool, error) {
+		if !bytes.HasPrefix(k, prefix) {
+			return false, nil
+		}
+		keys = append(keys, k)
+		return true, nil
+	}); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := kv.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -41,15 +41,6 @@ func (e *Exporter) exportSlice(ctx context.Context, j *Job) (more bool, err erro
 	if left := e.cfg.FileResources - cur.Count; left < budget {
 		budget = left
 	}
-	var members []string
-	if spec.Level != "system" {
-		if err := e.st.View(ctx, func(tx *store.Tx) (err error) {
-			members, err = getMembers(tx, j.ID)
-			return err
-		}); err != nil {
-			return false, err
-		}
-	}
 	var buf bytes.Buffer
 	next := j.Cursor
 	var n int64
@@ -58,6 +49,7 @@ func (e *Exporter) exportSlice(ctx context.Context, j *Job) (more bool, err erro
 		if err != nil {
 			return err
 		}
+		members := memberList{tx: tx, job: j.ID, n: j.Members}
 		switch {
 		case spec.Level == "system":
 			n, next, err = r.system(typ, next, budget, &buf)
@@ -358,10 +350,10 @@ func (r *reader) system(typ string, cur Cursor, budget int64, buf *bytes.Buffer)
 // compartments reads the resources of typ in the members' records (their
 // compartments and those of the Patients linked to them), member by
 // member from the cursor.
-func (r *reader) compartments(typ string, members []string, cur Cursor, budget int64, buf *bytes.Buffer) (int64, Cursor, error) {
+func (r *reader) compartments(typ string, members memberList, cur Cursor, budget int64, buf *bytes.Buffer) (int64, Cursor, error) {
 	var n int64
-	for cur.Member < len(members) {
-		m := members[cur.Member]
+	for cur.Member < members.len() {
+		m := members.at(cur.Member)
 		pol, err := r.policy(m)
 		if err != nil {
 			return 0, cur, err
@@ -424,10 +416,10 @@ func (r *reader) policy(member string) (*mdm.Policy, error) {
 // provenance writes, member by member, the Provenance of what the other
 // files of a patient or group export hold: each Provenance that targets
 // a resource sent, its targets cut to the resources sent.
-func (r *reader) provenance(members []string, cur Cursor, budget int64, buf *bytes.Buffer) (int64, Cursor, error) {
+func (r *reader) provenance(members memberList, cur Cursor, budget int64, buf *bytes.Buffer) (int64, Cursor, error) {
 	var n int64
-	for cur.Member < len(members) {
-		m := members[cur.Member]
+	for cur.Member < members.len() {
+		m := members.at(cur.Member)
 		pol, err := r.policy(m)
 		if err != nil {
 			return 0, cur, err
