@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/netguard"
 	"github.com/p2pserver/p2pserver/oidcservers"
 )
 
@@ -47,13 +48,17 @@ const (
 // one). Its zero values take the defaults.
 type Client struct {
 	// HTTP makes the requests; the binary's is checked by its outbound
-	// policy. Its Timeout must be zero or long enough for a whole file:
-	// Download is bounded by its ctx instead.
+	// policy; nil is a client checked by netguard.Default. Its Timeout
+	// must be zero or long enough for a whole file: Download is bounded
+	// by its ctx instead.
 	HTTP   *http.Client
 	Tokens TokenSource
 	// MinPoll and MaxPoll bound the wait between polls.
 	MinPoll, MaxPoll time.Duration
 }
+
+// defaultHTTP is the Client's when it is given none.
+var defaultHTTP = netguard.Default().Client(0)
 
 // Status is one answer of a status URL.
 type Status struct {
@@ -305,7 +310,7 @@ func (c *Client) send(ctx context.Context, build func() (*http.Request, error), 
 	}
 	hc := c.HTTP
 	if hc == nil {
-		hc = http.DefaultClient
+		hc = defaultHTTP
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

@@ -292,7 +292,7 @@ func TestBulkClientExportFromAnotherPayer(t *testing.T) {
 		t.Fatal(err)
 	}
 	tokens := &flakyFirstToken{SystemTokenSource: ts}
-	c := &bulk.Client{HTTP: &http.Client{}, Tokens: tokens, MinPoll: 50 * time.Millisecond}
+	c := &bulk.Client{Tokens: tokens, MinPoll: 50 * time.Millisecond} // netguard.Default: loopback allowed
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
