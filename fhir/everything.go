@@ -46,10 +46,11 @@ type EverythingOptions struct {
 // from another payer is part of the member's record; _mdm=false (HAPI
 // FHIR's parameter) keeps to the patient's own compartment. _type keeps
 // only the named types, _since only resources updated at or after the
-// instant, _count sets the page size; the result set is kept as search
-// results are, so that next links stay exact while others write. The type
-// level gathers every patient's data and is refused to member-scoped
-// tokens; start and end (care dates) are not supported.
+// instant, _count sets the page size; an instance's result set is kept so
+// that next links stay exact while others write. The type level gathers
+// every patient's data, lazily page by page (see everythingTypePage), and
+// is refused to member-scoped tokens; start and end (care dates) are not
+// supported.
 func (s *Server) EnableEverything(opts EverythingOptions) {
 	s.AddOperation(&Operation{
 		Name: "everything", Types: []string{"Patient"}, Type: true, Instance: true,
@@ -74,6 +75,8 @@ type everythingQuery struct {
 	noMDM   bool       // _mdm=false: the patient's own compartment only
 	kept    url.Values // what the self link repeats
 	ignored []string   // dropped under lenient handling
+	params  url.Values // as asked, for the type level's later pages
+	lenient bool
 }
 
 func (s *Server) everything(w http.ResponseWriter, r *http.Request, opts EverythingOptions) {
@@ -160,7 +163,7 @@ func (s *Server) everythingParams(w http.ResponseWriter, r *http.Request) (url.V
 
 func (s *Server) parseEverything(patient string, params url.Values, lenient bool) (*everythingQuery, error) {
 	const op = "fhir.everything"
-	q := &everythingQuery{patient: patient, count: s.cfg.DefaultCount, kept: url.Values{}}
+	q := &everythingQuery{patient: patient, count: s.cfg.DefaultCount, kept: url.Values{}, params: params, lenient: lenient}
 	for name, vals := range params {
 		switch name {
 		case "_format", "_pretty":
@@ -266,6 +269,38 @@ type gatherer struct {
 	// bytes counts what matches hold; past the page cache's limit for one
 	// result set, gathering stops (the result could not be paged).
 	bytes int64
+	// typeLevel is, at type level, the patient whose record is gathered:
+	// what an earlier patient in id order brought is left out (see
+	// servedEarlier).
+	typeLevel string
+}
+
+// servedEarlier reports whether v, in the record of g.typeLevel, belongs
+// to the compartment of a Patient with a smaller id that exists (its
+// record, read earlier at type level, served it); a Patient is served only
+// with its own record.
+func (g *gatherer) servedEarlier(v *store.Version) bool {
+	if v.Type == "Patient" {
+		return v.ID != g.typeLevel
+	}
+	params := map[string]bool{}
+	for _, p := range g.s.reg.CompartmentParams(v.Type) {
+		params[p.Code] = true
+	}
+	for _, e := range g.tx.EntriesOf(v.Type, v.ID) {
+		if !params[e.Param] {
+			continue
+		}
+		ref, ok := search.ReferenceFromKey(e.Key)
+		typ, id, _ := strings.Cut(ref, "/")
+		if !ok || typ != "Patient" || id >= g.typeLevel {
+			continue
+		}
+		if _, deleted, ok := g.tx.CurrentVersion("Patient", id); ok && !deleted {
+			return true
+		}
+	}
+	return false
 }
 
 // tooMany stops a gathering whose result set the page cache would refuse.
@@ -338,6 +373,9 @@ func (g *gatherer) record(patients []string) error {
 func (g *gatherer) add(v *store.Version, patient string, withhold func(*store.Version) bool) {
 	ref := v.Type + "/" + v.ID
 	if withhold != nil && withhold(v) {
+		return
+	}
+	if g.typeLevel != "" && g.servedEarlier(v) {
 		return
 	}
 	if !g.sees(v) {
@@ -459,11 +497,7 @@ func (s *Server) everythingBundle(tx *store.Tx, opts EverythingOptions, q *every
 			return nil, errs.E("fhir.everything", errs.Permission,
 				"type-level Patient/$everything gathers every member's data; a token bound to one patient must use Patient/{id}/$everything")
 		}
-		for _, p := range tx.AllIDs("Patient") {
-			if err := g.record([]string{p}); err != nil {
-				return nil, err
-			}
-		}
+		return s.everythingTypePage(tx, opts, q, nil, "", nil)
 	}
 	inc, err := g.includes()
 	if err != nil {
@@ -498,13 +532,20 @@ func (s *Server) everythingURL(patient string) string {
 }
 
 // everythingPage renders a later page of a kept result set; cursor is
-// "<key>.<offset>". The cursor only works with the access rights and the
+// "<key>.<offset>" (at type level, see everythingTypeCursor). The cursor only works with the access rights and the
 // patient it was made for.
 func (s *Server) everythingPage(tx *store.Tx, opts EverythingOptions, patient, cursor string) ([]byte, error) {
 	key, off, ok := strings.Cut(cursor, ".")
+	bad := errs.E("fhir.everything", errs.Invalid, fmt.Sprintf("%q is not a page cursor of this server", cursor))
+	if !ok {
+		return nil, bad
+	}
+	if patient == "" {
+		return s.everythingTypeCursor(tx, opts, key, off, bad)
+	}
 	offset, err := strconv.Atoi(off)
-	if !ok || err != nil || offset < 0 {
-		return nil, errs.E("fhir.everything", errs.Invalid, fmt.Sprintf("%q is not a page cursor of this server", cursor))
+	if err != nil || offset < 0 {
+		return nil, bad
 	}
 	sn := s.pages.get(key)
 	if sn == nil || sn.typ != everythingKind || sn.query.Kept.Get("patient") != patient {
@@ -546,11 +587,18 @@ func (s *Server) renderEverything(tx *store.Tx, opts EverythingOptions, sn *snap
 		last := ((len(sn.ids) - 1) / count) * count
 		b.Link = append(b.Link, BundleLink{Relation: "last", URL: s.everythingPageURL(sn, key, last)})
 	}
+	return s.everythingEntries(tx, opts, b, sn, sn.ids[offset:end])
+}
+
+// everythingEntries adds to b the current version of each entry (left out
+// if deleted since, withheld since, or no longer the requester's) and
+// encodes b.
+func (s *Server) everythingEntries(tx *store.Tx, opts EverythingOptions, b *Bundle, sn *snapshot, ids []string) ([]byte, error) {
 	withholders := map[string]func(*store.Version) bool{}
 	// Every resource is checked again as the page is served: it may have
 	// changed hands since the result set was made.
 	sees := s.policy.Seer(tx, AccessFrom(tx.Context()))
-	for _, e := range sn.ids[offset:end] {
+	for _, e := range ids {
 		typ, id, patient, include := splitEntry(e)
 		v, err := tx.Read(typ, id)
 		if err != nil || !sees(v) {
@@ -580,4 +628,164 @@ func (s *Server) renderEverything(tx *store.Tx, opts EverythingOptions, sn *snap
 		b.Entry = append(b.Entry, BundleEntry{Resource: oo, Search: &EntrySearch{Mode: "outcome"}})
 	}
 	return b.Encode()
+}
+
+// everythingPosition is where a page of type-level $everything ends: the
+// patient whose record it was serving and how many of that record's
+// entries were served.
+type everythingPosition struct {
+	patient string
+	skip    int
+}
+
+// everythingTypeCursor renders a later page of type-level $everything:
+// pos is "<patient>!<skip>", query-escaped.
+func (s *Server) everythingTypeCursor(tx *store.Tx, opts EverythingOptions, key, pos string, bad error) ([]byte, error) {
+	var at *everythingPosition // nil: the first page
+	if pos != "" {
+		pe, sk, ok := strings.Cut(pos, "!")
+		patient, err := url.QueryUnescape(pe)
+		skip, err2 := strconv.Atoi(sk)
+		if !ok || err != nil || err2 != nil || skip < 0 || patient == "" {
+			return nil, bad
+		}
+		at = &everythingPosition{patient: patient, skip: skip}
+	}
+	sn := s.pages.get(key)
+	if sn == nil || sn.typ != everythingKind || sn.params == nil {
+		return nil, errs.E("fhir.everything", errs.Gone, "this $everything result has expired; ask again")
+	}
+	a := AccessFrom(tx.Context())
+	if sn.binding != a.Key() {
+		return nil, errs.E("fhir.everything", errs.Permission, "this page belongs to a request made with other access rights")
+	}
+	q, err := s.parseEverything("", sn.params, sn.lenient)
+	if err != nil {
+		return nil, err
+	}
+	return s.everythingTypePage(tx, opts, q, sn, key, at)
+}
+
+// everythingTypePage renders a page of type-level $everything lazily: the
+// Patients are read in id order from the position (nil for the first
+// page), each patient's record gathered (its compartment, then the
+// resources it refers to outside any compartment) and served until the
+// page is full. Memory is bounded by the page and the largest single
+// record, never by the database. A resource in the compartments of
+// several Patients is served with the first of them in id order that
+// exists; a resource the records refer to is included with each record
+// that refers to it. No total is given unless the first page holds
+// everything.
+func (s *Server) everythingTypePage(tx *store.Tx, opts EverythingOptions, q *everythingQuery, sn *snapshot, key string, pos *everythingPosition) ([]byte, error) {
+	a := AccessFrom(tx.Context())
+	sees := s.policy.Seer(tx, a)
+	viaCursor := sn != nil
+	var page []string // everythingEntry values
+	var next *everythingPosition
+	start, resume := "", pos != nil
+	for next == nil {
+		// The next Patients in id order: the position's own first (when it
+		// still exists), then those after it.
+		var batch []string
+		if resume {
+			if _, deleted, ok := tx.CurrentVersion("Patient", pos.patient); ok && !deleted {
+				batch = append(batch, pos.patient)
+			}
+			start, resume = pos.patient, false
+		}
+		tx.ScanCurrent("Patient", start, func(id string, _ time.Time, _ []byte) bool {
+			batch = append(batch, strings.Clone(id))
+			return len(batch) < 64
+		})
+		if len(batch) == 0 {
+			break
+		}
+		for _, p := range batch {
+			if err := tx.Context().Err(); err != nil {
+				return nil, err
+			}
+			entries, err := s.patientRecord(tx, opts, q, sees, p)
+			if err != nil {
+				return nil, err
+			}
+			skip := 0
+			if pos != nil && p == pos.patient {
+				skip = min(pos.skip, len(entries))
+			}
+			rest := entries[skip:]
+			if len(rest) == 0 {
+				continue
+			}
+			if len(page) == q.count {
+				next = &everythingPosition{patient: p, skip: skip}
+				break
+			}
+			take := min(len(rest), q.count-len(page))
+			page = append(page, rest[:take]...)
+			if take < len(rest) {
+				next = &everythingPosition{patient: p, skip: skip + take}
+				break
+			}
+		}
+		start = batch[len(batch)-1]
+	}
+	var err error
+	if sn == nil {
+		self := s.everythingURL("")
+		if enc := q.kept.Encode(); enc != "" {
+			self += "?" + enc
+		}
+		kept := url.Values{"patient": {""}}
+		if len(q.ignored) > 0 {
+			kept["ignored"] = q.ignored
+		}
+		sn = &snapshot{typ: everythingKind, params: q.params, lenient: q.lenient, self: self, binding: a.Key(),
+			query: &search.Query{Type: "Patient", Count: q.count, Kept: kept}}
+		if next != nil {
+			if key, err = s.pages.put(sn, "this type-level $everything's parameters"); err != nil {
+				return nil, err
+			}
+		}
+	}
+	b := newBundle("searchset")
+	if pos == nil && next == nil {
+		total := len(page)
+		b.Total = &total
+	}
+	self := sn.self
+	if viaCursor {
+		self = s.everythingTypeURL(key, pos)
+	}
+	b.Link = append(b.Link, BundleLink{Relation: "self", URL: self})
+	if key != "" {
+		b.Link = append(b.Link, BundleLink{Relation: "first", URL: s.everythingTypeURL(key, nil)})
+		if next != nil {
+			b.Link = append(b.Link, BundleLink{Relation: "next", URL: s.everythingTypeURL(key, next)})
+		}
+	}
+	return s.everythingEntries(tx, opts, b, sn, page)
+}
+
+// everythingTypeURL is the link to the page of type-level $everything at
+// p (nil for the first).
+func (s *Server) everythingTypeURL(key string, p *everythingPosition) string {
+	if p == nil {
+		return s.everythingURL("") + "?_cursor=" + url.QueryEscape(key+".")
+	}
+	return s.everythingURL("") + "?_cursor=" + url.QueryEscape(key+"."+url.QueryEscape(p.patient)+"!"+strconv.Itoa(p.skip))
+}
+
+// patientRecord gathers the $everything entries of one patient's record at
+// type level: its compartment (less what an earlier patient in id order
+// served) and the resources it refers to.
+func (s *Server) patientRecord(tx *store.Tx, opts EverythingOptions, q *everythingQuery, sees func(*store.Version) bool, p string) ([]string, error) {
+	g := &gatherer{s: s, tx: tx, sees: sees, q: q, opts: opts, seen: map[string]bool{}, typeLevel: p}
+	if err := g.record([]string{p}); err != nil {
+		return nil, err
+	}
+	inc, err := g.includes()
+	if err != nil {
+		return nil, err
+	}
+	return append(g.matches, inc...), nil
 }

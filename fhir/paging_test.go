@@ -190,3 +190,81 @@ func TestKeysetPagingServesEveryMatchOnce(t *testing.T) {
 	// A cursor whose position is not one of ours is refused, not served.
 	ts.do(http.MethodGet, "/Observation?_cursor=0123456789abcdef01234567.o1!2x", nil).want(t, http.StatusBadRequest).outcome(t)
 }
+
+// TestEverythingTypeLevelPagesLazily pages type-level Patient/$everything
+// over more data than a kept result set could hold (the old refusal was a
+// quarter of -search-cache-bytes): every resource comes exactly once,
+// patient by patient, records split across pages where the page ends;
+// what the server keeps is the request, not the result; a resource
+// written between pages into a record not yet served is served; and the
+// cursor works only with the rights it was made with.
+func TestEverythingTypeLevelPagesLazily(t *testing.T) {
+	const patients = 150
+	const budget = 16 << 10
+	ts := newServer(t, func(c *fhir.Config) { c.SearchCacheBytes = budget })
+	ts.fhir.EnableEverything(fhir.EverythingOptions{})
+	withTestAccess(ts.fhir)
+	var entries, want []string
+	for i := range patients {
+		p := fmt.Sprintf("p%03d", i)
+		entries = append(entries, fmt.Sprintf(`{"resource":{"resourceType":"Patient","id":%q},"request":{"method":"PUT","url":"Patient/%s"}}`, p, p))
+		want = append(want, "Patient/"+p)
+		for _, o := range []string{"a", "b"} {
+			id := p + "-" + o
+			entries = append(entries, fmt.Sprintf(`{"resource":{"resourceType":"Observation","id":%q,"status":"final","code":{"text":"x"},"subject":{"reference":"Patient/%s"}},"request":{"method":"PUT","url":"Observation/%s"}}`, id, p, id))
+			want = append(want, "Observation/"+id)
+		}
+	}
+	ts.do(http.MethodPost, "", `{"resourceType":"Bundle","type":"batch","entry":[`+strings.Join(entries, ",")+`]}`).want(t, http.StatusOK)
+	if len(want)*40 <= budget/4 {
+		t.Fatalf("the result set fits the old limit: the test proves nothing")
+	}
+	// Written between pages into the last record, not yet served.
+	late := `{"resourceType":"Observation","id":"p149-c","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p149"}}`
+	want = append(want, "Observation/p149-c")
+
+	before := ts.fhir.PagingStats()
+	var got []string
+	r := ts.do(http.MethodGet, "/Patient/$everything?_count=7", nil).want(t, http.StatusOK)
+	var second string
+	for pages := 1; ; pages++ {
+		got = append(got, bundleIDs(r.JSON)...)
+		if n := len(bundleIDs(r.JSON)); n > 7 {
+			t.Fatalf("page %d has %d entries", pages, n)
+		}
+		next := link(r.JSON, "next")
+		if next == "" {
+			break
+		}
+		if pages == 1 {
+			second = next
+			after := ts.fhir.PagingStats()
+			if after.Kept != before.Kept+1 || after.Bytes-before.Bytes > 2048 {
+				t.Errorf("keeps %d more and %d bytes more, want 1 and under 2048", after.Kept-before.Kept, after.Bytes-before.Bytes)
+			}
+		}
+		if pages == 3 {
+			ts.do(http.MethodPut, "/Observation/p149-c", late).want(t, http.StatusCreated)
+		}
+		r = ts.do(http.MethodGet, next, nil).want(t, http.StatusOK)
+	}
+	if !slices.Equal(got, want) {
+		i := 0
+		for i < min(len(got), len(want)) && got[i] == want[i] {
+			i++
+		}
+		t.Fatalf("%d served, want %d; first difference at %d", len(got), len(want), i)
+	}
+	// Other rights: refused, whatever the position says.
+	ts.http.Config.Handler.(interface {
+		Mount(string, http.Handler)
+	}).Mount("/member", ts.fhir.Handler())
+	other := strings.Replace(second, ts.URL, ts.http.URL+"/member", 1)
+	ts.do(http.MethodGet, other, nil, "X-Test-Read", "Patient,Observation").want(t, http.StatusForbidden).outcome(t)
+	// The first link starts again from the first patient.
+	if r := ts.do(http.MethodGet, link(r.JSON, "first"), nil).want(t, http.StatusOK); !slices.Equal(bundleIDs(r.JSON), want[:7]) {
+		t.Errorf("first page again: %v", bundleIDs(r.JSON))
+	}
+	ts.do(http.MethodGet, strings.Replace(second, "_cursor=", "_cursor=00", 1), nil).want(t, http.StatusGone).outcome(t)
+	ts.do(http.MethodGet, "/Patient/$everything?_cursor=0123456789abcdef01234567.p001", nil).want(t, http.StatusBadRequest).outcome(t)
+}
