@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -198,6 +199,20 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	if _, ok := logLevels[strings.ToLower(cfg.LogLevel)]; !ok {
 		return cfg, fmt.Errorf("-log-level: %q is not a level; use debug, info, warn or error", cfg.LogLevel)
 	}
+	if err := checkListenAddr(cfg.Addr); err != nil {
+		return cfg, fmt.Errorf("-addr: %w", err)
+	}
+	if cfg.DebugAddr != "" {
+		if err := checkListenAddr(cfg.DebugAddr); err != nil {
+			return cfg, fmt.Errorf("-debug-addr: %w", err)
+		}
+	}
+	if cfg.DB == "" || strings.HasSuffix(cfg.DB, "/") || strings.HasSuffix(cfg.DB, string(os.PathSeparator)) {
+		return cfg, fmt.Errorf("-db: %q is not a file name; write the database file's path, like data/p2pserver.db", cfg.DB)
+	}
+	if fi, err := os.Stat(cfg.DB); err == nil && fi.IsDir() {
+		return cfg, fmt.Errorf("-db: %s is a folder; write the database file's path inside it, like %s", cfg.DB, filepath.Join(cfg.DB, "p2pserver.db"))
+	}
 	var err error
 	if cfg.CORSOrigins, err = parseOrigins(cors); err != nil {
 		return cfg, fmt.Errorf("-cors-origins: %w", err)
@@ -275,6 +290,20 @@ func baseURLFor(addr string, bound net.Addr) (base string, wildcard bool) {
 		return "http://" + net.JoinHostPort(tcp.IP.String(), port), false
 	}
 	return "http://" + net.JoinHostPort(host, port), false
+}
+
+// checkListenAddr tells why addr cannot be listened on: it must be
+// host:port (the host may be empty for every interface), the port a number
+// from 0 (any free port) to 65535.
+func checkListenAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port, like 127.0.0.1:8080 (or 127.0.0.1:0 for any free port)", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q has no port number from 0 to 65535", addr)
+	}
+	return nil
 }
 
 // parseOrigins reads -cors-origins: "*", or origins scheme://host[:port]

@@ -53,6 +53,15 @@ func TestMainRefusesWhatItCannotUse(t *testing.T) {
 		{"two wildcard labels", "-cors-origins https://*.*.example.org", nil, `"https://*.*.example.org" is not an origin`},
 		{"a wildcard port", "-cors-origins https://portal.example.org:*", nil, `"https://portal.example.org:*" is not an origin`},
 		{"a base URL without a scheme", "-base-url 127.0.0.1:8080", nil, `-base-url: "127.0.0.1:8080" is not an absolute http(s) URL`},
+		// An address or a database path that cannot be used is refused
+		// before anything starts, naming the setting (not a listen or open
+		// error after the start).
+		{"an address without a port", "-addr 127.0.0.1", nil, `-addr: "127.0.0.1" is not host:port`},
+		{"an address with a port past 65535", "-addr 127.0.0.1:99999", nil, `-addr: "127.0.0.1:99999" has no port number from 0 to 65535`},
+		{"an address with a named port", "-addr 127.0.0.1:http", nil, `-addr: "127.0.0.1:http" has no port number`},
+		{"a profiling address without a port", "-debug-addr 6060", nil, `-debug-addr: "6060" is not host:port`},
+		{"a database path that is a folder", "-db .", nil, `-db: . is a folder`},
+		{"a database path ending in a slash", "-db data/", nil, `-db: "data/" is not a file name`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			db := filepath.Join(t.TempDir(), "data", "p2p.db")
