@@ -270,7 +270,7 @@ func keepAttempts(tx *store.Tx, doc *store.Doc, prev *store.Version) error {
 		return nil
 	}
 	var stored []map[string]any
-	if prev != nil {
+	if prev != nil && bytes.Contains(prev.JSON, []byte(AttemptSystem)) {
 		pm, err := decodeMap(prev.JSON)
 		if err != nil {
 			return errs.E("batch.task", errs.Internal, err)
