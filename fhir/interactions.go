@@ -237,7 +237,7 @@ func (s *Server) applyUpdate(tx *store.Tx, rq *request) (*response, error) {
 				doc.ID = NewID()
 				doc.Entries = nil
 				assigned = true
-			} else if err := noUnmatchedOverwrite(tx, rq.Type, doc.ID); err != nil {
+			} else if err := s.noUnmatchedOverwrite(tx, rq.Type, doc.ID); err != nil {
 				return nil, err
 			}
 			id = doc.ID
@@ -379,8 +379,12 @@ func (s *Server) Put(tx *store.Tx, doc *store.Doc, ifMatch int64) (*store.Versio
 // replace. FHIR R5 says so explicitly: "No matches, id provided and
 // already exist: the server rejects the update with a 409 Conflict". A
 // deleted resource may be created again.
-func noUnmatchedOverwrite(tx *store.Tx, typ, id string) error {
-	v, err := tx.Read(typ, id)
+//
+// Only a resource the requester may see is weighed (authz.Policy.Current):
+// one hidden from them answers as one that does not exist, and the update
+// goes on to be refused as such (authz.Policy.MayChooseID).
+func (s *Server) noUnmatchedOverwrite(tx *store.Tx, typ, id string) error {
+	v, err := s.policy.Current(tx, AccessFrom(tx.Context()), typ, id)
 	if err != nil || v == nil || v.Deleted {
 		return nil
 	}

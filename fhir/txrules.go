@@ -191,7 +191,7 @@ func (s *Server) planTransaction(tx *store.Tx, entries []*txEntry, bodies []body
 					id = bodies[e.index].ID
 					if id == "" {
 						id = newIDs[e.index]
-					} else if err := noUnmatchedOverwrite(tx, e.typ, id); err != nil {
+					} else if err := s.noUnmatchedOverwrite(tx, e.typ, id); err != nil {
 						return nil, entryErr(e, err)
 					}
 				case 1:
