@@ -2,9 +2,10 @@ package batch
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
-	"unicode/utf8"
+	"sync"
+
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // refFunc maps a Reference.reference value to the value to store, and says
@@ -19,363 +20,206 @@ type refFunc func(ref string) (string, bool)
 //   - meta without versionId and lastUpdated (the store sets them) and with
 //     source set to source;
 //   - every string value of a member named "reference" (Reference.reference)
-//     passed through refs.
+//     passed through refs;
+//   - one spelling per string ("<" and "\u003c" are the same JSON): only
+//     the quote, the backslash and control characters escaped, as jsontext
+//     writes them, so that equal content gives equal bytes whichever way
+//     the source encoded it. Numbers are kept as written.
 //
 // Its output is what the store keeps apart from meta.versionId and
 // meta.lastUpdated, so equal outputs mean equal stored content. raw must be
 // a JSON object (the decoder has already checked it).
 func canonical(raw []byte, localID, source string, refs refFunc) ([]byte, error) {
-	s := scanner{src: raw, refs: refs}
-	s.ws()
-	if !s.eat('{') {
-		return nil, s.fail("a resource must be a JSON object")
-	}
 	type member struct {
 		key string
-		val []byte // rewritten, compact
+		val []byte // a slice of raw
 	}
 	var rt, meta []byte
 	var rest []member
-	s.ws()
-	if !s.eat('}') {
-		for {
-			s.ws()
-			key, err := s.key()
-			if err != nil {
-				return nil, err
-			}
-			start := len(s.out)
-			if err := s.value(key); err != nil {
-				return nil, err
-			}
-			val := s.out[start:]
-			switch key {
-			case "resourceType":
-				rt = val
-			case "id":
-			case "meta":
-				meta = val
-			default:
-				rest = append(rest, member{key, val})
-			}
-			s.ws()
-			if s.eat(',') {
-				continue
-			}
-			if s.eat('}') {
-				break
-			}
-			return nil, s.fail("expected , or } in an object")
+	r := readJSON(raw, lenient)
+	defer r.release()
+	if r.dec.PeekKind() != '{' {
+		return nil, fmt.Errorf("a resource must be a JSON object")
+	}
+	err := r.members(func(key string) error {
+		val, err := r.raw(raw)
+		switch key {
+		case "resourceType":
+			rt = val
+		case "id":
+		case "meta":
+			meta = val
+		default:
+			rest = append(rest, member{key, val})
 		}
+		return err
+	})
+	if err == nil {
+		err = r.end()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("malformed JSON: %w", err)
 	}
 	if rt == nil {
 		return nil, fmt.Errorf("the resource has no resourceType")
 	}
-	var b bytes.Buffer
-	b.Grow(len(raw) + len(source) + 64)
-	b.WriteString(`{"resourceType":`)
-	b.Write(rt)
-	b.WriteString(`,"id":`)
-	writeJSONString(&b, localID)
-	b.WriteString(`,"meta":{`)
-	n := 0
-	if meta != nil {
-		ms, err := objectMembers(meta)
-		if err != nil {
-			return nil, fmt.Errorf("meta: %w", err)
-		}
-		for _, m := range ms {
-			switch m.key {
-			case "versionId", "lastUpdated", "source":
-				continue
-			}
-			if n > 0 {
-				b.WriteByte(',')
-			}
-			writeJSONString(&b, m.key)
-			b.WriteByte(':')
-			b.Write(m.val)
-			n++
+
+	w := writeJSON(len(raw) + len(source) + 64)
+	defer w.release()
+	e := &w.enc
+	put := func(t jsontext.Token) {
+		if err == nil {
+			err = e.WriteToken(t)
 		}
 	}
-	if n > 0 {
-		b.WriteByte(',')
+	put(jsontext.BeginObject)
+	put(jsontext.String("resourceType"))
+	if err == nil {
+		err = e.WriteValue(rt)
 	}
-	b.WriteString(`"source":`)
-	writeJSONString(&b, source)
-	b.WriteByte('}')
-	for _, m := range rest {
-		b.WriteByte(',')
-		writeJSONString(&b, m.key)
-		b.WriteByte(':')
-		b.Write(m.val)
-	}
-	b.WriteByte('}')
-	return b.Bytes(), nil
-}
-
-type rawMember struct {
-	key string
-	val []byte
-}
-
-// objectMembers splits a compact JSON object into its members.
-func objectMembers(obj []byte) ([]rawMember, error) {
-	s := scanner{src: obj}
-	s.ws()
-	if !s.eat('{') {
-		return nil, s.fail("expected an object")
-	}
-	var out []rawMember
-	s.ws()
-	if s.eat('}') {
-		return out, nil
-	}
-	for {
-		s.ws()
-		key, err := s.key()
-		if err != nil {
-			return nil, err
-		}
-		start := len(s.out)
-		if err := s.value(key); err != nil {
-			return nil, err
-		}
-		out = append(out, rawMember{key, s.out[start:]})
-		s.ws()
-		if s.eat(',') {
-			continue
-		}
-		if s.eat('}') {
-			return out, nil
-		}
-		return nil, s.fail("expected , or } in an object")
-	}
-}
-
-// scanner copies JSON from src to out, compacted, rewriting references.
-type scanner struct {
-	src  []byte
-	pos  int
-	out  []byte
-	refs refFunc
-}
-
-func (s *scanner) fail(msg string) error {
-	return fmt.Errorf("malformed JSON at byte %d: %s", s.pos, msg)
-}
-
-func (s *scanner) ws() {
-	for s.pos < len(s.src) {
-		switch s.src[s.pos] {
-		case ' ', '\t', '\n', '\r':
-			s.pos++
-		default:
-			return
-		}
-	}
-}
-
-func (s *scanner) eat(c byte) bool {
-	if s.pos < len(s.src) && s.src[s.pos] == c {
-		s.pos++
-		return true
-	}
-	return false
-}
-
-// key reads a member name and its colon, and writes neither.
-func (s *scanner) key() (string, error) {
-	raw, err := s.str()
-	if err != nil {
-		return "", err
-	}
-	k, err := unquote(raw)
-	if err != nil {
-		return "", err
-	}
-	s.ws()
-	if !s.eat(':') {
-		return "", s.fail("expected : after a member name")
-	}
-	s.ws()
-	return k, nil
-}
-
-// str returns the raw bytes of the string at pos, quotes included.
-func (s *scanner) str() ([]byte, error) {
-	if !s.eat('"') {
-		return nil, s.fail("expected a string")
-	}
-	start := s.pos - 1
-	for s.pos < len(s.src) {
-		switch s.src[s.pos] {
-		case '"':
-			s.pos++
-			return s.src[start:s.pos], nil
-		case '\\':
-			s.pos += 2
-		default:
-			s.pos++
-		}
-	}
-	return nil, s.fail("unterminated string")
-}
-
-// value copies one value; parentKey is the member name it belongs to.
-func (s *scanner) value(parentKey string) error {
-	s.ws()
-	if s.pos >= len(s.src) {
-		return s.fail("unexpected end")
-	}
-	switch c := s.src[s.pos]; {
-	case c == '{':
-		s.pos++
-		s.out = append(s.out, '{')
-		s.ws()
-		if s.eat('}') {
-			s.out = append(s.out, '}')
-			return nil
-		}
-		for first := true; ; first = false {
-			if !first {
-				s.out = append(s.out, ',')
-			}
-			s.ws()
-			rawKey, err := s.str()
-			if err != nil {
-				return err
-			}
-			s.out = append(s.out, rawKey...)
-			s.ws()
-			if !s.eat(':') {
-				return s.fail("expected : after a member name")
-			}
-			s.out = append(s.out, ':')
-			s.ws()
-			key := string(rawKey[1 : len(rawKey)-1])
-			if bytes.IndexByte(rawKey, '\\') >= 0 {
-				if key, err = unquote(rawKey); err != nil {
+	put(jsontext.String("id"))
+	put(jsontext.String(localID))
+	put(jsontext.String("meta"))
+	put(jsontext.BeginObject)
+	if meta != nil && err == nil {
+		mr := readJSON(meta, lenient)
+		if mr.dec.PeekKind() != '{' {
+			err = fmt.Errorf("meta is not an object")
+		} else {
+			err = mr.members(func(key string) error {
+				val, err := mr.raw(meta)
+				if err != nil {
 					return err
 				}
-			}
-			if err := s.value(key); err != nil {
-				return err
-			}
-			s.ws()
-			if s.eat(',') {
-				continue
-			}
-			if s.eat('}') {
-				s.out = append(s.out, '}')
-				return nil
-			}
-			return s.fail("expected , or } in an object")
+				switch key {
+				case "versionId", "lastUpdated", "source":
+					return nil
+				}
+				if err := e.WriteToken(jsontext.String(key)); err != nil {
+					return err
+				}
+				return w.copy(val, refs)
+			})
 		}
-	case c == '[':
-		s.pos++
-		s.out = append(s.out, '[')
-		s.ws()
-		if s.eat(']') {
-			s.out = append(s.out, ']')
-			return nil
+		mr.release()
+	}
+	put(jsontext.String("source"))
+	put(jsontext.String(source))
+	put(jsontext.EndObject)
+	for _, m := range rest {
+		put(jsontext.String(m.key))
+		if err == nil {
+			err = w.copy(m.val, refs)
 		}
-		for first := true; ; first = false {
-			if !first {
-				s.out = append(s.out, ',')
-			}
-			if err := s.value(parentKey); err != nil {
-				return err
-			}
-			s.ws()
-			if s.eat(',') {
-				continue
-			}
-			if s.eat(']') {
-				s.out = append(s.out, ']')
-				return nil
-			}
-			return s.fail("expected , or ] in an array")
-		}
-	case c == '"':
-		raw, err := s.str()
-		if err != nil {
+	}
+	put(jsontext.EndObject)
+	if err != nil {
+		return nil, err
+	}
+	// The encoder ends each top-level value with a newline.
+	return bytes.Clone(bytes.TrimSuffix(w.buf.Bytes(), []byte("\n"))), nil
+}
+
+// jsonWriter writes one JSON text in the form canonical gives.
+type jsonWriter struct {
+	buf bytes.Buffer
+	enc jsontext.Encoder
+	rd  jsonReader // walks values that hold references
+}
+
+var jsonWriters = sync.Pool{New: func() any { return new(jsonWriter) }}
+
+func writeJSON(size int) *jsonWriter {
+	w := jsonWriters.Get().(*jsonWriter)
+	w.buf.Reset()
+	w.buf.Grow(size)
+	w.enc.Reset(&w.buf, lenient...)
+	return w
+}
+
+func (w *jsonWriter) release() {
+	if w.buf.Cap() > 1<<20 {
+		w.buf = bytes.Buffer{} // keep no huge buffer in the pool
+	}
+	jsonWriters.Put(w)
+}
+
+// copy writes the value val, rewriting the references in it. A value that
+// cannot hold one ("reference" spelled out or with escapes) is written in
+// one call.
+func (w *jsonWriter) copy(val []byte, refs refFunc) error {
+	if refs == nil || !bytes.Contains(val, []byte("reference")) && !bytes.Contains(val, []byte(`\u`)) {
+		return w.enc.WriteValue(val)
+	}
+	w.rd.buf = *bytes.NewBuffer(val)
+	w.rd.dec.Reset(&w.rd.buf, lenient...)
+	defer func() {
+		w.rd.buf = bytes.Buffer{}
+		w.rd.dec.Reset(&w.rd.buf)
+	}()
+	return w.walk(false, refs)
+}
+
+// walk copies the next value token by token; isRef says it is the value of
+// a member named "reference".
+func (w *jsonWriter) walk(isRef bool, refs refFunc) error {
+	d, e := &w.rd.dec, &w.enc
+	tok, err := d.ReadToken()
+	if err != nil {
+		return err
+	}
+	switch tok.Kind() {
+	case '{':
+		if err := e.WriteToken(tok); err != nil {
 			return err
 		}
-		if parentKey == "reference" && s.refs != nil {
-			ref, err := unquote(raw)
+		for d.PeekKind() != '}' {
+			k, err := d.ReadToken()
 			if err != nil {
 				return err
 			}
-			if to, changed := s.refs(ref); changed {
-				s.out = appendJSONString(s.out, to)
-				return nil
-			}
-		}
-		if bytes.IndexByte(raw, '\\') >= 0 || !utf8.Valid(raw) {
-			// One spelling per string ("<" and "\u003c" are the same
-			// JSON), so that equal content gives equal bytes whichever way
-			// the source encoded it.
-			str, err := unquote(raw)
-			if err != nil {
+			ref := k.String() == "reference"
+			if err := e.WriteToken(k); err != nil {
 				return err
 			}
-			s.out = appendJSONString(s.out, str)
-			return nil
+			if err := w.walk(ref, refs); err != nil {
+				return err
+			}
 		}
-		s.out = append(s.out, raw...)
-		return nil
+	case '[':
+		if err := e.WriteToken(tok); err != nil {
+			return err
+		}
+		for d.PeekKind() != ']' {
+			if err := w.walk(false, refs); err != nil {
+				return err
+			}
+		}
+	case '"':
+		if isRef {
+			if to, changed := refs(tok.String()); changed {
+				return e.WriteToken(jsontext.String(to))
+			}
+		}
+		return e.WriteToken(tok)
 	default:
-		start := s.pos
-		for s.pos < len(s.src) {
-			switch s.src[s.pos] {
-			case ',', '}', ']', ' ', '\t', '\n', '\r':
-				s.out = append(s.out, s.src[start:s.pos]...)
-				return nil
-			}
-			s.pos++
-		}
-		s.out = append(s.out, s.src[start:s.pos]...)
-		return nil
+		return e.WriteToken(tok)
 	}
+	// the closing brace or bracket
+	if tok, err = d.ReadToken(); err != nil {
+		return err
+	}
+	return e.WriteToken(tok)
 }
 
-func unquote(raw []byte) (string, error) {
-	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
-		return string(raw[1 : len(raw)-1]), nil
+// rewriteRefs returns the JSON value raw compacted, with every string value
+// of a member named "reference" passed through refs, and strings in
+// canonical's spelling.
+func rewriteRefs(raw []byte, refs refFunc) ([]byte, error) {
+	w := writeJSON(len(raw) + 64)
+	defer w.release()
+	if err := w.copy(raw, refs); err != nil {
+		return nil, err
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", fmt.Errorf("malformed JSON string: %w", err)
-	}
-	return s, nil
-}
-
-// appendJSONString appends s as a JSON string in the one spelling this
-// package writes: only the quote, the backslash and control characters
-// escaped, everything else as UTF-8.
-func appendJSONString(dst []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	dst = append(dst, '"')
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c == '"' || c == '\\':
-			dst = append(dst, '\\', c)
-		case c == '\n':
-			dst = append(dst, '\\', 'n')
-		case c == '\r':
-			dst = append(dst, '\\', 'r')
-		case c == '\t':
-			dst = append(dst, '\\', 't')
-		case c < 0x20:
-			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		default:
-			dst = append(dst, c)
-		}
-	}
-	return append(dst, '"')
-}
-
-func writeJSONString(b *bytes.Buffer, s string) {
-	b.Write(appendJSONString(nil, s))
+	return bytes.Clone(bytes.TrimSuffix(w.buf.Bytes(), []byte("\n"))), nil
 }

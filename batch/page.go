@@ -6,11 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"runtime"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
@@ -120,9 +123,12 @@ type preparer struct {
 func (pp *preparer) parse(body []byte, pageURL string) (*preparedPage, error) {
 	b, err := readEnvelope(body)
 	if err != nil {
-		var se *json.SyntaxError
+		var se *jsontext.SyntacticError
 		if errors.As(err, &se) {
-			return nil, pageErrorf("the source payer sent a page that is not valid JSON (syntax error at byte %d) from %s", se.Offset, pageURL)
+			return nil, pageErrorf("the source payer sent a page that is not valid JSON (syntax error at byte %d) from %s", se.ByteOffset, pageURL)
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, pageErrorf("the source payer sent a page that is not valid JSON (it ends at byte %d, within a value) from %s", len(body), pageURL)
 		}
 		return nil, pageErrorf("the source payer sent a page that is not a FHIR Bundle from %s: %s", pageURL, clip(err.Error(), 200))
 	}

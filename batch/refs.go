@@ -187,21 +187,21 @@ func (r *Runner) rewriteRef(tx *store.Tx, referrer, from, to string) (bool, erro
 		return false, nil
 	}
 	changed := false
-	s := scanner{src: v.JSON, refs: func(ref string) (string, bool) {
+	out, err := rewriteRefs(v.JSON, func(ref string) (string, bool) {
 		if ref == from {
 			changed = true
 			return to, true
 		}
 		return ref, false
-	}}
-	if err := s.value(""); err != nil || !changed {
+	})
+	if err != nil || !changed {
 		return false, nil
 	}
-	m, err := decodeMap(s.out)
+	m, err := decodeMap(out)
 	if err != nil {
 		return false, nil
 	}
-	nv, err := r.fhir.Put(tx, &store.Doc{Type: typ, ID: id, Map: m, JSON: s.out}, v.VersionID)
+	nv, err := r.fhir.Put(tx, &store.Doc{Type: typ, ID: id, Map: m, JSON: out}, v.VersionID)
 	if err != nil {
 		return false, fmt.Errorf("batch: rewrite the reference %s in %s: %w", from, referrer, err)
 	}

@@ -7,7 +7,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"unicode/utf8"
+	"io"
+	"sync"
+
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Member is one top-level member of a JSON object, its value kept raw.
@@ -16,138 +19,101 @@ type Member struct {
 	Raw json.RawMessage
 }
 
+// lenient reads and writes what encoding/json accepts: duplicate member
+// names, and invalid UTF-8 (replaced by U+FFFD where a string is
+// unquoted); string escapes are kept as written.
+var lenient = []jsontext.Options{
+	jsontext.AllowDuplicateNames(true),
+	jsontext.AllowInvalidUTF8(true),
+	jsontext.PreserveRawStrings(true),
+}
+
+type reader struct {
+	buf bytes.Buffer
+	dec jsontext.Decoder
+}
+
+var readers = sync.Pool{New: func() any { return new(reader) }}
+
 // Members splits a JSON object into its top-level members, in order. The
-// values share data's memory. Invalid JSON is an error.
+// values share data's memory. Invalid JSON, or anything but one object, is
+// an error.
 //
 // It runs in every resource write (the store stamps meta into each new
-// version inside the write transaction), so it checks the document once
-// with json.Valid and then splits it by hand instead of decoding it.
+// version inside the write transaction); jsontext checks each value once
+// as it passes over it, and nothing is decoded.
 func Members(data []byte) ([]Member, error) {
-	if !json.Valid(data) {
-		return nil, errors.New("not valid JSON")
-	}
-	i := skipSpace(data, 0)
-	if i >= len(data) || data[i] != '{' {
+	r := readers.Get().(*reader)
+	defer func() {
+		r.buf = bytes.Buffer{}
+		r.dec.Reset(&r.buf)
+		readers.Put(r)
+	}()
+	// A bytes.Buffer is read in place, not copied.
+	r.buf = *bytes.NewBuffer(data)
+	d := &r.dec
+	d.Reset(&r.buf, lenient...)
+	if d.PeekKind() != '{' {
+		if _, err := d.ReadToken(); err != nil && err != io.EOF {
+			return nil, err
+		}
 		return nil, errors.New("not a JSON object")
 	}
+	if _, err := d.ReadToken(); err != nil {
+		return nil, err
+	}
 	out := make([]Member, 0, 16)
-	i = skipSpace(data, i+1)
-	if data[i] == '}' {
-		return out, nil
+	for d.PeekKind() != '}' {
+		k, err := d.ReadToken()
+		if err != nil {
+			return nil, err
+		}
+		key := k.String()
+		v, err := d.ReadValue()
+		if err != nil {
+			return nil, err
+		}
+		end := int(d.InputOffset())
+		out = append(out, Member{Key: key, Raw: data[end-len(v) : end : end]})
 	}
-	for {
-		// data is valid JSON: a key string, a colon, a value, then a comma
-		// or the closing brace.
-		end := stringEnd(data, i)
-		key := data[i:end]
-		var k string
-		if bytes.IndexByte(key, '\\') >= 0 || !utf8.Valid(key) {
-			// Escapes and invalid UTF-8 (which the decoder replaces with
-			// U+FFFD) are the decoder's business.
-			if err := json.Unmarshal(key, &k); err != nil {
-				return nil, err
-			}
-		} else {
-			k = string(key[1 : len(key)-1])
-		}
-		i = skipSpace(data, skipSpace(data, end)+1) // past the colon
-		vend := valueEnd(data, i)
-		out = append(out, Member{Key: k, Raw: data[i:vend:vend]})
-		i = skipSpace(data, vend)
-		if data[i] == '}' {
-			return out, nil
-		}
-		i = skipSpace(data, i+1) // past the comma
+	if _, err := d.ReadToken(); err != nil {
+		return nil, err
 	}
-}
-
-func skipSpace(data []byte, i int) int {
-	for i < len(data) {
-		switch data[i] {
-		case ' ', '\t', '\r', '\n':
-			i++
-		default:
-			return i
-		}
+	if _, err := d.ReadToken(); err != io.EOF {
+		return nil, errors.New("data after the JSON object")
 	}
-	return i
-}
-
-// stringEnd returns the index just past the string starting at data[i].
-func stringEnd(data []byte, i int) int {
-	for j := i + 1; j < len(data); j++ {
-		switch data[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1
-		}
-	}
-	return len(data)
-}
-
-// valueEnd returns the index just past the value starting at data[i].
-func valueEnd(data []byte, i int) int {
-	switch data[i] {
-	case '"':
-		return stringEnd(data, i)
-	case '{', '[':
-		depth := 0
-		for j := i; j < len(data); j++ {
-			switch data[j] {
-			case '"':
-				j = stringEnd(data, j) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return j + 1
-				}
-			}
-		}
-		return len(data)
-	default: // number, true, false, null
-		j := i
-		for j < len(data) {
-			switch data[j] {
-			case ',', '}', ']', ' ', '\t', '\r', '\n':
-				return j
-			}
-			j++
-		}
-		return j
-	}
+	return out, nil
 }
 
 // Object writes members back as one compact JSON object. Each Raw must be
 // a valid JSON value, as Members and json.Marshal give them: one without
-// whitespace is copied as it is, not checked again.
+// whitespace is copied as it is, not checked again; the others are
+// compacted with their string escapes kept.
 func Object(ms []Member) ([]byte, error) {
 	n := 2
 	for _, m := range ms {
 		n += len(m.Key) + len(m.Raw) + 4
 	}
-	b := bytes.NewBuffer(make([]byte, 0, n))
-	b.WriteByte('{')
+	b := make([]byte, 1, n)
+	b[0] = '{'
+	var err error
 	for i, m := range ms {
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		k, _ := json.Marshal(m.Key)
-		b.Write(k)
-		b.WriteByte(':')
+		if b, err = jsontext.AppendQuote(b, m.Key); err != nil {
+			return nil, err
+		}
+		b = append(b, ':')
 		if IsCompact(m.Raw) {
-			b.Write(m.Raw)
-
+			b = append(b, m.Raw...)
 			continue
 		}
-		if err := json.Compact(b, m.Raw); err != nil {
+		if b, err = jsontext.AppendFormat(b, m.Raw, lenient...); err != nil {
 			return nil, err
 		}
 	}
-	b.WriteByte('}')
-	return b.Bytes(), nil
+	return append(b, '}'), nil
 }
 
 // IsCompact reports whether data, a valid JSON value, has no whitespace
