@@ -139,6 +139,10 @@ type matcher struct {
 	within  []string // or by these ids (a compartment), sorted
 	bounded bool     // within applies
 	chained map[*search.Clause]idSet
+	// params are those whose entries the clauses and sort keys read (nil:
+	// all, for a compartment's rule).
+	params map[string]bool
+	buf    []search.Entry
 }
 
 // newMatcher prepares q's candidate stream; nil when nothing can match.
@@ -164,7 +168,15 @@ func (tx *Tx) newMatcher(q *search.Query) (*matcher, error) {
 			}
 		}
 	}
+	m.params = map[string]bool{}
+	for _, c := range q.Clauses {
+		m.params[c.Param.Code] = true
+	}
+	for _, k := range q.Sort {
+		m.params[k.Param.Code] = true
+	}
 	if q.Compartment != "" {
+		m.params = nil
 		set := tx.record(q.Type, q.Compartment, q.Linked)
 		m.within = make([]string, 0, len(set))
 		for id := range set {
@@ -256,7 +268,10 @@ func (m *matcher) match(id string) ([]search.Entry, bool) {
 	}
 	var entries []search.Entry
 	if m.x != nil {
-		entries = decodeEntries(m.x.Get([]byte(id)))
+		// Reused between candidates that do not match; one that matches
+		// keeps its entries (they go into a batch).
+		entries = decodeEntriesOf(m.x.Get([]byte(id)), m.params, m.buf[:0])
+		m.buf = entries
 	}
 	if m.bounded && !m.tx.s.reg.InRecord(m.q.Type, id, entries, m.q.Compartment, m.q.Linked) {
 		return nil, false
@@ -273,6 +288,7 @@ func (m *matcher) match(id string) ([]search.Entry, bool) {
 			return nil, false
 		}
 	}
+	m.buf = nil
 	return entries, true
 }
 

@@ -434,8 +434,11 @@ func encodeEntries(es []search.Entry) []byte {
 	return b
 }
 
-func decodeEntries(b []byte) []search.Entry {
-	var out []search.Entry
+func decodeEntries(b []byte) []search.Entry { return decodeEntriesOf(b, nil, nil) }
+
+// decodeEntriesOf decodes into out the entries whose parameter want holds
+// (all when want is nil), without copying the others.
+func decodeEntriesOf(b []byte, want map[string]bool, out []search.Entry) []search.Entry {
 	next := func() ([]byte, bool) {
 		n, k := binary.Uvarint(b)
 		if k <= 0 || uint64(len(b)-k) < n {
@@ -451,6 +454,9 @@ func decodeEntries(b []byte) []search.Entry {
 		pl, ok3 := next()
 		if !ok1 || !ok2 || !ok3 {
 			break
+		}
+		if want != nil && !want[string(p)] {
+			continue
 		}
 		out = append(out, search.Entry{Param: string(p), Key: string(k), Payload: bytes.Clone(pl)})
 	}
