@@ -268,3 +268,41 @@ func TestEverythingTypeLevelPagesLazily(t *testing.T) {
 	ts.do(http.MethodGet, strings.Replace(second, "_cursor=", "_cursor=00", 1), nil).want(t, http.StatusGone).outcome(t)
 	ts.do(http.MethodGet, "/Patient/$everything?_cursor=0123456789abcdef01234567.p001", nil).want(t, http.StatusBadRequest).outcome(t)
 }
+
+// TestSortedPagingUnderWrites: with _sort, each page starts after the
+// sort values and id of the last resource served, so what is written
+// between pages is seen by where it sorts now, as the README says: a new
+// resource sorting after the position is served, one sorting before it is
+// not, and one not yet served that is changed to sort before the position
+// is not served; nothing is served twice.
+func TestSortedPagingUnderWrites(t *testing.T) {
+	ts := newServer(t)
+	obs := func(id string, day int) string {
+		return fmt.Sprintf(`{"resourceType":"Observation","id":%q,"status":"final","code":{"coding":[{"system":"urn:t","code":"sorted"}]},"effectiveDateTime":"2021-03-%02d"}`, id, day)
+	}
+	for day := 1; day <= 30; day++ {
+		id := fmt.Sprintf("s%02d", day)
+		ts.do(http.MethodPut, "/Observation/"+id, obs(id, day)).want(t, http.StatusCreated)
+	}
+	got, _ := pageAll(t, ts, "/Observation?code=urn:t|sorted&_sort=-date&_count=10", func(page int) {
+		if page != 1 { // served so far: days 30 down to 21
+			return
+		}
+		ts.do(http.MethodPut, "/Observation/late", obs("late", 5)).want(t, http.StatusCreated)    // after the position
+		ts.do(http.MethodPut, "/Observation/early", obs("early", 25)).want(t, http.StatusCreated) // before it
+		ts.do(http.MethodPut, "/Observation/s15", obs("s15", 28)).want(t, http.StatusOK)          // moved before it
+	})
+	var want []string
+	for day := 30; day >= 1; day-- {
+		if day == 5 {
+			// "late" shares s05's date; ties go by id.
+			want = append(want, "Observation/late")
+		}
+		if day != 15 {
+			want = append(want, fmt.Sprintf("Observation/s%02d", day))
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("served %v\nwant   %v", got, want)
+	}
+}
