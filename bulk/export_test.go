@@ -396,3 +396,45 @@ func TestCapabilityStatementOperations(t *testing.T) {
 		}
 	}
 }
+
+// Bulk Data Access STU 2, "File Request": the Accept header is optional and
+// defaults to application/fhir+ndjson. A client that names it (or NDJSON,
+// JSON, anything) gets the file; one that accepts only another format gets
+// 406 with an OperationOutcome.
+func TestFileRequestAcceptHeader(t *testing.T) {
+	t.Parallel()
+	idp := oidctest.New(t)
+	idp.AddClient("payer-x", "s")
+	p := newPayer(t, idp, Config{})
+	loadBasic(p)
+	x := p.token("payer-x", "system/*.rs")
+	m := p.wait(p.kickoff("GET", "/$export?_type=Observation", x, nil), x)
+	if len(m.Output) == 0 {
+		t.Fatal("nothing exported")
+	}
+	for _, c := range []struct {
+		accept string
+		want   int
+	}{
+		{"application/fhir+ndjson", 200},
+		{"application/ndjson", 200},
+		{"application/fhir+ndjson, application/fhir+json;q=0.5", 200},
+		{"*/*", 200},
+		{"application/fhir+json", 200},
+		{"application/fhir+xml", 406},
+		{"text/html", 406},
+		{"application/fhir+ndjson;q=0", 406},
+	} {
+		resp, body := p.do("GET", m.Output[0].URL, x, nil, "Accept", c.accept)
+		if resp.StatusCode != c.want {
+			t.Errorf("Accept %q: %d %s; want %d", c.accept, resp.StatusCode, body, c.want)
+			continue
+		}
+		if c.want == 200 && resp.Header.Get("Content-Type") != NDJSON {
+			t.Errorf("Accept %q: Content-Type %q", c.accept, resp.Header.Get("Content-Type"))
+		}
+		if c.want == 406 && !strings.Contains(string(body), "OperationOutcome") {
+			t.Errorf("Accept %q: 406 without an OperationOutcome: %s", c.accept, body)
+		}
+	}
+}

@@ -54,7 +54,9 @@ func (e *Exporter) Register() {
 			Handler:       e.matchKickoff})
 	}
 	e.srv.Route(statusPath+"/{job}", http.HandlerFunc(e.status))
-	e.srv.Route(filesPath+"/{job}/{file}", http.HandlerFunc(e.file))
+	// Bulk Data's file request: "Accept (string, optional, defaults to
+	// application/fhir+ndjson)".
+	e.srv.RouteProducing(filesPath+"/{job}/{file}", http.HandlerFunc(e.file), NDJSON, "application/ndjson")
 }
 
 // Owner names the client a request comes from, to which the jobs it starts

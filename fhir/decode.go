@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/p2pserver/p2pserver/fhir/spec"
@@ -196,9 +197,9 @@ func (s *Server) docOf(m map[string]any, raw []byte, wantType string) (*store.Do
 	return &store.Doc{Type: rt, ID: id, Map: m, JSON: raw}, nil
 }
 
-// acceptable reports whether the client accepts FHIR JSON, from _format or
-// the Accept header.
-func acceptable(r *http.Request) bool {
+// acceptable reports whether the client accepts FHIR JSON (or one of the
+// media types also names), from _format or the Accept header.
+func acceptable(r *http.Request, also ...string) bool {
 	if f := r.URL.Query().Get("_format"); f != "" {
 		switch strings.ToLower(f) {
 		case "json", "application/json", "application/fhir+json", "application/json+fhir":
@@ -220,6 +221,9 @@ func acceptable(r *http.Request) bool {
 		}
 		switch mt {
 		case "*/*", "application/*", "application/json", "application/fhir+json", "application/json+fhir":
+			return true
+		}
+		if slices.Contains(also, mt) {
 			return true
 		}
 	}

@@ -93,8 +93,9 @@ type Server struct {
 // route is a handler below the base outside the FHIR REST paths (see
 // Server.Route).
 type route struct {
-	pattern string
-	h       http.Handler
+	pattern  string
+	h        http.Handler
+	produces []string // media types answered besides FHIR JSON; nil: FHIR JSON only
 }
 
 // Validator checks (and may amend) a resource of one type before it is
@@ -213,6 +214,17 @@ func (s *Server) Route(pattern string, h http.Handler) {
 	s.routes = append(s.routes, route{pattern: pattern, h: h})
 }
 
+// RouteProducing is Route for a path that answers in other media types
+// than FHIR JSON, such as the Bulk Data output files
+// (application/fhir+ndjson): an Accept header naming one of mediaTypes is
+// acceptable there, as is one that accepts JSON (errors are still
+// OperationOutcomes). Call it before Handler.
+func (s *Server) RouteProducing(pattern string, h http.Handler, mediaTypes ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.routes = append(s.routes, route{pattern: pattern, h: h, produces: mediaTypes})
+}
+
 func (s *Server) validatorsFor(typ string) []Validator {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -223,41 +235,51 @@ func (s *Server) validatorsFor(typ string) []Validator {
 // of BaseURL (e.g. r.Mount("/fhir", s.Handler())).
 func (s *Server) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(Recoverer, Negotiate)
+	r.Use(Recoverer)
 	s.mu.RLock()
 	for _, mw := range s.middleware {
 		r.Use(mw)
 	}
 	routes := slices.Clone(s.routes)
 	s.mu.RUnlock()
-	for _, rt := range routes {
-		r.Handle(rt.pattern, rt.h)
-	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, errs.E("fhir.route", errs.NotFound, fmt.Sprintf("no FHIR endpoint at %s", r.URL.Path)))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, errs.E("fhir.route", errs.MethodNotAllowed, fmt.Sprintf("%s is not supported on %s", r.Method, r.URL.Path)))
 	})
-	r.Get("/metadata", s.capabilities)
-	r.Post("/", s.bundle)
-	r.Get("/_history", s.systemHistory)
-	r.HandleFunc("/{op:\\$[^/]+}", s.systemOperation)
-	r.Route("/{type}", func(r chi.Router) {
-		r.Use(s.knownType)
-		r.Get("/", s.search)
-		r.Post("/", s.create)
-		r.Put("/", s.conditionalUpdate)
-		r.Delete("/", s.conditionalDelete)
-		r.Post("/_search", s.searchPost)
-		r.Get("/_history", s.typeHistory)
-		r.HandleFunc("/{op:\\$[^/]+}", s.typeOperation)
-		r.Get("/{id}", s.read)
-		r.Put("/{id}", s.update)
-		r.Delete("/{id}", s.delete)
-		r.Get("/{id}/_history", s.instanceHistory)
-		r.Get("/{id}/_history/{vid}", s.vread)
-		r.HandleFunc("/{id}/{op:\\$[^/]+}", s.instanceOperation)
+	for _, rt := range routes {
+		if rt.produces != nil {
+			r.With(negotiate(rt.produces)).Handle(rt.pattern, rt.h)
+		}
+	}
+	r.Group(func(r chi.Router) {
+		r.Use(Negotiate)
+		for _, rt := range routes {
+			if rt.produces == nil {
+				r.Handle(rt.pattern, rt.h)
+			}
+		}
+		r.Get("/metadata", s.capabilities)
+		r.Post("/", s.bundle)
+		r.Get("/_history", s.systemHistory)
+		r.HandleFunc("/{op:\\$[^/]+}", s.systemOperation)
+		r.Route("/{type}", func(r chi.Router) {
+			r.Use(s.knownType)
+			r.Get("/", s.search)
+			r.Post("/", s.create)
+			r.Put("/", s.conditionalUpdate)
+			r.Delete("/", s.conditionalDelete)
+			r.Post("/_search", s.searchPost)
+			r.Get("/_history", s.typeHistory)
+			r.HandleFunc("/{op:\\$[^/]+}", s.typeOperation)
+			r.Get("/{id}", s.read)
+			r.Put("/{id}", s.update)
+			r.Delete("/{id}", s.delete)
+			r.Get("/{id}/_history", s.instanceHistory)
+			r.Get("/{id}/_history/{vid}", s.vread)
+			r.HandleFunc("/{id}/{op:\\$[^/]+}", s.instanceOperation)
+		})
 	})
 	return r
 }
@@ -294,15 +316,23 @@ func Recoverer(next http.Handler) http.Handler {
 
 // Negotiate refuses clients that do not accept JSON (Accept or _format)
 // with 406.
-func Negotiate(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !acceptable(r) {
-			WriteError(w, r, errs.E("fhir.negotiate", errs.NotAcceptable,
-				"this server answers in FHIR JSON only (application/fhir+json); XML and other formats are not supported"))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
+func Negotiate(next http.Handler) http.Handler { return negotiate(nil)(next) }
+
+// negotiate is Negotiate for a route that also answers in mediaTypes.
+func negotiate(mediaTypes []string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !acceptable(r, mediaTypes...) {
+				msg := "this server answers in FHIR JSON only (application/fhir+json); XML and other formats are not supported"
+				if len(mediaTypes) > 0 {
+					msg = "this URL answers in " + strings.Join(mediaTypes, ", ") + " (or FHIR JSON for errors)"
+				}
+				WriteError(w, r, errs.E("fhir.negotiate", errs.NotAcceptable, msg))
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
 }
 
 func (s *Server) findOperation(name string, level string, typ string) *Operation {
