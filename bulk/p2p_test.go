@@ -518,3 +518,35 @@ func TestBulkMemberMatchResumesAfterRestart(t *testing.T) {
 		seen[id] = true
 	}
 }
+
+// PDex STU 2.1: consent is evaluated per requesting payer at the time of
+// each export. Two payers that send the same member's identical Consent
+// each hold it for themselves: the second match does not reuse the first
+// payer's stored Consent, so each one's payer-to-payer export sends her.
+func TestSameConsentFromTwoPayers(t *testing.T) {
+	t.Parallel()
+	idp := oidctest.New(t)
+	p := newPayer(t, idp, Config{})
+	now := time.Now().UTC()
+	memberHere(p, "ann", "Alvarez", "Ann", "1971-02-03")
+	good := consent("permit", mdm.PolicyRegular, now.Add(-day), now.AddDate(1, 0, 0))
+	for _, payer := range []string{"payer-one", "payer-two"} {
+		_, tok := p.backend(payer, "system/*.rs")
+		m := p.wait(p.kickoff("POST", "/Group/$bulk-member-match", tok, matchRequest(
+			memberBundle("1", "Alvarez", "Ann", "1971-02-03", "C-ann", good))), tok)
+		var group string
+		for _, g := range p.lines(m.Output[0].URL, tok) {
+			if groupCode(g) == outcomeMatched {
+				group = g["id"].(string)
+			}
+		}
+		if group == "" {
+			t.Fatalf("%s: no matched Group", payer)
+		}
+		export := "/Group/" + group + "/$davinci-data-export?exportType=" + url.QueryEscape(PayerToPayer)
+		m = p.wait(p.kickoff("GET", export, tok, nil), tok)
+		if got := p.exported(m, tok); got["Patient/ann"] == nil {
+			t.Errorf("%s: the member was not exported; errors: %v", payer, m.Error)
+		}
+	}
+}

@@ -735,7 +735,10 @@ func (m *MemberMatch) storeConsent(tx *store.Tx, req *MatchRequest, patient, sou
 	if err != nil {
 		return "", err
 	}
-	sum := sha256.Sum256(canon)
+	// The requester is part of the digest: a Consent is held for the payer
+	// that sent it (ConsentHolds looks for its meta.source), so two payers
+	// sending the same Consent each get their own.
+	sum := sha256.Sum256(append(canon, "\x00"+RequesterSource(source)...))
 	digest := hex.EncodeToString(sum[:])
 	q, err := m.reg.Parse("Consent", url.Values{"identifier": {ConsentIdentifierSystem + "|" + digest}}, search.Options{})
 	if err != nil {
