@@ -35,9 +35,9 @@ type Config struct {
 	// PageTTL is how long a search (or an $everything result set) stays
 	// pageable after it ran.
 	PageTTL time.Duration
-	// SearchCacheBytes bounds the memory of the result sets kept for
-	// paging (searches and $everything), counted in bytes: their ids,
-	// parsed queries and self links. One result set may take a quarter
+	// SearchCacheBytes bounds, in bytes, what is kept for paging: a
+	// search's (or type-level $everything's) parameters and self link,
+	// Patient/{id}/$everything's result set (ids). One may take a quarter
 	// of it. Default 128 MiB.
 	SearchCacheBytes int64
 	// MaxBundleEntries is the most entries a transaction or batch Bundle
