@@ -52,11 +52,11 @@ func (b *Bundle) Encode() ([]byte, error) {
 				buf.WriteByte(',')
 			}
 			buf.WriteString(`"resource":`)
-			if fhirjson.IsCompact(res) {
-				buf.Write(res)
-			} else if err := json.Compact(buf, res); err != nil {
+			b, err := fhirjson.AppendCompact(buf.AvailableBuffer(), res)
+			if err != nil {
 				return nil, err
 			}
+			buf.Write(b)
 			sep = true
 		}
 		if len(rest) > 2 { // more than {}

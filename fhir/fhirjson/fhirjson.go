@@ -86,9 +86,8 @@ func Members(data []byte) ([]Member, error) {
 }
 
 // Object writes members back as one compact JSON object. Each Raw must be
-// a valid JSON value, as Members and json.Marshal give them: one without
-// whitespace is copied as it is, not checked again; the others are
-// compacted with their string escapes kept.
+// a valid JSON value (as Members and json.Marshal give them); it is
+// compacted with its string escapes kept, as AppendCompact does.
 func Object(ms []Member) ([]byte, error) {
 	n := 2
 	for _, m := range ms {
@@ -105,39 +104,16 @@ func Object(ms []Member) ([]byte, error) {
 			return nil, err
 		}
 		b = append(b, ':')
-		if IsCompact(m.Raw) {
-			b = append(b, m.Raw...)
-			continue
-		}
-		if b, err = jsontext.AppendFormat(b, m.Raw, lenient...); err != nil {
+		if b, err = AppendCompact(b, m.Raw); err != nil {
 			return nil, err
 		}
 	}
 	return append(b, '}'), nil
 }
 
-// IsCompact reports whether data, a valid JSON value, has no whitespace
-// outside its strings, i.e. json.Compact would leave it as it is. It is one
-// pass over the bytes, far cheaper than Compact's validation.
-func IsCompact(data []byte) bool {
-	in := false
-	for i := 0; i < len(data); i++ {
-		c := data[i]
-		if in {
-			switch c {
-			case '\\':
-				i++
-			case '"':
-				in = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			in = true
-		case ' ', '\t', '\r', '\n':
-			return false
-		}
-	}
-	return true
+// AppendCompact appends the JSON value v to dst without the whitespace
+// outside its strings, as json.Compact does: strings and numbers as
+// written, duplicate names kept. Invalid JSON is an error.
+func AppendCompact(dst, v []byte) ([]byte, error) {
+	return jsontext.AppendFormat(dst, v, lenient...)
 }
