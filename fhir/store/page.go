@@ -136,8 +136,9 @@ type matcher struct {
 	x       interface{ Get([]byte) []byte }
 	keys    []string // drive by these exact keys of param (when set)
 	param   string
-	within  []string // or by these ids (a compartment), sorted
-	bounded bool     // within applies
+	within  []string // or by these ids (a compartment, or a small range), sorted
+	bounded bool     // within is a compartment: InRecord applies
+	listed  bool     // within is the ids of a selective range clause
 	chained map[*search.Clause]idSet
 	// params are those whose entries the clauses and sort keys read (nil:
 	// all, for a compartment's rule).
@@ -194,7 +195,51 @@ func (tx *Tx) newMatcher(q *search.Query) (*matcher, error) {
 			m.keys, m.param = keys, c.Param.Code
 		}
 	}
+	if m.keys == nil {
+		// A selective range clause (a date, a string prefix) drives when
+		// its index range holds few entries: its ids, sorted.
+		for i := range q.Clauses {
+			c := &q.Clauses[i]
+			if _, chained := m.chained[c]; chained || isWide(c) || c.Missing != nil || c.Not {
+				continue
+			}
+			if ids, ok := tx.rangeIDs(q.Type, c, rangeLimit); ok && (!m.listed || len(ids) < len(m.within)) {
+				m.within, m.listed = ids, true
+			}
+		}
+	}
 	return m, nil
+}
+
+// rangeLimit is the most index entries of a range clause read to drive a
+// page: beyond it the type's resources are read in id order instead, so a
+// page holds at most this many ids.
+const rangeLimit = 10000
+
+// rangeIDs returns the sorted ids c's ranges hold, if they hold at most
+// limit index entries.
+func (tx *Tx) rangeIDs(typ string, c *search.Clause, limit int) ([]string, bool) {
+	b := tx.btx.Bucket(indexBucket(typ, c.Param.Code))
+	if b == nil {
+		return nil, true
+	}
+	var ids []string
+	n := 0
+	for _, v := range c.Values {
+		for _, r := range v.Ranges {
+			cur := b.Cursor()
+			end := []byte(r.End)
+			for k, _ := cur.Seek([]byte(r.Start)); k != nil && bytes.Compare(k, end) < 0; k, _ = cur.Next() {
+				if n++; n > limit {
+					return nil, false
+				}
+				_, id := splitIndexKey(k)
+				ids = append(ids, id)
+			}
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids), true
 }
 
 // each calls fn with the id and index entries of every match whose id
@@ -296,7 +341,7 @@ func (m *matcher) match(id string) ([]search.Entry, bool) {
 // repeats, until it returns false.
 func (m *matcher) ids(start string, fn func(id string) bool) {
 	switch {
-	case m.bounded:
+	case m.bounded || m.listed:
 		i, _ := slices.BinarySearch(m.within, start)
 		for ; i < len(m.within); i++ {
 			if id := m.within[i]; id > start && !fn(id) {
