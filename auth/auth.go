@@ -28,7 +28,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -128,8 +127,7 @@ type Server struct {
 	// verified remembers access tokens whose signature held.
 	verified verifiedCache
 
-	stop context.CancelFunc
-	wg   sync.WaitGroup
+	housekeeping periodic
 }
 
 var _ smart.Backend = (*Server)(nil)
@@ -221,35 +219,20 @@ func (s *Server) Start(ctx context.Context) error {
 	if _, err := s.keys.Current(ctx); err != nil {
 		return err
 	}
-	ctx, s.stop = context.WithCancel(ctx)
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		t := time.NewTicker(time.Minute)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if _, err := s.keys.Current(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error("auth: signing key rotation failed", "err", err)
-			}
-			if _, err := pruneJTI(ctx, s.st, s.cfg.Now()); err != nil && ctx.Err() == nil {
-				s.log.Error("auth: pruning spent assertion ids failed", "err", err)
-			}
+	s.housekeeping.start(ctx, time.Minute, func(ctx context.Context) {
+		if _, err := s.keys.Current(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("auth: signing key rotation failed", "err", err)
 		}
-	}()
+		if _, err := pruneJTI(ctx, s.st, s.cfg.Now()); err != nil && ctx.Err() == nil {
+			s.log.Error("auth: pruning spent assertion ids failed", "err", err)
+		}
+	})
 	return nil
 }
 
 // Close stops the housekeeping and waits for it.
 func (s *Server) Close() error {
-	if s.stop != nil {
-		s.stop()
-	}
-	s.wg.Wait()
+	s.housekeeping.close()
 	return nil
 }
 

@@ -78,8 +78,7 @@ type ClientKeys struct {
 	mu     sync.Mutex
 	opened map[string]*liveKey // kid -> opened key
 
-	stop context.CancelFunc
-	wg   sync.WaitGroup
+	rotation periodic
 }
 
 // NewClientKeys opens this payer's client keys in st. Nothing is made
@@ -112,32 +111,17 @@ func (c *ClientKeys) Start(ctx context.Context) error {
 	if err := c.Current(ctx); err != nil {
 		return err
 	}
-	ctx, c.stop = context.WithCancel(ctx)
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		t := time.NewTicker(time.Minute)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if err := c.Current(ctx); err != nil && ctx.Err() == nil {
-				c.log.Error("auth: client key rotation failed", "err", err)
-			}
+	c.rotation.start(ctx, time.Minute, func(ctx context.Context) {
+		if err := c.Current(ctx); err != nil && ctx.Err() == nil {
+			c.log.Error("auth: client key rotation failed", "err", err)
 		}
-	}()
+	})
 	return nil
 }
 
 // Close stops what Start started and waits for it.
 func (c *ClientKeys) Close() error {
-	if c.stop != nil {
-		c.stop()
-	}
-	c.wg.Wait()
+	c.rotation.close()
 	return nil
 }
 
