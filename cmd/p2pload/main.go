@@ -3,9 +3,17 @@
 // creates, then reads and searches it, and prints requests per second and
 // latency percentiles for each phase.
 //
+// With -scale it grows the database to each size in turn (for example
+// 100,000 then 1,000,000 resources), measures the same figures at each, and
+// prints them side by side with the ratio of the last size to the first:
+// what costs grow with the database. An HTTP floor (GET /healthz, no
+// database work) is measured beside the reads at each size.
+//
 // With -server it starts that p2pserver binary itself on a free loopback
-// port with a fresh database in a temporary folder, and stops it at the end.
-// Every phase is bounded in requests and time.
+// port with a fresh database in a temporary folder, and stops it at the end;
+// then the database size per resource, the server's peak heap (HeapAlloc,
+// from its /debug/vars) and peak resident set are reported too. Every phase
+// is bounded in requests and time.
 package main
 
 import (
@@ -24,6 +32,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,6 +44,8 @@ func main() {
 		base        = flag.String("url", "", "FHIR base URL of a running server (loopback only), e.g. http://127.0.0.1:8080/fhir")
 		server      = flag.String("server", "", "path to a p2pserver binary to start for the run instead of -url")
 		resources   = flag.Int("resources", 100000, "resources to create (one Patient per 10)")
+		scale       = flag.String("scale", "", "database sizes to grow to in turn, measuring at each, e.g. 100000,1000000; the figures are printed side by side with the ratio of the last to the first (instead of -resources)")
+		timeLimit   = flag.Duration("time-limit", 0, "stop loading after this long and measure at the size reached (0: no limit)")
 		concurrency = flag.Int("c", 32, "concurrent clients")
 		duration    = flag.Duration("d", 10*time.Second, "duration of the read and search phases")
 		limits      = flag.Bool("limits", false, "with -server: measure what expensive requests cost the others (a 10,000-entry transaction, long-query searches, 2,000 matching Subscriptions) instead of the load run")
@@ -51,20 +62,37 @@ func main() {
 		}
 		return
 	}
-	if err := run(*base, *server, *resources, *concurrency, *duration); err != nil {
+	sizes := []int{*resources}
+	if *scale != "" {
+		sizes = sizes[:0]
+		for _, f := range strings.Split(*scale, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 10 || (len(sizes) > 0 && n <= sizes[len(sizes)-1]) {
+				fmt.Fprintf(os.Stderr, "p2pload: -scale: %q is not a growing list of sizes of at least 10\n", *scale)
+				os.Exit(2)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	if err := run(*base, *server, sizes, *concurrency, *duration, *timeLimit); err != nil {
 		fmt.Fprintln(os.Stderr, "p2pload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(base, server string, n, c int, d time.Duration) error {
+func run(base, server string, sizes []int, c int, d, timeLimit time.Duration) error {
+	var srv *spawned
 	if server != "" {
-		stop, b, err := spawn(server)
+		debug, err := freeAddr()
 		if err != nil {
 			return err
 		}
-		defer stop()
-		base = b
+		if srv, err = start(server, "-debug-addr", debug); err != nil {
+			return err
+		}
+		defer srv.stop()
+		srv.debug = debug
+		base = srv.base
 	}
 	if base == "" {
 		return errors.New("give -url of a running server or -server to start one")
@@ -78,61 +106,206 @@ func run(base, server string, n, c int, d time.Duration) error {
 	}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c * 2}, Timeout: 30 * time.Second}
 	l := &loader{base: strings.TrimRight(base, "/"), client: client}
+	mon := newMonitor(srv)
+	defer mon.stop()
 
+	fmt.Printf("p2pserver load: %s resources (one Patient per 10, ~9 Observations each), %d clients, %s per phase, the load client sharing the machine with the server\n",
+		joinInts(sizes), c, d)
+	deadline := time.Time{}
+	if timeLimit > 0 {
+		deadline = time.Now().Add(timeLimit)
+	}
+	var results []*sizeResult
+	for _, n := range sizes {
+		res, err := l.stage(n, c, d, deadline, srv, mon)
+		if err != nil {
+			return err
+		}
+		results = append(results, res)
+		if res.short {
+			fmt.Printf("(the time limit stopped loading at %d resources)\n", res.resources)
+			break
+		}
+	}
+	printScaling(results)
+	return nil
+}
+
+// sizeResult holds the figures measured at one database size.
+type sizeResult struct {
+	resources int
+	short     bool // the time limit stopped the loading before the size
+	figs      []figure
+}
+
+// figure is one measured value; lower says whether less is better, for
+// reading the ratio.
+type figure struct {
+	name, unit string
+	v          float64
+	lower      bool
+}
+
+func (r *sizeResult) add(name, unit string, v float64, lower bool) {
+	r.figs = append(r.figs, figure{name, unit, v, lower})
+}
+
+// stage grows the database to n resources and measures it.
+func (l *loader) stage(n, c int, d time.Duration, deadline time.Time, srv *spawned, mon *monitor) (*sizeResult, error) {
+	res := &sizeResult{}
+	p0, o0 := len(l.patientIDs), len(l.obsIDs)
 	patients := max(n/10, 1)
 	observations := n - patients
-	fmt.Printf("p2pserver load: %d resources (%d Patients, %d Observations), %d clients, %s per phase, GOMAXPROCS of client shares the machine\n",
-		n, patients, observations, c, d)
+	fmt.Printf("\n-- growing to %d resources (%d Patients, %d Observations)\n", n, patients, observations)
+	mon.reset()
+	st, err := l.phaseUntil("create Patient", c, patients-p0, deadline, func(i int) (string, error) {
+		return l.create("Patient", patientJSON(p0+i))
+	})
+	if err != nil {
+		return nil, err
+	}
+	l.patientIDs = append(l.patientIDs, st.ids...)
+	st.print()
+	res.add("create Patient", "/s", st.rate(), false)
+	np := len(l.patientIDs) - p0
+	want := observations - o0
+	if np < patients-p0 {
+		want = np * 9
+		res.short = true
+	}
+	if np > 0 && want > 0 {
+		st, err = l.phaseUntil("create Observation", c, want, deadline, func(i int) (string, error) {
+			return l.create("Observation", observationJSON(o0+i, l.patientIDs[p0+i%np]))
+		})
+		if err != nil {
+			return nil, err
+		}
+		l.obsIDs = append(l.obsIDs, st.ids...)
+		st.print()
+		res.add("create Observation", "/s", st.rate(), false)
+		if len(st.ids) < want {
+			res.short = true
+		}
+	}
+	res.resources = len(l.patientIDs) + len(l.obsIDs)
+	pids, oids := l.patientIDs, l.obsIDs
+	if len(oids) == 0 || len(pids) == 0 {
+		return nil, errors.New("nothing was loaded")
+	}
+	measure := func(name string, f func() error) (*stats, error) {
+		st, err := l.phase(name, c, 0, d, func(int) (string, error) { return "", f() })
+		if err != nil {
+			return nil, err
+		}
+		st.print()
+		return st, nil
+	}
+	floor, err := measure("HTTP floor (GET /healthz)", func() error { return l.getURL(l.root() + "/healthz") })
+	if err != nil {
+		return nil, err
+	}
+	res.add("HTTP floor (GET /healthz)", "/s", floor.rate(), false)
+	st, err = measure("read Observation", func() error { return l.get("/Observation/" + oids[rand.IntN(len(oids))]) })
+	if err != nil {
+		return nil, err
+	}
+	res.add("read", "/s", st.rate(), false)
+	res.add("read p50", "ms", st.p50(), true)
+	res.add("read / HTTP floor", "x", st.rate()/floor.rate(), false)
+	perCode := len(oids) / codes
+	st, err = measure(fmt.Sprintf("search Observation?code (~%d hits, page of 20)", perCode), func() error {
+		return l.get(fmt.Sprintf("/Observation?code=urn:load|c%d&_count=20", rand.IntN(codes)))
+	})
+	if err != nil {
+		return nil, err
+	}
+	res.add("Observation?code p50", "ms", st.p50(), true)
+	st, err = measure("search Patient?family (prefix, ~10 hits)", func() error {
+		return l.get(fmt.Sprintf("/Patient?family=fam%d&_count=20", rand.IntN(max(len(pids)/10, 1))))
+	})
+	if err != nil {
+		return nil, err
+	}
+	res.add("Patient?family p50", "ms", st.p50(), true)
+	st, err = measure("search Observation?subject+date (one member's ~9)", func() error {
+		return l.get(fmt.Sprintf("/Observation?subject=Patient/%s&date=ge2020-01-01", pids[rand.IntN(len(pids))]))
+	})
+	if err != nil {
+		return nil, err
+	}
+	res.add("Observation?subject+date p50", "ms", st.p50(), true)
+	st, err = measure("search Patient?identifier (one hit)", func() error {
+		return l.get(fmt.Sprintf("/Patient?identifier=urn:load:member|m%d", rand.IntN(len(pids))))
+	})
+	if err != nil {
+		return nil, err
+	}
+	res.add("Patient?identifier p50", "ms", st.p50(), true)
+	if srv != nil {
+		if size, err := srv.dbSize(); err == nil {
+			res.add("database bytes per resource", "B", float64(size)/float64(res.resources), true)
+		}
+		heap, rss := mon.peaks()
+		res.add("server heap, peak", "MiB", float64(heap)/(1<<20), true)
+		res.add("server RSS, peak", "MiB", float64(rss)/(1<<20), true)
+		if live, err := heapInuse(srv.debug); err == nil {
+			res.add("server heap in use after a GC", "MiB", float64(live)/(1<<20), true)
+		}
+	}
+	return res, nil
+}
 
-	patientIDs := make([]string, patients)
-	st, err := l.phase("create Patient", c, patients, 0, func(i int) (string, error) {
-		id, err := l.create("Patient", patientJSON(i))
-		patientIDs[i] = id
-		return id, err
-	})
-	if err != nil {
-		return err
+// printScaling prints each figure at every size, with the ratio of the
+// last size to the first.
+func printScaling(results []*sizeResult) {
+	if len(results) == 0 {
+		return
 	}
-	st.print()
-	obsIDs := make([]string, observations)
-	st, err = l.phase("create Observation", c, observations, 0, func(i int) (string, error) {
-		id, err := l.create("Observation", observationJSON(i, patientIDs[i%patients]))
-		obsIDs[i] = id
-		return id, err
-	})
-	if err != nil {
-		return err
+	fmt.Printf("\n%-34s", "figure")
+	for _, r := range results {
+		fmt.Printf(" %14s", fmt.Sprintf("%d res.", r.resources))
 	}
-	st.print()
-	st, err = l.phase("read Observation", c, 0, d, func(i int) (string, error) {
-		return "", l.get("/Observation/" + obsIDs[rand.IntN(len(obsIDs))])
-	})
-	if err != nil {
-		return err
+	if len(results) > 1 {
+		fmt.Printf(" %8s", "ratio")
 	}
-	st.print()
-	st, err = l.phase("search Observation?code (~"+fmt.Sprint(observations/codes)+" hits, page of 20)", c, 0, d, func(i int) (string, error) {
-		return "", l.get(fmt.Sprintf("/Observation?code=urn:load|c%d&_count=20", rand.IntN(codes)))
-	})
-	if err != nil {
-		return err
+	fmt.Println()
+	for i, f := range results[0].figs {
+		fmt.Printf("%-34s", f.name)
+		for _, r := range results {
+			if i < len(r.figs) && r.figs[i].name == f.name {
+				fmt.Printf(" %14s", formatFigure(r.figs[i]))
+			} else {
+				fmt.Printf(" %14s", "-")
+			}
+		}
+		if last := results[len(results)-1]; len(results) > 1 && i < len(last.figs) && last.figs[i].name == f.name && f.v != 0 {
+			fmt.Printf(" %7.2fx", last.figs[i].v/f.v)
+		}
+		fmt.Println()
 	}
-	st.print()
-	st, err = l.phase("search Patient?family (prefix, ~10 hits)", c, 0, d, func(i int) (string, error) {
-		return "", l.get(fmt.Sprintf("/Patient?family=fam%d&_count=20", rand.IntN(max(patients/10, 1))))
-	})
-	if err != nil {
-		return err
+}
+
+func formatFigure(f figure) string {
+	switch f.unit {
+	case "/s":
+		return fmt.Sprintf("%.0f/s", f.v)
+	case "ms":
+		return fmt.Sprintf("%.2f ms", f.v)
+	case "x":
+		return fmt.Sprintf("%.2fx", f.v)
+	case "B":
+		return fmt.Sprintf("%.0f B", f.v)
+	default:
+		return fmt.Sprintf("%.1f %s", f.v, f.unit)
 	}
-	st.print()
-	st, err = l.phase("search Observation?subject+date", c, 0, d, func(i int) (string, error) {
-		return "", l.get(fmt.Sprintf("/Observation?subject=Patient/%s&date=ge2020-01-01", patientIDs[rand.IntN(patients)]))
-	})
-	if err != nil {
-		return err
+}
+
+func joinInts(ns []int) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = fmt.Sprint(n)
 	}
-	st.print()
-	return nil
+	return strings.Join(s, " then ")
 }
 
 const codes = 1000
@@ -150,6 +323,19 @@ func observationJSON(i int, patient string) []byte {
 type loader struct {
 	base   string
 	client *http.Client
+	// The database grows by stages: each loads its Patients, then nine
+	// Observations per new Patient referring to it, so that a member has
+	// ~9 Observations whatever the size.
+	patientIDs, obsIDs []string
+}
+
+// root is the server's address without the FHIR base path.
+func (l *loader) root() string {
+	u, err := url.Parse(l.base)
+	if err != nil {
+		return l.base
+	}
+	return u.Scheme + "://" + u.Host
 }
 
 func (l *loader) create(typ string, body []byte) (string, error) {
@@ -169,8 +355,11 @@ func (l *loader) create(typ string, body []byte) (string, error) {
 	return r.ID, nil
 }
 
-func (l *loader) get(path string) error {
-	resp, err := l.client.Get(l.base + path)
+func (l *loader) get(path string) error { return l.getURL(l.base + path) }
+
+func (l *loader) getURL(u string) error {
+	path := u
+	resp, err := l.client.Get(u)
 	if err != nil {
 		return err
 	}
@@ -187,6 +376,18 @@ type stats struct {
 	n       int
 	elapsed time.Duration
 	lat     []time.Duration
+	ids     []string // what each call returned, in call order (creates)
+}
+
+func (s *stats) rate() float64 { return float64(s.n) / s.elapsed.Seconds() }
+
+// p50 is the median latency in milliseconds.
+func (s *stats) p50() float64 {
+	slices.Sort(s.lat)
+	if len(s.lat) == 0 {
+		return 0
+	}
+	return float64(s.lat[len(s.lat)/2]) / float64(time.Millisecond)
 }
 
 func (s *stats) print() {
@@ -204,16 +405,31 @@ func (s *stats) print() {
 // phase runs f with c workers, count times (or, with count 0, until d has
 // passed), and records each call's latency. The first error stops it.
 func (l *loader) phase(name string, c, count int, d time.Duration, f func(i int) (string, error)) (*stats, error) {
+	var deadline time.Time
+	if count == 0 {
+		deadline = time.Now().Add(d)
+	}
+	return l.phaseUntil(name, c, count, deadline, f)
+}
+
+// phaseUntil runs f with c workers count times (count 0: without end),
+// stopping early at deadline unless it is zero, and records each call's
+// latency and the ids the calls returned. The first error stops it.
+func (l *loader) phaseUntil(name string, c, count int, deadline time.Time, f func(i int) (string, error)) (*stats, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if count == 0 {
-		ctx, cancel = context.WithTimeout(ctx, d)
+	if !deadline.IsZero() {
+		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
 	var next atomic.Int64
 	var mu sync.Mutex
 	var firstErr error
 	lats := make([][]time.Duration, c)
+	var ids []string
+	if count > 0 {
+		ids = make([]string, count)
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range c {
@@ -226,7 +442,7 @@ func (l *loader) phase(name string, c, count int, d time.Duration, f func(i int)
 					return
 				}
 				t0 := time.Now()
-				_, err := f(i)
+				id, err := f(i)
 				lats[w] = append(lats[w], time.Since(t0))
 				if err != nil {
 					mu.Lock()
@@ -237,6 +453,9 @@ func (l *loader) phase(name string, c, count int, d time.Duration, f func(i int)
 					cancel()
 					return
 				}
+				if ids != nil {
+					ids[i] = id
+				}
 			}
 		}()
 	}
@@ -246,46 +465,169 @@ func (l *loader) phase(name string, c, count int, d time.Duration, f func(i int)
 		st.lat = append(st.lat, l...)
 	}
 	st.n = len(st.lat)
+	for _, id := range ids {
+		if id != "" {
+			st.ids = append(st.ids, id)
+		}
+	}
 	return st, firstErr
+}
+
+// spawned is a p2pserver started for the run.
+type spawned struct {
+	cmd   *exec.Cmd
+	dir   string
+	db    string
+	base  string // FHIR base URL
+	debug string // its profiling address, when started with one
 }
 
 // spawn starts a p2pserver on a free loopback port with a new database and
 // returns a function that stops it and removes the database.
 func spawn(bin string, args ...string) (func(), string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	s, err := start(bin, args...)
 	if err != nil {
 		return nil, "", err
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	return s.stop, s.base, nil
+}
+
+// start starts a p2pserver on a free loopback port with a new database.
+func start(bin string, args ...string) (*spawned, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
 	dir, err := os.MkdirTemp("", "p2pload")
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	cmd := exec.Command(bin, append([]string{"-addr", addr, "-db", filepath.Join(dir, "load.db"), "-log-level", "warn"}, args...)...)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if err := cmd.Start(); err != nil {
+	s := &spawned{dir: dir, db: filepath.Join(dir, "load.db")}
+	s.cmd = exec.Command(bin, append([]string{"-addr", addr, "-db", s.db, "-log-level", "warn"}, args...)...)
+	s.cmd.Stdout, s.cmd.Stderr = os.Stdout, os.Stderr
+	if err := s.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
-		return nil, "", err
-	}
-	stop := func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-		if fi, err := os.Stat(filepath.Join(dir, "load.db")); err == nil {
-			fmt.Printf("database size: %.1f MiB\n", float64(fi.Size())/(1<<20))
-		}
-		os.RemoveAll(dir)
+		return nil, err
 	}
 	base := "http://" + addr
 	for range 100 {
 		if resp, err := http.Get(base + "/healthz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return stop, base + "/fhir", nil
+				s.base = base + "/fhir"
+				return s, nil
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	stop()
-	return nil, "", errors.New("the server did not become healthy in 10s")
+	s.stop()
+	return nil, errors.New("the server did not become healthy in 10s")
+}
+
+// stop stops the server and removes its database.
+func (s *spawned) stop() {
+	_ = s.cmd.Process.Signal(os.Interrupt)
+	_ = s.cmd.Wait()
+	if size, err := s.dbSize(); err == nil {
+		fmt.Printf("database size: %.1f MiB\n", float64(size)/(1<<20))
+	}
+	os.RemoveAll(s.dir)
+}
+
+func (s *spawned) dbSize() (int64, error) {
+	fi, err := os.Stat(s.db)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+// rss is the server's resident set size in bytes (Linux only).
+func (s *spawned) rss() (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+// monitor samples the server's heap and RSS while the run goes on, and
+// keeps the peaks.
+type monitor struct {
+	srv      *spawned
+	mu       sync.Mutex
+	heap     uint64
+	rssPeak  uint64
+	done     chan struct{}
+	finished chan struct{}
+}
+
+func newMonitor(srv *spawned) *monitor {
+	m := &monitor{srv: srv, done: make(chan struct{}), finished: make(chan struct{})}
+	go func() {
+		defer close(m.finished)
+		if srv == nil {
+			return
+		}
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-m.done:
+				return
+			case <-t.C:
+				m.sample()
+			}
+		}
+	}()
+	return m
+}
+
+func (m *monitor) sample() {
+	heap, _ := heapAlloc(m.srv.debug)
+	rss, _ := m.srv.rss()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.heap = max(m.heap, heap)
+	m.rssPeak = max(m.rssPeak, rss)
+}
+
+// peaks returns the highest heap and RSS seen since the last reset.
+func (m *monitor) peaks() (heap, rss uint64) {
+	m.sample()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.heap, m.rssPeak
+}
+
+func (m *monitor) reset() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.heap, m.rssPeak = 0, 0
+}
+
+func (m *monitor) stop() {
+	close(m.done)
+	<-m.finished
+}
+
+// heapAlloc reads the server's heap objects (live and garbage not yet
+// collected: what the heap holds at that moment) from its /debug/memory.
+func heapAlloc(debugAddr string) (uint64, error) {
+	resp, err := http.Get("http://" + debugAddr + "/debug/memory")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var v map[string]uint64
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return 0, err
+	}
+	return v["/memory/classes/heap/objects:bytes"], nil
 }

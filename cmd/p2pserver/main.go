@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"syscall"
@@ -334,15 +336,46 @@ func parseOrigins(s string) ([]string, error) {
 	return out, nil
 }
 
-// debugHandler serves the Go profiler's endpoints.
+// debugHandler serves the Go profiler's endpoints, and /debug/memory: the
+// runtime's memory figures as a JSON object of metric name to value (see
+// memoryMetrics).
 func debugHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/memory", serveMemory)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	return mux
+}
+
+// memoryMetrics are the runtime/metrics samples /debug/memory reports, in
+// bytes: the heap's objects (live and not yet collected), the heap found
+// live by the last collection, the heap goal, and all memory the runtime
+// has mapped. The database file's pages are not among them: bbolt maps
+// the file, which counts in the resident set, not in the heap.
+var memoryMetrics = []string{
+	"/memory/classes/heap/objects:bytes",
+	"/gc/heap/live:bytes",
+	"/gc/heap/goal:bytes",
+	"/memory/classes/total:bytes",
+}
+
+func serveMemory(w http.ResponseWriter, _ *http.Request) {
+	samples := make([]metrics.Sample, len(memoryMetrics))
+	for i, name := range memoryMetrics {
+		samples[i].Name = name
+	}
+	metrics.Read(samples)
+	out := make(map[string]uint64, len(samples))
+	for _, s := range samples {
+		if s.Value.Kind() == metrics.KindUint64 {
+			out[s.Name] = s.Value.Uint64()
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
 }
 
 func parseSize(s string) (int64, error) {
