@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -108,4 +111,34 @@ func TestServeAndShutDown(t *testing.T) {
 	if code, _ := get(fmt.Sprintf("/fhir/Patient/%s", id)); code != 200 {
 		t.Errorf("patient lost across restart: %d", code)
 	}
+}
+
+// TestDebugMemoryReportsHeap checks the debug address's /debug/memory: the
+// heap figures the load tool reads, as numbers, and nothing from the
+// command line (which may carry secrets).
+func TestDebugMemoryReportsHeap(t *testing.T) {
+	srv := httptest.NewServer(debugHandler())
+	defer srv.Close()
+	keep := make([]byte, 8<<20) // heap the figures must count
+	resp, err := http.Get(srv.URL + "/debug/memory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got map[string]uint64
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range memoryMetrics {
+		if _, ok := got[name]; !ok {
+			t.Errorf("%s missing from %v", name, got)
+		}
+	}
+	if h := got["/memory/classes/heap/objects:bytes"]; h < uint64(len(keep)) {
+		t.Errorf("heap objects = %d bytes, less than the %d held", h, len(keep))
+	}
+	if len(got) != len(memoryMetrics) {
+		t.Errorf("reported %d figures, want only the %d memory ones: %v", len(got), len(memoryMetrics), got)
+	}
+	runtime.KeepAlive(keep)
 }
