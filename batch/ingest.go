@@ -15,6 +15,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/lease"
 	"github.com/p2pserver/p2pserver/mdm"
 	"github.com/p2pserver/p2pserver/oidcservers"
 	"github.com/p2pserver/p2pserver/provenance"
@@ -52,6 +53,26 @@ const retryLater = 5 * time.Second
 // advance does one step of a job: start it, fetch and write one page, or
 // end it. It returns the delay before the next step, or done.
 func (r *Runner) advance(rn *run) (time.Duration, bool) {
+	if rn.lease == nil {
+		l, err := r.leases.Acquire(r.ctx, leaseKey(rn.id))
+		if err != nil {
+			if r.ctx.Err() == nil {
+				r.log.Error("batch: take a job's lease", "job", rn.id, "err", err)
+			}
+			return retryLater, false
+		}
+		if l == nil {
+			return 0, true // another process works on it
+		}
+		r.mu.Lock()
+		rn.lease = l
+		r.mu.Unlock()
+		// A lost lease cuts short what the job waits for (a fetch, a retry).
+		context.AfterFunc(l.Context(), rn.cancel)
+	}
+	if rn.lease.Context().Err() != nil {
+		return 0, true // released or taken over: another process goes on
+	}
 	rec, err := r.load(rn.id)
 	switch {
 	case errors.Is(err, errNoJob):
@@ -174,7 +195,7 @@ func (r *Runner) advance(rn *run) (time.Duration, bool) {
 		rn.prepared = nil
 		return r.endStep(rec, Failed, pe.Reason)
 	}
-	if errors.Is(out.err, errJobEnded) {
+	if errors.Is(out.err, errJobEnded) || errors.Is(out.err, lease.ErrLost) {
 		return 0, true
 	}
 	if out.err != nil {
@@ -184,9 +205,32 @@ func (r *Runner) advance(rn *run) (time.Duration, bool) {
 	return 0, out.ended
 }
 
+// heldLease returns the lease this process holds for job id, nil if none.
+func (r *Runner) heldLease(id int64) *lease.Lease {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rn := r.runs[id]; rn != nil {
+		return rn.lease
+	}
+	return nil
+}
+
+// checkLease fences a write of job id: it fails with lease.ErrLost unless
+// this process holds the job's lease as tx sees it.
+func (r *Runner) checkLease(tx *store.Tx, id int64) error {
+	l := r.heldLease(id)
+	if l == nil {
+		return lease.ErrLost
+	}
+	return l.Check(tx)
+}
+
 // writeFailed handles a failure of this server's database during a step:
 // the job is neither advanced nor failed, and tries again later.
 func (r *Runner) writeFailed(rn *run, err error) (time.Duration, bool) {
+	if errors.Is(err, lease.ErrLost) {
+		return 0, true
+	}
 	if r.ctx.Err() != nil || errors.Is(err, context.Canceled) {
 		return 0, false
 	}
@@ -233,6 +277,9 @@ func (r *Runner) saveTokens(id int64, tok *oauth2.Token) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), 30*time.Second)
 	defer cancel()
 	err := r.st.Write(ctx, func(tx *store.Tx) error {
+		if err := r.checkLease(tx, id); err != nil {
+			return err
+		}
 		rec, err := getJob(tx, id)
 		if err != nil {
 			return err
@@ -287,6 +334,9 @@ func (r *Runner) fetchFailed(rn *run, rec *record, kind pageKind, u string, ff *
 // update changes a job's record in a small transaction of its own.
 func (r *Runner) update(id int64, change func(*record)) {
 	err := r.st.Write(r.ctx, func(tx *store.Tx) error {
+		if err := r.checkLease(tx, id); err != nil {
+			return err
+		}
 		rec, err := getJob(tx, id)
 		if err != nil || !rec.Status.Active() {
 			return err
@@ -294,7 +344,7 @@ func (r *Runner) update(id int64, change func(*record)) {
 		change(rec)
 		return putJob(tx, rec, time.Now().UTC())
 	})
-	if err != nil && r.ctx.Err() == nil {
+	if err != nil && r.ctx.Err() == nil && !errors.Is(err, lease.ErrLost) {
 		r.log.Error("batch: update job", "job", id, "err", err)
 	}
 }
@@ -450,6 +500,9 @@ func publicText(err error) string {
 // writePage is the transaction of one page.
 func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKind, failNext string, o *commitOpts) (*record, error) {
 	now := time.Now().UTC()
+	if err := r.checkLease(tx, id); err != nil {
+		return nil, err
+	}
 	rec, err := getJob(tx, id)
 	if err != nil {
 		return nil, err
@@ -681,6 +734,9 @@ func (r *Runner) begin(rec *record) error {
 	var o commitOpts
 	for {
 		err := r.st.Write(r.ctx, func(tx *store.Tx) error {
+			if err := r.checkLease(tx, rec.ID); err != nil {
+				return err
+			}
 			cur, err := getJob(tx, rec.ID)
 			if err != nil || cur.Status != Starting {
 				return err
@@ -721,6 +777,9 @@ func (r *Runner) endWith(rec *record, status Status, reason string, final bool) 
 	for {
 		var cur *record
 		err := r.st.Write(r.ctx, func(tx *store.Tx) (err error) {
+			if err := r.checkLease(tx, rec.ID); err != nil {
+				return err
+			}
 			cur, err = getJob(tx, rec.ID)
 			if err != nil || !cur.Status.Active() {
 				return err
@@ -735,6 +794,9 @@ func (r *Runner) endWith(rec *record, status Status, reason string, final bool) 
 			o.skipTask, o.taskNote = true, publicText(te.err)
 			r.log.Warn("batch: the add-payer Task could not be moved", "job", rec.ID, "err", te.err)
 			continue
+		}
+		if errors.Is(err, lease.ErrLost) {
+			return 0, true
 		}
 		if err != nil {
 			if r.ctx.Err() != nil {
@@ -771,6 +833,11 @@ func (r *Runner) end(tx *store.Tx, rec *record, status Status, reason string, fi
 	rec.Status, rec.Ended, rec.Reason = status, now, reason
 	rec.Final = status == Failed && final
 	rec.SealedAccess, rec.SealedRefresh, rec.AccessExpiry = nil, nil, time.Time{}
+	if l := r.heldLease(rec.ID); l != nil {
+		if err := l.ReleaseTx(tx); err != nil {
+			return err
+		}
+	}
 	if o.skipTask {
 		rec.TaskNote = "the add-payer Task could not be moved: " + o.taskNote
 	} else {

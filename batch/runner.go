@@ -12,6 +12,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/lease"
 	"github.com/p2pserver/p2pserver/internal/netguard"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 	"github.com/p2pserver/p2pserver/internal/slots"
@@ -68,7 +69,11 @@ type Config struct {
 	// Transport, when set, carries the requests to source payers instead
 	// of a transport built from Outbound (tests that need their own).
 	Transport http.RoundTripper
-	Logger    *slog.Logger
+	// Leases gives each job to one process at a time among those sharing
+	// the database; nil: the Runner makes its own (with the default lease
+	// duration) and releases it on Close.
+	Leases *lease.Manager
+	Logger *slog.Logger
 }
 
 func (c *Config) defaults() {
@@ -127,6 +132,9 @@ type Runner struct {
 
 	fetches chan struct{} // slots for requests in flight
 
+	leases    *lease.Manager
+	ownLeases bool // leases was made here: Start starts it, Close closes it
+
 	mu      sync.Mutex
 	runs    map[int64]*run
 	queue   []*run
@@ -145,6 +153,9 @@ type run struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	stop   atomic.Bool
+	// lease is the job's, taken at its first step; only the worker holding
+	// the run touches it.
+	lease *lease.Lease
 
 	// Guarded by Runner.mu.
 	timer     *time.Timer   // waiting for a retry
@@ -216,6 +227,9 @@ func New(srv *fhir.Server, defs Definitions, cipher *secrets.Cipher, cfg Config)
 		notify:  make(chan struct{}, 1),
 		fetches: make(chan struct{}, cfg.MaxFetches),
 	}
+	if r.leases = cfg.Leases; r.leases == nil {
+		r.leases, r.ownLeases = lease.New(r.st, lease.Config{Logger: cfg.Logger}), true
+	}
 	srv.AddValidator("Task", keepAttempts)
 	return r, nil
 }
@@ -235,6 +249,12 @@ func sameOriginRedirects(req *http.Request, via []*http.Request) error {
 // Start resumes every job that was unfinished when the server last
 // stopped (from its checkpoint) and starts the workers. The workers run
 // until ctx ends or Close is called.
+//
+// A job is worked only under its lease (see package lease): the first
+// step takes it, every write of the job checks it, and the job's end
+// releases it. Every Leases.Scan the workers look in the database for
+// unfinished jobs that no process holds (made by another process, or left
+// by one that died) and take them over from their checkpoints.
 func (r *Runner) Start(ctx context.Context) error {
 	r.mu.Lock()
 	if r.started {
@@ -260,11 +280,74 @@ func (r *Runner) Start(ctx context.Context) error {
 	if len(active) > 0 {
 		r.log.Info("batch: resuming unfinished jobs", "jobs", len(active))
 	}
+	if r.ownLeases {
+		r.leases.Start(ctx)
+	}
 	for range r.cfg.Workers {
 		r.wg.Add(1)
 		go r.worker()
 	}
+	r.wg.Add(1)
+	go r.scanLoop()
 	return nil
+}
+
+// leaseKey is the lease of job id.
+func leaseKey(id int64) string { return fmt.Sprintf("batch/%d", id) }
+
+// scanLoop looks for work every Leases.Scan until the runner stops.
+func (r *Runner) scanLoop() {
+	defer r.wg.Done()
+	t := time.NewTicker(r.leases.Scan())
+	defer t.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.scan()
+	}
+}
+
+// scan queues the unfinished jobs that no process holds, and makes the
+// jobs worked here notice a stop requested through another process.
+func (r *Runner) scan() {
+	var free, stopping []int64
+	err := r.st.View(r.ctx, func(tx *store.Tx) error {
+		active, err := activeJobs(tx)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for id := range active {
+			if rn, ok := r.runs[id]; ok {
+				if !rn.stop.Load() {
+					if rec, err := getJob(tx, id); err == nil && rec.Status == Stopping {
+						stopping = append(stopping, id)
+					}
+				}
+				continue
+			}
+			if r.leases.Free(tx, leaseKey(id)) {
+				free = append(free, id)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if r.ctx.Err() == nil {
+			r.log.Error("batch: look for unfinished jobs", "err", err)
+		}
+		return
+	}
+	for _, id := range free {
+		r.enqueue(id)
+	}
+	for _, id := range stopping {
+		r.requestStop(id)
+	}
 }
 
 // Close stops the workers and waits for them. A page being written is
@@ -283,6 +366,9 @@ func (r *Runner) Close() error {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+	if r.ownLeases {
+		return r.leases.Close()
+	}
 	return nil
 }
 
@@ -359,6 +445,13 @@ func (r *Runner) worker() {
 		case done:
 			delete(r.runs, rn.id)
 			rn.cancel()
+			if l := rn.lease; l != nil && l.Context().Err() == nil {
+				r.mu.Unlock()
+				if err := l.Release(r.ctx); err != nil && r.ctx.Err() == nil {
+					r.log.Warn("batch: release a job's lease", "job", rn.id, "err", err)
+				}
+				r.mu.Lock()
+			}
 		case delay == park:
 			if rn.result != nil {
 				r.pushLocked(rn)

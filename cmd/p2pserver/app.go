@@ -25,6 +25,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/workflow"
 	"github.com/p2pserver/p2pserver/internal/apidoc"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
+	"github.com/p2pserver/p2pserver/internal/lease"
 	"github.com/p2pserver/p2pserver/internal/netguard"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 	"github.com/p2pserver/p2pserver/internal/slots"
@@ -51,6 +52,9 @@ type app struct {
 	clientKeys *auth.ClientKeys
 	oidc       *oidcservers.API
 
+	// leases give each job, delivery and periodic task to one process
+	// among those on the database.
+	leases    *lease.Manager
 	notify    *notify.Service
 	notifyAPI *notify.API
 	runner    *batch.Runner
@@ -181,6 +185,9 @@ func (a *app) wire() error {
 	}
 	mm.Register()
 
+	a.leases = lease.New(a.store, lease.Config{Duration: cfg.LeaseDuration, Scan: cfg.WorkScan, Logger: log})
+	log.Info("background work is leased", "owner", a.leases.Owner(), "lease", a.leases.Duration(), "scan", a.leases.Scan())
+
 	// Batch jobs and Bulk Data jobs share -batch-workers slots of work,
 	// taken in turn: neither kind starves the other.
 	a.slots = slots.New(cfg.BatchWorkers)
@@ -245,7 +252,7 @@ func (a *app) wire() error {
 	// P2P batch jobs.
 	if a.runner, err = batch.New(a.fhir, oidcRepo, cipher, batch.Config{Workers: cfg.BatchWorkers, Slots: a.slots, Outbound: outbound,
 		VersionedReferences: cfg.VersionedReferences, MDMIdentifierSystem: cfg.MDMIdentifierSystem,
-		MaxPages: cfg.BatchMaxPages, MaxResources: cfg.BatchMaxResources, Logger: log}); err != nil {
+		MaxPages: cfg.BatchMaxPages, MaxResources: cfg.BatchMaxResources, Leases: a.leases, Logger: log}); err != nil {
 		return err
 	}
 	oidcRepo.SetInUseCheck(a.runner.InUse)
@@ -287,6 +294,7 @@ func (a *app) Start(ctx context.Context) error {
 	if err := a.guard.Prepare(ctx); err != nil {
 		a.log.Warn("token issuer discovery failed; it is retried on first use", "err", err)
 	}
+	a.leases.Start(ctx)
 	if a.auth != nil {
 		if err := a.auth.Start(ctx); err != nil {
 			return err
@@ -391,6 +399,10 @@ func (a *app) Close() error {
 	}
 	if a.auth != nil {
 		stop("backend services", a.auth)
+	}
+	if a.leases != nil {
+		// After the workers: what they still hold is handed over at once.
+		stop("leases", a.leases)
 	}
 	a.store.Close()
 	return a.db.Close()

@@ -28,6 +28,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/auth"
 	"github.com/p2pserver/p2pserver/batch"
+	"github.com/p2pserver/p2pserver/internal/lease"
 )
 
 // Config is everything p2pserver can be told at start-up.
@@ -89,6 +90,11 @@ type Config struct {
 	DebugAddr string
 	// ShutdownGrace is how long in-flight requests get to finish on SIGTERM.
 	ShutdownGrace time.Duration
+	// LeaseDuration is how long a unit of background work (a job, a
+	// delivery, a periodic task) stays with a process that stops renewing
+	// its lease; WorkScan how often each process looks in the database for
+	// work made by others.
+	LeaseDuration, WorkScan time.Duration
 	// CORSOrigins are the browser origins allowed to call the server
 	// (scheme://host[:port], "*.example.org" wildcards, or "*"); empty: none.
 	CORSOrigins []string
@@ -146,6 +152,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	var maxBody, grace, workers, attempts, cors, maxPages, maxResources string
 	var tokenLifetime, tokenRotation, clientRotation string
 	var retention, exportWorkers, exportPerClient string
+	var leaseDuration, workScan string
 	fs.StringVar(&cfg.Addr, "addr", env("addr", "127.0.0.1:8080"), "listen address (host:port)")
 	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "bbolt database file (created if missing)")
 	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<the address bound>)")
@@ -188,6 +195,8 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.BoolVar(&cfg.HealthieSync, "healthie-sync", envBool("healthie-sync"), "also keep the Healthie facade's resources in the local store (searches, Subscriptions, $everything see them)")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", env("debug-addr", ""), "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; off when empty")
 	fs.StringVar(&grace, "shutdown-grace", env("shutdown-grace", "30s"), "time in-flight requests get to finish on shutdown")
+	fs.StringVar(&leaseDuration, "lease-duration", env("lease-duration", lease.DefaultDuration.String()), "how long a job, delivery or periodic task stays with a process that stopped renewing its lease (it died) before another process on the database takes it over")
+	fs.StringVar(&workScan, "work-scan", env("work-scan", ""), "how often each process looks in the database for work made by other processes (default a tenth of -lease-duration)")
 	fs.StringVar(&cors, "cors-origins", env("cors-origins", ""), "comma-separated browser origins allowed to call the server (https://portal.example.org, https://*.example.org or *); empty: none")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -239,6 +248,14 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if cfg.ShutdownGrace, err = time.ParseDuration(grace); err != nil {
 		return cfg, fmt.Errorf("-shutdown-grace: %w", err)
+	}
+	if cfg.LeaseDuration, err = time.ParseDuration(leaseDuration); err != nil || cfg.LeaseDuration < time.Second {
+		return cfg, fmt.Errorf("-lease-duration: %q is not a duration of at least 1s", leaseDuration)
+	}
+	if workScan != "" {
+		if cfg.WorkScan, err = time.ParseDuration(workScan); err != nil || cfg.WorkScan < 10*time.Millisecond || cfg.WorkScan > cfg.LeaseDuration {
+			return cfg, fmt.Errorf("-work-scan: %q is not a duration from 10ms to -lease-duration", workScan)
+		}
 	}
 	if cfg.BatchWorkers, err = strconv.Atoi(workers); err != nil || cfg.BatchWorkers < 1 {
 		return cfg, fmt.Errorf("-batch-workers: %q is not a positive number", workers)
