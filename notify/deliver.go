@@ -13,6 +13,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/lease"
 	"github.com/p2pserver/p2pserver/internal/netguard"
 )
 
@@ -41,8 +42,21 @@ type target struct {
 	prev  *store.Version
 }
 
-// deliver makes one attempt at notification seq and records the result.
-func (n *Service) deliver(ctx context.Context, seq uint64) {
+// deliver makes one attempt at notification seq, under its lease l, and
+// records the result. A lease lost meanwhile cuts the attempt short and
+// leaves the notification to the process that took it.
+func (n *Service) deliver(ctx context.Context, seq uint64, l *lease.Lease) {
+	defer func() {
+		// Not when the Service stops: the lease is handed over by the
+		// lease manager's Close, or expires if the process dies.
+		if ctx.Err() == nil && l.Context().Err() == nil {
+			_ = l.Release(ctx)
+		}
+	}()
+	workCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(l.Context(), cancel)
+	defer stop()
 	var t target
 	var res result
 	err := n.st.View(ctx, func(tx *store.Tx) error {
@@ -61,10 +75,10 @@ func (n *Service) deliver(ctx context.Context, seq uint64) {
 	}
 	if res == (result{}) {
 		start := time.Now()
-		res = n.send(ctx, t)
-		if ctx.Err() != nil && !res.ok {
-			// Cut short by Close: not the endpoint's fault; tried again
-			// at the next start.
+		res = n.send(workCtx, t)
+		if workCtx.Err() != nil && !res.ok {
+			// Cut short by Close or a lost lease: not the endpoint's
+			// fault; tried again by whoever holds it next.
 			return
 		}
 		n.log.Debug("notify: delivery", "id", t.entry.ID, "subscription", t.entry.Subscription, "channel", t.entry.Channel,
@@ -76,7 +90,11 @@ func (n *Service) deliver(ctx context.Context, seq uint64) {
 	}
 	// Recorded even when Close has begun (the store closes after the
 	// Service): a delivery that went through is not sent again.
-	if err := n.record(context.WithoutCancel(ctx), seq, res); err != nil {
+	if err := n.record(context.WithoutCancel(ctx), seq, res, l); err != nil {
+		if errors.Is(err, lease.ErrLost) {
+			n.log.Warn("notify: a delivery's lease was taken over while it was made; the other process sends it again", "id", t.entry.ID)
+			return
+		}
 		n.log.Error("notify: record a delivery", "id", t.entry.ID, "err", err)
 	}
 }
@@ -254,9 +272,16 @@ func (n *Service) email(ctx context.Context, t target) result {
 	return result{counted: true, err: fmt.Errorf("to %s via %s: %w", t.entry.Endpoint, n.mailer.Server(), err)}
 }
 
-// record writes the result of an attempt to the outbox.
-func (n *Service) record(ctx context.Context, seq uint64, res result) error {
+// record writes the result of an attempt to the outbox, if this process
+// still holds the delivery's lease l, and releases it.
+func (n *Service) record(ctx context.Context, seq uint64, res result, l *lease.Lease) error {
 	return n.st.Write(ctx, func(tx *store.Tx) error {
+		if err := l.Check(tx); err != nil {
+			return err
+		}
+		if err := l.ReleaseTx(tx); err != nil {
+			return err
+		}
 		e, err := getEntry(tx, seq)
 		if err != nil || e == nil || e.Status != StatePending {
 			return err

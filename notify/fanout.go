@@ -1,6 +1,7 @@
 package notify
 
 import (
+	crand "crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -97,10 +98,16 @@ type subGroup struct {
 
 // gens makes generation values that are never reused in a process, so
 // that an index built in a transaction that was then taken back is never
-// taken for current.
+// taken for current. It starts at a random point, so that the values of
+// several processes on one database do not meet either (a process must
+// not take another's new generation for the one it has indexed).
 var gens atomic.Uint64
 
-func init() { gens.Store(uint64(time.Now().UnixNano())) }
+func init() {
+	var b [8]byte
+	_, _ = crand.Read(b[:])
+	gens.Store(binary.BigEndian.Uint64(b[:]))
+}
 
 // bumpGen marks the Subscriptions as changed in tx.
 func bumpGen(tx *store.Tx) error {

@@ -22,6 +22,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/workflow"
 	"github.com/p2pserver/p2pserver/internal/apidoc"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
+	"github.com/p2pserver/p2pserver/internal/lease"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 	"github.com/p2pserver/p2pserver/notify"
 	"github.com/p2pserver/p2pserver/notify/addpayer"
@@ -56,6 +57,8 @@ type env struct {
 	// receives the service's logs.
 	key string
 	log *slog.Logger
+	// leases, when set, makes the lease manager of each start.
+	leases func(st *store.Store) *lease.Manager
 	// guard, when set, is attached to the FHIR server before its handler
 	// is built (a smart.Guard's Attach).
 	guard func(fs *fhir.Server)
@@ -82,6 +85,9 @@ func withSMTP(s *smtptest.Server) envOption { return func(e *env) { e.smtp = s }
 func withoutMail() envOption                { return func(e *env) { e.noMail = true } }
 func withKey(k string) envOption            { return func(e *env) { e.key = k } }
 func withLog(l *slog.Logger) envOption      { return func(e *env) { e.log = l } }
+func withLeases(f func(*store.Store) *lease.Manager) envOption {
+	return func(e *env) { e.leases = f }
+}
 func withGuard(g func(*fhir.Server)) envOption {
 	return func(e *env) { e.guard = g }
 }
@@ -149,6 +155,9 @@ func (e *env) start() {
 	}
 	if e.tune != nil {
 		e.tune(&cfg)
+	}
+	if e.leases != nil {
+		cfg.Leases = e.leases(st)
 	}
 	e.n, err = notify.New(e.fs, cfg)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/lease"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 )
 
@@ -59,6 +60,15 @@ type Config struct {
 	// are logged: the first at once, the others summed up per period.
 	// Default 1 minute.
 	FailureLogEvery time.Duration
+	// Leases gives each delivery to one process at a time among those
+	// sharing the database; nil: the Service makes its own and releases
+	// it on Close.
+	Leases *lease.Manager
+
+	// deliverOnly, in tests, makes a second Service on a store whose
+	// writes another Service already matches: it delivers, but registers
+	// no hook or validator (each process has its own store hooks).
+	deliverOnly bool
 }
 
 // Service matches writes against Subscriptions, keeps the outbox and
@@ -85,6 +95,9 @@ type Service struct {
 	failures *failureLog
 
 	wake chan struct{}
+
+	leases    *lease.Manager
+	ownLeases bool
 
 	mu       sync.Mutex
 	inflight map[uint64]bool
@@ -147,6 +160,12 @@ func New(fs *fhir.Server, cfg Config) (*Service, error) {
 	}
 	if err := n.st.Write(context.Background(), n.secureStored); err != nil {
 		return nil, fmt.Errorf("notify: %w", err)
+	}
+	if n.leases = cfg.Leases; n.leases == nil {
+		n.leases, n.ownLeases = lease.New(n.st, lease.Config{Logger: cfg.Logger}), true
+	}
+	if cfg.deliverOnly {
+		return n, nil
 	}
 	fs.AddValidator("Subscription", n.validate)
 	n.st.AddHook(n.hook)
@@ -321,6 +340,12 @@ func (n *Service) requeue(tx *store.Tx, ev store.Event) error {
 
 // Start starts the delivery worker; notifications left pending by an
 // earlier run are delivered. Start after New, once.
+//
+// Each delivery is made under its lease (see package lease), taken with
+// the others due in one write and released in the write that records
+// the attempt, so that of several processes on the database one makes
+// it. The outbox is looked at every Leases.Scan for notifications made
+// by other processes or left by one that died.
 func (n *Service) Start(ctx context.Context) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -329,6 +354,9 @@ func (n *Service) Start(ctx context.Context) {
 	}
 	ctx, n.cancel = context.WithCancel(ctx)
 	n.done = make(chan struct{})
+	if n.ownLeases {
+		n.leases.Start(ctx)
+	}
 	go n.loop(ctx)
 }
 
@@ -344,6 +372,9 @@ func (n *Service) Close() error {
 	}
 	cancel()
 	<-done
+	if n.ownLeases {
+		return n.leases.Close()
+	}
 	return nil
 }
 
@@ -375,8 +406,17 @@ func (n *Service) loop(ctx context.Context) {
 				next = n.now().Add(time.Second)
 			}
 		}
+		leases := n.claim(ctx, due)
 		// With every slot busy, the next look is when one frees up.
 		for _, seq := range due {
+			l := leases[seq]
+			if l == nil {
+				// Another process has it, or it is no longer due.
+				n.mu.Lock()
+				delete(n.inflight, seq)
+				n.mu.Unlock()
+				continue
+			}
 			slots <- struct{}{}
 			wg.Add(1)
 			go func(seq uint64) {
@@ -391,12 +431,12 @@ func (n *Service) loop(ctx context.Context) {
 					default:
 					}
 				}()
-				n.deliver(ctx, seq)
+				n.deliver(ctx, seq, l)
 			}(seq)
 		}
 		// Writes that matched Subscriptions are fanned out into
 		// notifications only as fast as they are delivered.
-		if free := cap(slots) - len(slots); free > 0 && len(due) < free {
+		if free := cap(slots) - len(slots); free > 0 && len(due) < free && n.eventsWaiting(ctx) {
 			var more bool
 			err := n.st.Write(ctx, func(tx *store.Tx) error {
 				var err error
@@ -415,7 +455,8 @@ func (n *Service) loop(ctx context.Context) {
 		if !next.IsZero() {
 			wait = max(next.Sub(n.now()), 10*time.Millisecond)
 		}
-		wait = min(wait, n.cfg.FailureLogEvery)
+		// Other processes add to the outbox too: look at it now and then.
+		wait = min(wait, n.cfg.FailureLogEvery, n.leases.Scan())
 		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
@@ -468,6 +509,59 @@ func (n *Service) due(ctx context.Context, limit int) ([]uint64, time.Time, erro
 	}
 	n.mu.Unlock()
 	return out, next, nil
+}
+
+// deliveryLease is the lease key of notification seq.
+func deliveryLease(seq uint64) string { return fmt.Sprintf("notify/%d", seq) }
+
+// claim takes, in one write, the leases of the notifications seqs that
+// are still pending and due; it returns them by seq.
+func (n *Service) claim(ctx context.Context, seqs []uint64) map[uint64]*lease.Lease {
+	if len(seqs) == 0 {
+		return nil
+	}
+	out := map[uint64]*lease.Lease{}
+	now := n.now()
+	err := n.st.Write(ctx, func(tx *store.Tx) error {
+		clear(out)
+		for _, seq := range seqs {
+			e, err := getEntry(tx, seq)
+			if err != nil {
+				return err
+			}
+			if e == nil || e.Status != StatePending || e.NextAttempt.After(now) {
+				continue // delivered or rescheduled by another process
+			}
+			l, err := n.leases.AcquireTx(tx, deliveryLease(seq))
+			if err != nil {
+				return err
+			}
+			if l != nil {
+				out[seq] = l
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			n.log.Error("notify: take the leases of due notifications", "err", err)
+		}
+		return nil
+	}
+	return out
+}
+
+// eventsWaiting reports whether writes wait to be fanned out into
+// notifications, so that an idle outbox costs no write.
+func (n *Service) eventsWaiting(ctx context.Context) bool {
+	waiting := false
+	_ = n.st.View(ctx, func(tx *store.Tx) error {
+		return tx.KV(bucketEvents).Scan(nil, func(_, _ []byte) (bool, error) {
+			waiting = true
+			return false, nil
+		})
+	})
+	return waiting
 }
 
 // backoff is the wait after the attempts-th failed attempt: Backoff

@@ -244,7 +244,7 @@ func (a *app) wire() error {
 		}
 	}
 	if a.notify, err = notify.New(a.fhir, notify.Config{MaxOutbox: cfg.Limits.NotifyMaxOutbox, MaxPerType: cfg.Limits.MaxSubscriptionsPerType,
-		Hosts: hosts, Mailer: mailer, Cipher: cipher, MaxAttempts: cfg.NotifyMaxAttempts, Logger: log}); err != nil {
+		Hosts: hosts, Mailer: mailer, Cipher: cipher, MaxAttempts: cfg.NotifyMaxAttempts, Leases: a.leases, Logger: log}); err != nil {
 		return err
 	}
 	a.notifyAPI = notify.NewAPI(a.notify, a.admin.Require("admin"), log)
