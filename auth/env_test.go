@@ -8,15 +8,12 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/go-chi/chi/v5"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/p2pserver/p2pserver/auth"
 	"github.com/p2pserver/p2pserver/fhir"
@@ -24,6 +21,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 )
@@ -52,7 +50,7 @@ type env struct {
 	opts    []func(*auth.Config)
 
 	handler atomic.Pointer[http.Handler]
-	db      *bolt.DB
+	db      store.DB
 	st      *store.Store
 	srv     *auth.Server
 	guard   *smart.Guard
@@ -68,7 +66,7 @@ func newEnv(t *testing.T, issuers []smart.Issuer, opts ...func(*auth.Config)) *e
 func newEnvTB(t testing.TB, issuers []smart.Issuer, opts ...func(*auth.Config)) *env {
 	t.Helper()
 	regOnce.Do(func() { registry = search.NewRegistry(spec.R4()) })
-	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "p2p.db"), issuers: issuers, opts: opts, logs: &bytes.Buffer{}}
+	e := &env{t: t, dbPath: storetest.DSN(t), issuers: issuers, opts: opts, logs: &bytes.Buffer{}}
 	e.hs = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*e.handler.Load()).ServeHTTP(w, r)
 	}))
@@ -88,7 +86,7 @@ func (e *env) fhirBase() string { return e.base + "/fhir" }
 func (e *env) open() {
 	t := e.t
 	t.Helper()
-	db, err := bolt.Open(e.dbPath, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := store.OpenDB(context.Background(), e.dbPath, store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

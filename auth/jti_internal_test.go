@@ -2,15 +2,13 @@ package auth
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 )
 
 // TestSpentJTIsAreKeptUntilTheirAssertionExpires: a jti is refused again
@@ -19,7 +17,7 @@ import (
 // grow without end.
 func TestSpentJTIsAreKeptUntilTheirAssertionExpires(t *testing.T) {
 	t.Parallel()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "jti.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(t), store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,20 +7,19 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/p2pserver/p2pserver/auth"
 	"github.com/p2pserver/p2pserver/auth/authtest"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 )
 
@@ -40,8 +39,8 @@ func (c *clock) add(d time.Duration) {
 func openStore(t *testing.T) (*store.Store, string) {
 	t.Helper()
 	regOnce.Do(func() { registry = search.NewRegistry(spec.R4()) })
-	path := filepath.Join(t.TempDir(), "keys.db")
-	db, err := bolt.Open(path, 0o600, nil)
+	path := storetest.DSN(t)
+	db, err := store.OpenDB(context.Background(), path, store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,13 +8,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/oidcservers"
@@ -194,10 +195,7 @@ func TestRefreshedTokensAreKeptEncrypted(t *testing.T) {
 	close(release)
 	x.tg.waitEnd(x.pid, id)
 	x.tg.close()
-	raw, err := os.ReadFile(x.tg.dbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := storetest.Dump(t, x.tg.dbPath)
 	for name, secret := range map[string]string{"access": access, "refresh": refresh, "refreshed access": tok.AccessToken, "rotated refresh": tok.RefreshToken} {
 		if bytes.Contains(raw, []byte(secret)) {
 			t.Errorf("the %s token is in the database file in clear", name)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,14 +17,16 @@ import (
 	"testing"
 	"time"
 
+	td "github.com/p2pserver/p2pserver/internal/testdata"
+
 	"github.com/go-chi/chi/v5"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 	"github.com/p2pserver/p2pserver/oidcservers"
@@ -74,7 +75,7 @@ type sourcePayer struct {
 
 func newSource(t testing.TB, idp *oidctest.Provider) *sourcePayer {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "source.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(t), store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +215,7 @@ type targetPayer struct {
 	t       testing.TB
 	dbPath  string
 	cfg     Config
-	db      *bolt.DB
+	db      store.DB
 	st      *store.Store
 	fhir    *fhir.Server
 	repo    *oidcservers.Repository
@@ -228,7 +229,7 @@ type targetPayer struct {
 
 func newTarget(t testing.TB, cfg Config) *targetPayer {
 	t.Helper()
-	tg := &targetPayer{t: t, dbPath: filepath.Join(t.TempDir(), "target.db"), cfg: cfg}
+	tg := &targetPayer{t: t, dbPath: storetest.DSN(t), cfg: cfg}
 	tg.http = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*tg.handler.Load()).ServeHTTP(w, r)
 	}))
@@ -248,7 +249,7 @@ func newTarget(t testing.TB, cfg Config) *targetPayer {
 // open wires the target over its database file, as cmd/p2pserver does.
 func (tg *targetPayer) open() {
 	t := tg.t
-	db, err := bolt.Open(tg.dbPath, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := store.OpenDB(context.Background(), tg.dbPath, store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +258,7 @@ func (tg *targetPayer) open() {
 		t.Fatal(err)
 	}
 	tg.fhir = fhir.New(tg.st, fhir.Config{BaseURL: tg.URL + "/fhir", Logger: testLogger(t)})
-	if tg.repo, err = oidcservers.NewRepository(db, tg.cipher); err != nil {
+	if tg.repo, err = oidcservers.NewRepository(tg.st, tg.cipher); err != nil {
 		t.Fatal(err)
 	}
 	cfg := tg.cfg

@@ -19,7 +19,6 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	jose "github.com/go-jose/go-jose/v4"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/p2pserver/p2pserver/auth"
 	"github.com/p2pserver/p2pserver/auth/authtest"
@@ -28,6 +27,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 	"github.com/p2pserver/p2pserver/mdm"
@@ -62,11 +62,12 @@ func testLogger(t testing.TB) *slog.Logger {
 type payer struct {
 	t      testing.TB
 	dir    string
+	dsn    string // the database
 	addr   string
 	URL    string // FHIR base
 	idp    *oidctest.Provider
 	cfg    Config
-	db     *bolt.DB
+	db     store.DB
 	st     *store.Store
 	srv    *fhir.Server
 	ex     *Exporter
@@ -77,7 +78,7 @@ type payer struct {
 
 func newPayer(t testing.TB, idp *oidctest.Provider, cfg Config) *payer {
 	t.Helper()
-	p := &payer{t: t, dir: t.TempDir(), idp: idp, cfg: cfg}
+	p := &payer{t: t, dir: t.TempDir(), dsn: storetest.DSN(t), idp: idp, cfg: cfg}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +94,7 @@ func newPayer(t testing.TB, idp *oidctest.Provider, cfg Config) *payer {
 func (p *payer) start(ln net.Listener) {
 	t := p.t
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(p.dir, "p2p.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := store.OpenDB(context.Background(), p.dsn, store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

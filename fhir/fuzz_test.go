@@ -1,6 +1,7 @@
 package fhir_test
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -11,7 +12,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/store"
-	bolt "go.etcd.io/bbolt"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 )
 
 // FuzzWritesNeverFail throws arbitrary bodies and search strings at the
@@ -29,7 +30,7 @@ func FuzzWritesNeverFail(f *testing.F) {
 	f.Add([]byte(`{"resourceType":"Patient","_birthDate":[null],"contained":[{"resourceType":"X"}]}`), "birthdate=ap2024&subject:Patient.name=x")
 	f.Add([]byte(`{"resourceType":"Observation","valueQuantity":{"value":1e400}}`), "value-quantity=1e400||mg")
 
-	db, err := bolt.Open(filepath.Join(f.TempDir(), "fuzz.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(f), store.DBOptions{})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -2,12 +2,12 @@ package fhir_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,7 +18,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
-	bolt "go.etcd.io/bbolt"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 )
 
 var registry = search.NewRegistry(spec.R4())
@@ -36,7 +36,7 @@ type testServer struct {
 
 func newServer(t *testing.T, opts ...func(*fhir.Config)) *testServer {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "test.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(t), store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package mdm_test
 import (
 	"context"
 	"encoding/json"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -12,8 +11,8 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/mdm"
-	bolt "go.etcd.io/bbolt"
 )
 
 func jsonMap(t *testing.T, s string) map[string]any {
@@ -67,7 +66,7 @@ func TestSensitivityLabels(t *testing.T) {
 // consentStore is a bare store for policy tests.
 func consentStore(t *testing.T) *store.Store {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "consent.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(t), store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -12,11 +11,13 @@ import (
 	"strings"
 	"testing"
 
+	td "github.com/p2pserver/p2pserver/internal/testdata"
+
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/mdm"
-	bolt "go.etcd.io/bbolt"
 )
 
 func decode(t *testing.T, raw []byte) map[string]any {
@@ -98,7 +99,7 @@ func TestMemberIdentifier(t *testing.T) {
 
 func openStore(t *testing.T) (*store.Store, *search.Registry) {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "m.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(t), store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

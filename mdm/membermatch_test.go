@@ -1,8 +1,8 @@
 package mdm_test
 
 import (
+	"context"
 	"encoding/json"
-	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"io"
 	"log/slog"
 	"net/http"
@@ -14,14 +14,16 @@ import (
 	"testing"
 	"time"
 
+	td "github.com/p2pserver/p2pserver/internal/testdata"
+
 	"github.com/go-chi/chi/v5"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/mdm"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 )
@@ -44,7 +46,7 @@ func newMatchEnv(t *testing.T, now time.Time, guard func(base string) *smart.Gua
 // newMatchEnvWith is newMatchEnv with $member-match set up by cfg.
 func newMatchEnvWith(t *testing.T, now time.Time, guard func(base string) *smart.Guard, cfg mdm.MemberMatchConfig) *matchEnv {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "payer.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(t), store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

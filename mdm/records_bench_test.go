@@ -1,6 +1,7 @@
 package mdm_test
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -12,13 +13,13 @@ import (
 	"testing"
 
 	"github.com/go-chi/chi/v5"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"github.com/p2pserver/p2pserver/mdm"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
@@ -34,7 +35,7 @@ import (
 func BenchmarkMemberRecord(b *testing.B) {
 	idp := oidctest.New(b)
 	idp.AddClient("portal", "portal-secret")
-	db, err := bolt.Open(filepath.Join(b.TempDir(), "bench.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(b), store.DBOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/fhir/workflow"
 	"github.com/p2pserver/p2pserver/internal/apidoc"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
@@ -27,7 +27,6 @@ import (
 	"github.com/p2pserver/p2pserver/notify"
 	"github.com/p2pserver/p2pserver/notify/addpayer"
 	"github.com/p2pserver/p2pserver/notify/smtptest"
-	bolt "go.etcd.io/bbolt"
 )
 
 var registry = search.NewRegistry(spec.R4())
@@ -67,7 +66,7 @@ type env struct {
 	startErr error
 	mayFail  bool
 
-	db   *bolt.DB
+	db   store.DB
 	st   *store.Store
 	fs   *fhir.Server
 	n    *notify.Service
@@ -101,7 +100,7 @@ func withConfig(f func(*notify.Config)) envOption {
 
 func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Helper()
-	e := &env{t: t, dbPath: filepath.Join(t.TempDir(), "p2p.db"), admins: []string{"admin1@payer.example.org", "admin2@payer.example.org"}, key: testKey}
+	e := &env{t: t, dbPath: storetest.DSN(t), admins: []string{"admin1@payer.example.org", "admin2@payer.example.org"}, key: testKey}
 	for _, o := range opts {
 		o(e)
 	}
@@ -118,7 +117,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 func (e *env) start() {
 	t := e.t
 	t.Helper()
-	db, err := bolt.Open(e.dbPath, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := store.OpenDB(context.Background(), e.dbPath, store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

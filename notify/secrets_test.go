@@ -5,18 +5,17 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"testing"
-	"time"
+
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/notify"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
-	bolt "go.etcd.io/bbolt"
 )
 
 // syncBuffer is a log destination tests can read while the server writes.
@@ -116,10 +115,7 @@ func TestHeaderValuesAreWriteOnlySecrets(t *testing.T) {
 		t.Error("a header value was logged")
 	}
 	e.stop()
-	raw, err := os.ReadFile(e.dbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := storetest.Dump(t, e.dbPath)
 	if bytes.Contains(raw, []byte(secret1)) || bytes.Contains(raw, []byte(secret2)) {
 		t.Error("the database file holds a header value in plain text")
 	}
@@ -149,7 +145,7 @@ func TestPlainHeadersStoredEarlierAreSealedAtStart(t *testing.T) {
 	h := newHook(t)
 	e.stop()
 	const old, current = "old-plain-secret-1234", "current-plain-secret-5678"
-	db, err := bolt.Open(e.dbPath, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := store.OpenDB(context.Background(), e.dbPath, store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

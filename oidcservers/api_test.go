@@ -8,15 +8,14 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"go.etcd.io/bbolt"
 
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/internal/apidoc"
 	"github.com/p2pserver/p2pserver/internal/apidoc/apidoctest"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
@@ -29,13 +28,13 @@ const (
 	maxBody     = 16 << 10
 )
 
-// apiEnv is the real /api router over a real bbolt file, served over HTTP.
+// apiEnv is the real /api router over a real database, served over HTTP.
 type apiEnv struct {
 	t      *testing.T
 	url    string
 	repo   *Repository
 	api    *API
-	db     *bbolt.DB
+	db     dbStore
 	server *httptest.Server
 	doc    *apidoctest.Validator
 
@@ -52,17 +51,14 @@ type envConfig struct {
 func newAPIEnv(t *testing.T, cfg envConfig) *apiEnv {
 	t.Helper()
 	if cfg.dbPath == "" {
-		cfg.dbPath = filepath.Join(t.TempDir(), "p2p.db")
+		cfg.dbPath = storetest.DSN(t)
 	}
-	db, err := bbolt.Open(cfg.dbPath, 0o600, &bbolt.Options{Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := openDB(t, cfg.dbPath)
 	var c *secrets.Cipher
 	if cfg.key != "" {
 		c = newCipher(t, cfg.key)
 	}
-	repo, err := NewRepository(db, c)
+	repo, err := NewRepository(db.Store, c)
 	if err != nil {
 		db.Close()
 		t.Fatal(err)
@@ -546,7 +542,7 @@ func TestAPIDeleteRefusedWhileInUse(t *testing.T) {
 
 func TestAPIPersistsAcrossRestart(t *testing.T) {
 	t.Parallel()
-	path := filepath.Join(t.TempDir(), "p2p.db")
+	path := storetest.DSN(t)
 	key := newKey(t)
 	e := newAPIEnv(t, envConfig{dbPath: path, key: key, tokens: []string{adminToken}})
 	if r := e.do("POST", "/api/oidc_servers", adminToken, inputJSON(nil), ""); r.status != 201 {

@@ -8,15 +8,14 @@ import (
 	"sort"
 	"sync/atomic"
 
-	"go.etcd.io/bbolt"
-
+	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 )
 
-// bucketName is the bbolt bucket holding the definitions, keyed by pid as an
-// 8-byte big-endian integer so keys sort by pid.
-var bucketName = []byte("oidc_servers")
+// bucketName is the store's key-value bucket holding the definitions,
+// keyed by pid as an 8-byte big-endian integer so keys sort by pid.
+const bucketName = "oidc_servers"
 
 // record is a definition as stored: the Server fields plus the client secret,
 // sealed with the secrets.Cipher. Server.ClientSecret has no JSON name, so the
@@ -30,49 +29,47 @@ type record struct {
 // before it may be deleted, such as a running batch job.
 type InUseFunc func(ctx context.Context, pid int64) (bool, error)
 
-// Repository stores OIDC server definitions in bbolt. It is safe for
-// concurrent use. Issuers are unique: writes run in bbolt's single writer
-// transaction, so the uniqueness check and the write cannot interleave.
+// Repository stores OIDC server definitions in the store's database. It is
+// safe for concurrent use. Issuers are unique: writes run in the store's
+// single writer transaction, so the uniqueness check and the write cannot
+// interleave.
 type Repository struct {
-	db     *bbolt.DB
+	st     *store.Store
 	cipher *secrets.Cipher
 	inUse  atomic.Pointer[InUseFunc]
 }
 
-// NewRepository opens the definitions in db, creating their bucket. c may be
+// NewRepository opens the definitions kept in st. c may be
 // nil when no secret key is configured; then definitions cannot hold client
 // secrets, and NewRepository fails if stored ones exist, rather than start a
 // server that cannot use them. With a key, every stored secret is checked to
 // open, and secrets sealed with an older key (see secrets.NewCipher on
 // rotation) are re-sealed with the current one.
-func NewRepository(db *bbolt.DB, c *secrets.Cipher) (*Repository, error) {
-	r := &Repository{db: db, cipher: c}
-	err := db.Update(func(tx *bbolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketName)
-		if err != nil {
-			return err
-		}
+func NewRepository(st *store.Store, c *secrets.Cipher) (*Repository, error) {
+	r := &Repository{st: st, cipher: c}
+	err := st.Write(context.Background(), func(tx *store.Tx) error {
+		b := tx.KV(bucketName)
 		var rotate []record
-		err = b.ForEach(func(_, v []byte) error {
+		err := b.Scan(nil, func(_, v []byte) (bool, error) {
 			var rec record
 			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decode stored definition: %w", err)
+				return false, fmt.Errorf("decode stored definition: %w", err)
 			}
 			if len(rec.SealedClientSecret) == 0 {
-				return nil
+				return true, nil
 			}
 			if c == nil {
-				return fmt.Errorf("stored OIDC server definitions have client secrets but no secret key is configured: set -secret-key or P2P_SECRET_KEY to the key they were stored with")
+				return false, fmt.Errorf("stored OIDC server definitions have client secrets but no secret key is configured: set -secret-key or P2P_SECRET_KEY to the key they were stored with")
 			}
 			plain, err := c.Open(rec.SealedClientSecret)
 			if err != nil {
-				return fmt.Errorf("client secret of OIDC server %d: %w", rec.PID, err)
+				return false, fmt.Errorf("client secret of OIDC server %d: %w", rec.PID, err)
 			}
 			if c.NeedsRotation(rec.SealedClientSecret) {
 				rec.ClientSecret = string(plain)
 				rotate = append(rotate, rec)
 			}
-			return nil
+			return true, nil
 		})
 		if err != nil {
 			return err
@@ -116,14 +113,14 @@ func (r *Repository) List(ctx context.Context) ([]Server, error) {
 		return nil, err
 	}
 	var out []Server
-	err := r.db.View(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucketName).ForEach(func(_, v []byte) error {
+	err := r.st.View(ctx, func(tx *store.Tx) error {
+		return tx.KV(bucketName).Scan(nil, func(_, v []byte) (bool, error) {
 			var rec record
 			if err := json.Unmarshal(v, &rec); err != nil {
-				return err
+				return false, err
 			}
 			out = append(out, rec.Server)
-			return nil
+			return true, nil
 		})
 	})
 	if err != nil {
@@ -140,8 +137,8 @@ func (r *Repository) Get(ctx context.Context, pid int64) (Server, error) {
 	}
 	var rec record
 	var found bool
-	err := r.db.View(func(tx *bbolt.Tx) error {
-		v := tx.Bucket(bucketName).Get(key(pid))
+	err := r.st.View(ctx, func(tx *store.Tx) error {
+		v := tx.KV(bucketName).Get(key(pid))
 		if v == nil {
 			return nil
 		}
@@ -192,8 +189,8 @@ func (r *Repository) Create(ctx context.Context, s Server) (Server, error) {
 		return Server{}, err
 	}
 	s.Normalize()
-	err := r.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketName)
+	err := r.st.Write(ctx, func(tx *store.Tx) error {
+		b := tx.KV(bucketName)
 		if err := r.checkAll(op, b, &s, 0); err != nil {
 			return err
 		}
@@ -219,8 +216,8 @@ func (r *Repository) Update(ctx context.Context, pid int64, change func(*Server)
 		return Server{}, err
 	}
 	var out Server
-	err := r.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketName)
+	err := r.st.Write(ctx, func(tx *store.Tx) error {
+		b := tx.KV(bucketName)
 		v := b.Get(key(pid))
 		if v == nil {
 			return notFound(op, pid)
@@ -268,8 +265,8 @@ func (r *Repository) Delete(ctx context.Context, pid int64) error {
 			return errs.E(op, errs.Conflict, fmt.Sprintf("OIDC server definition %d is in use by a running batch job; delete it when the job has ended", pid))
 		}
 	}
-	err := r.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketName)
+	err := r.st.Write(ctx, func(tx *store.Tx) error {
+		b := tx.KV(bucketName)
 		if b.Get(key(pid)) == nil {
 			return notFound(op, pid)
 		}
@@ -304,8 +301,8 @@ func (r *Repository) Problems(ctx context.Context, s Server, self int64) ([]errs
 	const op = "oidcservers.problems"
 	s.Normalize()
 	var issues []errs.Issue
-	err := r.db.View(func(tx *bbolt.Tx) error {
-		err := r.checkAll(op, tx.Bucket(bucketName), &s, self)
+	err := r.st.View(ctx, func(tx *store.Tx) error {
+		err := r.checkAll(op, tx.KV(bucketName), &s, self)
 		if k := errs.KindOf(err); k == errs.Invalid || k == errs.Conflict {
 			_, issues = errs.Public(err)
 			return nil
@@ -321,7 +318,7 @@ func (r *Repository) Problems(ctx context.Context, s Server, self int64) ([]errs
 // checkAll is check and uniqueIssuer together: when the fields are
 // invalid, a taken issuer is one more of the problems reported (400);
 // alone it is a Conflict (409).
-func (r *Repository) checkAll(op string, b *bbolt.Bucket, s *Server, self int64) error {
+func (r *Repository) checkAll(op string, b store.KV, s *Server, self int64) error {
 	err := r.check(op, s)
 	var dup error
 	if s.Issuer != "" {
@@ -339,23 +336,23 @@ func (r *Repository) checkAll(op string, b *bbolt.Bucket, s *Server, self int64)
 }
 
 // uniqueIssuer fails if another definition than self has the same issuer.
-func uniqueIssuer(op string, b *bbolt.Bucket, issuer string, self int64) error {
+func uniqueIssuer(op string, b store.KV, issuer string, self int64) error {
 	want := issuerKey(issuer)
-	return b.ForEach(func(k, v []byte) error {
+	return b.Scan(nil, func(k, v []byte) (bool, error) {
 		var rec record
 		if err := json.Unmarshal(v, &rec); err != nil {
-			return err
+			return false, err
 		}
 		if rec.PID != self && issuerKey(rec.Issuer) == want {
-			return errs.E(op, errs.Conflict, "issuer is already registered",
+			return false, errs.E(op, errs.Conflict, "issuer is already registered",
 				errs.Issue{Code: "duplicate", Path: "issuer", Message: fmt.Sprintf("already registered (OIDC server %d)", rec.PID)})
 		}
-		return nil
+		return true, nil
 	})
 }
 
 // put seals s's client secret and writes the record.
-func (r *Repository) put(b *bbolt.Bucket, s Server) error {
+func (r *Repository) put(b store.KV, s Server) error {
 	rec := record{Server: s}
 	if s.ClientSecret != "" {
 		sealed, err := r.cipher.Seal([]byte(s.ClientSecret))

@@ -6,13 +6,13 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"go.etcd.io/bbolt"
-
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/spec"
+	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/internal/errs"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 )
@@ -35,20 +35,36 @@ func newCipher(t testing.TB, key string) *secrets.Cipher {
 	return c
 }
 
-func openDB(t testing.TB, path string) *bbolt.DB {
+// dbStore is a store over its own database; Close closes both.
+type dbStore struct {
+	*store.Store
+	db store.DB
+}
+
+func (s dbStore) Close() error {
+	s.Store.Close()
+	return s.db.Close()
+}
+
+var registry = search.NewRegistry(spec.R4())
+
+// openDB opens the store on the database dsn.
+func openDB(t testing.TB, dsn string) dbStore {
 	t.Helper()
-	db, err := bbolt.Open(path, 0o600, nil)
+	db := storetest.OpenDB(t, dsn)
+	st, err := store.Open(db, registry, nil)
 	if err != nil {
+		db.Close()
 		t.Fatal(err)
 	}
-	return db
+	return dbStore{st, db}
 }
 
 func newRepo(t testing.TB, c *secrets.Cipher) *Repository {
 	t.Helper()
-	db := openDB(t, filepath.Join(t.TempDir(), "p2p.db"))
+	db := openDB(t, storetest.DSN(t))
 	t.Cleanup(func() { db.Close() })
-	r, err := NewRepository(db, c)
+	r, err := NewRepository(db.Store, c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,10 +188,10 @@ func TestRepositoryIssuerUnique(t *testing.T) {
 func TestRepositorySecretEncryptedAtRest(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "p2p.db")
+	path := storetest.DSN(t)
 	key := newKey(t)
 	db := openDB(t, path)
-	r, err := NewRepository(db, newCipher(t, key))
+	r, err := NewRepository(db.Store, newCipher(t, key))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,10 +202,7 @@ func TestRepositorySecretEncryptedAtRest(t *testing.T) {
 	}
 	db.Close()
 
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := storetest.Dump(t, path)
 	if bytes.Contains(raw, []byte("a-very-distinctive-client-secret")) {
 		t.Fatal("the client secret is in the database file in clear")
 	}
@@ -199,16 +212,16 @@ func TestRepositorySecretEncryptedAtRest(t *testing.T) {
 
 	// Restart without a key: refused, with a message naming the setting.
 	db = openDB(t, path)
-	_, err = NewRepository(db, nil)
+	_, err = NewRepository(db.Store, nil)
 	if err == nil || !strings.Contains(err.Error(), "P2P_SECRET_KEY") {
 		t.Errorf("NewRepository without key = %v, want a refusal naming P2P_SECRET_KEY", err)
 	}
 	// With another key: refused.
-	if _, err := NewRepository(db, newCipher(t, newKey(t))); !errors.Is(err, secrets.ErrWrongKey) {
+	if _, err := NewRepository(db.Store, newCipher(t, newKey(t))); !errors.Is(err, secrets.ErrWrongKey) {
 		t.Errorf("NewRepository with another key = %v, want ErrWrongKey", err)
 	}
 	// With the key: the secret is back.
-	r, err = NewRepository(db, newCipher(t, key))
+	r, err = NewRepository(db.Store, newCipher(t, key))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,11 +235,11 @@ func TestRepositorySecretEncryptedAtRest(t *testing.T) {
 func TestRepositoryKeyRotation(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "p2p.db")
+	path := storetest.DSN(t)
 	oldKey, newKeyS := newKey(t), newKey(t)
 	db := openDB(t, path)
 	defer db.Close()
-	r, err := NewRepository(db, newCipher(t, oldKey))
+	r, err := NewRepository(db.Store, newCipher(t, oldKey))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,10 +247,10 @@ func TestRepositoryKeyRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Start with the new key first and the old one after it: secrets are re-sealed.
-	if _, err := NewRepository(db, newCipher(t, newKeyS+","+oldKey)); err != nil {
+	if _, err := NewRepository(db.Store, newCipher(t, newKeyS+","+oldKey)); err != nil {
 		t.Fatal(err)
 	}
-	r, err = NewRepository(db, newCipher(t, newKeyS))
+	r, err = NewRepository(db.Store, newCipher(t, newKeyS))
 	if err != nil {
 		t.Fatalf("the new key alone cannot open the rotated secrets: %v", err)
 	}

@@ -2,6 +2,7 @@ package provenance_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -15,13 +16,13 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 	"github.com/p2pserver/p2pserver/provenance"
 )
@@ -108,7 +109,7 @@ const adminTok = "admin-token-0123456789abcdef"
 
 func newSourceEnv(t *testing.T) *sourceEnv {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "src.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(t), store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,8 +16,8 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/provenance"
-	bolt "go.etcd.io/bbolt"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -120,7 +120,7 @@ func TestIngestedPageRefusals(t *testing.T) {
 // TestIngestedPageSearchable stores the Provenance and finds it by target,
 // plain and versioned, as Provenance?target= and _revinclude do.
 func TestIngestedPageSearchable(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "p.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(t), store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -34,14 +33,13 @@ import (
 	"github.com/p2pserver/p2pserver/notify/addpayer"
 	"github.com/p2pserver/p2pserver/oidcservers"
 	"github.com/p2pserver/p2pserver/provenance"
-	bolt "go.etcd.io/bbolt"
 )
 
 // app is the wired server: database, store, and the HTTP routes.
 type app struct {
 	cfg   Config
 	log   *slog.Logger
-	db    *bolt.DB
+	db    store.DB
 	store *store.Store
 	fhir  *fhir.Server
 	admin *httpapi.Authorizer
@@ -69,23 +67,13 @@ type app struct {
 const initialMmapSize = 8 << 30
 
 func newApp(cfg Config, log *slog.Logger) (*app, error) {
-	if dir := filepath.Dir(cfg.DB); dir != "" {
-		if err := os.MkdirAll(dir, 0o750); err != nil {
-			return nil, fmt.Errorf("create database folder: %w", err)
-		}
-	}
-	// The freelist is not written at every commit (it is rebuilt by a scan
-	// at open instead): on a large database that write dominates commits.
-	// The map is reserved large (address space, not memory) so that the
-	// file growing does not remap it: a remap waits for every read
-	// transaction to end while holding the writer, and copies every node
-	// a large write has touched.
-	db, err := bolt.Open(cfg.DB, 0o600, &bolt.Options{
-		Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
-		InitialMmapSize: initialMmapSize,
-	})
+	// A bbolt file's map is reserved large (address space, not memory)
+	// so that the file growing does not remap it: a remap waits for every
+	// read transaction to end while holding the writer, and copies every
+	// node a large write has touched.
+	db, err := store.OpenDB(context.Background(), cfg.DB, store.DBOptions{BoltMmapSize: initialMmapSize})
 	if err != nil {
-		return nil, fmt.Errorf("open database %s: %w (is another p2pserver using it?)", cfg.DB, err)
+		return nil, err
 	}
 	reg := search.NewRegistry(spec.R4())
 	st, err := store.Open(db, reg, log)
@@ -215,7 +203,7 @@ func (a *app) wire() error {
 	}
 	a.exports.Register()
 
-	oidcRepo, err := oidcservers.NewRepository(a.db, cipher)
+	oidcRepo, err := oidcservers.NewRepository(a.store, cipher)
 	if err != nil {
 		return err
 	}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -19,9 +18,9 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
 	"github.com/p2pserver/p2pserver/internal/secrets"
-	bolt "go.etcd.io/bbolt"
 )
 
 var registry = search.NewRegistry(spec.R4())
@@ -31,7 +30,7 @@ const adminToken = "admin-token-0123456789abcdef"
 // testKey is a fixed secret key for tests (32 bytes, base64).
 const testKey = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 
-// env is a real p2pserver slice over HTTP on loopback: bbolt store, FHIR
+// env is a real p2pserver slice over HTTP on loopback: a real store, FHIR
 // server, the eligibility Service with real connectors, /api router.
 type env struct {
 	t      *testing.T
@@ -45,7 +44,7 @@ type env struct {
 
 	srv     *httptest.Server
 	handler *swapHandler
-	db      *bolt.DB
+	db      store.DB
 	st      *store.Store
 	fs      *fhir.Server
 	svc     *eligibility.Service
@@ -72,7 +71,7 @@ func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // calls conns to build the connectors, then wires everything.
 func newEnv(t *testing.T, cfg eligibility.Config, conns func(e *env) []eligibility.Connector) *env {
 	t.Helper()
-	e := &env{t: t, cfg: cfg, conns: conns, dbPath: filepath.Join(t.TempDir(), "p2p.db"), handler: &swapHandler{}}
+	e := &env{t: t, cfg: cfg, conns: conns, dbPath: storetest.DSN(t), handler: &swapHandler{}}
 	e.srv = httptest.NewServer(e.handler)
 	e.URL = e.srv.URL
 	e.FHIR = e.URL + "/fhir"
@@ -87,7 +86,7 @@ func newEnv(t *testing.T, cfg eligibility.Config, conns func(e *env) []eligibili
 func (e *env) start() {
 	t := e.t
 	t.Helper()
-	db, err := bolt.Open(e.dbPath, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := store.OpenDB(context.Background(), e.dbPath, store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

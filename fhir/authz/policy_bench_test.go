@@ -6,15 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"path/filepath"
 	"testing"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 )
 
 // A store of 1,000 members, each with 10 Observations and one Provenance
@@ -25,7 +23,7 @@ const benchMembers, benchObs = 1000, 10
 func benchStore(b *testing.B) (*store.Store, *search.Registry) {
 	b.Helper()
 	reg := search.NewRegistry(spec.R4())
-	db, err := bolt.Open(filepath.Join(b.TempDir(), "bench.db"), 0o600, &bolt.Options{NoSync: true})
+	db, err := store.OpenDB(context.Background(), storetest.DSN(b), store.DBOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -24,13 +24,13 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	jose "github.com/go-jose/go-jose/v4"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 )
 
@@ -60,7 +60,7 @@ func newEnv(t *testing.T, issuers []smart.Issuer, opts ...func(*smart.Config)) *
 func newEnvMW(t *testing.T, issuers []smart.Issuer, mw func(http.Handler) http.Handler, opts ...func(*smart.Config)) *env {
 	t.Helper()
 	regOnce.Do(func() { registry = search.NewRegistry(spec.R4()) })
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "test.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(t), store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,14 +11,14 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir/fhirjson"
 	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
 	"github.com/p2pserver/p2pserver/internal/errs"
-	bolt "go.etcd.io/bbolt"
 )
 
 // Tx is a store transaction, read-only from View, read-write from Write.
 type Tx struct {
 	s        *Store
-	btx      *bolt.Tx
+	btx      backend.Tx
 	ctx      context.Context
 	writable bool
 	after    []func()
@@ -40,7 +40,7 @@ func (tx *Tx) AfterCommit(f func()) { tx.after = append(tx.after, f) }
 
 func bucketName(kind, typ string) []byte { return []byte(kind + ":" + typ) }
 
-func (tx *Tx) bucket(name []byte) (*bolt.Bucket, error) {
+func (tx *Tx) bucket(name []byte) (backend.Bucket, error) {
 	b := tx.btx.Bucket(name)
 	if b == nil && tx.writable {
 		var err error
@@ -52,7 +52,9 @@ func (tx *Tx) bucket(name []byte) (*bolt.Bucket, error) {
 	if b != nil && len(name) > 1 && name[1] == ':' && (name[0] == 'R' || name[0] == 'H' || name[0] == 'C') {
 		// Keys there mostly grow at the end (time-ordered ids, versions,
 		// sequences): fuller pages on split halve the space they take.
-		b.FillPercent = 0.9
+		if f, ok := b.(backend.FillPercenter); ok {
+			f.SetFillPercent(0.9)
+		}
 	}
 	return b, nil
 }

@@ -1,6 +1,8 @@
-// Package store keeps FHIR resources in bbolt: every version, the history
-// change log, and the search indexes, all written in one transaction per
-// write. It is the only package that touches bbolt for resources.
+// Package store keeps FHIR resources: every version, the history change
+// log, and the search indexes, all written in one transaction per write.
+// It keeps them in ordered key-value buckets of a backend (package
+// backend): a bbolt file (package backend/boltdb) by default. No package
+// outside the store knows which backend runs.
 //
 // Buckets: "R:<Type>" current version by id; "H:<Type>" every version by
 // id+version; "X:<Type>" the index entries each resource has (to remove them
@@ -22,13 +24,13 @@ import (
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
 	"github.com/p2pserver/p2pserver/internal/errs"
-	bolt "go.etcd.io/bbolt"
 )
 
 // Store is the resource store.
 type Store struct {
-	db  *bolt.DB
+	db  backend.DB
 	reg *search.Registry
 	log *slog.Logger
 
@@ -66,13 +68,14 @@ type Event struct {
 	Entries []search.Entry
 }
 
-// Open wraps an open bbolt database. The registry decides what is indexed.
+// Open wraps an open database (see OpenDB). The registry decides what is
+// indexed.
 // The caller owns db and closes it after Close.
-func Open(db *bolt.DB, reg *search.Registry, log *slog.Logger) (*Store, error) {
+func Open(db backend.DB, reg *search.Registry, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	if err := db.Update(func(btx *bolt.Tx) error {
+	if err := db.Update(context.Background(), func(btx backend.Tx) error {
 		_, err := btx.CreateBucketIfNotExists([]byte("C"))
 		return err
 	}); err != nil {
@@ -139,7 +142,7 @@ func (s *Store) View(ctx context.Context, fn func(tx *Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.View(func(btx *bolt.Tx) error {
+	return s.db.View(ctx, func(btx backend.Tx) error {
 		return fn(&Tx{s: s, btx: btx, ctx: ctx})
 	})
 }
@@ -223,14 +226,14 @@ func (s *Store) writer() {
 // errNothingToCommit rolls back a group in which every write failed.
 var errNothingToCommit = errors.New("store: no write of the group succeeded")
 
-// commit runs a group in one bbolt transaction. Each write is isolated:
+// commit runs a group in one database transaction. Each write is isolated:
 // when one fails (or its client has gone), its own changes are taken back
 // and it alone is answered with its error; the others commit together.
 func (s *Store) commit(group []*writeReq) {
 	results := make([]error, len(group))
 	var after []func()
 	single := len(group) == 1
-	err := s.db.Update(func(btx *bolt.Tx) error {
+	err := s.db.Update(context.Background(), func(btx backend.Tx) error {
 		ok := 0
 		for i, r := range group {
 			if err := r.ctx.Err(); err != nil {

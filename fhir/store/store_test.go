@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
@@ -14,24 +13,15 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/internal/errs"
-	bolt "go.etcd.io/bbolt"
 )
 
 var reg = search.NewRegistry(spec.R4())
 
 func openStore(tb testing.TB) *store.Store {
 	tb.Helper()
-	db, err := bolt.Open(filepath.Join(tb.TempDir(), "s.db"), 0o600, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	st, err := store.Open(db, reg, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { st.Close(); db.Close() })
-	return st
+	return storetest.Open(tb, reg, nil)
 }
 
 func doc(tb testing.TB, typ, id, body string) *store.Doc {

@@ -3,7 +3,7 @@ package store
 import (
 	"bytes"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
 )
 
 // undoLog records what one write changed in a shared transaction, so that
@@ -32,7 +32,7 @@ func (u *undoLog) bucketCreated(name []byte) {
 }
 
 // put sets key in b (named name), noting the value it replaces.
-func (tx *Tx) put(b *bolt.Bucket, name, key, value []byte) error {
+func (tx *Tx) put(b backend.Bucket, name, key, value []byte) error {
 	if tx.undo != nil {
 		tx.undo.ops = append(tx.undo.ops, undoOp{bucket: name, key: bytes.Clone(key), old: cloneOrNil(b.Get(key))})
 	}
@@ -40,7 +40,7 @@ func (tx *Tx) put(b *bolt.Bucket, name, key, value []byte) error {
 }
 
 // del removes key from b (named name), noting the value it had.
-func (tx *Tx) del(b *bolt.Bucket, name, key []byte) error {
+func (tx *Tx) del(b backend.Bucket, name, key []byte) error {
 	if tx.undo != nil {
 		old := b.Get(key)
 		if old == nil {
@@ -52,7 +52,7 @@ func (tx *Tx) del(b *bolt.Bucket, name, key []byte) error {
 }
 
 // nextSequence advances b's sequence, noting the one it had.
-func (tx *Tx) nextSequence(b *bolt.Bucket, name []byte) (uint64, error) {
+func (tx *Tx) nextSequence(b backend.Bucket, name []byte) (uint64, error) {
 	if tx.undo != nil {
 		tx.undo.ops = append(tx.undo.ops, undoOp{bucket: name, seq: true, oldSeq: b.Sequence()})
 	}
@@ -67,7 +67,7 @@ func cloneOrNil(b []byte) []byte {
 }
 
 // rollback takes back, newest first, every change the write made.
-func (u *undoLog) rollback(btx *bolt.Tx) error {
+func (u *undoLog) rollback(btx backend.Tx) error {
 	for i := len(u.ops) - 1; i >= 0; i-- {
 		op := u.ops[i]
 		if op.created {

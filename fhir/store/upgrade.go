@@ -7,7 +7,7 @@ import (
 	"fmt"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
-	bolt "go.etcd.io/bbolt"
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
 )
 
 // indexFormat is the version of the index entry encoding. Version 2 gave
@@ -26,7 +26,7 @@ var (
 // are indexed again from their current version. It runs once, at Open, in
 // one transaction; on a new database it only records the format.
 func (s *Store) upgradeIndexes() error {
-	return s.db.Update(func(btx *bolt.Tx) error {
+	return s.db.Update(context.Background(), func(btx backend.Tx) error {
 		meta, err := btx.CreateBucketIfNotExists(metaBucket)
 		if err != nil {
 			return err
@@ -37,7 +37,7 @@ func (s *Store) upgradeIndexes() error {
 		tx := &Tx{s: s, btx: btx, ctx: context.Background(), writable: true}
 		type stale struct{ typ, id string }
 		var todo []stale
-		err = btx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		err = btx.ForEach(func(name []byte, b backend.Bucket) error {
 			typ, ok := bytes.CutPrefix(name, []byte("X:"))
 			if !ok {
 				return nil

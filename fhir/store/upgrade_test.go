@@ -11,7 +11,6 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
-	bolt "go.etcd.io/bbolt"
 )
 
 // TestUpgradeIndexesOfClippedValues opens a database whose index holds a long
@@ -22,8 +21,8 @@ func TestUpgradeIndexesOfClippedValues(t *testing.T) {
 	reg := search.NewRegistry(spec.R4())
 	path := filepath.Join(t.TempDir(), "old.db")
 	family := strings.Repeat("Longfamily", 61)
-	open := func() (*bolt.DB, *Store) {
-		db, err := bolt.Open(path, 0o600, nil)
+	open := func() (DB, *Store) {
+		db, err := OpenDB(context.Background(), path, DBOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,11 +2,11 @@ package workflow_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -17,9 +17,9 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/fhir/workflow"
 	"github.com/p2pserver/p2pserver/internal/errs"
-	bolt "go.etcd.io/bbolt"
 )
 
 func TestTaskStateMachine(t *testing.T) {
@@ -89,7 +89,7 @@ type server struct {
 }
 
 func newServer(t *testing.T) *server {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "wf.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(t), store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,12 +2,12 @@ package addpayer_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -18,10 +18,10 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/fhir/workflow"
 	"github.com/p2pserver/p2pserver/notify"
 	"github.com/p2pserver/p2pserver/notify/addpayer"
-	bolt "go.etcd.io/bbolt"
 )
 
 // seedTask is the add-payer Task of the P2P module guide, filled in.
@@ -128,7 +128,7 @@ type server struct {
 }
 
 func newServer(t *testing.T) *server {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "ap.db"), 0o600, nil)
+	db, err := store.OpenDB(context.Background(), storetest.DSN(t), store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,78 @@
+// Package backend is the ordered key-value contract the store keeps its
+// data in, whatever the database: named buckets of byte keys in byte
+// order, each with a sequence, read in snapshot transactions and written
+// in serialized read-write ones. It is the subset of bbolt the store uses,
+// so that bbolt serves it as it is (package boltdb) and another database
+// maps it onto its own tables (package pgdb).
+//
+// Memory returned by Get and cursors is valid only during the transaction
+// and must not be changed. A backend that can fail where bbolt cannot (a
+// lost connection) remembers the first failure in the transaction, answers
+// nothing after it, and returns it from View or Update: a transaction that
+// saw a failure never commits.
+package backend
+
+import "context"
+
+// DB is an open database.
+type DB interface {
+	// View runs fn in a read-only transaction: a consistent snapshot.
+	View(ctx context.Context, fn func(Tx) error) error
+	// Update runs fn in a read-write transaction and commits it when fn
+	// returns nil (nothing of it when fn fails). Update transactions are
+	// serialized: one at a time in the whole database, across processes.
+	Update(ctx context.Context, fn func(Tx) error) error
+	// Close releases the database; transactions must have ended.
+	Close() error
+}
+
+// Tx is a transaction.
+type Tx interface {
+	// Bucket returns the bucket name, nil when it does not exist.
+	Bucket(name []byte) Bucket
+	// CreateBucket creates the bucket name, failing if it exists.
+	CreateBucket(name []byte) (Bucket, error)
+	// CreateBucketIfNotExists returns the bucket name, created if needed.
+	CreateBucketIfNotExists(name []byte) (Bucket, error)
+	// DeleteBucket removes the bucket name with every key it holds.
+	DeleteBucket(name []byte) error
+	// ForEach calls fn with every bucket, in name order, until it fails.
+	ForEach(fn func(name []byte, b Bucket) error) error
+}
+
+// Bucket is an ordered collection of keys.
+type Bucket interface {
+	// Get returns the value at key, nil if absent.
+	Get(key []byte) []byte
+	// Put sets key to value (both non-empty key, any value).
+	Put(key, value []byte) error
+	// Delete removes key; removing an absent key is not an error.
+	Delete(key []byte) error
+	// Cursor returns a cursor over the bucket's keys in byte order.
+	Cursor() Cursor
+	// ForEach calls fn with every key and value in order until it fails.
+	ForEach(fn func(k, v []byte) error) error
+	// Sequence returns the bucket's sequence, 0 for a new bucket.
+	Sequence() uint64
+	// SetSequence sets the bucket's sequence.
+	SetSequence(v uint64) error
+	// NextSequence increments the bucket's sequence and returns it.
+	NextSequence() (uint64, error)
+}
+
+// Cursor moves over a bucket's keys in byte order. Each move returns the
+// key and value it lands on, nil when it leaves the bucket.
+type Cursor interface {
+	First() (key, value []byte)
+	Last() (key, value []byte)
+	// Seek lands on the first key at or after seek.
+	Seek(seek []byte) (key, value []byte)
+	Next() (key, value []byte)
+	Prev() (key, value []byte)
+}
+
+// FillPercenter is a bucket whose pages can be filled fuller on a split,
+// for keys that mostly grow at the end (bbolt's Bucket.FillPercent).
+type FillPercenter interface {
+	SetFillPercent(f float64)
+}
