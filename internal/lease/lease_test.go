@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,21 +12,12 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
-	bolt "go.etcd.io/bbolt"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 )
 
 func openStore(t *testing.T) *store.Store {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "s.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(db, search.NewRegistry(spec.R4()), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close(); db.Close() })
-	return st
+	return storetest.Open(t, search.NewRegistry(spec.R4()), nil)
 }
 
 // clock is a wall clock the test moves.
