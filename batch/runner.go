@@ -270,6 +270,11 @@ func (r *Runner) Start(ctx context.Context) error {
 	var active map[int64]int64
 	if err := r.st.View(ctx, func(tx *store.Tx) (err error) {
 		active, err = activeJobs(tx)
+		for id := range active {
+			if !r.leases.Free(tx, leaseKey(id)) {
+				delete(active, id) // another process's to finish
+			}
+		}
 		return err
 	}); err != nil {
 		return fmt.Errorf("batch: list unfinished jobs: %w", err)

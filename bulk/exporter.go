@@ -13,6 +13,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/lease"
 	"github.com/p2pserver/p2pserver/internal/slots"
 	"github.com/p2pserver/p2pserver/mdm"
 )
@@ -66,6 +67,11 @@ type Config struct {
 	// $bulk-member-match Consent whose recipient actor names another
 	// organization cannot be honoured for that client. Nil: not checked.
 	Organization func(ctx context.Context, clientID string) string
+	// Leases gives each job to one process at a time among those sharing
+	// the database (and the export folder), and the sweep to one of them
+	// per period; nil: the Exporter makes its own and releases it on
+	// Close.
+	Leases *lease.Manager
 	// Now is the clock; default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -87,10 +93,15 @@ type Exporter struct {
 	match *mdm.MemberMatch
 	log   *slog.Logger
 
+	leases    *lease.Manager
+	ownLeases bool
+	sweeper   *lease.Periodic
+
 	mu      sync.Mutex
 	queue   []string
 	queued  map[string]bool
 	running map[string]context.CancelFunc
+	held    map[string]*lease.Lease // the jobs' leases this process holds
 	wake    chan struct{}
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -136,9 +147,20 @@ func New(srv *fhir.Server, mm *mdm.MemberMatch, cfg Config) (*Exporter, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Exporter{cfg: cfg, srv: srv, st: srv.Store(), match: mm, log: cfg.Logger,
-		queued: map[string]bool{}, running: map[string]context.CancelFunc{}, wake: make(chan struct{}, 1)}, nil
+	e := &Exporter{cfg: cfg, srv: srv, st: srv.Store(), match: mm, log: cfg.Logger, leases: cfg.Leases,
+		queued: map[string]bool{}, running: map[string]context.CancelFunc{}, held: map[string]*lease.Lease{}, wake: make(chan struct{}, 1)}
+	if e.leases == nil {
+		e.leases, e.ownLeases = lease.New(e.st, lease.Config{Now: cfg.Now, Logger: cfg.Logger}), true
+	}
+	e.sweeper = e.leases.Periodic("bulk/sweep", cfg.Sweep, 0, func(ctx context.Context) error {
+		e.sweep(ctx)
+		return nil
+	})
+	return e, nil
 }
+
+// jobLease is the lease key of job id.
+func jobLease(id string) string { return "bulk/" + id }
 
 func (e *Exporter) now() time.Time { return e.cfg.Now().UTC().Truncate(time.Millisecond) }
 
@@ -148,6 +170,15 @@ func (e *Exporter) jobDir(id string) string { return filepath.Join(e.cfg.Dir, id
 // Start resumes the unfinished jobs where their checkpoints say, deletes
 // the expired ones, and starts the workers. They run until ctx ends or
 // Close is called.
+//
+// A job is worked only under its lease (see package lease), taken at its
+// first slice here and released when it ends; each checkpoint checks it,
+// and no file is written without it. Every Leases.Scan the workers look
+// for unfinished jobs no process holds (made through another process, or
+// left by one that died). The sweep of expired jobs runs in one process
+// per period. Several processes must share the export folder (-export-dir
+// on a shared volume): a job's files are written by whichever process
+// works it and served by whichever answers.
 func (e *Exporter) Start(ctx context.Context) error {
 	e.mu.Lock()
 	e.ctx, e.cancel = context.WithCancel(ctx)
@@ -160,16 +191,24 @@ func (e *Exporter) Start(ctx context.Context) error {
 		return fmt.Errorf("bulk: list jobs: %w", err)
 	}
 	resumed := 0
-	for _, j := range jobs {
-		if j.active() {
-			e.enqueue(j.ID)
-			resumed++
+	_ = e.st.View(ctx, func(tx *store.Tx) error {
+		for _, j := range jobs {
+			// Those another process holds are its own to finish.
+			if j.active() && e.leases.Free(tx, jobLease(j.ID)) {
+				e.enqueue(j.ID)
+				resumed++
+			}
 		}
-	}
+		return nil
+	})
 	if resumed > 0 {
 		e.log.Info("bulk: resuming unfinished jobs", "jobs", resumed)
 	}
-	e.sweep(ctx)
+	if e.ownLeases {
+		e.leases.Start(e.ctx)
+	}
+	e.sweeper.RunIfDue(ctx)
+	e.sweeper.Start(e.ctx)
 	for range e.cfg.Workers {
 		e.wg.Add(1)
 		go e.worker()
@@ -177,18 +216,74 @@ func (e *Exporter) Start(ctx context.Context) error {
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
-		t := time.NewTicker(e.cfg.Sweep)
+		t := time.NewTicker(e.leases.Scan())
 		defer t.Stop()
 		for {
 			select {
 			case <-e.ctx.Done():
 				return
 			case <-t.C:
-				e.sweep(e.ctx)
+				e.scan(e.ctx)
 			}
 		}
 	}()
 	return nil
+}
+
+// scan queues the unfinished jobs that no process holds.
+func (e *Exporter) scan(ctx context.Context) {
+	var free []string
+	_ = e.st.View(ctx, func(tx *store.Tx) error {
+		jobs, err := allJobs(tx)
+		for _, j := range jobs {
+			if j.active() && !e.leases.Holding(jobLease(j.ID)) && e.leases.Free(tx, jobLease(j.ID)) {
+				free = append(free, j.ID)
+			}
+		}
+		return err
+	})
+	for _, id := range free {
+		e.enqueue(id)
+	}
+}
+
+// lease returns the lease this process holds on job id, taking it if it
+// is free; nil when another process holds it.
+func (e *Exporter) lease(ctx context.Context, id string) (*lease.Lease, error) {
+	e.mu.Lock()
+	l := e.held[id]
+	e.mu.Unlock()
+	if l != nil && l.Context().Err() == nil {
+		return l, nil
+	}
+	l, err := e.leases.Acquire(ctx, jobLease(id))
+	if err != nil || l == nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	e.held[id] = l
+	e.mu.Unlock()
+	return l, nil
+}
+
+// heldLease is the lease this process holds on job id, nil if none.
+func (e *Exporter) heldLease(id string) *lease.Lease {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.held[id]
+}
+
+// letGo forgets job id's lease, releasing it unless the job's last write
+// did or the Exporter is stopping (then Close hands it over, or it
+// expires if the process dies).
+func (e *Exporter) letGo(id string) {
+	e.mu.Lock()
+	l := e.held[id]
+	delete(e.held, id)
+	e.mu.Unlock()
+	if l != nil && l.Context().Err() == nil && e.ctx.Err() == nil {
+		_ = l.Release(e.ctx)
+	}
 }
 
 // Close stops the workers and waits for them; a job stays at its last
@@ -199,7 +294,11 @@ func (e *Exporter) Close() error {
 		e.cancel()
 	}
 	e.mu.Unlock()
+	e.sweeper.Close()
 	e.wg.Wait()
+	if e.ownLeases {
+		return e.leases.Close()
+	}
 	return nil
 }
 
@@ -280,6 +379,8 @@ func (e *Exporter) worker() {
 		e.mu.Unlock()
 		if more && e.ctx.Err() == nil {
 			e.enqueue(id)
+		} else if !more {
+			e.letGo(id)
 		}
 		// Wake another worker if work is left.
 		e.mu.Lock()
@@ -314,6 +415,17 @@ func (e *Exporter) stopRun(id string) {
 // slice runs one slice of job id; more is true when the job has work
 // left.
 func (e *Exporter) slice(ctx context.Context, id string) (more bool) {
+	l, err := e.lease(ctx, id)
+	if err != nil || l == nil {
+		if err != nil && ctx.Err() == nil {
+			e.log.Error("bulk: take a job's lease", "job", id, "err", err)
+		}
+		return false // another process works on it, or the scan finds it again
+	}
+	// A lost lease stops the slice under way.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(l.Context(), cancel)()
 	var j *Job
 	if err := e.st.View(ctx, func(tx *store.Tx) (err error) {
 		j, err = getJob(tx, id)
@@ -324,7 +436,6 @@ func (e *Exporter) slice(ctx context.Context, id string) (more bool) {
 		}
 		return false
 	}
-	var err error
 	switch j.Kind {
 	case KindExport:
 		more, err = e.exportSlice(ctx, j)
@@ -336,8 +447,8 @@ func (e *Exporter) slice(ctx context.Context, id string) (more bool) {
 	if err == nil {
 		return more
 	}
-	if ctx.Err() != nil {
-		// Stopped (shutdown or cancel): the checkpoint stands.
+	if ctx.Err() != nil || errors.Is(err, lease.ErrLost) {
+		// Stopped (shutdown, cancel or a lost lease): the checkpoint stands.
 		return false
 	}
 	e.log.Error("bulk: job failed", "job", id, "kind", j.Kind, "err", err)
@@ -348,6 +459,9 @@ func (e *Exporter) slice(ctx context.Context, id string) (more bool) {
 // fail marks job id failed with a reason its client may read.
 func (e *Exporter) fail(id, reason string) {
 	_ = e.st.Write(context.Background(), func(tx *store.Tx) error {
+		if err := e.checkLease(tx, id); err != nil {
+			return err
+		}
 		j, err := getJob(tx, id)
 		if err != nil || j == nil || !j.active() {
 			return err
@@ -387,10 +501,30 @@ func (e *Exporter) sweep(ctx context.Context) {
 	}
 	entries, _ := os.ReadDir(e.cfg.Dir)
 	for _, ent := range entries {
-		if ent.IsDir() && !known[ent.Name()] && !strings.HasPrefix(ent.Name(), ".") {
-			_ = os.RemoveAll(filepath.Join(e.cfg.Dir, ent.Name()))
+		if !ent.IsDir() || known[ent.Name()] || strings.HasPrefix(ent.Name(), ".") {
+			continue
 		}
+		// A $bulk-member-match's folder is made just before its record,
+		// perhaps by another process: only an old one is an orphan.
+		if fi, err := ent.Info(); err != nil || now.Sub(fi.ModTime()) < orphanAge {
+			continue
+		}
+		_ = os.RemoveAll(filepath.Join(e.cfg.Dir, ent.Name()))
 	}
+}
+
+// orphanAge is how old a job folder without a record must be for the
+// sweep to delete it.
+const orphanAge = time.Hour
+
+// checkLease fences a write of job id: it fails with lease.ErrLost unless
+// this process holds the job's lease as tx sees it.
+func (e *Exporter) checkLease(tx *store.Tx, id string) error {
+	l := e.heldLease(id)
+	if l == nil {
+		return lease.ErrLost
+	}
+	return l.Check(tx)
 }
 
 // remove deletes job id's record, then its files.

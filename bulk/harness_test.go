@@ -29,6 +29,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
+	"github.com/p2pserver/p2pserver/internal/lease"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 	"github.com/p2pserver/p2pserver/mdm"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
@@ -74,11 +75,20 @@ type payer struct {
 	auth   *auth.Server
 	hs     *http.Server
 	cancel context.CancelFunc
+	// leases, when set, makes the Exporter's lease manager at each start.
+	leases func(st *store.Store) *lease.Manager
 }
 
 func newPayer(t testing.TB, idp *oidctest.Provider, cfg Config) *payer {
 	t.Helper()
-	p := &payer{t: t, dir: t.TempDir(), dsn: storetest.DSN(t), idp: idp, cfg: cfg}
+	return newPayerWith(t, idp, cfg, nil)
+}
+
+// newPayerWith is newPayer with the Exporter's lease manager made by
+// leases (nil: its own).
+func newPayerWith(t testing.TB, idp *oidctest.Provider, cfg Config, leases func(*store.Store) *lease.Manager) *payer {
+	t.Helper()
+	p := &payer{t: t, dir: t.TempDir(), dsn: storetest.DSN(t), idp: idp, cfg: cfg, leases: leases}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -139,6 +149,9 @@ func (p *payer) start(ln net.Listener) {
 		return c.OrganizationID
 	}
 	cfg.Logger = testLogger(t)
+	if p.leases != nil {
+		cfg.Leases = p.leases(st)
+	}
 	if p.ex, err = New(p.srv, mm, cfg); err != nil {
 		t.Fatal(err)
 	}

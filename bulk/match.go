@@ -352,6 +352,9 @@ func (e *Exporter) matchFinish(ctx context.Context, j *Job) error {
 	var ids Groups
 	var written []map[string]any
 	err = e.st.Write(ctx, func(tx *store.Tx) error {
+		if err := e.checkLease(tx, j.ID); err != nil {
+			return err
+		}
 		written = written[:0]
 		for _, c := range order {
 			g := groups[c]

@@ -14,6 +14,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/lease"
 	"github.com/p2pserver/p2pserver/mdm"
 )
 
@@ -111,6 +112,11 @@ func lastOf(files []File, typ string) File {
 // appendFile writes data at the checkpointed end of file f (cutting off
 // whatever a slice that never checkpointed left after it) and syncs it.
 func (e *Exporter) appendFile(job string, f File, data []byte) error {
+	if l := e.heldLease(job); l == nil || !l.Valid() {
+		// Another process may have taken the job over and be writing
+		// this file: not one byte without the lease.
+		return lease.ErrLost
+	}
 	dir := e.jobDir(job)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return err
@@ -140,6 +146,9 @@ func (e *Exporter) appendFile(job string, f File, data []byte) error {
 func (e *Exporter) checkpoint(ctx context.Context, id string, change func(*Job)) error {
 	gone := false
 	err := e.st.Write(ctx, func(tx *store.Tx) error {
+		if err := e.checkLease(tx, id); err != nil {
+			return err
+		}
 		k, err := getJob(tx, id)
 		if err != nil {
 			return err
@@ -149,6 +158,14 @@ func (e *Exporter) checkpoint(ctx context.Context, id string, change func(*Job))
 			return nil
 		}
 		change(k)
+		if !k.active() {
+			// The job's last write hands its lease back.
+			if l := e.heldLease(id); l != nil {
+				if err := l.ReleaseTx(tx); err != nil {
+					return err
+				}
+			}
+		}
 		return putJob(tx, k)
 	})
 	if gone {

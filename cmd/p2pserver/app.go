@@ -187,7 +187,7 @@ func (a *app) wire() error {
 		exportDir = filepath.Join(filepath.Dir(cfg.DB), "exports")
 	}
 	bcfg := bulk.Config{Dir: exportDir, Retention: cfg.ExportRetention,
-		Workers: cfg.ExportWorkers, PerClient: cfg.ExportPerClient, Slots: a.slots, Logger: log}
+		Workers: cfg.ExportWorkers, PerClient: cfg.ExportPerClient, Slots: a.slots, Leases: a.leases, Logger: log}
 	if a.auth != nil {
 		// A Consent must name the requesting payer's organization.
 		bcfg.Organization = func(ctx context.Context, clientID string) string {
