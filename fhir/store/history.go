@@ -82,11 +82,7 @@ func (tx *Tx) History(q HistoryQuery) (*HistoryPage, error) {
 }
 
 func (tx *Tx) historyVersion(typ, id string, vid int64) (*Version, error) {
-	b := tx.btx.Bucket(bucketName("H", typ))
-	if b == nil {
-		return nil, nil
-	}
-	raw := b.Get(historyKey(id, vid))
+	raw := tx.versionRecord(typ, id, vid)
 	if raw == nil {
 		return nil, nil
 	}

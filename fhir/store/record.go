@@ -20,18 +20,26 @@ type Version struct {
 	JSON []byte
 }
 
-const flagDeleted = 1
+const (
+	flagDeleted = 1
+	// flagPacked marks a record whose JSON is compressed (packJSON); the
+	// records written before compression hold their JSON as it is.
+	flagPacked = 2
+)
 
 // A record is how a version sits in a bucket: flags, version, lastUpdated
-// (microseconds since the epoch), then the JSON.
+// (microseconds since the epoch), then the JSON, compressed.
 func encodeRecord(v *Version) []byte {
-	b := make([]byte, 17+len(v.JSON))
+	b := make([]byte, 17, 17+len(v.JSON)/2)
 	if v.Deleted {
 		b[0] = flagDeleted
 	}
 	binary.BigEndian.PutUint64(b[1:], uint64(v.VersionID))
 	binary.BigEndian.PutUint64(b[9:], uint64(v.LastUpdated.UnixMicro()))
-	copy(b[17:], v.JSON)
+	if len(v.JSON) > 0 {
+		b[0] |= flagPacked
+		b = packJSON(b, v.JSON)
+	}
 	return b
 }
 
@@ -48,12 +56,30 @@ func decodeRecord(typ, id string, b []byte, withJSON bool) (*Version, error) {
 		LastUpdated: time.UnixMicro(int64(binary.BigEndian.Uint64(b[9:]))).UTC(),
 	}
 	if withJSON && len(b) > 17 {
-		v.JSON = bytes.Clone(b[17:])
+		var err error
+		if v.JSON, err = recordJSON(b, nil); err != nil {
+			return nil, fmt.Errorf("store: %s/%s: %w", typ, id, err)
+		}
+		if b[0]&flagPacked == 0 {
+			v.JSON = bytes.Clone(v.JSON)
+		}
 	}
 	return v, nil
 }
 
+// recordJSON returns the JSON of record b: b's own memory when it is not
+// compressed, else the JSON uncompressed into scratch (appended to
+// scratch[:0]).
+func recordJSON(b, scratch []byte) ([]byte, error) {
+	if b[0]&flagPacked == 0 {
+		return b[17:], nil
+	}
+	return unpackJSON(scratch[:0], b[17:])
+}
+
 func recordDeleted(b []byte) bool { return len(b) > 0 && b[0]&flagDeleted != 0 }
+
+func recordVersion(b []byte) int64 { return int64(binary.BigEndian.Uint64(b[1:])) }
 
 func historyKey(id string, version int64) []byte {
 	k := make([]byte, len(id)+9)

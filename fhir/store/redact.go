@@ -22,12 +22,13 @@ func (tx *Tx) Redact(typ, id string, vid int64, json []byte) error {
 	}
 	v.JSON = json
 	rec := encodeRecord(v)
-	hist, err := tx.bucket(bucketName("H", typ))
-	if err != nil {
-		return err
-	}
-	if err := tx.put(hist, bucketName("H", typ), historyKey(id, vid), rec); err != nil {
-		return fmt.Errorf("store: redact %s/%s/_history/%d: %w", typ, id, vid, err)
+	// A version is in history once it is not the current one (and, in
+	// databases written before versions were kept once, the current one
+	// too): wherever it is, the new JSON replaces it.
+	if hist := tx.btx.Bucket(bucketName("H", typ)); hist != nil && hist.Get(historyKey(id, vid)) != nil {
+		if err := tx.put(hist, bucketName("H", typ), historyKey(id, vid), rec); err != nil {
+			return fmt.Errorf("store: redact %s/%s/_history/%d: %w", typ, id, vid, err)
+		}
 	}
 	cur, err := tx.current(typ, id)
 	if err != nil || cur == nil || cur.VersionID != vid {

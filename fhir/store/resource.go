@@ -40,6 +40,25 @@ func (tx *Tx) AfterCommit(f func()) { tx.after = append(tx.after, f) }
 
 func bucketName(kind, typ string) []byte { return []byte(kind + ":" + typ) }
 
+// appendBucket reports whether name is one of the store's buckets whose
+// new keys mostly sort after the others: the change logs, a type's current
+// versions, history and index entries (by id), and its _lastUpdated index.
+func appendBucket(name []byte) bool {
+	if string(name) == "C" {
+		return true
+	}
+	if len(name) < 2 || name[1] != ':' {
+		return false
+	}
+	switch name[0] {
+	case 'R', 'H', 'X', 'C':
+		return true
+	case 'I':
+		return bytes.HasSuffix(name, []byte(":_lastUpdated"))
+	}
+	return false
+}
+
 func (tx *Tx) bucket(name []byte) (backend.Bucket, error) {
 	b := tx.btx.Bucket(name)
 	if b == nil && tx.writable {
@@ -49,9 +68,12 @@ func (tx *Tx) bucket(name []byte) (backend.Bucket, error) {
 		}
 		tx.undo.bucketCreated(name)
 	}
-	if b != nil && len(name) > 1 && name[1] == ':' && (name[0] == 'R' || name[0] == 'H' || name[0] == 'C') {
-		// Keys there mostly grow at the end (time-ordered ids, versions,
-		// sequences): fuller pages on split halve the space they take.
+	if b != nil && tx.writable && appendBucket(name) {
+		// Keys there grow at the end (time-ordered ids, versions,
+		// sequences, times): a page split leaves the part before the new
+		// keys 90% full, not half, and nothing is inserted there later.
+		// The other indexes take keys anywhere, where fuller pages would
+		// only split sooner.
 		if f, ok := b.(backend.FillPercenter); ok {
 			f.SetFillPercent(0.9)
 		}
@@ -91,6 +113,23 @@ func (tx *Tx) CurrentVersion(typ, id string) (vid int64, deleted, ok bool) {
 	return int64(binary.BigEndian.Uint64(raw[1:])), recordDeleted(raw), true
 }
 
+// versionRecord returns the record of version vid of typ/id (the
+// database's memory), from history or, for the current version, from the
+// current record; nil if there is none.
+func (tx *Tx) versionRecord(typ, id string, vid int64) []byte {
+	if b := tx.btx.Bucket(bucketName("H", typ)); b != nil {
+		if raw := b.Get(historyKey(id, vid)); raw != nil {
+			return raw
+		}
+	}
+	if b := tx.btx.Bucket(bucketName("R", typ)); b != nil {
+		if raw := b.Get([]byte(id)); len(raw) >= 17 && recordVersion(raw) == vid {
+			return raw
+		}
+	}
+	return nil
+}
+
 func (tx *Tx) current(typ, id string) (*Version, error) {
 	b := tx.btx.Bucket(bucketName("R", typ))
 	if b == nil {
@@ -105,11 +144,7 @@ func (tx *Tx) current(typ, id string) (*Version, error) {
 
 // VRead returns version vid of typ/id.
 func (tx *Tx) VRead(typ, id string, vid int64) (*Version, error) {
-	b := tx.btx.Bucket(bucketName("H", typ))
-	var raw []byte
-	if b != nil {
-		raw = b.Get(historyKey(id, vid))
-	}
+	raw := tx.versionRecord(typ, id, vid)
 	if raw == nil {
 		return nil, errs.E("store.vread", errs.NotFound, fmt.Sprintf("%s/%s has no version %d", typ, id, vid))
 	}
@@ -136,8 +171,10 @@ type Doc struct {
 	// LastUpdated, when set by Prepare, is the time stamped on the version.
 	LastUpdated time.Time
 	// stamped is JSON as Put stores it for version 1 (a create) of
-	// stampedID, made by Prepare so that the writer need not.
+	// stampedID, and record its stored form (compressed), both made by
+	// Prepare so that the writer need not.
 	stamped   []byte
+	record    []byte
 	stampedID string
 }
 
@@ -161,6 +198,10 @@ func (s *Store) Prepare(d *Doc) {
 	// update (or a failure here) stamps in Put instead.
 	d.stamped, _ = stamp(d.JSON, d.Type, d.ID, 1, d.LastUpdated)
 	d.stampedID = d.ID
+	d.record = nil
+	if d.stamped != nil {
+		d.record = encodeRecord(&Version{Type: d.Type, ID: d.ID, VersionID: 1, LastUpdated: d.LastUpdated, JSON: d.stamped})
+	}
 }
 
 // PutOptions qualify a Put.
@@ -200,15 +241,19 @@ func (tx *Tx) Put(d *Doc, opts PutOptions) (*Version, error) {
 		return nil, errs.E("store.put", errs.Precondition,
 			fmt.Sprintf("%s/%s is at version %s, not %d", d.Type, d.ID, have, opts.IfMatch))
 	}
-	body := d.stamped
-	if next != 1 || body == nil || d.stampedID != d.ID {
+	body, rec := d.stamped, d.record
+	if next != 1 || body == nil || rec == nil || d.stampedID != d.ID {
 		var err error
 		if body, err = stamp(d.JSON, d.Type, d.ID, next, d.LastUpdated); err != nil {
 			return nil, errs.E("store.put", errs.Invalid, "the resource is not a JSON object", err)
 		}
+		rec = nil
 	}
 	v := &Version{Type: d.Type, ID: d.ID, VersionID: next, LastUpdated: d.LastUpdated, JSON: body}
-	if err := tx.writeVersion(v, d.Entries); err != nil {
+	if rec == nil {
+		rec = encodeRecord(v)
+	}
+	if err := tx.writeVersion(v, rec, d.Entries); err != nil {
 		return nil, err
 	}
 	op := OpCreate
@@ -240,7 +285,7 @@ func (tx *Tx) Delete(typ, id string, ifMatch int64) (*Version, error) {
 			fmt.Sprintf("%s/%s is at version %d, not %d", typ, id, prev.VersionID, ifMatch))
 	}
 	v := &Version{Type: typ, ID: id, VersionID: prev.VersionID + 1, LastUpdated: now(), Deleted: true}
-	if err := tx.writeVersion(v, nil); err != nil {
+	if err := tx.writeVersion(v, encodeRecord(v), nil); err != nil {
 		return nil, err
 	}
 	return v, tx.runHooks(Event{Op: OpDelete, Version: v, Previous: prev})
@@ -255,23 +300,31 @@ func (tx *Tx) runHooks(ev Event) error {
 	return nil
 }
 
-// writeVersion stores v as current and in history, logs the change, and
-// replaces the resource's index entries with entries.
-func (tx *Tx) writeVersion(v *Version, entries []search.Entry) error {
-	rec := encodeRecord(v)
+// writeVersion stores v (rec, its record) as current, moves the version
+// it replaces into history, logs the change, and replaces the resource's
+// index entries with entries.
+//
+// Each version is kept once: the current one in "R", the others in "H"
+// (databases written before this also hold the current one in "H"; reads
+// take it from either).
+func (tx *Tx) writeVersion(v *Version, rec []byte, entries []search.Entry) error {
 	cur, err := tx.bucket(bucketName("R", v.Type))
 	if err != nil {
 		return err
 	}
-	hist, err := tx.bucket(bucketName("H", v.Type))
-	if err != nil {
-		return err
+	if old := cur.Get([]byte(v.ID)); len(old) >= 17 {
+		hist, err := tx.bucket(bucketName("H", v.Type))
+		if err != nil {
+			return err
+		}
+		// Cloned: a value put must stay valid until the commit, and the
+		// database's memory may be mapped again before it.
+		if err := tx.put(hist, bucketName("H", v.Type), historyKey(v.ID, recordVersion(old)), bytes.Clone(old)); err != nil {
+			return fmt.Errorf("store: history %s/%s: %w", v.Type, v.ID, err)
+		}
 	}
 	if err := tx.put(cur, bucketName("R", v.Type), []byte(v.ID), rec); err != nil {
 		return fmt.Errorf("store: put %s/%s: %w", v.Type, v.ID, err)
-	}
-	if err := tx.put(hist, bucketName("H", v.Type), historyKey(v.ID, v.VersionID), rec); err != nil {
-		return fmt.Errorf("store: history %s/%s: %w", v.Type, v.ID, err)
 	}
 	if err := tx.logChange(v); err != nil {
 		return err
@@ -280,7 +333,10 @@ func (tx *Tx) writeVersion(v *Version, entries []search.Entry) error {
 }
 
 func (tx *Tx) logChange(v *Version) error {
-	global := tx.btx.Bucket([]byte("C"))
+	global, err := tx.bucket([]byte("C"))
+	if err != nil {
+		return err
+	}
 	seq, err := tx.nextSequence(global, []byte("C"))
 	if err != nil {
 		return err

@@ -285,12 +285,21 @@ func (tx *Tx) ScanCurrent(typ, after string, fn func(id string, lastUpdated time
 	} else if k, v = c.Seek([]byte(after)); k != nil && string(k) == after {
 		k, v = c.Next()
 	}
+	var scratch []byte
 	for ; k != nil; k, v = c.Next() {
 		if len(v) < 17 || recordDeleted(v) {
 			continue
 		}
 		lu := time.UnixMicro(int64(binary.BigEndian.Uint64(v[9:]))).UTC()
-		if !fn(unsafeString(k), lu, v[17:]) {
+		json, err := recordJSON(v, scratch)
+		if err != nil {
+			tx.s.log.Error("store: unreadable record", "type", typ, "id", string(k), "err", err)
+			continue
+		}
+		if v[0]&flagPacked != 0 {
+			scratch = json
+		}
+		if !fn(unsafeString(k), lu, json) {
 			return
 		}
 	}

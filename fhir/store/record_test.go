@@ -1,0 +1,209 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/spec"
+)
+
+func openTestStore(t *testing.T) (DB, *Store) {
+	t.Helper()
+	db, err := OpenDB(context.Background(), filepath.Join(t.TempDir(), "s.db"), DBOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Open(db, search.NewRegistry(spec.R4()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close(); db.Close() })
+	return db, st
+}
+
+func testDoc(t *testing.T, typ, id, body string) *Doc {
+	t.Helper()
+	var m map[string]any
+	dec := json.NewDecoder(strings.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	return &Doc{Type: typ, ID: id, Map: m, JSON: []byte(body)}
+}
+
+// oldRecord is a version as the store wrote it before records were
+// compressed: flags, version, lastUpdated, then the JSON as it is.
+func oldRecord(vid int64, lastUpdated time.Time, json string) []byte {
+	b := make([]byte, 17, 17+len(json))
+	binary.BigEndian.PutUint64(b[1:], uint64(vid))
+	binary.BigEndian.PutUint64(b[9:], uint64(lastUpdated.UnixMicro()))
+	return append(b, json...)
+}
+
+// TestRecordsWrittenBeforeCompressionStayReadable: a database written
+// before compression holds each version's JSON as it is, the current one
+// both as current and in history. Read, vread, history and the scan of
+// current resources read it; an update keeps every version readable, and
+// a redaction of the current version reaches its copy in history too.
+func TestRecordsWrittenBeforeCompressionStayReadable(t *testing.T) {
+	_, st := openTestStore(t)
+	ctx := context.Background()
+	lu := time.Date(2024, 5, 6, 7, 8, 9, 123456000, time.UTC)
+	v1 := `{"resourceType":"Patient","id":"old","meta":{"versionId":"1","lastUpdated":"2024-05-06T07:08:09.123456Z"},"gender":"female"}`
+	err := st.Write(ctx, func(tx *Tx) error {
+		// Write it with the store, then put the records back in the old form.
+		if _, err := tx.Put(testDoc(t, "Patient", "old", `{"resourceType":"Patient","gender":"female"}`), PutOptions{}); err != nil {
+			return err
+		}
+		rec := oldRecord(1, lu, v1)
+		if err := tx.btx.Bucket([]byte("R:Patient")).Put([]byte("old"), rec); err != nil {
+			return err
+		}
+		h, err := tx.btx.CreateBucketIfNotExists([]byte("H:Patient"))
+		if err != nil {
+			return err
+		}
+		return h.Put(historyKey("old", 1), rec)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, v *Version, err error, want string) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if string(v.JSON) != want {
+			t.Errorf("%s: JSON %s, want %s", what, v.JSON, want)
+		}
+	}
+	_ = st.View(ctx, func(tx *Tx) error {
+		v, err := tx.Read("Patient", "old")
+		check("read", v, err, v1)
+		if !v.LastUpdated.Equal(lu) || v.VersionID != 1 {
+			t.Errorf("read: version %d at %s, want 1 at %s", v.VersionID, v.LastUpdated, lu)
+		}
+		v, err = tx.VRead("Patient", "old", 1)
+		check("vread", v, err, v1)
+		var scanned []string
+		tx.ScanCurrent("Patient", "", func(id string, _ time.Time, json []byte) bool {
+			scanned = append(scanned, id+" "+string(json))
+			return true
+		})
+		if len(scanned) != 1 || scanned[0] != "old "+v1 {
+			t.Errorf("scan: %q", scanned)
+		}
+		return nil
+	})
+	var v2 *Version
+	err = st.Write(ctx, func(tx *Tx) error {
+		var err error
+		v2, err = tx.Put(testDoc(t, "Patient", "old", `{"resourceType":"Patient","gender":"male"}`), PutOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.View(ctx, func(tx *Tx) error {
+		v, err := tx.VRead("Patient", "old", 1)
+		check("vread 1 after an update", v, err, v1)
+		v, err = tx.Read("Patient", "old")
+		check("read after an update", v, err, string(v2.JSON))
+		page, err := tx.History(HistoryQuery{Type: "Patient", ID: "old"})
+		if err != nil || len(page.Versions) != 2 || string(page.Versions[1].JSON) != v1 {
+			t.Errorf("instance history: %v, %+v", err, page)
+		}
+		return nil
+	})
+
+	// A redaction of the current version of an old database replaces
+	// its copy in history as well.
+	v3 := `{"resourceType":"Patient","id":"old","meta":{"versionId":"3","lastUpdated":"2024-05-06T07:08:09.123456Z"},"gender":"other"}`
+	err = st.Write(ctx, func(tx *Tx) error {
+		rec := oldRecord(3, lu, v3)
+		if err := tx.btx.Bucket([]byte("R:Patient")).Put([]byte("old"), rec); err != nil {
+			return err
+		}
+		if err := tx.btx.Bucket([]byte("H:Patient")).Put(historyKey("old", 3), rec); err != nil {
+			return err
+		}
+		return tx.Redact("Patient", "old", 3, []byte(strings.Replace(v3, "other", "unknown", 1)))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.View(ctx, func(tx *Tx) error {
+		for _, b := range []string{"R:Patient", "H:Patient"} {
+			tx.btx.Bucket([]byte(b)).ForEach(func(k, v []byte) error {
+				if strings.Contains(string(v), "other") {
+					t.Errorf("%s %q still holds the redacted JSON", b, k)
+				}
+				return nil
+			})
+		}
+		v, err := tx.VRead("Patient", "old", 3)
+		check("vread of the redacted version", v, err, strings.Replace(v3, "other", "unknown", 1))
+		return nil
+	})
+}
+
+// TestEachVersionStoredOnce: the current version is kept as current only,
+// the versions it replaced in history only, each compressed; every one of
+// them reads back whole.
+func TestEachVersionStoredOnce(t *testing.T) {
+	_, st := openTestStore(t)
+	ctx := context.Background()
+	note := strings.Repeat("a note that repeats itself. ", 20)
+	var jsons []string
+	for i := range 3 {
+		err := st.Write(ctx, func(tx *Tx) error {
+			v, err := tx.Put(testDoc(t, "Observation", "o", `{"resourceType":"Observation","status":"final","code":{"text":"v`+string(rune('1'+i))+`"},"note":[{"text":"`+note+`"}]}`), PutOptions{})
+			if err == nil {
+				jsons = append(jsons, string(v.JSON))
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := st.Write(ctx, func(tx *Tx) error { _, err := tx.Delete("Observation", "o", 0); return err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.View(ctx, func(tx *Tx) error {
+		cur := tx.btx.Bucket([]byte("R:Observation")).Get([]byte("o"))
+		if !recordDeleted(cur) || recordVersion(cur) != 4 {
+			t.Errorf("current record: deleted %v, version %d; want the deletion, version 4", recordDeleted(cur), recordVersion(cur))
+		}
+		hist := tx.btx.Bucket([]byte("H:Observation"))
+		if hist.Get(historyKey("o", 4)) != nil {
+			t.Error("the current version is in history too")
+		}
+		for vid := int64(1); vid <= 3; vid++ {
+			raw := hist.Get(historyKey("o", vid))
+			if raw == nil {
+				t.Fatalf("version %d is not in history", vid)
+			}
+			if raw[0]&flagPacked == 0 || len(raw)-17 >= len(jsons[vid-1])/2 {
+				t.Errorf("version %d: %d bytes stored for %d of JSON, packed %v", vid, len(raw)-17, len(jsons[vid-1]), raw[0]&flagPacked != 0)
+			}
+			v, err := tx.VRead("Observation", "o", vid)
+			if err != nil || string(v.JSON) != jsons[vid-1] {
+				t.Errorf("vread %d: %v %s", vid, err, v.JSON)
+			}
+		}
+		page, err := tx.History(HistoryQuery{})
+		if err != nil || len(page.Versions) != 4 || !page.Versions[0].Deleted || string(page.Versions[3].JSON) != jsons[0] {
+			t.Errorf("system history: %v %+v", err, page)
+		}
+		return nil
+	})
+}
