@@ -80,20 +80,23 @@ func TestJobTakenOverWhenItsProcessDies(t *testing.T) {
 		}
 		return false
 	})
-	second := x.tg.secondRunner(t, "second", time.Second)
-
 	access, refresh := x.token(t, oidctest.Grant{})
 	id := x.tg.startJob(x.pid, jobBody(access, refresh, request, x.patient, "member-1", "task-1"))
 	before := x.tg.wait(x.pid, id, "two pages and the third in flight", func(j Job) bool {
 		return j.Progress.PagesFetched == 3 && blocked.Load() > 0
 	})
-	// Both alive: the second sees the job unfinished but held, and leaves it.
-	second.scan()
-	second.mu.Lock()
-	n := len(second.runs)
-	second.mu.Unlock()
-	if n != 0 || !tgLeases.Holding(leaseKey(id)) {
-		t.Fatalf("while the first process holds job %d, the second queued %d jobs", id, n)
+	// The second process starts once the first has the job under way.
+	second := x.tg.secondRunner(t, "second", time.Second)
+	// Both alive: the second sees the job unfinished but held, and does
+	// not work it (it may queue it and find the lease taken). The waits
+	// give its scans a chance; they are not what is asserted.
+	for range 5 {
+		second.scan()
+		time.Sleep(second.leases.Scan())
+	}
+	if second.leases.Holding(leaseKey(id)) || !tgLeases.Holding(leaseKey(id)) || blocked.Load() != 1 {
+		t.Fatalf("while the first process holds job %d: the second holds it %v, the page in flight was asked for %d times",
+			id, second.leases.Holding(leaseKey(id)), blocked.Load())
 	}
 
 	// The first process dies: no more renewals, no release.
