@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/backend/boltdb"
+	bolt "go.etcd.io/bbolt"
 )
 
 func obs(i int) string {
@@ -164,4 +168,37 @@ func BenchmarkPage20Of100k(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkPutGroups is 64 concurrent writers creating prepared
+// Observations, the database not synced (NoSync), so that what is
+// measured is the writer's own work per write in a commit group: the
+// puts, the index changes and the commit's page writes, not the disk.
+func BenchmarkPutGroups(b *testing.B) {
+	db, err := bolt.Open(filepath.Join(b.TempDir(), "s.db"), 0o600, &bolt.Options{NoSync: true, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		b.Fatal(err)
+	}
+	st, err := store.Open(boltdb.Wrap(db), reg, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { st.Close(); db.Close() }()
+	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
+	var n int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := int(atomicAdd(&n))
+			d := doc(b, "Observation", fmt.Sprintf("o%09d", i), obs(i))
+			st.Prepare(d)
+			if err := st.Write(context.Background(), func(tx *store.Tx) error {
+				_, err := tx.Put(d, store.PutOptions{})
+				return err
+			}); err != nil {
+				b.Error(err)
+			}
+		}
+	})
 }

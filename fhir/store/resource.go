@@ -25,10 +25,37 @@ type Tx struct {
 	// undo, when set, records this write's changes so that it can be
 	// taken back alone (see commit).
 	undo *undoLog
-	// index holds the queued index changes by bucket (see reindex), and
-	// flushErr the first failure to make them.
+	// index holds this write's queued index changes by bucket (see
+	// reindex), and flushErr the first failure to make them.
 	index    map[string][]indexOp
 	flushErr error
+	// group, when set, collects the index changes of the writes of a
+	// commit group that have succeeded, made together at its end.
+	group *groupIndex
+}
+
+// groupIndex is the index changes of the writes of one commit group that
+// have succeeded, not yet made: they are made once for the whole group,
+// each bucket's sorted by key, so that a page touched by several writes is
+// reached once and no change needs an undo record (a write that succeeded
+// is never taken back alone).
+type groupIndex struct {
+	ops map[string][]indexOp
+}
+
+// add moves the queued index changes of a write that succeeded into g,
+// after those of the writes before it.
+func (g *groupIndex) add(ops map[string][]indexOp) {
+	if len(ops) == 0 {
+		return
+	}
+	if g.ops == nil {
+		g.ops = make(map[string][]indexOp, len(ops))
+	}
+	for name, l := range ops {
+		g.ops[name] = append(g.ops[name], l...)
+	}
+	clear(ops)
 }
 
 // Context returns the context of the request the transaction serves.
@@ -354,7 +381,8 @@ func (tx *Tx) logChange(v *Version) error {
 
 // reindex replaces the index entries of typ/id, touching only those that
 // changed. The changes to the index buckets are queued and made, sorted
-// by key, when the write ends or something reads an index (flushIndex):
+// by key, when the commit group ends (those of every write of the group
+// that succeeded, at once) or when something reads an index (flushIndex):
 // a transaction of thousands of resources otherwise inserts its keys at
 // random places of the same few B-tree nodes, which bbolt does by moving
 // every later key each time.
@@ -416,19 +444,32 @@ func (tx *Tx) queueIndex(typ, param string, op indexOp) {
 	tx.index[name] = append(tx.index[name], op)
 }
 
-// flushIndex makes the queued index changes, each bucket's in key order
-// (the changes to one key keep their order).
+// flushIndex makes the queued index changes: first those of the group's
+// writes that succeeded before this one (without undo records), then this
+// write's own.
 func (tx *Tx) flushIndex() error {
-	if len(tx.index) == 0 {
+	if tx.group != nil && len(tx.group.ops) > 0 {
+		g := &Tx{s: tx.s, btx: tx.btx, ctx: tx.ctx, writable: true}
+		if err := g.applyIndex(tx.group.ops); err != nil {
+			return err
+		}
+	}
+	return tx.applyIndex(tx.index)
+}
+
+// applyIndex makes the changes of index, each bucket's in key order (the
+// changes to one key keep their order), and empties it.
+func (tx *Tx) applyIndex(index map[string][]indexOp) error {
+	if len(index) == 0 {
 		return nil
 	}
-	names := make([]string, 0, len(tx.index))
-	for name := range tx.index {
+	names := make([]string, 0, len(index))
+	for name := range index {
 		names = append(names, name)
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		ops := tx.index[name]
+		ops := index[name]
 		slices.SortStableFunc(ops, func(a, b indexOp) int { return bytes.Compare(a.key, b.key) })
 		bname := []byte(name)
 		for _, op := range ops {
@@ -449,7 +490,7 @@ func (tx *Tx) flushIndex() error {
 			}
 		}
 	}
-	clear(tx.index)
+	clear(index)
 	return nil
 }
 

@@ -235,12 +235,13 @@ func (s *Store) commit(group []*writeReq) {
 	single := len(group) == 1
 	err := s.db.Update(context.Background(), func(btx backend.Tx) error {
 		ok := 0
+		index := &groupIndex{}
 		for i, r := range group {
 			if err := r.ctx.Err(); err != nil {
 				results[i] = err // the client went away before its turn
 				continue
 			}
-			tx := &Tx{s: s, btx: btx, ctx: r.ctx, writable: true}
+			tx := &Tx{s: s, btx: btx, ctx: r.ctx, writable: true, group: index}
 			if !single {
 				tx.undo = &undoLog{}
 			}
@@ -255,12 +256,15 @@ func (s *Store) commit(group []*writeReq) {
 				continue
 			}
 			ok++
+			index.add(tx.index)
 			after = append(after, tx.after...)
 		}
 		if ok == 0 {
 			return errNothingToCommit
 		}
-		return nil
+		// The index changes of every write that succeeded, at once.
+		gtx := &Tx{s: s, btx: btx, ctx: context.Background(), writable: true}
+		return gtx.applyIndex(index.ops)
 	})
 	if err != nil && !errors.Is(err, errNothingToCommit) && !(single && results[0] != nil) {
 		// The commit itself failed: nothing of the group is written.
@@ -292,9 +296,8 @@ func (s *Store) run(tx *Tx, fn func(tx *Tx) error) (err error) {
 	if err := fn(tx); err != nil {
 		return err
 	}
-	if err := tx.flushIndex(); err != nil {
-		return err
-	}
+	// The index changes wait for the end of the group (see commit); only
+	// a failure to make them when something read an index fails the write.
 	return tx.flushErr
 }
 

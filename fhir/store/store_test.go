@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/url"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 
@@ -281,5 +282,97 @@ func TestFailedWriteIsTakenBackAlone(t *testing.T) {
 		return err
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestGroupIndexChanges: the index changes of a commit group are made
+// together at its end, yet a write that searches sees those of the writes
+// before it in the group and its own, and a write that fails after
+// searching leaves none of its own behind.
+func TestGroupIndexChanges(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	search := func(tx *store.Tx, query string) []string {
+		vals, _ := url.ParseQuery(query)
+		q, err := reg.Parse("Observation", vals, search.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, err := tx.Search(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	go func() {
+		_ = st.Write(ctx, func(tx *store.Tx) error { close(entered); <-release; return nil })
+	}()
+	<-entered
+	type result struct {
+		name string
+		err  error
+		seen []string
+	}
+	results := make(chan result, 3)
+	queued := 0
+	write := func(name string, fn func(tx *store.Tx) ([]string, error)) {
+		go func() {
+			var seen []string
+			err := st.Write(ctx, func(tx *store.Tx) error {
+				var err error
+				seen, err = fn(tx)
+				return err
+			})
+			results <- result{name, err, seen}
+		}()
+		queued++
+		for st.Queued() < queued {
+			runtime.Gosched()
+		}
+	}
+	write("a", func(tx *store.Tx) ([]string, error) {
+		_, err := tx.Put(doc(t, "Observation", "a", obs(2)), store.PutOptions{})
+		return nil, err
+	})
+	write("b", func(tx *store.Tx) ([]string, error) {
+		seen := search(tx, "code=urn:b|c2") // a's, made before b's turn
+		if _, err := tx.Put(doc(t, "Observation", "b", obs(3)), store.PutOptions{}); err != nil {
+			return nil, err
+		}
+		seen = append(seen, search(tx, "code=urn:b|c3")...) // its own
+		return seen, errs.E("test", errs.Precondition, "refused")
+	})
+	write("c", func(tx *store.Tx) ([]string, error) {
+		seen := search(tx, "code=urn:b|c3")
+		if _, err := tx.Put(doc(t, "Observation", "c", obs(4)), store.PutOptions{}); err != nil {
+			return nil, err
+		}
+		return seen, nil
+	})
+	close(release)
+	for range 3 {
+		r := <-results
+		switch r.name {
+		case "a", "c":
+			if r.err != nil {
+				t.Errorf("write %s: %v", r.name, r.err)
+			}
+			if r.name == "c" && len(r.seen) != 0 {
+				t.Errorf("write c saw the failed write's index entries: %v", r.seen)
+			}
+		case "b":
+			if !errs.Is(r.err, errs.Precondition) {
+				t.Errorf("write b: %v, want its own error", r.err)
+			}
+			if !slices.Equal(r.seen, []string{"a", "b"}) {
+				t.Errorf("write b saw %v, want [a b] (the write before it, then itself)", r.seen)
+			}
+		}
+	}
+	for query, want := range map[string][]string{"code=urn:b|c2": {"a"}, "code=urn:b|c3": nil, "code=urn:b|c4": {"c"}} {
+		if got := find(t, st, "Observation", query); !slices.Equal(got, want) {
+			t.Errorf("%s: %v, want %v", query, got, want)
+		}
 	}
 }
