@@ -285,3 +285,22 @@ func numberEntries(n fhirpath.Node) []Entry {
 	}
 	return []Entry{{Key: pfxNum + hexFloat(v), Payload: []byte(unit)}}
 }
+
+// IDEntries returns the index entries of parameter _id for a resource
+// whose id is id: those Extract gives.
+func IDEntries(id string) []Entry {
+	es := codeEntries("", id)
+	for i := range es {
+		es[i].Param = "_id"
+	}
+	return es
+}
+
+// IDFromKey returns the id that an _id index entry with key k names (see
+// IDEntries); ok is false when no _id entry has key k.
+func IDFromKey(k string) (id string, ok bool) {
+	if id, ok := strings.CutPrefix(k, pfxCode); ok {
+		return id, true
+	}
+	return strings.CutPrefix(k, pfxSysCode+"|")
+}

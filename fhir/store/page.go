@@ -187,10 +187,30 @@ func (tx *Tx) newMatcher(q *search.Query) (*matcher, error) {
 		m.bounded = true
 		return m, nil
 	}
+	// An _id clause of exact values drives: its ids are the candidates.
+	for i := range q.Clauses {
+		c := &q.Clauses[i]
+		if c.Param.Code != "_id" || c.Not || c.Missing != nil {
+			continue
+		}
+		var rs []search.Range
+		for _, v := range c.Values {
+			rs = append(rs, v.Ranges...)
+		}
+		if ids, ok := exactIDs(rs); ok && (!m.listed || len(ids) < len(m.within)) {
+			m.within, m.listed = ids, true
+		}
+	}
+	if m.listed {
+		return m, nil
+	}
 	// The clause with the fewest exact keys drives, if any has them: its
 	// index entries of one key are in id order.
 	for i := range q.Clauses {
 		c := &q.Clauses[i]
+		if c.Param.Code == "_id" {
+			continue // not indexed (see idScan)
+		}
 		if keys, ok := c.ExactKeys(); ok && (m.keys == nil || len(keys) < len(m.keys)) {
 			m.keys, m.param = keys, c.Param.Code
 		}
@@ -200,7 +220,7 @@ func (tx *Tx) newMatcher(q *search.Query) (*matcher, error) {
 		// its index range holds few entries: its ids, sorted.
 		for i := range q.Clauses {
 			c := &q.Clauses[i]
-			if _, chained := m.chained[c]; chained || isWide(c) || c.Missing != nil || c.Not {
+			if _, chained := m.chained[c]; chained || isWide(c) || c.Missing != nil || c.Not || c.Param.Code == "_id" {
 				continue
 			}
 			if ids, ok := tx.rangeIDs(q.Type, c, rangeLimit); ok && (!m.listed || len(ids) < len(m.within)) {
@@ -315,7 +335,7 @@ func (m *matcher) match(id string) ([]search.Entry, bool) {
 	if m.x != nil {
 		// Reused between candidates that do not match; one that matches
 		// keeps its entries (they go into a batch).
-		entries = decodeEntriesOf(m.x.Get([]byte(id)), m.params, m.buf[:0])
+		entries = m.tx.decodeEntriesOf(m.x.Get([]byte(id)), m.params, m.buf[:0], id)
 		m.buf = entries
 	}
 	if m.bounded && !m.tx.s.reg.InRecord(m.q.Type, id, entries, m.q.Compartment, m.q.Linked) {

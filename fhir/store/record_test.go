@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,12 +20,22 @@ func openTestStore(t *testing.T) (DB, *Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := Open(db, search.NewRegistry(spec.R4()), nil)
+	st, err := Open(db, openRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close(); db.Close() })
 	return db, st
+}
+
+var (
+	registryOnce sync.Once
+	registry     *search.Registry
+)
+
+func openRegistry() *search.Registry {
+	registryOnce.Do(func() { registry = search.NewRegistry(spec.R4()) })
+	return registry
 }
 
 func testDoc(t *testing.T, typ, id, body string) *Doc {

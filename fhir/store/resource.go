@@ -391,7 +391,8 @@ func (tx *Tx) reindex(typ, id string, entries []search.Entry) error {
 	if err != nil {
 		return err
 	}
-	old := decodeEntries(rev.Get([]byte(id)))
+	entries = storedEntries(entries)
+	old := tx.storedEntriesOf(rev.Get([]byte(id)))
 	if len(old) == 0 {
 		for _, e := range entries {
 			tx.queueIndex(typ, e.Param, indexOp{key: indexKey(e.Key, id), value: e.Payload})
@@ -402,7 +403,11 @@ func (tx *Tx) reindex(typ, id string, entries []search.Entry) error {
 	if len(entries) == 0 {
 		return tx.del(rev, bucketName("X", typ), []byte(id))
 	}
-	return tx.put(rev, bucketName("X", typ), []byte(id), encodeEntries(entries))
+	packed, err := tx.encodeEntries(entries)
+	if err != nil {
+		return err
+	}
+	return tx.put(rev, bucketName("X", typ), []byte(id), packed)
 }
 
 // reindexChanged queues the changes from the old index entries of typ/id
@@ -520,55 +525,13 @@ func splitIndexKey(k []byte) (key, id string) {
 	return string(k[:i]), string(k[i+1:])
 }
 
-func encodeEntries(es []search.Entry) []byte {
-	var b []byte
-	for _, e := range es {
-		b = binary.AppendUvarint(b, uint64(len(e.Param)))
-		b = append(b, e.Param...)
-		b = binary.AppendUvarint(b, uint64(len(e.Key)))
-		b = append(b, e.Key...)
-		b = binary.AppendUvarint(b, uint64(len(e.Payload)))
-		b = append(b, e.Payload...)
-	}
-	return b
-}
-
-func decodeEntries(b []byte) []search.Entry { return decodeEntriesOf(b, nil, nil) }
-
-// decodeEntriesOf decodes into out the entries whose parameter want holds
-// (all when want is nil), without copying the others.
-func decodeEntriesOf(b []byte, want map[string]bool, out []search.Entry) []search.Entry {
-	next := func() ([]byte, bool) {
-		n, k := binary.Uvarint(b)
-		if k <= 0 || uint64(len(b)-k) < n {
-			return nil, false
-		}
-		v := b[k : k+int(n)]
-		b = b[k+int(n):]
-		return v, true
-	}
-	for len(b) > 0 {
-		p, ok1 := next()
-		k, ok2 := next()
-		pl, ok3 := next()
-		if !ok1 || !ok2 || !ok3 {
-			break
-		}
-		if want != nil && !want[string(p)] {
-			continue
-		}
-		out = append(out, search.Entry{Param: string(p), Key: string(k), Payload: bytes.Clone(pl)})
-	}
-	return out
-}
-
 // EntriesOf returns the index entries typ/id has now.
 func (tx *Tx) EntriesOf(typ, id string) []search.Entry {
 	b := tx.btx.Bucket(bucketName("X", typ))
 	if b == nil {
 		return nil
 	}
-	return decodeEntries(b.Get([]byte(id)))
+	return tx.decodeEntriesOf(b.Get([]byte(id)), nil, nil, id)
 }
 
 // Set sets the top-level element key of the resource to v (nil removes

@@ -222,7 +222,7 @@ func (tx *Tx) filter(typ string, ids []string, c *search.Clause) []string {
 	for _, id := range ids {
 		var entries []search.Entry
 		if b != nil {
-			entries = decodeEntries(b.Get([]byte(id)))
+			entries = tx.decodeEntriesOf(b.Get([]byte(id)), nil, nil, id)
 		}
 		if search.Matches(c, entries) {
 			out = append(out, id)
@@ -344,6 +344,10 @@ func (tx *Tx) clauseIDs(typ string, c *search.Clause, visible func(typ, id strin
 
 // scan adds to set the ids of the index entries in r.
 func (tx *Tx) scan(typ, param string, r search.Range, set idSet) {
+	if param == "_id" {
+		tx.idScan(typ, r, set)
+		return
+	}
 	tx.indexReady()
 	b := tx.btx.Bucket(indexBucket(typ, param))
 	if b == nil {
@@ -358,6 +362,49 @@ func (tx *Tx) scan(typ, param string, r search.Range, set idSet) {
 		}
 		set[id] = struct{}{}
 	}
+}
+
+// idScan adds to set the ids of the current resources of typ whose _id
+// entries (search.IDEntries) fall in r: for one value, one lookup; for
+// anything else, a pass over the type's resources.
+func (tx *Tx) idScan(typ string, r search.Range, set idSet) {
+	in := func(id string) bool {
+		for _, e := range search.IDEntries(id) {
+			if r.Contains(e.Key, e.Payload) {
+				return true
+			}
+		}
+		return false
+	}
+	if ids, ok := exactIDs([]search.Range{r}); ok {
+		for _, id := range ids {
+			if _, deleted, ok := tx.CurrentVersion(typ, id); ok && !deleted && in(id) {
+				set[id] = struct{}{}
+			}
+		}
+		return
+	}
+	for _, id := range tx.AllIDs(typ) {
+		if in(id) {
+			set[id] = struct{}{}
+		}
+	}
+}
+
+// exactIDs returns the ids that _id ranges of exact values name, sorted,
+// without repeats; ok is false when a range is not one exact value.
+func exactIDs(rs []search.Range) (ids []string, ok bool) {
+	for _, r := range rs {
+		k, exact := strings.CutSuffix(r.Start, "\x00")
+		if !exact || r.End != k+"\x01" {
+			return nil, false
+		}
+		if id, ok := search.IDFromKey(k); ok && id != "" {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids), true
 }
 
 // chain finds the resources of the chained types that match and that
@@ -390,7 +437,7 @@ func (tx *Tx) missing(typ, param string, want bool) idSet {
 	for _, id := range tx.AllIDs(typ) {
 		has := false
 		if b != nil {
-			for _, e := range decodeEntries(b.Get([]byte(id))) {
+			for _, e := range tx.decodeEntriesOf(b.Get([]byte(id)), nil, nil, id) {
 				if e.Param == param {
 					has = true
 					break
@@ -416,7 +463,7 @@ func (tx *Tx) sortIDs(typ string, ids []string, keys []search.SortKey) {
 		rows[i] = row{id: id, vals: make([]string, len(keys)), has: make([]bool, len(keys))}
 		var entries []search.Entry
 		if b != nil {
-			entries = decodeEntries(b.Get([]byte(id)))
+			entries = tx.decodeEntriesOf(b.Get([]byte(id)), nil, nil, id)
 		}
 		for j, k := range keys {
 			var ks []search.Entry

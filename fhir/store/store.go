@@ -4,10 +4,14 @@
 // backend): a bbolt file (package backend/boltdb) by default. No package
 // outside the store knows which backend runs.
 //
-// Buckets: "R:<Type>" current version by id; "H:<Type>" every version by
-// id+version; "X:<Type>" the index entries each resource has (to remove them
-// on update); "I:<Type>:<param>" one per search index, keys value 0x00 id;
-// "C" the global change log and "C:<Type>" the per-type one, by sequence.
+// Buckets: "R:<Type>" current version by id; "H:<Type>" the earlier
+// versions by id+version (each version is kept once, its JSON compressed:
+// record.go); "X:<Type>" the index entries each resource has, packed (to
+// remove them on update, and to check a candidate against a search's
+// clauses: entries.go); "I:<Type>:<param>" one per search index, keys
+// value 0x00 id (none for _id: the ids are the keys of "R:<Type>"); "C"
+// the global change log and "C:<Type>" the per-type one, by sequence; "M"
+// the index format and the parameter numbers of packed entries.
 //
 // Writes go through one writer goroutine that commits whatever writes are
 // waiting together (group commit), so that concurrent clients share the
@@ -36,6 +40,8 @@ type Store struct {
 
 	mu    sync.RWMutex
 	hooks []Hook
+
+	params params // the parameter numbers of packed index entries
 
 	writes  chan *writeReq
 	closing chan struct{}
@@ -88,6 +94,12 @@ func Open(db backend.DB, reg *search.Registry, log *slog.Logger) (*Store, error)
 		stopped: make(chan struct{}),
 	}
 	if err := s.upgradeIndexes(); err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	if err := db.View(context.Background(), func(btx backend.Tx) error {
+		s.loadParams(btx)
+		return nil
+	}); err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
 	go s.writer()

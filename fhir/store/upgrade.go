@@ -14,7 +14,9 @@ import (
 // values longer than the key limit a key of their own (clipped value plus
 // digest, the whole value as payload); before, they were cut, so they could
 // not be found by their full value and an exact search matched a prefix.
-const indexFormat = "2"
+// Version 3 has no _id index: _id is answered from the current versions
+// (idScan), and the indexes "I:<Type>:_id" are removed.
+const indexFormat = "3"
 
 var (
 	metaBucket     = []byte("M")
@@ -31,19 +33,52 @@ func (s *Store) upgradeIndexes() error {
 		if err != nil {
 			return err
 		}
-		if string(meta.Get(indexFormatKey)) == indexFormat {
+		format := string(meta.Get(indexFormatKey))
+		if format == indexFormat {
 			return nil
 		}
 		tx := &Tx{s: s, btx: btx, ctx: context.Background(), writable: true}
+		if format != "2" {
+			if err := s.upgradeClipped(tx); err != nil {
+				return err
+			}
+		}
+		var idIndexes [][]byte
+		err = btx.ForEach(func(name []byte, _ backend.Bucket) error {
+			if bytes.HasPrefix(name, []byte("I:")) && bytes.HasSuffix(name, []byte(":_id")) {
+				idIndexes = append(idIndexes, bytes.Clone(name))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, name := range idIndexes {
+			if err := btx.DeleteBucket(name); err != nil {
+				return fmt.Errorf("store: remove the index %s: %w", name, err)
+			}
+		}
+		if len(idIndexes) > 0 {
+			s.log.Info("store: _id indexes removed (answered from the resources)", "indexes", len(idIndexes))
+		}
+		return meta.Put(indexFormatKey, []byte(indexFormat))
+	})
+}
+
+// upgradeClipped indexes again the resources that have an entry of the
+// form before format 2.
+func (s *Store) upgradeClipped(tx *Tx) error {
+	btx := tx.btx
+	{
 		type stale struct{ typ, id string }
 		var todo []stale
-		err = btx.ForEach(func(name []byte, b backend.Bucket) error {
+		err := btx.ForEach(func(name []byte, b backend.Bucket) error {
 			typ, ok := bytes.CutPrefix(name, []byte("X:"))
 			if !ok {
 				return nil
 			}
 			return b.ForEach(func(id, v []byte) error {
-				for _, e := range decodeEntries(v) {
+				for _, e := range decodeOldEntries(v, nil, nil) {
 					if search.MayBeClipped(e.Key, e.Payload) {
 						todo = append(todo, stale{string(typ), string(id)})
 						break
@@ -78,8 +113,8 @@ func (s *Store) upgradeIndexes() error {
 			return err
 		}
 		if len(todo) > 0 {
-			s.log.Info("store: indexes upgraded", "format", indexFormat, "resources", len(todo))
+			s.log.Info("store: indexes upgraded", "format", 2, "resources", len(todo))
 		}
-		return meta.Put(indexFormatKey, []byte(indexFormat))
-	})
+		return nil
+	}
 }
