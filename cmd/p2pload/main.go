@@ -48,6 +48,7 @@ func main() {
 		timeLimit   = flag.Duration("time-limit", 0, "stop loading after this long and measure at the size reached (0: no limit)")
 		concurrency = flag.Int("c", 32, "concurrent clients")
 		duration    = flag.Duration("d", 10*time.Second, "duration of the read and search phases")
+		creates     = flag.Bool("creates", false, "only the create phases (Patients, then Observations) at -c clients: the durable write throughput")
 		limits      = flag.Bool("limits", false, "with -server: measure what expensive requests cost the others (a 10,000-entry transaction, long-query searches, 2,000 matching Subscriptions) instead of the load run")
 	)
 	flag.Parse()
@@ -74,13 +75,13 @@ func main() {
 			sizes = append(sizes, n)
 		}
 	}
-	if err := run(*base, *server, sizes, *concurrency, *duration, *timeLimit); err != nil {
+	if err := run(*base, *server, sizes, *concurrency, *duration, *timeLimit, *creates); err != nil {
 		fmt.Fprintln(os.Stderr, "p2pload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(base, server string, sizes []int, c int, d, timeLimit time.Duration) error {
+func run(base, server string, sizes []int, c int, d, timeLimit time.Duration, createsOnly bool) error {
 	var srv *spawned
 	if server != "" {
 		debug, err := freeAddr()
@@ -105,7 +106,7 @@ func run(base, server string, sizes []int, c int, d, timeLimit time.Duration) er
 		return fmt.Errorf("refusing to load %s: only loopback servers are measured", u.Host)
 	}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c * 2}, Timeout: 30 * time.Second}
-	l := &loader{base: strings.TrimRight(base, "/"), client: client}
+	l := &loader{base: strings.TrimRight(base, "/"), client: client, createsOnly: createsOnly}
 	mon := newMonitor(srv)
 	defer mon.stop()
 
@@ -188,6 +189,9 @@ func (l *loader) stage(n, c int, d time.Duration, deadline time.Time, srv *spawn
 		}
 	}
 	res.resources = len(l.patientIDs) + len(l.obsIDs)
+	if l.createsOnly {
+		return res, nil
+	}
 	pids, oids := l.patientIDs, l.obsIDs
 	if len(oids) == 0 || len(pids) == 0 {
 		return nil, errors.New("nothing was loaded")
@@ -327,6 +331,8 @@ type loader struct {
 	// Observations per new Patient referring to it, so that a member has
 	// ~9 Observations whatever the size.
 	patientIDs, obsIDs []string
+	// createsOnly stops each stage after its creates (-creates).
+	createsOnly bool
 }
 
 // root is the server's address without the FHIR base path.
