@@ -477,6 +477,7 @@ func (tx *Tx) applyIndex(index map[string][]indexOp) error {
 		ops := index[name]
 		slices.SortStableFunc(ops, func(a, b indexOp) int { return bytes.Compare(a.key, b.key) })
 		bname := []byte(name)
+		tx.tuneFill(bname, ops)
 		for _, op := range ops {
 			if op.del {
 				if b := tx.btx.Bucket(bname); b != nil {
@@ -497,6 +498,53 @@ func (tx *Tx) applyIndex(index map[string][]indexOp) error {
 	}
 	clear(index)
 	return nil
+}
+
+// longRun is the number of index keys of one value (a page's worth)
+// beyond which new keys of that value go at the end of a run longer than
+// a page.
+const longRun = 64
+
+// tuneFill chooses how full the pages of index bucket name are left when
+// they split in this transaction. Under one value, ids grow (they are
+// time-ordered), so a key goes at the end of its value's run: when runs
+// are longer than a page (a code that many resources have), the page
+// before the new key is never written again, and is best left 90% full;
+// when runs are short (a reference to one member, a date), keys go
+// anywhere, and pages split in half. The first key put decides, from the
+// length of the run before it.
+func (tx *Tx) tuneFill(name []byte, ops []indexOp) {
+	i := slices.IndexFunc(ops, func(op indexOp) bool { return !op.del })
+	if i < 0 {
+		return
+	}
+	b := tx.btx.Bucket(name)
+	if b == nil {
+		return
+	}
+	f, ok := b.(backend.FillPercenter)
+	if !ok {
+		return
+	}
+	key := ops[i].key
+	value, _, _ := bytes.Cut(key, []byte{0})
+	prefix := append(slices.Clip(value), 0)
+	c := b.Cursor()
+	k, _ := c.Seek(key)
+	if k == nil {
+		k, _ = c.Last()
+	} else {
+		k, _ = c.Prev()
+	}
+	n := 0
+	for ; n < longRun && k != nil && bytes.HasPrefix(k, prefix); n++ {
+		k, _ = c.Prev()
+	}
+	if n >= longRun {
+		f.SetFillPercent(0.9)
+	} else if !appendBucket(name) {
+		f.SetFillPercent(0.5)
+	}
 }
 
 // indexReady flushes the queued index changes before an index is read;
