@@ -56,7 +56,7 @@ func (tx *Tx) History(q HistoryQuery) (*HistoryPage, error) {
 		k, v = c.Prev()
 	}
 	for ; k != nil; k, v = c.Prev() {
-		typ, id, vid, ok := parseChange(v)
+		typ, id, vid, ok := parseChange(v, q.Type)
 		if !ok {
 			continue
 		}

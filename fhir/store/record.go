@@ -88,17 +88,52 @@ func historyKey(id string, version int64) []byte {
 	return k
 }
 
-// changeValue is what the change log holds per write: type, id, version.
+// changeValue is what the change log holds per write: a zero byte, the
+// version, the type (empty in a type's own log, "C:<Type>") and the id: 16
+// bytes for an id that is a UUID as this server makes them (lower case),
+// else as it is. The log written before held type, 0, id, 0, then the
+// version in 8 bytes; parseChange reads both.
 func changeValue(typ, id string, version int64) []byte {
-	b := make([]byte, 0, len(typ)+len(id)+10)
+	b := make([]byte, 1, 4+len(typ)+len(id))
+	b = binary.AppendUvarint(b, uint64(version))
+	b = binary.AppendUvarint(b, uint64(len(typ)))
 	b = append(b, typ...)
-	b = append(b, 0)
-	b = append(b, id...)
-	b = append(b, 0)
-	return binary.BigEndian.AppendUint64(b, uint64(version))
+	if u, ok := uuidBytes(id); ok {
+		b = append(b, 1)
+		return append(b, u[:]...)
+	}
+	b = append(b, 2)
+	return append(b, id...)
 }
 
-func parseChange(b []byte) (typ, id string, version int64, ok bool) {
+// parseChange reads a change value of the log of type logType ("" for
+// the global log).
+func parseChange(b []byte, logType string) (typ, id string, version int64, ok bool) {
+	if len(b) > 0 && b[0] == 0 {
+		b = b[1:]
+		v, n := binary.Uvarint(b)
+		if n <= 0 {
+			return
+		}
+		b = b[n:]
+		tl, n := binary.Uvarint(b)
+		if n <= 0 || uint64(len(b)-n) < tl+1 {
+			return
+		}
+		typ, b = string(b[n:n+int(tl)]), b[n+int(tl):]
+		if typ == "" {
+			typ = logType
+		}
+		switch {
+		case b[0] == 1 && len(b) == 17:
+			id = uuidString(b[1:])
+		case b[0] == 2:
+			id = string(b[1:])
+		default:
+			return
+		}
+		return typ, id, int64(v), typ != ""
+	}
 	i := bytes.IndexByte(b, 0)
 	if i < 0 {
 		return
@@ -108,6 +143,58 @@ func parseChange(b []byte) (typ, id string, version int64, ok bool) {
 		return
 	}
 	return string(b[:i]), string(b[i+1 : i+1+j]), int64(binary.BigEndian.Uint64(b[i+j+2:])), true
+}
+
+// uuidBytes returns the 16 bytes of id when id is a UUID written the way
+// uuidString writes it back: lower-case hex in groups of 8-4-4-4-12.
+func uuidBytes(id string) (u [16]byte, ok bool) {
+	if len(id) != 36 {
+		return u, false
+	}
+	j := 0
+	for i := 0; i < 36; {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			if id[i] != '-' {
+				return u, false
+			}
+			i++
+			continue
+		}
+		hi, ok1 := lowerHex(id[i])
+		lo, ok2 := lowerHex(id[i+1])
+		if !ok1 || !ok2 {
+			return u, false
+		}
+		u[j] = hi<<4 | lo
+		j++
+		i += 2
+	}
+	return u, true
+}
+
+func lowerHex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+func uuidString(u []byte) string {
+	const hexDigits = "0123456789abcdef"
+	var b [36]byte
+	j := 0
+	for i, x := range u {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			b[j] = '-'
+			j++
+		}
+		b[j], b[j+1] = hexDigits[x>>4], hexDigits[x&15]
+		j += 2
+	}
+	return string(b[:])
 }
 
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }

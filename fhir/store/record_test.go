@@ -218,3 +218,42 @@ func TestEachVersionStoredOnce(t *testing.T) {
 		return nil
 	})
 }
+
+// TestChangeLogValuesReadBack: a change log value gives back type, id and
+// version, whatever the id (a UUID as the server makes them takes 16
+// bytes; any other id is kept as it is), in the global log and in a
+// type's own (which does not repeat the type); values of the form written
+// before read as they did.
+func TestChangeLogValuesReadBack(t *testing.T) {
+	for _, id := range []string{
+		"019ad3a4-5b6c-7d8e-9f01-23456789abcd",
+		"019AD3A4-5B6C-7D8E-9F01-23456789ABCD", // upper case: kept as it is
+		"019ad3a4-5b6c-7d8e-9f01-23456789abcg",
+		"019ad3a45b6c-7d8e-9f01-23456789abcde",
+		"a", "patient-1.example", strings.Repeat("z", 64),
+	} {
+		for _, logType := range []string{"", "Observation"} {
+			typ := "Observation"
+			if logType != "" {
+				typ = ""
+			}
+			v := changeValue(typ, id, 1<<40+3)
+			gt, gid, gv, ok := parseChange(v, logType)
+			if !ok || gt != "Observation" || gid != id || gv != 1<<40+3 {
+				t.Errorf("%q in log %q: got %q %q %d %v", id, logType, gt, gid, gv, ok)
+			}
+			if _, isUUID := uuidBytes(id); isUUID && len(v) > 1+6+1+len(typ)+17 {
+				t.Errorf("%q takes %d bytes", id, len(v))
+			}
+		}
+	}
+	old := append([]byte("Patient\x00p-1\x00"), 0, 0, 0, 0, 0, 0, 0, 7)
+	if typ, id, v, ok := parseChange(old, "Patient"); !ok || typ != "Patient" || id != "p-1" || v != 7 {
+		t.Errorf("old form: %q %q %d %v", typ, id, v, ok)
+	}
+	for _, bad := range [][]byte{{0}, {0, 1}, {0, 1, 0}, {0, 1, 0, 1, 2}, {0, 1, 9, 'a'}} {
+		if _, _, _, ok := parseChange(bad, ""); ok {
+			t.Errorf("% x parsed", bad)
+		}
+	}
+}

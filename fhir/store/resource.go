@@ -372,11 +372,10 @@ func (tx *Tx) logChange(v *Version) error {
 	if err != nil {
 		return err
 	}
-	cv := changeValue(v.Type, v.ID, v.VersionID)
-	if err := tx.put(global, []byte("C"), seqKey(seq), cv); err != nil {
+	if err := tx.put(global, []byte("C"), seqKey(seq), changeValue(v.Type, v.ID, v.VersionID)); err != nil {
 		return err
 	}
-	return tx.put(perType, bucketName("C", v.Type), seqKey(seq), cv)
+	return tx.put(perType, bucketName("C", v.Type), seqKey(seq), changeValue("", v.ID, v.VersionID))
 }
 
 // reindex replaces the index entries of typ/id, touching only those that
