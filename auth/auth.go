@@ -35,6 +35,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir/smart"
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/lease"
 	"github.com/p2pserver/p2pserver/internal/netguard"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 )
@@ -99,6 +100,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Leases, when set, makes the pruning of spent assertion ids a
+	// periodic task of one process per minute among those sharing the
+	// database; nil: this process prunes every minute (harmless when
+	// several do: the prune is idempotent).
+	Leases *lease.Manager
 }
 
 // Limits bound token requests, each with a token bucket: per remote
@@ -128,6 +134,7 @@ type Server struct {
 	verified verifiedCache
 
 	housekeeping periodic
+	prune        *lease.Periodic // nil without Config.Leases
 }
 
 var _ smart.Backend = (*Server)(nil)
@@ -219,9 +226,21 @@ func (s *Server) Start(ctx context.Context) error {
 	if _, err := s.keys.Current(ctx); err != nil {
 		return err
 	}
+	if s.cfg.Leases != nil {
+		s.prune = s.cfg.Leases.Periodic("auth/prune-jti", time.Minute, 0, func(ctx context.Context) error {
+			_, err := pruneJTI(ctx, s.st, s.cfg.Now())
+			return err
+		})
+		s.prune.Start(ctx)
+	}
+	// Every process looks at the signing key: it keeps the current one in
+	// memory, and the rotation itself is one write whoever makes it.
 	s.housekeeping.start(ctx, time.Minute, func(ctx context.Context) {
 		if _, err := s.keys.Current(ctx); err != nil && ctx.Err() == nil {
 			s.log.Error("auth: signing key rotation failed", "err", err)
+		}
+		if s.prune != nil {
+			return
 		}
 		if _, err := pruneJTI(ctx, s.st, s.cfg.Now()); err != nil && ctx.Err() == nil {
 			s.log.Error("auth: pruning spent assertion ids failed", "err", err)
@@ -232,6 +251,9 @@ func (s *Server) Start(ctx context.Context) error {
 
 // Close stops the housekeeping and waits for it.
 func (s *Server) Close() error {
+	if s.prune != nil {
+		s.prune.Close()
+	}
 	s.housekeeping.close()
 	return nil
 }

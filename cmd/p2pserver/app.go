@@ -101,6 +101,8 @@ func (a *app) wire() error {
 		CORS: len(cfg.CORSOrigins) > 0}
 	cfg.Limits.fhir(&fcfg)
 	a.fhir = fhir.New(a.store, fcfg)
+	a.leases = lease.New(a.store, lease.Config{Duration: cfg.LeaseDuration, Scan: cfg.WorkScan, Logger: log})
+	log.Info("background work is leased", "owner", a.leases.Owner(), "lease", a.leases.Duration(), "scan", a.leases.Scan())
 
 	// Access control on /fhir comes first: later middleware reads the
 	// fhir.Access it sets.
@@ -136,7 +138,7 @@ func (a *app) wire() error {
 	var backend smart.Backend
 	if cipher != nil {
 		alg, _ := auth.ParseAlg(cfg.TokenSigningAlg) // checked by parseConfig
-		if a.auth, err = auth.New(a.store, auth.Config{BaseURL: cfg.BaseURL, FHIRBase: base, Cipher: cipher,
+		if a.auth, err = auth.New(a.store, auth.Config{BaseURL: cfg.BaseURL, FHIRBase: base, Cipher: cipher, Leases: a.leases,
 			TokenLifetime: cfg.TokenLifetime, KeyRotation: cfg.TokenKeyRotation, SigningAlg: alg,
 			HTTPClient: outbound.Client(5 * time.Second), Admin: a.admin.Require("admin"), MaxBody: httpapi.DefaultMaxBody, Logger: log}); err != nil {
 			return err
@@ -172,9 +174,6 @@ func (a *app) wire() error {
 		return fmt.Errorf("-member-match-hrex: %w", err)
 	}
 	mm.Register()
-
-	a.leases = lease.New(a.store, lease.Config{Duration: cfg.LeaseDuration, Scan: cfg.WorkScan, Logger: log})
-	log.Info("background work is leased", "owner", a.leases.Owner(), "lease", a.leases.Duration(), "scan", a.leases.Scan())
 
 	// Batch jobs and Bulk Data jobs share -batch-workers slots of work,
 	// taken in turn: neither kind starves the other.
@@ -257,14 +256,14 @@ func (a *app) wire() error {
 	if err != nil {
 		return fmt.Errorf("-eligibility-config: %w", err)
 	}
-	if a.elig, err = eligibility.New(a.fhir, ecfg, eligibility.Options{Connectors: conns, Cipher: cipher,
+	if a.elig, err = eligibility.New(a.fhir, ecfg, eligibility.Options{Connectors: conns, Cipher: cipher, Leases: a.leases,
 		Admin: a.admin.Require("admin"), Logger: log}); err != nil {
 		return fmt.Errorf("-eligibility-config: %w", err)
 	}
 
 	// Healthie practice data facade, behind the same token guard as /fhir.
 	if cfg.HealthieURL != "" {
-		if a.healthie, err = healthie.Setup(a.fhir, healthie.Options{URL: cfg.HealthieURL, APIKey: cfg.HealthieAPIKey,
+		if a.healthie, err = healthie.Setup(a.fhir, healthie.Options{URL: cfg.HealthieURL, APIKey: cfg.HealthieAPIKey, Leases: a.leases,
 			WebhookSecret: cfg.HealthieWebhookSecret, Sync: cfg.HealthieSync, BaseURL: cfg.BaseURL,
 			HTTPClient: outbound.Client(30 * time.Second), Logger: log}); err != nil {
 			return fmt.Errorf("-healthie-url: %w", err)

@@ -15,6 +15,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/authz"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/lease"
 )
 
 const maxOperationBody = 1 << 20
@@ -266,13 +267,20 @@ func (s *Service) confirm2FA(w http.ResponseWriter, r *http.Request) {
 		fhir.WriteError(w, r, errs.E(op, errs.Conflict, j.Vendor+" does not take 2FA codes"))
 		return
 	}
-	// The worker must not poll the job while the code is relayed.
-	if !s.claimWait(r.Context(), j.RequestID) {
+	// No worker, here or in another process, may poll the job while the
+	// code is relayed.
+	l := s.claimWait(r.Context(), j.RequestID)
+	if l == nil {
 		fhir.WriteError(w, r, errs.E(op, errs.Conflict, "the check is busy; try again"))
 		return
 	}
-	defer func() { s.release(j.RequestID); s.poke() }()
-	res, callErr := tf.Confirm2FA(r.Context(), j.WaitRef, code)
+	defer func() {
+		_ = l.Release(r.Context())
+		s.release(j.RequestID)
+		s.poke()
+	}()
+	ctx := context.WithValue(r.Context(), leaseKey{}, l)
+	res, callErr := tf.Confirm2FA(ctx, j.WaitRef, code)
 	if callErr != nil {
 		msg, _ := errs.Public(callErr)
 		kind := errs.KindOf(callErr)
@@ -283,7 +291,7 @@ func (s *Service) confirm2FA(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	row, known := s.table[j.Vendor+"\x00"+res.Status]
-	s.record(r.Context(), j, res, nil)
+	s.record(ctx, j, res, nil)
 	if known && row.Task == TaskOnHold {
 		fhir.WriteError(w, r, errs.E(op, errs.Unprocessable,
 			fmt.Sprintf("the payer portal did not accept the code (connection status %s); the Task stays on hold", res.Status)))
@@ -301,17 +309,25 @@ func (s *Service) confirm2FA(w http.ResponseWriter, r *http.Request) {
 	writeFHIR(w, http.StatusOK, tv.JSON)
 }
 
-// claimWait claims a job, waiting while the worker holds it.
-func (s *Service) claimWait(ctx context.Context, id string) bool {
+// claimWait claims a job and takes its lease, waiting while a worker
+// (here or in another process) holds it; nil when it waited in vain.
+func (s *Service) claimWait(ctx context.Context, id string) *lease.Lease {
 	for i := 0; i < 600; i++ {
 		if s.claim(id) {
-			return true
+			l, err := s.leases.Acquire(ctx, checkLease(id))
+			if l != nil {
+				return l
+			}
+			s.release(id)
+			if err != nil {
+				return nil
+			}
 		}
 		select {
 		case <-ctx.Done():
-			return false
+			return nil
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return false
+	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/fhir/workflow"
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/lease"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 )
 
@@ -31,6 +32,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Leases gives each check's step (a vendor call and its record) to one
+	// process at a time among those sharing the database; nil: the
+	// Service makes its own and releases it on Close.
+	Leases *lease.Manager
 }
 
 // Service is the eligibility facade: validator, hook, operations, worker
@@ -52,6 +57,9 @@ type Service struct {
 	table  map[string]StatusMapping
 
 	wake chan struct{}
+
+	leases    *lease.Manager
+	ownLeases bool
 
 	mu      sync.Mutex
 	busy    map[string]bool
@@ -115,6 +123,9 @@ func New(fs *fhir.Server, cfg Config, opts Options) (*Service, error) {
 	if s.admin == nil {
 		return nil, fmt.Errorf("eligibility: no admin middleware given")
 	}
+	if s.leases = opts.Leases; s.leases == nil {
+		s.leases, s.ownLeases = lease.New(s.st, lease.Config{Now: s.now, Logger: s.log}), true
+	}
 	for _, c := range opts.Connectors {
 		if _, dup := s.conns[c.Vendor()]; dup {
 			return nil, fmt.Errorf("eligibility: two connectors for vendor %q", c.Vendor())
@@ -168,6 +179,9 @@ func (s *Service) Start(ctx context.Context) {
 	}
 	ctx, s.cancel = context.WithCancel(ctx)
 	s.done = make(chan struct{})
+	if s.ownLeases {
+		s.leases.Start(ctx)
+	}
 	go s.loop(ctx)
 }
 
@@ -183,6 +197,9 @@ func (s *Service) Close() error {
 	}
 	cancel()
 	<-done
+	if s.ownLeases {
+		return s.leases.Close()
+	}
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/p2pserver/p2pserver/facades/vendorhttp"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/lease"
 )
 
 // Job states.
@@ -44,6 +45,12 @@ type job struct {
 	Started   bool      `json:"started,omitempty"`
 	// Code is a 2FA code to relay: 1 + sealed, or 0 + plain without a key.
 	Code []byte `json:"code,omitempty"`
+	// Submitting is set, before a create call is made, to when it was
+	// made, and cleared when its outcome is recorded: a process that finds
+	// it set on a check it takes over knows that the process before it
+	// may have created the check at the vendor, and never repeats the call
+	// blindly (Request.Unconfirmed).
+	Submitting time.Time `json:"submitting,omitzero"`
 	// Seq changes whenever someone other than the worker changes the job,
 	// so a vendor answer that raced with the change is not applied.
 	Seq int `json:"seq,omitempty"`
@@ -151,7 +158,8 @@ func (s *Service) loop(ctx context.Context) {
 			pruned = s.now()
 		}
 		next := s.dispatch(ctx, sem)
-		wait := time.Minute
+		// Other processes add checks and wake them too: look now and then.
+		wait := min(time.Minute, s.leases.Scan())
 		if !next.IsZero() {
 			wait = min(wait, max(next.Sub(s.now()), 0))
 		}
@@ -239,8 +247,32 @@ func (s *Service) release(id string) {
 	s.mu.Unlock()
 }
 
-// step makes one vendor call for a job and records what follows.
+// checkLease is the lease key of check id.
+func checkLease(id string) string { return "eligibility/" + id }
+
+// errTakenOver is recorded for a check whose create call was under way
+// in a process that stopped before recording its outcome.
+var errTakenOver = Unconfirmed(errs.E("eligibility.takeover", errs.Transient,
+	"the server process that sent the request stopped before the vendor's answer was recorded"))
+
+// step makes one vendor call for a job and records what follows, under
+// the check's lease: of several processes on the database, one makes it.
 func (s *Service) step(ctx context.Context, id string) {
+	l, err := s.leases.Acquire(ctx, checkLease(id))
+	if err != nil || l == nil {
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("eligibility: take a check's lease", "request", id, "err", err)
+		}
+		return
+	}
+	defer func() {
+		if ctx.Err() == nil && l.Context().Err() == nil {
+			_ = l.Release(ctx)
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.WithValue(ctx, leaseKey{}, l))
+	defer cancel()
+	defer context.AfterFunc(l.Context(), cancel)()
 	var j *job
 	if err := s.st.View(ctx, func(tx *store.Tx) error {
 		var err error
@@ -261,14 +293,28 @@ func (s *Service) step(ctx context.Context, id string) {
 	}
 	if !j.Started {
 		if err := s.start(ctx, j); err != nil {
-			s.log.Error("eligibility: start check", "request", id, "err", err)
+			if !errors.Is(err, lease.ErrLost) {
+				s.log.Error("eligibility: start check", "request", id, "err", err)
+			}
+			return
+		}
+	}
+	if j.State == stateSubmit {
+		if !j.Submitting.IsZero() && j.Req.Unconfirmed.IsZero() {
+			// Taken over from a process that may have made the check.
+			s.record(ctx, j, Result{}, errTakenOver)
+			return
+		}
+		if err := s.markSubmitting(ctx, j); err != nil {
+			if !errors.Is(err, lease.ErrLost) && ctx.Err() == nil {
+				s.log.Error("eligibility: record a create call", "request", id, "err", err)
+			}
 			return
 		}
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	var res Result
-	var err error
 	switch j.State {
 	case stateSubmit:
 		res, err = s.submitCheck(cctx, conn, route, j)
@@ -329,9 +375,42 @@ func (s *Service) openCode(b []byte) (string, error) {
 	return string(p), nil
 }
 
+// leaseKey carries a step's lease in its context.
+type leaseKey struct{}
+
+// fence fails with lease.ErrLost unless the step of ctx still holds its
+// check's lease as tx sees it.
+func fence(ctx context.Context, tx *store.Tx) error {
+	l, _ := ctx.Value(leaseKey{}).(*lease.Lease)
+	if l == nil {
+		return lease.ErrLost
+	}
+	return l.Check(tx)
+}
+
+// markSubmitting records that a create call is about to be made.
+func (s *Service) markSubmitting(ctx context.Context, j *job) error {
+	now := s.now().UTC()
+	return s.st.Write(workerContext(ctx), func(tx *store.Tx) error {
+		if err := fence(ctx, tx); err != nil {
+			return err
+		}
+		cur, err := getJob(tx, j.RequestID)
+		if err != nil || cur == nil {
+			return err
+		}
+		cur.Submitting = now
+		j.Submitting = now
+		return putJob(tx, cur)
+	})
+}
+
 // start moves the Task to in-progress before the first vendor call.
 func (s *Service) start(ctx context.Context, j *job) error {
 	return s.st.Write(workerContext(ctx), func(tx *store.Tx) error {
+		if err := fence(ctx, tx); err != nil {
+			return err
+		}
 		cur, err := getJob(tx, j.RequestID)
 		if err != nil || cur == nil {
 			return err
@@ -350,10 +429,16 @@ func (s *Service) start(ctx context.Context, j *job) error {
 // record applies a vendor answer (or error) to the job in one transaction.
 func (s *Service) record(ctx context.Context, seen *job, res Result, callErr error) {
 	err := s.st.Write(workerContext(ctx), func(tx *store.Tx) error {
+		if err := fence(ctx, tx); err != nil {
+			return err
+		}
 		j, err := getJob(tx, seen.RequestID)
 		if err != nil || j == nil {
 			return err
 		}
+		// The call's outcome is known now (an unconfirmed one is kept in
+		// Request.Unconfirmed below).
+		j.Submitting = time.Time{}
 		if j.Seq != seen.Seq || j.State != seen.State {
 			// Someone changed the job while the vendor was asked (a code
 			// arrived, the check was cancelled): look again at once.
@@ -387,7 +472,7 @@ func (s *Service) record(ctx context.Context, seen *job, res Result, callErr err
 		cur.NextAt = s.now().UTC()
 		return putJob(tx, cur)
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, lease.ErrLost) {
 		s.log.Error("eligibility: record vendor answer", "request", seen.RequestID, "err", err)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/internal/lease"
 )
 
 // Path is where the facade's FHIR endpoint is mounted on the server root.
@@ -54,7 +55,10 @@ type Options struct {
 	BaseBackoff, MaxBackoff time.Duration
 	// HTTPClient, when set, carries the requests to Healthie.
 	HTTPClient *http.Client
-	Logger     *slog.Logger
+	// Leases, in sync mode, gives the periodic full sync to one process
+	// per period among those sharing the database (see SyncConfig.Leases).
+	Leases *lease.Manager
+	Logger *slog.Logger
 }
 
 // Healthie is the wired facade: FHIR endpoint, webhooks and (in sync mode)
@@ -88,7 +92,7 @@ func Setup(fs *fhir.Server, opts Options) (*Healthie, error) {
 		if fs == nil {
 			return nil, errors.New("healthie: sync mode needs the FHIR server")
 		}
-		if h.syncer, err = NewSyncer(fs, SyncConfig{Client: c, Interval: opts.SyncInterval, Logger: log}); err != nil {
+		if h.syncer, err = NewSyncer(fs, SyncConfig{Client: c, Interval: opts.SyncInterval, Leases: opts.Leases, Logger: log}); err != nil {
 			return nil, err
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/lease"
 )
 
 // IDPrefix starts the id of every resource the Syncer writes to the local
@@ -36,7 +37,12 @@ type SyncConfig struct {
 	Interval time.Duration
 	// PageSize is how many records one Healthie page asks for; default 100.
 	PageSize int
-	Logger   *slog.Logger
+	// Leases makes the full sync a periodic task of one process per
+	// Interval among those sharing the database (a process that dies in a
+	// sync leaves it to another once its lease expires); nil: the Syncer
+	// makes its own and releases it on Close.
+	Leases *lease.Manager
+	Logger *slog.Logger
 }
 
 // SyncReport says what one full sync did.
@@ -67,6 +73,10 @@ type Syncer struct {
 
 	full sync.Mutex // one full sync at a time
 
+	leases    *lease.Manager
+	ownLeases bool
+	periodic  *lease.Periodic
+
 	mu     sync.Mutex
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -93,6 +103,10 @@ func NewSyncer(fs *fhir.Server, cfg SyncConfig) (*Syncer, error) {
 	for _, typ := range Types {
 		fs.AddValidator(typ, s.guard)
 	}
+	if s.leases = cfg.Leases; s.leases == nil {
+		s.leases, s.ownLeases = lease.New(s.st, lease.Config{Logger: cfg.Logger}), true
+	}
+	s.periodic = s.leases.Periodic("healthie/sync", cfg.Interval, time.Minute, s.syncOnce)
 	return s, nil
 }
 
@@ -112,7 +126,9 @@ func (s *Syncer) guard(tx *store.Tx, doc *store.Doc, _ *store.Version) error {
 }
 
 // Start runs a full sync now and then every Interval, until ctx ends or
-// Close is called.
+// Close is called: among the processes sharing the database, the one that
+// finds it due runs it (after a failed sync, it is due again after at most
+// a minute).
 func (s *Syncer) Start(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -121,33 +137,29 @@ func (s *Syncer) Start(ctx context.Context) {
 	}
 	ctx, s.cancel = context.WithCancel(ctx)
 	s.done = make(chan struct{})
-	go s.loop(ctx, s.done)
+	if s.ownLeases {
+		s.leases.Start(ctx)
+	}
+	s.periodic.Start(ctx)
+	go func(done chan struct{}) {
+		<-ctx.Done()
+		s.periodic.Close()
+		close(done)
+	}(s.done)
 }
 
-func (s *Syncer) loop(ctx context.Context, done chan struct{}) {
-	defer close(done)
-	t := time.NewTimer(0)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		rep, err := s.SyncAll(ctx)
-		next := s.cfg.Interval
-		switch {
-		case ctx.Err() != nil:
-			return
-		case err != nil:
-			next = min(next, time.Minute)
-			s.log.Warn("healthie: sync failed; retrying", "err", err, "written", rep.Written, "in", next)
-		default:
-			s.log.Info("healthie: synced", "written", rep.Written, "unchanged", rep.Unchanged, "deleted", rep.Deleted,
-				"took", rep.Finished.Sub(rep.Started).Round(time.Millisecond))
-		}
-		t.Reset(next)
+// syncOnce is one run of the periodic sync.
+func (s *Syncer) syncOnce(ctx context.Context) error {
+	rep, err := s.SyncAll(ctx)
+	switch {
+	case ctx.Err() != nil:
+	case err != nil:
+		s.log.Warn("healthie: sync failed; retrying", "err", err, "written", rep.Written)
+	default:
+		s.log.Info("healthie: synced", "written", rep.Written, "unchanged", rep.Unchanged, "deleted", rep.Deleted,
+			"took", rep.Finished.Sub(rep.Started).Round(time.Millisecond))
 	}
+	return err
 }
 
 // Close stops the periodic sync and waits for the one under way to stop.
@@ -161,10 +173,14 @@ func (s *Syncer) Close() error {
 	}
 	cancel()
 	<-done
+	if s.ownLeases {
+		return s.leases.Close()
+	}
 	return nil
 }
 
-// Last returns the report of the last full sync (zero before the first).
+// Last returns the report of the last full sync this process ran (zero
+// before the first; with several processes, another may have run later).
 func (s *Syncer) Last() SyncReport {
 	s.mu.Lock()
 	defer s.mu.Unlock()
