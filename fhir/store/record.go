@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/p2pserver/p2pserver/fhir/fhirjson"
+	"strconv"
 	"time"
 )
 
@@ -25,10 +26,32 @@ const (
 	// flagPacked marks a record whose JSON is compressed (packJSON); the
 	// records written before compression hold their JSON as it is.
 	flagPacked = 2
+	// flagHead marks a record whose JSON is stored without its head (see
+	// recordHead), which is made again from the record's type, id, version
+	// and lastUpdated when it is read.
+	flagHead = 4
 )
 
+// recordHead is how the stored JSON of a version begins (as stamp writes
+// it): resourceType, id, and meta's versionId and lastUpdated. It is part
+// of the record format: a record with flagHead is read back with exactly
+// these bytes in front, so their form must never change.
+func recordHead(dst []byte, typ, id string, version int64, lastUpdated time.Time) []byte {
+	dst = append(dst, `{"resourceType":"`...)
+	dst = append(dst, typ...)
+	dst = append(dst, `","id":"`...)
+	dst = append(dst, id...)
+	dst = append(dst, `","meta":{"versionId":"`...)
+	dst = strconv.AppendInt(dst, version, 10)
+	dst = append(dst, `","lastUpdated":"`...)
+	dst = lastUpdated.UTC().AppendFormat(dst, "2006-01-02T15:04:05.000000Z07:00")
+	return append(dst, '"')
+}
+
 // A record is how a version sits in a bucket: flags, version, lastUpdated
-// (microseconds since the epoch), then the JSON, compressed.
+// (microseconds since the epoch), then the JSON, compressed, without its
+// head when it has the one recordHead gives (it always has when stamp
+// made it).
 func encodeRecord(v *Version) []byte {
 	b := make([]byte, 17, 17+len(v.JSON)/2)
 	if v.Deleted {
@@ -37,8 +60,14 @@ func encodeRecord(v *Version) []byte {
 	binary.BigEndian.PutUint64(b[1:], uint64(v.VersionID))
 	binary.BigEndian.PutUint64(b[9:], uint64(v.LastUpdated.UnixMicro()))
 	if len(v.JSON) > 0 {
+		body := v.JSON
+		var head [160]byte
+		if h := recordHead(head[:0], v.Type, v.ID, v.VersionID, v.LastUpdated); bytes.HasPrefix(body, h) {
+			body = body[len(h):]
+			b[0] |= flagHead
+		}
 		b[0] |= flagPacked
-		b = packJSON(b, v.JSON)
+		b = packJSON(b, body)
 	}
 	return b
 }
@@ -57,7 +86,7 @@ func decodeRecord(typ, id string, b []byte, withJSON bool) (*Version, error) {
 	}
 	if withJSON && len(b) > 17 {
 		var err error
-		if v.JSON, err = recordJSON(b, nil); err != nil {
+		if v.JSON, err = recordJSON(typ, id, b, nil); err != nil {
 			return nil, fmt.Errorf("store: %s/%s: %w", typ, id, err)
 		}
 		if b[0]&flagPacked == 0 {
@@ -67,14 +96,18 @@ func decodeRecord(typ, id string, b []byte, withJSON bool) (*Version, error) {
 	return v, nil
 }
 
-// recordJSON returns the JSON of record b: b's own memory when it is not
-// compressed, else the JSON uncompressed into scratch (appended to
+// recordJSON returns the JSON of record b of typ/id: b's own memory when
+// it is not compressed, else the JSON made in scratch (appended to
 // scratch[:0]).
-func recordJSON(b, scratch []byte) ([]byte, error) {
+func recordJSON(typ, id string, b, scratch []byte) ([]byte, error) {
 	if b[0]&flagPacked == 0 {
 		return b[17:], nil
 	}
-	return unpackJSON(scratch[:0], b[17:])
+	out := scratch[:0]
+	if b[0]&flagHead != 0 {
+		out = recordHead(out, typ, id, recordVersion(b), time.UnixMicro(int64(binary.BigEndian.Uint64(b[9:]))))
+	}
+	return unpackJSON(out, b[17:])
 }
 
 func recordDeleted(b []byte) bool { return len(b) > 0 && b[0]&flagDeleted != 0 }

@@ -257,3 +257,31 @@ func TestChangeLogValuesReadBack(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordRoundTrip: a record gives back its JSON byte for byte, whether
+// it starts with the head made again on reading (then not stored) or not.
+func TestRecordRoundTrip(t *testing.T) {
+	lu := time.Date(2025, 1, 2, 3, 4, 5, 6000, time.UTC)
+	for _, json := range []string{
+		`{"resourceType":"Patient","id":"p1","meta":{"versionId":"12","lastUpdated":"2025-01-02T03:04:05.000006Z"},"gender":"male"}`,
+		`{"resourceType":"Patient","id":"p1","meta":{"versionId":"12","lastUpdated":"2025-01-02T03:04:05.000006Z","source":"#a"},"gender":"male"}`,
+		`{"resourceType":"Patient","id":"p1","meta":{"versionId":"12","lastUpdated":"2025-01-02T03:04:05.000007Z"},"gender":"male"}`,
+		`{"resourceType":"Patient","id":"p2","meta":{"versionId":"12","lastUpdated":"2025-01-02T03:04:05.000006Z"}}`,
+		`{"id":"p1","resourceType":"Patient"}`,
+		`{}`,
+	} {
+		v := &Version{Type: "Patient", ID: "p1", VersionID: 12, LastUpdated: lu, JSON: []byte(json)}
+		rec := encodeRecord(v)
+		if head := strings.HasPrefix(json, `{"resourceType":"Patient","id":"p1","meta":{"versionId":"12","lastUpdated":"2025-01-02T03:04:05.000006Z"`); head != (rec[0]&flagHead != 0) {
+			t.Errorf("%s: head left out %v", json, !head)
+		}
+		got, err := decodeRecord("Patient", "p1", rec, true)
+		if err != nil || string(got.JSON) != json || got.VersionID != 12 || !got.LastUpdated.Equal(lu) {
+			t.Errorf("%s: got %v %s", json, err, got.JSON)
+		}
+		scan, err := recordJSON("Patient", "p1", rec, make([]byte, 0, 8))
+		if err != nil || string(scan) != json {
+			t.Errorf("%s: recordJSON %v %s", json, err, scan)
+		}
+	}
+}

@@ -291,7 +291,7 @@ func (tx *Tx) ScanCurrent(typ, after string, fn func(id string, lastUpdated time
 			continue
 		}
 		lu := time.UnixMicro(int64(binary.BigEndian.Uint64(v[9:]))).UTC()
-		json, err := recordJSON(v, scratch)
+		json, err := recordJSON(typ, unsafeString(k), v, scratch)
 		if err != nil {
 			tx.s.log.Error("store: unreadable record", "type", typ, "id", string(k), "err", err)
 			continue
