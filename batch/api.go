@@ -47,6 +47,7 @@ func (a *API) Mount(r chi.Router) {
 	r.With(a.auth).Get("/oidc_servers/{id}/batch_job", a.list)
 	r.With(a.auth).Get("/oidc_servers/{id}/batch_job/{jobId}", a.get)
 	r.With(a.auth).Post("/oidc_servers/{id}/batch_job/{jobId}/stop", a.stop)
+	a.mountBulk(r)
 }
 
 // CreateRequest is the body of POST .../batch_job, as in the P2P module
@@ -496,7 +497,7 @@ func (a *API) get(w http.ResponseWriter, r *http.Request) {
 // jobOf reads job id of server pid: NotFound for a job of another server.
 func jobOf(tx *store.Tx, pid, id int64) (*record, error) {
 	rec, err := getJob(tx, id)
-	if err == errNoJob || (err == nil && rec.ServerID != pid) {
+	if err == errNoJob || (err == nil && (rec.ServerID != pid || rec.Kind != "")) {
 		return nil, errs.E("batch.api", errs.NotFound, fmt.Sprintf("no batch job %d for OIDC server definition %d", id, pid))
 	}
 	return rec, err
@@ -568,7 +569,7 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				return false, err
 			}
-			if status != "" && rec.Status != status {
+			if (status != "" && rec.Status != status) || rec.Kind != "" {
 				return true, nil
 			}
 			if len(out.BatchJobs) == count {

@@ -84,6 +84,8 @@ func (r *Runner) advance(rn *run) (time.Duration, bool) {
 		return retryLater, false
 	case !rec.Status.Active():
 		return 0, true
+	case rec.Kind == KindBulk:
+		return r.advanceBulk(rn, rec)
 	case rec.Status == Stopping:
 		return r.endStep(rec, Stopped, "stopped on request before it finished")
 	case rec.Status == Starting:
@@ -379,12 +381,33 @@ func (r *Runner) prepare(rec *record, body []byte, u string, kind pageKind) (pg 
 			return nil, "", err
 		}
 	}
+	present, current, err := r.lookup(pg)
+	if err != nil {
+		return nil, "", err
+	}
+	var amend func(*pageResource)
+	if r.linker.Enabled() && pg.member != nil {
+		amend = func(res *pageResource) {
+			if res == pg.member {
+				_, _ = r.linker.LinkIngested(res.doc, rec.TargetPatientID)
+			}
+		}
+	}
+	pp.finish(pg, present, current, r.st, amend)
+	pg.prepared = time.Since(began).Round(time.Millisecond)
+	return pg, failNext, nil
+}
+
+// lookup reads what the store holds for a parsed page: which targets of
+// its references outside the page are here (present), and the current
+// version and ingestion digest of each of its resources (current).
+func (r *Runner) lookup(pg *preparedPage) (present map[string]bool, current map[string]storedDigest, err error) {
 	inPage := make(map[string]bool, len(pg.resources))
 	for _, res := range pg.resources {
 		inPage[res.localRef()] = true
 	}
-	present := map[string]bool{}
-	current := make(map[string]storedDigest, len(pg.resources))
+	present = map[string]bool{}
+	current = make(map[string]storedDigest, len(pg.resources))
 	err = r.st.View(r.ctx, func(tx *store.Tx) error {
 		for _, res := range pg.resources {
 			for _, t := range res.refs {
@@ -409,20 +432,7 @@ func (r *Runner) prepare(rec *record, body []byte, u string, kind pageKind) (pg 
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, "", err
-	}
-	var amend func(*pageResource)
-	if r.linker.Enabled() && pg.member != nil {
-		amend = func(res *pageResource) {
-			if res == pg.member {
-				_, _ = r.linker.LinkIngested(res.doc, rec.TargetPatientID)
-			}
-		}
-	}
-	pp.finish(pg, present, current, r.st, amend)
-	pg.prepared = time.Since(began).Round(time.Millisecond)
-	return pg, failNext, nil
+	return present, current, err
 }
 
 // checkNext resolves a next link against the page it came from and checks
@@ -517,45 +527,11 @@ func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKi
 		return rec, r.end(tx, rec, Failed, fmt.Sprintf("the source payer sent more than %d resources, the most one job reads (-batch-max-resources): "+
 			"%d were written from %d pages, and page %d with %d more was not (%s)", r.cfg.MaxResources, rec.total(), rec.Pages, rec.Pages+1, len(pg.resources), clip(pg.url, 300)), false, o, now)
 	}
-	inPage := make(map[string]bool, len(pg.resources))
-	for _, res := range pg.resources {
-		inPage[res.localRef()] = true
+	w, err := r.writeResources(tx, rec.ID, pg)
+	if err != nil {
+		return nil, err
 	}
-	written := make([]provenance.IngestedResource, 0, len(pg.resources))
-	versions, unchanged, relinked := 0, 0, 0
-	digests := tx.KV(digestBucket)
-	for _, res := range pg.resources {
-		if res.unchanged {
-			if v, err := tx.Read(res.typ, res.localID); err == nil && v.VersionID == res.version {
-				written = append(written, provenance.IngestedResource{Type: res.typ, ID: res.localID, Version: v.VersionID})
-				unchanged++
-				continue
-			}
-		}
-		if why := foreign(tx, res); why != "" {
-			return nil, pageErrorf("%s/%s from the page %s cannot be stored: its local id %s/%s %s; the page was not written and nothing stored was changed",
-				res.typ, clip(res.srcID, 64), pg.url, res.typ, res.localID, why)
-		}
-		v, err := r.fhir.Put(tx, res.doc, 0)
-		if err != nil {
-			return nil, refused(res, pg.url, err)
-		}
-		versions++
-		if err := digests.Put([]byte(res.localRef()), digestValue(v.VersionID, res.digest)); err != nil {
-			return nil, err
-		}
-		written = append(written, provenance.IngestedResource{Type: res.typ, ID: res.localID, Version: v.VersionID})
-		n, err := r.relink(tx, res.localRef(), inPage)
-		if err != nil {
-			return nil, err
-		}
-		relinked += n
-	}
-	for _, p := range pg.pending {
-		if err := putPending(tx, rec.ID, p); err != nil {
-			return nil, err
-		}
-	}
+	written, versions, unchanged, relinked := w.written, w.versions, w.unchanged, w.relinked
 	if o.skipMDM {
 		rec.MDMNote = o.mdmNote
 	} else if pg.member != nil && r.linker.Enabled() {
@@ -628,6 +604,61 @@ func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKi
 		return rec, r.end(tx, rec, Completed, "", false, o, now)
 	}
 	return rec, putJob(tx, rec, now)
+}
+
+// writtenPage is what writeResources did.
+type writtenPage struct {
+	written                       []provenance.IngestedResource
+	versions, unchanged, relinked int
+}
+
+// writeResources writes a prepared page's resources in tx by the ingest
+// rules every job follows: a resource stored as it comes is not written
+// again, a resource is written only over what ingestion from the same
+// source identity put there (foreign), the digest of what is written is
+// kept, the references waiting for it are made local (relink), and the
+// page's references to resources not here yet are recorded for job.
+func (r *Runner) writeResources(tx *store.Tx, job int64, pg *preparedPage) (writtenPage, error) {
+	var w writtenPage
+	inPage := make(map[string]bool, len(pg.resources))
+	for _, res := range pg.resources {
+		inPage[res.localRef()] = true
+	}
+	w.written = make([]provenance.IngestedResource, 0, len(pg.resources))
+	digests := tx.KV(digestBucket)
+	for _, res := range pg.resources {
+		if res.unchanged {
+			if v, err := tx.Read(res.typ, res.localID); err == nil && v.VersionID == res.version {
+				w.written = append(w.written, provenance.IngestedResource{Type: res.typ, ID: res.localID, Version: v.VersionID})
+				w.unchanged++
+				continue
+			}
+		}
+		if why := foreign(tx, res); why != "" {
+			return w, pageErrorf("%s/%s from %s cannot be stored: its local id %s/%s %s; nothing of it was written and nothing stored was changed",
+				res.typ, clip(res.srcID, 64), pg.url, res.typ, res.localID, why)
+		}
+		v, err := r.fhir.Put(tx, res.doc, 0)
+		if err != nil {
+			return w, refused(res, pg.url, err)
+		}
+		w.versions++
+		if err := digests.Put([]byte(res.localRef()), digestValue(v.VersionID, res.digest)); err != nil {
+			return w, err
+		}
+		w.written = append(w.written, provenance.IngestedResource{Type: res.typ, ID: res.localID, Version: v.VersionID})
+		n, err := r.relink(tx, res.localRef(), inPage)
+		if err != nil {
+			return w, err
+		}
+		w.relinked += n
+	}
+	for _, p := range pg.pending {
+		if err := putPending(tx, job, p); err != nil {
+			return w, err
+		}
+	}
+	return w, nil
 }
 
 // foreign says why res may not be written over what its local id holds,
@@ -703,30 +734,56 @@ func refused(res *pageResource, page string, err error) error {
 // linkMember adds the source's member identifier to the member and links
 // the member with the ingested copy of their source Patient.
 func (r *Runner) linkMember(tx *store.Tx, rec *record, member *pageResource) error {
-	v, err := tx.Read("Patient", rec.TargetPatientID)
-	if err != nil {
-		rec.MDMNote = fmt.Sprintf("the member Patient/%s is not on this server any more; it was not linked and no identifier was added", rec.TargetPatientID)
-		return nil
-	}
-	ident, ok := mdm.MemberIdentifier(member.doc.Map)
-	ok = ok && r.linker.AddsIdentifiers()
-	if !ok && r.linker.AddsIdentifiers() {
-		rec.MDMNote = "the member's Patient at the source has no CARIN BB member identifier (um, MB, pat or MR); the records were linked, but no identifier was added"
-	}
-	doc, err := r.linker.AmendMember(v, ident, mdm.Assigner{Name: rec.SourceName, OrganizationID: rec.SourceOrganizationID}, member.localID)
+	l, err := r.linkTo(tx, rec.TargetPatientID, mdm.Assigner{Name: rec.SourceName, OrganizationID: rec.SourceOrganizationID}, member)
 	if err != nil {
 		return err
 	}
-	if doc != nil {
-		if _, err := r.fhir.Put(tx, doc, v.VersionID); err != nil {
-			return err
-		}
+	if l.note != "" {
+		rec.MDMNote = l.note
 	}
-	rec.LinkedPatient = "Patient/" + member.localID
-	if ok {
-		rec.MemberIdent = r.linker.System() + "|" + ident.Value
+	if l.linked {
+		rec.LinkedPatient = "Patient/" + member.localID
+		rec.MemberIdent = l.ident
 	}
 	return nil
+}
+
+// memberLink is what linkTo did: linked tells whether the member was
+// linked, ident is the system|value added to the member ("" when none),
+// note says what could not be done.
+type memberLink struct {
+	linked      bool
+	ident, note string
+}
+
+// linkTo adds the source's member identifier (assigned by the source
+// payer by) to our member Patient/target and links target with the
+// ingested copy of their source Patient, member, in tx.
+func (r *Runner) linkTo(tx *store.Tx, target string, by mdm.Assigner, member *pageResource) (memberLink, error) {
+	v, err := tx.Read("Patient", target)
+	if err != nil {
+		return memberLink{note: fmt.Sprintf("the member Patient/%s is not on this server any more; it was not linked and no identifier was added", target)}, nil
+	}
+	var l memberLink
+	ident, ok := mdm.MemberIdentifier(member.doc.Map)
+	ok = ok && r.linker.AddsIdentifiers()
+	if !ok && r.linker.AddsIdentifiers() {
+		l.note = "the member's Patient at the source has no CARIN BB member identifier (um, MB, pat or MR); the records were linked, but no identifier was added"
+	}
+	doc, err := r.linker.AmendMember(v, ident, by, member.localID)
+	if err != nil {
+		return l, err
+	}
+	if doc != nil {
+		if _, err := r.fhir.Put(tx, doc, v.VersionID); err != nil {
+			return l, err
+		}
+	}
+	l.linked = true
+	if ok {
+		l.ident = r.linker.System() + "|" + ident.Value
+	}
+	return l, nil
 }
 
 // begin marks a job STARTED and its Task in progress.

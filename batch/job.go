@@ -34,14 +34,18 @@ const JobConfigurationName = "p2pExchange"
 // restarted server needs to resume is here: the request, the member's
 // tokens (sealed with the server's secret key), and the checkpoint.
 type record struct {
-	ID       int64     `json:"id"`
-	ServerID int64     `json:"serverId"`
-	Status   Status    `json:"status"`
-	Created  time.Time `json:"created"`
-	Started  time.Time `json:"started,omitzero"`
-	Ended    time.Time `json:"ended,omitzero"`
-	Updated  time.Time `json:"updated"`
-	TaskID   string    `json:"taskId,omitempty"`
+	ID int64 `json:"id"`
+	// Kind is "" for a member's paged job, KindBulk for a bulk exchange,
+	// whose own state is in Bulk.
+	Kind     string     `json:"kind,omitempty"`
+	Bulk     *bulkState `json:"bulk,omitempty"`
+	ServerID int64      `json:"serverId"`
+	Status   Status     `json:"status"`
+	Created  time.Time  `json:"created"`
+	Started  time.Time  `json:"started,omitzero"`
+	Ended    time.Time  `json:"ended,omitzero"`
+	Updated  time.Time  `json:"updated"`
+	TaskID   string     `json:"taskId,omitempty"`
 
 	// SourceBase is the definition's fhirEndpoint when the job was made: the
 	// base every request is resolved against and the origin every link must

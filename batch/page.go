@@ -189,6 +189,14 @@ func (pp *preparer) parse(body []byte, pageURL string) (*preparedPage, error) {
 		}
 		return nil, pageErrorf("the page from %s has invalid resources: %s%s", pageURL, strings.Join(problems, "; "), more)
 	}
+	pp.collect(pg, res)
+	return pg, nil
+}
+
+// collect adds the decoded resources res to pg: those never ingested are
+// counted as skipped, a resource that comes twice is kept once (the later
+// copy), and the member's Patient is noted.
+func (pp *preparer) collect(pg *preparedPage, res []*pageResource) {
 	seen := map[string]int{}
 	for _, r := range res {
 		if r == nil {
@@ -206,14 +214,13 @@ func (pp *preparer) parse(body []byte, pageURL string) (*preparedPage, error) {
 		}
 		seen[r.localRef()] = len(pg.resources)
 		pg.resources = append(pg.resources, r)
-		if r.typ == "Patient" && r.srcID == pp.memberSrc {
+		if r.typ == "Patient" && pp.memberSrc != "" && r.srcID == pp.memberSrc {
 			pg.member = r
 		}
 	}
 	if pg.member != nil {
 		pg.member = pg.resources[seen[pg.member.localRef()]]
 	}
-	return pg, nil
 }
 
 // decode parses and validates one resource and works out its identity.

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/p2pserver/p2pserver/bulk"
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/lease"
@@ -74,6 +75,28 @@ type Config struct {
 	// duration) and releases it on Close.
 	Leases *lease.Manager
 	Logger *slog.Logger
+
+	// Signer signs this server's client assertions for the system access
+	// of bulk exchange jobs (*auth.ClientKeys); nil: only definitions with
+	// systemAuth client_secret_basic can be used.
+	Signer oidcservers.AssertionSigner
+	// BulkRetryFor is how long a bulk exchange job goes on trying a source
+	// payer that does not answer (or answers 429, 5xx) before it fails
+	// (-bulk-retry-for, default 30m); the waits between tries grow from
+	// RetryBase to MaxRetryDelay.
+	BulkRetryFor time.Duration
+	// BulkMinPoll and BulkMaxPoll bound the wait between two polls of a
+	// status URL: the source's Retry-After within them (defaults
+	// bulk.DefaultMinPoll, bulk.DefaultMaxPoll).
+	BulkMinPoll, BulkMaxPoll time.Duration
+	// BulkChunk is how many lines of an export file are written in one
+	// transaction with one Provenance (default 1000): memory holds about
+	// three chunks, whatever the size of the file.
+	BulkChunk int
+	// ScheduleCheck is how often the bulk exchange schedules are looked at
+	// (default 1m); Now is the clock they run by (default time.Now).
+	ScheduleCheck time.Duration
+	Now           func() time.Time
 }
 
 func (c *Config) defaults() {
@@ -110,6 +133,27 @@ func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.BulkRetryFor <= 0 {
+		c.BulkRetryFor = 30 * time.Minute
+	}
+	if c.BulkMinPoll <= 0 {
+		c.BulkMinPoll = bulk.DefaultMinPoll
+	}
+	if c.BulkMaxPoll <= 0 {
+		c.BulkMaxPoll = bulk.DefaultMaxPoll
+	}
+	if c.BulkMaxPoll < c.BulkMinPoll {
+		c.BulkMaxPoll = c.BulkMinPoll
+	}
+	if c.BulkChunk <= 0 {
+		c.BulkChunk = 1000
+	}
+	if c.ScheduleCheck <= 0 {
+		c.ScheduleCheck = time.Minute
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
 }
 
 // Definitions is where a Runner finds the OIDC server definition of a job:
@@ -129,6 +173,10 @@ type Runner struct {
 	linker *mdm.Linker
 	log    *slog.Logger
 	client *http.Client
+	// bulkHTTP downloads export files: no overall timeout (a file takes
+	// as long as it takes; the job's context bounds it), the header
+	// timeout of client.
+	bulkHTTP *http.Client
 
 	fetches chan struct{} // slots for requests in flight
 
@@ -169,8 +217,9 @@ type run struct {
 	prepared *readyPage
 
 	ts        *oidcservers.TokenSource
-	attempts  int  // retries of the current request
-	refreshed bool // the current request already got a refresh after 401
+	bulk      *bulkRun // a bulk exchange's connection and open download
+	attempts  int      // retries of the current request
+	refreshed bool     // the current request already got a refresh after 401
 }
 
 // fetched is the outcome of one request to the source payer.
@@ -223,9 +272,10 @@ func New(srv *fhir.Server, defs Definitions, cipher *secrets.Cipher, cfg Config)
 			Timeout:       cfg.RequestTimeout,
 			CheckRedirect: sameOriginRedirects,
 		},
-		runs:    map[int64]*run{},
-		notify:  make(chan struct{}, 1),
-		fetches: make(chan struct{}, cfg.MaxFetches),
+		bulkHTTP: &http.Client{Transport: transport, CheckRedirect: sameOriginRedirects},
+		runs:     map[int64]*run{},
+		notify:   make(chan struct{}, 1),
+		fetches:  make(chan struct{}, cfg.MaxFetches),
 	}
 	if r.leases = cfg.Leases; r.leases == nil {
 		r.leases, r.ownLeases = lease.New(r.st, lease.Config{Logger: cfg.Logger}), true

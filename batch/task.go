@@ -138,12 +138,17 @@ func (r *Runner) moveTask(tx *store.Tx, rec *record, ch taskChange, now time.Tim
 	if rec.TaskID == "" {
 		return nil
 	}
-	line := rec.attempt(now)
-	err := r.putTask(tx, rec, ch, line, now)
+	return r.moveTaskOf(tx, rec.TaskID, fmt.Sprintf("batch job %d (", rec.ID), rec.attempt(now), ch, now)
+}
+
+// moveTaskOf is moveTask for Task id, whose output line of the job starts
+// with prefix and reads line.
+func (r *Runner) moveTaskOf(tx *store.Tx, id, prefix, line string, ch taskChange, now time.Time) error {
+	err := r.putTask(tx, id, prefix, ch, line, now)
 	if err != nil && ch.status == "in-progress" {
-		if cur := r.taskStatus(tx, rec.TaskID); cur == "requested" || cur == "received" {
-			if r.putTask(tx, rec, taskChange{status: "accepted", business: ch.business}, "", now) == nil {
-				err = r.putTask(tx, rec, ch, line, now)
+		if cur := r.taskStatus(tx, id); cur == "requested" || cur == "received" {
+			if r.putTask(tx, id, prefix, taskChange{status: "accepted", business: ch.business}, "", now) == nil {
+				err = r.putTask(tx, id, prefix, ch, line, now)
 			}
 		}
 	}
@@ -168,8 +173,7 @@ func (r *Runner) taskStatus(tx *store.Tx, id string) string {
 
 // putTask applies ch and the job's output line (none when "") to the
 // Task, unless nothing would change.
-func (r *Runner) putTask(tx *store.Tx, rec *record, ch taskChange, line string, now time.Time) error {
-	id := rec.TaskID
+func (r *Runner) putTask(tx *store.Tx, id, prefix string, ch taskChange, line string, now time.Time) error {
 	v, err := tx.Read("Task", id)
 	if err != nil {
 		return err
@@ -194,7 +198,7 @@ func (r *Runner) putTask(tx *store.Tx, rec *record, ch taskChange, line string, 
 		}
 	}
 	if line != "" {
-		if out, changed := withAttempt(m["output"], rec.ID, line); changed {
+		if out, changed := withAttempt(m["output"], prefix, line); changed {
 			sets = append(sets, set{"output", out})
 		}
 	}
@@ -211,12 +215,12 @@ func (r *Runner) putTask(tx *store.Tx, rec *record, ch taskChange, line string, 
 	return err
 }
 
-// withAttempt returns Task.output with job id's line set to line: its
+// withAttempt returns Task.output with the line of the job (the one that
+// starts with prefix) set to line: its
 // entry replaced, or appended; changed is false when it is there already.
-func withAttempt(output any, id int64, line string) ([]any, bool) {
+func withAttempt(output any, prefix, line string) ([]any, bool) {
 	list, _ := output.([]any)
 	out := make([]any, 0, len(list)+1)
-	prefix := fmt.Sprintf("batch job %d (", id)
 	found, changed := false, true
 	for _, e := range list {
 		em, _ := e.(map[string]any)

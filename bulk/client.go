@@ -62,9 +62,14 @@ var defaultHTTP = netguard.Default().Client(0)
 
 // Status is one answer of a status URL.
 type Status struct {
-	// Done is true when the export is complete: Manifest holds its files.
-	Done     bool
-	Manifest *Manifest
+	// Done is true when the request is complete: Manifest holds its
+	// files, or, for an operation that answers with its result in the
+	// completed status body instead (some $bulk-member-match servers),
+	// Parameters holds that FHIR Parameters resource as sent and
+	// Manifest is nil.
+	Done       bool
+	Manifest   *Manifest
+	Parameters []byte
 	// Progress is X-Progress of an unfinished export, RetryAfter the wait
 	// it asks for (0 when it names none).
 	Progress   string
@@ -132,8 +137,21 @@ func (c *Client) Poll(ctx context.Context, statusURL string) (Status, error) {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxStatusBody))
 		return Status{Progress: resp.Header.Get("X-Progress"), RetryAfter: ra}, nil
 	case http.StatusOK:
+		body, err := io.ReadAll(io.LimitReader(resp.Body, maxStatusBody))
+		if err != nil {
+			return Status{}, errs.E(op, errs.Transient, "the complete status of "+statusURL+" broke off", err)
+		}
+		var head struct {
+			ResourceType string `json:"resourceType"`
+		}
+		if json.Unmarshal(body, &head) == nil && head.ResourceType == "Parameters" {
+			return Status{Done: true, Parameters: body}, nil
+		}
 		var m Manifest
-		if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatusBody)).Decode(&m); err != nil {
+		if err := json.Unmarshal(body, &m); err != nil || head.ResourceType != "" {
+			if err == nil {
+				err = fmt.Errorf("it is a %s", head.ResourceType)
+			}
 			return Status{}, errs.E(op, errs.Unprocessable, "the complete status of "+statusURL+" is not a Bulk Data manifest", err)
 		}
 		for _, list := range [][]ManifestOutput{m.Output, m.Error} {

@@ -28,8 +28,11 @@ const (
 	MatchGroupProfile   = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-member-match-group"
 	NoMatchGroupProfile = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-member-no-match-group"
 	MatchParametersOut  = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-parameters-multi-member-match-bundle-out"
-	matchParametersExt  = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/base-ext-match-parameters"
-	matchCoverageExt    = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/base-ext-match-coverage"
+	// MatchParametersExtension, on a member entry of a result Group,
+	// points at the contained Patient that was submitted for the member
+	// (its id kept): how the requester finds its own member again.
+	MatchParametersExtension = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/base-ext-match-parameters"
+	matchCoverageExt         = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/base-ext-match-coverage"
 	// ClientIdentifierSystem identifies, on the Groups $bulk-member-match
 	// writes, the client that asked (Group.identifier and
 	// characteristic.valueReference): Group?identifier=<system>|<owner>
@@ -483,7 +486,7 @@ func (g *groupBuilder) add(o *memberOutcome) {
 	pid := g.containedID(str(patient["id"]))
 	patient["id"] = pid
 	g.contain = append(g.contain, patient)
-	exts := []any{map[string]any{"url": matchParametersExt, "valueReference": map[string]any{"reference": "#" + pid}}}
+	exts := []any{map[string]any{"url": MatchParametersExtension, "valueReference": map[string]any{"reference": "#" + pid}}}
 	if o.Coverage != nil {
 		cov := containable(o.Coverage)
 		cid := g.containedID("coverage-" + pid)

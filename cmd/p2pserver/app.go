@@ -236,10 +236,15 @@ func (a *app) wire() error {
 	}
 	a.notifyAPI = notify.NewAPI(a.notify, a.admin.Require("admin"), log)
 
-	// P2P batch jobs.
-	if a.runner, err = batch.New(a.fhir, oidcRepo, cipher, batch.Config{Workers: cfg.BatchWorkers, Slots: a.slots, Outbound: outbound,
+	// P2P batch jobs and bulk exchanges.
+	bcfgJobs := batch.Config{Workers: cfg.BatchWorkers, Slots: a.slots, Outbound: outbound,
 		VersionedReferences: cfg.VersionedReferences, MDMIdentifierSystem: cfg.MDMIdentifierSystem,
-		MaxPages: cfg.BatchMaxPages, MaxResources: cfg.BatchMaxResources, Leases: a.leases, Logger: log}); err != nil {
+		MaxPages: cfg.BatchMaxPages, MaxResources: cfg.BatchMaxResources,
+		BulkRetryFor: cfg.BulkRetryFor, BulkMinPoll: cfg.BulkMinPoll, BulkChunk: cfg.BulkChunk, Leases: a.leases, Logger: log}
+	if a.clientKeys != nil {
+		bcfgJobs.Signer = a.clientKeys
+	}
+	if a.runner, err = batch.New(a.fhir, oidcRepo, cipher, bcfgJobs); err != nil {
 		return err
 	}
 	oidcRepo.SetInUseCheck(a.runner.InUse)

@@ -75,6 +75,11 @@ type Config struct {
 	ExportDir                      string
 	ExportRetention                time.Duration
 	ExportWorkers, ExportPerClient int
+	// Bulk exchange jobs (this payer requesting): how long a source that
+	// does not answer is tried, the shortest wait between status polls,
+	// and the lines of an export file written per transaction.
+	BulkRetryFor, BulkMinPoll time.Duration
+	BulkChunk                 int
 	// Notifications.
 	NotifyAdmins, MailFrom, SMTPURL, SubscriptionHosts string
 	NotifyMaxAttempts                                  int
@@ -153,6 +158,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	var tokenLifetime, tokenRotation, clientRotation string
 	var retention, exportWorkers, exportPerClient string
 	var leaseDuration, workScan string
+	var bulkRetryFor, bulkMinPoll, bulkChunk string
 	fs.StringVar(&cfg.Addr, "addr", env("addr", "127.0.0.1:8080"), "listen address (host:port)")
 	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "bbolt database file (created if missing)")
 	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<the address bound>)")
@@ -182,6 +188,9 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&retention, "export-retention", env("export-retention", "24h"), "how long a finished Bulk Data job and its files are kept before they are deleted")
 	fs.StringVar(&exportWorkers, "export-workers", env("export-workers", "2"), "Bulk Data jobs (exports, $bulk-member-match) worked on at once; they take turns slice by slice")
 	fs.StringVar(&exportPerClient, "export-per-client", env("export-per-client", "2"), "unfinished Bulk Data jobs one client may have; a kick-off beyond it answers 429 with Retry-After")
+	fs.StringVar(&bulkRetryFor, "bulk-retry-for", env("bulk-retry-for", "30m"), "how long a bulk exchange job goes on trying a source payer that does not answer (or answers 429, 5xx) before it fails")
+	fs.StringVar(&bulkMinPoll, "bulk-min-poll", env("bulk-min-poll", "1s"), "shortest wait between two polls of a source payer's status URL (its Retry-After is honoured above it, up to 2m)")
+	fs.StringVar(&bulkChunk, "bulk-chunk", env("bulk-chunk", "1000"), "lines of an export file a bulk exchange job writes in one transaction, with one Provenance")
 	fs.StringVar(&cfg.NotifyAdmins, "notify-admins", env("notify-admins", ""), "comma-separated email addresses told of every add-payer request")
 	fs.StringVar(&cfg.MailFrom, "mail-from", env("mail-from", ""), "sender address of every email, e.g. \"Payer <p2p@payer.example>\"")
 	fs.StringVar(&cfg.SMTPURL, "smtp-url", env("smtp-url", ""), "mail server: smtp://user:pass@host:587 (STARTTLS when offered) or smtps://...:465; empty: no email")
@@ -274,6 +283,15 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if cfg.ExportPerClient, err = strconv.Atoi(exportPerClient); err != nil || cfg.ExportPerClient < 1 {
 		return cfg, fmt.Errorf("-export-per-client: %q is not a positive number", exportPerClient)
+	}
+	if cfg.BulkRetryFor, err = time.ParseDuration(bulkRetryFor); err != nil || cfg.BulkRetryFor <= 0 {
+		return cfg, fmt.Errorf("-bulk-retry-for: %q is not a positive duration (e.g. 30m)", bulkRetryFor)
+	}
+	if cfg.BulkMinPoll, err = time.ParseDuration(bulkMinPoll); err != nil || cfg.BulkMinPoll <= 0 || cfg.BulkMinPoll > 2*time.Minute {
+		return cfg, fmt.Errorf("-bulk-min-poll: %q is not a duration from 1ms to 2m (e.g. 1s)", bulkMinPoll)
+	}
+	if cfg.BulkChunk, err = strconv.Atoi(bulkChunk); err != nil || cfg.BulkChunk < 1 || cfg.BulkChunk > 100000 {
+		return cfg, fmt.Errorf("-bulk-chunk: %q is not a number from 1 to 100000", bulkChunk)
 	}
 	if cfg.NotifyMaxAttempts, err = strconv.Atoi(attempts); err != nil || cfg.NotifyMaxAttempts < 1 {
 		return cfg, fmt.Errorf("-notify-max-attempts: %q is not a positive number", attempts)
