@@ -126,6 +126,9 @@ func (r *Runner) beginBulk(rec *record) error {
 		return err
 	}
 	return r.st.Write(r.ctx, func(tx *store.Tx) error {
+		if err := r.checkLease(tx, rec.ID); err != nil {
+			return err
+		}
 		cur, err := getJob(tx, rec.ID)
 		if err != nil || cur.Status != Starting {
 			return err
@@ -154,6 +157,9 @@ func (r *Runner) eachMemberTask(rec *record, f func(tx *store.Tx, m *bulkMember)
 	for _, i := range todo {
 		var te *taskError
 		err := r.st.Write(r.ctx, func(tx *store.Tx) error {
+			if err := r.checkLease(tx, rec.ID); err != nil {
+				return err
+			}
 			m, err := getMember(tx, rec.ID, i)
 			if err != nil {
 				return err
@@ -199,6 +205,9 @@ func bulkAttempt(rec *record, m *bulkMember, status Status, reason string, now t
 func (r *Runner) bulkUpdate(id int64, change func(tx *store.Tx, rec *record) error) (bool, error) {
 	active := false
 	err := r.st.Write(r.ctx, func(tx *store.Tx) error {
+		if err := r.checkLease(tx, id); err != nil {
+			return err
+		}
 		rec, err := getJob(tx, id)
 		if err != nil || !rec.Status.Active() || rec.Status == Stopping {
 			return err
@@ -952,6 +961,9 @@ func (r *Runner) ingestChunk(rn *run, rec *record, f bulkFile, c *chunk) error {
 	by := mdm.Assigner{Name: rec.SourceName, OrganizationID: rec.SourceOrganizationID}
 	return r.st.Write(r.ctx, func(tx *store.Tx) error {
 		now := time.Now().UTC()
+		if err := r.checkLease(tx, rec.ID); err != nil {
+			return err
+		}
 		cur, err := getJob(tx, rec.ID)
 		if err != nil {
 			return err
@@ -1093,6 +1105,9 @@ func (r *Runner) errorChunk(rn *run, rec *record, c *chunk) error {
 		}
 	}
 	return r.st.Write(r.ctx, func(tx *store.Tx) error {
+		if err := r.checkLease(tx, rec.ID); err != nil {
+			return err
+		}
 		cur, err := getJob(tx, rec.ID)
 		if err != nil {
 			return err
@@ -1170,6 +1185,9 @@ func (r *Runner) endBulk(rn *run, rec *record, status Status, reason string) (ti
 	}
 	var cur *record
 	err = r.st.Write(r.ctx, func(tx *store.Tx) (err error) {
+		if err := r.checkLease(tx, rec.ID); err != nil {
+			return err
+		}
 		cur, err = getJob(tx, rec.ID)
 		if err != nil || !cur.Status.Active() {
 			return err
@@ -1196,6 +1214,11 @@ func (r *Runner) endBulk(rn *run, rec *record, status Status, reason string) (ti
 			}
 		}
 		cur.Status, cur.Ended, cur.Reason = status, now, reason
+		if l := r.heldLease(cur.ID); l != nil {
+			if err := l.ReleaseTx(tx); err != nil {
+				return err
+			}
+		}
 		return putJob(tx, cur, now)
 	})
 	if err != nil {
