@@ -85,15 +85,40 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if wait := submitWait(r, s.cfg.SubmitWait.or(20*time.Second)); wait > 0 {
+		// The check may be worked by another process on the database,
+		// whose end does not reach done here: its record is looked at too.
 		t := time.NewTimer(wait)
-		select {
-		case <-done:
-		case <-t.C:
-		case <-r.Context().Done():
+		look := time.NewTicker(250 * time.Millisecond)
+	waiting:
+		for {
+			select {
+			case <-done:
+				break waiting
+			case <-t.C:
+				break waiting
+			case <-r.Context().Done():
+				break waiting
+			case <-look.C:
+				if s.settled(r.Context(), created.ID) {
+					break waiting
+				}
+			}
 		}
 		t.Stop()
+		look.Stop()
 	}
 	s.answer(w, r, created.ID)
+}
+
+// settled reports whether the check of reqID has ended or waits for
+// input, as the database says.
+func (s *Service) settled(ctx context.Context, reqID string) bool {
+	var j *job
+	err := s.st.View(ctx, func(tx *store.Tx) (err error) {
+		j, err = getJob(tx, reqID)
+		return err
+	})
+	return err == nil && (j == nil || j.State == stateHold)
 }
 
 // submitWait reads Prefer: respond-async and wait=N (RFC 7240).
