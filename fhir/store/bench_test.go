@@ -202,3 +202,36 @@ func BenchmarkPutGroups(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkLargeWrite is one write of 10,000 prepared resources (a
+// Patient then nine Observations referring to it, as in a large
+// transaction Bundle), into a store that already holds 20,000: the time
+// it holds the single writer.
+func BenchmarkLargeWrite(b *testing.B) {
+	st := loaded(b, 20000)
+	b.ReportAllocs()
+	for n := range b.N {
+		b.StopTimer()
+		docs := make([]*store.Doc, 10000)
+		for i := range docs {
+			id := fmt.Sprintf("t%d-%05d", n, i)
+			if i%10 == 0 {
+				docs[i] = doc(b, "Patient", id, fmt.Sprintf(`{"resourceType":"Patient","identifier":[{"system":"urn:tx:member","value":"tx%d"}],"name":[{"family":"Transaction%d","given":["Given%d","Middle"]}],"gender":"female","birthDate":"1970-01-%02d"}`, i, i, i, 1+i%28))
+			} else {
+				docs[i] = doc(b, "Observation", id, strings.Replace(obs(i), `"Patient/p`, fmt.Sprintf(`"Patient/t%d-%05d`, n, i-i%10), 1))
+			}
+			st.Prepare(docs[i])
+		}
+		b.StartTimer()
+		if err := st.Write(context.Background(), func(tx *store.Tx) error {
+			for _, d := range docs {
+				if _, err := tx.Put(d, store.PutOptions{CreateOnly: true}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
