@@ -297,7 +297,13 @@ func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
 	}); err != nil {
 		return err
 	}
-	return s.store.Write(ctx, func(tx *store.Tx) error {
+	write := s.store.Write
+	if len(entries) >= s.cfg.LargeBundleEntries {
+		// Committed on its own: the writes queued before it do not wait
+		// for it.
+		write = s.store.WriteAlone
+	}
+	return write(ctx, func(tx *store.Tx) error {
 		for _, e := range entries {
 			e.res = nil
 		}

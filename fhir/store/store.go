@@ -170,6 +170,8 @@ type writeReq struct {
 	ctx  context.Context
 	fn   func(tx *Tx) error
 	done chan error
+	// alone: committed in a group of its own (WriteAlone).
+	alone bool
 }
 
 // Write runs fn in a read-write transaction and commits it, together with
@@ -186,10 +188,23 @@ type writeReq struct {
 // fn has returned, the write commits whatever ctx says, and Write returns
 // the commit's outcome.
 func (s *Store) Write(ctx context.Context, fn func(tx *Tx) error) error {
+	return s.write(ctx, fn, false)
+}
+
+// WriteAlone is Write for a large write (a transaction Bundle of many
+// entries): it is committed in a group of its own, so that the writes
+// queued before it are committed first, without waiting for it, and it
+// keeps no record to take itself back (a lone write that fails is rolled
+// back with its transaction). The writes queued after it wait for it.
+func (s *Store) WriteAlone(ctx context.Context, fn func(tx *Tx) error) error {
+	return s.write(ctx, fn, true)
+}
+
+func (s *Store) write(ctx context.Context, fn func(tx *Tx) error, alone bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	req := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	req := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1), alone: alone}
 	select {
 	case s.writes <- req:
 	case <-s.closing:
@@ -206,26 +221,34 @@ const maxGroup = 256
 
 func (s *Store) writer() {
 	defer close(s.stopped)
+	var next *writeReq // taken from the queue, not yet committed
 	for {
-		var first *writeReq
-		select {
-		case first = <-s.writes:
-		case <-s.closing:
-			// Finish what is queued, then stop.
-			for {
-				select {
-				case r := <-s.writes:
-					s.commit([]*writeReq{r})
-				default:
-					return
+		first := next
+		next = nil
+		if first == nil {
+			select {
+			case first = <-s.writes:
+			case <-s.closing:
+				// Finish what is queued, then stop.
+				for {
+					select {
+					case r := <-s.writes:
+						s.commit([]*writeReq{r})
+					default:
+						return
+					}
 				}
 			}
 		}
 		group := []*writeReq{first}
 	drain:
-		for len(group) < maxGroup {
+		for !first.alone && len(group) < maxGroup {
 			select {
 			case r := <-s.writes:
+				if r.alone {
+					next = r // after this group, on its own
+					break drain
+				}
 				group = append(group, r)
 			default:
 				break drain

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
@@ -373,6 +374,79 @@ func TestGroupIndexChanges(t *testing.T) {
 	for query, want := range map[string][]string{"code=urn:b|c2": {"a"}, "code=urn:b|c3": nil, "code=urn:b|c4": {"c"}} {
 		if got := find(t, st, "Observation", query); !slices.Equal(got, want) {
 			t.Errorf("%s: %v, want %v", query, got, want)
+		}
+	}
+}
+
+// TestWriteAlone: a write made with WriteAlone is committed in a group of
+// its own: the writes queued before it are committed before it runs, those
+// queued after it once it is committed, and when it fails nothing of it
+// remains while the others are committed.
+func TestWriteAlone(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	entered, release := make(chan struct{}), make(chan struct{})
+	go func() {
+		_ = st.Write(ctx, func(tx *store.Tx) error { close(entered); <-release; return nil })
+	}()
+	<-entered
+	var aCommitted, bRan atomic.Bool
+	errc := make(chan error, 3)
+	queued := 0
+	queue := func(f func() error) {
+		go func() { errc <- f() }()
+		queued++
+		for st.Queued() < queued {
+			runtime.Gosched()
+		}
+	}
+	queue(func() error {
+		return st.Write(ctx, func(tx *store.Tx) error {
+			tx.AfterCommit(func() { aCommitted.Store(true) })
+			_, err := tx.Put(doc(t, "Observation", "a", obs(2)), store.PutOptions{})
+			return err
+		})
+	})
+	boom := errs.E("test", errs.Precondition, "refused")
+	queue(func() error {
+		return st.WriteAlone(ctx, func(tx *store.Tx) error {
+			bRan.Store(true)
+			if !aCommitted.Load() {
+				t.Error("the large write runs before the write queued before it was committed")
+			}
+			for i := range 50 {
+				if _, err := tx.Put(doc(t, "Observation", fmt.Sprintf("b%d", i), obs(3)), store.PutOptions{}); err != nil {
+					return err
+				}
+			}
+			return boom
+		})
+	})
+	queue(func() error {
+		return st.Write(ctx, func(tx *store.Tx) error {
+			if !bRan.Load() {
+				t.Error("a write queued after the large one runs before it")
+			}
+			_, err := tx.Put(doc(t, "Observation", "c", obs(4)), store.PutOptions{})
+			return err
+		})
+	})
+	close(release)
+	failed := 0
+	for range 3 {
+		if err := <-errc; err != nil {
+			if !errs.Is(err, errs.Precondition) {
+				t.Fatalf("unexpected error %v", err)
+			}
+			failed++
+		}
+	}
+	if failed != 1 {
+		t.Errorf("%d writes failed, want 1", failed)
+	}
+	for query, want := range map[string]int{"code=urn:b|c2": 1, "code=urn:b|c3": 0, "code=urn:b|c4": 1} {
+		if got := find(t, st, "Observation", query); len(got) != want {
+			t.Errorf("%s: %v, want %d", query, got, want)
 		}
 	}
 }
