@@ -180,10 +180,14 @@ func (a *app) wire() error {
 	a.slots = slots.New(cfg.BatchWorkers)
 
 	// Bulk Data exports and $bulk-member-match, their files beside the
-	// database unless -export-dir says otherwise.
+	// database file (under data/ on PostgreSQL) unless -export-dir says
+	// otherwise.
 	exportDir := cfg.ExportDir
 	if exportDir == "" {
 		exportDir = filepath.Join(filepath.Dir(cfg.DB), "exports")
+		if store.IsPostgres(cfg.DB) {
+			exportDir = filepath.Join("data", "exports")
+		}
 	}
 	bcfg := bulk.Config{Dir: exportDir, Retention: cfg.ExportRetention,
 		Workers: cfg.ExportWorkers, PerClient: cfg.ExportPerClient, Slots: a.slots, Leases: a.leases, Logger: log}

@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/p2pserver/p2pserver/fhir/store"
+
 	"github.com/p2pserver/p2pserver/auth"
 	"github.com/p2pserver/p2pserver/batch"
 	"github.com/p2pserver/p2pserver/internal/lease"
@@ -160,7 +162,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	var leaseDuration, workScan string
 	var bulkRetryFor, bulkMinPoll, bulkChunk string
 	fs.StringVar(&cfg.Addr, "addr", env("addr", "127.0.0.1:8080"), "listen address (host:port)")
-	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "bbolt database file (created if missing)")
+	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "database: a bbolt file (created if missing) or a postgres:// URL")
 	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<the address bound>)")
 	fs.StringVar(&maxBody, "max-body", env("max-body", "8MiB"), "largest request body accepted (bytes, or with KiB/MiB suffix)")
 	limits := limitFlags(fs, env)
@@ -227,10 +229,13 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 			return cfg, fmt.Errorf("-debug-addr: %w", err)
 		}
 	}
-	if cfg.DB == "" || strings.HasSuffix(cfg.DB, "/") || strings.HasSuffix(cfg.DB, string(os.PathSeparator)) {
+	if err := store.CheckDSN(cfg.DB); err != nil {
+		return cfg, fmt.Errorf("-db: %w", err)
+	}
+	if !store.IsPostgres(cfg.DB) && (cfg.DB == "" || strings.HasSuffix(cfg.DB, "/") || strings.HasSuffix(cfg.DB, string(os.PathSeparator))) {
 		return cfg, fmt.Errorf("-db: %q is not a file name; write the database file's path, like data/p2pserver.db", cfg.DB)
 	}
-	if fi, err := os.Stat(cfg.DB); err == nil && fi.IsDir() {
+	if fi, err := os.Stat(cfg.DB); err == nil && fi.IsDir() && !store.IsPostgres(cfg.DB) {
 		return cfg, fmt.Errorf("-db: %s is a folder; write the database file's path inside it, like %s", cfg.DB, filepath.Join(cfg.DB, "p2pserver.db"))
 	}
 	var err error
@@ -468,7 +473,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		defer dbg.Close()
 		log.Info("profiling enabled", "addr", cfg.DebugAddr)
 	}
-	log.Info("p2pserver listening", "addr", ln.Addr().String(), "fhir", cfg.BaseURL+"/fhir", "db", cfg.DB)
+	log.Info("p2pserver listening", "addr", ln.Addr().String(), "fhir", cfg.BaseURL+"/fhir", "db", store.RedactDSN(cfg.DB))
 	select {
 	case err := <-errc:
 		return err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir/store/backend"
 	"github.com/p2pserver/p2pserver/fhir/store/backend/boltdb"
+	"github.com/p2pserver/p2pserver/fhir/store/backend/pgdb"
 )
 
 // DB is an open database the store keeps its data in (see OpenDB).
@@ -26,13 +27,40 @@ type DBOptions struct {
 // does not start with.
 var scheme = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*)://`)
 
-// OpenDB opens the database dsn names: the path of a bbolt file (created
-// with its folder when missing). Any other scheme:// is refused: it is
-// not a file name, and taking it for one would create a folder named
-// after the scheme.
+// IsPostgres reports whether dsn names a PostgreSQL database.
+func IsPostgres(dsn string) bool {
+	m := scheme.FindStringSubmatch(dsn)
+	return m != nil && (strings.EqualFold(m[1], "postgres") || strings.EqualFold(m[1], "postgresql"))
+}
+
+// CheckDSN reports what is wrong with dsn as a database name: a scheme://
+// other than postgres:// or postgresql://, which is not a file name
+// either (taking it for one would create a folder named after it).
+func CheckDSN(dsn string) error {
+	if m := scheme.FindStringSubmatch(dsn); m != nil && !IsPostgres(dsn) {
+		return fmt.Errorf("%s://… is no kind of database p2pserver knows: give a postgres:// (or postgresql://) URL, or the path of a bbolt file", strings.ToLower(m[1]))
+	}
+	return nil
+}
+
+// RedactDSN returns dsn with a URL's password hidden, for logs.
+func RedactDSN(dsn string) string {
+	if IsPostgres(dsn) {
+		return pgdb.Redact(dsn)
+	}
+	return dsn
+}
+
+// OpenDB opens the database dsn names: a postgres:// or postgresql://
+// URL (see package pgdb; the schema is created or migrated), else the
+// path of a bbolt file (created with its folder when missing). Any other
+// scheme:// is refused (see CheckDSN).
 func OpenDB(ctx context.Context, dsn string, opts DBOptions) (DB, error) {
-	if m := scheme.FindStringSubmatch(dsn); m != nil {
-		return nil, fmt.Errorf("database %s://…: no such kind of database; give the path of a bbolt file", strings.ToLower(m[1]))
+	if err := CheckDSN(dsn); err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	if IsPostgres(dsn) {
+		return pgdb.Open(ctx, dsn)
 	}
 	if dir := filepath.Dir(dsn); dir != "" {
 		if err := os.MkdirAll(dir, 0o750); err != nil {

@@ -5,6 +5,8 @@ import (
 	"container/heap"
 	"slices"
 
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
+
 	"github.com/p2pserver/p2pserver/fhir/search"
 )
 
@@ -231,6 +233,10 @@ func (tx *Tx) newMatcher(q *search.Query) (*matcher, error) {
 	return m, nil
 }
 
+// prefetchRun is how many candidates are read at once when the backend
+// prefetches (see backend.Prefetcher).
+const prefetchRun = 64
+
 // rangeLimit is the most index entries of a range clause read to drive a
 // page: beyond it the type's resources are read in id order instead, so a
 // page holds at most this many ids.
@@ -301,7 +307,7 @@ func (m *matcher) each(start string, size int, keep Keep, fn func(id string, ent
 	}
 	var err error
 	n := 0
-	m.ids(start, func(id string) bool {
+	check := func(id string) bool {
 		if n++; n%1024 == 0 {
 			if err = m.tx.ctx.Err(); err != nil {
 				return false
@@ -318,7 +324,37 @@ func (m *matcher) each(start string, size int, keep Keep, fn func(id string, ent
 			}
 		}
 		return true
-	})
+	}
+	if r, ok := m.tx.btx.Bucket(bucketName("R", m.q.Type)).(backend.Prefetcher); ok {
+		// A backend whose reads cost a round trip reads the candidates'
+		// records and entries a run at a time.
+		var run []string
+		more := true
+		checkRun := func() {
+			keys := make([][]byte, len(run))
+			for i, id := range run {
+				keys[i] = []byte(id)
+			}
+			r.Prefetch(keys)
+			for _, id := range run {
+				if more = check(id); !more {
+					break
+				}
+			}
+			run = run[:0]
+		}
+		m.ids(start, func(id string) bool {
+			if run = append(run, id); len(run) >= min(size, prefetchRun) {
+				checkRun()
+			}
+			return more
+		})
+		if more && len(run) > 0 {
+			checkRun()
+		}
+	} else {
+		m.ids(start, check)
+	}
 	if err != nil || stopped {
 		return err
 	}
@@ -372,7 +408,7 @@ func (m *matcher) ids(start string, fn func(id string) bool) {
 		m.keyIDs(start, fn)
 	default:
 		// Every resource of the type, in id order.
-		c := m.tx.btx.Bucket(bucketName("R", m.q.Type)).Cursor()
+		c := headCursor(m.tx.btx.Bucket(bucketName("R", m.q.Type)))
 		var k []byte
 		if start == "" {
 			k, _ = c.First()

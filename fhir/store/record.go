@@ -5,9 +5,10 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"github.com/p2pserver/p2pserver/fhir/fhirjson"
 	"strconv"
 	"time"
+
+	"github.com/p2pserver/p2pserver/fhir/fhirjson"
 )
 
 // Version is one stored version of a resource.
@@ -48,7 +49,11 @@ func recordHead(dst []byte, typ, id string, version int64, lastUpdated time.Time
 	return append(dst, '"')
 }
 
-// A record is how a version sits in a bucket: flags, version, lastUpdated
+// recordFixed is the length of a record's fixed part: flags, version,
+// lastUpdated; the JSON follows.
+const recordFixed = 17
+
+// A record is how a version sits in a bucket sits in a bucket: flags, version, lastUpdated
 // (microseconds since the epoch), then the JSON, compressed, without its
 // head when it has the one recordHead gives (it always has when stamp
 // made it).

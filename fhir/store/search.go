@@ -9,6 +9,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
+
 	"github.com/p2pserver/p2pserver/fhir/search"
 )
 
@@ -218,6 +220,7 @@ outer:
 // filter keeps the ids whose own index entries satisfy c.
 func (tx *Tx) filter(typ string, ids []string, c *search.Clause) []string {
 	b := tx.btx.Bucket(bucketName("X", typ))
+	tx.prefetch(b, ids)
 	out := ids[:0:0]
 	for _, id := range ids {
 		var entries []search.Entry
@@ -238,7 +241,7 @@ func (tx *Tx) AllIDs(typ string) []string {
 		return nil
 	}
 	var ids []string
-	c := b.Cursor()
+	c := headCursor(b)
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		if !recordDeleted(v) {
 			ids = append(ids, string(k))
@@ -255,7 +258,7 @@ func (tx *Tx) CurrentVersions(typ string, fn func(id string, version int64, dele
 	if b == nil {
 		return
 	}
-	c := b.Cursor()
+	c := headCursor(b)
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		rec, err := decodeRecord(typ, string(k), v, false)
 		if err != nil {
@@ -434,7 +437,9 @@ func (tx *Tx) chain(typ, param string, ch *search.Chain, set idSet, visible func
 func (tx *Tx) missing(typ, param string, want bool) idSet {
 	set := idSet{}
 	b := tx.btx.Bucket(bucketName("X", typ))
-	for _, id := range tx.AllIDs(typ) {
+	all := tx.AllIDs(typ)
+	tx.prefetch(b, all)
+	for _, id := range all {
 		has := false
 		if b != nil {
 			for _, e := range tx.decodeEntriesOf(b.Get([]byte(id)), nil, nil, id) {
@@ -459,6 +464,7 @@ func (tx *Tx) sortIDs(typ string, ids []string, keys []search.SortKey) {
 	}
 	rows := make([]row, len(ids))
 	b := tx.btx.Bucket(bucketName("X", typ))
+	tx.prefetch(b, ids)
 	for i, id := range ids {
 		rows[i] = row{id: id, vals: make([]string, len(keys)), has: make([]bool, len(keys))}
 		var entries []search.Entry
@@ -500,6 +506,7 @@ func (tx *Tx) sortIDs(typ string, ids []string, keys []search.SortKey) {
 // not deleted, in the order given.
 func (tx *Tx) ReadCurrent(typ string, ids []string) ([]*Version, error) {
 	out := make([]*Version, 0, len(ids))
+	tx.prefetch(tx.btx.Bucket(bucketName("R", typ)), ids)
 	for _, id := range ids {
 		v, err := tx.current(typ, id)
 		if err != nil {
@@ -609,3 +616,33 @@ func (tx *Tx) Referencing(typ, param, target, id string) []string {
 	slices.Sort(ids)
 	return ids
 }
+
+// headCursor returns a cursor over a resource bucket whose values are at
+// least the record's head (see decodeRecord), and need be no more.
+func headCursor(b backend.Bucket) backend.Cursor {
+	if p, ok := b.(backend.PrefixCursorer); ok {
+		return p.PrefixCursor(recordFixed)
+	}
+	return b.Cursor()
+}
+
+// prefetch has the backend read the keys ids of b in one go, when reads
+// cost it a round trip each (see backend.Prefetcher).
+func (tx *Tx) prefetch(b backend.Bucket, ids []string) {
+	p, ok := b.(backend.Prefetcher)
+	if !ok || len(ids) < 2 {
+		return
+	}
+	for len(ids) > 0 {
+		n := min(len(ids), prefetchBatch)
+		keys := make([][]byte, n)
+		for i, id := range ids[:n] {
+			keys[i] = []byte(id)
+		}
+		p.Prefetch(keys)
+		ids = ids[n:]
+	}
+}
+
+// prefetchBatch is how many keys one prefetch reads.
+const prefetchBatch = 1000

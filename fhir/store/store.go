@@ -132,9 +132,11 @@ func (s *Store) hookList() []Hook {
 // Ping reports whether the database answers a read.
 func (s *Store) Ping(ctx context.Context) error {
 	return s.View(ctx, func(tx *Tx) error {
-		if tx.btx.Bucket([]byte("C")) == nil {
+		b := tx.btx.Bucket([]byte("C"))
+		if b == nil {
 			return errors.New("store: change log bucket missing")
 		}
+		b.Sequence() // a read the database answers
 		return nil
 	})
 }

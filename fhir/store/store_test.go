@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -450,3 +451,7 @@ func TestWriteAlone(t *testing.T) {
 		}
 	}
 }
+
+// TestMain runs every test of the store on each backend: one contract,
+// two implementations.
+func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }

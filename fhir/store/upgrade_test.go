@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/p2pserver/p2pserver/internal/pgtest"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
@@ -20,6 +23,9 @@ import (
 func TestUpgradeIndexesOfClippedValues(t *testing.T) {
 	reg := search.NewRegistry(spec.R4())
 	path := filepath.Join(t.TempDir(), "old.db")
+	if os.Getenv("P2P_TEST_DB") == "postgres" {
+		path = pgtest.Database(t)
+	}
 	family := strings.Repeat("Longfamily", 61)
 	open := func() (DB, *Store) {
 		db, err := OpenDB(context.Background(), path, DBOptions{})

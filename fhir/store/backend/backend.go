@@ -76,3 +76,16 @@ type Cursor interface {
 type FillPercenter interface {
 	SetFillPercent(f float64)
 }
+
+// PrefixCursorer is a bucket that can read its values cut to their first
+// n bytes, for a scan that needs only a record's head: a database that
+// keeps the rest apart then does not read it.
+type PrefixCursorer interface {
+	PrefixCursor(n int) Cursor
+}
+
+// Prefetcher is a bucket that can read many keys in one round trip, for
+// the Gets that follow; a database whose reads are local need not be one.
+type Prefetcher interface {
+	Prefetch(keys [][]byte)
+}

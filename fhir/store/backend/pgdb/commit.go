@@ -1,0 +1,258 @@
+package pgdb
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/jackc/pgx/v5"
+)
+
+var (
+	errReadOnly = errors.New("write in a read-only transaction")
+	errEmptyKey = errors.New("empty key")
+)
+
+// headLen is the length of a record's head: flags, version and
+// lastUpdated (see the store's record.go); the JSON follows.
+const headLen = 17
+
+// commit sends the transaction's changes and COMMIT in one round trip:
+// per table, one statement for its deletions and one for its upserts,
+// with the rows as arrays.
+func (t *tx) commit() error {
+	var (
+		b        = &pgx.Batch{}
+		newNames []string
+		seqNames []string
+		seqs     []int64
+		kvB      []string
+		kvK, kvV [][]byte
+		kvDB     []string
+		kvDK     [][]byte
+		// resources, versions, entries, search, changes
+		rT, rI        []string
+		rV            []int64
+		rH, rR        [][]byte
+		rdT, rdI      []string
+		vT, vI        []string
+		vV            []int64
+		vR            [][]byte
+		vdT, vdI      []string
+		vdV           []int64
+		mT, mI        []string
+		mV            []int64
+		xT, xI        []string
+		xE            [][]byte
+		xdT, xdI      []string
+		sT, sP, sI    []string
+		sK, sPl       [][]byte
+		sdT, sdP, sdI []string
+		sdK           [][]byte
+		cL, cdL       []string
+		cS, cdS       []int64
+		cV            [][]byte
+		cleared       []table
+	)
+	bad := func(tb table, k []byte) error {
+		return fmt.Errorf("bucket %s: key %q is not one of its keys", tb.name, k)
+	}
+	t.db.mu.Lock()
+	for name, o := range t.buckets {
+		if (len(o.dirty) > 0 || o.seqSet || o.cleared) && !t.db.known[name] {
+			newNames = append(newNames, name)
+		}
+	}
+	t.db.mu.Unlock()
+	for name, o := range t.buckets {
+		if o.seqSet {
+			seqNames, seqs = append(seqNames, name), append(seqs, o.seq)
+		}
+		if o.cleared {
+			cleared = append(cleared, o.t)
+		}
+		tb := o.t
+		for _, ks := range o.dirty {
+			k := []byte(ks)
+			v := o.m[ks].v
+			switch tb.kind {
+			case kindKV:
+				if v == nil {
+					kvDB, kvDK = append(kvDB, tb.name), append(kvDK, k)
+				} else {
+					kvB, kvK, kvV = append(kvB, tb.name), append(kvK, k), append(kvV, v)
+				}
+			case kindResources:
+				if !textOK(k) {
+					return bad(tb, k)
+				}
+				if v == nil {
+					rdT, rdI = append(rdT, tb.typ), append(rdI, ks)
+					continue
+				}
+				ver, head, rec := int64(-1), v, v
+				if len(v) >= headLen && binary.BigEndian.Uint64(v[1:]) <= math.MaxInt64 {
+					ver, head = int64(binary.BigEndian.Uint64(v[1:])), v[:headLen]
+					// The record is the version's, written in this
+					// transaction: kept once, in p2p_versions.
+					if h := t.buckets["H:"+tb.typ]; h != nil {
+						if e := h.m[string(versionKey(ks, ver))]; e != nil && e.dirty && bytes.Equal(e.v, v) {
+							rec = nil
+						}
+					}
+				}
+				rT, rI, rV, rH, rR = append(rT, tb.typ), append(rI, ks), append(rV, ver), append(rH, head), append(rR, rec)
+			case kindVersions:
+				id, ver, ok := splitVersionKey(k)
+				if !ok {
+					return bad(tb, k)
+				}
+				// A current record kept as this version's must be
+				// kept on its own before the version changes.
+				if r := t.buckets["R:"+tb.typ]; r == nil || r.m[id] == nil || !r.m[id].dirty {
+					mT, mI, mV = append(mT, tb.typ), append(mI, id), append(mV, ver)
+				}
+				if v == nil {
+					vdT, vdI, vdV = append(vdT, tb.typ), append(vdI, id), append(vdV, ver)
+				} else {
+					vT, vI, vV, vR = append(vT, tb.typ), append(vI, id), append(vV, ver), append(vR, v)
+				}
+			case kindEntries:
+				if !textOK(k) {
+					return bad(tb, k)
+				}
+				if v == nil {
+					xdT, xdI = append(xdT, tb.typ), append(xdI, ks)
+				} else {
+					xT, xI, xE = append(xT, tb.typ), append(xI, ks), append(xE, v)
+				}
+			case kindSearch:
+				key, id, ok := splitSearchKey(k)
+				if !ok {
+					return bad(tb, k)
+				}
+				if v == nil {
+					sdT, sdP, sdK, sdI = append(sdT, tb.typ), append(sdP, tb.param), append(sdK, key), append(sdI, id)
+				} else {
+					sT, sP, sK, sI, sPl = append(sT, tb.typ), append(sP, tb.param), append(sK, key), append(sI, id), append(sPl, v)
+				}
+			case kindChanges:
+				if len(k) != 8 || k[0] >= 0x80 {
+					return bad(tb, k)
+				}
+				seq := int64(binary.BigEndian.Uint64(k))
+				if v == nil {
+					cdL, cdS = append(cdL, tb.typ), append(cdS, seq)
+				} else {
+					cL, cS, cV = append(cL, tb.typ), append(cS, seq), append(cV, v)
+				}
+			}
+		}
+	}
+	if len(seqNames) > 0 {
+		b.Queue(`INSERT INTO p2p_buckets (name, seq) SELECT * FROM unnest($1::text[], $2::int8[])
+ON CONFLICT (name) DO UPDATE SET seq = excluded.seq`, seqNames, seqs)
+	}
+	if len(newNames) > 0 {
+		b.Queue(`INSERT INTO p2p_buckets (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, newNames)
+	}
+	for _, tb := range cleared {
+		switch tb.kind {
+		case kindKV:
+			b.Queue(`DELETE FROM p2p_kv WHERE bucket = $1`, tb.name)
+		case kindResources:
+			b.Queue(`DELETE FROM p2p_resources WHERE type = $1`, tb.typ)
+		case kindVersions:
+			b.Queue(`UPDATE p2p_resources r SET rec = v.rec FROM p2p_versions v
+WHERE r.type = $1 AND r.rec IS NULL AND v.type = r.type AND v.id = r.id AND v.version = r.version`, tb.typ)
+			b.Queue(`DELETE FROM p2p_versions WHERE type = $1`, tb.typ)
+		case kindEntries:
+			b.Queue(`DELETE FROM p2p_entries WHERE type = $1`, tb.typ)
+		case kindSearch:
+			b.Queue(`DELETE FROM p2p_search WHERE type = $1 AND param = $2`, tb.typ, tb.param)
+		case kindChanges:
+			b.Queue(`DELETE FROM p2p_changes WHERE log = $1`, tb.typ)
+		}
+	}
+	if len(kvDB) > 0 {
+		b.Queue(`DELETE FROM p2p_kv k USING unnest($1::text[], $2::bytea[]) u(bucket, key)
+WHERE k.bucket = u.bucket AND k.key = u.key`, kvDB, kvDK)
+	}
+	if len(kvB) > 0 {
+		b.Queue(`INSERT INTO p2p_kv (bucket, key, value) SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
+ON CONFLICT (bucket, key) DO UPDATE SET value = excluded.value`, kvB, kvK, kvV)
+	}
+	if len(mT) > 0 {
+		b.Queue(`UPDATE p2p_resources r SET rec = v.rec FROM unnest($1::text[], $2::text[], $3::int8[]) u(type, id, version), p2p_versions v
+WHERE r.type = u.type AND r.id = u.id AND r.version = u.version AND r.rec IS NULL
+AND v.type = u.type AND v.id = u.id AND v.version = u.version`, mT, mI, mV)
+	}
+	if len(vdT) > 0 {
+		b.Queue(`DELETE FROM p2p_versions v USING unnest($1::text[], $2::text[], $3::int8[]) u(type, id, version)
+WHERE v.type = u.type AND v.id = u.id AND v.version = u.version`, vdT, vdI, vdV)
+	}
+	if len(vT) > 0 {
+		b.Queue(`INSERT INTO p2p_versions (type, id, version, rec) SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[])
+ON CONFLICT (type, id, version) DO UPDATE SET rec = excluded.rec`, vT, vI, vV, vR)
+	}
+	if len(rdT) > 0 {
+		b.Queue(`DELETE FROM p2p_resources r USING unnest($1::text[], $2::text[]) u(type, id)
+WHERE r.type = u.type AND r.id = u.id`, rdT, rdI)
+	}
+	if len(rT) > 0 {
+		// A record given in full is still kept once when the version
+		// already holds it.
+		b.Queue(`INSERT INTO p2p_resources (type, id, version, head, rec)
+SELECT u.type, u.id, u.version, u.head, CASE WHEN u.rec IS NULL OR EXISTS (SELECT 1 FROM p2p_versions v
+	WHERE v.type = u.type AND v.id = u.id AND v.version = u.version AND v.rec = u.rec) THEN NULL ELSE u.rec END
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::bytea[]) u(type, id, version, head, rec)
+ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, head = excluded.head, rec = excluded.rec`, rT, rI, rV, rH, rR)
+	}
+	if len(xdT) > 0 {
+		b.Queue(`DELETE FROM p2p_entries x USING unnest($1::text[], $2::text[]) u(type, id)
+WHERE x.type = u.type AND x.id = u.id`, xdT, xdI)
+	}
+	if len(xT) > 0 {
+		b.Queue(`INSERT INTO p2p_entries (type, id, entries) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+ON CONFLICT (type, id) DO UPDATE SET entries = excluded.entries`, xT, xI, xE)
+	}
+	if len(sdT) > 0 {
+		b.Queue(`DELETE FROM p2p_search s USING unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) u(type, param, key, id)
+WHERE s.type = u.type AND s.param = u.param AND s.key = u.key AND s.id = u.id`, sdT, sdP, sdK, sdI)
+	}
+	if len(sT) > 0 {
+		b.Queue(`INSERT INTO p2p_search (type, param, key, id, payload)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bytea[])
+ON CONFLICT (type, param, key, id) DO UPDATE SET payload = excluded.payload`, sT, sP, sK, sI, sPl)
+	}
+	if len(cdS) > 0 {
+		b.Queue(`DELETE FROM p2p_changes c USING unnest($1::text[], $2::int8[]) u(log, seq)
+WHERE c.log = u.log AND c.seq = u.seq`, cdL, cdS)
+	}
+	if len(cS) > 0 {
+		b.Queue(`INSERT INTO p2p_changes (log, seq, value) SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])
+ON CONFLICT (log, seq) DO UPDATE SET value = excluded.value`, cL, cS, cV)
+	}
+	b.Queue("COMMIT")
+	br := t.conn.SendBatch(t.ctx, b)
+	var err error
+	for i := 0; i < b.Len() && err == nil; i++ {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("database: commit: %w", err)
+	}
+	if len(newNames) > 0 {
+		t.db.mu.Lock()
+		for _, n := range newNames {
+			t.db.known[n] = true
+		}
+		t.db.mu.Unlock()
+	}
+	return nil
+}

@@ -1,0 +1,248 @@
+package pgdb
+
+import (
+	"bytes"
+	"slices"
+	"sort"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// cursor merges the database's rows (read in chunks) with the
+// transaction's changes, which win on a key both have.
+type cursor struct {
+	b      *bucket
+	prefix int // >0: values cut to this many bytes
+
+	cur   []byte // the key the cursor is on; nil: none
+	db    chunk
+	limit int // rows per read, growing
+}
+
+// chunk is rows read from the database from a bound in one direction:
+// every row between from and the last one, in that order.
+type chunk struct {
+	valid bool
+	fwd   bool
+	from  bound
+	keys  [][]byte
+	vals  [][]byte
+	more  bool // rows may follow the last one
+}
+
+type row struct{ k, v []byte }
+
+const (
+	firstChunk = 16
+	maxChunk   = 1024
+)
+
+func (c *cursor) First() ([]byte, []byte) { return c.move(bound{none: true}, true) }
+func (c *cursor) Last() ([]byte, []byte)  { return c.move(bound{none: true}, false) }
+
+func (c *cursor) Seek(seek []byte) ([]byte, []byte) {
+	return c.move(bound{key: bytes.Clone(seek), incl: true}, true)
+}
+
+func (c *cursor) Next() ([]byte, []byte) {
+	if c.cur == nil {
+		return nil, nil
+	}
+	return c.move(bound{key: c.cur}, true)
+}
+
+func (c *cursor) Prev() ([]byte, []byte) {
+	if c.cur == nil {
+		return nil, nil
+	}
+	return c.move(bound{key: c.cur}, false)
+}
+
+// beyond reports whether k lies past b in the direction.
+func beyond(k []byte, b bound, fwd bool) bool {
+	if b.none {
+		return true
+	}
+	c := bytes.Compare(k, b.key)
+	if !fwd {
+		c = -c
+	}
+	return c > 0 || (c == 0 && b.incl)
+}
+
+// before reports whether a comes before b in the direction.
+func before(a, b []byte, fwd bool) bool {
+	if fwd {
+		return bytes.Compare(a, b) < 0
+	}
+	return bytes.Compare(a, b) > 0
+}
+
+func (c *cursor) move(b bound, fwd bool) ([]byte, []byte) {
+	o, t := c.b.o, c.b.t
+	for {
+		if t.err != nil {
+			c.cur = nil
+			return nil, nil
+		}
+		var dk, dv []byte
+		if !o.cleared {
+			dk, dv = c.dbNext(b, fwd)
+			if t.err != nil {
+				c.cur = nil
+				return nil, nil
+			}
+		}
+		ok := c.dirtyNext(b, fwd)
+		switch {
+		case dk == nil && ok == nil:
+			c.cur = nil
+			return nil, nil
+		case ok != nil && (dk == nil || !before(dk, ok, fwd)):
+			// The transaction's change: a deletion hides the row.
+			e := o.m[string(ok)]
+			if e.v == nil {
+				b = bound{key: ok}
+				continue
+			}
+			c.cur = ok
+			return ok, c.cut(e.v)
+		default:
+			c.cur = dk
+			return dk, dv
+		}
+	}
+}
+
+func (c *cursor) cut(v []byte) []byte {
+	if c.prefix > 0 && len(v) > c.prefix {
+		return v[:c.prefix]
+	}
+	return v
+}
+
+// dirtyNext returns the first key the transaction changed past b.
+func (c *cursor) dirtyNext(b bound, fwd bool) []byte {
+	ks := c.b.o.dirtyKeys()
+	if len(ks) == 0 {
+		return nil
+	}
+	if fwd {
+		i := 0
+		if !b.none {
+			i, _ = slices.BinarySearch(ks, string(b.key))
+		}
+		for ; i < len(ks); i++ {
+			if beyond([]byte(ks[i]), b, true) {
+				return []byte(ks[i])
+			}
+		}
+		return nil
+	}
+	i := len(ks) - 1
+	if !b.none {
+		j, found := slices.BinarySearch(ks, string(b.key))
+		i = j - 1
+		if found && b.incl {
+			i = j
+		}
+	}
+	if i >= 0 {
+		return []byte(ks[i])
+	}
+	return nil
+}
+
+// dbNext returns the first database row past b, from the chunk when it
+// covers b, else from a new read.
+func (c *cursor) dbNext(b bound, fwd bool) ([]byte, []byte) {
+	ch := &c.db
+	if ch.valid && ch.fwd == fwd && covers(ch.from, b, fwd) {
+		i := sort.Search(len(ch.keys), func(i int) bool { return beyond(ch.keys[i], b, fwd) })
+		if i < len(ch.keys) {
+			return ch.keys[i], ch.vals[i]
+		}
+		if !ch.more {
+			return nil, nil
+		}
+	}
+	c.read(b, fwd)
+	if len(ch.keys) == 0 {
+		return nil, nil
+	}
+	return ch.keys[0], ch.vals[0]
+}
+
+// covers reports whether every row past b is past from as well.
+func covers(from, b bound, fwd bool) bool {
+	switch {
+	case from.none:
+		return true
+	case b.none:
+		return false
+	case bytes.Equal(from.key, b.key):
+		return from.incl || !b.incl
+	default:
+		return before(from.key, b.key, fwd)
+	}
+}
+
+// read fills the chunk with rows past b.
+func (c *cursor) read(b bound, fwd bool) {
+	if c.limit == 0 {
+		c.limit = firstChunk
+	} else if c.limit < maxChunk {
+		c.limit *= 4
+	}
+	t, tb := c.b.t, c.b.o.t
+	ch := &c.db
+	*ch = chunk{valid: true, fwd: fwd, from: b}
+	sql, args, nothing, err := fetchSQL(tb, b, fwd, c.limit, c.prefix > 0 && tb.kind == kindResources)
+	if err != nil {
+		t.fail(err)
+		return
+	}
+	if nothing {
+		return
+	}
+	t.rows(sql, args, func(r pgx.Rows) error {
+		k, v, err := scanRow(tb, r)
+		if err != nil {
+			return err
+		}
+		ch.keys = append(ch.keys, k)
+		ch.vals = append(ch.vals, c.cut(v))
+		return nil
+	})
+	ch.more = len(ch.keys) == c.limit
+}
+
+// scanRow reads a row of fetchSQL as the bucket's key and value.
+func scanRow(tb table, r pgx.Rows) (k, v []byte, err error) {
+	switch tb.kind {
+	case kindKV:
+		err = r.Scan(&k, &v)
+	case kindResources, kindEntries:
+		var id string
+		err = r.Scan(&id, &v)
+		k = []byte(id)
+	case kindVersions:
+		var id string
+		var ver int64
+		err = r.Scan(&id, &ver, &v)
+		k = versionKey(id, ver)
+	case kindSearch:
+		var key []byte
+		var id string
+		err = r.Scan(&key, &id, &v)
+		k = searchKey(key, id)
+	case kindChanges:
+		var seq int64
+		err = r.Scan(&seq, &v)
+		k = seqKey(seq)
+	}
+	if v == nil {
+		v = []byte{}
+	}
+	return k, v, err
+}

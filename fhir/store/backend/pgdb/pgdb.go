@@ -1,0 +1,141 @@
+// Package pgdb serves the store's backend contract (package backend) from
+// PostgreSQL, for several p2pserver processes on one database. The
+// store's buckets map onto real tables with B-tree primary keys (see
+// tables.go), so that the store's seeks are index range scans.
+//
+// Read transactions are REPEATABLE READ READ ONLY snapshots; cursors read
+// rows in growing chunks. A write transaction takes a transaction-scoped
+// advisory lock first, so that write transactions are serialized across
+// processes as the store expects (sequences, conditional creates, the
+// change log's order); its changes are kept in memory (reads in the same
+// transaction see them) and sent at commit in one round trip of
+// multi-row statements.
+package pgdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
+)
+
+// DB is a PostgreSQL database serving backend.DB.
+type DB struct {
+	pool *pgxpool.Pool
+
+	mu    sync.Mutex
+	known map[string]bool // bucket names recorded in p2p_buckets
+}
+
+// defaultMaxConns is the pool size unless the URL sets pool_max_conns:
+// readers each hold a connection for a transaction.
+const defaultMaxConns = 32
+
+// Open connects to the database url (postgres:// or postgresql://, with
+// pgx's parameters, such as pool_max_conns) and brings its schema to the
+// current version.
+func Open(ctx context.Context, url string) (*DB, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		// The parse error may quote the URL, password and all.
+		return nil, fmt.Errorf("database %s: not a valid PostgreSQL URL", Redact(url))
+	}
+	if !strings.Contains(url, "pool_max_conns") {
+		cfg.MaxConns = defaultMaxConns
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("database %s: %w", Redact(url), err)
+	}
+	if err := migrate(ctx, pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("database %s: schema: %w", Redact(url), err)
+	}
+	return &DB{pool: pool, known: map[string]bool{}}, nil
+}
+
+// Redact returns url with its password replaced by xxxxx, for logs and
+// errors.
+func Redact(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(an unparsable URL)"
+	}
+	q := u.Query()
+	if q.Has("password") {
+		q.Set("password", "xxxxx")
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
+}
+
+// Pool returns the connection pool, for the tools that read the tables
+// themselves.
+func (d *DB) Pool() *pgxpool.Pool { return d.pool }
+
+// Close closes the pool.
+func (d *DB) Close() error {
+	d.pool.Close()
+	return nil
+}
+
+// View runs fn in a REPEATABLE READ READ ONLY transaction, begun with
+// fn's first read (in the same round trip).
+func (d *DB) View(ctx context.Context, fn func(backend.Tx) error) error {
+	conn, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	t := newTx(ctx, d, conn, false)
+	err = fn(t)
+	if t.begun {
+		if _, rerr := conn.Exec(ctx, "ROLLBACK"); rerr != nil && t.err == nil {
+			t.err = rerr
+		}
+	}
+	conn.Release()
+	if t.err != nil {
+		return fmt.Errorf("database: %w", t.err)
+	}
+	return err
+}
+
+// Update runs fn in a write transaction under the database's write lock
+// and commits what fn changed when it returns nil.
+func (d *DB) Update(ctx context.Context, fn func(backend.Tx) error) error {
+	conn, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	defer conn.Release()
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("SELECT pg_advisory_xact_lock($1)", writeLock)
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("database: begin: %w", err)
+	}
+	t := newTx(ctx, d, conn, true)
+	t.begun = true
+	err = fn(t)
+	if err == nil && t.err == nil {
+		err = t.commit()
+	}
+	if t.err != nil && err == nil {
+		err = fmt.Errorf("database: %w", t.err)
+	}
+	if err != nil {
+		// Ends the transaction; a broken connection is dropped by the
+		// pool on release.
+		conn.Exec(context.Background(), "ROLLBACK")
+	}
+	return err
+}
+
+// errFailed is answered by a transaction after a failure.
+var errFailed = errors.New("an earlier statement of the transaction failed")

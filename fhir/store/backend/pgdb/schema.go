@@ -1,0 +1,110 @@
+package pgdb
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// migrations are the schema's versions, in order: migration i+1 brings
+// the schema from version i to i+1. A released migration never changes;
+// a change of schema is a new one at the end.
+//
+// Text columns are COLLATE "C" and keys bytea so that PostgreSQL orders
+// them as the store does, byte by byte.
+var migrations = []string{
+	// 1: the store's buckets as tables (see tables.go).
+	`
+CREATE TABLE p2p_buckets (
+	name text COLLATE "C" PRIMARY KEY,
+	seq  bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE p2p_kv (
+	bucket text COLLATE "C" NOT NULL,
+	key    bytea NOT NULL,
+	value  bytea NOT NULL,
+	PRIMARY KEY (bucket, key)
+);
+CREATE TABLE p2p_versions (
+	type    text COLLATE "C" NOT NULL,
+	id      text COLLATE "C" NOT NULL,
+	version bigint NOT NULL,
+	rec     bytea NOT NULL,
+	PRIMARY KEY (type, id, version)
+);
+CREATE TABLE p2p_resources (
+	type    text COLLATE "C" NOT NULL,
+	id      text COLLATE "C" NOT NULL,
+	version bigint NOT NULL,
+	head    bytea NOT NULL,
+	rec     bytea,
+	PRIMARY KEY (type, id)
+);
+CREATE TABLE p2p_entries (
+	type    text COLLATE "C" NOT NULL,
+	id      text COLLATE "C" NOT NULL,
+	entries bytea NOT NULL,
+	PRIMARY KEY (type, id)
+);
+CREATE TABLE p2p_search (
+	type    text COLLATE "C" NOT NULL,
+	param   text COLLATE "C" NOT NULL,
+	key     bytea NOT NULL,
+	id      text COLLATE "C" NOT NULL,
+	payload bytea NOT NULL,
+	PRIMARY KEY (type, param, key, id)
+);
+CREATE TABLE p2p_changes (
+	log   text COLLATE "C" NOT NULL,
+	seq   bigint NOT NULL,
+	value bytea NOT NULL,
+	PRIMARY KEY (log, seq)
+);
+`,
+}
+
+// Lock keys of the advisory locks (pg_advisory_xact_lock), scoped to the
+// database: one for migrating the schema, one for the store's writer.
+const (
+	migrateLock int64 = 0x70327073_00000001 // "p2ps" 1
+	writeLock   int64 = 0x70327073_00000002 // "p2ps" 2
+)
+
+// migrate brings the schema to the last version, in one transaction under
+// an advisory lock: processes starting together wait for the first, then
+// find the schema current. A database whose schema is newer than this
+// program knows is refused rather than written with old rules.
+func migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	tx, err := pool.BeginTx(ctx, pgx.TxOptions{})
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrateLock); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS p2p_schema (
+	version    integer PRIMARY KEY,
+	applied_at timestamptz NOT NULL DEFAULT now()
+)`); err != nil {
+		return err
+	}
+	var have int
+	if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM p2p_schema`).Scan(&have); err != nil {
+		return err
+	}
+	if have > len(migrations) {
+		return fmt.Errorf("the database's schema is at version %d, newer than this p2pserver knows (%d): run the newer p2pserver", have, len(migrations))
+	}
+	for v := have + 1; v <= len(migrations); v++ {
+		if _, err := tx.Exec(ctx, migrations[v-1]); err != nil {
+			return fmt.Errorf("schema version %d: %w", v, err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO p2p_schema (version) VALUES ($1)`, v); err != nil {
+			return err
+		}
+	}
+	return tx.Commit(ctx)
+}

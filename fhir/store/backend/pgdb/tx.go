@@ -1,0 +1,399 @@
+package pgdb
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
+)
+
+// tx is a transaction: the connection, and the buckets it has used with
+// what it read (clean entries, a cache valid in its snapshot or under
+// the write lock) and wrote (dirty entries, sent at commit).
+type tx struct {
+	ctx      context.Context
+	db       *DB
+	conn     *pgxpool.Conn
+	writable bool
+	begun    bool
+	err      error
+	buckets  map[string]*obucket
+}
+
+func newTx(ctx context.Context, db *DB, conn *pgxpool.Conn, writable bool) *tx {
+	return &tx{ctx: ctx, db: db, conn: conn, writable: writable, buckets: map[string]*obucket{}}
+}
+
+// obucket is a bucket's state in the transaction.
+type obucket struct {
+	t       table
+	m       map[string]*entry
+	dirty   []string // keys of dirty entries, sorted when sorted is set
+	sorted  bool
+	cleared bool // DeleteBucket: the database's rows are gone
+	seq     int64
+	seqRead bool
+	seqSet  bool
+}
+
+type entry struct {
+	v     []byte // nil: absent
+	dirty bool
+}
+
+func (o *obucket) set(key string, v []byte) {
+	e := o.m[key]
+	if e == nil {
+		e = &entry{}
+		o.m[key] = e
+	}
+	if !e.dirty {
+		e.dirty = true
+		o.dirty = append(o.dirty, key)
+		o.sorted = false
+	}
+	e.v = v
+}
+
+// dirtyKeys returns the dirty keys sorted; the slice is not changed
+// afterwards (a new one is made when keys are added), so a cursor may
+// keep it.
+func (o *obucket) dirtyKeys() []string {
+	if !o.sorted {
+		ks := slices.Clone(o.dirty)
+		slices.Sort(ks)
+		o.dirty = ks
+		o.sorted = true
+	}
+	return o.dirty
+}
+
+func (t *tx) fail(err error) {
+	if t.err == nil {
+		t.err = err
+	}
+}
+
+// rows runs a query, beginning a read transaction in the same round trip
+// if none is begun, and calls scan for each row.
+func (t *tx) rows(sql string, args []any, scan func(pgx.Rows) error) {
+	if t.err != nil {
+		return
+	}
+	var rows pgx.Rows
+	var br pgx.BatchResults
+	if !t.begun {
+		b := &pgx.Batch{}
+		b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+		b.Queue(sql, args...)
+		br = t.conn.SendBatch(t.ctx, b)
+		t.begun = true
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			t.fail(err)
+			return
+		}
+		var err error
+		if rows, err = br.Query(); err != nil {
+			br.Close()
+			t.fail(err)
+			return
+		}
+	} else {
+		var err error
+		if rows, err = t.conn.Query(t.ctx, sql, args...); err != nil {
+			t.fail(err)
+			return
+		}
+	}
+	for rows.Next() {
+		if err := scan(rows); err != nil {
+			t.fail(err)
+			break
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		t.fail(err)
+	}
+	if br != nil {
+		if err := br.Close(); err != nil {
+			t.fail(err)
+		}
+	}
+}
+
+func (t *tx) obucket(name []byte) *obucket {
+	o := t.buckets[string(name)]
+	if o == nil {
+		o = &obucket{t: tableOf(string(name)), m: map[string]*entry{}}
+		t.buckets[string(name)] = o
+	}
+	return o
+}
+
+// Bucket returns the bucket name. Every bucket exists (an empty one reads
+// as empty), so Bucket never returns nil.
+func (t *tx) Bucket(name []byte) backend.Bucket {
+	return &bucket{t: t, o: t.obucket(name)}
+}
+
+func (t *tx) CreateBucket(name []byte) (backend.Bucket, error) { return t.Bucket(name), nil }
+
+func (t *tx) CreateBucketIfNotExists(name []byte) (backend.Bucket, error) {
+	return t.Bucket(name), nil
+}
+
+// DeleteBucket removes every key of name and its sequence.
+func (t *tx) DeleteBucket(name []byte) error {
+	o := t.obucket(name)
+	clear(o.m)
+	o.dirty, o.sorted = nil, true
+	o.cleared = true
+	o.seq, o.seqRead, o.seqSet = 0, true, true
+	return t.err
+}
+
+// ForEach calls fn with every bucket written since the database was
+// made, in name order.
+func (t *tx) ForEach(fn func(name []byte, b backend.Bucket) error) error {
+	var names []string
+	t.rows("SELECT name FROM p2p_buckets ORDER BY name", nil, func(r pgx.Rows) error {
+		var n string
+		if err := r.Scan(&n); err != nil {
+			return err
+		}
+		names = append(names, n)
+		return nil
+	})
+	for n, o := range t.buckets {
+		if len(o.dirty) > 0 || o.seqSet {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+	if t.err != nil {
+		return t.err
+	}
+	for _, n := range names {
+		if err := fn([]byte(n), t.Bucket([]byte(n))); err != nil {
+			return err
+		}
+	}
+	return t.err
+}
+
+type bucket struct {
+	t *tx
+	o *obucket
+}
+
+// Get returns the value at key: from the transaction's changes or what
+// it read before, else from the database. Reading a resource's current
+// version also reads its index entries (the store reads them next).
+func (b *bucket) Get(key []byte) []byte {
+	if e, ok := b.o.m[string(key)]; ok {
+		return e.v
+	}
+	t := b.t
+	if b.o.cleared || t.err != nil {
+		return nil
+	}
+	tb := b.o.t
+	var v []byte
+	found := false
+	one := func(r pgx.Rows) error {
+		found = true
+		return r.Scan(&v)
+	}
+	switch tb.kind {
+	case kindKV:
+		t.rows("SELECT value FROM p2p_kv WHERE bucket = $1 AND key = $2", []any{tb.name, key}, one)
+	case kindResources:
+		if !textOK(key) {
+			return nil
+		}
+		var entries []byte
+		t.rows(`SELECT (SELECT coalesce(r.rec, v.rec) FROM p2p_resources r
+	LEFT JOIN p2p_versions v ON v.type = r.type AND v.id = r.id AND v.version = r.version
+	WHERE r.type = $1 AND r.id = $2),
+	(SELECT entries FROM p2p_entries WHERE type = $1 AND id = $2)`, []any{tb.typ, string(key)}, func(r pgx.Rows) error {
+			if err := r.Scan(&v, &entries); err != nil {
+				return err
+			}
+			found = v != nil
+			return nil
+		})
+		if t.err == nil {
+			xo := t.obucket([]byte("X:" + tb.typ))
+			if _, ok := xo.m[string(key)]; !ok && !xo.cleared {
+				xo.m[string(key)] = &entry{v: entries}
+			}
+		}
+	case kindEntries:
+		if !textOK(key) {
+			return nil
+		}
+		t.rows("SELECT entries FROM p2p_entries WHERE type = $1 AND id = $2", []any{tb.typ, string(key)}, one)
+	case kindVersions:
+		id, ver, ok := splitVersionKey(key)
+		if !ok {
+			return nil
+		}
+		t.rows("SELECT rec FROM p2p_versions WHERE type = $1 AND id = $2 AND version = $3", []any{tb.typ, id, ver}, one)
+	case kindSearch:
+		k, id, ok := splitSearchKey(key)
+		if !ok {
+			return nil
+		}
+		t.rows("SELECT payload FROM p2p_search WHERE type = $1 AND param = $2 AND key = $3 AND id = $4",
+			[]any{tb.typ, tb.param, k, id}, one)
+	case kindChanges:
+		if len(key) != 8 || key[0] >= 0x80 {
+			return nil
+		}
+		seq := int64(binary.BigEndian.Uint64(key))
+		t.rows("SELECT value FROM p2p_changes WHERE log = $1 AND seq = $2", []any{tb.typ, seq}, one)
+	}
+	if t.err != nil {
+		return nil
+	}
+	if found && v == nil {
+		v = []byte{}
+	}
+	if !found {
+		v = nil
+	}
+	b.o.m[string(key)] = &entry{v: v}
+	return v
+}
+
+func (b *bucket) Put(key, value []byte) error {
+	if !b.t.writable {
+		return errReadOnly
+	}
+	if len(key) == 0 {
+		return errEmptyKey
+	}
+	if value == nil {
+		value = []byte{}
+	}
+	b.o.set(string(key), bytes.Clone(value))
+	return b.t.err
+}
+
+func (b *bucket) Delete(key []byte) error {
+	if !b.t.writable {
+		return errReadOnly
+	}
+	b.o.set(string(key), nil)
+	return b.t.err
+}
+
+func (b *bucket) ForEach(fn func(k, v []byte) error) error {
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return b.t.err
+}
+
+func (b *bucket) Sequence() uint64 {
+	o := b.o
+	if !o.seqRead {
+		o.seqRead = true
+		b.t.rows("SELECT seq FROM p2p_buckets WHERE name = $1", []any{o.t.name}, func(r pgx.Rows) error {
+			return r.Scan(&o.seq)
+		})
+	}
+	return uint64(o.seq)
+}
+
+func (b *bucket) SetSequence(v uint64) error {
+	if !b.t.writable {
+		return errReadOnly
+	}
+	b.Sequence()
+	b.o.seq, b.o.seqSet = int64(v), true
+	return b.t.err
+}
+
+func (b *bucket) NextSequence() (uint64, error) {
+	if !b.t.writable {
+		return 0, errReadOnly
+	}
+	s := b.Sequence()
+	if b.t.err != nil {
+		return 0, b.t.err
+	}
+	b.o.seq, b.o.seqSet = int64(s+1), true
+	return s + 1, nil
+}
+
+func (b *bucket) Cursor() backend.Cursor { return &cursor{b: b} }
+
+// PrefixCursor returns a cursor whose values are cut to their first n
+// bytes: of a resource bucket, the record's head without its JSON.
+func (b *bucket) PrefixCursor(n int) backend.Cursor { return &cursor{b: b, prefix: n} }
+
+// Prefetch reads the values of keys not read yet, in one round trip, for
+// the Gets that follow: the current records of resources (with their
+// index entries), or index entries alone.
+func (b *bucket) Prefetch(keys [][]byte) {
+	t, o := b.t, b.o
+	if (o.t.kind != kindResources && o.t.kind != kindEntries) || o.cleared || t.err != nil {
+		return
+	}
+	var ids []string
+	for _, k := range keys {
+		if _, ok := o.m[string(k)]; !ok && textOK(k) {
+			ids = append(ids, string(k))
+		}
+	}
+	if len(ids) < 2 {
+		return
+	}
+	if o.t.kind == kindEntries {
+		found := map[string][]byte{}
+		t.rows(`SELECT id, entries FROM p2p_entries WHERE type = $1 AND id = ANY($2::text[])`, []any{o.t.typ, ids}, func(r pgx.Rows) error {
+			var id string
+			var e []byte
+			if err := r.Scan(&id, &e); err != nil {
+				return err
+			}
+			found[id] = e
+			return nil
+		})
+		if t.err == nil {
+			for _, id := range ids {
+				o.m[id] = &entry{v: found[id]}
+			}
+		}
+		return
+	}
+	xo := t.obucket([]byte("X:" + o.t.typ))
+	t.rows(`SELECT k.id, coalesce(r.rec, v.rec), x.entries FROM unnest($2::text[]) k(id)
+LEFT JOIN p2p_resources r ON r.type = $1 AND r.id = k.id
+LEFT JOIN p2p_versions v ON v.type = r.type AND v.id = r.id AND v.version = r.version
+LEFT JOIN p2p_entries x ON x.type = $1 AND x.id = k.id`, []any{o.t.typ, ids}, func(r pgx.Rows) error {
+		var id string
+		var rec, entries []byte
+		if err := r.Scan(&id, &rec, &entries); err != nil {
+			return err
+		}
+		if _, ok := o.m[id]; !ok {
+			o.m[id] = &entry{v: rec}
+		}
+		if _, ok := xo.m[id]; !ok && !xo.cleared {
+			xo.m[id] = &entry{v: entries}
+		}
+		return nil
+	})
+}
