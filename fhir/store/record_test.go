@@ -285,3 +285,20 @@ func TestRecordRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRecordDecode measures reading back one stored Observation's
+// JSON (decompressed, its head made again), and reports its stored size.
+func BenchmarkRecordDecode(b *testing.B) {
+	js := []byte(`{"resourceType":"Observation","id":"019ad3a4-5b6c-7d8e-9f01-23456789abcd","meta":{"versionId":"1","lastUpdated":"2026-11-30T08:44:19.123456Z"},"status":"final","code":{"coding":[{"system":"urn:load","code":"c5","display":"Load code 5"}]},"subject":{"reference":"Patient/019ad3a4-5b6c-7d8e-9f01-23456789abce"},"effectiveDateTime":"2015-06-06T10:00:00Z","valueQuantity":{"value":35.5,"unit":"mg","system":"http://unitsofmeasure.org","code":"mg"}}`)
+	lu, _ := time.Parse(time.RFC3339Nano, "2026-11-30T08:44:19.123456Z")
+	const id = "019ad3a4-5b6c-7d8e-9f01-23456789abcd"
+	rec := encodeRecord(&Version{Type: "Observation", ID: id, VersionID: 1, LastUpdated: lu, JSON: js})
+	b.ReportMetric(float64(len(rec)), "stored-bytes")
+	b.ReportAllocs()
+	for b.Loop() {
+		v, err := decodeRecord("Observation", id, rec, true)
+		if err != nil || len(v.JSON) != len(js) {
+			b.Fatal(err)
+		}
+	}
+}
