@@ -98,10 +98,14 @@ type BulkProgress struct {
 	// ResourcesRejected were not valid FHIR R4 and were left out;
 	// ErrorsReported are the OperationOutcomes of the error files;
 	// ErrorNotes the first of both.
-	ResourcesRejected  int      `json:"resourcesRejected"`
-	ErrorsReported     int      `json:"errorsReported"`
-	ErrorNotes         []string `json:"errorNotes"`
-	Chunks             int      `json:"chunks"`
+	ResourcesRejected int      `json:"resourcesRejected"`
+	ErrorsReported    int      `json:"errorsReported"`
+	ErrorNotes        []string `json:"errorNotes"`
+	Chunks            int      `json:"chunks"`
+	// File is the index in the manifest's files (output, then error) of
+	// the file being downloaded; Line how many of its lines are ingested.
+	File               int      `json:"file"`
+	Line               int64    `json:"line"`
 	ProvenanceIDs      []string `json:"provenanceIds"`
 	ReferencesRelinked int      `json:"referencesRelinked"`
 	ReferencesToSource int      `json:"referencesToSource"`
@@ -124,7 +128,7 @@ func (rec *record) bulkView() BulkJob {
 		ServerID: rec.ServerID, SourceName: rec.SourceName, GroupID: s.GroupID, SourceGroup: s.MatchedGroup,
 		Since: stamp(s.ExportSince), TransactionTime: stamp(s.TransactionTime), Files: len(s.Files), Scheduled: s.Scheduled,
 		Progress: BulkProgress{ResourcesByType: rec.Resources, VersionsWritten: rec.Versions, ResourcesUnchanged: rec.Unchanged,
-			ResourcesRejected: s.Rejected, ErrorsReported: s.Errors, ErrorNotes: s.ErrorNotes, Chunks: s.Chunks,
+			ResourcesRejected: s.Rejected, ErrorsReported: s.Errors, ErrorNotes: s.ErrorNotes, Chunks: s.Chunks, File: s.File, Line: s.Line,
 			ProvenanceIDs: rec.ProvenanceIDs, ReferencesRelinked: rec.Relinked, ReferencesToSource: rec.ToSource,
 			Retries: rec.Retries, TokenRefreshes: rec.TokenRefreshes, Restarts: rec.Restarts},
 	}
