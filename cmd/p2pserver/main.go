@@ -123,6 +123,9 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if os.Getenv("GOMEMLIMIT") == "" {
+		go tuneHeap(ctx)
+	}
 	if err := run(ctx, cfg, log); err != nil {
 		log.Error("p2pserver stopped", "err", err)
 		os.Exit(1)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -141,4 +142,24 @@ func TestDebugMemoryReportsHeap(t *testing.T) {
 		t.Errorf("reported %d figures, want only the %d memory ones: %v", len(got), len(memoryMetrics), got)
 	}
 	runtime.KeepAlive(keep)
+}
+
+// TestHeapLimitFollowsLiveHeap: the soft memory limit is the floor while
+// little is live, and twice the live heap beyond, never less.
+func TestHeapLimitFollowsLiveHeap(t *testing.T) {
+	for _, tc := range []struct {
+		live uint64
+		want int64
+	}{
+		{0, heapFloor},
+		{30 << 20, heapFloor},
+		{64 << 20, heapFloor},
+		{65 << 20, 130 << 20},
+		{1 << 30, 2 << 30},
+		{math.MaxUint64, math.MaxInt64},
+	} {
+		if got := heapLimit(tc.live); got != tc.want {
+			t.Errorf("live %d: limit %d, want %d", tc.live, got, tc.want)
+		}
+	}
 }
