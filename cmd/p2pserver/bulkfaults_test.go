@@ -35,13 +35,19 @@ type livePayer struct {
 
 func startLive(t *testing.T, args ...string) *livePayer {
 	t.Helper()
+	return startLiveAt(t, filepath.Join(t.TempDir(), "p2p.db"), args...)
+}
+
+// startLiveAt is startLive on the database file db.
+func startLiveAt(t *testing.T, db string, args ...string) *livePayer {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	l := &livePayer{addr: ln.Addr().String()}
 	base := "http://" + l.addr
-	l.args = append([]string{"-db", filepath.Join(t.TempDir(), "p2p.db"), "-base-url", base}, args...)
+	l.args = append([]string{"-db", db, "-base-url", base}, args...)
 	l.payer = &payer{t: t, URL: base}
 	l.serve(ln)
 	t.Cleanup(l.stop)
