@@ -1,14 +1,18 @@
 package fhir
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/authz"
@@ -416,22 +420,22 @@ func (s *Server) prepareTransaction(tx *store.Tx, entries []*txEntry, bodies []b
 	if err != nil {
 		return nil, err
 	}
-	// 2. fullUrl links rewritten to the locations decided in 1.
+	// 2. fullUrl links rewritten to the locations decided in 1, and the
+	// index entries and stored form of each resource without conditional
+	// references computed: each entry on its own, spread over the cores.
 	docs := make([]*store.Doc, len(entries))
-	var writes []*txWrite
-	conds := map[int][]string{}
-	for _, e := range entries {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
+	conds := make([][]string, len(entries))
+	failed := make([]error, len(entries))
+	err = forEachParallel(ctx, len(entries), func(i int) {
+		e := entries[i]
 		t := plan.targets[e.index]
 		if (e.method != http.MethodPost && e.method != http.MethodPut) || t.skip != nil {
-			continue
+			return
 		}
 		raw, _ := rewriteLinks(s.model, e.raw, e.typ, func(kind linkKind, v string) (string, bool) {
 			if kind == linkReference {
 				if _, _, ok := s.conditionalRef(v); ok {
-					conds[e.index] = append(conds[e.index], v)
+					conds[i] = append(conds[i], v)
 					return "", false
 				}
 			}
@@ -441,16 +445,33 @@ func (s *Server) prepareTransaction(tx *store.Tx, entries []*txEntry, bodies []b
 		// replaced strings with strings, so decoding is enough here.
 		m, err := decodeJSON(raw)
 		if err != nil {
-			return nil, entryErr(e, err)
+			failed[i] = entryErr(e, err)
+			return
 		}
 		_, id, _ := strings.Cut(t.ref, "/")
-		docs[e.index] = &store.Doc{Type: e.typ, ID: id, Map: m, JSON: raw}
-		writes = append(writes, &txWrite{typ: e.typ, id: id, m: m})
+		d := &store.Doc{Type: e.typ, ID: id, Map: m, JSON: raw}
+		if len(conds[i]) == 0 && id != "" {
+			s.store.Prepare(d)
+		}
+		docs[i] = d
+	})
+	if err != nil {
+		return nil, err
+	}
+	var writes []*txWrite
+	for i, d := range docs {
+		if failed[i] != nil {
+			return nil, failed[i]
+		}
+		if d != nil {
+			// Prepared, its index entries serve conditional references.
+			writes = append(writes, &txWrite{typ: d.Type, id: d.ID, m: d.Map, entries: d.Entries})
+		}
 	}
 	// 3. Conditional references, against the state after the writes.
 	resolved := map[string]string{}
-	for _, e := range entries {
-		refs := conds[e.index]
+	for i, e := range entries {
+		refs := conds[i]
 		if len(refs) == 0 {
 			continue
 		}
@@ -474,17 +495,46 @@ func (s *Server) prepareTransaction(tx *store.Tx, entries []*txEntry, bodies []b
 			return nil, entryErr(e, err)
 		}
 		d.JSON, d.Map = raw, m
-	}
-	// 4. Index entries and stored forms, outside the writer.
-	for _, d := range docs {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		if d != nil && d.ID != "" {
+		// 4. Its index entries and stored form, outside the writer.
+		if d.ID != "" {
 			s.store.Prepare(d)
 		}
 	}
 	return &txPrepared{plan: plan, docs: docs, seq: tx.ChangeSeq()}, nil
+}
+
+// forEachParallel calls fn(i) for every i below n, on as many goroutines
+// as there are cores (GOMAXPROCS), and returns ctx's error if ctx ends
+// before all are called. fn must be safe to call concurrently for
+// different i.
+func forEachParallel(ctx context.Context, n int, fn func(i int)) error {
+	workers := min(runtime.GOMAXPROCS(0), n)
+	if workers <= 1 {
+		for i := range n {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			fn(i)
+		}
+		return nil
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				fn(i)
+			}
+		}()
+	}
+	wg.Wait()
+	return ctx.Err()
 }
 
 func entryErr(e *txEntry, err error) error {
