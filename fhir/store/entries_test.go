@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"net/url"
+	"runtime"
 	"slices"
 	"sort"
 	"testing"
@@ -219,6 +221,82 @@ func TestUpgradeRemovesIDIndexKeepsOldEntries(t *testing.T) {
 	_ = st.View(ctx, func(tx *Tx) error {
 		if raw := tx.btx.Bucket([]byte("X:Patient")).Get([]byte("p1")); raw[0] != entriesPacked {
 			t.Error("the update did not pack the entries")
+		}
+		return nil
+	})
+}
+
+// TestParamNumbersOfAFailedWriteInAGroup: the first write to index a
+// parameter gives it a number; when that write fails in a commit group,
+// what it numbered is taken back with it, and the next write of the group
+// to index the parameter numbers it again: its entries read back whole
+// and its search finds it.
+func TestParamNumbersOfAFailedWriteInAGroup(t *testing.T) {
+	_, st := openTestStore(t)
+	ctx := context.Background()
+	entered, release := make(chan struct{}), make(chan struct{})
+	go func() {
+		_ = st.Write(ctx, func(tx *Tx) error { close(entered); <-release; return nil })
+	}()
+	<-entered
+	errc := make(chan error, 2)
+	body := `{"resourceType":"Basic","code":{"coding":[{"system":"urn:t","code":"x"}]},"created":"2024-01-01"}`
+	boom := errors.New("refused")
+	go func() {
+		errc <- st.Write(ctx, func(tx *Tx) error {
+			if _, err := tx.Put(testDoc(t, "Basic", "failed", body), PutOptions{}); err != nil {
+				return err
+			}
+			return boom
+		})
+	}()
+	for st.Queued() < 1 {
+		runtime.Gosched()
+	}
+	go func() {
+		errc <- st.Write(ctx, func(tx *Tx) error {
+			_, err := tx.Put(testDoc(t, "Basic", "kept", body), PutOptions{})
+			return err
+		})
+	}()
+	for st.Queued() < 2 {
+		runtime.Gosched()
+	}
+	close(release)
+	var failed int
+	for range 2 {
+		if err := <-errc; err != nil {
+			if !errors.Is(err, boom) {
+				t.Fatal(err)
+			}
+			failed++
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d writes failed, want 1", failed)
+	}
+	d := testDoc(t, "Basic", "kept", body)
+	st.Prepare(d)
+	notTime := func(e search.Entry) bool { return e.Param == "_lastUpdated" } // set at each write
+	want := entryStrings(slices.DeleteFunc(d.Entries, notTime))
+	_ = st.View(ctx, func(tx *Tx) error {
+		if got := entryStrings(slices.DeleteFunc(tx.EntriesOf("Basic", "kept"), notTime)); !slices.Equal(got, want) {
+			t.Errorf("entries of the write that committed:\n%q\nwant\n%q", got, want)
+		}
+		if _, err := tx.Read("Basic", "failed"); err == nil {
+			t.Error("the failed write's resource is there")
+		}
+		return nil
+	})
+	vals, _ := url.ParseQuery("code=urn:t|x&created=2024-01-01")
+	q, err := st.Registry().Parse("Basic", vals, search.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.View(ctx, func(tx *Tx) error {
+		ids, _, _, err := tx.SearchPage(q, nil, 10, nil)
+		if err != nil || joinIDs(ids) != "kept" {
+			t.Errorf("search: %v %q", err, ids)
 		}
 		return nil
 	})
