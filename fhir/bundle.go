@@ -1,15 +1,13 @@
 package fhir
 
 import (
-	"crypto/rand"
-	"encoding/hex"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/authz"
@@ -101,103 +99,6 @@ type snapshot struct {
 	bytes   int64 // what it holds, as counted against the cache's budget
 }
 
-// pageCache keeps what paging needs within a budget of bytes: what each
-// snapshot holds (a search's parameters and parsed query, an
-// $everything's ids, the self link) is counted, and past the budget the
-// oldest are dropped (their links then answer 410, and the search must be
-// run again). One snapshot may take at most a quarter of the budget: one
-// that would keep more (a search whose query alone is that large, an
-// $everything with that many results) is refused as too costly rather
-// than evicting everyone else's paging. The count of snapshots is bounded
-// too.
-type pageCache struct {
-	mu       sync.Mutex
-	ttl      time.Duration
-	max      int   // result sets
-	maxBytes int64 // bytes of all result sets
-	bytes    int64
-	m        map[string]*snapshot
-}
-
-func newPageCache(ttl time.Duration, max int, maxBytes int64) *pageCache {
-	return &pageCache{ttl: ttl, max: max, maxBytes: maxBytes, m: map[string]*snapshot{}}
-}
-
-// maxSet is the most bytes one result set may hold.
-func (c *pageCache) maxSet() int64 { return c.maxBytes / 4 }
-
-// Stats reports what the cache keeps: how many snapshots and the bytes
-// they hold as counted against -search-cache-bytes.
-func (c *pageCache) Stats() (n int, bytes int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.m), c.bytes
-}
-
-// errTooCostly refuses a result set larger than the cache keeps.
-func (c *pageCache) errTooCostly(what string, n int) error {
-	if n < 0 {
-		return errs.E("fhir.page", errs.Unprocessable, fmt.Sprintf(
-			"%s is too large to keep for paging (more than a quarter of -search-cache-bytes, %d bytes); shorten the query",
-			what, c.maxSet()), errs.Issue{Code: "too-costly", Message: what + " is too large to page"})
-	}
-	return errs.E("fhir.page", errs.Unprocessable, fmt.Sprintf(
-		"%s has %d results, more than this server keeps for paging (a quarter of -search-cache-bytes, %d bytes); narrow it (by date, type or a more selective parameter)",
-		what, n, c.maxSet()), errs.Issue{Code: "too-costly", Message: fmt.Sprintf("%s has %d results, too many to page", what, n)})
-}
-
-// put keeps sn and returns its key; a result set over maxSet is refused.
-func (c *pageCache) put(sn *snapshot, what string) (string, error) {
-	sn.bytes = sn.size()
-	if sn.bytes > c.maxSet() {
-		n := len(sn.ids)
-		if sn.ids == nil {
-			n = -1
-		}
-		return "", c.errTooCostly(what, n)
-	}
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	key := hex.EncodeToString(b)
-	now := time.Now()
-	sn.expires = now.Add(c.ttl)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for k, v := range c.m {
-		if v.expires.Before(now) {
-			c.drop(k)
-		}
-	}
-	for len(c.m) > 0 && (len(c.m) >= c.max || c.bytes+sn.bytes > c.maxBytes) {
-		oldest := ""
-		for k, v := range c.m {
-			if oldest == "" || v.expires.Before(c.m[oldest].expires) {
-				oldest = k
-			}
-		}
-		c.drop(oldest)
-	}
-	c.m[key] = sn
-	c.bytes += sn.bytes
-	return key, nil
-}
-
-func (c *pageCache) drop(key string) {
-	c.bytes -= c.m[key].bytes
-	delete(c.m, key)
-}
-
-func (c *pageCache) get(key string) *snapshot {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	sn := c.m[key]
-	if sn != nil && time.Now().After(sn.expires) {
-		c.drop(key)
-		return nil
-	}
-	return sn
-}
-
 // size estimates the bytes a result set holds: each string with its
 // header and allocation rounding, each parsed clause, value and range,
 // the kept query and the self link.
@@ -285,7 +186,7 @@ func (s *Server) searchPage(tx *store.Tx, typ, cursor string) ([]byte, error) {
 	if err := s.policy.Need(a, typ, authz.Search); err != nil {
 		return nil, err
 	}
-	sn := s.pages.get(key)
+	sn := s.pages.get(tx, key)
 	if sn == nil || sn.typ != typ || sn.params == nil {
 		return nil, errs.E("fhir.page", errs.Gone, "this search result has expired; run the search again")
 	}
@@ -392,7 +293,7 @@ func (s *Server) renderSearch(tx *store.Tx, sn *snapshot, key string, q *search.
 		b.Total = &total
 	}
 	if more && key == "" {
-		if key, err = s.pages.put(sn, "this search's query"); err != nil {
+		if key, err = s.pages.put(tx, sn, "this search's query"); err != nil {
 			return nil, err
 		}
 	}
@@ -520,7 +421,7 @@ type PagingStats struct {
 // Bytes grows with the length of the queries being paged, not with their
 // matches.
 func (s *Server) PagingStats() PagingStats {
-	n, b := s.pages.Stats()
+	n, b := s.pages.Stats(context.Background())
 	return PagingStats{Kept: n, Bytes: b}
 }
 

@@ -93,7 +93,10 @@ func (s *Server) everything(w http.ResponseWriter, r *http.Request, opts Everyth
 		return
 	}
 	var body []byte
-	err = s.store.View(r.Context(), func(tx *store.Tx) error {
+	// A result set kept for paging is written once the read has ended,
+	// before the answer that links to it.
+	ctx, kept := withKeptSets(r.Context())
+	err = s.store.View(ctx, func(tx *store.Tx) error {
 		if a := AccessFrom(tx.Context()); !a.CanRead("Patient") {
 			return s.policy.Need(a, "Patient", authz.Read)
 		}
@@ -109,6 +112,9 @@ func (s *Server) everything(w http.ResponseWriter, r *http.Request, opts Everyth
 		body, err = s.everythingBundle(tx, opts, q)
 		return err
 	})
+	if err == nil {
+		err = s.pages.flush(r.Context(), kept)
+	}
 	if err != nil {
 		WriteError(w, r, err)
 		return
@@ -517,7 +523,7 @@ func (s *Server) everythingBundle(tx *store.Tx, opts EverythingOptions, q *every
 	var key string
 	if len(entries) > q.count {
 		var err error
-		if key, err = s.pages.put(sn, "this $everything"); err != nil {
+		if key, err = s.pages.put(tx, sn, "this $everything"); err != nil {
 			return nil, err
 		}
 	}
@@ -547,7 +553,7 @@ func (s *Server) everythingPage(tx *store.Tx, opts EverythingOptions, patient, c
 	if err != nil || offset < 0 {
 		return nil, bad
 	}
-	sn := s.pages.get(key)
+	sn := s.pages.get(tx, key)
 	if sn == nil || sn.typ != everythingKind || sn.query.Kept.Get("patient") != patient {
 		return nil, errs.E("fhir.everything", errs.Gone, "this $everything result has expired; ask again")
 	}
@@ -651,7 +657,7 @@ func (s *Server) everythingTypeCursor(tx *store.Tx, opts EverythingOptions, key,
 		}
 		at = &everythingPosition{patient: patient, skip: skip}
 	}
-	sn := s.pages.get(key)
+	sn := s.pages.get(tx, key)
 	if sn == nil || sn.typ != everythingKind || sn.params == nil {
 		return nil, errs.E("fhir.everything", errs.Gone, "this $everything result has expired; ask again")
 	}
@@ -742,7 +748,7 @@ func (s *Server) everythingTypePage(tx *store.Tx, opts EverythingOptions, q *eve
 		sn = &snapshot{typ: everythingKind, params: q.params, lenient: q.lenient, self: self, binding: a.Key(),
 			query: &search.Query{Type: "Patient", Count: q.count, Kept: kept}}
 		if next != nil {
-			if key, err = s.pages.put(sn, "this type-level $everything's parameters"); err != nil {
+			if key, err = s.pages.put(tx, sn, "this type-level $everything's parameters"); err != nil {
 				return nil, err
 			}
 		}

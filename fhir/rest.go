@@ -278,7 +278,10 @@ func (s *Server) searchPost(w http.ResponseWriter, r *http.Request) {
 func (s *Server) runSearch(w http.ResponseWriter, r *http.Request, typ string, params url.Values) {
 	_, lenient := prefer(r)
 	var body []byte
-	err := s.store.View(r.Context(), func(tx *store.Tx) error {
+	// A search too long for its links is kept in the database, written
+	// once the read has ended, before the answer that links to it.
+	ctx, kept := withKeptSets(r.Context())
+	err := s.store.View(ctx, func(tx *store.Tx) error {
 		var err error
 		if c := params.Get("_cursor"); c != "" {
 			body, err = s.searchPage(tx, typ, c)
@@ -287,6 +290,9 @@ func (s *Server) runSearch(w http.ResponseWriter, r *http.Request, typ string, p
 		body, err = s.searchBundle(tx, typ, searchParams(params), lenient)
 		return err
 	})
+	if err == nil {
+		err = s.pages.flush(r.Context(), kept)
+	}
 	if err != nil {
 		WriteError(w, r, err)
 		return

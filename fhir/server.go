@@ -21,6 +21,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 	"github.com/p2pserver/p2pserver/internal/limit"
+	"github.com/p2pserver/p2pserver/internal/secrets"
 )
 
 // Config sets up a Server.
@@ -35,11 +36,17 @@ type Config struct {
 	// PageTTL is how long a search (or an $everything result set) stays
 	// pageable after it ran.
 	PageTTL time.Duration
-	// SearchCacheBytes bounds, in bytes, what is kept for paging: a
-	// search's (or type-level $everything's) parameters and self link,
-	// Patient/{id}/$everything's result set (ids). One may take a quarter
-	// of it. Default 128 MiB.
+	// SearchCacheBytes bounds, in bytes, what paging carries: a search's
+	// (or type-level $everything's) parameters and self link, sealed into
+	// its links' cursor, or Patient/{id}/$everything's result set (ids),
+	// kept in the database until PageTTL has passed. One may take a
+	// quarter of it (and a cursor at most 48 KiB, to fit a request line).
+	// Default 128 MiB.
 	SearchCacheBytes int64
+	// Cursors seals the paging links' cursors (-secret-key): every process
+	// sharing the key, and the database, answers every link. Nil: a key
+	// made at start, so links are answered by this process only.
+	Cursors *secrets.Cipher
 	// MaxBundleEntries is the most entries a transaction or batch Bundle
 	// may have; a larger one is refused with 413. Default 10,000.
 	MaxBundleEntries int
@@ -166,7 +173,7 @@ func New(st *store.Store, cfg Config) *Server {
 	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
 	return &Server{
 		cfg: cfg, store: st, reg: st.Registry(), model: st.Registry().Model(), log: cfg.Logger,
-		pages:      newPageCache(cfg.PageTTL, 2000, cfg.SearchCacheBytes),
+		pages:      newPageCache(st, cfg.PageTTL, cfg.SearchCacheBytes, cfg.Cursors),
 		policy:     authz.New(st.Registry(), cfg.BaseURL),
 		validators: map[string][]Validator{},
 		started:    time.Now().UTC(),

@@ -97,8 +97,17 @@ func (a *app) wire() error {
 		a.cfg.BaseURL = cfg.BaseURL
 	}
 	base := cfg.BaseURL + "/fhir"
+	var cipher *secrets.Cipher
+	if cfg.SecretKey != "" {
+		var err error
+		if cipher, err = secrets.NewCipher(cfg.SecretKey); err != nil {
+			return fmt.Errorf("-secret-key: %w", err)
+		}
+	}
+	// Paging links' cursors are sealed with the secret key, so that every
+	// process sharing it answers them.
 	fcfg := fhir.Config{BaseURL: base, MaxBody: cfg.MaxBody, Logger: log, Version: version,
-		CORS: len(cfg.CORSOrigins) > 0}
+		CORS: len(cfg.CORSOrigins) > 0, Cursors: cipher}
 	cfg.Limits.fhir(&fcfg)
 	a.fhir = fhir.New(a.store, fcfg)
 	a.leases = lease.New(a.store, lease.Config{Duration: cfg.LeaseDuration, Scan: cfg.WorkScan, Logger: log})
@@ -117,12 +126,6 @@ func (a *app) wire() error {
 	issuers, err := smart.ParseIssuers(cfg.TrustedIssuers)
 	if err != nil {
 		return fmt.Errorf("-trusted-issuers: %w", err)
-	}
-	var cipher *secrets.Cipher
-	if cfg.SecretKey != "" {
-		if cipher, err = secrets.NewCipher(cfg.SecretKey); err != nil {
-			return fmt.Errorf("-secret-key: %w", err)
-		}
 	}
 	a.admin, err = httpapi.NewAuthorizer(log,
 		httpapi.Role{Name: "admin", Setting: "-admin-token or P2P_ADMIN_TOKEN", Tokens: httpapi.SplitTokens(cfg.AdminToken)},

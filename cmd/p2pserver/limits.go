@@ -58,7 +58,7 @@ func limitFlags(fs *flag.FlagSet, env func(name, def string) string) func() (Lim
 	perClient := add("max-expensive-per-client", "2", "expensive requests one client (token subject, else IP address) runs at once; more get 429 with Retry-After")
 	outbox := add("notify-max-outbox", "1000000", "most rows of the notification outbox (writes that matched Subscriptions, notifications); a write that would add one more gets 503 with Retry-After")
 	perType := add("max-subscriptions-per-type", "5000", "most active Subscriptions whose criteria are on one resource type; one more gets 422")
-	cache := add("search-cache-bytes", "128MiB", "memory what is kept for paging may hold (a search's query and links, an instance $everything's ids); one may take a quarter")
+	cache := add("search-cache-bytes", "128MiB", "what paging may carry: a search's query (sealed into its links) or an instance $everything's ids (kept in the database); one may take a quarter")
 	return func() (Limits, error) {
 		var l Limits
 		var err error

@@ -158,7 +158,7 @@ func newNormaliser(s *recordsServer) *niNormaliser {
 
 var (
 	niUUID        = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`)
-	niCursorKey   = regexp.MustCompile(`_cursor=[0-9a-f]{16,}\.`)
+	niCursorKey   = regexp.MustCompile(`_cursor=[ck][0-9A-Za-z_-]{16,}\.`)
 	niHistoryCurs = regexp.MustCompile(`_cursor=[0-9]+`)
 	niVersionETag = regexp.MustCompile(`W/\\?"[0-9]+\\?"`)
 )

@@ -1,0 +1,336 @@
+package fhir
+
+import (
+	"bytes"
+	"compress/flate"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/errs"
+	"github.com/p2pserver/p2pserver/internal/secrets"
+)
+
+// pagesBucket keeps the result sets of Patient/{id}/$everything (and
+// searches too long for a link) between pages: key (expiry then random
+// bytes) -> keptSet JSON.
+const pagesBucket = "fhir_pages"
+
+// maxCursor is the longest sealed cursor a link carries: with the rest of
+// the URL it must fit the request line a server accepts.
+const maxCursor = 48 << 10
+
+// pageCache is what paging needs, answerable by any process on the
+// database: a search (and type-level $everything) is its parameters,
+// sealed with the cursor key into its links' cursor, so that nothing is
+// kept for it; an instance $everything's result set (its ids, which do
+// not fit a link) is kept in the database until it expires. One snapshot
+// may take a quarter of the budget: one larger (a search whose query alone
+// is that large, an $everything with that many results) is refused as too
+// costly.
+type pageCache struct {
+	st       *store.Store
+	ttl      time.Duration
+	maxBytes int64
+	seal     *secrets.Cipher
+}
+
+func newPageCache(st *store.Store, ttl time.Duration, maxBytes int64, seal *secrets.Cipher) *pageCache {
+	if seal == nil {
+		// Links then work in this process only: -secret-key shares the
+		// key among processes.
+		k := make([]byte, 32)
+		_, _ = rand.Read(k)
+		seal, _ = secrets.NewCipher(hex.EncodeToString(k))
+	}
+	return &pageCache{st: st, ttl: ttl, maxBytes: maxBytes, seal: seal}
+}
+
+// maxSet is the most bytes one result set may hold.
+func (c *pageCache) maxSet() int64 { return c.maxBytes / 4 }
+
+// errTooCostly refuses a result set larger than the cache keeps.
+func (c *pageCache) errTooCostly(what string, n int) error {
+	if n < 0 {
+		return errs.E("fhir.page", errs.Unprocessable, fmt.Sprintf(
+			"%s is too large to page (its parameters take more than %d bytes); shorten the query",
+			what, min(c.maxSet(), maxCursor)), errs.Issue{Code: "too-costly", Message: what + " is too large to page"})
+	}
+	return errs.E("fhir.page", errs.Unprocessable, fmt.Sprintf(
+		"%s has %d results, more than this server keeps for paging (a quarter of -search-cache-bytes, %d bytes); narrow it (by date, type or a more selective parameter)",
+		what, n, c.maxSet()), errs.Issue{Code: "too-costly", Message: fmt.Sprintf("%s has %d results, too many to page", what, n)})
+}
+
+// sealedSnapshot is a snapshot as its cursor carries it.
+type sealedSnapshot struct {
+	Typ     string `json:"t"`
+	Params  string `json:"p,omitempty"`
+	Lenient bool   `json:"l,omitempty"`
+	Self    string `json:"s,omitempty"` // kept sets only: a cursor's self link is the page's own
+	Binding string `json:"b"`
+	QType   string `json:"qt,omitempty"`
+	QCount  int    `json:"qc,omitempty"`
+	QKept   string `json:"qk,omitempty"`
+	Query   bool   `json:"q,omitempty"`
+	Expires int64  `json:"x"`
+}
+
+// keptSet is an $everything result set as the database keeps it.
+type keptSet struct {
+	sealedSnapshot
+	IDs []string `json:"ids"`
+}
+
+func (sn *snapshot) sealed(expires time.Time) sealedSnapshot {
+	out := sealedSnapshot{Typ: sn.typ, Lenient: sn.lenient, Self: sn.self, Binding: sn.binding, Expires: expires.Unix()}
+	if sn.params != nil {
+		out.Params = sn.params.Encode()
+		if out.Params == "" {
+			out.Params = "&" // present but empty
+		}
+	}
+	if q := sn.query; q != nil {
+		out.Query, out.QType, out.QCount, out.QKept = true, q.Type, q.Count, q.Kept.Encode()
+	}
+	return out
+}
+
+func (ss *sealedSnapshot) snapshot() (*snapshot, error) {
+	sn := &snapshot{typ: ss.Typ, lenient: ss.Lenient, self: ss.Self, binding: ss.Binding, expires: time.Unix(ss.Expires, 0)}
+	if ss.Params != "" {
+		p, err := url.ParseQuery(strings.TrimPrefix(ss.Params, "&"))
+		if err != nil {
+			return nil, err
+		}
+		sn.params = p
+	}
+	if ss.Query {
+		kept, err := url.ParseQuery(ss.QKept)
+		if err != nil {
+			return nil, err
+		}
+		sn.query = &search.Query{Type: ss.QType, Count: ss.QCount, Kept: kept}
+	}
+	return sn, nil
+}
+
+// keptSetsKey carries, in a request's context, the result sets to write
+// once its read transaction has ended (see withKeptSets).
+type keptSetsKey struct{}
+
+// keptSets are result sets waiting to be written.
+type keptSets struct {
+	mu   sync.Mutex
+	sets map[string][]byte
+}
+
+// withKeptSets returns ctx carrying a list of result sets to write after
+// the read: pageCache.flush writes them, before the answer that links to
+// them is sent.
+func withKeptSets(ctx context.Context) (context.Context, *keptSets) {
+	k := &keptSets{sets: map[string][]byte{}}
+	return context.WithValue(ctx, keptSetsKey{}, k), k
+}
+
+// put makes sn pageable and returns the key its links carry; a snapshot
+// over maxSet is refused. A search is sealed into the key (unless that
+// makes a key longer than maxCursor); a result set (ids), or a search too
+// long for a link, is written to the database: after tx ends when the request
+// carries a list (withKeptSets), else in tx, which must then be a write.
+func (c *pageCache) put(tx *store.Tx, sn *snapshot, what string) (string, error) {
+	sn.bytes = sn.size()
+	if sn.bytes > c.maxSet() {
+		n := len(sn.ids)
+		if sn.ids == nil {
+			n = -1
+		}
+		return "", c.errTooCostly(what, n)
+	}
+	expires := time.Now().Add(c.ttl)
+	sn.expires = expires
+	if sn.ids == nil {
+		ss := sn.sealed(expires)
+		ss.Self = ""
+		raw, err := deflate(ss)
+		if err != nil {
+			return "", errs.E("fhir.page", errs.Internal, err)
+		}
+		sealed, err := c.seal.Seal(raw)
+		if err != nil {
+			return "", errs.E("fhir.page", errs.Internal, err)
+		}
+		if key := "c" + base64.RawURLEncoding.EncodeToString(sealed); len(key) <= maxCursor {
+			return key, nil
+		}
+		// Too long for a link (a very long POST _search): kept in the
+		// database like a result set.
+	}
+	raw, err := json.Marshal(keptSet{sealedSnapshot: sn.sealed(expires), IDs: sn.ids})
+	if err != nil {
+		return "", errs.E("fhir.page", errs.Internal, err)
+	}
+	b := binary.BigEndian.AppendUint64(nil, uint64(expires.Unix()))
+	r := make([]byte, 12)
+	_, _ = rand.Read(r)
+	b = append(b, r...)
+	key := "k" + hex.EncodeToString(b)
+	if k, ok := tx.Context().Value(keptSetsKey{}).(*keptSets); ok {
+		k.mu.Lock()
+		k.sets[key] = raw
+		k.mu.Unlock()
+		return key, nil
+	}
+	// No list to write after the read: in a write transaction (a
+	// transaction Bundle), with it.
+	if err := tx.KV(pagesBucket).Put(b, raw); err != nil {
+		// A read with no list to write after it (a batch Bundle's GET).
+		return "", c.errTooCostly(what, -1)
+	}
+	return key, nil
+}
+
+// flush writes the result sets k holds (see withKeptSets).
+func (c *pageCache) flush(ctx context.Context, k *keptSets) error {
+	k.mu.Lock()
+	sets := k.sets
+	k.sets = map[string][]byte{}
+	k.mu.Unlock()
+	if len(sets) == 0 {
+		return nil
+	}
+	return c.write(ctx, sets)
+}
+
+// write stores sets and deletes some of the expired ones (their keys
+// sort by expiry, so they are the first).
+func (c *pageCache) write(ctx context.Context, sets map[string][]byte) error {
+	now := uint64(time.Now().Unix())
+	return c.st.Write(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+		kv := tx.KV(pagesBucket)
+		var old [][]byte
+		if err := kv.Scan(nil, func(k, _ []byte) (bool, error) {
+			if len(k) < 8 || binary.BigEndian.Uint64(k[:8]) > now || len(old) >= 100 {
+				return false, nil
+			}
+			old = append(old, k)
+			return true, nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range old {
+			if err := kv.Delete(k); err != nil {
+				return err
+			}
+		}
+		for key, raw := range sets {
+			b, err := hex.DecodeString(key[1:])
+			if err != nil {
+				return err
+			}
+			if err := kv.Put(b, raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// get returns the snapshot of key, nil when it is not one of this
+// server's (or the database's) or has expired.
+func (c *pageCache) get(tx *store.Tx, key string) *snapshot {
+	if len(key) < 2 {
+		return nil
+	}
+	now := time.Now()
+	switch key[0] {
+	case 'c':
+		sealed, err := base64.RawURLEncoding.DecodeString(key[1:])
+		if err != nil {
+			return nil
+		}
+		raw, err := c.seal.Open(sealed)
+		if err != nil {
+			return nil
+		}
+		var ss sealedSnapshot
+		if inflate(raw, &ss) != nil || now.Unix() >= ss.Expires {
+			return nil
+		}
+		sn, err := ss.snapshot()
+		if err != nil {
+			return nil
+		}
+		return sn
+	case 'k':
+		b, err := hex.DecodeString(key[1:])
+		if err != nil || len(b) < 8 {
+			return nil
+		}
+		raw := tx.KV(pagesBucket).Get(b)
+		if raw == nil {
+			return nil
+		}
+		var ks keptSet
+		if json.Unmarshal(raw, &ks) != nil || now.Unix() >= ks.Expires {
+			return nil
+		}
+		sn, err := ks.snapshot()
+		if err != nil {
+			return nil
+		}
+		sn.ids = ks.IDs
+		return sn
+	}
+	return nil
+}
+
+// Stats reports the result sets the database keeps for paging and the
+// bytes they take (searches keep nothing: their links carry them).
+func (c *pageCache) Stats(ctx context.Context) (n int, bytes int64) {
+	now := uint64(time.Now().Unix())
+	_ = c.st.View(ctx, func(tx *store.Tx) error {
+		return tx.KV(pagesBucket).Scan(nil, func(k, v []byte) (bool, error) {
+			if len(k) >= 8 && binary.BigEndian.Uint64(k[:8]) > now {
+				n++
+				bytes += int64(len(k) + len(v))
+			}
+			return true, nil
+		})
+	})
+	return n, bytes
+}
+
+// deflate encodes v as compressed JSON: a query's parameters repeat
+// themselves (systems, prefixes), and a cursor should be short.
+func deflate(v any) ([]byte, error) {
+	var b bytes.Buffer
+	w, err := flate.NewWriter(&b, flate.BestSpeed)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// inflate decodes what deflate made, reading at most 4 MiB.
+func inflate(raw []byte, v any) error {
+	r := flate.NewReader(bytes.NewReader(raw))
+	defer r.Close()
+	return json.NewDecoder(io.LimitReader(r, 4<<20)).Decode(v)
+}
