@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -451,7 +450,3 @@ func TestWriteAlone(t *testing.T) {
 		}
 	}
 }
-
-// TestMain runs every test of the store on each backend: one contract,
-// two implementations.
-func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
