@@ -36,7 +36,14 @@ type testServer struct {
 
 func newServer(t *testing.T, opts ...func(*fhir.Config)) *testServer {
 	t.Helper()
-	db, err := store.OpenDB(context.Background(), storetest.DSN(t), store.DBOptions{})
+	return newServerOn(t, storetest.DSN(t), opts...)
+}
+
+// newServerOn is newServer on the database dsn: another process's server
+// when two share one PostgreSQL database.
+func newServerOn(t *testing.T, dsn string, opts ...func(*fhir.Config)) *testServer {
+	t.Helper()
+	db, err := store.OpenDB(context.Background(), dsn, store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
