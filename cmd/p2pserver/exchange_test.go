@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +14,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
+	td "github.com/p2pserver/p2pserver/internal/testdata"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/p2pserver/p2pserver/facades/healthie/healthietest"
@@ -45,7 +47,7 @@ func startPayer(t testing.TB, args ...string) *payer {
 	t.Helper()
 	hs := httptest.NewUnstartedServer(nil)
 	base := "http://" + hs.Listener.Addr().String()
-	args = append([]string{"-db", filepath.Join(t.TempDir(), "p2p.db"), "-base-url", base}, args...)
+	args = append([]string{"-db", storetest.DSN(t), "-export-dir", filepath.Join(t.TempDir(), "exports"), "-base-url", base}, args...)
 	cfg, err := parseConfig(args, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)

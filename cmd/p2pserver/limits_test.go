@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 )
 
 // serveWith runs the whole server as make run does (run, on a free
@@ -26,7 +28,7 @@ func serveWith(t *testing.T, args ...string) string {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	args = append([]string{"-addr", addr, "-db", filepath.Join(t.TempDir(), "p2p.db")}, args...)
+	args = append([]string{"-addr", addr, "-db", storetest.DSN(t), "-export-dir", filepath.Join(t.TempDir(), "exports")}, args...)
 	cfg, err := parseConfig(args, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -161,5 +162,56 @@ func TestHeapLimitFollowsLiveHeap(t *testing.T) {
 		if got := heapLimit(tc.live); got != tc.want {
 			t.Errorf("live %d: limit %d, want %d", tc.live, got, tc.want)
 		}
+	}
+}
+
+// TestDBSetting: -db is a postgres:// (or postgresql://) URL, or a file
+// path; any other scheme:// is refused, not taken for a file name (which
+// made a folder named after the scheme). A URL's password appears in no
+// message or log line, whether the database answers or not.
+func TestDBSetting(t *testing.T) {
+	for _, c := range []struct {
+		db string
+		ok bool
+	}{
+		{"data/p2p.db", true},
+		{"/var/lib/p2p/p2p.db", true},
+		{"postgres://p2p:s3cret@db.example/p2p?sslmode=require", true},
+		{"postgresql://p2p@db.example/p2p", true},
+		{"POSTGRES://p2p@db.example/p2p", true},
+		{"mysql://p2p:s3cret@db.example/p2p", false},
+		{"sqlite://p2p.db", false},
+		{"file:///var/lib/p2p/p2p.db", false},
+		{"bolt://data/p2p.db", false},
+	} {
+		dir := t.TempDir()
+		t.Chdir(dir)
+		_, err := parseConfig([]string{"-db", c.db}, func(string) string { return "" })
+		if c.ok != (err == nil) {
+			t.Errorf("-db %s: %v", c.db, err)
+		}
+		if err != nil && (!strings.Contains(err.Error(), "postgres://") || strings.Contains(err.Error(), "s3cret")) {
+			t.Errorf("-db %s: %q should name what is accepted and not the password", c.db, err)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) > 0 {
+			t.Errorf("-db %s made %v", c.db, entries[0].Name())
+		}
+	}
+	// A database that does not answer: the error names it without the
+	// password.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "postgres://p2p:s3cret@" + ln.Addr().String() + "/p2p?sslmode=disable&connect_timeout=2"
+	ln.Close()
+	var logs strings.Builder
+	cfg, err := parseConfig([]string{"-db", url, "-addr", "127.0.0.1:0"}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = run(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err == nil || strings.Contains(err.Error()+logs.String(), "s3cret") || !strings.Contains(err.Error(), "p2p:xxxxx@") {
+		t.Errorf("an unreachable database: %v (logs %q); want an error naming it without its password", err, logs.String())
 	}
 }
