@@ -41,7 +41,7 @@ func (c *cursor) First() ([]byte, []byte) { return c.move(bound{none: true}, tru
 func (c *cursor) Last() ([]byte, []byte)  { return c.move(bound{none: true}, false) }
 
 func (c *cursor) Seek(seek []byte) ([]byte, []byte) {
-	return c.move(bound{key: bytes.Clone(seek), incl: true}, true)
+	return c.move(bound{key: append([]byte{}, seek...), incl: true}, true)
 }
 
 func (c *cursor) Next() ([]byte, []byte) {
