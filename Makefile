@@ -3,7 +3,7 @@ GO ?= go
 BIN := bin/p2pserver
 STATICCHECK_VERSION := v0.7.0
 
-.PHONY: all build run demo test lint bench load spec clean fuzz
+.PHONY: all build run demo test test-postgres postgres-check lint bench load spec clean fuzz
 
 all: build
 
@@ -20,10 +20,24 @@ run: build
 demo: build
 	./bin/p2p-demo -bin bin -synthea testdata/synthea
 
-## test: every test, with the race detector.
-test:
+## test: every test, with the race detector, on bbolt, and on PostgreSQL
+## the store's contract suite (its tests run on both backends), the FHIR
+## packages and the end-to-end tests of cmd/p2pserver. The tests start a
+## private PostgreSQL server: Debian's postgresql package must be installed.
+test: postgres-check
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
+	P2P_TEST_DB=postgres $(GO) test -race -count=1 -timeout 15m ./fhir/... ./cmd/p2pserver/
+
+## test-postgres: every test on PostgreSQL.
+test-postgres: postgres-check
+	P2P_TEST_DB=postgres $(GO) test -race -count=1 -timeout 20m ./...
+
+## postgres-check: PostgreSQL's server programs are installed (where internal/pgtest looks for them).
+postgres-check:
+	@if [ -n "$$P2P_PG_BIN" ]; then test -x "$$P2P_PG_BIN/initdb" || { echo "P2P_PG_BIN=$$P2P_PG_BIN holds no initdb" >&2; exit 1; }; \
+	elif ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "the tests need PostgreSQL's server programs (initdb, postgres): apt-get install postgresql (or set P2P_PG_BIN to their folder)" >&2; exit 1; fi
 
 ## fuzz: the non-interference proof with random requests for FUZZTIME
 ## (default 5m): no answer to one member may depend on another's data.
