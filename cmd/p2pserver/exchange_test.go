@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,10 +36,19 @@ const (
 // payer is one whole p2pserver, wired by newApp exactly as the binary is,
 // on a loopback port.
 type payer struct {
-	t   testing.TB
-	app *app
-	hs  *httptest.Server
-	URL string
+	t    testing.TB
+	app  *app
+	hs   *httptest.Server
+	URL  string
+	once sync.Once
+}
+
+// stop shuts the payer down (as at the test's end); once.
+func (p *payer) stop() {
+	p.once.Do(func() {
+		p.hs.Close()
+		p.app.Close()
+	})
 }
 
 // startPayer runs a p2pserver with the given flags (plus -db and
@@ -66,11 +76,9 @@ func startPayer(t testing.TB, args ...string) *payer {
 	}
 	hs.Config.Handler = a.Handler()
 	hs.Start()
-	t.Cleanup(func() {
-		hs.Close()
-		a.Close()
-	})
-	return &payer{t: t, app: a, hs: hs, URL: base}
+	p := &payer{t: t, app: a, hs: hs, URL: base}
+	t.Cleanup(p.stop)
+	return p
 }
 
 // call sends a JSON request and decodes the JSON answer into out.

@@ -108,6 +108,16 @@ type Config struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "migrate" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := runMigrate(ctx, os.Args[2:], os.Stdout)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "p2pserver migrate:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	cfg, err := parseConfig(os.Args[1:], os.Getenv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "p2pserver:", err)
@@ -219,7 +229,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 		return cfg, envErr
 	}
 	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected argument %q: p2pserver takes only flags (-name value, or P2P_NAME in the environment); -h lists them", fs.Arg(0))
+		return cfg, fmt.Errorf("unexpected argument %q: p2pserver takes only flags (-name value, or P2P_NAME in the environment; -h lists them), or the command migrate (p2pserver migrate -h)", fs.Arg(0))
 	}
 	if _, ok := logLevels[strings.ToLower(cfg.LogLevel)]; !ok {
 		return cfg, fmt.Errorf("-log-level: %q is not a level; use debug, info, warn or error", cfg.LogLevel)

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/internal/pgtest"
+	td "github.com/p2pserver/p2pserver/internal/testdata"
+	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
+)
+
+// loadMember loads the Synthea member into p and returns their Patient id.
+func loadMember(t *testing.T, p *payer) string {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(td.Dir, "synthea", "Angelic_Mueller*.json"))
+	if len(files) != 1 {
+		t.Fatalf("synthea bundle: %v", files)
+	}
+	raw, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var loaded map[string]any
+	if st := p.call("POST", "/fhir", testAdmin, raw, &loaded); st != 200 {
+		t.Fatalf("load: %d", st)
+	}
+	for _, e := range loaded["entry"].([]any) {
+		loc := e.(map[string]any)["response"].(map[string]any)["location"].(string)
+		if rest, ok := strings.CutPrefix(strings.TrimPrefix(loc, p.URL+"/fhir/"), "Patient/"); ok {
+			id, _, _ := strings.Cut(rest, "/")
+			return id
+		}
+	}
+	t.Fatal("no Patient loaded")
+	return ""
+}
+
+// runBatchJob starts a batch job for the member's tokens and waits for
+// its end; it returns the job's final status.
+func runBatchJob(t *testing.T, p *payer, pid int64, access, refresh, srcPatient string) map[string]any {
+	t.Helper()
+	job := map[string]any{
+		"sourcePayer": map[string]any{"oidcToken": access, "oidcRefreshToken": refresh,
+			"fhirBundleRequest": "Patient/" + srcPatient + "/$everything?_count=50", "patientId": srcPatient},
+		"targetPayer": map[string]any{"patientId": "member-1", "organizationId": "PAYRB"},
+	}
+	var status map[string]any
+	path := fmt.Sprintf("/api/oidc_servers/%d/batch_job", pid)
+	if st := p.call("POST", path, testBackoffice, job, &status); st != 202 {
+		t.Fatalf("start job: %d %v", st, status)
+	}
+	jobPath := fmt.Sprintf("%s/%v", path, status["batchJobId"])
+	deadline := time.Now().Add(2 * time.Minute)
+	for status["batchStatus"] != "COMPLETED" && status["batchStatus"] != "FAILED" {
+		if time.Now().After(deadline) {
+			t.Fatalf("job still %v", status["batchStatus"])
+		}
+		time.Sleep(50 * time.Millisecond)
+		p.call("GET", jobPath, testBackoffice, nil, &status)
+	}
+	return status
+}
+
+// TestMigrateBoltToPostgres fills a bbolt database through the HTTP API
+// (a resource with several versions and a delete in its history, a
+// searchable Observation, an OIDC server definition with its client
+// secret, a finished batch job), copies it with `p2pserver migrate` into
+// PostgreSQL (a first copy cut short, then resumed; then run again, which
+// only verifies), and starts p2pserver on PostgreSQL: history in the same
+// order, vread, search and the job read back alike, and the definition's
+// secret, sealed with -secret-key, still authenticates this payer at the
+// source payer's token endpoint (a new job whose access token has expired
+// refreshes it).
+func TestMigrateBoltToPostgres(t *testing.T) {
+	pgURL := pgtest.Database(t)
+	idp := oidctest.New(t)
+	idp.AddClient("payer-b", "payer-b-secret")
+	source := startPayer(t, "-admin-token", testAdmin, "-trusted-issuers", idp.Issuer())
+	srcPatient := loadMember(t, source)
+
+	boltPath := filepath.Join(t.TempDir(), "old.db")
+	args := []string{"-admin-token", testAdmin, "-backoffice-token", testBackoffice, "-secret-key", testSecretKey, "-trusted-issuers", idp.Issuer()}
+	old := startPayer(t, append([]string{"-db", boltPath}, args...)...)
+	for i, body := range []string{
+		`{"resourceType":"Patient","id":"member-1","name":[{"family":"Mueller","given":["Angelic"]}]}`,
+		`{"resourceType":"Patient","id":"member-1","name":[{"family":"Mueller","given":["Angelic"]}],"birthDate":"1990-01-01"}`,
+		`{"resourceType":"Patient","id":"member-1","name":[{"family":"Müller","given":["Angelic"]}],"birthDate":"1990-01-01"}`,
+	} {
+		if st := old.call("PUT", "/fhir/Patient/member-1", testAdmin, body, nil); st != 200 && st != 201 {
+			t.Fatalf("version %d: %d", i+1, st)
+		}
+	}
+	old.call("PUT", "/fhir/Observation/gone", testAdmin, `{"resourceType":"Observation","id":"gone","status":"final","code":{"text":"x"}}`, nil)
+	old.call("DELETE", "/fhir/Observation/gone", testAdmin, nil, nil)
+	old.call("PUT", "/fhir/Observation/glucose", testAdmin, `{"resourceType":"Observation","id":"glucose","status":"final","code":{"coding":[{"system":"urn:t","code":"glucose"}]},"subject":{"reference":"Patient/member-1"}}`, nil)
+	def := map[string]any{"name": "Source Payer A", "issuer": idp.Issuer(), "clientId": "payer-b", "clientSecret": "payer-b-secret",
+		"fhirEndpoint": source.URL + "/fhir", "tokenEndpoint": idp.TokenEndpoint(), "authWellKnown": idp.WellKnownURL(),
+		"scopes": "openid offline_access patient/*.read", "responseType": "code", "organizationId": "PAYRA"}
+	var created map[string]any
+	if st := old.call("POST", "/api/oidc_servers", testAdmin, def, &created); st != 201 {
+		t.Fatalf("register the source: %d %v", st, created)
+	}
+	pid := int64(created["pid"].(float64))
+	tok, err := idp.MintFor([]string{source.URL + "/fhir"}, oidctest.Grant{ClientID: "payer-b", Patient: srcPatient})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := runBatchJob(t, old, pid, tok.AccessToken, tok.RefreshToken, srcPatient)
+	if job["batchStatus"] != "COMPLETED" {
+		t.Fatalf("job on bbolt: %v", job)
+	}
+	reads := []string{"/fhir/Patient/member-1/_history", "/fhir/Patient/member-1/_history/2", "/fhir/Observation/gone/_history",
+		"/fhir/Observation?code=urn:t|glucose", fmt.Sprintf("/api/oidc_servers/%d/batch_job/%v", pid, job["batchJobId"]),
+		fmt.Sprintf("/api/oidc_servers/%d", pid)}
+	before := map[string]string{}
+	for _, path := range reads {
+		before[path] = readNormalized(t, old, path)
+	}
+	old.stop()
+
+	// A copy cut short after a few buckets, then the command: it goes on.
+	ctx := context.Background()
+	src, err := store.OpenDB(ctx, boltPath, store.DBOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := store.OpenDB(ctx, pgURL, store.DBOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut, stop := context.WithCancel(ctx)
+	chunks := 0
+	if _, err := store.Copy(cut, src, dst, func(string, int) {
+		if chunks++; chunks == 5 {
+			stop()
+		}
+	}); err == nil {
+		t.Fatal("a copy cut short reported success")
+	}
+	src.Close()
+	dst.Close()
+	var out bytes.Buffer
+	if err := runMigrate(ctx, []string{"-from", boltPath, "-to", pgURL, "-quiet"}, &out); err != nil {
+		t.Fatalf("migrate: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"R:Patient", "H:Patient", "oidc_servers", "batch_jobs", "complete and verified"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the migrate output does not name %q:\n%s", want, out.String())
+		}
+	}
+	t.Logf("migrate:\n%s", out.String())
+	out.Reset()
+	if err := runMigrate(ctx, []string{"-from", boltPath, "-to", pgURL, "-quiet"}, &out); err != nil {
+		t.Fatalf("migrate again (verify only): %v\n%s", err, out.String())
+	}
+
+	nw := startPayer(t, append([]string{"-db", pgURL}, args...)...)
+	for _, path := range reads {
+		if got := readNormalized(t, nw, path); got != before[path] {
+			t.Errorf("GET %s after the migration:\n%s\nbefore:\n%s", path, got, before[path])
+		}
+	}
+	// The definition's client secret authenticates the refresh of an
+	// expired access token.
+	tok2, err := idp.MintFor([]string{source.URL + "/fhir"}, oidctest.Grant{ClientID: "payer-b", Patient: srcPatient, AccessTokenLifetime: -time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job2 := runBatchJob(t, nw, pid, tok2.AccessToken, tok2.RefreshToken, srcPatient)
+	if job2["batchStatus"] != "COMPLETED" || job2["tokenRefreshes"] == float64(0) {
+		t.Fatalf("a job on PostgreSQL with the migrated definition: %v", job2)
+	}
+}
+
+// readNormalized GETs path and returns its JSON with what differs per
+// answer (Bundle ids and timestamps, links' host) left out.
+func readNormalized(t *testing.T, p *payer, path string) string {
+	t.Helper()
+	var m map[string]any
+	if st := p.call("GET", path, testAdmin, nil, &m); st != 200 {
+		t.Fatalf("GET %s: %d %v", path, st, m)
+	}
+	if m["resourceType"] == "Bundle" {
+		delete(m, "id")
+		delete(m, "meta")
+		delete(m, "timestamp")
+		delete(m, "link")
+	}
+	raw, _ := json.Marshal(m)
+	return strings.ReplaceAll(string(raw), p.URL, "BASE")
+}

@@ -1,0 +1,223 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
+)
+
+// copyProgress is the bucket, in the database copied to, that records how
+// far a Copy has come: bucket name -> the last key copied (or copyDone
+// once the bucket is whole). It stays, so that a Copy run again on a
+// finished copy verifies it.
+const copyProgress = "migrate_progress"
+
+// copyDone marks a bucket copied whole in copyProgress.
+var copyDone = []byte{0xff, 'd', 'o', 'n', 'e'}
+
+// CopyChunk is how many keys of a bucket one transaction of Copy writes.
+const CopyChunk = 2000
+
+// BucketCount is one line of Copy's verification: a bucket's keys and
+// sequence in both databases.
+type BucketCount struct {
+	Bucket   string
+	From, To int
+	// FromSeq and ToSeq are the bucket's sequences.
+	FromSeq, ToSeq uint64
+}
+
+// OK reports whether the bucket is the same in both databases, as far
+// as counts and sequences tell.
+func (c BucketCount) OK() bool { return c.From == c.To && c.FromSeq == c.ToSeq }
+
+// ErrTargetNotEmpty refuses a Copy into a database that holds data not
+// put there by an earlier Copy.
+var ErrTargetNotEmpty = errors.New("the database copied to is not empty, and holds no unfinished copy: copy into a new, empty database")
+
+// Copy copies every bucket of from into to, key by key, with the buckets'
+// sequences, through the backend contract (so that each backend stores
+// them its own way), CopyChunk keys per write transaction. It is
+// resumable: how far each bucket has come is recorded in to, in the
+// transaction that writes the keys, and a Copy run again goes on from
+// there; running it again on a finished copy only verifies it (and fails
+// once the copy has been written to). from must
+// not be written meanwhile (bbolt's file lock keeps a p2pserver from it).
+// progress, when set, is told after each chunk. At the end the keys and
+// sequences of every bucket are counted in both databases: the counts are
+// returned, with an error if any differ.
+func Copy(ctx context.Context, from, to DB, progress func(bucket string, copied int)) ([]BucketCount, error) {
+	var names []string
+	if err := from.View(ctx, func(tx backend.Tx) error {
+		return tx.ForEach(func(name []byte, _ backend.Bucket) error {
+			names = append(names, string(name))
+			return nil
+		})
+	}); err != nil {
+		return nil, fmt.Errorf("migrate: list the buckets: %w", err)
+	}
+	sort.Strings(names)
+	if err := to.Update(ctx, func(tx backend.Tx) error {
+		if tx.Bucket([]byte(copyProgress)) != nil {
+			return nil // an unfinished copy: go on
+		}
+		empty := true
+		if err := tx.ForEach(func(_ []byte, b backend.Bucket) error {
+			if k, _ := b.Cursor().First(); k != nil {
+				empty = false
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if !empty {
+			return ErrTargetNotEmpty
+		}
+		_, err := tx.CreateBucket([]byte(copyProgress))
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	for _, name := range names {
+		if err := copyBucket(ctx, from, to, name, progress); err != nil {
+			return nil, fmt.Errorf("migrate: bucket %s: %w", name, err)
+		}
+	}
+	counts, err := countBuckets(ctx, from, to, names)
+	if err != nil {
+		return nil, fmt.Errorf("migrate: verify: %w", err)
+	}
+	var bad []string
+	for _, c := range counts {
+		if !c.OK() {
+			bad = append(bad, c.Bucket)
+		}
+	}
+	if len(bad) > 0 {
+		return counts, fmt.Errorf("migrate: the copy differs from the original in %d buckets: %v", len(bad), bad)
+	}
+	return counts, nil
+}
+
+// copyBucket copies one bucket, chunk by chunk, from where an earlier run
+// stopped.
+func copyBucket(ctx context.Context, from, to DB, name string, progress func(string, int)) error {
+	var after []byte
+	done := false
+	if err := to.View(ctx, func(tx backend.Tx) error {
+		if p := tx.Bucket([]byte(copyProgress)); p != nil {
+			if v := p.Get([]byte(name)); v != nil {
+				if bytes.Equal(v, copyDone) {
+					done = true
+				} else {
+					after = bytes.Clone(v)
+				}
+			}
+		}
+		return nil
+	}); err != nil || done {
+		return err
+	}
+	copied := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		type kv struct{ k, v []byte }
+		var chunk []kv
+		var seq uint64
+		last := false
+		if err := from.View(ctx, func(tx backend.Tx) error {
+			b := tx.Bucket([]byte(name))
+			if b == nil {
+				last = true
+				return nil
+			}
+			seq = b.Sequence()
+			c := b.Cursor()
+			var k, v []byte
+			if after == nil {
+				k, v = c.First()
+			} else if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, v = c.Next()
+			}
+			for ; k != nil && len(chunk) < CopyChunk; k, v = c.Next() {
+				chunk = append(chunk, kv{bytes.Clone(k), bytes.Clone(v)})
+			}
+			last = k == nil
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := to.Update(ctx, func(tx backend.Tx) error {
+			b, err := tx.CreateBucketIfNotExists([]byte(name))
+			if err != nil {
+				return err
+			}
+			for _, e := range chunk {
+				if err := b.Put(e.k, e.v); err != nil {
+					return err
+				}
+			}
+			p := tx.Bucket([]byte(copyProgress))
+			if p == nil {
+				return errors.New("the copy's progress record is gone")
+			}
+			if last {
+				if err := b.SetSequence(seq); err != nil {
+					return err
+				}
+				return p.Put([]byte(name), copyDone)
+			}
+			return p.Put([]byte(name), chunk[len(chunk)-1].k)
+		}); err != nil {
+			return err
+		}
+		copied += len(chunk)
+		if progress != nil {
+			progress(name, copied)
+		}
+		if last {
+			return nil
+		}
+		after = chunk[len(chunk)-1].k
+	}
+}
+
+// countBuckets counts the keys and reads the sequence of each bucket in
+// both databases.
+func countBuckets(ctx context.Context, from, to DB, names []string) ([]BucketCount, error) {
+	out := make([]BucketCount, len(names))
+	count := func(db DB, set func(i, n int, seq uint64)) error {
+		return db.View(ctx, func(tx backend.Tx) error {
+			for i, name := range names {
+				b := tx.Bucket([]byte(name))
+				if b == nil {
+					set(i, 0, 0)
+					continue
+				}
+				n := 0
+				c := b.Cursor()
+				for k, _ := c.First(); k != nil; k, _ = c.Next() {
+					n++
+				}
+				set(i, n, b.Sequence())
+			}
+			return nil
+		})
+	}
+	for i, name := range names {
+		out[i].Bucket = name
+	}
+	if err := count(from, func(i, n int, seq uint64) { out[i].From, out[i].FromSeq = n, seq }); err != nil {
+		return nil, err
+	}
+	if err := count(to, func(i, n int, seq uint64) { out[i].To, out[i].ToSeq = n, seq }); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
