@@ -17,11 +17,16 @@ type Entry struct {
 }
 
 // Extract computes every index entry of res, a decoded resource of type typ
-// (numbers as json.Number). Duplicate entries are removed.
+// (numbers as json.Number). Duplicate entries are removed. A parameter
+// whose expression reads only elements res does not have is not
+// evaluated.
 func (r *Registry) Extract(typ string, res map[string]any) []Entry {
 	var out []Entry
 	seen := map[string]bool{}
 	for code, p := range r.byType[typ] {
+		if p.reads != nil && !hasAny(res, p.reads) {
+			continue
+		}
 		for _, n := range p.expr.Eval(r.model, res) {
 			for _, e := range entriesFor(p, n) {
 				e.Param = code
@@ -35,6 +40,15 @@ func (r *Registry) Extract(typ string, res map[string]any) []Entry {
 		}
 	}
 	return out
+}
+
+func hasAny(res map[string]any, names []string) bool {
+	for _, n := range names {
+		if _, ok := res[n]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 func str(v any) string {

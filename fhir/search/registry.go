@@ -21,6 +21,10 @@ type Param struct {
 	Expression string
 	Targets    []string // reference targets
 	expr       *fhirpath.Expr
+	// reads, when set, are the resource's elements the expression reads
+	// (choice elements by every concrete name): a resource with none of
+	// them has no entry under the parameter (see Extract).
+	reads []string
 }
 
 // Supported parameter types: composite and special parameters are not
@@ -65,6 +69,8 @@ func NewRegistry(m *spec.Model) *Registry {
 				if err != nil {
 					continue
 				}
+				// Only typ's branches of a parameter shared by many types.
+				compiled = compiled.ForType(m, typ)
 				if r.byType[typ] == nil {
 					r.byType[typ] = map[string]*Param{}
 				}
@@ -74,7 +80,7 @@ func NewRegistry(m *spec.Model) *Registry {
 				}
 				r.byType[typ][sp.Code] = &Param{
 					Code: sp.Code, Type: sp.Type, URL: sp.URL, Expression: expr,
-					Targets: targets, expr: compiled,
+					Targets: targets, expr: compiled, reads: elementsRead(m, typ, compiled),
 				}
 			}
 		}
@@ -94,6 +100,24 @@ func NewRegistry(m *spec.Model) *Registry {
 		}
 	}
 	return r
+}
+
+// elementsRead returns the elements of a resource of type typ that expr
+// reads, a choice element by each of its concrete names; nil when expr
+// may give something whatever the resource holds.
+func elementsRead(m *spec.Model, typ string, expr *fhirpath.Expr) []string {
+	roots, ok := expr.Roots()
+	if !ok {
+		return nil
+	}
+	out := []string{} // known, even when empty (an expression giving nothing)
+	for _, name := range roots {
+		out = append(out, name)
+		for _, el := range m.ChoiceElements(typ, name) {
+			out = append(out, el.Name)
+		}
+	}
+	return out
 }
 
 // Model returns the type model the registry was built with.
