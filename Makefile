@@ -51,13 +51,14 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-## bench: Go benchmarks (store, batch ingest of 20,000+ resources, Bulk Data export of 50,000 and 200,000 resources, notifications), then a load run against a live server growing to each size of SCALE (figures side by side, with the ratio; loading stops after LOAD_TIME_LIMIT and measures at the size reached), then durable creates at 64 clients (50,000 resources), then what expensive requests cost the others (p2pload -limits).
+## bench: Go benchmarks (store, batch ingest of 20,000+ resources, Bulk Data export of 50,000 and 200,000 resources, a bulk exchange of 200,800 resources between two p2pserver processes, notifications), then a load run against a live server growing to each size of SCALE (figures side by side, with the ratio; loading stops after LOAD_TIME_LIMIT and measures at the size reached), then durable creates at 64 clients (50,000 resources), then what expensive requests cost the others (p2pload -limits).
 SCALE ?= 100000,1000000
 LOAD_TIME_LIMIT ?= 20m
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./fhir/store/ ./fhir/fhirjson/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 1x ./batch/
 	$(GO) test -run '^$$' -bench Export -benchtime 1x ./bulk/
+	$(GO) test -run '^$$' -bench BulkExchange -benchtime 1x -timeout 30m ./cmd/p2pserver/
 	$(GO) test -run '^$$' -bench . -benchtime 300x ./notify/
 	$(GO) run ./cmd/p2pload -server $(BIN) -scale $(SCALE) -time-limit $(LOAD_TIME_LIMIT)
 	$(GO) run ./cmd/p2pload -server $(BIN) -creates -c 64 -resources 50000

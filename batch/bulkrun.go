@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/p2pserver/p2pserver/bulk"
@@ -31,6 +32,12 @@ type bulkRun struct {
 	byLocal  map[string]int
 	patients map[int]string
 	attempts int
+
+	// What the last chunks wrote, for the chunks prepared ahead to check
+	// against; seq counts the chunks written.
+	mu     sync.Mutex
+	seq    int64
+	recent []map[string]bool
 }
 
 // download is a file being streamed: its lines arrive in chunks.
@@ -49,6 +56,8 @@ type chunk struct {
 	lines [][]byte
 	end   bool
 	err   error
+	// prep is the chunk prepared ahead (data files).
+	prep *preparedChunk
 }
 
 // advanceBulk does one step of a bulk exchange job.
@@ -760,14 +769,18 @@ func (r *Runner) closeDownload(rn *run) {
 // two chunks are held while one is written.
 func (r *Runner) openDownload(rn *run, rec *record, i int, skip int64) *download {
 	ctx, cancel := context.WithCancel(rn.ctx)
-	d := &download{file: i, chunks: make(chan *chunk, 1), cancel: cancel, done: make(chan struct{})}
+	d := &download{file: i, chunks: make(chan *chunk), cancel: cancel, done: make(chan struct{})}
 	f := rec.Bulk.Files[i]
 	client, withToken, size := rn.bulk.client, rec.Bulk.RequiresToken, r.cfg.BulkChunk
+	b, base := rn.bulk, rec.SourceBase
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
 		defer close(d.done)
 		send := func(c *chunk) bool {
+			if !f.Error && len(c.lines) > 0 {
+				c.prep = r.prepareChunk(b, base, f, c)
+			}
 			select {
 			case d.chunks <- c:
 				return true
@@ -899,6 +912,123 @@ func (r *Runner) loadMatched(rn *run, rec *record) error {
 	})
 }
 
+// preparedChunk is a chunk of a data file decoded, validated and
+// rewritten for the store, ready to be written: its resources (pg), the
+// member each is the data of (owner, -1 for none), the members' source
+// Patients (members), the lines left out (rejected, notes).
+type preparedChunk struct {
+	pg              *preparedPage
+	owner           []int
+	members         map[*pageResource]int
+	rejected        int
+	notes           []string
+	seq             int64 // chunks written when it was prepared
+	began, prepared time.Time
+	err             error
+	written         map[string]bool // set once written: the local refs it wrote
+}
+
+// remember keeps what a chunk wrote, for the chunks prepared before it
+// was written to check against (conflicts).
+func (b *bulkRun) remember(written map[string]bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.seq++
+	b.recent = append(b.recent, written)
+	if len(b.recent) > 4 {
+		b.recent = b.recent[1:]
+	}
+}
+
+// conflicts reports whether a chunk written after cp was prepared wrote
+// what cp's preparation read: a resource of cp, or one its references
+// name (which would then be here, and local).
+func (b *bulkRun) conflicts(cp *preparedChunk) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	since := int(b.seq - cp.seq)
+	if since == 0 {
+		return false
+	}
+	if since > len(b.recent) {
+		return true
+	}
+	for _, written := range b.recent[len(b.recent)-since:] {
+		for _, res := range cp.pg.resources {
+			if written[res.localRef()] {
+				return true
+			}
+		}
+		for _, p := range cp.pg.pending {
+			if written[p.target] {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// prepareChunk does all the work of a chunk that needs no writer:
+// decoding and validating each line (a line that is not a valid FHIR R4
+// resource is left out and noted), finding whose data each resource is,
+// and rewriting them for the store against what it holds now. It runs
+// ahead, in the download's goroutine, while the chunk before is written.
+func (r *Runner) prepareChunk(b *bulkRun, base string, f bulkFile, c *chunk) *preparedChunk {
+	b.mu.Lock()
+	cp := &preparedChunk{seq: b.seq, began: time.Now()}
+	b.mu.Unlock()
+	pp := &preparer{model: r.st.Registry().Model(), base: base, workers: r.cfg.PrepWorkers}
+	src := fmt.Sprintf("%s (lines %d-%d)", f.URL, c.first+1, c.first+int64(len(c.lines)))
+	pg := &preparedPage{url: src, skipped: map[string]int{}}
+	res := make([]*pageResource, len(c.lines))
+	bad := make([]error, len(c.lines))
+	pp.parallel(len(c.lines), func(i int) {
+		res[i], bad[i] = pp.decode(i, "", c.lines[i])
+	})
+	for i, err := range bad {
+		if err != nil {
+			cp.rejected++
+			if len(cp.notes) < 3 {
+				cp.notes = append(cp.notes, fmt.Sprintf("line %d of %s: %s", c.first+int64(i)+1, clip(f.URL, 200), strings.TrimPrefix(err.Error(), fmt.Sprintf("entry %d ", i))))
+			}
+		}
+	}
+	pp.collect(pg, res)
+	cp.owner = make([]int, len(pg.resources))
+	cp.members = map[*pageResource]int{}
+	for k, res := range pg.resources {
+		cp.owner[k] = -1
+		if res.typ == "Patient" {
+			if i, ok := b.bySource[res.srcID]; ok {
+				cp.owner[k], cp.members[res] = i, i
+				continue
+			}
+		}
+		for _, t := range res.refs {
+			if i, ok := b.byLocal[t]; ok {
+				cp.owner[k] = i
+				break
+			}
+		}
+	}
+	present, current, err := r.lookup(pg)
+	if err != nil {
+		cp.err = err
+		return cp
+	}
+	var amend func(*pageResource)
+	if r.linker.Enabled() && len(cp.members) > 0 {
+		amend = func(res *pageResource) {
+			if i, ok := cp.members[res]; ok {
+				_, _ = r.linker.LinkIngested(res.doc, b.patients[i])
+			}
+		}
+	}
+	pp.finish(pg, present, current, r.st, amend)
+	cp.pg, cp.prepared = pg, time.Now()
+	return cp
+}
+
 // ingestChunk writes one chunk of a data file in one transaction, by the
 // ingest rules of every job (local ids, no duplicates on a re-run,
 // references rewritten, MDM link of each member's source Patient), with
@@ -907,58 +1037,30 @@ func (r *Runner) loadMatched(rn *run, rec *record) error {
 // counted; the rest of the chunk is written.
 func (r *Runner) ingestChunk(rn *run, rec *record, f bulkFile, c *chunk) error {
 	b := rn.bulk
-	pp := &preparer{model: r.st.Registry().Model(), base: rec.SourceBase, workers: r.cfg.PrepWorkers}
-	src := fmt.Sprintf("%s (lines %d-%d)", f.URL, c.first+1, c.first+int64(len(c.lines)))
-	pg := &preparedPage{url: src, skipped: map[string]int{}}
-	res := make([]*pageResource, len(c.lines))
-	bad := make([]error, len(c.lines))
-	pp.parallel(len(c.lines), func(i int) {
-		res[i], bad[i] = pp.decode(i, "", c.lines[i])
-	})
-	var notes []string
-	rejected := 0
-	for i, err := range bad {
-		if err != nil {
-			rejected++
-			if len(notes) < 3 {
-				notes = append(notes, fmt.Sprintf("line %d of %s: %s", c.first+int64(i)+1, clip(f.URL, 200), strings.TrimPrefix(err.Error(), fmt.Sprintf("entry %d ", i))))
-			}
-		}
+	cp := c.prep
+	if cp == nil || cp.err != nil || b.conflicts(cp) {
+		// Not prepared ahead, or prepared against what a chunk written
+		// since has changed: prepared again now.
+		cp = r.prepareChunk(b, rec.SourceBase, f, c)
 	}
-	pp.collect(pg, res)
-	// Whose data each resource is: the member whose source Patient it is
-	// or names.
-	owner := make([]int, len(pg.resources))
-	members := map[*pageResource]int{}
-	for k, res := range pg.resources {
-		owner[k] = -1
-		if res.typ == "Patient" {
-			if i, ok := b.bySource[res.srcID]; ok {
-				owner[k], members[res] = i, i
-				continue
-			}
-		}
-		for _, t := range res.refs {
-			if i, ok := b.byLocal[t]; ok {
-				owner[k] = i
-				break
-			}
-		}
+	if cp.err != nil {
+		return cp.err
 	}
-	present, current, err := r.lookup(pg)
-	if err != nil {
-		return err
-	}
-	var amend func(*pageResource)
-	if r.linker.Enabled() && len(members) > 0 {
-		amend = func(res *pageResource) {
-			if i, ok := members[res]; ok {
-				_, _ = r.linker.LinkIngested(res.doc, b.patients[i])
-			}
+	c.prep = nil
+	pg, owner, members, rejected, notes := cp.pg, cp.owner, cp.members, cp.rejected, cp.notes
+	began, prepared := cp.began, cp.prepared
+	defer func() {
+		if cp.written != nil {
+			b.remember(cp.written)
 		}
-	}
-	pp.finish(pg, present, current, r.st, amend)
+	}()
 	by := mdm.Assigner{Name: rec.SourceName, OrganizationID: rec.SourceOrganizationID}
+	writing := time.Now()
+	defer func() {
+		r.log.Debug("batch: bulk exchange: chunk written", "job", rec.ID, "file", f.Type, "first", c.first, "lines", len(c.lines),
+			"prepared", prepared.Sub(began).Round(time.Millisecond), "waited", writing.Sub(prepared).Round(time.Millisecond),
+			"written", time.Since(writing).Round(time.Millisecond))
+	}()
 	return r.st.Write(r.ctx, func(tx *store.Tx) error {
 		now := time.Now().UTC()
 		if err := r.checkLease(tx, rec.ID); err != nil {
@@ -1054,6 +1156,10 @@ func (r *Runner) ingestChunk(rn *run, rec *record, f bulkFile, c *chunk) error {
 		cur.Versions += w.versions
 		cur.Unchanged += w.unchanged
 		cur.Relinked += w.relinked
+		cp.written = make(map[string]bool, len(w.written))
+		for _, res := range w.written {
+			cp.written[res.Type+"/"+res.ID] = true
+		}
 		s.Rejected += rejected
 		for _, n := range notes {
 			if len(s.ErrorNotes) < maxErrorNotes {

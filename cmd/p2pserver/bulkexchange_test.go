@@ -66,7 +66,7 @@ func bulkPair(t *testing.T, sourceArgs, targetArgs []string) (source, target *pa
 // system/*.rs), and gives requester a definition of provider (named
 // name, organization defOrg) with that system access. It returns the
 // definition's pid and the client id.
-func connectAsSystem(t *testing.T, requester, provider *payer, client, org, name, defOrg string) (int64, string) {
+func connectAsSystem(t testing.TB, requester, provider *payer, client, org, name, defOrg string) (int64, string) {
 	t.Helper()
 	status, out := authtest.Register(t, provider.URL, testAdmin, map[string]any{"name": client,
 		"jwksUrl": requester.URL + "/api/jwks", "scopes": []any{"system/*.rs"}, "organizationId": org})

@@ -14,7 +14,7 @@ import (
 // childPayer is p2pserver run as a child process of the test, from the
 // binary built from this package.
 type childPayer struct {
-	t    *testing.T
+	t    testing.TB
 	bin  string
 	args []string
 	cmd  *exec.Cmd
@@ -22,7 +22,7 @@ type childPayer struct {
 }
 
 // buildP2PServer builds ./cmd/p2pserver into a temporary folder.
-func buildP2PServer(t *testing.T) string {
+func buildP2PServer(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "p2pserver")
 	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
