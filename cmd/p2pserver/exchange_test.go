@@ -55,6 +55,13 @@ func (p *payer) stop() {
 // -base-url) and stops it when the test ends.
 func startPayer(t testing.TB, args ...string) *payer {
 	t.Helper()
+	return startPayerWrapped(t, nil, args...)
+}
+
+// startPayerWrapped is startPayer with the server's handler wrapped by
+// wrap (nil: as it is), for a test to slow or watch the requests.
+func startPayerWrapped(t testing.TB, wrap func(http.Handler) http.Handler, args ...string) *payer {
+	t.Helper()
 	hs := httptest.NewUnstartedServer(nil)
 	base := "http://" + hs.Listener.Addr().String()
 	args = append([]string{"-db", storetest.DSN(t), "-export-dir", filepath.Join(t.TempDir(), "exports"), "-base-url", base}, args...)
@@ -75,6 +82,9 @@ func startPayer(t testing.TB, args ...string) *payer {
 		t.Fatal(err)
 	}
 	hs.Config.Handler = a.Handler()
+	if wrap != nil {
+		hs.Config.Handler = wrap(hs.Config.Handler)
+	}
 	hs.Start()
 	p := &payer{t: t, app: a, hs: hs, URL: base}
 	t.Cleanup(p.stop)
