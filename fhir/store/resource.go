@@ -339,7 +339,8 @@ func (tx *Tx) writeVersion(v *Version, rec []byte, entries []search.Entry) error
 	if err != nil {
 		return err
 	}
-	if old := cur.Get([]byte(v.ID)); len(old) >= 17 {
+	old := cur.Get([]byte(v.ID))
+	if len(old) >= 17 {
 		hist, err := tx.bucket(bucketName("H", v.Type))
 		if err != nil {
 			return err
@@ -350,7 +351,7 @@ func (tx *Tx) writeVersion(v *Version, rec []byte, entries []search.Entry) error
 			return fmt.Errorf("store: history %s/%s: %w", v.Type, v.ID, err)
 		}
 	}
-	if err := tx.put(cur, bucketName("R", v.Type), []byte(v.ID), rec); err != nil {
+	if err := tx.putOver(cur, bucketName("R", v.Type), []byte(v.ID), old, rec); err != nil {
 		return fmt.Errorf("store: put %s/%s: %w", v.Type, v.ID, err)
 	}
 	if err := tx.logChange(v); err != nil {
@@ -372,10 +373,12 @@ func (tx *Tx) logChange(v *Version) error {
 	if err != nil {
 		return err
 	}
-	if err := tx.put(global, []byte("C"), seqKey(seq), changeValue(v.Type, v.ID, v.VersionID)); err != nil {
+	// The sequence is new: no key holds it (a failed write that took it
+	// gave it back with its keys).
+	if err := tx.putOver(global, []byte("C"), seqKey(seq), nil, changeValue(v.Type, v.ID, v.VersionID)); err != nil {
 		return err
 	}
-	return tx.put(perType, bucketName("C", v.Type), seqKey(seq), changeValue("", v.ID, v.VersionID))
+	return tx.putOver(perType, bucketName("C", v.Type), seqKey(seq), nil, changeValue("", v.ID, v.VersionID))
 }
 
 // reindex replaces the index entries of typ/id, touching only those that
@@ -391,7 +394,8 @@ func (tx *Tx) reindex(typ, id string, entries []search.Entry) error {
 		return err
 	}
 	entries = storedEntries(entries)
-	old := tx.storedEntriesOf(rev.Get([]byte(id)))
+	raw := rev.Get([]byte(id))
+	old := tx.storedEntriesOf(raw)
 	if len(old) == 0 {
 		for _, e := range entries {
 			tx.queueIndex(typ, e.Param, indexOp{key: indexKey(e.Key, id), value: e.Payload})
@@ -406,7 +410,7 @@ func (tx *Tx) reindex(typ, id string, entries []search.Entry) error {
 	if err != nil {
 		return err
 	}
-	return tx.put(rev, bucketName("X", typ), []byte(id), packed)
+	return tx.putOver(rev, bucketName("X", typ), []byte(id), raw, packed)
 }
 
 // reindexChanged queues the changes from the old index entries of typ/id

@@ -39,6 +39,15 @@ func (tx *Tx) put(b backend.Bucket, name, key, value []byte) error {
 	return b.Put(key, value)
 }
 
+// putOver is put for a key whose value the caller has just read: old
+// (nil when absent), noted as it is instead of read again.
+func (tx *Tx) putOver(b backend.Bucket, name, key, old, value []byte) error {
+	if tx.undo != nil {
+		tx.undo.ops = append(tx.undo.ops, undoOp{bucket: name, key: bytes.Clone(key), old: cloneOrNil(old)})
+	}
+	return b.Put(key, value)
+}
+
 // del removes key from b (named name), noting the value it had.
 func (tx *Tx) del(b backend.Bucket, name, key []byte) error {
 	if tx.undo != nil {
