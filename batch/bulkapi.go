@@ -26,6 +26,8 @@ func (a *API) mountBulk(r chi.Router) {
 	r.With(a.auth).Get("/oidc_servers/{id}/bulk_job/{bulkJobId}", a.getBulk)
 	r.With(a.auth).Get("/oidc_servers/{id}/bulk_job/{bulkJobId}/members", a.bulkMembers)
 	r.With(a.auth).Post("/oidc_servers/{id}/bulk_job/{bulkJobId}/stop", a.stopBulk)
+	r.With(a.auth).Get("/oidc_servers/{id}/bulk_schedule", a.getSchedule)
+	r.With(a.auth).Put("/oidc_servers/{id}/bulk_schedule", a.putSchedule)
 }
 
 // BulkRequest is the body of POST .../bulk_job: the members to bring over
@@ -463,20 +465,25 @@ func (r *Runner) createBulk(ctx context.Context, rec *record, members []*bulkMem
 				return err
 			}
 		}
-		seq, err := tx.KV(jobsBucket).NextSequence()
-		if err != nil {
+		return r.insertBulk(tx, rec, members, time.Now().UTC())
+	})
+}
+
+// insertBulk stores a new bulk job and its members in tx, and hands the
+// job to the workers once tx commits.
+func (r *Runner) insertBulk(tx *store.Tx, rec *record, members []*bulkMember, now time.Time) error {
+	seq, err := tx.KV(jobsBucket).NextSequence()
+	if err != nil {
+		return err
+	}
+	rec.ID, rec.Created = int64(seq), now
+	for i, m := range members {
+		if err := putMember(tx, rec.ID, i, m); err != nil {
 			return err
 		}
-		now := time.Now().UTC()
-		rec.ID, rec.Created = int64(seq), now
-		for i, m := range members {
-			if err := putMember(tx, rec.ID, i, m); err != nil {
-				return err
-			}
-		}
-		tx.AfterCommit(func() { r.enqueue(rec.ID) })
-		return putJob(tx, rec, now)
-	})
+	}
+	tx.AfterCommit(func() { r.enqueue(rec.ID) })
+	return putJob(tx, rec, now)
 }
 
 func (a *API) getBulk(w http.ResponseWriter, r *http.Request) {

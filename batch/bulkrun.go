@@ -1318,6 +1318,11 @@ func (r *Runner) endBulk(rn *run, rec *record, status Status, reason string) (ti
 			}); err != nil {
 				return err
 			}
+			if cur.Bulk.Matched > 0 {
+				if err := scheduleAfterPull(tx, cur.ServerID, now); err != nil {
+					return err
+				}
+			}
 		}
 		cur.Status, cur.Ended, cur.Reason = status, now, reason
 		if l := r.heldLease(cur.ID); l != nil {

@@ -183,14 +183,16 @@ type Runner struct {
 	leases    *lease.Manager
 	ownLeases bool // leases was made here: Start starts it, Close closes it
 
-	mu      sync.Mutex
-	runs    map[int64]*run
-	queue   []*run
-	notify  chan struct{}
-	started bool
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	mu     sync.Mutex
+	runs   map[int64]*run
+	queue  []*run
+	notify chan struct{}
+	// scheduleNow wakes the bulk schedule loop (a schedule changed).
+	scheduleNow chan struct{}
+	started     bool
+	ctx         context.Context
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
 }
 
 // run is a job in this process. It is in exactly one of these places:
@@ -272,10 +274,11 @@ func New(srv *fhir.Server, defs Definitions, cipher *secrets.Cipher, cfg Config)
 			Timeout:       cfg.RequestTimeout,
 			CheckRedirect: sameOriginRedirects,
 		},
-		bulkHTTP: &http.Client{Transport: transport, CheckRedirect: sameOriginRedirects},
-		runs:     map[int64]*run{},
-		notify:   make(chan struct{}, 1),
-		fetches:  make(chan struct{}, cfg.MaxFetches),
+		bulkHTTP:    &http.Client{Transport: transport, CheckRedirect: sameOriginRedirects},
+		runs:        map[int64]*run{},
+		scheduleNow: make(chan struct{}, 1),
+		notify:      make(chan struct{}, 1),
+		fetches:     make(chan struct{}, cfg.MaxFetches),
 	}
 	if r.leases = cfg.Leases; r.leases == nil {
 		r.leases, r.ownLeases = lease.New(r.st, lease.Config{Logger: cfg.Logger}), true
@@ -344,6 +347,8 @@ func (r *Runner) Start(ctx context.Context) error {
 	}
 	r.wg.Add(1)
 	go r.scanLoop()
+	r.wg.Add(1)
+	go r.scheduleLoop()
 	return nil
 }
 

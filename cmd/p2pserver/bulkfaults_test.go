@@ -655,3 +655,78 @@ func TestBulkExchangeSourceDown(t *testing.T) {
 	}
 	fp.checkOnce(t, st, true)
 }
+
+// TestBulkExchangeSchedule: concurrent coverage (PDex STU 2.1; CMS-0057-F
+// asks for at least quarterly). A first pull makes the definition's
+// schedule, quarterly; an admin sees it and changes it (the back office
+// may not); when it is due, a delta pull starts by itself with the
+// members still covered by the old payer (not the one whose coverage
+// there has ended) and _since the first pull's transactionTime, and
+// brings what changed since.
+func TestBulkExchangeSchedule(t *testing.T) {
+	t.Parallel()
+	fp := newFaultPair(t, 3)
+	ended := fp.list[0].(map[string]any)["coverageToMatch"].(map[string]any)
+	ended["period"] = map[string]any{"start": "2020-01-01", "end": time.Now().UTC().AddDate(0, 0, -2).Format("2006-01-02")}
+	path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
+	first := waitBulk(t, fp.target.payer, path, 2*time.Minute)
+	if first["batchStatus"] != "COMPLETED" || first["members"].(map[string]any)["matched"] != 3.0 {
+		t.Fatalf("first pull: %v", first)
+	}
+	spath := fmt.Sprintf("/api/oidc_servers/%d/bulk_schedule", fp.pid)
+	var sched map[string]any
+	if code := fp.target.call("GET", spath, testBackoffice, nil, &sched); code != 200 {
+		t.Fatalf("GET schedule: %d %v", code, sched)
+	}
+	next, _ := time.Parse(time.RFC3339, fmt.Sprint(sched["nextRun"]))
+	if sched["enabled"] != true || sched["every"] != "91d" || sched["members"] != 3.0 || sched["covered"] != 2.0 ||
+		next.Before(time.Now().Add(90*24*time.Hour)) || next.After(time.Now().Add(92*24*time.Hour)) {
+		t.Fatalf("the schedule after a first pull: %v", sched)
+	}
+	if code := fp.target.call("PUT", spath, testBackoffice, map[string]any{"enabled": false}, nil); code != 403 {
+		t.Errorf("the back office changing a schedule: %d", code)
+	}
+	var bad map[string]any
+	if code := fp.target.call("PUT", spath, testAdmin, map[string]any{"every": "often"}, &bad); code != 400 || !strings.Contains(fmt.Sprint(bad), "every") {
+		t.Errorf("a bad interval: %d %v", code, bad)
+	}
+
+	// Something new for member 1 at the old payer.
+	var obs map[string]any
+	if code := fp.source.call("POST", "/fhir/Observation", testAdmin, map[string]any{"resourceType": "Observation", "status": "final",
+		"code": map[string]any{"text": "new since the first pull"}, "subject": map[string]any{"reference": "Patient/" + fp.members[1].source},
+		"effectiveDateTime": time.Now().UTC().Format(time.RFC3339)}, &obs); code != 201 {
+		t.Fatalf("new Observation: %d %v", code, obs)
+	}
+	if code := fp.target.call("PUT", spath, testAdmin, map[string]any{"every": "30d", "nextRun": time.Now().UTC().Format(time.RFC3339)}, &sched); code != 200 {
+		t.Fatalf("PUT schedule: %d %v", code, sched)
+	}
+	var delta map[string]any
+	waitFor(t, "the scheduled delta pull", func() bool {
+		var list map[string]any
+		fp.target.call("GET", fmt.Sprintf("/api/oidc_servers/%d/bulk_job", fp.pid), testBackoffice, nil, &list)
+		for _, j := range list["bulkJobs"].([]any) {
+			if j := j.(map[string]any); j["scheduled"] == true {
+				delta = j
+				return true
+			}
+		}
+		return false
+	})
+	delta = waitBulk(t, fp.target.payer, fmt.Sprintf("/api/oidc_servers/%d/bulk_job/%v", fp.pid, delta["bulkJobId"]), 2*time.Minute)
+	if delta["batchStatus"] != "COMPLETED" || delta["members"].(map[string]any)["total"] != 2.0 || delta["since"] != first["transactionTime"] {
+		t.Fatalf("delta pull: %v (first transactionTime %v)", delta, first["transactionTime"])
+	}
+	if delta["resourcesWritten"].(float64) >= first["resourcesWritten"].(float64) {
+		t.Errorf("the delta pull brought %v resources, the first %v", delta["resourcesWritten"], first["resourcesWritten"])
+	}
+	if srcs := everythingSources(t, fp.target.payer, "m0001"); !srcs[fp.source.URL+"/fhir/Observation/"+obs["id"].(string)] {
+		t.Errorf("the new Observation is not in the member's record")
+	}
+	fp.target.call("GET", spath, testAdmin, nil, &sched)
+	last, _ := time.Parse(time.RFC3339, fmt.Sprint(sched["lastRun"]))
+	next, _ = time.Parse(time.RFC3339, fmt.Sprint(sched["nextRun"]))
+	if sched["lastBulkJobId"] != delta["bulkJobId"] || sched["every"] != "30d" || next.Sub(last) != 30*24*time.Hour {
+		t.Errorf("the schedule after the delta pull: %v", sched)
+	}
+}
