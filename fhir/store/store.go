@@ -273,13 +273,22 @@ func (s *Store) commit(group []*writeReq) {
 	err := s.db.Update(context.Background(), func(btx backend.Tx) error {
 		ok := 0
 		index := &groupIndex{}
+		// A backend that can take a write back by itself needs no undo
+		// records; its index changes are made at once, as they cost it
+		// no page writes.
+		sp, _ := btx.(backend.Savepointer)
 		for i, r := range group {
 			if err := r.ctx.Err(); err != nil {
 				results[i] = err // the client went away before its turn
 				continue
 			}
 			tx := &Tx{s: s, btx: btx, ctx: r.ctx, writable: true, group: index}
-			if !single {
+			switch {
+			case single:
+			case sp != nil:
+				sp.Savepoint()
+				tx.group = nil
+			default:
 				tx.undo = &undoLog{}
 			}
 			if err := s.run(tx, r.fn); err != nil {
@@ -287,13 +296,25 @@ func (s *Store) commit(group []*writeReq) {
 				if single {
 					return err // rolls back the whole transaction
 				}
-				if uerr := tx.undo.rollback(btx); uerr != nil {
+				var uerr error
+				if sp != nil {
+					uerr = sp.RollbackTo()
+				} else {
+					uerr = tx.undo.rollback(btx)
+				}
+				if uerr != nil {
 					return fmt.Errorf("store: take back a failed write: %w", uerr)
 				}
 				continue
 			}
 			ok++
-			index.add(tx.index)
+			if sp != nil {
+				if err := tx.applyIndex(tx.index); err != nil {
+					return err
+				}
+			} else {
+				index.add(tx.index)
+			}
 			after = append(after, tx.after...)
 		}
 		if ok == 0 {

@@ -89,3 +89,15 @@ type PrefixCursorer interface {
 type Prefetcher interface {
 	Prefetch(keys [][]byte)
 }
+
+// Savepointer is a write transaction that can take back the changes made
+// since a mark without reading what they replaced, for a write of a
+// commit group that fails alone: a database whose reads are round trips
+// then does not read a key before each change.
+type Savepointer interface {
+	// Savepoint marks the point RollbackTo takes the transaction back
+	// to, forgetting an earlier mark.
+	Savepoint()
+	// RollbackTo takes back every change made since the mark.
+	RollbackTo() error
+}

@@ -202,12 +202,8 @@ ON CONFLICT (type, id, version) DO UPDATE SET rec = excluded.rec`, vT, vI, vV, v
 WHERE r.type = u.type AND r.id = u.id`, rdT, rdI)
 	}
 	if len(rT) > 0 {
-		// A record given in full is still kept once when the version
-		// already holds it.
 		b.Queue(`INSERT INTO p2p_resources (type, id, version, head, rec)
-SELECT u.type, u.id, u.version, u.head, CASE WHEN u.rec IS NULL OR EXISTS (SELECT 1 FROM p2p_versions v
-	WHERE v.type = u.type AND v.id = u.id AND v.version = u.version AND v.rec = u.rec) THEN NULL ELSE u.rec END
-FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::bytea[]) u(type, id, version, head, rec)
+SELECT u.type, u.id, u.version, u.head, u.rec FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::bytea[]) u(type, id, version, head, rec)
 ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, head = excluded.head, rec = excluded.rec`, rT, rI, rV, rH, rR)
 	}
 	if len(xdT) > 0 {

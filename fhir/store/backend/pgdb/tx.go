@@ -22,6 +22,78 @@ type tx struct {
 	begun    bool
 	err      error
 	buckets  map[string]*obucket
+	// journal, while journaling, takes back the changes made since the
+	// savepoint, newest last.
+	journal    []func()
+	journaling bool
+}
+
+// Savepoint marks the point RollbackTo takes the transaction back to.
+func (t *tx) Savepoint() {
+	clear(t.journal)
+	t.journal, t.journaling = t.journal[:0], true
+}
+
+// RollbackTo takes back the changes made since the savepoint: they are
+// only in memory, so nothing is read.
+func (t *tx) RollbackTo() error {
+	for i := len(t.journal) - 1; i >= 0; i-- {
+		t.journal[i]()
+	}
+	for _, o := range t.buckets {
+		o.dirty = o.dirty[:0:0]
+		for k, e := range o.m {
+			if e.dirty {
+				o.dirty = append(o.dirty, k)
+			}
+		}
+		o.sorted = false
+	}
+	clear(t.journal)
+	t.journal = t.journal[:0]
+	return t.err
+}
+
+// note records how to take back a change to key of o.
+func (t *tx) note(o *obucket, key string) {
+	if !t.journaling {
+		return
+	}
+	var saved *entry
+	if e := o.m[key]; e != nil {
+		c := *e
+		saved = &c
+	}
+	t.journal = append(t.journal, func() {
+		if saved == nil {
+			delete(o.m, key)
+		} else {
+			o.m[key] = saved
+		}
+	})
+}
+
+// noteSeq records how to take back a change to o's sequence.
+func (t *tx) noteSeq(o *obucket) {
+	if !t.journaling {
+		return
+	}
+	seq, set := o.seq, o.seqSet
+	t.journal = append(t.journal, func() { o.seq, o.seqSet = seq, set })
+}
+
+// noteBucket records how to take back a change to the whole of o.
+func (t *tx) noteBucket(o *obucket) {
+	if !t.journaling {
+		return
+	}
+	saved := *o
+	saved.m = make(map[string]*entry, len(o.m))
+	for k, e := range o.m {
+		c := *e
+		saved.m[k] = &c
+	}
+	t.journal = append(t.journal, func() { *o = saved })
 }
 
 func newTx(ctx context.Context, db *DB, conn *pgxpool.Conn, writable bool) *tx {
@@ -151,6 +223,7 @@ func (t *tx) CreateBucketIfNotExists(name []byte) (backend.Bucket, error) {
 // DeleteBucket removes every key of name and its sequence.
 func (t *tx) DeleteBucket(name []byte) error {
 	o := t.obucket(name)
+	t.noteBucket(o)
 	clear(o.m)
 	o.dirty, o.sorted = nil, true
 	o.cleared = true
@@ -283,6 +356,7 @@ func (b *bucket) Put(key, value []byte) error {
 	if value == nil {
 		value = []byte{}
 	}
+	b.t.note(b.o, string(key))
 	b.o.set(string(key), bytes.Clone(value))
 	return b.t.err
 }
@@ -291,6 +365,7 @@ func (b *bucket) Delete(key []byte) error {
 	if !b.t.writable {
 		return errReadOnly
 	}
+	b.t.note(b.o, string(key))
 	b.o.set(string(key), nil)
 	return b.t.err
 }
@@ -321,6 +396,7 @@ func (b *bucket) SetSequence(v uint64) error {
 		return errReadOnly
 	}
 	b.Sequence()
+	b.t.noteSeq(b.o)
 	b.o.seq, b.o.seqSet = int64(v), true
 	return b.t.err
 }
@@ -333,6 +409,7 @@ func (b *bucket) NextSequence() (uint64, error) {
 	if b.t.err != nil {
 		return 0, b.t.err
 	}
+	b.t.noteSeq(b.o)
 	b.o.seq, b.o.seqSet = int64(s+1), true
 	return s + 1, nil
 }
