@@ -97,14 +97,16 @@ type BulkProgress struct {
 	ResourcesByType    map[string]int `json:"resourcesByType"`
 	VersionsWritten    int            `json:"versionsWritten"`
 	ResourcesUnchanged int            `json:"resourcesUnchanged"`
-	// ResourcesRejected were not valid FHIR R4 and were left out;
+	// ResourcesRejected were left out: not valid FHIR R4, of another type
+	// than their file, not payer-to-payer data, or the data of a Patient
+	// who is not a member matched with their consent (see bulkRun.refuse);
 	// ErrorsReported are the OperationOutcomes of the error files;
 	// ErrorNotes the first of both.
 	ResourcesRejected int      `json:"resourcesRejected"`
 	ErrorsReported    int      `json:"errorsReported"`
 	ErrorNotes        []string `json:"errorNotes"`
 	Chunks            int      `json:"chunks"`
-	// File is the index in the manifest's files (output, then error) of
+	// File is the index in the manifest's files (error, then output) of
 	// the file being downloaded; Line how many of its lines are ingested.
 	File               int      `json:"file"`
 	Line               int64    `json:"line"`

@@ -71,8 +71,8 @@ type bulkState struct {
 	Line      int64 `json:"line"`
 	FilesDone int   `json:"filesDone"`
 	Chunks    int   `json:"chunks"`
-	// Rejected counts resources of the files that were not valid FHIR R4
-	// and were left out; Errors the OperationOutcomes of the error files.
+	// Rejected counts the lines of the files left out (bulkRun.refuse);
+	// Errors the OperationOutcomes of the error files.
 	Rejected   int      `json:"rejected,omitempty"`
 	Errors     int      `json:"errors,omitempty"`
 	ErrorNotes []string `json:"errorNotes,omitempty"`

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/p2pserver/p2pserver/bulk"
+	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 	"github.com/p2pserver/p2pserver/mdm"
@@ -732,7 +733,7 @@ func (r *Runner) bulkExport(rn *run, rec *record) (time.Duration, bool) {
 	for _, list := range []struct {
 		out []bulk.ManifestOutput
 		err bool
-	}{{m.Output, false}, {m.Error, true}} {
+	}{{m.Error, true}, {m.Output, false}} {
 		for _, o := range list.out {
 			if why := r.sameSource(rec, o.URL); why != "" && m.RequiresAccessToken {
 				return r.endBulk(rn, rec, Failed, "the export manifest's file "+why)
@@ -984,6 +985,11 @@ func (r *Runner) prepareChunk(b *bulkRun, base string, f bulkFile, c *chunk) *pr
 	bad := make([]error, len(c.lines))
 	pp.parallel(len(c.lines), func(i int) {
 		res[i], bad[i] = pp.decode(i, "", c.lines[i])
+		if bad[i] == nil {
+			if why := b.refuse(r.st.Registry(), f, res[i]); why != "" {
+				res[i], bad[i] = nil, fmt.Errorf("entry %d %s", i, why)
+			}
+		}
 	})
 	for i, err := range bad {
 		if err != nil {
@@ -1174,8 +1180,9 @@ func (r *Runner) ingestChunk(rn *run, rec *record, f bulkFile, c *chunk) error {
 
 // errorChunk reads a chunk of an error file (OperationOutcome NDJSON): a
 // member the source left out of the export (its consent no longer holds,
-// PDex STU 2.1 §pdex-154) is consent-constrained; every other issue is
-// counted and the first ones kept.
+// PDex STU 2.1 §pdex-154) is consent-constrained, and what the data
+// files hold of them is refused (the error files are read first); every
+// other issue is counted and the first ones kept.
 func (r *Runner) errorChunk(rn *run, rec *record, c *chunk) error {
 	b := rn.bulk
 	type issue struct {
@@ -1210,7 +1217,7 @@ func (r *Runner) errorChunk(rn *run, rec *record, c *chunk) error {
 			notes = append(notes, clip(strings.TrimSpace(is.Code+": "+is.Diagnostics), 300))
 		}
 	}
-	return r.st.Write(r.ctx, func(tx *store.Tx) error {
+	err := r.st.Write(r.ctx, func(tx *store.Tx) error {
 		if err := r.checkLease(tx, rec.ID); err != nil {
 			return err
 		}
@@ -1247,6 +1254,23 @@ func (r *Runner) errorChunk(rn *run, rec *record, c *chunk) error {
 		answered(cur)
 		return putJob(tx, cur, time.Now().UTC())
 	})
+	if err == nil {
+		// The data files come after the error files: what they hold of an
+		// excluded member is refused (refuse).
+		for i := range excluded {
+			for src, j := range b.bySource {
+				if j == i {
+					delete(b.bySource, src)
+				}
+			}
+			for ref, j := range b.byLocal {
+				if j == i {
+					delete(b.byLocal, ref)
+				}
+			}
+		}
+	}
+	return err
 }
 
 // endBulk ends a bulk exchange job: the references still waiting are
@@ -1344,4 +1368,50 @@ func (r *Runner) endBulk(rn *run, rec *record, status Status, reason string) (ti
 		}
 	}
 	return 0, true
+}
+
+// bulkIngestTypes are the types a bulk exchange ingests: what a
+// payer-to-payer export carries (bulk.P2PTypes: the member's Patient and
+// Coverage, the US Core clinical types, claims and encounters without
+// financial data, Provenance) and the resources these refer to that are
+// no one's record (US Core Organization, Practitioner, PractitionerRole,
+// Location, Medication). A line of any other type (a Task, a Consent, a
+// Group, a Subscription...) is refused: it is not the member's data, and
+// some would act here (an add-payer Task starts this payer's workflow and
+// its emails).
+var bulkIngestTypes = func() map[string]bool {
+	m := map[string]bool{"Organization": true, "Practitioner": true, "PractitionerRole": true, "Location": true, "Medication": true}
+	for _, t := range bulk.P2PTypes {
+		m[t] = true
+	}
+	return m
+}()
+
+// refuse says why a resource of file f is not ingested ("" when it is):
+// a file holds resources of its type only (Bulk Data Access STU 2,
+// "Complete Status": "Each file item SHALL contain resources of only one
+// type"); the type must be one a payer-to-payer exchange carries
+// (bulkIngestTypes); a Patient must be the source Patient of a member
+// matched with their consent in force; and a resource of the Patient
+// compartment may name no other Patient at the source than those (PDex
+// STU 2.1: the data of the members who opted in, and of them only,
+// whatever the source's files hold).
+func (b *bulkRun) refuse(reg *search.Registry, f bulkFile, res *pageResource) string {
+	switch {
+	case res.typ != f.Type:
+		return fmt.Sprintf("is a %s in the %s file, which holds resources of that type only", res.typ, clip(f.Type, 64))
+	case !bulkIngestTypes[res.typ]:
+		return fmt.Sprintf("is a %s, which is not payer-to-payer data", res.typ)
+	case res.typ == "Patient":
+		if _, ok := b.bySource[res.srcID]; !ok {
+			return fmt.Sprintf("(Patient/%s) is not the Patient of a member matched with their consent", clip(res.srcID, 64))
+		}
+	case reg.InPatientCompartment(res.typ):
+		for _, t := range res.refs {
+			if _, ok := b.byLocal[t]; !ok && strings.HasPrefix(t, "Patient/") {
+				return fmt.Sprintf("(%s/%s) is the data of a Patient at the source who is not a member matched with their consent", res.typ, clip(res.srcID, 64))
+			}
+		}
+	}
+	return ""
 }

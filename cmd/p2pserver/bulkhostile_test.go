@@ -1,0 +1,248 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/p2pserver/p2pserver/fhir/store"
+)
+
+// targetHolds reports whether the target holds a resource ingested from
+// the source URL src (its meta.source).
+func targetHolds(t *testing.T, target *payer, typ, src string) bool {
+	t.Helper()
+	found := false
+	err := target.app.store.View(context.Background(), func(tx *store.Tx) error {
+		tx.ScanCurrent(typ, "", func(_ string, _ time.Time, raw []byte) bool {
+			var r struct {
+				Meta struct {
+					Source string `json:"source"`
+				} `json:"meta"`
+			}
+			_ = json.Unmarshal(raw, &r)
+			found = r.Meta.Source == src
+			return !found
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// bulkMembers reads every member outcome of a bulk job, by our Patient id.
+func bulkMembers(t *testing.T, p *payer, path string) map[string]map[string]any {
+	t.Helper()
+	out := map[string]map[string]any{}
+	next := path + "/members?count=100"
+	for next != "" {
+		var page map[string]any
+		if code := p.call("GET", next, testBackoffice, nil, &page); code != 200 {
+			t.Fatalf("GET %s: %d %v", next, code, page)
+		}
+		for _, m := range page["members"].([]any) {
+			m := m.(map[string]any)
+			out[m["patientId"].(string)] = m
+		}
+		next, _ = page["next"].(string)
+	}
+	return out
+}
+
+// TestBulkExchangeIngestsOnlyTheMatchedConsentingMembersData: whatever an
+// old payer's export files hold, the new payer keeps exactly the data of
+// the members it matched with their consent in force (PDex STU 2.1
+// payer-to-payer exchange: data of members who opted in, and of them
+// only). Each row is a line a hostile or careless old payer adds to its
+// files, or a member it reports in its error file; none of it may reach
+// the new payer, and the matched member's data still does. The member
+// rows are the $bulk-member-match outcomes of PDex STU 2.1
+// (pdex-parameters-multi-member-match-bundle-out): matched, not matched,
+// and consent-constrained for a consent that names another payer,
+// denies, or has ended.
+func TestBulkExchangeIngestsOnlyTheMatchedConsentingMembersData(t *testing.T) {
+	t.Parallel()
+	fp := newFaultPair(t, 6)
+	src := fp.source.URL + "/fhir"
+	ms := fp.members
+	// m0 matched; m1 matched but reported in the error file as left out;
+	// m2 consent for another payer; m3 a denying consent; m4 a coverage
+	// the old payer does not know; m5 not asked for; m6 (m5's data, under
+	// another id at the target) an ended consent.
+	deny := hrexConsent("m0003", newPayerNPI)
+	deny["provision"].(map[string]any)["type"] = "deny"
+	ended := hrexConsent("m0006", newPayerNPI)
+	ended["provision"].(map[string]any)["period"] = map[string]any{"start": "2020-01-01", "end": "2021-01-01"}
+	m6 := *ms[5]
+	m6.n = 6
+	createMembers(t, fp.target.payer, []*bulkMemberFixture{&m6})
+	withConsent := func(req map[string]any, c map[string]any) map[string]any { req["consent"] = c; return req }
+	list := []any{
+		memberRequest(ms[0], ms[0].coverage, newPayerNPI),
+		memberRequest(ms[1], ms[1].coverage, newPayerNPI),
+		memberRequest(ms[2], ms[2].coverage, otherPayerNPI),
+		withConsent(memberRequest(ms[3], ms[3].coverage, newPayerNPI), deny),
+		memberRequest(ms[4], "WRONG-"+ms[4].coverage, newPayerNPI),
+		withConsent(memberRequest(&m6, ms[5].coverage, newPayerNPI), ended),
+	}
+	wantOutcome := map[string]string{"m0000": "matched", "m0001": "consentConstrained", "m0002": "consentConstrained",
+		"m0003": "consentConstrained", "m0004": "notMatched", "m0006": "consentConstrained"}
+
+	condition := func(id, patient string) string {
+		return `{"resourceType":"Condition","id":"` + id + `","subject":{"reference":"Patient/` + patient + `"},"code":{"text":"a diagnosis the member did not agree to share"}}`
+	}
+	rows := []struct {
+		name string
+		file string // the type of the file it is added to
+		typ  string // its resourceType
+		id   string
+		line string
+	}{
+		{"a Condition of a member whose consent names another payer", "Condition", "Condition", "leak-other-payer", condition("leak-other-payer", ms[2].source)},
+		{"a Condition of a member whose consent denies", "Condition", "Condition", "leak-deny", condition("leak-deny", ms[3].source)},
+		{"a Condition of a member whose consent has ended", "Condition", "Condition", "leak-ended", condition("leak-ended", ms[5].source)},
+		{"a Condition of a member the old payer did not match", "Condition", "Condition", "leak-unmatched", condition("leak-unmatched", ms[4].source)},
+		{"the Patient of a consent-constrained member", "Patient", "Patient", ms[2].source,
+			`{"resourceType":"Patient","id":"` + ms[2].source + `","name":[{"family":"` + ms[2].family + `"}],"gender":"` + ms[2].gender + `"}`},
+		// Bulk Data Access STU 2, "Complete Status", output.type: "Each
+		// file item SHALL contain resources of only one type".
+		{"an Observation of the matched member in the Condition file", "Condition", "Observation", "wrong-file",
+			`{"resourceType":"Observation","id":"wrong-file","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/` + ms[0].source + `"}}`},
+		// Not payer-to-payer data: an add-payer Task would reach the
+		// new payer's own Task workflow (and its emails).
+		{"a Task, in a file of its own", "Task", "Task", "hostile-task",
+			`{"resourceType":"Task","id":"hostile-task","status":"requested","intent":"order","for":{"reference":"Patient/` + ms[0].source + `"}}`},
+	}
+	added := map[string][]string{}
+	for _, r := range rows {
+		added[r.file] = append(added[r.file], r.line)
+	}
+	// The error file reports m1 as left out (suppressed: its consent no
+	// longer holds), while the data files still carry m1's data.
+	errLine := `{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"suppressed","diagnostics":"the member's consent was revoked","expression":["Patient/` + ms[1].source + `"]}]}`
+
+	var inject atomic.Bool
+	inject.Store(true)
+	fp.traffic.then = func(w http.ResponseWriter, r *http.Request) bool {
+		if !inject.Load() || r.Method != "GET" {
+			return false
+		}
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/hostile/Task.ndjson"):
+			w.Header().Set("Content-Type", "application/fhir+ndjson")
+			_, _ = w.Write([]byte(strings.Join(added["Task"], "\n") + "\n"))
+			return true
+		case strings.HasSuffix(r.URL.Path, "/hostile/errors.ndjson"):
+			w.Header().Set("Content-Type", "application/fhir+ndjson")
+			_, _ = w.Write([]byte(errLine + "\n"))
+			return true
+		case strings.Contains(r.URL.Path, "/bulkstatus/") && fp.traffic.get(func() int { return fp.traffic.statusOfKind(r.URL.Path) }) == 2:
+			rec := httptest.NewRecorder()
+			fp.source.h.ServeHTTP(rec, r)
+			body := rec.Body.Bytes()
+			if rec.Code == http.StatusOK {
+				var m map[string]any
+				if err := json.Unmarshal(body, &m); err != nil {
+					panic(err)
+				}
+				out, _ := m["output"].([]any)
+				m["output"] = append(out, map[string]any{"type": "Task", "url": src + "/hostile/Task.ndjson"})
+				errs, _ := m["error"].([]any)
+				m["error"] = append(errs, map[string]any{"type": "OperationOutcome", "url": src + "/hostile/errors.ndjson"})
+				body, _ = json.Marshal(m)
+			}
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.Header().Del("Content-Length")
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(body)
+			return true
+		case strings.Contains(r.URL.Path, "/bulkfiles/"):
+			rec := httptest.NewRecorder()
+			fp.source.h.ServeHTTP(rec, r)
+			body := rec.Body.Bytes()
+			var head struct {
+				ResourceType string `json:"resourceType"`
+			}
+			first, _, _ := bytes.Cut(body, []byte("\n"))
+			_ = json.Unmarshal(first, &head)
+			if rec.Code == http.StatusOK && len(added[head.ResourceType]) > 0 && head.ResourceType != "Task" {
+				body = append(bytes.Clone(body), []byte(strings.Join(added[head.ResourceType], "\n")+"\n")...)
+			}
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.Header().Del("Content-Length")
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(body)
+			return true
+		}
+		return false
+	}
+
+	path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": list})
+	st := waitBulk(t, fp.target.payer, path, 2*time.Minute)
+	inject.Store(false)
+	if st["batchStatus"] != "COMPLETED" {
+		t.Fatalf("job: %v", st)
+	}
+	got := bulkMembers(t, fp.target.payer, path)
+	for id, want := range wantOutcome {
+		m := got[id]
+		if m["outcome"] != want {
+			t.Errorf("%s: outcome %v, want %s (%v)", id, m["outcome"], want, m)
+		}
+		if n := m["resourcesWritten"].(float64); (want == "matched") != (n > 0) {
+			t.Errorf("%s (%s): %v resources written", id, want, n)
+		}
+	}
+	counts := st["members"].(map[string]any)
+	if counts["total"] != 6.0 || counts["matched"] != 1.0 || counts["notMatched"] != 1.0 || counts["consentConstrained"] != 4.0 {
+		t.Errorf("member counts: %v", counts)
+	}
+	for _, r := range rows {
+		if targetHolds(t, fp.target.payer, r.typ, src+"/"+r.typ+"/"+r.id) {
+			t.Errorf("%s: ingested", r.name)
+		}
+	}
+	if targetHolds(t, fp.target.payer, "Patient", src+"/Patient/"+ms[1].source) {
+		t.Errorf("the Patient of the member the error file reports as left out: ingested")
+	}
+	if !targetHolds(t, fp.target.payer, "Patient", src+"/Patient/"+ms[0].source) {
+		t.Errorf("the matched member's Patient was not ingested")
+	}
+	fromOld := 0
+	for s := range everythingSources(t, fp.target.payer, "m0000") {
+		if strings.HasPrefix(s, fp.source.URL) {
+			fromOld++
+		}
+	}
+	if float64(fromOld) != got["m0000"]["resourcesWritten"].(float64) {
+		t.Errorf("the matched member's $everything shows %d resources of the old payer; %v were written for them", fromOld, got["m0000"]["resourcesWritten"])
+	}
+	for _, id := range []string{"m0001", "m0002", "m0003", "m0004", "m0006"} {
+		for s := range everythingSources(t, fp.target.payer, id) {
+			if strings.HasPrefix(s, fp.source.URL) {
+				t.Errorf("%s ($everything) shows %s", id, s)
+			}
+		}
+	}
+	p := st["progress"].(map[string]any)
+	if p["resourcesRejected"].(float64) < float64(len(rows)) {
+		t.Errorf("resourcesRejected %v, want at least %d: %v", p["resourcesRejected"], len(rows), p["errorNotes"])
+	}
+	t.Logf("%v resources, notes %v", st["resourcesWritten"], p["errorNotes"])
+	if strings.Contains(fmt.Sprint(p["resourcesByType"]), "Task") {
+		t.Errorf("resourcesByType counts a Task: %v", p["resourcesByType"])
+	}
+}
