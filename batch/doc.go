@@ -28,4 +28,16 @@
 // referring resources are rewritten to the local id in the same
 // transaction; references are thus always resolvable, locally where the
 // data is here.
+//
+// Bulk exchange jobs (bulkjob.go, bulkrun.go, bulkapi.go) are the PDex
+// STU 2.1 bulk payer-to-payer exchange with this server requesting: many
+// members at once, connected as a system (SMART Backend Services), through
+// Group/$bulk-member-match and Group/{id}/$davinci-data-export at the old
+// payer (the bulk package's Client). They are records of the same kind
+// (Kind "bulk"), worked by the same Runner under the same leases, and
+// ingest the export's NDJSON files by the same rules, one chunk of lines
+// per transaction with its Provenance and checkpoint (the file and line),
+// so that a restart goes on after the last line written. A definition's
+// schedule (bulkschedule.go) repeats the pull for the members still
+// covered by the old payer.
 package batch

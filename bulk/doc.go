@@ -25,5 +25,7 @@
 // after Config.Retention.
 //
 // The payer-to-payer scope (what is sent) is described in scope.go;
-// $bulk-member-match in match.go.
+// $bulk-member-match in match.go. The requesting side is Client
+// (client.go); the bulk exchange jobs that use it, and ingest what they
+// download by the batch jobs' rules, are in package batch.
 package bulk

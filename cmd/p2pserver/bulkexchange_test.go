@@ -599,3 +599,63 @@ func TestBulkExchangeBetweenTwoPayers(t *testing.T) {
 		t.Errorf("the second pull wrote %v versions", p["versionsWritten"])
 	}
 }
+
+// TestBulkJobRequestRefusals: every bad bulk job request is refused with
+// 400 (409 for a definition without system access), each problem named
+// under its field, and nothing is started.
+func TestBulkJobRequestRefusals(t *testing.T) {
+	t.Parallel()
+	p := startPayer(t, "-admin-token", testAdmin, "-backoffice-token", testBackoffice, "-secret-key", testSecretKey)
+	var created map[string]any
+	if st := p.call("POST", "/api/oidc_servers", testAdmin, map[string]any{"name": "Old Payer", "issuer": "http://127.0.0.1:1", "clientId": "x",
+		"fhirEndpoint": "http://127.0.0.1:1/fhir", "systemClientId": "new-payer", "systemScopes": "system/*.rs"}, &created); st != 201 {
+		t.Fatalf("definition: %d %v", st, created)
+	}
+	pid := int64(created["pid"].(float64))
+	var plain map[string]any
+	p.call("POST", "/api/oidc_servers", testAdmin, map[string]any{"name": "Member tokens only", "issuer": "http://127.0.0.1:2", "clientId": "y",
+		"fhirEndpoint": "http://127.0.0.1:1/fhir"}, &plain)
+	p.call("PUT", "/fhir/Patient/m1", testAdmin, map[string]any{"resourceType": "Patient", "id": "m1"}, nil)
+	p.call("PUT", "/fhir/Task/not-add-payer", testAdmin, map[string]any{"resourceType": "Task", "id": "not-add-payer", "status": "requested", "intent": "order"}, nil)
+	good := func() map[string]any {
+		return map[string]any{"patientId": "m1", "coverageToMatch": map[string]any{"resourceType": "Coverage"}, "consent": map[string]any{"resourceType": "Consent"}}
+	}
+	with := func(k string, v any) map[string]any { m := good(); m[k] = v; return m }
+	future := time.Now().Add(48 * time.Hour).UTC().Format(time.RFC3339)
+	for _, c := range []struct {
+		name   string
+		pid    int64
+		body   any
+		status int
+		field  string
+	}{
+		{"no members", pid, map[string]any{}, 400, "members"},
+		{"members and a Group", pid, map[string]any{"members": []any{good()}, "groupId": "g"}, 400, "groupId"},
+		{"unknown Group", pid, map[string]any{"groupId": "g"}, 400, "groupId"},
+		{"since not an instant", pid, map[string]any{"members": []any{good()}, "since": "last year"}, 400, "since"},
+		{"since in the future", pid, map[string]any{"members": []any{good()}, "since": future}, 400, "since"},
+		{"unknown member", pid, map[string]any{"members": []any{with("patientId", "m2")}}, 400, "members[0].patientId"},
+		{"member twice", pid, map[string]any{"members": []any{good(), good()}}, 400, "members[1].patientId"},
+		{"coverage of another type", pid, map[string]any{"members": []any{with("coverageToMatch", map[string]any{"resourceType": "Patient"})}}, 400, "members[0].coverageToMatch"},
+		{"no consent", pid, map[string]any{"members": []any{with("consent", nil)}}, 400, "members[0].consent"},
+		{"not an add-payer Task", pid, map[string]any{"members": []any{with("taskId", "not-add-payer")}}, 400, "members[0].taskId"},
+		{"unknown field", pid, map[string]any{"members": []any{good()}, "sincee": "x"}, 400, "sincee"},
+		{"no system access", int64(plain["pid"].(float64)), map[string]any{"members": []any{good()}}, 409, "systemClientId"},
+	} {
+		var out map[string]any
+		st := p.call("POST", fmt.Sprintf("/api/oidc_servers/%d/bulk_job", c.pid), testBackoffice, c.body, &out)
+		if st != c.status || !strings.Contains(fmt.Sprint(out), c.field) {
+			t.Errorf("%s: %d %v; want %d naming %s", c.name, st, out, c.status, c.field)
+		}
+	}
+	var list map[string]any
+	if st := p.call("GET", fmt.Sprintf("/api/oidc_servers/%d/bulk_job", pid), testBackoffice, nil, &list); st != 200 || len(list["bulkJobs"].([]any)) != 0 {
+		t.Errorf("jobs after refusals: %d %v", st, list)
+	}
+	if st := p.call("GET", fmt.Sprintf("/api/oidc_servers/%d/bulk_job/1", pid), testBackoffice, nil, nil); st != 404 {
+		t.Errorf("an unknown job: %d", st)
+	}
+	if st := p.call("POST", fmt.Sprintf("/api/oidc_servers/%d/bulk_job", pid), "", map[string]any{"members": []any{good()}}, nil); st != 401 {
+		t.Errorf("no token: %d", st)
+	}
+}

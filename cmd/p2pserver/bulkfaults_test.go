@@ -730,3 +730,109 @@ func TestBulkExchangeSchedule(t *testing.T) {
 		t.Errorf("the schedule after the delta pull: %v", sched)
 	}
 }
+
+// TestBulkExchangeFromGroupAndParametersBody: the members given as our
+// Group, each one's CoverageToMatch (the Coverage paid by the old payer),
+// CoverageToLink and Consent read from our store; and an old payer that
+// answers the completed $bulk-member-match with the result Parameters in
+// the status body instead of a manifest (PDex STU 2.1 leaves the form of
+// the result to the server) is read as well.
+func TestBulkExchangeFromGroupAndParametersBody(t *testing.T) {
+	t.Parallel()
+	fp := newFaultPair(t, 2)
+	// The old payer answers the completed match with the Parameters file's
+	// content as the status body.
+	var inBody atomic.Bool
+	fp.traffic.then = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != "GET" || fp.traffic.get(func() int { return fp.traffic.statusOfKind(r.URL.Path) }) != 1 {
+			return false
+		}
+		rec := httptest.NewRecorder()
+		fp.source.h.ServeHTTP(rec, r)
+		if rec.Code != 200 {
+			return false
+		}
+		var m struct {
+			Output []struct{ Type, URL string } `json:"output"`
+		}
+		_ = json.Unmarshal(rec.Body.Bytes(), &m)
+		for _, o := range m.Output {
+			if o.Type != "Parameters" {
+				continue
+			}
+			file, _ := http.NewRequest("GET", o.URL, nil)
+			file.Header.Set("Authorization", r.Header.Get("Authorization"))
+			frec := httptest.NewRecorder()
+			fp.source.h.ServeHTTP(frec, file)
+			w.Header().Set("Content-Type", "application/fhir+json")
+			_, _ = w.Write(bytes.TrimSpace(frec.Body.Bytes()))
+			inBody.Store(true)
+			return true
+		}
+		return false
+	}
+	var entries, members []any
+	for i, m := range fp.members {
+		id := fmt.Sprintf("m%04d", m.n)
+		req := fp.list[i].(map[string]any)
+		cov := req["coverageToMatch"].(map[string]any)
+		cov["id"] = "old-" + id
+		consent := req["consent"].(map[string]any)
+		consent["id"] = "consent-" + id
+		ours := map[string]any{"resourceType": "Coverage", "id": "new-" + id, "status": "active", "beneficiary": map[string]any{"reference": "Patient/" + id},
+			"payor": []any{map[string]any{"display": "New Payer"}}}
+		for _, r := range []map[string]any{cov, consent, ours} {
+			entries = append(entries, map[string]any{"request": map[string]any{"method": "PUT", "url": fmt.Sprintf("%s/%s", r["resourceType"], r["id"])}, "resource": r})
+		}
+		members = append(members, map[string]any{"entity": map[string]any{"reference": "Patient/" + id}})
+	}
+	entries = append(entries, map[string]any{"request": map[string]any{"method": "PUT", "url": "Group/to-bring"},
+		"resource": map[string]any{"resourceType": "Group", "id": "to-bring", "type": "person", "actual": true, "member": members}})
+	if code := fp.target.call("POST", "/fhir", testAdmin, map[string]any{"resourceType": "Bundle", "type": "transaction", "entry": entries}, nil); code != 200 {
+		t.Fatalf("our Group: %d", code)
+	}
+	var bad map[string]any
+	if code := fp.target.call("POST", fmt.Sprintf("/api/oidc_servers/%d/bulk_job", fp.pid), testBackoffice, map[string]any{"groupId": "nothing-here"}, &bad); code != 400 ||
+		!strings.Contains(fmt.Sprint(bad), "no Group/nothing-here") {
+		t.Errorf("an unknown Group: %d %v", code, bad)
+	}
+	path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"groupId": "to-bring"})
+	st := waitBulk(t, fp.target.payer, path, 2*time.Minute)
+	if !inBody.Load() {
+		t.Error("the match result was not sent in the status body")
+	}
+	if st["groupId"] != "to-bring" || st["members"].(map[string]any)["matched"] != 2.0 {
+		t.Fatalf("job: %v", st)
+	}
+	fp.checkOnce(t, st, true)
+}
+
+// TestBulkExchangeStop: a job stopped while it polls the export ends
+// STOPPED, cancels the export at the old payer (Bulk Data Access STU 2
+// "Delete a Bulk Data Request"), and cannot be stopped twice.
+func TestBulkExchangeStop(t *testing.T) {
+	t.Parallel()
+	fp := newFaultPair(t, 1)
+	tr := fp.traffic
+	tr.holdExprt.Store(true)
+	var deleted atomic.Int64
+	tr.then = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == "DELETE" && tr.get(func() int { return tr.statusOfKind(r.URL.Path) }) == 2 {
+			deleted.Add(1)
+		}
+		return false
+	}
+	path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
+	waitFor(t, "a poll of the export", func() bool { return tr.get(func() int { return tr.polls["export"] }) > 0 })
+	var st map[string]any
+	if code := fp.target.call("POST", path+"/stop", testBackoffice, nil, &st); code != 202 || st["batchStatus"] != "STOPPING" {
+		t.Fatalf("stop: %d %v", code, st)
+	}
+	st = waitBulk(t, fp.target.payer, path, time.Minute)
+	if st["batchStatus"] != "STOPPED" || deleted.Load() != 1 {
+		t.Fatalf("%d DELETE of the export; job: %v", deleted.Load(), st)
+	}
+	if code := fp.target.call("POST", path+"/stop", testBackoffice, nil, nil); code != 409 {
+		t.Errorf("a second stop: %d", code)
+	}
+}
