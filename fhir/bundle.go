@@ -188,7 +188,7 @@ func (s *Server) searchPage(tx *store.Tx, typ, cursor string) ([]byte, error) {
 	}
 	sn := s.pages.get(tx, key)
 	if sn == nil || sn.typ != typ || sn.params == nil {
-		return nil, errs.E("fhir.page", errs.Gone, "this search result has expired; run the search again")
+		return nil, s.pages.errGone("fhir.page", key, "this search result", "run the search again")
 	}
 	if sn.binding != a.Key() {
 		return nil, errs.E("fhir.page", errs.Permission, "this page belongs to a search made with other access rights")

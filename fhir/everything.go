@@ -555,7 +555,7 @@ func (s *Server) everythingPage(tx *store.Tx, opts EverythingOptions, patient, c
 	}
 	sn := s.pages.get(tx, key)
 	if sn == nil || sn.typ != everythingKind || sn.query.Kept.Get("patient") != patient {
-		return nil, errs.E("fhir.everything", errs.Gone, "this $everything result has expired; ask again")
+		return nil, s.pages.errGone("fhir.everything", key, "this $everything result", "ask again")
 	}
 	if sn.binding != AccessFrom(tx.Context()).Key() {
 		return nil, errs.E("fhir.everything", errs.Permission, "this page belongs to a request made with other access rights")
@@ -659,7 +659,7 @@ func (s *Server) everythingTypeCursor(tx *store.Tx, opts EverythingOptions, key,
 	}
 	sn := s.pages.get(tx, key)
 	if sn == nil || sn.typ != everythingKind || sn.params == nil {
-		return nil, errs.E("fhir.everything", errs.Gone, "this $everything result has expired; ask again")
+		return nil, s.pages.errGone("fhir.everything", key, "this $everything result", "ask again")
 	}
 	a := AccessFrom(tx.Context())
 	if sn.binding != a.Key() {

@@ -246,6 +246,29 @@ func (c *pageCache) write(ctx context.Context, sets map[string][]byte) error {
 	})
 }
 
+// errGone is the 410 for a link whose snapshot get did not find: what
+// ("this search result") has expired, or, for a sealed cursor this
+// server's key cannot open, the link was made by a process with another
+// key (every process behind one base URL needs the same -secret-key:
+// without one each makes its own). again says what the client does next.
+func (c *pageCache) errGone(op, key, what, again string) error {
+	if len(key) > 1 && key[0] == 'c' && !c.opens(key[1:]) {
+		return errs.E(op, errs.Gone, fmt.Sprintf("the link to %s was not sealed with this server's key: it was made by another server, "+
+			"or by a process with another -secret-key (every process behind one base URL needs the same); %s", what, again))
+	}
+	return errs.E(op, errs.Gone, what+" has expired; "+again)
+}
+
+// opens reports whether enc is a cursor sealed with this server's key.
+func (c *pageCache) opens(enc string) bool {
+	sealed, err := base64.RawURLEncoding.DecodeString(enc)
+	if err != nil {
+		return false
+	}
+	_, err = c.seal.Open(sealed)
+	return err == nil
+}
+
 // get returns the snapshot of key, nil when it is not one of this
 // server's (or the database's) or has expired.
 func (c *pageCache) get(tx *store.Tx, key string) *snapshot {

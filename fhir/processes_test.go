@@ -85,6 +85,19 @@ func TestPagingLinksAnsweredByAnyProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := a.another(t, other)
-	r := a.do(http.MethodGet, "/Observation?subject=Patient/p1&_count=5", nil).want(t, http.StatusOK)
-	o.do(http.MethodGet, o.via(a.URL, link(r.JSON, "next")), nil).want(t, http.StatusGone)
+	for _, first := range []string{"/Observation?subject=Patient/p1&_count=5", "/Patient/$everything?_type=Observation&_count=5"} {
+		r := a.do(http.MethodGet, first, nil).want(t, http.StatusOK)
+		g := o.do(http.MethodGet, o.via(a.URL, link(r.JSON, "next")), nil).want(t, http.StatusGone)
+		if d := fmt.Sprint(g.JSON["issue"]); !strings.Contains(d, "-secret-key") || strings.Contains(d, "expired") {
+			t.Errorf("%s: the next link answered by a process with another key says %s, want the key named as the cause", first, d)
+		}
+	}
+	// A link to a result set kept in the database that is not there (as
+	// once it expired) still says it expired: any process's key opens it.
+	r := a.do(http.MethodGet, "/Patient/p1/$everything?_type=Observation&_count=5", nil).want(t, http.StatusOK)
+	next := link(r.JSON, "next")
+	g := a.do(http.MethodGet, strings.Replace(a.via(a.URL, next), "_cursor=k", "_cursor=k0", 1), nil).want(t, http.StatusGone)
+	if d := fmt.Sprint(g.JSON["issue"]); !strings.Contains(d, "expired") {
+		t.Errorf("a kept result set that is gone says %s, want expired", d)
+	}
 }

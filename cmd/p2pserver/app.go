@@ -106,6 +106,9 @@ func (a *app) wire() error {
 	}
 	// Paging links' cursors are sealed with the secret key, so that every
 	// process sharing it answers them.
+	if cipher == nil && store.IsPostgres(cfg.DB) {
+		log.Warn("no -secret-key: the paging links this process makes are sealed with a key of its own, so other processes on this database answer them 410; give every process the same -secret-key (P2P_SECRET_KEY)")
+	}
 	fcfg := fhir.Config{BaseURL: base, MaxBody: cfg.MaxBody, Logger: log, Version: version,
 		CORS: len(cfg.CORSOrigins) > 0, Cursors: cipher}
 	cfg.Limits.fhir(&fcfg)

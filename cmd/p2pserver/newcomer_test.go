@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/p2pserver/p2pserver/internal/pgtest"
 	"github.com/p2pserver/p2pserver/notify/smtptest"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 )
@@ -513,5 +514,41 @@ func TestHomeAnswersHEADAndWeights(t *testing.T) {
 		if c.method == "HEAD" && len(body) != 0 {
 			t.Errorf("HEAD %s sent a body: %q", c.path, body)
 		}
+	}
+}
+
+// TestPostgresWithoutSecretKeyWarns: processes on one PostgreSQL database
+// answer each other's paging links only with one -secret-key (the links'
+// cursors are sealed with it); a process started there without one says
+// so at start, and one with a key or on a bbolt file does not.
+func TestPostgresWithoutSecretKeyWarns(t *testing.T) {
+	const warning = "no -secret-key: the paging links this process makes"
+	for _, c := range []struct {
+		name string
+		args []string
+		warn bool
+	}{
+		{"postgres without a key", []string{"-db", pgtest.Database(t)}, true},
+		{"postgres with a key", []string{"-db", pgtest.Database(t), "-secret-key", testSecretKey}, false},
+		{"bbolt without a key", []string{"-db", filepath.Join(t.TempDir(), "p2p.db")}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := parseConfig(append([]string{"-addr", "127.0.0.1:0", "-export-dir", t.TempDir()}, c.args...), func(string) string { return "" })
+			if err != nil {
+				t.Fatal(err)
+			}
+			logs := &syncBuffer{}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- run(ctx, cfg, slog.New(slog.NewTextHandler(logs, nil))) }()
+			waitFor(t, "the server to listen", func() bool { return strings.Contains(logs.String(), "p2pserver listening") })
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("shutdown: %v", err)
+			}
+			if got := strings.Contains(logs.String(), warning); got != c.warn {
+				t.Errorf("warned %v, want %v; logs:\n%s", got, c.warn, logs.String())
+			}
+		})
 	}
 }
