@@ -3,9 +3,13 @@ GO ?= go
 BIN := bin/p2pserver
 STATICCHECK_VERSION := v0.7.0
 
-.PHONY: all build run demo test test-postgres postgres-check lint bench load spec clean fuzz
+.PHONY: all help build run demo test test-postgres postgres-check lint bench spec clean fuzz
 
 all: build
+
+## help: the targets and what each does.
+help:
+	@sed -n -e 's/^## \([a-z-]*:\)/\1/p' -e 's/^## /    /p' $(MAKEFILE_LIST)
 
 ## build: the server and the development tools (p2p-devidp, p2p-mailsink, p2p-demo) into bin/.
 build:
@@ -68,5 +72,6 @@ bench: build
 spec:
 	$(GO) run ./fhir/spec/gen -in testdata/fhir-r4 -out fhir/spec/data
 
+## clean: remove bin/ (the databases under data/ stay).
 clean:
 	rm -rf bin
