@@ -180,3 +180,63 @@ func vtTimed(t *testing.T, timeout time.Duration) (*env, *verifytreatmenttest.Si
 func tfTimed(t *testing.T, timeout time.Duration) (*env, *tuuthfairytest.Sim) {
 	return tfEnvWith(t, func(_ *eligibility.Config, c *tuuthfairy.Config) { c.Timeout = eligibility.Duration(timeout) })
 }
+
+// TestCreateCallCutShortIsNeverRepeated holds the same rule when the
+// process making a create call stops (dies, or is restarted) before the
+// vendor answers: whoever takes the check over (the same server after a
+// restart, or another process on the database once the lease expires)
+// knows a create call may have been carried out, and finds it (Finder) or
+// fails saying it was not sent again, rather than making it twice.
+func TestCreateCallCutShortIsNeverRepeated(t *testing.T) {
+	const late = 3 * time.Second
+	cases := []struct {
+		name           string
+		run            func(t *testing.T) (created, calls int, got struct{ task, code, text string })
+		created, calls int
+		task, text     string
+	}{
+		{name: "VerifyTreatment: the VOB made before the stop is found with List VOB", created: 1, calls: 1, task: "completed",
+			run: func(t *testing.T) (int, int, struct{ task, code, text string }) {
+				e, sim := vtTimed(t, time.Minute)
+				sim.AnswerLate("POST /vobs", late)
+				r := e.do("POST", "/fhir/CoverageEligibilityRequest", vtRequest("87726", "CUT-1"))
+				if r.Status != http.StatusCreated {
+					t.Fatalf("create: %d %s", r.Status, r.Body)
+				}
+				reqID := idOf(r.JSON)
+				e.eventually("the create call", func() bool { return sim.Calls("POST /vobs") == 1 })
+				e.restart()
+				e.eventually("the answer", func() bool { return e.responseFor(reqID) != nil })
+				if sim.Calls("GET /vobs") == 0 {
+					t.Error("the VOB was not looked for with List VOB")
+				}
+				return len(sim.VOBs()), sim.Calls("POST /vobs"), outcomeOf(e, reqID)
+			}},
+		{name: "tuuthfairy: no way to find it, so the check fails saying so", created: 1, calls: 1, task: "failed", text: "was not sent again",
+			run: func(t *testing.T) (int, int, struct{ task, code, text string }) {
+				e, sim := tfTimed(t, time.Minute)
+				sim.AnswerLate("requestEligibility", late)
+				r := e.do("POST", "/fhir/CoverageEligibilityRequest", dental("62308", "CUT-2"))
+				if r.Status != http.StatusCreated {
+					t.Fatalf("create: %d %s", r.Status, r.Body)
+				}
+				reqID := idOf(r.JSON)
+				e.eventually("the create call", func() bool { return sim.Calls("requestEligibility") == 1 })
+				e.restart()
+				e.eventually("the answer", func() bool { return e.responseFor(reqID) != nil })
+				n := sim.Calls("requestEligibility")
+				return n, n, outcomeOf(e, reqID)
+			}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			created, calls, got := c.run(t)
+			if created != c.created || calls != c.calls {
+				t.Errorf("the vendor holds %d checks after %d create calls; want %d after %d", created, calls, c.created, c.calls)
+			}
+			if got.task != c.task || !strings.Contains(got.text, c.text) {
+				t.Errorf("outcome %+v, want task %s and a text with %q", got, c.task, c.text)
+			}
+		})
+	}
+}
