@@ -242,10 +242,7 @@ func (e *Exporter) matchSlice(ctx context.Context, j *Job) (bool, error) {
 // §pdex-154a); only the job's own faults (the database, a cancel) stop it.
 func (e *Exporter) matchOne(ctx context.Context, j *Job, line []byte) (*memberOutcome, error) {
 	var parts struct {
-		Parameter []struct {
-			Name     string         `json:"name"`
-			Resource map[string]any `json:"resource"`
-		} `json:"parameter"`
+		Parameter []matchPart `json:"parameter"`
 	}
 	_ = json.Unmarshal(line, &parts)
 	o := &memberOutcome{Outcome: outcomeNoMatch}
@@ -256,6 +253,10 @@ func (e *Exporter) matchOne(ctx context.Context, j *Job, line []byte) (*memberOu
 		case "CoverageToMatch":
 			o.Coverage = p.Resource
 		}
+	}
+	if why := e.usable(parts.Parameter, o); why != "" {
+		e.log.Info("bulk: bulk-member-match: a member's bundle is not usable", "job", j.ID, "err", why)
+		return o, nil
 	}
 	req, err := e.match.Parse(line)
 	if err != nil {
@@ -287,6 +288,56 @@ func (e *Exporter) matchOne(ctx context.Context, j *Job, line []byte) (*memberOu
 		return nil, err
 	}
 	return o, nil
+}
+
+// matchPart is one part of a MemberBundle.
+type matchPart struct {
+	Name     string         `json:"name"`
+	Resource map[string]any `json:"resource"`
+}
+
+// usable says why a member's bundle holds a resource that is not valid
+// FHIR R4 ("" when every one is): such a member is not matched, as for any
+// unusable bundle, and the job goes on. What o carries into the result
+// Groups is made valid too, since an invalid contained resource would make
+// the Group invalid and fail the job: a submitted Patient that is not
+// valid is contained as a Patient with its id alone (how the requester
+// finds its member again), a CoverageToMatch that is not is left out.
+func (e *Exporter) usable(parts []matchPart, o *memberOutcome) string {
+	model := e.st.Registry().Model()
+	var why string
+	for i, p := range parts {
+		if p.Resource == nil {
+			continue
+		}
+		want := map[string]string{"MemberPatient": "Patient", "CoverageToMatch": "Coverage", "CoverageToLink": "Coverage", "Consent": "Consent"}[p.Name]
+		if typ, _ := p.Resource["resourceType"].(string); want != "" && typ != want {
+			why = fmt.Sprintf("part[%d] %s: a %s, not a %s", i, p.Name, clipped(typ), want)
+		} else if issues := model.Validate(p.Resource); len(issues) > 0 {
+			why = fmt.Sprintf("part[%d] %s is not valid FHIR R4 (%d problems): %s: %s", i, p.Name, len(issues), issues[0].Path, issues[0].Message)
+		} else {
+			continue
+		}
+		switch p.Name {
+		case "MemberPatient":
+			bare := map[string]any{"resourceType": "Patient", "id": p.Resource["id"]}
+			if bare["id"] == nil || len(model.Validate(bare)) > 0 {
+				delete(bare, "id")
+			}
+			o.Member = bare
+		case "CoverageToMatch":
+			o.Coverage = nil
+		}
+	}
+	return why
+}
+
+// clipped shortens a string from a request for a log line.
+func clipped(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
 }
 
 // namesRecipient reports whether a Consent's recipient actors (role IRCP,

@@ -550,3 +550,81 @@ func TestSameConsentFromTwoPayers(t *testing.T) {
 		}
 	}
 }
+
+// TestBulkMemberMatchInvalidResources: a MemberBundle holding a resource
+// that is not valid FHIR R4 is that member's failure, never the job's
+// (PDex STU 2.1 §pdex-154a): the member is not matched, whatever its
+// demographics, and the others are decided as usual. The result Groups
+// stay valid: the member's submitted Patient is contained with its id
+// (as much of it as is valid), an invalid CoverageToMatch is left out.
+func TestBulkMemberMatchInvalidResources(t *testing.T) {
+	t.Parallel()
+	idp := oidctest.New(t)
+	p := newPayer(t, idp, Config{})
+	now := time.Now().UTC()
+	memberHere(p, "ann", "Alvarez", "Ann", "1971-02-03")
+	memberHere(p, "bea", "Brown", "Bea", "1972-03-04")
+	good := consent("permit", mdm.PolicyRegular, now.Add(-day), now.AddDate(1, 0, 0))
+
+	part := func(b map[string]any, name string) map[string]any {
+		for _, p := range b["part"].([]any) {
+			if p.(map[string]any)["name"] == name {
+				return p.(map[string]any)["resource"].(map[string]any)
+			}
+		}
+		t.Fatalf("no %s", name)
+		return nil
+	}
+	ann := func(id string) map[string]any {
+		return memberBundle(id, "Alvarez", "Ann", "1971-02-03", "C-ann", consent("permit", mdm.PolicyRegular, now.Add(-day), now.AddDate(1, 0, 0)))
+	}
+	rows := []struct {
+		name, id string
+		spoil    func(b map[string]any)
+	}{
+		{"a Coverage without status, beneficiary and payor", "cov", func(b map[string]any) {
+			c := part(b, "CoverageToMatch")
+			delete(c, "status")
+			delete(c, "beneficiary")
+			delete(c, "payor")
+		}},
+		{"a Coverage with an element R4 does not have", "cov2", func(b map[string]any) { part(b, "CoverageToMatch")["colour"] = "blue" }},
+		{"a Patient with an element R4 does not have", "pat", func(b map[string]any) { part(b, "MemberPatient")["colour"] = "blue" }},
+		{"a Patient whose gender is a number", "pat2", func(b map[string]any) { part(b, "MemberPatient")["gender"] = 7 }},
+		{"a Consent with an element R4 does not have", "con", func(b map[string]any) { part(b, "Consent")["colour"] = "blue" }},
+		{"a Consent with a status R4 does not have", "con2", func(b map[string]any) { part(b, "Consent")["status"] = "on" }},
+		{"a CoverageToMatch that is a Patient", "typ", func(b map[string]any) { part(b, "CoverageToMatch")["resourceType"] = "Patient" }},
+	}
+	var bundles []map[string]any
+	for _, r := range rows {
+		b := ann(r.id)
+		r.spoil(b)
+		bundles = append(bundles, b)
+	}
+	bundles = append(bundles, memberBundle("ok", "Brown", "Bea", "1972-03-04", "C-bea", good))
+	_, tok := p.backendOf("new-payer", "9876543210", "system/Patient.rs", "system/Coverage.rs", "system/Group.rs")
+	status := p.kickoff("POST", "/Group/$bulk-member-match", tok, matchRequest(bundles...))
+	m := p.wait(status, tok) // a job that failed is a test failure here
+	groups := map[string]map[string]any{}
+	for _, o := range m.Output {
+		if o.Type == "Group" {
+			for _, g := range p.lines(o.URL, tok) {
+				groups[groupCode(g)] = g
+			}
+		}
+	}
+	if refs, _ := groupMembersOf(groups[outcomeMatched]); !slices.Equal(refs, []string{"Patient/bea"}) {
+		t.Errorf("matched members %v; want only the valid bundle's, Patient/bea", refs)
+	}
+	refs, contained := groupMembersOf(groups[outcomeNoMatch])
+	for _, r := range rows {
+		if !slices.Contains(refs, "#"+r.id) || !slices.Contains(contained, r.id) {
+			t.Errorf("%s: not matched members %v, contained Patients %v; want the member, by its submitted id %s", r.name, refs, contained, r.id)
+		}
+	}
+	for _, c := range groups[outcomeNoMatch]["contained"].([]any) {
+		if c.(map[string]any)["colour"] != nil || c.(map[string]any)["gender"] == 7.0 {
+			t.Errorf("an invalid submitted resource is contained: %v", c)
+		}
+	}
+}
