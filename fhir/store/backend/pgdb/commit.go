@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/jackc/pgx/v5"
 )
 
@@ -24,7 +26,6 @@ const headLen = 17
 // with the rows as arrays.
 func (t *tx) commit() error {
 	var (
-		b        = &pgx.Batch{}
 		newNames []string
 		seqNames []string
 		seqs     []int64
@@ -151,94 +152,110 @@ func (t *tx) commit() error {
 			}
 		}
 	}
-	if len(seqNames) > 0 {
-		b.Queue(`INSERT INTO p2p_buckets (name, seq) SELECT * FROM unnest($1::text[], $2::int8[])
-ON CONFLICT (name) DO UPDATE SET seq = excluded.seq`, seqNames, seqs)
-	}
-	if len(newNames) > 0 {
-		b.Queue(`INSERT INTO p2p_buckets (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, newNames)
-	}
-	for _, tb := range cleared {
-		switch tb.kind {
-		case kindKV:
-			b.Queue(`DELETE FROM p2p_kv WHERE bucket = $1`, tb.name)
-		case kindResources:
-			b.Queue(`DELETE FROM p2p_resources WHERE type = $1`, tb.typ)
-		case kindVersions:
-			b.Queue(`UPDATE p2p_resources r SET rec = v.rec FROM p2p_versions v
-WHERE r.type = $1 AND r.rec IS NULL AND v.type = r.type AND v.id = r.id AND v.version = r.version`, tb.typ)
-			b.Queue(`DELETE FROM p2p_versions WHERE type = $1`, tb.typ)
-		case kindEntries:
-			b.Queue(`DELETE FROM p2p_entries WHERE type = $1`, tb.typ)
-		case kindSearch:
-			b.Queue(`DELETE FROM p2p_search WHERE type = $1 AND param = $2`, tb.typ, tb.param)
-		case kindChanges:
-			b.Queue(`DELETE FROM p2p_changes WHERE log = $1`, tb.typ)
+	// Index entries and changes are nearly always new keys: they are
+	// inserted plainly, which costs PostgreSQL less than an upsert; when
+	// one was there already, the flush is taken back to its savepoint
+	// and made again with upserts (the write lock is still held).
+	build := func(upsert bool) *pgx.Batch {
+		b := &pgx.Batch{}
+		if !upsert {
+			b.Queue("SAVEPOINT flush")
 		}
+		if len(seqNames) > 0 {
+			b.Queue(`INSERT INTO p2p_buckets (name, seq) SELECT * FROM unnest($1::text[], $2::int8[])
+	ON CONFLICT (name) DO UPDATE SET seq = excluded.seq`, seqNames, seqs)
+		}
+		if len(newNames) > 0 {
+			b.Queue(`INSERT INTO p2p_buckets (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, newNames)
+		}
+		for _, tb := range cleared {
+			switch tb.kind {
+			case kindKV:
+				b.Queue(`DELETE FROM p2p_kv WHERE bucket = $1`, tb.name)
+			case kindResources:
+				b.Queue(`DELETE FROM p2p_resources WHERE type = $1`, tb.typ)
+			case kindVersions:
+				b.Queue(`UPDATE p2p_resources r SET rec = v.rec FROM p2p_versions v
+	WHERE r.type = $1 AND r.rec IS NULL AND v.type = r.type AND v.id = r.id AND v.version = r.version`, tb.typ)
+				b.Queue(`DELETE FROM p2p_versions WHERE type = $1`, tb.typ)
+			case kindEntries:
+				b.Queue(`DELETE FROM p2p_entries WHERE type = $1`, tb.typ)
+			case kindSearch:
+				b.Queue(`DELETE FROM p2p_search WHERE type = $1 AND param = $2`, tb.typ, tb.param)
+			case kindChanges:
+				b.Queue(`DELETE FROM p2p_changes WHERE log = $1`, tb.typ)
+			}
+		}
+		if len(kvDB) > 0 {
+			b.Queue(`DELETE FROM p2p_kv k USING unnest($1::text[], $2::bytea[]) u(bucket, key)
+	WHERE k.bucket = u.bucket AND k.key = u.key`, kvDB, kvDK)
+		}
+		if len(kvB) > 0 {
+			b.Queue(`INSERT INTO p2p_kv (bucket, key, value) SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
+	ON CONFLICT (bucket, key) DO UPDATE SET value = excluded.value`, kvB, kvK, kvV)
+		}
+		if len(mT) > 0 {
+			b.Queue(`UPDATE p2p_resources r SET rec = v.rec FROM unnest($1::text[], $2::text[], $3::int8[]) u(type, id, version), p2p_versions v
+	WHERE r.type = u.type AND r.id = u.id AND r.version = u.version AND r.rec IS NULL
+	AND v.type = u.type AND v.id = u.id AND v.version = u.version`, mT, mI, mV)
+		}
+		if len(vdT) > 0 {
+			b.Queue(`DELETE FROM p2p_versions v USING unnest($1::text[], $2::text[], $3::int8[]) u(type, id, version)
+	WHERE v.type = u.type AND v.id = u.id AND v.version = u.version`, vdT, vdI, vdV)
+		}
+		if len(vT) > 0 {
+			b.Queue(`INSERT INTO p2p_versions (type, id, version, rec) SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[])
+	ON CONFLICT (type, id, version) DO UPDATE SET rec = excluded.rec`, vT, vI, vV, vR)
+		}
+		if len(rdT) > 0 {
+			b.Queue(`DELETE FROM p2p_resources r USING unnest($1::text[], $2::text[]) u(type, id)
+	WHERE r.type = u.type AND r.id = u.id`, rdT, rdI)
+		}
+		if len(rT) > 0 {
+			b.Queue(`INSERT INTO p2p_resources (type, id, version, head, rec)
+	SELECT u.type, u.id, u.version, u.head, u.rec FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::bytea[]) u(type, id, version, head, rec)
+	ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, head = excluded.head, rec = excluded.rec`, rT, rI, rV, rH, rR)
+		}
+		if len(xdT) > 0 {
+			b.Queue(`DELETE FROM p2p_entries x USING unnest($1::text[], $2::text[]) u(type, id)
+	WHERE x.type = u.type AND x.id = u.id`, xdT, xdI)
+		}
+		if len(xT) > 0 {
+			b.Queue(`INSERT INTO p2p_entries (type, id, entries) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+	ON CONFLICT (type, id) DO UPDATE SET entries = excluded.entries`, xT, xI, xE)
+		}
+		if len(sdT) > 0 {
+			b.Queue(`DELETE FROM p2p_search s USING unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) u(type, param, key, id)
+	WHERE s.type = u.type AND s.param = u.param AND s.key = u.key AND s.id = u.id`, sdT, sdP, sdK, sdI)
+		}
+		if len(sT) > 0 {
+			q := `INSERT INTO p2p_search (type, param, key, id, payload)
+	SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bytea[])`
+			if upsert {
+				q += ` ON CONFLICT (type, param, key, id) DO UPDATE SET payload = excluded.payload`
+			}
+			b.Queue(q, sT, sP, sK, sI, sPl)
+		}
+		if len(cdS) > 0 {
+			b.Queue(`DELETE FROM p2p_changes c USING unnest($1::text[], $2::int8[]) u(log, seq)
+	WHERE c.log = u.log AND c.seq = u.seq`, cdL, cdS)
+		}
+		if len(cS) > 0 {
+			q := `INSERT INTO p2p_changes (log, seq, value) SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])`
+			if upsert {
+				q += ` ON CONFLICT (log, seq) DO UPDATE SET value = excluded.value`
+			}
+			b.Queue(q, cL, cS, cV)
+		}
+		b.Queue("COMMIT")
+		return b
 	}
-	if len(kvDB) > 0 {
-		b.Queue(`DELETE FROM p2p_kv k USING unnest($1::text[], $2::bytea[]) u(bucket, key)
-WHERE k.bucket = u.bucket AND k.key = u.key`, kvDB, kvDK)
-	}
-	if len(kvB) > 0 {
-		b.Queue(`INSERT INTO p2p_kv (bucket, key, value) SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
-ON CONFLICT (bucket, key) DO UPDATE SET value = excluded.value`, kvB, kvK, kvV)
-	}
-	if len(mT) > 0 {
-		b.Queue(`UPDATE p2p_resources r SET rec = v.rec FROM unnest($1::text[], $2::text[], $3::int8[]) u(type, id, version), p2p_versions v
-WHERE r.type = u.type AND r.id = u.id AND r.version = u.version AND r.rec IS NULL
-AND v.type = u.type AND v.id = u.id AND v.version = u.version`, mT, mI, mV)
-	}
-	if len(vdT) > 0 {
-		b.Queue(`DELETE FROM p2p_versions v USING unnest($1::text[], $2::text[], $3::int8[]) u(type, id, version)
-WHERE v.type = u.type AND v.id = u.id AND v.version = u.version`, vdT, vdI, vdV)
-	}
-	if len(vT) > 0 {
-		b.Queue(`INSERT INTO p2p_versions (type, id, version, rec) SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[])
-ON CONFLICT (type, id, version) DO UPDATE SET rec = excluded.rec`, vT, vI, vV, vR)
-	}
-	if len(rdT) > 0 {
-		b.Queue(`DELETE FROM p2p_resources r USING unnest($1::text[], $2::text[]) u(type, id)
-WHERE r.type = u.type AND r.id = u.id`, rdT, rdI)
-	}
-	if len(rT) > 0 {
-		b.Queue(`INSERT INTO p2p_resources (type, id, version, head, rec)
-SELECT u.type, u.id, u.version, u.head, u.rec FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::bytea[]) u(type, id, version, head, rec)
-ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, head = excluded.head, rec = excluded.rec`, rT, rI, rV, rH, rR)
-	}
-	if len(xdT) > 0 {
-		b.Queue(`DELETE FROM p2p_entries x USING unnest($1::text[], $2::text[]) u(type, id)
-WHERE x.type = u.type AND x.id = u.id`, xdT, xdI)
-	}
-	if len(xT) > 0 {
-		b.Queue(`INSERT INTO p2p_entries (type, id, entries) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
-ON CONFLICT (type, id) DO UPDATE SET entries = excluded.entries`, xT, xI, xE)
-	}
-	if len(sdT) > 0 {
-		b.Queue(`DELETE FROM p2p_search s USING unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) u(type, param, key, id)
-WHERE s.type = u.type AND s.param = u.param AND s.key = u.key AND s.id = u.id`, sdT, sdP, sdK, sdI)
-	}
-	if len(sT) > 0 {
-		b.Queue(`INSERT INTO p2p_search (type, param, key, id, payload)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bytea[])
-ON CONFLICT (type, param, key, id) DO UPDATE SET payload = excluded.payload`, sT, sP, sK, sI, sPl)
-	}
-	if len(cdS) > 0 {
-		b.Queue(`DELETE FROM p2p_changes c USING unnest($1::text[], $2::int8[]) u(log, seq)
-WHERE c.log = u.log AND c.seq = u.seq`, cdL, cdS)
-	}
-	if len(cS) > 0 {
-		b.Queue(`INSERT INTO p2p_changes (log, seq, value) SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])
-ON CONFLICT (log, seq) DO UPDATE SET value = excluded.value`, cL, cS, cV)
-	}
-	b.Queue("COMMIT")
-	br := t.conn.SendBatch(t.ctx, b)
-	var err error
-	for i := 0; i < b.Len() && err == nil; i++ {
-		_, err = br.Exec()
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
+	err := t.send(build(false))
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23505" {
+		if _, err = t.conn.Exec(t.ctx, "ROLLBACK TO SAVEPOINT flush"); err == nil {
+			err = t.send(build(true))
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("database: commit: %w", err)
@@ -251,4 +268,17 @@ ON CONFLICT (log, seq) DO UPDATE SET value = excluded.value`, cL, cS, cV)
 		t.db.mu.Unlock()
 	}
 	return nil
+}
+
+// send sends a batch and reads every result, returning the first error.
+func (t *tx) send(b *pgx.Batch) error {
+	br := t.conn.SendBatch(t.ctx, b)
+	var err error
+	for i := 0; i < b.Len() && err == nil; i++ {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
