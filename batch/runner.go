@@ -274,7 +274,7 @@ func New(srv *fhir.Server, defs Definitions, cipher *secrets.Cipher, cfg Config)
 			Timeout:       cfg.RequestTimeout,
 			CheckRedirect: sameOriginRedirects,
 		},
-		bulkHTTP:    &http.Client{Transport: transport, CheckRedirect: sameOriginRedirects},
+		bulkHTTP:    &http.Client{Transport: transport, CheckRedirect: bulk.SameOriginRedirects},
 		runs:        map[int64]*run{},
 		scheduleNow: make(chan struct{}, 1),
 		notify:      make(chan struct{}, 1),

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -58,7 +59,35 @@ type Client struct {
 }
 
 // defaultHTTP is the Client's when it is given none.
-var defaultHTTP = netguard.Default().Client(0)
+var defaultHTTP = func() *http.Client {
+	c := netguard.Default().Client(0)
+	c.CheckRedirect = SameOriginRedirects
+	return c
+}()
+
+// ErrRedirect is wrapped by the error of a CheckRedirect that refuses a
+// redirect (SameOriginRedirects): a Client reports such a request as the
+// other payer's answer (Unprocessable), which asking again will not
+// change, not as a payer it could not reach.
+var ErrRedirect = errors.New("redirect not followed")
+
+// SameOriginRedirects is the CheckRedirect of the http.Client a Client
+// uses: it follows at most 5 redirects, all on the origin (scheme, host
+// and port) of the first request, so that the other payer can neither
+// have this payer's token sent elsewhere (the standard client keeps the
+// Authorization header for another port of the same host) nor keep it
+// going round in a loop.
+func SameOriginRedirects(req *http.Request, via []*http.Request) error {
+	first := via[0].URL
+	switch {
+	case len(via) >= 5:
+		return fmt.Errorf("%w: more than 5 redirects from %s", ErrRedirect, first.Redacted())
+	case !strings.EqualFold(req.URL.Scheme, first.Scheme) || !strings.EqualFold(req.URL.Host, first.Host) || req.URL.User != nil:
+		return fmt.Errorf("%w: a redirect to another origin (%s://%s) than the request's (%s://%s); this server's token is only sent to the other payer's origin",
+			ErrRedirect, req.URL.Scheme, req.URL.Host, first.Scheme, first.Host)
+	}
+	return nil
+}
 
 // Status is one answer of a status URL.
 type Status struct {
@@ -332,6 +361,10 @@ func (c *Client) send(ctx context.Context, build func() (*http.Request, error), 
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
+		var ue *url.Error
+		if errors.Is(err, ErrRedirect) && errors.As(err, &ue) {
+			return nil, errs.E("bulk.client", errs.Unprocessable, "the answer to "+req.URL.Redacted()+" was not followed: "+ue.Err.Error())
+		}
 		if ctx.Err() != nil {
 			return nil, errs.E("bulk.client", errs.Timeout, "the request to "+req.URL.Redacted()+" was stopped", err)
 		}

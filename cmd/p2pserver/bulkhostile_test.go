@@ -246,3 +246,121 @@ func TestBulkExchangeIngestsOnlyTheMatchedConsentingMembersData(t *testing.T) {
 		t.Errorf("resourcesByType counts a Task: %v", p["resourcesByType"])
 	}
 }
+
+// TestBulkExchangeRedirectsAndOtherOrigins: the new payer's token goes to
+// the old payer's origin only (SMART Backend Services: the access token
+// is for that server; Bulk Data Access STU 2, "File Request": the token
+// is sent when requiresAccessToken is true). A redirect to another
+// origin, or a redirect loop, is the old payer's answer, not a network
+// fault: the job fails at once, saying so, rather than retrying it for
+// -bulk-retry-for; and a manifest whose files are elsewhere with
+// requiresAccessToken false is fetched without the token.
+func TestBulkExchangeRedirectsAndOtherOrigins(t *testing.T) {
+	t.Parallel()
+	rows := []struct {
+		name string
+		// answer may answer a request of the old payer instead (kind: 1
+		// for a match status poll, 2 for an export status poll, 3 for the
+		// match result file, 4 for an export file), other being the other
+		// origin's URL.
+		answer func(fp *faultPair, other string, kind int, w http.ResponseWriter, r *http.Request) bool
+		status string // the job's end
+		reason string // in its failureReason
+	}{
+		{"the $bulk-member-match status redirects to itself", func(_ *faultPair, _ string, kind int, w http.ResponseWriter, r *http.Request) bool {
+			if kind != 1 {
+				return false
+			}
+			http.Redirect(w, r, r.URL.Path, http.StatusFound)
+			return true
+		}, "FAILED", "redirect"},
+		{"the export status redirects to another origin", func(_ *faultPair, other string, kind int, w http.ResponseWriter, r *http.Request) bool {
+			if kind != 2 {
+				return false
+			}
+			http.Redirect(w, r, other+r.URL.Path, http.StatusTemporaryRedirect)
+			return true
+		}, "FAILED", "another origin"},
+		{"the $bulk-member-match result file redirects to another origin", func(_ *faultPair, other string, kind int, w http.ResponseWriter, r *http.Request) bool {
+			if kind != 3 {
+				return false
+			}
+			http.Redirect(w, r, other+r.URL.Path, http.StatusFound)
+			return true
+		}, "FAILED", "another origin"},
+		{"an export file redirects to another origin", func(_ *faultPair, other string, kind int, w http.ResponseWriter, r *http.Request) bool {
+			if kind != 4 {
+				return false
+			}
+			http.Redirect(w, r, other+r.URL.Path, http.StatusFound)
+			return true
+		}, "FAILED", "another origin"},
+		{"requiresAccessToken false, the files on another origin", func(fp *faultPair, other string, kind int, w http.ResponseWriter, r *http.Request) bool {
+			if kind != 2 {
+				return false
+			}
+			rec := httptest.NewRecorder()
+			fp.source.h.ServeHTTP(rec, r)
+			body := rec.Body.Bytes()
+			if rec.Code == http.StatusOK {
+				var m map[string]any
+				if err := json.Unmarshal(body, &m); err != nil {
+					panic(err)
+				}
+				m["requiresAccessToken"] = false
+				for _, o := range m["output"].([]any) {
+					o := o.(map[string]any)
+					o["url"] = other + urlPath(o["url"].(string))
+				}
+				body, _ = json.Marshal(m)
+			}
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.Header().Del("Content-Length")
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(body)
+			return true
+		}, "COMPLETED", ""},
+	}
+	for _, row := range rows {
+		t.Run(row.name, func(t *testing.T) {
+			t.Parallel()
+			fp := newFaultPair(t, 1, "-bulk-retry-for", "1h")
+			var seen, withToken atomic.Int64
+			other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				seen.Add(1)
+				if r.Header.Get("Authorization") != "" {
+					withToken.Add(1)
+				}
+				w.Header().Set("Content-Type", "application/fhir+ndjson")
+			}))
+			defer other.Close()
+			fp.traffic.then = func(w http.ResponseWriter, r *http.Request) bool {
+				kind := 0
+				switch {
+				case strings.Contains(r.URL.Path, "/bulkstatus/"):
+					kind = fp.traffic.get(func() int { return fp.traffic.statusOfKind(r.URL.Path) })
+				case strings.Contains(r.URL.Path, "/bulkfiles/") && strings.Contains(r.URL.Path, "/Parameters-"):
+					kind = 3
+				case strings.Contains(r.URL.Path, "/bulkfiles/"):
+					kind = 4
+				}
+				return r.Method == "GET" && kind > 0 && row.answer(fp, other.URL, kind, w, r)
+			}
+			path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
+			st := waitBulk(t, fp.target.payer, path, time.Minute)
+			reason, _ := st["failureReason"].(string)
+			if st["batchStatus"] != row.status || !strings.Contains(reason, row.reason) {
+				t.Fatalf("job: %v, want %s with %q", st, row.status, row.reason)
+			}
+			if p := st["progress"].(map[string]any); row.status == "FAILED" && p["retries"].(float64) != 0 {
+				t.Errorf("the refused redirect was retried %v times", p["retries"])
+			}
+			if withToken.Load() != 0 {
+				t.Errorf("the other origin was sent the token %d times", withToken.Load())
+			}
+			t.Logf("other origin: %d requests; reason %q", seen.Load(), reason)
+		})
+	}
+}
