@@ -209,10 +209,10 @@ func BenchmarkPutGroups(b *testing.B) {
 
 // BenchmarkLargeWrite is one write of 10,000 prepared resources (a
 // Patient then nine Observations referring to it, as in a large
-// transaction Bundle), into a store that already holds 20,000: the time
+// transaction Bundle), into a store that already holds 10,000: the time
 // it holds the single writer.
 func BenchmarkLargeWrite(b *testing.B) {
-	st := loaded(b, 20000)
+	st := loaded(b, 10000)
 	b.ReportAllocs()
 	for n := range b.N {
 		b.StopTimer()

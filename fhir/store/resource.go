@@ -27,7 +27,7 @@ type Tx struct {
 	undo *undoLog
 	// index holds this write's queued index changes by bucket (see
 	// reindex), and flushErr the first failure to make them.
-	index    map[string][]indexOp
+	index    map[indexName][]indexOp
 	flushErr error
 	// group, when set, collects the index changes of the writes of a
 	// commit group that have succeeded, made together at its end.
@@ -40,17 +40,17 @@ type Tx struct {
 // reached once and no change needs an undo record (a write that succeeded
 // is never taken back alone).
 type groupIndex struct {
-	ops map[string][]indexOp
+	ops map[indexName][]indexOp
 }
 
 // add moves the queued index changes of a write that succeeded into g,
 // after those of the writes before it.
-func (g *groupIndex) add(ops map[string][]indexOp) {
+func (g *groupIndex) add(ops map[indexName][]indexOp) {
 	if len(ops) == 0 {
 		return
 	}
 	if g.ops == nil {
-		g.ops = make(map[string][]indexOp, len(ops))
+		g.ops = make(map[indexName][]indexOp, len(ops))
 	}
 	for name, l := range ops {
 		g.ops[name] = append(g.ops[name], l...)
@@ -445,11 +445,15 @@ type indexOp struct {
 	seq        int // the position it was queued at, set by applyIndex
 }
 
+// indexName names the index bucket of a type's parameter: a map key that
+// takes no allocation per queued change, as its bucket name would.
+type indexName struct{ typ, param string }
+
 func (tx *Tx) queueIndex(typ, param string, op indexOp) {
 	if tx.index == nil {
-		tx.index = map[string][]indexOp{}
+		tx.index = map[indexName][]indexOp{}
 	}
-	name := string(indexBucket(typ, param))
+	name := indexName{typ, param}
 	tx.index[name] = append(tx.index[name], op)
 }
 
@@ -468,19 +472,22 @@ func (tx *Tx) flushIndex() error {
 
 // applyIndex makes the changes of index, each bucket's in key order (the
 // changes to one key keep their order), and empties it.
-func (tx *Tx) applyIndex(index map[string][]indexOp) error {
+func (tx *Tx) applyIndex(index map[indexName][]indexOp) error {
 	if len(index) == 0 {
 		return nil
 	}
-	names := make([]string, 0, len(index))
+	names := make([]indexName, 0, len(index))
 	for name := range index {
 		names = append(names, name)
 	}
-	slices.Sort(names)
-	for _, name := range names {
-		ops := index[name]
+	slices.SortFunc(names, func(a, b indexName) int {
+		return bytes.Compare(indexBucket(a.typ, a.param), indexBucket(b.typ, b.param))
+	})
+	for _, n := range names {
+		ops := index[n]
 		sortIndexOps(ops)
-		bname := []byte(name)
+		bname := indexBucket(n.typ, n.param)
+		name := string(bname)
 		tx.tuneFill(bname, ops)
 		for _, op := range ops {
 			if op.del {
