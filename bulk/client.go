@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -149,10 +150,16 @@ func (c *Client) KickOff(ctx context.Context, method, u string, body []byte) (st
 }
 
 // Poll asks the status URL once. A 202 is an unfinished export (Progress,
-// RetryAfter), a 200 a complete one (its Manifest). A 429 or 5xx is a
-// Transient error whose RetryAfter is the answer's; any other answer is
-// an error that quotes the OperationOutcome: the export failed or was
-// cancelled (404, 410: NotFound).
+// RetryAfter), a 200 a complete one (its Manifest). A 429, and a 5xx that
+// does not say the job failed, is a Transient error whose RetryAfter is
+// the answer's; any other answer is an error that quotes the
+// OperationOutcome: the export failed or was cancelled (404, 410:
+// NotFound). Bulk Data ("Response - Error Status") has a 4xx or 5xx mean
+// that the export failed, and a poll that failed without the job carry an
+// OperationOutcome with a transient issue code; so a 5xx is the job's
+// failure when its OperationOutcome's issues have codes and none is
+// transient, and a poll's failure otherwise (no OperationOutcome: a proxy
+// or an outage answered).
 func (c *Client) Poll(ctx context.Context, statusURL string) (Status, error) {
 	const op = "bulk.poll"
 	resp, err := c.get(ctx, statusURL, "application/json")
@@ -194,7 +201,7 @@ func (c *Client) Poll(ctx context.Context, statusURL string) (Status, error) {
 		}
 		return Status{Done: true, Manifest: &m}, nil
 	}
-	err = answerError(op, "the status request "+statusURL, resp)
+	err = statusError(op, "the status request "+statusURL, resp)
 	if ra > 0 {
 		err = errs.E(op, err, ra)
 	}
@@ -376,13 +383,27 @@ func (c *Client) send(ctx context.Context, build func() (*http.Request, error), 
 // answerError describes an unexpected answer with the diagnostics of its
 // OperationOutcome, if it has one.
 func answerError(op, what string, resp *http.Response) error {
+	return describeAnswer(op, what, resp, false)
+}
+
+// statusError is answerError for a status request: a 5xx whose
+// OperationOutcome has issue codes, none of them transient, says the job
+// failed (see Poll), and is not Transient.
+func statusError(op, what string, resp *http.Response) error {
+	return describeAnswer(op, what, resp, true)
+}
+
+func describeAnswer(op, what string, resp *http.Response, failedJob bool) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	msg := fmt.Sprintf("%s was answered with HTTP status %d", what, resp.StatusCode)
-	if d := outcomeText(resp.Header.Get("Content-Type"), body); d != "" {
+	d, codes := outcomeOf(resp.Header.Get("Content-Type"), body)
+	if d != "" {
 		msg += ": " + d
 	}
 	kind := errs.Unprocessable
 	switch {
+	case failedJob && resp.StatusCode >= 500 && len(codes) > 0 && !slices.ContainsFunc(codes, transientIssue):
+		msg += " (the job failed: its issue code is not a transient one)"
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
 		kind = errs.Transient
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
@@ -395,15 +416,28 @@ func answerError(op, what string, resp *http.Response) error {
 	return errs.E(op, kind, msg)
 }
 
-// outcomeText is the diagnostics (else the details' text) of an
-// OperationOutcome's issues, joined, at most 500 bytes.
-func outcomeText(contentType string, body []byte) string {
+// transientIssue reports whether an OperationOutcome issue code is
+// IssueType's transient or one of its children (FHIR R4
+// codesystem-issue-type): processing may be tried again.
+func transientIssue(code string) bool {
+	switch code {
+	case "transient", "lock-error", "no-store", "exception", "timeout", "incomplete", "throttled":
+		return true
+	}
+	return false
+}
+
+// outcomeOf is the diagnostics (else the details' text) of an
+// OperationOutcome's issues, joined, at most 500 bytes, and the issues'
+// codes.
+func outcomeOf(contentType string, body []byte) (string, []string) {
 	if mt, _, _ := mime.ParseMediaType(contentType); mt != "" && !strings.HasSuffix(mt, "json") {
-		return ""
+		return "", nil
 	}
 	var oo struct {
 		ResourceType string `json:"resourceType"`
 		Issue        []struct {
+			Code        string `json:"code"`
 			Diagnostics string `json:"diagnostics"`
 			Details     struct {
 				Text string `json:"text"`
@@ -411,10 +445,13 @@ func outcomeText(contentType string, body []byte) string {
 		} `json:"issue"`
 	}
 	if json.Unmarshal(body, &oo) != nil || oo.ResourceType != "OperationOutcome" {
-		return ""
+		return "", nil
 	}
-	var parts []string
+	var parts, codes []string
 	for _, is := range oo.Issue {
+		if is.Code != "" {
+			codes = append(codes, is.Code)
+		}
 		if t := strings.TrimSpace(is.Diagnostics); t != "" {
 			parts = append(parts, t)
 		} else if t := strings.TrimSpace(is.Details.Text); t != "" {
@@ -425,7 +462,7 @@ func outcomeText(contentType string, body []byte) string {
 	if len(s) > 500 {
 		s = s[:500] + "…"
 	}
-	return strings.ToValidUTF8(s, "")
+	return strings.ToValidUTF8(s, ""), codes
 }
 
 // retryAfter reads a Retry-After header: seconds or an HTTP date.

@@ -275,7 +275,11 @@ func (e *Exporter) status(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", strconv.Itoa(int((e.cfg.RetryAfter+time.Second-1)/time.Second)))
 		w.WriteHeader(http.StatusAccepted)
 	case StateFailed:
-		fhir.WriteError(w, r, errs.E(op, errs.Internal, j.Failure, errs.Issue{Code: "exception", Message: j.Failure}))
+		// The job failed: a final answer, so its issue code is not one of
+		// IssueType's transient codes (transient, exception, timeout...),
+		// which tell a client that the poll failed and to retry (Bulk
+		// Data export, "Response - Error Status").
+		fhir.WriteError(w, r, errs.E(op, errs.Internal, j.Failure, errs.Issue{Code: "processing", Message: j.Failure}))
 	case StateComplete:
 		w.Header().Set("Expires", j.Expires.UTC().Format(http.TimeFormat))
 		w.Header().Set("Content-Type", "application/json")

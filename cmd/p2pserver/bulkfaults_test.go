@@ -836,3 +836,61 @@ func TestBulkExchangeStop(t *testing.T) {
 		t.Errorf("a second stop: %d", code)
 	}
 }
+
+// TestBulkExchangeStatusErrors: how the requesting job reads an error
+// answer to a status poll. Bulk Data ("Response - Error Status") has a
+// 4xx or 5xx mean the export failed, and a poll that failed without the
+// job say so with a transient issue code (IssueType transient and its
+// children, such as exception): the job fails at once, with the old
+// payer's reason, on a 5xx whose OperationOutcome names only final codes,
+// and waits out one with a transient code or no OperationOutcome (a proxy,
+// an outage), as it waits out the old payer being down.
+func TestBulkExchangeStatusErrors(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name        string
+		status      int
+		contentType string
+		body        string
+		times       int64
+		fails       bool
+	}{
+		{"the export failed", 500, "application/fhir+json",
+			`{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"the export stopped: its disk is full"}]}`, 1000, true},
+		{"the export failed, several issues", 500, "application/fhir+json",
+			`{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"the export stopped: its disk is full"},{"severity":"information","code":"informational","diagnostics":"started 09:00"}]}`, 1000, true},
+		{"a poll failed (transient)", 503, "application/fhir+json",
+			`{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient","diagnostics":"status store unavailable"}]}`, 3, false},
+		{"a poll failed (exception, a transient code)", 500, "application/fhir+json",
+			`{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"exception","diagnostics":"try again"}]}`, 3, false},
+		{"a proxy answered", 502, "text/html", `<html>Bad Gateway</html>`, 3, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			fp := newFaultPair(t, 1)
+			var answered atomic.Int64
+			fp.traffic.then = func(w http.ResponseWriter, r *http.Request) bool {
+				if !strings.Contains(r.URL.Path, "/bulkstatus/") || fp.traffic.get(func() int { return fp.traffic.exports }) == 0 || answered.Add(1) > c.times {
+					return false
+				}
+				w.Header().Set("Content-Type", c.contentType)
+				w.WriteHeader(c.status)
+				_, _ = io.WriteString(w, c.body)
+				return true
+			}
+			path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
+			st := waitBulk(t, fp.target.payer, path, 2*time.Minute)
+			reason, _ := st["failureReason"].(string)
+			if c.fails {
+				if st["batchStatus"] != "FAILED" || !strings.Contains(reason, "its disk is full") || answered.Load() != 1 {
+					t.Fatalf("after %d error answers: %v; want FAILED at the first, with the old payer's reason", answered.Load(), st)
+				}
+				return
+			}
+			if p := st["progress"].(map[string]any); st["batchStatus"] != "COMPLETED" || p["retries"].(float64) < 1 {
+				t.Fatalf("job: %v; want it COMPLETED after retries", st)
+			}
+			fp.checkOnce(t, st, true)
+		})
+	}
+}
