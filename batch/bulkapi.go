@@ -13,6 +13,8 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/p2pserver/p2pserver/fhir/authz"
+	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
@@ -241,7 +243,7 @@ func (a *API) createBulk(w http.ResponseWriter, r *http.Request) {
 				fields["members"] = "is required (or a groupId): the members to bring over"
 			}
 		default:
-			members = checkMembers(tx, in.Members, fields)
+			members = checkMembers(tx, a.runner.st.Registry().Model(), in.Members, fields)
 		}
 		return nil
 	})
@@ -269,7 +271,7 @@ func (a *API) createBulk(w http.ResponseWriter, r *http.Request) {
 
 // checkMembers checks the listed members and reports each problem under
 // its field (members[i].patientId ...).
-func checkMembers(tx *store.Tx, in []BulkMemberRequest, fields map[string]string) []*bulkMember {
+func checkMembers(tx *store.Tx, model *spec.Model, in []BulkMemberRequest, fields map[string]string) []*bulkMember {
 	seen := map[string]int{}
 	tasks := map[string]int{}
 	var out []*bulkMember
@@ -286,13 +288,13 @@ func checkMembers(tx *store.Tx, in []BulkMemberRequest, fields map[string]string
 			}
 			seen[m.PatientID] = i
 		}
-		if why := resourceOf(m.CoverageToMatch, "Coverage", true); why != "" {
+		if why := resourceOf(model, m.CoverageToMatch, "Coverage", true, m.PatientID); why != "" {
 			fields[at("coverageToMatch")] = why
 		}
-		if why := resourceOf(m.CoverageToLink, "Coverage", false); why != "" {
+		if why := resourceOf(model, m.CoverageToLink, "Coverage", false, m.PatientID); why != "" {
 			fields[at("coverageToLink")] = why
 		}
-		if why := resourceOf(m.Consent, "Consent", true); why != "" {
+		if why := resourceOf(model, m.Consent, "Consent", true, m.PatientID); why != "" {
 			fields[at("consent")] = why
 		}
 		if m.TaskID != "" {
@@ -311,20 +313,30 @@ func checkMembers(tx *store.Tx, in []BulkMemberRequest, fields map[string]string
 	return out
 }
 
-// resourceOf says why raw is not a JSON object of resourceType typ ("" when
-// it is, or when it is absent and not required).
-func resourceOf(raw json.RawMessage, typ string, required bool) string {
+// resourceOf says why raw is not a member's resource of type typ as
+// $bulk-member-match takes it ("" when it is, or when it is absent and
+// not required): a valid FHIR R4 resource of that type whose member
+// (Coverage.beneficiary, Consent.patient), when it names one, is our
+// Patient member, the MemberPatient sent with it (PDex STU 2.1
+// pdex-parameters-multi-member-match-bundle-in).
+func resourceOf(model *spec.Model, raw json.RawMessage, typ string, required bool, member string) string {
 	if len(raw) == 0 || string(raw) == "null" {
 		if required {
 			return "is required: a " + typ + " resource"
 		}
 		return ""
 	}
-	var head struct {
-		ResourceType string `json:"resourceType"`
-	}
-	if json.Unmarshal(raw, &head) != nil || head.ResourceType != typ {
+	var m map[string]any
+	if json.Unmarshal(raw, &m) != nil || m["resourceType"] != typ {
 		return "must be a " + typ + " resource (a JSON object with resourceType " + typ + ")"
+	}
+	if issues := model.Validate(m); len(issues) > 0 {
+		return fmt.Sprintf("is not a valid FHIR R4 %s: %s: %s", typ, issues[0].Path, issues[0].Message)
+	}
+	field := map[string]string{"Coverage": "beneficiary", "Consent": "patient"}[typ]
+	ref, _ := m[field].(map[string]any)
+	if r, ok := ref["reference"].(string); ok && member != "" && r != "Patient/"+member {
+		return fmt.Sprintf("names %s as its %s; it must be the member's own: Patient/%s", clip(r, 80), field, member)
 	}
 	return ""
 }
@@ -342,6 +354,12 @@ func groupMembersOf(tx *store.Tx, id string, srv oidcservers.Server, fields map[
 	v, err := tx.Read("Group", id)
 	if err != nil {
 		fields["groupId"] = fmt.Sprintf("no Group/%s on this server", id)
+		return nil
+	}
+	if owner, ok := authz.OwnerOf(v.JSON); ok {
+		// A Group a payer's $bulk-member-match made here is that payer's
+		// (PDex STU 2.1 §pdex-161), not a list of members to bring over.
+		fields["groupId"] = fmt.Sprintf("Group/%s belongs to the client %s, not to this payer: give a Group of our members", id, clip(owner, 64))
 		return nil
 	}
 	var g struct {
