@@ -46,6 +46,7 @@ func main() {
 		resources   = flag.Int("resources", 100000, "resources to create (one Patient per 10)")
 		scale       = flag.String("scale", "", "database sizes to grow to in turn, measuring at each, e.g. 100000,1000000; the figures are printed side by side with the ratio of the last to the first (instead of -resources)")
 		timeLimit   = flag.Duration("time-limit", 0, "stop loading after this long and measure at the size reached (0: no limit)")
+		postgres    = flag.Bool("postgres", false, "with -server: run the server on a new database of a private PostgreSQL server started for the run (Debian's postgresql package must be installed) instead of a bbolt file")
 		concurrency = flag.Int("c", 32, "concurrent clients")
 		duration    = flag.Duration("d", 10*time.Second, "duration of the read and search phases")
 		creates     = flag.Bool("creates", false, "only the create phases (Patients, then Observations) at -c clients: the durable write throughput")
@@ -74,6 +75,24 @@ func main() {
 			}
 			sizes = append(sizes, n)
 		}
+	}
+	if *postgres {
+		if *server == "" {
+			fmt.Fprintln(os.Stderr, "p2pload: -postgres needs -server")
+			os.Exit(2)
+		}
+		stop, err := usePostgres()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "p2pload:", err)
+			os.Exit(1)
+		}
+		err = run(*base, *server, sizes, *concurrency, *duration, *timeLimit, *creates)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "p2pload:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if err := run(*base, *server, sizes, *concurrency, *duration, *timeLimit, *creates); err != nil {
 		fmt.Fprintln(os.Stderr, "p2pload:", err)
@@ -509,6 +528,9 @@ func start(bin string, args ...string) (*spawned, error) {
 		return nil, err
 	}
 	s := &spawned{dir: dir, db: filepath.Join(dir, "load.db")}
+	if serverDB != "" {
+		s.db = serverDB
+	}
 	s.cmd = exec.Command(bin, append([]string{"-addr", addr, "-db", s.db, "-log-level", "warn"}, args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = os.Stdout, os.Stderr
 	if err := s.cmd.Start(); err != nil {
@@ -541,6 +563,9 @@ func (s *spawned) stop() {
 }
 
 func (s *spawned) dbSize() (int64, error) {
+	if serverDB != "" {
+		return postgresSize(serverDB)
+	}
 	fi, err := os.Stat(s.db)
 	if err != nil {
 		return 0, err
