@@ -894,3 +894,50 @@ func TestBulkExchangeStatusErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestBulkExchangeConsentWithdrawnBeforeExport: a member matched with a
+// consent that the old payer no longer holds when the export runs is left
+// out of it and named in the export's error file (PDex STU 2.1: the
+// export checks each member's consent when it runs); the job follows the
+// error file and reports the member consent-constrained, with none of
+// their data brought over, and the others' data as usual.
+func TestBulkExchangeConsentWithdrawnBeforeExport(t *testing.T) {
+	t.Parallel()
+	fp := newFaultPair(t, 2)
+	tr := fp.traffic
+	tr.holdMatch.Store(true)
+	path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
+	withdrawn := fp.members[0].source
+	var consents map[string]any
+	waitFor(t, "the member's Consent stored at the old payer", func() bool {
+		consents = nil
+		fp.source.call("GET", "/fhir/Consent?patient="+withdrawn, testAdmin, nil, &consents)
+		entries, _ := consents["entry"].([]any)
+		return len(entries) > 0
+	})
+	for _, e := range consents["entry"].([]any) {
+		c := e.(map[string]any)["resource"].(map[string]any)
+		c["status"] = "inactive"
+		if code := fp.source.call("PUT", "/fhir/Consent/"+c["id"].(string), testAdmin, c, nil); code != 200 {
+			t.Fatalf("withdraw the Consent: %d", code)
+		}
+	}
+	tr.holdMatch.Store(false)
+	st := waitBulk(t, fp.target.payer, path, 2*time.Minute)
+	counts := st["members"].(map[string]any)
+	if st["batchStatus"] != "COMPLETED" || counts["matched"] != 1.0 || counts["consentConstrained"] != 1.0 {
+		t.Fatalf("job: %v", st)
+	}
+	var page map[string]any
+	fp.target.call("GET", path+"/members", testBackoffice, nil, &page)
+	m := page["members"].([]any)[0].(map[string]any)
+	if m["outcome"] != "consentConstrained" || !strings.Contains(fmt.Sprint(m["note"]), "left this member out of the export") {
+		t.Errorf("the withdrawn member: %v", m)
+	}
+	if srcs := everythingSources(t, fp.target.payer, "m0000"); len(srcs) != 0 {
+		t.Errorf("the withdrawn member's record holds %d resources of the old payer", len(srcs))
+	}
+	if srcs := everythingSources(t, fp.target.payer, "m0001"); len(srcs) == 0 {
+		t.Error("the other member's data was not brought over")
+	}
+}
