@@ -30,8 +30,6 @@ type chunk struct {
 	more  bool // rows may follow the last one
 }
 
-type row struct{ k, v []byte }
-
 const (
 	firstChunk = 16
 	maxChunk   = 1024

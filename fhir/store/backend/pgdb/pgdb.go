@@ -14,7 +14,6 @@ package pgdb
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -136,6 +135,3 @@ func (d *DB) Update(ctx context.Context, fn func(backend.Tx) error) error {
 	}
 	return err
 }
-
-// errFailed is answered by a transaction after a failure.
-var errFailed = errors.New("an earlier statement of the transaction failed")
