@@ -94,11 +94,16 @@ func (d *DB) View(ctx context.Context, fn func(backend.Tx) error) error {
 	t := newTx(ctx, d, conn, false)
 	err = fn(t)
 	if t.begun {
-		if _, rerr := conn.Exec(ctx, "ROLLBACK"); rerr != nil && t.err == nil {
-			t.err = rerr
-		}
+		// What was read is final: the reader need not wait for the
+		// snapshot's end. The connection returns to the pool after it
+		// (Close waits for that).
+		go func() {
+			conn.Exec(context.Background(), "ROLLBACK")
+			conn.Release()
+		}()
+	} else {
+		conn.Release()
 	}
-	conn.Release()
 	if t.err != nil {
 		return fmt.Errorf("database: %w", t.err)
 	}
