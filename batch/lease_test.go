@@ -48,7 +48,7 @@ func TestJobTakenOverWhenItsProcessDies(t *testing.T) {
 	alive, die := context.WithCancel(context.Background())
 	defer die()
 	x := newExchange(t, Config{VersionedReferences: true})
-	tgLeases = lease.New(x.tg.st, lease.Config{Owner: "first", Duration: time.Second, Scan: 20 * time.Millisecond, Logger: testLogger(t)})
+	tgLeases = lease.New(x.tg.st, lease.Config{Owner: "first", Duration: 3 * time.Second, Scan: 20 * time.Millisecond, Logger: testLogger(t)})
 	tgLeases.Start(alive)
 	x.tg.runner.Close()
 	x.tg.cfg.Leases = tgLeases
@@ -86,7 +86,7 @@ func TestJobTakenOverWhenItsProcessDies(t *testing.T) {
 		return j.Progress.PagesFetched == 3 && blocked.Load() > 0
 	})
 	// The second process starts once the first has the job under way.
-	second := x.tg.secondRunner(t, "second", time.Second)
+	second := x.tg.secondRunner(t, "second", 3*time.Second)
 	// Both alive: the second sees the job unfinished but held, and does
 	// not work it (it may queue it and find the lease taken). The waits
 	// give its scans a chance; they are not what is asserted.

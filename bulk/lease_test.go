@@ -37,7 +37,7 @@ func TestExportTakenOverWhenItsProcessDies(t *testing.T) {
 	}
 	var first *lease.Manager
 	p := newPayerWith(t, idp, cfg, func(st *store.Store) *lease.Manager {
-		first = lease.New(st, lease.Config{Owner: "first", Duration: time.Second, Scan: 20 * time.Millisecond, Logger: testLogger(t)})
+		first = lease.New(st, lease.Config{Owner: "first", Duration: 3 * time.Second, Scan: 20 * time.Millisecond, Logger: testLogger(t)})
 		first.Start(alive)
 		return first
 	})
@@ -54,7 +54,7 @@ func TestExportTakenOverWhenItsProcessDies(t *testing.T) {
 
 	// The second process, on the same database and folder.
 	secondCtx, stopSecond := context.WithCancel(context.Background())
-	second := lease.New(p.st, lease.Config{Owner: "second", Duration: time.Second, Scan: 20 * time.Millisecond, Logger: testLogger(t)})
+	second := lease.New(p.st, lease.Config{Owner: "second", Duration: 3 * time.Second, Scan: 20 * time.Millisecond, Logger: testLogger(t)})
 	second.Start(secondCtx)
 	ex2, err := New(fhir.New(p.st, fhir.Config{BaseURL: p.URL, Logger: testLogger(t)}), nil,
 		Config{Dir: filepath.Join(p.dir, "exports"), Slice: 10, FileResources: 25, Workers: 1, Leases: second, Logger: testLogger(t)})

@@ -26,7 +26,7 @@ func TestDeliveriesTakenOverWhenTheirProcessDies(t *testing.T) {
 	defer die()
 	var first *lease.Manager
 	e := newEnv(t, withLeases(func(st *store.Store) *lease.Manager {
-		first = lease.New(st, lease.Config{Owner: "first", Duration: time.Second, Scan: 20 * time.Millisecond, Logger: quiet})
+		first = lease.New(st, lease.Config{Owner: "first", Duration: 3 * time.Second, Scan: 20 * time.Millisecond, Logger: quiet})
 		first.Start(firstAlive)
 		return first
 	}))
@@ -72,7 +72,7 @@ func TestDeliveriesTakenOverWhenTheirProcessDies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	second := lease.New(e.st, lease.Config{Owner: "second", Duration: time.Second, Scan: 20 * time.Millisecond, Logger: quiet})
+	second := lease.New(e.st, lease.Config{Owner: "second", Duration: 3 * time.Second, Scan: 20 * time.Millisecond, Logger: quiet})
 	secondCtx, stopSecond := context.WithCancel(context.Background())
 	second.Start(secondCtx)
 	cfg := notify.Config{Leases: second, Logger: quiet, MaxAttempts: 1000, Backoff: 20 * time.Millisecond,

@@ -108,7 +108,7 @@ func TestTwoProcessesOneDatabaseSurviveKill9(t *testing.T) {
 	defer receiver.Close()
 
 	args := []string{"-db", dsn, "-secret-key", testSecretKey, "-admin-token", testAdmin, "-backoffice-token", testBackoffice,
-		"-trusted-issuers", idp.Issuer(), "-base-url", "http://p2p.example", "-lease-duration", "2s", "-work-scan", "100ms", "-log-level", "warn"}
+		"-trusted-issuers", idp.Issuer(), "-base-url", "http://p2p.example", "-lease-duration", "5s", "-work-scan", "100ms", "-log-level", "warn"}
 	first := startChild(t, bin, args...)
 	second := startChild(t, bin, args...)
 	children := map[int]*childPayer{first.cmd.Process.Pid: first, second.cmd.Process.Pid: second}
