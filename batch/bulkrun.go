@@ -765,9 +765,15 @@ func (r *Runner) closeDownload(rn *run) {
 	rn.bulk.dl = nil
 }
 
+// bulkChunkBytes ends a chunk before Config.BulkChunk lines when its
+// lines reach that size: memory holds about three chunks, also when an
+// old payer's lines are large (bulk.MaxLine each).
+const bulkChunkBytes = 8 << 20
+
 // openDownload starts streaming file i of the job from line skip on, in
-// a goroutine that hands over chunks of Config.BulkChunk lines: at most
-// two chunks are held while one is written.
+// a goroutine that hands over chunks of Config.BulkChunk lines (fewer
+// when they reach bulkChunkBytes): at most two chunks are held while one
+// is written.
 func (r *Runner) openDownload(rn *run, rec *record, i int, skip int64) *download {
 	ctx, cancel := context.WithCancel(rn.ctx)
 	d := &download{file: i, chunks: make(chan *chunk), cancel: cancel, done: make(chan struct{})}
@@ -790,13 +796,15 @@ func (r *Runner) openDownload(rn *run, rec *record, i int, skip int64) *download
 			}
 		}
 		cur := &chunk{first: skip}
+		held := 0
 		n, err := client.Download(ctx, f.URL, withToken, skip, func(line []byte) error {
 			cur.lines = append(cur.lines, bytes.Clone(line))
-			if len(cur.lines) == size {
+			held += len(line)
+			if len(cur.lines) == size || held >= bulkChunkBytes {
 				if !send(cur) {
 					return ctx.Err()
 				}
-				cur = &chunk{first: cur.first + int64(size)}
+				cur, held = &chunk{first: cur.first + int64(len(cur.lines))}, 0
 			}
 			return nil
 		})

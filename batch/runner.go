@@ -90,8 +90,9 @@ type Config struct {
 	// bulk.DefaultMinPoll, bulk.DefaultMaxPoll).
 	BulkMinPoll, BulkMaxPoll time.Duration
 	// BulkChunk is how many lines of an export file are written in one
-	// transaction with one Provenance (default 1000): memory holds about
-	// three chunks, whatever the size of the file.
+	// transaction with one Provenance (default 1000; fewer once they reach
+	// 8 MiB): memory holds about three chunks, whatever the size of the
+	// file.
 	BulkChunk int
 	// ScheduleCheck is how often the bulk exchange schedules are looked at
 	// (default 1m); Now is the clock they run by (default time.Now).

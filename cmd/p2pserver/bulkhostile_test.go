@@ -364,3 +364,157 @@ func TestBulkExchangeRedirectsAndOtherOrigins(t *testing.T) {
 		})
 	}
 }
+
+// TestBulkJobStopCancelsTheOldPayersRequest: POST .../stop ends a bulk
+// job STOPPED in whatever phase it stands, without waiting for the old
+// payer (a held poll, a stalled file), and cancels the request it had
+// open there (Bulk Data Access STU 2, "Delete a Bulk Data Request": a
+// DELETE on the status URL), so that the old payer stops preparing files
+// for nobody. The member's add-payer Task stays open, the attempt noted.
+func TestBulkJobStopCancelsTheOldPayersRequest(t *testing.T) {
+	t.Parallel()
+	rows := []struct {
+		phase string
+		hold  func(tr *sourceTraffic)
+		held  func(tr *sourceTraffic) bool
+		kind  string // of the status URL cancelled
+	}{
+		{"matching", func(tr *sourceTraffic) { tr.holdMatch.Store(true) },
+			func(tr *sourceTraffic) bool { return tr.get(func() int { return tr.polls["match"] }) > 0 }, "match"},
+		{"exporting", func(tr *sourceTraffic) { tr.holdExprt.Store(true) },
+			func(tr *sourceTraffic) bool { return tr.get(func() int { return tr.polls["export"] }) > 0 }, "export"},
+		{"downloading", func(tr *sourceTraffic) { tr.stallAt = 30 },
+			func(tr *sourceTraffic) bool {
+				select {
+				case <-tr.stalled:
+					return true
+				default:
+					return false
+				}
+			}, "export"},
+	}
+	for _, row := range rows {
+		t.Run(row.phase, func(t *testing.T) {
+			t.Parallel()
+			fp := newFaultPair(t, 1)
+			tr := fp.traffic
+			row.hold(tr)
+			deleted := map[string]bool{}
+			tr.then = func(w http.ResponseWriter, r *http.Request) bool {
+				if r.Method == "DELETE" && strings.Contains(r.URL.Path, "/bulkstatus/") {
+					tr.count(func() { deleted[tr.statusOf[r.URL.Path]] = true })
+				}
+				return false
+			}
+			var task map[string]any
+			if st := fp.target.call("POST", "/fhir/Task", testAdmin, addPayerTask("m0000", "m0000@example.org"), &task); st != 201 {
+				t.Fatalf("Task: %d %v", st, task)
+			}
+			list := []any{memberRequest(fp.members[0], fp.members[0].coverage, newPayerNPI)}
+			list[0].(map[string]any)["taskId"] = task["id"]
+			path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": list})
+			waitFor(t, "the job held in "+row.phase, func() bool { return row.held(tr) })
+			var stopped map[string]any
+			if code := fp.target.call("POST", path+"/stop", testBackoffice, nil, &stopped); code != 202 {
+				t.Fatalf("stop: %d %v", code, stopped)
+			}
+			st := waitBulk(t, fp.target.payer, path, time.Minute)
+			if st["batchStatus"] != "STOPPED" || st["phase"] != row.phase || st["endTime"] == nil {
+				t.Errorf("job: %v", st)
+			}
+			tr.count(func() {
+				if !deleted[row.kind] {
+					t.Errorf("the old payer's %s request was not cancelled (DELETE of its status URL); deleted: %v", row.kind, deleted)
+				}
+			})
+			var after map[string]any
+			fp.target.call("GET", "/fhir/Task/"+task["id"].(string), testAdmin, nil, &after)
+			if after["status"] == "completed" || after["status"] == "failed" || !strings.Contains(fmt.Sprint(after["output"]), "STOPPED") {
+				t.Errorf("Task after the stop: %v %v", after["status"], after["output"])
+			}
+			if code := fp.target.call("POST", path+"/stop", testBackoffice, nil, nil); code != 409 {
+				t.Errorf("a second stop: %d, want 409", code)
+			}
+		})
+	}
+}
+
+// TestBulkExchangeChunksAreBoundedInBytes: a chunk of an export file is
+// -bulk-chunk lines or fewer when its lines are large, so that an old
+// payer's file of large resources (each within Bulk Data's NDJSON, up to
+// 64 MiB a line) cannot make the new payer hold -bulk-chunk of them at
+// once (and, killed for it, start again on the same file after every
+// restart). Here 24 Observations of 900 kB each (a FHIR string holds up
+// to 1 MB) are ingested, with -bulk-chunk 1000, in chunks of at most
+// 16 MiB: no Provenance (one a chunk) names more than 18 of them.
+func TestBulkExchangeChunksAreBoundedInBytes(t *testing.T) {
+	t.Parallel()
+	fp := newFaultPair(t, 1, "-bulk-chunk", "1000")
+	src := fp.source.URL + "/fhir"
+	big := strings.Repeat("x", 900_000)
+	var lines []string
+	for i := range 24 {
+		lines = append(lines, fmt.Sprintf(`{"resourceType":"Observation","id":"big-%02d","status":"final","code":{"text":"a long note"},"subject":{"reference":"Patient/%s"},"valueString":"%s"}`, i, fp.members[0].source, big))
+	}
+	fp.traffic.then = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != "GET" || !strings.Contains(r.URL.Path, "/bulkfiles/") || !strings.Contains(r.URL.Path, "/Observation-") {
+			return false
+		}
+		rec := httptest.NewRecorder()
+		fp.source.h.ServeHTTP(rec, r)
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.Header().Del("Content-Length")
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+		if rec.Code == http.StatusOK {
+			_, _ = w.Write([]byte(strings.Join(lines, "\n") + "\n"))
+		}
+		return true
+	}
+	path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
+	st := waitBulk(t, fp.target.payer, path, 2*time.Minute)
+	if st["batchStatus"] != "COMPLETED" {
+		t.Fatalf("job: %v", st)
+	}
+	for i := range 24 {
+		if !targetHolds(t, fp.target.payer, "Observation", fmt.Sprintf("%s/Observation/big-%02d", src, i)) {
+			t.Fatalf("Observation/big-%02d was not ingested", i)
+		}
+	}
+	most := 0
+	err := fp.target.app.store.View(context.Background(), func(tx *store.Tx) error {
+		for _, id := range st["progress"].(map[string]any)["provenanceIds"].([]any) {
+			v, err := tx.Read("Provenance", id.(string))
+			if err != nil {
+				return err
+			}
+			var p struct {
+				Target []struct {
+					Reference string `json:"reference"`
+				} `json:"target"`
+			}
+			_ = json.Unmarshal(v.JSON, &p)
+			n := 0
+			for _, tg := range p.Target {
+				typ, lid, _ := strings.Cut(tg.Reference, "/")
+				if typ != "Observation" {
+					continue
+				}
+				if r, err := tx.Read(typ, lid); err == nil && bytes.Contains(r.JSON, []byte(`/Observation/big-`)) {
+					n++
+				}
+			}
+			most = max(most, n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if most > 18 {
+		t.Errorf("one chunk held %d of the 900 kB Observations", most)
+	}
+	t.Logf("at most %d large Observations a chunk; %v chunks", most, st["progress"].(map[string]any)["chunks"])
+}
