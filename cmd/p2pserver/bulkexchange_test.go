@@ -618,7 +618,10 @@ func TestBulkJobRequestRefusals(t *testing.T) {
 	p.call("PUT", "/fhir/Patient/m1", testAdmin, map[string]any{"resourceType": "Patient", "id": "m1"}, nil)
 	p.call("PUT", "/fhir/Task/not-add-payer", testAdmin, map[string]any{"resourceType": "Task", "id": "not-add-payer", "status": "requested", "intent": "order"}, nil)
 	good := func() map[string]any {
-		return map[string]any{"patientId": "m1", "coverageToMatch": map[string]any{"resourceType": "Coverage"}, "consent": map[string]any{"resourceType": "Consent"}}
+		return map[string]any{"patientId": "m1",
+			"coverageToMatch": map[string]any{"resourceType": "Coverage", "status": "active", "subscriberId": "OLD-1",
+				"beneficiary": map[string]any{"reference": "Patient/m1"}, "payor": []any{map[string]any{"display": "Old Payer"}}},
+			"consent": hrexConsent("m1", "1234567893")}
 	}
 	with := func(k string, v any) map[string]any { m := good(); m[k] = v; return m }
 	future := time.Now().Add(48 * time.Hour).UTC().Format(time.RFC3339)
@@ -638,14 +641,27 @@ func TestBulkJobRequestRefusals(t *testing.T) {
 		{"member twice", pid, map[string]any{"members": []any{good(), good()}}, 400, "members[1].patientId"},
 		{"coverage of another type", pid, map[string]any{"members": []any{with("coverageToMatch", map[string]any{"resourceType": "Patient"})}}, 400, "members[0].coverageToMatch"},
 		{"no consent", pid, map[string]any{"members": []any{with("consent", nil)}}, 400, "members[0].consent"},
+		// Not valid FHIR R4: the old payer could not use them.
+		{"coverage without status, beneficiary and payor", pid, map[string]any{"members": []any{with("coverageToMatch", map[string]any{"resourceType": "Coverage", "subscriberId": "OLD-1"})}}, 400, "members[0].coverageToMatch:is not a valid FHIR R4 Coverage"},
+		{"coverage to link with an element R4 does not have", pid, map[string]any{"members": []any{with("coverageToLink", map[string]any{"resourceType": "Coverage", "status": "active",
+			"beneficiary": map[string]any{"reference": "Patient/m1"}, "payor": []any{map[string]any{"display": "Us"}}, "colour": "blue"})}}, 400, "members[0].coverageToLink:is not a valid FHIR R4 Coverage"},
+		{"consent with a status R4 does not have", pid, map[string]any{"members": []any{with("consent", map[string]any{"resourceType": "Consent", "status": "on",
+			"scope": map[string]any{"text": "x"}, "category": []any{map[string]any{"text": "x"}}})}}, 400, "members[0].consent:is not a valid FHIR R4 Consent"},
+		{"a bare consent", pid, map[string]any{"members": []any{with("consent", map[string]any{"resourceType": "Consent"})}}, 400, "members[0].consent:is not a valid FHIR R4 Consent"},
 		{"not an add-payer Task", pid, map[string]any{"members": []any{with("taskId", "not-add-payer")}}, 400, "members[0].taskId"},
 		{"unknown field", pid, map[string]any{"members": []any{good()}, "sincee": "x"}, 400, "sincee"},
 		{"no system access", int64(plain["pid"].(float64)), map[string]any{"members": []any{good()}}, 409, "systemClientId"},
 	} {
 		var out map[string]any
 		st := p.call("POST", fmt.Sprintf("/api/oidc_servers/%d/bulk_job", c.pid), testBackoffice, c.body, &out)
-		if st != c.status || !strings.Contains(fmt.Sprint(out), c.field) {
+		field, why, _ := strings.Cut(c.field, ":")
+		e, _ := out["error"].(map[string]any)
+		fields, _ := e["fields"].(map[string]any)
+		if st != c.status || !strings.Contains(fmt.Sprint(out), field) || why != "" && !strings.HasPrefix(fmt.Sprint(fields[field]), why) {
 			t.Errorf("%s: %d %v; want %d naming %s", c.name, st, out, c.status, c.field)
+		}
+		if why != "" && len(fields) != 1 {
+			t.Errorf("%s: fields %v; want only %s (the rest of the request is good)", c.name, fields, field)
 		}
 	}
 	var list map[string]any
