@@ -492,6 +492,9 @@ func (n *Service) due(ctx context.Context, limit int) ([]uint64, time.Time, erro
 			if n.inflight[seq] {
 				return true, nil
 			}
+			if !at.After(now) && !n.leases.Free(tx, deliveryLease(seq)) {
+				return true, nil // being delivered by another process
+			}
 			if at.After(now) || len(out) >= limit {
 				next = at
 				return false, nil

@@ -198,6 +198,11 @@ func (s *Service) dispatch(ctx context.Context, sem chan struct{}) time.Time {
 				}
 				return true, nil
 			}
+			if !s.leases.Free(tx, checkLease(j.RequestID)) {
+				// Worked by another process: looked at again at the next
+				// scan, not at once (which would spin while it works).
+				return true, nil
+			}
 			due = append(due, j.RequestID)
 			return true, nil
 		})
