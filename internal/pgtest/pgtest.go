@@ -78,6 +78,9 @@ func StopShared() {
 // binDir finds the folder of initdb and postgres.
 func binDir() (string, error) {
 	if d := os.Getenv("P2P_PG_BIN"); d != "" {
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err != nil {
+			return "", fmt.Errorf("P2P_PG_BIN=%s holds no initdb: %w", d, ErrNotInstalled)
+		}
 		return d, nil
 	}
 	if p, err := exec.LookPath("initdb"); err == nil {

@@ -288,3 +288,40 @@ func TestBackendsAgree(t *testing.T) {
 		}
 	}
 }
+
+// TestSchemaMigratedOnceWhenProcessesStartTogether opens one new database
+// from several pools at once, as processes starting together do: each
+// open succeeds, the schema is made once, at the last version.
+func TestSchemaMigratedOnceWhenProcessesStartTogether(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.Database(t)
+	const n = 6
+	errs := make(chan error, n)
+	dbs := make(chan *pgdb.DB, n)
+	for range n {
+		go func() {
+			db, err := pgdb.Open(ctx, url)
+			errs <- err
+			dbs <- db
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		db := <-dbs
+		defer db.Close()
+	}
+	db, err := pgdb.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var versions, max int
+	if err := db.Pool().QueryRow(ctx, `SELECT count(*), max(version) FROM p2p_schema`).Scan(&versions, &max); err != nil {
+		t.Fatal(err)
+	}
+	if versions != max || max < 1 {
+		t.Errorf("p2p_schema holds %d rows up to version %d: a migration applied twice or skipped", versions, max)
+	}
+}
