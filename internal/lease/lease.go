@@ -235,6 +235,12 @@ func (m *Manager) AcquireTx(tx *store.Tx, key string) (*Lease, error) {
 	if err := write(tx, key, record{Owner: m.cfg.Owner, Expires: now.Add(m.cfg.Duration)}); err != nil {
 		return nil, err
 	}
+	// Another process's expired lease: it died or stalled, and its work
+	// goes on here. Said once, so that an operator sees where it went.
+	var from *record
+	if r != nil && r.Owner != m.cfg.Owner {
+		from = r
+	}
 	m.mu.Lock()
 	l := m.held[key]
 	m.mu.Unlock()
@@ -249,6 +255,10 @@ func (m *Manager) AcquireTx(tx *store.Tx, key string) (*Lease, error) {
 		m.mu.Lock()
 		m.held[key] = l
 		m.mu.Unlock()
+		if from != nil {
+			m.log.Info("lease: taken over from a process that stopped renewing it; its work goes on here from its last checkpoint",
+				"key", key, "from", from.Owner, "expired", from.Expires)
+		}
 	})
 	return l, nil
 }

@@ -1,9 +1,12 @@
 package lease
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -234,5 +237,36 @@ func TestPeriodicRetryAfterFailure(t *testing.T) {
 	c.add(14 * time.Minute)
 	if p.RunIfDue(ctx) {
 		t.Fatal("ran again before the period after a success")
+	}
+}
+
+// TestLeaseTakeoverIsLogged: the process that takes over a lease another
+// process let expire (it died) says so once, naming the work and the
+// process it came from, so that an operator finds where a dead process's
+// job went; taking a free lease, or one released cleanly, says nothing.
+func TestLeaseTakeoverIsLogged(t *testing.T) {
+	st := openStore(t)
+	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	var logs bytes.Buffer
+	a := New(st, Config{Owner: "a", Duration: 30 * time.Second, Now: c.now})
+	b := New(st, Config{Owner: "b", Duration: 30 * time.Second, Now: c.now, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	ctx := context.Background()
+	if l, err := a.Acquire(ctx, "job/1"); err != nil || l == nil {
+		t.Fatalf("a: %v %v", l, err)
+	}
+	if l, err := a.Acquire(ctx, "job/2"); err != nil || l == nil {
+		t.Fatalf("a: %v %v", l, err)
+	} else if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.add(31 * time.Second) // a died holding job/1
+	for _, key := range []string{"job/1", "job/2", "job/3"} {
+		if l, err := b.Acquire(ctx, key); err != nil || l == nil {
+			t.Fatalf("b: %s: %v %v", key, l, err)
+		}
+	}
+	got := logs.String()
+	if strings.Count(got, "lease: taken over") != 1 || !strings.Contains(got, "key=job/1 from=a") {
+		t.Errorf("logs:\n%s\nwant one takeover, of job/1 from a", got)
 	}
 }
