@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestBulkJobRequestValidation: POST /api/oidc_servers/{id}/bulk_job
@@ -129,5 +130,98 @@ func TestBulkJobRequestValidation(t *testing.T) {
 	var jobs map[string]any
 	if st := target.call("GET", path, testBackoffice, nil, &jobs); st != 200 || len(jobs["bulkJobs"].([]any)) != 0 {
 		t.Errorf("a refused request started a job: %d %v", st, jobs)
+	}
+}
+
+// TestBulkJobRoutesAccessAndPaging: the bulk job routes answer the admin
+// and back-office tokens only (401 without a known token, whatever else
+// it is), a job only under its own definition, and the members in pages
+// bounded as their next links say.
+func TestBulkJobRoutesAccessAndPaging(t *testing.T) {
+	t.Parallel()
+	_, target, pid := bulkPair(t, nil, nil)
+	var ms []*bulkMemberFixture
+	var list []any
+	for i := range 5 {
+		m := &bulkMemberFixture{n: i, family: fmt.Sprintf("Paged%c", 'a'+i), given: "Pat", gender: "female", birth: "1990-01-01", coverage: fmt.Sprintf("OLD-%04d", i)}
+		ms = append(ms, m)
+		list = append(list, memberRequest(m, m.coverage, newPayerNPI))
+	}
+	createMembers(t, target, ms)
+	path := startBulk(t, target, pid, map[string]any{"members": list})
+	st := waitBulk(t, target, path, time.Minute)
+	if st["batchStatus"] != "COMPLETED" || st["members"].(map[string]any)["notMatched"] != 5.0 || st["failureReason"] != nil || st["endTime"] == nil {
+		t.Fatalf("job (the old payer knows none of them): %v", st)
+	}
+	var other map[string]any
+	if code := target.call("POST", "/api/oidc_servers", testAdmin, map[string]any{"name": "Another", "issuer": "http://127.0.0.1:1",
+		"clientId": "member-app", "fhirEndpoint": "http://127.0.0.1:1/fhir"}, &other); code != 201 {
+		t.Fatalf("definition: %d", code)
+	}
+	elsewhere := strings.Replace(path, fmt.Sprintf("/oidc_servers/%d/", pid), fmt.Sprintf("/oidc_servers/%v/", other["pid"]), 1)
+	base := fmt.Sprintf("/api/oidc_servers/%d/bulk_job", pid)
+
+	for _, row := range []struct {
+		name, method, path, token string
+		status                    int
+	}{
+		{"no token lists", "GET", base, "", 401},
+		{"an unknown token reads", "GET", path, "not-a-token", 401},
+		{"a member-style token reads the members", "GET", path + "/members", "eyJhbGciOiJSUzI1NiJ9.e30.sig", 401},
+		{"no token stops", "POST", path + "/stop", "", 401},
+		{"no token starts", "POST", base, "", 401},
+		{"another definition's path", "GET", elsewhere, testBackoffice, 404},
+		{"another definition's members", "GET", elsewhere + "/members", testBackoffice, 404},
+		{"a job id that is not a number", "GET", base + "/abc", testBackoffice, 404},
+		{"job 0", "GET", base + "/0/members", testBackoffice, 404},
+		{"count 0", "GET", path + "/members?count=0", testBackoffice, 400},
+		{"count 101", "GET", path + "/members?count=101", testBackoffice, 400},
+		{"count not a number", "GET", path + "/members?count=ten", testBackoffice, 400},
+		{"from negative", "GET", path + "/members?from=-1", testBackoffice, 400},
+		{"from not a number", "GET", path + "/members?from=x", testBackoffice, 400},
+		{"list count 101", "GET", base + "?count=101", testBackoffice, 400},
+		{"the admin reads", "GET", path, testAdmin, 200},
+	} {
+		t.Run(row.name, func(t *testing.T) {
+			var body any
+			if row.method == "POST" {
+				body = map[string]any{"members": list}
+			}
+			var out map[string]any
+			if code := target.call(row.method, row.path, row.token, body, &out); code != row.status || (code >= 400 && out["error"] == nil) {
+				t.Errorf("%d %v, want %d", code, out, row.status)
+			}
+		})
+	}
+
+	// Pages of 2: 2, 2, 1, in request order; from past the end is empty.
+	var seen []string
+	next := path + "/members?count=2"
+	for pages := 0; next != ""; pages++ {
+		if pages > 3 {
+			t.Fatalf("more than 3 pages: %v", seen)
+		}
+		var page map[string]any
+		if code := target.call("GET", next, testBackoffice, nil, &page); code != 200 {
+			t.Fatalf("%s: %d", next, code)
+		}
+		for _, m := range page["members"].([]any) {
+			m := m.(map[string]any)
+			if m["outcome"] != "notMatched" || m["resourcesWritten"] != 0.0 {
+				t.Errorf("member %v", m)
+			}
+			seen = append(seen, m["patientId"].(string))
+		}
+		next, _ = page["next"].(string)
+	}
+	if strings.Join(seen, ",") != "m0000,m0001,m0002,m0003,m0004" {
+		t.Errorf("members paged: %v", seen)
+	}
+	var tail map[string]any
+	if code := target.call("GET", path+"/members?from=5", testBackoffice, nil, &tail); code != 200 || len(tail["members"].([]any)) != 0 || tail["next"] != nil {
+		t.Errorf("past the end: %d %v", code, tail)
+	}
+	if code := target.call("GET", path+"/members?from=4000000000", testBackoffice, nil, &tail); code != 200 || len(tail["members"].([]any)) != 0 {
+		t.Errorf("far past the end: %d %v", code, tail)
 	}
 }
