@@ -1218,11 +1218,12 @@ func (r *Runner) errorChunk(rn *run, rec *record, c *chunk) error {
 					}
 				}
 			}
+			diagnostics := bulk.Redact(is.Diagnostics)
 			if member >= 0 && is.Code == "suppressed" {
-				excluded[member] = clip(is.Diagnostics, 300)
+				excluded[member] = clip(diagnostics, 300)
 				continue
 			}
-			notes = append(notes, clip(strings.TrimSpace(is.Code+": "+is.Diagnostics), 300))
+			notes = append(notes, clip(strings.TrimSpace(is.Code+": "+diagnostics), 300))
 		}
 	}
 	err := r.st.Write(r.ctx, func(tx *store.Tx) error {

@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -396,7 +397,11 @@ func statusError(op, what string, resp *http.Response) error {
 func describeAnswer(op, what string, resp *http.Response, failedJob bool) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	msg := fmt.Sprintf("%s was answered with HTTP status %d", what, resp.StatusCode)
-	d, codes := outcomeOf(resp.Header.Get("Content-Type"), body)
+	var token string
+	if resp.Request != nil {
+		token, _ = strings.CutPrefix(resp.Request.Header.Get("Authorization"), "Bearer ")
+	}
+	d, codes := outcomeOf(resp.Header.Get("Content-Type"), []byte(Redact(string(body), token)))
 	if d != "" {
 		msg += ": " + d
 	}
@@ -463,6 +468,24 @@ func outcomeOf(contentType string, body []byte) (string, []string) {
 		s = s[:500] + "…"
 	}
 	return strings.ToValidUTF8(s, ""), codes
+}
+
+// credentials are what an answer may quote of a request's credentials:
+// an Authorization header's value, a JWT (an access token, a client
+// assertion), a client_secret or client_assertion form field.
+var credentials = regexp.MustCompile(`(?i)\b(bearer|basic)\s+[a-z0-9\-._~+/]+=*|\beyJ[a-zA-Z0-9_\-]+\.[a-zA-Z0-9_\-]*(\.[a-zA-Z0-9_\-]*)?|\b(client_secret|client_assertion|access_token|refresh_token)=[^&\s"]*`)
+
+// Redact replaces in s, a text another payer sent (an OperationOutcome's
+// diagnostics), every credential it may quote of the request it answers:
+// the secrets given (the access token sent) and anything shaped like one
+// (credentials), so that a job's status and logs never show them.
+func Redact(s string, secrets ...string) string {
+	for _, sec := range secrets {
+		if len(sec) >= 8 {
+			s = strings.ReplaceAll(s, sec, "[redacted]")
+		}
+	}
+	return credentials.ReplaceAllString(s, "[redacted]")
 }
 
 // retryAfter reads a Retry-After header: seconds or an HTTP date.

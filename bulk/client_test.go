@@ -64,3 +64,26 @@ func TestClientResolvesManifestURLs(t *testing.T) {
 		}
 	}
 }
+
+// TestRedact: what another payer's answer quotes of a request's
+// credentials is not shown (RFC 6750 bearer tokens, RFC 7617 Basic
+// credentials, RFC 7523 client assertions, RFC 6749 form fields), and
+// the rest of its text is.
+func TestRedact(t *testing.T) {
+	for _, c := range []struct {
+		name, in, token, want string
+	}{
+		{"an Authorization header", "refused Authorization: Bearer abc.DEF-123_x~y+z/w== here", "", "refused Authorization: [redacted] here"},
+		{"Basic credentials", "bad basic dXNlcjpwYXNz", "", "bad [redacted]"},
+		{"a bare JWT", "token eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl expired", "", "token [redacted] expired"},
+		{"form fields", "client_secret=s3cr3t&grant_type=client_credentials&client_assertion=abc", "", "[redacted]&grant_type=client_credentials&[redacted]"},
+		{"the opaque token sent", "your token 0123456789abcdef0123 is revoked", "0123456789abcdef0123", "your token [redacted] is revoked"},
+		{"no credentials", "the member's consent was revoked on 2024-01-01", "0123456789abcdef0123", "the member's consent was revoked on 2024-01-01"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := Redact(c.in, c.token); got != c.want {
+				t.Errorf("Redact(%q) = %q, want %q", c.in, got, c.want)
+			}
+		})
+	}
+}

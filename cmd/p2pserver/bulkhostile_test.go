@@ -518,3 +518,101 @@ func TestBulkExchangeChunksAreBoundedInBytes(t *testing.T) {
 	}
 	t.Logf("at most %d large Observations a chunk; %v chunks", most, st["progress"].(map[string]any)["chunks"])
 }
+
+// TestBulkExchangeNeverShowsTheTokenTheOldPayerEchoes: an old payer's
+// answer may quote the request it refuses, Authorization header and all.
+// What the new payer shows of it (failureReason, errorNotes) never holds
+// its access token at the old payer, in whole or in part (SMART Backend Services: the token is
+// a bearer credential; whoever reads the job's status must not be able to
+// use it).
+func TestBulkExchangeNeverShowsTheTokenTheOldPayerEchoes(t *testing.T) {
+	t.Parallel()
+	echo := func(w http.ResponseWriter, r *http.Request, status int) {
+		w.Header().Set("Content-Type", "application/fhir+json")
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(map[string]any{"resourceType": "OperationOutcome", "issue": []any{map[string]any{
+			"severity": "error", "code": "processing", "diagnostics": "refused the request with Authorization: " + r.Header.Get("Authorization")}}})
+	}
+	rows := []struct {
+		name   string
+		answer func(fp *faultPair, w http.ResponseWriter, r *http.Request) bool
+		status string
+	}{
+		{"the export kick-off answers 400 quoting the request", func(_ *faultPair, w http.ResponseWriter, r *http.Request) bool {
+			if !strings.HasSuffix(r.URL.Path, "/$davinci-data-export") {
+				return false
+			}
+			echo(w, r, http.StatusBadRequest)
+			return true
+		}, "FAILED"},
+		{"the match status answers 503 quoting the request until -bulk-retry-for", func(fp *faultPair, w http.ResponseWriter, r *http.Request) bool {
+			if !strings.Contains(r.URL.Path, "/bulkstatus/") {
+				return false
+			}
+			echo(w, r, http.StatusServiceUnavailable)
+			return true
+		}, "FAILED"},
+		{"an error file quotes the request", func(fp *faultPair, w http.ResponseWriter, r *http.Request) bool {
+			switch {
+			case strings.HasSuffix(r.URL.Path, "/hostile/errors.ndjson"):
+				w.Header().Set("Content-Type", "application/fhir+ndjson")
+				_, _ = fmt.Fprintf(w, `{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"could not read with Authorization: %s"}]}`+"\n", r.Header.Get("Authorization"))
+				return true
+			case strings.Contains(r.URL.Path, "/bulkstatus/") && fp.traffic.get(func() int { return fp.traffic.statusOfKind(r.URL.Path) }) == 2:
+				rec := httptest.NewRecorder()
+				fp.source.h.ServeHTTP(rec, r)
+				body := rec.Body.Bytes()
+				if rec.Code == http.StatusOK {
+					var m map[string]any
+					_ = json.Unmarshal(body, &m)
+					m["error"] = []any{map[string]any{"type": "OperationOutcome", "url": fp.source.URL + "/fhir/hostile/errors.ndjson"}}
+					body, _ = json.Marshal(m)
+				}
+				for k, v := range rec.Header() {
+					w.Header()[k] = v
+				}
+				w.Header().Del("Content-Length")
+				w.WriteHeader(rec.Code)
+				_, _ = w.Write(body)
+				return true
+			}
+			return false
+		}, "COMPLETED"},
+	}
+	for _, row := range rows {
+		t.Run(row.name, func(t *testing.T) {
+			t.Parallel()
+			fp := newFaultPair(t, 1, "-bulk-retry-for", "2s")
+			tokens := map[string]bool{}
+			fp.traffic.then = func(w http.ResponseWriter, r *http.Request) bool {
+				if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+					fp.traffic.count(func() { tokens[tok] = true })
+				}
+				return row.answer(fp, w, r)
+			}
+			path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
+			st := waitBulk(t, fp.target.payer, path, time.Minute)
+			if st["batchStatus"] != row.status {
+				t.Fatalf("job: %v", st)
+			}
+			var raw json.RawMessage
+			fp.target.call("GET", path, testBackoffice, nil, &raw)
+			var list json.RawMessage
+			fp.target.call("GET", strings.TrimSuffix(path, path[strings.LastIndex(path, "/"):]), testBackoffice, nil, &list)
+			fp.traffic.count(func() {
+				if len(tokens) == 0 {
+					t.Fatal("the old payer saw no token")
+				}
+				for tok := range tokens {
+					// In whole or in part: a message clipped to its first
+					// hundreds of bytes would still show an opaque token.
+					part := tok[:min(len(tok), 32)]
+					if strings.Contains(string(raw), part) || strings.Contains(string(list), part) {
+						t.Errorf("the job's status shows the access token: %s", raw)
+					}
+				}
+			})
+			t.Logf("failureReason %v; notes %v", st["failureReason"], st["progress"].(map[string]any)["errorNotes"])
+		})
+	}
+}
