@@ -200,12 +200,15 @@ func (s *Server) docOf(m map[string]any, raw []byte, wantType string) (*store.Do
 // acceptable reports whether the client accepts FHIR JSON (or one of the
 // media types also names), from _format or the Accept header.
 func acceptable(r *http.Request, also ...string) bool {
-	if f := r.URL.Query().Get("_format"); f != "" {
-		switch strings.ToLower(f) {
-		case "json", "application/json", "application/fhir+json", "application/json+fhir":
-			return true
+	// Most requests have no query: nothing to parse.
+	if r.URL.RawQuery != "" {
+		if f := r.URL.Query().Get("_format"); f != "" {
+			switch strings.ToLower(f) {
+			case "json", "application/json", "application/fhir+json", "application/json+fhir":
+				return true
+			}
+			return false
 		}
-		return false
 	}
 	accept := r.Header.Get("Accept")
 	if accept == "" {

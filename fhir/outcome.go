@@ -124,7 +124,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeBody(w http.ResponseWriter, status int, body []byte) {
-	w.Header().Set("Content-Type", contentType)
+	w.Header()["Content-Type"] = []string{contentType}
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
 }

@@ -57,9 +57,17 @@ func (s *Server) do(w http.ResponseWriter, r *http.Request, rq *request) {
 	s.respond(w, r, res)
 }
 
+// setVersionHeaders sets ETag (W/"<versionId>") and Last-Modified (an
+// HTTP date) for v. It is on every read's path: the header keys are
+// given in their canonical form, and the values built without fmt.
 func setVersionHeaders(w http.ResponseWriter, v *store.Version) {
-	w.Header().Set("ETag", fmt.Sprintf(`W/"%d"`, v.VersionID))
-	w.Header().Set("Last-Modified", v.LastUpdated.UTC().Format(http.TimeFormat))
+	var buf [64]byte
+	etag := strconv.AppendInt(append(buf[:0], `W/"`...), v.VersionID, 10)
+	etag = append(etag, '"')
+	modified := v.LastUpdated.UTC().AppendFormat(etag, http.TimeFormat)[len(etag):]
+	h := w.Header()
+	h["Etag"] = []string{string(etag)}
+	h["Last-Modified"] = []string{string(modified)}
 }
 
 func (s *Server) location(v *store.Version) string {
@@ -128,11 +136,13 @@ func (s *Server) vread(w http.ResponseWriter, r *http.Request) {
 // an _elements naming no element of the type: what is asked is done or
 // refused, never ignored.
 func (s *Server) readShaped(w http.ResponseWriter, r *http.Request, rq *request) {
-	query := r.URL.Query()
 	shape := url.Values{}
-	for _, k := range []string{"_summary", "_elements"} {
-		if vs, ok := query[k]; ok {
-			shape[k] = vs
+	if r.URL.RawQuery != "" {
+		query := r.URL.Query()
+		for _, k := range []string{"_summary", "_elements"} {
+			if vs, ok := query[k]; ok {
+				shape[k] = vs
+			}
 		}
 	}
 	if len(shape) == 0 || !s.model.IsResource(rq.Type) {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"mime"
 	"net/http"
 	"slices"
 	"strconv"
@@ -403,8 +402,7 @@ func (b *bufferedWriter) WriteHeader(status int) {
 		return
 	}
 	b.decided, b.status = true, status
-	mt, _, _ := mime.ParseMediaType(b.w.Header().Get("Content-Type"))
-	b.buffering = status == http.StatusOK && mt == "application/fhir+json" && b.want()
+	b.buffering = status == http.StatusOK && mediaType(b.w.Header().Get("Content-Type")) == "application/fhir+json" && b.want()
 	if !b.buffering {
 		b.w.WriteHeader(status)
 	}
@@ -418,4 +416,14 @@ func (b *bufferedWriter) Write(p []byte) (int, error) {
 		return b.buf.Write(p)
 	}
 	return b.w.Write(p)
+}
+
+// mediaType is the media type of a Content-Type value, lower case, without
+// its parameters. Every FHIR answer passes here, so it does not parse the
+// parameters as mime.ParseMediaType would.
+func mediaType(ct string) string {
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return strings.ToLower(strings.TrimSpace(ct))
 }

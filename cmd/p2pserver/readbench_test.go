@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// BenchmarkReadServed serves GET /healthz (the HTTP floor p2pload
+// measures) and GET /fhir/Observation/{id} through the whole handler the
+// server runs (deadlines, CORS, the SMART guard, provenance, negotiation,
+// the FHIR router and the store), without the network: what a read costs
+// beyond the floor is the handler chain's and the store's work.
+func BenchmarkReadServed(b *testing.B) {
+	h, ids := readBenchServer(b, 200)
+	// The requests are made before the timing, and the answers dropped
+	// (status and body size checked), so that only the server's work is
+	// timed.
+	serve := func(b *testing.B, paths []string) {
+		reqs := make([]*http.Request, len(paths))
+		for i, p := range paths {
+			reqs[i] = httptest.NewRequest(http.MethodGet, p, nil)
+		}
+		w := &discardWriter{h: http.Header{}}
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			clear(w.h)
+			w.status, w.n = 0, 0
+			h.ServeHTTP(w, reqs[i%len(reqs)])
+			if w.status != http.StatusOK || w.n == 0 {
+				b.Fatalf("GET %s: %d, %d bytes", paths[i%len(paths)], w.status, w.n)
+			}
+		}
+	}
+	b.Run("healthz", func(b *testing.B) { serve(b, []string{"/healthz"}) })
+	obs := make([]string, len(ids))
+	for i, id := range ids {
+		obs[i] = "/fhir/Observation/" + id
+	}
+	b.Run("Observation", func(b *testing.B) { serve(b, obs) })
+}
+
+// discardWriter is an http.ResponseWriter that keeps the status and counts
+// the body's bytes.
+type discardWriter struct {
+	h         http.Header
+	status, n int
+}
+
+func (w *discardWriter) Header() http.Header { return w.h }
+func (w *discardWriter) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+	}
+}
+func (w *discardWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	w.n += len(p)
+	return len(p), nil
+}
+
+// readBenchServer starts an open server on a database in a temporary
+// folder holding n Observations, and returns its handler (as the HTTP
+// server runs it) and the Observations' ids.
+func readBenchServer(b *testing.B, n int) (http.Handler, []string) {
+	b.Helper()
+	db := filepath.Join(b.TempDir(), "p2p.db")
+	cfg, err := parseConfig([]string{"-addr", "127.0.0.1:0", "-db", db, "-base-url", "http://127.0.0.1:8080"}, func(string) string { return "" })
+	if err != nil {
+		b.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a, err := newApp(cfg, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(func() { cancel(); a.Close() })
+	if err := a.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	h := cfg.Limits.httpServer(a.Handler()).Handler
+	ids := make([]string, n)
+	for i := range ids {
+		body := fmt.Sprintf(`{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"urn:load","code":"c%d"}]},"subject":{"reference":"Patient/p%d"},"effectiveDateTime":"2024-01-%02dT10:00:00Z","valueQuantity":{"value":%d.5,"unit":"mg/dL","system":"http://unitsofmeasure.org","code":"mg/dL"}}`, i%50, i/9, 1+i%28, i)
+		req := httptest.NewRequest(http.MethodPost, "/fhir/Observation", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/fhir+json")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		var made struct{ ID string }
+		if rec.Code != http.StatusCreated || json.Unmarshal(rec.Body.Bytes(), &made) != nil || made.ID == "" {
+			b.Fatalf("create: %d %.300s", rec.Code, rec.Body)
+		}
+		ids[i] = made.ID
+	}
+	return h, ids
+}
