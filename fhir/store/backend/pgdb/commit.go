@@ -34,28 +34,27 @@ func (t *tx) commit() error {
 		kvDB     []string
 		kvDK     [][]byte
 		// resources, versions, entries, search, changes
-		rT, rI        []string
-		rV            []int64
-		rH, rR        [][]byte
-		rdT, rdI      []string
-		vT, vI        []string
-		vV            []int64
-		vR            [][]byte
-		vdT, vdI      []string
-		vdV           []int64
-		mT, mI        []string
-		mV            []int64
-		xT, xI        []string
-		xE            [][]byte
-		xdT, xdI      []string
-		sT, sP, sI    []string
-		sK, sPl       [][]byte
-		sdT, sdP, sdI []string
-		sdK           [][]byte
-		cL, cdL       []string
-		cS, cdS       []int64
-		cV            [][]byte
-		cleared       []table
+		rT, rI       []string
+		rV           []int64
+		rH, rR       [][]byte
+		rdT, rdI     []string
+		vT, vI       []string
+		vV           []int64
+		vR           [][]byte
+		vdT, vdI     []string
+		vdV          []int64
+		mT, mI       []string
+		mV           []int64
+		xT, xI       []string
+		xE           [][]byte
+		xdT, xdI     []string
+		sX, sdX      []int32
+		sI, sdI      []string
+		sK, sPl, sdK [][]byte
+		cL, cdL      []string
+		cS, cdS      []int64
+		cV           [][]byte
+		cleared      []table
 	)
 	bad := func(tb table, k []byte) error {
 		return fmt.Errorf("bucket %s: key %q is not one of its keys", tb.name, k)
@@ -135,9 +134,17 @@ func (t *tx) commit() error {
 					return bad(tb, k)
 				}
 				if v == nil {
-					sdT, sdP, sdK, sdI = append(sdT, tb.typ), append(sdP, tb.param), append(sdK, key), append(sdI, id)
+					ix, ok := t.searchIx(tb)
+					if !ok {
+						continue // no number: no row to delete
+					}
+					sdX, sdK, sdI = append(sdX, ix), append(sdK, key), append(sdI, id)
 				} else {
-					sT, sP, sK, sI, sPl = append(sT, tb.typ), append(sP, tb.param), append(sK, key), append(sI, id), append(sPl, v)
+					ix, err := t.makeSearchIx(tb)
+					if err != nil {
+						return fmt.Errorf("database: number the index %s: %w", tb.name, err)
+					}
+					sX, sK, sI, sPl = append(sX, ix), append(sK, key), append(sI, id), append(sPl, v)
 				}
 			case kindChanges:
 				if len(k) != 8 || k[0] >= 0x80 {
@@ -181,7 +188,9 @@ func (t *tx) commit() error {
 			case kindEntries:
 				b.Queue(`DELETE FROM p2p_entries WHERE type = $1`, tb.typ)
 			case kindSearch:
-				b.Queue(`DELETE FROM p2p_search WHERE type = $1 AND param = $2`, tb.typ, tb.param)
+				if ix, ok := t.searchIx(tb); ok {
+					b.Queue(`DELETE FROM p2p_index WHERE ix = $1`, ix)
+				}
 			case kindChanges:
 				b.Queue(`DELETE FROM p2p_changes WHERE log = $1`, tb.typ)
 			}
@@ -224,17 +233,16 @@ func (t *tx) commit() error {
 			b.Queue(`INSERT INTO p2p_entries (type, id, entries) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
 	ON CONFLICT (type, id) DO UPDATE SET entries = excluded.entries`, xT, xI, xE)
 		}
-		if len(sdT) > 0 {
-			b.Queue(`DELETE FROM p2p_search s USING unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) u(type, param, key, id)
-	WHERE s.type = u.type AND s.param = u.param AND s.key = u.key AND s.id = u.id`, sdT, sdP, sdK, sdI)
+		if len(sdX) > 0 {
+			b.Queue(`DELETE FROM p2p_index s USING unnest($1::int4[], $2::bytea[], $3::text[]) u(ix, key, id)
+	WHERE s.ix = u.ix AND s.key = u.key AND s.id = u.id`, sdX, sdK, sdI)
 		}
-		if len(sT) > 0 {
-			q := `INSERT INTO p2p_search (type, param, key, id, payload)
-	SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bytea[])`
+		if len(sX) > 0 {
+			q := `INSERT INTO p2p_index (ix, key, id, payload) SELECT * FROM unnest($1::int4[], $2::bytea[], $3::text[], $4::bytea[])`
 			if upsert {
-				q += ` ON CONFLICT (type, param, key, id) DO UPDATE SET payload = excluded.payload`
+				q += ` ON CONFLICT (ix, key, id) DO UPDATE SET payload = excluded.payload`
 			}
-			b.Queue(q, sT, sP, sK, sI, sPl)
+			b.Queue(q, sX, sK, sI, sPl)
 		}
 		if len(cdS) > 0 {
 			b.Queue(`DELETE FROM p2p_changes c USING unnest($1::text[], $2::int8[]) u(log, seq)
@@ -259,6 +267,13 @@ func (t *tx) commit() error {
 	}
 	if err != nil {
 		return fmt.Errorf("database: commit: %w", err)
+	}
+	if len(t.newParams) > 0 {
+		t.db.mu.Lock()
+		for n, ix := range t.newParams {
+			t.db.params[n] = ix
+		}
+		t.db.mu.Unlock()
 	}
 	if len(newNames) > 0 {
 		t.db.mu.Lock()

@@ -195,6 +195,13 @@ func (c *cursor) read(b bound, fwd bool) {
 	t, tb := c.b.t, c.b.o.t
 	ch := &c.db
 	*ch = chunk{valid: true, fwd: fwd, from: b}
+	if tb.kind == kindSearch {
+		ix, ok := t.searchIx(tb)
+		if !ok {
+			return // no number: no row
+		}
+		tb.ix = ix
+	}
 	sql, args, nothing, err := fetchSQL(tb, b, fwd, c.limit, c.prefix > 0 && tb.kind == kindResources)
 	if err != nil {
 		t.fail(err)

@@ -28,8 +28,9 @@ import (
 type DB struct {
 	pool *pgxpool.Pool
 
-	mu    sync.Mutex
-	known map[string]bool // bucket names recorded in p2p_buckets
+	mu     sync.Mutex
+	known  map[string]bool  // bucket names recorded in p2p_buckets
+	params map[string]int32 // search index bucket names' numbers, committed
 }
 
 // defaultMaxConns is the pool size unless the URL sets pool_max_conns:
@@ -56,7 +57,7 @@ func Open(ctx context.Context, url string) (*DB, error) {
 		pool.Close()
 		return nil, fmt.Errorf("database %s: schema: %w", Redact(url), err)
 	}
-	return &DB{pool: pool, known: map[string]bool{}}, nil
+	return &DB{pool: pool, known: map[string]bool{}, params: map[string]int32{}}, nil
 }
 
 // Redact returns url with its password replaced by xxxxx, for logs and

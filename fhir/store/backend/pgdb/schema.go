@@ -63,6 +63,28 @@ CREATE TABLE p2p_changes (
 	PRIMARY KEY (log, seq)
 );
 `,
+	// 2: search index rows name their (type, parameter) by a number:
+	// each row and its key in the primary key are a fifth smaller.
+	`
+CREATE TABLE p2p_search_params (
+	ix    integer PRIMARY KEY,
+	type  text COLLATE "C" NOT NULL,
+	param text COLLATE "C" NOT NULL,
+	UNIQUE (type, param)
+);
+INSERT INTO p2p_search_params (ix, type, param)
+	SELECT row_number() OVER (ORDER BY type, param), type, param FROM (SELECT DISTINCT type, param FROM p2p_search) d;
+CREATE TABLE p2p_index (
+	ix      integer NOT NULL,
+	key     bytea NOT NULL,
+	id      text COLLATE "C" NOT NULL,
+	payload bytea NOT NULL,
+	PRIMARY KEY (ix, key, id)
+);
+INSERT INTO p2p_index (ix, key, id, payload)
+	SELECT p.ix, s.key, s.id, s.payload FROM p2p_search s JOIN p2p_search_params p ON p.type = s.type AND p.param = s.param;
+DROP TABLE p2p_search;
+`,
 }
 
 // Lock keys of the advisory locks (pg_advisory_xact_lock), scoped to the

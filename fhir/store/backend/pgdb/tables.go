@@ -16,8 +16,9 @@ import (
 //	                  record is the one in p2p_versions when rec is null
 //	H:<type>          p2p_versions (type, id, version): every version
 //	X:<type>          p2p_entries (type, id): a resource's index entries
-//	I:<type>:<param>  p2p_search (type, param, key, id): one row per index
-//	                  entry, payload as value; the primary key's B-tree
+//	I:<type>:<param>  p2p_index (ix, key, id): one row per index entry,
+//	                  payload as value, ix the number p2p_search_params
+//	                  gives (type, param); the primary key's B-tree
 //	                  serves the store's range seeks
 //	C, C:<type>       p2p_changes (log, seq): the change logs, global
 //	                  (log '') and per type
@@ -42,6 +43,7 @@ type table struct {
 	name  string // the bucket name
 	typ   string // resource type (all but kindKV; "" for the global change log)
 	param string // search parameter (kindSearch)
+	ix    int32  // the number of (typ, param) in p2p_search_params (kindSearch), set by the reader
 }
 
 func tableOf(name string) table {
@@ -271,7 +273,7 @@ func fetchSQL(t table, b bound, fwd bool, limit int, head bool) (sql string, arg
 		sql = "SELECT id, version, rec FROM p2p_versions WHERE " + strings.Join(where, " AND ") +
 			" ORDER BY id " + dir + ", version " + dir
 	case kindSearch:
-		where = append(where, "type = "+arg(t.typ), "param = "+arg(t.param))
+		where = append(where, "ix = "+arg(t.ix))
 		if !b.none {
 			i := bytes.IndexByte(b.key, 0)
 			if i < 0 {
@@ -288,7 +290,7 @@ func fetchSQL(t table, b bound, fwd bool, limit int, head bool) (sql string, arg
 				where = append(where, "(key, id) "+cmpOp(fwd, b.incl)+" ("+arg(b.key[:i])+", "+arg(string(rest))+")")
 			}
 		}
-		sql = "SELECT key, id, payload FROM p2p_search WHERE " + strings.Join(where, " AND ") +
+		sql = "SELECT key, id, payload FROM p2p_index WHERE " + strings.Join(where, " AND ") +
 			" ORDER BY key " + dir + ", id " + dir
 	case kindChanges:
 		where = append(where, "log = "+arg(t.typ))

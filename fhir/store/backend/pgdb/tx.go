@@ -22,6 +22,10 @@ type tx struct {
 	begun    bool
 	err      error
 	buckets  map[string]*obucket
+	// params are the numbers of search parameters (see searchIx) this
+	// transaction looked up (0: there is none) or made.
+	params    map[string]int32
+	newParams map[string]int32
 	// journal, while journaling, takes back the changes made since the
 	// savepoint, newest last.
 	journal    []func()
@@ -324,8 +328,9 @@ func (b *bucket) Get(key []byte) []byte {
 		if !ok {
 			return nil
 		}
-		t.rows("SELECT payload FROM p2p_search WHERE type = $1 AND param = $2 AND key = $3 AND id = $4",
-			[]any{tb.typ, tb.param, k, id}, one)
+		if ix, ok := t.searchIx(tb); ok {
+			t.rows("SELECT payload FROM p2p_index WHERE ix = $1 AND key = $2 AND id = $3", []any{ix, k, id}, one)
+		}
 	case kindChanges:
 		if len(key) != 8 || key[0] >= 0x80 {
 			return nil
@@ -473,4 +478,55 @@ LEFT JOIN p2p_entries x ON x.type = $1 AND x.id = k.id`, []any{o.t.typ, ids}, fu
 		}
 		return nil
 	})
+}
+
+// searchIx returns the number of the search index bucket tb in
+// p2p_search_params; ok is false when it has none (it holds no row).
+func (t *tx) searchIx(tb table) (int32, bool) {
+	t.db.mu.Lock()
+	ix, ok := t.db.params[tb.name]
+	t.db.mu.Unlock()
+	if ok {
+		return ix, true
+	}
+	if ix, ok := t.params[tb.name]; ok {
+		return ix, ix != 0
+	}
+	t.rows("SELECT ix FROM p2p_search_params WHERE type = $1 AND param = $2", []any{tb.typ, tb.param}, func(r pgx.Rows) error {
+		return r.Scan(&ix)
+	})
+	if t.err != nil {
+		return 0, false
+	}
+	if ix != 0 {
+		t.db.mu.Lock()
+		t.db.params[tb.name] = ix
+		t.db.mu.Unlock()
+		return ix, true
+	}
+	if t.params == nil {
+		t.params = map[string]int32{}
+	}
+	t.params[tb.name] = 0
+	return 0, false
+}
+
+// makeSearchIx numbers the search index bucket tb, in the write
+// transaction (under the write lock, so numbers are never taken twice).
+func (t *tx) makeSearchIx(tb table) (int32, error) {
+	if ix, ok := t.searchIx(tb); ok || t.err != nil {
+		return ix, t.err
+	}
+	var ix int32
+	err := t.conn.QueryRow(t.ctx, `INSERT INTO p2p_search_params (ix, type, param)
+SELECT coalesce(max(ix), 0) + 1, $1, $2 FROM p2p_search_params RETURNING ix`, tb.typ, tb.param).Scan(&ix)
+	if err != nil {
+		return 0, err
+	}
+	t.params[tb.name] = ix
+	if t.newParams == nil {
+		t.newParams = map[string]int32{}
+	}
+	t.newParams[tb.name] = ix
+	return ix, nil
 }
