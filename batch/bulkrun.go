@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -593,6 +594,24 @@ func (r *Runner) recordMatch(rec *record, groups []matchGroup) error {
 			byPatient[submitted] = res
 		}
 	}
+	// One Patient at the source for several of our members: whose data
+	// it is cannot be told, so none of them is matched (and refuse keeps
+	// that Patient's data out).
+	claimed := map[string][]string{}
+	for p, res := range byPatient {
+		if res.outcome == OutcomeMatched {
+			claimed[res.source] = append(claimed[res.source], p)
+		}
+	}
+	shared := map[string]string{}
+	for src, ps := range claimed {
+		if len(ps) > 1 {
+			sort.Strings(ps)
+			for _, p := range ps {
+				shared[p] = fmt.Sprintf("the source payer's $bulk-member-match result names the same Patient (Patient/%s) for members Patient/%s: whose data it is cannot be told", clip(src, 64), strings.Join(ps, ", Patient/"))
+			}
+		}
+	}
 	now := time.Now().UTC()
 	_, err := r.bulkUpdate(rec.ID, func(tx *store.Tx, rec *record) error {
 		s := rec.Bulk
@@ -604,6 +623,8 @@ func (r *Runner) recordMatch(rec *record, groups []matchGroup) error {
 			switch {
 			case !ok:
 				m.Outcome, m.Note = OutcomeNotMatched, "the source payer's $bulk-member-match result does not name this member"
+			case shared[m.PatientID] != "":
+				m.Outcome, m.Note = OutcomeNotMatched, clip(shared[m.PatientID], 500)
 			default:
 				m.Outcome, m.SourcePatient = res.outcome, res.source
 			}

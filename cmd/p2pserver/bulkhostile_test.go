@@ -616,3 +616,59 @@ func TestBulkExchangeNeverShowsTheTokenTheOldPayerEchoes(t *testing.T) {
 		})
 	}
 }
+
+// TestBulkExchangeOneSourcePatientForTwoMembers: an old payer's
+// $bulk-member-match result (PDex STU 2.1 MatchedMembers Group) that names
+// the same Patient of its own for two of the new payer's members cannot
+// say whose data it is: neither member is matched, and none of that
+// Patient's data is ingested, rather than one member's record receiving
+// the other's (or a stranger's) data.
+func TestBulkExchangeOneSourcePatientForTwoMembers(t *testing.T) {
+	t.Parallel()
+	fp := newFaultPair(t, 2)
+	var rewrote atomic.Bool
+	fp.traffic.then = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != "GET" || !strings.Contains(r.URL.Path, "/bulkfiles/") || !strings.Contains(r.URL.Path, "/Parameters-") {
+			return false
+		}
+		rec := httptest.NewRecorder()
+		fp.source.h.ServeHTTP(rec, r)
+		var p map[string]any
+		if err := json.Unmarshal(bytes.TrimSpace(rec.Body.Bytes()), &p); err != nil {
+			panic(err)
+		}
+		for _, pa := range p["parameter"].([]any) {
+			g, _ := pa.(map[string]any)["resource"].(map[string]any)
+			members, _ := g["member"].([]any)
+			if !strings.Contains(fmt.Sprint(g["code"]), "match") || strings.Contains(fmt.Sprint(g["code"]), "nomatch") || len(members) != 2 {
+				continue
+			}
+			first := members[0].(map[string]any)["entity"].(map[string]any)["reference"]
+			members[1].(map[string]any)["entity"].(map[string]any)["reference"] = first
+			rewrote.Store(true)
+		}
+		body, _ := json.Marshal(p)
+		w.Header().Set("Content-Type", "application/fhir+ndjson")
+		_, _ = w.Write(append(body, '\n'))
+		return true
+	}
+	path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
+	st := waitBulk(t, fp.target.payer, path, 2*time.Minute)
+	if !rewrote.Load() {
+		t.Fatal("the match result was not rewritten")
+	}
+	got := bulkMembers(t, fp.target.payer, path)
+	for _, id := range []string{"m0000", "m0001"} {
+		if m := got[id]; m["outcome"] != "notMatched" || m["resourcesWritten"] != 0.0 || !strings.Contains(fmt.Sprint(m["note"]), "same Patient") {
+			t.Errorf("%s: %v", id, m)
+		}
+	}
+	for _, m := range fp.members {
+		if targetHolds(t, fp.target.payer, "Patient", fp.source.URL+"/fhir/Patient/"+m.source) {
+			t.Errorf("Patient/%s of the old payer was ingested", m.source)
+		}
+	}
+	if st["batchStatus"] != "COMPLETED" || st["members"].(map[string]any)["matched"] != 0.0 {
+		t.Errorf("job: %v", st)
+	}
+}
