@@ -63,6 +63,12 @@ func TestMainRefusesWhatItCannotUse(t *testing.T) {
 		{"a profiling address without a port", "-debug-addr 6060", nil, `-debug-addr: "6060" is not host:port`},
 		{"a database path that is a folder", "-db .", nil, `-db: . is a folder`},
 		{"a database path ending in a slash", "-db data/", nil, `-db: "data/" is not a file name`},
+		// A PostgreSQL URL pgx cannot use is refused at once too, saying
+		// why, never with its password.
+		{"a PostgreSQL pool size that is not a number", "-db postgres://p2p:s3cret@127.0.0.1/p2p?pool_max_conns=abc", nil,
+			`-db: postgres://p2p:xxxxx@127.0.0.1/p2p?pool_max_conns=abc: not a valid PostgreSQL URL: cannot parse pool_max_conns`},
+		{"a PostgreSQL sslmode pgx does not know", "-db postgres://p2p:s3cret@127.0.0.1/p2p?sslmode=sometimes", nil, `not a valid PostgreSQL URL: failed to configure TLS (sslmode is invalid)`},
+		{"a PostgreSQL port that is not a number", "-db postgres://p2p:s3cret@127.0.0.1:fivefour/p2p", nil, `-db: `},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			db := filepath.Join(t.TempDir(), "data", "p2p.db")
@@ -81,6 +87,9 @@ func TestMainRefusesWhatItCannotUse(t *testing.T) {
 			}
 			if !strings.Contains(stderr.String(), c.want) {
 				t.Errorf("stderr %q does not say %q", stderr.String(), c.want)
+			}
+			if strings.Contains(stderr.String(), "s3cret") {
+				t.Errorf("stderr %q shows the database password", stderr.String())
 			}
 			if _, err := os.Stat(filepath.Dir(db)); !os.IsNotExist(err) {
 				t.Errorf("a refused start created %s", filepath.Dir(db))

@@ -33,12 +33,16 @@ func IsPostgres(dsn string) bool {
 	return m != nil && (strings.EqualFold(m[1], "postgres") || strings.EqualFold(m[1], "postgresql"))
 }
 
-// CheckDSN reports what is wrong with dsn as a database name: a scheme://
-// other than postgres:// or postgresql://, which is not a file name
-// either (taking it for one would create a folder named after it).
+// CheckDSN reports what is wrong with dsn as a database name, without
+// connecting: a scheme:// other than postgres:// or postgresql://, which
+// is not a file name either (taking it for one would create a folder named
+// after it), or a PostgreSQL URL pgx cannot use (see pgdb.Check).
 func CheckDSN(dsn string) error {
 	if m := scheme.FindStringSubmatch(dsn); m != nil && !IsPostgres(dsn) {
 		return fmt.Errorf("%s://… is no kind of database p2pserver knows: give a postgres:// (or postgresql://) URL, or the path of a bbolt file", strings.ToLower(m[1]))
+	}
+	if IsPostgres(dsn) {
+		return pgdb.Check(dsn)
 	}
 	return nil
 }

@@ -41,10 +41,10 @@ const defaultMaxConns = 32
 // pgx's parameters, such as pool_max_conns) and brings its schema to the
 // current version.
 func Open(ctx context.Context, url string) (*DB, error) {
+	url = lowerScheme(url)
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		// The parse error may quote the URL, password and all.
-		return nil, fmt.Errorf("database %s: not a valid PostgreSQL URL", Redact(url))
+		return nil, fmt.Errorf("database %w", invalidURL(url, err))
 	}
 	if !strings.Contains(url, "pool_max_conns") {
 		cfg.MaxConns = defaultMaxConns
@@ -73,6 +73,70 @@ func Redact(s string) string {
 		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
+}
+
+// Check reports whether url is a PostgreSQL URL Open can use, without
+// connecting: its error names what is wrong (a parameter pgx does not
+// take, an sslmode, a port), never the password.
+func Check(url string) error {
+	url = lowerScheme(url)
+	if _, err := pgxpool.ParseConfig(url); err != nil {
+		return invalidURL(url, err)
+	}
+	return nil
+}
+
+// lowerScheme writes a URL's scheme in lower case (URL schemes are
+// case-insensitive, RFC 3986 section 3.1; pgx takes only postgres:// and
+// postgresql://).
+func lowerScheme(url string) string {
+	if scheme, rest, ok := strings.Cut(url, "://"); ok && !strings.ContainsAny(scheme, "/?#@") {
+		return strings.ToLower(scheme) + "://" + rest
+	}
+	return url
+}
+
+// invalidURL says why pgx refused url, without its password: pgx's
+// message quotes the URL, and is used only after that quote, and only if
+// it holds no part of the password.
+func invalidURL(url string, err error) error {
+	msg := err.Error()
+	if i := strings.Index(msg, "`: "); i >= 0 {
+		msg = msg[i+3:]
+	} else {
+		msg = ""
+	}
+	for _, secret := range passwords(url) {
+		if secret != "" && strings.Contains(msg, secret) {
+			msg = ""
+		}
+	}
+	if msg == "" {
+		return fmt.Errorf("%s: not a valid PostgreSQL URL", Redact(url))
+	}
+	return fmt.Errorf("%s: not a valid PostgreSQL URL: %s", Redact(url), msg)
+}
+
+// passwords returns what a URL may carry as its password, parsed or not:
+// the userinfo's, raw and decoded, and a password parameter's.
+func passwords(s string) []string {
+	var out []string
+	if _, rest, ok := strings.Cut(s, "://"); ok {
+		if userinfo, _, ok := strings.Cut(rest, "@"); ok {
+			if _, pw, ok := strings.Cut(userinfo, ":"); ok {
+				out = append(out, pw)
+				if dec, err := url.PathUnescape(pw); err == nil {
+					out = append(out, dec)
+				}
+			}
+		}
+	}
+	if _, q, ok := strings.Cut(s, "?"); ok {
+		if vals, err := url.ParseQuery(q); err == nil {
+			out = append(out, vals["password"]...)
+		}
+	}
+	return out
 }
 
 // Pool returns the connection pool, for the tools that read the tables
