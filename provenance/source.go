@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 
 	"github.com/p2pserver/p2pserver/fhir"
@@ -233,7 +234,7 @@ func (s *Source) Entries(tx *store.Tx, served []Served, present map[string]bool,
 // untouched, and are not held back.
 func (s *Source) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodPost {
+		if (r.Method != http.MethodGet && r.Method != http.MethodPost) || readByID(routePath(r)) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -426,4 +427,23 @@ func mediaType(ct string) string {
 		ct = ct[:i]
 	}
 	return strings.ToLower(strings.TrimSpace(ct))
+}
+
+// routePath is r's path below the FHIR base.
+func routePath(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePath != "" {
+		return rc.RoutePath
+	}
+	return r.URL.Path
+}
+
+// readByID reports whether path (below the FHIR base) is [type]/[id], a
+// read of one resource (FHIR R4 http.html#read): its answer is the
+// resource, never a searchset Bundle, so there is nothing to add and the
+// answer is not looked at. Searches ([type], [type]/_search) and
+// operations ($name) are not reads.
+func readByID(path string) bool {
+	typ, id, ok := strings.Cut(strings.Trim(path, "/"), "/")
+	return ok && typ != "" && id != "" && !strings.Contains(id, "/") &&
+		typ[0] != '_' && typ[0] != '$' && id[0] != '_' && id[0] != '$'
 }
