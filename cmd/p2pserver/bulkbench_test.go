@@ -190,13 +190,12 @@ func BenchmarkBulkExchange(b *testing.B) {
 		pid, _ := connectAsSystem(b, tp, sp, "New Payer", newPayerNPI, oldPayerName, "OLDPAYER")
 		var entries, list []any
 		for i := range members {
-			id := fmt.Sprintf("m%05d", i)
+			id := fmt.Sprintf("m%04d", i) // as memberRequest names it
 			birth := time.Date(1950, 1, 1, 0, 0, 0, 0, time.UTC).AddDate(0, 0, i).Format("2006-01-02")
 			entries = append(entries, map[string]any{"request": map[string]any{"method": "PUT", "url": "Patient/" + id},
 				"resource": map[string]any{"resourceType": "Patient", "id": id, "birthDate": birth, "gender": "female",
 					"name": []any{map[string]any{"family": fmt.Sprintf("Bench%05d", i), "given": []any{"Member"}}}}})
 			list = append(list, memberRequest(&bulkMemberFixture{n: i}, fmt.Sprintf("B-%05d", i), newPayerNPI))
-			list[i].(map[string]any)["patientId"] = id
 		}
 		if st := tp.call("POST", "/fhir", testAdmin, map[string]any{"resourceType": "Bundle", "type": "transaction", "entry": entries}, nil); st != 200 {
 			b.Fatalf("members: %d", st)
