@@ -58,8 +58,12 @@ type bulkState struct {
 	NotMatched         int `json:"notMatched"`
 	ConsentConstrained int `json:"consentConstrained"`
 
-	MatchStatus  string `json:"matchStatus,omitempty"`
-	MatchedGroup string `json:"matchedGroup,omitempty"`
+	MatchStatus string `json:"matchStatus,omitempty"`
+	// MatchAsked and ExportAsked are when the source was first found
+	// still working on the request (bounded by Config.BulkWaitFor).
+	MatchAsked   time.Time `json:"matchAsked,omitzero"`
+	ExportAsked  time.Time `json:"exportAsked,omitzero"`
+	MatchedGroup string    `json:"matchedGroup,omitempty"`
 
 	ExportStatus    string     `json:"exportStatus,omitempty"`
 	TransactionTime time.Time  `json:"transactionTime,omitzero"`

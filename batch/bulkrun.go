@@ -317,17 +317,14 @@ func (r *Runner) bulkMatch(rn *run, rec *record) (time.Duration, bool) {
 	}
 	st, err := b.client.Poll(rn.ctx, rec.Bulk.MatchStatus)
 	if errs.KindOf(err) == errs.NotFound {
-		return r.askAgain(rn, rec, "the source payer no longer has the $bulk-member-match request (cancelled or expired)", func(s *bulkState) { s.MatchStatus = "" }, err)
+		return r.askAgain(rn, rec, "the source payer no longer has the $bulk-member-match request (cancelled or expired)", func(s *bulkState) { s.MatchStatus, s.MatchAsked = "", time.Time{} }, err)
 	}
 	if err != nil {
 		return r.sourceFault(rn, rec, "the $bulk-member-match status", err)
 	}
 	b.attempts = 0
 	if !st.Done {
-		if _, err := r.bulkUpdate(rec.ID, func(_ *store.Tx, rec *record) error { answered(rec); return nil }); err != nil {
-			return r.writeFailed(rn, err)
-		}
-		return r.pollDelay(st.RetryAfter), false
+		return r.stillWorking(rn, rec, "$bulk-member-match", rec.Bulk.MatchStatus, st, func(s *bulkState) *time.Time { return &s.MatchAsked })
 	}
 	groups, err := r.matchResult(rn, rec, st)
 	if err != nil {
@@ -341,6 +338,36 @@ func (r *Runner) bulkMatch(rn *run, rec *record) (time.Duration, bool) {
 		return r.writeFailed(rn, err)
 	}
 	return 0, false
+}
+
+// stillWorking handles a poll that found the source still working on a
+// request (202) at statusURL: the next poll is due as its Retry-After
+// asks; but past Config.BulkWaitFor since the source was first found
+// working on it (asked), the request is cancelled there (Bulk Data
+// Access STU 2, "Delete a Bulk Data Request") and the job fails.
+func (r *Runner) stillWorking(rn *run, rec *record, what, statusURL string, st bulk.Status, asked func(*bulkState) *time.Time) (time.Duration, bool) {
+	now := time.Now().UTC()
+	if since := *asked(rec.Bulk); !since.IsZero() && now.Sub(since) >= r.cfg.BulkWaitFor {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), 10*time.Second)
+		_ = rn.bulk.client.Cancel(ctx, statusURL)
+		cancel()
+		progress := ""
+		if st.Progress != "" {
+			progress = "; its last progress: " + clip(bulk.Redact(st.Progress), 200)
+		}
+		return r.endBulk(rn, rec, Failed, fmt.Sprintf("the source payer's %s was still in progress after %s, the longest a bulk exchange waits for it (-bulk-wait-for), and was cancelled there%s",
+			what, r.cfg.BulkWaitFor, progress))
+	}
+	if _, err := r.bulkUpdate(rec.ID, func(_ *store.Tx, rec *record) error {
+		answered(rec)
+		if t := asked(rec.Bulk); t.IsZero() {
+			*t = now
+		}
+		return nil
+	}); err != nil {
+		return r.writeFailed(rn, err)
+	}
+	return r.pollDelay(st.RetryAfter), false
 }
 
 // askAgain handles a status URL or file the source no longer has: the
@@ -730,17 +757,14 @@ func (r *Runner) bulkExport(rn *run, rec *record) (time.Duration, bool) {
 	}
 	st, err := b.client.Poll(rn.ctx, rec.Bulk.ExportStatus)
 	if errs.KindOf(err) == errs.NotFound {
-		return r.askAgain(rn, rec, "the source payer no longer has the export (cancelled or expired)", func(s *bulkState) { s.ExportStatus = "" }, err)
+		return r.askAgain(rn, rec, "the source payer no longer has the export (cancelled or expired)", func(s *bulkState) { s.ExportStatus, s.ExportAsked = "", time.Time{} }, err)
 	}
 	if err != nil {
 		return r.sourceFault(rn, rec, "the $davinci-data-export status", err)
 	}
 	b.attempts = 0
 	if !st.Done {
-		if _, err := r.bulkUpdate(rec.ID, func(_ *store.Tx, rec *record) error { answered(rec); return nil }); err != nil {
-			return r.writeFailed(rn, err)
-		}
-		return r.pollDelay(st.RetryAfter), false
+		return r.stillWorking(rn, rec, "$davinci-data-export", rec.Bulk.ExportStatus, st, func(s *bulkState) *time.Time { return &s.ExportAsked })
 	}
 	if st.Manifest == nil {
 		return r.endBulk(rn, rec, Failed, "the source payer completed the $davinci-data-export without a manifest")
@@ -883,7 +907,7 @@ func (r *Runner) bulkDownload(rn *run, rec *record) (time.Duration, bool) {
 				if errs.KindOf(c.err) == errs.NotFound {
 					return r.askAgain(rn, rec, fmt.Sprintf("the source payer no longer has the export's file %s", clip(f.URL, 300)),
 						func(s *bulkState) {
-							s.ExportStatus, s.Files, s.File, s.Line, s.Phase = "", nil, 0, 0, PhaseExporting
+							s.ExportStatus, s.ExportAsked, s.Files, s.File, s.Line, s.Phase = "", time.Time{}, nil, 0, 0, PhaseExporting
 						}, c.err)
 				}
 				return r.sourceFault(rn, rec, fmt.Sprintf("the download of %s (from line %d)", clip(f.URL, 300), s.Line+1), c.err)

@@ -85,6 +85,11 @@ type Config struct {
 	// (-bulk-retry-for, default 30m); the waits between tries grow from
 	// RetryBase to MaxRetryDelay.
 	BulkRetryFor time.Duration
+	// BulkWaitFor is how long a bulk exchange job waits for a source's
+	// $bulk-member-match or export still in progress (its status URL
+	// answering 202; Bulk Data sets no limit) before it cancels it there
+	// and fails (-bulk-wait-for, default 24h).
+	BulkWaitFor time.Duration
 	// BulkMinPoll and BulkMaxPoll bound the wait between two polls of a
 	// status URL: the source's Retry-After within them (defaults
 	// bulk.DefaultMinPoll, bulk.DefaultMaxPoll).
@@ -136,6 +141,9 @@ func (c *Config) defaults() {
 	}
 	if c.BulkRetryFor <= 0 {
 		c.BulkRetryFor = 30 * time.Minute
+	}
+	if c.BulkWaitFor <= 0 {
+		c.BulkWaitFor = 24 * time.Hour
 	}
 	if c.BulkMinPoll <= 0 {
 		c.BulkMinPoll = bulk.DefaultMinPoll

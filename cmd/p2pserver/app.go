@@ -250,7 +250,7 @@ func (a *app) wire() error {
 	bcfgJobs := batch.Config{Workers: cfg.BatchWorkers, Slots: a.slots, Outbound: outbound,
 		VersionedReferences: cfg.VersionedReferences, MDMIdentifierSystem: cfg.MDMIdentifierSystem,
 		MaxPages: cfg.BatchMaxPages, MaxResources: cfg.BatchMaxResources,
-		BulkRetryFor: cfg.BulkRetryFor, BulkMinPoll: cfg.BulkMinPoll, BulkChunk: cfg.BulkChunk, Leases: a.leases, Logger: log}
+		BulkRetryFor: cfg.BulkRetryFor, BulkWaitFor: cfg.BulkWaitFor, BulkMinPoll: cfg.BulkMinPoll, BulkChunk: cfg.BulkChunk, Leases: a.leases, Logger: log}
 	if a.clientKeys != nil {
 		bcfgJobs.Signer = a.clientKeys
 	}

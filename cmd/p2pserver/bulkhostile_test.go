@@ -672,3 +672,44 @@ func TestBulkExchangeOneSourcePatientForTwoMembers(t *testing.T) {
 		t.Errorf("job: %v", st)
 	}
 }
+
+// TestBulkExchangeSourceThatNeverFinishes: an old payer whose status URL
+// answers 202 (in progress) for ever (Bulk Data Access STU 2, "Bulk Data
+// Status Request" sets no limit) would hold a job STARTED for ever. Past
+// -bulk-wait-for the job fails, saying what it waited for and how long,
+// and cancels the request at the old payer (DELETE of the status URL).
+func TestBulkExchangeSourceThatNeverFinishes(t *testing.T) {
+	t.Parallel()
+	for _, row := range []struct {
+		kind, phase, what string
+		hold              func(tr *sourceTraffic)
+	}{
+		{"match", "matching", "$bulk-member-match", func(tr *sourceTraffic) { tr.holdMatch.Store(true) }},
+		{"export", "exporting", "$davinci-data-export", func(tr *sourceTraffic) { tr.holdExprt.Store(true) }},
+	} {
+		t.Run(row.phase, func(t *testing.T) {
+			t.Parallel()
+			fp := newFaultPair(t, 1, "-bulk-wait-for", "2s")
+			tr := fp.traffic
+			row.hold(tr)
+			deleted := map[string]bool{}
+			tr.then = func(w http.ResponseWriter, r *http.Request) bool {
+				if r.Method == "DELETE" && strings.Contains(r.URL.Path, "/bulkstatus/") {
+					tr.count(func() { deleted[tr.statusOf[r.URL.Path]] = true })
+				}
+				return false
+			}
+			path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
+			st := waitBulk(t, fp.target.payer, path, time.Minute)
+			reason, _ := st["failureReason"].(string)
+			if st["batchStatus"] != "FAILED" || st["phase"] != row.phase || !strings.Contains(reason, row.what) || !strings.Contains(reason, "-bulk-wait-for") {
+				t.Fatalf("job: %v", st)
+			}
+			tr.count(func() {
+				if !deleted[row.kind] {
+					t.Errorf("the old payer's %s request was not cancelled; deleted: %v", row.kind, deleted)
+				}
+			})
+		})
+	}
+}

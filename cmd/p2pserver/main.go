@@ -78,10 +78,11 @@ type Config struct {
 	ExportRetention                time.Duration
 	ExportWorkers, ExportPerClient int
 	// Bulk exchange jobs (this payer requesting): how long a source that
-	// does not answer is tried, the shortest wait between status polls,
-	// and the lines of an export file written per transaction.
-	BulkRetryFor, BulkMinPoll time.Duration
-	BulkChunk                 int
+	// does not answer is tried, how long a request still in progress
+	// there is waited for, the shortest wait between status polls, and
+	// the lines of an export file written per transaction.
+	BulkRetryFor, BulkWaitFor, BulkMinPoll time.Duration
+	BulkChunk                              int
 	// Notifications.
 	NotifyAdmins, MailFrom, SMTPURL, SubscriptionHosts string
 	NotifyMaxAttempts                                  int
@@ -173,7 +174,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	var tokenLifetime, tokenRotation, clientRotation string
 	var retention, exportWorkers, exportPerClient string
 	var leaseDuration, workScan string
-	var bulkRetryFor, bulkMinPoll, bulkChunk string
+	var bulkRetryFor, bulkWaitFor, bulkMinPoll, bulkChunk string
 	fs.StringVar(&cfg.Addr, "addr", env("addr", "127.0.0.1:8080"), "listen address (host:port)")
 	fs.StringVar(&cfg.DB, "db", env("db", "data/p2pserver.db"), "database: a bbolt file (created if missing) or a postgres:// URL")
 	fs.StringVar(&cfg.BaseURL, "base-url", env("base-url", ""), "public base URL of the server (default http://<the address bound>)")
@@ -204,6 +205,7 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&exportWorkers, "export-workers", env("export-workers", "2"), "Bulk Data jobs (exports, $bulk-member-match) worked on at once; they take turns slice by slice")
 	fs.StringVar(&exportPerClient, "export-per-client", env("export-per-client", "2"), "unfinished Bulk Data jobs one client may have; a kick-off beyond it answers 429 with Retry-After")
 	fs.StringVar(&bulkRetryFor, "bulk-retry-for", env("bulk-retry-for", "30m"), "how long a bulk exchange job goes on trying a source payer that does not answer (or answers 429, 5xx) before it fails")
+	fs.StringVar(&bulkWaitFor, "bulk-wait-for", env("bulk-wait-for", "24h"), "how long a bulk exchange job waits for a source payer's $bulk-member-match or export still in progress (its status URL answering 202) before it cancels it there and fails")
 	fs.StringVar(&bulkMinPoll, "bulk-min-poll", env("bulk-min-poll", "1s"), "shortest wait between two polls of a source payer's status URL (its Retry-After is honoured above it, up to 2m)")
 	fs.StringVar(&bulkChunk, "bulk-chunk", env("bulk-chunk", "1000"), "lines of an export file a bulk exchange job writes in one transaction, with one Provenance")
 	fs.StringVar(&cfg.NotifyAdmins, "notify-admins", env("notify-admins", ""), "comma-separated email addresses told of every add-payer request")
@@ -304,6 +306,9 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if cfg.BulkRetryFor, err = time.ParseDuration(bulkRetryFor); err != nil || cfg.BulkRetryFor <= 0 {
 		return cfg, fmt.Errorf("-bulk-retry-for: %q is not a positive duration (e.g. 30m)", bulkRetryFor)
+	}
+	if cfg.BulkWaitFor, err = time.ParseDuration(bulkWaitFor); err != nil || cfg.BulkWaitFor <= 0 {
+		return cfg, fmt.Errorf("-bulk-wait-for: %q is not a positive duration (e.g. 24h)", bulkWaitFor)
 	}
 	if cfg.BulkMinPoll, err = time.ParseDuration(bulkMinPoll); err != nil || cfg.BulkMinPoll <= 0 || cfg.BulkMinPoll > 2*time.Minute {
 		return cfg, fmt.Errorf("-bulk-min-poll: %q is not a duration from 1ms to 2m (e.g. 1s)", bulkMinPoll)
