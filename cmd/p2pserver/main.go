@@ -244,6 +244,9 @@ func parseConfig(args []string, getenv func(string) string) (Config, error) {
 			return cfg, fmt.Errorf("-debug-addr: %w", err)
 		}
 	}
+	// Spaces around the value (an env file's trailing blank) are not part
+	// of a URL or of a file name anyone means.
+	cfg.DB = strings.TrimSpace(cfg.DB)
 	if err := store.CheckDSN(cfg.DB); err != nil {
 		return cfg, fmt.Errorf("-db: %w", err)
 	}

@@ -183,18 +183,43 @@ func TestDBSetting(t *testing.T) {
 		{"sqlite://p2p.db", false},
 		{"file:///var/lib/p2p/p2p.db", false},
 		{"bolt://data/p2p.db", false},
+		// A PostgreSQL URL missing its "//" is no file name anyone means.
+		{"postgres:/p2p:s3cret@db.example/p2p", false},
+		{"postgresql:p2p:s3cret@db.example/p2p", false},
+		{"postgres:", false},
+		// A keyword=value connection string is refused without repeating
+		// it: taken for a file name, it was logged, password and all.
+		{"host=db.example user=p2p password=s3cret dbname=p2p", false},
+		{"dbname=p2p password=s3cret", false},
+		// Spaces around a value (an env file's) are not part of it.
+		{" postgres://p2p:s3cret@db.example/p2p\n", true},
+		{"data/p2p.db ", true},
 	} {
-		dir := t.TempDir()
-		t.Chdir(dir)
-		_, err := parseConfig([]string{"-db", c.db}, func(string) string { return "" })
-		if c.ok != (err == nil) {
-			t.Errorf("-db %s: %v", c.db, err)
-		}
-		if err != nil && (!strings.Contains(err.Error(), "postgres://") || strings.Contains(err.Error(), "s3cret")) {
-			t.Errorf("-db %s: %q should name what is accepted and not the password", c.db, err)
-		}
-		if entries, _ := os.ReadDir(dir); len(entries) > 0 {
-			t.Errorf("-db %s made %v", c.db, entries[0].Name())
+		for _, viaEnv := range []bool{false, true} {
+			dir := t.TempDir()
+			t.Chdir(dir)
+			args, getenv := []string{"-db", c.db}, func(string) string { return "" }
+			if viaEnv {
+				args, getenv = nil, func(k string) string {
+					if k == "P2P_DB" {
+						return c.db
+					}
+					return ""
+				}
+			}
+			cfg, err := parseConfig(args, getenv)
+			if c.ok != (err == nil) {
+				t.Errorf("-db %q (P2P_DB %v): %v", c.db, viaEnv, err)
+			}
+			if err == nil && cfg.DB != strings.TrimSpace(c.db) {
+				t.Errorf("-db %q (P2P_DB %v): database %q", c.db, viaEnv, cfg.DB)
+			}
+			if err != nil && (!strings.Contains(err.Error(), "postgres://") || strings.Contains(err.Error(), "s3cret")) {
+				t.Errorf("-db %s: %q should name what is accepted and not the password", c.db, err)
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) > 0 {
+				t.Errorf("-db %s made %v", c.db, entries[0].Name())
+			}
 		}
 	}
 	// A database that does not answer: the error names it without the

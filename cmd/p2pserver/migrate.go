@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/p2pserver/p2pserver/fhir/store"
@@ -25,6 +26,7 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	*from, *to = strings.TrimSpace(*from), strings.TrimSpace(*to)
 	switch {
 	case fs.NArg() > 0:
 		return fmt.Errorf("unexpected argument %q: migrate takes -from and -to", fs.Arg(0))

@@ -27,6 +27,16 @@ type DBOptions struct {
 // does not start with.
 var scheme = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*)://`)
 
+// pgMistyped matches a PostgreSQL URL missing its "//" ("postgres:/host",
+// "postgresql:host"), which is no file name anyone means.
+var pgMistyped = regexp.MustCompile(`(?i)^postgres(ql)?:($|[^/]|/[^/])`)
+
+// pgKeywords matches a PostgreSQL keyword/value connection string
+// ("host=db user=p2p password=..."), which p2pserver does not take: as a
+// file name it would make a bbolt file of that name, and the string,
+// password and all, would be logged as the database.
+var pgKeywords = regexp.MustCompile(`(?i)(^|\s)(host|hostaddr|port|dbname|user|password|passfile|sslmode|service)\s*=`)
+
 // IsPostgres reports whether dsn names a PostgreSQL database.
 func IsPostgres(dsn string) bool {
 	m := scheme.FindStringSubmatch(dsn)
@@ -36,8 +46,17 @@ func IsPostgres(dsn string) bool {
 // CheckDSN reports what is wrong with dsn as a database name, without
 // connecting: a scheme:// other than postgres:// or postgresql://, which
 // is not a file name either (taking it for one would create a folder named
-// after it), or a PostgreSQL URL pgx cannot use (see pgdb.Check).
+// after it); a postgres: URL missing its "//"; a PostgreSQL keyword=value
+// connection string (taken for a file name, it was logged, password and
+// all); or a PostgreSQL URL pgx cannot use (see pgdb.Check). The error
+// never repeats a password.
 func CheckDSN(dsn string) error {
+	if pgMistyped.MatchString(dsn) {
+		return fmt.Errorf("%s… is not a PostgreSQL URL: write postgres:// with two slashes, like postgres://user@host/db", strings.ToLower(strings.SplitN(dsn, ":", 2)[0])+":")
+	}
+	if pgKeywords.MatchString(dsn) {
+		return fmt.Errorf("a keyword=value connection string is not taken (nor logged): give the database as a postgres:// URL, like postgres://user@host/db?sslmode=require, or the path of a bbolt file")
+	}
 	if m := scheme.FindStringSubmatch(dsn); m != nil && !IsPostgres(dsn) {
 		return fmt.Errorf("%s://… is no kind of database p2pserver knows: give a postgres:// (or postgresql://) URL, or the path of a bbolt file", strings.ToLower(m[1]))
 	}
