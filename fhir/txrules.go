@@ -81,7 +81,12 @@ func (p *txPlan) current(tx *store.Tx, typ, id string) (*store.Version, error) {
 	}
 	v, n, err := version(tx)
 	p.reads = append(p.reads, func(tx *store.Tx) bool {
-		_, again, _ := version(tx)
+		// In the writer: the version number alone, the resource not
+		// decoded.
+		again, _, ok := tx.CurrentVersion(typ, id)
+		if !ok {
+			again = 0
+		}
 		return again == n
 	})
 	return v, err
@@ -219,8 +224,13 @@ func (s *Server) planTransaction(tx *store.Tx, entries []*txEntry, bodies []body
 		}
 		if t.skip == nil {
 			t.version = 1
-			if v, err := p.current(tx, e.typ, id); v != nil && (err == nil || errs.Is(err, errs.Gone)) {
-				t.version = v.VersionID + 1
+			// A POST's id is new, chosen by the server (its create fails
+			// if it is not): there is nothing to read, or to read again
+			// in the writer.
+			if e.method != http.MethodPost {
+				if v, err := p.current(tx, e.typ, id); v != nil && (err == nil || errs.Is(err, errs.Gone)) {
+					t.version = v.VersionID + 1
+				}
 			}
 		}
 		if e.fullURL != "" {
