@@ -62,12 +62,15 @@ func (s *Server) do(w http.ResponseWriter, r *http.Request, rq *request) {
 // given in their canonical form, and the values built without fmt.
 func setVersionHeaders(w http.ResponseWriter, v *store.Version) {
 	var buf [64]byte
-	etag := strconv.AppendInt(append(buf[:0], `W/"`...), v.VersionID, 10)
-	etag = append(etag, '"')
-	modified := v.LastUpdated.UTC().AppendFormat(etag, http.TimeFormat)[len(etag):]
+	b := strconv.AppendInt(append(buf[:0], `W/"`...), v.VersionID, 10)
+	b = append(b, '"')
+	n := len(b)
+	both := string(v.LastUpdated.UTC().AppendFormat(b, http.TimeFormat))
+	vals := make([]string, 2)
+	vals[0], vals[1] = both[:n], both[n:]
 	h := w.Header()
-	h["Etag"] = []string{string(etag)}
-	h["Last-Modified"] = []string{string(modified)}
+	h["Etag"] = vals[0:1:1]
+	h["Last-Modified"] = vals[1:2:2]
 }
 
 func (s *Server) location(v *store.Version) string {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // BenchmarkReadServed serves GET /healthz (the HTTP floor p2pload
@@ -65,7 +66,7 @@ func processCPU(b *testing.B) int64 {
 }
 
 // discardWriter is an http.ResponseWriter that keeps the status and counts
-// the body's bytes.
+// the body's bytes. It takes deadlines, as a connection's writer does.
 type discardWriter struct {
 	h         http.Header
 	status, n int
@@ -121,3 +122,6 @@ func readBenchServer(b *testing.B, n int) (http.Handler, []string) {
 	}
 	return h, ids
 }
+
+func (w *discardWriter) SetReadDeadline(time.Time) error  { return nil }
+func (w *discardWriter) SetWriteDeadline(time.Time) error { return nil }
