@@ -65,12 +65,33 @@ func setVersionHeaders(w http.ResponseWriter, v *store.Version) {
 	b := strconv.AppendInt(append(buf[:0], `W/"`...), v.VersionID, 10)
 	b = append(b, '"')
 	n := len(b)
-	both := string(v.LastUpdated.UTC().AppendFormat(b, http.TimeFormat))
+	both := string(appendHTTPDate(b, v.LastUpdated))
 	vals := make([]string, 2)
 	vals[0], vals[1] = both[:n], both[n:]
 	h := w.Header()
 	h["Etag"] = vals[0:1:1]
 	h["Last-Modified"] = vals[1:2:2]
+}
+
+// appendHTTPDate appends t as an HTTP date, in UTC, as
+// t.UTC().AppendFormat(b, http.TimeFormat) would ("Mon, 02 Jan 2006
+// 15:04:05 GMT", RFC 9110 section 5.6.7) for the years 0 to 9999, without
+// the general layout's parsing: every read sends one.
+func appendHTTPDate(b []byte, t time.Time) []byte {
+	t = t.UTC()
+	yy, mm, dd := t.Date()
+	hh, mn, ss := t.Clock()
+	if yy < 0 || yy > 9999 {
+		return t.AppendFormat(b, http.TimeFormat)
+	}
+	const days, months = "SunMonTueWedThuFriSat", "JanFebMarAprMayJunJulAugSepOctNovDec"
+	wd := int(t.Weekday())
+	b = append(b, days[3*wd:3*wd+3]...)
+	b = append(b, ',', ' ', byte('0'+dd/10), byte('0'+dd%10), ' ')
+	b = append(b, months[3*(mm-1):3*mm]...)
+	b = append(b, ' ', byte('0'+yy/1000), byte('0'+yy/100%10), byte('0'+yy/10%10), byte('0'+yy%10), ' ',
+		byte('0'+hh/10), byte('0'+hh%10), ':', byte('0'+mn/10), byte('0'+mn%10), ':', byte('0'+ss/10), byte('0'+ss%10))
+	return append(b, " GMT"...)
 }
 
 func (s *Server) location(v *store.Version) string {

@@ -1,9 +1,11 @@
 package fhir
 
 import (
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestValidID checks the rule of FHIR R4 datatypes.html#id — 1 to 64 of
@@ -42,6 +44,30 @@ func TestValidID(t *testing.T) {
 		id := "a" + string([]byte{byte(c)})
 		if got, want := validID(id), spec.MatchString(id); got != want {
 			t.Errorf("validID(%q) = %v, the specification's pattern says %v", id, got, want)
+		}
+	}
+}
+
+// TestAppendHTTPDate checks the Last-Modified date (RFC 9110 section
+// 5.6.7) against the standard library's formatting of the same instant,
+// in other zones too, over every month, weekday and field width.
+func TestAppendHTTPDate(t *testing.T) {
+	east := time.FixedZone("east", 5*3600+1800)
+	var times []time.Time
+	for _, s := range []string{"2026-11-30T10:20:30.123456789Z", "1999-12-31T23:59:59Z", "2000-02-29T00:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "0099-03-04T05:06:07Z"} {
+		tm, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		times = append(times, tm, tm.In(east))
+	}
+	for d := time.Date(2024, 1, 1, 0, 0, 0, 0, east); d.Year() < 2026; d = d.Add(37*time.Hour + 13*time.Minute + 7*time.Second) {
+		times = append(times, d)
+	}
+	times = append(times, time.Date(-5, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(12345, 1, 1, 0, 0, 0, 0, time.UTC))
+	for _, tm := range times {
+		if got, want := string(appendHTTPDate([]byte("x"), tm)), "x"+tm.UTC().Format(http.TimeFormat); got != want {
+			t.Errorf("appendHTTPDate(%v) = %q, want %q", tm, got, want)
 		}
 	}
 }
