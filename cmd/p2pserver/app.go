@@ -75,6 +75,10 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := store.CheckCopied(context.Background(), db); err != nil {
+		db.Close()
+		return nil, err
+	}
 	reg := search.NewRegistry(spec.R4())
 	st, err := store.Open(db, reg, log)
 	if err != nil {

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
 	"github.com/p2pserver/p2pserver/internal/pgtest"
 	td "github.com/p2pserver/p2pserver/internal/testdata"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
@@ -196,4 +200,60 @@ func readNormalized(t *testing.T, p *payer, path string) string {
 	}
 	raw, _ := json.Marshal(m)
 	return strings.ReplaceAll(string(raw), p.URL, "BASE")
+}
+
+// TestServerRefusesUnfinishedCopy: a `p2pserver migrate` cut short
+// leaves the PostgreSQL database with part of the data. p2pserver
+// started on it refuses, naming the migrate to finish (serving it would
+// answer 404 for resources not copied yet, and a write made there would be
+// overwritten when the copy resumes); once the copy is finished and
+// verified it starts.
+func TestServerRefusesUnfinishedCopy(t *testing.T) {
+	ctx := context.Background()
+	pgURL := pgtest.Database(t)
+	src, err := store.OpenDB(ctx, filepath.Join(t.TempDir(), "old.db"), store.DBOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if err := src.Update(ctx, func(tx backend.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte("bulk"))
+		if err != nil {
+			return err
+		}
+		for i := range store.CopyChunk + 10 {
+			if err := b.Put(fmt.Appendf(nil, "k%06d", i), []byte("v")); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	dst, err := store.OpenDB(ctx, pgURL, store.DBOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	cut, cancel := context.WithCancel(ctx)
+	if _, err := store.Copy(cut, src, dst, func(string, int) { cancel() }); err == nil {
+		t.Fatal("a copy cancelled after its first chunk finished")
+	}
+	cfg, err := parseConfig([]string{"-db", pgURL, "-addr", "127.0.0.1:0", "-secret-key", testSecretKey}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A server that does start serves until this bound, and answers nil.
+	bounded, stop := context.WithTimeout(ctx, 30*time.Second)
+	defer stop()
+	err = run(bounded, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if !errors.Is(err, store.ErrCopyUnfinished) || !strings.Contains(err.Error(), "migrate") {
+		t.Fatalf("p2pserver on an unfinished copy: %v; want a refusal naming migrate", err)
+	}
+	if _, err := store.Copy(ctx, src, dst, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.CheckCopied(ctx, dst); err != nil {
+		t.Errorf("a finished, verified copy: %v", err)
+	}
 }

@@ -19,6 +19,36 @@ const copyProgress = "migrate_progress"
 // copyDone marks a bucket copied whole in copyProgress.
 var copyDone = []byte{0xff, 'd', 'o', 'n', 'e'}
 
+// copyVerified is the key, in copyProgress, Copy writes once its
+// verification has passed: a database with copyProgress and without it
+// holds a copy cut short (see CheckCopied).
+var copyVerified = []byte{0xff, 'v', 'e', 'r', 'i', 'f', 'i', 'e', 'd'}
+
+// ErrCopyUnfinished refuses to serve a database that a Copy into it has
+// not finished (and verified): part of its resources, versions or
+// definitions are missing, and a write made there would be overwritten
+// by the copy when it is resumed.
+var ErrCopyUnfinished = errors.New("the database holds a `p2pserver migrate` copy that has not finished: run the same migrate command again to finish and verify it, then start p2pserver")
+
+// CheckCopied returns ErrCopyUnfinished when db holds a Copy that has
+// not finished and been verified, nil when it holds none or a finished
+// one.
+func CheckCopied(ctx context.Context, db DB) error {
+	unfinished := false
+	if err := db.View(ctx, func(tx backend.Tx) error {
+		if p := tx.Bucket([]byte(copyProgress)); p != nil {
+			unfinished = p.Get(copyVerified) == nil
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	if unfinished {
+		return ErrCopyUnfinished
+	}
+	return nil
+}
+
 // CopyChunk is how many keys of a bucket one transaction of Copy writes.
 const CopyChunk = 2000
 
@@ -49,7 +79,8 @@ var ErrTargetNotEmpty = errors.New("the database copied to is not empty, and hol
 // not be written meanwhile (bbolt's file lock keeps a p2pserver from it).
 // progress, when set, is told after each chunk. At the end the keys and
 // sequences of every bucket are counted in both databases: the counts are
-// returned, with an error if any differ.
+// returned, with an error if any differ; when none do, to is marked
+// verified, and a p2pserver may start on it (see CheckCopied).
 func Copy(ctx context.Context, from, to DB, progress func(bucket string, copied int)) ([]BucketCount, error) {
 	var names []string
 	if err := from.View(ctx, func(tx backend.Tx) error {
@@ -99,6 +130,15 @@ func Copy(ctx context.Context, from, to DB, progress func(bucket string, copied 
 	}
 	if len(bad) > 0 {
 		return counts, fmt.Errorf("migrate: the copy differs from the original in %d buckets: %v", len(bad), bad)
+	}
+	if err := to.Update(ctx, func(tx backend.Tx) error {
+		p := tx.Bucket([]byte(copyProgress))
+		if p == nil {
+			return errors.New("the copy's progress record is gone")
+		}
+		return p.Put(copyVerified, copyDone)
+	}); err != nil {
+		return counts, fmt.Errorf("migrate: record the copy verified: %w", err)
 	}
 	return counts, nil
 }
