@@ -239,4 +239,30 @@ func TestPagingLinksAnsweredByAnotherStore(t *testing.T) {
 			}
 		})
 	}
+	// A next link altered (a byte of its key changed, cut short, or its
+	// key replaced) is answered by the other process with a 4xx
+	// OperationOutcome, never a page nor a 5xx.
+	for _, first := range []string{"/Observation?subject=Patient/p1&_count=4", "/Patient/p1/$everything?_count=4"} {
+		next := link(a.do(http.MethodGet, first, nil).want(t, http.StatusOK).JSON, "next")
+		if next == "" {
+			t.Fatalf("%s: no next link", first)
+		}
+		i := strings.LastIndex(next, "=")
+		key := next[i+1:]
+		if j := strings.IndexByte(key, '&'); j >= 0 {
+			key = key[:j]
+		}
+		flip := []byte(key)
+		flip[len(flip)/2] ^= 1
+		for _, bad := range []string{
+			strings.Replace(next, key, string(flip), 1),
+			strings.Replace(next, key, key[:len(key)/2], 1),
+			strings.Replace(next, key, "k00000000000000000000000000000000000000", 1),
+		} {
+			r := b.do(http.MethodGet, strings.Replace(bad, a.URL, b.URL, 1), nil)
+			if r.Status < 400 || r.Status >= 500 || r.JSON["resourceType"] != "OperationOutcome" {
+				t.Errorf("tampered link %s: %d %.200s; want a 4xx OperationOutcome", bad, r.Status, r.Body)
+			}
+		}
+	}
 }
