@@ -65,7 +65,10 @@ type bulkState struct {
 	ExportAsked  time.Time `json:"exportAsked,omitzero"`
 	MatchedGroup string    `json:"matchedGroup,omitempty"`
 
-	ExportStatus    string     `json:"exportStatus,omitempty"`
+	ExportStatus string `json:"exportStatus,omitempty"`
+	// ExportKickOff is when the export was asked for, by this server's
+	// clock: the latest transactionTime kept.
+	ExportKickOff   time.Time  `json:"exportKickOff,omitzero"`
 	TransactionTime time.Time  `json:"transactionTime,omitzero"`
 	RequiresToken   bool       `json:"requiresAccessToken,omitempty"`
 	Files           []bulkFile `json:"files,omitempty"`

@@ -738,6 +738,7 @@ func (r *Runner) bulkExport(rn *run, rec *record) (time.Duration, bool) {
 		}
 		q := url.Values{"exportType": {bulk.PayerToPayer}, "_since": {since.UTC().Format(time.RFC3339)}}
 		u := rec.SourceBase + "/Group/" + url.PathEscape(rec.Bulk.MatchedGroup) + "/$davinci-data-export?" + q.Encode()
+		kickOff := time.Now().UTC()
 		status, err := b.client.KickOff(rn.ctx, "GET", u, nil)
 		if err != nil {
 			return r.sourceFault(rn, rec, "the $davinci-data-export request", err)
@@ -748,7 +749,7 @@ func (r *Runner) bulkExport(rn *run, rec *record) (time.Duration, bool) {
 		b.attempts = 0
 		if _, err := r.bulkUpdate(rec.ID, func(_ *store.Tx, rec *record) error {
 			answered(rec)
-			rec.Bulk.ExportStatus, rec.Bulk.ExportSince = status, since
+			rec.Bulk.ExportStatus, rec.Bulk.ExportSince, rec.Bulk.ExportKickOff = status, since, kickOff
 			return nil
 		}); err != nil {
 			return r.writeFailed(rn, err)
@@ -773,6 +774,18 @@ func (r *Runner) bulkExport(rn *run, rec *record) (time.Duration, bool) {
 	tt, err := time.Parse(time.RFC3339Nano, m.TransactionTime)
 	if err != nil {
 		return r.endBulk(rn, rec, Failed, fmt.Sprintf("the source payer's export manifest has no usable transactionTime (%q)", clip(m.TransactionTime, 60)))
+	}
+	if k := rec.Bulk.ExportKickOff; !k.IsZero() && tt.After(k) {
+		// transactionTime is the source's time when the export ran, and
+		// the next pull's _since: a clock (or manifest) ahead of ours
+		// would make later pulls miss what changes until then. Our own
+		// time of the kick-off is never later than that moment (an
+		// earlier _since only asks again for what is unchanged here).
+		if tt.Sub(k) > time.Minute {
+			r.log.Warn("batch: bulk exchange: the export's transactionTime is later than its kick-off here; the kick-off's time is kept", "job", rec.ID,
+				"transaction_time", clip(m.TransactionTime, 60), "kick_off", k)
+		}
+		tt = k
 	}
 	var files []bulkFile
 	for _, list := range []struct {

@@ -713,3 +713,47 @@ func TestBulkExchangeSourceThatNeverFinishes(t *testing.T) {
 		})
 	}
 }
+
+// TestBulkExchangeTransactionTimeFromTheFuture: the manifest's
+// transactionTime is "the server's time when the query is run" (Bulk Data
+// Access STU 2, "Complete Status"), and the member's next pull asks for
+// what changed since it (PDex STU 2.1 concurrent coverage). An old payer
+// whose clock (or manifest) says 2999 would make every later pull ask for
+// nothing: the time kept is never later than the new payer's own clock.
+func TestBulkExchangeTransactionTimeFromTheFuture(t *testing.T) {
+	t.Parallel()
+	fp := newFaultPair(t, 1)
+	fp.traffic.then = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != "GET" || !strings.Contains(r.URL.Path, "/bulkstatus/") || fp.traffic.get(func() int { return fp.traffic.statusOfKind(r.URL.Path) }) != 2 {
+			return false
+		}
+		rec := httptest.NewRecorder()
+		fp.source.h.ServeHTTP(rec, r)
+		body := rec.Body.Bytes()
+		if rec.Code == http.StatusOK {
+			var m map[string]any
+			_ = json.Unmarshal(body, &m)
+			m["transactionTime"] = "2999-01-01T00:00:00Z"
+			body, _ = json.Marshal(m)
+		}
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.Header().Del("Content-Length")
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(body)
+		return true
+	}
+	path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
+	st := waitBulk(t, fp.target.payer, path, 2*time.Minute)
+	tt, err := time.Parse(time.RFC3339Nano, fmt.Sprint(st["transactionTime"]))
+	if st["batchStatus"] != "COMPLETED" || err != nil || tt.After(time.Now()) {
+		t.Fatalf("job: %v", st)
+	}
+	// The next pull's _since is that time, not 2999.
+	path2 := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
+	st2 := waitBulk(t, fp.target.payer, path2, 2*time.Minute)
+	if st2["since"] != st["transactionTime"] {
+		t.Errorf("second pull since %v, first transactionTime %v", st2["since"], st["transactionTime"])
+	}
+}
