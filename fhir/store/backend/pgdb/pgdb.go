@@ -60,6 +60,10 @@ func Open(ctx context.Context, url string) (*DB, error) {
 	return &DB{pool: pool, known: map[string]bool{}, params: map[string]int32{}}, nil
 }
 
+// secretParams are the URL parameters pgx takes that hold a secret: the
+// user's password and the password of the client certificate's key.
+var secretParams = []string{"password", "sslpassword"}
+
 // Redact returns url with its password replaced by xxxxx, for logs and
 // errors.
 func Redact(s string) string {
@@ -68,8 +72,14 @@ func Redact(s string) string {
 		return "(an unparsable URL)"
 	}
 	q := u.Query()
-	if q.Has("password") {
-		q.Set("password", "xxxxx")
+	redacted := false
+	for _, k := range secretParams {
+		if q.Has(k) {
+			q.Set(k, "xxxxx")
+			redacted = true
+		}
+	}
+	if redacted {
 		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
@@ -133,7 +143,9 @@ func passwords(s string) []string {
 	}
 	if _, q, ok := strings.Cut(s, "?"); ok {
 		if vals, err := url.ParseQuery(q); err == nil {
-			out = append(out, vals["password"]...)
+			for _, k := range secretParams {
+				out = append(out, vals[k]...)
+			}
 		}
 	}
 	return out
