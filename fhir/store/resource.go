@@ -208,8 +208,11 @@ type Doc struct {
 // Prepare computes a Doc's index entries and time stamp outside of any
 // transaction, so that the work is done in the caller's goroutine rather
 // than in the single writer. The Map's id and meta.lastUpdated are set.
-func (s *Store) Prepare(d *Doc) {
-	d.LastUpdated = now()
+func (s *Store) Prepare(d *Doc) { s.prepareAt(d, now()) }
+
+// prepareAt is Prepare with the time stamp at.
+func (s *Store) prepareAt(d *Doc, at time.Time) {
+	d.LastUpdated = at
 	d.Map["id"] = d.ID
 	meta, _ := d.Map["meta"].(map[string]any)
 	if meta == nil {
@@ -248,6 +251,11 @@ func (tx *Tx) Put(d *Doc, opts PutOptions) (*Version, error) {
 	}
 	if d.Entries == nil || d.LastUpdated.IsZero() {
 		tx.s.Prepare(d)
+	}
+	if at := tx.s.writtenAt(d.LastUpdated); !at.Equal(d.LastUpdated) {
+		// Prepared before a version written since: stamped again, at
+		// that version's time, with its _lastUpdated index entry.
+		tx.s.prepareAt(d, at)
 	}
 	prev, err := tx.current(d.Type, d.ID)
 	if err != nil {
@@ -311,7 +319,7 @@ func (tx *Tx) Delete(typ, id string, ifMatch int64) (*Version, error) {
 		return nil, errs.E("store.delete", errs.Precondition,
 			fmt.Sprintf("%s/%s is at version %d, not %d", typ, id, prev.VersionID, ifMatch))
 	}
-	v := &Version{Type: typ, ID: id, VersionID: prev.VersionID + 1, LastUpdated: now(), Deleted: true}
+	v := &Version{Type: typ, ID: id, VersionID: prev.VersionID + 1, LastUpdated: tx.s.writtenAt(now()), Deleted: true}
 	if err := tx.writeVersion(v, encodeRecord(v), nil); err != nil {
 		return nil, err
 	}

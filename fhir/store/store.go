@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
@@ -42,6 +43,12 @@ type Store struct {
 	hooks []Hook
 
 	params params // the parameter numbers of packed index entries
+
+	// stampFloor is the latest lastUpdated this process has written
+	// (Unix microseconds): a version is never stamped before it, so that
+	// history, newest first, is in lastUpdated order and _since can stop
+	// at the first older version (see writtenAt).
+	stampFloor atomic.Int64
 
 	writes  chan *writeReq
 	closing chan struct{}
@@ -357,6 +364,17 @@ func (s *Store) run(tx *Tx, fn func(tx *Tx) error) (err error) {
 	// The index changes wait for the end of the group (see commit); only
 	// a failure to make them when something read an index fails the write.
 	return tx.flushErr
+}
+
+// writtenAt returns t, or the latest stamp this process has written when
+// t is before it (a version prepared before another but written after
+// it), and records the result as the latest. Called by the writer only.
+func (s *Store) writtenAt(t time.Time) time.Time {
+	if floor := time.UnixMicro(s.stampFloor.Load()).UTC(); t.Before(floor) {
+		t = floor
+	}
+	s.stampFloor.Store(t.UnixMicro())
+	return t
 }
 
 // now is the clock for lastUpdated; microsecond precision as stored.
