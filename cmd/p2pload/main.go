@@ -223,15 +223,27 @@ func (l *loader) stage(n, c int, d time.Duration, deadline time.Time, srv *spawn
 		st.print()
 		return st, nil
 	}
-	floor, err := measure("HTTP floor (GET /healthz)", func() error { return l.getURL(l.root() + "/healthz") })
-	if err != nil {
-		return nil, err
+	// The floor and the reads are measured in alternating slices of the
+	// phase, so that other work on the machine, which comes and goes,
+	// weighs on both alike and their ratio stays meaningful.
+	var floor, reads *stats
+	for range floorSlices {
+		f, err := l.phase("HTTP floor (GET /healthz)", c, 0, d/floorSlices, func(int) (string, error) { return "", l.getURL(l.root() + "/healthz") })
+		if err != nil {
+			return nil, err
+		}
+		r, err := l.phase("read Observation", c, 0, d/floorSlices, func(int) (string, error) {
+			return "", l.get("/Observation/" + oids[rand.IntN(len(oids))])
+		})
+		if err != nil {
+			return nil, err
+		}
+		floor, reads = floor.merge(f), reads.merge(r)
 	}
+	floor.print()
+	reads.print()
+	st = reads
 	res.add("HTTP floor (GET /healthz)", "/s", floor.rate(), false)
-	st, err = measure("read Observation", func() error { return l.get("/Observation/" + oids[rand.IntN(len(oids))]) })
-	if err != nil {
-		return nil, err
-	}
 	res.add("read", "/s", st.rate(), false)
 	res.add("read p50", "ms", st.p50(), true)
 	res.add("read / HTTP floor", "x", st.rate()/floor.rate(), false)
@@ -407,6 +419,22 @@ type stats struct {
 func (s *stats) rate() float64 { return float64(s.n) / s.elapsed.Seconds() }
 
 // p50 is the median latency in milliseconds.
+// floorSlices is how many alternating slices the HTTP floor and the read
+// phase are measured in.
+const floorSlices = 5
+
+// merge adds o's calls to s (nil: o's own) as one phase measured over
+// both's time.
+func (s *stats) merge(o *stats) *stats {
+	if s == nil {
+		return o
+	}
+	s.n += o.n
+	s.elapsed += o.elapsed
+	s.lat = append(s.lat, o.lat...)
+	return s
+}
+
 func (s *stats) p50() float64 {
 	slices.Sort(s.lat)
 	if len(s.lat) == 0 {
