@@ -121,6 +121,13 @@ func TestBulkExchangeIngestsOnlyTheMatchedConsentingMembersData(t *testing.T) {
 		// new payer's own Task workflow (and its emails).
 		{"a Task, in a file of its own", "Task", "Task", "hostile-task",
 			`{"resourceType":"Task","id":"hostile-task","status":"requested","intent":"order","for":{"reference":"Patient/` + ms[0].source + `"}}`},
+		// Bulk Data Access STU 2 (NDJSON): each line a FHIR resource.
+		{"a line that is not JSON", "Condition", "", "", `this is not ndjson`},
+		{"a JSON array", "Condition", "", "", `[{"resourceType":"Condition"}]`},
+		{"an object without resourceType", "Condition", "", "", `{"id":"no-type"}`},
+		{"a type FHIR R4 does not have", "Condition", "", "", `{"resourceType":"Widget","id":"w"}`},
+		{"a Condition of the matched member that is not valid FHIR R4", "Condition", "Condition", "bad-shape",
+			`{"resourceType":"Condition","id":"bad-shape","subject":"Patient/` + ms[0].source + `"}`},
 	}
 	added := map[string][]string{}
 	for _, r := range rows {
@@ -211,7 +218,7 @@ func TestBulkExchangeIngestsOnlyTheMatchedConsentingMembersData(t *testing.T) {
 		t.Errorf("member counts: %v", counts)
 	}
 	for _, r := range rows {
-		if targetHolds(t, fp.target.payer, r.typ, src+"/"+r.typ+"/"+r.id) {
+		if r.typ != "" && targetHolds(t, fp.target.payer, r.typ, src+"/"+r.typ+"/"+r.id) {
 			t.Errorf("%s: ingested", r.name)
 		}
 	}
