@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -239,4 +240,31 @@ func TestDBSetting(t *testing.T) {
 	if err == nil || strings.Contains(err.Error()+logs.String(), "s3cret") || !strings.Contains(err.Error(), "p2p:xxxxx@") {
 		t.Errorf("an unreachable database: %v (logs %q); want an error naming it without its password", err, logs.String())
 	}
+}
+
+// TestHeapLimitRetunedAfterEachCollection: the soft limit follows a live
+// heap that grows between two ticks of the backstop timer, at the end of
+// the collection that measured it, so that the collector does not run back
+// to back under a limit below what is live.
+func TestHeapLimitRetunedAfterEachCollection(t *testing.T) {
+	old := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(old) })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go tuneHeap(ctx)
+	const live = 192 << 20
+	keep := make([]byte, live)
+	for i := range keep {
+		keep[i] = byte(i)
+	}
+	runtime.GC()
+	deadline := time.Now().Add(heapRetune / 2) // well before the backstop
+	for debug.SetMemoryLimit(-1) < 2*live {
+		if time.Now().After(deadline) {
+			t.Fatalf("limit %d MiB after a collection with %d MiB live, want at least %d MiB",
+				debug.SetMemoryLimit(-1)>>20, live>>20, 2*live>>20)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	runtime.KeepAlive(keep)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"math"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -15,6 +16,11 @@ import (
 // is live. So, unless GOMEMLIMIT is set, a soft memory limit follows the
 // live heap: heapFloor, or twice the live heap when that is more, so that
 // collections never come more often than GOGC=100 would make them.
+//
+// The limit is set again at the end of every collection (and, as a
+// backstop, every heapRetune): a limit that lagged behind a live heap
+// growing fast (a 10,000-entry transaction being prepared) would make the
+// collector run back to back until the next retune.
 const (
 	heapFloor   = 128 << 20
 	heapRetune  = 2 * time.Second
@@ -29,8 +35,14 @@ func heapLimit(live uint64) int64 {
 	return max(heapFloor, int64(live)*heapPerLive)
 }
 
+// gcSentinel is an object nothing keeps: its cleanup runs after the
+// collection that finds it unreachable, that is after each collection.
+// It is larger than the tiny-allocator size so that it is an object of its
+// own.
+type gcSentinel [64]byte
+
 // tuneHeap keeps the soft memory limit at heapLimit of the live heap until
-// ctx ends.
+// ctx ends: after every collection, and every heapRetune.
 func tuneHeap(ctx context.Context) {
 	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	set := func() {
@@ -40,12 +52,29 @@ func tuneHeap(ctx context.Context) {
 		}
 	}
 	set()
+	retuned := make(chan struct{}, 1)
+	var arm func()
+	arm = func() {
+		runtime.AddCleanup(new(gcSentinel), func(struct{}) {
+			if ctx.Err() != nil {
+				return
+			}
+			select {
+			case retuned <- struct{}{}:
+			default:
+			}
+			arm()
+		}, struct{}{})
+	}
+	arm()
 	t := time.NewTicker(heapRetune)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-retuned:
+			set()
 		case <-t.C:
 			set()
 		}
