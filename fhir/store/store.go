@@ -278,7 +278,6 @@ func (s *Store) commit(group []*writeReq) {
 	var after []func()
 	single := len(group) == 1
 	err := s.db.Update(context.Background(), func(btx backend.Tx) error {
-		s.raiseStampFloor(btx)
 		ok := 0
 		index := &groupIndex{}
 		// A backend that can take a write back by itself needs no undo
@@ -376,34 +375,6 @@ func (s *Store) writtenAt(t time.Time) time.Time {
 	}
 	s.stampFloor.Store(t.UnixMicro())
 	return t
-}
-
-// raiseStampFloor raises the stamp floor (see writtenAt) to the
-// lastUpdated of the newest change in the database, which another process
-// on the same database, whose clock may be behind or ahead of this one's,
-// may have written: history stays in lastUpdated order whichever process
-// writes. Called by the writer at the start of each group, under the
-// database's write lock; one read of the change log and one of a version.
-func (s *Store) raiseStampFloor(btx backend.Tx) {
-	b := btx.Bucket([]byte("C"))
-	if b == nil {
-		return
-	}
-	k, v := b.Cursor().Last()
-	if k == nil {
-		return
-	}
-	typ, id, vid, ok := parseChange(v, "")
-	if !ok {
-		return
-	}
-	raw := (&Tx{s: s, btx: btx}).versionRecord(typ, id, vid)
-	if raw == nil {
-		return
-	}
-	if ver, err := decodeRecord(typ, id, raw, false); err == nil && ver.LastUpdated.UnixMicro() > s.stampFloor.Load() {
-		s.stampFloor.Store(ver.LastUpdated.UnixMicro())
-	}
 }
 
 // now is the clock for lastUpdated; microsecond precision as stored.
