@@ -257,3 +257,23 @@ func TestServerRefusesUnfinishedCopy(t *testing.T) {
 		t.Errorf("a finished, verified copy: %v", err)
 	}
 }
+
+// TestFreshDatabaseIsNotAnUnfinishedCopy: a new, empty database (on
+// PostgreSQL every bucket name reads as an empty bucket) holds no copy,
+// so CheckCopied lets the server start on it.
+func TestFreshDatabaseIsNotAnUnfinishedCopy(t *testing.T) {
+	ctx := context.Background()
+	for name, db := range map[string]string{
+		"postgres": pgtest.Database(t),
+		"bbolt":    filepath.Join(t.TempDir(), "new.db"),
+	} {
+		d, err := store.OpenDB(ctx, db, store.DBOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := store.CheckCopied(ctx, d); err != nil {
+			t.Errorf("%s: a fresh database: %v", name, err)
+		}
+		d.Close()
+	}
+}
