@@ -555,20 +555,7 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) {
 	var last int64
 	more := false
 	err = a.runner.st.View(r.Context(), func(tx *store.Tx) error {
-		start := serverKey(pid, 0)[:8]
-		if before > 0 {
-			start = serverKey(pid, before-1)
-		}
-		prefix := serverKey(pid, 0)[:8]
-		return tx.KV(byServerBucket).Scan(start, func(k, _ []byte) (bool, error) {
-			if len(k) != 16 || string(k[:8]) != string(prefix) {
-				return false, nil
-			}
-			id := int64(^binaryUint64(k[8:]))
-			rec, err := getJob(tx, id)
-			if err != nil {
-				return false, err
-			}
+		return jobsOf(tx, pid, before, func(id int64, rec *record) (bool, error) {
 			if (status != "" && rec.Status != status) || rec.Kind != "" {
 				return true, nil
 			}

@@ -168,3 +168,25 @@ func activeJobs(tx *store.Tx) (map[int64]int64, error) {
 }
 
 func binaryUint64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
+
+// jobsOf calls fn with each job of source payer pid, newest first, from
+// the job before id before (all of them when before is 0), until fn
+// returns false or an error.
+func jobsOf(tx *store.Tx, pid, before int64, fn func(id int64, rec *record) (bool, error)) error {
+	prefix := serverKey(pid, 0)[:8]
+	start := prefix
+	if before > 0 {
+		start = serverKey(pid, before-1)
+	}
+	return tx.KV(byServerBucket).Scan(start, func(k, _ []byte) (bool, error) {
+		if len(k) != 16 || string(k[:8]) != string(prefix) {
+			return false, nil
+		}
+		id := int64(^binaryUint64(k[8:]))
+		rec, err := getJob(tx, id)
+		if err != nil {
+			return false, err
+		}
+		return fn(id, rec)
+	})
+}
