@@ -2,6 +2,7 @@ package search
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 
 	"github.com/p2pserver/p2pserver/fhir/fhirpath"
@@ -24,19 +25,46 @@ func (r *Registry) Extract(typ string, res map[string]any) []Entry {
 	var out []Entry
 	seen := map[string]bool{}
 	for code, p := range r.byType[typ] {
-		if p.reads != nil && !hasAny(res, p.reads) {
+		out = r.extractParam(out, seen, code, p, res)
+	}
+	return out
+}
+
+// ExtractReading computes the index entries of res (as Extract does) of
+// only the parameters of typ whose expression may read the top-level
+// element name (those whose elements read are not known included), and
+// returns those parameters' codes: a caller that changed only name in res
+// replaces the entries of these parameters with the ones returned, and
+// has every entry Extract would give.
+func (r *Registry) ExtractReading(typ, name string, res map[string]any) ([]Entry, map[string]bool) {
+	var out []Entry
+	codes := map[string]bool{}
+	seen := map[string]bool{}
+	for code, p := range r.byType[typ] {
+		if p.reads != nil && !slices.Contains(p.reads, name) {
 			continue
 		}
-		for _, n := range p.expr.Eval(r.model, res) {
-			for _, e := range entriesFor(p, n) {
-				e.Param = code
-				k := code + "\x00" + e.Key
-				if seen[k] {
-					continue
-				}
-				seen[k] = true
-				out = append(out, e)
+		codes[code] = true
+		out = r.extractParam(out, seen, code, p, res)
+	}
+	return out, codes
+}
+
+// extractParam appends to out the entries of res under parameter p (code)
+// not in seen.
+func (r *Registry) extractParam(out []Entry, seen map[string]bool, code string, p *Param, res map[string]any) []Entry {
+	if p.reads != nil && !hasAny(res, p.reads) {
+		return out
+	}
+	for _, n := range p.expr.Eval(r.model, res) {
+		for _, e := range entriesFor(p, n) {
+			e.Param = code
+			k := code + "\x00" + e.Key
+			if seen[k] {
+				continue
 			}
+			seen[k] = true
+			out = append(out, e)
 		}
 	}
 	return out

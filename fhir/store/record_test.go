@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -301,4 +302,63 @@ func BenchmarkRecordDecode(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestRestampIsPrepareAtTheNewTime: a Doc prepared before a version the
+// writer has written since is stamped again at the later time (writtenAt)
+// by changing only what depends on the time; the result must be exactly
+// what preparing at that time gives — stored JSON, record, and index
+// entries (_lastUpdated, and the other parameters that read meta).
+func TestRestampIsPrepareAtTheNewTime(t *testing.T) {
+	_, st := openTestStore(t)
+	docs := []string{
+		`{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"1-8"}]},"meta":{"tag":[{"system":"urn:t","code":"x"}],"lastUpdated":"2001-01-01T00:00:00Z"}}`,
+		`{"resourceType":"Patient","name":[{"family":"Restamp"}],"birthDate":"1970-01-01"}`,
+		`{"resourceType":"Patient","meta":{"profile":["http://example.org/p"],"versionId":"9"},"active":true}`,
+	}
+	t1 := time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
+	t2 := t1.Add(1234567 * time.Microsecond)
+	for i, raw := range docs {
+		newDoc := func() *Doc {
+			var m map[string]any
+			dec := json.NewDecoder(strings.NewReader(raw))
+			dec.UseNumber()
+			if err := dec.Decode(&m); err != nil {
+				t.Fatal(err)
+			}
+			return &Doc{Type: m["resourceType"].(string), ID: "id-" + string(rune('a'+i)), Map: m, JSON: []byte(raw)}
+		}
+		got, want := newDoc(), newDoc()
+		st.prepareAt(got, t1)
+		st.restamp(got, t2)
+		st.prepareAt(want, t2)
+		if string(got.stamped) != string(want.stamped) {
+			t.Errorf("doc %d: stored JSON\n got %s\nwant %s", i, got.stamped, want.stamped)
+		}
+		if string(got.record) != string(want.record) {
+			t.Errorf("doc %d: the record differs from one prepared at the new time", i)
+		}
+		if !got.LastUpdated.Equal(t2) {
+			t.Errorf("doc %d: LastUpdated %s, want %s", i, got.LastUpdated, t2)
+		}
+		if g, w := entrySet(got.Entries), entrySet(want.Entries); g != w {
+			t.Errorf("doc %d: index entries\n got %s\nwant %s", i, g, w)
+		}
+		if !strings.Contains(entrySet(got.Entries), "_lastUpdated") {
+			t.Errorf("doc %d: no _lastUpdated entry: %s", i, entrySet(got.Entries))
+		}
+		v, err := decodeRecord(got.Type, got.ID, got.record, true)
+		if err != nil || string(v.JSON) != string(want.stamped) || !v.LastUpdated.Equal(t2) {
+			t.Errorf("doc %d: the record reads back as %s at %s (%v)", i, v.JSON, v.LastUpdated, err)
+		}
+	}
+}
+
+func entrySet(es []search.Entry) string {
+	l := make([]string, 0, len(es))
+	for _, e := range es {
+		l = append(l, e.Param+"="+e.Key+"/"+string(e.Payload))
+	}
+	slices.Sort(l)
+	return strings.Join(l, "\n")
 }

@@ -234,6 +234,39 @@ func (s *Store) prepareAt(d *Doc, at time.Time) {
 	}
 }
 
+// restamp moves a prepared Doc to the time at, as prepareAt would, but
+// keeps what does not depend on the time: only the head of the stored JSON
+// (recordHead), the record's lastUpdated and the index entries of the
+// parameters that read meta change, and the compressed JSON Prepare made
+// is kept. The writer restamps every version prepared before one it has
+// written since (see writtenAt), a large transaction's thousands included.
+func (s *Store) restamp(d *Doc, at time.Time) {
+	old := recordHead(nil, d.Type, d.ID, 1, d.LastUpdated)
+	meta, _ := d.Map["meta"].(map[string]any)
+	if meta == nil || d.stamped == nil || len(d.record) < recordFixed || d.record[0]&flagHead == 0 ||
+		d.stampedID != d.ID || !bytes.HasPrefix(d.stamped, old) || d.Entries == nil {
+		s.prepareAt(d, at)
+		return
+	}
+	d.LastUpdated = at
+	meta["lastUpdated"] = at.Format(time.RFC3339Nano)
+	stamped := recordHead(make([]byte, 0, len(d.stamped)), d.Type, d.ID, 1, at)
+	d.stamped = append(stamped, d.stamped[len(old):]...)
+	// A new record, not the old one changed: a value put stays the
+	// database's until the commit.
+	rec := bytes.Clone(d.record)
+	binary.BigEndian.PutUint64(rec[9:], uint64(at.UnixMicro()))
+	d.record = rec
+	fresh, codes := s.reg.ExtractReading(d.Type, "meta", d.Map)
+	entries := make([]search.Entry, 0, len(d.Entries))
+	for _, e := range d.Entries {
+		if !codes[e.Param] {
+			entries = append(entries, e)
+		}
+	}
+	d.Entries = append(entries, fresh...)
+}
+
 // PutOptions qualify a Put.
 type PutOptions struct {
 	// IfMatch, when non-zero, is the version the current one must be.
@@ -255,7 +288,7 @@ func (tx *Tx) Put(d *Doc, opts PutOptions) (*Version, error) {
 	if at := tx.s.writtenAt(d.LastUpdated); !at.Equal(d.LastUpdated) {
 		// Prepared before a version written since: stamped again, at
 		// that version's time, with its _lastUpdated index entry.
-		tx.s.prepareAt(d, at)
+		tx.s.restamp(d, at)
 	}
 	prev, err := tx.current(d.Type, d.ID)
 	if err != nil {
