@@ -1194,40 +1194,14 @@ func (r *Runner) ingestChunk(rn *run, rec *record, f bulkFile, c *chunk) error {
 			}
 		}
 		s.Chunks++
-		if len(w.written) > 0 {
-			doc, err := provenance.ForIngestedPage(provenance.IngestedPage{
-				ID:                   fmt.Sprintf("bulk-%d-chunk-%d", cur.ID, s.Chunks),
-				Recorded:             now,
-				PageURL:              f.URL,
-				Description:          fmt.Sprintf("lines %d-%d of the %s file of bulk exchange job %d", c.first+1, c.first+int64(len(c.lines)), f.Type, cur.ID),
-				SourceName:           cur.SourceName,
-				SourceOrganizationID: cur.SourceOrganizationID,
-				Resources:            w.written,
-				Versioned:            r.cfg.VersionedReferences,
-			})
-			if err != nil {
-				return errs.E("batch.provenance", errs.Internal, err)
-			}
-			if _, err := r.fhir.Put(tx, doc, 0); err != nil {
-				return fmt.Errorf("batch: write Provenance %s: %w", doc.ID, err)
-			}
-			cur.ProvenanceIDs = append(cur.ProvenanceIDs, doc.ID)
+		if err := r.recordWritten(tx, cur, provenance.IngestedPage{
+			ID:          fmt.Sprintf("bulk-%d-chunk-%d", cur.ID, s.Chunks),
+			Recorded:    now,
+			PageURL:     f.URL,
+			Description: fmt.Sprintf("lines %d-%d of the %s file of bulk exchange job %d", c.first+1, c.first+int64(len(c.lines)), f.Type, cur.ID),
+		}, pg, w); err != nil {
+			return err
 		}
-		if cur.Resources == nil {
-			cur.Resources = map[string]int{}
-		}
-		for _, res := range pg.resources {
-			cur.Resources[res.typ]++
-		}
-		for typ, n := range pg.skipped {
-			if cur.Skipped == nil {
-				cur.Skipped = map[string]int{}
-			}
-			cur.Skipped[typ] += n
-		}
-		cur.Versions += w.versions
-		cur.Unchanged += w.unchanged
-		cur.Relinked += w.relinked
 		cp.written = make(map[string]bool, len(w.written))
 		for _, res := range w.written {
 			cp.written[res.Type+"/"+res.ID] = true

@@ -531,7 +531,6 @@ func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKi
 	if err != nil {
 		return nil, err
 	}
-	written, versions, unchanged, relinked := w.written, w.versions, w.unchanged, w.relinked
 	if o.skipMDM {
 		rec.MDMNote = o.mdmNote
 	} else if pg.member != nil && r.linker.Enabled() {
@@ -546,40 +545,14 @@ func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKi
 		}
 	}
 	rec.Pages++
-	if len(written) > 0 {
-		doc, err := provenance.ForIngestedPage(provenance.IngestedPage{
-			ID:                   fmt.Sprintf("batch-%d-page-%d", rec.ID, rec.Pages),
-			Recorded:             now,
-			PageURL:              pg.url,
-			Description:          fmt.Sprintf("page %d of P2P batch job %d", rec.Pages, rec.ID),
-			SourceName:           rec.SourceName,
-			SourceOrganizationID: rec.SourceOrganizationID,
-			Resources:            written,
-			Versioned:            r.cfg.VersionedReferences,
-		})
-		if err != nil {
-			return nil, errs.E("batch.provenance", errs.Internal, err)
-		}
-		if _, err := r.fhir.Put(tx, doc, 0); err != nil {
-			return nil, fmt.Errorf("batch: write Provenance %s: %w", doc.ID, err)
-		}
-		rec.ProvenanceIDs = append(rec.ProvenanceIDs, doc.ID)
+	if err := r.recordWritten(tx, rec, provenance.IngestedPage{
+		ID:          fmt.Sprintf("batch-%d-page-%d", rec.ID, rec.Pages),
+		Recorded:    now,
+		PageURL:     pg.url,
+		Description: fmt.Sprintf("page %d of P2P batch job %d", rec.Pages, rec.ID),
+	}, pg, w); err != nil {
+		return nil, err
 	}
-	if rec.Resources == nil {
-		rec.Resources = map[string]int{}
-	}
-	for _, res := range pg.resources {
-		rec.Resources[res.typ]++
-	}
-	for typ, n := range pg.skipped {
-		if rec.Skipped == nil {
-			rec.Skipped = map[string]int{}
-		}
-		rec.Skipped[typ] += n
-	}
-	rec.Versions += versions
-	rec.Unchanged += unchanged
-	rec.Relinked += relinked
 	if kind == dataPage {
 		rec.NextURL = pg.next
 		if pg.next != "" && failNext == "" {
@@ -604,6 +577,42 @@ func (r *Runner) writePage(tx *store.Tx, id int64, pg *preparedPage, kind pageKi
 		return rec, r.end(tx, rec, Completed, "", false, o, now)
 	}
 	return rec, putJob(tx, rec, now)
+}
+
+// recordWritten writes in tx the Provenance of a page (or bulk file
+// chunk) whose resources w holds, when it wrote or kept any, naming rec's
+// source payer; prov gives its id, time, URL and description. It then adds
+// the page's counts to rec: resources by type, those skipped, versions,
+// unchanged and relinked.
+func (r *Runner) recordWritten(tx *store.Tx, rec *record, prov provenance.IngestedPage, pg *preparedPage, w writtenPage) error {
+	if len(w.written) > 0 {
+		prov.SourceName, prov.SourceOrganizationID = rec.SourceName, rec.SourceOrganizationID
+		prov.Resources, prov.Versioned = w.written, r.cfg.VersionedReferences
+		doc, err := provenance.ForIngestedPage(prov)
+		if err != nil {
+			return errs.E("batch.provenance", errs.Internal, err)
+		}
+		if _, err := r.fhir.Put(tx, doc, 0); err != nil {
+			return fmt.Errorf("batch: write Provenance %s: %w", doc.ID, err)
+		}
+		rec.ProvenanceIDs = append(rec.ProvenanceIDs, doc.ID)
+	}
+	if rec.Resources == nil {
+		rec.Resources = map[string]int{}
+	}
+	for _, res := range pg.resources {
+		rec.Resources[res.typ]++
+	}
+	for typ, n := range pg.skipped {
+		if rec.Skipped == nil {
+			rec.Skipped = map[string]int{}
+		}
+		rec.Skipped[typ] += n
+	}
+	rec.Versions += w.versions
+	rec.Unchanged += w.unchanged
+	rec.Relinked += w.relinked
+	return nil
 }
 
 // writtenPage is what writeResources did.
