@@ -36,12 +36,8 @@ var ErrCopyUnfinished = errors.New("the database holds a `p2pserver migrate` cop
 func CheckCopied(ctx context.Context, db DB) error {
 	unfinished := false
 	if err := db.View(ctx, func(tx backend.Tx) error {
-		// A backend may answer an empty bucket for any name (PostgreSQL
-		// does): a copy was started only where progress was recorded.
 		if p := tx.Bucket([]byte(copyProgress)); p != nil {
-			if k, _ := p.Cursor().First(); k != nil {
-				unfinished = p.Get(copyVerified) == nil
-			}
+			unfinished = p.Get(copyVerified) == nil
 		}
 		return nil
 	}); err != nil {

@@ -26,13 +26,14 @@ const headLen = 17
 // with the rows as arrays.
 func (t *tx) commit() error {
 	var (
-		newNames []string
-		seqNames []string
-		seqs     []int64
-		kvB      []string
-		kvK, kvV [][]byte
-		kvDB     []string
-		kvDK     [][]byte
+		newNames  []string
+		dropNames []string
+		seqNames  []string
+		seqs      []int64
+		kvB       []string
+		kvK, kvV  [][]byte
+		kvDB      []string
+		kvDK      [][]byte
 		// resources, versions, entries, search, changes
 		rT, rI       []string
 		rV           []int64
@@ -59,19 +60,26 @@ func (t *tx) commit() error {
 	bad := func(tb table, k []byte) error {
 		return fmt.Errorf("bucket %s: key %q is not one of its keys", tb.name, k)
 	}
+	// A bucket's row in p2p_buckets is its existence: the rows of the
+	// buckets deleted go (made again for those created again), the
+	// buckets created get one.
 	t.db.mu.Lock()
 	for name, o := range t.buckets {
-		if (len(o.dirty) > 0 || o.seqSet || o.cleared) && !t.db.known[name] {
+		if o.exists > 0 && (o.created || o.cleared || (len(o.dirty) > 0 || o.seqSet) && !t.db.known[name]) {
 			newNames = append(newNames, name)
 		}
 	}
 	t.db.mu.Unlock()
 	for name, o := range t.buckets {
-		if o.seqSet {
-			seqNames, seqs = append(seqNames, name), append(seqs, o.seq)
-		}
 		if o.cleared {
 			cleared = append(cleared, o.t)
+			dropNames = append(dropNames, name)
+		}
+		if o.exists < 0 {
+			continue
+		}
+		if o.seqSet {
+			seqNames, seqs = append(seqNames, name), append(seqs, o.seq)
 		}
 		tb := o.t
 		for _, ks := range o.dirty {
@@ -167,6 +175,9 @@ func (t *tx) commit() error {
 		b := &pgx.Batch{}
 		if !upsert {
 			b.Queue("SAVEPOINT flush")
+		}
+		if len(dropNames) > 0 {
+			b.Queue(`DELETE FROM p2p_buckets WHERE name = ANY($1::text[])`, dropNames)
 		}
 		if len(seqNames) > 0 {
 			b.Queue(`INSERT INTO p2p_buckets (name, seq) SELECT * FROM unnest($1::text[], $2::int8[])
@@ -275,8 +286,11 @@ func (t *tx) commit() error {
 		}
 		t.db.mu.Unlock()
 	}
-	if len(newNames) > 0 {
+	if len(newNames) > 0 || len(dropNames) > 0 {
 		t.db.mu.Lock()
+		for _, n := range dropNames {
+			delete(t.db.known, n)
+		}
 		for _, n := range newNames {
 			t.db.known[n] = true
 		}

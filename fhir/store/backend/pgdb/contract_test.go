@@ -21,7 +21,7 @@ import (
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 // buckets covers every table the store's buckets map onto.
-var buckets = []string{"outbox", "R:Patient", "H:Patient", "X:Patient", "I:Patient:name", "C", "C:Patient"}
+var buckets = []string{"outbox", "R:Patient", "H:Patient", "X:Patient", "I:Patient:name", "C", "C:Patient", "jobs"}
 
 // randKey returns a key of bucket name, from a small space so that keys
 // meet: ids, history keys, index keys, sequences, arbitrary bytes.
@@ -98,8 +98,9 @@ func (p pair) String() string { return fmt.Sprintf("%q=%q", p.k, p.v) }
 var errTakeBack = errors.New("taken back")
 
 // TestBackendsAgree runs the same random transactions on bbolt and on
-// PostgreSQL and checks every answer is the same: gets, cursor moves in
-// both directions over the transaction's own changes merged with the
+// PostgreSQL and checks every answer is the same: which buckets exist
+// (made, made again, deleted, never made), gets, cursor moves in both
+// directions over the transaction's own changes merged with the
 // database's rows, sequences, and what a later transaction sees after a
 // commit or a rollback.
 func TestBackendsAgree(t *testing.T) {
@@ -127,20 +128,52 @@ func TestBackendsAgree(t *testing.T) {
 	step := func(bt, pt backend.Tx, write bool, cursors map[string][2]backend.Cursor) {
 		name := buckets[r.IntN(len(buckets))]
 		bb, pb := bt.Bucket([]byte(name)), pt.Bucket([]byte(name))
-		if write && bb == nil {
-			bb, _ = bt.CreateBucketIfNotExists([]byte(name))
+		if (bb == nil) != (pb == nil) {
+			fail("%s exists: bolt %v, pg %v", name, bb != nil, pb != nil)
 		}
-		op := r.IntN(10)
-		if op < 3 {
+		op := r.IntN(11)
+		if !write && (op < 4 || op == 10) {
+			op = 4 + r.IntN(6)
+		}
+		if op < 4 && bb == nil {
+			// Written to, the bucket is made first.
+			var perr error
+			bb, _ = bt.CreateBucket([]byte(name))
+			if pb, perr = pt.CreateBucket([]byte(name)); perr != nil {
+				fail("pg create %s: %v", name, perr)
+			}
+			log = append(log, "create "+name)
+		}
+		if op < 3 || op == 10 {
 			// bbolt's cursors are undefined after a change to their
 			// bucket: they are made again.
 			delete(cursors, name)
 			delete(cursors, "H:Patient")
 		}
-		if !write && op < 4 {
-			op = 4 + r.IntN(6)
-		}
 		switch op {
+		case 10:
+			// The bucket itself: made, made if missing, or deleted, with
+			// the same refusals (made twice, deleted when missing).
+			var a, b error
+			var what string
+			switch r.IntN(3) {
+			case 0:
+				what = "CreateBucket"
+				_, a = bt.CreateBucket([]byte(name))
+				_, b = pt.CreateBucket([]byte(name))
+			case 1:
+				what = "CreateBucketIfNotExists"
+				_, a = bt.CreateBucketIfNotExists([]byte(name))
+				_, b = pt.CreateBucketIfNotExists([]byte(name))
+			case 2:
+				what = "DeleteBucket"
+				a = bt.DeleteBucket([]byte(name))
+				b = pt.DeleteBucket([]byte(name))
+			}
+			log = append(log, fmt.Sprintf("%s %s: %v", what, name, a))
+			if (a == nil) != (b == nil) {
+				fail("%s %s: bolt %v, pg %v", what, name, a, b)
+			}
 		case 0, 1:
 			k, v := randKey(r, name), randValue(r)
 			if strings.HasPrefix(name, "R:") && r.IntN(2) == 0 {
@@ -153,7 +186,11 @@ func TestBackendsAgree(t *testing.T) {
 					if err := hb.Put(h, v); err != nil {
 						fail("bolt put: %v", err)
 					}
-					if err := pt.Bucket([]byte("H:Patient")).Put(h, v); err != nil {
+					ph, err := pt.CreateBucketIfNotExists([]byte("H:Patient"))
+					if err != nil {
+						fail("pg create H:Patient: %v", err)
+					}
+					if err := ph.Put(h, v); err != nil {
 						fail("pg put: %v", err)
 					}
 					log = append(log, fmt.Sprintf("put H:Patient %q", h))
@@ -183,11 +220,10 @@ func TestBackendsAgree(t *testing.T) {
 			}
 		case 4:
 			k := randKey(r, name)
-			var a []byte
+			var a, b []byte
 			if bb != nil {
-				a = bb.Get(k)
+				a, b = bb.Get(k), pb.Get(k)
 			}
-			b := pb.Get(k)
 			if !bytes.Equal(a, b) || (a == nil) != (b == nil) {
 				fail("get %s %q: bolt %q, pg %q", name, k, a, b)
 			}
@@ -197,9 +233,6 @@ func TestBackendsAgree(t *testing.T) {
 			cs, ok := cursors[name]
 			if !ok || r.IntN(3) == 0 {
 				if bb == nil {
-					if pk, _ := pb.Cursor().First(); pk != nil {
-						fail("%s: bolt has no bucket, pg has %q", name, pk)
-					}
 					return
 				}
 				cs = [2]backend.Cursor{bb.Cursor(), pb.Cursor()}
@@ -267,17 +300,34 @@ func TestBackendsAgree(t *testing.T) {
 		if err != nil && !errors.Is(err, errTakeBack) {
 			fail("round %d: %v", round, err)
 		}
-		// What each holds now, bucket by bucket, is the same.
+		// What each holds now is the same: the same buckets, listed
+		// alike, with the same keys and sequences.
 		err = bolt.View(ctx, func(bt backend.Tx) error {
 			return pg.View(ctx, func(pt backend.Tx) error {
+				names := func(tx backend.Tx) []string {
+					var ns []string
+					tx.ForEach(func(n []byte, _ backend.Bucket) error { ns = append(ns, string(n)); return nil })
+					return ns
+				}
+				if a, b := names(bt), names(pt); fmt.Sprint(a) != fmt.Sprint(b) {
+					fail("after round %d, the buckets are\nbolt %q\npg   %q", round, a, b)
+				}
 				for _, name := range buckets {
-					var a, b []pair
-					if bb := bt.Bucket([]byte(name)); bb != nil {
-						bb.ForEach(func(k, v []byte) error { a = append(a, pair{bytes.Clone(k), bytes.Clone(v)}); return nil })
+					bb, pb := bt.Bucket([]byte(name)), pt.Bucket([]byte(name))
+					if (bb == nil) != (pb == nil) {
+						fail("after round %d, %s exists: bolt %v, pg %v", round, name, bb != nil, pb != nil)
 					}
-					pt.Bucket([]byte(name)).ForEach(func(k, v []byte) error { b = append(b, pair{k, v}); return nil })
+					if bb == nil {
+						continue
+					}
+					var a, b []pair
+					bb.ForEach(func(k, v []byte) error { a = append(a, pair{bytes.Clone(k), bytes.Clone(v)}); return nil })
+					pb.ForEach(func(k, v []byte) error { b = append(b, pair{k, v}); return nil })
 					if fmt.Sprint(a) != fmt.Sprint(b) {
 						fail("after round %d, %s holds\nbolt %v\npg   %v", round, name, a, b)
+					}
+					if a, b := bb.Sequence(), pb.Sequence(); a != b {
+						fail("after round %d, %s's sequence: bolt %d, pg %d", round, name, a, b)
 					}
 				}
 				return nil

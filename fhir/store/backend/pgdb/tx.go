@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"slices"
 
 	"github.com/jackc/pgx/v5"
@@ -111,6 +112,12 @@ type obucket struct {
 	dirty   []string // keys of dirty entries, sorted when sorted is set
 	sorted  bool
 	cleared bool // DeleteBucket: the database's rows are gone
+	// exists is whether the bucket exists in the transaction: 0 not
+	// known yet, 1 it does, -1 it does not (never created, or deleted).
+	exists int8
+	// created is set by CreateBucket: the bucket's row in p2p_buckets
+	// is made at commit.
+	created bool
 	seq     int64
 	seqRead bool
 	seqSet  bool
@@ -212,31 +219,118 @@ func (t *tx) obucket(name []byte) *obucket {
 	return o
 }
 
-// Bucket returns the bucket name. Every bucket exists (an empty one reads
-// as empty), so Bucket never returns nil.
+// Bucket returns the bucket name, nil when it does not exist: a bucket
+// exists from its CreateBucket to its DeleteBucket, recorded by its row
+// in p2p_buckets. Names seen there are remembered by the DB (a bucket
+// is deleted only by the store's upgrade at start, or as part of the
+// write that created it), so that a bucket in use costs no round trip.
 func (t *tx) Bucket(name []byte) backend.Bucket {
-	return &bucket{t: t, o: t.obucket(name)}
-}
-
-func (t *tx) CreateBucket(name []byte) (backend.Bucket, error) { return t.Bucket(name), nil }
-
-func (t *tx) CreateBucketIfNotExists(name []byte) (backend.Bucket, error) {
-	return t.Bucket(name), nil
-}
-
-// DeleteBucket removes every key of name and its sequence.
-func (t *tx) DeleteBucket(name []byte) error {
 	o := t.obucket(name)
+	if !t.exists(o) {
+		return nil
+	}
+	return &bucket{t: t, o: o}
+}
+
+// exists reports whether o's bucket exists in the transaction, reading
+// its row (and sequence) when neither the transaction nor the DB knows.
+// A transaction that has failed answers that it does, so that its
+// callers meet empty buckets rather than nil ones until it ends.
+func (t *tx) exists(o *obucket) bool {
+	if o.exists != 0 {
+		return o.exists > 0
+	}
+	t.db.mu.Lock()
+	known := t.db.known[o.t.name]
+	t.db.mu.Unlock()
+	if known {
+		o.exists = 1
+		return true
+	}
+	found := false
+	var seq int64
+	t.rows("SELECT seq FROM p2p_buckets WHERE name = $1", []any{o.t.name}, func(r pgx.Rows) error {
+		found = true
+		return r.Scan(&seq)
+	})
+	if t.err != nil {
+		return true
+	}
+	if !found {
+		o.exists = -1
+		return false
+	}
+	o.exists = 1
+	if !o.seqRead {
+		o.seq, o.seqRead = seq, true
+	}
+	t.db.mu.Lock()
+	t.db.known[o.t.name] = true
+	t.db.mu.Unlock()
+	return true
+}
+
+// errBucketExists and errNoBucket are CreateBucket's and DeleteBucket's
+// refusals, and errNoBucket a change to a bucket deleted meanwhile.
+var (
+	errBucketExists = errors.New("bucket already exists")
+	errNoBucket     = errors.New("bucket not found")
+)
+
+// CreateBucket creates the bucket name, failing if it exists.
+func (t *tx) CreateBucket(name []byte) (backend.Bucket, error) {
+	if !t.writable {
+		return nil, errReadOnly
+	}
+	o := t.obucket(name)
+	if t.exists(o) {
+		if t.err != nil {
+			return nil, t.err
+		}
+		return nil, errBucketExists
+	}
+	t.noteBucket(o)
+	o.exists, o.created = 1, true
+	if !o.cleared {
+		// Not in p2p_buckets: it holds nothing yet.
+		o.seq, o.seqRead = 0, true
+	}
+	return &bucket{t: t, o: o}, nil
+}
+
+// CreateBucketIfNotExists returns the bucket name, created if needed.
+func (t *tx) CreateBucketIfNotExists(name []byte) (backend.Bucket, error) {
+	if b := t.Bucket(name); b != nil {
+		return b, t.err
+	}
+	return t.CreateBucket(name)
+}
+
+// DeleteBucket removes the bucket name, every key of it and its
+// sequence, failing if it does not exist.
+func (t *tx) DeleteBucket(name []byte) error {
+	if !t.writable {
+		return errReadOnly
+	}
+	o := t.obucket(name)
+	if !t.exists(o) {
+		return errNoBucket
+	}
+	if t.err != nil {
+		return t.err
+	}
 	t.noteBucket(o)
 	clear(o.m)
 	o.dirty, o.sorted = nil, true
 	o.cleared = true
-	o.seq, o.seqRead, o.seqSet = 0, true, true
+	o.exists, o.created = -1, false
+	o.seq, o.seqRead, o.seqSet = 0, true, false
 	return t.err
 }
 
-// ForEach calls fn with every bucket written since the database was
-// made, in name order.
+// ForEach calls fn with every bucket that exists, in name order: those
+// in p2p_buckets and those the transaction created, less those it
+// deleted.
 func (t *tx) ForEach(fn func(name []byte, b backend.Bucket) error) error {
 	var names []string
 	t.rows("SELECT name FROM p2p_buckets ORDER BY name", nil, func(r pgx.Rows) error {
@@ -244,11 +338,16 @@ func (t *tx) ForEach(fn func(name []byte, b backend.Bucket) error) error {
 		if err := r.Scan(&n); err != nil {
 			return err
 		}
+		if o := t.buckets[n]; o == nil {
+			t.obucket([]byte(n)).exists = 1
+		} else if o.exists < 0 {
+			return nil
+		}
 		names = append(names, n)
 		return nil
 	})
 	for n, o := range t.buckets {
-		if len(o.dirty) > 0 || o.seqSet {
+		if o.created {
 			names = append(names, n)
 		}
 	}
@@ -258,7 +357,7 @@ func (t *tx) ForEach(fn func(name []byte, b backend.Bucket) error) error {
 		return t.err
 	}
 	for _, n := range names {
-		if err := fn([]byte(n), t.Bucket([]byte(n))); err != nil {
+		if err := fn([]byte(n), &bucket{t: t, o: t.obucket([]byte(n))}); err != nil {
 			return err
 		}
 	}
@@ -355,6 +454,9 @@ func (b *bucket) Put(key, value []byte) error {
 	if !b.t.writable {
 		return errReadOnly
 	}
+	if b.o.exists < 0 {
+		return errNoBucket
+	}
 	if len(key) == 0 {
 		return errEmptyKey
 	}
@@ -369,6 +471,9 @@ func (b *bucket) Put(key, value []byte) error {
 func (b *bucket) Delete(key []byte) error {
 	if !b.t.writable {
 		return errReadOnly
+	}
+	if b.o.exists < 0 {
+		return errNoBucket
 	}
 	b.t.note(b.o, string(key))
 	b.o.set(string(key), nil)
@@ -400,6 +505,9 @@ func (b *bucket) SetSequence(v uint64) error {
 	if !b.t.writable {
 		return errReadOnly
 	}
+	if b.o.exists < 0 {
+		return errNoBucket
+	}
 	b.Sequence()
 	b.t.noteSeq(b.o)
 	b.o.seq, b.o.seqSet = int64(v), true
@@ -409,6 +517,9 @@ func (b *bucket) SetSequence(v uint64) error {
 func (b *bucket) NextSequence() (uint64, error) {
 	if !b.t.writable {
 		return 0, errReadOnly
+	}
+	if b.o.exists < 0 {
+		return 0, errNoBucket
 	}
 	s := b.Sequence()
 	if b.t.err != nil {
