@@ -6,22 +6,30 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
 )
 
-// runMigrate is `p2pserver migrate -from <bbolt file> -to <postgres URL>`:
-// it copies a database whole (see store.Copy), resumably, and prints the
-// count of keys per bucket in both databases. Stop the p2pserver using
-// the bbolt file first (its lock keeps the copy from starting otherwise).
+// runMigrate is `p2pserver migrate -from <database> -to <database>`: it
+// copies a database whole (see store.Copy), resumably, and prints the
+// count of keys per bucket in both databases. Each side is a bbolt file or
+// a postgres:// URL, so that it serves every direction: bbolt to
+// PostgreSQL (scaling out), PostgreSQL back to bbolt (the way back),
+// bbolt to bbolt (a compact copy of a file grown large) and PostgreSQL to
+// PostgreSQL. Every p2pserver on -from must be stopped first: a bbolt
+// file's lock keeps the copy from starting otherwise, a PostgreSQL
+// database has no such lock.
 func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("p2pserver migrate", flag.ContinueOnError)
 	fs.SetOutput(out)
-	from := fs.String("from", "", "the bbolt database file to copy (the -db of the server it served; stop that server first)")
-	to := fs.String("to", "", "the database to copy into: a postgres:// URL (its schema is created), empty or holding an unfinished copy")
+	from := fs.String("from", "", "the database to copy: a bbolt file or a postgres:// URL (the -db of the servers it served; stop them first)")
+	to := fs.String("to", "", "the database to copy into: a bbolt file (created) or a postgres:// URL (its schema is created), empty or holding an unfinished copy")
 	quiet := fs.Bool("quiet", false, "print only the verification, not each chunk copied")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -31,27 +39,42 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	case fs.NArg() > 0:
 		return fmt.Errorf("unexpected argument %q: migrate takes -from and -to", fs.Arg(0))
 	case *from == "" || *to == "":
-		return errors.New("-from (a bbolt file) and -to (a postgres:// URL) are both required")
-	case store.IsPostgres(*from):
-		return errors.New("-from: give the bbolt file to copy; copying out of PostgreSQL is done with PostgreSQL's own tools (pg_dump)")
+		return errors.New("-from and -to are both required: each a bbolt file or a postgres:// URL")
+	}
+	if err := store.CheckDSN(*from); err != nil {
+		return fmt.Errorf("-from: %w", err)
 	}
 	if err := store.CheckDSN(*to); err != nil {
 		return fmt.Errorf("-to: %w", err)
 	}
-	if fi, err := os.Stat(*from); err != nil || fi.IsDir() {
-		return fmt.Errorf("-from: %s is not a database file", *from)
+	if sameDatabase(*from, *to) {
+		return errors.New("-from and -to name the same database: copy into another one")
+	}
+	if !store.IsPostgres(*from) {
+		if fi, err := os.Stat(*from); err != nil || !fi.Mode().IsRegular() || fi.Size() == 0 {
+			return fmt.Errorf("-from: %s is not a database file", *from)
+		}
 	}
 	src, err := store.OpenDB(ctx, *from, store.DBOptions{})
 	if err != nil {
 		return fmt.Errorf("-from: %w", err)
 	}
 	defer src.Close()
+	buckets := 0
+	if err := src.View(ctx, func(tx backend.Tx) error {
+		return tx.ForEach(func([]byte, backend.Bucket) error { buckets++; return nil })
+	}); err != nil {
+		return fmt.Errorf("-from: %w", err)
+	}
+	if buckets == 0 {
+		return fmt.Errorf("-from: %s holds no p2pserver database", store.RedactDSN(*from))
+	}
 	dst, err := store.OpenDB(ctx, *to, store.DBOptions{})
 	if err != nil {
 		return fmt.Errorf("-to: %w", err)
 	}
 	defer dst.Close()
-	fmt.Fprintf(out, "copying %s to %s\n", *from, store.RedactDSN(*to))
+	fmt.Fprintf(out, "copying %s to %s\n", store.RedactDSN(*from), store.RedactDSN(*to))
 	progress := func(bucket string, n int) {
 		if !*quiet {
 			fmt.Fprintf(out, "  %s: %d keys\n", bucket, n)
@@ -78,4 +101,28 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fmt.Fprintln(out, "the copy is complete and verified: start p2pserver with -db", store.RedactDSN(*to))
 	return nil
+}
+
+// sameDatabase reports whether a and b name one database: the same bbolt
+// file, or the same PostgreSQL host, port and database.
+func sameDatabase(a, b string) bool {
+	if store.IsPostgres(a) != store.IsPostgres(b) {
+		return false
+	}
+	if store.IsPostgres(a) {
+		ua, errA := url.Parse(a)
+		ub, errB := url.Parse(b)
+		return errA == nil && errB == nil && strings.EqualFold(ua.Host, ub.Host) && ua.Path == ub.Path
+	}
+	pa, errA := filepath.Abs(a)
+	pb, errB := filepath.Abs(b)
+	if errA != nil || errB != nil {
+		return false
+	}
+	if fa, err := os.Stat(pa); err == nil {
+		if fb, err := os.Stat(pb); err == nil {
+			return os.SameFile(fa, fb)
+		}
+	}
+	return pa == pb
 }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/p2pserver/p2pserver/fhir/search"
+	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/fhir/store/backend"
 	"github.com/p2pserver/p2pserver/internal/pgtest"
@@ -275,5 +277,182 @@ func TestFreshDatabaseIsNotAnUnfinishedCopy(t *testing.T) {
 			t.Errorf("%s: a fresh database: %v", name, err)
 		}
 		d.Close()
+	}
+}
+
+// dumpDB returns every bucket of db with its sequence and every key and
+// value, as text.
+func dumpDB(t *testing.T, db store.DB) string {
+	t.Helper()
+	var b strings.Builder
+	if err := db.View(context.Background(), func(tx backend.Tx) error {
+		return tx.ForEach(func(name []byte, bk backend.Bucket) error {
+			if string(name) == "migrate_progress" {
+				return nil // the copy's own record, in the copy only
+			}
+			fmt.Fprintf(&b, "%s seq=%d\n", name, bk.Sequence())
+			return bk.ForEach(func(k, v []byte) error {
+				fmt.Fprintf(&b, "  %q=%q\n", k, v)
+				return nil
+			})
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// TestMigrateEveryDirection: `p2pserver migrate` copies from a bbolt file
+// or a PostgreSQL database into a bbolt file or a PostgreSQL database
+// (bbolt to PostgreSQL to scale out, PostgreSQL to bbolt as the way back,
+// bbolt to bbolt as a compact copy), byte for byte: every bucket, key and
+// sequence, and the copy serves the resource's versions. Every other -from
+// or -to (another scheme, none, a file that is not there, a database with
+// no p2pserver data in it, the same database on both sides) is refused
+// with a message naming the flag, before anything is written.
+func TestMigrateEveryDirection(t *testing.T) {
+	ctx := context.Background()
+	reg := search.NewRegistry(spec.R4())
+	fill := func(dsn string) string {
+		db, err := store.OpenDB(ctx, dsn, store.DBOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		st, err := store.Open(db, reg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, body := range []string{`{"resourceType":"Patient","id":"p1","birthDate":"1990-01-01"}`, `{"resourceType":"Patient","id":"p1","birthDate":"1990-01-02"}`} {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(body), &m); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Write(ctx, func(tx *store.Tx) error {
+				_, err := tx.Put(&store.Doc{Type: "Patient", ID: "p1", Map: m, JSON: []byte(body)}, store.PutOptions{})
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := st.Write(ctx, func(tx *store.Tx) error {
+			jobs := tx.KV("jobs")
+			for range 3 {
+				n, err := jobs.NextSequence()
+				if err != nil {
+					return err
+				}
+				if err := jobs.Put(fmt.Appendf(nil, "%08d", n), []byte(`{"status":"COMPLETED"}`)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+		return dumpDB(t, db)
+	}
+	dir := t.TempDir()
+	boltSrc := filepath.Join(dir, "src.db")
+	pgSrc := pgtest.Database(t)
+	want := map[string]string{boltSrc: fill(boltSrc), pgSrc: fill(pgSrc)}
+	emptyPG := pgtest.Database(t)
+	notThere := filepath.Join(dir, "not-there.db")
+	n := 0
+	newBolt := func() string { n++; return filepath.Join(dir, fmt.Sprintf("copy%d.db", n)) }
+
+	kinds := []string{"bbolt", "postgres", "other scheme", "missing"}
+	for _, fromKind := range kinds {
+		for _, toKind := range kinds {
+			t.Run(fromKind+" to "+toKind, func(t *testing.T) {
+				from := map[string]string{"bbolt": boltSrc, "postgres": pgSrc, "other scheme": "mysql://db.internal/p2p", "missing": ""}[fromKind]
+				to := map[string]string{"bbolt": newBolt(), "postgres": pgtest.Database(t), "other scheme": "sqlite:///var/p2p.db", "missing": ""}[toKind]
+				var out bytes.Buffer
+				err := runMigrate(ctx, []string{"-from", from, "-to", to, "-quiet"}, &out)
+				ok := (fromKind == "bbolt" || fromKind == "postgres") && (toKind == "bbolt" || toKind == "postgres")
+				if !ok {
+					var refusal string
+					switch {
+					case fromKind == "missing" || toKind == "missing":
+						refusal = "-from and -to are both required"
+					case fromKind == "other scheme":
+						refusal = "-from: mysql://… is no kind of database"
+					default:
+						refusal = "-to: sqlite://… is no kind of database"
+					}
+					if err == nil || !strings.Contains(err.Error(), refusal) {
+						t.Fatalf("migrate -from %q -to %q: %v; want a refusal %q", from, to, err, refusal)
+					}
+					if toKind == "bbolt" {
+						if _, err := os.Stat(to); !errors.Is(err, os.ErrNotExist) {
+							t.Errorf("a refused migrate made %s", to)
+						}
+					}
+					return
+				}
+				if err != nil {
+					t.Fatalf("migrate -from %s -to %s: %v\n%s", fromKind, toKind, err, out.String())
+				}
+				if !strings.Contains(out.String(), "complete and verified") {
+					t.Errorf("output:\n%s", out.String())
+				}
+				db, err := store.OpenDB(ctx, to, store.DBOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close()
+				if got := dumpDB(t, db); got != want[from] {
+					t.Errorf("the copy holds\n%s\nthe original\n%s", got, want[from])
+				}
+				if err := store.CheckCopied(ctx, db); err != nil {
+					t.Errorf("the copy: %v", err)
+				}
+				st, err := store.Open(db, reg, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+				if err := st.View(ctx, func(tx *store.Tx) error {
+					v, err := tx.Read("Patient", "p1")
+					if err != nil {
+						return err
+					}
+					if v.VersionID != 2 {
+						t.Errorf("Patient/p1 is at version %d in the copy, want 2", v.VersionID)
+					}
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+
+	for _, c := range []struct{ name, from, to, refusal string }{
+		{"a bbolt file that is not there", notThere, newBolt(), "-from: " + notThere + " is not a database file"},
+		{"a PostgreSQL database with no p2pserver data", emptyPG, newBolt(), "holds no p2pserver database"},
+		{"the same bbolt file", boltSrc, boltSrc, "the same database"},
+		{"the same bbolt file by another path", boltSrc, dir + "/./x/../src.db", "the same database"},
+		{"the same PostgreSQL database", pgSrc, pgSrc, "the same database"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := runMigrate(ctx, []string{"-from", c.from, "-to", c.to}, &out)
+			if err == nil || !strings.Contains(err.Error(), c.refusal) {
+				t.Fatalf("migrate -from %s -to %s: %v; want %q", c.from, c.to, err, c.refusal)
+			}
+		})
+	}
+	// The sources are as they were.
+	for dsn, w := range want {
+		db, err := store.OpenDB(ctx, dsn, store.DBOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := dumpDB(t, db); got != w {
+			t.Errorf("%s changed:\n%s", store.RedactDSN(dsn), got)
+		}
+		db.Close()
 	}
 }
