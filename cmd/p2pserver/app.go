@@ -61,6 +61,7 @@ type app struct {
 	batchAPI  *batch.API
 	elig      *eligibility.Service
 	healthie  *healthie.Healthie // nil when not configured
+	health    *healthCheck
 }
 
 // initialMmapSize is the address space reserved for the database file.
@@ -85,7 +86,7 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		db.Close()
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, db: db, store: st}
+	a := &app{cfg: cfg, log: log, db: db, store: st, health: newHealthCheck(st.Ping)}
 	if err := a.wire(); err != nil {
 		a.Close()
 		return nil, err
@@ -368,7 +369,7 @@ func (a *app) Handler() http.Handler {
 
 func (a *app) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
-	if err := a.store.Ping(r.Context()); err != nil {
+	if err := a.health.check(r.Context()); err != nil {
 		a.log.Error("health check failed", "err", err)
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte(`{"status":"unavailable"}`))
