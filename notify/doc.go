@@ -60,7 +60,11 @@
 // write's cost does not grow with the number of Subscriptions it matches.
 // The worker delivers them after the commit; a failure is retried with
 // exponential backoff and jitter, and after Config.MaxAttempts the
-// notification is kept as failed and its Subscription set to error. A crash
+// notification is kept as failed and its Subscription set to error.
+// Deliveries to one recipient (a Subscription's endpoint, or one email
+// address of it) are made one at a time in the order of the writes that
+// caused them, a retried one holding back the later ones; recipients do
+// not wait for each other (outbox.go). A crash
 // between commit and delivery, or during it, loses nothing: the entry is
 // still pending when the server starts again (at-least-once). Every
 // delivery carries the notification's stable id (X-Notification-Id, and

@@ -127,6 +127,52 @@ func TestAddPayerRequestEmailsAdminsAndMember(t *testing.T) {
 	waitFor(t, "an empty outbox", func() bool { return len(e.outbox("")) == 0 })
 }
 
+// TestEmailsToOneRecipientKeepTheOutboxOrder: the notifications to one
+// recipient arrive in the order of the writes that caused them, even
+// when the first attempt at one fails and waits to be tried again: a
+// member is not told "copying your records" before "we received it".
+// admin1's mail server greylists (refuses the first attempt for a while);
+// the Task changes three more times within the wait. admin1 gets the four
+// in version order, and admin2, whose server takes every attempt, is not
+// held back by admin1's wait.
+func TestEmailsToOneRecipientKeepTheOutboxOrder(t *testing.T) {
+	srv := smtptest.New(t, smtptest.Options{Greylist: []string{"admin1@payer.example.org"}})
+	e := newEnv(t, withSMTP(srv), withConfig(func(c *notify.Config) {
+		// The retry comes after every later write was made.
+		c.Backoff, c.MaxBackoff = 2*time.Second, 2*time.Second
+	}))
+	id := e.do("POST", "/Task", task("member-1", "PAYRB", "angelic@example.org")).want(t, 201).JSON["id"].(string)
+	for _, status := range []string{"accepted", "in-progress", "completed"} {
+		e.setStatus(id, status, "").want(t, 200)
+	}
+	admin2 := func() []string {
+		var vs []string
+		for _, m := range byRecipient(t, srv.Messages())["admin2@payer.example.org"] {
+			if l := historyLink.FindStringSubmatch(m.Text); l != nil {
+				vs = append(vs, l[1])
+			}
+		}
+		return vs
+	}
+	waitFor(t, "admin2's four messages", func() bool { return len(admin2()) == 4 })
+	msgs := byRecipient(t, srv.Wait(12, waitLimit))
+	for _, to := range []string{"admin1@payer.example.org", "admin2@payer.example.org"} {
+		var vs []string
+		for _, m := range msgs[to] {
+			if l := historyLink.FindStringSubmatch(m.Text); l != nil {
+				vs = append(vs, l[1])
+			}
+		}
+		if fmt.Sprint(vs) != "[1 2 3 4]" {
+			t.Errorf("%s got the messages about versions %v, want [1 2 3 4] in that order", to, vs)
+		}
+	}
+	if got := subjectsOf(msgs["angelic@example.org"]); len(got) != 4 || !strings.HasSuffix(got[0], "we received it") {
+		t.Errorf("the member's messages in order: %q", got)
+	}
+	waitFor(t, "an empty outbox", func() bool { return len(e.outbox("")) == 0 })
+}
+
 var historyLink = regexp.MustCompile(`/Task/[^/\s]+/_history/(\d+)`)
 
 func subjectsOf(ms []smtptest.Message) []string {

@@ -54,11 +54,13 @@ func TestDeliveriesTakenOverWhenTheirProcessDies(t *testing.T) {
 		mu.Unlock()
 		w.WriteHeader(http.StatusOK)
 	})
-	e.do("POST", "/Subscription", restHook(recv.srv.URL, "Basic", "application/fhir+json")).want(t, 201)
+	// Three Subscriptions (three recipients, whose deliveries do not
+	// wait for each other's) and one write: three deliveries in flight.
 	const writes = 3
 	for i := range writes {
-		e.do("POST", "/Basic", map[string]any{"resourceType": "Basic", "code": map[string]any{"text": fmt.Sprint("w", i)}}).want(t, 201)
+		e.do("POST", "/Subscription", restHook(fmt.Sprintf("%s/s%d", recv.srv.URL, i), "Basic", "application/fhir+json")).want(t, 201)
 	}
+	e.do("POST", "/Basic", map[string]any{"resourceType": "Basic", "code": map[string]any{"text": "w"}}).want(t, 201)
 	waitFor(t, "every delivery in flight at the receiver", func() bool {
 		mu.Lock()
 		defer mu.Unlock()

@@ -1,6 +1,8 @@
 package notify
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -9,12 +11,22 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/store"
 )
 
-// The outbox lives in two buckets of the store's database: entries by
-// sequence, and the pending ones again by when they are due, so the
-// worker finds what to send without reading the failed ones it keeps.
+// The outbox lives in three buckets of the store's database: entries by
+// sequence; the pending ones again by recipient, in sequence order; and
+// each recipient's first pending one by when it is due, so the worker
+// finds what to send without reading the failed ones it keeps.
+//
+// Deliveries to one recipient (a Subscription's endpoint, or one email
+// address of it) are made one at a time in the outbox's order: a member
+// is not told "completed" before "received", even when the first attempt
+// at "received" failed and waits to be tried again. Only a recipient's
+// first pending notification is in the due index; when it leaves
+// (delivered, dropped or failed for good) the next one takes its place.
+// Recipients do not wait for each other.
 const (
 	bucketOutbox = "notify_outbox" // seq (8 bytes) -> Notification JSON
-	bucketDue    = "notify_due"    // due (8 bytes, unix ns) + seq -> nothing
+	bucketOrder  = "notify_order"  // recipient (16 bytes) + seq -> nothing, pending entries
+	bucketDue    = "notify_due"    // due (8 bytes, unix ns) + seq -> nothing, each recipient's first pending entry
 )
 
 // Headers every delivery carries.
@@ -114,8 +126,32 @@ func addEntry(tx *store.Tx, n *Notification, held string) error {
 	return putEntry(tx, n, time.Time{})
 }
 
+// recipientKey names n's recipient, its Subscription and endpoint,
+// in a fixed length (a rest-hook URL may be long).
+func recipientKey(n *Notification) []byte {
+	h := sha256.Sum256([]byte(n.Subscription + "\x00" + n.Channel + "\x00" + n.Endpoint))
+	return h[:16]
+}
+
+func orderKey(n *Notification) []byte { return append(recipientKey(n), seqKey(n.Seq)...) }
+
+// firstPending returns the sequence of the first pending entry to the
+// recipient rk, 0 when there is none.
+func firstPending(tx *store.Tx, rk []byte) (uint64, error) {
+	var first uint64
+	err := tx.KV(bucketOrder).Scan(rk, func(k, _ []byte) (bool, error) {
+		if len(k) == len(rk)+8 && bytes.HasPrefix(k, rk) {
+			first = binary.BigEndian.Uint64(k[len(rk):])
+		}
+		return false, nil
+	})
+	return first, err
+}
+
 // putEntry writes n, moving its due-index key from oldDue (zero when it
-// had none) to n.NextAttempt when pending.
+// had none) to n.NextAttempt when it is pending and the first pending to
+// its recipient; a notification that stops being pending hands the
+// recipient's turn to the next one.
 func putEntry(tx *store.Tx, n *Notification, oldDue time.Time) error {
 	raw, err := json.Marshal(n)
 	if err != nil {
@@ -130,10 +166,55 @@ func putEntry(tx *store.Tx, n *Notification, oldDue time.Time) error {
 			return err
 		}
 	}
-	if n.Status == StatePending {
-		return due.Put(dueKey(n.NextAttempt, n.Seq), []byte{})
+	if n.Status != StatePending {
+		return leaveOrder(tx, n)
 	}
-	return nil
+	if err := tx.KV(bucketOrder).Put(orderKey(n), []byte{}); err != nil {
+		return err
+	}
+	rk := recipientKey(n)
+	first, err := firstPending(tx, rk)
+	if err != nil || first != n.Seq {
+		return err // it waits for the earlier ones to its recipient
+	}
+	// Put back before later ones (a re-queued failure), n goes first:
+	// the one that was first waits again.
+	var next uint64
+	if err := tx.KV(bucketOrder).Scan(append(rk, seqKey(n.Seq+1)...), func(k, _ []byte) (bool, error) {
+		if len(k) == len(rk)+8 && bytes.HasPrefix(k, rk) {
+			next = binary.BigEndian.Uint64(k[len(rk):])
+		}
+		return false, nil
+	}); err != nil {
+		return err
+	}
+	if next != 0 {
+		if e, err := getEntry(tx, next); err != nil {
+			return err
+		} else if e != nil {
+			if err := due.Delete(dueKey(e.NextAttempt, e.Seq)); err != nil {
+				return err
+			}
+		}
+	}
+	return due.Put(dueKey(n.NextAttempt, n.Seq), []byte{})
+}
+
+// leaveOrder takes n, no longer pending, out of its recipient's order,
+// and makes the recipient's first pending notification due.
+func leaveOrder(tx *store.Tx, n *Notification) error {
+	if err := tx.KV(bucketOrder).Delete(orderKey(n)); err != nil {
+		return err
+	}
+	first, err := firstPending(tx, recipientKey(n))
+	if err != nil || first == 0 {
+		return err
+	}
+	e, err := getEntry(tx, first)
+	if err != nil || e == nil || e.Status != StatePending {
+		return err
+	}
+	return tx.KV(bucketDue).Put(dueKey(e.NextAttempt, e.Seq), []byte{})
 }
 
 // deleteEntry removes n and its due-index key.
@@ -146,7 +227,10 @@ func deleteEntry(tx *store.Tx, n *Notification) error {
 	if err := countRow(tx, -1); err != nil {
 		return err
 	}
-	return tx.KV(bucketOutbox).Delete(seqKey(n.Seq))
+	if err := tx.KV(bucketOutbox).Delete(seqKey(n.Seq)); err != nil {
+		return err
+	}
+	return leaveOrder(tx, n)
 }
 
 // scanEntries calls fn for every entry in sequence order until it returns

@@ -50,6 +50,10 @@ type Options struct {
 	// Refuse lists recipient addresses answered with 550 (a permanent
 	// refusal) at RCPT TO.
 	Refuse []string
+	// Greylist lists recipient addresses whose first RCPT TO is answered
+	// with 451 4.7.1 (a temporary refusal, as greylisting mail servers
+	// answer a sender they have not seen); later ones are taken.
+	Greylist []string
 }
 
 // Message is one message the server accepted.
@@ -81,6 +85,8 @@ type Server struct {
 	srv      *smtp.Server
 	messages []Message
 	changed  chan struct{}
+	// greylisted are the Greylist addresses already refused once.
+	greylisted map[string]bool
 }
 
 // Start listens on opts.Addr and serves until Stop.
@@ -263,6 +269,21 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	for _, r := range ss.s.opts.Refuse {
 		if strings.EqualFold(r, to) {
 			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such mailbox"}
+		}
+	}
+	for _, r := range ss.s.opts.Greylist {
+		if strings.EqualFold(r, to) {
+			s := ss.s
+			s.mu.Lock()
+			seen := s.greylisted[strings.ToLower(to)]
+			if s.greylisted == nil {
+				s.greylisted = map[string]bool{}
+			}
+			s.greylisted[strings.ToLower(to)] = true
+			s.mu.Unlock()
+			if !seen {
+				return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "greylisted, try again later"}
+			}
 		}
 	}
 	ss.to = append(ss.to, to)
