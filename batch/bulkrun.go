@@ -3,6 +3,7 @@ package batch
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -105,21 +106,52 @@ func (r *Runner) openBulk(rn *run, rec *record) string {
 		msg, _ := errs.Public(err)
 		return fmt.Sprintf("the OIDC server definition %d has no usable system access: %s", rec.ServerID, msg)
 	}
-	rn.bulk = &bulkRun{client: &bulk.Client{HTTP: r.bulkHTTP, Tokens: &countedTokens{ts: ts, r: r, job: rec.ID},
+	var secrets []string
+	if srv.ClientSecret != "" {
+		secrets = append(secrets, srv.ClientSecret, url.QueryEscape(srv.ClientSecret),
+			base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(srv.SystemClientID)+":"+url.QueryEscape(srv.ClientSecret))))
+	}
+	rn.bulk = &bulkRun{client: &bulk.Client{HTTP: r.bulkHTTP, Tokens: &countedTokens{ts: ts, r: r, job: rec.ID, secrets: secrets},
 		MinPoll: r.cfg.BulkMinPoll, MaxPoll: r.cfg.BulkMaxPoll}}
 	return ""
 }
 
 // countedTokens counts the system token's renewals after a 401 in the
-// job's tokenRefreshes.
+// job's tokenRefreshes, and tells why the source payer's token endpoint
+// gave no token only through tokenError.
 type countedTokens struct {
 	ts  *oidcservers.SystemTokenSource
 	r   *Runner
 	job int64
+	// secrets are the definition's client secret as it is sent (plain,
+	// form-encoded, and in the Basic credentials).
+	secrets []string
 }
 
 func (c *countedTokens) Token(ctx context.Context) (oidcservers.SystemToken, error) {
-	return c.ts.Token(ctx)
+	tok, err := c.ts.Token(ctx)
+	if err != nil {
+		return tok, tokenError(err, c.secrets)
+	}
+	return tok, nil
+}
+
+// tokenError is err, from the source payer's token endpoint, as a job may
+// show and log it: its message with every credential the answer may echo
+// (the client assertion, the client secret, whole or cut short where the
+// endpoint's error_description was clipped) replaced (bulk.Redact), at
+// most 500 bytes, of the same kind and Retry-After. The cause, which holds
+// the endpoint's whole answer, is left out.
+func tokenError(err error, secrets []string) error {
+	msg, _ := errs.Public(err)
+	msg = bulk.Redact(msg, secrets...)
+	for _, sec := range secrets {
+		// A secret cut short by a clip ends in "…".
+		for k := len(sec) - 1; k >= 6; k-- {
+			msg = strings.ReplaceAll(msg, sec[:k]+"…", "[redacted]…")
+		}
+	}
+	return errs.E("batch.system_token", errs.KindOf(err), clip(msg, 500), errs.RetryAfterOf(err))
 }
 
 func (c *countedTokens) Invalidate(tok string) {

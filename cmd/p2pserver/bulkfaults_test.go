@@ -31,6 +31,8 @@ type livePayer struct {
 	srv   *http.Server
 	h     http.Handler // the app's routes
 	fault atomic.Pointer[func(w http.ResponseWriter, r *http.Request) bool]
+	// logs, when set, receives the server's log at debug level.
+	logs io.Writer
 }
 
 func startLive(t *testing.T, args ...string) *livePayer {
@@ -41,11 +43,18 @@ func startLive(t *testing.T, args ...string) *livePayer {
 // startLiveAt is startLive on the database file db.
 func startLiveAt(t *testing.T, db string, args ...string) *livePayer {
 	t.Helper()
+	return startLiveLogged(t, db, nil, args...)
+}
+
+// startLiveLogged is startLiveAt with the server's log written to logs
+// (when not nil).
+func startLiveLogged(t *testing.T, db string, logs io.Writer, args ...string) *livePayer {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &livePayer{addr: ln.Addr().String()}
+	l := &livePayer{addr: ln.Addr().String(), logs: logs}
 	base := "http://" + l.addr
 	l.args = append([]string{"-db", db, "-base-url", base}, args...)
 	l.payer = &payer{t: t, URL: base}
@@ -61,7 +70,9 @@ func (l *livePayer) serve(ln net.Listener) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	if testing.Verbose() {
+	if l.logs != nil {
+		log = slog.New(slog.NewTextHandler(l.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	} else if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	a, err := newApp(cfg, log)
@@ -283,10 +294,17 @@ type faultPair struct {
 
 func newFaultPair(t *testing.T, members int, targetArgs ...string) *faultPair {
 	t.Helper()
+	return newFaultPairLogged(t, nil, members, targetArgs...)
+}
+
+// newFaultPairLogged is newFaultPair with the target's log written to
+// logs (when not nil).
+func newFaultPairLogged(t *testing.T, logs io.Writer, members int, targetArgs ...string) *faultPair {
+	t.Helper()
 	fp := &faultPair{traffic: newTraffic()}
 	fp.source = startLive(t, "-admin-token", testAdmin, "-secret-key", testSecretKey,
 		"-organization-name", oldPayerName, "-organization-id", "OLDPAYER", "-export-retention", "1h")
-	fp.target = startLive(t, append([]string{"-admin-token", testAdmin, "-backoffice-token", testBackoffice,
+	fp.target = startLiveLogged(t, filepath.Join(t.TempDir(), "p2p.db"), logs, append([]string{"-admin-token", testAdmin, "-backoffice-token", testBackoffice,
 		"-secret-key", "0000000000000000000000000000000000000000000000000000000000000004",
 		"-mdm-identifier-system", "urn:old-payer:member-id", "-bulk-min-poll", "20ms", "-bulk-chunk", "25"}, targetArgs...)...)
 	fp.pid, _ = connectAsSystem(t, fp.target.payer, fp.source.payer, "New Payer", newPayerNPI, oldPayerName, "OLDPAYER")

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestBulkJobNeverShowsWhatTheTokenEndpointEchoes: the old payer's token
+// endpoint may answer the new payer's client_credentials request (SMART
+// Backend Services, "Obtaining an access token") by quoting it: the
+// signed client assertion (a credential until it expires), the client
+// secret (client_secret_basic), its Basic header, in an error, in a
+// token response it makes unusable, in a huge body, or in an HTML page.
+// Whatever it answers, the bulk job ends in a clear state, and neither
+// the job's status, the job list nor the new payer's log holds any of
+// those credentials, whole or in part.
+func TestBulkJobNeverShowsWhatTheTokenEndpointEchoes(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cr3t-Of-The-New-Payer-0123456789"
+	// A client secret longer than the 200 bytes of an error_description
+	// a message keeps shows only its start there.
+	padding := strings.Repeat("x", 190)
+	jsonAnswer := func(w http.ResponseWriter, status int, body map[string]any) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(body)
+	}
+	type request struct{ assertion, authorization string }
+	rows := []struct {
+		name   string
+		basic  bool // the definition authenticates with client_secret_basic
+		answer func(w http.ResponseWriter, rq request)
+	}{
+		{"invalid_client quoting the client assertion", false, func(w http.ResponseWriter, rq request) {
+			jsonAnswer(w, 400, map[string]any{"error": "invalid_client", "error_description": "the assertion " + rq.assertion + " is not signed by a key we know"})
+		}},
+		{"an error code that is the client assertion", false, func(w http.ResponseWriter, rq request) {
+			jsonAnswer(w, 400, map[string]any{"error": rq.assertion, "error_description": "client_assertion=" + rq.assertion})
+		}},
+		{"a token response whose token_type is the client assertion", false, func(w http.ResponseWriter, rq request) {
+			jsonAnswer(w, 200, map[string]any{"access_token": "t", "token_type": rq.assertion, "expires_in": 300})
+		}},
+		{"a 2 MB answer repeating the client assertion", false, func(w http.ResponseWriter, rq request) {
+			jsonAnswer(w, 400, map[string]any{"error": "invalid_request", "error_description": strings.Repeat(rq.assertion+" ", 2<<20/len(rq.assertion))})
+		}},
+		{"an HTML error page quoting the client assertion", false, func(w http.ResponseWriter, rq request) {
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(500)
+			fmt.Fprintf(w, "<html><body><h1>Internal error</h1><pre>client_assertion=%s</pre></body></html>", rq.assertion)
+		}},
+		{"invalid_client quoting the client secret cut short", true, func(w http.ResponseWriter, rq request) {
+			jsonAnswer(w, 401, map[string]any{"error": "invalid_client", "error_description": padding + " " + secret})
+		}},
+		{"invalid_client quoting the client secret and the Basic header", true, func(w http.ResponseWriter, rq request) {
+			basic := strings.TrimPrefix(rq.authorization, "Basic ")
+			jsonAnswer(w, 401, map[string]any{"error": "invalid_client", "error_description": "secret " + secret + " credentials " + basic + " header " + rq.authorization})
+		}},
+		{"a token response whose token_type is the client secret", true, func(w http.ResponseWriter, rq request) {
+			jsonAnswer(w, 200, map[string]any{"access_token": "t", "token_type": secret, "expires_in": 300})
+		}},
+	}
+	for _, row := range rows {
+		t.Run(row.name, func(t *testing.T) {
+			t.Parallel()
+			logs := &lockedBuffer{}
+			fp := newFaultPairLogged(t, logs, 1, "-bulk-retry-for", "2s")
+			var smart map[string]any
+			if st := fp.source.call("GET", "/fhir/.well-known/smart-configuration", "", nil, &smart); st != 200 {
+				t.Fatalf("smart-configuration: %d", st)
+			}
+			tokenURL, _ := url.Parse(smart["token_endpoint"].(string))
+			if row.basic {
+				var def map[string]any
+				path := fmt.Sprintf("/api/oidc_servers/%d", fp.pid)
+				fp.target.call("GET", path, testAdmin, nil, &def)
+				def["systemAuth"], def["clientSecret"] = "client_secret_basic", secret
+				delete(def, "pid")
+				if st := fp.target.call("PUT", path, testAdmin, def, nil); st != 200 {
+					t.Fatalf("PUT the definition with client_secret_basic: %d", st)
+				}
+			}
+			var mu sync.Mutex
+			var seen []request
+			fp.traffic.then = func(w http.ResponseWriter, r *http.Request) bool {
+				if r.Method != http.MethodPost || r.URL.Path != tokenURL.Path {
+					return false
+				}
+				_ = r.ParseForm()
+				rq := request{assertion: r.PostForm.Get("client_assertion"), authorization: r.Header.Get("Authorization")}
+				mu.Lock()
+				seen = append(seen, rq)
+				mu.Unlock()
+				row.answer(w, rq)
+				return true
+			}
+			path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
+			st := waitBulk(t, fp.target.payer, path, time.Minute)
+			if st["batchStatus"] != "FAILED" || st["failureReason"] == nil {
+				t.Fatalf("job: %v", st)
+			}
+			var status, list json.RawMessage
+			fp.target.call("GET", path, testBackoffice, nil, &status)
+			fp.target.call("GET", path[:strings.LastIndex(path, "/")], testBackoffice, nil, &list)
+			shown := map[string]string{"the job's status": string(status), "the job list": string(list), "the log": logs.String()}
+
+			mu.Lock()
+			defer mu.Unlock()
+			if len(seen) == 0 {
+				t.Fatal("the token endpoint was not asked")
+			}
+			// What must not show, in whole or in part: the assertion's
+			// claims and signature (its header names only the key), the
+			// secret's start, the Basic credentials' start.
+			secrets := map[string]string{}
+			for _, rq := range seen {
+				if parts := strings.Split(rq.assertion, "."); len(parts) == 3 {
+					secrets["the client assertion's claims"] = parts[1][:16]
+					secrets["the client assertion's signature"] = parts[2][:16]
+				}
+				if b := strings.TrimPrefix(rq.authorization, "Basic "); b != rq.authorization {
+					secrets["the Basic credentials"] = b[:16]
+				}
+			}
+			if row.basic {
+				secrets["the client secret"] = secret[:8]
+				secrets["the client secret, base64"] = base64.StdEncoding.EncodeToString([]byte(secret))[:12]
+			} else if len(secrets) == 0 {
+				t.Fatalf("no client assertion was sent: %v", seen)
+			}
+			for where, text := range shown {
+				for what, s := range secrets {
+					if strings.Contains(text, s) {
+						t.Errorf("%s shows %s (%q)", where, what, s)
+					}
+				}
+			}
+			for _, line := range strings.Split(logs.String(), "\n") {
+				if len(line) > 4000 {
+					t.Errorf("a log line of %d bytes: %.300s…", len(line), line)
+				}
+			}
+			t.Logf("failureReason: %v", st["failureReason"])
+		})
+	}
+}
