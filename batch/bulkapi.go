@@ -612,6 +612,10 @@ func (a *API) listBulk(w http.ResponseWriter, r *http.Request) {
 	}
 	fields := map[string]string{}
 	count, before := pageArgs(r, 20, "before", fields)
+	if _, bad := fields["before"]; bad || (r.URL.Query().Get("before") != "" && before < 1) {
+		// As the paged list: a job id, from a next link (ids start at 1).
+		fields["before"] = "must be a bulk job id"
+	}
 	if len(fields) > 0 {
 		httpapi.WriteError(w, httpapi.Invalid(fields))
 		return
