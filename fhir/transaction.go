@@ -415,6 +415,8 @@ func (p *txPrepared) holds(tx *store.Tx) bool {
 // reading through tx.
 func (s *Server) prepareTransaction(tx *store.Tx, entries []*txEntry, bodies []bodyInfo, newIDs []string) (*txPrepared, error) {
 	ctx := tx.Context()
+	// Every version the transaction writes has one lastUpdated.
+	at := time.Now()
 	// 1. Every entry's identity, against the state before the transaction.
 	plan, err := s.planTransaction(tx, entries, bodies, newIDs)
 	if err != nil {
@@ -451,7 +453,7 @@ func (s *Server) prepareTransaction(tx *store.Tx, entries []*txEntry, bodies []b
 		_, id, _ := strings.Cut(t.ref, "/")
 		d := &store.Doc{Type: e.typ, ID: id, Map: m, JSON: raw}
 		if len(conds[i]) == 0 && id != "" {
-			s.store.Prepare(d)
+			s.store.PrepareAt(d, at)
 		}
 		docs[i] = d
 	})
@@ -497,7 +499,7 @@ func (s *Server) prepareTransaction(tx *store.Tx, entries []*txEntry, bodies []b
 		d.JSON, d.Map = raw, m
 		// 4. Its index entries and stored form, outside the writer.
 		if d.ID != "" {
-			s.store.Prepare(d)
+			s.store.PrepareAt(d, at)
 		}
 	}
 	return &txPrepared{plan: plan, docs: docs, seq: tx.ChangeSeq()}, nil

@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/p2pserver/p2pserver/fhir"
 )
@@ -190,4 +192,67 @@ func TestSyntheaTransactions(t *testing.T) {
 		}
 		ts.do(http.MethodGet, "/"+ref, nil).want(t, http.StatusOK)
 	}
+}
+
+// TestTransactionVersionsShareLastUpdated: the resources a transaction
+// creates and updates are prepared at one time and written with one
+// lastUpdated (a transaction is one change of the server's state, FHIR R4
+// http.html#transaction), even when other writes commit while it is
+// prepared. The entries are many, so that preparing them takes long
+// enough for stamps taken one by one to differ.
+func TestTransactionVersionsShareLastUpdated(t *testing.T) {
+	ts := newServer(t)
+	ts.do(http.MethodPut, "/Patient/up", `{"resourceType":"Patient","id":"up","active":false}`).want(t, http.StatusCreated)
+	var b strings.Builder
+	b.WriteString(`{"resourceType":"Bundle","type":"transaction","entry":[`)
+	b.WriteString(`{"resource":{"resourceType":"Patient","id":"up","active":true},"request":{"method":"PUT","url":"Patient/up"}}`)
+	for i := range 300 {
+		fmt.Fprintf(&b, `,{"fullUrl":"urn:uuid:00000000-0000-4000-8000-%012d","resource":{"resourceType":"Observation","status":"final","code":{"text":"x%d"},"subject":{"reference":"Patient/up"}},"request":{"method":"POST","url":"Observation"}}`, i, i)
+	}
+	b.WriteString(`]}`)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // other writes commit meanwhile
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ts.do(http.MethodPost, "/Basic", fmt.Sprintf(`{"resourceType":"Basic","code":{"text":"other %d"}}`, i))
+		}
+	}()
+	r := ts.do(http.MethodPost, "/", b.String()).want(t, http.StatusOK)
+	close(stop)
+	<-done
+	stamps := map[string]int{}
+	for _, e := range r.JSON["entry"].([]any) {
+		stamps[e.(map[string]any)["response"].(map[string]any)["lastModified"].(string)]++
+	}
+	if len(stamps) != 1 {
+		t.Fatalf("the transaction's versions have %d lastUpdated times, want one", len(stamps))
+	}
+	for at := range stamps {
+		pat := ts.do(http.MethodGet, "/Patient/up", nil).want(t, http.StatusOK)
+		if got := pat.JSON["meta"].(map[string]any)["lastUpdated"]; got == nil || !sameInstant(t, got.(string), at) {
+			t.Errorf("Patient/up lastUpdated %v, the transaction's answer %s", got, at)
+		}
+		// The _lastUpdated index holds the time written: the transaction's
+		// 301 versions are found at it.
+		found := ts.do(http.MethodGet, "/Observation?_summary=count&_lastUpdated=eq"+url.QueryEscape(at), nil).want(t, http.StatusOK)
+		if found.JSON["total"] != json.Number("300") {
+			t.Errorf("_lastUpdated=eq%s finds %v Observations, want 300", at, found.JSON["total"])
+		}
+	}
+}
+
+func sameInstant(t *testing.T, a, b string) bool {
+	t.Helper()
+	ta, err1 := time.Parse(time.RFC3339Nano, a)
+	tb, err2 := time.Parse(time.RFC3339Nano, b)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("times %q %q: %v %v", a, b, err1, err2)
+	}
+	return ta.Equal(tb)
 }

@@ -210,6 +210,16 @@ type Doc struct {
 // than in the single writer. The Map's id and meta.lastUpdated are set.
 func (s *Store) Prepare(d *Doc) { s.prepareAt(d, now()) }
 
+// PrepareAt is Prepare with the time stamp at (to the microsecond, as
+// stored) instead of the time of the call: the resources of one
+// transaction are prepared at one time, so that they are written with one
+// lastUpdated. The writer never stamps a version before one it has
+// written already: a Doc prepared at a time before it is stamped again,
+// at that version's time, when written.
+func (s *Store) PrepareAt(d *Doc, at time.Time) {
+	s.prepareAt(d, at.UTC().Truncate(time.Microsecond))
+}
+
 // prepareAt is Prepare with the time stamp at.
 func (s *Store) prepareAt(d *Doc, at time.Time) {
 	d.LastUpdated = at
