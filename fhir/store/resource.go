@@ -6,7 +6,10 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/fhirjson"
@@ -534,6 +537,7 @@ func (tx *Tx) applyIndex(index map[indexName][]indexOp) error {
 	slices.SortFunc(names, func(a, b indexName) int {
 		return bytes.Compare(indexBucket(a.typ, a.param), indexBucket(b.typ, b.param))
 	})
+	sortIndexParallel(index, names)
 	for _, n := range names {
 		ops := index[n]
 		sortIndexOps(ops)
@@ -607,6 +611,44 @@ func (tx *Tx) tuneFill(name []byte, ops []indexOp) {
 	} else if !appendBucket(name) {
 		f.SetFillPercent(0.5)
 	}
+}
+
+// parallelSortOps is the number of queued index changes (those of a large
+// transaction) from which applyIndex sorts the buckets' changes on every
+// core before making them, rather than one bucket after the other in the
+// single writer.
+const parallelSortOps = 8192
+
+// sortIndexParallel sorts the changes of each bucket of index (see
+// sortIndexOps), the buckets spread over the cores, when there are many.
+func sortIndexParallel(index map[indexName][]indexOp, names []indexName) {
+	total := 0
+	for _, ops := range index {
+		total += len(ops)
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(names))
+	if total < parallelSortOps || workers < 2 {
+		return // sorted one at a time as they are made
+	}
+	// The largest first, so that no core is left with a large one last.
+	order := slices.Clone(names)
+	slices.SortFunc(order, func(a, b indexName) int { return len(index[b]) - len(index[a]) })
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(order) {
+					return
+				}
+				sortIndexOps(index[order[i]])
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // sortIndexOps sorts ops by key, the changes to one key in the order they
