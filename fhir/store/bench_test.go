@@ -1,9 +1,11 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/url"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/fhir/store/backend/boltdb"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -55,6 +58,12 @@ func BenchmarkPutParallel(b *testing.B) {
 
 func loaded(b *testing.B, n int) *store.Store {
 	st := openStore(b)
+	load(b, st, n)
+	return st
+}
+
+// load writes n Observations into st, 500 per write.
+func load(b *testing.B, st *store.Store, n int) {
 	const chunk = 500
 	for i := 0; i < n; i += chunk {
 		if err := st.Write(context.Background(), func(tx *store.Tx) error {
@@ -68,7 +77,6 @@ func loaded(b *testing.B, n int) *store.Store {
 			b.Fatal(err)
 		}
 	}
-	return st
 }
 
 func BenchmarkRead(b *testing.B) {
@@ -216,28 +224,179 @@ func BenchmarkLargeWrite(b *testing.B) {
 	b.ReportAllocs()
 	for n := range b.N {
 		b.StopTimer()
-		docs := make([]*store.Doc, 10000)
-		for i := range docs {
-			id := fmt.Sprintf("t%d-%05d", n, i)
-			if i%10 == 0 {
-				docs[i] = doc(b, "Patient", id, fmt.Sprintf(`{"resourceType":"Patient","identifier":[{"system":"urn:tx:member","value":"tx%d"}],"name":[{"family":"Transaction%d","given":["Given%d","Middle"]}],"gender":"female","birthDate":"1970-01-%02d"}`, i, i, i, 1+i%28))
-			} else {
-				docs[i] = doc(b, "Observation", id, strings.Replace(obs(i), `"Patient/p`, fmt.Sprintf(`"Patient/t%d-%05d`, n, i-i%10), 1))
-			}
-			st.Prepare(docs[i])
-		}
+		docs := largeWriteDocs(b, st, n)
 		b.StartTimer()
-		if err := st.Write(context.Background(), func(tx *store.Tx) error {
-			for _, d := range docs {
-				if _, err := tx.Put(d, store.PutOptions{CreateOnly: true}); err != nil {
-					return err
-				}
+		largeWrite(b, st, docs)
+	}
+}
+
+// largeWriteDocs is the 10,000 prepared resources of BenchmarkLargeWrite,
+// their ids made distinct by n.
+func largeWriteDocs(b *testing.B, st *store.Store, n int) []*store.Doc {
+	docs := make([]*store.Doc, 10000)
+	for i := range docs {
+		id := fmt.Sprintf("t%d-%05d", n, i)
+		if i%10 == 0 {
+			docs[i] = doc(b, "Patient", id, fmt.Sprintf(`{"resourceType":"Patient","identifier":[{"system":"urn:tx:member","value":"tx%d"}],"name":[{"family":"Transaction%d","given":["Given%d","Middle"]}],"gender":"female","birthDate":"1970-01-%02d"}`, i, i, i, 1+i%28))
+		} else {
+			docs[i] = doc(b, "Observation", id, strings.Replace(obs(i), `"Patient/p`, fmt.Sprintf(`"Patient/t%d-%05d`, n, i-i%10), 1))
+		}
+		st.Prepare(docs[i])
+	}
+	return docs
+}
+
+func largeWrite(b *testing.B, st *store.Store, docs []*store.Doc) {
+	if err := st.WriteAlone(context.Background(), func(tx *store.Tx) error {
+		for _, d := range docs {
+			if _, err := tx.Put(d, store.PutOptions{CreateOnly: true}); err != nil {
+				return err
 			}
-			return nil
-		}); err != nil {
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkLargeWriteFloor is the floor under BenchmarkLargeWrite on
+// bbolt: the store's write of 10,000 prepared resources ("store"), and
+// one bbolt transaction putting exactly the keys and values that write
+// put, each bucket's in key order, and committing with its sync ("bbolt"),
+// both into a copy of the same database of 10,000 resources. No
+// atomic write of those resources can hold the single writer for less
+// than "bbolt".
+func BenchmarkLargeWriteFloor(b *testing.B) {
+	if storetest.Backend() != storetest.Bolt {
+		b.Skip("a bbolt figure")
+	}
+	dir := b.TempDir()
+	opts := &bolt.Options{NoFreelistSync: true, FreelistType: bolt.FreelistMapType}
+	open := func(path string) (*bolt.DB, *store.Store) {
+		db, err := bolt.Open(path, 0o600, opts)
+		if err != nil {
 			b.Fatal(err)
 		}
+		st, err := store.Open(boltdb.Wrap(db), reg, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return db, st
 	}
+	// The database before the write, and what the write puts.
+	base := filepath.Join(dir, "base.db")
+	db, st := open(base)
+	load(b, st, 10000)
+	before := map[string][]byte{}
+	for _, p := range dumpBolt(b, db) {
+		before[p.bucket+"\x00"+string(p.key)] = p.value
+	}
+	largeWrite(b, st, largeWriteDocs(b, st, 0))
+	var puts []boltPut
+	for _, p := range dumpBolt(b, db) {
+		if old, ok := before[p.bucket+"\x00"+string(p.key)]; !ok || !bytes.Equal(old, p.value) {
+			puts = append(puts, p)
+		}
+	}
+	st.Close()
+	db.Close()
+	// The dump of a bucket is in key order, and the buckets are in
+	// name order: the order bbolt puts fastest.
+	b.Logf("the write puts %d keys (%d bytes of values)", len(puts), valueBytes(puts))
+	copyOf := func(n int) string {
+		path := filepath.Join(dir, fmt.Sprintf("copy%d.db", n))
+		data, err := os.ReadFile(base)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		return path
+	}
+	b.Run("store", func(b *testing.B) {
+		var cpu time.Duration
+		for n := range b.N {
+			b.StopTimer()
+			db, st := open(copyOf(n))
+			docs := largeWriteDocs(b, st, n+1)
+			b.StartTimer()
+			t0 := cpuNow()
+			largeWrite(b, st, docs)
+			cpu += cpuNow() - t0
+			b.StopTimer()
+			st.Close()
+			db.Close()
+			b.StartTimer()
+		}
+		b.ReportMetric(float64(cpu)/float64(b.N), "cpu-ns/op")
+	})
+	b.Run("bbolt", func(b *testing.B) {
+		var cpu time.Duration
+		for n := range b.N {
+			b.StopTimer()
+			db, err := bolt.Open(copyOf(n), 0o600, opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			t0 := cpuNow()
+			if err := db.Update(func(tx *bolt.Tx) error {
+				var bk *bolt.Bucket
+				for i, p := range puts {
+					if i == 0 || p.bucket != puts[i-1].bucket {
+						var err error
+						if bk, err = tx.CreateBucketIfNotExists([]byte(p.bucket)); err != nil {
+							return err
+						}
+					}
+					if err := bk.Put(p.key, p.value); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+			cpu += cpuNow() - t0
+			b.StopTimer()
+			db.Close()
+			b.StartTimer()
+		}
+		b.ReportMetric(float64(cpu)/float64(b.N), "cpu-ns/op")
+	})
+}
+
+type boltPut struct {
+	bucket     string
+	key, value []byte
+}
+
+func valueBytes(ps []boltPut) (n int) {
+	for _, p := range ps {
+		n += len(p.key) + len(p.value)
+	}
+	return n
+}
+
+// dumpBolt returns every key of every top-level bucket of db, by bucket
+// name and key, in order.
+func dumpBolt(b *testing.B, db *bolt.DB) []boltPut {
+	var order []boltPut
+	if err := db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, bk *bolt.Bucket) error {
+			return bk.ForEach(func(k, v []byte) error {
+				if v == nil {
+					return nil // a nested bucket: the store makes none
+				}
+				order = append(order, boltPut{bucket: string(name), key: bytes.Clone(k), value: bytes.Clone(v)})
+				return nil
+			})
+		})
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return order
 }
 
 // cpuNow is the process's CPU time (user and system), which the other

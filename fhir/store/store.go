@@ -50,6 +50,10 @@ type Store struct {
 	// at the first older version (see writtenAt).
 	stampFloor atomic.Int64
 
+	// held is how long the writer has been busy committing, and longest
+	// its longest commit group (nanoseconds), since Open.
+	held, longest atomic.Int64
+
 	writes  chan *writeReq
 	closing chan struct{}
 	stopped chan struct{}
@@ -267,6 +271,14 @@ func (s *Store) writer() {
 	}
 }
 
+// WriterHeld returns how long the single writer has spent committing
+// since Open: in all, and in its longest commit group (a group's database
+// transaction, its sync included). The writes queued behind a group wait
+// for it as long.
+func (s *Store) WriterHeld() (total, longest time.Duration) {
+	return time.Duration(s.held.Load()), time.Duration(s.longest.Load())
+}
+
 // errNothingToCommit rolls back a group in which every write failed.
 var errNothingToCommit = errors.New("store: no write of the group succeeded")
 
@@ -274,6 +286,7 @@ var errNothingToCommit = errors.New("store: no write of the group succeeded")
 // when one fails (or its client has gone), its own changes are taken back
 // and it alone is answered with its error; the others commit together.
 func (s *Store) commit(group []*writeReq) {
+	t0 := time.Now()
 	results := make([]error, len(group))
 	var after []func()
 	single := len(group) == 1
@@ -340,6 +353,13 @@ func (s *Store) commit(group []*writeReq) {
 			}
 		}
 		after = nil
+	}
+	// Counted before the writes are answered, so that a writer sees its
+	// own write's time.
+	held := int64(time.Since(t0))
+	s.held.Add(held)
+	if held > s.longest.Load() {
+		s.longest.Store(held)
 	}
 	for i, r := range group {
 		r.done <- results[i]

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
@@ -448,5 +449,25 @@ func TestWriteAlone(t *testing.T) {
 		if got := find(t, st, "Observation", query); len(got) != want {
 			t.Errorf("%s: %v, want %d", query, got, want)
 		}
+	}
+}
+
+// TestWriterHeld: the writer's busy time grows with each commit, and its
+// longest group is no longer than the whole; a write that holds the writer
+// (its fn waits) is counted for at least as long as it held it.
+func TestWriterHeld(t *testing.T) {
+	st := openStore(t)
+	total0, _ := st.WriterHeld()
+	const hold = 30 * time.Millisecond
+	if err := st.Write(context.Background(), func(tx *store.Tx) error {
+		time.Sleep(hold)
+		_, err := tx.Put(doc(t, "Basic", "held", `{"resourceType":"Basic","code":{"text":"x"}}`), store.PutOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	total, longest := st.WriterHeld()
+	if total-total0 < hold || longest < hold || longest > total {
+		t.Errorf("WriterHeld: total %s (from %s), longest %s; the write held it %s", total, total0, longest, hold)
 	}
 }
