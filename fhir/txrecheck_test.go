@@ -1,9 +1,13 @@
 package fhir_test
 
 import (
+	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/p2pserver/p2pserver/fhir"
 )
 
 // TestTransactionPreparedOnAStaleSnapshot: a transaction is prepared on a
@@ -47,5 +51,68 @@ func TestTransactionPreparedOnAStaleSnapshot(t *testing.T) {
 	p := ts.do(http.MethodGet, "/Patient/stale-1", nil).want(t, http.StatusOK)
 	if p.JSON["gender"] != "female" || p.JSON["meta"].(map[string]any)["versionId"] != "2" {
 		t.Errorf("Patient/stale-1: %s", p.Body)
+	}
+}
+
+// TestTransactionConditionalCreateRace: a transaction's conditional create
+// (ifNoneExist, FHIR R4 http.html#ccreate) is decided on a snapshot,
+// outside the writer, and a concurrent create of the same resource may
+// commit between that snapshot and the transaction's turn, or just after
+// it. Either way exactly one resource is made: the transaction is prepared
+// again in the writer when its search would now answer differently (and
+// then answers 200 OK with the resource made meanwhile), and a
+// conditional create queued behind the transaction finds what it wrote.
+// Each row runs a small transaction and a large one (committed alone,
+// Store.WriteAlone).
+func TestTransactionConditionalCreateRace(t *testing.T) {
+	for _, size := range []int{2, 8} { // LargeBundleEntries is 5
+		for _, txFirst := range []bool{false, true} {
+			t.Run(fmt.Sprintf("entries=%d/transaction-first=%v", size, txFirst), func(t *testing.T) {
+				ts := newServer(t, func(c *fhir.Config) { c.LargeBundleEntries = 5 })
+				g := holdWriter(ts)
+				held := g.start(ts)
+				const ident = "urn:race|m-1"
+				create := func() *result {
+					return ts.do(http.MethodPost, "/Patient", `{"resourceType":"Patient","identifier":[{"system":"urn:race","value":"m-1"}],"name":[{"family":"Direct"}]}`, "If-None-Exist", "identifier="+ident)
+				}
+				var b strings.Builder
+				b.WriteString(`{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient","identifier":[{"system":"urn:race","value":"m-1"}],"name":[{"family":"Transaction"}]},"request":{"method":"POST","url":"Patient","ifNoneExist":"identifier=` + ident + `"}}`)
+				for i := 1; i < size; i++ {
+					fmt.Fprintf(&b, `,{"resource":{"resourceType":"Basic","code":{"text":"race %d"}},"request":{"method":"POST","url":"Basic"}}`, i)
+				}
+				b.WriteString(`]}`)
+				direct, txc := make(chan *result, 1), make(chan *result, 1)
+				if txFirst {
+					go func() { txc <- ts.do(http.MethodPost, "/", b.String()) }()
+					waitQueued(t, ts, 1)
+					go func() { direct <- create() }()
+				} else {
+					go func() { direct <- create() }()
+					waitQueued(t, ts, 1)
+					go func() { txc <- ts.do(http.MethodPost, "/", b.String()) }()
+				}
+				waitQueued(t, ts, 2) // both prepared on a snapshot without the Patient
+				close(g.release)
+				<-held
+				d := <-direct
+				tx := (<-txc).want(t, http.StatusOK)
+				resp := tx.JSON["entry"].([]any)[0].(map[string]any)["response"].(map[string]any)
+				wantTx, wantDirect := "200 OK", http.StatusCreated
+				if txFirst {
+					wantTx, wantDirect = "201 Created", http.StatusOK
+				}
+				if resp["status"] != wantTx {
+					t.Errorf("the transaction's conditional create answered %v, want %s", resp["status"], wantTx)
+				}
+				d.want(t, wantDirect)
+				found := ts.do(http.MethodGet, "/Patient?identifier="+url.QueryEscape(ident), nil).want(t, http.StatusOK)
+				if ids := bundleIDs(found.JSON); len(ids) != 1 {
+					t.Fatalf("%d Patients with the identifier, want exactly one: %v", len(ids), ids)
+				}
+				if loc, _ := resp["location"].(string); !strings.HasPrefix(loc, bundleIDs(found.JSON)[0]+"/") {
+					t.Errorf("the transaction's entry names %q, not the one Patient %s", loc, bundleIDs(found.JSON)[0])
+				}
+			})
+		}
 	}
 }
