@@ -21,6 +21,9 @@ import (
 type Limits struct {
 	// MaxBundleEntries is the most entries of a transaction or batch.
 	MaxBundleEntries int
+	// LargeBundleEntries is the entry count from which a transaction or
+	// batch is expensive work and a transaction is committed alone.
+	LargeBundleEntries int
 	// MaxConnections is the most connections served at once; more wait
 	// to be accepted.
 	MaxConnections int
@@ -48,6 +51,7 @@ func limitFlags(fs *flag.FlagSet, env func(name, def string) string) func() (Lim
 		return v
 	}
 	bundle := add("max-bundle-entries", "10000", "most entries of a transaction or batch Bundle; larger ones get 413")
+	large := add("large-bundle-entries", "500", "entries from which a transaction or batch Bundle is expensive work (see -max-expensive) and a transaction is committed in a write group of its own")
 	conns := add("max-connections", "1024", "most client connections served at once; more wait to be accepted")
 	header := add("max-header-bytes", "64KiB", "largest request line and headers; larger ones get 431")
 	readHeader := add("read-header-timeout", "10s", "time a client has to send a request's line and headers")
@@ -83,6 +87,7 @@ func limitFlags(fs *flag.FlagSet, env func(name, def string) string) func() (Lim
 			*dst = d
 		}
 		positive("max-bundle-entries", *bundle, &l.MaxBundleEntries)
+		positive("large-bundle-entries", *large, &l.LargeBundleEntries)
 		positive("max-connections", *conns, &l.MaxConnections)
 		positive("max-expensive", *expensive, &l.MaxExpensive)
 		positive("max-expensive-per-client", *perClient, &l.MaxExpensivePerClient)
@@ -142,6 +147,7 @@ func (l Limits) listener(ln net.Listener) net.Listener {
 // fhir sets the FHIR server's share of the limits.
 func (l Limits) fhir(cfg *fhir.Config) {
 	cfg.MaxBundleEntries = l.MaxBundleEntries
+	cfg.LargeBundleEntries = l.LargeBundleEntries
 	cfg.SearchCacheBytes = l.SearchCacheBytes
 	cfg.Limiter = limit.New(l.MaxExpensive, l.MaxExpensivePerClient, 5*time.Second)
 }

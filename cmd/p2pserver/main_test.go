@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/p2pserver/p2pserver/fhir"
 )
 
 func TestConfigFlagsAndEnvironment(t *testing.T) {
@@ -33,7 +35,7 @@ func TestConfigFlagsAndEnvironment(t *testing.T) {
 	}
 	for _, bad := range [][]string{{"-max-body", "lots"}, {"-shutdown-grace", "soon"}, {"-nonsense"},
 		{"-read-timeout", "soon"}, {"-write-timeout", "0s"}, {"-max-connections", "0"}, {"-max-header-bytes", "1"},
-		{"-search-cache-bytes", "lots"}, {"-max-expensive-per-client", "none"}, {"-max-bundle-entries", "-1"}} {
+		{"-search-cache-bytes", "lots"}, {"-max-expensive-per-client", "none"}, {"-max-bundle-entries", "-1"}, {"-large-bundle-entries", "0"}} {
 		if _, err := parseConfig(bad, func(string) string { return "" }); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
@@ -267,4 +269,29 @@ func TestHeapLimitRetunedAfterEachCollection(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	runtime.KeepAlive(keep)
+}
+
+// TestLargeBundleEntriesFlag: -large-bundle-entries (P2P_LARGE_BUNDLE_ENTRIES)
+// reaches the FHIR server, which counts a Bundle of that many entries as
+// expensive work and commits such a transaction alone.
+func TestLargeBundleEntriesFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		env  map[string]string
+		want int
+	}{
+		{nil, nil, 500},
+		{nil, map[string]string{"P2P_LARGE_BUNDLE_ENTRIES": "40"}, 40},
+		{[]string{"-large-bundle-entries", "7"}, map[string]string{"P2P_LARGE_BUNDLE_ENTRIES": "40"}, 7},
+	} {
+		cfg, err := parseConfig(c.args, func(k string) string { return c.env[k] })
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fcfg fhir.Config
+		cfg.Limits.fhir(&fcfg)
+		if fcfg.LargeBundleEntries != c.want {
+			t.Errorf("%v %v: LargeBundleEntries %d, want %d", c.args, c.env, fcfg.LargeBundleEntries, c.want)
+		}
+	}
 }
