@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -27,6 +28,9 @@ import (
 // DB is a PostgreSQL database serving backend.DB.
 type DB struct {
 	pool *pgxpool.Pool
+	// parking holds connections left in finished read transactions
+	// (see parkTTL).
+	parking parking
 
 	mu     sync.Mutex
 	known  map[string]bool  // bucket names recorded in p2p_buckets
@@ -57,7 +61,9 @@ func Open(ctx context.Context, url string) (*DB, error) {
 		pool.Close()
 		return nil, fmt.Errorf("database %s: schema: %w", Redact(url), err)
 	}
-	return &DB{pool: pool, known: map[string]bool{}, params: map[string]int32{}}, nil
+	d := &DB{pool: pool, known: map[string]bool{}, params: map[string]int32{}}
+	d.parking.now = time.Now
+	return d, nil
 }
 
 // secretParams are the URL parameters pgx takes that hold a secret: the
@@ -155,30 +161,45 @@ func passwords(s string) []string {
 // themselves.
 func (d *DB) Pool() *pgxpool.Pool { return d.pool }
 
-// Close closes the pool.
+// Close ends the parked read transactions and closes the pool.
 func (d *DB) Close() error {
+	d.parking.close()
 	d.pool.Close()
 	return nil
 }
 
+// acquire returns a connection: a parked one (open is set: its finished
+// read transaction is to be rolled back first) or one from the pool.
+func (d *DB) acquire(ctx context.Context) (conn *pgxpool.Conn, open bool, err error) {
+	if c := d.parking.take(); c != nil {
+		return c, true, nil
+	}
+	if conn, err = d.pool.Acquire(ctx); err != nil {
+		return nil, false, fmt.Errorf("database: %w", err)
+	}
+	return conn, false, nil
+}
+
 // View runs fn in a REPEATABLE READ READ ONLY transaction, begun with
-// fn's first read (in the same round trip).
+// fn's first read (in the same round trip). The transaction is not
+// ended when fn returns: its connection is parked (see parkTTL), so that
+// a read of one statement costs one round trip.
 func (d *DB) View(ctx context.Context, fn func(backend.Tx) error) error {
-	conn, err := d.pool.Acquire(ctx)
+	conn, open, err := d.acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("database: %w", err)
+		return err
 	}
 	t := newTx(ctx, d, conn, false)
+	t.open = open
 	err = fn(t)
-	if t.begun {
-		// What was read is final: the reader need not wait for the
-		// snapshot's end. The connection returns to the pool after it
-		// (Close waits for that).
-		go func() {
-			conn.Exec(context.Background(), "ROLLBACK")
-			conn.Release()
-		}()
-	} else {
+	switch {
+	case t.err != nil || conn.Conn().PgConn().IsBusy():
+		// The connection's state is unknown: the pool closes it
+		// unless it rolls back.
+		release(conn)
+	case conn.Conn().PgConn().TxStatus() == 'T':
+		d.parking.park(conn)
+	default:
 		conn.Release()
 	}
 	if t.err != nil {
@@ -190,12 +211,15 @@ func (d *DB) View(ctx context.Context, fn func(backend.Tx) error) error {
 // Update runs fn in a write transaction under the database's write lock
 // and commits what fn changed when it returns nil.
 func (d *DB) Update(ctx context.Context, fn func(backend.Tx) error) error {
-	conn, err := d.pool.Acquire(ctx)
+	conn, open, err := d.acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("database: %w", err)
+		return err
 	}
 	defer conn.Release()
 	b := &pgx.Batch{}
+	if open {
+		b.Queue("ROLLBACK")
+	}
 	b.Queue("BEGIN")
 	b.Queue("SELECT pg_advisory_xact_lock($1)", writeLock)
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {

@@ -21,8 +21,12 @@ type tx struct {
 	conn     *pgxpool.Conn
 	writable bool
 	begun    bool
-	err      error
-	buckets  map[string]*obucket
+	// open: the connection is still in a finished read transaction
+	// (see parkTTL), rolled back in the round trip of the first
+	// statement.
+	open    bool
+	err     error
+	buckets map[string]*obucket
 	// params are the numbers of search parameters (see searchIx) this
 	// transaction looked up (0: there is none) or made.
 	params    map[string]int32
@@ -162,7 +166,8 @@ func (t *tx) fail(err error) {
 }
 
 // rows runs a query, beginning a read transaction in the same round trip
-// if none is begun, and calls scan for each row.
+// if none is begun (after rolling back the one the connection was parked
+// in), and calls scan for each row.
 func (t *tx) rows(sql string, args []any, scan func(pgx.Rows) error) {
 	if t.err != nil {
 		return
@@ -171,15 +176,21 @@ func (t *tx) rows(sql string, args []any, scan func(pgx.Rows) error) {
 	var br pgx.BatchResults
 	if !t.begun {
 		b := &pgx.Batch{}
+		if t.open {
+			b.Queue("ROLLBACK")
+		}
 		b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 		b.Queue(sql, args...)
 		br = t.conn.SendBatch(t.ctx, b)
 		t.begun = true
-		if _, err := br.Exec(); err != nil {
-			br.Close()
-			t.fail(err)
-			return
+		for range b.Len() - 1 {
+			if _, err := br.Exec(); err != nil {
+				br.Close()
+				t.fail(err)
+				return
+			}
 		}
+		t.open = false
 		var err error
 		if rows, err = br.Query(); err != nil {
 			br.Close()
@@ -371,7 +382,8 @@ type bucket struct {
 
 // Get returns the value at key: from the transaction's changes or what
 // it read before, else from the database. Reading a resource's current
-// version also reads its index entries (the store reads them next).
+// version in a write transaction also reads its index entries (the
+// store reads them next, to replace them).
 func (b *bucket) Get(key []byte) []byte {
 	if e, ok := b.o.m[string(key)]; ok {
 		return e.v
@@ -393,6 +405,14 @@ func (b *bucket) Get(key []byte) []byte {
 	case kindResources:
 		if !textOK(key) {
 			return nil
+		}
+		if !t.writable {
+			// A read transaction reads a resource's index entries
+			// only to search, and those are prefetched with it.
+			t.rows(`SELECT coalesce(r.rec, v.rec) FROM p2p_resources r
+	LEFT JOIN p2p_versions v ON v.type = r.type AND v.id = r.id AND v.version = r.version
+	WHERE r.type = $1 AND r.id = $2`, []any{tb.typ, string(key)}, one)
+			break
 		}
 		var entries []byte
 		t.rows(`SELECT (SELECT coalesce(r.rec, v.rec) FROM p2p_resources r
@@ -550,7 +570,9 @@ func (b *bucket) Prefetch(keys [][]byte) {
 			ids = append(ids, string(k))
 		}
 	}
-	if len(ids) < 2 {
+	if len(ids) == 0 || (len(ids) == 1 && (o.t.kind == kindEntries || t.writable)) {
+		// One key costs a Get the same round trip, except a resource
+		// in a read transaction, whose Get does not read its entries.
 		return
 	}
 	if o.t.kind == kindEntries {
