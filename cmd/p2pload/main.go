@@ -46,7 +46,7 @@ func main() {
 		resources   = flag.Int("resources", 100000, "resources to create (one Patient per 10)")
 		scale       = flag.String("scale", "", "database sizes to grow to in turn, measuring at each, e.g. 100000,1000000; the figures are printed side by side with the ratio of the last to the first (instead of -resources)")
 		timeLimit   = flag.Duration("time-limit", 0, "stop loading after this long and measure at the size reached (0: no limit)")
-		postgres    = flag.Bool("postgres", false, "with -server: run the server on a new database of a private PostgreSQL server started for the run (Debian's postgresql package must be installed) instead of a bbolt file")
+		postgres    = flag.Bool("postgres", false, "with -server: run the server on a new database of a private PostgreSQL server started for the run (Debian's postgresql package must be installed) instead of a bbolt file; after the creates it runs VACUUM (ANALYZE) and CHECKPOINT there before measuring the reads")
 		concurrency = flag.Int("c", 32, "concurrent clients")
 		duration    = flag.Duration("d", 10*time.Second, "duration of the read and search phases")
 		creates     = flag.Bool("creates", false, "only the create phases (Patients, then Observations) at -c clients: the durable write throughput")
@@ -214,6 +214,13 @@ func (l *loader) stage(n, c int, d time.Duration, deadline time.Time, srv *spawn
 	pids, oids := l.patientIDs, l.obsIDs
 	if len(oids) == 0 || len(pids) == 0 {
 		return nil, errors.New("nothing was loaded")
+	}
+	if serverDB != "" {
+		took, err := settlePostgres(serverDB)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Printf("VACUUM (ANALYZE) and CHECKPOINT after the load: %s\n", took.Round(time.Millisecond))
 	}
 	measure := func(name string, f func() error) (*stats, error) {
 		st, err := l.phase(name, c, 0, d, func(int) (string, error) { return "", f() })
