@@ -208,6 +208,38 @@ func (d *DB) View(ctx context.Context, fn func(backend.Tx) error) error {
 	return err
 }
 
+// beginWrite reads the results of Update's first batch of n
+// statements, the last the buckets' sequences, into seqs.
+func beginWrite(br pgx.BatchResults, n int, seqs map[string]int64) error {
+	for range n - 1 {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return err
+		}
+	}
+	rows, err := br.Query()
+	if err != nil {
+		br.Close()
+		return err
+	}
+	for rows.Next() {
+		var name string
+		var seq int64
+		if err := rows.Scan(&name, &seq); err != nil {
+			rows.Close()
+			br.Close()
+			return err
+		}
+		seqs[name] = seq
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		br.Close()
+		return err
+	}
+	return br.Close()
+}
+
 // Update runs fn in a write transaction under the database's write lock
 // and commits what fn changed when it returns nil.
 func (d *DB) Update(ctx context.Context, fn func(backend.Tx) error) error {
@@ -222,11 +254,17 @@ func (d *DB) Update(ctx context.Context, fn func(backend.Tx) error) error {
 	}
 	b.Queue("BEGIN")
 	b.Queue("SELECT pg_advisory_xact_lock($1)", writeLock)
-	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+	// The buckets' sequences, read under the lock (no other writer can
+	// change them until the commit): a write's Sequence then costs no
+	// round trip. A bucket without a row, or at 0, is at 0.
+	b.Queue("SELECT name, seq FROM p2p_buckets WHERE seq <> 0")
+	seqs := map[string]int64{}
+	if err := beginWrite(conn.SendBatch(ctx, b), b.Len(), seqs); err != nil {
 		return fmt.Errorf("database: begin: %w", err)
 	}
 	t := newTx(ctx, d, conn, true)
 	t.begun = true
+	t.seqs = seqs
 	err = fn(t)
 	if err == nil && t.err == nil {
 		err = t.commit()

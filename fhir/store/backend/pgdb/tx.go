@@ -24,7 +24,10 @@ type tx struct {
 	// open: the connection is still in a finished read transaction
 	// (see parkTTL), rolled back in the round trip of the first
 	// statement.
-	open    bool
+	open bool
+	// seqs, in a write transaction, are the buckets' sequences read
+	// under the write lock (absent: 0).
+	seqs    map[string]int64
 	err     error
 	buckets map[string]*obucket
 	// params are the numbers of search parameters (see searchIx) this
@@ -512,6 +515,9 @@ func (b *bucket) ForEach(fn func(k, v []byte) error) error {
 
 func (b *bucket) Sequence() uint64 {
 	o := b.o
+	if !o.seqRead && b.t.seqs != nil {
+		o.seq, o.seqRead = b.t.seqs[o.t.name], true
+	}
 	if !o.seqRead {
 		o.seqRead = true
 		b.t.rows("SELECT seq FROM p2p_buckets WHERE name = $1", []any{o.t.name}, func(r pgx.Rows) error {
