@@ -253,8 +253,8 @@ func (tx *Tx) rangeIDs(typ string, c *search.Clause, limit int) ([]string, bool)
 	n := 0
 	for _, v := range c.Values {
 		for _, r := range v.Ranges {
-			cur := b.Cursor()
 			end := []byte(r.End)
+			cur := boundedCursor(b, end)
 			for k, _ := cur.Seek([]byte(r.Start)); k != nil && bytes.Compare(k, end) < 0; k, _ = cur.Next() {
 				if n++; n > limit {
 					return nil, false
@@ -438,7 +438,7 @@ func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 	}
 	runs := make([]*run, 0, len(m.keys))
 	for _, key := range m.keys {
-		c := b.Cursor()
+		c := boundedCursor(b, append([]byte(key), 1))
 		r := &run{c: c, prefix: append([]byte(key), 0)}
 		k, _ := c.Seek(append(slices.Clip(r.prefix), start...))
 		for k != nil && bytes.HasPrefix(k, r.prefix) && string(k[len(r.prefix):]) <= start && start != "" {

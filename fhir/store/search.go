@@ -356,8 +356,8 @@ func (tx *Tx) scan(typ, param string, r search.Range, set idSet) {
 	if b == nil {
 		return
 	}
-	c := b.Cursor()
 	end := []byte(r.End)
+	c := boundedCursor(b, end)
 	for k, v := c.Seek([]byte(r.Start)); k != nil && bytes.Compare(k, end) < 0; k, v = c.Next() {
 		key, id := splitIndexKey(k)
 		if r.Match != nil && !r.Match(key, v) {
@@ -615,6 +615,15 @@ func (tx *Tx) Referencing(typ, param, target, id string) []string {
 	}
 	slices.Sort(ids)
 	return ids
+}
+
+// boundedCursor returns a cursor over b for a scan that stops before
+// end (see backend.BoundedCursorer).
+func boundedCursor(b backend.Bucket, end []byte) backend.Cursor {
+	if bc, ok := b.(backend.BoundedCursorer); ok {
+		return bc.BoundedCursor(end)
+	}
+	return b.Cursor()
 }
 
 // headCursor returns a cursor over a resource bucket whose values are at

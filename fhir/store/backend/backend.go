@@ -84,6 +84,16 @@ type PrefixCursorer interface {
 	PrefixCursor(n int) Cursor
 }
 
+// BoundedCursorer is a bucket whose cursor can be told where a scan
+// stops: a database whose reads are round trips then reads no key past
+// it, and reads the range in fewer round trips.
+type BoundedCursorer interface {
+	// BoundedCursor returns a cursor over the keys before end only:
+	// its moves return nil where they would land at or after end, and
+	// Last lands on the last key before end.
+	BoundedCursor(end []byte) Cursor
+}
+
 // Prefetcher is a bucket that can read many keys in one round trip, for
 // the Gets that follow; a database whose reads are local need not be one.
 type Prefetcher interface {

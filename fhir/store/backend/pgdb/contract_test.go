@@ -236,8 +236,14 @@ func TestBackendsAgree(t *testing.T) {
 					return
 				}
 				cs = [2]backend.Cursor{bb.Cursor(), pb.Cursor()}
+				what := "new cursor on " + name
+				if bc, ok := pb.(backend.BoundedCursorer); ok && r.IntN(2) == 0 {
+					end := randSeek(r, name)
+					cs = [2]backend.Cursor{&boundedBolt{c: bb.Cursor(), end: end}, bc.BoundedCursor(end)}
+					what = fmt.Sprintf("new cursor on %s before %q", name, end)
+				}
 				cursors[name] = cs
-				log = append(log, "new cursor on "+name)
+				log = append(log, what)
 			}
 			var a, b pair
 			var what string
@@ -374,4 +380,30 @@ func TestSchemaMigratedOnceWhenProcessesStartTogether(t *testing.T) {
 	if versions != max || max < 1 {
 		t.Errorf("p2p_schema holds %d rows up to version %d: a migration applied twice or skipped", versions, max)
 	}
+}
+
+// boundedBolt is a bbolt cursor over the keys before end only, as
+// backend.BoundedCursorer's cursors are.
+type boundedBolt struct {
+	c   backend.Cursor
+	end []byte
+}
+
+func (b *boundedBolt) in(k, v []byte) ([]byte, []byte) {
+	if k == nil || bytes.Compare(k, b.end) >= 0 {
+		return nil, nil
+	}
+	return k, v
+}
+
+func (b *boundedBolt) First() ([]byte, []byte)        { return b.in(b.c.First()) }
+func (b *boundedBolt) Seek(s []byte) ([]byte, []byte) { return b.in(b.c.Seek(s)) }
+func (b *boundedBolt) Next() ([]byte, []byte)         { return b.in(b.c.Next()) }
+func (b *boundedBolt) Prev() ([]byte, []byte)         { return b.in(b.c.Prev()) }
+
+func (b *boundedBolt) Last() ([]byte, []byte) {
+	if k, _ := b.c.Seek(b.end); k == nil {
+		return b.in(b.c.Last())
+	}
+	return b.in(b.c.Prev())
 }

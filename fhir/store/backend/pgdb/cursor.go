@@ -12,7 +12,8 @@ import (
 // transaction's changes, which win on a key both have.
 type cursor struct {
 	b      *bucket
-	prefix int // >0: values cut to this many bytes
+	prefix int    // >0: values cut to this many bytes
+	end    []byte // non-nil: the cursor lands on no key at or after it
 
 	cur   []byte // the key the cursor is on; nil: none
 	db    chunk
@@ -30,9 +31,13 @@ type chunk struct {
 	more  bool // rows may follow the last one
 }
 
+// A cursor reads firstChunk rows first, boundedChunk when bounded (it
+// reads no row past its range, and its range is often what is wanted),
+// then four times more each read, up to maxChunk.
 const (
-	firstChunk = 16
-	maxChunk   = 1024
+	firstChunk   = 16
+	boundedChunk = 64
+	maxChunk     = 1024
 )
 
 func (c *cursor) First() ([]byte, []byte) { return c.move(bound{none: true}, true) }
@@ -78,6 +83,10 @@ func before(a, b []byte, fwd bool) bool {
 
 func (c *cursor) move(b bound, fwd bool) ([]byte, []byte) {
 	o, t := c.b.o, c.b.t
+	if c.end != nil && !fwd && (b.none || bytes.Compare(b.key, c.end) >= 0) {
+		// Backward from past the range: from its end.
+		b = bound{key: c.end}
+	}
 	for {
 		if t.err != nil {
 			c.cur = nil
@@ -92,6 +101,14 @@ func (c *cursor) move(b bound, fwd bool) ([]byte, []byte) {
 			}
 		}
 		ok := c.dirtyNext(b, fwd)
+		if c.end != nil {
+			if dk != nil && bytes.Compare(dk, c.end) >= 0 {
+				dk, dv = nil, nil
+			}
+			if ok != nil && bytes.Compare(ok, c.end) >= 0 {
+				ok = nil
+			}
+		}
 		switch {
 		case dk == nil && ok == nil:
 			c.cur = nil
@@ -189,6 +206,9 @@ func covers(from, b bound, fwd bool) bool {
 func (c *cursor) read(b bound, fwd bool) {
 	if c.limit == 0 {
 		c.limit = firstChunk
+		if c.end != nil {
+			c.limit = boundedChunk
+		}
 	} else if c.limit < maxChunk {
 		c.limit *= 4
 	}
@@ -202,7 +222,7 @@ func (c *cursor) read(b bound, fwd bool) {
 		}
 		tb.ix = ix
 	}
-	sql, args, nothing, err := fetchSQL(tb, b, fwd, c.limit, c.prefix > 0 && tb.kind == kindResources)
+	sql, args, nothing, err := fetchSQL(tb, b, c.end, fwd, c.limit, c.prefix > 0 && tb.kind == kindResources)
 	if err != nil {
 		t.fail(err)
 		return

@@ -190,9 +190,11 @@ func cmpOp(fwd, incl bool) string {
 }
 
 // fetchSQL returns the query reading up to limit rows of t from b in the
-// direction, as (key columns..., value), and its arguments. head reads
-// only a resource's record head (see headLen). nothing: no row can match.
-func fetchSQL(t table, b bound, fwd bool, limit int, head bool) (sql string, args []any, nothing bool, err error) {
+// direction, as (key columns..., value), and its arguments; of a search
+// index, none at or after end when end is not nil (other tables leave
+// end to the cursor). head reads only a resource's record head (see
+// headLen). nothing: no row can match.
+func fetchSQL(t table, b bound, end []byte, fwd bool, limit int, head bool) (sql string, args []any, nothing bool, err error) {
 	dir := "ASC"
 	if !fwd {
 		dir = "DESC"
@@ -288,6 +290,14 @@ func fetchSQL(t table, b bound, fwd bool, limit int, head bool) (sql string, arg
 					return "", nil, false, fmt.Errorf("seek %q in %s: not an index key", b.key, t.name)
 				}
 				where = append(where, "(key, id) "+cmpOp(fwd, b.incl)+" ("+arg(b.key[:i])+", "+arg(string(rest))+")")
+			}
+		}
+		if end != nil {
+			if bytes.IndexByte(end, 0) < 0 {
+				// key 0x00 id sorts before end exactly when key does.
+				where = append(where, "key < "+arg(end))
+			} else if k, id, ok := splitSearchKey(end); ok {
+				where = append(where, "(key, id) < ("+arg(k)+", "+arg(id)+")")
 			}
 		}
 		sql = "SELECT key, id, payload FROM p2p_index WHERE " + strings.Join(where, " AND ") +

@@ -558,6 +558,13 @@ func (b *bucket) NextSequence() (uint64, error) {
 
 func (b *bucket) Cursor() backend.Cursor { return &cursor{b: b} }
 
+// BoundedCursor returns a cursor over the keys before end only: of a
+// search index, it reads no row past end, and reads boundedChunk rows at
+// first rather than firstChunk.
+func (b *bucket) BoundedCursor(end []byte) backend.Cursor {
+	return &cursor{b: b, end: append([]byte{}, end...)} // never nil
+}
+
 // PrefixCursor returns a cursor whose values are cut to their first n
 // bytes: of a resource bucket, the record's head without its JSON.
 func (b *bucket) PrefixCursor(n int) backend.Cursor { return &cursor{b: b, prefix: n} }
