@@ -41,6 +41,15 @@ type DB struct {
 // readers each hold a connection for a transaction.
 const defaultMaxConns = 32
 
+// planCacheMode is the sessions' plan_cache_mode unless the URL sets
+// it. Every statement is prepared once per connection (pgx's statement
+// cache), and each is a primary-key lookup or an ordered range scan of
+// one, or a join of such lookups over an array: its generic plan is the
+// plan. PostgreSQL's default (auto) plans the range scans and the
+// prefetches again at every execution, their estimates with parameters
+// being unsure, which cost more than running them.
+const planCacheMode = "force_generic_plan"
+
 // Open connects to the database url (postgres:// or postgresql://, with
 // pgx's parameters, such as pool_max_conns) and brings its schema to the
 // current version.
@@ -52,6 +61,9 @@ func Open(ctx context.Context, url string) (*DB, error) {
 	}
 	if !strings.Contains(url, "pool_max_conns") {
 		cfg.MaxConns = defaultMaxConns
+	}
+	if _, set := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !set {
+		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = planCacheMode
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
