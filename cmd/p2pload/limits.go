@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -89,6 +90,11 @@ func runLimits(bin string, c int, d time.Duration) error {
 	fmt.Printf("%-62s %-28s %s\n", fmt.Sprintf("10,000-entry transaction (%.1f MB)", float64(len(tx))/1e6), "69.5 s", txTime.Round(time.Millisecond))
 	fmt.Printf("%-62s %-28s p50 %s  p99 %s  max %s  (%d writes)\n", "other writers' latency during it", "p99 = the transaction's length",
 		pct(during, 0.5), pct(during, 0.99), pct(during, 1), len(during))
+	if held, err := writerLongest(debug); err == nil {
+		fmt.Printf("%-62s %-28s %s\n", "time it held the store's single writer", "the transaction's length", held.Round(time.Millisecond))
+	} else {
+		fmt.Printf("%-62s %-28s (%v)\n", "time it held the store's single writer", "the transaction's length", err)
+	}
 
 	// 2. The heap after 1,000 searches with long queries.
 	for range 3 {
@@ -218,6 +224,24 @@ func heapInuse(debugAddr string) (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no HeapInuse in the server's heap profile")
+}
+
+// writerLongest is the server's longest commit group so far, from its
+// /debug/writer: during the transaction phase, the transaction's (the
+// other writes are single resources).
+func writerLongest(debugAddr string) (time.Duration, error) {
+	resp, err := http.Get("http://" + debugAddr + "/debug/writer")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var w struct {
+		LongestSeconds *float64 `json:"longest_seconds"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&w); err != nil || w.LongestSeconds == nil {
+		return 0, fmt.Errorf("the server reports no writer figures (/debug/writer): %v", err)
+	}
+	return time.Duration(*w.LongestSeconds * float64(time.Second)), nil
 }
 
 func freeAddr() (string, error) {

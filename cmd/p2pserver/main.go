@@ -397,12 +397,14 @@ func parseOrigins(s string) ([]string, error) {
 	return out, nil
 }
 
-// debugHandler serves the Go profiler's endpoints, and /debug/memory: the
+// debugHandler serves the Go profiler's endpoints, /debug/memory: the
 // runtime's memory figures as a JSON object of metric name to value (see
-// memoryMetrics).
-func debugHandler() http.Handler {
+// memoryMetrics), and /debug/writer: how long st's single writer has been
+// held (see serveWriter).
+func debugHandler(st *store.Store) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/memory", serveMemory)
+	mux.HandleFunc("/debug/writer", serveWriter(st))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
@@ -437,6 +439,24 @@ func serveMemory(w http.ResponseWriter, _ *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// writerFigures is the JSON of /debug/writer: the time the store's single
+// writer has spent committing since start, in all and in its longest
+// commit group (a large transaction's, typically), in seconds, and the
+// writes waiting for it now.
+type writerFigures struct {
+	BusySeconds    float64 `json:"busy_seconds"`
+	LongestSeconds float64 `json:"longest_seconds"`
+	Queued         int     `json:"queued"`
+}
+
+func serveWriter(st *store.Store) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		busy, longest := st.WriterHeld()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(writerFigures{BusySeconds: busy.Seconds(), LongestSeconds: longest.Seconds(), Queued: st.Queued()})
+	}
 }
 
 func parseSize(s string) (int64, error) {
@@ -485,7 +505,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(cfg.Limits.listener(ln)) }()
 	if cfg.DebugAddr != "" {
-		dbg := &http.Server{Addr: cfg.DebugAddr, Handler: debugHandler(), ReadHeaderTimeout: 10 * time.Second}
+		dbg := &http.Server{Addr: cfg.DebugAddr, Handler: debugHandler(a.store), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := dbg.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("debug server stopped", "err", err)

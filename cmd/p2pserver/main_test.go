@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir"
+	"github.com/p2pserver/p2pserver/fhir/store"
 )
 
 func TestConfigFlagsAndEnvironment(t *testing.T) {
@@ -122,7 +123,7 @@ func TestServeAndShutDown(t *testing.T) {
 // heap figures the load tool reads, as numbers, and nothing from the
 // command line (which may carry secrets).
 func TestDebugMemoryReportsHeap(t *testing.T) {
-	srv := httptest.NewServer(debugHandler())
+	srv := httptest.NewServer(debugHandler(nil))
 	defer srv.Close()
 	keep := make([]byte, 8<<20) // heap the figures must count
 	resp, err := http.Get(srv.URL + "/debug/memory")
@@ -293,5 +294,34 @@ func TestLargeBundleEntriesFlag(t *testing.T) {
 		if fcfg.LargeBundleEntries != c.want {
 			t.Errorf("%v %v: LargeBundleEntries %d, want %d", c.args, c.env, fcfg.LargeBundleEntries, c.want)
 		}
+	}
+}
+
+// TestDebugWriterReportsHolds checks the debug address's /debug/writer:
+// a write that holds the store's single writer for a while is counted, in
+// all and as the longest hold, in seconds (what p2pload -limits reports as
+// the time a large transaction held the writer).
+func TestDebugWriterReportsHolds(t *testing.T) {
+	a, _ := openApp(t)
+	const hold = 50 * time.Millisecond
+	if err := a.store.Write(context.Background(), func(*store.Tx) error {
+		time.Sleep(hold)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(debugHandler(a.store))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/debug/writer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got writerFigures
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got.LongestSeconds < hold.Seconds() || got.BusySeconds < got.LongestSeconds || got.Queued != 0 {
+		t.Errorf("/debug/writer %+v after a write that held the writer %s", got, hold)
 	}
 }

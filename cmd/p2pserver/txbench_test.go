@@ -20,7 +20,7 @@ import (
 // writer-ns/op, how long the transaction held the single store writer:
 // every other write waits that long behind it.
 func BenchmarkLargeTransaction(b *testing.B) {
-	a, h := txBenchServer(b)
+	a, h := openApp(b)
 	body := largeTransaction(10000)
 	w := &discardWriter{h: http.Header{}}
 	b.ReportAllocs()
@@ -42,9 +42,9 @@ func BenchmarkLargeTransaction(b *testing.B) {
 	b.ReportMetric(float64(longest), "longest-writer-ns")
 }
 
-// txBenchServer starts an open server on a database in a temporary
-// folder, and returns it and its handler as the HTTP server runs it.
-func txBenchServer(b *testing.B) (*app, http.Handler) {
+// openApp starts an open server on a database in a temporary folder, and
+// returns it and its handler as the HTTP server runs it.
+func openApp(b testing.TB) (*app, http.Handler) {
 	b.Helper()
 	db := filepath.Join(b.TempDir(), "p2p.db")
 	cfg, err := parseConfig([]string{"-addr", "127.0.0.1:0", "-db", db, "-base-url", "http://127.0.0.1:8080"}, func(string) string { return "" })
