@@ -17,6 +17,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
+	"github.com/p2pserver/p2pserver/oidcservers"
 )
 
 // API serves the batch job routes below /api/oidc_servers/{id}.
@@ -214,16 +215,6 @@ func (rec *record) view() Job {
 	return j
 }
 
-// serverID parses {id}: anything but a positive integer names nothing.
-func serverID(r *http.Request) (int64, error) {
-	raw := chi.URLParam(r, "id")
-	id, err := strconv.ParseInt(raw, 10, 64)
-	if err != nil || id <= 0 {
-		return 0, errs.E("batch.api", errs.NotFound, fmt.Sprintf("no OIDC server definition with pid %q", clip(raw, 40)))
-	}
-	return id, nil
-}
-
 func jobID(r *http.Request) (int64, error) {
 	raw := chi.URLParam(r, "jobId")
 	id, err := strconv.ParseInt(raw, 10, 64)
@@ -241,7 +232,7 @@ const (
 )
 
 func (a *API) create(w http.ResponseWriter, r *http.Request) {
-	pid, err := serverID(r)
+	pid, err := oidcservers.PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -473,7 +464,7 @@ func firstURL(base, req string) (string, string) {
 }
 
 func (a *API) get(w http.ResponseWriter, r *http.Request) {
-	pid, err := serverID(r)
+	pid, err := oidcservers.PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -511,7 +502,7 @@ type JobList struct {
 }
 
 func (a *API) list(w http.ResponseWriter, r *http.Request) {
-	pid, err := serverID(r)
+	pid, err := oidcservers.PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -583,7 +574,7 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) stop(w http.ResponseWriter, r *http.Request) {
-	pid, err := serverID(r)
+	pid, err := oidcservers.PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return

@@ -193,7 +193,7 @@ func bulkJobOf(tx *store.Tx, pid, id int64) (*record, error) {
 }
 
 func (a *API) createBulk(w http.ResponseWriter, r *http.Request) {
-	pid, err := serverID(r)
+	pid, err := oidcservers.PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -523,7 +523,7 @@ func (a *API) getBulk(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) ids(w http.ResponseWriter, r *http.Request) (pid, id int64, ok bool) {
-	pid, err := serverID(r)
+	pid, err := oidcservers.PIDParam(r)
 	if err == nil {
 		raw := chi.URLParam(r, "bulkJobId")
 		if id, err = strconv.ParseInt(raw, 10, 64); err != nil || id <= 0 {
@@ -605,7 +605,7 @@ func (a *API) bulkMembers(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) listBulk(w http.ResponseWriter, r *http.Request) {
-	pid, err := serverID(r)
+	pid, err := oidcservers.PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return

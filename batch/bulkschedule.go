@@ -11,6 +11,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
+	"github.com/p2pserver/p2pserver/oidcservers"
 )
 
 // Concurrent coverage (PDex STU 2.1 "Member covered by two payers"): while
@@ -277,7 +278,7 @@ func (r *Runner) runSchedule(server int64, now time.Time) error {
 }
 
 func (a *API) getSchedule(w http.ResponseWriter, r *http.Request) {
-	pid, err := serverID(r)
+	pid, err := oidcservers.PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -312,7 +313,7 @@ func (a *API) putSchedule(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, httpapi.Errorf(http.StatusForbidden, httpapi.CodeForbidden, "only an admin may change a bulk schedule"))
 		return
 	}
-	pid, err := serverID(r)
+	pid, err := oidcservers.PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return

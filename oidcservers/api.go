@@ -68,7 +68,7 @@ func (a *API) Mount(r chi.Router) {
 // system access and reports what was granted (CheckSystemToken); 200
 // whatever the outcome, the token never in the answer.
 func (a *API) systemToken(w http.ResponseWriter, r *http.Request) {
-	id, err := pid(r)
+	id, err := PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -140,19 +140,24 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) {
 	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
-// pid parses the {id} path parameter. Anything but a positive integer names
-// no definition: 404.
-func pid(r *http.Request) (int64, error) {
+// PIDParam parses a route's {id} path parameter, the pid of an OIDC
+// server definition (/api/oidc_servers/{id}/...): anything but a positive
+// integer names no definition, an errs.NotFound error quoting at most 40
+// bytes of it.
+func PIDParam(r *http.Request) (int64, error) {
 	raw := chi.URLParam(r, "id")
 	id, err := strconv.ParseInt(raw, 10, 64)
 	if err != nil || id <= 0 {
+		if len(raw) > 40 {
+			raw = strings.ToValidUTF8(raw[:40], "") + "…"
+		}
 		return 0, errs.E("oidcservers.api", errs.NotFound, fmt.Sprintf("no OIDC server definition with pid %q", raw))
 	}
 	return id, nil
 }
 
 func (a *API) get(w http.ResponseWriter, r *http.Request) {
-	id, err := pid(r)
+	id, err := PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -192,7 +197,7 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) replace(w http.ResponseWriter, r *http.Request) {
-	id, err := pid(r)
+	id, err := PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -246,7 +251,7 @@ func (a *API) writeProblems(w http.ResponseWriter, r *http.Request, fields map[s
 }
 
 func (a *API) delete(w http.ResponseWriter, r *http.Request) {
-	id, err := pid(r)
+	id, err := PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -290,7 +295,7 @@ type VerifyReport struct {
 }
 
 func (a *API) verify(w http.ResponseWriter, r *http.Request) {
-	id, err := pid(r)
+	id, err := PIDParam(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
