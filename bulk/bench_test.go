@@ -2,18 +2,15 @@ package bulk
 
 import (
 	"bufio"
-	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 )
 
@@ -38,47 +35,7 @@ func load(b *testing.B, st *store.Store, n int) {
 			raws <- benchResource(i, patients)
 		}
 	}()
-	docs := make(chan *store.Doc, 4096)
-	var wg sync.WaitGroup
-	for range runtime.GOMAXPROCS(0) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for raw := range raws {
-				dec := json.NewDecoder(bytes.NewReader(raw))
-				dec.UseNumber()
-				var m map[string]any
-				if err := dec.Decode(&m); err != nil {
-					b.Error(err)
-					return
-				}
-				d := &store.Doc{Type: m["resourceType"].(string), ID: m["id"].(string), Map: m, JSON: raw}
-				st.Prepare(d)
-				docs <- d
-			}
-		}()
-	}
-	go func() { wg.Wait(); close(docs) }()
-	batch := make([]*store.Doc, 0, 2000)
-	flush := func() {
-		if err := st.Write(context.Background(), func(tx *store.Tx) error {
-			for _, d := range batch {
-				if _, err := tx.Put(d, store.PutOptions{CreateOnly: true}); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			b.Fatal(err)
-		}
-		batch = batch[:0]
-	}
-	for d := range docs {
-		if batch = append(batch, d); len(batch) == cap(batch) {
-			flush()
-		}
-	}
-	flush()
+	storetest.Load(b, st, raws)
 }
 
 // heapPeak samples the heap in use until stop is closed.

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"cmp"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,11 +13,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/p2pserver/p2pserver/fhir/store"
+	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 )
 
 // benchChild is a p2pserver process of the benchmark, with its debug
@@ -101,47 +99,7 @@ func loadBenchSource(tb testing.TB, db string, members, perMember int) {
 			}
 		}
 	}()
-	docs := make(chan *store.Doc, 4096)
-	var wg sync.WaitGroup
-	for range runtime.GOMAXPROCS(0) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for raw := range raws {
-				dec := json.NewDecoder(bytes.NewReader(raw))
-				dec.UseNumber()
-				var m map[string]any
-				if err := dec.Decode(&m); err != nil {
-					tb.Error(err)
-					return
-				}
-				d := &store.Doc{Type: m["resourceType"].(string), ID: m["id"].(string), Map: m, JSON: raw}
-				st.Prepare(d)
-				docs <- d
-			}
-		}()
-	}
-	go func() { wg.Wait(); close(docs) }()
-	batch := make([]*store.Doc, 0, 2000)
-	flush := func() {
-		if err := st.Write(context.Background(), func(tx *store.Tx) error {
-			for _, d := range batch {
-				if _, err := tx.Put(d, store.PutOptions{CreateOnly: true}); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			tb.Fatal(err)
-		}
-		batch = batch[:0]
-	}
-	for d := range docs {
-		if batch = append(batch, d); len(batch) == cap(batch) {
-			flush()
-		}
-	}
-	flush()
+	storetest.Load(tb, st, raws)
 }
 
 // BenchmarkBulkExchange is a bulk payer-to-payer exchange between two

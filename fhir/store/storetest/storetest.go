@@ -6,11 +6,15 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -161,4 +165,57 @@ WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE' AND c.data_type 
 		}
 	}
 	return out
+}
+
+// Load writes the resources raws yields (FHIR JSON, each with its type
+// and id) straight into st, create-only, in write transactions of 2,000,
+// decoded and prepared (store.Prepare) on all cores: for benchmarks that
+// need a large store fast. It returns once raws is closed and all is
+// written; a resource that cannot be decoded fails tb (with Error, and
+// the others are still written), a write fails it at once.
+func Load(tb testing.TB, st *store.Store, raws <-chan []byte) {
+	tb.Helper()
+	docs := make(chan *store.Doc, 4096)
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for raw := range raws {
+				dec := json.NewDecoder(bytes.NewReader(raw))
+				dec.UseNumber()
+				var m map[string]any
+				if err := dec.Decode(&m); err != nil {
+					tb.Error(err)
+					continue
+				}
+				typ, _ := m["resourceType"].(string)
+				id, _ := m["id"].(string)
+				d := &store.Doc{Type: typ, ID: id, Map: m, JSON: raw}
+				st.Prepare(d)
+				docs <- d
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(docs) }()
+	batch := make([]*store.Doc, 0, 2000)
+	flush := func() {
+		if err := st.Write(context.Background(), func(tx *store.Tx) error {
+			for _, d := range batch {
+				if _, err := tx.Put(d, store.PutOptions{CreateOnly: true}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			tb.Fatal(err)
+		}
+		batch = batch[:0]
+	}
+	for d := range docs {
+		if batch = append(batch, d); len(batch) == cap(batch) {
+			flush()
+		}
+	}
+	flush()
 }
