@@ -1388,15 +1388,9 @@ func (r *Runner) endBulk(rn *run, rec *record, status Status, reason string) (ti
 	}
 	var cur *record
 	err = r.st.Write(r.ctx, func(tx *store.Tx) (err error) {
-		if err := r.checkLease(tx, rec.ID); err != nil {
+		var ok bool
+		if cur, ok, err = r.jobToEnd(tx, rec.ID, status); !ok {
 			return err
-		}
-		cur, err = getJob(tx, rec.ID)
-		if err != nil || !cur.Status.Active() {
-			return err
-		}
-		if status == Stopped && cur.Status != Stopping {
-			return nil
 		}
 		toSource, relinked, err := r.settle(tx, cur.ID)
 		if err != nil {

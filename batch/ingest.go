@@ -836,6 +836,21 @@ func (r *Runner) endStep(rec *record, status Status, reason string) (time.Durati
 	return r.endWith(rec, status, reason, false)
 }
 
+// jobToEnd reads job id in tx, under this process's lease, for the write
+// that ends it with status; ok is false when that write has nothing to
+// do: the job has ended already, or status is Stopped and no stop was
+// asked.
+func (r *Runner) jobToEnd(tx *store.Tx, id int64, status Status) (cur *record, ok bool, err error) {
+	if err := r.checkLease(tx, id); err != nil {
+		return nil, false, err
+	}
+	cur, err = getJob(tx, id)
+	if err != nil || !cur.Status.Active() || (status == Stopped && cur.Status != Stopping) {
+		return cur, false, err
+	}
+	return cur, true, nil
+}
+
 // endWith is endStep, with final saying whether a failure ends the
 // member's add-payer request too (see end).
 func (r *Runner) endWith(rec *record, status Status, reason string, final bool) (time.Duration, bool) {
@@ -843,15 +858,9 @@ func (r *Runner) endWith(rec *record, status Status, reason string, final bool) 
 	for {
 		var cur *record
 		err := r.st.Write(r.ctx, func(tx *store.Tx) (err error) {
-			if err := r.checkLease(tx, rec.ID); err != nil {
+			var ok bool
+			if cur, ok, err = r.jobToEnd(tx, rec.ID, status); !ok {
 				return err
-			}
-			cur, err = getJob(tx, rec.ID)
-			if err != nil || !cur.Status.Active() {
-				return err
-			}
-			if status == Stopped && cur.Status != Stopping {
-				return nil
 			}
 			return r.end(tx, cur, status, reason, final, &o, time.Now().UTC())
 		})
