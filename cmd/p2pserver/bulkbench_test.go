@@ -57,16 +57,38 @@ func freeAddr(tb testing.TB) string {
 // heapObjects reads a p2pserver's heap (live objects and garbage not yet
 // collected) from its /debug/memory.
 func heapObjects(debug string) uint64 {
+	heap, _ := heapFigures(debug)
+	return heap
+}
+
+// heapFigures reads a p2pserver's heap from its /debug/memory: its
+// objects (live and garbage not yet collected), and what the last
+// collection found live.
+func heapFigures(debug string) (heap, live uint64) {
 	resp, err := http.Get("http://" + debug + "/debug/memory")
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	defer resp.Body.Close()
 	var v map[string]uint64
 	if json.NewDecoder(resp.Body).Decode(&v) != nil {
-		return 0
+		return 0, 0
 	}
-	return v["/memory/classes/heap/objects:bytes"]
+	return v["/memory/classes/heap/objects:bytes"], v["/gc/heap/live:bytes"]
+}
+
+// saveProfile writes the profile a p2pserver's debug address serves at
+// path (under /debug/pprof/) to file.
+func saveProfile(debug, path, file string) {
+	resp, err := http.Get("http://" + debug + "/debug/pprof/" + path)
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	if out, err := os.Create(file); err == nil {
+		_, _ = io.Copy(out, resp.Body)
+		out.Close()
+	}
 }
 
 // loadBenchSource writes the old payer's data straight into its database:
@@ -109,8 +131,9 @@ func loadBenchSource(tb testing.TB, db string, members, perMember int) {
 // (the whole job), resources per second ingested (the download phase)
 // and each process's peak heap. BULK_BENCH_MEMBERS changes the number of
 // members (502 resources each); BULK_BENCH_PROFILE names a file for a CPU
-// profile of the target's first 10 seconds of ingestion (and <name>.heap
-// for its heap profile when the job has ended).
+// profile of the target's first 10 seconds of ingestion
+// (BULK_BENCH_PROFILE_SECONDS for another length), and <name>.heap for
+// its heap profile when its live heap was largest.
 func BenchmarkBulkExchange(b *testing.B) {
 	members := 400
 	if v, err := strconv.Atoi(os.Getenv("BULK_BENCH_MEMBERS")); err == nil && v > 0 {
@@ -158,10 +181,17 @@ func BenchmarkBulkExchange(b *testing.B) {
 		if st := tp.call("POST", "/fhir", testAdmin, map[string]any{"resourceType": "Bundle", "type": "transaction", "entry": entries}, nil); st != 200 {
 			b.Fatalf("members: %d", st)
 		}
-		var peakSource, peakTarget uint64
+		profile := os.Getenv("BULK_BENCH_PROFILE")
+		var peakSource, peakTarget, liveTarget, profiledLive uint64
 		sample := func() {
 			peakSource = max(peakSource, heapObjects(source.debug))
-			peakTarget = max(peakTarget, heapObjects(target.debug))
+			heap, live := heapFigures(target.debug)
+			peakTarget, liveTarget = max(peakTarget, heap), max(liveTarget, live)
+			if profile != "" && live > profiledLive+profiledLive/10 {
+				// What the target holds when its live heap is largest.
+				profiledLive = live
+				saveProfile(target.debug, "heap", profile+".heap")
+			}
 		}
 		runtime.GC()
 		idleTarget := heapObjects(target.debug)
@@ -174,7 +204,7 @@ func BenchmarkBulkExchange(b *testing.B) {
 		}
 		path = fmt.Sprintf("%s/%v", path, out["bulkJobId"])
 		var downloading time.Time
-		var cpuAtDownload time.Duration
+		var cpuAtDownload, sourceCPUAtDownload time.Duration
 		deadline := time.Now().Add(15 * time.Minute)
 		var st map[string]any
 		for {
@@ -184,19 +214,10 @@ func BenchmarkBulkExchange(b *testing.B) {
 			if downloading.IsZero() && st["phase"] == "downloading" {
 				downloading = time.Now()
 				cpuAtDownload = cpuTime(target.cmd.Process.Pid)
-				if f := os.Getenv("BULK_BENCH_PROFILE"); f != "" {
+				sourceCPUAtDownload = cpuTime(source.cmd.Process.Pid)
+				if profile != "" {
 					// A CPU profile of the target while it ingests.
-					go func() {
-						resp, err := http.Get("http://" + target.debug + "/debug/pprof/profile?seconds=10")
-						if err != nil {
-							return
-						}
-						defer resp.Body.Close()
-						if out, err := os.Create(f); err == nil {
-							_, _ = io.Copy(out, resp.Body)
-							out.Close()
-						}
-					}()
+					go saveProfile(target.debug, "profile?seconds="+cmp.Or(os.Getenv("BULK_BENCH_PROFILE_SECONDS"), "10"), profile)
 				}
 			}
 			if s := st["batchStatus"]; s == "COMPLETED" || s == "FAILED" || s == "STOPPED" {
@@ -208,17 +229,8 @@ func BenchmarkBulkExchange(b *testing.B) {
 			time.Sleep(200 * time.Millisecond)
 		}
 		total := time.Since(began)
-		if f := os.Getenv("BULK_BENCH_PROFILE"); f != "" {
-			// What the target's heap holds when the job has ended.
-			if resp, err := http.Get("http://" + target.debug + "/debug/pprof/heap"); err == nil {
-				if out, err := os.Create(f + ".heap"); err == nil {
-					_, _ = io.Copy(out, resp.Body)
-					out.Close()
-				}
-				resp.Body.Close()
-			}
-		}
 		cpu := cpuTime(target.cmd.Process.Pid) - cpuAtDownload
+		sourceCPU := cpuTime(source.cmd.Process.Pid) - sourceCPUAtDownload
 		b.StopTimer()
 		sample()
 		if st["batchStatus"] != "COMPLETED" {
@@ -236,11 +248,13 @@ func BenchmarkBulkExchange(b *testing.B) {
 		b.ReportMetric(n/ingest.Seconds(), "resources/s-ingested")
 		b.ReportMetric(n/cpu.Seconds(), "resources/CPU-s")
 		b.ReportMetric(float64(peakTarget)/(1<<20), "MiB-target-peak-heap")
+		b.ReportMetric(float64(liveTarget)/(1<<20), "MiB-target-peak-live")
 		b.ReportMetric(float64(peakSource)/(1<<20), "MiB-source-peak-heap")
 		fmt.Printf("bulk exchange: %d members, %.0f resources in %s (download and ingest %s): %.0f members/min, %.0f resources/s ingested "+
-			"(target CPU %s: %.0f resources per CPU second); peak heap: target %.0f MiB (%.0f MiB before the job), source %.0f MiB\n",
+			"(target CPU %s: %.0f resources per CPU second; source CPU %s meanwhile); peak heap: target %.0f MiB (%.0f MiB found live by a collection at most; %.0f MiB before the job), source %.0f MiB\n",
 			members, n, total.Round(time.Millisecond), ingest.Round(time.Millisecond), float64(members)/total.Minutes(), n/ingest.Seconds(),
-			cpu.Round(10*time.Millisecond), n/cpu.Seconds(), float64(peakTarget)/(1<<20), float64(idleTarget)/(1<<20), float64(peakSource)/(1<<20))
+			cpu.Round(10*time.Millisecond), n/cpu.Seconds(), sourceCPU.Round(10*time.Millisecond),
+			float64(peakTarget)/(1<<20), float64(liveTarget)/(1<<20), float64(idleTarget)/(1<<20), float64(peakSource)/(1<<20))
 		source.term()
 		target.term()
 	}
