@@ -1115,7 +1115,7 @@ func (r *Runner) prepareChunk(b *bulkRun, base string, f bulkFile, c *chunk) *pr
 			}
 		}
 	}
-	present, current, err := r.lookup(pg)
+	present, current, err := r.lookup(pg, base)
 	if err != nil {
 		cp.err = err
 		return cp
@@ -1192,13 +1192,14 @@ func (r *Runner) ingestChunk(rn *run, rec *record, f bulkFile, c *chunk) error {
 			}
 		}
 		links := map[int]memberLink{}
+		linked := map[int]string{} // the local id of each member's source Patient
 		if r.linker.Enabled() {
 			for res, i := range members {
 				l, err := r.linkTo(tx, b.patients[i], by, res)
 				if err != nil {
 					return &mdmError{err}
 				}
-				links[i] = l
+				links[i], linked[i] = l, res.localID
 				if _, ok := counts[i]; !ok {
 					counts[i] = 0
 				}
@@ -1212,7 +1213,7 @@ func (r *Runner) ingestChunk(rn *run, rec *record, f bulkFile, c *chunk) error {
 			m.Resources += n
 			if l, ok := links[i]; ok {
 				if l.linked {
-					m.LinkedPatient = "Patient/" + localID(cur.SourceBase, "Patient", m.SourcePatient)
+					m.LinkedPatient = "Patient/" + linked[i]
 				}
 				if l.ident != "" {
 					m.MemberIdentifier = l.ident

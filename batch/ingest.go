@@ -381,7 +381,7 @@ func (r *Runner) prepare(rec *record, body []byte, u string, kind pageKind) (pg 
 			return nil, "", err
 		}
 	}
-	present, current, err := r.lookup(pg)
+	present, current, err := r.lookup(pg, rec.SourceBase)
 	if err != nil {
 		return nil, "", err
 	}
@@ -398,26 +398,49 @@ func (r *Runner) prepare(rec *record, body []byte, u string, kind pageKind) (pg 
 	return pg, failNext, nil
 }
 
-// lookup reads what the store holds for a parsed page: which targets of
-// its references outside the page are here (present), and the current
-// version and ingestion digest of each of its resources (current).
-func (r *Runner) lookup(pg *preparedPage) (present map[string]bool, current map[string]storedDigest, err error) {
+// lookup reads what the store holds for a parsed page of the source at
+// base: which targets of its references outside the page are here
+// (present: by the local ref localID makes for each, the one it is
+// stored under), and the current version and ingestion digest of each of
+// its resources (current). A resource, or a target, that was ingested
+// under its earlier digest id (earlierID) and not under its local id
+// keeps that id: the resource's localID is set to it, a target's ref in
+// present names it.
+func (r *Runner) lookup(pg *preparedPage, base string) (present map[string]string, current map[string]storedDigest, err error) {
 	inPage := make(map[string]bool, len(pg.resources))
 	for _, res := range pg.resources {
 		inPage[res.localRef()] = true
 	}
-	present = map[string]bool{}
+	present = map[string]string{}
 	current = make(map[string]storedDigest, len(pg.resources))
 	err = r.st.View(r.ctx, func(tx *store.Tx) error {
+		// stored is the id typ/id is stored under here ("" when none: its
+		// own, or its earlier digest id), and whether it is live there.
+		stored := func(typ, id string) (here string, live bool) {
+			if _, deleted, ok := tx.CurrentVersion(typ, id); ok {
+				return id, !deleted
+			}
+			if old, ok := earlierID(base, typ, id); ok {
+				if _, deleted, ok := tx.CurrentVersion(typ, old); ok {
+					return old, !deleted
+				}
+			}
+			return "", false
+		}
 		for _, res := range pg.resources {
 			for _, t := range res.refs {
-				if inPage[t] || present[t] {
+				if _, ok := present[t]; ok || inPage[t] {
 					continue
 				}
 				typ, id, _ := strings.Cut(t, "/")
-				if _, err := tx.Read(typ, id); err == nil {
-					present[t] = true
+				if here, live := stored(typ, id); live {
+					present[t] = typ + "/" + here
 				}
+			}
+		}
+		for _, res := range pg.resources {
+			if here, _ := stored(res.typ, res.localID); here != "" {
+				res.localID = here
 			}
 			v, err := tx.Read(res.typ, res.localID)
 			if err != nil {

@@ -58,9 +58,57 @@ func TestLocalIDsAreStable(t *testing.T) {
 		localID("https://other/fhir", "Observation", "1"),
 		localID("https://src/fhir", "Condition", "1"),
 		localID("https://src/fhir", "Observation", "2"),
+		localID("https://src/fhir", "Observation", strings.Repeat("a", 48)),
+		localID("https://src/fhir", "Observation", "https://src/fhir/Observation/1"),
 	} {
 		if other == a {
 			t.Errorf("two source identities share the local id %s", a)
+		}
+	}
+}
+
+// TestLocalIDsKeepTheSourceOrder: a source id that fits (a FHIR id of at
+// most 47 characters) is kept after its source's prefix, so that ids the
+// source made in order are stored in order; any other identity (a longer
+// id, a fullUrl) is a digest. Each row also gives the digest id it had
+// before (earlierID), so that what was ingested under it is found again.
+func TestLocalIDsKeepTheSourceOrder(t *testing.T) {
+	const base = "https://src/fhir"
+	prefix := sourcePrefix(base, "Observation")
+	for _, tc := range []struct {
+		src      string
+		prefixed bool
+	}{
+		{"1", true},
+		{"o00001-0001", true},
+		{"0192f3c4-7a1b-7c2d-8e3f-a1b2c3d4e5f6", true},
+		{strings.Repeat("a", 47), true},
+		{strings.Repeat("a", 48), false},
+		{strings.Repeat("a", 64), false},
+		{"https://elsewhere.example/fhir/Observation/1", false},
+		{"urn:uuid:0192f3c4-7a1b-7c2d-8e3f-a1b2c3d4e5f6", false},
+	} {
+		id := localID(base, "Observation", tc.src)
+		if !validID(id) {
+			t.Errorf("%q: local id %q is not a FHIR id", tc.src, id)
+		}
+		old, hasOld := earlierID(base, "Observation", id)
+		digest := digestID(base, "Observation", tc.src)
+		switch {
+		case tc.prefixed && id != prefix+"."+tc.src:
+			t.Errorf("%q: local id %q, want it after the prefix %s", tc.src, id, prefix)
+		case tc.prefixed && (!hasOld || old != digest):
+			t.Errorf("%q: earlier id %q, %v; want its digest %s", tc.src, old, hasOld, digest)
+		case !tc.prefixed && id != digest:
+			t.Errorf("%q: local id %q, want the digest %s", tc.src, id, digest)
+		case !tc.prefixed && hasOld:
+			t.Errorf("%q: a digest id has an earlier id %q", tc.src, old)
+		}
+	}
+	ids := []string{"o00001-0001", "o00001-0002", "o00002-0001"}
+	for i := 1; i < len(ids); i++ {
+		if a, b := localID(base, "Observation", ids[i-1]), localID(base, "Observation", ids[i]); a >= b {
+			t.Errorf("local ids %s and %s are not in the source's order", a, b)
 		}
 	}
 }

@@ -11,10 +11,11 @@ import (
 )
 
 // ingestedID is the local id a batch job stores a source resource under
-// (batch.localID: a digest of the source's FHIR base, type and id).
+// (batch.localID: the source's id after 16 hexadecimal digits of a digest
+// of the source's FHIR base and the type, for ids of up to 47 characters).
 func ingestedID(base, typ, id string) string {
-	sum := sha256.Sum256([]byte(base + "\x00" + typ + "\x00" + id))
-	return hex.EncodeToString(sum[:16])
+	sum := sha256.Sum256([]byte(base + "\x00" + typ))
+	return hex.EncodeToString(sum[:8]) + "." + id
 }
 
 // TestIngestionNeverOverwritesWhatItDidNotCreate (rule 9): a batch job
