@@ -279,6 +279,7 @@ func (t *tx) commit() error {
 	if err != nil {
 		return fmt.Errorf("database: commit: %w", err)
 	}
+	t.db.wrote(len(kvB) + len(vT) + len(rT) + len(xT) + len(sX) + len(cS))
 	if len(t.newParams) > 0 {
 		t.db.mu.Lock()
 		for n, ix := range t.newParams {
