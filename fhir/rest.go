@@ -45,7 +45,16 @@ func (s *Server) do(w http.ResponseWriter, r *http.Request, rq *request) {
 		err = s.store.View(r.Context(), fn)
 	} else {
 		// A client that goes away before its write's turn cancels it.
-		err = s.store.Write(r.Context(), fn)
+		// A write of one resource reads its current version first.
+		var reads []store.Key
+		switch {
+		case rq.Conditional:
+		case rq.ID != "":
+			reads = []store.Key{{Type: rq.Type, ID: rq.ID}}
+		case rq.Doc != nil && rq.Doc.ID != "":
+			reads = []store.Key{{Type: rq.Type, ID: rq.Doc.ID}}
+		}
+		err = s.store.WriteReading(r.Context(), reads, fn)
 	}
 	if err != nil {
 		if res != nil && res.Version != nil && errs.Is(err, errs.Gone) {

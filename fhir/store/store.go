@@ -185,6 +185,9 @@ type writeReq struct {
 	done chan error
 	// alone: committed in a group of its own (WriteAlone).
 	alone bool
+	// reads are the resources whose current versions fn reads
+	// (WriteReading).
+	reads []Key
 }
 
 // Write runs fn in a read-write transaction and commits it, together with
@@ -213,11 +216,23 @@ func (s *Store) WriteAlone(ctx context.Context, fn func(tx *Tx) error) error {
 	return s.write(ctx, fn, true)
 }
 
-func (s *Store) write(ctx context.Context, fn func(tx *Tx) error, alone bool) error {
+// Key names a resource: its type and id.
+type Key struct{ Type, ID string }
+
+// WriteReading is Write for a write that reads the current versions of
+// the resources reads (a create, update or delete of them): on a backend
+// whose reads are round trips (backend.Prefetcher), the current versions
+// every write of a commit group reads are read at once before the writes
+// run, instead of a round trip each in the single writer.
+func (s *Store) WriteReading(ctx context.Context, reads []Key, fn func(tx *Tx) error) error {
+	return s.write(ctx, fn, false, reads...)
+}
+
+func (s *Store) write(ctx context.Context, fn func(tx *Tx) error, alone bool, reads ...Key) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	req := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1), alone: alone}
+	req := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1), alone: alone, reads: reads}
 	select {
 	case s.writes <- req:
 	case <-s.closing:
@@ -291,6 +306,7 @@ func (s *Store) commit(group []*writeReq) {
 	var after []func()
 	single := len(group) == 1
 	err := s.db.Update(context.Background(), func(btx backend.Tx) error {
+		prefetchReads(btx, group)
 		ok := 0
 		index := &groupIndex{}
 		// A backend that can take a write back by itself needs no undo
@@ -366,6 +382,26 @@ func (s *Store) commit(group []*writeReq) {
 	}
 	for _, f := range after {
 		f()
+	}
+}
+
+// prefetchReads has a backend that prefetches read the current versions
+// of the resources the group's writes read (WriteReading), a type at a
+// time.
+func prefetchReads(btx backend.Tx, group []*writeReq) {
+	var byType map[string][][]byte
+	for _, r := range group {
+		for _, k := range r.reads {
+			if byType == nil {
+				byType = map[string][][]byte{}
+			}
+			byType[k.Type] = append(byType[k.Type], []byte(k.ID))
+		}
+	}
+	for typ, ids := range byType {
+		if p, ok := btx.Bucket(bucketName("R", typ)).(backend.Prefetcher); ok {
+			p.Prefetch(ids)
+		}
 	}
 }
 
