@@ -594,6 +594,11 @@ func (s *spawned) stop() {
 	if size, err := s.dbSize(); err == nil {
 		fmt.Printf("database size: %.1f MiB\n", float64(size)/(1<<20))
 	}
+	if serverDB != "" {
+		if err := printPostgresTables(serverDB); err != nil {
+			fmt.Println("p2pload: the tables' sizes:", err)
+		}
+	}
 	os.RemoveAll(s.dir)
 }
 

@@ -70,3 +70,43 @@ func settlePostgres(url string) (time.Duration, error) {
 	}
 	return time.Since(start), nil
 }
+
+// printPostgresTables prints where the database's size goes: each table
+// of the store with its heap, indexes and TOAST, and what a new, empty
+// database takes (PostgreSQL's catalog, in every database whatever it
+// holds).
+func printPostgresTables(url string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT c.relname, c.reltuples::bigint, pg_relation_size(c.oid),
+	pg_indexes_size(c.oid), pg_total_relation_size(c.oid) - pg_relation_size(c.oid) - pg_indexes_size(c.oid)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname = 'public'
+ORDER BY pg_total_relation_size(c.oid) DESC`)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%-20s %10s %12s %12s %12s\n", "table", "rows", "heap B", "indexes B", "TOAST B")
+	for rows.Next() {
+		var name string
+		var n, heap, idx, toast int64
+		if err := rows.Scan(&name, &n, &heap, &idx, &toast); err != nil {
+			return err
+		}
+		fmt.Printf("%-20s %10d %12d %12d %12d\n", name, max(n, 0), heap, idx, toast)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	var empty int64
+	if err := conn.QueryRow(ctx, "SELECT pg_database_size('template1')").Scan(&empty); err != nil {
+		return err
+	}
+	fmt.Printf("an empty database (template1): %d B\n", empty)
+	return nil
+}
