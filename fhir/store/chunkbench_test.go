@@ -43,7 +43,8 @@ func ingestObs(member, k int, ordered bool) (id, body string) {
 // digest ids, written in transactions of chunk resources each, on a
 // synced bbolt file. It reports, per resource, the writer's wall time
 // (ns/resource: its ceiling is 1e9/that resources per second on one
-// writer) and the pages each transaction writes; and the largest
+// writer) and CPU time (cpu-ns/resource, the collector's included), and
+// the pages each transaction writes; and the largest
 // transaction's written pages in MiB (page-bytes-max-MiB), which bbolt
 // holds in memory until the commit: with random ids they grow with the
 // database until every transaction touches a page per resource per
@@ -77,7 +78,7 @@ func BenchmarkIngestChunks(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				var written time.Duration
+				var written, cpu time.Duration
 				var maxPages, pages int64
 				for i := 0; i < n; i += chunk {
 					docs := make([]*store.Doc, 0, chunk)
@@ -89,7 +90,7 @@ func BenchmarkIngestChunks(b *testing.B) {
 					}
 					before := pageCount(db)
 					b.StartTimer()
-					began := time.Now()
+					began, cpu0 := time.Now(), cpuNow()
 					if err := st.Write(context.Background(), func(tx *store.Tx) error {
 						for _, d := range docs {
 							if _, err := tx.Put(d, store.PutOptions{}); err != nil {
@@ -101,12 +102,14 @@ func BenchmarkIngestChunks(b *testing.B) {
 						b.Fatal(err)
 					}
 					written += time.Since(began)
+					cpu += cpuNow() - cpu0
 					b.StopTimer()
 					p := pageCount(db) - before
 					pages += p
 					maxPages = max(maxPages, p)
 				}
 				b.ReportMetric(float64(written.Nanoseconds())/float64(n), "ns/resource")
+				b.ReportMetric(float64(cpu.Nanoseconds())/float64(n), "cpu-ns/resource")
 				b.ReportMetric(float64(pages)/float64(n), "pages/resource")
 				b.ReportMetric(float64(maxPages*int64(db.Info().PageSize))/(1<<20), "page-bytes-max-MiB")
 				st.Close()
