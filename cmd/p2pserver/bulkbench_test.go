@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,7 +134,8 @@ func loadBenchSource(tb testing.TB, db string, members, perMember int) {
 // members (502 resources each); BULK_BENCH_PROFILE names a file for a CPU
 // profile of the target's first 10 seconds of ingestion
 // (BULK_BENCH_PROFILE_SECONDS for another length), and <name>.heap for
-// its heap profile when its live heap was largest.
+// its heap profile when its live heap was largest. BULK_BENCH_TARGET_ARGS
+// adds flags to the target's (for example "-bulk-chunk 2000").
 func BenchmarkBulkExchange(b *testing.B) {
 	members := 400
 	if v, err := strconv.Atoi(os.Getenv("BULK_BENCH_MEMBERS")); err == nil && v > 0 {
@@ -163,9 +165,10 @@ func BenchmarkBulkExchange(b *testing.B) {
 		}
 		source := start("-db", srcDB, "-admin-token", testAdmin, "-secret-key", testSecretKey, "-organization-name", oldPayerName,
 			"-export-retention", "1h")
-		target := start("-db", filepath.Join(dir, "target.db"), "-admin-token", testAdmin, "-backoffice-token", testBackoffice,
+		target := start(append([]string{"-db", filepath.Join(dir, "target.db"), "-admin-token", testAdmin, "-backoffice-token", testBackoffice,
 			"-secret-key", "0000000000000000000000000000000000000000000000000000000000000004",
-			"-mdm-identifier-system", "urn:old-payer:member-id", "-bulk-min-poll", "100ms", "-log-level", cmp.Or(os.Getenv("BULK_BENCH_LOG"), "info"))
+			"-mdm-identifier-system", "urn:old-payer:member-id", "-bulk-min-poll", "100ms", "-log-level", cmp.Or(os.Getenv("BULK_BENCH_LOG"), "info")},
+			strings.Fields(os.Getenv("BULK_BENCH_TARGET_ARGS"))...)...)
 		sp := &payer{t: b, URL: source.URL}
 		tp := &payer{t: b, URL: target.URL}
 		pid, _ := connectAsSystem(b, tp, sp, "New Payer", newPayerNPI, oldPayerName, "OLDPAYER")

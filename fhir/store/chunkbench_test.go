@@ -61,7 +61,7 @@ func BenchmarkIngestChunks(b *testing.B) {
 	for _, c := range []struct {
 		chunk   int
 		ordered bool
-	}{{500, false}, {1000, false}, {2000, false}, {5000, false}, {1000, true}} {
+	}{{500, false}, {1000, false}, {2000, false}, {5000, false}, {1000, true}, {2000, true}} {
 		chunk := c.chunk
 		ids := "digest"
 		if c.ordered {
