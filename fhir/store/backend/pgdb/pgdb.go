@@ -3,13 +3,25 @@
 // store's buckets map onto real tables with B-tree primary keys (see
 // tables.go), so that the store's seeks are index range scans.
 //
-// Read transactions are REPEATABLE READ READ ONLY snapshots; cursors read
-// rows in growing chunks. A write transaction takes a transaction-scoped
-// advisory lock first, so that write transactions are serialized across
-// processes as the store expects (sequences, conditional creates, the
-// change log's order); its changes are kept in memory (reads in the same
-// transaction see them) and sent at commit in one round trip of
-// multi-row statements.
+// Read transactions are REPEATABLE READ READ ONLY snapshots, begun in
+// the round trip of their first statement and ended in the round trip of
+// the next transaction on their connection (see parkTTL): a read of one
+// statement is one round trip. Cursors read rows in growing chunks, and
+// no row past the end of a bounded cursor's range
+// (backend.BoundedCursorer). A write transaction takes a
+// transaction-scoped advisory lock first, so that write transactions are
+// serialized across processes as the store expects (sequences,
+// conditional creates, the change log's order), and reads the buckets'
+// sequences in the same round trip; its changes are kept in memory
+// (reads in the same transaction see them) and sent at commit in one
+// round trip of multi-row statements. Statements are prepared and planned
+// once per connection (sessionParams).
+//
+// Round trips: a read of a resource 1; a search of one exact key or a
+// selective range 2 (its index entries, then its candidates' records and
+// entries); a commit group of creates or updates 3 whatever its size
+// (begin, the group's current versions, commit), and one for each other
+// key its writes read (the store's hooks).
 package pgdb
 
 import (
