@@ -11,7 +11,6 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -470,22 +469,13 @@ func outcomeOf(contentType string, body []byte) (string, []string) {
 	return strings.ToValidUTF8(s, ""), codes
 }
 
-// credentials are what an answer may quote of a request's credentials:
-// an Authorization header's value, a JWT (an access token, a client
-// assertion), a client_secret or client_assertion form field.
-var credentials = regexp.MustCompile(`(?i)\b(bearer|basic)\s+[a-z0-9\-._~+/]+=*|\beyJ[a-zA-Z0-9_\-]+\.[a-zA-Z0-9_\-]*(\.[a-zA-Z0-9_\-]*)?|\b(client_secret|client_assertion|access_token|refresh_token)=[^&\s"]*`)
-
 // Redact replaces in s, a text another payer sent (an OperationOutcome's
 // diagnostics), every credential it may quote of the request it answers:
 // the secrets given (the access token sent) and anything shaped like one
-// (credentials), so that a job's status and logs never show them.
+// (see oidcservers.RedactCredentials), so that a job's status and logs
+// never show them.
 func Redact(s string, secrets ...string) string {
-	for _, sec := range secrets {
-		if len(sec) >= 8 {
-			s = strings.ReplaceAll(s, sec, "[redacted]")
-		}
-	}
-	return credentials.ReplaceAllString(s, "[redacted]")
+	return oidcservers.RedactCredentials(s, secrets...)
 }
 
 // retryAfter reads a Retry-After header: seconds or an HTTP date.

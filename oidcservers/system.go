@@ -151,9 +151,13 @@ func (ts *SystemTokenSource) fetchLocked(ctx context.Context) (SystemToken, erro
 	asked := strings.Fields(ts.srv.SystemScopes)
 	form := url.Values{"grant_type": {"client_credentials"}, "scope": {ts.srv.SystemScopes}}
 	basic := false
+	// What the endpoint's answer may echo of the request: never shown.
+	var secrets []string
 	switch ts.srv.SystemAuth {
 	case SystemAuthClientSecretBasic:
 		basic = true
+		secrets = append(secrets, ts.srv.ClientSecret, url.QueryEscape(ts.srv.ClientSecret),
+			base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(ts.srv.SystemClientID)+":"+url.QueryEscape(ts.srv.ClientSecret))))
 	default:
 		assertion, err := ts.assertion(ctx, ep.URL)
 		if err != nil {
@@ -161,6 +165,7 @@ func (ts *SystemTokenSource) fetchLocked(ctx context.Context) (SystemToken, erro
 		}
 		form.Set("client_assertion_type", ClientAssertionType)
 		form.Set("client_assertion", assertion)
+		secrets = append(secrets, assertion)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, strings.NewReader(form.Encode()))
 	if err != nil {
@@ -183,14 +188,14 @@ func (ts *SystemTokenSource) fetchLocked(ctx context.Context) (SystemToken, erro
 	}
 	fields, perr := parseTokenResponse(resp.Header.Get("Content-Type"), body)
 	if resp.StatusCode != http.StatusOK {
-		return SystemToken{}, systemTokenError(op, ts.srv, resp, body, fields)
+		return SystemToken{}, systemTokenError(op, ts.srv, resp, body, fields, secrets)
 	}
 	if perr != nil {
 		return SystemToken{}, errs.E(op, errs.Unprocessable, "the token endpoint "+ep.URL+" answered with a body that is not a token response", perr)
 	}
 	tok, err := tokenFromFields(fields)
 	if err != nil {
-		return SystemToken{}, errs.E(op, errs.Unprocessable, "the token endpoint "+ep.URL+" answered with an unusable token: "+err.Error())
+		return SystemToken{}, errs.E(op, errs.Unprocessable, "the token endpoint "+ep.URL+" answered with an unusable token: "+cleanDescription(RedactCredentials(err.Error(), secrets...)))
 	}
 	granted := asked
 	if sc, _ := fields["scope"].(string); strings.TrimSpace(sc) != "" {
@@ -262,14 +267,29 @@ func FindSystemTokenEndpoint(ctx context.Context, s Server) (TokenEndpoint, erro
 
 // systemTokenError turns a refused client_credentials grant into an error
 // that says what to do. The source's error_description is quoted (cut
-// short, control characters removed): it is often the only clue, and it
-// holds no secret of ours.
-func systemTokenError(op string, srv Server, resp *http.Response, body []byte, fields map[string]any) error {
-	re := &oauth2.RetrieveError{Response: resp, Body: body}
+// short, control characters removed): it is often the only clue. What it,
+// the error code or the body kept in the chain (for logs) may quote of the
+// request, the secrets sent (the client secret, the client assertion) and
+// anything shaped like a credential, is replaced first
+// (RedactCredentials), and the body is kept to its first 1,000 bytes.
+func systemTokenError(op string, srv Server, resp *http.Response, body []byte, fields map[string]any, secrets []string) error {
+	kept := RedactCredentials(strings.ToValidUTF8(string(body), ""), secrets...)
+	if len(kept) > 1000 {
+		kept = strings.ToValidUTF8(kept[:1000], "") + "…"
+	}
+	re := &oauth2.RetrieveError{Response: resp, Body: []byte(kept)}
 	if fields != nil {
-		re.ErrorCode, _ = fields["error"].(string)
-		re.ErrorDescription, _ = fields["error_description"].(string)
-		re.ErrorURI, _ = fields["error_uri"].(string)
+		field := func(k string) string {
+			v, _ := fields[k].(string)
+			v = RedactCredentials(v, secrets...)
+			if len(v) > 1000 {
+				v = strings.ToValidUTF8(v[:1000], "") + "…"
+			}
+			return v
+		}
+		// Redacted whole, before the description is cut short: a
+		// credential quoted never shows, not even its start.
+		re.ErrorCode, re.ErrorDescription, re.ErrorURI = field("error"), field("error_description"), field("error_uri")
 	}
 	why := codeOrStatus(re, resp)
 	if d := cleanDescription(re.ErrorDescription); d != "" {
