@@ -56,7 +56,14 @@ func (g *groupIndex) add(ops map[indexName][]indexOp) {
 		g.ops = make(map[indexName][]indexOp, len(ops))
 	}
 	for name, l := range ops {
-		g.ops[name] = append(g.ops[name], l...)
+		if have := g.ops[name]; have != nil {
+			g.ops[name] = append(have, l...)
+		} else {
+			// Taken over, not copied: the first write of a bucket (a
+			// large transaction's, alone in its group, is the only one).
+			// ops is cleared, so the write appends to it no more.
+			g.ops[name] = l
+		}
 	}
 	clear(ops)
 }
