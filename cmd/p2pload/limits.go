@@ -235,6 +235,9 @@ func writerLongest(debugAddr string) (time.Duration, error) {
 		return 0, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("the server has no /debug/writer: %s", resp.Status)
+	}
 	var w struct {
 		LongestSeconds *float64 `json:"longest_seconds"`
 	}
