@@ -2,6 +2,7 @@ package pgdb
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,8 +77,10 @@ func TestParkedReadTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	clock := time.Now()
-	d.parking.now = func() time.Time { return clock }
+	// The clock is read by the parking sweeper's goroutine too.
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	d.parking.now = func() time.Time { return time.Unix(0, clock.Load()) }
 
 	steps := []struct {
 		name    string
@@ -91,8 +94,8 @@ func TestParkedReadTransactions(t *testing.T) {
 		{"the next read rolls back the old snapshot and sees the write", func() string { return get(d) }, "2", 1, 1},
 		{"a write takes the parked connection (the pool has one)", func() string { put(d, "3"); return "" }, "", 0, 0},
 		{"and the read after it sees it", func() string { return get(d) }, "3", 1, 1},
-		{"a sweep before parkTTL keeps it", func() string { clock = clock.Add(parkTTL / 2); d.parking.sweep(); return "" }, "", 1, 1},
-		{"a sweep at parkTTL rolls it back", func() string { clock = clock.Add(parkTTL / 2); d.parking.sweep(); return "" }, "", 0, 0},
+		{"a sweep before parkTTL keeps it", func() string { clock.Add(int64(parkTTL / 2)); d.parking.sweep(); return "" }, "", 1, 1},
+		{"a sweep at parkTTL rolls it back", func() string { clock.Add(int64(parkTTL / 2)); d.parking.sweep(); return "" }, "", 0, 0},
 		{"a read after the sweep", func() string { return get(d) }, "3", 1, 1},
 		{"closing ends the parked transaction", func() string { d.Close(); return "" }, "", 0, 0},
 	}
