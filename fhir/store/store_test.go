@@ -471,3 +471,36 @@ func TestWriterHeld(t *testing.T) {
 		t.Errorf("WriterHeld: total %s (from %s), longest %s; the write held it %s", total, total0, longest, hold)
 	}
 }
+
+// TestLargeWriteIndexChangesKeepTheirOrder: a write with more index
+// changes than parallelSortOps has its buckets' changes sorted on several
+// cores; the changes to one key must still be made in the order they were
+// queued. Here each resource is created with code a, updated to b and back
+// to a in the same write, so that the index key of code a is put, deleted
+// and put again: made out of order, the resources would be lost to a
+// search on a, or found on b.
+func TestLargeWriteIndexChangesKeepTheirOrder(t *testing.T) {
+	st := openStore(t)
+	const n = 1000
+	obsCode := func(i int, code string) *store.Doc {
+		return doc(t, "Observation", fmt.Sprintf("order-%04d", i), fmt.Sprintf(`{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"urn:order","code":"%s"}]},"subject":{"reference":"Patient/p%d"},"effectiveDateTime":"2024-01-%02dT10:00:00Z","valueQuantity":{"value":%d,"unit":"mg","system":"http://unitsofmeasure.org","code":"mg"}}`, code, i, 1+i%28, i))
+	}
+	if err := st.WriteAlone(context.Background(), func(tx *store.Tx) error {
+		for _, code := range []string{"a", "b", "a"} {
+			for i := range n {
+				if _, err := tx.Put(obsCode(i, code), store.PutOptions{}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := find(t, st, "Observation", "code=urn:order|a"); len(got) != n {
+		t.Errorf("code a finds %d Observations, want %d", len(got), n)
+	}
+	if got := find(t, st, "Observation", "code=urn:order|b"); len(got) != 0 {
+		t.Errorf("code b finds %d Observations, want none", len(got))
+	}
+}
