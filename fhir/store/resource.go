@@ -305,14 +305,15 @@ func (tx *Tx) Put(d *Doc, opts PutOptions) (*Version, error) {
 	if d.Entries == nil || d.LastUpdated.IsZero() {
 		tx.s.Prepare(d)
 	}
-	if at := tx.s.writtenAt(d.LastUpdated); !at.Equal(d.LastUpdated) {
-		// Prepared before a version written since: stamped again, at
-		// that version's time, with its _lastUpdated index entry.
-		tx.s.restamp(d, at)
-	}
 	prev, err := tx.current(d.Type, d.ID)
 	if err != nil {
 		return nil, err
+	}
+	if at := tx.s.writtenAt(d.LastUpdated, prev); !at.Equal(d.LastUpdated) {
+		// Prepared before a version written since: stamped again, at
+		// that version's time (or just after the version it follows),
+		// with its _lastUpdated index entry.
+		tx.s.restamp(d, at)
 	}
 	var next int64 = 1
 	if prev != nil {
@@ -372,7 +373,7 @@ func (tx *Tx) Delete(typ, id string, ifMatch int64) (*Version, error) {
 		return nil, errs.E("store.delete", errs.Precondition,
 			fmt.Sprintf("%s/%s is at version %d, not %d", typ, id, prev.VersionID, ifMatch))
 	}
-	v := &Version{Type: typ, ID: id, VersionID: prev.VersionID + 1, LastUpdated: tx.s.writtenAt(now()), Deleted: true}
+	v := &Version{Type: typ, ID: id, VersionID: prev.VersionID + 1, LastUpdated: tx.s.writtenAt(now(), prev), Deleted: true}
 	if err := tx.writeVersion(v, encodeRecord(v), nil); err != nil {
 		return nil, err
 	}

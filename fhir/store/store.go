@@ -44,10 +44,11 @@ type Store struct {
 
 	params params // the parameter numbers of packed index entries
 
-	// stampFloor is the latest lastUpdated this process has written
-	// (Unix microseconds): a version is never stamped before it, so that
+	// stampFloor is the latest lastUpdated written to the database, by
+	// this process or, as of its current commit group, another one (Unix
+	// microseconds): a version is never stamped before it, so that
 	// history, newest first, is in lastUpdated order and _since can stop
-	// at the first older version (see writtenAt).
+	// at the first older version (see writtenAt and stampBucket).
 	stampFloor atomic.Int64
 
 	// held is how long the writer has been busy committing, and longest
@@ -93,7 +94,10 @@ func Open(db backend.DB, reg *search.Registry, log *slog.Logger) (*Store, error)
 		log = slog.Default()
 	}
 	if err := db.Update(context.Background(), func(btx backend.Tx) error {
-		_, err := btx.CreateBucketIfNotExists([]byte("C"))
+		if _, err := btx.CreateBucketIfNotExists([]byte("C")); err != nil {
+			return err
+		}
+		_, err := btx.CreateBucketIfNotExists(stampBucket)
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
@@ -306,6 +310,7 @@ func (s *Store) commit(group []*writeReq) {
 	var after []func()
 	single := len(group) == 1
 	err := s.db.Update(context.Background(), func(btx backend.Tx) error {
+		floor := s.readFloor(btx)
 		prefetchReads(btx, group)
 		ok := 0
 		index := &groupIndex{}
@@ -358,7 +363,10 @@ func (s *Store) commit(group []*writeReq) {
 		}
 		// The index changes of every write that succeeded, at once.
 		gtx := &Tx{s: s, btx: btx, ctx: context.Background(), writable: true}
-		return gtx.applyIndex(index.ops)
+		if err := gtx.applyIndex(index.ops); err != nil {
+			return err
+		}
+		return s.writeFloor(btx, floor)
 	})
 	if err != nil && !errors.Is(err, errNothingToCommit) && !(single && results[0] != nil) {
 		// The commit itself failed: nothing of the group is written.
@@ -422,15 +430,58 @@ func (s *Store) run(tx *Tx, fn func(tx *Tx) error) (err error) {
 	return tx.flushErr
 }
 
-// writtenAt returns t, or the latest stamp this process has written when
-// t is before it (a version prepared before another but written after
-// it), and records the result as the latest. Called by the writer only.
-func (s *Store) writtenAt(t time.Time) time.Time {
+// writtenAt returns t, or the latest stamp written (see stampFloor) when t
+// is before it (a version prepared before another but written after it),
+// and at least a microsecond after prev's, the version it follows (nil:
+// none), and records the result as the latest. Called by the writer only.
+func (s *Store) writtenAt(t time.Time, prev *Version) time.Time {
 	if floor := time.UnixMicro(s.stampFloor.Load()).UTC(); t.Before(floor) {
 		t = floor
 	}
+	if prev != nil && !t.After(prev.LastUpdated) {
+		t = prev.LastUpdated.Add(time.Microsecond)
+	}
 	s.stampFloor.Store(t.UnixMicro())
 	return t
+}
+
+// stampBucket's sequence is the latest lastUpdated written to the
+// database (Unix microseconds), by any process: each commit group reads it
+// under the write lock before its writes are stamped (see writtenAt) and
+// raises it with what they were stamped. Several processes on one
+// database then stamp as one would, although each prepares versions
+// before knowing what the others wrote meanwhile. On PostgreSQL the
+// sequence comes with the write's BEGIN, so this costs no round trip.
+var stampBucket = []byte("T")
+
+// readFloor raises the stamp floor to what the database records (see
+// stampBucket) and returns that.
+func (s *Store) readFloor(btx backend.Tx) uint64 {
+	b := btx.Bucket(stampBucket)
+	if b == nil {
+		return 0
+	}
+	floor := b.Sequence()
+	for {
+		cur := s.stampFloor.Load()
+		if int64(floor) <= cur || s.stampFloor.CompareAndSwap(cur, int64(floor)) {
+			return floor
+		}
+	}
+}
+
+// writeFloor records the stamp floor in the database when the group
+// raised it above floor, what the database recorded at its start.
+func (s *Store) writeFloor(btx backend.Tx, floor uint64) error {
+	cur := s.stampFloor.Load()
+	if cur <= int64(floor) {
+		return nil
+	}
+	b := btx.Bucket(stampBucket)
+	if b == nil {
+		return nil
+	}
+	return b.SetSequence(uint64(cur))
 }
 
 // now is the clock for lastUpdated; microsecond precision as stored.
