@@ -215,6 +215,17 @@ func (d *DB) acquire(ctx context.Context) (conn *pgxpool.Conn, open bool, err er
 	return conn, false, nil
 }
 
+// closedBefore reports whether err, from the first round trip of a
+// transaction on conn, says that the database had closed conn before
+// (its session ended by pg_terminate_backend, a restart or a failover,
+// while it was parked or idle in the pool): nothing of the transaction
+// was done, and it can begin again on another connection. Each
+// connection the pool holds may be such a one, so a transaction tries as
+// many as it holds, and one more.
+func (d *DB) closedBefore(ctx context.Context, conn *pgxpool.Conn, err error, attempt int) bool {
+	return err != nil && ctx.Err() == nil && conn.Conn().IsClosed() && attempt <= int(d.pool.Config().MaxConns)
+}
+
 // View runs fn in a REPEATABLE READ READ ONLY transaction, begun with
 // fn's first read (in the same round trip). The transaction is not
 // ended when fn returns: its connection is parked (see parkTTL), so that
@@ -227,6 +238,10 @@ func (d *DB) View(ctx context.Context, fn func(backend.Tx) error) error {
 	t := newTx(ctx, d, conn, false)
 	t.open = open
 	err = fn(t)
+	conn = t.conn // another, when the first had been closed
+	if conn == nil {
+		return fmt.Errorf("database: %w", t.err)
+	}
 	switch {
 	case t.err != nil || conn.Conn().PgConn().IsBusy():
 		// The connection's state is unknown: the pool closes it
@@ -282,21 +297,33 @@ func (d *DB) Update(ctx context.Context, fn func(backend.Tx) error) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Release()
-	b := &pgx.Batch{}
-	if open {
-		b.Queue("ROLLBACK")
-	}
-	b.Queue("BEGIN")
-	b.Queue("SELECT pg_advisory_xact_lock($1)", writeLock)
-	// The buckets' sequences, read under the lock (no other writer can
-	// change them until the commit): a write's Sequence then costs no
-	// round trip. A bucket without a row, or at 0, is at 0.
-	b.Queue("SELECT name, seq FROM p2p_buckets WHERE seq <> 0")
 	seqs := map[string]int64{}
-	if err := beginWrite(conn.SendBatch(ctx, b), b.Len(), seqs); err != nil {
-		return fmt.Errorf("database: begin: %w", err)
+	for attempt := 0; ; attempt++ {
+		clear(seqs)
+		b := &pgx.Batch{}
+		if open {
+			b.Queue("ROLLBACK")
+		}
+		b.Queue("BEGIN")
+		b.Queue("SELECT pg_advisory_xact_lock($1)", writeLock)
+		// The buckets' sequences, read under the lock (no other writer
+		// can change them until the commit): a write's Sequence then
+		// costs no round trip. A bucket without a row, or at 0, is at 0.
+		b.Queue("SELECT name, seq FROM p2p_buckets WHERE seq <> 0")
+		err := beginWrite(conn.SendBatch(ctx, b), b.Len(), seqs)
+		if err == nil {
+			break
+		}
+		if !d.closedBefore(ctx, conn, err, attempt) {
+			release(conn)
+			return fmt.Errorf("database: begin: %w", err)
+		}
+		release(conn)
+		if conn, open, err = d.acquire(ctx); err != nil {
+			return err
+		}
 	}
+	defer conn.Release()
 	t := newTx(ctx, d, conn, true)
 	t.begun = true
 	t.seqs = seqs

@@ -170,7 +170,9 @@ func (t *tx) fail(err error) {
 
 // rows runs a query, beginning a read transaction in the same round trip
 // if none is begun (after rolling back the one the connection was parked
-// in), and calls scan for each row.
+// in), and calls scan for each row. A connection the database had closed
+// (see closedBefore) is replaced, and the round trip sent again: nothing
+// of the transaction was read yet.
 func (t *tx) rows(sql string, args []any, scan func(pgx.Rows) error) {
 	if t.err != nil {
 		return
@@ -178,27 +180,21 @@ func (t *tx) rows(sql string, args []any, scan func(pgx.Rows) error) {
 	var rows pgx.Rows
 	var br pgx.BatchResults
 	if !t.begun {
-		b := &pgx.Batch{}
-		if t.open {
-			b.Queue("ROLLBACK")
-		}
-		b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-		b.Queue(sql, args...)
-		br = t.conn.SendBatch(t.ctx, b)
-		t.begun = true
-		for range b.Len() - 1 {
-			if _, err := br.Exec(); err != nil {
-				br.Close()
+		for attempt := 0; ; attempt++ {
+			var err error
+			if rows, br, err = t.begin(sql, args); err == nil {
+				break
+			}
+			if !t.db.closedBefore(t.ctx, t.conn, err, attempt) {
 				t.fail(err)
 				return
 			}
-		}
-		t.open = false
-		var err error
-		if rows, err = br.Query(); err != nil {
-			br.Close()
-			t.fail(err)
-			return
+			release(t.conn)
+			if t.conn, t.open, err = t.db.acquire(t.ctx); err != nil {
+				t.conn = nil
+				t.fail(err)
+				return
+			}
 		}
 	} else {
 		var err error
@@ -222,6 +218,32 @@ func (t *tx) rows(sql string, args []any, scan func(pgx.Rows) error) {
 			t.fail(err)
 		}
 	}
+}
+
+// begin sends the round trip that begins a read transaction with its
+// first statement (after rolling back the one the connection was parked
+// in), and returns that statement's rows.
+func (t *tx) begin(sql string, args []any) (pgx.Rows, pgx.BatchResults, error) {
+	b := &pgx.Batch{}
+	if t.open {
+		b.Queue("ROLLBACK")
+	}
+	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+	b.Queue(sql, args...)
+	br := t.conn.SendBatch(t.ctx, b)
+	for range b.Len() - 1 {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return nil, nil, err
+		}
+	}
+	rows, err := br.Query()
+	if err != nil {
+		br.Close()
+		return nil, nil, err
+	}
+	t.begun, t.open = true, false
+	return rows, br, nil
 }
 
 func (t *tx) obucket(name []byte) *obucket {
