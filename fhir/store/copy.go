@@ -69,7 +69,8 @@ func (c BucketCount) OK() bool { return c.From == c.To && c.FromSeq == c.ToSeq }
 // put there by an earlier Copy.
 var ErrTargetNotEmpty = errors.New("the database copied to is not empty, and holds no unfinished copy: copy into a new, empty database")
 
-// Copy copies every bucket of from into to, key by key, with the buckets'
+// Copy copies every bucket of from into to (but from's own copy
+// progress record, when from was made by a Copy), key by key, with the buckets'
 // sequences, through the backend contract (so that each backend stores
 // them its own way), CopyChunk keys per write transaction. It is
 // resumable: how far each bucket has come is recorded in to, in the
@@ -85,7 +86,11 @@ func Copy(ctx context.Context, from, to DB, progress func(bucket string, copied 
 	var names []string
 	if err := from.View(ctx, func(tx backend.Tx) error {
 		return tx.ForEach(func(name []byte, _ backend.Bucket) error {
-			names = append(names, string(name))
+			// from's own record of the copy that made it is not data:
+			// copied, it would tell this copy that buckets are done.
+			if string(name) != copyProgress {
+				names = append(names, string(name))
+			}
 			return nil
 		})
 	}); err != nil {
