@@ -96,7 +96,12 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintf(tw, "all %d buckets\t\t%d\t\t\n", len(counts), total)
 		tw.Flush()
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrTargetNotEmpty):
+		// Refused before anything was copied: running it again changes
+		// nothing.
+		return fmt.Errorf("-to: %w", store.ErrTargetNotEmpty)
+	case err != nil:
 		return fmt.Errorf("%w (run the same command again to go on from where it stopped)", err)
 	}
 	fmt.Fprintln(out, "the copy is complete and verified: start p2pserver with -db", store.RedactDSN(*to))

@@ -435,12 +435,19 @@ func TestMigrateEveryDirection(t *testing.T) {
 		{"the same bbolt file", boltSrc, boltSrc, "the same database"},
 		{"the same bbolt file by another path", boltSrc, dir + "/./x/../src.db", "the same database"},
 		{"the same PostgreSQL database", pgSrc, pgSrc, "the same database"},
+		{"a PostgreSQL database holding other data", boltSrc, pgSrc, "-to: the database copied to is not empty"},
+		{"a bbolt file holding other data", pgSrc, boltSrc, "-to: the database copied to is not empty"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var out bytes.Buffer
 			err := runMigrate(ctx, []string{"-from", c.from, "-to", c.to}, &out)
 			if err == nil || !strings.Contains(err.Error(), c.refusal) {
 				t.Fatalf("migrate -from %s -to %s: %v; want %q", c.from, c.to, err, c.refusal)
+			}
+			// Running a refused command again changes nothing: the
+			// refusal must not say it would go on.
+			if strings.Contains(err.Error(), "run the same command again") {
+				t.Errorf("the refusal %q tells to run the same command again", err)
 			}
 		})
 	}
