@@ -210,6 +210,9 @@ func (l *loader) stage(n, c int, d time.Duration, deadline time.Time, srv *spawn
 		}
 	}
 	res.resources = len(l.patientIDs) + len(l.obsIDs)
+	if srv != nil {
+		srv.resources = res.resources
+	}
 	if l.createsOnly {
 		return res, nil
 	}
@@ -542,6 +545,9 @@ type spawned struct {
 	db    string
 	base  string // FHIR base URL
 	debug string // its profiling address, when started with one
+	// resources is the number of resources loaded, for the bytes per
+	// resource of each bucket family printed at stop.
+	resources int
 }
 
 // spawn starts a p2pserver on a free loopback port with a new database and
@@ -604,6 +610,11 @@ func (s *spawned) stop() {
 		fmt.Println("p2pload: the buckets' sizes:", err)
 	} else {
 		printBoltSizes(os.Stdout, sizes, other, 20)
+	}
+	if serverDB == "" && s.resources > 0 {
+		if err := printUsage(s.db, s.resources); err != nil {
+			fmt.Printf("bucket usage: %v\n", err)
+		}
 	}
 	os.RemoveAll(s.dir)
 }
