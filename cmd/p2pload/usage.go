@@ -25,7 +25,7 @@ func printUsage(path string, n int) error {
 		return err
 	}
 	defer db.Close()
-	buckets, free, err := boltdb.Usage(db)
+	buckets, size, err := boltdb.Usage(db)
 	if err != nil {
 		return err
 	}
@@ -61,8 +61,8 @@ func printUsage(path string, n int) error {
 	}
 	sort.Strings(order)
 	per := func(v int64) float64 { return float64(v) / float64(n) }
-	fmt.Printf("\nbytes per resource by bucket family (%d resources, file %d B = %.0f B per resource, free pages %.0f B per resource)\n",
-		n, fi.Size(), per(fi.Size()), per(free))
+	fmt.Printf("\nbytes per resource by bucket family (%d resources; file %.0f B per resource, pages up to the highest in use %.0f B, of them free %.0f B)\n",
+		n, per(fi.Size()), per(size), per(size-total.page))
 	fmt.Printf("%-8s %12s %14s %14s %14s\n", "family", "keys/res", "key+value B", "of it value B", "page B")
 	for _, name := range order {
 		f := fams[name]

@@ -25,7 +25,26 @@ type Param struct {
 	// (choice elements by every concrete name): a resource with none of
 	// them has no entry under the parameter (see Extract).
 	reads []string
+	// Sources, when set, are the parameters whose index entries hold every
+	// entry of this one: it has no index of its own (see Source).
+	Sources []Source
 }
+
+// Source is a parameter whose index another parameter's clauses scan
+// instead of their own: the other's entries are exactly the union of its
+// sources' entries, each source's entries either all (Observation
+// combo-code is code | component-code) or, when ResolveIs is set, those
+// whose reference resolves to a resource of that type (Observation patient
+// is subject.where(resolve() is Patient)). Such a parameter's entries are
+// still extracted and kept with the resource (for matching, sorting,
+// _include and :missing); only its index is not stored.
+type Source struct {
+	Code      string
+	ResolveIs string
+}
+
+// Stored reports whether p has an index of its own.
+func (p *Param) Stored() bool { return len(p.Sources) == 0 }
 
 // Supported parameter types: composite and special parameters are not
 // indexed and so not offered.
@@ -91,6 +110,9 @@ func NewRegistry(m *spec.Model) *Registry {
 	for _, sp := range spec.USCoreSearchParams() {
 		add(sp)
 	}
+	for typ := range r.byType {
+		r.findSources(typ)
+	}
 	r.compartment = map[string][]*Param{}
 	for typ, codes := range spec.PatientCompartment() {
 		for _, code := range codes {
@@ -100,6 +122,137 @@ func NewRegistry(m *spec.Model) *Registry {
 		}
 	}
 	return r
+}
+
+// findSources sets the Sources of the parameters of typ whose entries are
+// all those of other parameters of the same type (see Source), judged on
+// the expressions: the branches of the parameter's union (those for typ)
+// are the branches of other parameters of the same search type put
+// together, or, for a reference parameter, a branch may be another's
+// single branch followed by .where(resolve() is T). A source has no
+// sources itself; of parameters with the same branches, the first by code
+// is the source of the others.
+func (r *Registry) findSources(typ string) {
+	params := r.Params(typ)
+	brs := make(map[*Param][]string, len(params))
+	for _, p := range params {
+		brs[p] = r.branches(p.Expression, typ)
+	}
+	// sourceOf returns a parameter that may be p's source for branch b.
+	sourceOf := func(p *Param, b string) (*Param, string) {
+		for _, q := range params {
+			if q == p || q.Type != p.Type || len(brs[q]) == 0 {
+				continue
+			}
+			within := true
+			for _, qb := range brs[q] {
+				within = within && slices.Contains(brs[p], qb)
+			}
+			equal := within && len(brs[q]) == len(brs[p])
+			if within && slices.Contains(brs[q], b) && (!equal || q.Code < p.Code) {
+				return q, ""
+			}
+		}
+		if x, t, ok := resolveFilter(b); ok && p.Type == "reference" && r.model.IsResource(t) {
+			for _, q := range params {
+				if q != p && q.Type == p.Type && slices.Equal(brs[q], []string{x}) {
+					return q, t
+				}
+			}
+		}
+		return nil, ""
+	}
+	found := map[*Param][]Source{}
+	for _, p := range params {
+		var sources []Source
+		for _, b := range brs[p] {
+			covered := slices.ContainsFunc(sources, func(s Source) bool {
+				q := r.byType[typ][s.Code]
+				return s.ResolveIs == "" && slices.Contains(brs[q], b)
+			})
+			if covered {
+				continue
+			}
+			q, is := sourceOf(p, b)
+			if q == nil {
+				sources = nil
+				break
+			}
+			sources = append(sources, Source{Code: q.Code, ResolveIs: is})
+		}
+		if len(sources) > 0 {
+			found[p] = sources
+		}
+	}
+	for p, sources := range found {
+		chained := slices.ContainsFunc(sources, func(s Source) bool {
+			_, ok := found[r.byType[typ][s.Code]]
+			return ok
+		})
+		if !chained {
+			p.Sources = sources
+		}
+	}
+}
+
+// branches returns the branches of expr's top-level union that apply to
+// a resource of type typ (those not starting with another resource type's
+// name),
+// without surrounding spaces; nil when expr has none or cannot be split.
+func (r *Registry) branches(expr, typ string) []string {
+	var out []string
+	depth, start := 0, 0
+	var quote byte
+	add := func(b string) {
+		b = strings.TrimSpace(b)
+		head := strings.TrimLeft(b, "( ")
+		if i := strings.IndexAny(head, ".( "); i >= 0 {
+			head = head[:i]
+		}
+		if head == typ || !r.model.IsResource(head) {
+			out = append(out, b)
+		}
+	}
+	for i := 0; i < len(expr); i++ {
+		c := expr[i]
+		switch {
+		case quote != 0:
+			if c == '\\' {
+				i++
+			} else if c == quote {
+				quote = 0
+			}
+		case c == '\'' || c == '"' || c == '`':
+			quote = c
+		case c == '(':
+			depth++
+		case c == ')':
+			depth--
+		case c == '|' && depth == 0:
+			add(expr[start:i])
+			start = i + 1
+		}
+	}
+	if depth != 0 || quote != 0 {
+		return nil
+	}
+	add(expr[start:])
+	return out
+}
+
+// resolveFilter splits "X.where(resolve() is T)" into X and T.
+func resolveFilter(b string) (x, t string, ok bool) {
+	const mid = ".where(resolve() is "
+	i := strings.LastIndex(b, mid)
+	if i <= 0 || !strings.HasSuffix(b, ")") {
+		return "", "", false
+	}
+	t = strings.TrimSpace(b[i+len(mid) : len(b)-1])
+	t = strings.TrimPrefix(t, "FHIR.")
+	if t == "" || strings.ContainsAny(t, " ().") {
+		return "", "", false
+	}
+	return b[:i], t, true
 }
 
 // elementsRead returns the elements of a resource of type typ that expr
@@ -212,4 +365,31 @@ func (r *Registry) InRecord(typ, id string, entries []Entry, patient string, lin
 		}
 	}
 	return false
+}
+
+// Decides reports whether the entry of source s with key and payload is
+// also one of the parameter it is a source of, when the key alone tells:
+// always for a source without ResolveIs; for one with, when the reference
+// names its resource type (as resolve() reads it: "Patient/1",
+// "http://x/fhir/Patient/1"). decided is false when only the resource can
+// tell (a reference typed by its type element, such as a urn:uuid).
+func (r *Registry) Decides(s Source, key string, payload []byte) (in, decided bool) {
+	if s.ResolveIs == "" {
+		return true, true
+	}
+	if !strings.HasPrefix(key, pfxRef) {
+		return false, true
+	}
+	ref := entryValue(pfxRef, key, payload)
+	if i := strings.Index(ref, "/_history/"); i >= 0 {
+		ref = ref[:i]
+	}
+	if i := strings.LastIndexByte(ref, '/'); i > 0 {
+		t := ref[:i]
+		t = t[strings.LastIndexByte(t, '/')+1:]
+		if r.model.IsResource(t) {
+			return t == s.ResolveIs, true
+		}
+	}
+	return false, false
 }

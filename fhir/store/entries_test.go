@@ -168,7 +168,7 @@ func TestUpgradeRemovesIDIndexKeepsOldEntries(t *testing.T) {
 			return err
 		}
 		for _, e := range search.IDEntries("p1") {
-			if err := ix.Put(indexKey(e.Key, "p1"), nil); err != nil {
+			if err := ix.Put(tx.indexKey(e.Key, "p1"), nil); err != nil {
 				return err
 			}
 		}

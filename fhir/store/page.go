@@ -244,23 +244,27 @@ const rangeLimit = 10000
 
 // rangeIDs returns the sorted ids c's ranges hold, if they hold at most
 // limit index entries.
+// A parameter not stored reads its sources' indexes: the ids are then
+// candidates that every one is checked (see matcher.match).
 func (tx *Tx) rangeIDs(typ string, c *search.Clause, limit int) ([]string, bool) {
-	b := tx.btx.Bucket(indexBucket(typ, c.Param.Code))
-	if b == nil {
-		return nil, true
-	}
 	var ids []string
 	n := 0
-	for _, v := range c.Values {
-		for _, r := range v.Ranges {
-			end := []byte(r.End)
-			cur := boundedCursor(b, end)
-			for k, _ := cur.Seek([]byte(r.Start)); k != nil && bytes.Compare(k, end) < 0; k, _ = cur.Next() {
-				if n++; n > limit {
-					return nil, false
+	for _, src := range tx.s.indexSources(typ, c.Param.Code) {
+		b := tx.btx.Bucket(indexBucket(typ, src.Code))
+		if b == nil {
+			continue
+		}
+		for _, v := range c.Values {
+			for _, r := range v.Ranges {
+				end := []byte(r.End)
+				cur := boundedCursor(b, end)
+				for k, _ := cur.Seek([]byte(r.Start)); k != nil && bytes.Compare(k, end) < 0; k, _ = cur.Next() {
+					if n++; n > limit {
+						return nil, false
+					}
+					_, id := splitIndexKey(k)
+					ids = append(ids, id)
 				}
-				_, id := splitIndexKey(k)
-				ids = append(ids, id)
 			}
 		}
 	}
@@ -424,36 +428,61 @@ func (m *matcher) ids(start string, fn func(id string) bool) {
 }
 
 // keyIDs merges the ids under each exact key of the driving parameter's
-// index (each run in id order) into one id order.
+// index (each run in id order) into one id order; for a parameter not
+// stored, under each key of each of its sources' indexes (candidates
+// that match checks).
 func (m *matcher) keyIDs(start string, fn func(id string) bool) {
-	b := m.tx.btx.Bucket(indexBucket(m.q.Type, m.param))
-	if b == nil {
-		return
+	var buckets []backend.Bucket
+	for _, src := range m.tx.s.indexSources(m.q.Type, m.param) {
+		if b := m.tx.btx.Bucket(indexBucket(m.q.Type, src.Code)); b != nil {
+			buckets = append(buckets, b)
+		}
 	}
+	// Under one key, the ids in 16 bytes come first, then the others, each
+	// part in id order (see appendIndexID): each part is a run.
 	type run struct {
 		c      interface{ Next() ([]byte, []byte) }
-		prefix []byte
+		prefix []byte // the keys of the run start with it
+		skip   int    // the id starts after it
 		id     string
 		ok     bool
 	}
-	runs := make([]*run, 0, len(m.keys))
-	for _, key := range m.keys {
-		c := boundedCursor(b, append([]byte(key), 1))
-		r := &run{c: c, prefix: append([]byte(key), 0)}
-		k, _ := c.Seek(append(slices.Clip(r.prefix), start...))
-		for k != nil && bytes.HasPrefix(k, r.prefix) && string(k[len(r.prefix):]) <= start && start != "" {
-			k, _ = c.Next()
+	runs := make([]*run, 0, 2*len(m.keys)*len(buckets))
+	for _, b := range buckets {
+		for _, key := range m.keys {
+			text := append([]byte(key), 0)
+			bin := append(slices.Clip(text), binaryID)
+			for _, r := range []*run{{prefix: bin, skip: len(text)}, {prefix: text, skip: len(text)}} {
+				// The run ends before its prefix's last byte plus one.
+				end := bytes.Clone(r.prefix)
+				end[len(end)-1]++
+				c := boundedCursor(b, end)
+				r.c = c
+				seek := slices.Clip(r.prefix)
+				switch {
+				case len(r.prefix) == len(text):
+					seek = append(seek, max(start, string(rune(binaryID+1)))...)
+				case start != "":
+					if u, ok := uuidBytes(start); ok {
+						seek = append(seek, u[:]...)
+					}
+				}
+				k, _ := c.Seek(seek)
+				for k != nil && bytes.HasPrefix(k, r.prefix) && start != "" && indexID(k[r.skip:]) <= start {
+					k, _ = c.Next()
+				}
+				if k != nil && bytes.HasPrefix(k, r.prefix) {
+					r.id, r.ok = indexID(k[r.skip:]), true
+				}
+				runs = append(runs, r)
+			}
 		}
-		if k != nil && bytes.HasPrefix(k, r.prefix) {
-			r.id, r.ok = string(k[len(r.prefix):]), true
-		}
-		runs = append(runs, r)
 	}
 	advance := func(r *run) {
 		k, _ := r.c.Next()
 		r.ok = k != nil && bytes.HasPrefix(k, r.prefix)
 		if r.ok {
-			r.id = string(k[len(r.prefix):])
+			r.id = indexID(k[r.skip:])
 		}
 	}
 	for {

@@ -460,7 +460,7 @@ func (tx *Tx) reindex(typ, id string, entries []search.Entry) error {
 	old := tx.storedEntriesOf(raw)
 	if len(old) == 0 {
 		for _, e := range entries {
-			tx.queueIndex(typ, e.Param, indexOp{key: indexKey(e.Key, id), value: e.Payload})
+			tx.queueIndex(typ, e.Param, indexOp{key: tx.indexKey(e.Key, id), value: e.Payload})
 		}
 	} else if err := tx.reindexChanged(typ, id, old, entries); err != nil {
 		return err
@@ -489,13 +489,13 @@ func (tx *Tx) reindexChanged(typ, id string, old, entries []search.Entry) error 
 		if keep[k] {
 			continue
 		}
-		tx.queueIndex(typ, e.Param, indexOp{key: indexKey(e.Key, id), del: true})
+		tx.queueIndex(typ, e.Param, indexOp{key: tx.indexKey(e.Key, id), del: true})
 	}
 	for _, e := range entries {
 		if had[e.Param+"\x00"+e.Key+"\x00"+string(e.Payload)] {
 			continue
 		}
-		tx.queueIndex(typ, e.Param, indexOp{key: indexKey(e.Key, id), value: e.Payload})
+		tx.queueIndex(typ, e.Param, indexOp{key: tx.indexKey(e.Key, id), value: e.Payload})
 	}
 	return nil
 }
@@ -512,6 +512,9 @@ type indexOp struct {
 type indexName struct{ typ, param string }
 
 func (tx *Tx) queueIndex(typ, param string, op indexOp) {
+	if !tx.s.stored(typ, param) {
+		return // found through its sources' indexes (see indexSources)
+	}
 	if tx.index == nil {
 		tx.index = map[indexName][]indexOp{}
 	}
@@ -686,13 +689,38 @@ func (tx *Tx) indexReady() {
 	}
 }
 
+// stored reports whether typ's parameter param has an index of its own:
+// all but those whose entries are all in other parameters' indexes (see
+// search.Source).
+func (s *Store) stored(typ, param string) bool {
+	if s.indexAll {
+		return true
+	}
+	p, ok := s.reg.Lookup(typ, param)
+	return !ok || p.Stored()
+}
+
+// indexSources returns the parameters whose indexes a clause on typ's
+// param scans: param itself when it is stored, else its sources.
+func (s *Store) indexSources(typ, param string) []search.Source {
+	if p, ok := s.reg.Lookup(typ, param); ok && !p.Stored() && !s.indexAll {
+		return p.Sources
+	}
+	return []search.Source{{Code: param}}
+}
+
 func indexBucket(typ, param string) []byte { return []byte("I:" + typ + ":" + param) }
 
-func indexKey(key, id string) []byte {
+// indexKey is the index key of entry key for id: the entry key, 0x00, and
+// the id in its index form (see appendIndexID).
+func (tx *Tx) indexKey(key, id string) []byte {
 	k := make([]byte, 0, len(key)+1+len(id))
 	k = append(k, key...)
 	k = append(k, 0)
-	return append(k, id...)
+	if tx.s.textIDs {
+		return append(k, id...)
+	}
+	return appendIndexID(k, id)
 }
 
 // splitIndexKey splits a stored index key into entry key and id.
@@ -701,7 +729,34 @@ func splitIndexKey(k []byte) (key, id string) {
 	if i < 0 {
 		return string(k), ""
 	}
-	return string(k[:i]), string(k[i+1:])
+	return string(k[:i]), indexID(k[i+1:])
+}
+
+// binaryID starts the 16-byte form of an id in an index key. An id that
+// is a UUID in lowercase hexadecimal with dashes (the ids the server gives)
+// is kept in index keys as binaryID and its 16 bytes; any other id as it
+// is. FHIR ids are [A-Za-z0-9\-.]{1,64}, so no id as it is starts with
+// this byte. Under one entry key the ids in 16 bytes come first, in id
+// order (the bytes sort as the lowercase hexadecimal does), then the ids
+// as they are, in id order.
+const binaryID = 0x01
+
+// appendIndexID appends the index form of id to k.
+func appendIndexID(k []byte, id string) []byte {
+	u, ok := uuidBytes(id)
+	if !ok {
+		return append(k, id...)
+	}
+	k = append(k, binaryID)
+	return append(k, u[:]...)
+}
+
+// indexID returns the id whose index form is b (see appendIndexID).
+func indexID(b []byte) string {
+	if len(b) != 17 || b[0] != binaryID {
+		return string(b)
+	}
+	return uuidString(b[1:])
 }
 
 // EntriesOf returns the index entries typ/id has now.

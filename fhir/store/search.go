@@ -345,26 +345,48 @@ func (tx *Tx) clauseIDs(typ string, c *search.Clause, visible func(typ, id strin
 	return set, nil
 }
 
-// scan adds to set the ids of the index entries in r.
+// scan adds to set the ids of the index entries of param in r, read from
+// its index or, for a parameter not stored, its sources' (see
+// search.Source).
 func (tx *Tx) scan(typ, param string, r search.Range, set idSet) {
 	if param == "_id" {
 		tx.idScan(typ, r, set)
 		return
 	}
 	tx.indexReady()
-	b := tx.btx.Bucket(indexBucket(typ, param))
-	if b == nil {
-		return
-	}
-	end := []byte(r.End)
-	c := boundedCursor(b, end)
-	for k, v := c.Seek([]byte(r.Start)); k != nil && bytes.Compare(k, end) < 0; k, v = c.Next() {
-		key, id := splitIndexKey(k)
-		if r.Match != nil && !r.Match(key, v) {
+	for _, src := range tx.s.indexSources(typ, param) {
+		b := tx.btx.Bucket(indexBucket(typ, src.Code))
+		if b == nil {
 			continue
 		}
-		set[id] = struct{}{}
+		end := []byte(r.End)
+		c := boundedCursor(b, end)
+		for k, v := c.Seek([]byte(r.Start)); k != nil && bytes.Compare(k, end) < 0; k, v = c.Next() {
+			key, id := splitIndexKey(k)
+			if r.Match != nil && !r.Match(key, v) {
+				continue
+			}
+			if src.Code != param && !tx.sourceHas(typ, param, src, key, v, id) {
+				continue
+			}
+			set[id] = struct{}{}
+		}
 	}
+}
+
+// sourceHas reports whether the entry key (with payload) of src, a
+// source of typ's param, found for id, is one of param's entries too: by
+// the key when it tells, else by the resource's own entries.
+func (tx *Tx) sourceHas(typ, param string, src search.Source, key string, payload []byte, id string) bool {
+	if in, decided := tx.s.reg.Decides(src, key, payload); decided {
+		return in
+	}
+	for _, e := range tx.EntriesOf(typ, id) {
+		if e.Param == param && e.Key == key {
+			return true
+		}
+	}
+	return false
 }
 
 // idScan adds to set the ids of the current resources of typ whose _id

@@ -9,7 +9,9 @@
 // record.go); "X:<Type>" the index entries each resource has, packed (to
 // remove them on update, and to check a candidate against a search's
 // clauses: entries.go); "I:<Type>:<param>" one per search index, keys
-// value 0x00 id (none for _id: the ids are the keys of "R:<Type>"); "C"
+// value 0x00 id (none for _id: the ids are the keys of "R:<Type>"; none for
+// a parameter whose entries are all in other parameters' indexes, such as
+// Observation patient in subject's: search.Source); "C"
 // the global change log and "C:<Type>" the per-type one, by sequence; "M"
 // the index format and the parameter numbers of packed entries.
 //
@@ -43,6 +45,13 @@ type Store struct {
 	hooks []Hook
 
 	params params // the parameter numbers of packed index entries
+
+	// indexAll has every parameter stored in its own index, as before
+	// index format 4 (for tests writing a database of that format).
+	indexAll bool
+	// textIDs keeps every id in index keys as it is, as before index
+	// format 5 (for tests writing a database of that format).
+	textIDs bool
 
 	// stampFloor is the latest lastUpdated written to the database, by
 	// this process or, as of its current commit group, another one (Unix

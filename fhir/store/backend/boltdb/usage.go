@@ -34,11 +34,12 @@ func Family(name string) string {
 }
 
 // Usage reports every top-level bucket of db, sorted by name, and the
-// bytes of the file's free pages. It reads every key (a long read
-// transaction on a large file).
-func Usage(db *bolt.DB) (buckets []BucketUsage, free int64, err error) {
-	free = int64(db.Stats().FreeAlloc)
+// bytes of the pages up to the highest one in use (the file is longer:
+// bbolt grows it by steps of up to 16 MiB). It reads every key (a long
+// read transaction on a large file).
+func Usage(db *bolt.DB) (buckets []BucketUsage, size int64, err error) {
 	err = db.View(func(tx *bolt.Tx) error {
+		size = tx.Size()
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 			u := BucketUsage{Name: string(name)}
 			st := b.Stats()
@@ -54,5 +55,5 @@ func Usage(db *bolt.DB) (buckets []BucketUsage, free int64, err error) {
 		})
 	})
 	sort.Slice(buckets, func(i, j int) bool { return buckets[i].Name < buckets[j].Name })
-	return buckets, free, err
+	return buckets, size, err
 }

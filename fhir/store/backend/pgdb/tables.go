@@ -3,6 +3,7 @@ package pgdb
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"strings"
@@ -98,19 +99,51 @@ func versionKey(id string, version int64) []byte {
 	return k
 }
 
-// splitSearchKey splits an index key, entry key 0x00 id.
+// splitSearchKey splits an index key, entry key 0x00 id, into the entry
+// key and the id column's value (see idColumn).
 func splitSearchKey(k []byte) (key []byte, id string, ok bool) {
 	i := bytes.IndexByte(k, 0)
-	if i < 0 || !textOK(k[i+1:]) {
+	if i < 0 {
 		return nil, "", false
 	}
-	return k[:i], string(k[i+1:]), true
+	id, ok = idColumn(k[i+1:])
+	if !ok {
+		return nil, "", false
+	}
+	return k[:i], id, true
 }
 
+// binaryID starts an id kept in 16 bytes in an index key (the store keeps
+// lowercase UUIDs so); no id as it is starts with it.
+const binaryID = 0x01
+
+// idColumn is the id column's value for the id part of an index key: the
+// id as it is, or for an id in 16 bytes, binaryID and the bytes in
+// lowercase hexadecimal, which sorts among the others as the key's bytes
+// do (before every id kept as it is, and in the order of the bytes; a part
+// of the bytes, as a seek has, maps the same way).
+func idColumn(b []byte) (string, bool) {
+	if len(b) > 0 && b[0] == binaryID {
+		return string(rune(binaryID)) + hex.EncodeToString(b[1:]), true
+	}
+	if !textOK(b) {
+		return "", false
+	}
+	return string(b), true
+}
+
+// searchKey is the index key of entry key and id column value id (see
+// idColumn).
 func searchKey(key []byte, id string) []byte {
 	k := make([]byte, 0, len(key)+1+len(id))
 	k = append(k, key...)
 	k = append(k, 0)
+	if len(id) > 0 && id[0] == binaryID {
+		if b, err := hex.DecodeString(id[1:]); err == nil {
+			k = append(k, binaryID)
+			return append(k, b...)
+		}
+	}
 	return append(k, id...)
 }
 
@@ -285,11 +318,11 @@ func fetchSQL(t table, b bound, end []byte, fwd bool, limit int, head bool) (sql
 				}
 				where = append(where, "key "+op+" "+arg(b.key))
 			} else {
-				rest := b.key[i+1:]
-				if !textOK(rest) {
+				id, ok := idColumn(b.key[i+1:])
+				if !ok {
 					return "", nil, false, fmt.Errorf("seek %q in %s: not an index key", b.key, t.name)
 				}
-				where = append(where, "(key, id) "+cmpOp(fwd, b.incl)+" ("+arg(b.key[:i])+", "+arg(string(rest))+")")
+				where = append(where, "(key, id) "+cmpOp(fwd, b.incl)+" ("+arg(b.key[:i])+", "+arg(id)+")")
 			}
 		}
 		if end != nil {
