@@ -50,7 +50,18 @@ func randKey(r *rand.Rand, name string) []byte {
 		return binary.BigEndian.AppendUint64(append([]byte(id()), 0), uint64(1+r.IntN(3)))
 	case strings.HasPrefix(name, "I:"):
 		keys := []string{"a", "ab", "b", "n\x01x", "n\x01xy", "\xff\xfe"}
-		return append(append([]byte(keys[r.IntN(len(keys))]), 0), id()...)
+		k := append([]byte(keys[r.IntN(len(keys))]), 0)
+		if r.IntN(3) == 0 {
+			// An id kept in 16 bytes (the store's lowercase UUIDs): 0x01
+			// and bytes of any value, which sort before the ids as text.
+			const a = "\x00\x01\x7f\x80\xff"
+			k = append(k, 1)
+			for range 16 {
+				k = append(k, a[r.IntN(len(a))])
+			}
+			return k
+		}
+		return append(k, id()...)
 	default:
 		return binary.BigEndian.AppendUint64(nil, uint64(r.IntN(12)))
 	}
