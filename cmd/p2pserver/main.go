@@ -113,6 +113,9 @@ func main() {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		err := runMigrate(ctx, os.Args[2:], os.Stdout)
 		stop()
+		if errors.Is(err, flag.ErrHelp) {
+			return // -h: the usage was asked for and printed
+		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "p2pserver migrate:", err)
 			os.Exit(1)
@@ -120,6 +123,9 @@ func main() {
 		return
 	}
 	cfg, err := parseConfig(os.Args[1:], os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		return // -h: the usage was asked for and printed
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "p2pserver:", err)
 		os.Exit(2)
@@ -154,6 +160,10 @@ func newLogger(level string) *slog.Logger {
 // parseConfig reads flags, with P2P_* environment variables as defaults.
 func parseConfig(args []string, getenv func(string) string) (Config, error) {
 	fs := flag.NewFlagSet("p2pserver", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage:\n  p2pserver [flags]                                   serve (each flag also from P2P_<NAME> in the environment)\n  p2pserver migrate -from <database> -to <database>   copy a database between bbolt files and PostgreSQL (p2pserver migrate -h)\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	env := func(name, def string) string {
 		if v := getenv("P2P_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); v != "" {
 			return v

@@ -28,6 +28,10 @@ import (
 func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("p2pserver migrate", flag.ContinueOnError)
 	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage:\n  p2pserver migrate -from <database> -to <database> [-quiet]\n\ncopies a database whole into an empty one (stop every p2pserver on -from first); each a bbolt file or a postgres:// URL.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	from := fs.String("from", "", "the database to copy: a bbolt file or a postgres:// URL (the -db of the servers it served; stop them first)")
 	to := fs.String("to", "", "the database to copy into: a bbolt file (created) or a postgres:// URL (its schema is created), empty or holding an unfinished copy")
 	quiet := fs.Bool("quiet", false, "print only the verification, not each chunk copied")

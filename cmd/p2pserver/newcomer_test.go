@@ -561,3 +561,33 @@ func TestPostgresWithoutSecretKeyWarns(t *testing.T) {
 		})
 	}
 }
+
+// TestMainHelp: -h, for the server and for migrate, is what was asked
+// for, not an error: exit status 0, the flags listed, the server's help
+// naming the migrate command too, and no "help requested" error line.
+func TestMainHelp(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"-h"}, []string{"p2pserver [flags]", "p2pserver migrate -from", "-max-body"}},
+		{[]string{"-help"}, []string{"p2pserver migrate -from"}},
+		{[]string{"migrate", "-h"}, []string{"p2pserver migrate -from", "-quiet"}},
+	} {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			cmd := asProgram("p2pserver", c.args...)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("exit %v, want status 0; output:\n%s", err, out)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("the help does not say %q:\n%s", w, out)
+				}
+			}
+			if strings.Contains(string(out), "help requested") {
+				t.Errorf("the help ends with an error:\n%s", out)
+			}
+		})
+	}
+}
