@@ -211,6 +211,58 @@ func TestTwoProcessesWriteAndReadAsOne(t *testing.T) {
 			}
 			wg.Wait()
 		}},
+		{"transaction Bundles on both processes: one conditional create, every version in history once", func(t *testing.T) {
+			var created atomic.Int64
+			var wg sync.WaitGroup
+			for c := range clients {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range 5 {
+						id := fmt.Sprintf("tb-%d", c)
+						bundle := fmt.Sprintf(`{"resourceType":"Bundle","type":"transaction","entry":[
+{"request":{"method":"POST","url":"Patient","ifNoneExist":"identifier=urn:bundle|shared"},"resource":{"resourceType":"Patient","identifier":[{"system":"urn:bundle","value":"shared"}]}},
+{"request":{"method":"PUT","url":"Patient/%s"},"resource":{"resourceType":"Patient","id":"%s","birthDate":"2001-01-%02d"}},
+{"request":{"method":"POST","url":"Observation"},"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/%s"}}}]}`, id, id, 1+i, id)
+						st, _, out := fhirCall(t, procs[(c+i)%2], "POST", "/fhir", nil, bundle)
+						if st != 200 {
+							t.Errorf("transaction: %d %v", st, out)
+							continue
+						}
+						entries, _ := out["entry"].([]any)
+						if len(entries) != 3 {
+							t.Errorf("transaction: %d entries answered", len(entries))
+							continue
+						}
+						resp, _ := entries[0].(map[string]any)["response"].(map[string]any)
+						if s, _ := resp["status"].(string); strings.HasPrefix(s, "201") {
+							created.Add(1)
+						}
+						_, _, got := fhirCall(t, procs[(c+i+1)%2], "GET", "/fhir/Patient/"+id, nil, "")
+						if got["birthDate"] != fmt.Sprintf("2001-01-%02d", 1+i) {
+							t.Errorf("Patient/%s on the other process after its transaction: %v", id, got["birthDate"])
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			if n := created.Load(); n != 1 {
+				t.Errorf("the conditional create of the transactions made %d resources, want 1", n)
+			}
+			// Every Observation written is in the type's history once.
+			for _, p := range procs {
+				_, _, out := fhirCall(t, p, "GET", "/fhir/Observation/_history?_count=1000", nil, "")
+				entries, _ := out["entry"].([]any)
+				seen := map[string]bool{}
+				for _, e := range entries {
+					r, _ := e.(map[string]any)["resource"].(map[string]any)
+					seen[fmt.Sprint(r["id"])] = true
+				}
+				if len(entries) != clients*5 || len(seen) != clients*5 {
+					t.Errorf("Observation history on %s: %d entries, %d ids, want %d", p, len(entries), len(seen), clients*5)
+				}
+			}
+		}},
 	}
 	for _, row := range rows {
 		t.Run(row.name, row.run)
