@@ -13,8 +13,8 @@
 // port with a fresh database in a temporary folder, and stops it at the end;
 // then the database size per resource, the server's peak heap (HeapAlloc,
 // from its /debug/vars) and peak resident set are reported too, and where
-// the database's size goes: on bbolt the 20 largest buckets' keys and
-// bytes, with -postgres each table's heap, index and TOAST bytes. Every phase
+// the database's size goes: on bbolt by bucket family per resource, with
+// -postgres each table's heap, index and TOAST bytes. Every phase
 // is bounded in requests and time.
 package main
 
@@ -606,10 +606,6 @@ func (s *spawned) stop() {
 		if err := printPostgresTables(serverDB); err != nil {
 			fmt.Println("p2pload: the tables' sizes:", err)
 		}
-	} else if sizes, other, err := boltSizes(s.db); err != nil {
-		fmt.Println("p2pload: the buckets' sizes:", err)
-	} else {
-		printBoltSizes(os.Stdout, sizes, other, 20)
 	}
 	if serverDB == "" && s.resources > 0 {
 		if err := printUsage(s.db, s.resources); err != nil {
