@@ -35,6 +35,11 @@ type Tx struct {
 	// group, when set, collects the index changes of the writes of a
 	// commit group that have succeeded, made together at its end.
 	group *groupIndex
+	// textIDs keeps every id in index keys as it is, as a database before
+	// index format 5 has them, for an upgrade that indexes resources again
+	// before their keys are written with ids in 16 bytes (see
+	// upgradeIndexes): the keys it removes must be found as they are.
+	textIDs bool
 }
 
 // groupIndex is the index changes of the writes of one commit group that
@@ -717,7 +722,7 @@ func (tx *Tx) indexKey(key, id string) []byte {
 	k := make([]byte, 0, len(key)+1+len(id))
 	k = append(k, key...)
 	k = append(k, 0)
-	if tx.s.textIDs {
+	if tx.s.textIDs || tx.textIDs {
 		return append(k, id...)
 	}
 	return appendIndexID(k, id)

@@ -250,7 +250,8 @@ func (s *Store) upgradeTo3() error {
 		if n, err := strconv.Atoi(format); err == nil && n >= 3 {
 			return nil
 		}
-		tx := &Tx{s: s, btx: btx, ctx: context.Background(), writable: true}
+		// The index keys have their ids as text until format 5.
+		tx := &Tx{s: s, btx: btx, ctx: context.Background(), writable: true, textIDs: true}
 		if format != "2" {
 			if err := s.upgradeClipped(tx); err != nil {
 				return err

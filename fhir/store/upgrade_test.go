@@ -19,8 +19,17 @@ import (
 // TestUpgradeIndexesOfClippedValues opens a database whose index holds a long
 // value the way earlier versions wrote it (cut to 480 bytes, so the full
 // value could not be found and :exact matched the cut), and checks that
-// Open indexes it again: the full value is found, the cut is not.
+// Open indexes it again: the full value is found, the cut is not. The
+// resource's id is kept in the old index as text whatever its form, and
+// the keys of the cut value must go whether the id is a UUID (kept in 16
+// bytes from format 5 on) or not.
 func TestUpgradeIndexesOfClippedValues(t *testing.T) {
+	for _, id := range []string{"p", "0b6b2f0e-3f3a-4c3e-9d51-2f1f6a0c7e11"} {
+		t.Run(id, func(t *testing.T) { testUpgradeIndexesOfClippedValues(t, id) })
+	}
+}
+
+func testUpgradeIndexesOfClippedValues(t *testing.T, id string) {
 	reg := search.NewRegistry(spec.R4())
 	path := filepath.Join(t.TempDir(), "old.db")
 	if os.Getenv("P2P_TEST_DB") == "postgres" {
@@ -39,7 +48,8 @@ func TestUpgradeIndexesOfClippedValues(t *testing.T) {
 		return db, st
 	}
 	db, st := open()
-	body := `{"resourceType":"Patient","id":"p","name":[{"family":"` + family + `"}]}`
+	st.indexAll, st.textIDs = true, true // as the old format wrote them
+	body := `{"resourceType":"Patient","id":"` + id + `","name":[{"family":"` + family + `"}]}`
 	var m map[string]any
 	dec := json.NewDecoder(strings.NewReader(body))
 	dec.UseNumber()
@@ -47,21 +57,21 @@ func TestUpgradeIndexesOfClippedValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := st.Write(context.Background(), func(tx *Tx) error {
-		if _, err := tx.Put(&Doc{Type: "Patient", ID: "p", Map: m, JSON: []byte(body)}, PutOptions{}); err != nil {
+		if _, err := tx.Put(&Doc{Type: "Patient", ID: id, Map: m, JSON: []byte(body)}, PutOptions{}); err != nil {
 			return err
 		}
 		// Rewrite its entries as the old format had them.
 		var old []search.Entry
-		for _, e := range tx.EntriesOf("Patient", "p") {
+		for _, e := range tx.EntriesOf("Patient", id) {
 			if len(e.Payload) > 480 {
 				e = search.Entry{Param: e.Param, Key: e.Key[:2] + string(e.Payload)[:480]}
 			}
 			old = append(old, e)
 		}
-		if err := tx.reindex("Patient", "p", nil); err != nil {
+		if err := tx.reindex("Patient", id, nil); err != nil {
 			return err
 		}
-		if err := tx.reindex("Patient", "p", old); err != nil {
+		if err := tx.reindex("Patient", id, old); err != nil {
 			return err
 		}
 		return tx.btx.Bucket(metaBucket).Delete(indexFormatKey)
