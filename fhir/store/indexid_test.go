@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
+	"strings"
 	"testing"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
@@ -133,4 +135,49 @@ func newTestStore(t *testing.T) *Store {
 	}
 	t.Cleanup(func() { st.Close(); db.Close() })
 	return st
+}
+
+// TestUUIDSeek: a run of ids in 16 bytes resumes after any id (a UUID, an
+// uppercase one, a client's id, an ingested "src-..." id, one of the
+// characters between the digits and the letters) at most one id before
+// the first one after it, never after it.
+func TestUUIDSeek(t *testing.T) {
+	var uuids []string
+	for i := range 4000 {
+		h := uint64(i+1) * 0x9e3779b97f4a7c15
+		uuids = append(uuids, fmt.Sprintf("%08x-%04x-%04x-%04x-%012x", uint32(h>>32), uint16(h>>16), uint16(h), uint16(h>>48), h&0xffffffffffff))
+	}
+	uuids = append(uuids, "00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff")
+	slices.Sort(uuids)
+	starts := []string{"0", "9", "a", "f", "g", "z", "A", "F", "Z", ":", "src-abc", "zzz", "-", ".x",
+		"7", "7f", "7fffffff", "7fffffff-", "7fffffff-f", "7fffffffx", "7fffffff.a", "7fffffff,a",
+		"0190F4C2-7B1A-7C3E-9A2B-3C4D5E6F7A8B", "0190f4c2-7b1a-7c3e-9a2b-3c4d5e6f7a8b0",
+		strings.Repeat("p", 64), "ffffffff-ffff-ffff-ffff-ffffffffffff", "ffffffff-ffff-ffff-ffff-fffffffffffg"}
+	for _, u := range everyNth(uuids, 50) {
+		starts = append(starts, u, u[:20], u[:9]+"Z", strings.ToUpper(u), u+"x")
+	}
+	for _, start := range starts {
+		s := uuidSeek(start)
+		seek := uuidString(s[:])
+		first, _ := slices.BinarySearch(uuids, seek) // the run's first key read
+		i := first
+		for i < len(uuids) && uuids[i] <= start {
+			i++
+		}
+		want := sort.SearchStrings(uuids, start+"\x00") // the first after start
+		if i != want {
+			t.Errorf("after %q: resumes at %d, want %d", start, i, want)
+		}
+		if i-first > 1 {
+			t.Errorf("after %q: reads %d ids not after it", start, i-first)
+		}
+	}
+}
+
+func everyNth(s []string, n int) []string {
+	var out []string
+	for i := 0; i < len(s); i += n {
+		out = append(out, s[i])
+	}
+	return out
 }

@@ -463,9 +463,8 @@ func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 				case len(r.prefix) == len(text):
 					seek = append(seek, max(start, string(rune(binaryID+1)))...)
 				case start != "":
-					if u, ok := uuidBytes(start); ok {
-						seek = append(seek, u[:]...)
-					}
+					u := uuidSeek(start)
+					seek = append(seek, u[:]...)
 				}
 				k, _ := c.Seek(seek)
 				for k != nil && bytes.HasPrefix(k, r.prefix) && start != "" && indexID(k[r.skip:]) <= start {
@@ -570,4 +569,60 @@ func (h *rowHeap) Pop() any {
 	r := h.rows[len(h.rows)-1]
 	h.rows = h.rows[:len(h.rows)-1]
 	return r
+}
+
+// uuidSeek returns where a run of ids in 16 bytes (see appendIndexID)
+// resumes after start, which may be any id: the bytes of the greatest
+// UUID (in lowercase hexadecimal with dashes) not after start, or of the
+// least one after it when none is before. At most one id of the run lies
+// between it and start, so that a page that ended on an id kept as text
+// (a client's or an ingested id, which sort among the UUIDs by their
+// characters) does not read again every UUID under the value.
+func uuidSeek(start string) [16]byte {
+	isDash := func(i int) bool { return i == 8 || i == 13 || i == 18 || i == 23 }
+	// fill completes prefix (a valid start of a UUID) with c at every
+	// hexadecimal place.
+	fill := func(prefix string, c byte) [16]byte {
+		b := []byte(prefix)
+		for i := len(b); i < 36; i++ {
+			if isDash(i) {
+				b = append(b, '-')
+			} else {
+				b = append(b, c)
+			}
+		}
+		u, _ := uuidBytes(string(b))
+		return u
+	}
+	for i := 0; i < 36; i++ {
+		if i == len(start) {
+			// Every UUID that starts with start is after it.
+			return fill(start, '0')
+		}
+		c := start[i]
+		if isDash(i) {
+			switch {
+			case c == '-':
+				continue
+			case c < '-':
+				return fill(start[:i], '0')
+			default:
+				return fill(start[:i], 'f')
+			}
+		}
+		switch {
+		case c >= '0' && c <= '9' || c >= 'a' && c <= 'f':
+			continue
+		case c < '0':
+			return fill(start[:i], '0')
+		case c < 'a':
+			// Between the digits and the lowercase letters (':' to '`',
+			// the uppercase letters): the first UUID after has an 'a'.
+			return fill(start[:i]+"a", '0')
+		default:
+			return fill(start[:i], 'f')
+		}
+	}
+	// start is a UUID, or longer than one: the UUID it starts with.
+	return fill(start[:36], '0')
 }
