@@ -25,6 +25,10 @@ import (
 // keys (see appendIndexID); their keys are written again.
 const indexFormat = "5"
 
+// indexFormatNumber is indexFormat as a number: a database of a greater
+// format was written by a later version, and Open refuses it.
+const indexFormatNumber = 5
+
 // idsProgressKey (in "M") holds how far the upgrade to format 5 has come:
 // the index bucket name, 0x00, and the last key done.
 var idsProgressKey = []byte("upgrade-ids-at")
@@ -63,6 +67,11 @@ func (s *Store) upgradeIndexes() error {
 	}
 	if format == indexFormat {
 		return nil
+	}
+	if n, err := strconv.Atoi(format); err == nil && n > indexFormatNumber {
+		// Written by a later version: its indexes are not ours to
+		// rewrite (this version would remove or misread them).
+		return fmt.Errorf("store: the database's index format is %s, newer than this version's %s: open it with the version that wrote it or a later one", format, indexFormat)
 	}
 	if format != "4" {
 		if err := s.upgradeTo4(); err != nil {

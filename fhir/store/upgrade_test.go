@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
 )
 
 // TestUpgradeIndexesOfClippedValues opens a database whose index holds a long
@@ -119,4 +121,58 @@ func testUpgradeIndexesOfClippedValues(t *testing.T, id string) {
 		}
 		return nil
 	})
+}
+
+// TestOpenRefusesANewerIndexFormat: a database whose indexes a later
+// version wrote (index format 6 and up) is refused with an error naming
+// the formats, and left as it is, not rewritten to this version's form.
+func TestOpenRefusesANewerIndexFormat(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "newer.db")
+	if os.Getenv("P2P_TEST_DB") == "postgres" {
+		path = pgtest.Database(t)
+	}
+	reg := search.NewRegistry(spec.R4())
+	db, err := OpenDB(context.Background(), path, DBOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Open(db, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = st.Write(context.Background(), func(tx *Tx) error {
+		doc := testDoc(t, "Observation", "0190f4c2-7b1a-7c3e-9a2b-3c4d5e6f7a8b", `{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/1"}}`)
+		if _, err := tx.Put(doc, PutOptions{}); err != nil {
+			return err
+		}
+		return tx.btx.Bucket(metaBucket).Put(indexFormatKey, []byte("6"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if _, err := Open(db, reg, nil); err == nil || !strings.Contains(err.Error(), "index format is 6") {
+		t.Fatalf("Open of a format 6 database: %v, want an error naming format 6", err)
+	}
+	db.Close()
+	db, err = OpenDB(context.Background(), path, DBOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.View(context.Background(), func(btx backend.Tx) error {
+		if f := string(btx.Bucket(metaBucket).Get(indexFormatKey)); f != "6" {
+			t.Errorf("the index format became %q", f)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestIndexFormatNumber(t *testing.T) {
+	if strconv.Itoa(indexFormatNumber) != indexFormat {
+		t.Errorf("indexFormatNumber %d, indexFormat %q", indexFormatNumber, indexFormat)
+	}
 }
