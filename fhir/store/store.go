@@ -378,8 +378,10 @@ func (s *Store) commit(group []*writeReq) {
 		return s.writeFloor(btx, floor)
 	})
 	if err != nil && !errors.Is(err, errNothingToCommit) && !(single && results[0] != nil) {
-		// The commit itself failed: nothing of the group is written.
-		err = errs.E("store.commit", errs.Internal, err)
+		// The commit itself failed: nothing of the group is written. A
+		// database unreachable for now stays Transient (503); any other
+		// failure is Internal.
+		err = errs.E("store.commit", err)
 		for i := range results {
 			if results[i] == nil {
 				results[i] = err

@@ -26,6 +26,7 @@ package pgdb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -33,8 +34,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/p2pserver/p2pserver/fhir/store/backend"
+	"github.com/p2pserver/p2pserver/internal/errs"
 )
 
 // DB is a PostgreSQL database serving backend.DB.
@@ -210,10 +213,18 @@ func (d *DB) acquire(ctx context.Context) (conn *pgxpool.Conn, open bool, err er
 		return c, true, nil
 	}
 	if conn, err = d.pool.Acquire(ctx); err != nil {
+		if ce := (*pgconn.ConnectError)(nil); errors.As(err, &ce) && ctx.Err() == nil {
+			return nil, false, errs.E("database", errs.Transient, unreachableRetry,
+				"the database is not reachable at the moment: try again later", err)
+		}
 		return nil, false, fmt.Errorf("database: %w", err)
 	}
 	return conn, false, nil
 }
+
+// unreachableRetry is the Retry-After of a request that found the
+// PostgreSQL server unreachable (stopped, restarting, failing over).
+const unreachableRetry = 5 * time.Second
 
 // closedBefore reports whether err, from the first round trip of a
 // transaction on conn, says that the database had closed conn before
