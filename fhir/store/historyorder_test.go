@@ -3,9 +3,11 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"testing"
 	"time"
 
+	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 )
@@ -87,6 +89,29 @@ func TestHistoryStampOrder(t *testing.T) {
 							if !newer.LastUpdated.After(older.LastUpdated) {
 								t.Errorf("Patient/%s: version %d stamped %s, not after version %d's %s",
 									id, newer.VersionID, newer.LastUpdated.Format(time.RFC3339Nano), older.VersionID, older.LastUpdated.Format(time.RFC3339Nano))
+							}
+						}
+					}
+					// The current version is found by its own stamp, not
+					// the one it was prepared with (_lastUpdated is
+					// indexed again when a version is stamped again).
+					for id, vs := range written {
+						cur := vs[len(vs)-1]
+						at := cur.LastUpdated.Format(time.RFC3339Nano)
+						for _, c := range []struct {
+							prefix string
+							want   bool
+						}{{"ge", true}, {"le", true}, {"gt", false}, {"lt", false}} {
+							q, err := reg.Parse("Patient", url.Values{"_lastUpdated": {c.prefix + at}, "_id": {id}}, search.Options{})
+							if err != nil {
+								return err
+							}
+							ids, err := tx.Search(q)
+							if err != nil {
+								return err
+							}
+							if (len(ids) == 1) != c.want {
+								t.Errorf("Patient?_lastUpdated=%s%s&_id=%s: %v, want found %v", c.prefix, at, id, ids, c.want)
 							}
 						}
 					}
