@@ -30,11 +30,17 @@ demo: build
 ## private PostgreSQL server: Debian's postgresql package must be installed.
 test: postgres-check
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 15m ./...
-	@# The same FHIR and end-to-end tests on PostgreSQL; the race detector ran
-	@# over that code above (and over the PostgreSQL backend's own tests, which
-	@# run on both backends there), so this pass runs without it.
-	P2P_TEST_DB=postgres $(GO) test -count=1 -timeout 15m ./fhir/... ./cmd/p2pserver/
+	@# The same FHIR and end-to-end tests on PostgreSQL run beside the race
+	@# pass (which keeps the cores busy only part of the time), without the
+	@# race detector: it runs over that code in the race pass (and over the
+	@# PostgreSQL backend's own tests, which run on both backends there).
+	@# Their output follows the race pass's.
+	@log=$$(mktemp); \
+	P2P_TEST_DB=postgres $(GO) test -count=1 -timeout 15m ./fhir/... ./cmd/p2pserver/ >$$log 2>&1 & pg=$$!; \
+	$(GO) test -race -count=1 -timeout 15m ./...; race=$$?; \
+	wait $$pg; pgrc=$$?; \
+	echo "== P2P_TEST_DB=postgres go test ./fhir/... ./cmd/p2pserver/"; cat $$log; rm -f $$log; \
+	[ $$race -eq 0 ] && [ $$pgrc -eq 0 ]
 
 ## test-postgres: every test on PostgreSQL.
 test-postgres: postgres-check
