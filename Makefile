@@ -24,6 +24,11 @@ run: build
 demo: build
 	./bin/p2p-demo -bin bin -synthea testdata/synthea
 
+# STORE_PKGS: the FHIR packages and cmd/p2pserver whose code or tests use
+# the store (fhir/store or a package under it), which make test runs on
+# PostgreSQL too.
+STORE_PKGS = $(shell $(GO) list -f '{{.ImportPath}} {{join .Deps " "}} {{join .TestImports " "}} {{join .XTestImports " "}}' ./fhir/... ./cmd/p2pserver/ | awk '{for (i = 1; i <= NF; i++) if ($$i ~ /^github.com\/p2pserver\/p2pserver\/fhir\/store($$|\/)/) { print $$1; next }}')
+
 ## test: every test, with the race detector, on bbolt, and on PostgreSQL
 ## the store's contract suite (its tests run on both backends), the FHIR
 ## packages and the end-to-end tests of cmd/p2pserver. The tests start a
@@ -35,11 +40,12 @@ test: postgres-check
 	@# race detector: it runs over that code in the race pass (and over the
 	@# PostgreSQL backend's own tests, which run on both backends there).
 	@# Their output follows the race pass's.
+	@# Only the packages whose code or tests use the store run again.
 	@log=$$(mktemp); \
-	P2P_TEST_DB=postgres $(GO) test -count=1 -timeout 15m ./fhir/... ./cmd/p2pserver/ >$$log 2>&1 & pg=$$!; \
+	P2P_TEST_DB=postgres $(GO) test -count=1 -timeout 15m $(STORE_PKGS) >$$log 2>&1 & pg=$$!; \
 	$(GO) test -race -count=1 -timeout 15m ./...; race=$$?; \
 	wait $$pg; pgrc=$$?; \
-	echo "== P2P_TEST_DB=postgres go test ./fhir/... ./cmd/p2pserver/"; cat $$log; rm -f $$log; \
+	echo "== P2P_TEST_DB=postgres go test $(STORE_PKGS)"; cat $$log; rm -f $$log; \
 	[ $$race -eq 0 ] && [ $$pgrc -eq 0 ]
 
 ## test-postgres: every test on PostgreSQL.
