@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/p2pserver/p2pserver/internal/loadbundle"
 )
 
 // runLimits measures what one expensive client costs the others, against
@@ -40,7 +42,7 @@ func runLimits(bin string, c int, d time.Duration) error {
 	fmt.Printf("%-62s %-28s %s\n", "figure", "before (issue 17)", "now")
 
 	// 1. A 10,000-entry transaction while c writers create Patients.
-	tx := bigTransaction(10000)
+	tx := loadbundle.Transaction(10000)
 	var during []time.Duration
 	var txTime time.Duration
 	var writes atomic.Int64
@@ -174,27 +176,6 @@ func pct(lat []time.Duration, p float64) time.Duration {
 		return 0
 	}
 	return lat[min(len(lat)-1, int(float64(len(lat))*p))].Round(time.Millisecond)
-}
-
-// bigTransaction is a transaction of n entries: one Patient per ten, each
-// followed by nine Observations referring to it by urn:uuid.
-func bigTransaction(n int) []byte {
-	var b bytes.Buffer
-	b.WriteString(`{"resourceType":"Bundle","type":"transaction","entry":[`)
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		if i%10 == 0 {
-			fmt.Fprintf(&b, `{"fullUrl":"urn:uuid:00000000-0000-4000-8000-%012d","resource":{"resourceType":"Patient","identifier":[{"system":"urn:tx:member","value":"tx%d"}],"name":[{"family":"Transaction%d","given":["Given%d","Middle"]}],"gender":"female","birthDate":"1970-01-%02d","address":[{"line":["%d Main Street"],"city":"Springfield","state":"MA","postalCode":"01101"}]},"request":{"method":"POST","url":"Patient"}}`,
-				i, i, i, i, 1+i%28, i)
-			continue
-		}
-		fmt.Fprintf(&b, `{"fullUrl":"urn:uuid:00000000-0000-4000-8000-%012d","resource":{"resourceType":"Observation","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"%d-%d","display":"Load test code %d"}]},"subject":{"reference":"urn:uuid:00000000-0000-4000-8000-%012d"},"effectiveDateTime":"2024-%02d-%02dT10:00:00Z","issued":"2024-%02d-%02dT11:00:00Z","valueQuantity":{"value":%d.%d,"unit":"mg/dL","system":"http://unitsofmeasure.org","code":"mg/dL"},"note":[{"text":"entry %d of a large transaction"}]},"request":{"method":"POST","url":"Observation"}}`,
-			i, 1000+i%500, i%10, i%500, i-i%10, 1+i%12, 1+i%28, 1+i%12, 1+i%28, i%300, i%10, i)
-	}
-	b.WriteString("]}")
-	return b.Bytes()
 }
 
 // longQuery is a search form of about size bytes: a code matching the
