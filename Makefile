@@ -15,10 +15,12 @@ help:
 build:
 	$(GO) build -o bin/ ./cmd/p2pserver ./cmd/p2p-devidp ./cmd/p2p-mailsink ./cmd/p2p-demo
 
-## run: build and start the server on the embedded default (bbolt file under data/).
+## run: build and start the server on the embedded default (bbolt file under data/);
+## ARGS passes flags to it: make run ARGS='-addr 127.0.0.1:9090 -log-level debug'.
+ARGS ?=
 run: build
 	mkdir -p data
-	./$(BIN)
+	./$(BIN) $(ARGS)
 
 ## demo: the whole payer-to-payer exchange on this machine, each step printed as its HTTP call (README, "Your first exchange").
 demo: build
