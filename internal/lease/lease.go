@@ -12,6 +12,15 @@
 // dies stops renewing; another takes the unit once the lease has expired
 // and resumes it from its durable checkpoint.
 //
+// The bucket also holds one schedule record per periodic task that has
+// run, "due:" + name -> {next} (see Periodic). It is no lease: nobody
+// holds it, and it stays across a clean stop by design, so that the next
+// start, or another process, does not run the task again before it is
+// due. A clean stop (Close) releases every lease held, so what is left in
+// the bucket after one is these schedules only: one per periodic task of
+// the configuration (bulk/sweep always, auth/prune-jti with -secret-key,
+// healthie/sync with Healthie).
+//
 // Work is done only under a live lease: every write that records progress
 // calls Lease.Check in its own transaction (fencing), so a holder that lost
 // its lease (it stalled past the expiry and another took over) cannot
@@ -42,7 +51,8 @@ import (
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
 
-// Bucket is the store bucket of the lease records.
+// Bucket is the store bucket of the lease records and of the periodic
+// tasks' schedules ("due:" + name).
 const Bucket = "leases"
 
 // DefaultDuration is how long a lease lasts without renewal

@@ -270,3 +270,50 @@ func TestLeaseTakeoverIsLogged(t *testing.T) {
 		t.Errorf("logs:\n%s\nwant one takeover, of job/1 from a", got)
 	}
 }
+
+// TestCleanStopLeavesOnlySchedules: after a clean stop (the periodic
+// tasks closed, then Close) no lease record is left in the bucket, not
+// even the one of a periodic run the stop cut short; what stays is one
+// "due:" schedule per periodic task that has run (when it is due next),
+// so that the next start, or another process, does not run it again
+// before then.
+func TestCleanStopLeavesOnlySchedules(t *testing.T) {
+	st, _, a, b := twoProcesses(t)
+	ctx := context.Background()
+	if _, err := a.Acquire(ctx, "job/1"); err != nil {
+		t.Fatal(err)
+	}
+	done := a.Periodic("sweep", time.Hour, 0, func(context.Context) error { return nil })
+	if !done.RunIfDue(ctx) {
+		t.Fatal("the sweep did not run")
+	}
+	// A task whose run the stop cuts short: its lease is held at Close.
+	stopping, stop := context.WithCancel(ctx)
+	cut := a.Periodic("sync", time.Hour, 0, func(context.Context) error { stop(); return nil })
+	if !cut.RunIfDue(stopping) || !a.Holding("periodic:sync") {
+		t.Fatal("the cut run does not hold its lease")
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]bool{}
+	if err := st.View(ctx, func(tx *store.Tx) error {
+		return tx.KV(Bucket).Scan(nil, func(k, _ []byte) (bool, error) {
+			keys[string(k)] = true
+			return true, nil
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 || !keys["due:sweep"] {
+		t.Errorf("after a clean stop the bucket holds %v, want only due:sweep", keys)
+	}
+	// The schedule is what keeps the sweep from running again at once; the
+	// cut task is due and runs on the next process at once.
+	if b.Periodic("sweep", time.Hour, 0, func(context.Context) error { return nil }).RunIfDue(ctx) {
+		t.Error("the sweep ran again within its period after a restart")
+	}
+	if !b.Periodic("sync", time.Hour, 0, func(context.Context) error { return nil }).RunIfDue(ctx) {
+		t.Error("the task cut short by the stop did not run at once on the next process")
+	}
+}

@@ -25,7 +25,10 @@ type Periodic struct {
 	wg   sync.WaitGroup
 }
 
-// dueRecord is when a periodic task is due next, kept under "due:" + name.
+// dueRecord is when a periodic task is due next, kept under "due:" + name
+// in Bucket. It is a schedule, not a lease: it outlives the run and a
+// clean stop on purpose (a restart must not run the task again before
+// it is due).
 type dueRecord struct {
 	Next time.Time `json:"next"`
 }
