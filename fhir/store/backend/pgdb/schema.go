@@ -88,10 +88,12 @@ DROP TABLE p2p_search;
 }
 
 // Lock keys of the advisory locks (pg_advisory_xact_lock), scoped to the
-// database: one for migrating the schema, one for the store's writer.
+// database: one for migrating the schema, one for the store's writer,
+// one for analyzing the tables (see analyzeFirst).
 const (
 	migrateLock int64 = 0x70327073_00000001 // "p2ps" 1
 	writeLock   int64 = 0x70327073_00000002 // "p2ps" 2
+	analyzeLock int64 = 0x70327073_00000003 // "p2ps" 3
 )
 
 // migrate brings the schema to the last version, in one transaction under
