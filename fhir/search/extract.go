@@ -2,7 +2,6 @@ package search
 
 import (
 	"encoding/json"
-	"slices"
 	"strings"
 
 	"github.com/p2pserver/p2pserver/fhir/fhirpath"
@@ -18,16 +17,46 @@ type Entry struct {
 }
 
 // Extract computes every index entry of res, a decoded resource of type typ
-// (numbers as json.Number). Duplicate entries are removed. A parameter
-// whose expression reads only elements res does not have is not
-// evaluated.
+// (numbers as json.Number), in the order of the parameters' codes, those
+// of a parameter with Sources last. Duplicate entries are removed. A
+// parameter whose expression reads only elements res does not have is
+// not evaluated, and one with Sources takes its entries from theirs
+// when their keys tell which are its own (see Decides).
 func (r *Registry) Extract(typ string, res map[string]any) []Entry {
-	var out []Entry
-	seen := map[string]bool{}
-	for code, p := range r.byType[typ] {
-		out = r.extractParam(out, seen, code, p, res)
+	pl := r.plans[typ]
+	if pl == nil {
+		return nil
 	}
-	return out
+	n := len(pl.params)
+	var wantBuf [128]bool
+	var spanBuf [128][2]int32
+	want, span := wantBuf[:0], spanBuf[:0]
+	if n <= len(wantBuf) {
+		want, span = wantBuf[:n], spanBuf[:n]
+	} else {
+		want, span = make([]bool, n), make([][2]int32, n)
+	}
+	for _, i := range pl.always {
+		want[i] = true
+	}
+	for name := range res {
+		for _, i := range pl.byElement[name] {
+			want[i] = true
+		}
+	}
+	x := extraction{r: r, res: res}
+	for i, p := range pl.params {
+		if want[i] {
+			start := x.eval(p)
+			span[i] = [2]int32{int32(start), int32(len(x.out))}
+		}
+	}
+	for _, d := range pl.derived {
+		if !x.derive(pl, d, span) {
+			x.eval(pl.params[d.at])
+		}
+	}
+	return x.out
 }
 
 // ExtractReading computes the index entries of res (as Extract does) of
@@ -35,39 +64,23 @@ func (r *Registry) Extract(typ string, res map[string]any) []Entry {
 // element name (those whose elements read are not known included), and
 // returns those parameters' codes: a caller that changed only name in res
 // replaces the entries of these parameters with the ones returned, and
-// has every entry Extract would give.
+// has every entry Extract would give. The map of codes is shared by every
+// call with the same typ and name: callers must not modify it.
 func (r *Registry) ExtractReading(typ, name string, res map[string]any) ([]Entry, map[string]bool) {
-	var out []Entry
-	codes := map[string]bool{}
-	seen := map[string]bool{}
-	for code, p := range r.byType[typ] {
-		if p.reads != nil && !slices.Contains(p.reads, name) {
+	pl := r.plans[typ]
+	if pl == nil {
+		return nil, map[string]bool{}
+	}
+	rd := pl.reading(name)
+	x := extraction{r: r, res: res}
+	for _, i := range rd.params {
+		p := pl.params[i]
+		if p.reads != nil && !hasAny(res, p.reads) {
 			continue
 		}
-		codes[code] = true
-		out = r.extractParam(out, seen, code, p, res)
+		x.eval(p)
 	}
-	return out, codes
-}
-
-// extractParam appends to out the entries of res under parameter p (code)
-// not in seen.
-func (r *Registry) extractParam(out []Entry, seen map[string]bool, code string, p *Param, res map[string]any) []Entry {
-	if p.reads != nil && !hasAny(res, p.reads) {
-		return out
-	}
-	for _, n := range p.expr.Eval(r.model, res) {
-		for _, e := range entriesFor(p, n) {
-			e.Param = code
-			k := code + "\x00" + e.Key
-			if seen[k] {
-				continue
-			}
-			seen[k] = true
-			out = append(out, e)
-		}
-	}
-	return out
+	return x.out, rd.codes
 }
 
 func hasAny(res map[string]any, names []string) bool {

@@ -129,23 +129,28 @@ func cpuNow() time.Duration {
 }
 
 // BenchmarkExtract computes the index entries of an Observation and a
-// Patient as the load run creates them: "all" evaluates every parameter
-// of the type whole, every type's branches; "Extract" only the type's
-// branches, and skips the parameters whose elements are absent. cpu-ns/op
-// is the process's CPU time per operation.
+// Patient as the load run creates them, and of an Observation as the bulk
+// exchange benchmark ingests it (local id, meta.source, category):
+// "all" evaluates every parameter of the type whole, every type's
+// branches; "Extract" goes by the type's plan: only the type's branches,
+// the parameters whose elements are absent skipped, those with sources
+// taken from their sources' entries. cpu-ns/op is the process's CPU time
+// per operation.
 func BenchmarkExtract(b *testing.B) {
-	docs := map[string]string{
-		"Observation": `{"resourceType":"Observation","id":"o1","status":"final","code":{"coding":[{"system":"urn:load","code":"c5","display":"Load code 5"}]},"subject":{"reference":"Patient/abc"},"effectiveDateTime":"2015-02-03T10:00:00Z","valueQuantity":{"value":5.5,"unit":"mg","system":"http://unitsofmeasure.org","code":"mg"}}`,
-		"Patient":     `{"resourceType":"Patient","id":"p1","identifier":[{"system":"urn:load:member","value":"m5"}],"name":[{"family":"Fam5","given":["Given5"]}],"gender":"male","birthDate":"1945-02-03"}`,
+	docs := []struct{ name, typ, doc string }{
+		{"Observation", "Observation", `{"resourceType":"Observation","id":"o1","status":"final","code":{"coding":[{"system":"urn:load","code":"c5","display":"Load code 5"}]},"subject":{"reference":"Patient/abc"},"effectiveDateTime":"2015-02-03T10:00:00Z","valueQuantity":{"value":5.5,"unit":"mg","system":"http://unitsofmeasure.org","code":"mg"}}`},
+		{"Patient", "Patient", `{"resourceType":"Patient","id":"p1","identifier":[{"system":"urn:load:member","value":"m5"}],"name":[{"family":"Fam5","given":["Given5"]}],"gender":"male","birthDate":"1945-02-03"}`},
+		{"IngestedObservation", "Observation", `{"resourceType":"Observation","id":"0123456789abcdef.o00001-0001","meta":{"source":"http://old.example/fhir/Observation/o00001-0001","lastUpdated":"2026-11-30T10:00:00.123456Z"},"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"8867-4","display":"Heart rate"}],"text":"Heart rate"},"subject":{"reference":"Patient/0123456789abcdef.p00001"},"effectiveDateTime":"2025-11-30T01:00:00Z","valueQuantity":{"value":51,"unit":"beats/minute","system":"http://unitsofmeasure.org","code":"/min"}}`},
 	}
-	for _, typ := range []string{"Observation", "Patient"} {
+	for _, d := range docs {
+		typ := d.typ
 		var m map[string]any
-		dec := json.NewDecoder(strings.NewReader(docs[typ]))
+		dec := json.NewDecoder(strings.NewReader(d.doc))
 		dec.UseNumber()
 		if err := dec.Decode(&m); err != nil {
 			b.Fatal(err)
 		}
-		b.Run(typ+"/all", func(b *testing.B) {
+		b.Run(d.name+"/all", func(b *testing.B) {
 			b.ReportAllocs()
 			t0 := cpuNow()
 			for range b.N {
@@ -153,13 +158,65 @@ func BenchmarkExtract(b *testing.B) {
 			}
 			b.ReportMetric(float64(cpuNow()-t0)/float64(b.N), "cpu-ns/op")
 		})
-		b.Run(typ+"/Extract", func(b *testing.B) {
+		b.Run(d.name+"/Extract", func(b *testing.B) {
 			b.ReportAllocs()
 			t0 := cpuNow()
 			for range b.N {
 				reg.Extract(typ, m)
 			}
 			b.ReportMetric(float64(cpuNow()-t0)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// TestExtractDerivedParameters: a parameter whose entries are its
+// sources' (Observation patient: subject.where(resolve() is Patient);
+// combo-code: code | component-code) gets from the sources' entries what
+// evaluating it gives, also where only the Reference's type element tells
+// what it resolves to and the parameter is evaluated itself.
+func TestExtractDerivedParameters(t *testing.T) {
+	ref := ReferenceKey("Patient", "p1")
+	for _, c := range []struct {
+		name, subject string
+		patient       bool // whether the patient parameter has an entry
+	}{
+		{"relative reference to a Patient", `{"reference":"Patient/p1"}`, true},
+		{"absolute reference to a Patient", `{"reference":"http://other.example/fhir/Patient/p1"}`, true},
+		{"versioned reference to a Patient", `{"reference":"Patient/p1/_history/3"}`, true},
+		{"reference to a Group", `{"reference":"Group/g1"}`, false},
+		{"urn:uuid typed Patient", `{"reference":"urn:uuid:0f4e3c0a-5b7e-4c3b-9a8e-1d2c3b4a5f60","type":"Patient"}`, true},
+		{"urn:uuid typed Group", `{"reference":"urn:uuid:0f4e3c0a-5b7e-4c3b-9a8e-1d2c3b4a5f60","type":"Group"}`, false},
+		{"urn:uuid untyped", `{"reference":"urn:uuid:0f4e3c0a-5b7e-4c3b-9a8e-1d2c3b4a5f60"}`, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var m map[string]any
+			doc := `{"resourceType":"Observation","id":"o1","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"85354-9"}]},` +
+				`"component":[{"code":{"coding":[{"system":"http://loinc.org","code":"8480-6"}]},"valueQuantity":{"value":120,"system":"http://unitsofmeasure.org","code":"mm[Hg]"}}],` +
+				`"subject":` + c.subject + `}`
+			dec := json.NewDecoder(strings.NewReader(doc))
+			dec.UseNumber()
+			if err := dec.Decode(&m); err != nil {
+				t.Fatal(err)
+			}
+			got := reg.Extract("Observation", m)
+			if g, w := sortedEntries(got), sortedEntries(extractAll(reg, "Observation", m)); !slices.Equal(g, w) {
+				t.Fatalf("Extract gives\n  %s\nwant\n  %s", strings.Join(g, "\n  "), strings.Join(w, "\n  "))
+			}
+			has := func(param, key string) bool {
+				return slices.ContainsFunc(got, func(e Entry) bool { return e.Param == param && e.Key == key })
+			}
+			patient := slices.ContainsFunc(got, func(e Entry) bool { return e.Param == "patient" })
+			if patient != c.patient {
+				t.Errorf("patient entry: %v, want %v (%v)", patient, c.patient, sortedEntries(got))
+			}
+			if c.patient && strings.HasPrefix(c.subject, `{"reference":"Patient/`) && !has("patient", ref) {
+				t.Errorf("no patient entry %q", ref)
+			}
+			for _, code := range []string{"85354-9", "8480-6"} {
+				if !has("combo-code", pfxCode+code) {
+					t.Errorf("no combo-code entry for %s", code)
+				}
+			}
 		})
 	}
 }

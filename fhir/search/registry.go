@@ -57,6 +57,8 @@ var supportedTypes = map[string]bool{
 type Registry struct {
 	model  *spec.Model
 	byType map[string]map[string]*Param
+	// plans holds how each type's index entries are extracted.
+	plans map[string]*plan
 	// compartment holds CompartmentParams per type, asked per resource
 	// when member access is checked.
 	compartment map[string][]*Param
@@ -112,6 +114,10 @@ func NewRegistry(m *spec.Model) *Registry {
 	}
 	for typ := range r.byType {
 		r.findSources(typ)
+	}
+	r.plans = make(map[string]*plan, len(r.byType))
+	for typ := range r.byType {
+		r.plans[typ] = newPlan(r.Params(typ))
 	}
 	r.compartment = map[string][]*Param{}
 	for typ, codes := range spec.PatientCompartment() {

@@ -1,0 +1,147 @@
+package search
+
+import (
+	"slices"
+	"sync"
+)
+
+// plan is how the index entries of one resource type are extracted: its
+// parameters in code order, which of them each top-level element of a
+// resource calls for, and which are computed from others' entries
+// rather than evaluated. A resource is looked at once per element it
+// has, not once per parameter per element the parameter reads.
+type plan struct {
+	params []*Param
+	// always are the parameters evaluated on every resource (their
+	// elements read are not known).
+	always []int
+	// byElement gives, for each element a parameter reads (a choice
+	// element by every concrete name), the parameters that read it.
+	byElement map[string][]int
+	// derived are the parameters whose entries are their sources' (see
+	// Source), each with the positions of its sources in params.
+	derived []derivedParam
+	// readings caches, per element name, the parameters that may read
+	// it (see reading).
+	readings sync.Map // string -> *reading
+}
+
+// reading is the parameters of a type that may read one element: those
+// reading it and those whose elements read are not known.
+type reading struct {
+	params []int
+	codes  map[string]bool
+}
+
+// reading returns the parameters that may read the element name.
+func (pl *plan) reading(name string) *reading {
+	if rd, ok := pl.readings.Load(name); ok {
+		return rd.(*reading)
+	}
+	rd := &reading{codes: map[string]bool{}}
+	for i, p := range pl.params {
+		if p.reads == nil || slices.Contains(p.reads, name) {
+			rd.params = append(rd.params, i)
+			rd.codes[p.Code] = true
+		}
+	}
+	got, _ := pl.readings.LoadOrStore(name, rd)
+	return got.(*reading)
+}
+
+// derivedParam is a parameter whose entries are taken from its sources'
+// entries once those are extracted.
+type derivedParam struct {
+	at      int
+	sources []int
+}
+
+// newPlan builds the plan of the parameters of one type (params, sorted
+// by code, their Sources found).
+func newPlan(params []*Param) *plan {
+	pl := &plan{params: params, byElement: map[string][]int{}}
+	codes := make(map[string]int, len(params))
+	for i, p := range params {
+		codes[p.Code] = i
+	}
+	for i, p := range params {
+		if len(p.Sources) > 0 {
+			d := derivedParam{at: i}
+			for _, s := range p.Sources {
+				d.sources = append(d.sources, codes[s.Code])
+			}
+			pl.derived = append(pl.derived, d)
+			continue
+		}
+		if p.reads == nil {
+			pl.always = append(pl.always, i)
+			continue
+		}
+		for _, name := range p.reads {
+			if !slices.Contains(pl.byElement[name], i) {
+				pl.byElement[name] = append(pl.byElement[name], i)
+			}
+		}
+	}
+	return pl
+}
+
+// extraction is the state of one resource's extraction: the entries so
+// far.
+type extraction struct {
+	r   *Registry
+	res map[string]any
+	out []Entry
+}
+
+// eval appends the entries of parameter p (code), without duplicates,
+// to x.out and returns where they start.
+func (x *extraction) eval(p *Param) int {
+	start := len(x.out)
+	for _, n := range p.expr.Eval(x.r.model, x.res) {
+		for _, e := range entriesFor(p, n) {
+			x.add(start, p.Code, e)
+		}
+	}
+	return start
+}
+
+// add appends e under code unless the entries from start on (those of
+// the same parameter) have its key already.
+func (x *extraction) add(start int, code string, e Entry) {
+	for _, have := range x.out[start:] {
+		if have.Key == e.Key {
+			return
+		}
+	}
+	e.Param = code
+	x.out = append(x.out, e)
+}
+
+// derive appends the entries of the derived parameter d, taken from its
+// sources' entries (span gives where each parameter's are in x.out); false when a source's entry does not tell whether it
+// is one of d's (a reference resolve() types by its type element), and
+// then nothing is appended.
+func (x *extraction) derive(pl *plan, d derivedParam, span [][2]int32) bool {
+	p := pl.params[d.at]
+	start := len(x.out)
+	for k, at := range d.sources {
+		s := p.Sources[k]
+		sp := span[at]
+		for i := sp[0]; i < sp[1]; i++ {
+			e := x.out[i]
+			if s.ResolveIs != "" {
+				in, decided := x.r.Decides(s, e.Key, e.Payload)
+				if !decided {
+					x.out = x.out[:start]
+					return false
+				}
+				if !in {
+					continue
+				}
+			}
+			x.add(start, p.Code, e)
+		}
+	}
+	return true
+}
