@@ -20,21 +20,8 @@ import (
 // unavailable once PostgreSQL has stopped, within a read or two of
 // healthTTL (the cache does not keep saying ok).
 func TestHealthzFollowsPostgres(t *testing.T) {
-	srv, err := pgtest.Start()
-	if err != nil {
-		t.Skip(err)
-	}
-	stopped := false
-	defer func() {
-		if !stopped {
-			srv.Stop()
-		}
-	}()
+	srv, dsn := pgtest.Own(t)
 	ctx := context.Background()
-	dsn, err := srv.NewDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg, err := parseConfig([]string{"-addr", "127.0.0.1:0", "-db", dsn, "-base-url", "http://127.0.0.1:8080", "-secret-key", testSecretKey},
 		func(string) string { return "" })
 	if err != nil {
@@ -80,7 +67,7 @@ func TestHealthzFollowsPostgres(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, 200},
-		{"PostgreSQL stopped", func() { srv.Stop(); stopped = true }, 503},
+		{"PostgreSQL stopped", srv.Stop, 503},
 	}
 	for _, s := range steps {
 		// The next answer is a read made after the step.

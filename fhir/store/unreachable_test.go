@@ -2,7 +2,6 @@ package store_test
 
 import (
 	"context"
-	"encoding/json"
 	"testing"
 
 	"github.com/p2pserver/p2pserver/fhir/store"
@@ -16,20 +15,7 @@ import (
 // 15.6.4), as a read does, not as a fault of the server's own (500).
 func TestWriteOnUnreachableDatabaseIsTransient(t *testing.T) {
 	ctx := context.Background()
-	srv, err := pgtest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	defer func() {
-		if !stopped {
-			srv.Stop()
-		}
-	}()
-	url, err := srv.NewDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, url := pgtest.Own(t)
 	db, err := store.OpenDB(ctx, url, store.DBOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -41,13 +27,9 @@ func TestWriteOnUnreachableDatabaseIsTransient(t *testing.T) {
 	}
 	defer st.Close()
 	write := func(id string) error {
-		body := `{"resourceType":"Patient","id":"` + id + `"}`
-		var m map[string]any
-		if err := json.Unmarshal([]byte(body), &m); err != nil {
-			t.Fatal(err)
-		}
+		d := doc(t, "Patient", id, `{"resourceType":"Patient","id":"`+id+`"}`)
 		return st.Write(ctx, func(tx *store.Tx) error {
-			_, err := tx.Put(&store.Doc{Type: "Patient", ID: id, Map: m, JSON: []byte(body)}, store.PutOptions{})
+			_, err := tx.Put(d, store.PutOptions{})
 			return err
 		})
 	}
@@ -55,7 +37,6 @@ func TestWriteOnUnreachableDatabaseIsTransient(t *testing.T) {
 		t.Fatalf("a write while the server runs: %v", err)
 	}
 	srv.Stop()
-	stopped = true
 	err = write("p2")
 	if err == nil {
 		t.Fatal("a write with the server stopped succeeded")

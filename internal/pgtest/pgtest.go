@@ -46,6 +46,7 @@ type Server struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	n    atomic.Int64
+	stop sync.Once
 }
 
 var (
@@ -245,18 +246,40 @@ func (s *Server) NewDatabase(ctx context.Context) (string, error) {
 	return s.URL(name), nil
 }
 
-// Stop stops the server (fast shutdown) and removes its folder.
+// Stop stops the server (fast shutdown) and removes its folder. Calls
+// after the first do nothing.
 func (s *Server) Stop() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		s.cmd.Process.Signal(syscall.SIGINT)
+	s.stop.Do(func() {
+		if s.cmd != nil && s.cmd.Process != nil {
+			s.cmd.Process.Signal(syscall.SIGINT)
+		}
+		select {
+		case <-s.done:
+		case <-time.After(30 * time.Second):
+			s.cmd.Process.Kill()
+			<-s.done
+		}
+		os.RemoveAll(s.dir)
+	})
+}
+
+// Own starts a server of tb's own, not the shared one, for a test that
+// stops it (to see what a client does when the database goes away), and
+// returns it with the URL of a new database on it. The server stops when
+// tb ends if the test has not stopped it. It fails tb (with how to install
+// PostgreSQL) when the server cannot start.
+func Own(tb testing.TB) (*Server, string) {
+	tb.Helper()
+	s, err := Start()
+	if err != nil {
+		tb.Fatal(err)
 	}
-	select {
-	case <-s.done:
-	case <-time.After(30 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
+	tb.Cleanup(s.Stop)
+	url, err := s.NewDatabase(context.Background())
+	if err != nil {
+		tb.Fatal(err)
 	}
-	os.RemoveAll(s.dir)
+	return s, url
 }
 
 // Database returns the URL of a new database for tb on the shared server,

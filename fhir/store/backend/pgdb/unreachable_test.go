@@ -17,20 +17,7 @@ import (
 // section 15.6.4), not as a fault of the server's own (500).
 func TestUnreachableDatabaseIsTransient(t *testing.T) {
 	ctx := context.Background()
-	srv, err := pgtest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	defer func() {
-		if !stopped {
-			srv.Stop()
-		}
-	}()
-	url, err := srv.NewDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, url := pgtest.Own(t)
 	db, err := pgdb.Open(ctx, url)
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +31,6 @@ func TestUnreachableDatabaseIsTransient(t *testing.T) {
 		t.Fatalf("a read while the server runs: %v", err)
 	}
 	srv.Stop()
-	stopped = true
 	for name, op := range map[string]func() error{
 		"read": func() error { return db.View(ctx, read) },
 		"write": func() error {
