@@ -43,7 +43,7 @@ func TestSearchesAnswerAsBeforeIndexFormat5(t *testing.T) {
 		return st
 	}
 	old, now := open("old"), open("new")
-	old.indexAll, old.textIDs = true, true
+	old.format = 3
 
 	patients := []string{
 		"0190f4c2-7b1a-7c3e-9a2b-3c4d5e6f7a8b", "0190F4C2-7B1A-7C3E-9A2B-3C4D5E6F7A8C",

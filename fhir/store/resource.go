@@ -35,11 +35,30 @@ type Tx struct {
 	// group, when set, collects the index changes of the writes of a
 	// commit group that have succeeded, made together at its end.
 	group *groupIndex
-	// textIDs keeps every id in index keys as it is, as a database before
-	// index format 5 has them, for an upgrade that indexes resources again
-	// before their keys are written with ids in 16 bytes (see
-	// upgradeIndexes): the keys it removes must be found as they are.
-	textIDs bool
+	// format, when set, is the index format this write's index keys are
+	// made in instead of the store's: an upgrade step that indexes
+	// resources again writes and removes keys in the form of the format it
+	// brings the database to, which later steps then upgrade (see
+	// upgradeTo3).
+	format int
+}
+
+// keyFormat is the index format the store's indexes are in: before
+// format 4 every parameter has an index of its own (see stored), before
+// format 5 every id is kept in index keys as text (see indexKey).
+func (s *Store) keyFormat() int {
+	if s.format != 0 {
+		return s.format
+	}
+	return indexFormatNumber
+}
+
+// keyFormat is the index format tx makes index keys in (see Tx.format).
+func (tx *Tx) keyFormat() int {
+	if tx.format != 0 {
+		return tx.format
+	}
+	return tx.s.keyFormat()
 }
 
 // groupIndex is the index changes of the writes of one commit group that
@@ -517,7 +536,7 @@ type indexOp struct {
 type indexName struct{ typ, param string }
 
 func (tx *Tx) queueIndex(typ, param string, op indexOp) {
-	if !tx.s.stored(typ, param) {
+	if !storedIn(tx.keyFormat(), tx.s.reg, typ, param) {
 		return // found through its sources' indexes (see indexSources)
 	}
 	if tx.index == nil {
@@ -698,17 +717,23 @@ func (tx *Tx) indexReady() {
 // all but those whose entries are all in other parameters' indexes (see
 // search.Source).
 func (s *Store) stored(typ, param string) bool {
-	if s.indexAll {
+	return storedIn(s.keyFormat(), s.reg, typ, param)
+}
+
+// storedIn reports whether typ's parameter param has an index of its own
+// in index format: every parameter before format 4.
+func storedIn(format int, reg *search.Registry, typ, param string) bool {
+	if format < 4 {
 		return true
 	}
-	p, ok := s.reg.Lookup(typ, param)
+	p, ok := reg.Lookup(typ, param)
 	return !ok || p.Stored()
 }
 
 // indexSources returns the parameters whose indexes a clause on typ's
 // param scans: param itself when it is stored, else its sources.
 func (s *Store) indexSources(typ, param string) []search.Source {
-	if p, ok := s.reg.Lookup(typ, param); ok && !p.Stored() && !s.indexAll {
+	if p, ok := s.reg.Lookup(typ, param); ok && !p.Stored() && s.keyFormat() >= 4 {
 		return p.Sources
 	}
 	return []search.Source{{Code: param}}
@@ -722,7 +747,7 @@ func (tx *Tx) indexKey(key, id string) []byte {
 	k := make([]byte, 0, len(key)+1+len(id))
 	k = append(k, key...)
 	k = append(k, 0)
-	if tx.s.textIDs || tx.textIDs {
+	if tx.keyFormat() < 5 {
 		return append(k, id...)
 	}
 	return appendIndexID(k, id)

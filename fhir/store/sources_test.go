@@ -184,7 +184,7 @@ func TestUnstoredParametersAnswerAsTheirOwnIndex(t *testing.T) {
 	}
 	docs := exampleDocs(t)
 	db, st := open()
-	st.indexAll, st.textIDs = true, true
+	st.format = 3
 	for i := 0; i < len(docs); i += 200 {
 		err := st.Write(context.Background(), func(tx *Tx) error {
 			for _, d := range docs[i:min(i+200, len(docs))] {

@@ -46,12 +46,10 @@ type Store struct {
 
 	params params // the parameter numbers of packed index entries
 
-	// indexAll has every parameter stored in its own index, as before
-	// index format 4 (for tests writing a database of that format).
-	indexAll bool
-	// textIDs keeps every id in index keys as it is, as before index
-	// format 5 (for tests writing a database of that format).
-	textIDs bool
+	// format is the index format the store writes and reads its indexes
+	// in (see keyFormat): 0 for this version's, an earlier one for tests
+	// writing a database as the version of that format did.
+	format int
 
 	// stampFloor is the latest lastUpdated written to the database, by
 	// this process or, as of its current commit group, another one (Unix

@@ -259,8 +259,12 @@ func (s *Store) upgradeTo3() error {
 		if n, err := strconv.Atoi(format); err == nil && n >= 3 {
 			return nil
 		}
-		// The index keys have their ids as text until format 5.
-		tx := &Tx{s: s, btx: btx, ctx: context.Background(), writable: true, textIDs: true}
+		// The resources are indexed again as format 3 has them (every
+		// parameter in its own index, ids as text): the keys removed are
+		// found in the form they were written in, and the database is
+		// of format 3 when this step is done; steps 4 and 5 go on from
+		// there.
+		tx := &Tx{s: s, btx: btx, ctx: context.Background(), writable: true, format: 3}
 		if format != "2" {
 			if err := s.upgradeClipped(tx); err != nil {
 				return err

@@ -50,7 +50,7 @@ func testUpgradeIndexesOfClippedValues(t *testing.T, id string) {
 		return db, st
 	}
 	db, st := open()
-	st.indexAll, st.textIDs = true, true // as the old format wrote them
+	st.format = 3 // as the old format wrote them
 	body := `{"resourceType":"Patient","id":"` + id + `","name":[{"family":"` + family + `"}]}`
 	var m map[string]any
 	dec := json.NewDecoder(strings.NewReader(body))
