@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -16,15 +14,7 @@ import (
 // after that fails; polled many times within healthTTL it reads the
 // database once.
 func TestHealthzAnswersFromAReadAtMostASecondOld(t *testing.T) {
-	db := filepath.Join(t.TempDir(), "p2p.db")
-	cfg, err := parseConfig([]string{"-addr", "127.0.0.1:0", "-db", db, "-base-url", "http://127.0.0.1:8080"}, func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := newApp(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, _ := testApp(t, "-db", filepath.Join(t.TempDir(), "p2p.db"))
 	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	a.health.now = func() time.Time { return clock }
 	reads := 0

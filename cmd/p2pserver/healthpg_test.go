@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -22,15 +20,7 @@ import (
 func TestHealthzFollowsPostgres(t *testing.T) {
 	srv, dsn := pgtest.Own(t)
 	ctx := context.Background()
-	cfg, err := parseConfig([]string{"-addr", "127.0.0.1:0", "-db", dsn, "-base-url", "http://127.0.0.1:8080", "-secret-key", testSecretKey},
-		func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := newApp(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, _ := testApp(t, "-db", dsn, "-secret-key", testSecretKey)
 	defer a.Close()
 	h := a.Handler()
 	get := func() int {

@@ -1,14 +1,10 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -91,22 +87,7 @@ func (w *discardWriter) Write(p []byte) (int, error) {
 // server runs it) and the Observations' ids.
 func readBenchServer(b *testing.B, n int) (http.Handler, []string) {
 	b.Helper()
-	db := filepath.Join(b.TempDir(), "p2p.db")
-	cfg, err := parseConfig([]string{"-addr", "127.0.0.1:0", "-db", db, "-base-url", "http://127.0.0.1:8080"}, func(string) string { return "" })
-	if err != nil {
-		b.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	a, err := newApp(cfg, log)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	b.Cleanup(func() { cancel(); a.Close() })
-	if err := a.Start(ctx); err != nil {
-		b.Fatal(err)
-	}
-	h := cfg.Limits.httpServer(a.Handler()).Handler
+	_, h := openApp(b)
 	ids := make([]string, n)
 	for i := range ids {
 		body := fmt.Sprintf(`{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"urn:load","code":"c%d"}]},"subject":{"reference":"Patient/p%d"},"effectiveDateTime":"2024-01-%02dT10:00:00Z","valueQuantity":{"value":%d.5,"unit":"mg/dL","system":"http://unitsofmeasure.org","code":"mg/dL"}}`, i%50, i/9, 1+i%28, i)

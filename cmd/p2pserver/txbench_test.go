@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -43,19 +42,28 @@ func BenchmarkLargeTransaction(b *testing.B) {
 	b.ReportMetric(float64(longest), "longest-writer-ns")
 }
 
+// testApp builds the server from the flags args (after -addr
+// 127.0.0.1:0 and -base-url http://127.0.0.1:8080, which args may
+// override), logging nowhere, not started. The caller closes it.
+func testApp(tb testing.TB, args ...string) (*app, Config) {
+	tb.Helper()
+	args = append([]string{"-addr", "127.0.0.1:0", "-base-url", "http://127.0.0.1:8080"}, args...)
+	cfg, err := parseConfig(args, func(string) string { return "" })
+	if err != nil {
+		tb.Fatal(err)
+	}
+	a, err := newApp(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return a, cfg
+}
+
 // openApp starts an open server on a database in a temporary folder, and
 // returns it and its handler as the HTTP server runs it.
 func openApp(b testing.TB) (*app, http.Handler) {
 	b.Helper()
-	db := filepath.Join(b.TempDir(), "p2p.db")
-	cfg, err := parseConfig([]string{"-addr", "127.0.0.1:0", "-db", db, "-base-url", "http://127.0.0.1:8080"}, func(string) string { return "" })
-	if err != nil {
-		b.Fatal(err)
-	}
-	a, err := newApp(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		b.Fatal(err)
-	}
+	a, cfg := testApp(b, "-db", filepath.Join(b.TempDir(), "p2p.db"))
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(func() { cancel(); a.Close() })
 	if err := a.Start(ctx); err != nil {
