@@ -271,6 +271,41 @@ func (s *sourceTraffic) hook(src *livePayer) func(w http.ResponseWriter, r *http
 	}
 }
 
+// answerEdited answers r with the old payer's own answer, its body
+// changed by edit when the answer is 200 (the length then differs, so
+// without Content-Length).
+func (fp *faultPair) answerEdited(w http.ResponseWriter, r *http.Request, edit func(body []byte) []byte) {
+	rec := httptest.NewRecorder()
+	fp.source.h.ServeHTTP(rec, r)
+	body := rec.Body.Bytes()
+	if rec.Code == http.StatusOK {
+		body = edit(body)
+	}
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.Header().Del("Content-Length")
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(body)
+}
+
+// answerEditedJSON is answerEdited for a JSON object (a status answer's
+// manifest), edited as a map.
+func (fp *faultPair) answerEditedJSON(w http.ResponseWriter, r *http.Request, edit func(m map[string]any)) {
+	fp.answerEdited(w, r, func(body []byte) []byte {
+		var m map[string]any
+		if err := json.Unmarshal(body, &m); err != nil {
+			panic(err)
+		}
+		edit(m)
+		out, err := json.Marshal(m)
+		if err != nil {
+			panic(err)
+		}
+		return out
+	})
+}
+
 func urlPath(u string) string {
 	if i := strings.Index(u, "://"); i >= 0 {
 		u = u[i+3:]

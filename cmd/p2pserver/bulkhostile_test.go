@@ -153,45 +153,25 @@ func TestBulkExchangeIngestsOnlyTheMatchedConsentingMembersData(t *testing.T) {
 			_, _ = w.Write([]byte(errLine + "\n"))
 			return true
 		case strings.Contains(r.URL.Path, "/bulkstatus/") && fp.traffic.get(func() int { return fp.traffic.statusOfKind(r.URL.Path) }) == 2:
-			rec := httptest.NewRecorder()
-			fp.source.h.ServeHTTP(rec, r)
-			body := rec.Body.Bytes()
-			if rec.Code == http.StatusOK {
-				var m map[string]any
-				if err := json.Unmarshal(body, &m); err != nil {
-					panic(err)
-				}
+			fp.answerEditedJSON(w, r, func(m map[string]any) {
 				out, _ := m["output"].([]any)
 				m["output"] = append(out, map[string]any{"type": "Task", "url": src + "/hostile/Task.ndjson"})
 				errs, _ := m["error"].([]any)
 				m["error"] = append(errs, map[string]any{"type": "OperationOutcome", "url": src + "/hostile/errors.ndjson"})
-				body, _ = json.Marshal(m)
-			}
-			for k, v := range rec.Header() {
-				w.Header()[k] = v
-			}
-			w.Header().Del("Content-Length")
-			w.WriteHeader(rec.Code)
-			_, _ = w.Write(body)
+			})
 			return true
 		case strings.Contains(r.URL.Path, "/bulkfiles/"):
-			rec := httptest.NewRecorder()
-			fp.source.h.ServeHTTP(rec, r)
-			body := rec.Body.Bytes()
-			var head struct {
-				ResourceType string `json:"resourceType"`
-			}
-			first, _, _ := bytes.Cut(body, []byte("\n"))
-			_ = json.Unmarshal(first, &head)
-			if rec.Code == http.StatusOK && len(added[head.ResourceType]) > 0 && head.ResourceType != "Task" {
-				body = append(bytes.Clone(body), []byte(strings.Join(added[head.ResourceType], "\n")+"\n")...)
-			}
-			for k, v := range rec.Header() {
-				w.Header()[k] = v
-			}
-			w.Header().Del("Content-Length")
-			w.WriteHeader(rec.Code)
-			_, _ = w.Write(body)
+			fp.answerEdited(w, r, func(body []byte) []byte {
+				var head struct {
+					ResourceType string `json:"resourceType"`
+				}
+				first, _, _ := bytes.Cut(body, []byte("\n"))
+				_ = json.Unmarshal(first, &head)
+				if len(added[head.ResourceType]) == 0 || head.ResourceType == "Task" {
+					return body
+				}
+				return append(bytes.Clone(body), []byte(strings.Join(added[head.ResourceType], "\n")+"\n")...)
+			})
 			return true
 		}
 		return false
@@ -306,27 +286,13 @@ func TestBulkExchangeRedirectsAndOtherOrigins(t *testing.T) {
 			if kind != 2 {
 				return false
 			}
-			rec := httptest.NewRecorder()
-			fp.source.h.ServeHTTP(rec, r)
-			body := rec.Body.Bytes()
-			if rec.Code == http.StatusOK {
-				var m map[string]any
-				if err := json.Unmarshal(body, &m); err != nil {
-					panic(err)
-				}
+			fp.answerEditedJSON(w, r, func(m map[string]any) {
 				m["requiresAccessToken"] = false
 				for _, o := range m["output"].([]any) {
 					o := o.(map[string]any)
 					o["url"] = other + urlPath(o["url"].(string))
 				}
-				body, _ = json.Marshal(m)
-			}
-			for k, v := range rec.Header() {
-				w.Header()[k] = v
-			}
-			w.Header().Del("Content-Length")
-			w.WriteHeader(rec.Code)
-			_, _ = w.Write(body)
+			})
 			return true
 		}, "COMPLETED", ""},
 	}
@@ -467,17 +433,9 @@ func TestBulkExchangeChunksAreBoundedInBytes(t *testing.T) {
 		if r.Method != "GET" || !strings.Contains(r.URL.Path, "/bulkfiles/") || !strings.Contains(r.URL.Path, "/Observation-") {
 			return false
 		}
-		rec := httptest.NewRecorder()
-		fp.source.h.ServeHTTP(rec, r)
-		for k, v := range rec.Header() {
-			w.Header()[k] = v
-		}
-		w.Header().Del("Content-Length")
-		w.WriteHeader(rec.Code)
-		_, _ = w.Write(rec.Body.Bytes())
-		if rec.Code == http.StatusOK {
-			_, _ = w.Write([]byte(strings.Join(lines, "\n") + "\n"))
-		}
+		fp.answerEdited(w, r, func(body []byte) []byte {
+			return append(bytes.Clone(body), strings.Join(lines, "\n")+"\n"...)
+		})
 		return true
 	}
 	path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
@@ -566,21 +524,9 @@ func TestBulkExchangeNeverShowsTheTokenTheOldPayerEchoes(t *testing.T) {
 				_, _ = fmt.Fprintf(w, `{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"could not read with Authorization: %s"}]}`+"\n", r.Header.Get("Authorization"))
 				return true
 			case strings.Contains(r.URL.Path, "/bulkstatus/") && fp.traffic.get(func() int { return fp.traffic.statusOfKind(r.URL.Path) }) == 2:
-				rec := httptest.NewRecorder()
-				fp.source.h.ServeHTTP(rec, r)
-				body := rec.Body.Bytes()
-				if rec.Code == http.StatusOK {
-					var m map[string]any
-					_ = json.Unmarshal(body, &m)
+				fp.answerEditedJSON(w, r, func(m map[string]any) {
 					m["error"] = []any{map[string]any{"type": "OperationOutcome", "url": fp.source.URL + "/fhir/hostile/errors.ndjson"}}
-					body, _ = json.Marshal(m)
-				}
-				for k, v := range rec.Header() {
-					w.Header()[k] = v
-				}
-				w.Header().Del("Content-Length")
-				w.WriteHeader(rec.Code)
-				_, _ = w.Write(body)
+				})
 				return true
 			}
 			return false
@@ -734,21 +680,7 @@ func TestBulkExchangeTransactionTimeFromTheFuture(t *testing.T) {
 		if r.Method != "GET" || !strings.Contains(r.URL.Path, "/bulkstatus/") || fp.traffic.get(func() int { return fp.traffic.statusOfKind(r.URL.Path) }) != 2 {
 			return false
 		}
-		rec := httptest.NewRecorder()
-		fp.source.h.ServeHTTP(rec, r)
-		body := rec.Body.Bytes()
-		if rec.Code == http.StatusOK {
-			var m map[string]any
-			_ = json.Unmarshal(body, &m)
-			m["transactionTime"] = "2999-01-01T00:00:00Z"
-			body, _ = json.Marshal(m)
-		}
-		for k, v := range rec.Header() {
-			w.Header()[k] = v
-		}
-		w.Header().Del("Content-Length")
-		w.WriteHeader(rec.Code)
-		_, _ = w.Write(body)
+		fp.answerEditedJSON(w, r, func(m map[string]any) { m["transactionTime"] = "2999-01-01T00:00:00Z" })
 		return true
 	}
 	path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
