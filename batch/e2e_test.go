@@ -1,14 +1,17 @@
 package batch
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 )
 
@@ -127,8 +130,13 @@ func TestExchangeEndToEnd(t *testing.T) {
 
 	// One Provenance per page: its targets are exactly the page's
 	// resources, versioned, found with Provenance?target= and _revinclude.
+	// A page's resources and its Provenance are written with one
+	// lastUpdated (the page's resources are prepared at one time), but
+	// for a resource the page kept as an earlier page wrote it, and on
+	// the first page (the member's Patient read for MDM), whose
+	// Provenance follows the update of our member, stamped when written.
 	covered := map[string]bool{}
-	for _, pid := range job.Progress.ProvenanceIDs {
+	for i, pid := range job.Progress.ProvenanceIDs {
 		v, err := x.tg.read("Provenance", pid)
 		if err != nil {
 			t.Fatalf("Provenance %s: %v", pid, err)
@@ -139,6 +147,19 @@ func TestExchangeEndToEnd(t *testing.T) {
 			plain, version, ok := strings.Cut(ref, "/_history/")
 			if !ok || version == "" {
 				t.Errorf("Provenance %s target %s is not versioned", pid, ref)
+			}
+			if !covered[plain] && i > 0 {
+				typ, id, _ := strings.Cut(plain, "/")
+				vid, _ := strconv.ParseInt(version, 10, 64)
+				if err := x.tg.st.View(context.Background(), func(tx *store.Tx) error {
+					tv, err := tx.VRead(typ, id, vid)
+					if err == nil && !tv.LastUpdated.Equal(v.LastUpdated) {
+						t.Errorf("%s was written at %s, its page's Provenance %s at %s", ref, tv.LastUpdated, pid, v.LastUpdated)
+					}
+					return err
+				}); err != nil {
+					t.Errorf("%s: %v", ref, err)
+				}
 			}
 			covered[plain] = true
 		}

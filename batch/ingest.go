@@ -615,6 +615,11 @@ func (r *Runner) recordWritten(tx *store.Tx, rec *record, prov provenance.Ingest
 		if err != nil {
 			return errs.E("batch.provenance", errs.Internal, err)
 		}
+		if !pg.stamped.IsZero() {
+			// With the page's stamp: one made now, after the stamps of
+			// pages prepared meanwhile, would have them stamped again.
+			r.st.PrepareAt(doc, pg.stamped)
+		}
 		if _, err := r.fhir.Put(tx, doc, 0); err != nil {
 			return fmt.Errorf("batch: write Provenance %s: %w", doc.ID, err)
 		}

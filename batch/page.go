@@ -77,6 +77,9 @@ type preparedPage struct {
 	// nextRead is set when next leads back to a page the job has read:
 	// that page's number, or -1 for this page itself.
 	nextRead int
+	// stamped is the lastUpdated the page's resources were prepared with
+	// (one for the page, see finish); zero before.
+	stamped time.Time
 
 	fetched, prepared time.Duration // for the log
 }
@@ -445,7 +448,13 @@ func (pp *preparer) finish(pg *preparedPage, present map[string]string, current 
 			todo = append(todo, r)
 		}
 	}
-	pp.parallel(len(todo), func(i int) { st.Prepare(todo[i].doc) })
+	// One stamp for the page: the writer keeps a stamp that is not
+	// before any it has written, so the page's resources (and its
+	// Provenance, see recordWritten) are written as prepared rather than
+	// stamped again, as they would be if prepared each at its own time
+	// on several goroutines.
+	pg.stamped = time.Now().UTC().Truncate(time.Microsecond)
+	pp.parallel(len(todo), func(i int) { st.PrepareAt(todo[i].doc, pg.stamped) })
 }
 
 // digest computes r's digest and marks it unchanged when the store holds
