@@ -43,6 +43,9 @@ type memberNode struct {
 
 func (n *memberNode) eval(e *env, ctx []Node) []Node {
 	if n.in == nil && n.name[0] >= 'A' && n.name[0] <= 'Z' {
+		if !slices.ContainsFunc(ctx, func(x Node) bool { return !isType(e.m, x.Type, typeName{name: n.name}) }) {
+			return ctx // all of it (the resource, at the start of a path): no copy
+		}
 		var out []Node
 		for _, x := range ctx {
 			if isType(e.m, x.Type, typeName{name: n.name}) {

@@ -83,6 +83,32 @@ func (e *Expr) Eval(m *spec.Model, resource map[string]any) []Node {
 	return e.root.eval(&env{m: m, root: root}, []Node{root})
 }
 
+// Focus is a resource ready for several expressions to be evaluated on
+// it (EvalFocus): what Eval sets up per call is set up once. It is not
+// safe for concurrent use, and must not outlive the resource's changes.
+type Focus struct {
+	env  env
+	root [1]Node
+}
+
+// NewFocus prepares resource (decoded from JSON, numbers as json.Number)
+// for EvalFocus; a resource without a resourceType gives nothing.
+func NewFocus(m *spec.Model, resource map[string]any) *Focus {
+	f := &Focus{env: env{m: m}}
+	if root, ok := (resourceNode{}).of(resource); ok {
+		f.env.root, f.root[0] = root, root
+	}
+	return f
+}
+
+// EvalFocus is Eval on the resource of f.
+func (e *Expr) EvalFocus(f *Focus) []Node {
+	if f.env.root.Value == nil {
+		return nil
+	}
+	return e.root.eval(&f.env, f.root[:])
+}
+
 // EvalOn evaluates the expression with focus as its context, inside
 // resource (which %resource and resolve() of "#id" refer to). Composite
 // search parameters need it: their components' expressions (code,

@@ -3,6 +3,8 @@ package search
 import (
 	"slices"
 	"sync"
+
+	"github.com/p2pserver/p2pserver/fhir/fhirpath"
 )
 
 // plan is how the index entries of one resource type are extracted: its
@@ -89,16 +91,20 @@ func newPlan(params []*Param) *plan {
 // extraction is the state of one resource's extraction: the entries so
 // far.
 type extraction struct {
-	r   *Registry
-	res map[string]any
-	out []Entry
+	r     *Registry
+	res   map[string]any
+	focus *fhirpath.Focus // made for the first parameter evaluated
+	out   []Entry
 }
 
 // eval appends the entries of parameter p (code), without duplicates,
 // to x.out and returns where they start.
 func (x *extraction) eval(p *Param) int {
 	start := len(x.out)
-	for _, n := range p.expr.Eval(x.r.model, x.res) {
+	if x.focus == nil {
+		x.focus = fhirpath.NewFocus(x.r.model, x.res)
+	}
+	for _, n := range p.expr.EvalFocus(x.focus) {
 		for _, e := range entriesFor(p, n) {
 			x.add(start, p.Code, e)
 		}
