@@ -231,6 +231,12 @@ func TestEvalOnExamples(t *testing.T) {
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("%s = %v, want %v", tt.expr, got, tt.want)
 			}
+			// On a Focus used before by another expression, the same.
+			f := NewFocus(m, tt.res)
+			MustCompile("name | id | status").EvalFocus(f)
+			if got := summary(MustCompile(tt.expr).EvalFocus(f)); !slices.Equal(got, tt.want) {
+				t.Errorf("%s on a Focus = %v, want %v", tt.expr, got, tt.want)
+			}
 		})
 	}
 }
