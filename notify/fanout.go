@@ -374,7 +374,10 @@ func (n *Service) addEvent(tx *store.Tx, idx *subIndex, ev store.Event, groups [
 	}
 	e.Set = hex.EncodeToString(h.Sum(nil))
 	sets := tx.KV(bucketSets)
-	if sets.Get([]byte(e.Set)) == nil {
+	// The set is often large (2,000 Subscriptions take about 60 KB) and
+	// shared by every write that matches the same ones: only whether it
+	// is there is read.
+	if !sets.Has([]byte(e.Set)) {
 		var members []setMember
 		for _, g := range groups {
 			members = append(members, g.members...)

@@ -399,12 +399,16 @@ func (n *Service) loop(ctx context.Context) {
 		}
 		var due []uint64
 		var next time.Time
+		// short: the outbox had fewer notifications due than there were
+		// free workers, the only time more are made from waiting writes.
+		short := false
 		if free := cap(slots) - len(slots); free > 0 {
 			var err error
 			if due, next, err = n.due(ctx, free); err != nil && ctx.Err() == nil {
 				n.log.Error("notify: read the outbox", "err", err)
 				next = n.now().Add(time.Second)
 			}
+			short = err == nil && len(due) < free
 		}
 		leases := n.claim(ctx, due)
 		// With every slot busy, the next look is when one frees up.
@@ -435,8 +439,14 @@ func (n *Service) loop(ctx context.Context) {
 			}(seq)
 		}
 		// Writes that matched Subscriptions are fanned out into
-		// notifications only as fast as they are delivered.
-		if free := cap(slots) - len(slots); free > 0 && len(due) < free && n.eventsWaiting(ctx) {
+		// notifications only as fast as they are delivered: when the
+		// outbox found fewer due than the workers free when it was read
+		// (a worker that frees up meanwhile is no reason: the
+		// notifications already made keep it busy), so that the outbox
+		// holds about one chunk of them ahead of the deliveries, and the
+		// fan-out takes the writer and the CPU from client writes no
+		// more than the deliveries need.
+		if short && n.eventsWaiting(ctx) {
 			var more bool
 			err := n.st.Write(ctx, func(tx *store.Tx) error {
 				var err error

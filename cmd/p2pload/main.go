@@ -53,6 +53,8 @@ func main() {
 		duration    = flag.Duration("d", 10*time.Second, "duration of the read and search phases")
 		creates     = flag.Bool("creates", false, "only the create phases (Patients, then Observations) at -c clients: the durable write throughput")
 		limits      = flag.Bool("limits", false, "with -server: measure what expensive requests cost the others (a 10,000-entry transaction, long-query searches, 2,000 matching Subscriptions) instead of the load run")
+		phases      = flag.String("phases", "", "with -limits: the phases to run, comma-separated, of transaction, search, subscriptions (default all)")
+		profile     = flag.String("profile", "", "with -limits: write the server's CPU profile of each timed Subscription phase into this directory (writes-matching-none.pprof, writes-matching-2000.pprof)")
 	)
 	flag.Parse()
 	if *limits {
@@ -60,7 +62,13 @@ func main() {
 			fmt.Fprintln(os.Stderr, "p2pload: -limits needs -server")
 			os.Exit(2)
 		}
-		if err := runLimits(*server, 16, *duration); err != nil {
+		var names []string
+		for _, p := range strings.Split(*phases, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				names = append(names, p)
+			}
+		}
+		if err := runLimits(*server, 16, *duration, names, *profile); err != nil {
 			fmt.Fprintln(os.Stderr, "p2pload:", err)
 			os.Exit(1)
 		}

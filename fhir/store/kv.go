@@ -37,6 +37,12 @@ func (kv KV) Get(key []byte) []byte {
 	return bytes.Clone(b.Get(key))
 }
 
+// Has reports whether key is set, without copying its value.
+func (kv KV) Has(key []byte) bool {
+	b := kv.tx.btx.Bucket(kv.name)
+	return b != nil && b.Get(key) != nil
+}
+
 // Put sets key to value.
 func (kv KV) Put(key, value []byte) error {
 	if err := kv.check(); err != nil {
