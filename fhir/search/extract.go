@@ -123,114 +123,128 @@ func list(v any) []any {
 	}
 }
 
-func entriesFor(p *Param, n fhirpath.Node) []Entry {
+// appendEntries appends to dst the entries of parameter p (of its type)
+// that the item n gives.
+func appendEntries(dst []Entry, p *Param, n fhirpath.Node) []Entry {
 	switch p.Type {
 	case "token":
-		return tokenEntries(n)
+		return appendToken(dst, n)
 	case "string":
-		return stringEntries(n)
+		return appendString(dst, n)
 	case "reference":
-		return referenceEntries(n)
+		return appendReference(dst, n)
 	case "date":
-		return dateEntries(n)
+		return appendDate(dst, n)
 	case "number", "quantity":
-		return numberEntries(n)
+		return appendNumber(dst, n)
 	case "uri":
 		if s := str(n.Value); s != "" {
-			return []Entry{valueEntry(pfxURI, stripNUL(s))}
+			return append(dst, valueEntry(pfxURI, stripNUL(s)))
 		}
 	}
-	return nil
+	return dst
 }
 
-func codeEntries(system, code string) []Entry {
+// entriesFor returns the entries of parameter p that the item n gives.
+func entriesFor(p *Param, n fhirpath.Node) []Entry { return appendEntries(nil, p, n) }
+
+func appendCode(dst []Entry, system, code string) []Entry {
 	code, system = stripNUL(code), stripNUL(system)
 	if code == "" {
-		return nil
+		return dst
 	}
-	return []Entry{valueEntry(pfxCode, code), valueEntry(pfxSysCode, system+"|"+code)}
+	return append(dst, valueEntry(pfxCode, code), valueEntry(pfxSysCode, system+"|"+code))
 }
 
-func textEntry(s string) []Entry {
+func appendText(dst []Entry, s string) []Entry {
 	if s = Normalize(s); s == "" {
-		return nil
+		return dst
 	}
-	return []Entry{valueEntry(pfxText, s)}
+	return append(dst, valueEntry(pfxText, s))
 }
 
-func tokenEntries(n fhirpath.Node) []Entry {
+func appendToken(dst []Entry, n fhirpath.Node) []Entry {
 	m := obj(n.Value)
 	switch n.Type {
 	case "Coding":
-		return append(codeEntries(str(m["system"]), str(m["code"])), textEntry(str(m["display"]))...)
+		return appendText(appendCode(dst, str(m["system"]), str(m["code"])), str(m["display"]))
 	case "CodeableConcept":
-		var out []Entry
 		for _, c := range list(m["coding"]) {
 			cm := obj(c)
-			out = append(out, codeEntries(str(cm["system"]), str(cm["code"]))...)
-			out = append(out, textEntry(str(cm["display"]))...)
+			dst = appendCode(dst, str(cm["system"]), str(cm["code"]))
+			dst = appendText(dst, str(cm["display"]))
 		}
-		return append(out, textEntry(str(m["text"]))...)
+		return appendText(dst, str(m["text"]))
 	case "Identifier":
-		out := codeEntries(str(m["system"]), str(m["value"]))
+		dst = appendCode(dst, str(m["system"]), str(m["value"]))
 		if t := obj(m["type"]); t != nil {
-			out = append(out, textEntry(str(t["text"]))...)
+			dst = appendText(dst, str(t["text"]))
 		}
-		return out
+		return dst
 	case "ContactPoint":
-		return codeEntries(str(m["system"]), str(m["value"]))
+		return appendCode(dst, str(m["system"]), str(m["value"]))
 	case "Quantity", "Age", "Duration", "Distance", "Count", "SimpleQuantity", "Money":
-		return codeEntries(str(m["system"]), str(m["code"]))
+		return appendCode(dst, str(m["system"]), str(m["code"]))
 	case "Reference":
 		if id := obj(m["identifier"]); id != nil {
-			return codeEntries(str(id["system"]), str(id["value"]))
+			return appendCode(dst, str(id["system"]), str(id["value"]))
 		}
-		return nil
+		return dst
 	}
 	if m != nil {
-		return nil
+		return dst
 	}
 	// Primitives: code, string, id, uri, boolean.
-	return codeEntries("", str(n.Value))
+	return appendCode(dst, "", str(n.Value))
 }
 
-func stringEntries(n fhirpath.Node) []Entry {
-	var parts []string
+// stringFields are the fields of a complex type searched as a string,
+// in the order their entries come.
+var (
+	humanNameLists = []string{"given", "prefix", "suffix"}
+	addressFields  = []string{"city", "district", "state", "postalCode", "country", "text"}
+	otherFields    = []string{"text", "display", "value", "name"}
+)
+
+func appendString(dst []Entry, n fhirpath.Node) []Entry {
 	m := obj(n.Value)
 	switch {
 	case m == nil:
-		parts = []string{str(n.Value)}
+		return appendStringPart(dst, str(n.Value))
 	case n.Type == "HumanName":
-		parts = append(parts, str(m["family"]), str(m["text"]))
-		for _, k := range []string{"given", "prefix", "suffix"} {
+		dst = appendStringPart(dst, str(m["family"]))
+		dst = appendStringPart(dst, str(m["text"]))
+		for _, k := range humanNameLists {
 			for _, v := range list(m[k]) {
-				parts = append(parts, str(v))
+				dst = appendStringPart(dst, str(v))
 			}
 		}
 	case n.Type == "Address":
 		for _, v := range list(m["line"]) {
-			parts = append(parts, str(v))
+			dst = appendStringPart(dst, str(v))
 		}
-		for _, k := range []string{"city", "district", "state", "postalCode", "country", "text"} {
-			parts = append(parts, str(m[k]))
+		for _, k := range addressFields {
+			dst = appendStringPart(dst, str(m[k]))
 		}
 	default:
 		// Other complex types searched as strings: take their text-like fields.
-		for _, k := range []string{"text", "display", "value", "name"} {
-			parts = append(parts, str(m[k]))
+		for _, k := range otherFields {
+			dst = appendStringPart(dst, str(m[k]))
 		}
 	}
-	var out []Entry
-	for _, s := range parts {
-		if s == "" {
-			continue
-		}
-		if nk := Normalize(s); nk != "" {
-			out = append(out, valueEntry(pfxNorm, nk))
-		}
-		out = append(out, valueEntry(pfxExact, stripNUL(s)))
+	return dst
+}
+
+// appendStringPart appends the entries of one string of a string
+// parameter's item: normalized and as written.
+func appendStringPart(dst []Entry, s string) []Entry {
+	if s == "" {
+		return dst
 	}
-	return out
+	if nk := Normalize(s); nk != "" {
+		dst = append(dst, valueEntry(pfxNorm, nk))
+	}
+	return append(dst, valueEntry(pfxExact, stripNUL(s)))
 }
 
 // NormalizeReference turns a reference string into its indexed form:
@@ -246,7 +260,7 @@ func NormalizeReference(ref, base string) string {
 	return ref
 }
 
-func referenceEntries(n fhirpath.Node) []Entry {
+func appendReference(dst []Entry, n fhirpath.Node) []Entry {
 	var ref string
 	if m := obj(n.Value); m != nil {
 		ref = str(m["reference"])
@@ -254,97 +268,95 @@ func referenceEntries(n fhirpath.Node) []Entry {
 		ref = str(n.Value) // canonical or uri used as a reference
 	}
 	if ref == "" || strings.HasPrefix(ref, "#") {
-		return nil
+		return dst
 	}
-	return []Entry{valueEntry(pfxRef, stripNUL(NormalizeReference(ref, "")))}
+	return append(dst, valueEntry(pfxRef, stripNUL(NormalizeReference(ref, ""))))
 }
 
 func dateEntry(lo, hi int64) Entry {
 	return Entry{Key: pfxDate + hexInt(lo), Payload: int64Bytes(hi)}
 }
 
-func dateEntries(n fhirpath.Node) []Entry {
+func appendDate(dst []Entry, n fhirpath.Node) []Entry {
 	m := obj(n.Value)
 	switch {
 	case m == nil:
 		lo, hi, err := DateRange(str(n.Value))
 		if err != nil {
-			return nil
+			return dst
 		}
-		return []Entry{dateEntry(lo, hi)}
+		return append(dst, dateEntry(lo, hi))
 	case n.Type == "Period":
 		lo, hi := int64(minDate), int64(maxDate)
 		if s := str(m["start"]); s != "" {
 			l, _, err := DateRange(s)
 			if err != nil {
-				return nil
+				return dst
 			}
 			lo = l
 		}
 		if s := str(m["end"]); s != "" {
 			_, h, err := DateRange(s)
 			if err != nil {
-				return nil
+				return dst
 			}
 			hi = h
 		}
 		if lo == minDate && hi == maxDate {
-			return nil
+			return dst
 		}
-		return []Entry{dateEntry(lo, hi)}
+		return append(dst, dateEntry(lo, hi))
 	case n.Type == "Timing":
-		var out []Entry
 		for _, ev := range list(m["event"]) {
 			if lo, hi, err := DateRange(str(ev)); err == nil {
-				out = append(out, dateEntry(lo, hi))
+				dst = append(dst, dateEntry(lo, hi))
 			}
 		}
 		if rep := obj(m["repeat"]); rep != nil {
 			if b := obj(rep["boundsPeriod"]); b != nil {
-				out = append(out, dateEntries(fhirpath.Node{Value: b, Type: "Period"})...)
+				dst = appendDate(dst, fhirpath.Node{Value: b, Type: "Period"})
 			}
 		}
-		return out
+		return dst
 	}
-	return nil
+	return dst
 }
 
-func numberEntries(n fhirpath.Node) []Entry {
+func appendNumber(dst []Entry, n fhirpath.Node) []Entry {
 	m := obj(n.Value)
 	if m == nil {
 		v, _, _, err := numberRange(str(n.Value))
 		if err != nil {
-			return nil
+			return dst
 		}
-		return []Entry{{Key: pfxNum + hexFloat(v)}}
+		return append(dst, Entry{Key: pfxNum + hexFloat(v)})
 	}
 	switch n.Type {
 	case "Range":
-		var out []Entry
 		for _, k := range []string{"low", "high"} {
 			if q := obj(m[k]); q != nil {
-				out = append(out, numberEntries(fhirpath.Node{Value: q, Type: "Quantity"})...)
+				dst = appendNumber(dst, fhirpath.Node{Value: q, Type: "Quantity"})
 			}
 		}
-		return out
+		return dst
 	case "SampledData":
-		return nil
+		return dst
 	}
 	v, _, _, err := numberRange(str(m["value"]))
 	if err != nil {
-		return nil
+		return dst
 	}
 	unit := str(m["system"]) + "|" + str(m["code"]) + "|" + str(m["unit"])
 	if n.Type == "Money" {
 		unit = "urn:iso:std:iso:4217|" + str(m["currency"]) + "|" + str(m["currency"])
 	}
-	return []Entry{{Key: pfxNum + hexFloat(v), Payload: []byte(unit)}}
+	return append(dst, Entry{Key: pfxNum + hexFloat(v), Payload: []byte(unit)})
 }
 
 // IDEntries returns the index entries of parameter _id for a resource
 // whose id is id: those Extract gives.
 func IDEntries(id string) []Entry {
-	es := codeEntries("", id)
+	es := appendCode(nil, "", id)
 	for i := range es {
 		es[i].Param = "_id"
 	}

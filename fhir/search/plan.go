@@ -105,9 +105,21 @@ func (x *extraction) eval(p *Param) int {
 		x.focus = fhirpath.NewFocus(x.r.model, x.res)
 	}
 	for _, n := range p.expr.EvalFocus(x.focus) {
-		for _, e := range entriesFor(p, n) {
-			x.add(start, p.Code, e)
+		from := len(x.out)
+		x.out = appendEntries(x.out, p, n)
+		// Keep the new ones not among the parameter's entries before
+		// them.
+		kept := from
+		for i := from; i < len(x.out); i++ {
+			e := x.out[i]
+			if !slices.ContainsFunc(x.out[start:kept], func(have Entry) bool { return have.Key == e.Key }) {
+				e.Param = p.Code
+				x.out[kept] = e
+				kept++
+			}
 		}
+		clear(x.out[kept:])
+		x.out = x.out[:kept]
 	}
 	return start
 }

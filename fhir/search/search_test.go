@@ -1,6 +1,7 @@
 package search
 
 import (
+	"math"
 	"net/url"
 	"strings"
 	"testing"
@@ -203,5 +204,33 @@ func TestExactKeysOfLongValues(t *testing.T) {
 		if want := value == long; hasKey != want || Matches(c, entries) != want {
 			t.Errorf("value of %d bytes: has the key %v, matches %v; want %v", len(value), hasKey, Matches(c, entries), want)
 		}
+	}
+}
+
+// TestHex16: date and number keys hold 16 hex digits that sort as the
+// values do.
+func TestHex16(t *testing.T) {
+	for _, c := range []struct {
+		v    int64
+		want string
+	}{
+		{0, "8000000000000000"}, {1, "8000000000000001"}, {-1, "7fffffffffffffff"},
+		{math.MaxInt64, "ffffffffffffffff"}, {math.MinInt64, "0000000000000000"}, {0x1234abcd, "800000001234abcd"},
+	} {
+		if got := hexInt(c.v); got != c.want {
+			t.Errorf("hexInt(%d) = %s, want %s", c.v, got, c.want)
+		}
+		if back, ok := parseHexInt(c.want); !ok || back != c.v {
+			t.Errorf("parseHexInt(%s) = %d, %v", c.want, back, ok)
+		}
+	}
+	for _, f := range []float64{-1e300, -2.5, -0.0, 0, 1e-300, 2.5, 1e300} {
+		back, ok := parseHexFloat(hexFloat(f))
+		if !ok || back != f {
+			t.Errorf("hexFloat(%g) reads back as %g, %v", f, back, ok)
+		}
+	}
+	if a, b := hexFloat(-2.5), hexFloat(2.5); a >= b {
+		t.Errorf("hexFloat(-2.5) = %s sorts after hexFloat(2.5) = %s", a, b)
 	}
 }

@@ -166,8 +166,14 @@ func stripNUL(s string) string {
 }
 
 // hexInt encodes v so that byte order equals numeric order.
-func hexInt(v int64) string {
-	return fmt.Sprintf("%016x", uint64(v)^(1<<63))
+func hexInt(v int64) string { return hex16(uint64(v) ^ (1 << 63)) }
+
+// hex16 is u in 16 lower-case hex digits (fmt's %016x, without its cost:
+// every date and number entry has one).
+func hex16(u uint64) string {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], u)
+	return hex.EncodeToString(b[:])
 }
 
 // parseHexInt decodes hexInt.
@@ -187,7 +193,7 @@ func hexFloat(f float64) string {
 	} else {
 		bits = ^bits
 	}
-	return fmt.Sprintf("%016x", bits)
+	return hex16(bits)
 }
 
 func parseHexFloat(s string) (float64, bool) {
