@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -55,9 +56,16 @@ type DB struct {
 	params map[string]int32 // search index bucket names' numbers, committed
 }
 
-// defaultMaxConns is the pool size unless the URL sets pool_max_conns:
-// readers each hold a connection for a transaction.
-const defaultMaxConns = 32
+// maxConns is the pool size unless the URL sets pool_max_conns: four
+// connections per core this process may use, and at least 8. Readers
+// each hold a connection for a transaction; more connections than
+// PostgreSQL can run at once only make them wait for the CPU in the
+// kernel rather than for a connection in the pool. On a 2-core machine
+// with the server and PostgreSQL on it (p2pload, 32 clients, 20,000
+// resources) 8 connections read as many resources per second as 32 did,
+// with the reads' and searches' p50 3 to 5 times lower and their p99 2
+// to 3 times lower.
+func maxConns() int32 { return int32(max(8, 4*runtime.GOMAXPROCS(0))) }
 
 // sessionParams are the sessions' settings unless the URL sets them.
 //
@@ -84,7 +92,7 @@ func Open(ctx context.Context, url string) (*DB, error) {
 		return nil, fmt.Errorf("database %w", invalidURL(url, err))
 	}
 	if !strings.Contains(url, "pool_max_conns") {
-		cfg.MaxConns = defaultMaxConns
+		cfg.MaxConns = maxConns()
 	}
 	for k, v := range sessionParams {
 		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
