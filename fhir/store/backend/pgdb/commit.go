@@ -50,8 +50,8 @@ func (t *tx) commit() error {
 		xE           [][]byte
 		xdT, xdI     []string
 		sX, sdX      []int32
-		sI, sdI      []string
 		sK, sPl, sdK [][]byte
+		sI, sdI      [][]byte
 		cL, cdL      []string
 		cS, cdS      []int64
 		cV           [][]byte
@@ -245,11 +245,11 @@ func (t *tx) commit() error {
 	ON CONFLICT (type, id) DO UPDATE SET entries = excluded.entries`, xT, xI, xE)
 		}
 		if len(sdX) > 0 {
-			b.Queue(`DELETE FROM p2p_index s USING unnest($1::int4[], $2::bytea[], $3::text[]) u(ix, key, id)
+			b.Queue(`DELETE FROM p2p_index s USING unnest($1::int4[], $2::bytea[], $3::bytea[]) u(ix, key, id)
 	WHERE s.ix = u.ix AND s.key = u.key AND s.id = u.id`, sdX, sdK, sdI)
 		}
 		if len(sX) > 0 {
-			q := `INSERT INTO p2p_index (ix, key, id, payload) SELECT * FROM unnest($1::int4[], $2::bytea[], $3::text[], $4::bytea[])`
+			q := `INSERT INTO p2p_index (ix, key, id, payload) SELECT * FROM unnest($1::int4[], $2::bytea[], $3::bytea[], $4::bytea[])`
 			if upsert {
 				q += ` ON CONFLICT (ix, key, id) DO UPDATE SET payload = excluded.payload`
 			}

@@ -257,8 +257,7 @@ func scanRow(tb table, r pgx.Rows) (k, v []byte, err error) {
 		err = r.Scan(&id, &ver, &v)
 		k = versionKey(id, ver)
 	case kindSearch:
-		var key []byte
-		var id string
+		var key, id []byte
 		err = r.Scan(&key, &id, &v)
 		k = searchKey(key, id)
 	case kindChanges:

@@ -3,8 +3,7 @@ package pgdb
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/hex"
-	"fmt"
+		"fmt"
 	"math"
 	"strings"
 	"unicode/utf8"
@@ -100,50 +99,22 @@ func versionKey(id string, version int64) []byte {
 }
 
 // splitSearchKey splits an index key, entry key 0x00 id, into the entry
-// key and the id column's value (see idColumn).
-func splitSearchKey(k []byte) (key []byte, id string, ok bool) {
+// key and the id column's value: the id part's bytes as they are (the
+// store's 16-byte form of an id, or an id's text), which bytea orders as
+// the key's bytes are ordered.
+func splitSearchKey(k []byte) (key, id []byte, ok bool) {
 	i := bytes.IndexByte(k, 0)
 	if i < 0 {
-		return nil, "", false
+		return nil, nil, false
 	}
-	id, ok = idColumn(k[i+1:])
-	if !ok {
-		return nil, "", false
-	}
-	return k[:i], id, true
+	return k[:i], k[i+1:], true
 }
 
-// binaryID starts an id kept in 16 bytes in an index key (the store keeps
-// lowercase UUIDs so); no id as it is starts with it.
-const binaryID = 0x01
-
-// idColumn is the id column's value for the id part of an index key: the
-// id as it is, or for an id in 16 bytes, binaryID and the bytes in
-// lowercase hexadecimal, which sorts among the others as the key's bytes
-// do (before every id kept as it is, and in the order of the bytes; a part
-// of the bytes, as a seek has, maps the same way).
-func idColumn(b []byte) (string, bool) {
-	if len(b) > 0 && b[0] == binaryID {
-		return string(rune(binaryID)) + hex.EncodeToString(b[1:]), true
-	}
-	if !textOK(b) {
-		return "", false
-	}
-	return string(b), true
-}
-
-// searchKey is the index key of entry key and id column value id (see
-// idColumn).
-func searchKey(key []byte, id string) []byte {
+// searchKey is the index key of entry key and id column value id.
+func searchKey(key, id []byte) []byte {
 	k := make([]byte, 0, len(key)+1+len(id))
 	k = append(k, key...)
 	k = append(k, 0)
-	if len(id) > 0 && id[0] == binaryID {
-		if b, err := hex.DecodeString(id[1:]); err == nil {
-			k = append(k, binaryID)
-			return append(k, b...)
-		}
-	}
 	return append(k, id...)
 }
 
@@ -318,11 +289,7 @@ func fetchSQL(t table, b bound, end []byte, fwd bool, limit int, head bool) (sql
 				}
 				where = append(where, "key "+op+" "+arg(b.key))
 			} else {
-				id, ok := idColumn(b.key[i+1:])
-				if !ok {
-					return "", nil, false, fmt.Errorf("seek %q in %s: not an index key", b.key, t.name)
-				}
-				where = append(where, "(key, id) "+cmpOp(fwd, b.incl)+" ("+arg(b.key[:i])+", "+arg(id)+")")
+				where = append(where, "(key, id) "+cmpOp(fwd, b.incl)+" ("+arg(b.key[:i])+", "+arg(b.key[i+1:])+")")
 			}
 		}
 		if end != nil {
