@@ -54,7 +54,24 @@ type DB struct {
 	mu     sync.Mutex
 	known  map[string]bool  // bucket names recorded in p2p_buckets
 	params map[string]int32 // search index bucket names' numbers, committed
+	// hot are the keys of p2p_kv the last write transaction read from
+	// the database (see hotKeys), read by the next one in its first
+	// round trip.
+	hot []kvKey
 }
+
+// kvKey is a key of a bucket kept in p2p_kv.
+type kvKey struct {
+	bucket string
+	key    string
+}
+
+// hotKeys is how many keys of p2p_kv a write transaction reads in its
+// first round trip, at most. The store's writes read the same few
+// records at every commit (the notifications' generation): read with
+// the lock, they cost no round trip of their own, and they are current
+// since no other write can change them until the commit.
+const hotKeys = 8
 
 // maxConns is the pool size unless the URL sets pool_max_conns: four
 // connections per core this process may use, and at least 8. Readers
@@ -278,17 +295,24 @@ func (d *DB) View(ctx context.Context, fn func(backend.Tx) error) error {
 }
 
 // beginWrite reads the results of Update's first batch of n
-// statements, the last the buckets' sequences, into seqs.
-func beginWrite(br pgx.BatchResults, n int, seqs map[string]int64) error {
+// statements: the buckets' sequences into seqs, then, when hot is set,
+// the values of the hot keys into vals (nil: none).
+func beginWrite(br pgx.BatchResults, n int, hot bool, seqs map[string]int64, vals map[kvKey][]byte) (err error) {
+	defer func() {
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	if hot {
+		n--
+	}
 	for range n - 1 {
 		if _, err := br.Exec(); err != nil {
-			br.Close()
 			return err
 		}
 	}
 	rows, err := br.Query()
 	if err != nil {
-		br.Close()
 		return err
 	}
 	for rows.Next() {
@@ -296,17 +320,28 @@ func beginWrite(br pgx.BatchResults, n int, seqs map[string]int64) error {
 		var seq int64
 		if err := rows.Scan(&name, &seq); err != nil {
 			rows.Close()
-			br.Close()
 			return err
 		}
 		seqs[name] = seq
 	}
 	rows.Close()
-	if err := rows.Err(); err != nil {
-		br.Close()
+	if err := rows.Err(); err != nil || !hot {
 		return err
 	}
-	return br.Close()
+	if rows, err = br.Query(); err != nil {
+		return err
+	}
+	for rows.Next() {
+		var bucket string
+		var key, v []byte
+		if err := rows.Scan(&bucket, &key, &v); err != nil {
+			rows.Close()
+			return err
+		}
+		vals[kvKey{bucket, string(key)}] = v
+	}
+	rows.Close()
+	return rows.Err()
 }
 
 // Update runs fn in a write transaction under the database's write lock
@@ -317,6 +352,7 @@ func (d *DB) Update(ctx context.Context, fn func(backend.Tx) error) error {
 		return err
 	}
 	seqs := map[string]int64{}
+	hotVals := map[kvKey][]byte{}
 	for attempt := 0; ; attempt++ {
 		clear(seqs)
 		b := &pgx.Batch{}
@@ -329,7 +365,20 @@ func (d *DB) Update(ctx context.Context, fn func(backend.Tx) error) error {
 		// can change them until the commit): a write's Sequence then
 		// costs no round trip. A bucket without a row, or at 0, is at 0.
 		b.Queue("SELECT name, seq FROM p2p_buckets WHERE seq <> 0")
-		err := beginWrite(conn.SendBatch(ctx, b), b.Len(), seqs)
+		d.mu.Lock()
+		hot := d.hot
+		d.mu.Unlock()
+		var hotB []string
+		var hotK [][]byte
+		for _, k := range hot {
+			hotB, hotK = append(hotB, k.bucket), append(hotK, []byte(k.key))
+		}
+		if len(hot) > 0 {
+			b.Queue(`SELECT u.bucket, u.key, k.value FROM unnest($1::text[], $2::bytea[]) u(bucket, key)
+	LEFT JOIN p2p_kv k ON k.bucket = u.bucket AND k.key = u.key`, hotB, hotK)
+		}
+		clear(hotVals)
+		err := beginWrite(conn.SendBatch(ctx, b), b.Len(), len(hot) > 0, seqs, hotVals)
 		if err == nil {
 			break
 		}
@@ -346,7 +395,16 @@ func (d *DB) Update(ctx context.Context, fn func(backend.Tx) error) error {
 	t := newTx(ctx, d, conn, true)
 	t.begun = true
 	t.seqs = seqs
+	for k, v := range hotVals {
+		t.obucket([]byte(k.bucket)).m[k.key] = &entry{v: v, hot: true}
+	}
+	t.kvRead = []kvKey{}
 	err = fn(t)
+	if t.err == nil && t.kvRead != nil {
+		d.mu.Lock()
+		d.hot = t.kvRead
+		d.mu.Unlock()
+	}
 	if err == nil && t.err == nil {
 		err = t.commit()
 	}

@@ -34,6 +34,9 @@ type tx struct {
 	// transaction looked up (0: there is none) or made.
 	params    map[string]int32
 	newParams map[string]int32
+	// kvRead, in a write transaction, are the keys of p2p_kv it read
+	// from the database, the first hotKeys (see DB.hot).
+	kvRead []kvKey
 	// journal, while journaling, takes back the changes made since the
 	// savepoint, newest last.
 	journal    []func()
@@ -133,6 +136,7 @@ type obucket struct {
 type entry struct {
 	v     []byte // nil: absent
 	dirty bool
+	hot   bool // read in the transaction's first round trip, not used yet (see DB.hot)
 }
 
 func (o *obucket) set(key string, v []byte) {
@@ -411,6 +415,10 @@ type bucket struct {
 // store reads them next, to replace them).
 func (b *bucket) Get(key []byte) []byte {
 	if e, ok := b.o.m[string(key)]; ok {
+		if e.hot {
+			e.hot = false
+			b.t.readKV(b.o.t.name, key)
+		}
 		return e.v
 	}
 	t := b.t
@@ -427,6 +435,7 @@ func (b *bucket) Get(key []byte) []byte {
 	switch tb.kind {
 	case kindKV:
 		t.rows("SELECT value FROM p2p_kv WHERE bucket = $1 AND key = $2", []any{tb.name, key}, one)
+		t.readKV(tb.name, key)
 	case kindResources:
 		if !textOK(key) {
 			return nil
@@ -493,6 +502,14 @@ func (b *bucket) Get(key []byte) []byte {
 	}
 	b.o.m[string(key)] = &entry{v: v}
 	return v
+}
+
+// readKV notes that a write transaction read key of bucket, from the
+// database or from its first round trip (see DB.hot).
+func (t *tx) readKV(bucket string, key []byte) {
+	if t.kvRead != nil && len(t.kvRead) < hotKeys {
+		t.kvRead = append(t.kvRead, kvKey{bucket, string(key)})
+	}
 }
 
 func (b *bucket) Put(key, value []byte) error {
