@@ -12,6 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/p2pserver/p2pserver/fhir/fhirjson"
 	td "github.com/p2pserver/p2pserver/internal/testdata"
 )
 
@@ -215,6 +216,12 @@ func checkCanonical(t *testing.T, r []byte) {
 	var c bytes.Buffer
 	if err := json.Compact(&c, got); err != nil || !bytes.Equal(c.Bytes(), got) {
 		t.Fatalf("canonical(%.80s) is not compact JSON: %s", r, got)
+	}
+	// The form store.Doc.Canonical describes: resourceType, id, meta
+	// first (meta without versionId and lastUpdated, checked below).
+	ms, err := fhirjson.Members(got)
+	if err != nil || len(ms) < 3 || ms[0].Key != "resourceType" || ms[1].Key != "id" || ms[2].Key != "meta" {
+		t.Fatalf("canonical(%.80s) does not begin with resourceType, id and meta: %s", r, got)
 	}
 	want, refs, err := referenceDecode(r)
 	if err != nil {

@@ -408,6 +408,7 @@ func (pp *preparer) finish(pg *preparedPage, present map[string]string, current 
 			return abs, abs != ref
 		}
 		canon, err := canonical(r.raw, r.localID, r.source, resolve)
+		isCanonical := err == nil
 		if err != nil {
 			// The decoder accepted it, so this cannot happen; keep the
 			// resource as the decoder saw it rather than lose it.
@@ -430,7 +431,7 @@ func (pp *preparer) finish(pg *preparedPage, present map[string]string, current 
 		delete(meta, "versionId")
 		delete(meta, "lastUpdated")
 		meta["source"] = r.source
-		r.doc = &store.Doc{Type: r.typ, ID: r.localID, Map: r.m, JSON: canon}
+		r.doc = &store.Doc{Type: r.typ, ID: r.localID, Map: r.m, JSON: canon, Canonical: isCanonical}
 		r.raw, r.m, r.refMaps = nil, nil, nil
 	})
 	for _, p := range pending {

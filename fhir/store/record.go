@@ -237,6 +237,30 @@ func uuidString(u []byte) string {
 
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
 
+// stampCanonical is stamp for JSON in the form Doc.Canonical describes:
+// the head (recordHead) in place of its beginning up to meta's first
+// member, the rest as it is; nil when data does not begin with typ, id
+// and meta as that form has them.
+func stampCanonical(data []byte, typ, id string, version int64, lastUpdated time.Time) []byte {
+	const (
+		a = `{"resourceType":"`
+		b = `","id":"`
+		c = `","meta":{`
+	)
+	n := len(a) + len(typ) + len(b) + len(id) + len(c)
+	if len(data) <= n || string(data[:len(a)]) != a || string(data[len(a):len(a)+len(typ)]) != typ ||
+		string(data[len(a)+len(typ):len(a)+len(typ)+len(b)]) != b || string(data[len(a)+len(typ)+len(b):n-len(c)]) != id ||
+		string(data[n-len(c):n]) != c {
+		return nil
+	}
+	rest := data[n:]
+	out := recordHead(make([]byte, 0, len(data)+64), typ, id, version, lastUpdated)
+	if rest[0] != '}' {
+		out = append(out, ',')
+	}
+	return append(out, rest...)
+}
+
 // stamp returns the resource JSON with resourceType, id and meta first,
 // meta.versionId and meta.lastUpdated set (other meta elements kept), and
 // every other member as it was, in its order, compacted.

@@ -362,3 +362,42 @@ func entrySet(es []search.Entry) string {
 	slices.Sort(l)
 	return strings.Join(l, "\n")
 }
+
+// TestStampCanonical: JSON in the form Doc.Canonical describes is stamped
+// as stamp stamps it, without being read; JSON not beginning as that
+// form does is left to stamp.
+func TestStampCanonical(t *testing.T) {
+	at := time.Date(2026, 11, 30, 10, 0, 0, 123456000, time.UTC)
+	for _, c := range []struct {
+		name, typ, id, json string
+		fast                bool
+	}{
+		{"meta with source", "Observation", "0123456789abcdef.o1", `{"resourceType":"Observation","id":"0123456789abcdef.o1","meta":{"source":"http://old.example/fhir/Observation/o1"},"status":"final","code":{"text":"a b"}}`, true},
+		{"meta with profile and source", "Patient", "p-1", `{"resourceType":"Patient","id":"p-1","meta":{"profile":["http://x/p"],"source":"s"},"gender":"female"}`, true},
+		{"empty meta", "Patient", "p-1", `{"resourceType":"Patient","id":"p-1","meta":{},"gender":"female"}`, true},
+		{"nothing after meta", "Patient", "p-1", `{"resourceType":"Patient","id":"p-1","meta":{"source":"s"}}`, true},
+		{"another id", "Patient", "p-2", `{"resourceType":"Patient","id":"p-1","meta":{"source":"s"}}`, false},
+		{"an id that starts the same", "Patient", "p", `{"resourceType":"Patient","id":"p-1","meta":{"source":"s"}}`, false},
+		{"another type", "Group", "p-1", `{"resourceType":"Patient","id":"p-1","meta":{"source":"s"}}`, false},
+		{"meta not third", "Patient", "p-1", `{"resourceType":"Patient","id":"p-1","gender":"female","meta":{"source":"s"}}`, false},
+		{"not compact", "Patient", "p-1", `{ "resourceType":"Patient","id":"p-1","meta":{"source":"s"}}`, false},
+		{"cut short", "Patient", "p-1", `{"resourceType":"Patient","id":"p-1","meta":{`, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := stampCanonical([]byte(c.json), c.typ, c.id, 3, at)
+			if !c.fast {
+				if got != nil {
+					t.Fatalf("stamped %s", got)
+				}
+				return
+			}
+			want, err := stamp([]byte(c.json), c.typ, c.id, 3, at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != string(want) {
+				t.Errorf("got  %s\nwant %s", got, want)
+			}
+		})
+	}
+}

@@ -231,6 +231,12 @@ type Doc struct {
 	Entries []search.Entry
 	// LastUpdated, when set by Prepare, is the time stamped on the version.
 	LastUpdated time.Time
+	// Canonical tells that JSON is compact and begins with resourceType,
+	// id (ID) and meta, in that order, and that its meta has no versionId
+	// or lastUpdated (the form ingestion writes, batch's canonical):
+	// its stored form is then made without reading it again. Set clears
+	// it.
+	Canonical bool
 	// stamped is JSON as Put stores it for version 1 (a create) of
 	// stampedID, and record its stored form (compressed), both made by
 	// Prepare so that the writer need not.
@@ -254,6 +260,17 @@ func (s *Store) PrepareAt(d *Doc, at time.Time) {
 	s.prepareAt(d, at.UTC().Truncate(time.Microsecond))
 }
 
+// stamp returns d's JSON as stored for version at lastUpdated (see the
+// function stamp).
+func (d *Doc) stamp(version int64, lastUpdated time.Time) ([]byte, error) {
+	if d.Canonical {
+		if b := stampCanonical(d.JSON, d.Type, d.ID, version, lastUpdated); b != nil {
+			return b, nil
+		}
+	}
+	return stamp(d.JSON, d.Type, d.ID, version, lastUpdated)
+}
+
 // prepareAt is Prepare with the time stamp at.
 func (s *Store) prepareAt(d *Doc, at time.Time) {
 	d.LastUpdated = at
@@ -270,7 +287,7 @@ func (s *Store) prepareAt(d *Doc, at time.Time) {
 	}
 	// Most writes are creates: their stored form is made here. An
 	// update (or a failure here) stamps in Put instead.
-	d.stamped, _ = stamp(d.JSON, d.Type, d.ID, 1, d.LastUpdated)
+	d.stamped, _ = d.stamp(1, d.LastUpdated)
 	d.stampedID = d.ID
 	d.record = nil
 	if d.stamped != nil {
@@ -357,7 +374,7 @@ func (tx *Tx) Put(d *Doc, opts PutOptions) (*Version, error) {
 	body, rec := d.stamped, d.record
 	if next != 1 || body == nil || rec == nil || d.stampedID != d.ID {
 		var err error
-		if body, err = stamp(d.JSON, d.Type, d.ID, next, d.LastUpdated); err != nil {
+		if body, err = d.stamp(next, d.LastUpdated); err != nil {
 			return nil, errs.E("store.put", errs.Invalid, "the resource is not a JSON object", err)
 		}
 		rec = nil
@@ -830,6 +847,7 @@ func (d *Doc) Set(key string, v any) error {
 	if d.JSON, err = fhirjson.Object(out); err != nil {
 		return err
 	}
+	d.Canonical = false
 	d.stamped = nil
 	if v == nil {
 		delete(d.Map, key)
