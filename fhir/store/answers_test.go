@@ -4,14 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
-	"github.com/p2pserver/p2pserver/internal/pgtest"
 )
 
 // TestSearchesAnswerAsBeforeIndexFormat5 writes the same data to a store
@@ -27,18 +24,7 @@ import (
 // ids that are not UUIDs, 64-character ids) under one value.
 func TestSearchesAnswerAsBeforeIndexFormat5(t *testing.T) {
 	open := func(name string) *Store {
-		path := filepath.Join(t.TempDir(), name+".db")
-		if os.Getenv("P2P_TEST_DB") == "postgres" {
-			path = pgtest.Database(t)
-		}
-		db, err := OpenDB(context.Background(), path, DBOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := Open(db, testReg, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		db, st := openDSN(t, testDSN(t, name))
 		t.Cleanup(func() { st.Close(); db.Close() })
 		return st
 	}
@@ -95,21 +81,8 @@ func TestSearchesAnswerAsBeforeIndexFormat5(t *testing.T) {
 		docs = append(docs, testDoc(t, "Observation", id, fmt.Sprintf(`{"resourceType":"Observation","id":%q,"status":"final","code":{"coding":[{"system":"urn:t","code":%q}],"text":"Odd code %d"},"component":[{"code":{"coding":[{"system":"urn:k","code":"shared"}]},"valueQuantity":{"value":%d,"system":"http://unitsofmeasure.org","code":"mg"}}],"subject":%s}`, id, code, i%2, i, subjects(i))))
 		docs = append(docs, testDoc(t, "Encounter", id, fmt.Sprintf(`{"resourceType":"Encounter","id":%q,"status":"finished","class":{"code":"AMB"},"subject":%s}`, id, subjects(i+1))))
 	}
-	for _, st := range []*Store{old, now} {
-		for i := 0; i < len(docs); i += 200 {
-			err := st.Write(context.Background(), func(tx *Tx) error {
-				for _, d := range docs[i:min(i+200, len(docs))] {
-					if _, err := tx.Put(d, PutOptions{}); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	writeDocs(t, old, docs)
+	writeDocs(t, now, docs)
 
 	type query struct{ typ, q string }
 	var queries []query

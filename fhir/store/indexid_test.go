@@ -4,15 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
-	"github.com/p2pserver/p2pserver/internal/pgtest"
 )
 
 // TestIndexIDForms: an id that is a lowercase UUID is kept in 16 bytes
@@ -121,18 +118,7 @@ func TestPagingOverMixedIDForms(t *testing.T) {
 // P2P_TEST_DB names.
 func newTestStore(t *testing.T) *Store {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "s.db")
-	if os.Getenv("P2P_TEST_DB") == "postgres" {
-		path = pgtest.Database(t)
-	}
-	db, err := OpenDB(context.Background(), path, DBOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := Open(db, openRegistry(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, st := openDSN(t, testDSN(t, "s"))
 	t.Cleanup(func() { st.Close(); db.Close() })
 	return st
 }

@@ -4,15 +4,15 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
-	"github.com/p2pserver/p2pserver/fhir/spec"
+	"github.com/p2pserver/p2pserver/internal/pgtest"
 )
 
 func openTestStore(t *testing.T) (DB, *Store) {
@@ -29,14 +29,51 @@ func openTestStore(t *testing.T) (DB, *Store) {
 	return db, st
 }
 
-var (
-	registryOnce sync.Once
-	registry     *search.Registry
-)
+func openRegistry() *search.Registry { return testReg }
 
-func openRegistry() *search.Registry {
-	registryOnce.Do(func() { registry = search.NewRegistry(spec.R4()) })
-	return registry
+// testDSN returns a new database named name for t on the backend
+// P2P_TEST_DB names (as storetest.DSN does, which the store's own tests
+// cannot import): it stays until t ends, so that a test can close it and
+// open it again.
+func testDSN(t *testing.T, name string) string {
+	t.Helper()
+	if os.Getenv("P2P_TEST_DB") == "postgres" {
+		return pgtest.Database(t)
+	}
+	return filepath.Join(t.TempDir(), name+".db")
+}
+
+// openDSN opens a store on the database dsn. The caller closes both.
+func openDSN(t *testing.T, dsn string) (DB, *Store) {
+	t.Helper()
+	db, err := OpenDB(context.Background(), dsn, DBOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Open(db, testReg, nil)
+	if err != nil {
+		db.Close()
+		t.Fatal(err)
+	}
+	return db, st
+}
+
+// writeDocs writes docs, 200 to a transaction.
+func writeDocs(t *testing.T, st *Store, docs []*Doc) {
+	t.Helper()
+	for i := 0; i < len(docs); i += 200 {
+		err := st.Write(context.Background(), func(tx *Tx) error {
+			for _, d := range docs[i:min(i+200, len(docs))] {
+				if _, err := tx.Put(d, PutOptions{}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func testDoc(t *testing.T, typ, id, body string) *Doc {

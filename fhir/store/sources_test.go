@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -15,7 +14,6 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store/backend"
-	"github.com/p2pserver/p2pserver/internal/pgtest"
 	"github.com/p2pserver/p2pserver/internal/testdata"
 )
 
@@ -167,37 +165,11 @@ func queryValue(p *search.Param, e search.Entry) string {
 // and that the indexes of those parameters are gone.
 func TestUnstoredParametersAnswerAsTheirOwnIndex(t *testing.T) {
 	reg := testReg
-	path := filepath.Join(t.TempDir(), "old.db")
-	if os.Getenv("P2P_TEST_DB") == "postgres" {
-		path = pgtest.Database(t)
-	}
-	open := func() (DB, *Store) {
-		db, err := OpenDB(context.Background(), path, DBOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := Open(db, reg, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return db, st
-	}
+	path := testDSN(t, "old")
 	docs := exampleDocs(t)
-	db, st := open()
+	db, st := openDSN(t, path)
 	st.format = 3
-	for i := 0; i < len(docs); i += 200 {
-		err := st.Write(context.Background(), func(tx *Tx) error {
-			for _, d := range docs[i:min(i+200, len(docs))] {
-				if _, err := tx.Put(d, PutOptions{}); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeDocs(t, st, docs)
 	if err := st.Write(context.Background(), func(tx *Tx) error {
 		return tx.btx.Bucket(metaBucket).Put(indexFormatKey, []byte("3"))
 	}); err != nil {
@@ -290,7 +262,7 @@ func TestUnstoredParametersAnswerAsTheirOwnIndex(t *testing.T) {
 	}
 	db.Close()
 
-	db, st = open()
+	db, st = openDSN(t, path)
 	defer db.Close()
 	defer st.Close()
 	for _, w := range want {

@@ -3,18 +3,12 @@ package store
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/p2pserver/p2pserver/internal/pgtest"
-
 	"github.com/p2pserver/p2pserver/fhir/search"
-	"github.com/p2pserver/p2pserver/fhir/spec"
 	"github.com/p2pserver/p2pserver/fhir/store/backend"
 )
 
@@ -32,34 +26,14 @@ func TestUpgradeIndexesOfClippedValues(t *testing.T) {
 }
 
 func testUpgradeIndexesOfClippedValues(t *testing.T, id string) {
-	reg := search.NewRegistry(spec.R4())
-	path := filepath.Join(t.TempDir(), "old.db")
-	if os.Getenv("P2P_TEST_DB") == "postgres" {
-		path = pgtest.Database(t)
-	}
+	reg := testReg
+	path := testDSN(t, "old")
 	family := strings.Repeat("Longfamily", 61)
-	open := func() (DB, *Store) {
-		db, err := OpenDB(context.Background(), path, DBOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := Open(db, reg, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return db, st
-	}
-	db, st := open()
+	db, st := openDSN(t, path)
 	st.format = 3 // as the old format wrote them
-	body := `{"resourceType":"Patient","id":"` + id + `","name":[{"family":"` + family + `"}]}`
-	var m map[string]any
-	dec := json.NewDecoder(strings.NewReader(body))
-	dec.UseNumber()
-	if err := dec.Decode(&m); err != nil {
-		t.Fatal(err)
-	}
+	d := testDoc(t, "Patient", id, `{"resourceType":"Patient","id":"`+id+`","name":[{"family":"`+family+`"}]}`)
 	err := st.Write(context.Background(), func(tx *Tx) error {
-		if _, err := tx.Put(&Doc{Type: "Patient", ID: id, Map: m, JSON: []byte(body)}, PutOptions{}); err != nil {
+		if _, err := tx.Put(d, PutOptions{}); err != nil {
 			return err
 		}
 		// Rewrite its entries as the old format had them.
@@ -103,7 +77,7 @@ func testUpgradeIndexesOfClippedValues(t *testing.T, id string) {
 	st.Close()
 	db.Close()
 
-	db, st = open()
+	db, st = openDSN(t, path)
 	defer db.Close()
 	defer st.Close()
 	if n := find(st, "family:exact", family); n != 1 {
@@ -127,20 +101,10 @@ func testUpgradeIndexesOfClippedValues(t *testing.T, id string) {
 // version wrote (index format 6 and up) is refused with an error naming
 // the formats, and left as it is, not rewritten to this version's form.
 func TestOpenRefusesANewerIndexFormat(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "newer.db")
-	if os.Getenv("P2P_TEST_DB") == "postgres" {
-		path = pgtest.Database(t)
-	}
-	reg := search.NewRegistry(spec.R4())
-	db, err := OpenDB(context.Background(), path, DBOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := Open(db, reg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = st.Write(context.Background(), func(tx *Tx) error {
+	path := testDSN(t, "newer")
+	reg := testReg
+	db, st := openDSN(t, path)
+	err := st.Write(context.Background(), func(tx *Tx) error {
 		doc := testDoc(t, "Observation", "0190f4c2-7b1a-7c3e-9a2b-3c4d5e6f7a8b", `{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/1"}}`)
 		if _, err := tx.Put(doc, PutOptions{}); err != nil {
 			return err
