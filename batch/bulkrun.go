@@ -321,42 +321,101 @@ func (r *Runner) pollDelay(ra time.Duration) time.Duration {
 // it no longer holds (a cancelled or expired status URL, a file gone).
 func restartable(rec *record) bool { return rec.Restarts < 2 }
 
-// bulkMatch is a step of the matching phase: kick off
-// Group/$bulk-member-match (PDex STU 2.1), or poll it.
-func (r *Runner) bulkMatch(rn *run, rec *record) (time.Duration, bool) {
+// asyncRequest is one of a bulk job's asynchronous requests at the
+// source (Bulk Data Access STU 2, "Bulk Data Kick-off Request" and "Bulk
+// Data Status Request"): $bulk-member-match or $davinci-data-export.
+type asyncRequest struct {
+	// op names the operation in failure reasons: "$bulk-member-match".
+	op string
+	// status and asked are where the job keeps the request's status URL
+	// and when the source was first found still working on it.
+	status func(s *bulkState) *string
+	asked  func(s *bulkState) *time.Time
+	// kickOff builds the request, and what the job records with the
+	// status URL once the source has accepted it (record may be nil).
+	kickOff func() (k kickOff, err error)
+}
+
+// kickOff is an asynchronous request to make: method, URL and body, and
+// what to record with its status URL.
+type kickOff struct {
+	method, url string
+	body        []byte
+	record      func(s *bulkState)
+}
+
+// awaitAsync is a step of a phase waiting for the source's asynchronous
+// request a: kick it off (202 with Content-Location, the status URL kept
+// in the job) when the job has no status URL yet, else poll the status
+// URL, the next poll due as its Retry-After asks (see stillWorking). A
+// status URL the source no longer has (404) has the request made again
+// (see askAgain). ok reports that the request is complete, with its
+// status st; else the step ends with wait and end.
+func (r *Runner) awaitAsync(rn *run, rec *record, a asyncRequest) (st bulk.Status, ok bool, wait time.Duration, end bool) {
 	b := rn.bulk
-	if rec.Bulk.MatchStatus == "" {
-		body, err := r.matchRequest(rec)
+	statusURL := *a.status(rec.Bulk)
+	if statusURL == "" {
+		k, err := a.kickOff()
 		if err != nil {
-			return r.writeFailed(rn, err)
+			wait, end = r.writeFailed(rn, err)
+			return st, false, wait, end
 		}
-		status, err := b.client.KickOff(rn.ctx, "POST", rec.SourceBase+"/Group/$bulk-member-match", body)
+		status, err := b.client.KickOff(rn.ctx, k.method, k.url, k.body)
 		if err != nil {
-			return r.sourceFault(rn, rec, "the $bulk-member-match request", err)
+			wait, end = r.sourceFault(rn, rec, "the "+a.op+" request", err)
+			return st, false, wait, end
 		}
 		if why := r.sameSource(rec, status); why != "" {
-			return r.endBulk(rn, rec, Failed, "the $bulk-member-match status URL "+why)
+			wait, end = r.endBulk(rn, rec, Failed, "the "+a.op+" status URL "+why)
+			return st, false, wait, end
 		}
 		b.attempts = 0
 		if _, err := r.bulkUpdate(rec.ID, func(_ *store.Tx, rec *record) error {
 			answered(rec)
-			rec.Bulk.MatchStatus = status
+			*a.status(rec.Bulk) = status
+			if k.record != nil {
+				k.record(rec.Bulk)
+			}
 			return nil
 		}); err != nil {
-			return r.writeFailed(rn, err)
+			wait, end = r.writeFailed(rn, err)
+			return st, false, wait, end
 		}
-		return r.pollDelay(0), false
+		return st, false, r.pollDelay(0), false
 	}
-	st, err := b.client.Poll(rn.ctx, rec.Bulk.MatchStatus)
+	st, err := b.client.Poll(rn.ctx, statusURL)
 	if errs.KindOf(err) == errs.NotFound {
-		return r.askAgain(rn, rec, "the source payer no longer has the $bulk-member-match request (cancelled or expired)", func(s *bulkState) { s.MatchStatus, s.MatchAsked = "", time.Time{} }, err)
+		wait, end = r.askAgain(rn, rec, "the source payer no longer has the "+a.op+" request (cancelled or expired)", func(s *bulkState) {
+			*a.status(s), *a.asked(s) = "", time.Time{}
+		}, err)
+		return st, false, wait, end
 	}
 	if err != nil {
-		return r.sourceFault(rn, rec, "the $bulk-member-match status", err)
+		wait, end = r.sourceFault(rn, rec, "the "+a.op+" status", err)
+		return st, false, wait, end
 	}
 	b.attempts = 0
 	if !st.Done {
-		return r.stillWorking(rn, rec, "$bulk-member-match", rec.Bulk.MatchStatus, st, func(s *bulkState) *time.Time { return &s.MatchAsked })
+		wait, end = r.stillWorking(rn, rec, a.op, statusURL, st, a.asked)
+		return st, false, wait, end
+	}
+	return st, true, 0, false
+}
+
+// bulkMatch is a step of the matching phase: kick off
+// Group/$bulk-member-match (PDex STU 2.1), or poll it.
+func (r *Runner) bulkMatch(rn *run, rec *record) (time.Duration, bool) {
+	st, ok, wait, end := r.awaitAsync(rn, rec, asyncRequest{
+		op:     "$bulk-member-match",
+		status: func(s *bulkState) *string { return &s.MatchStatus },
+		asked:  func(s *bulkState) *time.Time { return &s.MatchAsked },
+		kickOff: func() (kickOff, error) {
+			body, err := r.matchRequest(rec)
+			return kickOff{method: "POST", url: rec.SourceBase + "/Group/$bulk-member-match", body: body}, err
+		},
+	})
+	if !ok {
+		return wait, end
 	}
 	groups, err := r.matchResult(rn, rec, st)
 	if err != nil {
@@ -759,45 +818,28 @@ func (r *Runner) exportSince(tx *store.Tx, rec *record, now time.Time) (time.Tim
 // Group/{matched}/$davinci-data-export with exportType payer-to-payer,
 // or poll it.
 func (r *Runner) bulkExport(rn *run, rec *record) (time.Duration, bool) {
-	b := rn.bulk
-	if rec.Bulk.ExportStatus == "" {
-		var since time.Time
-		if err := r.st.View(r.ctx, func(tx *store.Tx) (err error) {
-			since, err = r.exportSince(tx, rec, time.Now().UTC())
-			return err
-		}); err != nil {
-			return r.writeFailed(rn, err)
-		}
-		q := url.Values{"exportType": {bulk.PayerToPayer}, "_since": {since.UTC().Format(time.RFC3339)}}
-		u := rec.SourceBase + "/Group/" + url.PathEscape(rec.Bulk.MatchedGroup) + "/$davinci-data-export?" + q.Encode()
-		kickOff := time.Now().UTC()
-		status, err := b.client.KickOff(rn.ctx, "GET", u, nil)
-		if err != nil {
-			return r.sourceFault(rn, rec, "the $davinci-data-export request", err)
-		}
-		if why := r.sameSource(rec, status); why != "" {
-			return r.endBulk(rn, rec, Failed, "the $davinci-data-export status URL "+why)
-		}
-		b.attempts = 0
-		if _, err := r.bulkUpdate(rec.ID, func(_ *store.Tx, rec *record) error {
-			answered(rec)
-			rec.Bulk.ExportStatus, rec.Bulk.ExportSince, rec.Bulk.ExportKickOff = status, since, kickOff
-			return nil
-		}); err != nil {
-			return r.writeFailed(rn, err)
-		}
-		return r.pollDelay(0), false
-	}
-	st, err := b.client.Poll(rn.ctx, rec.Bulk.ExportStatus)
-	if errs.KindOf(err) == errs.NotFound {
-		return r.askAgain(rn, rec, "the source payer no longer has the export (cancelled or expired)", func(s *bulkState) { s.ExportStatus, s.ExportAsked = "", time.Time{} }, err)
-	}
-	if err != nil {
-		return r.sourceFault(rn, rec, "the $davinci-data-export status", err)
-	}
-	b.attempts = 0
-	if !st.Done {
-		return r.stillWorking(rn, rec, "$davinci-data-export", rec.Bulk.ExportStatus, st, func(s *bulkState) *time.Time { return &s.ExportAsked })
+	st, ok, wait, end := r.awaitAsync(rn, rec, asyncRequest{
+		op:     "$davinci-data-export",
+		status: func(s *bulkState) *string { return &s.ExportStatus },
+		asked:  func(s *bulkState) *time.Time { return &s.ExportAsked },
+		kickOff: func() (kickOff, error) {
+			var since time.Time
+			if err := r.st.View(r.ctx, func(tx *store.Tx) (err error) {
+				since, err = r.exportSince(tx, rec, time.Now().UTC())
+				return err
+			}); err != nil {
+				return kickOff{}, err
+			}
+			q := url.Values{"exportType": {bulk.PayerToPayer}, "_since": {since.UTC().Format(time.RFC3339)}}
+			u := rec.SourceBase + "/Group/" + url.PathEscape(rec.Bulk.MatchedGroup) + "/$davinci-data-export?" + q.Encode()
+			// Taken before the request: the source's transactionTime is
+			// never earlier (see below).
+			at := time.Now().UTC()
+			return kickOff{method: "GET", url: u, record: func(s *bulkState) { s.ExportSince, s.ExportKickOff = since, at }}, nil
+		},
+	})
+	if !ok {
+		return wait, end
 	}
 	if st.Manifest == nil {
 		return r.endBulk(rn, rec, Failed, "the source payer completed the $davinci-data-export without a manifest")
