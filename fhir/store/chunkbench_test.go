@@ -124,3 +124,29 @@ func pageCount(db *bolt.DB) int64 {
 	s := db.Stats()
 	return s.TxStats.GetPageCount()
 }
+
+// BenchmarkPrepareIngested is Prepare of an Observation as a bulk ingest
+// writes it (ingestObs: canonical JSON, an ingested id): its index
+// entries, stored JSON and compressed record. "canonical" marks the Doc
+// as in the form ingestion writes (Doc.Canonical), so its stored JSON is
+// made without reading it again; "read" has it read and written again.
+func BenchmarkPrepareIngested(b *testing.B) {
+	st := openStore(b)
+	id, body := ingestObs(7, 42, true)
+	for _, canonical := range []bool{true, false} {
+		name := "read"
+		if canonical {
+			name = "canonical"
+		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			t0 := cpuNow()
+			for range b.N {
+				d := doc(b, "Observation", id, body)
+				d.Canonical = canonical
+				st.Prepare(d)
+			}
+			b.ReportMetric(float64(cpuNow()-t0)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
