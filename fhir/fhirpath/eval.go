@@ -16,6 +16,10 @@ import (
 type env struct {
 	m    *spec.Model
 	root Node // the resource: %resource, and where "#id" references resolve
+	// focus, when the evaluation is on a Focus, is it: the resource's
+	// elements read by one expression are kept for the next (see
+	// Focus.elements).
+	focus *Focus
 }
 
 // node is a compiled expression. eval returns the result for the context
@@ -54,8 +58,12 @@ func (n *memberNode) eval(e *env, ctx []Node) []Node {
 		}
 		return out
 	}
+	items := input(e, n.in, ctx)
+	if f := e.focus; f != nil && len(items) == 1 && &items[0] == &f.root[0] {
+		return f.element(n.name)
+	}
 	var out []Node
-	for _, x := range input(e, n.in, ctx) {
+	for _, x := range items {
 		out = child(e.m, out, x, n.name)
 	}
 	return out

@@ -89,16 +89,41 @@ func (e *Expr) Eval(m *spec.Model, resource map[string]any) []Node {
 type Focus struct {
 	env  env
 	root [1]Node
+	// elements are the resource's elements read so far, by name: the
+	// expressions of many search parameters start with the same one
+	// (meta, value[x], code).
+	elements []focusElement
+}
+
+type focusElement struct {
+	name  string
+	items []Node
 }
 
 // NewFocus prepares resource (decoded from JSON, numbers as json.Number)
 // for EvalFocus; a resource without a resourceType gives nothing.
 func NewFocus(m *spec.Model, resource map[string]any) *Focus {
 	f := &Focus{env: env{m: m}}
+	f.env.focus = f
 	if root, ok := (resourceNode{}).of(resource); ok {
 		f.env.root, f.root[0] = root, root
 	}
 	return f
+}
+
+// element returns the items of the resource's element name (a choice
+// element's concrete one), read once per Focus. The slice is shared:
+// its capacity ends with it, so an append copies it.
+func (f *Focus) element(name string) []Node {
+	for _, el := range f.elements {
+		if el.name == name {
+			return el.items
+		}
+	}
+	items := child(f.env.m, nil, f.root[0], name)
+	items = items[:len(items):len(items)]
+	f.elements = append(f.elements, focusElement{name, items})
+	return items
 }
 
 // EvalFocus is Eval on the resource of f.
