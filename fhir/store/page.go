@@ -141,6 +141,16 @@ type matcher struct {
 	within  []string // or by these ids (a compartment, or a small range), sorted
 	bounded bool     // within is a compartment: InRecord applies
 	listed  bool     // within is the ids of a selective range clause
+	// indexed: the candidates are ids of index entries, which only
+	// current resources that are not deleted have (a delete removes its
+	// entries in its transaction), so their records need not be read.
+	indexed bool
+	// decided is the clause whose index entries give the candidates when
+	// they alone decide it (see search.Clause.KeysDecide): it is not
+	// checked again; entries is false when no clause, compartment or sort
+	// key needs a candidate's index entries, which are then not read.
+	decided *search.Clause
+	entries bool
 	chained map[*search.Clause]idSet
 	// params are those whose entries the clauses and sort keys read (nil:
 	// all, for a compartment's rule).
@@ -151,11 +161,11 @@ type matcher struct {
 // newMatcher prepares q's candidate stream; nil when nothing can match.
 func (tx *Tx) newMatcher(q *search.Query) (*matcher, error) {
 	tx.indexReady()
-	if tx.btx.Bucket(bucketName("R", q.Type)) == nil {
+	if tx.typeBucket('R', q.Type) == nil {
 		return nil, nil
 	}
-	m := &matcher{tx: tx, q: q, chained: map[*search.Clause]idSet{}}
-	if x := tx.btx.Bucket(bucketName("X", q.Type)); x != nil {
+	m := &matcher{tx: tx, q: q, chained: map[*search.Clause]idSet{}, entries: true}
+	if x := tx.typeBucket('X', q.Type); x != nil {
 		m.x = x
 	}
 	for i := range q.Clauses {
@@ -214,20 +224,34 @@ func (tx *Tx) newMatcher(q *search.Query) (*matcher, error) {
 			continue // not indexed (see idScan)
 		}
 		if keys, ok := c.ExactKeys(); ok && (m.keys == nil || len(keys) < len(m.keys)) {
-			m.keys, m.param = keys, c.Param.Code
+			m.keys, m.param, m.decided = keys, c.Param.Code, c
 		}
 	}
-	if m.keys == nil {
-		// A selective range clause (a date, a string prefix) drives when
-		// its index range holds few entries: its ids, sorted.
+	if m.keys != nil {
+		m.indexed = true
+		if !m.decided.KeysDecide() || !tx.s.stored(q.Type, m.param) {
+			// A parameter found through others' indexes, or a long
+			// value sharing its key: each candidate is checked.
+			m.decided = nil
+		}
+		m.entries = len(q.Sort) > 0
 		for i := range q.Clauses {
 			c := &q.Clauses[i]
-			if _, chained := m.chained[c]; chained || isWide(c) || c.Missing != nil || c.Not || c.Param.Code == "_id" {
-				continue
+			if _, chained := m.chained[c]; !chained && c != m.decided {
+				m.entries = true
 			}
-			if ids, ok := tx.rangeIDs(q.Type, c, rangeLimit); ok && (!m.listed || len(ids) < len(m.within)) {
-				m.within, m.listed = ids, true
-			}
+		}
+		return m, nil
+	}
+	// A selective range clause (a date, a string prefix) drives when its
+	// index range holds few entries: its ids, sorted.
+	for i := range q.Clauses {
+		c := &q.Clauses[i]
+		if _, chained := m.chained[c]; chained || isWide(c) || c.Missing != nil || c.Not || c.Param.Code == "_id" {
+			continue
+		}
+		if ids, ok := tx.rangeIDs(q.Type, c, rangeLimit); ok && (!m.listed || len(ids) < len(m.within)) {
+			m.within, m.listed, m.indexed = ids, true, true
 		}
 	}
 	return m, nil
@@ -329,7 +353,7 @@ func (m *matcher) each(start string, size int, keep Keep, fn func(id string, ent
 		}
 		return true
 	}
-	if r, ok := m.tx.btx.Bucket(bucketName("R", m.q.Type)).(backend.Prefetcher); ok {
+	if r, ok := m.tx.typeBucket('R', m.q.Type).(backend.Prefetcher); ok {
 		// A backend whose reads cost a round trip reads the candidates'
 		// records and entries a run at a time.
 		var run []string
@@ -368,11 +392,13 @@ func (m *matcher) each(start string, size int, keep Keep, fn func(id string, ent
 // match reports whether the current resource id matches every clause, with
 // its index entries.
 func (m *matcher) match(id string) ([]search.Entry, bool) {
-	if _, deleted, ok := m.tx.CurrentVersion(m.q.Type, id); !ok || deleted {
-		return nil, false
+	if !m.indexed {
+		if _, deleted, ok := m.tx.CurrentVersion(m.q.Type, id); !ok || deleted {
+			return nil, false
+		}
 	}
 	var entries []search.Entry
-	if m.x != nil {
+	if m.x != nil && m.entries {
 		// Reused between candidates that do not match; one that matches
 		// keeps its entries (they go into a batch).
 		entries = m.tx.decodeEntriesOf(m.x.Get([]byte(id)), m.params, m.buf[:0], id)
@@ -389,7 +415,7 @@ func (m *matcher) match(id string) ([]search.Entry, bool) {
 			}
 			continue
 		}
-		if !search.Matches(c, entries) {
+		if c != m.decided && !search.Matches(c, entries) {
 			return nil, false
 		}
 	}
@@ -412,7 +438,7 @@ func (m *matcher) ids(start string, fn func(id string) bool) {
 		m.keyIDs(start, fn)
 	default:
 		// Every resource of the type, in id order.
-		c := headCursor(m.tx.btx.Bucket(bucketName("R", m.q.Type)))
+		c := headCursor(m.tx.typeBucket('R', m.q.Type))
 		var k []byte
 		if start == "" {
 			k, _ = c.First()

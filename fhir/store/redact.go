@@ -25,7 +25,7 @@ func (tx *Tx) Redact(typ, id string, vid int64, json []byte) error {
 	// A version is in history once it is not the current one (and, in
 	// databases written before versions were kept once, the current one
 	// too): wherever it is, the new JSON replaces it.
-	if hist := tx.btx.Bucket(bucketName("H", typ)); hist != nil && hist.Get(historyKey(id, vid)) != nil {
+	if hist := tx.typeBucket('H', typ); hist != nil && hist.Get(historyKey(id, vid)) != nil {
 		if err := tx.put(hist, bucketName("H", typ), historyKey(id, vid), rec); err != nil {
 			return fmt.Errorf("store: redact %s/%s/_history/%d: %w", typ, id, vid, err)
 		}

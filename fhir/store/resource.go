@@ -41,6 +41,40 @@ type Tx struct {
 	// brings the database to, which later steps then upgrade (see
 	// upgradeTo3).
 	format int
+	// typed holds, in a read-only transaction, the first type buckets (R,
+	// X, H) looked up (see typeBucket); ntyped how many.
+	typed  [4]typedBucket
+	ntyped int
+}
+
+// typedBucket is a type's bucket of one kind, as typeBucket keeps it.
+type typedBucket struct {
+	kind byte
+	typ  string
+	b    backend.Bucket
+}
+
+// typeBucket returns typ's bucket of kind ('R' current versions, 'X'
+// index entries, 'H' history), nil when there is none. A read-only
+// transaction keeps the buckets it has found: bbolt looks a bucket up from
+// the root at every call in a read transaction (it keeps them in writes
+// only), which a search did for every candidate it checked and every
+// match it served.
+func (tx *Tx) typeBucket(kind byte, typ string) backend.Bucket {
+	if tx.writable {
+		return tx.btx.Bucket(bucketName(string(kind), typ))
+	}
+	for _, t := range tx.typed[:tx.ntyped] {
+		if t.kind == kind && t.typ == typ {
+			return t.b
+		}
+	}
+	b := tx.btx.Bucket(bucketName(string(kind), typ))
+	if b != nil && tx.ntyped < len(tx.typed) {
+		tx.typed[tx.ntyped] = typedBucket{kind, typ, b}
+		tx.ntyped++
+	}
+	return b
 }
 
 // keyFormat is the index format the store's indexes are in: before
@@ -163,7 +197,7 @@ func (tx *Tx) Read(typ, id string) (*Version, error) {
 // typ/id and whether it is a deletion, without reading the resource; ok is
 // false when typ/id never existed.
 func (tx *Tx) CurrentVersion(typ, id string) (vid int64, deleted, ok bool) {
-	b := tx.btx.Bucket(bucketName("R", typ))
+	b := tx.typeBucket('R', typ)
 	if b == nil {
 		return 0, false, false
 	}
@@ -178,12 +212,12 @@ func (tx *Tx) CurrentVersion(typ, id string) (vid int64, deleted, ok bool) {
 // database's memory), from history or, for the current version, from the
 // current record; nil if there is none.
 func (tx *Tx) versionRecord(typ, id string, vid int64) []byte {
-	if b := tx.btx.Bucket(bucketName("H", typ)); b != nil {
+	if b := tx.typeBucket('H', typ); b != nil {
 		if raw := b.Get(historyKey(id, vid)); raw != nil {
 			return raw
 		}
 	}
-	if b := tx.btx.Bucket(bucketName("R", typ)); b != nil {
+	if b := tx.typeBucket('R', typ); b != nil {
 		if raw := b.Get([]byte(id)); len(raw) >= 17 && recordVersion(raw) == vid {
 			return raw
 		}
@@ -192,7 +226,7 @@ func (tx *Tx) versionRecord(typ, id string, vid int64) []byte {
 }
 
 func (tx *Tx) current(typ, id string) (*Version, error) {
-	b := tx.btx.Bucket(bucketName("R", typ))
+	b := tx.typeBucket('R', typ)
 	if b == nil {
 		return nil, nil
 	}
@@ -808,7 +842,7 @@ func indexID(b []byte) string {
 
 // EntriesOf returns the index entries typ/id has now.
 func (tx *Tx) EntriesOf(typ, id string) []search.Entry {
-	b := tx.btx.Bucket(bucketName("X", typ))
+	b := tx.typeBucket('X', typ)
 	if b == nil {
 		return nil
 	}

@@ -219,7 +219,7 @@ outer:
 
 // filter keeps the ids whose own index entries satisfy c.
 func (tx *Tx) filter(typ string, ids []string, c *search.Clause) []string {
-	b := tx.btx.Bucket(bucketName("X", typ))
+	b := tx.typeBucket('X', typ)
 	tx.prefetch(b, ids)
 	out := ids[:0:0]
 	for _, id := range ids {
@@ -236,7 +236,7 @@ func (tx *Tx) filter(typ string, ids []string, c *search.Clause) []string {
 
 // AllIDs returns the ids of every current (not deleted) resource of typ.
 func (tx *Tx) AllIDs(typ string) []string {
-	b := tx.btx.Bucket(bucketName("R", typ))
+	b := tx.typeBucket('R', typ)
 	if b == nil {
 		return nil
 	}
@@ -254,7 +254,7 @@ func (tx *Tx) AllIDs(typ string) []string {
 // every resource of typ (deleted ones included, with deleted set), in id
 // order, without reading their content, until fn returns false.
 func (tx *Tx) CurrentVersions(typ string, fn func(id string, version int64, deleted bool) bool) {
-	b := tx.btx.Bucket(bucketName("R", typ))
+	b := tx.typeBucket('R', typ)
 	if b == nil {
 		return
 	}
@@ -277,7 +277,7 @@ func (tx *Tx) CurrentVersions(typ string, fn func(id string, version int64, dele
 // changed. Keep the transaction short (a few thousand resources at a
 // time): a long read transaction holds back the database's growth.
 func (tx *Tx) ScanCurrent(typ, after string, fn func(id string, lastUpdated time.Time, json []byte) bool) {
-	b := tx.btx.Bucket(bucketName("R", typ))
+	b := tx.typeBucket('R', typ)
 	if b == nil {
 		return
 	}
@@ -458,7 +458,7 @@ func (tx *Tx) chain(typ, param string, ch *search.Chain, set idSet, visible func
 
 func (tx *Tx) missing(typ, param string, want bool) idSet {
 	set := idSet{}
-	b := tx.btx.Bucket(bucketName("X", typ))
+	b := tx.typeBucket('X', typ)
 	all := tx.AllIDs(typ)
 	tx.prefetch(b, all)
 	for _, id := range all {
@@ -485,7 +485,7 @@ func (tx *Tx) sortIDs(typ string, ids []string, keys []search.SortKey) {
 		has  []bool
 	}
 	rows := make([]row, len(ids))
-	b := tx.btx.Bucket(bucketName("X", typ))
+	b := tx.typeBucket('X', typ)
 	tx.prefetch(b, ids)
 	for i, id := range ids {
 		rows[i] = row{id: id, vals: make([]string, len(keys)), has: make([]bool, len(keys))}
@@ -528,7 +528,7 @@ func (tx *Tx) sortIDs(typ string, ids []string, keys []search.SortKey) {
 // not deleted, in the order given.
 func (tx *Tx) ReadCurrent(typ string, ids []string) ([]*Version, error) {
 	out := make([]*Version, 0, len(ids))
-	tx.prefetch(tx.btx.Bucket(bucketName("R", typ)), ids)
+	tx.prefetch(tx.typeBucket('R', typ), ids)
 	for _, id := range ids {
 		v, err := tx.current(typ, id)
 		if err != nil {
