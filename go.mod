@@ -20,7 +20,7 @@ require (
 	github.com/vektah/gqlparser/v2 v2.5.19
 	github.com/wneessen/go-mail v0.7.2
 	github.com/zitadel/oidc/v3 v3.45.0
-	go.etcd.io/bbolt v1.4.3
+	go.etcd.io/bbolt v1.5.0
 	golang.org/x/net v0.38.0
 	golang.org/x/oauth2 v0.32.0
 	golang.org/x/text v0.41.0
@@ -55,6 +55,6 @@ require (
 	go.opentelemetry.io/otel/metric v1.38.0 // indirect
 	go.opentelemetry.io/otel/trace v1.38.0 // indirect
 	golang.org/x/sync v0.22.0 // indirect
-	golang.org/x/sys v0.31.0 // indirect
+	golang.org/x/sys v0.45.0 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 )

@@ -31,14 +31,16 @@ type DB struct {
 
 // Open opens (creating if missing) the bbolt file at path. The freelist
 // is not written at every commit (it is rebuilt by a scan at open
-// instead): on a large database that write dominates commits.
+// instead): on a large database that write dominates commits. bbolt's
+// database statistics are not kept: nothing reads them, and keeping them
+// took a lock shared by every transaction at its end.
 func Open(path string, opts Options) (*DB, error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = 5 * time.Second
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout: opts.Timeout, NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
-		InitialMmapSize: opts.InitialMmapSize,
+		InitialMmapSize: opts.InitialMmapSize, NoStatistics: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w (is another p2pserver using it?)", path, err)
