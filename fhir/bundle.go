@@ -346,7 +346,7 @@ func (s *Server) renderEntries(tx *store.Tx, b *Bundle, typ string, ids []string
 	if len(q.Ignored) > 0 {
 		oo, _ := json.Marshal(&OperationOutcome{ResourceType: "OperationOutcome", Issue: []OOIssue{{
 			Severity: "warning", Code: "not-supported",
-			Diagnostics: "these parameters are not known and were ignored: " + strings.Join(q.Ignored, ", "),
+			Diagnostics: "these parameters are not known or not supported, and were ignored: " + strings.Join(q.Ignored, ", "),
 		}}})
 		b.Entry = append(b.Entry, BundleEntry{Resource: oo, Search: &EntrySearch{Mode: "outcome"}})
 	}

@@ -68,6 +68,11 @@ func TestSearchSemantics(t *testing.T) {
 		// token
 		{"Patient?gender=male", []string{"p1", "p3"}, false},
 		{"Patient?gender:not=male", []string{"p2"}, false},
+		// search.html#modifiers, :not: "this includes resources that have
+		// no value for the parameter" (p1 and p2 have no email).
+		{"Patient?email:not=john@example.org", []string{"p1", "p2"}, false},
+		{"Patient?identifier:not=urn:mrn|1001", []string{"p2", "p3"}, false},
+		{"Observation?code:not=http://loinc.org|8867-4", []string{"o2", "o4"}, false},
 		{"Patient?identifier=1001", []string{"p1", "p3"}, false},
 		{"Patient?identifier=urn:mrn|1001", []string{"p1"}, false},
 		{"Patient?identifier=urn:mrn|", []string{"p1", "p2"}, false},

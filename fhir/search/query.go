@@ -438,6 +438,11 @@ func (r *Registry) parseIncludes(q *Query, rev, iterate bool, vals []string) err
 func (r *Registry) parseParam(typ, name string, vals []string, opts Options) ([]Clause, error) {
 	head, chainRest, chained := strings.Cut(name, ".")
 	code, modifier, _ := strings.Cut(head, ":")
+	if code == "_has" {
+		// Of the kind of an unknown parameter: refused, or left out under
+		// handling=lenient (search.html#errors).
+		return nil, errs.E("search.parse", errs.NotFound, fmt.Sprintf("%s: _has (reverse chaining, FHIR R4 search.html#has) is not supported; search the referring type and _include the %s instead", name, typ))
+	}
 	p, ok := r.Lookup(typ, code)
 	if !ok {
 		return nil, errs.E("search.parse", errs.NotFound, fmt.Sprintf("unknown search parameter %q for %s", code, typ))
@@ -606,6 +611,11 @@ func (r *Registry) parseValue(p *Param, modifier, v string, opts Options) (Value
 		return val, nil
 	}
 	if !slices.Contains(modifiersByType[p.Type], modifier) {
+		if p.Type == "reference" && modifier == "identifier" {
+			// search.html#reference: it matches Reference.identifier,
+			// which the reference indexes do not hold.
+			return val, invalid("modifier :identifier is not supported on reference parameter %s (it would match the identifier written in the reference); %s.identifier matches the identifier of the resource referred to", p.Code, p.Code)
+		}
 		return val, invalid("modifier :%s is not supported on %s parameter %s", modifier, p.Type, p.Code)
 	}
 	if v == "" {
