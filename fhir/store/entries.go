@@ -128,14 +128,6 @@ func (tx *Tx) paramName(n uint64) (string, bool) {
 	return "", false
 }
 
-// storedEntries returns the entries that are stored: all but _id's.
-func storedEntries(es []search.Entry) []search.Entry {
-	if !slices.ContainsFunc(es, func(e search.Entry) bool { return e.Param == "_id" }) {
-		return es
-	}
-	return slices.DeleteFunc(slices.Clone(es), func(e search.Entry) bool { return e.Param == "_id" })
-}
-
 // encodeEntries packs es (without _id's) as an "X:<Type>" value.
 func (tx *Tx) encodeEntries(es []search.Entry) ([]byte, error) {
 	order := make([]int, 0, len(es))

@@ -14,8 +14,12 @@ func randomIndexOps(n, ids int) []indexOp {
 	r := rand.New(rand.NewPCG(1, 2))
 	ops := make([]indexOp, n)
 	for i := range ops {
-		ops[i] = indexOp{key: fmt.Appendf(nil, "c\x01code-%d\x00id%d", r.IntN(1000), r.IntN(ids)),
-			value: fmt.Appendf(nil, "%d", i), del: r.IntN(3) == 0}
+		key := fmt.Appendf(nil, "c\x01code-%d\x00id%d", r.IntN(1000), r.IntN(ids))
+		if r.IntN(3) == 0 {
+			ops[i] = indexOp{kv: key, klen: -int32(len(key))}
+		} else {
+			ops[i] = indexOp{kv: fmt.Appendf(key, "%d", i), klen: int32(len(key))}
+		}
 	}
 	return ops
 }
@@ -27,12 +31,12 @@ func TestSortIndexOps(t *testing.T) {
 	for _, n := range []int{0, 1, 2, 7, 100, 5000} {
 		ops := randomIndexOps(n, max(n/500, 1))
 		want := slices.Clone(ops)
-		slices.SortStableFunc(want, func(a, b indexOp) int { return bytes.Compare(a.key, b.key) })
+		slices.SortStableFunc(want, func(a, b indexOp) int { return bytes.Compare(a.key(), b.key()) })
 		sortIndexOps(ops)
 		for i := range ops {
-			if !bytes.Equal(ops[i].key, want[i].key) || !bytes.Equal(ops[i].value, want[i].value) || ops[i].del != want[i].del {
+			if !bytes.Equal(ops[i].kv, want[i].kv) || ops[i].klen != want[i].klen {
 				t.Fatalf("n=%d: change %d is %q=%q (del %v), want %q=%q (del %v)", n, i,
-					ops[i].key, ops[i].value, ops[i].del, want[i].key, want[i].value, want[i].del)
+					ops[i].key(), ops[i].value(), ops[i].del(), want[i].key(), want[i].value(), want[i].del())
 			}
 		}
 	}
@@ -48,7 +52,7 @@ func BenchmarkSortIndexOps(b *testing.B) {
 			b.StopTimer()
 			copy(ops, src)
 			b.StartTimer()
-			slices.SortStableFunc(ops, func(a, b indexOp) int { return bytes.Compare(a.key, b.key) })
+			slices.SortStableFunc(ops, func(a, b indexOp) int { return bytes.Compare(a.key(), b.key()) })
 		}
 	})
 	b.Run("sortIndexOps", func(b *testing.B) {

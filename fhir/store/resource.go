@@ -530,17 +530,22 @@ func (tx *Tx) reindex(typ, id string, entries []search.Entry) error {
 	if err != nil {
 		return err
 	}
-	entries = storedEntries(entries)
+	// The _id entries are not stored (the id is the record's key): they
+	// are skipped here rather than the entries copied without them.
 	raw := rev.Get([]byte(id))
 	old := tx.storedEntriesOf(raw)
+	stored := 0
 	if len(old) == 0 {
 		for _, e := range entries {
-			tx.queueIndex(typ, e.Param, indexOp{key: tx.indexKey(e.Key, id), value: e.Payload})
+			if e.Param != "_id" {
+				stored++
+				tx.queueIndex(typ, e.Param, tx.indexOp(e.Key, id, e.Payload, false))
+			}
 		}
-	} else if err := tx.reindexChanged(typ, id, old, entries); err != nil {
-		return err
+	} else {
+		stored = tx.reindexChanged(typ, id, old, entries)
 	}
-	if len(entries) == 0 {
+	if stored == 0 {
 		return tx.del(rev, bucketName("X", typ), []byte(id))
 	}
 	packed, err := tx.encodeEntries(entries)
@@ -551,11 +556,14 @@ func (tx *Tx) reindex(typ, id string, entries []search.Entry) error {
 }
 
 // reindexChanged queues the changes from the old index entries of typ/id
-// to the new ones.
-func (tx *Tx) reindexChanged(typ, id string, old, entries []search.Entry) error {
+// to the new ones (their _id entries aside), and returns how many new
+// ones there are.
+func (tx *Tx) reindexChanged(typ, id string, old, entries []search.Entry) int {
 	keep := make(map[string]bool, len(entries))
 	for _, e := range entries {
-		keep[e.Param+"\x00"+e.Key+"\x00"+string(e.Payload)] = true
+		if e.Param != "_id" {
+			keep[e.Param+"\x00"+e.Key+"\x00"+string(e.Payload)] = true
+		}
 	}
 	had := make(map[string]bool, len(old))
 	for _, e := range old {
@@ -564,23 +572,39 @@ func (tx *Tx) reindexChanged(typ, id string, old, entries []search.Entry) error 
 		if keep[k] {
 			continue
 		}
-		tx.queueIndex(typ, e.Param, indexOp{key: tx.indexKey(e.Key, id), del: true})
+		tx.queueIndex(typ, e.Param, tx.indexOp(e.Key, id, nil, true))
 	}
 	for _, e := range entries {
-		if had[e.Param+"\x00"+e.Key+"\x00"+string(e.Payload)] {
+		if e.Param == "_id" || had[e.Param+"\x00"+e.Key+"\x00"+string(e.Payload)] {
 			continue
 		}
-		tx.queueIndex(typ, e.Param, indexOp{key: tx.indexKey(e.Key, id), value: e.Payload})
+		tx.queueIndex(typ, e.Param, tx.indexOp(e.Key, id, e.Payload, false))
 	}
-	return nil
+	return len(keep)
 }
 
-// indexOp is a queued change to an index bucket.
+// indexOp is a queued change to an index bucket: the index key and the
+// value put (none for a delete) in one allocation, kept small because a
+// large transaction queues a hundred thousand of them.
 type indexOp struct {
-	key, value []byte
-	del        bool
-	seq        int // the position it was queued at, set by applyIndex
+	kv []byte // the key, then the value
+	// klen is the key's length; negative (-len) for a delete.
+	klen int32
+	seq  int32 // the position it was queued at, set by sortIndexOps
 }
+
+func (op indexOp) del() bool { return op.klen < 0 }
+
+func (op indexOp) key() []byte {
+	if op.klen < 0 {
+		return op.kv[:-op.klen]
+	}
+	return op.kv[:op.klen]
+}
+
+// value is what a put sets (never nil: bbolt stores a nil value as an
+// empty one too).
+func (op indexOp) value() []byte { return op.kv[len(op.key()):] }
 
 // indexName names the index bucket of a type's parameter: a map key that
 // takes no allocation per queued change, as its bucket name would.
@@ -631,9 +655,9 @@ func (tx *Tx) applyIndex(index map[indexName][]indexOp) error {
 		name := string(bname)
 		tx.tuneFill(bname, ops)
 		for _, op := range ops {
-			if op.del {
+			if op.del() {
 				if b := tx.btx.Bucket(bname); b != nil {
-					if err := tx.del(b, bname, op.key); err != nil {
+					if err := tx.del(b, bname, op.key()); err != nil {
 						return err
 					}
 				}
@@ -643,7 +667,7 @@ func (tx *Tx) applyIndex(index map[indexName][]indexOp) error {
 			if err != nil {
 				return err
 			}
-			if err := tx.put(b, bname, op.key, op.value); err != nil {
+			if err := tx.put(b, bname, op.key(), op.value()); err != nil {
 				return fmt.Errorf("store: index %s: %w", name, err)
 			}
 		}
@@ -666,7 +690,7 @@ const longRun = 64
 // anywhere, and pages split in half. The first key put decides, from the
 // length of the run before it.
 func (tx *Tx) tuneFill(name []byte, ops []indexOp) {
-	i := slices.IndexFunc(ops, func(op indexOp) bool { return !op.del })
+	i := slices.IndexFunc(ops, func(op indexOp) bool { return !op.del() })
 	if i < 0 {
 		return
 	}
@@ -678,7 +702,7 @@ func (tx *Tx) tuneFill(name []byte, ops []indexOp) {
 	if !ok {
 		return
 	}
-	key := ops[i].key
+	key := ops[i].key()
 	value, _, _ := bytes.Cut(key, []byte{0})
 	prefix := append(slices.Clip(value), 0)
 	c := b.Cursor()
@@ -742,17 +766,17 @@ func sortIndexParallel(index map[indexName][]indexOp, names []indexName) {
 // a stable sort of the 100,000 changes of a large transaction takes
 // several times as long.
 func sortIndexOps(ops []indexOp) {
-	if slices.IsSortedFunc(ops, func(a, b indexOp) int { return bytes.Compare(a.key, b.key) }) {
+	if slices.IsSortedFunc(ops, func(a, b indexOp) int { return bytes.Compare(a.key(), b.key()) }) {
 		return // appended in order already (keys that grow, a single write)
 	}
 	for i := range ops {
-		ops[i].seq = i
+		ops[i].seq = int32(i)
 	}
 	slices.SortFunc(ops, func(a, b indexOp) int {
-		if c := bytes.Compare(a.key, b.key); c != 0 {
+		if c := bytes.Compare(a.key(), b.key()); c != 0 {
 			return c
 		}
-		return a.seq - b.seq
+		return int(a.seq - b.seq)
 	})
 }
 
@@ -794,14 +818,24 @@ func indexBucket(typ, param string) []byte { return []byte("I:" + typ + ":" + pa
 
 // indexKey is the index key of entry key for id: the entry key, 0x00, and
 // the id in its index form (see appendIndexID).
-func (tx *Tx) indexKey(key, id string) []byte {
-	k := make([]byte, 0, len(key)+1+len(id))
+func (tx *Tx) indexKey(key, id string) []byte { return tx.indexOp(key, id, nil, true).key() }
+
+// indexOp is the change of the index key of entry key for id (see
+// indexKey): a put of payload, or a delete.
+func (tx *Tx) indexOp(key, id string, payload []byte, del bool) indexOp {
+	k := make([]byte, 0, len(key)+1+len(id)+len(payload))
 	k = append(k, key...)
 	k = append(k, 0)
 	if tx.keyFormat() < 5 {
-		return append(k, id...)
+		k = append(k, id...)
+	} else {
+		k = appendIndexID(k, id)
 	}
-	return appendIndexID(k, id)
+	if del {
+		return indexOp{kv: k, klen: -int32(len(k))}
+	}
+	n := len(k)
+	return indexOp{kv: append(k, payload...), klen: int32(n)}
 }
 
 // splitIndexKey splits a stored index key into entry key and id.
