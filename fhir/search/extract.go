@@ -30,7 +30,8 @@ func (r *Registry) Extract(typ string, res map[string]any) []Entry {
 	n := len(pl.params)
 	var wantBuf [128]bool
 	var spanBuf [128][2]int32
-	want, span := wantBuf[:0], spanBuf[:0]
+	var want []bool
+	var span [][2]int32
 	if n <= len(wantBuf) {
 		want, span = wantBuf[:n], spanBuf[:n]
 	} else {
