@@ -224,11 +224,16 @@ func TestHex16(t *testing.T) {
 			t.Errorf("parseHexInt(%s) = %d, %v", c.want, back, ok)
 		}
 	}
-	for _, f := range []float64{-1e300, -2.5, -0.0, 0, 1e-300, 2.5, 1e300} {
+	for _, f := range []float64{-1e300, -2.5, math.Copysign(0, -1), 0, 1e-300, 2.5, 1e300} {
 		back, ok := parseHexFloat(hexFloat(f))
 		if !ok || back != f {
 			t.Errorf("hexFloat(%g) reads back as %g, %v", f, back, ok)
 		}
+	}
+	// -0 (a value written "-0.0") is 0: between the negative numbers and
+	// the positive ones.
+	if z, n := hexFloat(math.Copysign(0, -1)), hexFloat(0); z != n || z <= hexFloat(-1e-300) {
+		t.Errorf("hexFloat(-0) = %s, hexFloat(0) = %s, hexFloat(-1e-300) = %s", z, n, hexFloat(-1e-300))
 	}
 	if a, b := hexFloat(-2.5), hexFloat(2.5); a >= b {
 		t.Errorf("hexFloat(-2.5) = %s sorts after hexFloat(2.5) = %s", a, b)

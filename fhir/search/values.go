@@ -185,8 +185,12 @@ func parseHexInt(s string) (int64, bool) {
 	return int64(u ^ (1 << 63)), true
 }
 
-// hexFloat encodes f so that byte order equals numeric order.
+// hexFloat encodes f so that byte order equals numeric order. -0 is 0
+// (its sign bit would put it below every negative number).
 func hexFloat(f float64) string {
+	if f == 0 {
+		f = 0
+	}
 	bits := math.Float64bits(f)
 	if f >= 0 {
 		bits ^= 1 << 63
