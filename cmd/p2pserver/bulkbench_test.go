@@ -78,6 +78,21 @@ func heapFigures(debug string) (heap, live uint64) {
 	return v["/memory/classes/heap/objects:bytes"], v["/gc/heap/live:bytes"]
 }
 
+// heapAllocs reads the heap allocations a p2pserver has made since it
+// started, in objects and bytes, from its /debug/memory.
+func heapAllocs(debug string) (objects, bytes uint64) {
+	resp, err := http.Get("http://" + debug + "/debug/memory")
+	if err != nil {
+		return 0, 0
+	}
+	defer resp.Body.Close()
+	var v map[string]uint64
+	if json.NewDecoder(resp.Body).Decode(&v) != nil {
+		return 0, 0
+	}
+	return v["/gc/heap/allocs:objects"], v["/gc/heap/allocs:bytes"]
+}
+
 // saveProfile writes the profile a p2pserver's debug address serves at
 // path (under /debug/pprof/) to file.
 func saveProfile(debug, path, file string) {
@@ -129,8 +144,10 @@ func loadBenchSource(tb testing.TB, db string, members, perMember int) {
 // p2pserver processes on this machine: the new payer matches 400 members
 // at the old payer, exports their 200,800 resources (PDex STU 2.1
 // $davinci-data-export) and ingests them. It reports members per minute
-// (the whole job), resources per second ingested (the download phase)
-// and each process's peak heap. BULK_BENCH_MEMBERS changes the number of
+// (the whole job), resources per second ingested (the download phase),
+// the target's CPU time, heap allocations and bytes allocated per
+// resource during that phase (figures a busy machine changes less than
+// the rate), and each process's peak heap. BULK_BENCH_MEMBERS changes the number of
 // members (502 resources each); BULK_BENCH_PROFILE names a file for a CPU
 // profile of the target's first 10 seconds of ingestion
 // (BULK_BENCH_PROFILE_SECONDS for another length), and <name>.heap for
@@ -208,6 +225,7 @@ func BenchmarkBulkExchange(b *testing.B) {
 		path = fmt.Sprintf("%s/%v", path, out["bulkJobId"])
 		var downloading time.Time
 		var cpuAtDownload, sourceCPUAtDownload time.Duration
+		var allocsAtDownload, allocBytesAtDownload uint64
 		deadline := time.Now().Add(15 * time.Minute)
 		var st map[string]any
 		for {
@@ -217,6 +235,7 @@ func BenchmarkBulkExchange(b *testing.B) {
 			if downloading.IsZero() && st["phase"] == "downloading" {
 				downloading = time.Now()
 				cpuAtDownload = cpuTime(target.cmd.Process.Pid)
+				allocsAtDownload, allocBytesAtDownload = heapAllocs(target.debug)
 				sourceCPUAtDownload = cpuTime(source.cmd.Process.Pid)
 				if profile != "" {
 					// A CPU profile of the target while it ingests.
@@ -233,6 +252,8 @@ func BenchmarkBulkExchange(b *testing.B) {
 		}
 		total := time.Since(began)
 		cpu := cpuTime(target.cmd.Process.Pid) - cpuAtDownload
+		allocs, allocBytes := heapAllocs(target.debug)
+		allocs, allocBytes = allocs-allocsAtDownload, allocBytes-allocBytesAtDownload
 		sourceCPU := cpuTime(source.cmd.Process.Pid) - sourceCPUAtDownload
 		b.StopTimer()
 		sample()
@@ -250,13 +271,16 @@ func BenchmarkBulkExchange(b *testing.B) {
 		b.ReportMetric(float64(members)/total.Minutes(), "members/min")
 		b.ReportMetric(n/ingest.Seconds(), "resources/s-ingested")
 		b.ReportMetric(n/cpu.Seconds(), "resources/CPU-s")
+		b.ReportMetric(float64(cpu.Microseconds())/n, "CPU-µs/resource")
+		b.ReportMetric(float64(allocs)/n, "allocs/resource")
+		b.ReportMetric(float64(allocBytes)/n, "B-allocated/resource")
 		b.ReportMetric(float64(peakTarget)/(1<<20), "MiB-target-peak-heap")
 		b.ReportMetric(float64(liveTarget)/(1<<20), "MiB-target-peak-live")
 		b.ReportMetric(float64(peakSource)/(1<<20), "MiB-source-peak-heap")
 		fmt.Printf("bulk exchange: %d members, %.0f resources in %s (download and ingest %s): %.0f members/min, %.0f resources/s ingested "+
-			"(target CPU %s: %.0f resources per CPU second; source CPU %s meanwhile); peak heap: target %.0f MiB (%.0f MiB found live by a collection at most; %.0f MiB before the job), source %.0f MiB\n",
+			"(target CPU %s: %.0f resources per CPU second, %.0f µs per resource; %.0f allocations and %.0f bytes allocated per resource; source CPU %s meanwhile); peak heap: target %.0f MiB (%.0f MiB found live by a collection at most; %.0f MiB before the job), source %.0f MiB\n",
 			members, n, total.Round(time.Millisecond), ingest.Round(time.Millisecond), float64(members)/total.Minutes(), n/ingest.Seconds(),
-			cpu.Round(10*time.Millisecond), n/cpu.Seconds(), sourceCPU.Round(10*time.Millisecond),
+			cpu.Round(10*time.Millisecond), n/cpu.Seconds(), float64(cpu.Microseconds())/n, float64(allocs)/n, float64(allocBytes)/n, sourceCPU.Round(10*time.Millisecond),
 			float64(peakTarget)/(1<<20), float64(liveTarget)/(1<<20), float64(idleTarget)/(1<<20), float64(peakSource)/(1<<20))
 		source.term()
 		target.term()

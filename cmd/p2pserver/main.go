@@ -423,16 +423,19 @@ func debugHandler(st *store.Store) http.Handler {
 	return mux
 }
 
-// memoryMetrics are the runtime/metrics samples /debug/memory reports, in
-// bytes: the heap's objects (live and not yet collected), the heap found
+// memoryMetrics are the runtime/metrics samples /debug/memory reports: in
+// bytes, the heap's objects (live and not yet collected), the heap found
 // live by the last collection, the heap goal, and all memory the runtime
-// has mapped. The database file's pages are not among them: bbolt maps
-// the file, which counts in the resident set, not in the heap.
+// has mapped; and the heap allocations since start, in objects and in
+// bytes. The database file's pages are not among them: bbolt maps the
+// file, which counts in the resident set, not in the heap.
 var memoryMetrics = []string{
 	"/memory/classes/heap/objects:bytes",
 	"/gc/heap/live:bytes",
 	"/gc/heap/goal:bytes",
 	"/memory/classes/total:bytes",
+	"/gc/heap/allocs:objects",
+	"/gc/heap/allocs:bytes",
 }
 
 func serveMemory(w http.ResponseWriter, _ *http.Request) {

@@ -143,6 +143,9 @@ func TestDebugMemoryReportsHeap(t *testing.T) {
 	if h := got["/memory/classes/heap/objects:bytes"]; h < uint64(len(keep)) {
 		t.Errorf("heap objects = %d bytes, less than the %d held", h, len(keep))
 	}
+	if a := got["/gc/heap/allocs:bytes"]; a < uint64(len(keep)) {
+		t.Errorf("heap allocations = %d bytes, less than the %d allocated", a, len(keep))
+	}
 	if len(got) != len(memoryMetrics) {
 		t.Errorf("reported %d figures, want only the %d memory ones: %v", len(got), len(memoryMetrics), got)
 	}
