@@ -116,25 +116,6 @@ func (c *Clause) ExactKeys() (keys []string, ok bool) {
 	return keys, len(keys) > 0
 }
 
-// KeysDecide reports whether c is satisfied by any entry of its own
-// parameter under one of ExactKeys' keys, by the key alone: no value is
-// a long one whose whole text, or a payload, has still to be checked.
-// Then the ids of c's parameter's index under those keys are exactly the
-// resources c matches.
-func (c *Clause) KeysDecide() bool {
-	if _, ok := c.ExactKeys(); !ok {
-		return false
-	}
-	for _, v := range c.Values {
-		for _, r := range v.Ranges {
-			if r.Match != nil {
-				return false
-			}
-		}
-	}
-	return true
-}
-
 // Matches reports whether a resource with these index entries satisfies
 // the clause (chained values excepted: they need other resources, and are
 // never matched here).

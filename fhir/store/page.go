@@ -145,13 +145,16 @@ type matcher struct {
 	// current resources that are not deleted have (a delete removes its
 	// entries in its transaction), so their records need not be read.
 	indexed bool
-	// decided is the clause whose index entries give the candidates when
-	// they alone decide it (see search.Clause.KeysDecide): it is not
-	// checked again; entries is false when no clause, compartment or sort
-	// key needs a candidate's index entries, which are then not read.
-	decided *search.Clause
-	entries bool
-	chained map[*search.Clause]idSet
+	// decided is the driving clause of exact keys when it is of a
+	// parameter with its own index: keyIDs then yields only the ids of
+	// the entries its ranges hold (keyMatch, their filters of key and
+	// payload, parallel to keys), so it is not checked again. entries is
+	// false when no clause, compartment or sort key needs a candidate's
+	// index entries, which are then not read.
+	decided  *search.Clause
+	keyMatch []func(key string, payload []byte) bool
+	entries  bool
+	chained  map[*search.Clause]idSet
 	// params are those whose entries the clauses and sort keys read (nil:
 	// all, for a compartment's rule).
 	params map[string]bool
@@ -229,9 +232,14 @@ func (tx *Tx) newMatcher(q *search.Query) (*matcher, error) {
 	}
 	if m.keys != nil {
 		m.indexed = true
-		if !m.decided.KeysDecide() || !tx.s.stored(q.Type, m.param) {
-			// A parameter found through others' indexes, or a long
-			// value sharing its key: each candidate is checked.
+		if tx.s.stored(q.Type, m.param) {
+			for _, v := range m.decided.Values {
+				for _, r := range v.Ranges {
+					m.keyMatch = append(m.keyMatch, r.Match)
+				}
+			}
+		} else {
+			// Found through others' indexes: each candidate is checked.
 			m.decided = nil
 		}
 		m.entries = len(q.Sort) > 0
@@ -454,9 +462,10 @@ func (m *matcher) ids(start string, fn func(id string) bool) {
 }
 
 // keyIDs merges the ids under each exact key of the driving parameter's
-// index (each run in id order) into one id order; for a parameter not
-// stored, under each key of each of its sources' indexes (candidates
-// that match checks).
+// index (each run in id order) into one id order, of the entries the
+// key's range filter (keyMatch) keeps; for a parameter not stored, under
+// each key of each of its sources' indexes (candidates that match
+// checks).
 func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 	var buckets []backend.Bucket
 	for _, src := range m.tx.s.indexSources(m.q.Type, m.param) {
@@ -470,15 +479,29 @@ func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 		c      interface{ Next() ([]byte, []byte) }
 		prefix []byte // the keys of the run start with it
 		skip   int    // the id starts after it
+		key    string // the entry key
+		match  func(key string, payload []byte) bool
 		id     string
 		ok     bool
 	}
+	// skip passes the entries of r the range's filter refuses (a value
+	// crafted to look like a long value's key).
+	skip := func(r *run, k, v []byte) []byte {
+		for r.match != nil && k != nil && bytes.HasPrefix(k, r.prefix) && !r.match(r.key, v) {
+			k, v = r.c.Next()
+		}
+		return k
+	}
 	runs := make([]*run, 0, 2*len(m.keys)*len(buckets))
 	for _, b := range buckets {
-		for _, key := range m.keys {
+		for i, key := range m.keys {
+			var match func(string, []byte) bool
+			if m.keyMatch != nil {
+				match = m.keyMatch[i]
+			}
 			text := append([]byte(key), 0)
 			bin := append(slices.Clip(text), binaryID)
-			for _, r := range []*run{{prefix: bin, skip: len(text)}, {prefix: text, skip: len(text)}} {
+			for _, r := range []*run{{prefix: bin, skip: len(text), key: key, match: match}, {prefix: text, skip: len(text), key: key, match: match}} {
 				// The run ends before its prefix's last byte plus one.
 				end := bytes.Clone(r.prefix)
 				end[len(end)-1]++
@@ -492,11 +515,11 @@ func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 					u := uuidSeek(start)
 					seek = append(seek, u[:]...)
 				}
-				k, _ := c.Seek(seek)
+				k, v := c.Seek(seek)
 				for k != nil && bytes.HasPrefix(k, r.prefix) && start != "" && indexID(k[r.skip:]) <= start {
-					k, _ = c.Next()
+					k, v = c.Next()
 				}
-				if k != nil && bytes.HasPrefix(k, r.prefix) {
+				if k = skip(r, k, v); k != nil && bytes.HasPrefix(k, r.prefix) {
 					r.id, r.ok = indexID(k[r.skip:]), true
 				}
 				runs = append(runs, r)
@@ -504,7 +527,8 @@ func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 		}
 	}
 	advance := func(r *run) {
-		k, _ := r.c.Next()
+		k, v := r.c.Next()
+		k = skip(r, k, v)
 		r.ok = k != nil && bytes.HasPrefix(k, r.prefix)
 		if r.ok {
 			r.id = indexID(k[r.skip:])

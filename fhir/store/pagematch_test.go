@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/url"
 	"os"
@@ -16,15 +18,15 @@ import (
 
 // TestPagesServeExactlyTheMatches checks the rule SearchPage and
 // SearchCount follow when a clause of exact keys drives them: they read
-// the ids of that clause's index entries and, when the keys alone decide
-// the clause (search.Clause.KeysDecide), check neither the resource's
-// record nor that clause again. The pages must still hold exactly what
-// Search finds from the indexes: no deleted resource, none whose update
-// took the value away, a long value's key (clipped, with its digest)
-// shared by two values only for the one asked, each other clause
-// checked, parameters found through others' indexes checked; in a read
-// and in a write transaction whose own puts and deletes are not yet in
-// the indexes (FHIR R4 search.html: a search matches the current
+// the ids of that clause's index entries, filtered by key and payload as
+// its ranges say, and, for a parameter with its own index, check neither
+// the resource's record nor that clause again. The pages must still hold
+// exactly what Search finds from the indexes: no deleted resource, none
+// whose update took the value away, a long value only for itself and not
+// for a short value made to have its key (or the reverse), each other
+// clause checked, parameters found through others' indexes checked; in a
+// read and in a write transaction whose own puts and deletes are not yet
+// in the indexes (FHIR R4 search.html: a search matches the current
 // versions of the resources).
 func TestPagesServeExactlyTheMatches(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "p.db")
@@ -42,8 +44,18 @@ func TestPagesServeExactlyTheMatches(t *testing.T) {
 	t.Cleanup(func() { st.Close(); db.Close() })
 	long := strings.Repeat("x", 600)
 	long1, long2 := long+"1", long+"2"
+	// A short value made to be long1's key (its first 447 bytes, 0x01,
+	// the first 16 bytes of its SHA-256 in hexadecimal: see
+	// search.valueEntry): only its index entry's empty payload tells it
+	// from long1.
+	sum := sha256.Sum256([]byte(long1))
+	crafted := long1[:447] + "\x01" + hex.EncodeToString(sum[:16])
 	code := func(i int) string {
 		switch i % 9 {
+		case 6:
+			if i%2 == 0 {
+				return crafted
+			}
 		case 7:
 			return long1
 		case 8:
@@ -53,7 +65,7 @@ func TestPagesServeExactlyTheMatches(t *testing.T) {
 	}
 	obs := func(id, code, status string, n int) *Doc {
 		return testDoc(t, "Observation", id, fmt.Sprintf(`{"resourceType":"Observation","id":%q,"status":%q,"code":{"coding":[{"system":"urn:t","code":%q}]},"component":[{"code":{"coding":[{"system":"urn:k","code":"c%d"}]}}],"effectiveDateTime":"2024-01-%02d"}`,
-			id, status, code, n%3, 1+n%28))
+			id, status, strings.ReplaceAll(code, "\x01", `\u0001`), n%3, 1+n%28))
 	}
 	id := func(i int) string {
 		if i%2 == 0 {
@@ -95,7 +107,7 @@ func TestPagesServeExactlyTheMatches(t *testing.T) {
 	queries := []string{
 		"code=c0", "code=urn:t|c1", "code=c0,c2", "code=c9", "code=c2&status=final",
 		"code=c1&status=amended&date=ge2024-01-10", "code=" + long1, "code=urn:t|" + long2,
-		"code=" + long + "3", "code=c3&_sort=-date", "code=c0&code=c0,c1", "code=c1&combo-code=c1",
+		"code=" + long + "3", "code=" + url.QueryEscape(crafted), "code=urn:t|" + url.QueryEscape(crafted) + "," + long1, "code=c3&_sort=-date", "code=c0&code=c0,c1", "code=c1&combo-code=c1",
 		"combo-code=c2", "combo-code=urn:k|c1&code=c3", "code:not=c0&status=final", "code:not=c0", "code:not=c1&_sort=date", "code=c3&_id=" + id(3) + "," + id(11),
 	}
 	check := func(tx *Tx, when string, touched []string) {
