@@ -2,6 +2,7 @@ package pgdb
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,6 +22,13 @@ const parkTTL = 50 * time.Millisecond
 // oldest first.
 type parking struct {
 	mu     sync.Mutex
+	// waiters are the transactions waiting for a connection of the
+	// pool, oldest first: a finished read's connection is handed to the
+	// oldest, still in its transaction, rather than parked, where only
+	// the transactions that come after it would find it (and the
+	// waiters only once swept back to the pool, which a busy process
+	// may never do).
+	waiters []chan *pgxpool.Conn
 	conns  []parked
 	timer  *time.Timer // pending sweep; nil when none
 	closed bool
@@ -48,8 +56,8 @@ func (p *parking) take() *pgxpool.Conn {
 }
 
 // park keeps conn, in a finished read transaction begun by at most
-// parkTTL ago, for the next transaction; after the pool closed it is
-// rolled back and released at once.
+// parkTTL ago, for the next transaction, or hands it to the oldest
+// waiter; after the pool closed it is rolled back and released at once.
 func (p *parking) park(conn *pgxpool.Conn) {
 	p.mu.Lock()
 	if p.closed {
@@ -57,11 +65,47 @@ func (p *parking) park(conn *pgxpool.Conn) {
 		release(conn)
 		return
 	}
+	if len(p.waiters) > 0 {
+		w := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		p.mu.Unlock()
+		w <- conn // buffered: never blocks
+		return
+	}
 	p.conns = append(p.conns, parked{conn: conn, at: p.now()})
 	if p.timer == nil {
 		p.timer = time.AfterFunc(parkTTL, p.sweep)
 	}
 	p.mu.Unlock()
+}
+
+// wait returns a parked connection, or else a channel on which park
+// hands one over; a waiter that got a connection elsewhere calls
+// unwait.
+func (p *parking) wait() (*pgxpool.Conn, chan *pgxpool.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.conns); n > 0 {
+		c := p.conns[n-1].conn
+		p.conns[n-1] = parked{}
+		p.conns = p.conns[:n-1]
+		return c, nil
+	}
+	w := make(chan *pgxpool.Conn, 1)
+	p.waiters = append(p.waiters, w)
+	return nil, w
+}
+
+// unwait ends the wait on w, and returns the connection handed over on
+// it meanwhile, if any.
+func (p *parking) unwait(w chan *pgxpool.Conn) *pgxpool.Conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if i := slices.Index(p.waiters, w); i >= 0 {
+		p.waiters = slices.Delete(p.waiters, i, i+1)
+		return nil
+	}
+	return <-w // handed over before the lock: already sent
 }
 
 // sweep rolls back and releases the connections parked for parkTTL or

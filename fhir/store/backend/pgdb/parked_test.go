@@ -114,3 +114,52 @@ func TestParkedReadTransactions(t *testing.T) {
 		}
 	}
 }
+
+// TestWaiterTakesFinishedReadsConnection: while a transaction waits for
+// a connection of the pool, a finished read hands its connection over to
+// it rather than parking it, where only the transactions that come after
+// would find it. The clock is stopped, so that a parked connection is
+// never swept back to the pool: the waiter gets one only from the
+// finished read.
+func TestWaiterTakesFinishedReadsConnection(t *testing.T) {
+	ctx := context.Background()
+	d, err := Open(ctx, pgtest.Database(t)+"&pool_max_conns=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	stopped := time.Now()
+	d.parking.mu.Lock()
+	d.parking.now = func() time.Time { return stopped }
+	d.parking.mu.Unlock()
+	read := func(ctx context.Context, during func()) error {
+		return d.View(ctx, func(tx backend.Tx) error {
+			tx.Bucket([]byte("jobs")) // a round trip: begins the transaction
+			during()
+			return nil
+		})
+	}
+	done := make(chan error, 1)
+	err = read(ctx, func() {
+		go func() {
+			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			done <- read(wctx, func() {})
+		}()
+		for {
+			d.parking.mu.Lock()
+			n := len(d.parking.waiters)
+			d.parking.mu.Unlock()
+			if n > 0 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the waiting read: %v", err)
+	}
+}

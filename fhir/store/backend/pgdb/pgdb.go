@@ -237,7 +237,38 @@ func (d *DB) acquire(ctx context.Context) (conn *pgxpool.Conn, open bool, err er
 	if c := d.parking.take(); c != nil {
 		return c, true, nil
 	}
-	if conn, err = d.pool.Acquire(ctx); err != nil {
+	// The pool has no connection free, or soon will not: the first of
+	// a connection from the pool and one a finishing read hands over.
+	c, w := d.parking.wait()
+	if c != nil {
+		return c, true, nil
+	}
+	actx, cancel := context.WithCancel(ctx)
+	got := make(chan acquired, 1)
+	go func() {
+		c, err := d.pool.Acquire(actx)
+		got <- acquired{c, err}
+	}()
+	select {
+	case c := <-w:
+		cancel()
+		go func() {
+			if r := <-got; r.conn != nil {
+				r.conn.Release()
+			}
+		}()
+		return c, true, nil
+	case r := <-got:
+		cancel()
+		conn, err = r.conn, r.err
+		if c := d.parking.unwait(w); c != nil {
+			if conn != nil {
+				conn.Release()
+			}
+			return c, true, nil
+		}
+	}
+	if err != nil {
 		if ce := (*pgconn.ConnectError)(nil); errors.As(err, &ce) && ctx.Err() == nil {
 			return nil, false, errs.E("database", errs.Transient, unreachableRetry,
 				"the database is not reachable at the moment: try again later", err)
@@ -245,6 +276,12 @@ func (d *DB) acquire(ctx context.Context) (conn *pgxpool.Conn, open bool, err er
 		return nil, false, fmt.Errorf("database: %w", err)
 	}
 	return conn, false, nil
+}
+
+// acquired is the result of the pool's Acquire.
+type acquired struct {
+	conn *pgxpool.Conn
+	err  error
 }
 
 // unreachableRetry is the Retry-After of a request that found the
