@@ -21,7 +21,7 @@ const parkTTL = 50 * time.Millisecond
 // parking holds the connections parked in a finished read transaction,
 // oldest first.
 type parking struct {
-	mu     sync.Mutex
+	mu sync.Mutex
 	// waiters are the transactions waiting for a connection of the
 	// pool, oldest first: a finished read's connection is handed to the
 	// oldest, still in its transaction, rather than parked, where only
@@ -29,10 +29,10 @@ type parking struct {
 	// waiters only once swept back to the pool, which a busy process
 	// may never do).
 	waiters []chan *pgxpool.Conn
-	conns  []parked
-	timer  *time.Timer // pending sweep; nil when none
-	closed bool
-	now    func() time.Time
+	conns   []parked
+	timer   *time.Timer // pending sweep; nil when none
+	closed  bool
+	now     func() time.Time
 }
 
 type parked struct {

@@ -29,7 +29,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -73,16 +72,13 @@ type kvKey struct {
 // since no other write can change them until the commit.
 const hotKeys = 8
 
-// maxConns is the pool size unless the URL sets pool_max_conns: four
-// connections per core this process may use, and at least 8. Readers
-// each hold a connection for a transaction; more connections than
-// PostgreSQL can run at once only make them wait for the CPU in the
-// kernel rather than for a connection in the pool. On a 2-core machine
-// with the server and PostgreSQL on it (p2pload, 32 clients, 20,000
-// resources) 8 connections read as many resources per second as 32 did,
-// with the reads' and searches' p50 3 to 5 times lower and their p99 2
-// to 3 times lower.
-func maxConns() int32 { return int32(max(8, 4*runtime.GOMAXPROCS(0))) }
+// defaultMaxConns is the pool size unless the URL sets pool_max_conns:
+// readers each hold a connection for a transaction. Fewer were tried on
+// the 2-core machine running the server and PostgreSQL (p2pload, 32
+// clients, 20,000 resources): 8 connections read no more resources per
+// second, and once a waiting transaction was handed the connection of
+// the next read to finish (see parking.wait), their p50 was no lower.
+const defaultMaxConns = 32
 
 // sessionParams are the sessions' settings unless the URL sets them.
 //
@@ -109,7 +105,7 @@ func Open(ctx context.Context, url string) (*DB, error) {
 		return nil, fmt.Errorf("database %w", invalidURL(url, err))
 	}
 	if !strings.Contains(url, "pool_max_conns") {
-		cfg.MaxConns = maxConns()
+		cfg.MaxConns = defaultMaxConns
 	}
 	for k, v := range sessionParams {
 		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {

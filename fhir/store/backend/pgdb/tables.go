@@ -3,7 +3,7 @@ package pgdb
 import (
 	"bytes"
 	"encoding/binary"
-		"fmt"
+	"fmt"
 	"math"
 	"strings"
 	"unicode/utf8"
