@@ -68,6 +68,9 @@ type app struct {
 const initialMmapSize = 8 << 30
 
 func newApp(cfg Config, log *slog.Logger) (*app, error) {
+	// While the database cannot be reached, the store says so (once, and
+	// once a minute); the workers' own errors about it are left out.
+	log = slog.New(store.QuietUnreachable(log.Handler()))
 	// A bbolt file's map is reserved large (address space, not memory)
 	// so that the file growing does not remap it: a remap waits for every
 	// read transaction to end while holding the writer, and copies every

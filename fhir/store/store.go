@@ -58,6 +58,9 @@ type Store struct {
 	// at the first older version (see writtenAt and stampBucket).
 	stampFloor atomic.Int64
 
+	// outage logs the database's outages (see outageLog).
+	outage outageLog
+
 	// held is how long the writer has been busy committing, and longest
 	// its longest commit group (nanoseconds), since Open.
 	held, longest atomic.Int64
@@ -110,7 +113,7 @@ func Open(db backend.DB, reg *search.Registry, log *slog.Logger) (*Store, error)
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
 	s := &Store{
-		db: db, reg: reg, log: log,
+		db: db, reg: reg, log: log, outage: outageLog{log: log, now: time.Now},
 		writes:  make(chan *writeReq, 1024),
 		closing: make(chan struct{}),
 		stopped: make(chan struct{}),
@@ -178,9 +181,11 @@ func (s *Store) View(ctx context.Context, fn func(tx *Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.View(ctx, func(btx backend.Tx) error {
+	err := s.db.View(ctx, func(btx backend.Tx) error {
 		return fn(&Tx{s: s, btx: btx, ctx: ctx})
 	})
+	s.outage.note(err)
+	return err
 }
 
 // Queued returns how many writes wait for the writer (not counting the
@@ -386,6 +391,11 @@ func (s *Store) commit(group []*writeReq) {
 			}
 		}
 		after = nil
+	}
+	if errors.Is(err, errNothingToCommit) {
+		s.outage.note(nil)
+	} else {
+		s.outage.note(err)
 	}
 	// Counted before the writes are answered, so that a writer sees its
 	// own write's time.

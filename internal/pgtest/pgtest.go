@@ -43,8 +43,10 @@ var ErrNotInstalled = errors.New(Install)
 type Server struct {
 	dir  string
 	port int
+	bin  string
+	cred *syscall.Credential
 	cmd  *exec.Cmd
-	done chan struct{}
+	done chan struct{} // closed when the postgres process has ended
 	n    atomic.Int64
 	stop sync.Once
 }
@@ -120,14 +122,13 @@ func Start() (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	data := filepath.Join(dir, "data")
-	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale", "C", "--no-sync")
+	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", filepath.Join(dir, "data"), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale", "C", "--no-sync")
 	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	if out, err := initdb.CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("pgtest: initdb: %w\n%s", err, out)
 	}
-	s := &Server{dir: dir, done: make(chan struct{})}
+	s := &Server{dir: dir}
 	// The port is free now; another process taking it before the server
 	// does makes the server fail to start, and Start says so.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -137,38 +138,51 @@ func Start() (*Server, error) {
 	}
 	s.port = ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	// Crash safety of a test server does not matter: no fsync.
-	args := []string{"-D", data, "-p", strconv.Itoa(s.port), "-k", dir, "-c", "listen_addresses=127.0.0.1",
-		"-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "shared_buffers=64MB"}
-	logf, err := os.Create(filepath.Join(dir, "server.log"))
-	if err != nil {
+	s.bin, s.cred = bin, cred
+	if err := s.launch(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	if cred != nil {
-		os.Chown(logf.Name(), int(cred.Uid), int(cred.Gid))
+	return s, nil
+}
+
+// launch starts postgres on s's folder and port and waits until it
+// answers.
+func (s *Server) launch() error {
+	s.done = make(chan struct{})
+	data := filepath.Join(s.dir, "data")
+	// Crash safety of a test server does not matter: no fsync.
+	args := []string{"-D", data, "-p", strconv.Itoa(s.port), "-k", s.dir, "-c", "listen_addresses=127.0.0.1",
+		"-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "shared_buffers=64MB"}
+	logf, err := os.OpenFile(filepath.Join(s.dir, "server.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	if s.cred != nil {
+		os.Chown(logf.Name(), int(s.cred.Uid), int(s.cred.Gid))
 	}
 	started := make(chan error, 1)
+	done := s.done
 	go func() {
 		// Pdeathsig is sent when the thread that started the child ends:
 		// this goroutine keeps its thread until the server has stopped.
 		runtime.LockOSThread()
-		s.cmd = exec.Command(filepath.Join(bin, "postgres"), args...)
-		s.cmd.Stdout, s.cmd.Stderr = logf, logf
-		s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGINT}
-		if err := s.cmd.Start(); err != nil {
+		cmd := exec.Command(filepath.Join(s.bin, "postgres"), args...)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred, Pdeathsig: syscall.SIGINT}
+		s.cmd = cmd
+		if err := cmd.Start(); err != nil {
 			started <- err
-			close(s.done)
+			close(done)
 			return
 		}
 		started <- nil
-		s.cmd.Wait()
+		cmd.Wait()
 		logf.Close()
-		close(s.done)
+		close(done)
 	}()
 	if err := <-started; err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("pgtest: start postgres: %w", err)
+		return fmt.Errorf("pgtest: start postgres: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -176,20 +190,41 @@ func Start() (*Server, error) {
 		conn, err := pgx.Connect(ctx, s.URL("postgres"))
 		if err == nil {
 			conn.Close(ctx)
-			return s, nil
+			return nil
 		}
 		select {
-		case <-s.done:
-			log, _ := os.ReadFile(filepath.Join(dir, "server.log"))
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("pgtest: the server stopped: %s", log)
+		case <-done:
+			log, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
+			return fmt.Errorf("pgtest: the server stopped: %s", log)
 		case <-ctx.Done():
-			s.Stop()
-			return nil, fmt.Errorf("pgtest: the server does not answer: %w", err)
+			s.halt()
+			return fmt.Errorf("pgtest: the server does not answer: %w", err)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
+
+// halt stops the postgres process (fast shutdown) and waits for it.
+func (s *Server) halt() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		s.cmd.Process.Signal(syscall.SIGINT)
+	}
+	select {
+	case <-s.done:
+	case <-time.After(30 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+// Shutdown stops the server (fast shutdown: the sessions are ended) and
+// keeps its data, so that Restart starts it again as it was: what a
+// database restart or an outage looks like to its clients.
+func (s *Server) Shutdown() { s.halt() }
+
+// Restart starts a server stopped by Shutdown again, on the same port
+// and data.
+func (s *Server) Restart() error { return s.launch() }
 
 // credential returns who runs the server: the postgres user when this
 // process is root (the folder is given to it), else nobody else.
@@ -250,15 +285,7 @@ func (s *Server) NewDatabase(ctx context.Context) (string, error) {
 // after the first do nothing.
 func (s *Server) Stop() {
 	s.stop.Do(func() {
-		if s.cmd != nil && s.cmd.Process != nil {
-			s.cmd.Process.Signal(syscall.SIGINT)
-		}
-		select {
-		case <-s.done:
-		case <-time.After(30 * time.Second):
-			s.cmd.Process.Kill()
-			<-s.done
-		}
+		s.halt()
 		os.RemoveAll(s.dir)
 	})
 }

@@ -12,7 +12,15 @@
 // saw a failure never commits.
 package backend
 
-import "context"
+import (
+	"context"
+	"errors"
+)
+
+// ErrUnreachable is wrapped by the errors of a database that could not be
+// reached (a PostgreSQL server stopped, restarting or failing over): the
+// transaction did nothing, and the same one may succeed later.
+var ErrUnreachable = errors.New("the database is not reachable")
 
 // DB is an open database.
 type DB interface {

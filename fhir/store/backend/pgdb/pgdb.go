@@ -267,7 +267,7 @@ func (d *DB) acquire(ctx context.Context) (conn *pgxpool.Conn, open bool, err er
 	if err != nil {
 		if ce := (*pgconn.ConnectError)(nil); errors.As(err, &ce) && ctx.Err() == nil {
 			return nil, false, errs.E("database", errs.Transient, unreachableRetry,
-				"the database is not reachable at the moment: try again later", err)
+				"the database is not reachable at the moment: try again later", fmt.Errorf("%w: %w", backend.ErrUnreachable, err))
 		}
 		return nil, false, fmt.Errorf("database: %w", err)
 	}
