@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/p2pserver/p2pserver/fhir/fhirjson"
 )
 
@@ -45,9 +46,52 @@ func recordHead(dst []byte, typ, id string, version int64, lastUpdated time.Time
 	dst = append(dst, `","meta":{"versionId":"`...)
 	dst = strconv.AppendInt(dst, version, 10)
 	dst = append(dst, `","lastUpdated":"`...)
-	dst = lastUpdated.UTC().AppendFormat(dst, "2006-01-02T15:04:05.000000Z07:00")
+	dst = appendStamp(dst, lastUpdated)
 	return append(dst, '"')
 }
+
+// stampLayout is how a version's lastUpdated is written in its JSON.
+const stampLayout = "2006-01-02T15:04:05.000000Z07:00"
+
+// appendStamp appends t in stampLayout, in UTC, as t.UTC().AppendFormat
+// does, without time's layout interpreter: every read of a stored
+// version makes its head again, and formatting the time was most of that.
+// Years outside 0-9999 (which stampLayout writes differently) are left to
+// AppendFormat.
+func appendStamp(dst []byte, t time.Time) []byte {
+	t = t.UTC()
+	year, month, day := t.Date()
+	if year < 0 || year > 9999 {
+		return t.AppendFormat(dst, stampLayout)
+	}
+	hour, minute, sec := t.Clock()
+	digits := func(dst []byte, v, n int) []byte {
+		var b [6]byte
+		for i := n - 1; i >= 0; i-- {
+			b[i] = byte('0' + v%10)
+			v /= 10
+		}
+		return append(dst, b[:n]...)
+	}
+	dst = digits(dst, year, 4)
+	dst = append(dst, '-')
+	dst = digits(dst, int(month), 2)
+	dst = append(dst, '-')
+	dst = digits(dst, day, 2)
+	dst = append(dst, 'T')
+	dst = digits(dst, hour, 2)
+	dst = append(dst, ':')
+	dst = digits(dst, minute, 2)
+	dst = append(dst, ':')
+	dst = digits(dst, sec, 2)
+	dst = append(dst, '.')
+	dst = digits(dst, t.Nanosecond()/1000, 6)
+	return append(dst, 'Z')
+}
+
+// recordHeadFixed is the length of a head (recordHead) without its type
+// and id, with the longest version number.
+const recordHeadFixed = len(`{"resourceType":"","id":"","meta":{"versionId":"","lastUpdated":"2006-01-02T15:04:05.000000Z"`) + 20
 
 // recordFixed is the length of a record's fixed part: flags, version,
 // lastUpdated; the JSON follows.
@@ -108,7 +152,20 @@ func recordJSON(typ, id string, b, scratch []byte) ([]byte, error) {
 	if b[0]&flagPacked == 0 {
 		return b[17:], nil
 	}
+	// One allocation for the head and the JSON: the frame says how long
+	// the JSON is.
+	size := 0
+	if b[0]&flagHead != 0 {
+		size = len(typ) + len(id) + recordHeadFixed
+	}
+	var h zstd.Header
+	if h.Decode(b[17:]) == nil && h.HasFCS && h.FrameContentSize < 64<<20 {
+		size += int(h.FrameContentSize)
+	}
 	out := scratch[:0]
+	if cap(out) < size {
+		out = make([]byte, 0, size)
+	}
 	if b[0]&flagHead != 0 {
 		out = recordHead(out, typ, id, recordVersion(b), time.UnixMicro(int64(binary.BigEndian.Uint64(b[9:]))))
 	}
@@ -272,7 +329,7 @@ func stamp(data []byte, typ, id string, version int64, lastUpdated time.Time) ([
 	quote := func(s string) json.RawMessage { b, _ := json.Marshal(s); return b }
 	meta := []fhirjson.Member{
 		{Key: "versionId", Raw: quote(fmt.Sprint(version))},
-		{Key: "lastUpdated", Raw: quote(lastUpdated.UTC().Format("2006-01-02T15:04:05.000000Z07:00"))},
+		{Key: "lastUpdated", Raw: quote(lastUpdated.UTC().Format(stampLayout))},
 	}
 	out := []fhirjson.Member{{Key: "resourceType", Raw: quote(typ)}, {Key: "id", Raw: quote(id)}, {Key: "meta"}}
 	for _, m := range ms {

@@ -438,3 +438,36 @@ func TestStampCanonical(t *testing.T) {
 		})
 	}
 }
+
+// TestStampIsTheLayout: the head of a stored version (recordHead) writes
+// lastUpdated as time's own formatting of stampLayout does, byte for byte,
+// whatever the time (it is part of the record format: a record stored
+// without its head is read back with the head made again), in any time
+// zone, with nanoseconds cut to microseconds, and outside years 0-9999.
+func TestStampIsTheLayout(t *testing.T) {
+	paris, err := time.LoadLocation("Europe/Paris")
+	if err != nil {
+		paris = time.FixedZone("CET", 3600)
+	}
+	times := []time.Time{
+		{},
+		time.Unix(0, 0),
+		time.Date(2025, 1, 2, 3, 4, 5, 6000, time.UTC),
+		time.Date(2025, 12, 31, 23, 59, 59, 999999999, time.UTC),
+		time.Date(2024, 2, 29, 0, 0, 0, 999, time.UTC),
+		time.Date(2024, 7, 1, 0, 30, 0, 123456789, paris),
+		time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(0, 3, 4, 5, 6, 7, 8000, time.UTC),
+	}
+	for i := range 2000 {
+		times = append(times, time.UnixMicro(int64(i)*7919*1e9+int64(i)*104729).UTC())
+	}
+	for _, tm := range times {
+		want := tm.UTC().AppendFormat([]byte("x"), stampLayout)
+		if got := appendStamp([]byte("x"), tm); string(got) != string(want) {
+			t.Errorf("%v: %s, want %s", tm, got, want)
+		}
+	}
+}
