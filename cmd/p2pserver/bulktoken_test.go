@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,29 @@ const tokenSecret = "s3cr3t-Of-The-New-Payer-0123456789"
 // assertion (private_key_jwt) or Authorization header
 // (client_secret_basic).
 type tokenRequest struct{ assertion, authorization string }
+
+// tokenRequests records what a token endpoint was sent.
+type tokenRequests struct {
+	mu   sync.Mutex
+	seen []tokenRequest
+}
+
+// serve records the token request r and answers it with answer.
+func (t *tokenRequests) serve(w http.ResponseWriter, r *http.Request, answer func(w http.ResponseWriter, rq tokenRequest)) {
+	_ = r.ParseForm()
+	rq := tokenRequest{assertion: r.PostForm.Get("client_assertion"), authorization: r.Header.Get("Authorization")}
+	t.mu.Lock()
+	t.seen = append(t.seen, rq)
+	t.mu.Unlock()
+	answer(w, rq)
+}
+
+// all returns the requests recorded so far.
+func (t *tokenRequests) all() []tokenRequest {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.seen)
+}
 
 // hostileTokenAnswer is one way a token endpoint answers by quoting the
 // client_credentials request it was sent (SMART Backend Services,
@@ -135,18 +159,12 @@ func TestBulkJobNeverShowsWhatTheTokenEndpointEchoes(t *testing.T) {
 					t.Fatalf("PUT the definition with client_secret_basic: %d", st)
 				}
 			}
-			var mu sync.Mutex
-			var seen []tokenRequest
+			var requests tokenRequests
 			fp.traffic.then = func(w http.ResponseWriter, r *http.Request) bool {
 				if r.Method != http.MethodPost || r.URL.Path != tokenURL.Path {
 					return false
 				}
-				_ = r.ParseForm()
-				rq := tokenRequest{assertion: r.PostForm.Get("client_assertion"), authorization: r.Header.Get("Authorization")}
-				mu.Lock()
-				seen = append(seen, rq)
-				mu.Unlock()
-				row.answer(w, rq)
+				requests.serve(w, r, row.answer)
 				return true
 			}
 			path := startBulk(t, fp.target.payer, fp.pid, map[string]any{"members": fp.list})
@@ -159,9 +177,7 @@ func TestBulkJobNeverShowsWhatTheTokenEndpointEchoes(t *testing.T) {
 			fp.target.call("GET", path[:strings.LastIndex(path, "/")], testBackoffice, nil, &list)
 			shown := map[string]string{"the job's status": string(status), "the job list": string(list), "the log": logs.String()}
 
-			mu.Lock()
-			defer mu.Unlock()
-			secrets := echoedSecrets(t, seen, row.basic)
+			secrets := echoedSecrets(t, requests.all(), row.basic)
 			for where, text := range shown {
 				for what, s := range secrets {
 					if strings.Contains(text, s) {
@@ -189,15 +205,9 @@ func TestSystemTokenCheckNeverShowsWhatTheTokenEndpointEchoes(t *testing.T) {
 	for _, row := range hostileTokenAnswers() {
 		t.Run(row.name, func(t *testing.T) {
 			t.Parallel()
-			var mu sync.Mutex
-			var seen []tokenRequest
+			var requests tokenRequests
 			endpoint := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				_ = r.ParseForm()
-				rq := tokenRequest{assertion: r.PostForm.Get("client_assertion"), authorization: r.Header.Get("Authorization")}
-				mu.Lock()
-				seen = append(seen, rq)
-				mu.Unlock()
-				row.answer(w, rq)
+				requests.serve(w, r, row.answer)
 			}))
 			defer endpoint.Close()
 			logs := &lockedBuffer{}
@@ -223,9 +233,7 @@ func TestSystemTokenCheckNeverShowsWhatTheTokenEndpointEchoes(t *testing.T) {
 			if rep.OK || len(rep.Problems) == 0 {
 				t.Fatalf("a token endpoint that gave no token: %s", raw)
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			for what, secret := range echoedSecrets(t, seen, row.basic) {
+			for what, secret := range echoedSecrets(t, requests.all(), row.basic) {
 				if strings.Contains(string(raw), secret) {
 					t.Errorf("the report shows %s (%q): %s", what, secret, raw)
 				}
