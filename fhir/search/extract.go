@@ -45,7 +45,7 @@ func (r *Registry) Extract(typ string, res map[string]any) []Entry {
 			want[i] = true
 		}
 	}
-	x := extraction{r: r, res: res}
+	x := extraction{r: r, res: res, keysFrom: -1}
 	for i, p := range pl.params {
 		if want[i] {
 			start := x.eval(p)
@@ -73,7 +73,7 @@ func (r *Registry) ExtractReading(typ, name string, res map[string]any) ([]Entry
 		return nil, map[string]bool{}
 	}
 	rd := pl.reading(name)
-	x := extraction{r: r, res: res}
+	x := extraction{r: r, res: res, keysFrom: -1}
 	for _, i := range rd.params {
 		p := pl.params[i]
 		if p.reads != nil && !hasAny(res, p.reads) {

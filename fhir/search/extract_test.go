@@ -128,9 +128,65 @@ func cpuNow() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// chunkProvenance is a Provenance as a bulk ingest writes one per chunk:
+// n targets, of distinct resources (versioned references to
+// Observations, some to Patients and Groups, a few urn:uuid ones typed
+// Patient) and, when distinct < n, the first ones again.
+func chunkProvenance(n, distinct int) string {
+	var b strings.Builder
+	b.WriteString(`{"resourceType":"Provenance","id":"bulk-1-chunk-1","recorded":"2026-11-30T10:00:00Z","target":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k := i % distinct
+		switch {
+		case k%250 == 249: // after more than 16 Patients
+			fmt.Fprintf(&b, `{"reference":"urn:uuid:00000000-0000-4000-8000-%012d","type":"Patient"}`, k)
+		case k%10 == 0:
+			fmt.Fprintf(&b, `{"reference":"Patient/0123456789abcdef.p%05d/_history/1"}`, k)
+		case k%250 == 1:
+			fmt.Fprintf(&b, `{"reference":"Group/0123456789abcdef.g%05d"}`, k)
+		default:
+			fmt.Fprintf(&b, `{"reference":"Observation/0123456789abcdef.o%05d/_history/1"}`, k)
+		}
+	}
+	b.WriteString(`],"agent":[{"type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/provenance-participant-type","code":"transmitter"}]},"who":{"display":"Old Payer"}}]}`)
+	return b.String()
+}
+
+// TestExtractManyEntriesOfOneParameter: a parameter with many entries (a
+// chunk's Provenance target, its duplicates among them, and patient taken
+// from target or evaluated when a urn:uuid reference needs its type
+// element) gets the entries evaluating every parameter gives.
+func TestExtractManyEntriesOfOneParameter(t *testing.T) {
+	for _, c := range []struct{ n, distinct int }{{5, 5}, {16, 16}, {17, 17}, {40, 17}, {600, 300}, {1000, 1000}} {
+		var m map[string]any
+		dec := json.NewDecoder(strings.NewReader(chunkProvenance(c.n, c.distinct)))
+		dec.UseNumber()
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		got := reg.Extract("Provenance", m)
+		if g, w := sortedEntries(got), sortedEntries(extractAll(reg, "Provenance", m)); !slices.Equal(g, w) {
+			t.Fatalf("%d targets (%d distinct): Extract gives %d entries, want %d", c.n, c.distinct, len(g), len(w))
+		}
+		targets := 0
+		for _, e := range got {
+			if e.Param == "target" {
+				targets++
+			}
+		}
+		if targets != c.distinct {
+			t.Errorf("%d targets (%d distinct): %d target entries", c.n, c.distinct, targets)
+		}
+	}
+}
+
 // BenchmarkExtract computes the index entries of an Observation and a
 // Patient as the load run creates them, and of an Observation as the bulk
-// exchange benchmark ingests it (local id, meta.source, category):
+// exchange benchmark ingests it (local id, meta.source, category), and of
+// the Provenance of a bulk ingest's chunk of 1,000 resources:
 // "all" evaluates every parameter of the type whole, every type's
 // branches; "Extract" goes by the type's plan: only the type's branches,
 // the parameters whose elements are absent skipped, those with sources
@@ -140,6 +196,7 @@ func BenchmarkExtract(b *testing.B) {
 	docs := []struct{ name, typ, doc string }{
 		{"Observation", "Observation", `{"resourceType":"Observation","id":"o1","status":"final","code":{"coding":[{"system":"urn:load","code":"c5","display":"Load code 5"}]},"subject":{"reference":"Patient/abc"},"effectiveDateTime":"2015-02-03T10:00:00Z","valueQuantity":{"value":5.5,"unit":"mg","system":"http://unitsofmeasure.org","code":"mg"}}`},
 		{"Patient", "Patient", `{"resourceType":"Patient","id":"p1","identifier":[{"system":"urn:load:member","value":"m5"}],"name":[{"family":"Fam5","given":["Given5"]}],"gender":"male","birthDate":"1945-02-03"}`},
+		{"ChunkProvenance", "Provenance", chunkProvenance(1000, 1000)},
 		{"IngestedObservation", "Observation", `{"resourceType":"Observation","id":"0123456789abcdef.o00001-0001","meta":{"source":"http://old.example/fhir/Observation/o00001-0001","lastUpdated":"2026-11-30T10:00:00.123456Z"},"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"8867-4","display":"Heart rate"}],"text":"Heart rate"},"subject":{"reference":"Patient/0123456789abcdef.p00001"},"effectiveDateTime":"2025-11-30T01:00:00Z","valueQuantity":{"value":51,"unit":"beats/minute","system":"http://unitsofmeasure.org","code":"/min"}}`},
 	}
 	for _, d := range docs {

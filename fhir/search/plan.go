@@ -95,6 +95,43 @@ type extraction struct {
 	res   map[string]any
 	focus *fhirpath.Focus // made for the first parameter evaluated
 	out   []Entry
+	// keys holds the keys of the current parameter's entries once they
+	// are too many to compare one by one (see has).
+	keys map[string]bool
+	// keysFrom is where the entries keys holds start in out (-1: none).
+	keysFrom int
+}
+
+// linearKeys is how many entries of one parameter are compared one by
+// one for a duplicate; beyond, a map of their keys is kept (a
+// Provenance's target has an entry per resource of a chunk).
+const linearKeys = 16
+
+// has reports whether the entries out[start:end] of one parameter have
+// key already; keys it is told of with remember.
+func (x *extraction) has(start, end int, key string) bool {
+	if end-start <= linearKeys {
+		return slices.ContainsFunc(x.out[start:end], func(have Entry) bool { return have.Key == key })
+	}
+	if x.keysFrom != start {
+		clear(x.keys)
+		if x.keys == nil {
+			x.keys = make(map[string]bool, 2*(end-start))
+		}
+		for _, e := range x.out[start:end] {
+			x.keys[e.Key] = true
+		}
+		x.keysFrom = start
+	}
+	return x.keys[key]
+}
+
+// remember records that an entry with key was kept among the entries of
+// the parameter whose entries start at start.
+func (x *extraction) remember(start int, key string) {
+	if x.keysFrom == start {
+		x.keys[key] = true
+	}
 }
 
 // eval appends the entries of parameter p (code), without duplicates,
@@ -112,10 +149,11 @@ func (x *extraction) eval(p *Param) int {
 		kept := from
 		for i := from; i < len(x.out); i++ {
 			e := x.out[i]
-			if !slices.ContainsFunc(x.out[start:kept], func(have Entry) bool { return have.Key == e.Key }) {
+			if !x.has(start, kept, e.Key) {
 				e.Param = p.Code
 				x.out[kept] = e
 				kept++
+				x.remember(start, e.Key)
 			}
 		}
 		clear(x.out[kept:])
@@ -127,19 +165,19 @@ func (x *extraction) eval(p *Param) int {
 // add appends e under code unless the entries from start on (those of
 // the same parameter) have its key already.
 func (x *extraction) add(start int, code string, e Entry) {
-	for _, have := range x.out[start:] {
-		if have.Key == e.Key {
-			return
-		}
+	if x.has(start, len(x.out), e.Key) {
+		return
 	}
 	e.Param = code
 	x.out = append(x.out, e)
+	x.remember(start, e.Key)
 }
 
 // derive appends the entries of the derived parameter d, taken from its
-// sources' entries (span gives where each parameter's are in x.out); false when a source's entry does not tell whether it
-// is one of d's (a reference resolve() types by its type element), and
-// then nothing is appended.
+// sources' entries (span gives where each parameter's are in x.out);
+// false when a source's entry does not tell whether it is one of d's (a
+// reference resolve() types by its type element), and then nothing is
+// appended.
 func (x *extraction) derive(pl *plan, d derivedParam, span [][2]int32) bool {
 	p := pl.params[d.at]
 	start := len(x.out)
@@ -151,7 +189,9 @@ func (x *extraction) derive(pl *plan, d derivedParam, span [][2]int32) bool {
 			if s.ResolveIs != "" {
 				in, decided := x.r.Decides(s, e.Key, e.Payload)
 				if !decided {
+					clear(x.out[start:])
 					x.out = x.out[:start]
+					x.keysFrom = -1 // the keys of what was taken back
 					return false
 				}
 				if !in {
