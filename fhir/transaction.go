@@ -28,6 +28,12 @@ type wireBundle struct {
 	Entry []json.RawMessage `json:"entry"`
 }
 
+// wireEntries is a Bundle read with its entries in one pass, when every
+// entry can be (see parseEntries).
+type wireEntries struct {
+	Entry []wireEntry `json:"entry"`
+}
+
 type wireEntry struct {
 	FullURL  string          `json:"fullUrl"`
 	Resource json.RawMessage `json:"resource"`
@@ -47,7 +53,10 @@ type txEntry struct {
 	ifMatch string
 	ifNone  string
 	raw     []byte
-	res     *response
+	// body is the resource's id and type, read with the whole Bundle
+	// (nil: read from raw when needed).
+	body *bodyInfo
+	res  *response
 	// valid: the entry's resource passed the Bundle's structural
 	// validation (checkBundle), so it is not validated again.
 	valid bool
@@ -94,30 +103,41 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, err)
 		return
 	}
-	var wb wireBundle
-	if err := json.Unmarshal(body, &wb); err != nil {
-		WriteError(w, r, errs.E("fhir.bundle", errs.Invalid, "the Bundle could not be read", err))
-		return
-	}
-	entries, err := s.parseEntries(&wb, invalid, isBatch)
+	entries, err := s.parseEntries(body, invalid, isBatch)
 	if err != nil {
 		WriteError(w, r, err)
 		return
 	}
+	// The resources' ids and types, from the Bundle decoded above rather
+	// than from each resource's text again.
+	infos := make([]bodyInfo, len(list))
+	for i, e := range entries {
+		if e == nil || i >= len(list) {
+			continue
+		}
+		em, _ := list[i].(map[string]any)
+		rm, ok := em["resource"].(map[string]any)
+		if !ok {
+			continue
+		}
+		infos[i].ResourceType, _ = rm["resourceType"].(string)
+		infos[i].ID, _ = rm["id"].(string)
+		e.body = &infos[i]
+	}
 	ret, _ := prefer(r)
-	switch wb.Type {
+	switch typ {
 	case "transaction":
 		err = s.transaction(r, entries)
 	case "batch":
 		s.batch(r, entries)
 	default:
-		err = errs.E("fhir.bundle", errs.Invalid, fmt.Sprintf("a Bundle of type %q cannot be processed; use transaction or batch", wb.Type))
+		err = errs.E("fhir.bundle", errs.Invalid, fmt.Sprintf("a Bundle of type %q cannot be processed; use transaction or batch", typ))
 	}
 	if err != nil {
 		WriteError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, s.responseBundle(wb.Type+"-response", entries, ret == "representation"))
+	writeJSON(w, http.StatusOK, s.responseBundle(typ+"-response", entries, ret == "representation"))
 }
 
 // entryPath finds the entry a validation issue is about:
@@ -167,7 +187,32 @@ func (s *Server) checkBundle(m map[string]any, batch bool) (map[int]error, error
 // invalid (listed in invalid, or with a request this server cannot
 // process) is given its failure as its response, and the others go on; in
 // a transaction it fails the whole Bundle.
-func (s *Server) parseEntries(wb *wireBundle, invalid map[int]error, batch bool) ([]*txEntry, error) {
+//
+// The entries are read in one pass over body; when one cannot be read
+// as an entry (a batch's invalid entry), they are read one at a time, so
+// that it fails alone.
+func (s *Server) parseEntries(body []byte, invalid map[int]error, batch bool) ([]*txEntry, error) {
+	var all wireEntries
+	if err := json.Unmarshal(body, &all); err == nil {
+		out := make([]*txEntry, len(all.Entry))
+		for i := range all.Entry {
+			te, err := s.entryOf(i, &all.Entry[i], invalid[i])
+			if err != nil {
+				if !batch {
+					msg, issues := errs.Public(err)
+					return nil, errs.E("fhir.transaction", errs.KindOf(err), msg+"; nothing was written", issues, err)
+				}
+				status, oo := Outcome(err)
+				te = &txEntry{index: i, fullURL: all.Entry[i].FullURL, res: &response{Status: status, Outcome: oo}}
+			}
+			out[i] = te
+		}
+		return out, nil
+	}
+	var wb wireBundle
+	if err := json.Unmarshal(body, &wb); err != nil {
+		return nil, errs.E("fhir.bundle", errs.Invalid, "the Bundle could not be read", err)
+	}
 	out := make([]*txEntry, len(wb.Entry))
 	for i, rawEntry := range wb.Entry {
 		te, err := s.parseEntry(i, rawEntry, invalid[i])
@@ -200,6 +245,18 @@ func (s *Server) parseEntry(i int, rawEntry json.RawMessage, invalid error) (*tx
 	var e wireEntry
 	if err := json.Unmarshal(rawEntry, &e); err != nil {
 		return nil, fail("the entry could not be read")
+	}
+	return s.entryOf(i, &e, nil)
+}
+
+// entryOf reads entry i's request (invalid: the entry's resource failed
+// validation).
+func (s *Server) entryOf(i int, e *wireEntry, invalid error) (*txEntry, error) {
+	if invalid != nil {
+		return nil, invalid
+	}
+	fail := func(format string, args ...any) error {
+		return errs.E("fhir.bundle", errs.Invalid, fmt.Sprintf("entry %d: ", i)+fmt.Sprintf(format, args...))
 	}
 	if e.Request == nil || e.Request.Method == "" || e.Request.URL == "" {
 		return nil, fail("request.method and request.url are required")
@@ -285,7 +342,11 @@ func (s *Server) transaction(r *http.Request, entries []*txEntry) error {
 	for i, e := range entries {
 		newIDs[i] = NewID()
 		if len(e.raw) > 0 {
-			bodies[i] = decodeBody(e.raw)
+			if e.body != nil {
+				bodies[i] = *e.body
+			} else {
+				bodies[i] = decodeBody(e.raw)
+			}
 			if bodies[i].ResourceType != e.typ {
 				return entryErr(e, errs.E("fhir.transaction", errs.Invalid, fmt.Sprintf("the resource is a %s but request.url is for %s", bodies[i].ResourceType, e.typ)))
 			}
