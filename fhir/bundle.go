@@ -46,6 +46,11 @@ type BundleEntry struct {
 	Search   *EntrySearch    `json:"search,omitempty"`
 	Request  *EntryRequest   `json:"request,omitempty"`
 	Response *EntryResponse  `json:"response,omitempty"`
+	// compact is set by this package on an entry whose Resource it knows
+	// to be compact valid JSON: a stored version (the store writes every
+	// version compact, see store.Tx.Put) or what shapeResource made.
+	// Encode writes it as it is instead of compacting it again.
+	compact bool
 }
 
 // EntrySearch is Bundle.entry.search.
@@ -326,7 +331,7 @@ func (s *Server) renderEntries(tx *store.Tx, b *Bundle, typ string, ids []string
 		if err != nil {
 			return nil, err
 		}
-		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: body, Search: &EntrySearch{Mode: "match"}})
+		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: body, Search: &EntrySearch{Mode: "match"}, compact: true})
 	}
 	extra, cut, err := s.included(tx, typ, seen, q, sees)
 	if err != nil {
@@ -337,7 +342,7 @@ func (s *Server) renderEntries(tx *store.Tx, b *Bundle, typ string, ids []string
 		if err != nil {
 			return nil, err
 		}
-		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: body, Search: &EntrySearch{Mode: "include"}})
+		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: body, Search: &EntrySearch{Mode: "include"}, compact: true})
 	}
 	if cut {
 		oo, _ := json.Marshal(includeLimitOutcome(s.cfg.MaxIncluded))

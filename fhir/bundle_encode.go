@@ -14,7 +14,10 @@ import (
 // compact, valid JSON objects, as the store and this package produce them
 // (stored versions, shaped _elements/_summary copies, OperationOutcomes,
 // generated Provenance); a resource with insignificant whitespace is
-// compacted here.
+// compacted here, unless this package marked it compact (stored versions
+// and shaped copies), which is written as it is. An entry with only a
+// search mode, and a fullUrl of plain characters, are written without
+// encoding/json.
 func (b *Bundle) Encode() ([]byte, error) {
 	head := *b
 	head.Entry = nil
@@ -35,16 +38,25 @@ func (b *Bundle) Encode() ([]byte, error) {
 		}
 		res, full := e.Resource, e.FullURL
 		e.Resource, e.FullURL = nil, ""
-		rest, err := json.Marshal(&e) // search, request, response: small
-		if err != nil {
-			return nil, err
+		var rest []byte
+		mode := e.Search != nil && e.Request == nil && e.Response == nil && plainJSON(e.Search.Mode)
+		if !mode {
+			if rest, err = json.Marshal(&e); err != nil { // search, request, response: small
+				return nil, err
+			}
 		}
 		buf.WriteByte('{')
 		sep := false
 		if full != "" {
-			q, _ := json.Marshal(full)
 			buf.WriteString(`"fullUrl":`)
-			buf.Write(q)
+			if plainJSON(full) {
+				buf.WriteByte('"')
+				buf.WriteString(full)
+				buf.WriteByte('"')
+			} else {
+				q, _ := json.Marshal(full)
+				buf.Write(q)
+			}
 			sep = true
 		}
 		if len(res) > 0 {
@@ -52,14 +64,26 @@ func (b *Bundle) Encode() ([]byte, error) {
 				buf.WriteByte(',')
 			}
 			buf.WriteString(`"resource":`)
-			b, err := fhirjson.AppendCompact(buf.AvailableBuffer(), res)
-			if err != nil {
-				return nil, err
+			if e.compact {
+				buf.Write(res)
+			} else {
+				b, err := fhirjson.AppendCompact(buf.AvailableBuffer(), res)
+				if err != nil {
+					return nil, err
+				}
+				buf.Write(b)
 			}
-			buf.Write(b)
 			sep = true
 		}
-		if len(rest) > 2 { // more than {}
+		switch {
+		case mode:
+			if sep {
+				buf.WriteByte(',')
+			}
+			buf.WriteString(`"search":{"mode":"`)
+			buf.WriteString(e.Search.Mode)
+			buf.WriteString(`"}`)
+		case len(rest) > 2: // more than {}
 			if sep {
 				buf.WriteByte(',')
 			}
@@ -69,4 +93,17 @@ func (b *Bundle) Encode() ([]byte, error) {
 	}
 	buf.WriteString("]}")
 	return buf.Bytes(), nil
+}
+
+// plainJSON reports whether s is written in a JSON string as it is, as
+// encoding/json writes it: printable ASCII without '"', '\\' or the
+// characters encoding/json escapes for HTML ('<', '>', '&').
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
 }

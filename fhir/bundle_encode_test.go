@@ -1,12 +1,16 @@
 package fhir
 
 import (
+	"bytes"
 	"encoding/json"
 	"reflect"
 	"testing"
 )
 
-// Encode says the same as json.Marshal, whatever the entries hold.
+// Encode says the same as json.Marshal, whatever the entries hold: a
+// fullUrl of plain characters or one encoding/json escapes, an entry with
+// a search mode only or with request and response too, a resource this
+// package marked compact (written as it is) or not (compacted).
 func TestBundleEncodeMatchesMarshal(t *testing.T) {
 	total := 3
 	b := newBundle("searchset")
@@ -18,6 +22,11 @@ func TestBundleEncodeMatchesMarshal(t *testing.T) {
 		{Resource: json.RawMessage(`{"resourceType":"OperationOutcome","issue":[]}`), Search: &EntrySearch{Mode: "outcome"}},
 		{FullURL: "http://x/fhir/Patient/2", Request: &EntryRequest{Method: "DELETE", URL: "Patient/2"}, Response: &EntryResponse{Status: "200 OK", Etag: `W/"2"`}},
 		{},
+		{FullURL: "http://x/fhir/Patient/3", Resource: json.RawMessage(`{"resourceType":"Patient","id":"3","name":[{"family":"O'Brien < & >"}]}`), Search: &EntrySearch{Mode: "match"}, compact: true},
+		{FullURL: "http://x/fhir/Patient?a=1&b=<2>", Search: &EntrySearch{Mode: "include"}},
+		{FullURL: "urn:x:\"quoted\"\\é\u2028", Search: &EntrySearch{Mode: "a\"b"}},
+		{FullURL: "http://x/fhir/Patient/4", Search: &EntrySearch{Mode: "match"}, Response: &EntryResponse{Status: "200 OK"}},
+		{Search: &EntrySearch{}},
 	}
 	got, err := b.Encode()
 	if err != nil {
@@ -34,6 +43,9 @@ func TestBundleEncodeMatchesMarshal(t *testing.T) {
 	_ = json.Unmarshal(want, &w)
 	if !reflect.DeepEqual(g, w) {
 		t.Fatalf("Encode:\n%s\njson.Marshal:\n%s", got, want)
+	}
+	if !bytes.Contains(got, []byte(`"resource":{"resourceType":"Patient","id":"3","name":[{"family":"O'Brien < & >"}]}`)) {
+		t.Errorf("the resource marked compact was not written as it is:\n%s", got)
 	}
 	empty := newBundle("history")
 	if got, _ := empty.Encode(); !json.Valid(got) {

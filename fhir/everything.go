@@ -624,7 +624,7 @@ func (s *Server) everythingEntries(tx *store.Tx, opts EverythingOptions, b *Bund
 		if include {
 			mode = "include"
 		}
-		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: v.JSON, Search: &EntrySearch{Mode: mode}})
+		b.Entry = append(b.Entry, BundleEntry{FullURL: s.fullURL(v), Resource: v.JSON, Search: &EntrySearch{Mode: mode}, compact: true})
 	}
 	if ignored := sn.query.Kept["ignored"]; len(ignored) > 0 {
 		oo, _ := json.Marshal(&OperationOutcome{ResourceType: "OperationOutcome", Issue: []OOIssue{{
