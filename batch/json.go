@@ -26,6 +26,37 @@ var (
 type jsonReader struct {
 	buf bytes.Buffer
 	dec jsontext.Decoder
+	// names holds the member names read so far (kept with the reader
+	// in its pool): FHIR JSON uses few, again and again, and decoding a
+	// resource makes a string of each name of each object otherwise.
+	names map[string]string
+}
+
+// maxNames bounds jsonReader.names: beyond it, new names are not kept.
+const maxNames = 1024
+
+// name reads the next object member name.
+func (r *jsonReader) name() (string, error) {
+	raw, err := r.dec.ReadValue()
+	if err != nil {
+		return "", err
+	}
+	b := raw[1 : len(raw)-1] // a name is a string, quoted
+	if bytes.IndexByte(b, '\\') >= 0 {
+		u, err := jsontext.AppendUnquote(nil, raw)
+		return string(u), err
+	}
+	if s, ok := r.names[string(b)]; ok {
+		return s, nil
+	}
+	s := string(b)
+	if r.names == nil {
+		r.names = make(map[string]string, 64)
+	}
+	if len(r.names) < maxNames {
+		r.names[s] = s
+	}
+	return s, nil
 }
 
 var jsonReaders = sync.Pool{New: func() any { return new(jsonReader) }}
@@ -95,11 +126,10 @@ func (r *jsonReader) value(refs *[]map[string]any) (any, error) {
 	case '{':
 		m := make(map[string]any, 8)
 		for d.PeekKind() != '}' {
-			k, err := d.ReadToken()
+			key, err := r.name()
 			if err != nil {
 				return nil, err
 			}
-			key := k.String()
 			v, err := r.value(refs)
 			if err != nil {
 				return nil, err
