@@ -440,7 +440,7 @@ func (r *Runner) lookup(pg *preparedPage, base string) (present map[string]strin
 		}
 		for _, res := range pg.resources {
 			if here, _ := stored(res.typ, res.localID); here != "" {
-				res.localID = here
+				res.setLocalID(here)
 			}
 			v, err := tx.Read(res.typ, res.localID)
 			if err != nil {

@@ -52,9 +52,19 @@ type pageResource struct {
 	// is the current local version it was found at.
 	unchanged bool
 	version   int64
+	ref       string // localRef, made by setLocalID
 }
 
-func (p *pageResource) localRef() string { return p.typ + "/" + p.localID }
+// setLocalID sets the resource's local id (and its localRef).
+func (p *pageResource) setLocalID(id string) { p.localID, p.ref = id, p.typ+"/"+id }
+
+// localRef is the resource's local reference, Type/localID.
+func (p *pageResource) localRef() string {
+	if p.ref == "" {
+		return p.typ + "/" + p.localID
+	}
+	return p.ref
+}
 
 // pendingRef records that referrer names target, which is not here yet.
 // The referrer holds either the absolute source URL abs (until target
@@ -317,7 +327,7 @@ func (pp *preparer) decode(i int, fullURL string, raw []byte) (*pageResource, er
 	default:
 		return nil, fmt.Errorf("entry %d (%s) has neither an id nor a fullUrl, so it could not be recognized when it comes again", i, typ)
 	}
-	r.localID = localID(pp.base, typ, r.srcID)
+	r.setLocalID(localID(pp.base, typ, r.srcID))
 	for _, rm := range refMaps {
 		if t, id, _, ok := pp.sourceRef(rm["reference"].(string)); ok {
 			r.refs = append(r.refs, t+"/"+localID(pp.base, t, id))
