@@ -276,6 +276,14 @@ func (t *tx) Bucket(name []byte) backend.Bucket {
 // its row (and sequence) when neither the transaction nor the DB knows.
 // A transaction that has failed answers that it does, so that its
 // callers meet empty buckets rather than nil ones until it ends.
+//
+// A name not found is remembered by the transaction only: another
+// process may create the bucket at any moment, and a cache of absent
+// names would hide its rows from this one until told. The round trip is
+// the one a read of the bucket would have cost had it existed, and it is
+// rare: 36 lookups of absent names in 20,000 creates (1,258 commit
+// groups), 35 in 37,000 reads and searches (pg_stat_statements during
+// p2pload).
 func (t *tx) exists(o *obucket) bool {
 	if o.exists != 0 {
 		return o.exists > 0
