@@ -558,16 +558,6 @@ type spawned struct {
 	resources int
 }
 
-// spawn starts a p2pserver on a free loopback port with a new database and
-// returns a function that stops it and removes the database.
-func spawn(bin string, args ...string) (func(), string, error) {
-	s, err := start(bin, args...)
-	if err != nil {
-		return nil, "", err
-	}
-	return s.stop, s.base, nil
-}
-
 // start starts a p2pserver on a free loopback port with a new database.
 func start(bin string, args ...string) (*spawned, error) {
 	addr, err := freeAddr()
