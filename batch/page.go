@@ -145,9 +145,22 @@ const maxPrefixedSource = 64 - 16 - 1
 // resources would take another's ids; a resource there from elsewhere is
 // never written over either, see foreign).
 func sourcePrefix(base, typ string) string {
+	key := prefixKey{base, typ}
+	if p, ok := prefixes.Load(key); ok {
+		return p.(string)
+	}
 	sum := sha256.Sum256([]byte(base + "\x00" + typ))
-	return hex.EncodeToString(sum[:8])
+	p := hex.EncodeToString(sum[:8])
+	prefixes.Store(key, p)
+	return p
 }
+
+// prefixes holds the sourcePrefix of each source base and type met: a
+// resource's local id and those of its references each need one. There
+// are as many as the sources' bases times the types ingested from them.
+var prefixes sync.Map // prefixKey -> string
+
+type prefixKey struct{ base, typ string }
 
 // digestID is the local id of a source resource whose id does not fit the
 // prefixed form (or that has none: a fullUrl), and the id every resource
