@@ -665,8 +665,9 @@ func (r *Runner) writeResources(tx *store.Tx, job int64, pg *preparedPage) (writ
 	digests := tx.KV(digestBucket)
 	for _, res := range pg.resources {
 		if res.unchanged {
-			if v, err := tx.Read(res.typ, res.localID); err == nil && v.VersionID == res.version {
-				w.written = append(w.written, provenance.IngestedResource{Type: res.typ, ID: res.localID, Version: v.VersionID})
+			// Still the version found unchanged (read without its JSON).
+			if vid, deleted, ok := tx.CurrentVersion(res.typ, res.localID); ok && !deleted && vid == res.version {
+				w.written = append(w.written, provenance.IngestedResource{Type: res.typ, ID: res.localID, Version: vid})
 				w.unchanged++
 				continue
 			}
@@ -706,6 +707,9 @@ func (r *Runner) writeResources(tx *store.Tx, job int64, pg *preparedPage) (writ
 // deleted resource keeps its owner: its last live version decides), is
 // never overwritten.
 func foreign(tx *store.Tx, res *pageResource) string {
+	if _, _, ok := tx.CurrentVersion(res.typ, res.localID); !ok {
+		return "" // nothing there (what a first ingestion finds, asked without making a NotFound error)
+	}
 	v, err := tx.Read(res.typ, res.localID)
 	switch {
 	case v == nil:
