@@ -292,3 +292,76 @@ func TestPagingUnderWrites(t *testing.T) {
 	}
 	ts.do(http.MethodGet, "/Observation?_cursor=nonsense.0", nil).want(t, http.StatusGone).outcome(t)
 }
+
+// TestSearchRepeatedItemsSharingAKey: a parameter matches a resource when
+// any of its values does (FHIR R4 search.html#search, and #date, #quantity),
+// also when two of the resource's items have the same index key but
+// different extents or units: Timing events 2015 and 2015-01-01T00:00:00Z
+// (one start, two ends), a component's 120 mm[Hg] and another's 120 /min
+// (one number, two units). An update taking one of the items away leaves
+// the other's match alone.
+func TestSearchRepeatedItemsSharingAKey(t *testing.T) {
+	ts := newServer(t)
+	component := func(code, unit string) string {
+		return `{"code":{"coding":[{"system":"http://loinc.org","code":"` + code + `"}]},"valueQuantity":{"value":120,"system":"http://unitsofmeasure.org","code":"` + unit + `"}}`
+	}
+	obs := func(id, rest string) string {
+		return `{"resourceType":"Observation","id":"` + id + `","status":"final","code":{"text":"x"},` + rest + `}`
+	}
+	loadFixtures(t, ts, []string{
+		obs("bp1", `"component":[`+component("8480-6", "mm[Hg]")+`,`+component("8867-4", "/min")+`]`),
+		obs("bp2", `"valueQuantity":{"value":120,"system":"http://unitsofmeasure.org","code":"mm[Hg]"},"component":[`+component("8867-4", "/min")+`]`),
+		obs("bp3", `"component":[`+component("8480-6", "mm[Hg]")+`]`),
+		obs("t1", `"effectiveTiming":{"event":["2015","2015-01-01T00:00:00Z"]}`),
+		obs("t2", `"effectiveTiming":{"event":["2015-01-01T00:00:00Z","2015"]}`),
+		obs("t3", `"effectiveDateTime":"2015"`),
+		obs("t4", `"effectiveTiming":{"event":["2015-01-01T00:00:00Z","2015-01-01T00:00:00.000Z"]}`),
+		`{"resourceType":"Goal","id":"g1","lifecycleStatus":"active","description":{"text":"x"},"subject":{"reference":"Patient/p1"},"target":[{"dueDate":"2020"},{"dueDate":"2020-01-01"}]}`,
+		`{"resourceType":"Goal","id":"g2","lifecycleStatus":"active","description":{"text":"x"},"subject":{"reference":"Patient/p1"},"target":[{"dueDate":"2020"}]}`,
+	})
+	search := func(t *testing.T, query string, want ...string) {
+		t.Helper()
+		r := ts.do(http.MethodGet, "/"+query, nil).want(t, http.StatusOK)
+		got := bundleIDs(r.JSON)
+		for i := range got {
+			got[i] = got[i][strings.IndexByte(got[i], '/')+1:]
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: got %v, want %v", query, got, want)
+		}
+	}
+	for _, c := range []struct {
+		query string
+		want  []string
+	}{
+		{"Observation?component-value-quantity=120|http://unitsofmeasure.org|/min", []string{"bp1", "bp2"}},
+		{"Observation?component-value-quantity=120|http://unitsofmeasure.org|mm[Hg]", []string{"bp1", "bp3"}},
+		{"Observation?component-value-quantity=120||/min", []string{"bp1", "bp2"}},
+		{"Observation?component-value-quantity=120||g", nil},
+		{"Observation?combo-value-quantity=120||/min", []string{"bp1", "bp2"}},
+		{"Observation?combo-value-quantity=120||mm[Hg]", []string{"bp1", "bp2", "bp3"}},
+		{"Observation?value-quantity=120||/min", nil},
+		{"Observation?date=2015-01-01T00:00:00Z", []string{"t1", "t2", "t4"}},
+		{"Observation?date=2015", []string{"t1", "t2", "t3", "t4"}},
+		{"Observation?date=gt2015-06-01", []string{"t1", "t2", "t3"}},
+		{"Observation?date=ne2015-01-01T00:00:00Z", []string{"t1", "t2", "t3"}},
+		{"Observation?date=le2015-01-01T00:00:00Z", []string{"t1", "t2", "t4"}},
+		{"Goal?target-date=2020-01-01", []string{"g1"}},
+		{"Goal?target-date=2020", []string{"g1", "g2"}},
+		{"Goal?target-date=ne2020-01-01", []string{"g1", "g2"}},
+	} {
+		search(t, c.query, c.want...)
+	}
+	// An update that takes one item away: the entry keeps the other's.
+	ts.do(http.MethodPut, "/Observation/bp1", obs("bp1", `"component":[`+component("8480-6", "mm[Hg]")+`]`)).want(t, http.StatusOK)
+	ts.do(http.MethodPut, "/Observation/t1", obs("t1", `"effectiveTiming":{"event":["2015"]}`)).want(t, http.StatusOK)
+	search(t, "Observation?component-value-quantity=120||/min", "bp2")
+	search(t, "Observation?component-value-quantity=120||mm[Hg]", "bp1", "bp3")
+	search(t, "Observation?date=2015-01-01T00:00:00Z", "t2", "t4")
+	search(t, "Observation?date=ne2015-01-01T00:00:00Z", "t1", "t2", "t3")
+	// And one that adds it back.
+	ts.do(http.MethodPut, "/Observation/t1", obs("t1", `"effectiveTiming":{"event":["2015","2015-01-01T00:00:00Z"]}`)).want(t, http.StatusOK)
+	search(t, "Observation?date=2015-01-01T00:00:00Z", "t1", "t2", "t4")
+}

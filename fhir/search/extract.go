@@ -351,6 +351,9 @@ func appendNumber(dst []Entry, n fhirpath.Node) []Entry {
 	if n.Type == "Money" {
 		unit = "urn:iso:std:iso:4217|" + str(m["currency"]) + "|" + str(m["currency"])
 	}
+	// NUL separates the units of items with the same number (see
+	// mergePayload).
+	unit = stripNUL(unit)
 	return append(dst, Entry{Key: pfxNum + hexFloat(v), Payload: []byte(unit)})
 }
 

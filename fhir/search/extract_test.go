@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -24,7 +25,7 @@ var whole sync.Map // *Param -> *fhirpath.Expr
 // skipped for the elements it reads, each whole.
 func extractAll(r *Registry, typ string, res map[string]any) []Entry {
 	var out []Entry
-	seen := map[string]bool{}
+	seen := map[string]int{} // where each entry is in out
 	for code, p := range r.byType[typ] {
 		e, ok := whole.Load(p)
 		if !ok {
@@ -35,8 +36,10 @@ func extractAll(r *Registry, typ string, res map[string]any) []Entry {
 			for _, e := range entriesFor(p, n) {
 				e.Param = code
 				k := code + "\x00" + e.Key
-				if !seen[k] {
-					seen[k] = true
+				if at, ok := seen[k]; ok {
+					out[at].Payload = mergePayload(e.Key, out[at].Payload, e.Payload)
+				} else {
+					seen[k] = len(out)
 					out = append(out, e)
 				}
 			}
@@ -275,5 +278,65 @@ func TestExtractDerivedParameters(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExtractRepeatedItemsSharingAKey: two items of one parameter with the
+// same index key and different payloads (a date's end, a quantity's unit)
+// give one entry that each of them matches through (FHIR R4
+// search.html#search: a parameter matches when any of the resource's
+// values does), whatever their order, the items of a parameter with
+// sources (combo-value-quantity) too; the same payload twice is kept once.
+func TestExtractRepeatedItemsSharingAKey(t *testing.T) {
+	obs := func(rest string) string {
+		return `{"resourceType":"Observation","id":"a","status":"final","code":{"text":"x"},` + rest + `}`
+	}
+	q := func(v, unit string) string {
+		return `{"code":{"text":"c"},"valueQuantity":{"value":` + v + `,"system":"http://unitsofmeasure.org","code":"` + unit + `"}}`
+	}
+	for _, c := range []struct {
+		typ, doc, query string
+		want            bool
+	}{
+		{"Observation", obs(`"component":[` + q("120", "mm[Hg]") + `,` + q("120", "/min") + `]`), "component-value-quantity=120|http://unitsofmeasure.org|/min", true},
+		{"Observation", obs(`"component":[` + q("120", "/min") + `,` + q("120", "mm[Hg]") + `]`), "component-value-quantity=120||mm[Hg]", true},
+		{"Observation", obs(`"component":[` + q("120", "/min") + `,` + q("120.0", "mm[Hg]") + `]`), "component-value-quantity=120||g", false},
+		{"Observation", obs(`"valueQuantity":{"value":120,"code":"mm[Hg]"},"component":[` + q("120", "/min") + `]`), "combo-value-quantity=120||/min", true},
+		{"Observation", obs(`"valueQuantity":{"value":120,"code":"mm[Hg]"},"component":[` + q("120", "/min") + `]`), "combo-value-quantity=120||mm[Hg]", true},
+		{"Observation", obs(`"valueQuantity":{"value":120,"code":"mm[Hg]"},"component":[` + q("120", "/min") + `]`), "value-quantity=120||/min", false},
+		{"Observation", obs(`"effectiveTiming":{"event":["2015","2015-01-01T00:00:00Z"]}`), "date=2015-01-01T00:00:00Z", true},
+		{"Observation", obs(`"effectiveTiming":{"event":["2015-01-01T00:00:00Z","2015"]}`), "date=gt2015-06-01", true},
+		{"Observation", obs(`"effectiveTiming":{"event":["2015-01-01T00:00:00Z","2015"]}`), "date=ne2015-01-01T00:00:00Z", true},
+		{"Observation", obs(`"effectiveTiming":{"event":["2015-01-01T00:00:00Z","2015-01-01T00:00:00.000Z"]}`), "date=ne2015-01-01T00:00:00Z", false},
+		{"Observation", obs(`"effectiveTiming":{"event":["2015-01-01T00:00:00Z","2015-01-01T00:00:00.000Z"]}`), "date=2015-01-01T00:00:00Z", true},
+		{"Observation", obs(`"effectiveTiming":{"event":["2015"],"repeat":{"boundsPeriod":{"start":"2015-01-01"}}}`), "date=ge2016-06-01", true},
+		{"Goal", `{"resourceType":"Goal","id":"g","lifecycleStatus":"active","description":{"text":"x"},"subject":{"reference":"Patient/p"},"target":[{"dueDate":"2020"},{"dueDate":"2020-01-01"}]}`, "target-date=2020-01-01", true},
+		{"Goal", `{"resourceType":"Goal","id":"g","lifecycleStatus":"active","description":{"text":"x"},"subject":{"reference":"Patient/p"},"target":[{"dueDate":"2020"}]}`, "target-date=2020-01-01", false},
+	} {
+		var m map[string]any
+		dec := json.NewDecoder(strings.NewReader(c.doc))
+		dec.UseNumber()
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		es := reg.Extract(c.typ, m)
+		keys := map[string]bool{}
+		for _, e := range es {
+			if keys[e.Param+"\x00"+e.Key] {
+				t.Errorf("%s: two entries of %s %q", c.doc, e.Param, e.Key)
+			}
+			keys[e.Param+"\x00"+e.Key] = true
+		}
+		v, err := url.ParseQuery(c.query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		query, err := reg.Parse(c.typ, v, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := Matches(&query.Clauses[0], es); got != c.want {
+			t.Errorf("%s on %s: %v, want %v (entries %v)", c.query, c.doc, got, c.want, sortedEntries(es))
+		}
 	}
 }

@@ -97,7 +97,7 @@ type extraction struct {
 	out   []Entry
 	// keys holds the keys of the current parameter's entries once they
 	// are too many to compare one by one (see has).
-	keys map[string]bool
+	keys map[string]int
 	// keysFrom is where the entries keys holds start in out (-1: none).
 	keysFrom int
 }
@@ -107,30 +107,36 @@ type extraction struct {
 // Provenance's target has an entry per resource of a chunk).
 const linearKeys = 16
 
-// has reports whether the entries out[start:end] of one parameter have
-// key already; keys it is told of with remember.
-func (x *extraction) has(start, end int, key string) bool {
+// find returns where among the entries out[start:end] of one parameter
+// the one with key is, or -1; keys it is told of with remember.
+func (x *extraction) find(start, end int, key string) int {
 	if end-start <= linearKeys {
-		return slices.ContainsFunc(x.out[start:end], func(have Entry) bool { return have.Key == key })
+		if j := slices.IndexFunc(x.out[start:end], func(have Entry) bool { return have.Key == key }); j >= 0 {
+			return start + j
+		}
+		return -1
 	}
 	if x.keysFrom != start {
 		clear(x.keys)
 		if x.keys == nil {
-			x.keys = make(map[string]bool, 2*(end-start))
+			x.keys = make(map[string]int, 2*(end-start))
 		}
-		for _, e := range x.out[start:end] {
-			x.keys[e.Key] = true
+		for i, e := range x.out[start:end] {
+			x.keys[e.Key] = start + i
 		}
 		x.keysFrom = start
 	}
-	return x.keys[key]
+	if i, ok := x.keys[key]; ok {
+		return i
+	}
+	return -1
 }
 
-// remember records that an entry with key was kept among the entries of
-// the parameter whose entries start at start.
-func (x *extraction) remember(start int, key string) {
+// remember records that an entry with key was kept at out[at] among the
+// entries of the parameter whose entries start at start.
+func (x *extraction) remember(start int, key string, at int) {
 	if x.keysFrom == start {
-		x.keys[key] = true
+		x.keys[key] = at
 	}
 }
 
@@ -145,16 +151,19 @@ func (x *extraction) eval(p *Param) int {
 		from := len(x.out)
 		x.out = appendEntries(x.out, p, n)
 		// Keep the new ones not among the parameter's entries before
-		// them.
+		// them; one whose key is there with another payload adds its
+		// payload to that entry's (see mergePayload).
 		kept := from
 		for i := from; i < len(x.out); i++ {
 			e := x.out[i]
-			if !x.has(start, kept, e.Key) {
-				e.Param = p.Code
-				x.out[kept] = e
-				kept++
-				x.remember(start, e.Key)
+			if j := x.find(start, kept, e.Key); j >= 0 {
+				x.out[j].Payload = mergePayload(e.Key, x.out[j].Payload, e.Payload)
+				continue
 			}
+			e.Param = p.Code
+			x.out[kept] = e
+			x.remember(start, e.Key, kept)
+			kept++
 		}
 		clear(x.out[kept:])
 		x.out = x.out[:kept]
@@ -163,14 +172,16 @@ func (x *extraction) eval(p *Param) int {
 }
 
 // add appends e under code unless the entries from start on (those of
-// the same parameter) have its key already.
+// the same parameter) have its key already; then its payload is added to
+// that entry's (see mergePayload).
 func (x *extraction) add(start int, code string, e Entry) {
-	if x.has(start, len(x.out), e.Key) {
+	if j := x.find(start, len(x.out), e.Key); j >= 0 {
+		x.out[j].Payload = mergePayload(e.Key, x.out[j].Payload, e.Payload)
 		return
 	}
 	e.Param = code
 	x.out = append(x.out, e)
-	x.remember(start, e.Key)
+	x.remember(start, e.Key, len(x.out)-1)
 }
 
 // derive appends the entries of the derived parameter d, taken from its

@@ -706,10 +706,24 @@ func dateValueRange(code, v string) (Range, error) {
 	}
 	all := Range{Start: pfxDate, End: pfxDate + "\xff"}
 	span := phi - plo
+	// An entry stands for every item of the resource starting at its
+	// key: it matches when one of their upper bounds does (see
+	// mergePayload).
 	match := func(f func(lo, hi int64) bool) func(string, []byte) bool {
 		return func(k string, payload []byte) bool {
 			lo, ok := parseHexInt(k[len(pfxDate):])
-			return ok && f(lo, bytesInt64(payload))
+			if !ok {
+				return false
+			}
+			if len(payload) < 8 {
+				return f(lo, bytesInt64(payload))
+			}
+			for ; len(payload) >= 8; payload = payload[8:] {
+				if f(lo, bytesInt64(payload)) {
+					return true
+				}
+			}
+			return false
 		}
 	}
 	within := func(lo, hi int64) bool { return lo >= plo && hi <= phi }
@@ -756,18 +770,22 @@ func numberValueRange(p *Param, v string) (Range, error) {
 	if err != nil {
 		return Range{}, invalid("%s: %v", p.Code, err)
 	}
+	// An entry stands for every item of the resource with its number:
+	// one of their units must be the one asked for (see mergePayload).
 	unitOK := func(payload []byte) bool {
 		if unitCode == "" {
 			return true
 		}
-		parts := strings.SplitN(string(payload), "|", 3)
-		if len(parts) != 3 {
-			return false
+		for unit := range strings.SplitSeq(string(payload), "\x00") {
+			parts := strings.SplitN(unit, "|", 3)
+			if len(parts) != 3 {
+				continue
+			}
+			if unitSys == "" && (parts[1] == unitCode || parts[2] == unitCode) || unitSys != "" && parts[0] == unitSys && parts[1] == unitCode {
+				return true
+			}
 		}
-		if unitSys == "" {
-			return parts[1] == unitCode || parts[2] == unitCode
-		}
-		return parts[0] == unitSys && parts[1] == unitCode
+		return false
 	}
 	var test func(x float64) bool
 	switch pre {

@@ -1,11 +1,13 @@
 package search
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -211,6 +213,46 @@ func parseHexFloat(s string) (float64, bool) {
 		u = ^u
 	}
 	return math.Float64frombits(u), true
+}
+
+// mergePayload returns the payload of the one index entry a parameter
+// keeps for two of a resource's items with the same key (an index holds
+// one entry per key and resource) but different payloads, so that a search
+// matches on either item (search.html#search: a parameter matches when any
+// of its values does): under a date key the upper bounds, 8 bytes each,
+// one after the other (Timing events 2015 and 2015-01-01T00:00:00Z start
+// alike and end apart); under a number key the units, NUL between them (a
+// component's 120 mm[Hg] and 120 /min). Any other key keeps have (its
+// payload is the value the key names). The result never shares add's or
+// a changed have's memory.
+func mergePayload(key string, have, add []byte) []byte {
+	switch {
+	case bytes.Equal(have, add):
+		return have
+	case strings.HasPrefix(key, pfxDate):
+		for p := add; len(p) >= 8; p = p[8:] {
+			if !slices.ContainsFunc(dateBounds(have), func(b []byte) bool { return bytes.Equal(b, p[:8]) }) {
+				have = append(slices.Clip(have), p[:8]...)
+			}
+		}
+	case strings.HasPrefix(key, pfxNum) && len(have) > 0 && len(add) > 0:
+		for _, u := range bytes.Split(add, []byte{0}) {
+			if !slices.ContainsFunc(bytes.Split(have, []byte{0}), func(h []byte) bool { return bytes.Equal(h, u) }) {
+				have = append(append(slices.Clip(have), 0), u...)
+			}
+		}
+	}
+	return have
+}
+
+// dateBounds splits a date entry's payload into its upper bounds (see
+// mergePayload).
+func dateBounds(p []byte) [][]byte {
+	var out [][]byte
+	for ; len(p) >= 8; p = p[8:] {
+		out = append(out, p[:8])
+	}
+	return out
 }
 
 func int64Bytes(v int64) []byte {
