@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -294,6 +295,11 @@ func TestExtractRepeatedItemsSharingAKey(t *testing.T) {
 	q := func(v, unit string) string {
 		return `{"code":{"text":"c"},"valueQuantity":{"value":` + v + `,"system":"http://unitsofmeasure.org","code":"` + unit + `"}}`
 	}
+	var distinct []string // more components than are compared one by one (linearKeys)
+	for i := range 20 {
+		distinct = append(distinct, q(strconv.Itoa(i+1), "g"))
+	}
+	many := strings.Join(distinct, ",")
 	for _, c := range []struct {
 		typ, doc, query string
 		want            bool
@@ -310,6 +316,10 @@ func TestExtractRepeatedItemsSharingAKey(t *testing.T) {
 		{"Observation", obs(`"effectiveTiming":{"event":["2015-01-01T00:00:00Z","2015-01-01T00:00:00.000Z"]}`), "date=ne2015-01-01T00:00:00Z", false},
 		{"Observation", obs(`"effectiveTiming":{"event":["2015-01-01T00:00:00Z","2015-01-01T00:00:00.000Z"]}`), "date=2015-01-01T00:00:00Z", true},
 		{"Observation", obs(`"effectiveTiming":{"event":["2015"],"repeat":{"boundsPeriod":{"start":"2015-01-01"}}}`), "date=ge2016-06-01", true},
+		// More items than are compared one by one (linearKeys).
+		{"Observation", obs(`"effectiveTiming":{"event":["2001","2002","2003","2004","2005","2006","2007","2008","2009","2010","2011","2012","2013","2014","2016","2017","2018","2019","2015","2015-01-01T00:00:00Z"]}`), "date=2015-01-01T00:00:00Z", true},
+		{"Observation", obs(`"component":[` + many + `,` + q("120", "mm[Hg]") + `,` + q("120", "/min") + `]`), "component-value-quantity=120||/min", true},
+		{"Observation", obs(`"valueQuantity":{"value":120,"code":"mm[Hg]"},"component":[` + many + `,` + q("120", "/min") + `]`), "combo-value-quantity=120||/min", true},
 		{"Goal", `{"resourceType":"Goal","id":"g","lifecycleStatus":"active","description":{"text":"x"},"subject":{"reference":"Patient/p"},"target":[{"dueDate":"2020"},{"dueDate":"2020-01-01"}]}`, "target-date=2020-01-01", true},
 		{"Goal", `{"resourceType":"Goal","id":"g","lifecycleStatus":"active","description":{"text":"x"},"subject":{"reference":"Patient/p"},"target":[{"dueDate":"2020"}]}`, "target-date=2020-01-01", false},
 	} {
