@@ -147,7 +147,7 @@ func TestAnalyzeDecidedByTableSize(t *testing.T) {
 func TestYoungTablesAreAnalyzed(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.Database(t)
-	d, err := Open(ctx, url)
+	d, err := Open(ctx, url+"&pool_max_conns=1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,11 +158,13 @@ func TestYoungTablesAreAnalyzed(t *testing.T) {
 	}
 	defer conn.Close(ctx)
 	putRows(t, d, 0, analyzeFirst-1)
+	flush(t, d)
 	waitIdle(d)
 	if a, _ := kvStats(t, conn); a != 0 {
 		t.Fatalf("p2p_kv analyzed %d times after %d rows, want 0", a, analyzeFirst-1)
 	}
 	putRows(t, d, analyzeFirst-1, 1)
+	flush(t, d) // before the check, statsLag after the commit
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		waitIdle(d)
