@@ -63,22 +63,29 @@ func TestKilledSessions(t *testing.T) {
 			if err := put("1"); err != nil {
 				t.Fatal(err)
 			}
-			// conns reads at once, each on a connection of its own.
-			var wg sync.WaitGroup
-			start := make(chan struct{})
+			// conns reads at once, each on a connection of its own:
+			// each holds it until every one has its own (a read
+			// finishing before would hand its connection over to one
+			// still waiting for the pool).
+			var wg, have sync.WaitGroup
+			start, all := make(chan struct{}), make(chan struct{})
 			for range row.conns {
 				wg.Add(1)
+				have.Add(1)
 				go func() {
 					defer wg.Done()
 					<-start
 					d.View(ctx, func(tx backend.Tx) error {
 						tx.Bucket([]byte("jobs")).Get([]byte("k"))
-						time.Sleep(20 * time.Millisecond) // hold it while the others take theirs
+						have.Done()
+						<-all
 						return nil
 					})
 				}()
 			}
 			close(start)
+			have.Wait()
+			close(all)
 			wg.Wait()
 			time.Sleep(row.wait)
 			admin, err := pgx.Connect(ctx, url)
