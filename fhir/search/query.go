@@ -834,6 +834,8 @@ func SortValue(p *Param, entries []Entry, desc bool) (string, bool) {
 		k := e.Key
 		if whole {
 			k = want + entryValue(want, e.Key, e.Payload)
+		} else if k == legacyNegZero {
+			k = pfxNum + hexFloat(0)
 		}
 		if !found || (desc && k > best) || (!desc && k < best) {
 			best, found = k, true
@@ -841,6 +843,11 @@ func SortValue(p *Param, entries []Entry, desc bool) (string, bool) {
 	}
 	return best, found
 }
+
+// legacyNegZero is the key hexFloat wrote for -0 before it wrote 0's (see
+// parseHexFloat): stored entries of a database of then still have it,
+// and _sort orders it as 0.
+var legacyNegZero = pfxNum + "0000000000000000"
 
 // ReferenceKey returns the index key under which a reference parameter
 // stores a reference to typ/id, for _revinclude and compartments.

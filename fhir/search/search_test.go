@@ -239,3 +239,47 @@ func TestHex16(t *testing.T) {
 		t.Errorf("hexFloat(-2.5) = %s sorts after hexFloat(2.5) = %s", a, b)
 	}
 }
+
+// TestLegacyNegativeZeroKey: a database written before -0 was indexed as 0
+// holds the key 0000000000000000 for a quantity of -0 (hexFloat kept its
+// sign bit). Such an entry is still 0: value-quantity=0, ge0, le0, ne and
+// the unit find it as they find an entry written now (FHIR R4
+// search.html#number: -0 and 0 are the same number), and _sort puts it
+// between the negative numbers and the positive ones.
+func TestLegacyNegativeZeroKey(t *testing.T) {
+	unit := []byte("http://unitsofmeasure.org|Cel|Cel")
+	legacy := []Entry{{Param: "value-quantity", Key: pfxNum + "0000000000000000", Payload: unit}}
+	zero := []Entry{{Param: "value-quantity", Key: pfxNum + hexFloat(0), Payload: unit}}
+	for _, c := range []struct {
+		query string
+		want  bool
+	}{
+		{"value-quantity=0", true}, {"value-quantity=0.0", true}, {"value-quantity=-0", true},
+		{"value-quantity=ge0", true}, {"value-quantity=le0", true}, {"value-quantity=gt-1", true},
+		{"value-quantity=lt0", false}, {"value-quantity=gt0", false}, {"value-quantity=ne0", false},
+		{"value-quantity=0|http://unitsofmeasure.org|Cel", true}, {"value-quantity=0||g", false},
+		{"value-quantity=ap0", true}, {"value-quantity=eb1", true}, {"value-quantity=sa-1", true},
+	} {
+		v, err := url.ParseQuery(c.query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := reg.Parse("Observation", v, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, z := Matches(&q.Clauses[0], legacy), Matches(&q.Clauses[0], zero); got != c.want || z != c.want {
+			t.Errorf("%s: the legacy -0 entry matches %v, 0's %v, want %v", c.query, got, z, c.want)
+		}
+	}
+	p, _ := reg.Lookup("Observation", "value-quantity")
+	neg := []Entry{{Param: "value-quantity", Key: pfxNum + hexFloat(-1), Payload: unit}}
+	for _, desc := range []bool{false, true} {
+		l, _ := SortValue(p, legacy, desc)
+		z, _ := SortValue(p, zero, desc)
+		n, _ := SortValue(p, neg, desc)
+		if l != z || l <= n {
+			t.Errorf("desc %v: sort value of the legacy -0 entry %q, of 0 %q, of -1 %q", desc, l, z, n)
+		}
+	}
+}

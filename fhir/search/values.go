@@ -202,10 +202,16 @@ func hexFloat(f float64) string {
 	return hex16(bits)
 }
 
+// parseHexFloat decodes hexFloat. The key of all zeros, which no number
+// is written as now, is -0 as hexFloat wrote it before (with its sign
+// bit): a database of then still has it, and it is 0 too.
 func parseHexFloat(s string) (float64, bool) {
 	u, err := strconv.ParseUint(s, 16, 64)
 	if err != nil {
 		return 0, false
+	}
+	if u == 0 {
+		return 0, true
 	}
 	if u&(1<<63) != 0 {
 		u ^= 1 << 63
