@@ -31,10 +31,19 @@ func Deadlines(read, write time.Duration) func(http.Handler) http.Handler {
 					r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
 				}
 			}
+			var dw *deadlineWriter
 			if write > 0 {
-				w = &deadlineWriter{ResponseWriter: w, rc: rc, d: write}
+				dw = &deadlineWriter{ResponseWriter: w, rc: rc, d: write}
+				w = dw
 			}
 			next.ServeHTTP(w, r)
+			if dw != nil && !dw.wrote {
+				// An answer without a body (or none written: net/http
+				// answers 200) goes out now, with its headers: bounded
+				// too, for a client that sends requests without reading
+				// the answers.
+				_ = rc.SetWriteDeadline(time.Now().Add(write))
+			}
 		})
 	}
 }
@@ -63,21 +72,22 @@ func (b *deadlineBody) lift() {
 	}
 }
 
-// deadlineWriter gives each write of the answer its own deadline.
+// deadlineWriter gives each write of the answer its own deadline. The
+// headers get none of their own: net/http sends them with the first
+// bytes of the body, whose write sets one (or, without a body, when the
+// handler returns), and setting one for them too cost every answer a
+// second call into the network poller.
 type deadlineWriter struct {
 	http.ResponseWriter
-	rc *http.ResponseController
-	d  time.Duration
+	rc    *http.ResponseController
+	d     time.Duration
+	wrote bool // a write set a deadline
 }
 
 func (w *deadlineWriter) Write(p []byte) (int, error) {
+	w.wrote = true
 	_ = w.rc.SetWriteDeadline(time.Now().Add(w.d))
 	return w.ResponseWriter.Write(p)
-}
-
-func (w *deadlineWriter) WriteHeader(status int) {
-	_ = w.rc.SetWriteDeadline(time.Now().Add(w.d))
-	w.ResponseWriter.WriteHeader(status)
 }
 
 // Unwrap lets http.ResponseController reach the connection's writer
