@@ -15,9 +15,12 @@ import (
 var serverDB string
 
 // usePostgres starts a private PostgreSQL server with a new, empty
-// database for the spawned server, and returns what stops it.
+// database for the spawned server, and returns what stops it. The server
+// is durable (fsync, full_page_writes and synchronous_commit on, as
+// PostgreSQL ships), so that its writes are measured at the cost the
+// bbolt runs pay: every acknowledged write on disk.
 func usePostgres() (func(), error) {
-	srv, err := pgtest.Start()
+	srv, err := pgtest.StartDurable()
 	if err != nil {
 		return nil, err
 	}
@@ -29,7 +32,7 @@ func usePostgres() (func(), error) {
 		return nil, err
 	}
 	serverDB = url
-	fmt.Println("p2pload: the server runs on a private PostgreSQL database")
+	fmt.Println("p2pload: the server runs on a private PostgreSQL database (fsync, full_page_writes and synchronous_commit on)")
 	return srv.Stop, nil
 }
 

@@ -49,6 +49,9 @@ type Server struct {
 	done chan struct{} // closed when the postgres process has ended
 	n    atomic.Int64
 	stop sync.Once
+	// durable keeps PostgreSQL's crash-safe defaults (fsync,
+	// full_page_writes) instead of turning them off for speed.
+	durable bool
 }
 
 var (
@@ -106,8 +109,17 @@ func version(binDir string) int {
 	return n
 }
 
-// Start initializes a data folder and starts a server on it.
-func Start() (*Server, error) {
+// Start initializes a data folder and starts a server on it. The server
+// does not flush to disk (fsync and full_page_writes off): a test's
+// database need not survive a crash of the machine.
+func Start() (*Server, error) { return start(false) }
+
+// StartDurable is Start with PostgreSQL's crash-safe defaults (fsync,
+// full_page_writes and synchronous_commit on), as a deployment runs it:
+// for measurements whose writes must cost what they cost in production.
+func StartDurable() (*Server, error) { return start(true) }
+
+func start(durable bool) (*Server, error) {
 	bin, err := binDir()
 	if err != nil {
 		return nil, err
@@ -128,7 +140,7 @@ func Start() (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("pgtest: initdb: %w\n%s", err, out)
 	}
-	s := &Server{dir: dir}
+	s := &Server{dir: dir, durable: durable}
 	// The port is free now; another process taking it before the server
 	// does makes the server fail to start, and Start says so.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -151,9 +163,12 @@ func Start() (*Server, error) {
 func (s *Server) launch() error {
 	s.done = make(chan struct{})
 	data := filepath.Join(s.dir, "data")
-	// Crash safety of a test server does not matter: no fsync.
 	args := []string{"-D", data, "-p", strconv.Itoa(s.port), "-k", s.dir, "-c", "listen_addresses=127.0.0.1",
-		"-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "shared_buffers=64MB"}
+		"-c", "max_connections=300", "-c", "shared_buffers=64MB"}
+	if !s.durable {
+		// Crash safety of a test server does not matter: no fsync.
+		args = append(args, "-c", "fsync=off", "-c", "full_page_writes=off")
+	}
 	logf, err := os.OpenFile(filepath.Join(s.dir, "server.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
