@@ -374,13 +374,19 @@ func (s *Server) Put(tx *store.Tx, doc *store.Doc, ifMatch int64) (*store.Versio
 	if err := checkID(doc.ID); err != nil {
 		return nil, err
 	}
-	before, err := tx.Read(doc.Type, doc.ID)
-	switch {
-	case errs.Is(err, errs.NotFound):
-		before = nil
-	case errs.Is(err, errs.Gone):
-	case err != nil:
-		return nil, err
+	var before *store.Version
+	if _, _, ok := tx.CurrentVersion(doc.Type, doc.ID); ok {
+		// Not asked of a new resource (an ingested chunk's thousand):
+		// its NotFound error would be made only to be dropped.
+		var err error
+		before, err = tx.Read(doc.Type, doc.ID)
+		switch {
+		case errs.Is(err, errs.NotFound):
+			before = nil
+		case errs.Is(err, errs.Gone):
+		case err != nil:
+			return nil, err
+		}
 	}
 	return s.put(tx, doc, before, store.PutOptions{IfMatch: ifMatch}, nil)
 }
