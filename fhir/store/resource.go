@@ -618,7 +618,14 @@ func (tx *Tx) queueIndex(typ, param string, op indexOp) {
 		tx.index = map[indexName][]indexOp{}
 	}
 	name := indexName{typ, param}
-	tx.index[name] = append(tx.index[name], op)
+	ops := tx.index[name]
+	if len(ops) == cap(ops) {
+		// Doubled, where append grows a long slice by a quarter: a
+		// large transaction's buckets get tens of thousands of
+		// changes, copied four times over at a quarter.
+		ops = slices.Grow(ops, max(len(ops), 16))
+	}
+	tx.index[name] = append(ops, op)
 }
 
 // flushIndex makes the queued index changes: first those of the group's
