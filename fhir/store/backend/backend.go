@@ -102,6 +102,17 @@ type BoundedCursorer interface {
 	BoundedCursor(end []byte) Cursor
 }
 
+// ReadAheader is a cursor that reads rows ahead of the one it is on: a
+// database whose reads are round trips answers that many moves forward
+// without one.
+type ReadAheader interface {
+	// ReadAhead returns how many Next calls from the cursor's key it
+	// answers from rows already read (math.MaxInt when it has read to
+	// the end of its range); 0 when the next one is a round trip or the
+	// cursor is on no key.
+	ReadAhead() int
+}
+
 // Prefetcher is a bucket that can read many keys in one round trip, for
 // the Gets that follow; a database whose reads are local need not be one.
 type Prefetcher interface {

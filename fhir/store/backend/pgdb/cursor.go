@@ -2,6 +2,7 @@ package pgdb
 
 import (
 	"bytes"
+	"math"
 	"slices"
 	"sort"
 
@@ -59,6 +60,26 @@ func (c *cursor) Prev() ([]byte, []byte) {
 		return nil, nil
 	}
 	return c.move(bound{key: c.cur}, false)
+}
+
+// ReadAhead returns how many Next calls from the cursor's key its chunk
+// answers without a read: every one (math.MaxInt) when the chunk reaches
+// the end of the range (or the bucket is cleared in the transaction, so
+// that no row is read), else the rows of the chunk after the key.
+func (c *cursor) ReadAhead() int {
+	ch := &c.db
+	switch {
+	case c.cur == nil || c.b.t.err != nil:
+		return 0
+	case c.b.o.cleared:
+		return math.MaxInt
+	case !ch.valid || !ch.fwd || !covers(ch.from, bound{key: c.cur}, true):
+		return 0
+	case !ch.more:
+		return math.MaxInt
+	}
+	i := sort.Search(len(ch.keys), func(i int) bool { return bytes.Compare(ch.keys[i], c.cur) > 0 })
+	return len(ch.keys) - i
 }
 
 // beyond reports whether k lies past b in the direction.
