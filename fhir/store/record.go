@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/p2pserver/p2pserver/fhir/fhirjson"
 )
 
@@ -158,9 +157,8 @@ func recordJSON(typ, id string, b, scratch []byte) ([]byte, error) {
 	if b[0]&flagHead != 0 {
 		size = len(typ) + len(id) + recordHeadFixed
 	}
-	var h zstd.Header
-	if h.Decode(b[17:]) == nil && h.HasFCS && h.FrameContentSize < 64<<20 {
-		size += int(h.FrameContentSize)
+	if n := packedLen(b[17:]); n > 0 {
+		size += n
 	}
 	out := scratch[:0]
 	if cap(out) < size {

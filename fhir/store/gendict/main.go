@@ -1,6 +1,7 @@
-// Command gendict builds the zstd dictionary the store compresses stored
-// resources with, from FHIR resources: every entry of the Bundles (or the
-// resource itself) of the JSON files in -in, compacted.
+// Command gendict builds the zstd dictionary whose content the store
+// compresses stored resources with (as an S2 dictionary; records written
+// earlier are zstd frames naming it), from FHIR resources: every entry of
+// the Bundles (or the resource itself) of the JSON files in -in, compacted.
 //
 // A dictionary is frozen once a release has written records with it:
 // records name their dictionary by ID, and the store must keep every
