@@ -318,7 +318,7 @@ func (g *gatherer) tooMany() error {
 	if g.q.patient == "" {
 		what = "type-level Patient/$everything"
 	}
-	return g.s.pages.errTooCostly(what, len(g.matches))
+	return g.s.pages.errTooCostly(what, costlyResults, len(g.matches), g.bytes)
 }
 
 func (g *gatherer) wanted(v *store.Version) bool {

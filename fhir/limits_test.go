@@ -317,6 +317,59 @@ func TestResultSetsBoundedInBytes(t *testing.T) {
 	ts.do(http.MethodGet, nexts[len(nexts)-1], nil).want(t, http.StatusOK)
 }
 
+// TestTooCostlySaysWhy: a search or $everything refused as too costly
+// (422, too-costly) says, in the OperationOutcome's diagnostics, what it
+// would take and what the limit is (a quarter of -search-cache-bytes, in
+// bytes), and never claims a result count it did not finish counting.
+func TestTooCostlySaysWhy(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		cacheBytes int64
+		path       string
+		want       []string
+		wantNot    []string
+	}{
+		{name: "a tiny query, a tiny budget", cacheBytes: 1 << 10, path: "/Observation?_count=5",
+			want:    []string{"this search's query is too large to page: keeping it for paging takes about ", "more than one search may take (256 bytes, a quarter of -search-cache-bytes (1024))"},
+			wantNot: []string{"results"}},
+		{name: "$everything stops counting past the budget", cacheBytes: 8 << 10, path: "/Patient/tc/$everything?_count=5",
+			want:    []string{"this Patient/$everything has at least ", " results (counting stopped there, at about ", "(2048 bytes, a quarter of -search-cache-bytes (8192))"},
+			wantNot: []string{"has 201 results", "too many to page"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ts := newServer(t, func(cfg *fhir.Config) { cfg.SearchCacheBytes = c.cacheBytes })
+			ts.fhir.EnableEverything(fhir.EverythingOptions{})
+			withTestAccess(ts.fhir)
+			entries := []string{`{"resource":{"resourceType":"Patient","id":"tc"},"request":{"method":"PUT","url":"Patient/tc"}}`}
+			for i := range 200 {
+				entries = append(entries, fmt.Sprintf(`{"resource":{"resourceType":"Observation","id":"tc-%d","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/tc"}},"request":{"method":"PUT","url":"Observation/tc-%d"}}`, i, i))
+			}
+			ts.do(http.MethodPost, "", `{"resourceType":"Bundle","type":"batch","entry":[`+strings.Join(entries, ",")+`]}`).want(t, http.StatusOK)
+			r := ts.do(http.MethodGet, c.path, nil).want(t, http.StatusUnprocessableEntity)
+			body := r.outcome(t)
+			issues, _ := r.JSON["issue"].([]any)
+			if len(issues) != 1 {
+				t.Fatalf("want one issue: %s", body)
+			}
+			issue, _ := issues[0].(map[string]any)
+			diag, _ := issue["diagnostics"].(string)
+			if issue["code"] != "too-costly" {
+				t.Errorf("issue code %v, want too-costly", issue["code"])
+			}
+			for _, w := range c.want {
+				if !strings.Contains(diag, w) {
+					t.Errorf("diagnostics %q lack %q", diag, w)
+				}
+			}
+			for _, w := range c.wantNot {
+				if strings.Contains(diag, w) {
+					t.Errorf("diagnostics %q say %q", diag, w)
+				}
+			}
+		})
+	}
+}
+
 // clientFrom returns an HTTP client whose connections come from ip (a
 // loopback address such as 127.0.0.2): another client, as far as
 // per-client limits go.

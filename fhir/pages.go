@@ -60,16 +60,39 @@ func newPageCache(st *store.Store, ttl time.Duration, maxBytes int64, seal *secr
 // maxSet is the most bytes one result set may hold.
 func (c *pageCache) maxSet() int64 { return c.maxBytes / 4 }
 
-// errTooCostly refuses a result set larger than the cache keeps.
-func (c *pageCache) errTooCostly(what string, n int) error {
-	if n < 0 {
-		return errs.E("fhir.page", errs.Unprocessable, fmt.Sprintf(
-			"%s is too large to page (its parameters take more than %d bytes); shorten the query",
-			what, min(c.maxSet(), maxCursor)), errs.Issue{Code: "too-costly", Message: what + " is too large to page"})
+// Why a result set or query is refused as too costly (errTooCostly).
+const (
+	costlyQuery     = iota // the query alone takes more than maxSet to keep
+	costlyResults          // the results counted so far take more than maxSet
+	costlyResultSet        // the whole result set, n results, takes more than maxSet
+	costlyInBundle         // too long for a link, and a batch Bundle's read cannot keep it
+)
+
+// errTooCostly refuses, as 422 with issue code too-costly, what paging
+// cannot carry: by why, a query whose estimated size (bytes) is more than
+// maxSet; a result set of which n results had been counted, with bytes of
+// them, when counting stopped past maxSet (the set has at least n); a whole
+// result set of n results and bytes more than maxSet; or a
+// query too long for a link read inside a batch Bundle. The whole message
+// is the issue's diagnostics.
+func (c *pageCache) errTooCostly(what string, why int, n int, bytes int64) error {
+	limit := fmt.Sprintf("%d bytes, a quarter of -search-cache-bytes (%d)", c.maxSet(), c.maxBytes)
+	var msg string
+	switch why {
+	case costlyQuery:
+		msg = fmt.Sprintf("%s is too large to page: keeping it for paging takes about %d bytes, more than one search may take (%s); shorten the query, or raise -search-cache-bytes",
+			what, bytes, limit)
+	case costlyResults:
+		msg = fmt.Sprintf("%s has at least %d results (counting stopped there, at about %d bytes), more than one result set may take to page (%s); narrow it (by date, type or a more selective parameter), or raise -search-cache-bytes",
+			what, n, bytes, limit)
+	case costlyResultSet:
+		msg = fmt.Sprintf("%s has %d results, about %d bytes to keep for paging, more than one result set may take (%s); narrow it (by date, type or a more selective parameter), or raise -search-cache-bytes",
+			what, n, bytes, limit)
+	default:
+		msg = fmt.Sprintf("%s is too large to page inside a batch Bundle: it is too long for a link (more than %d bytes sealed), and a batch Bundle's read cannot keep it in the database; send the search on its own",
+			what, maxCursor)
 	}
-	return errs.E("fhir.page", errs.Unprocessable, fmt.Sprintf(
-		"%s has %d results, more than this server keeps for paging (a quarter of -search-cache-bytes, %d bytes); narrow it (by date, type or a more selective parameter)",
-		what, n, c.maxSet()), errs.Issue{Code: "too-costly", Message: fmt.Sprintf("%s has %d results, too many to page", what, n)})
+	return errs.E("fhir.page", errs.Unprocessable, msg, errs.Issue{Code: "too-costly", Message: msg})
 }
 
 // sealedSnapshot is a snapshot as its cursor carries it.
@@ -151,11 +174,10 @@ func withKeptSets(ctx context.Context) (context.Context, *keptSets) {
 func (c *pageCache) put(tx *store.Tx, sn *snapshot, what string) (string, error) {
 	sn.bytes = sn.size()
 	if sn.bytes > c.maxSet() {
-		n := len(sn.ids)
 		if sn.ids == nil {
-			n = -1
+			return "", c.errTooCostly(what, costlyQuery, 0, sn.bytes)
 		}
-		return "", c.errTooCostly(what, n)
+		return "", c.errTooCostly(what, costlyResultSet, len(sn.ids), sn.bytes)
 	}
 	expires := time.Now().Add(c.ttl)
 	sn.expires = expires
@@ -195,7 +217,7 @@ func (c *pageCache) put(tx *store.Tx, sn *snapshot, what string) (string, error)
 	// transaction Bundle), with it.
 	if err := tx.KV(pagesBucket).Put(b, raw); err != nil {
 		// A read with no list to write after it (a batch Bundle's GET).
-		return "", c.errTooCostly(what, -1)
+		return "", c.errTooCostly(what, costlyInBundle, 0, 0)
 	}
 	return key, nil
 }

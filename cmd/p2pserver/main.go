@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -472,17 +473,26 @@ func serveWriter(st *store.Store) http.HandlerFunc {
 	}
 }
 
+// parseSize reads a size in bytes: a positive whole number, alone (bytes)
+// or followed by one of the units KB (1,000), MB (1,000,000), KiB (1,024),
+// MiB (1,048,576) or GiB (1,073,741,824), written in exactly those cases
+// (8MB is 8,000,000 bytes, 8MiB 8,388,608; 8mb is refused).
 func parseSize(s string) (int64, error) {
-	mult := int64(1)
+	num, mult := s, int64(1)
 	for suffix, m := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "KB": 1000, "MB": 1000 * 1000} {
 		if strings.HasSuffix(s, suffix) {
-			s, mult = strings.TrimSuffix(s, suffix), m
+			num, mult = strings.TrimSuffix(s, suffix), m
 			break
 		}
 	}
-	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a size", s)
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("%q is not a size: a whole number of bytes, alone or followed by KB, MB, KiB, MiB or GiB", s)
+	case n <= 0:
+		return 0, fmt.Errorf("%q: the size must be positive", s)
+	case n > math.MaxInt64/mult:
+		return 0, fmt.Errorf("%q is too large a size", s)
 	}
 	return n * mult, nil
 }

@@ -43,6 +43,44 @@ func TestConfigFlagsAndEnvironment(t *testing.T) {
 	}
 }
 
+// TestSizeFlags: a size flag takes a positive whole number of bytes, alone
+// or with one of the units KB, MB (powers of 1,000), KiB, MiB, GiB (powers
+// of 1,024) in exactly those cases, and a refused value says why.
+func TestSizeFlags(t *testing.T) {
+	for _, c := range []struct {
+		in      string
+		want    int64
+		wantErr string
+	}{
+		{in: "8MB", want: 8_000_000},
+		{in: "8MiB", want: 8 << 20},
+		{in: "64KB", want: 64_000},
+		{in: "64KiB", want: 64 << 10},
+		{in: "2GiB", want: 2 << 30},
+		{in: "1234", want: 1234},
+		{in: "0", wantErr: "must be positive"},
+		{in: "0MiB", wantErr: "must be positive"},
+		{in: "-5KiB", wantErr: "must be positive"},
+		{in: "8mb", wantErr: "is not a size: a whole number of bytes"},
+		{in: "8Mib", wantErr: "is not a size"},
+		{in: "1.5MiB", wantErr: "is not a size"},
+		{in: "lots", wantErr: "is not a size"},
+		{in: "9999999999999GiB", wantErr: "too large"},
+	} {
+		got, err := parseSize(c.in)
+		switch {
+		case c.wantErr == "" && (err != nil || got != c.want):
+			t.Errorf("%q: %d, %v; want %d", c.in, got, err, c.want)
+		case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
+			t.Errorf("%q: %d, %v; want an error saying %q", c.in, got, err, c.wantErr)
+		}
+	}
+	_, err := parseConfig([]string{"-search-cache-bytes", "0"}, func(string) string { return "" })
+	if err == nil || !strings.Contains(err.Error(), "-search-cache-bytes") || !strings.Contains(err.Error(), "must be positive") {
+		t.Errorf("-search-cache-bytes 0: %v", err)
+	}
+}
+
 // TestServeAndShutDown starts the whole server as make run would (on a
 // free port, database in a temporary folder), checks that it answers, and
 // that a signal shuts it down cleanly so the database can be reopened.
