@@ -53,6 +53,9 @@ type txEntry struct {
 	ifMatch string
 	ifNone  string
 	raw     []byte
+	// m is the resource as decoded with the Bundle (nil: decode raw), for
+	// a transaction's preparation to take.
+	m map[string]any
 	// body is the resource's id and type, read with the whole Bundle
 	// (nil: read from raw when needed).
 	body *bodyInfo
@@ -123,6 +126,9 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request) {
 		infos[i].ResourceType, _ = rm["resourceType"].(string)
 		infos[i].ID, _ = rm["id"].(string)
 		e.body = &infos[i]
+		if typ == "transaction" {
+			e.m = rm
+		}
 	}
 	ret, _ := prefer(r)
 	switch typ {
@@ -495,7 +501,7 @@ func (s *Server) prepareTransaction(tx *store.Tx, entries []*txEntry, bodies []b
 		if (e.method != http.MethodPost && e.method != http.MethodPut) || t.skip != nil {
 			return
 		}
-		raw, _ := rewriteLinks(s.model, e.raw, e.typ, func(kind linkKind, v string) (string, bool) {
+		raw, changes := rewriteLinksRecorded(s.model, e.raw, e.typ, func(kind linkKind, v string) (string, bool) {
 			if kind == linkReference {
 				if _, _, ok := s.conditionalRef(v); ok {
 					conds[i] = append(conds[i], v)
@@ -504,12 +510,20 @@ func (s *Server) prepareTransaction(tx *store.Tx, entries []*txEntry, bodies []b
 			}
 			return s.link(plan, e, kind, v)
 		})
-		// The whole Bundle was validated before; rewriting links
-		// replaced strings with strings, so decoding is enough here.
-		m, err := decodeJSON(raw)
-		if err != nil {
-			failed[i] = entryErr(e, err)
-			return
+		// The resource as decoded with the Bundle, its links replaced as
+		// in raw; taken once, as it is changed (a second preparation
+		// decodes raw). The whole Bundle was validated before; rewriting
+		// links replaced strings with strings, so decoding is enough.
+		m := e.m
+		e.m = nil
+		if m != nil {
+			rewriteDecodedLinks(s.model, m, e.typ, changes.lookup)
+		} else {
+			var err error
+			if m, err = decodeJSON(raw); err != nil {
+				failed[i] = entryErr(e, err)
+				return
+			}
 		}
 		_, id, _ := strings.Cut(t.ref, "/")
 		d := &store.Doc{Type: e.typ, ID: id, Map: m, JSON: raw}
@@ -549,15 +563,12 @@ func (s *Server) prepareTransaction(tx *store.Tx, entries []*txEntry, bodies []b
 			resolved[ref] = to
 		}
 		d := docs[e.index]
-		raw, _ := rewriteLinks(s.model, d.JSON, e.typ, func(kind linkKind, v string) (string, bool) {
+		resolve := func(kind linkKind, v string) (string, bool) {
 			to, ok := resolved[v]
 			return to, ok && kind == linkReference
-		})
-		m, err := decodeJSON(raw)
-		if err != nil {
-			return nil, entryErr(e, err)
 		}
-		d.JSON, d.Map = raw, m
+		d.JSON, _ = rewriteLinks(s.model, d.JSON, e.typ, resolve)
+		rewriteDecodedLinks(s.model, d.Map, e.typ, resolve)
 		// 4. Its index entries and stored form, outside the writer.
 		if d.ID != "" {
 			s.store.PrepareAt(d, at)

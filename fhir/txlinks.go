@@ -162,10 +162,17 @@ func (w *linkWalker) value(i int, elType, owner, key string) int {
 // narrative replaces the href and src attributes fn asks to in the XHTML
 // string literal data[start:end].
 func (w *linkWalker) narrative(start, end int) {
-	div := jsonString(w.data[start:end])
+	if out, changed := rewriteNarrative(jsonString(w.data[start:end]), w.fn); changed {
+		w.edits = append(w.edits, linkEdit{start, end, jsonQuote(out)})
+	}
+}
+
+// rewriteNarrative replaces the href and src attributes fn asks to in the
+// XHTML div, and reports whether it changed any.
+func rewriteNarrative(div string, fn func(linkKind, string) (string, bool)) (string, bool) {
 	if !strings.Contains(div, "href") && !strings.Contains(div, "src") &&
 		!strings.Contains(div, "HREF") && !strings.Contains(div, "SRC") {
-		return
+		return div, false
 	}
 	changed := false
 	out := narrativeLink.ReplaceAllStringFunc(div, func(attr string) string {
@@ -173,16 +180,121 @@ func (w *linkWalker) narrative(start, end int) {
 		quoted := sm[2]
 		q := quoted[:1]
 		v := html.UnescapeString(quoted[1 : len(quoted)-1])
-		to, ok := w.fn(linkNarrative, v)
+		to, ok := fn(linkNarrative, v)
 		if !ok {
 			return attr
 		}
 		changed = true
 		return attr[:len(attr)-len(quoted)] + q + html.EscapeString(to) + q
 	})
-	if changed {
-		w.edits = append(w.edits, linkEdit{start, end, jsonQuote(out)})
+	return out, changed
+}
+
+// linkChange is a link rewriteLinks replaced: the value it had, of a kind.
+type linkChange struct {
+	kind linkKind
+	from string
+}
+
+// linkChanges are the links rewriteLinksRecorded replaced, and what with.
+type linkChanges map[linkChange]string
+
+// rewriteLinksRecorded is rewriteLinks, which also returns the links it
+// replaced and what with (nil when none), for rewriteDecodedLinks to
+// replace in the resource as decoded.
+func rewriteLinksRecorded(m *spec.Model, raw []byte, typ string, fn func(kind linkKind, v string) (string, bool)) ([]byte, linkChanges) {
+	var changes linkChanges
+	out, _ := rewriteLinks(m, raw, typ, func(kind linkKind, v string) (string, bool) {
+		to, ok := fn(kind, v)
+		if ok {
+			if changes == nil {
+				changes = linkChanges{}
+			}
+			changes[linkChange{kind, v}] = to
+		}
+		return to, ok
+	})
+	return out, changes
+}
+
+// lookup answers what rewriteLinksRecorded replaced v of kind with.
+func (c linkChanges) lookup(kind linkKind, v string) (string, bool) {
+	to, ok := c[linkChange{kind, v}]
+	return to, ok
+}
+
+// rewriteDecodedLinks replaces, in res (a resource of type typ as
+// decodeJSON gives it), the links rewriteLinks replaces in its JSON with
+// the same fn: it walks the same elements with the same type model, so
+// that res stays the decoding of the rewritten JSON without decoding it
+// again. res is changed in place.
+func rewriteDecodedLinks(m *spec.Model, res map[string]any, typ string, fn func(kind linkKind, v string) (string, bool)) {
+	w := &decodedLinkWalker{m: m, fn: fn}
+	w.object(res, typ)
+}
+
+type decodedLinkWalker struct {
+	m  *spec.Model
+	fn func(linkKind, string) (string, bool)
+}
+
+// object walks obj as FHIR type typ (see linkWalker.object).
+func (w *decodedLinkWalker) object(obj map[string]any, typ string) {
+	if typ == "Resource" {
+		typ, _ = obj["resourceType"].(string)
+		if !w.m.IsResource(typ) {
+			typ = ""
+		}
 	}
+	if typ == "" {
+		return
+	}
+	for key, v := range obj {
+		el, ok := w.m.Element(typ, key)
+		if !ok {
+			continue
+		}
+		if s, ok := v.(string); ok {
+			if to, ok := w.str(s, el.Type, typ, key); ok {
+				obj[key] = to
+			}
+			continue
+		}
+		w.value(v, el.Type, typ, key)
+	}
+}
+
+// value walks a non-string value v of element key (of type elType) of an
+// object of type owner (see linkWalker.value).
+func (w *decodedLinkWalker) value(v any, elType, owner, key string) {
+	switch x := v.(type) {
+	case []any:
+		for i, c := range x {
+			if s, ok := c.(string); ok {
+				if to, ok := w.str(s, elType, owner, key); ok {
+					x[i] = to
+				}
+				continue
+			}
+			w.value(c, elType, owner, key)
+		}
+	case map[string]any:
+		w.object(x, elType)
+	}
+}
+
+// str returns what the string s of element key (of type elType) of an
+// object of type owner is replaced with, if it is.
+func (w *decodedLinkWalker) str(s, elType, owner, key string) (string, bool) {
+	switch {
+	case owner == "Reference" && key == "reference":
+		return w.fn(linkReference, s)
+	case linkTypes[elType]:
+		return w.fn(linkURI, s)
+	case elType == "xhtml":
+		return rewriteNarrative(s, w.fn)
+	}
+	return "", false
 }
 
 // jsonQuote encodes s as a JSON string without escaping <, > and & (which
