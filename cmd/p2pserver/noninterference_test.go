@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/spec"
@@ -453,10 +454,11 @@ func niBundles() []niRequest {
 }
 
 func niOperations() []niRequest {
+	// The Consent holds today, whatever the day (its end moves with it).
 	matchBody := `{"resourceType":"Parameters","parameter":[
 	  {"name":"MemberPatient","resource":{"resourceType":"Patient","name":[{"family":"Brown","given":["Bert"]}],"birthDate":"1961-03-14","gender":"male"}},
 	  {"name":"CoverageToMatch","resource":{"resourceType":"Coverage","status":"active","beneficiary":{"reference":"Patient/1"},"payor":[{"reference":"Organization/org1"}],"subscriberId":"B-1"}},
-	  {"name":"Consent","resource":{"resourceType":"Consent","status":"active","scope":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/consentscope","code":"patient-privacy"}]},"category":[{"coding":[{"system":"http://loinc.org","code":"64292-6"}]}],"patient":{"reference":"Patient/1"},"policy":[{"uri":"http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#regular"}],"provision":{"type":"permit","period":{"start":"2024-01-01","end":"2030-01-01"},"actor":[{"role":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/provenance-participant-type","code":"performer"}]},"reference":{"identifier":{"system":"http://hl7.org/fhir/sid/us-npi","value":"9876543210"}}}],"action":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/consentaction","code":"disclose"}]}]}}}]}`
+	  {"name":"Consent","resource":{"resourceType":"Consent","status":"active","scope":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/consentscope","code":"patient-privacy"}]},"category":[{"coding":[{"system":"http://loinc.org","code":"64292-6"}]}],"patient":{"reference":"Patient/1"},"policy":[{"uri":"http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#regular"}],"provision":{"type":"permit","period":{"start":"2024-01-01","end":"` + time.Now().UTC().AddDate(2, 0, 0).Format(time.DateOnly) + `"},"actor":[{"role":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/provenance-participant-type","code":"performer"}]},"reference":{"identifier":{"system":"http://hl7.org/fhir/sid/us-npi","value":"9876543210"}}}],"action":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/consentaction","code":"disclose"}]}]}}}]}`
 	return []niRequest{
 		{Method: "GET", Path: "/fhir/Patient/A/$everything"},
 		{Method: "GET", Path: "/fhir/Patient/A/$everything?_count=2", Walk: true},
