@@ -14,9 +14,9 @@ import (
 // TestKeyIDsOverBothIDForms: the ids under the exact keys of a search's
 // driving index come once each, in id order, after any start, whether
 // under a key the ids kept in 16 bytes (server-assigned lowercase UUIDs)
-// are few (they and the other ids are read by one cursor), many (more
-// than a cursor reads ahead: each form has its own cursor), or absent,
-// and whether the other ids (a client's, an ingested "<16hex>.<source
+// are few, many (more than a first read of a cursor brings), or absent,
+// the other ids too (the two runs are sought together, each key's), and
+// whether the other ids (a client's, an ingested "<16hex>.<source
 // id>") sort before, among or after the UUIDs. FHIR R4 search.html#count
 // lets the server page as it chooses; each page must go on where the one
 // before ended.

@@ -474,19 +474,15 @@ func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 		}
 	}
 	// Under one key, the ids in 16 bytes come first, then the others, each
-	// part in id order (see appendIndexID): each part is a run. Both are
-	// read by one cursor over the key's range when the run of ids in 16
-	// bytes ends within the rows the cursor has read ahead (see
-	// readAhead): that run is then kept in buf, and the cursor goes on to
-	// the other run without a second seek (on a database whose seeks are
-	// round trips, one saved per key); else each run has its own cursor.
+	// part in id order (see appendIndexID): each part is a run, read by
+	// its own bounded cursor, and the runs of a bucket are sought
+	// together (see backend.BoundedSeeker).
 	type run struct {
-		c      interface{ Next() ([]byte, []byte) } // nil: no entry after buf
-		prefix []byte                               // the keys of the run start with it
-		skip   int                                  // the id starts after it
-		key    string                               // the entry key
+		c      interface{ Next() ([]byte, []byte) }
+		prefix []byte // the keys of the run start with it
+		skip   int    // the id starts after it
+		key    string // the entry key
 		match  func(key string, payload []byte) bool
-		buf    []string // ids after id, read ahead of c's
 		id     string
 		ok     bool
 	}
@@ -498,15 +494,10 @@ func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 		}
 		return k
 	}
-	// after passes the entries of r not after start from k on.
-	after := func(r *run, k, v []byte) ([]byte, []byte) {
-		for k != nil && bytes.HasPrefix(k, r.prefix) && start != "" && indexID(k[r.skip:]) <= start {
-			k, v = r.c.Next()
-		}
-		return k, v
-	}
 	runs := make([]*run, 0, 2*len(m.keys)*len(buckets))
 	for _, b := range buckets {
+		first := len(runs)
+		var seeks, ends [][]byte
 		for i, key := range m.keys {
 			var match func(string, []byte) bool
 			if m.keyMatch != nil {
@@ -514,61 +505,47 @@ func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 			}
 			text := append([]byte(key), 0)
 			bin := append(slices.Clip(text), binaryID)
-			// The key's range, both runs, ends before key and 0x01.
-			end := bytes.Clone(text)
-			end[len(end)-1]++
-			c := boundedCursor(b, end)
-			br := &run{c: c, prefix: bin, skip: len(text), key: key, match: match}
-			tr := &run{c: c, prefix: text, skip: len(text), key: key, match: match}
-			binSeek := slices.Clip(bin)
-			if start != "" {
-				u := uuidSeek(start)
-				binSeek = append(binSeek, u[:]...)
-			}
-			// The run of other ids starts past every id in 16 bytes.
-			textSeek := append(slices.Clip(text), max(start, string(rune(binaryID+1)))...)
-			k, v := c.Seek(binSeek)
-			k, v = after(br, k, v)
-			k = skip(br, k, v)
-			var ids []string
-			for budget := readAhead(c, localReadAhead); k != nil && bytes.HasPrefix(k, bin) && budget > 0; budget = readAhead(c, budget-1) {
-				ids = append(ids, indexID(k[br.skip:]))
-				k, v = c.Next()
-				k = skip(br, k, v)
-			}
-			if k != nil && bytes.HasPrefix(k, bin) {
-				// The run goes on past what was read ahead: the
-				// other run has a cursor of its own.
-				ids = append(ids, indexID(k[br.skip:]))
-				c2 := boundedCursor(b, end)
-				tr.c = c2
-				k, v = c2.Seek(textSeek)
-			} else {
-				br.c = nil
-				if k != nil && bytes.Compare(k, textSeek) < 0 {
-					// Before start: seek it (rows read ahead may hold it).
-					k, v = c.Seek(textSeek)
+			for _, r := range []*run{{prefix: bin, skip: len(text), key: key, match: match}, {prefix: text, skip: len(text), key: key, match: match}} {
+				// The run ends before its prefix's last byte plus one.
+				end := bytes.Clone(r.prefix)
+				end[len(end)-1]++
+				seek := slices.Clip(r.prefix)
+				switch {
+				case len(r.prefix) == len(text):
+					seek = append(seek, max(start, string(rune(binaryID+1)))...)
+				case start != "":
+					u := uuidSeek(start)
+					seek = append(seek, u[:]...)
 				}
+				seeks, ends = append(seeks, seek), append(ends, end)
+				runs = append(runs, r)
 			}
-			if len(ids) > 0 {
-				br.id, br.buf, br.ok = ids[0], ids[1:], true
+		}
+		// Every run's first entries in one go where the database can
+		// (on PostgreSQL, one round trip for all of them).
+		var cs []backend.Cursor
+		var ks, vs [][]byte
+		if bs, ok := b.(backend.BoundedSeeker); ok {
+			cs, ks, vs = bs.SeekBounded(seeks, ends)
+		} else {
+			for i := range seeks {
+				c := boundedCursor(b, ends[i])
+				k, v := c.Seek(seeks[i])
+				cs, ks, vs = append(cs, c), append(ks, k), append(vs, v)
 			}
-			k, v = after(tr, k, v)
-			if k = skip(tr, k, v); k != nil && bytes.HasPrefix(k, text) {
-				tr.id, tr.ok = indexID(k[tr.skip:]), true
+		}
+		for i, r := range runs[first:] {
+			c, k, v := cs[i], ks[i], vs[i]
+			r.c = c
+			for k != nil && bytes.HasPrefix(k, r.prefix) && start != "" && indexID(k[r.skip:]) <= start {
+				k, v = c.Next()
 			}
-			runs = append(runs, br, tr)
+			if k = skip(r, k, v); k != nil && bytes.HasPrefix(k, r.prefix) {
+				r.id, r.ok = indexID(k[r.skip:]), true
+			}
 		}
 	}
 	advance := func(r *run) {
-		if len(r.buf) > 0 {
-			r.id, r.buf = r.buf[0], r.buf[1:]
-			return
-		}
-		if r.c == nil {
-			r.ok = false
-			return
-		}
 		k, v := r.c.Next()
 		k = skip(r, k, v)
 		r.ok = k != nil && bytes.HasPrefix(k, r.prefix)
@@ -596,21 +573,6 @@ func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 			return
 		}
 	}
-}
-
-// localReadAhead is how many entries keyIDs reads ahead of a run of ids
-// in 16 bytes from a cursor that does not say how many it has read (a
-// database whose reads are local: reading ahead costs it no round trip,
-// a few ids only).
-const localReadAhead = 16
-
-// readAhead returns how many moves forward c answers without a round
-// trip (see backend.ReadAheader), or n when c does not say.
-func readAhead(c backend.Cursor, n int) int {
-	if r, ok := c.(backend.ReadAheader); ok {
-		return r.ReadAhead()
-	}
-	return n
 }
 
 type row struct {

@@ -102,15 +102,14 @@ type BoundedCursorer interface {
 	BoundedCursor(end []byte) Cursor
 }
 
-// ReadAheader is a cursor that reads rows ahead of the one it is on: a
-// database whose reads are round trips answers that many moves forward
-// without one.
-type ReadAheader interface {
-	// ReadAhead returns how many Next calls from the cursor's key it
-	// answers from rows already read (math.MaxInt when it has read to
-	// the end of its range); 0 when the next one is a round trip or the
-	// cursor is on no key.
-	ReadAhead() int
+// BoundedSeeker is a bucket that can place several bounded cursors (see
+// BoundedCursorer) at once: a database whose reads are round trips reads
+// the first keys of every range in one.
+type BoundedSeeker interface {
+	// SeekBounded returns, for each i, a cursor over the keys before
+	// ends[i] moved by Seek(seeks[i]), and the key and value it is on
+	// (nil when none).
+	SeekBounded(seeks, ends [][]byte) (cs []Cursor, keys, vals [][]byte)
 }
 
 // Prefetcher is a bucket that can read many keys in one round trip, for

@@ -2,11 +2,11 @@ package pgdb
 
 import (
 	"bytes"
-	"math"
 	"slices"
 	"sort"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/p2pserver/p2pserver/fhir/store/backend"
 )
 
 // cursor merges the database's rows (read in chunks) with the
@@ -60,26 +60,6 @@ func (c *cursor) Prev() ([]byte, []byte) {
 		return nil, nil
 	}
 	return c.move(bound{key: c.cur}, false)
-}
-
-// ReadAhead returns how many Next calls from the cursor's key its chunk
-// answers without a read: every one (math.MaxInt) when the chunk reaches
-// the end of the range (or the bucket is cleared in the transaction, so
-// that no row is read), else the rows of the chunk after the key.
-func (c *cursor) ReadAhead() int {
-	ch := &c.db
-	switch {
-	case c.cur == nil || c.b.t.err != nil:
-		return 0
-	case c.b.o.cleared:
-		return math.MaxInt
-	case !ch.valid || !ch.fwd || !covers(ch.from, bound{key: c.cur}, true):
-		return 0
-	case !ch.more:
-		return math.MaxInt
-	}
-	i := sort.Search(len(ch.keys), func(i int) bool { return bytes.Compare(ch.keys[i], c.cur) > 0 })
-	return len(ch.keys) - i
 }
 
 // beyond reports whether k lies past b in the direction.
@@ -225,6 +205,18 @@ func covers(from, b bound, fwd bool) bool {
 
 // read fills the chunk with rows past b.
 func (c *cursor) read(b bound, fwd bool) {
+	sql, args, ok := c.query(b, fwd)
+	if !ok {
+		return
+	}
+	c.b.t.rows(sql, args, c.scan)
+	c.db.more = len(c.db.keys) == c.limit
+}
+
+// query empties the chunk for rows past b, and returns the statement that
+// reads them (into the chunk by scan); ok is false when no row can be
+// there (or the transaction failed).
+func (c *cursor) query(b bound, fwd bool) (sql string, args []any, ok bool) {
 	if c.limit == 0 {
 		c.limit = firstChunk
 		if c.end != nil {
@@ -234,33 +226,63 @@ func (c *cursor) read(b bound, fwd bool) {
 		c.limit *= 4
 	}
 	t, tb := c.b.t, c.b.o.t
-	ch := &c.db
-	*ch = chunk{valid: true, fwd: fwd, from: b}
+	c.db = chunk{valid: true, fwd: fwd, from: b}
 	if tb.kind == kindSearch {
 		ix, ok := t.searchIx(tb)
 		if !ok {
-			return // no number: no row
+			return "", nil, false // no number: no row
 		}
 		tb.ix = ix
 	}
 	sql, args, nothing, err := fetchSQL(tb, b, c.end, fwd, c.limit, c.prefix > 0 && tb.kind == kindResources)
 	if err != nil {
 		t.fail(err)
-		return
+		return "", nil, false
 	}
-	if nothing {
-		return
+	return sql, args, !nothing
+}
+
+// scan adds a row of the cursor's query to its chunk.
+func (c *cursor) scan(r pgx.Rows) error {
+	k, v, err := scanRow(c.b.o.t, r)
+	if err != nil {
+		return err
 	}
-	t.rows(sql, args, func(r pgx.Rows) error {
-		k, v, err := scanRow(tb, r)
-		if err != nil {
-			return err
+	c.db.keys = append(c.db.keys, k)
+	c.db.vals = append(c.db.vals, c.cut(v))
+	return nil
+}
+
+// SeekBounded returns, for each i, a cursor over the keys before ends[i]
+// (see BoundedCursor) moved by Seek(seeks[i]), with the key and value it
+// is on: the first rows of every range are read in one round trip.
+func (b *bucket) SeekBounded(seeks, ends [][]byte) ([]backend.Cursor, [][]byte, [][]byte) {
+	cs := make([]*cursor, len(seeks))
+	var qs []query
+	var read []*cursor
+	for i := range seeks {
+		c := &cursor{b: b, end: append([]byte{}, ends[i]...)}
+		cs[i] = c
+		if b.o.cleared {
+			continue
 		}
-		ch.keys = append(ch.keys, k)
-		ch.vals = append(ch.vals, c.cut(v))
-		return nil
-	})
-	ch.more = len(ch.keys) == c.limit
+		if sql, args, ok := c.query(bound{key: append([]byte{}, seeks[i]...), incl: true}, true); ok {
+			qs = append(qs, query{sql, args, c.scan})
+			read = append(read, c)
+		}
+	}
+	b.t.batch(qs)
+	for _, c := range read {
+		c.db.more = len(c.db.keys) == c.limit
+	}
+	out := make([]backend.Cursor, len(cs))
+	ks, vs := make([][]byte, len(cs)), make([][]byte, len(cs))
+	for i, c := range cs {
+		out[i] = c
+		// The chunk covers the seek: the move reads nothing more.
+		ks[i], vs[i] = c.Seek(seeks[i])
+	}
+	return out, ks, vs
 }
 
 // scanRow reads a row of fetchSQL as the bucket's key and value.

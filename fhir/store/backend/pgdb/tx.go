@@ -224,6 +224,85 @@ func (t *tx) rows(sql string, args []any, scan func(pgx.Rows) error) {
 	}
 }
 
+// query is a statement of a batch, with what reads its rows.
+type query struct {
+	sql  string
+	args []any
+	scan func(pgx.Rows) error
+}
+
+// batch runs the queries in one round trip (the one that begins the read
+// transaction if none is begun, as rows does), calling each one's scan
+// for each of its rows.
+func (t *tx) batch(qs []query) {
+	if t.err != nil || len(qs) == 0 {
+		return
+	}
+	if len(qs) == 1 {
+		t.rows(qs[0].sql, qs[0].args, qs[0].scan)
+		return
+	}
+	var br pgx.BatchResults
+	for attempt := 0; ; attempt++ {
+		b := &pgx.Batch{}
+		begin := !t.begun
+		if begin {
+			if t.open {
+				b.Queue("ROLLBACK")
+			}
+			b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+		}
+		for _, q := range qs {
+			b.Queue(q.sql, q.args...)
+		}
+		br = t.conn.SendBatch(t.ctx, b)
+		var err error
+		for range b.Len() - len(qs) {
+			if _, err = br.Exec(); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			if begin {
+				t.begun, t.open = true, false
+			}
+			break
+		}
+		br.Close()
+		if !begin || !t.db.closedBefore(t.ctx, t.conn, err, attempt) {
+			t.fail(err)
+			return
+		}
+		release(t.conn)
+		if t.conn, t.open, err = t.db.acquire(t.ctx); err != nil {
+			t.conn = nil
+			t.fail(err)
+			return
+		}
+	}
+	for _, q := range qs {
+		rows, err := br.Query()
+		if err != nil {
+			t.fail(err)
+			break
+		}
+		for rows.Next() {
+			if err := q.scan(rows); err != nil {
+				t.fail(err)
+				break
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			t.fail(err)
+			break
+		}
+	}
+	if err := br.Close(); err != nil {
+		t.fail(err)
+	}
+}
+
 // begin sends the round trip that begins a read transaction with its
 // first statement (after rolling back the one the connection was parked
 // in), and returns that statement's rows.
