@@ -117,3 +117,101 @@ func Object(ms []Member) ([]byte, error) {
 func AppendCompact(dst, v []byte) ([]byte, error) {
 	return jsontext.AppendFormat(dst, v, lenient...)
 }
+
+// EditObject rewrites the members of the JSON object data, one level
+// deep. edit is called with each member's name and value (raw, sharing
+// data's memory) and returns the value to write: value itself to keep
+// the member as it is, another valid JSON value to replace it, or nil to
+// leave the member out. Every member kept is data's bytes as written
+// (name, colon, value: member order, number text and string escapes
+// stay); only the commas between members are written anew. When nothing
+// changes data itself is returned. Invalid JSON, or anything but one
+// object, is an error.
+func EditObject(data []byte, edit func(name string, value []byte) ([]byte, error)) ([]byte, error) {
+	return editComposite(data, '{', func(name string, _ int, value []byte) ([]byte, error) {
+		return edit(name, value)
+	})
+}
+
+// EditArray rewrites the elements of the JSON array data as EditObject
+// does the members of an object: edit is called with each element's
+// index and raw value and returns it, its replacement, or nil to leave
+// it out. When nothing changes data itself is returned. Invalid JSON, or
+// anything but one array, is an error.
+func EditArray(data []byte, edit func(i int, value []byte) ([]byte, error)) ([]byte, error) {
+	return editComposite(data, '[', func(_ string, i int, value []byte) ([]byte, error) {
+		return edit(i, value)
+	})
+}
+
+// editComposite walks the object or array (kind '{' or '[') data and
+// splices what edit returns for each of its members or elements.
+func editComposite(data []byte, kind jsontext.Kind, edit func(name string, i int, value []byte) ([]byte, error)) ([]byte, error) {
+	d := jsontext.NewDecoder(bytes.NewReader(data), lenient...)
+	if d.PeekKind() != kind {
+		if _, err := d.ReadToken(); err != nil && err != io.EOF {
+			return nil, err
+		}
+		if kind == '{' {
+			return nil, errors.New("not a JSON object")
+		}
+		return nil, errors.New("not a JSON array")
+	}
+	if _, err := d.ReadToken(); err != nil {
+		return nil, err
+	}
+	end := kind + 2 // '}' or ']'
+	out := make([]byte, 0, len(data))
+	out = append(out, byte(kind))
+	changed, n := false, 0
+	for i := 0; d.PeekKind() != end; i++ {
+		start := int(d.InputOffset())
+		var name string
+		if kind == '{' {
+			k, err := d.ReadToken()
+			if err != nil {
+				return nil, err
+			}
+			name = k.String()
+			// The name's opening quote follows the separator and any space.
+			start += bytes.IndexByte(data[start:], '"')
+		}
+		v, err := d.ReadValue()
+		if err != nil {
+			return nil, err
+		}
+		vEnd := int(d.InputOffset())
+		vStart := vEnd - len(v)
+		if kind == '[' {
+			start = vStart
+		}
+		value := data[vStart:vEnd:vEnd]
+		nv, err := edit(name, i, value)
+		if err != nil {
+			return nil, err
+		}
+		if nv == nil {
+			changed = true
+			continue
+		}
+		if !bytes.Equal(nv, value) {
+			changed = true
+		}
+		if n > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, data[start:vStart]...)
+		out = append(out, nv...)
+		n++
+	}
+	if _, err := d.ReadToken(); err != nil {
+		return nil, err
+	}
+	if _, err := d.ReadToken(); err != io.EOF {
+		return nil, errors.New("data after the JSON value")
+	}
+	if !changed {
+		return data, nil
+	}
+	return append(out, byte(end)), nil
+}

@@ -266,3 +266,54 @@ func cpuTime() time.Duration {
 func reportCPU(b *testing.B, start time.Duration) {
 	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
 }
+
+// TestEditObjectAndArray: what EditObject and EditArray keep is the input's
+// bytes (order, number text, escapes); only the commas between what is
+// kept are written anew; nothing changed gives the input itself.
+func TestEditObjectAndArray(t *testing.T) {
+	drop := func(names ...string) func(string, []byte) ([]byte, error) {
+		return func(name string, v []byte) ([]byte, error) {
+			for _, n := range names {
+				if n == name {
+					return nil, nil
+				}
+			}
+			return v, nil
+		}
+	}
+	rows := []struct {
+		name, in, want string
+		drop           []string
+	}{
+		{"middle member", `{"b":1.50,"a":"\u00e9\/","c":1e2}`, `{"b":1.50,"c":1e2}`, []string{"a"}},
+		{"first member", `{"b":1.50,"a":-0.0}`, `{"a":-0.0}`, []string{"b"}},
+		{"last member", `{"b":100.00,"a":0.000}`, `{"b":100.00}`, []string{"a"}},
+		{"every member", `{"b":1,"a":2}`, `{}`, []string{"a", "b"}},
+		{"white space kept inside members", "{ \"z\" : 1.50 ,\n \"a\" : [ 1e2 ] , \"m\":\"x\" }", "{\"z\" : 1.50,\"m\":\"x\"}", []string{"a"}},
+		{"duplicate names", `{"a":1,"b":2,"a":3}`, `{"b":2}`, []string{"a"}},
+		{"nothing to drop", " {\"a\":1.0} ", " {\"a\":1.0} ", []string{"x"}},
+	}
+	for _, r := range rows {
+		got, err := EditObject([]byte(r.in), drop(r.drop...))
+		if err != nil || string(got) != r.want {
+			t.Errorf("%s: EditObject(%s) = %s, %v; want %s", r.name, r.in, got, err, r.want)
+		}
+	}
+	got, err := EditArray([]byte(`[1.50, {"a":"\u00e9"} ,-0.0,"x"]`), func(i int, v []byte) ([]byte, error) {
+		if i%2 == 1 {
+			return nil, nil
+		}
+		return v, nil
+	})
+	if err != nil || string(got) != `[1.50,-0.0]` {
+		t.Errorf("EditArray = %s, %v; want [1.50,-0.0]", got, err)
+	}
+	for _, bad := range []string{`[1]`, `{"a":}`, `{"a":1}x`, `"s"`, ``} {
+		if _, err := EditObject([]byte(bad), drop()); err == nil {
+			t.Errorf("EditObject(%q): no error", bad)
+		}
+	}
+	if _, err := EditArray([]byte(`{}`), func(int, []byte) ([]byte, error) { return nil, nil }); err == nil {
+		t.Error("EditArray of an object: no error")
+	}
+}
