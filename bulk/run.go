@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/p2pserver/p2pserver/fhir/fhirjson"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/lease"
@@ -473,29 +474,30 @@ func (r *reader) provenance(members memberList, cur Cursor, budget int64, buf *b
 			if err != nil {
 				continue
 			}
-			var p map[string]any
-			if err := json.Unmarshal(v.JSON, &p); err != nil {
+			// The Provenance as stored, its target list cut to what was sent.
+			kept := 0
+			line, err := fhirjson.EditObject(v.JSON, func(name string, val []byte) ([]byte, error) {
+				if name != "target" || firstByte(val) != '[' {
+					return val, nil
+				}
+				return fhirjson.EditArray(val, func(_ int, t []byte) ([]byte, error) {
+					var tm map[string]any
+					_ = json.Unmarshal(t, &tm)
+					ref, _ := tm["reference"].(string)
+					if !sent[versionless(search.NormalizeReference(ref, r.e.srv.BaseURL()))] {
+						return nil, nil
+					}
+					kept++
+					return t, nil
+				})
+			})
+			if err != nil {
 				return 0, cur, fmt.Errorf("bulk: Provenance/%s: %w", id, err)
 			}
-			targets, _ := p["target"].([]any)
-			kept := targets[:0:0]
-			for _, t := range targets {
-				tm, _ := t.(map[string]any)
-				ref, _ := tm["reference"].(string)
-				if sent[versionless(search.NormalizeReference(ref, r.e.srv.BaseURL()))] {
-					kept = append(kept, t)
-				}
-			}
-			if len(kept) == 0 {
+			if kept == 0 {
 				continue
 			}
-			p["target"] = kept
-			line, err := json.Marshal(p)
-			if err != nil {
-				return 0, cur, err
-			}
-			buf.Write(line)
-			buf.WriteByte('\n')
+			writeLine(buf, line)
 			n++
 		}
 		cur.Member++
@@ -567,12 +569,16 @@ func (r *reader) keep(typ, id string, lu time.Time, raw []byte, pol *mdm.Policy,
 		return false, nil
 	}
 	if buf != nil {
-		line, err := json.Marshal(res)
-		if err != nil {
-			return false, err
+		// The decoded form only decides; what is sent is the stored JSON,
+		// less what the payer-to-payer scope removes.
+		line := raw
+		if spec.PayerToPayer {
+			var err error
+			if line, err = p2pStrip(typ, raw); err != nil {
+				return false, fmt.Errorf("bulk: %s/%s: %w", typ, id, err)
+			}
 		}
-		buf.Write(line)
-		buf.WriteByte('\n')
+		writeLine(buf, line)
 	}
 	return true, nil
 }

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/p2pserver/p2pserver/fhir/fhirjson"
 	"github.com/p2pserver/p2pserver/fhir/search"
 )
 
@@ -244,53 +245,86 @@ func walk(v any, fn func(map[string]any)) {
 	}
 }
 
-// p2pKeep applies the payer-to-payer scope to one resource of typ, decoded
-// (res, changed in place): false when it is not sent; true (and res
-// stripped of what is not sent) otherwise. now is the kick-off time,
-// lastUpdated the resource's.
+// p2pKeep applies the payer-to-payer scope to one resource of typ,
+// decoded (res, only read): false when it is not sent. What a resource
+// sent leaves out is p2pStrip's. now is the kick-off time, lastUpdated
+// the resource's.
 func p2pKeep(typ string, res map[string]any, spec *ExportSpec, now, lastUpdated time.Time) bool {
 	if hi, ok := latestService(typ, res); ok && hi < spec.ServiceFloor.UnixMilli() {
 		return false
 	}
-	switch typ {
-	case "ExplanationOfBenefit":
-		if priorAuth(res) {
-			if drug(res) || denied(res) {
-				return false
-			}
-			current := res["status"] == "active" || pending(res)
-			if !current && lastUpdated.Before(now.AddDate(-1, 0, 0)) {
-				return false
-			}
+	if typ == "ExplanationOfBenefit" && priorAuth(res) {
+		if drug(res) || denied(res) {
+			return false
 		}
-		for _, k := range eobFinancial {
-			delete(res, k)
+		current := res["status"] == "active" || pending(res)
+		if !current && lastUpdated.Before(now.AddDate(-1, 0, 0)) {
+			return false
 		}
-		for _, list := range []string{"item", "addItem"} {
-			for _, it := range valuesAt(res, []string{list}) {
-				stripItem(it)
-			}
-		}
-	case "Coverage":
-		delete(res, "costToBeneficiary")
 	}
 	return true
 }
 
-// stripItem removes the amounts and adjudications of a claim item and of
-// its details and sub-details.
-func stripItem(v any) {
-	m, ok := v.(map[string]any)
-	if !ok {
-		return
+// p2pStrip returns raw, a resource of typ as stored, without the financial
+// data a payer-to-payer export does not send (PDex STU 2.1 Payer-to-Payer
+// Exchange (bulk): "Claims and Encounters, with financial data excluded
+// as defined by Non-Financial ExplanationOfBenefit profiles"): an ExplanationOfBenefit's
+// eobFinancial members and its items' (item, addItem, and their detail
+// and subDetail) itemFinancial members; a Coverage's costToBeneficiary.
+// Everything else is raw's bytes as written (member order, numbers as
+// written, string escapes: FHIR R4 json.html), and raw itself when there
+// is nothing to remove.
+func p2pStrip(typ string, raw []byte) ([]byte, error) {
+	switch typ {
+	case "ExplanationOfBenefit":
+		return fhirjson.EditObject(raw, func(name string, v []byte) ([]byte, error) {
+			switch {
+			case slices.Contains(eobFinancial, name):
+				return nil, nil
+			case name == "item" || name == "addItem":
+				return stripItems(v)
+			}
+			return v, nil
+		})
+	case "Coverage":
+		return fhirjson.EditObject(raw, func(name string, v []byte) ([]byte, error) {
+			if name == "costToBeneficiary" {
+				return nil, nil
+			}
+			return v, nil
+		})
 	}
-	for _, k := range itemFinancial {
-		delete(m, k)
+	return raw, nil
+}
+
+// stripItems removes the amounts and adjudications of claim items: v is a
+// list of items (or one item), raw.
+func stripItems(v []byte) ([]byte, error) {
+	switch firstByte(v) {
+	case '[':
+		return fhirjson.EditArray(v, func(_ int, e []byte) ([]byte, error) { return stripItems(e) })
+	case '{':
+		return fhirjson.EditObject(v, func(name string, x []byte) ([]byte, error) {
+			switch {
+			case slices.Contains(itemFinancial, name):
+				return nil, nil
+			case name == "detail" || name == "subDetail":
+				return stripItems(x)
+			}
+			return x, nil
+		})
 	}
-	for _, d := range valuesAt(m, []string{"detail"}) {
-		stripItem(d)
+	return v, nil
+}
+
+// firstByte is the first byte of v that is not JSON white space, 0 if none.
+func firstByte(v []byte) byte {
+	for _, c := range v {
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		}
+		return c
 	}
-	for _, d := range valuesAt(m, []string{"subDetail"}) {
-		stripItem(d)
-	}
+	return 0
 }
