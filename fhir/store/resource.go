@@ -282,7 +282,7 @@ type Doc struct {
 // Prepare computes a Doc's index entries and time stamp outside of any
 // transaction, so that the work is done in the caller's goroutine rather
 // than in the single writer. The Map's id and meta.lastUpdated are set.
-func (s *Store) Prepare(d *Doc) { s.prepareAt(d, now()) }
+func (s *Store) Prepare(d *Doc) { s.prepareAt(d, s.now()) }
 
 // PrepareAt is Prepare with the time stamp at (to the microsecond, as
 // stored) instead of the time of the call: the resources of one
@@ -448,7 +448,7 @@ func (tx *Tx) Delete(typ, id string, ifMatch int64) (*Version, error) {
 		return nil, errs.E("store.delete", errs.Precondition,
 			fmt.Sprintf("%s/%s is at version %d, not %d", typ, id, prev.VersionID, ifMatch))
 	}
-	v := &Version{Type: typ, ID: id, VersionID: prev.VersionID + 1, LastUpdated: tx.s.writtenAt(now(), prev), Deleted: true}
+	v := &Version{Type: typ, ID: id, VersionID: prev.VersionID + 1, LastUpdated: tx.s.writtenAt(tx.s.now(), prev), Deleted: true}
 	if err := tx.writeVersion(v, encodeRecord(v), nil); err != nil {
 		return nil, err
 	}

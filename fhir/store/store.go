@@ -58,6 +58,10 @@ type Store struct {
 	// at the first older version (see writtenAt and stampBucket).
 	stampFloor atomic.Int64
 
+	// clock, when set (SetClock), is what versions are stamped by
+	// instead of time.Now.
+	clock atomic.Pointer[func() time.Time]
+
 	// outage logs the database's outages (see outageLog).
 	outage outageLog
 
@@ -504,4 +508,23 @@ func (s *Store) writeFloor(btx backend.Tx, floor uint64) error {
 }
 
 // now is the clock for lastUpdated; microsecond precision as stored.
-func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+func (s *Store) now() time.Time {
+	t := time.Now()
+	if c := s.clock.Load(); c != nil {
+		t = (*c)()
+	}
+	return t.UTC().Truncate(time.Microsecond)
+}
+
+// SetClock sets the clock versions are stamped by (meta.lastUpdated,
+// truncated to the microsecond stored); nil restores time.Now. A clock
+// that goes back stamps no version before one already written (see
+// PrepareAt). It is for tests that need versions stamped at chosen
+// instants, such as several within one millisecond.
+func (s *Store) SetClock(now func() time.Time) {
+	if now == nil {
+		s.clock.Store(nil)
+		return
+	}
+	s.clock.Store(&now)
+}
