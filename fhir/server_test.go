@@ -30,6 +30,7 @@ type testServer struct {
 	URL  string // FHIR base
 	http *httptest.Server
 	fhir *fhir.Server
+	st   *store.Store
 	// gone counts requests whose client went away before their answer.
 	gone atomic.Int64
 }
@@ -51,7 +52,7 @@ func newServerOn(t *testing.T, dsn string, opts ...func(*fhir.Config)) *testServ
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &testServer{t: t}
+	ts := &testServer{t: t, st: st}
 	mux := chi.NewRouter()
 	mux.Use(func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/p2pserver/p2pserver/internal/errs"
 )
@@ -62,6 +63,46 @@ type Value struct {
 	// it names; Query.ExpandMDM widens the value to the Patients linked to
 	// it.
 	Patient string
+	// at, for a date value, reports whether a stored value spanning lo..hi
+	// (Unix microseconds, inclusive) satisfies it; fine marks a value
+	// finer than the index's milliseconds (an instant with more than 3
+	// fractional digits), whose Ranges then only narrow the candidates
+	// (see Clause.ByStamp).
+	at   func(lo, hi int64) bool
+	fine bool
+}
+
+// ByStamp reports whether c is a _lastUpdated clause with a value finer
+// than the milliseconds its index keeps, such as a client's
+// gt<meta.lastUpdated it last saw>: its index ranges then hold every
+// resource that may match, including those in the value's boundary
+// millisecond that do not, and each candidate is decided by its stored
+// meta.lastUpdated (microseconds) with MatchesStamp. FHIR R4
+// search.html#date: the value's precision is its range, an instant of 6
+// fractional digits one microsecond.
+func (c *Clause) ByStamp() bool {
+	if c.Param == nil || c.Param.Code != "_lastUpdated" || c.Not || c.Missing != nil {
+		return false
+	}
+	for _, v := range c.Values {
+		if v.fine {
+			return true
+		}
+	}
+	return false
+}
+
+// MatchesStamp reports whether a resource whose meta.lastUpdated is
+// lastUpdated (an instant of microsecond precision) satisfies c, a
+// _lastUpdated clause: whether any of its values does (see ByStamp).
+func (c *Clause) MatchesStamp(lastUpdated time.Time) bool {
+	t := lastUpdated.UnixMicro()
+	for _, v := range c.Values {
+		if v.at != nil && v.at(t, t) {
+			return true
+		}
+	}
+	return false
 }
 
 // Chain is a chained parameter such as subject:Patient.name=peter.
@@ -656,11 +697,11 @@ func (r *Registry) parseValue(p *Param, modifier, v string, opts Options) (Value
 			val.Ranges = []Range{exactValue(pfxURI, v)}
 		}
 	case "date":
-		rg, err := dateValueRange(p.Code, v)
+		rg, at, fine, err := dateValueRange(p.Code, v)
 		if err != nil {
 			return val, err
 		}
-		val.Ranges = []Range{rg}
+		val.Ranges, val.at, val.fine = []Range{rg}, at, fine
 	case "number", "quantity":
 		rg, err := numberValueRange(p, v)
 		if err != nil {
@@ -698,11 +739,51 @@ func cutPrefix(v string) (string, string) {
 	return "eq", v
 }
 
-func dateValueRange(code, v string) (Range, error) {
+// dateValueRange returns the index range of a date value, a test of a
+// stored value's microsecond range (at), and whether the value is finer
+// than the index's milliseconds (fine). The prefixes compare ranges (FHIR
+// R4 search.html#date): eq the stored range within the value's, ne not,
+// gt/lt the stored range ending after / starting before it, ge/le gt/lt
+// or eq, sa/eb the stored range starting after / ending before it.
+//
+// For a fine _lastUpdated value the index range holds the value's
+// boundary milliseconds too, where the index cannot tell before from
+// after: the stored meta.lastUpdated decides (see Clause.ByStamp). For
+// other parameters a fine value is compared at the millisecond.
+func dateValueRange(code, v string) (Range, func(lo, hi int64) bool, bool, error) {
 	pre, s := cutPrefix(v)
 	plo, phi, err := DateRange(s)
 	if err != nil {
-		return Range{}, invalid("%s: %v", code, err)
+		return Range{}, nil, false, invalid("%s: %v", code, err)
+	}
+	ulo, uhi, err := dateRangeMicro(s)
+	if err != nil {
+		return Range{}, nil, false, invalid("%s: %v", code, err)
+	}
+	fine := code == "_lastUpdated" && (ulo != plo*1000 || uhi != phi*1000+999)
+	// inB (the stored range within the value's) and at, in microseconds.
+	inU := func(lo, hi int64) bool { return lo >= ulo && hi <= uhi }
+	var at func(lo, hi int64) bool
+	switch pre {
+	case "eq":
+		at = inU
+	case "ne":
+		at = func(lo, hi int64) bool { return !inU(lo, hi) }
+	case "gt":
+		at = func(_, hi int64) bool { return hi > uhi }
+	case "lt":
+		at = func(lo, _ int64) bool { return lo < ulo }
+	case "ge":
+		at = func(lo, hi int64) bool { return hi > uhi || inU(lo, hi) }
+	case "le":
+		at = func(lo, hi int64) bool { return lo < ulo || inU(lo, hi) }
+	case "sa":
+		at = func(lo, _ int64) bool { return lo > uhi }
+	case "eb":
+		at = func(_, hi int64) bool { return hi < ulo }
+	case "ap":
+		pad := max((phi-plo)/10, 24*3600*1000) * 1000
+		at = func(lo, hi int64) bool { return hi >= ulo-pad && lo <= uhi+pad }
 	}
 	all := Range{Start: pfxDate, End: pfxDate + "\xff"}
 	span := phi - plo
@@ -727,21 +808,39 @@ func dateValueRange(code, v string) (Range, error) {
 		}
 	}
 	within := func(lo, hi int64) bool { return lo >= plo && hi <= phi }
+	if fine {
+		// The value lies in one millisecond, plo (= phi): an entry of
+		// that millisecond may be on either side of it, so it is kept
+		// whatever the prefix, and the stamp decides.
+		switch pre {
+		case "eq":
+			return Range{Start: pfxDate + hexInt(plo), End: pfxDate + hexInt(phi+1), Match: match(within)}, at, true, nil
+		case "gt", "ge":
+			all.Match = match(func(_, hi int64) bool { return hi >= phi })
+		case "lt", "le":
+			return Range{Start: pfxDate, End: pfxDate + hexInt(phi+1)}, at, true, nil
+		case "sa":
+			return Range{Start: pfxDate + hexInt(phi), End: pfxDate + "\xff"}, at, true, nil
+		case "eb":
+			all.Match = match(func(_, hi int64) bool { return hi <= plo })
+		}
+		return all, at, true, nil
+	}
 	switch pre {
 	case "eq":
-		return Range{Start: pfxDate + hexInt(plo), End: pfxDate + hexInt(phi+1), Match: match(within)}, nil
+		return Range{Start: pfxDate + hexInt(plo), End: pfxDate + hexInt(phi+1), Match: match(within)}, at, false, nil
 	case "ne":
 		all.Match = match(func(lo, hi int64) bool { return !within(lo, hi) })
 	case "gt":
 		all.Match = match(func(_, hi int64) bool { return hi > phi })
 	case "lt":
-		return Range{Start: pfxDate, End: pfxDate + hexInt(plo), Match: match(func(lo, _ int64) bool { return lo < plo })}, nil
+		return Range{Start: pfxDate, End: pfxDate + hexInt(plo), Match: match(func(lo, _ int64) bool { return lo < plo })}, at, false, nil
 	case "ge":
 		all.Match = match(func(lo, hi int64) bool { return hi > phi || within(lo, hi) })
 	case "le":
-		return Range{Start: pfxDate, End: pfxDate + hexInt(phi+1), Match: match(func(lo, hi int64) bool { return lo < plo || within(lo, hi) })}, nil
+		return Range{Start: pfxDate, End: pfxDate + hexInt(phi+1), Match: match(func(lo, hi int64) bool { return lo < plo || within(lo, hi) })}, at, false, nil
 	case "sa":
-		return Range{Start: pfxDate + hexInt(phi+1), End: pfxDate + "\xff"}, nil
+		return Range{Start: pfxDate + hexInt(phi+1), End: pfxDate + "\xff"}, at, false, nil
 	case "eb":
 		all.Match = match(func(_, hi int64) bool { return hi < plo })
 	case "ap":
@@ -749,7 +848,7 @@ func dateValueRange(code, v string) (Range, error) {
 		pad := max(span/10, 24*3600*1000)
 		all.Match = match(func(lo, hi int64) bool { return hi >= plo-pad && lo <= phi+pad })
 	}
-	return all, nil
+	return all, at, false, nil
 }
 
 func numberValueRange(p *Param, v string) (Range, error) {
@@ -842,6 +941,14 @@ func SortValue(p *Param, entries []Entry, desc bool) (string, bool) {
 		}
 	}
 	return best, found
+}
+
+// StampSortValue is the sort value of a resource for _sort=_lastUpdated
+// by its stored meta.lastUpdated, to the microsecond: the form of
+// SortValue's date values (which are milliseconds), ordered by the
+// instant. Values of both forms are never compared with each other.
+func StampSortValue(lastUpdated time.Time) string {
+	return pfxDate + hexInt(lastUpdated.UnixMicro())
 }
 
 // legacyNegZero is the key hexFloat wrote for -0 before it wrote 0's (see

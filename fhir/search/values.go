@@ -284,6 +284,27 @@ const (
 // without a zone; no zone means UTC) into the inclusive range of
 // milliseconds it denotes.
 func DateRange(s string) (lo, hi int64, err error) {
+	t, end, err := dateSpan(s)
+	if err != nil {
+		return 0, 0, err
+	}
+	// A range finer than a millisecond is the millisecond it is in.
+	return t.UnixMilli(), max(end.Add(-time.Nanosecond).UnixMilli(), t.UnixMilli()), nil
+}
+
+// dateRangeMicro is DateRange in Unix microseconds, precise to the
+// microsecond (finer values are the microsecond they are in).
+func dateRangeMicro(s string) (lo, hi int64, err error) {
+	t, end, err := dateSpan(s)
+	if err != nil {
+		return 0, 0, err
+	}
+	return t.UnixMicro(), max(end.Add(-time.Nanosecond).UnixMicro(), t.UnixMicro()), nil
+}
+
+// dateSpan parses s as DateRange does into the instant it starts at and
+// the one after it (its precision: a year, ..., a nanosecond).
+func dateSpan(s string) (start, end time.Time, err error) {
 	s = strings.TrimSpace(s)
 	layouts := []struct {
 		layout string
@@ -299,12 +320,12 @@ func DateRange(s string) (lo, hi int64, err error) {
 		}
 		t, perr := time.Parse(l.layout, s)
 		if perr != nil {
-			return 0, 0, fmt.Errorf("%q is not a valid date", s)
+			return time.Time{}, time.Time{}, fmt.Errorf("%q is not a valid date", s)
 		}
-		return t.UnixMilli(), l.step(t).UnixMilli() - 1, nil
+		return t, l.step(t), nil
 	}
 	if len(s) < 16 || s[10] != 'T' {
-		return 0, 0, fmt.Errorf("%q is not a valid date or dateTime", s)
+		return time.Time{}, time.Time{}, fmt.Errorf("%q is not a valid date or dateTime", s)
 	}
 	// Split the zone off so that precision is read from the clock part.
 	clock, zone := s[11:], ""
@@ -328,18 +349,15 @@ func DateRange(s string) (lo, hi int64, err error) {
 		for range frac {
 			step /= 10
 		}
-		if step < time.Millisecond {
-			step = time.Millisecond
-		}
 	default:
-		return 0, 0, fmt.Errorf("%q is not a valid dateTime", s)
+		return time.Time{}, time.Time{}, fmt.Errorf("%q is not a valid dateTime", s)
 	}
 	zl := "Z07:00"
 	t, perr := time.Parse("2006-01-02T"+layout+zl, s[:11]+clock+zone)
 	if perr != nil {
-		return 0, 0, fmt.Errorf("%q is not a valid dateTime", s)
+		return time.Time{}, time.Time{}, fmt.Errorf("%q is not a valid dateTime", s)
 	}
-	return t.UnixMilli(), t.Add(step).UnixMilli() - 1, nil
+	return t, t.Add(step), nil
 }
 
 // numberRange returns the value and the implicit-precision range of a

@@ -82,6 +82,11 @@ func (tx *Tx) SearchPage(q *search.Query, after *Position, n int, keep Keep) (id
 	r := &row{vals: make([]string, len(q.Sort)), has: make([]bool, len(q.Sort))}
 	err = m.each("", keepBatch, keep, func(id string, entries []search.Entry) bool {
 		fillRow(r, id, entries, q.Sort)
+		for j, k := range q.Sort {
+			if k.Param.Code == "_lastUpdated" {
+				r.vals[j], r.has[j] = tx.stampSortValue(q.Type, id)
+			}
+		}
 		if from != nil && !h.less(from, r) {
 			return true
 		}
@@ -423,7 +428,7 @@ func (m *matcher) match(id string) ([]search.Entry, bool) {
 			}
 			continue
 		}
-		if c != m.decided && !search.Matches(c, entries) {
+		if c != m.decided && !m.tx.matches(m.q.Type, id, c, entries) {
 			return nil, false
 		}
 	}

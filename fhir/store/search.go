@@ -162,7 +162,7 @@ func (tx *Tx) Match(q *search.Query, id string) (bool, error) {
 			chained = chained || v.Chain != nil
 		}
 		if !chained {
-			if !search.Matches(c, entries) {
+			if !tx.matches(q.Type, id, c, entries) {
 				return false, nil
 			}
 			continue
@@ -176,6 +176,49 @@ func (tx *Tx) Match(q *search.Query, id string) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// matches reports whether typ/id, with these index entries, satisfies c
+// (not chained): by its entries, and for a _lastUpdated value finer than
+// their milliseconds by its stored meta.lastUpdated (see
+// search.Clause.ByStamp).
+func (tx *Tx) matches(typ, id string, c *search.Clause, entries []search.Entry) bool {
+	if !search.Matches(c, entries) {
+		return false
+	}
+	if c.ByStamp() {
+		at, ok := tx.currentStamp(typ, id)
+		return ok && c.MatchesStamp(at)
+	}
+	return true
+}
+
+// currentStamp returns the meta.lastUpdated of the current version of
+// typ/id (microsecond precision, from its record's head); ok is false
+// when there is none.
+func (tx *Tx) currentStamp(typ, id string) (at time.Time, ok bool) {
+	b := tx.typeBucket('R', typ)
+	if b == nil {
+		return time.Time{}, false
+	}
+	raw := b.Get([]byte(id))
+	if len(raw) < 17 || recordDeleted(raw) {
+		return time.Time{}, false
+	}
+	return time.UnixMicro(int64(binary.BigEndian.Uint64(raw[9:17]))).UTC(), true
+}
+
+// stampSortValue is the sort value of typ/id for _sort=_lastUpdated: its
+// stored meta.lastUpdated to the microsecond (see
+// search.StampSortValue), so that resources updated within one
+// millisecond, which their index entries do not tell apart, sort in the
+// order they were stamped.
+func (tx *Tx) stampSortValue(typ, id string) (string, bool) {
+	at, ok := tx.currentStamp(typ, id)
+	if !ok {
+		return "", false
+	}
+	return search.StampSortValue(at), true
 }
 
 // filterLimit is the candidate count below which checking candidates one
@@ -221,13 +264,16 @@ outer:
 func (tx *Tx) filter(typ string, ids []string, c *search.Clause) []string {
 	b := tx.typeBucket('X', typ)
 	tx.prefetch(b, ids)
+	if c.ByStamp() {
+		tx.prefetch(tx.typeBucket('R', typ), ids)
+	}
 	out := ids[:0:0]
 	for _, id := range ids {
 		var entries []search.Entry
 		if b != nil {
 			entries = tx.decodeEntriesOf(b.Get([]byte(id)), nil, nil, id)
 		}
-		if search.Matches(c, entries) {
+		if tx.matches(typ, id, c, entries) {
 			out = append(out, id)
 		}
 	}
@@ -331,6 +377,19 @@ func (tx *Tx) clauseIDs(typ string, c *search.Clause, visible func(typ, id strin
 		}
 		for _, r := range v.Ranges {
 			tx.scan(typ, c.Param.Code, r, set)
+		}
+	}
+	if c.ByStamp() {
+		// The ranges held the boundary milliseconds too.
+		ids := make([]string, 0, len(set))
+		for id := range set {
+			ids = append(ids, id)
+		}
+		tx.prefetch(tx.typeBucket('R', typ), ids)
+		for _, id := range ids {
+			if at, ok := tx.currentStamp(typ, id); !ok || !c.MatchesStamp(at) {
+				delete(set, id)
+			}
 		}
 	}
 	if c.Not {
@@ -501,6 +560,9 @@ func (tx *Tx) sortIDs(typ string, ids []string, keys []search.SortKey) {
 				}
 			}
 			rows[i].vals[j], rows[i].has[j] = search.SortValue(k.Param, ks, k.Desc)
+			if k.Param.Code == "_lastUpdated" {
+				rows[i].vals[j], rows[i].has[j] = tx.stampSortValue(typ, id)
+			}
 		}
 	}
 	sort.SliceStable(rows, func(a, c int) bool {
