@@ -252,6 +252,33 @@ func TestBackendsAgree(t *testing.T) {
 					end := randSeek(r, name)
 					cs = [2]backend.Cursor{&boundedBolt{c: bb.Cursor(), end: end}, bc.BoundedCursor(end)}
 					what = fmt.Sprintf("new cursor on %s before %q", name, end)
+				} else if bs, ok := pb.(backend.BoundedSeeker); ok && r.IntN(2) == 0 {
+					// Bounded cursors sought together (in one round
+					// trip): each lands where its own seek would, and
+					// the first goes on moving.
+					n := 1 + r.IntN(3)
+					seeks, ends := make([][]byte, n), make([][]byte, n)
+					for i := range n {
+						seeks[i], ends[i] = randSeek(r, name), randSeek(r, name)
+					}
+					pcs, ks, vs := bs.SeekBounded(seeks, ends)
+					for i := range n {
+						bc := &boundedBolt{c: bb.Cursor(), end: ends[i]}
+						k, v := bc.Seek(seeks[i])
+						if !bytes.Equal(k, ks[i]) || !bytes.Equal(v, vs[i]) {
+							fail("%s seek %q before %q together: bolt %v, pg %v", name, seeks[i], ends[i], pair{k, v}, pair{ks[i], vs[i]})
+						}
+						if i == 0 {
+							cs = [2]backend.Cursor{bc, pcs[0]}
+						}
+					}
+					what = fmt.Sprintf("%d cursors on %s sought together, the first %q before %q", n, name, seeks[0], ends[0])
+					if ks[0] == nil {
+						// bbolt's cursor is undefined after its end.
+						log = append(log, what+": nil")
+						delete(cursors, name)
+						return
+					}
 				}
 				cursors[name] = cs
 				log = append(log, what)
