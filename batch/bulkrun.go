@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/p2pserver/p2pserver/bulk"
+	"github.com/p2pserver/p2pserver/fhir/fhirjson"
 	"github.com/p2pserver/p2pserver/fhir/search"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/internal/errs"
@@ -519,14 +520,17 @@ func (r *Runner) matchRequest(rec *record) ([]byte, error) {
 			add("CoverageToMatch", m.CoverageToMatch)
 			add("CoverageToLink", m.CoverageToLink)
 			add("Consent", m.Consent)
-			line, err := json.Marshal(map[string]any{"name": "MemberBundle", "part": parts})
-			if err != nil {
-				return false, err
-			}
 			if n > 0 {
 				buf.WriteByte(',')
 			}
-			buf.Write(line)
+			// The resources go as they are (json.Marshal would escape
+			// <, > and & in their strings).
+			enc := json.NewEncoder(&buf)
+			enc.SetEscapeHTML(false)
+			if err := enc.Encode(map[string]any{"name": "MemberBundle", "part": parts}); err != nil {
+				return false, err
+			}
+			buf.Truncate(buf.Len() - 1) // Encode's newline
 			n++
 			return true, nil
 		})
@@ -536,22 +540,22 @@ func (r *Runner) matchRequest(rec *record) ([]byte, error) {
 }
 
 // memberPatient is our member's Patient as sent in a MemberBundle: the
-// demographics the source matches on, under our id, without our meta.
-func memberPatient(tx *store.Tx, id string) (map[string]any, error) {
+// demographics the source matches on, under our id, without our meta,
+// text and link; the rest is the stored JSON as written (member order,
+// decimals, string escapes).
+func memberPatient(tx *store.Tx, id string) (json.RawMessage, error) {
 	v, err := tx.Read("Patient", id)
 	if err != nil {
 		// Gone since the job was made: sent with the id only, it matches
 		// nothing at the source.
-		return map[string]any{"resourceType": "Patient", "id": id}, nil
+		return json.Marshal(map[string]any{"resourceType": "Patient", "id": id})
 	}
-	m, err := decodeMap(v.JSON)
-	if err != nil {
-		return nil, err
-	}
-	delete(m, "meta")
-	delete(m, "text")
-	delete(m, "link")
-	return m, nil
+	return fhirjson.EditObject(v.JSON, func(name string, val []byte) ([]byte, error) {
+		if name == "meta" || name == "text" || name == "link" {
+			return nil, nil
+		}
+		return val, nil
+	})
 }
 
 // matchGroup is one Group of a $bulk-member-match result.
