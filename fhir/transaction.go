@@ -574,6 +574,17 @@ func (s *Server) prepareTransaction(tx *store.Tx, entries []*txEntry, bodies []b
 			s.store.PrepareAt(d, at)
 		}
 	}
+	// 5. What waits for the writer kept small: the decoded form of each
+	// resource is dropped where nothing in the writer reads it (no
+	// validator of its type, no access rule), and with it the index of
+	// the resources written that conditional references were matched in.
+	plan.mem = nil
+	a := AccessFrom(ctx)
+	for _, d := range docs {
+		if d != nil && d.ID != "" && len(s.validatorsFor(d.Type)) == 0 && !s.policy.ReadsWritten(a, d.Type) {
+			s.store.ShedMap(d)
+		}
+	}
 	return &txPrepared{plan: plan, docs: docs, seq: tx.ChangeSeq()}, nil
 }
 

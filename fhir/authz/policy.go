@@ -801,6 +801,14 @@ func walkReferences(v any, fn func(string)) {
 	}
 }
 
+// ReadsWritten reports whether MayWrite reads the decoded form (Doc.Map)
+// of a resource of type typ that p writes: a member's write (its
+// compartment), or a Patient's (its links). When it does not, the resource
+// may wait for the writer without it (store.Store.ShedMap).
+func (pol *Policy) ReadsWritten(p *Principal, typ string) bool {
+	return p != nil && (p.Member() || typ == "Patient")
+}
+
 // linksKept refuses a change of Patient.link, and the deletion of a
 // Patient that has links.
 func linksKept(before *store.Version, after *store.Doc) error {

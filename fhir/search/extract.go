@@ -84,6 +84,20 @@ func (r *Registry) ExtractReading(typ, name string, res map[string]any) ([]Entry
 	return x.out, rd.codes
 }
 
+// ReadAlong returns the top-level elements of a resource of type typ that
+// ExtractReading(typ, name, res) reads: name and every element read by
+// the parameters that may read name. known is false when one of those
+// parameters reads elements not known ahead (then any element may count).
+// The slice is shared: callers must not modify it.
+func (r *Registry) ReadAlong(typ, name string) (elements []string, known bool) {
+	pl := r.plans[typ]
+	if pl == nil {
+		return []string{name}, true
+	}
+	rd := pl.reading(name)
+	return rd.along, rd.alongKnown
+}
+
 func hasAny(res map[string]any, names []string) bool {
 	for _, n := range names {
 		if _, ok := res[n]; ok {

@@ -33,6 +33,10 @@ type plan struct {
 type reading struct {
 	params []int
 	codes  map[string]bool
+	// along are the top-level elements params read (the name included);
+	// alongKnown is false when one of them reads elements not known.
+	along      []string
+	alongKnown bool
 }
 
 // reading returns the parameters that may read the element name.
@@ -40,11 +44,19 @@ func (pl *plan) reading(name string) *reading {
 	if rd, ok := pl.readings.Load(name); ok {
 		return rd.(*reading)
 	}
-	rd := &reading{codes: map[string]bool{}}
+	rd := &reading{codes: map[string]bool{}, along: []string{name}, alongKnown: true}
 	for i, p := range pl.params {
 		if p.reads == nil || slices.Contains(p.reads, name) {
 			rd.params = append(rd.params, i)
 			rd.codes[p.Code] = true
+			if p.reads == nil {
+				rd.alongKnown = false
+			}
+			for _, e := range p.reads {
+				if !slices.Contains(rd.along, e) {
+					rd.along = append(rd.along, e)
+				}
+			}
 		}
 	}
 	got, _ := pl.readings.LoadOrStore(name, rd)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -365,29 +366,96 @@ func TestRestampIsPrepareAtTheNewTime(t *testing.T) {
 			}
 			return &Doc{Type: m["resourceType"].(string), ID: "id-" + string(rune('a'+i)), Map: m, JSON: []byte(raw)}
 		}
-		got, want := newDoc(), newDoc()
-		st.prepareAt(got, t1)
-		st.restamp(got, t2)
-		st.prepareAt(want, t2)
-		if string(got.stamped) != string(want.stamped) {
-			t.Errorf("doc %d: stored JSON\n got %s\nwant %s", i, got.stamped, want.stamped)
+		for _, shed := range []bool{false, true} {
+			got, want := newDoc(), newDoc()
+			st.prepareAt(got, t1)
+			if shed {
+				// The writer restamps a Doc whose Map was shed (ShedMap)
+				// from what was kept of it.
+				// (Not a Patient's: its deceased parameter reads
+				// elements not known ahead.)
+				if shed := st.ShedMap(got); shed != (got.Type == "Observation") {
+					t.Fatalf("doc %d: ShedMap answered %v", i, shed)
+				}
+				if _, ok := got.Map["status"]; ok && got.Type == "Observation" {
+					t.Fatalf("doc %d: the shed Map %v", i, got.Map)
+				}
+			}
+			st.restamp(got, t2)
+			st.prepareAt(want, t2)
+			if string(got.stamped) != string(want.stamped) {
+				t.Errorf("doc %d: stored JSON\n got %s\nwant %s", i, got.stamped, want.stamped)
+			}
+			if string(got.record) != string(want.record) {
+				t.Errorf("doc %d: the record differs from one prepared at the new time", i)
+			}
+			if !got.LastUpdated.Equal(t2) {
+				t.Errorf("doc %d: LastUpdated %s, want %s", i, got.LastUpdated, t2)
+			}
+			if g, w := entrySet(got.Entries), entrySet(want.Entries); g != w {
+				t.Errorf("doc %d: index entries\n got %s\nwant %s", i, g, w)
+			}
+			if !strings.Contains(entrySet(got.Entries), "_lastUpdated") {
+				t.Errorf("doc %d: no _lastUpdated entry: %s", i, entrySet(got.Entries))
+			}
+			v, err := decodeRecord(got.Type, got.ID, got.record, true)
+			if err != nil || string(v.JSON) != string(want.stamped) || !v.LastUpdated.Equal(t2) {
+				t.Errorf("doc %d: the record reads back as %s at %s (%v)", i, v.JSON, v.LastUpdated, err)
+			}
 		}
-		if string(got.record) != string(want.record) {
-			t.Errorf("doc %d: the record differs from one prepared at the new time", i)
+	}
+}
+
+// TestShedMapThenSetOrPrepare: a Doc whose Map was shed (ShedMap) is
+// decoded again from its JSON by Set (a validator amending it) and by a
+// Prepare again, so that both see the whole resource: the index entries
+// and stored form are those of a Doc never shed.
+func TestShedMapThenSetOrPrepare(t *testing.T) {
+	_, st := openTestStore(t)
+	raw := `{"resourceType":"Observation","meta":{"tag":[{"system":"urn:t","code":"x"}]},"status":"final","code":{"coding":[{"system":"http://loinc.org","code":"1-8"}]},"effectiveDateTime":"2015-06-06T10:00:00Z"}`
+	newDoc := func() *Doc {
+		var m map[string]any
+		dec := json.NewDecoder(strings.NewReader(raw))
+		dec.UseNumber()
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
 		}
-		if !got.LastUpdated.Equal(t2) {
-			t.Errorf("doc %d: LastUpdated %s, want %s", i, got.LastUpdated, t2)
-		}
-		if g, w := entrySet(got.Entries), entrySet(want.Entries); g != w {
-			t.Errorf("doc %d: index entries\n got %s\nwant %s", i, g, w)
-		}
-		if !strings.Contains(entrySet(got.Entries), "_lastUpdated") {
-			t.Errorf("doc %d: no _lastUpdated entry: %s", i, entrySet(got.Entries))
-		}
-		v, err := decodeRecord(got.Type, got.ID, got.record, true)
-		if err != nil || string(v.JSON) != string(want.stamped) || !v.LastUpdated.Equal(t2) {
-			t.Errorf("doc %d: the record reads back as %s at %s (%v)", i, v.JSON, v.LastUpdated, err)
-		}
+		return &Doc{Type: "Observation", ID: "shed-1", Map: m, JSON: []byte(raw)}
+	}
+	t1 := time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
+	got, want := newDoc(), newDoc()
+	st.prepareAt(got, t1)
+	if !st.ShedMap(got) {
+		t.Fatal("ShedMap kept the Map")
+	}
+	if _, ok := got.Map["code"]; ok {
+		t.Fatalf("the shed Map still holds code: %v", got.Map)
+	}
+	if err := got.Set("status", "amended"); err != nil {
+		t.Fatal(err)
+	}
+	st.prepareAt(want, t1)
+	if err := want.Set("status", "amended"); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got.Map, want.Map) {
+		t.Fatalf("after Set the Map\n got %v\nwant %v", got.Map, want.Map)
+	}
+	st.prepareAt(got, t1)
+	st.prepareAt(want, t1)
+	if g, w := entrySet(got.Entries), entrySet(want.Entries); g != w || !strings.Contains(g, "1-8") {
+		t.Errorf("index entries\n got %s\nwant %s", g, w)
+	}
+	if string(got.stamped) != string(want.stamped) {
+		t.Errorf("stored JSON\n got %s\nwant %s", got.stamped, want.stamped)
+	}
+	// Prepared again without Set: still the whole resource.
+	again := newDoc()
+	st.prepareAt(again, t1)
+	st.ShedMap(again)
+	st.prepareAt(again, t1.Add(time.Second))
+	if !strings.Contains(entrySet(again.Entries), "1-8") {
+		t.Errorf("prepared again after ShedMap, its entries lack the code:\n%s", entrySet(again.Entries))
 	}
 }
 

@@ -277,6 +277,61 @@ type Doc struct {
 	stamped   []byte
 	record    []byte
 	stampedID string
+	// shed tells that Map holds only what the writer reads of a prepared
+	// Doc (see ShedMap): it is decoded from JSON again when more is needed.
+	shed bool
+}
+
+// ShedMap drops from a prepared Doc's Map every member the store does not
+// read when it writes d: it keeps resourceType, id, meta, and the elements
+// the index entries of the parameters reading meta read (those restamp
+// computes again when the writer stamps d at a later time). A
+// transaction's resources wait, prepared, for the writer, and their
+// decoded forms are most of the memory they hold: the garbage collector
+// marks them again and again while the writer runs.
+//
+// Call it only when nothing but the store reads d.Map before d is
+// written (no validator, no access policy reading it). Set and a Prepare
+// again decode JSON first, so they see the whole resource. It reports
+// whether Map was replaced: not when d is not prepared, or when the
+// parameters reading meta read elements not known ahead.
+func (s *Store) ShedMap(d *Doc) bool {
+	if d.Entries == nil || d.Map == nil || d.shed {
+		return d.shed
+	}
+	along, known := s.reg.ReadAlong(d.Type, "meta")
+	if !known {
+		return false
+	}
+	m := make(map[string]any, len(along)+2)
+	for _, k := range append([]string{"resourceType", "id"}, along...) {
+		if v, ok := d.Map[k]; ok {
+			m[k] = v
+		}
+	}
+	d.Map, d.shed = m, true
+	return true
+}
+
+// unshed decodes d's Map from its JSON again if ShedMap dropped members,
+// keeping the id and meta the Map was given (see prepareAt).
+func (d *Doc) unshed() error {
+	if !d.shed {
+		return nil
+	}
+	var m map[string]any
+	dec := json.NewDecoder(bytes.NewReader(d.JSON))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		return err
+	}
+	for _, k := range []string{"id", "meta"} {
+		if v, ok := d.Map[k]; ok {
+			m[k] = v
+		}
+	}
+	d.Map, d.shed = m, false
+	return nil
 }
 
 // Prepare computes a Doc's index entries and time stamp outside of any
@@ -307,6 +362,7 @@ func (d *Doc) stamp(version int64, lastUpdated time.Time) ([]byte, error) {
 
 // prepareAt is Prepare with the time stamp at.
 func (s *Store) prepareAt(d *Doc, at time.Time) {
+	_ = d.unshed() // JSON the store decoded before
 	d.LastUpdated = at
 	d.Map["id"] = d.ID
 	meta, _ := d.Map["meta"].(map[string]any)
@@ -894,6 +950,9 @@ func (tx *Tx) EntriesOf(typ, id string) []search.Entry {
 // it), in both its decoded form and its JSON, keeping the other members and
 // their order as they are. The index entries are recomputed at write.
 func (d *Doc) Set(key string, v any) error {
+	if err := d.unshed(); err != nil {
+		return fmt.Errorf("store: set %s: %w", key, err)
+	}
 	ms, err := fhirjson.Members(d.JSON)
 	if err != nil {
 		return fmt.Errorf("store: set %s: %w", key, err)
