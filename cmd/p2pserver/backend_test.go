@@ -202,7 +202,12 @@ func TestREADMEBackendServicesWalkthrough(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the README example failed: %v\n%s", err, out)
 	}
-	token, _ := os.ReadFile(filepath.Join(dir, "token.json"))
+	// What it writes goes under data/tryout/ (ignored by git), never into
+	// the repository's top folder.
+	if top, _ := os.ReadDir(dir); len(top) != 1 || top[0].Name() != "data" {
+		t.Errorf("the example wrote into the top folder: %v", top)
+	}
+	token, _ := os.ReadFile(filepath.Join(dir, "data", "tryout", "token.json"))
 	if !strings.Contains(string(token), `"scope":"system/*.rs"`) || !strings.Contains(string(token), `"access_token"`) {
 		t.Errorf("token answer: %s", token)
 	}
