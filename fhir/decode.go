@@ -35,7 +35,7 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 	}
 	if budget := ValueBudget(limit); CountJSONValues(body, budget) > budget {
 		return nil, errs.E("fhir.body", errs.TooLarge, fmt.Sprintf(
-			"the request body has more than %d JSON values, the decoding budget of this server (one value per %d bytes of -max-body); send fewer, larger values or split the request", budget, bytesPerValue))
+			"the request body has more than %d JSON values, the decoding budget of this server (one value per %d bytes of -max-body, at least %d); send fewer, larger values or split the request", budget, bytesPerValue, minValueBudget))
 	}
 	return body, nil
 }
@@ -55,7 +55,11 @@ const bytesPerValue = 16
 // ValueBudget is the most JSON values (objects, arrays, strings, numbers,
 // literals; not member names) a request body may hold under a body limit
 // of limit bytes.
-func ValueBudget(limit int64) int { return int(max(limit/bytesPerValue, 1024)) }
+func ValueBudget(limit int64) int { return int(max(limit/bytesPerValue, minValueBudget)) }
+
+// minValueBudget is the least decoding budget, whatever the body limit:
+// a small -max-body (under 16 KiB) still admits this many values.
+const minValueBudget = 1024
 
 // CountJSONValues counts the JSON values in data, stopping once it has
 // counted more than stop. data need not be valid JSON (the decoder

@@ -277,6 +277,31 @@ func TestDecodingBudget(t *testing.T) {
 	ts.do(http.MethodGet, "/metadata", nil).want(t, http.StatusOK)
 }
 
+// TestDecodingBudgetFloor: the decoding budget is max(-max-body/16, 1024)
+// values, so a small -max-body still admits 1,024; past the budget the
+// 413 says the budget and its rule.
+func TestDecodingBudgetFloor(t *testing.T) {
+	for _, c := range []struct {
+		limit int64
+		want  int
+	}{{1000, 1024}, {16 << 10, 1024}, {32 << 10, 2048}, {8 << 20, 524288}} {
+		if got := fhir.ValueBudget(c.limit); got != c.want {
+			t.Errorf("ValueBudget(%d) = %d, want %d", c.limit, got, c.want)
+		}
+	}
+	ts := newServer(t, func(c *fhir.Config) { c.MaxBody = 4 << 10 }) // 256 by the ratio, 1024 by the floor
+	given := func(n int) string {
+		return `{"resourceType":"Patient","name":[{"given":[` + strings.TrimSuffix(strings.Repeat(`0,`, n), ",") + `]}]}`
+	}
+	// 1,000 numbers and 4 more values: over 256, within the floor (400 is
+	// the refusal of numbers as given names, after decoding).
+	ts.do(http.MethodPost, "/Patient", given(1000)).want(t, http.StatusBadRequest)
+	r := ts.do(http.MethodPost, "/Patient", given(1100)).want(t, http.StatusRequestEntityTooLarge)
+	if body := r.outcome(t); !strings.Contains(body, "more than 1024 JSON values") || !strings.Contains(body, "one value per 16 bytes of -max-body, at least 1024") {
+		t.Errorf("the refusal does not state the budget: %.400s", body)
+	}
+}
+
 // TestResultSetsBoundedInBytes: paging a search keeps nothing (its
 // links carry its parameters, sealed), so long queries evict no one's
 // paging: the links of every search stay valid; a query that alone would
