@@ -8,13 +8,13 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/fhir/store/storetest"
+	"github.com/p2pserver/p2pserver/internal/benchserve"
 )
 
 // The searches p2pload measures, over a store shaped like its own: one
@@ -38,7 +38,7 @@ func BenchmarkSearchCode(b *testing.B) {
 	for i := range first {
 		first[i] = fmt.Sprintf("/fhir/Observation?code=urn:load|c%d&_count=20", i)
 	}
-	b.Run("code", func(b *testing.B) { serveBench(b, h, first) })
+	b.Run("code", func(b *testing.B) { benchserve.Serve(b, h, first) })
 	// The next links of the first pages.
 	next := make([]string, len(first))
 	for i, p := range first {
@@ -58,71 +58,20 @@ func BenchmarkSearchCode(b *testing.B) {
 			b.Fatalf("GET %s: no next link", p)
 		}
 	}
-	b.Run("code-next", func(b *testing.B) { serveBench(b, h, next) })
+	b.Run("code-next", func(b *testing.B) { benchserve.Serve(b, h, next) })
 	member := make([]string, len(patients))
 	ident := make([]string, len(patients))
 	for i, p := range patients {
 		member[i] = "/fhir/Observation?subject=Patient/" + p + "&date=ge2020-01-01"
 		ident[i] = fmt.Sprintf("/fhir/Patient?identifier=urn:load:member|m%d", i)
 	}
-	b.Run("subject-date", func(b *testing.B) { serveBench(b, h, member) })
-	b.Run("identifier", func(b *testing.B) { serveBench(b, h, ident) })
+	b.Run("subject-date", func(b *testing.B) { benchserve.Serve(b, h, member) })
+	b.Run("identifier", func(b *testing.B) { benchserve.Serve(b, h, ident) })
 	reads := make([]string, len(obs))
 	for i, id := range obs {
 		reads[i] = "/fhir/Observation/" + id
 	}
-	b.Run("read", func(b *testing.B) { serveBench(b, h, reads) })
-}
-
-// serveBench serves GET paths in turn, each answer dropped after its
-// status and size are checked; the requests are made before the timing.
-func serveBench(b *testing.B, h http.Handler, paths []string) {
-	reqs := make([]*http.Request, len(paths))
-	for i, p := range paths {
-		reqs[i] = httptest.NewRequest(http.MethodGet, p, nil)
-	}
-	w := &benchWriter{h: http.Header{}}
-	b.ReportAllocs()
-	cpu0 := benchCPU(b)
-	for i := 0; b.Loop(); i++ {
-		clear(w.h)
-		w.status, w.n = 0, 0
-		h.ServeHTTP(w, reqs[i%len(reqs)])
-		if w.status != http.StatusOK || w.n == 0 {
-			b.Fatalf("GET %s: %d, %d bytes", paths[i%len(paths)], w.status, w.n)
-		}
-	}
-	b.ReportMetric(float64(benchCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
-}
-
-// benchCPU is the CPU time the process has used, in nanoseconds.
-func benchCPU(b *testing.B) int64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return ru.Utime.Nano() + ru.Stime.Nano()
-}
-
-// benchWriter is an http.ResponseWriter that keeps the status and counts
-// the body's bytes.
-type benchWriter struct {
-	h         http.Header
-	status, n int
-}
-
-func (w *benchWriter) Header() http.Header { return w.h }
-func (w *benchWriter) WriteHeader(status int) {
-	if w.status == 0 {
-		w.status = status
-	}
-}
-func (w *benchWriter) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	w.n += len(p)
-	return len(p), nil
+	b.Run("read", func(b *testing.B) { benchserve.Serve(b, h, reads) })
 }
 
 // searchBenchServer returns the handler of a FHIR server on a database

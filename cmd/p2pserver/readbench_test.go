@@ -6,9 +6,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
+
+	"github.com/p2pserver/p2pserver/internal/benchserve"
 )
 
 // BenchmarkReadServed serves GET /healthz (the HTTP floor p2pload
@@ -20,66 +20,13 @@ import (
 // loaded machine disturbs less.
 func BenchmarkReadServed(b *testing.B) {
 	h, ids := readBenchServer(b, 200)
-	// The requests are made before the timing, and the answers dropped
-	// (status and body size checked), so that only the server's work is
-	// timed.
-	serve := func(b *testing.B, paths []string) {
-		reqs := make([]*http.Request, len(paths))
-		for i, p := range paths {
-			reqs[i] = httptest.NewRequest(http.MethodGet, p, nil)
-		}
-		w := &discardWriter{h: http.Header{}}
-		b.ReportAllocs()
-		cpu0 := processCPU(b)
-		for i := 0; b.Loop(); i++ {
-			clear(w.h)
-			w.status, w.n = 0, 0
-			h.ServeHTTP(w, reqs[i%len(reqs)])
-			if w.status != http.StatusOK || w.n == 0 {
-				b.Fatalf("GET %s: %d, %d bytes", paths[i%len(paths)], w.status, w.n)
-			}
-		}
-		b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
-	}
+	serve := func(b *testing.B, paths []string) { benchserve.Serve(b, h, paths) }
 	b.Run("healthz", func(b *testing.B) { serve(b, []string{"/healthz"}) })
 	obs := make([]string, len(ids))
 	for i, id := range ids {
 		obs[i] = "/fhir/Observation/" + id
 	}
 	b.Run("Observation", func(b *testing.B) { serve(b, obs) })
-}
-
-// processCPU is the CPU time the process has used, in nanoseconds (user
-// and system, every thread, the collector's included). On a machine other
-// work shares, the CPU a request costs is steadier than the wall time
-// ns/op reports.
-func processCPU(b *testing.B) int64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return ru.Utime.Nano() + ru.Stime.Nano()
-}
-
-// discardWriter is an http.ResponseWriter that keeps the status and counts
-// the body's bytes. It takes deadlines, as a connection's writer does.
-type discardWriter struct {
-	h         http.Header
-	status, n int
-}
-
-func (w *discardWriter) Header() http.Header { return w.h }
-func (w *discardWriter) WriteHeader(status int) {
-	if w.status == 0 {
-		w.status = status
-	}
-}
-func (w *discardWriter) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	w.n += len(p)
-	return len(p), nil
 }
 
 // readBenchServer starts an open server on a database in a temporary
@@ -103,6 +50,3 @@ func readBenchServer(b *testing.B, n int) (http.Handler, []string) {
 	}
 	return h, ids
 }
-
-func (w *discardWriter) SetReadDeadline(time.Time) error  { return nil }
-func (w *discardWriter) SetWriteDeadline(time.Time) error { return nil }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/p2pserver/p2pserver/internal/benchserve"
 	"github.com/p2pserver/p2pserver/internal/loadbundle"
 )
 
@@ -22,22 +23,21 @@ import (
 func BenchmarkLargeTransaction(b *testing.B) {
 	a, h := openApp(b)
 	body := loadbundle.Transaction(10000)
-	w := &discardWriter{h: http.Header{}}
+	w := benchserve.NewDiscard()
 	b.ReportAllocs()
-	cpu0 := processCPU(b)
+	cpu0 := benchserve.CPU(b)
 	held0, _ := a.store.WriterHeld()
 	for b.Loop() {
-		clear(w.h)
-		w.status, w.n = 0, 0
+		w.Reset()
 		req := httptest.NewRequest(http.MethodPost, "/fhir", bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/fhir+json")
 		h.ServeHTTP(w, req)
-		if w.status != http.StatusOK || w.n == 0 {
-			b.Fatalf("the transaction: %d, %d bytes", w.status, w.n)
+		if w.Status != http.StatusOK || w.N == 0 {
+			b.Fatalf("the transaction: %d, %d bytes", w.Status, w.N)
 		}
 	}
 	held, longest := a.store.WriterHeld()
-	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(benchserve.CPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
 	b.ReportMetric(float64(held-held0)/float64(b.N), "writer-ns/op")
 	b.ReportMetric(float64(longest), "longest-writer-ns")
 }

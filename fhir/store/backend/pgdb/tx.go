@@ -166,6 +166,20 @@ func (o *obucket) dirtyKeys() []string {
 	return o.dirty
 }
 
+// reconnect gives back t's connection, which the database closed before
+// t began on it, and takes another from the pool; false, with t failed,
+// when none can be had.
+func (t *tx) reconnect() bool {
+	release(t.conn)
+	var err error
+	if t.conn, t.open, err = t.db.acquire(t.ctx); err != nil {
+		t.conn = nil
+		t.fail(err)
+		return false
+	}
+	return true
+}
+
 func (t *tx) fail(err error) {
 	if t.err == nil {
 		t.err = err
@@ -193,10 +207,7 @@ func (t *tx) rows(sql string, args []any, scan func(pgx.Rows) error) {
 				t.fail(err)
 				return
 			}
-			release(t.conn)
-			if t.conn, t.open, err = t.db.acquire(t.ctx); err != nil {
-				t.conn = nil
-				t.fail(err)
+			if !t.reconnect() {
 				return
 			}
 		}
@@ -273,10 +284,7 @@ func (t *tx) batch(qs []query) {
 			t.fail(err)
 			return
 		}
-		release(t.conn)
-		if t.conn, t.open, err = t.db.acquire(t.ctx); err != nil {
-			t.conn = nil
-			t.fail(err)
+		if !t.reconnect() {
 			return
 		}
 	}
