@@ -10,6 +10,30 @@ import (
 	td "github.com/p2pserver/p2pserver/internal/testdata"
 )
 
+// syntheaEntry is an entry of a Synthea transaction Bundle.
+type syntheaEntry struct {
+	FullURL  string          `json:"fullUrl"`
+	Resource json.RawMessage `json:"resource"`
+}
+
+// syntheaEntries reads the entries of every Synthea transaction Bundle in
+// the test data.
+func syntheaEntries(tb testing.TB) []syntheaEntry {
+	var all []syntheaEntry
+	for _, f := range td.Glob(tb, "synthea/*.json") {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		var bundle struct{ Entry []syntheaEntry }
+		if err := json.Unmarshal(raw, &bundle); err != nil {
+			tb.Fatal(err)
+		}
+		all = append(all, bundle.Entry...)
+	}
+	return all
+}
+
 // BenchmarkRewriteLinks replaces the urn:uuid links of every resource of the
 // Synthea transaction bundles, as a transaction does before it writes.
 func BenchmarkRewriteLinks(b *testing.B) {
@@ -20,26 +44,11 @@ func BenchmarkRewriteLinks(b *testing.B) {
 	var all []res
 	to := map[string]string{}
 	size := 0
-	for _, f := range td.Glob(b, "synthea/*.json") {
-		raw, err := os.ReadFile(f)
-		if err != nil {
-			b.Fatal(err)
-		}
-		var bundle struct {
-			Entry []struct {
-				FullURL  string          `json:"fullUrl"`
-				Resource json.RawMessage `json:"resource"`
-			} `json:"entry"`
-		}
-		if err := json.Unmarshal(raw, &bundle); err != nil {
-			b.Fatal(err)
-		}
-		for _, e := range bundle.Entry {
-			info := decodeBody(e.Resource)
-			to[e.FullURL] = info.ResourceType + "/" + NewID()
-			all = append(all, res{info.ResourceType, e.Resource})
-			size += len(e.Resource)
-		}
+	for _, e := range syntheaEntries(b) {
+		info := decodeBody(e.Resource)
+		to[e.FullURL] = info.ResourceType + "/" + NewID()
+		all = append(all, res{info.ResourceType, e.Resource})
+		size += len(e.Resource)
 	}
 	m := spec.R4()
 	b.SetBytes(int64(size))
@@ -91,25 +100,10 @@ func TestRewriteDecodedLinksMatchesJSON(t *testing.T) {
 		{"escaped strings", "Observation", []byte(`{"resourceType":"Observation","status":"final","code":{"text":"x\u00e9\"q"},"subject":{"reference":"urn:uuid:p\u0031"},"note":[{"text":"urn:uuid:p1"}]}`)},
 		{"nothing to replace", "Patient", []byte(`{"resourceType":"Patient","name":[{"family":"urn:uuid:p1"}],"managingOrganization":{"reference":"Organization/z"}}`)},
 	}
-	for _, f := range td.Glob(t, "synthea/*.json") {
-		raw, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var bundle struct {
-			Entry []struct {
-				FullURL  string          `json:"fullUrl"`
-				Resource json.RawMessage `json:"resource"`
-			} `json:"entry"`
-		}
-		if err := json.Unmarshal(raw, &bundle); err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range bundle.Entry {
-			info := decodeBody(e.Resource)
-			to[e.FullURL] = info.ResourceType + "/" + NewID()
-			rows = append(rows, res{f + " " + e.FullURL, info.ResourceType, e.Resource})
-		}
+	for _, e := range syntheaEntries(t) {
+		info := decodeBody(e.Resource)
+		to[e.FullURL] = info.ResourceType + "/" + NewID()
+		rows = append(rows, res{e.FullURL, info.ResourceType, e.Resource})
 	}
 	m := spec.R4()
 	fn := func(kind linkKind, v string) (string, bool) {

@@ -66,31 +66,30 @@ func heapObjects(debug string) uint64 {
 // objects (live and garbage not yet collected), and what the last
 // collection found live.
 func heapFigures(debug string) (heap, live uint64) {
-	resp, err := http.Get("http://" + debug + "/debug/memory")
-	if err != nil {
-		return 0, 0
-	}
-	defer resp.Body.Close()
-	var v map[string]uint64
-	if json.NewDecoder(resp.Body).Decode(&v) != nil {
-		return 0, 0
-	}
+	v := debugMemory(debug)
 	return v["/memory/classes/heap/objects:bytes"], v["/gc/heap/live:bytes"]
 }
 
 // heapAllocs reads the heap allocations a p2pserver has made since it
 // started, in objects and bytes, from its /debug/memory.
 func heapAllocs(debug string) (objects, bytes uint64) {
+	v := debugMemory(debug)
+	return v["/gc/heap/allocs:objects"], v["/gc/heap/allocs:bytes"]
+}
+
+// debugMemory reads a p2pserver's /debug/memory figures by name; none
+// when it does not answer.
+func debugMemory(debug string) map[string]uint64 {
 	resp, err := http.Get("http://" + debug + "/debug/memory")
 	if err != nil {
-		return 0, 0
+		return nil
 	}
 	defer resp.Body.Close()
 	var v map[string]uint64
 	if json.NewDecoder(resp.Body).Decode(&v) != nil {
-		return 0, 0
+		return nil
 	}
-	return v["/gc/heap/allocs:objects"], v["/gc/heap/allocs:bytes"]
+	return v
 }
 
 // saveProfile writes the profile a p2pserver's debug address serves at
