@@ -72,9 +72,10 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-## bench: Go benchmarks (store, batch ingest of 20,000+ resources, Bulk Data export of 50,000 and 200,000 resources, a bulk exchange of 200,800 resources between two p2pserver processes, notifications), then a load run against a live server growing to each size of SCALE (figures side by side, with the ratio; loading stops after LOAD_TIME_LIMIT and measures at the size reached), on bbolt and (when installed) on a private PostgreSQL, then durable creates at 64 clients (50,000 resources), then what expensive requests cost the others (p2pload -limits).
+## bench: Go benchmarks (store, batch ingest of 20,000+ resources, Bulk Data export of 50,000 and 200,000 resources, a bulk exchange of 200,800 resources between two p2pserver processes, notifications), then a load run against a live server growing to each size of SCALE (figures side by side, with the ratio; loading stops after LOAD_TIME_LIMIT and measures at the size reached), on bbolt, then (when PostgreSQL is installed) the load run at COMPARE_RESOURCES on bbolt, on PostgreSQL with one process and on PostgreSQL with two processes sharing the database, side by side (p2pload -compare), then durable creates at 64 clients (50,000 resources), then what expensive requests cost the others (p2pload -limits).
 SCALE ?= 100000,1000000
 LOAD_TIME_LIMIT ?= 20m
+COMPARE_RESOURCES ?= 100000
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./fhir/store/ ./fhir/fhirjson/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 1x ./batch/
@@ -83,8 +84,8 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 300x ./notify/
 	$(GO) run ./cmd/p2pload -server $(BIN) -scale $(SCALE) -time-limit $(LOAD_TIME_LIMIT)
 	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-		$(GO) run ./cmd/p2pload -server $(BIN) -postgres -scale $(SCALE) -time-limit $(LOAD_TIME_LIMIT); \
-	else echo "PostgreSQL's server programs are not installed: the load run on PostgreSQL is left out"; fi
+		$(GO) run ./cmd/p2pload -server $(BIN) -compare -resources $(COMPARE_RESOURCES) -time-limit $(LOAD_TIME_LIMIT); \
+	else echo "PostgreSQL's server programs are not installed: the load runs on PostgreSQL are left out"; fi
 	$(GO) run ./cmd/p2pload -server $(BIN) -creates -c 64 -resources 50000
 	$(GO) run ./cmd/p2pload -server $(BIN) -limits -d 10s
 

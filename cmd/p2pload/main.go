@@ -21,6 +21,8 @@ package main
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -48,6 +50,7 @@ func main() {
 		resources   = flag.Int("resources", 100000, "resources to create (one Patient per 10)")
 		scale       = flag.String("scale", "", "database sizes to grow to in turn, measuring at each, e.g. 100000,1000000; the figures are printed side by side with the ratio of the last to the first (instead of -resources)")
 		timeLimit   = flag.Duration("time-limit", 0, "stop loading after this long and measure at the size reached (0: no limit)")
+		compare     = flag.Bool("compare", false, "with -server: run the load run three times, each on a new database: on bbolt, on PostgreSQL with one p2pserver process, and on PostgreSQL with two processes sharing the database (the clients' requests alternate between them); then print the figures side by side with how many times bbolt's each PostgreSQL figure is")
 		postgres    = flag.Bool("postgres", false, "with -server: run the server on a new database of a private PostgreSQL server started for the run (Debian's postgresql package must be installed) instead of a bbolt file; after the creates it runs VACUUM (ANALYZE) and CHECKPOINT there before measuring the reads")
 		concurrency = flag.Int("c", 32, "concurrent clients")
 		duration    = flag.Duration("d", 10*time.Second, "duration of the read and search phases")
@@ -86,6 +89,17 @@ func main() {
 			sizes = append(sizes, n)
 		}
 	}
+	if *compare {
+		if *server == "" || *postgres || *base != "" || *creates {
+			fmt.Fprintln(os.Stderr, "p2pload: -compare needs -server, and starts its own databases (no -postgres, -url or -creates)")
+			os.Exit(2)
+		}
+		if err := runCompare(*server, sizes, *concurrency, *duration, *timeLimit); err != nil {
+			fmt.Fprintln(os.Stderr, "p2pload:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *postgres {
 		if *server == "" {
 			fmt.Fprintln(os.Stderr, "p2pload: -postgres needs -server")
@@ -96,7 +110,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "p2pload:", err)
 			os.Exit(1)
 		}
-		err = run(*base, *server, sizes, *concurrency, *duration, *timeLimit, *creates)
+		_, err = run(*base, *server, sizes, *concurrency, *duration, *timeLimit, *creates, 1)
 		stop()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "p2pload:", err)
@@ -104,43 +118,76 @@ func main() {
 		}
 		return
 	}
-	if err := run(*base, *server, sizes, *concurrency, *duration, *timeLimit, *creates); err != nil {
+	if _, err := run(*base, *server, sizes, *concurrency, *duration, *timeLimit, *creates, 1); err != nil {
 		fmt.Fprintln(os.Stderr, "p2pload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(base, server string, sizes []int, c int, d, timeLimit time.Duration, createsOnly bool) error {
-	var srv *spawned
+// run measures the server at base, or processes p2pserver processes of
+// server started on one new database (serverDB's, or a bbolt file), at
+// each size in turn, and prints and returns the figures.
+func run(base, server string, sizes []int, c int, d, timeLimit time.Duration, createsOnly bool, processes int) ([]*sizeResult, error) {
+	var srvs []*spawned
+	bases := []string{base}
 	if server != "" {
-		debug, err := freeAddr()
-		if err != nil {
-			return err
+		bases = bases[:0]
+		// Processes sharing a database share the key that seals paging
+		// links, as the README says to run them.
+		key := make([]byte, 32)
+		if _, err := crand.Read(key); err != nil {
+			return nil, err
 		}
-		if srv, err = start(server, "-debug-addr", debug); err != nil {
-			return err
+		for i := range processes {
+			debug, err := freeAddr()
+			if err != nil {
+				return nil, err
+			}
+			srv, err := start(server, "-debug-addr", debug, "-secret-key", hex.EncodeToString(key))
+			if err != nil {
+				return nil, err
+			}
+			srv.debug = debug
+			srv.quiet = i > 0
+			srvs = append(srvs, srv)
+			bases = append(bases, srv.base)
 		}
-		defer srv.stop()
-		srv.debug = debug
-		base = srv.base
+		defer func() {
+			// The first process last: it prints the database's size.
+			for i := len(srvs) - 1; i >= 0; i-- {
+				srvs[i].stop()
+			}
+		}()
 	}
+	var srv *spawned
+	if len(srvs) > 0 {
+		srv = srvs[0]
+	}
+	base = bases[0]
 	if base == "" {
-		return errors.New("give -url of a running server or -server to start one")
+		return nil, errors.New("give -url of a running server or -server to start one")
 	}
 	u, err := url.Parse(base)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if ip := net.ParseIP(u.Hostname()); u.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("refusing to load %s: only loopback servers are measured", u.Host)
+		return nil, fmt.Errorf("refusing to load %s: only loopback servers are measured", u.Host)
 	}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c * 2}, Timeout: 30 * time.Second}
 	l := &loader{base: strings.TrimRight(base, "/"), client: client, createsOnly: createsOnly}
-	mon := newMonitor(srv)
+	for _, b := range bases {
+		l.bases = append(l.bases, strings.TrimRight(b, "/"))
+	}
+	mon := newMonitor(srvs...)
 	defer mon.stop()
 
-	fmt.Printf("p2pserver load: %s resources (one Patient per 10, ~9 Observations each), %d clients, %s per phase, the load client sharing the machine with the server\n",
-		joinInts(sizes), c, d)
+	servers := "the server"
+	if len(srvs) > 1 {
+		servers = fmt.Sprintf("%d server processes on one database, the requests alternating between them", len(srvs))
+	}
+	fmt.Printf("p2pserver load: %s resources (one Patient per 10, ~9 Observations each), %d clients, %s per phase, the load client sharing the machine with %s\n",
+		joinInts(sizes), c, d, servers)
 	deadline := time.Time{}
 	if timeLimit > 0 {
 		deadline = time.Now().Add(timeLimit)
@@ -149,7 +196,7 @@ func run(base, server string, sizes []int, c int, d, timeLimit time.Duration, cr
 	for _, n := range sizes {
 		res, err := l.stage(n, c, d, deadline, srv, mon)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		results = append(results, res)
 		if res.short {
@@ -158,7 +205,7 @@ func run(base, server string, sizes []int, c int, d, timeLimit time.Duration, cr
 		}
 	}
 	printScaling(results)
-	return nil
+	return results, nil
 }
 
 // sizeResult holds the figures measured at one database size.
@@ -228,8 +275,8 @@ func (l *loader) stage(n, c int, d time.Duration, deadline time.Time, srv *spawn
 	if len(oids) == 0 || len(pids) == 0 {
 		return nil, errors.New("nothing was loaded")
 	}
-	if serverDB != "" {
-		took, err := settlePostgres(serverDB)
+	if srv != nil && srv.postgres() {
+		took, err := settlePostgres(srv.db)
 		if err != nil {
 			return nil, err
 		}
@@ -376,8 +423,12 @@ func observationJSON(i int, patient string) []byte {
 }
 
 type loader struct {
-	base   string
+	base   string // the first server's FHIR base URL
 	client *http.Client
+	// bases are the FHIR base URLs of the servers measured together:
+	// the calls go to each in turn.
+	bases []string
+	turn  atomic.Uint64
 	// The database grows by stages: each loads its Patients, then nine
 	// Observations per new Patient referring to it, so that a member has
 	// ~9 Observations whatever the size.
@@ -386,17 +437,27 @@ type loader struct {
 	createsOnly bool
 }
 
-// root is the server's address without the FHIR base path.
-func (l *loader) root() string {
-	u, err := url.Parse(l.base)
-	if err != nil {
+// pick returns the FHIR base URL of the server the next call goes to.
+func (l *loader) pick() string {
+	if len(l.bases) < 2 {
 		return l.base
+	}
+	return l.bases[(l.turn.Add(1)-1)%uint64(len(l.bases))]
+}
+
+// root is the address, without the FHIR base path, of the server the
+// next call goes to.
+func (l *loader) root() string {
+	base := l.pick()
+	u, err := url.Parse(base)
+	if err != nil {
+		return base
 	}
 	return u.Scheme + "://" + u.Host
 }
 
 func (l *loader) create(typ string, body []byte) (string, error) {
-	resp, err := l.client.Post(l.base+"/"+typ, "application/fhir+json", bytes.NewReader(body))
+	resp, err := l.client.Post(l.pick()+"/"+typ, "application/fhir+json", bytes.NewReader(body))
 	if err != nil {
 		return "", err
 	}
@@ -412,7 +473,7 @@ func (l *loader) create(typ string, body []byte) (string, error) {
 	return r.ID, nil
 }
 
-func (l *loader) get(path string) error { return l.getURL(l.base + path) }
+func (l *loader) get(path string) error { return l.getURL(l.pick() + path) }
 
 func (l *loader) getURL(u string) error {
 	path := u
@@ -556,7 +617,12 @@ type spawned struct {
 	// resources is the number of resources loaded, for the bytes per
 	// resource of each bucket family printed at stop.
 	resources int
+	// quiet: another process on the same database prints its size.
+	quiet bool
 }
+
+// postgres reports whether the server runs on PostgreSQL.
+func (s *spawned) postgres() bool { return strings.HasPrefix(s.db, "postgres") }
 
 // start starts a p2pserver on a free loopback port with a new database.
 func start(bin string, args ...string) (*spawned, error) {
@@ -597,25 +663,27 @@ func start(bin string, args ...string) (*spawned, error) {
 func (s *spawned) stop() {
 	_ = s.cmd.Process.Signal(os.Interrupt)
 	_ = s.cmd.Wait()
+	defer os.RemoveAll(s.dir)
+	if s.quiet {
+		return
+	}
 	if size, err := s.dbSize(); err == nil {
 		fmt.Printf("database size: %.1f MiB\n", float64(size)/(1<<20))
 	}
-	if serverDB != "" {
-		if err := printPostgresTables(serverDB); err != nil {
+	if s.postgres() {
+		if err := printPostgresTables(s.db); err != nil {
 			fmt.Println("p2pload: the tables' sizes:", err)
 		}
-	}
-	if serverDB == "" && s.resources > 0 {
+	} else if s.resources > 0 {
 		if err := printUsage(s.db, s.resources); err != nil {
 			fmt.Printf("bucket usage: %v\n", err)
 		}
 	}
-	os.RemoveAll(s.dir)
 }
 
 func (s *spawned) dbSize() (int64, error) {
-	if serverDB != "" {
-		return postgresSize(serverDB)
+	if s.postgres() {
+		return postgresSize(s.db)
 	}
 	fi, err := os.Stat(s.db)
 	if err != nil {
@@ -639,10 +707,10 @@ func (s *spawned) rss() (uint64, error) {
 	return 0, errors.New("no VmRSS")
 }
 
-// monitor samples the server's heap and RSS while the run goes on, and
-// keeps the peaks.
+// monitor samples the servers' heap and RSS while the run goes on, and
+// keeps the peaks (of one process: the highest of the processes').
 type monitor struct {
-	srv      *spawned
+	srvs     []*spawned
 	mu       sync.Mutex
 	heap     uint64
 	rssPeak  uint64
@@ -650,11 +718,11 @@ type monitor struct {
 	finished chan struct{}
 }
 
-func newMonitor(srv *spawned) *monitor {
-	m := &monitor{srv: srv, done: make(chan struct{}), finished: make(chan struct{})}
+func newMonitor(srvs ...*spawned) *monitor {
+	m := &monitor{srvs: srvs, done: make(chan struct{}), finished: make(chan struct{})}
 	go func() {
 		defer close(m.finished)
-		if srv == nil {
+		if len(srvs) == 0 {
 			return
 		}
 		t := time.NewTicker(500 * time.Millisecond)
@@ -672,12 +740,14 @@ func newMonitor(srv *spawned) *monitor {
 }
 
 func (m *monitor) sample() {
-	heap, _ := heapAlloc(m.srv.debug)
-	rss, _ := m.srv.rss()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.heap = max(m.heap, heap)
-	m.rssPeak = max(m.rssPeak, rss)
+	for _, srv := range m.srvs {
+		heap, _ := heapAlloc(srv.debug)
+		rss, _ := srv.rss()
+		m.mu.Lock()
+		m.heap = max(m.heap, heap)
+		m.rssPeak = max(m.rssPeak, rss)
+		m.mu.Unlock()
+	}
 }
 
 // peaks returns the highest heap and RSS seen since the last reset.
