@@ -72,13 +72,16 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-## bench: Go benchmarks (store, batch ingest of 20,000+ resources, Bulk Data export of 50,000 and 200,000 resources, a bulk exchange of 200,800 resources between two p2pserver processes, notifications), then a load run against a live server growing to each size of SCALE (figures side by side, with the ratio; loading stops after LOAD_TIME_LIMIT and measures at the size reached), on bbolt, then (when PostgreSQL is installed) the load run at COMPARE_RESOURCES on bbolt, on PostgreSQL with one process and on PostgreSQL with two processes sharing the database, side by side (p2pload -compare), then durable creates at 64 clients (50,000 resources), then what expensive requests cost the others (p2pload -limits).
+## bench: Go benchmarks (store, batch ingest of 20,000+ resources on bbolt and on PostgreSQL, Bulk Data export of 50,000 and 200,000 resources, a bulk exchange of 200,800 resources between two p2pserver processes, notifications), then a load run against a live server growing to each size of SCALE (figures side by side, with the ratio; loading stops after LOAD_TIME_LIMIT and measures at the size reached), on bbolt, then (when PostgreSQL is installed) the load run at COMPARE_RESOURCES on bbolt, on PostgreSQL with one process and on PostgreSQL with two processes sharing the database, side by side (p2pload -compare), then durable creates at 64 clients (50,000 resources), then what expensive requests cost the others (p2pload -limits).
 SCALE ?= 100000,1000000
 LOAD_TIME_LIMIT ?= 20m
 COMPARE_RESOURCES ?= 100000
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./fhir/store/ ./fhir/fhirjson/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 1x ./batch/
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "== the same batch ingest into a target on PostgreSQL (durable)"; \
+		P2P_TEST_DB=postgres P2P_PG_DURABLE=1 $(GO) test -run '^$$' -bench Ingest -benchtime 1x ./batch/; fi
 	$(GO) test -run '^$$' -bench Export -benchtime 1x ./bulk/
 	$(GO) test -run '^$$' -bench BulkExchange -benchtime 1x -timeout 30m ./cmd/p2pserver/
 	$(GO) test -run '^$$' -bench . -benchtime 300x ./notify/

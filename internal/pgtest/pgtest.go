@@ -60,9 +60,12 @@ var (
 	sharedOnce sync.Once
 )
 
-// Shared returns the test binary's server, started on first use.
+// Shared returns the test binary's server, started on first use: fast
+// (see Start), or durable (see StartDurable) when the environment has
+// P2P_PG_DURABLE=1, for benchmarks whose writes should cost what they
+// cost in production.
 func Shared() (*Server, error) {
-	sharedOnce.Do(func() { shared, sharedErr = Start() })
+	sharedOnce.Do(func() { shared, sharedErr = start(os.Getenv("P2P_PG_DURABLE") == "1") })
 	return shared, sharedErr
 }
 
