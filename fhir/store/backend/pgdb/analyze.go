@@ -39,7 +39,7 @@ const (
 const statsLag = 1500 * time.Millisecond
 
 // analyzeTables are the tables the store's buckets map onto.
-var analyzeTables = []string{"p2p_resources", "p2p_versions", "p2p_entries", "p2p_index", "p2p_changes", "p2p_kv"}
+var analyzeTables = []string{"p2p_resources", "p2p_versions", "p2p_index", "p2p_changes", "p2p_kv"}
 
 // analyzer paces the checks of the tables' statistics: a check costs a
 // round trip, so it is made after this process has written the rows due

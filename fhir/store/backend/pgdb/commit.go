@@ -23,7 +23,8 @@ const headLen = 17
 
 // commit sends the transaction's changes and COMMIT in one round trip:
 // per table, one statement for its deletions and one for its upserts,
-// with the rows as arrays.
+// with the rows as arrays (p2p_resources, which holds two buckets: see
+// resWrites).
 func (t *tx) commit() error {
 	var (
 		newNames  []string
@@ -34,11 +35,10 @@ func (t *tx) commit() error {
 		kvK, kvV  [][]byte
 		kvDB      []string
 		kvDK      [][]byte
-		// resources, versions, entries, search, changes
-		rT, rI       []string
-		rV           []int64
-		rH, rR       [][]byte
-		rdT, rdI     []string
+		// resources and entries (the rows of p2p_resources), versions,
+		// search, changes
+		rows         = map[resKey]*resRow{}
+		rowKeys      []resKey
 		vT, vI       []string
 		vV           []int64
 		vR           [][]byte
@@ -46,9 +46,6 @@ func (t *tx) commit() error {
 		vdV          []int64
 		mT, mI       []string
 		mV           []int64
-		xT, xI       []string
-		xE           [][]byte
-		xdT, xdI     []string
 		sX, sdX      []int32
 		sK, sPl, sdK [][]byte
 		sI, sdI      [][]byte
@@ -59,6 +56,16 @@ func (t *tx) commit() error {
 	)
 	bad := func(tb table, k []byte) error {
 		return fmt.Errorf("bucket %s: key %q is not one of its keys", tb.name, k)
+	}
+	row := func(typ, id string) *resRow {
+		k := resKey{typ, id}
+		r := rows[k]
+		if r == nil {
+			r = &resRow{}
+			rows[k] = r
+			rowKeys = append(rowKeys, k)
+		}
+		return r
 	}
 	// A bucket's row in p2p_buckets is its existence: the rows of the
 	// buckets deleted go (made again for those created again), the
@@ -96,8 +103,9 @@ func (t *tx) commit() error {
 				if !textOK(k) {
 					return bad(tb, k)
 				}
+				r := row(tb.typ, ks)
 				if v == nil {
-					rdT, rdI = append(rdT, tb.typ), append(rdI, ks)
+					r.r = -1
 					continue
 				}
 				ver, head, rec := int64(-1), v, v
@@ -111,7 +119,7 @@ func (t *tx) commit() error {
 						}
 					}
 				}
-				rT, rI, rV, rH, rR = append(rT, tb.typ), append(rI, ks), append(rV, ver), append(rH, head), append(rR, rec)
+				r.r, r.version, r.head, r.rec = 1, ver, head, rec
 			case kindVersions:
 				id, ver, ok := splitVersionKey(k)
 				if !ok {
@@ -131,10 +139,11 @@ func (t *tx) commit() error {
 				if !textOK(k) {
 					return bad(tb, k)
 				}
+				r := row(tb.typ, ks)
 				if v == nil {
-					xdT, xdI = append(xdT, tb.typ), append(xdI, ks)
+					r.x = -1
 				} else {
-					xT, xI, xE = append(xT, tb.typ), append(xI, ks), append(xE, v)
+					r.x, r.entries = 1, v
 				}
 			case kindSearch:
 				key, id, ok := splitSearchKey(k)
@@ -167,6 +176,7 @@ func (t *tx) commit() error {
 			}
 		}
 	}
+	res := splitRows(rows, rowKeys)
 	// Index entries and changes are nearly always new keys: they are
 	// inserted plainly, which costs PostgreSQL less than an upsert; when
 	// one was there already, the flush is taken back to its savepoint
@@ -191,13 +201,16 @@ func (t *tx) commit() error {
 			case kindKV:
 				b.Queue(`DELETE FROM p2p_kv WHERE bucket = $1`, tb.name)
 			case kindResources:
-				b.Queue(`DELETE FROM p2p_resources WHERE type = $1`, tb.typ)
+				b.Queue(`DELETE FROM p2p_resources WHERE type = $1 AND entries IS NULL`, tb.typ)
+				b.Queue(`UPDATE p2p_resources SET version = NULL, head = NULL, rec = NULL
+	WHERE type = $1 AND head IS NOT NULL`, tb.typ)
 			case kindVersions:
 				b.Queue(`UPDATE p2p_resources r SET rec = v.rec FROM p2p_versions v
 	WHERE r.type = $1 AND r.rec IS NULL AND v.type = r.type AND v.id = r.id AND v.version = r.version`, tb.typ)
 				b.Queue(`DELETE FROM p2p_versions WHERE type = $1`, tb.typ)
 			case kindEntries:
-				b.Queue(`DELETE FROM p2p_entries WHERE type = $1`, tb.typ)
+				b.Queue(`DELETE FROM p2p_resources WHERE type = $1 AND head IS NULL`, tb.typ)
+				b.Queue(`UPDATE p2p_resources SET entries = NULL WHERE type = $1 AND entries IS NOT NULL`, tb.typ)
 			case kindSearch:
 				if ix, ok := t.searchIx(tb); ok {
 					b.Queue(`DELETE FROM p2p_index WHERE ix = $1`, ix)
@@ -227,23 +240,7 @@ func (t *tx) commit() error {
 			b.Queue(`INSERT INTO p2p_versions (type, id, version, rec) SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[])
 	ON CONFLICT (type, id, version) DO UPDATE SET rec = excluded.rec`, vT, vI, vV, vR)
 		}
-		if len(rdT) > 0 {
-			b.Queue(`DELETE FROM p2p_resources r USING unnest($1::text[], $2::text[]) u(type, id)
-	WHERE r.type = u.type AND r.id = u.id`, rdT, rdI)
-		}
-		if len(rT) > 0 {
-			b.Queue(`INSERT INTO p2p_resources (type, id, version, head, rec)
-	SELECT u.type, u.id, u.version, u.head, u.rec FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::bytea[]) u(type, id, version, head, rec)
-	ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, head = excluded.head, rec = excluded.rec`, rT, rI, rV, rH, rR)
-		}
-		if len(xdT) > 0 {
-			b.Queue(`DELETE FROM p2p_entries x USING unnest($1::text[], $2::text[]) u(type, id)
-	WHERE x.type = u.type AND x.id = u.id`, xdT, xdI)
-		}
-		if len(xT) > 0 {
-			b.Queue(`INSERT INTO p2p_entries (type, id, entries) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
-	ON CONFLICT (type, id) DO UPDATE SET entries = excluded.entries`, xT, xI, xE)
-		}
+		res.queue(b)
 		if len(sdX) > 0 {
 			b.Queue(`DELETE FROM p2p_index s USING unnest($1::int4[], $2::bytea[], $3::bytea[]) u(ix, key, id)
 	WHERE s.ix = u.ix AND s.key = u.key AND s.id = u.id`, sdX, sdK, sdI)
@@ -279,7 +276,7 @@ func (t *tx) commit() error {
 	if err != nil {
 		return fmt.Errorf("database: commit: %w", err)
 	}
-	t.db.wrote(len(kvB) + len(vT) + len(rT) + len(xT) + len(sX) + len(cS))
+	t.db.wrote(len(kvB) + len(vT) + res.written() + len(sX) + len(cS))
 	if len(t.newParams) > 0 {
 		t.db.mu.Lock()
 		for n, ix := range t.newParams {
@@ -311,4 +308,114 @@ func (t *tx) send(b *pgx.Batch) error {
 		err = cerr
 	}
 	return err
+}
+
+// resKey names a row of p2p_resources.
+type resKey struct{ typ, id string }
+
+// resRow is what a transaction did to a row of p2p_resources: to its
+// R:<type> value (r) and to its X:<type> value (x), each 0 unchanged, 1
+// put, -1 deleted.
+type resRow struct {
+	r, x    int8
+	version int64
+	head    []byte
+	rec     []byte // nil: the version's, in p2p_versions
+	entries []byte
+}
+
+// resWrites are the rows of p2p_resources a commit writes, as arrays,
+// by what it does to them: both values (a resource's create or update,
+// which writes its record and its entries: one statement writes both),
+// the record alone, the entries alone; a value deleted while the other
+// stays (its columns set to null, the row deleted when the other is
+// absent too), both deleted.
+type resWrites struct {
+	// both: head null where the record is deleted, entries null where
+	// the entries are.
+	bT, bI     []string
+	bV         []int64
+	bH, bR, bE [][]byte
+	rT, rI     []string
+	rV         []int64
+	rH, rR     [][]byte
+	xT, xI     []string
+	xE         [][]byte
+	rdT, rdI   []string // the record deleted, the entries unchanged
+	xdT, xdI   []string // the entries deleted, the record unchanged
+	dT, dI     []string // both deleted
+}
+
+func splitRows(rows map[resKey]*resRow, keys []resKey) *resWrites {
+	w := &resWrites{}
+	for _, k := range keys {
+		r := rows[k]
+		switch {
+		case r.r < 0 && r.x < 0:
+			w.dT, w.dI = append(w.dT, k.typ), append(w.dI, k.id)
+		case r.r != 0 && r.x != 0:
+			var head, rec, entries []byte
+			if r.r > 0 {
+				head, rec = r.head, r.rec
+			}
+			if r.x > 0 {
+				entries = r.entries
+			}
+			w.bT, w.bI, w.bV = append(w.bT, k.typ), append(w.bI, k.id), append(w.bV, r.version)
+			w.bH, w.bR, w.bE = append(w.bH, head), append(w.bR, rec), append(w.bE, entries)
+		case r.r > 0:
+			w.rT, w.rI, w.rV = append(w.rT, k.typ), append(w.rI, k.id), append(w.rV, r.version)
+			w.rH, w.rR = append(w.rH, r.head), append(w.rR, r.rec)
+		case r.r < 0:
+			w.rdT, w.rdI = append(w.rdT, k.typ), append(w.rdI, k.id)
+		case r.x > 0:
+			w.xT, w.xI, w.xE = append(w.xT, k.typ), append(w.xI, k.id), append(w.xE, r.entries)
+		case r.x < 0:
+			w.xdT, w.xdI = append(w.xdT, k.typ), append(w.xdI, k.id)
+		}
+	}
+	return w
+}
+
+// written is the number of rows the statements write.
+func (w *resWrites) written() int {
+	return len(w.bT) + len(w.rT) + len(w.xT) + len(w.rdT) + len(w.xdT) + len(w.dT)
+}
+
+// queue adds the statements writing w to b: each row is written once
+// (by an upsert of the columns the transaction changed, or a delete).
+func (w *resWrites) queue(b *pgx.Batch) {
+	if len(w.dT) > 0 {
+		b.Queue(`DELETE FROM p2p_resources r USING unnest($1::text[], $2::text[]) u(type, id)
+	WHERE r.type = u.type AND r.id = u.id`, w.dT, w.dI)
+	}
+	if len(w.rdT) > 0 {
+		// The rows without entries go, the others lose their record.
+		b.Queue(`DELETE FROM p2p_resources r USING unnest($1::text[], $2::text[]) u(type, id)
+	WHERE r.type = u.type AND r.id = u.id AND r.entries IS NULL`, w.rdT, w.rdI)
+		b.Queue(`UPDATE p2p_resources r SET version = NULL, head = NULL, rec = NULL FROM unnest($1::text[], $2::text[]) u(type, id)
+	WHERE r.type = u.type AND r.id = u.id AND r.head IS NOT NULL`, w.rdT, w.rdI)
+	}
+	if len(w.xdT) > 0 {
+		b.Queue(`DELETE FROM p2p_resources r USING unnest($1::text[], $2::text[]) u(type, id)
+	WHERE r.type = u.type AND r.id = u.id AND r.head IS NULL`, w.xdT, w.xdI)
+		b.Queue(`UPDATE p2p_resources r SET entries = NULL FROM unnest($1::text[], $2::text[]) u(type, id)
+	WHERE r.type = u.type AND r.id = u.id AND r.entries IS NOT NULL`, w.xdT, w.xdI)
+	}
+	if len(w.bT) > 0 {
+		b.Queue(`INSERT INTO p2p_resources (version, type, id, head, rec, entries)
+	SELECT CASE WHEN u.head IS NOT NULL THEN u.version END, u.type, u.id, u.head, u.rec, u.entries
+	FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::bytea[], $6::bytea[]) u(type, id, version, head, rec, entries)
+	ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, head = excluded.head, rec = excluded.rec, entries = excluded.entries`,
+			w.bT, w.bI, w.bV, w.bH, w.bR, w.bE)
+	}
+	if len(w.rT) > 0 {
+		b.Queue(`INSERT INTO p2p_resources (version, type, id, head, rec)
+	SELECT u.version, u.type, u.id, u.head, u.rec FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::bytea[]) u(type, id, version, head, rec)
+	ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, head = excluded.head, rec = excluded.rec`, w.rT, w.rI, w.rV, w.rH, w.rR)
+	}
+	if len(w.xT) > 0 {
+		b.Queue(`INSERT INTO p2p_resources (type, id, entries) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+	ON CONFLICT (type, id) DO UPDATE SET entries = excluded.entries`, w.xT, w.xI, w.xE)
+	}
 }

@@ -19,7 +19,7 @@
 //
 // Round trips: a read of a resource 1; a search of one exact key or a
 // selective range 2 (its index entries, then its candidates' records and
-// entries); a commit group of creates or updates 3 whatever its size
+// entries, one row each); a commit group of creates or updates 3 whatever its size
 // (begin, the group's current versions, commit), and one for each other
 // key its writes read (the store's hooks).
 package pgdb

@@ -96,6 +96,32 @@ ALTER TABLE p2p_index ALTER COLUMN id TYPE bytea USING
 	CASE WHEN left(id, 1) = chr(1) THEN '\x01'::bytea || decode(substr(id, 2), 'hex')
 	ELSE convert_to(id, 'UTF8') END;
 `,
+	// 4: a resource's index entries (X:<type>) are a column of its row
+	// in p2p_resources, which p2p_entries was a table of its own for:
+	// one heap tuple and one primary-key entry per resource instead of
+	// two, and a candidate's record and entries read as one row. A row
+	// holds the R:<type> value (head not null), the X:<type> value
+	// (entries not null), or both. The table is written anew, in key
+	// order, rather than updated in place (which would leave a dead
+	// tuple per resource); version first, where it needs no padding.
+	`
+CREATE TABLE p2p_resources_4 (
+	version bigint,
+	type    text COLLATE "C" NOT NULL,
+	id      text COLLATE "C" NOT NULL,
+	head    bytea,
+	rec     bytea,
+	entries bytea,
+	CONSTRAINT p2p_resources_held CHECK (head IS NOT NULL OR entries IS NOT NULL)
+);
+INSERT INTO p2p_resources_4 (version, type, id, head, rec, entries)
+	SELECT r.version, coalesce(r.type, x.type), coalesce(r.id, x.id), r.head, r.rec, x.entries
+	FROM p2p_resources r FULL JOIN p2p_entries x ON x.type = r.type AND x.id = r.id
+	ORDER BY 2, 3;
+DROP TABLE p2p_resources, p2p_entries;
+ALTER TABLE p2p_resources_4 RENAME TO p2p_resources;
+ALTER TABLE p2p_resources ADD CONSTRAINT p2p_resources_pkey PRIMARY KEY (type, id);
+`,
 }
 
 // Lock keys of the advisory locks (pg_advisory_xact_lock), scoped to the

@@ -12,10 +12,14 @@ import (
 // How the store's buckets map onto tables (see the store's package doc
 // for the buckets):
 //
-//	R:<type>          p2p_resources (type, id): the current version; its
-//	                  record is the one in p2p_versions when rec is null
+//	R:<type>          p2p_resources (type, id), the rows whose head is
+//	                  not null: the current version; its record is the
+//	                  one in p2p_versions when rec is null
 //	H:<type>          p2p_versions (type, id, version): every version
-//	X:<type>          p2p_entries (type, id): a resource's index entries
+//	X:<type>          p2p_resources (type, id), the rows whose entries
+//	                  is not null: a resource's index entries, in the
+//	                  row of its current version (a row holds either
+//	                  value or both; one holding neither is deleted)
 //	I:<type>:<param>  p2p_index (ix, key, id): one row per index entry,
 //	                  payload as value, ix the number p2p_search_params
 //	                  gives (type, param); the primary key's B-tree
@@ -193,6 +197,13 @@ func cmpOp(fwd, incl bool) string {
 	}
 }
 
+// currentRec is the SQL of the current record of the p2p_resources row
+// r: its rec, else its version's in p2p_versions, read only then
+// (coalesce evaluates its arguments in order, up to the first not null;
+// a join would probe p2p_versions for every row).
+const currentRec = `coalesce(r.rec, (SELECT v.rec FROM p2p_versions v
+	WHERE v.type = r.type AND v.id = r.id AND v.version = r.version))`
+
 // fetchSQL returns the query reading up to limit rows of t from b in the
 // direction, as (key columns..., value), and its arguments; of a search
 // index, none at or after end when end is not nil (other tables leave
@@ -228,19 +239,19 @@ func fetchSQL(t table, b bound, end []byte, fwd bool, limit int, head bool) (sql
 		if err := textBound("r.id"); err != nil {
 			return "", nil, false, err
 		}
+		where = append(where, "r.head IS NOT NULL")
+		col := currentRec
 		if head {
-			sql = "SELECT r.id, r.head FROM p2p_resources r WHERE " + strings.Join(where, " AND ") + " ORDER BY r.id " + dir
-		} else {
-			sql = "SELECT r.id, coalesce(r.rec, v.rec) FROM p2p_resources r LEFT JOIN p2p_versions v" +
-				" ON v.type = r.type AND v.id = r.id AND v.version = r.version WHERE " +
-				strings.Join(where, " AND ") + " ORDER BY r.id " + dir
+			col = "r.head"
 		}
+		sql = "SELECT r.id, " + col + " FROM p2p_resources r WHERE " + strings.Join(where, " AND ") + " ORDER BY r.id " + dir
 	case kindEntries:
 		where = append(where, "type = "+arg(t.typ))
 		if err := textBound("id"); err != nil {
 			return "", nil, false, err
 		}
-		sql = "SELECT id, entries FROM p2p_entries WHERE " + strings.Join(where, " AND ") + " ORDER BY id " + dir
+		where = append(where, "entries IS NOT NULL")
+		sql = "SELECT id, entries FROM p2p_resources WHERE " + strings.Join(where, " AND ") + " ORDER BY id " + dir
 	case kindVersions:
 		where = append(where, "type = "+arg(t.typ))
 		if !b.none {

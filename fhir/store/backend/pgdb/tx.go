@@ -538,20 +538,20 @@ func (b *bucket) Get(key []byte) []byte {
 		if !t.writable {
 			// A read transaction reads a resource's index entries
 			// only to search, and those are prefetched with it.
-			t.rows(`SELECT coalesce(r.rec, v.rec) FROM p2p_resources r
-	LEFT JOIN p2p_versions v ON v.type = r.type AND v.id = r.id AND v.version = r.version
-	WHERE r.type = $1 AND r.id = $2`, []any{tb.typ, string(key)}, one)
+			t.rows(`SELECT `+currentRec+` FROM p2p_resources r
+	WHERE r.type = $1 AND r.id = $2 AND r.head IS NOT NULL`, []any{tb.typ, string(key)}, one)
 			break
 		}
+		// The row holds the entries too: read with the record.
 		var entries []byte
-		t.rows(`SELECT (SELECT coalesce(r.rec, v.rec) FROM p2p_resources r
-	LEFT JOIN p2p_versions v ON v.type = r.type AND v.id = r.id AND v.version = r.version
-	WHERE r.type = $1 AND r.id = $2),
-	(SELECT entries FROM p2p_entries WHERE type = $1 AND id = $2)`, []any{tb.typ, string(key)}, func(r pgx.Rows) error {
-			if err := r.Scan(&v, &entries); err != nil {
+		t.rows(`SELECT r.head IS NOT NULL, `+currentRec+`, r.entries FROM p2p_resources r
+	WHERE r.type = $1 AND r.id = $2`, []any{tb.typ, string(key)}, func(r pgx.Rows) error {
+			if err := r.Scan(&found, &v, &entries); err != nil {
 				return err
 			}
-			found = v != nil
+			if !found {
+				v = nil
+			}
 			return nil
 		})
 		if t.err == nil {
@@ -564,7 +564,7 @@ func (b *bucket) Get(key []byte) []byte {
 		if !textOK(key) {
 			return nil
 		}
-		t.rows("SELECT entries FROM p2p_entries WHERE type = $1 AND id = $2", []any{tb.typ, string(key)}, one)
+		t.rows("SELECT entries FROM p2p_resources WHERE type = $1 AND id = $2 AND entries IS NOT NULL", []any{tb.typ, string(key)}, one)
 	case kindVersions:
 		id, ver, ok := splitVersionKey(key)
 		if !ok {
@@ -724,7 +724,7 @@ func (b *bucket) Prefetch(keys [][]byte) {
 	}
 	if o.t.kind == kindEntries {
 		found := map[string][]byte{}
-		t.rows(`SELECT id, entries FROM p2p_entries WHERE type = $1 AND id = ANY($2::text[])`, []any{o.t.typ, ids}, func(r pgx.Rows) error {
+		t.rows(`SELECT id, entries FROM p2p_resources WHERE type = $1 AND id = ANY($2::text[]) AND entries IS NOT NULL`, []any{o.t.typ, ids}, func(r pgx.Rows) error {
 			var id string
 			var e []byte
 			if err := r.Scan(&id, &e); err != nil {
@@ -741,10 +741,10 @@ func (b *bucket) Prefetch(keys [][]byte) {
 		return
 	}
 	xo := t.obucket([]byte("X:" + o.t.typ))
-	t.rows(`SELECT k.id, coalesce(r.rec, v.rec), x.entries FROM unnest($2::text[]) k(id)
-LEFT JOIN p2p_resources r ON r.type = $1 AND r.id = k.id
-LEFT JOIN p2p_versions v ON v.type = r.type AND v.id = r.id AND v.version = r.version
-LEFT JOIN p2p_entries x ON x.type = $1 AND x.id = k.id`, []any{o.t.typ, ids}, func(r pgx.Rows) error {
+	// A resource's record and entries are one row: ids without one
+	// come back with neither.
+	t.rows(`SELECT k.id, CASE WHEN r.head IS NOT NULL THEN `+currentRec+` END, r.entries
+FROM unnest($2::text[]) k(id) LEFT JOIN p2p_resources r ON r.type = $1 AND r.id = k.id`, []any{o.t.typ, ids}, func(r pgx.Rows) error {
 		var id string
 		var rec, entries []byte
 		if err := r.Scan(&id, &rec, &entries); err != nil {
