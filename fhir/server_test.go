@@ -31,6 +31,7 @@ type testServer struct {
 	http *httptest.Server
 	fhir *fhir.Server
 	st   *store.Store
+	db   store.DB
 	// gone counts requests whose client went away before their answer.
 	gone atomic.Int64
 }
@@ -52,7 +53,7 @@ func newServerOn(t *testing.T, dsn string, opts ...func(*fhir.Config)) *testServ
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &testServer{t: t, st: st}
+	ts := &testServer{t: t, st: st, db: db}
 	mux := chi.NewRouter()
 	mux.Use(func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -88,7 +88,8 @@ func TestKeyIDsOverBothIDForms(t *testing.T) {
 		}
 		starts := append([]string{"", "0", "00000000-", "7", "7g", "8", "Z", "c", "~", uuid(1000), strings.ToUpper(uuid(3)), "0190f4c27b1a7c3e"}, want...)
 		err = st.View(context.Background(), func(tx *Tx) error {
-			m, err := tx.newMatcher(q)
+			// As for a page: on PostgreSQL the index reads join records.
+			m, err := tx.newMatcher(q, &pageRead{first: 5})
 			if err != nil {
 				return err
 			}

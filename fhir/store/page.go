@@ -47,15 +47,20 @@ func (tx *Tx) SearchPage(q *search.Query, after *Position, n int, keep Keep) (id
 	if n <= 0 {
 		return nil, nil, false, nil
 	}
-	m, err := tx.newMatcher(q)
+	start := ""
+	if after != nil {
+		start = after.ID
+	}
+	page := &pageRead{}
+	if len(q.Sort) == 0 {
+		// The page is the first matches after start, in id order.
+		page.after, page.first = start, min(n+1, keepBatch)
+	}
+	m, err := tx.newMatcher(q, page)
 	if err != nil || m == nil {
 		return nil, nil, false, err
 	}
 	if len(q.Sort) == 0 {
-		start := ""
-		if after != nil {
-			start = after.ID
-		}
 		var out []string
 		err := m.each(start, min(n+1, keepBatch), keep, func(id string, _ []search.Entry) bool {
 			out = append(out, id)
@@ -126,7 +131,7 @@ func (tx *Tx) SearchPage(q *search.Query, after *Position, n int, keep Keep) (id
 // keep allows, reading every match once (time proportional to the
 // matches, memory to a keepBatch).
 func (tx *Tx) SearchCount(q *search.Query, keep Keep) (int, error) {
-	m, err := tx.newMatcher(q)
+	m, err := tx.newMatcher(q, nil)
 	if err != nil || m == nil {
 		return 0, err
 	}
@@ -164,15 +169,39 @@ type matcher struct {
 	// all, for a compartment's rule).
 	params map[string]bool
 	buf    []search.Entry
+	// page is what a page reads of the candidates (nil: a count, which
+	// reads none of their records unless match does).
+	page *pageRead
+	// stamps is set when a clause or sort key reads the candidates'
+	// records (their meta.lastUpdated to the microsecond).
+	stamps bool
 }
 
-// newMatcher prepares q's candidate stream; nil when nothing can match.
-func (tx *Tx) newMatcher(q *search.Query) (*matcher, error) {
+// pageRead is what serving a page of a search reads of its candidates
+// beyond their ids: their records, which the page's rendering reads
+// next. When first is not 0 (an unsorted page: the first matches after
+// after, in id order), a backend that can (backend.Joiner) reads the
+// records of the first first candidates after after with the index
+// entries that name them.
+type pageRead struct {
+	after string
+	first int
+}
+
+// newMatcher prepares q's candidate stream, for a page when page is not
+// nil (see pageRead), else for a count; nil when nothing can match.
+func (tx *Tx) newMatcher(q *search.Query, page *pageRead) (*matcher, error) {
 	tx.indexReady()
 	if tx.typeBucket('R', q.Type) == nil {
 		return nil, nil
 	}
-	m := &matcher{tx: tx, q: q, chained: map[*search.Clause]idSet{}, entries: true}
+	m := &matcher{tx: tx, q: q, chained: map[*search.Clause]idSet{}, entries: true, page: page}
+	for i := range q.Clauses {
+		m.stamps = m.stamps || q.Clauses[i].ByStamp()
+	}
+	for _, k := range q.Sort {
+		m.stamps = m.stamps || k.Param.Code == "_lastUpdated"
+	}
 	if x := tx.typeBucket('X', q.Type); x != nil {
 		m.x = x
 	}
@@ -263,7 +292,7 @@ func (tx *Tx) newMatcher(q *search.Query) (*matcher, error) {
 		if _, chained := m.chained[c]; chained || isWide(c) || c.Missing != nil || c.Not || c.Param.Code == "_id" {
 			continue
 		}
-		if ids, ok := tx.rangeIDs(q.Type, c, rangeLimit); ok && (!m.listed || len(ids) < len(m.within)) {
+		if ids, ok := tx.rangeIDs(q.Type, c, rangeLimit, m.join); ok && (!m.listed || len(ids) < len(m.within)) {
 			m.within, m.listed, m.indexed = ids, true, true
 		}
 	}
@@ -280,16 +309,19 @@ const prefetchRun = 64
 const rangeLimit = 10000
 
 // rangeIDs returns the sorted ids c's ranges hold, if they hold at most
-// limit index entries.
+// limit index entries; each index is read through join (nil: as it is).
 // A parameter not stored reads its sources' indexes: the ids are then
 // candidates that every one is checked (see matcher.match).
-func (tx *Tx) rangeIDs(typ string, c *search.Clause, limit int) ([]string, bool) {
+func (tx *Tx) rangeIDs(typ string, c *search.Clause, limit int, join func(backend.Bucket) backend.Bucket) ([]string, bool) {
 	var ids []string
 	n := 0
 	for _, src := range tx.s.indexSources(typ, c.Param.Code) {
 		b := tx.btx.Bucket(indexBucket(typ, src.Code))
 		if b == nil {
 			continue
+		}
+		if join != nil {
+			b = join(b)
 		}
 		for _, v := range c.Values {
 			for _, r := range v.Ranges {
@@ -366,9 +398,9 @@ func (m *matcher) each(start string, size int, keep Keep, fn func(id string, ent
 		}
 		return true
 	}
-	if r, ok := m.tx.typeBucket('R', m.q.Type).(backend.Prefetcher); ok {
-		// A backend whose reads cost a round trip reads the candidates'
-		// records and entries a run at a time.
+	if prefetch := m.prefetcher(); prefetch != nil {
+		// A backend whose reads cost a round trip reads what match and
+		// the page read of the candidates a run at a time.
 		var run []string
 		more := true
 		checkRun := func() {
@@ -376,7 +408,7 @@ func (m *matcher) each(start string, size int, keep Keep, fn func(id string, ent
 			for i, id := range run {
 				keys[i] = []byte(id)
 			}
-			r.Prefetch(keys)
+			prefetch(keys)
 			for _, id := range run {
 				if more = check(id); !more {
 					break
@@ -400,6 +432,60 @@ func (m *matcher) each(start string, size int, keep Keep, fn func(id string, ent
 		return err
 	}
 	return flush()
+}
+
+// prefetcher returns what reads ahead, a run of candidates at a time,
+// what match and the page read of them, on a backend whose reads cost a
+// round trip (backend.Prefetcher): their records for a page, or when
+// match reads them (candidates not from an index, a _lastUpdated finer
+// than milliseconds), with their index entries when match reads those;
+// else their index entries alone. nil: nothing to read ahead.
+func (m *matcher) prefetcher() func(keys [][]byte) {
+	entries := m.readsEntries()
+	r := m.tx.typeBucket('R', m.q.Type)
+	if m.page != nil || !m.indexed || m.stamps {
+		if p, ok := r.(backend.PrefetcherWith); ok {
+			var also []byte
+			if entries {
+				also = bucketName("X", m.q.Type)
+			}
+			return func(keys [][]byte) { p.PrefetchWith(keys, also) }
+		}
+		if p, ok := r.(backend.Prefetcher); ok {
+			return p.Prefetch
+		}
+		return nil
+	}
+	if p, ok := m.x.(backend.Prefetcher); ok && entries {
+		return p.Prefetch
+	}
+	return nil
+}
+
+// join returns the index bucket b read for a page (see pageRead): its
+// first read also reads the page's first candidates' records, and their
+// index entries where they are read (see readsEntries, backend.Joiner).
+func (m *matcher) join(b backend.Bucket) backend.Bucket {
+	j, ok := b.(backend.Joiner)
+	if !ok || m.page == nil || m.page.first == 0 {
+		return b
+	}
+	spec := backend.Join{Records: bucketName("R", m.q.Type), After: []byte(m.page.after), First: m.page.first}
+	if m.readsEntries() {
+		spec.Entries = bucketName("X", m.q.Type)
+	}
+	return j.Join(spec)
+}
+
+// readsEntries reports whether the candidates' index entries are read:
+// by match, or for a page by the matches' _include or by a policy that
+// confines the search (q's Visible), whose filter and check of what is
+// served may read them.
+func (m *matcher) readsEntries() bool {
+	if m.x == nil {
+		return false
+	}
+	return m.entries || (m.page != nil && (len(m.q.Include) > 0 || m.q.Visible != nil))
 }
 
 // match reports whether the current resource id matches every clause, with
@@ -475,7 +561,7 @@ func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 	var buckets []backend.Bucket
 	for _, src := range m.tx.s.indexSources(m.q.Type, m.param) {
 		if b := m.tx.btx.Bucket(indexBucket(m.q.Type, src.Code)); b != nil {
-			buckets = append(buckets, b)
+			buckets = append(buckets, m.join(b))
 		}
 	}
 	// Under one key, the ids in 16 bytes come first, then the others, each

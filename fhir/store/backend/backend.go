@@ -129,3 +129,42 @@ type Savepointer interface {
 	// RollbackTo takes back every change made since the mark.
 	RollbackTo() error
 }
+
+// Join names what a read of a search index also reads (see Joiner): of
+// the resources its entries name, the values in the bucket Records (a
+// type's current versions) and, when Entries is not nil, in the bucket
+// Entries (their index entries), at the resource's id.
+//
+// An index key is an entry key, 0x00, and the id in its index form: 0x01
+// and 16 bytes for an id that is a UUID in lowercase hexadecimal with
+// dashes (the bytes it spells), the id's own bytes for any other. Of the
+// ids a read meets, only the First after After (in byte order) are read:
+// those of a page of results that starts after After.
+type Join struct {
+	Records, Entries []byte
+	After            []byte
+	First            int
+}
+
+// Joiner is a search index bucket whose reads can also read the
+// resources their entries name (see Join), in the same round trip, for
+// the Gets and Prefetches that follow, which then cost none: a database
+// whose reads are round trips reads a page of search results in one.
+// The store asks for it only where it reads those records next (a page
+// of results), not for counts or checks of a write.
+type Joiner interface {
+	// Join returns the bucket with its keys and values as they are,
+	// whose cursors' first read (a Seek, or SeekBounded's, forward)
+	// also reads what j names; its other reads are the bucket's own.
+	Join(j Join) Bucket
+}
+
+// PrefetcherWith is a bucket that can prefetch (see Prefetcher) the
+// values of its keys in another bucket of the same keys with them, in
+// the same round trip: a type's current versions with their index
+// entries, or without, where a Prefetcher reads both or guesses.
+type PrefetcherWith interface {
+	// PrefetchWith reads the keys of the bucket, and of the bucket
+	// named also when it is not nil.
+	PrefetchWith(keys [][]byte, also []byte)
+}

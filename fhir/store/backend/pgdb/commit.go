@@ -269,6 +269,7 @@ func (t *tx) commit() error {
 	err := t.send(build(false))
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == "23505" {
+		t.db.trips.Add(1)
 		if _, err = t.conn.Exec(t.ctx, "ROLLBACK TO SAVEPOINT flush"); err == nil {
 			err = t.send(build(true))
 		}
@@ -299,6 +300,7 @@ func (t *tx) commit() error {
 
 // send sends a batch and reads every result, returning the first error.
 func (t *tx) send(b *pgx.Batch) error {
+	t.db.trips.Add(1)
 	br := t.conn.SendBatch(t.ctx, b)
 	var err error
 	for i := 0; i < b.Len() && err == nil; i++ {

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -146,6 +147,20 @@ func TestBackendsAgree(t *testing.T) {
 		if !write && (op < 4 || op == 10) {
 			op = 4 + r.IntN(6)
 		}
+		if j, ok := pb.(backend.Joiner); ok && strings.HasPrefix(name, "I:") && r.IntN(2) == 0 {
+			// Read as for a page of results: the reads bring the
+			// records (and entries) the index entries name into the
+			// transaction, where the Gets and cursors that follow
+			// must find what the database and the transaction's own
+			// changes hold, as bbolt does.
+			jn := backend.Join{Records: []byte("R:Patient"), After: randKey(r, "R:Patient")[:r.IntN(2)], First: 1 + r.IntN(4)}
+			if r.IntN(2) == 0 {
+				jn.Entries = []byte("X:Patient")
+			}
+			pb = j.Join(jn)
+			log = append(log, fmt.Sprintf("join %s: %+v", name, jn))
+			defer checkJoined(bt, pt, fail)
+		}
 		if op < 4 && bb == nil {
 			// Written to, the bucket is made first.
 			var perr error
@@ -232,6 +247,16 @@ func TestBackendsAgree(t *testing.T) {
 		case 4:
 			k := randKey(r, name)
 			var a, b []byte
+			if p, ok := pb.(backend.PrefetcherWith); ok && r.IntN(3) == 0 {
+				// Read ahead with others, and with their entries.
+				keys := [][]byte{k, randKey(r, name), randKey(r, name)}
+				var also []byte
+				if r.IntN(2) == 0 {
+					also = []byte("X:Patient")
+				}
+				p.PrefetchWith(keys, also)
+				log = append(log, fmt.Sprintf("prefetch %s %q with %q", name, keys, also))
+			}
 			if bb != nil {
 				a, b = bb.Get(k), pb.Get(k)
 			}
@@ -379,6 +404,38 @@ func TestBackendsAgree(t *testing.T) {
 		})
 		if err != nil {
 			fail("round %d: %v", round, err)
+		}
+	}
+}
+
+// checkJoined checks, after a step that read a search index joined with
+// the records and entries it names, that every key of R:Patient and
+// X:Patient bbolt holds, and every id an index entry of I:Patient:name
+// names as text, gets in pg what it gets in bbolt.
+func checkJoined(bt, pt backend.Tx, fail func(string, ...any)) {
+	var ids [][]byte
+	if ib := bt.Bucket([]byte("I:Patient:name")); ib != nil {
+		ib.ForEach(func(k, _ []byte) error {
+			if i := bytes.IndexByte(k, 0); i >= 0 && (len(k)-i-1 != 17 || k[i+1] != 1) {
+				ids = append(ids, bytes.Clone(k[i+1:]))
+			}
+			return nil
+		})
+	}
+	for _, name := range []string{"R:Patient", "X:Patient"} {
+		bb, pb := bt.Bucket([]byte(name)), pt.Bucket([]byte(name))
+		if (bb == nil) != (pb == nil) {
+			fail("%s exists: bolt %v, pg %v", name, bb != nil, pb != nil)
+		}
+		if bb == nil {
+			continue
+		}
+		keys := slices.Clone(ids)
+		bb.ForEach(func(k, _ []byte) error { keys = append(keys, bytes.Clone(k)); return nil })
+		for _, k := range keys {
+			if a, b := bb.Get(k), pb.Get(k); !bytes.Equal(a, b) || (a == nil) != (b == nil) {
+				fail("after a joined read, get %s %q: bolt %q, pg %q", name, k, a, b)
+			}
 		}
 	}
 }

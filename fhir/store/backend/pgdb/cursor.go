@@ -19,6 +19,9 @@ type cursor struct {
 	cur   []byte // the key the cursor is on; nil: none
 	db    chunk
 	limit int // rows per read, growing
+	// join is what the first read reads too, if it is forward (see
+	// bucket.Join); joining is it while that read's rows are scanned.
+	join, joining *joinSpec
 }
 
 // chunk is rows read from the database from a bound in one direction:
@@ -225,6 +228,11 @@ func (c *cursor) query(b bound, fwd bool) (sql string, args []any, ok bool) {
 	} else if c.limit < maxChunk {
 		c.limit *= 4
 	}
+	j := c.join
+	c.join, c.joining = nil, nil
+	if j != nil && fwd && c.limit < j.first {
+		c.limit = j.first
+	}
 	t, tb := c.b.t, c.b.o.t
 	c.db = chunk{valid: true, fwd: fwd, from: b}
 	if tb.kind == kindSearch {
@@ -239,11 +247,18 @@ func (c *cursor) query(b bound, fwd bool) (sql string, args []any, ok bool) {
 		t.fail(err)
 		return "", nil, false
 	}
+	if j != nil && fwd && tb.kind == kindSearch && !nothing {
+		sql, args = joinSQL(sql, args, j)
+		c.joining = j
+	}
 	return sql, args, !nothing
 }
 
 // scan adds a row of the cursor's query to its chunk.
 func (c *cursor) scan(r pgx.Rows) error {
+	if c.joining != nil {
+		return c.scanJoined(r)
+	}
 	k, v, err := scanRow(c.b.o.t, r)
 	if err != nil {
 		return err
@@ -261,7 +276,7 @@ func (b *bucket) SeekBounded(seeks, ends [][]byte) ([]backend.Cursor, [][]byte, 
 	var qs []query
 	var read []*cursor
 	for i := range seeks {
-		c := &cursor{b: b, end: append([]byte{}, ends[i]...)}
+		c := &cursor{b: b, end: append([]byte{}, ends[i]...), join: b.join}
 		cs[i] = c
 		if b.o.cleared {
 			continue

@@ -17,11 +17,13 @@
 // round trip of multi-row statements. Statements are prepared and planned
 // once per connection (sessionParams).
 //
-// Round trips: a read of a resource 1; a search of one exact key or a
-// selective range 2 (its index entries, then its candidates' records and
-// entries, one row each); a commit group of creates or updates 3 whatever its size
-// (begin, the group's current versions, commit), and one for each other
-// key its writes read (the store's hooks).
+// Round trips (DB.RoundTrips counts them): a read of a resource 1; a
+// page of a search of exact keys or of a selective range 1 (its index
+// entries with the records, and where they are read the index entries,
+// of the resources they name: backend.Joiner), a count of one 1; a
+// commit group of creates or updates 3 whatever its size (begin, the
+// group's current versions, commit), and one for each other key its
+// writes read (the store's hooks).
 package pgdb
 
 import (
@@ -31,6 +33,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -57,7 +60,19 @@ type DB struct {
 	// the database (see hotKeys), read by the next one in its first
 	// round trip.
 	hot []kvKey
+
+	// trips counts the round trips transactions sent (see RoundTrips).
+	trips atomic.Int64
 }
+
+// RoundTrips returns how many round trips the transactions have sent to
+// the database since Open: a statement, or a batch of statements sent
+// together, is one. The rollback of a parked read transaction sent with
+// the next statement is part of that statement's round trip; one sent
+// alone when nothing follows (see parkTTL) is not counted, nor what the
+// analyzer and the schema's migration send, nor pgx's preparing of a
+// statement new to a connection (once per connection).
+func (d *DB) RoundTrips() int64 { return d.trips.Load() }
 
 // kvKey is a key of a bucket kept in p2p_kv.
 type kvKey struct {
@@ -411,6 +426,7 @@ func (d *DB) Update(ctx context.Context, fn func(backend.Tx) error) error {
 	LEFT JOIN p2p_kv k ON k.bucket = u.bucket AND k.key = u.key`, hotB, hotK)
 		}
 		clear(hotVals)
+		d.trips.Add(1)
 		err := beginWrite(conn.SendBatch(ctx, b), b.Len(), len(hot) > 0, seqs, hotVals)
 		if err == nil {
 			break
@@ -447,6 +463,7 @@ func (d *DB) Update(ctx context.Context, fn func(backend.Tx) error) error {
 	if err != nil {
 		// Ends the transaction; a broken connection is dropped by the
 		// pool on release.
+		d.trips.Add(1)
 		conn.Exec(context.Background(), "ROLLBACK")
 	}
 	return err

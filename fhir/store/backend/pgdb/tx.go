@@ -213,6 +213,7 @@ func (t *tx) rows(sql string, args []any, scan func(pgx.Rows) error) {
 		}
 	} else {
 		var err error
+		t.db.trips.Add(1)
 		if rows, err = t.conn.Query(t.ctx, sql, args...); err != nil {
 			t.fail(err)
 			return
@@ -266,6 +267,7 @@ func (t *tx) batch(qs []query) {
 		for _, q := range qs {
 			b.Queue(q.sql, q.args...)
 		}
+		t.db.trips.Add(1)
 		br = t.conn.SendBatch(t.ctx, b)
 		var err error
 		for range b.Len() - len(qs) {
@@ -321,6 +323,7 @@ func (t *tx) begin(sql string, args []any) (pgx.Rows, pgx.BatchResults, error) {
 	}
 	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 	b.Queue(sql, args...)
+	t.db.trips.Add(1)
 	br := t.conn.SendBatch(t.ctx, b)
 	for range b.Len() - 1 {
 		if _, err := br.Exec(); err != nil {
@@ -502,6 +505,9 @@ func (t *tx) ForEach(fn func(name []byte, b backend.Bucket) error) error {
 type bucket struct {
 	t *tx
 	o *obucket
+	// join, of a search index, is what its cursors' first reads read
+	// too (see Join).
+	join *joinSpec
 }
 
 // Get returns the value at key: from the transaction's changes or what
@@ -690,13 +696,13 @@ func (b *bucket) NextSequence() (uint64, error) {
 	return s + 1, nil
 }
 
-func (b *bucket) Cursor() backend.Cursor { return &cursor{b: b} }
+func (b *bucket) Cursor() backend.Cursor { return &cursor{b: b, join: b.join} }
 
 // BoundedCursor returns a cursor over the keys before end only: of a
 // search index, it reads no row past end, and reads boundedChunk rows at
 // first rather than firstChunk.
 func (b *bucket) BoundedCursor(end []byte) backend.Cursor {
-	return &cursor{b: b, end: append([]byte{}, end...)} // never nil
+	return &cursor{b: b, end: append([]byte{}, end...), join: b.join} // never nil
 }
 
 // PrefixCursor returns a cursor whose values are cut to their first n
@@ -705,59 +711,13 @@ func (b *bucket) PrefixCursor(n int) backend.Cursor { return &cursor{b: b, prefi
 
 // Prefetch reads the values of keys not read yet, in one round trip, for
 // the Gets that follow: the current records of resources (with their
-// index entries), or index entries alone.
+// index entries), or index entries alone (see PrefetchWith).
 func (b *bucket) Prefetch(keys [][]byte) {
-	t, o := b.t, b.o
-	if (o.t.kind != kindResources && o.t.kind != kindEntries) || o.cleared || t.err != nil {
-		return
+	var also []byte
+	if b.o.t.kind == kindResources {
+		also = []byte("X:" + b.o.t.typ)
 	}
-	var ids []string
-	for _, k := range keys {
-		if _, ok := o.m[string(k)]; !ok && textOK(k) {
-			ids = append(ids, string(k))
-		}
-	}
-	if len(ids) == 0 || (len(ids) == 1 && (o.t.kind == kindEntries || t.writable)) {
-		// One key costs a Get the same round trip, except a resource
-		// in a read transaction, whose Get does not read its entries.
-		return
-	}
-	if o.t.kind == kindEntries {
-		found := map[string][]byte{}
-		t.rows(`SELECT id, entries FROM p2p_resources WHERE type = $1 AND id = ANY($2::text[]) AND entries IS NOT NULL`, []any{o.t.typ, ids}, func(r pgx.Rows) error {
-			var id string
-			var e []byte
-			if err := r.Scan(&id, &e); err != nil {
-				return err
-			}
-			found[id] = e
-			return nil
-		})
-		if t.err == nil {
-			for _, id := range ids {
-				o.m[id] = &entry{v: found[id]}
-			}
-		}
-		return
-	}
-	xo := t.obucket([]byte("X:" + o.t.typ))
-	// A resource's record and entries are one row: ids without one
-	// come back with neither.
-	t.rows(`SELECT k.id, CASE WHEN r.head IS NOT NULL THEN `+currentRec+` END, r.entries
-FROM unnest($2::text[]) k(id) LEFT JOIN p2p_resources r ON r.type = $1 AND r.id = k.id`, []any{o.t.typ, ids}, func(r pgx.Rows) error {
-		var id string
-		var rec, entries []byte
-		if err := r.Scan(&id, &rec, &entries); err != nil {
-			return err
-		}
-		if _, ok := o.m[id]; !ok {
-			o.m[id] = &entry{v: rec}
-		}
-		if _, ok := xo.m[id]; !ok && !xo.cleared {
-			xo.m[id] = &entry{v: entries}
-		}
-		return nil
-	})
+	b.prefetch(keys, also, false)
 }
 
 // searchIx returns the number of the search index bucket tb in
@@ -798,6 +758,7 @@ func (t *tx) makeSearchIx(tb table) (int32, error) {
 		return ix, t.err
 	}
 	var ix int32
+	t.db.trips.Add(1)
 	err := t.conn.QueryRow(t.ctx, `INSERT INTO p2p_search_params (ix, type, param)
 SELECT coalesce(max(ix), 0) + 1, $1, $2 FROM p2p_search_params RETURNING ix`, tb.typ, tb.param).Scan(&ix)
 	if err != nil {
