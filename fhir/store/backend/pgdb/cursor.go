@@ -272,6 +272,9 @@ func (c *cursor) scan(r pgx.Rows) error {
 // (see BoundedCursor) moved by Seek(seeks[i]), with the key and value it
 // is on: the first rows of every range are read in one round trip.
 func (b *bucket) SeekBounded(seeks, ends [][]byte) ([]backend.Cursor, [][]byte, [][]byte) {
+	if b.o.t.kind == kindKV {
+		return b.seekBoundedKV(seeks, ends)
+	}
 	cs := make([]*cursor, len(seeks))
 	var qs []query
 	var read []*cursor

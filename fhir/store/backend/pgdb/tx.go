@@ -711,8 +711,13 @@ func (b *bucket) PrefixCursor(n int) backend.Cursor { return &cursor{b: b, prefi
 
 // Prefetch reads the values of keys not read yet, in one round trip, for
 // the Gets that follow: the current records of resources (with their
-// index entries), or index entries alone (see PrefetchWith).
+// index entries), index entries alone (see PrefetchWith), or the values
+// of a bucket kept in p2p_kv.
 func (b *bucket) Prefetch(keys [][]byte) {
+	if b.o.t.kind == kindKV {
+		b.prefetchKV(keys)
+		return
+	}
 	var also []byte
 	if b.o.t.kind == kindResources {
 		also = []byte("X:" + b.o.t.typ)
