@@ -427,6 +427,26 @@ func (r *Runner) lookup(pg *preparedPage, base string) (present map[string]strin
 			}
 			return "", false
 		}
+		// Everything asked of the store below, read at once: the
+		// resources and targets under their ids and earlier ids, then
+		// the digests of those found.
+		var keys []store.Key
+		want := func(typ, id string) {
+			keys = append(keys, store.Key{Type: typ, ID: id})
+			if old, ok := earlierID(base, typ, id); ok {
+				keys = append(keys, store.Key{Type: typ, ID: old})
+			}
+		}
+		for _, res := range pg.resources {
+			want(res.typ, res.localID)
+			for _, t := range res.refs {
+				if !inPage[t] {
+					typ, id, _ := strings.Cut(t, "/")
+					want(typ, id)
+				}
+			}
+		}
+		tx.Prefetch(keys)
 		for _, res := range pg.resources {
 			for _, t := range res.refs {
 				if _, ok := present[t]; ok || inPage[t] {
@@ -438,10 +458,17 @@ func (r *Runner) lookup(pg *preparedPage, base string) (present map[string]strin
 				}
 			}
 		}
+		var found []*pageResource
+		var digestKeys [][]byte
 		for _, res := range pg.resources {
 			if here, _ := stored(res.typ, res.localID); here != "" {
 				res.setLocalID(here)
+				found = append(found, res)
+				digestKeys = append(digestKeys, []byte(res.localRef()))
 			}
+		}
+		tx.KV(digestBucket).Prefetch(digestKeys)
+		for _, res := range found {
 			v, err := tx.Read(res.typ, res.localID)
 			if err != nil {
 				continue
@@ -663,6 +690,10 @@ func (r *Runner) writeResources(tx *store.Tx, job int64, pg *preparedPage) (writ
 	}
 	w.written = make([]provenance.IngestedResource, 0, len(pg.resources))
 	digests := tx.KV(digestBucket)
+	waiting, err := r.readForPage(tx, pg, inPage)
+	if err != nil {
+		return w, err
+	}
 	for _, res := range pg.resources {
 		if res.unchanged {
 			// Still the version found unchanged (read without its JSON).
@@ -685,7 +716,7 @@ func (r *Runner) writeResources(tx *store.Tx, job int64, pg *preparedPage) (writ
 			return w, err
 		}
 		w.written = append(w.written, provenance.IngestedResource{Type: res.typ, ID: res.localID, Version: v.VersionID})
-		n, err := r.relink(tx, res.localRef(), inPage)
+		n, err := r.relink(tx, res.localRef(), waiting, inPage)
 		if err != nil {
 			return w, err
 		}

@@ -58,32 +58,80 @@ func putPending(tx *store.Tx, job int64, p pendingRef) error {
 	return tx.KV(pendingBucket).Put(k, pendingValue(kind, job, p.abs))
 }
 
+// waitingRef is a reference waiting for its target (see pendingBucket):
+// its key there, the referrer, and the entry's kind, job and absolute
+// source URL.
+type waitingRef struct {
+	key      []byte
+	referrer string
+	kind     byte
+	job      int64
+	abs      string
+}
+
+// waitingFor reads the references waiting for each of targets, by
+// target, in one go (see store.KV.ScanPrefixes).
+func waitingFor(tx *store.Tx, targets []string) (map[string][]waitingRef, error) {
+	prefixes := make([][]byte, len(targets))
+	for i, t := range targets {
+		prefixes[i] = []byte(t + "\x00")
+	}
+	out := map[string][]waitingRef{}
+	err := tx.KV(pendingBucket).ScanPrefixes(prefixes, func(i int, k, v []byte) (bool, error) {
+		if kind, job, abs, ok := parsePending(v); ok {
+			t := targets[i]
+			out[t] = append(out[t], waitingRef{k, string(k[len(prefixes[i]):]), kind, job, abs})
+		}
+		return true, nil
+	})
+	return out, err
+}
+
+// readForPage reads at once what writing pg's resources reads, which
+// would otherwise cost a database whose reads are round trips one for
+// each resource (see store.Tx.Prefetch): the resources' current versions
+// and ingestion digests, the references waiting for them (returned by
+// target, for relink), and the current versions and digests of the
+// referrers relink may rewrite.
+func (r *Runner) readForPage(tx *store.Tx, pg *preparedPage, inPage map[string]bool) (map[string][]waitingRef, error) {
+	keys := make([]store.Key, 0, len(pg.resources))
+	digestKeys := make([][]byte, 0, len(pg.resources))
+	targets := make([]string, 0, len(pg.resources))
+	for _, res := range pg.resources {
+		keys = append(keys, store.Key{Type: res.typ, ID: res.localID})
+		digestKeys = append(digestKeys, []byte(res.localRef()))
+		targets = append(targets, res.localRef())
+	}
+	waiting, err := waitingFor(tx, targets)
+	if err != nil {
+		return nil, err
+	}
+	for _, list := range waiting {
+		for _, w := range list {
+			if w.kind != heldLocal && !inPage[w.referrer] {
+				typ, id, _ := strings.Cut(w.referrer, "/")
+				keys = append(keys, store.Key{Type: typ, ID: id})
+				digestKeys = append(digestKeys, []byte(w.referrer))
+			}
+		}
+	}
+	tx.Prefetch(keys)
+	tx.KV(digestBucket).Prefetch(digestKeys)
+	return waiting, nil
+}
+
 // relink settles the references waiting for target, which has just been
 // written: referrers holding the source URL are rewritten to the local
 // reference (except those on the page being written, which have it
-// already). It returns how many resources were rewritten.
-func (r *Runner) relink(tx *store.Tx, target string, inPage map[string]bool) (int, error) {
-	prefix := []byte(target + "\x00")
-	type waiting struct {
-		key      []byte
-		referrer string
-		kind     byte
-		job      int64
-		abs      string
-	}
-	var list []waiting
+// already). waiting holds what the pending bucket had for each target of
+// the page before the page's first write (see readForPage); the page
+// changes the entries of a target only in its relink, which takes them
+// from waiting, so that they are still what the bucket holds. It
+// returns how many resources were rewritten.
+func (r *Runner) relink(tx *store.Tx, target string, waiting map[string][]waitingRef, inPage map[string]bool) (int, error) {
+	list := waiting[target]
+	delete(waiting, target)
 	kv := tx.KV(pendingBucket)
-	if err := kv.Scan(prefix, func(k, v []byte) (bool, error) {
-		if !bytes.HasPrefix(k, prefix) {
-			return false, nil
-		}
-		if kind, job, abs, ok := parsePending(v); ok {
-			list = append(list, waiting{k, string(k[len(prefix):]), kind, job, abs})
-		}
-		return true, nil
-	}); err != nil {
-		return 0, err
-	}
 	n := 0
 	for _, w := range list {
 		if err := kv.Delete(w.key); err != nil {
@@ -125,6 +173,7 @@ func (r *Runner) settle(tx *store.Tx, job int64) (toSource, relinked int, err er
 		return 0, 0, err
 	}
 	pending := tx.KV(pendingBucket)
+	prefetchSettle(tx, job, keys)
 	for _, k := range keys {
 		if err := tx.KV(byJobBucket).Delete(k); err != nil {
 			return toSource, relinked, err
@@ -166,6 +215,38 @@ func (r *Runner) settle(tx *store.Tx, job int64) (toSource, relinked int, err er
 		}
 	}
 	return toSource, relinked, nil
+}
+
+// prefetchSettle reads at once what settle reads for each of the keys of
+// job's references in byJobBucket (see store.Tx.Prefetch): their pending
+// entries and targets, then the current versions and digests of the
+// referrers of those still the job's.
+func prefetchSettle(tx *store.Tx, job int64, keys [][]byte) {
+	pks := make([][]byte, 0, len(keys))
+	var targets []store.Key
+	for _, k := range keys {
+		pk := k[8:]
+		if target, _, ok := strings.Cut(string(pk), "\x00"); ok {
+			pks = append(pks, pk)
+			typ, id, _ := strings.Cut(target, "/")
+			targets = append(targets, store.Key{Type: typ, ID: id})
+		}
+	}
+	pending := tx.KV(pendingBucket)
+	pending.Prefetch(pks)
+	tx.Prefetch(targets)
+	var referrers []store.Key
+	var digestKeys [][]byte
+	for _, pk := range pks {
+		if _, owner, _, ok := parsePending(pending.Get(pk)); ok && owner == job {
+			_, referrer, _ := strings.Cut(string(pk), "\x00")
+			typ, id, _ := strings.Cut(referrer, "/")
+			referrers = append(referrers, store.Key{Type: typ, ID: id})
+			digestKeys = append(digestKeys, []byte(referrer))
+		}
+	}
+	tx.Prefetch(referrers)
+	tx.KV(digestBucket).Prefetch(digestKeys)
 }
 
 // rewriteRef replaces the reference from with to in the current version of

@@ -454,6 +454,15 @@ func (g *gatherer) noteReferences(v *store.Version, patient string) {
 // have, after the matches, in reference order.
 func (g *gatherer) includes() ([]string, error) {
 	sort.Strings(g.refs)
+	keys := make([]store.Key, 0, len(g.refs))
+	for _, r := range g.refs {
+		ref, _, _ := strings.Cut(r, "\x00")
+		if !g.seen[ref] {
+			typ, id, _ := strings.Cut(ref, "/")
+			keys = append(keys, store.Key{Type: typ, ID: id})
+		}
+	}
+	g.tx.Prefetch(keys)
 	var out []string
 	withholders := map[string]func(*store.Version) bool{}
 	for _, r := range g.refs {
@@ -604,6 +613,14 @@ func (s *Server) everythingEntries(tx *store.Tx, opts EverythingOptions, b *Bund
 	// Every resource is checked again as the page is served: it may have
 	// changed hands since the result set was made.
 	sees := s.policy.Seer(tx, AccessFrom(tx.Context()))
+	// The page's resources, with the index entries the check of the
+	// member's compartment reads, at once.
+	keys := make([]store.Key, len(ids))
+	for i, e := range ids {
+		typ, id, _, _ := splitEntry(e)
+		keys[i] = store.Key{Type: typ, ID: id}
+	}
+	tx.Prefetch(keys)
 	for _, e := range ids {
 		typ, id, patient, include := splitEntry(e)
 		v, err := tx.Read(typ, id)
