@@ -97,7 +97,7 @@ func (c *cursor) move(b bound, fwd bool) ([]byte, []byte) {
 			return nil, nil
 		}
 		var dk, dv []byte
-		if !o.cleared {
+		if !o.noRows() {
 			dk, dv = c.dbNext(b, fwd)
 			if t.err != nil {
 				c.cur = nil
@@ -281,7 +281,7 @@ func (b *bucket) SeekBounded(seeks, ends [][]byte) ([]backend.Cursor, [][]byte, 
 	for i := range seeks {
 		c := &cursor{b: b, end: append([]byte{}, ends[i]...), join: b.join}
 		cs[i] = c
-		if b.o.cleared {
+		if b.o.noRows() {
 			continue
 		}
 		if sql, args, ok := c.query(bound{key: append([]byte{}, seeks[i]...), incl: true}, true); ok {

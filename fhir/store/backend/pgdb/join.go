@@ -125,7 +125,7 @@ func (b *bucket) PrefetchWith(keys [][]byte, also []byte) { b.prefetch(keys, als
 // read is not read again for its entries.
 func (b *bucket) prefetch(keys [][]byte, also []byte, both bool) {
 	t, o := b.t, b.o
-	if (o.t.kind != kindResources && o.t.kind != kindEntries) || o.cleared || t.err != nil {
+	if (o.t.kind != kindResources && o.t.kind != kindEntries) || o.noRows() || t.err != nil {
 		return
 	}
 	var xo *obucket

@@ -10,7 +10,7 @@ import (
 // Prefetch).
 func (b *bucket) prefetchKV(keys [][]byte) {
 	t, o := b.t, b.o
-	if o.cleared || t.err != nil {
+	if o.noRows() || t.err != nil {
 		return
 	}
 	var want [][]byte
@@ -57,7 +57,7 @@ func (b *bucket) seekBoundedKV(seeks, ends [][]byte) ([]backend.Cursor, [][]byte
 		cs[i].db = chunk{valid: true, fwd: true, from: bound{key: append([]byte{}, seeks[i]...), incl: true}}
 		los[i], his[i] = cs[i].db.from.key, cs[i].end
 	}
-	if t := b.t; !b.o.cleared && t.err == nil && len(seeks) > 0 {
+	if t := b.t; !b.o.noRows() && t.err == nil && len(seeks) > 0 {
 		t.rows(`SELECT q.i, k.key, k.value FROM unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY q(lo, hi, i)
 CROSS JOIN LATERAL (SELECT key, value FROM p2p_kv WHERE bucket = $1 AND key >= q.lo AND key < q.hi ORDER BY key LIMIT $4) k
 ORDER BY q.i, k.key`, []any{b.o.t.name, los, his, boundedChunk}, func(r pgx.Rows) error {

@@ -122,6 +122,9 @@ type obucket struct {
 	dirty   []string // keys of dirty entries, sorted when sorted is set
 	sorted  bool
 	cleared bool // DeleteBucket: the database's rows are gone
+	// fresh: CreateBucket made the bucket where none was, so that the
+	// database holds none of its rows and its reads cost no round trip.
+	fresh bool
 	// exists is whether the bucket exists in the transaction: 0 not
 	// known yet, 1 it does, -1 it does not (never created, or deleted).
 	exists int8
@@ -138,6 +141,10 @@ type entry struct {
 	dirty bool
 	hot   bool // read in the transaction's first round trip, not used yet (see DB.hot)
 }
+
+// noRows reports whether the database holds none of the bucket's rows
+// for the transaction: it deleted the bucket, or made it where none was.
+func (o *obucket) noRows() bool { return o.cleared || o.fresh }
 
 func (o *obucket) set(key string, v []byte) {
 	e := o.m[key]
@@ -432,6 +439,7 @@ func (t *tx) CreateBucket(name []byte) (backend.Bucket, error) {
 	if !o.cleared {
 		// Not in p2p_buckets: it holds nothing yet.
 		o.seq, o.seqRead = 0, true
+		o.fresh = true
 	}
 	return &bucket{t: t, o: o}, nil
 }
@@ -523,7 +531,7 @@ func (b *bucket) Get(key []byte) []byte {
 		return e.v
 	}
 	t := b.t
-	if b.o.cleared || t.err != nil {
+	if b.o.noRows() || t.err != nil {
 		return nil
 	}
 	tb := b.o.t
