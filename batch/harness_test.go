@@ -28,6 +28,7 @@ import (
 	"github.com/p2pserver/p2pserver/fhir/store"
 	"github.com/p2pserver/p2pserver/fhir/store/storetest"
 	"github.com/p2pserver/p2pserver/internal/httpapi"
+	"github.com/p2pserver/p2pserver/internal/lease"
 	"github.com/p2pserver/p2pserver/internal/secrets"
 	"github.com/p2pserver/p2pserver/oidcservers"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
@@ -68,6 +69,7 @@ type sourcePayer struct {
 	t     testing.TB
 	URL   string // FHIR base
 	idp   *oidctest.Provider
+	db    store.DB
 	fhir  *fhir.Server
 	fault atomic.Pointer[func(w http.ResponseWriter, r *http.Request) bool]
 	hits  atomic.Int64
@@ -85,7 +87,7 @@ func newSource(t testing.TB, idp *oidctest.Provider) *sourcePayer {
 	}
 	mux := chi.NewRouter()
 	hs := httptest.NewServer(mux)
-	s := &sourcePayer{t: t, URL: hs.URL + "/fhir", idp: idp}
+	s := &sourcePayer{t: t, URL: hs.URL + "/fhir", idp: idp, db: db}
 	s.fhir = fhir.New(st, fhir.Config{BaseURL: s.URL, MaxBody: 64 << 20, MaxCount: 1000, Logger: testLogger(t)})
 	s.fhir.EnableEverything(fhir.EverythingOptions{})
 	guard, err := smart.New(smart.Config{BaseURL: s.URL, Issuers: []smart.Issuer{{URL: idp.Issuer()}},
@@ -225,6 +227,10 @@ type targetPayer struct {
 	http    *httptest.Server
 	URL     string // server root
 	cipher  *secrets.Cipher
+	// leaseDuration, when set, is the Runner's lease duration: its
+	// leases are not renewed, and it looks for jobs every tenth of it
+	// (see lease.Config).
+	leaseDuration time.Duration
 }
 
 func newTarget(t testing.TB, cfg Config) *targetPayer {
@@ -264,6 +270,9 @@ func (tg *targetPayer) open() {
 	cfg := tg.cfg
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(t)
+	}
+	if tg.leaseDuration > 0 && cfg.Leases == nil {
+		cfg.Leases = lease.New(tg.st, lease.Config{Duration: tg.leaseDuration, Logger: cfg.Logger})
 	}
 	if tg.runner, err = New(tg.fhir, tg.repo, tg.cipher, cfg); err != nil {
 		t.Fatal(err)
