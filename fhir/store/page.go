@@ -292,7 +292,7 @@ func (tx *Tx) newMatcher(q *search.Query, page *pageRead) (*matcher, error) {
 		if _, chained := m.chained[c]; chained || isWide(c) || c.Missing != nil || c.Not || c.Param.Code == "_id" {
 			continue
 		}
-		if ids, ok := tx.rangeIDs(q.Type, c, rangeLimit, m.join); ok && (!m.listed || len(ids) < len(m.within)) {
+		if ids, ok := tx.rangeIDs(q.Type, c, rangeLimit, m.rangeJoin); ok && (!m.listed || len(ids) < len(m.within)) {
 			m.within, m.listed, m.indexed = ids, true, true
 		}
 	}
@@ -463,19 +463,37 @@ func (m *matcher) prefetcher() func(keys [][]byte) {
 }
 
 // join returns the index bucket b read for a page (see pageRead): its
-// first read also reads the page's first candidates' records, and their
-// index entries where they are read (see readsEntries, backend.Joiner).
-func (m *matcher) join(b backend.Bucket) backend.Bucket {
+// cursors' first read is of first entries, and reads the records of
+// those after the page's start, with their index entries where they are
+// read (see readsEntries, backend.Joiner).
+func (m *matcher) join(b backend.Bucket, first int) backend.Bucket {
 	j, ok := b.(backend.Joiner)
 	if !ok || m.page == nil || m.page.first == 0 {
 		return b
 	}
-	spec := backend.Join{Records: bucketName("R", m.q.Type), After: []byte(m.page.after), First: m.page.first}
+	spec := backend.Join{Records: bucketName("R", m.q.Type), After: []byte(m.page.after), First: first}
 	if m.readsEntries() {
 		spec.Entries = bucketName("X", m.q.Type)
 	}
 	return j.Join(spec)
 }
+
+// rangeJoin is join for the read of a range clause's entries (see
+// rangeIDs), which are read whole, in key order, and give the page's
+// candidates only once sorted: the first read is of rangeFirst entries
+// or the page's, if more, and reads their records, those of the whole
+// range when it is no larger.
+func (m *matcher) rangeJoin(b backend.Bucket) backend.Bucket {
+	if m.page == nil {
+		return b
+	}
+	return m.join(b, max(rangeFirst, m.page.first))
+}
+
+// rangeFirst is how many entries the first read of a range clause's
+// index reads when joined with their records (see rangeJoin): a range of
+// a few dozen resources costs one round trip, its records included.
+const rangeFirst = 64
 
 // readsEntries reports whether the candidates' index entries are read:
 // by match, or for a page by the matches' _include or by a policy that
@@ -561,7 +579,13 @@ func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 	var buckets []backend.Bucket
 	for _, src := range m.tx.s.indexSources(m.q.Type, m.param) {
 		if b := m.tx.btx.Bucket(indexBucket(m.q.Type, src.Code)); b != nil {
-			buckets = append(buckets, m.join(b))
+			// A run's first read holds the page's candidates it can
+			// give, one that may precede them (see uuidSeek), and the
+			// one the merge moves on to before the page ends.
+			if m.page != nil {
+				b = m.join(b, m.page.first+2)
+			}
+			buckets = append(buckets, b)
 		}
 	}
 	// Under one key, the ids in 16 bytes come first, then the others, each

@@ -133,13 +133,14 @@ type Savepointer interface {
 // Join names what a read of a search index also reads (see Joiner): of
 // the resources its entries name, the values in the bucket Records (a
 // type's current versions) and, when Entries is not nil, in the bucket
-// Entries (their index entries), at the resource's id.
+// Entries (their index entries), at the resource's id. The read is of
+// First entries (fewer when its range holds fewer), and reads the
+// resources of those whose id sorts after After (in byte order): a page
+// of results that starts after After.
 //
 // An index key is an entry key, 0x00, and the id in its index form: 0x01
 // and 16 bytes for an id that is a UUID in lowercase hexadecimal with
-// dashes (the bytes it spells), the id's own bytes for any other. Of the
-// ids a read meets, only the First after After (in byte order) are read:
-// those of a page of results that starts after After.
+// dashes (the bytes it spells), the id's own bytes for any other.
 type Join struct {
 	Records, Entries []byte
 	After            []byte
@@ -154,8 +155,9 @@ type Join struct {
 // of results), not for counts or checks of a write.
 type Joiner interface {
 	// Join returns the bucket with its keys and values as they are,
-	// whose cursors' first read (a Seek, or SeekBounded's, forward)
-	// also reads what j names; its other reads are the bucket's own.
+	// whose cursors' first read, when forward (a Seek, or
+	// SeekBounded's), is of j.First entries and also reads what j
+	// names; its other reads are the bucket's own.
 	Join(j Join) Bucket
 }
 

@@ -230,7 +230,7 @@ func (c *cursor) query(b bound, fwd bool) (sql string, args []any, ok bool) {
 	}
 	j := c.join
 	c.join, c.joining = nil, nil
-	if j != nil && fwd && c.limit < j.first {
+	if j != nil && fwd {
 		c.limit = j.first
 	}
 	t, tb := c.b.t, c.b.o.t

@@ -3,40 +3,56 @@ package pgdb
 import (
 	"fmt"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/p2pserver/p2pserver/fhir/store/backend"
 )
 
-// currentSQL is the one statement that reads resources' current
-// records: for each id the FROM item ids yields (as k.id), of the type
-// given by the placeholder typ, the rows (id, rec, entries): rec the
-// current record (see currentRec), entries the index entries when
-// withEntries (else null); each null for an id without it. Prefetches
-// and the reads of a search's index (see joinSQL) use it, so that a
-// change of where records live is made here. A resource's record and
-// entries are one row, whose entries are not read (nor detoasted) unless
-// asked for.
-func currentSQL(typ, ids string, withEntries bool) string {
+// currentCols and currentJoin are the one place that reads resources'
+// current records: currentCols the columns (rec, entries) of the
+// p2p_resources row r, rec its current record (see currentRec, null
+// when the row holds none), entries its index entries when withEntries
+// (else null); currentJoin the join that finds r, of the type typ, at
+// the id id (SQL expressions), on a further condition cond when not "".
+// Prefetches (currentSQL) and a search's joined index reads (joinSQL)
+// use them, so that a change of where records live is made here. A
+// resource's record and entries are one row, whose entries are not read
+// (nor detoasted) unless asked for.
+func currentCols(withEntries bool) string {
 	entries := "NULL::bytea"
 	if withEntries {
 		entries = "r.entries"
 	}
-	return "SELECT k.id, CASE WHEN r.head IS NOT NULL THEN " + currentRec + " END, " + entries + " FROM " + ids + `
-LEFT JOIN p2p_resources r ON r.type = ` + typ + ` AND r.id = k.id`
+	return "CASE WHEN r.head IS NOT NULL THEN " + currentRec + " END, " + entries
 }
 
-// ridSQL is the resource id an index row's id column names (see
+func currentJoin(typ, id, cond string) string {
+	if cond != "" {
+		cond += " AND "
+	}
+	return "LEFT JOIN p2p_resources r ON " + cond + "r.type = " + typ + " AND r.id = " + id
+}
+
+// currentSQL reads, for each id the FROM item ids yields (as k.id), the
+// rows (id, rec, entries) of currentCols: both null for an id without
+// a row.
+func currentSQL(typ, ids string, withEntries bool) string {
+	return "SELECT k.id, " + currentCols(withEntries) + " FROM " + ids + "\n" + currentJoin(typ, "k.id", "")
+}
+
+// ridSQL is the resource id the index row i's id column names (see
 // backend.Join): 0x01 and 16 bytes the UUID they spell, in lowercase
 // hexadecimal with dashes; other bytes as they are, in the escape
 // format, which is the bytes themselves for an id of ASCII without a
 // backslash (every FHIR id) and, for any other, never fails, naming at
 // worst a resource that is not there (whose absence is then what is
 // read, rightly).
-const ridSQL = `(CASE WHEN length(id) = 17 AND get_byte(id, 0) = 1 THEN encode(substr(id, 2), 'hex')::uuid::text ELSE encode(id, 'escape') END) COLLATE "C"`
+const ridSQL = `(CASE WHEN length(i.id) = 17 AND get_byte(i.id, 0) = 1 THEN encode(substr(i.id, 2), 'hex')::uuid::text ELSE encode(i.id, 'escape') END) COLLATE "C"`
 
 // joinSpec is what a read of a search index also reads (see
 // backend.Join): into ro (and xo, when not nil) the current records
-// (and index entries) of the first ids after after.
+// (and index entries) of the ids after after of the first first
+// entries, which the read reads.
 type joinSpec struct {
 	typ    string
 	ro, xo *obucket
@@ -65,45 +81,63 @@ func (b *bucket) Join(j backend.Join) backend.Bucket {
 
 // joinSQL turns sql, a forward read of search index rows (key, id,
 // payload) with arguments args, into one that returns the same rows in
-// the same order (their other columns null), then one row (null, null,
-// null, id, rec, entries) per resource of the first j.first ids after
-// j.after among them (see currentSQL): a page of search results in the
-// round trip of the index entries that name it.
+// the same order, each with the id, current record and entries (see
+// currentCols) of the resource it names when that id is after j.after
+// and the resource has a row (else nulls): the records of a page of
+// search results in the round trip of the index entries that name it.
 func joinSQL(sql string, args []any, j *joinSpec) (string, []any) {
 	n := len(args)
-	args = append(args, j.typ, j.after, j.first)
-	typ, after, first := fmt.Sprintf("$%d::text", n+1), fmt.Sprintf("$%d::text", n+2), fmt.Sprintf("$%d::int", n+3)
-	return `WITH i AS (` + sql + `),
-w AS (SELECT DISTINCT ` + ridSQL + ` AS id FROM i WHERE ` + ridSQL + ` > ` + after + ` ORDER BY 1 LIMIT ` + first + `)
-SELECT key, id, payload, NULL::text, NULL::bytea, NULL::bytea FROM i
-UNION ALL
-SELECT NULL, NULL, NULL, c.* FROM (` + currentSQL(typ, "w k", j.xo != nil) + `) c
-ORDER BY 4 NULLS FIRST, 1, 2`, args
+	args = append(args, j.typ, j.after)
+	typ, after := fmt.Sprintf("$%d::text", n+1), fmt.Sprintf("$%d::text", n+2)
+	return `SELECT i.key, i.id, i.payload, r.id, ` + currentCols(j.xo != nil) + ` FROM (` + sql + `) i
+` + currentJoin(typ, ridSQL, ridSQL+" > "+after) + `
+ORDER BY i.key, i.id`, args
 }
 
-// scanJoined adds a row of the cursor's joined read (see joinSQL): an
-// index row to its chunk, a resource's to the transaction's reads, where
-// the transaction has not read or written the key already.
+// scanJoined adds a row of the cursor's joined read (see joinSQL) to its
+// chunk, and the resource's record and entries to the transaction's
+// reads, where the transaction has not read or written them already.
 func (c *cursor) scanJoined(r pgx.Rows) error {
 	var key, id, payload, rec, entries []byte
 	var rid *string
 	if err := r.Scan(&key, &id, &payload, &rid, &rec, &entries); err != nil {
 		return err
 	}
-	if rid == nil {
-		if payload == nil {
-			payload = []byte{}
-		}
-		c.db.keys = append(c.db.keys, searchKey(key, id))
-		c.db.vals = append(c.db.vals, c.cut(payload))
-		return nil
+	if payload == nil {
+		payload = []byte{}
 	}
+	c.db.keys = append(c.db.keys, searchKey(key, id))
+	c.db.vals = append(c.db.vals, c.cut(payload))
 	j := c.joining
-	keep(j.ro, *rid, rec)
-	if j.xo != nil {
-		keep(j.xo, *rid, entries)
+	if rid == nil {
+		// No row, or not after j.after: which one ridSQL tells, for an
+		// id of its own bytes (see resourceID).
+		if id, ok := resourceID(id); ok && id > j.after {
+			rid = &id
+		}
+	}
+	if rid != nil {
+		keep(j.ro, *rid, rec)
+		if j.xo != nil {
+			keep(j.xo, *rid, entries)
+		}
 	}
 	return nil
+}
+
+// resourceID is ridSQL of the id column id, when it can be told without
+// the database: an id in 16 bytes, or one whose bytes the escape format
+// keeps as they are (no 0x00, no backslash, none above 0x7f).
+func resourceID(id []byte) (string, bool) {
+	if len(id) == 17 && id[0] == 1 {
+		return uuid.UUID(id[1:]).String(), true
+	}
+	for _, c := range id {
+		if c == 0 || c == '\\' || c >= 0x80 {
+			return "", false
+		}
+	}
+	return string(id), true
 }
 
 // keep records v (nil: absent) as what the database holds at key of o,
