@@ -20,6 +20,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/p2pserver/p2pserver/fhir/store/backend/pgdb"
 	"github.com/p2pserver/p2pserver/oidcservers/oidctest"
 )
 
@@ -160,7 +161,8 @@ func maxRSS() uint64 {
 // with a batch job, MDM and versioned Provenance on. It reports resources
 // per second from the job's creation to COMPLETED, and the peak heap in
 // use during the job (the source's serving included: both run in this
-// process). "rerun" pulls the same data again, all of it unchanged.
+// process), and on PostgreSQL the round trips per page each payer made.
+// "rerun" pulls the same data again, all of it unchanged.
 //
 //	go test -run '^$' -bench Ingest -benchtime 1x ./batch/
 func BenchmarkIngest(b *testing.B) {
@@ -190,10 +192,24 @@ func BenchmarkIngest(b *testing.B) {
 			}
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
+		// On PostgreSQL, the round trips of both payers, the job watched
+		// through a pool of its own so that they are the job's alone.
+		tdb, ok1 := tg.db.(*pgdb.DB)
+		sdb, ok2 := src.db.(*pgdb.DB)
+		onPG := ok1 && ok2
+		var watch *watcher
+		var t0, s0 int64
+		if onPG {
+			watch = openWatcher(b, tg.dbPath)
+			t0, s0 = tdb.RoundTrips(), sdb.RoundTrips()
+		}
 		stop := make(chan struct{})
 		peak := peakHeap(stop)
 		began := time.Now()
 		id := tg.startJob(pid, jobBody(tok.AccessToken, tok.RefreshToken, request, member, "member-1", ""))
+		if onPG {
+			watch.waitEnd(b, id)
+		}
 		job := tg.waitEnd(pid, id)
 		elapsed := time.Since(began)
 		close(stop)
@@ -205,9 +221,17 @@ func BenchmarkIngest(b *testing.B) {
 		b.ReportMetric(perSec, "resources/s")
 		b.ReportMetric(heap, "peak-heap-MB")
 		b.ReportMetric(float64(job.Progress.ResourcesTotal), "resources")
-		fmt.Printf("ingest: %d resources in %d pages in %s: %.0f resources/s; peak heap %.0f MB, max RSS %.0f MB (GOMAXPROCS %d)\n",
+		trips := ""
+		if onPG {
+			pages := float64(job.Progress.PagesFetched)
+			tt, st := float64(tdb.RoundTrips()-t0)/pages, float64(sdb.RoundTrips()-s0)/pages
+			b.ReportMetric(tt, "target-round-trips/page")
+			b.ReportMetric(st, "source-round-trips/page")
+			trips = fmt.Sprintf("; round trips per page %.0f at the target, %.0f at the source", tt, st)
+		}
+		fmt.Printf("ingest: %d resources in %d pages in %s: %.0f resources/s; peak heap %.0f MB, max RSS %.0f MB (GOMAXPROCS %d)%s\n",
 			job.Progress.ResourcesTotal, job.Progress.PagesFetched, elapsed.Round(time.Millisecond), perSec, heap,
-			float64(maxRSS())/(1<<20), runtime.GOMAXPROCS(0))
+			float64(maxRSS())/(1<<20), runtime.GOMAXPROCS(0), trips)
 		return job
 	}
 	b.Run("first", func(b *testing.B) {

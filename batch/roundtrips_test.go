@@ -173,7 +173,7 @@ func loadRoundTripMember(t *testing.T, src *sourcePayer, n int) {
 // database.
 type watcher struct{ st *store.Store }
 
-func openWatcher(t *testing.T, dsn string) *watcher {
+func openWatcher(t testing.TB, dsn string) *watcher {
 	t.Helper()
 	db := storetest.OpenDB(t, dsn)
 	st, err := store.Open(db, testRegistry(), testLogger(t))
@@ -187,7 +187,7 @@ func openWatcher(t *testing.T, dsn string) *watcher {
 
 // waitEnd waits until job id has ended. The deadline only bounds a
 // broken run.
-func (w *watcher) waitEnd(t *testing.T, id int64) {
+func (w *watcher) waitEnd(t testing.TB, id int64) {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
