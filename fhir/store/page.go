@@ -463,15 +463,16 @@ func (m *matcher) prefetcher() func(keys [][]byte) {
 }
 
 // join returns the index bucket b read for a page (see pageRead): its
-// cursors' first read is of first entries, and reads the records of
-// those after the page's start, with their index entries where they are
-// read (see readsEntries, backend.Joiner).
-func (m *matcher) join(b backend.Bucket, first int) backend.Bucket {
+// cursors' first read is of read entries (0: as many as the backend
+// reads at first), and reads the records of those of the first first
+// that come after the page's start, with their index entries where they
+// are read (see readsEntries, backend.Joiner).
+func (m *matcher) join(b backend.Bucket, read, first int) backend.Bucket {
 	j, ok := b.(backend.Joiner)
 	if !ok || m.page == nil || m.page.first == 0 {
 		return b
 	}
-	spec := backend.Join{Records: bucketName("R", m.q.Type), After: []byte(m.page.after), First: first}
+	spec := backend.Join{Records: bucketName("R", m.q.Type), After: []byte(m.page.after), Read: read, First: first}
 	if m.readsEntries() {
 		spec.Entries = bucketName("X", m.q.Type)
 	}
@@ -480,20 +481,15 @@ func (m *matcher) join(b backend.Bucket, first int) backend.Bucket {
 
 // rangeJoin is join for the read of a range clause's entries (see
 // rangeIDs), which are read whole, in key order, and give the page's
-// candidates only once sorted: the first read is of rangeFirst entries
-// or the page's, if more, and reads their records, those of the whole
-// range when it is no larger.
+// candidates only once sorted: the first read is the backend's usual
+// one, and reads the records of a page's worth of its entries, those of
+// the whole page when the range holds no more.
 func (m *matcher) rangeJoin(b backend.Bucket) backend.Bucket {
 	if m.page == nil {
 		return b
 	}
-	return m.join(b, max(rangeFirst, m.page.first))
+	return m.join(b, 0, m.page.first)
 }
-
-// rangeFirst is how many entries the first read of a range clause's
-// index reads when joined with their records (see rangeJoin): a range of
-// a few dozen resources costs one round trip, its records included.
-const rangeFirst = 64
 
 // readsEntries reports whether the candidates' index entries are read:
 // by match, or for a page by the matches' _include or by a policy that
@@ -583,7 +579,7 @@ func (m *matcher) keyIDs(start string, fn func(id string) bool) {
 			// give, one that may precede them (see uuidSeek), and the
 			// one the merge moves on to before the page ends.
 			if m.page != nil {
-				b = m.join(b, m.page.first+2)
+				b = m.join(b, m.page.first+2, m.page.first+2)
 			}
 			buckets = append(buckets, b)
 		}

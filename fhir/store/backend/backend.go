@@ -134,7 +134,8 @@ type Savepointer interface {
 // the resources its entries name, the values in the bucket Records (a
 // type's current versions) and, when Entries is not nil, in the bucket
 // Entries (their index entries), at the resource's id. The read is of
-// First entries (fewer when its range holds fewer), and reads the
+// Read entries (fewer when its range holds fewer; 0: as many as the
+// database reads at first), and of the first First of them reads the
 // resources of those whose id sorts after After (in byte order): a page
 // of results that starts after After.
 //
@@ -144,7 +145,7 @@ type Savepointer interface {
 type Join struct {
 	Records, Entries []byte
 	After            []byte
-	First            int
+	Read, First      int
 }
 
 // Joiner is a search index bucket whose reads can also read the
@@ -156,7 +157,7 @@ type Join struct {
 type Joiner interface {
 	// Join returns the bucket with its keys and values as they are,
 	// whose cursors' first read, when forward (a Seek, or
-	// SeekBounded's), is of j.First entries and also reads what j
+	// SeekBounded's), is of j.Read entries and also reads what j
 	// names; its other reads are the bucket's own.
 	Join(j Join) Bucket
 }

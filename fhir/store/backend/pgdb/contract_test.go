@@ -153,7 +153,7 @@ func TestBackendsAgree(t *testing.T) {
 			// transaction, where the Gets and cursors that follow
 			// must find what the database and the transaction's own
 			// changes hold, as bbolt does.
-			jn := backend.Join{Records: []byte("R:Patient"), After: randKey(r, "R:Patient")[:r.IntN(2)], First: 1 + r.IntN(4)}
+			jn := backend.Join{Records: []byte("R:Patient"), After: randKey(r, "R:Patient")[:r.IntN(2)], Read: r.IntN(4), First: 1 + r.IntN(4)}
 			if r.IntN(2) == 0 {
 				jn.Entries = []byte("X:Patient")
 			}

@@ -213,7 +213,31 @@ func (c *cursor) read(b bound, fwd bool) {
 		return
 	}
 	c.b.t.rows(sql, args, c.scan)
+	c.done()
+}
+
+// done completes the chunk a read filled: whether rows may follow, and
+// its rows in order where the statement did not promise it (see
+// joinSQL).
+func (c *cursor) done() {
 	c.db.more = len(c.db.keys) == c.limit
+	if c.joining == nil {
+		return
+	}
+	ks, vs := c.db.keys, c.db.vals
+	if slices.IsSortedFunc(ks, bytes.Compare) {
+		return
+	}
+	idx := make([]int, len(ks))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return bytes.Compare(ks[a], ks[b]) })
+	sk, sv := make([][]byte, len(ks)), make([][]byte, len(vs))
+	for i, j := range idx {
+		sk[i], sv[i] = ks[j], vs[j]
+	}
+	c.db.keys, c.db.vals = sk, sv
 }
 
 // query empties the chunk for rows past b, and returns the statement that
@@ -230,8 +254,8 @@ func (c *cursor) query(b bound, fwd bool) (sql string, args []any, ok bool) {
 	}
 	j := c.join
 	c.join, c.joining = nil, nil
-	if j != nil && fwd {
-		c.limit = j.first
+	if j != nil && fwd && j.read > 0 {
+		c.limit = j.read
 	}
 	t, tb := c.b.t, c.b.o.t
 	c.db = chunk{valid: true, fwd: fwd, from: b}
@@ -291,7 +315,7 @@ func (b *bucket) SeekBounded(seeks, ends [][]byte) ([]backend.Cursor, [][]byte, 
 	}
 	b.t.batch(qs)
 	for _, c := range read {
-		c.db.more = len(c.db.keys) == c.limit
+		c.done()
 	}
 	out := make([]backend.Cursor, len(cs))
 	ks, vs := make([][]byte, len(cs)), make([][]byte, len(cs))

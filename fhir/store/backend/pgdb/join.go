@@ -1,9 +1,9 @@
 package pgdb
 
 import (
+	"bytes"
 	"fmt"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/p2pserver/p2pserver/fhir/store/backend"
 )
@@ -40,24 +40,26 @@ func currentSQL(typ, ids string, withEntries bool) string {
 	return "SELECT k.id, " + currentCols(withEntries) + " FROM " + ids + "\n" + currentJoin(typ, "k.id", "")
 }
 
-// ridSQL is the resource id the index row i's id column names (see
+// ridSQL is the resource id the index id column col names (see
 // backend.Join): 0x01 and 16 bytes the UUID they spell, in lowercase
 // hexadecimal with dashes; other bytes as they are, in the escape
 // format, which is the bytes themselves for an id of ASCII without a
 // backslash (every FHIR id) and, for any other, never fails, naming at
 // worst a resource that is not there (whose absence is then what is
 // read, rightly).
-const ridSQL = `(CASE WHEN length(i.id) = 17 AND get_byte(i.id, 0) = 1 THEN encode(substr(i.id, 2), 'hex')::uuid::text ELSE encode(i.id, 'escape') END) COLLATE "C"`
+func ridSQL(col string) string {
+	return `(CASE WHEN length(` + col + `) = 17 AND get_byte(` + col + `, 0) = 1 THEN encode(substr(` + col + `, 2), 'hex')::uuid::text ELSE encode(` + col + `, 'escape') END) COLLATE "C"`
+}
 
 // joinSpec is what a read of a search index also reads (see
-// backend.Join): into ro (and xo, when not nil) the current records
-// (and index entries) of the ids after after of the first first
-// entries, which the read reads.
+// backend.Join): a read of read entries (0: as a cursor reads at first),
+// and into ro (and xo, when not nil) the current records (and index
+// entries) of those of the first first whose ids are after after.
 type joinSpec struct {
-	typ    string
-	ro, xo *obucket
-	after  string
-	first  int
+	typ         string
+	ro, xo      *obucket
+	after       string
+	read, first int
 }
 
 // Join returns the bucket whose cursors' first read forward also reads
@@ -66,10 +68,10 @@ type joinSpec struct {
 // returned as it is.
 func (b *bucket) Join(j backend.Join) backend.Bucket {
 	rt := tableOf(string(j.Records))
-	if b.o.t.kind != kindSearch || rt.kind != kindResources || j.First <= 0 || !textOK(j.After) {
+	if b.o.t.kind != kindSearch || rt.kind != kindResources || j.First <= 0 || j.Read < 0 || !textOK(j.After) {
 		return b
 	}
-	js := &joinSpec{typ: rt.typ, ro: b.t.obucket(j.Records), after: string(j.After), first: j.First}
+	js := &joinSpec{typ: rt.typ, ro: b.t.obucket(j.Records), after: string(j.After), read: j.Read, first: j.First}
 	if j.Entries != nil {
 		if xt := tableOf(string(j.Entries)); xt.kind != kindEntries || xt.typ != rt.typ {
 			return b
@@ -80,64 +82,63 @@ func (b *bucket) Join(j backend.Join) backend.Bucket {
 }
 
 // joinSQL turns sql, a forward read of search index rows (key, id,
-// payload) with arguments args, into one that returns the same rows in
-// the same order, each with the id, current record and entries (see
-// currentCols) of the resource it names when that id is after j.after
-// and the resource has a row (else nulls): the records of a page of
-// search results in the round trip of the index entries that name it.
+// payload) with arguments args, into one that returns the same rows, each
+// with, of the first j.first, those whose resource id is after j.after,
+// that id, the resource's current record and entries (see currentCols;
+// null when it has none), else nulls: the records of a page of search
+// results in the round trip of the index entries that name it.
+// The rows come in the index read's order (the plan is a nested loop over
+// it), which is not asked for: a sort of the rows, in the plan, would
+// cost more than the cursor's check that they are in order (see
+// cursor.done).
 func joinSQL(sql string, args []any, j *joinSpec) (string, []any) {
 	n := len(args)
-	args = append(args, j.typ, j.after)
-	typ, after := fmt.Sprintf("$%d::text", n+1), fmt.Sprintf("$%d::text", n+2)
-	return `SELECT i.key, i.id, i.payload, r.id, ` + currentCols(j.xo != nil) + ` FROM (` + sql + `) i
-` + currentJoin(typ, ridSQL, ridSQL+" > "+after) + `
-ORDER BY i.key, i.id`, args
+	args = append(args, j.typ, j.after, j.first)
+	typ, after, first := fmt.Sprintf("$%d::text", n+1), fmt.Sprintf("$%d::text", n+2), fmt.Sprintf("$%d::int", n+3)
+	// The rows are numbered in the index read's order, and each row's
+	// id worked out once (the window keeps the subquery whole).
+	cond := "i.n <= " + first + " AND i.rid > " + after
+	return `SELECT i.key, i.id, i.payload, CASE WHEN ` + cond + ` THEN i.rid END, ` + currentCols(j.xo != nil) + `
+FROM (SELECT key, id, payload, ` + ridSQL("s.id") + ` AS rid, row_number() OVER () AS n FROM (` + sql + `) s) i
+` + currentJoin(typ, "i.rid", cond), args
 }
 
 // scanJoined adds a row of the cursor's joined read (see joinSQL) to its
 // chunk, and the resource's record and entries to the transaction's
 // reads, where the transaction has not read or written them already.
+// The row's values are taken as PostgreSQL sent them (bytea in binary,
+// text in either format: their bytes), which costs less than scanning
+// them.
 func (c *cursor) scanJoined(r pgx.Rows) error {
-	var key, id, payload, rec, entries []byte
-	var rid *string
-	if err := r.Scan(&key, &id, &payload, &rid, &rec, &entries); err != nil {
-		return err
+	raw := r.RawValues()
+	fds := r.FieldDescriptions()
+	if len(raw) != 6 || len(fds) != 6 {
+		return fmt.Errorf("a joined index read returned %d columns, want 6", len(raw))
 	}
-	if payload == nil {
-		payload = []byte{}
-	}
-	c.db.keys = append(c.db.keys, searchKey(key, id))
-	c.db.vals = append(c.db.vals, c.cut(payload))
-	j := c.joining
-	if rid == nil {
-		// No row, or not after j.after: which one ridSQL tells, for an
-		// id of its own bytes (see resourceID).
-		if id, ok := resourceID(id); ok && id > j.after {
-			rid = &id
+	for i, fd := range fds {
+		// The id (text) is its bytes in either format; bytea in text
+		// would be hexadecimal.
+		if i != 3 && fd.Format != pgx.BinaryFormatCode {
+			return fmt.Errorf("a joined index read returned column %d in text", i)
 		}
 	}
-	if rid != nil {
-		keep(j.ro, *rid, rec)
-		if j.xo != nil {
-			keep(j.xo, *rid, entries)
-		}
+	key, id, payload := raw[0], raw[1], raw[2]
+	// The index key and its payload in one allocation.
+	kl := len(key) + 1 + len(id)
+	buf := make([]byte, 0, kl+len(payload))
+	buf = append(append(append(buf, key...), 0), id...)
+	buf = append(buf, payload...)
+	c.db.keys = append(c.db.keys, buf[:kl:kl])
+	c.db.vals = append(c.db.vals, c.cut(buf[kl:]))
+	if raw[3] == nil {
+		return nil // not one whose resource the read joined
+	}
+	j, rid := c.joining, string(raw[3])
+	keep(j.ro, rid, bytes.Clone(raw[4]))
+	if j.xo != nil {
+		keep(j.xo, rid, bytes.Clone(raw[5]))
 	}
 	return nil
-}
-
-// resourceID is ridSQL of the id column id, when it can be told without
-// the database: an id in 16 bytes, or one whose bytes the escape format
-// keeps as they are (no 0x00, no backslash, none above 0x7f).
-func resourceID(id []byte) (string, bool) {
-	if len(id) == 17 && id[0] == 1 {
-		return uuid.UUID(id[1:]).String(), true
-	}
-	for _, c := range id {
-		if c == 0 || c == '\\' || c >= 0x80 {
-			return "", false
-		}
-	}
-	return string(id), true
 }
 
 // keep records v (nil: absent) as what the database holds at key of o,

@@ -60,7 +60,7 @@ func TestJoinedReadsAreTheDatabasesAndTheTransactions(t *testing.T) {
 	// then gets every id.
 	type want struct {
 		rec, ent []byte
-		read     bool // read by the joined read: no round trip
+		read     bool // read by the joined read: no round trip; else one
 	}
 	run := func(name string, write, entries bool, after string, first int, change func(r, x backend.Bucket), wants map[string]want) {
 		t.Run(name, func(t *testing.T) {
@@ -73,7 +73,7 @@ func TestJoinedReadsAreTheDatabasesAndTheTransactions(t *testing.T) {
 				if change != nil {
 					change(r, x)
 				}
-				j := backend.Join{Records: []byte("R:Patient"), After: []byte(after), First: first}
+				j := backend.Join{Records: []byte("R:Patient"), After: []byte(after), Read: first, First: first}
 				if entries {
 					j.Entries = []byte("X:Patient")
 				}
@@ -108,6 +108,9 @@ func TestJoinedReadsAreTheDatabasesAndTheTransactions(t *testing.T) {
 					if w.read && trips != 0 {
 						t.Errorf("%s: %d round trips to get what the joined read read", id, trips)
 					}
+					if !w.read && trips == 0 {
+						t.Errorf("%s: the joined read read it, beyond First or not after After", id)
+					}
 				}
 				return nil
 			})
@@ -134,6 +137,14 @@ func TestJoinedReadsAreTheDatabasesAndTheTransactions(t *testing.T) {
 	w[uuid] = want{rec(uuid), ent(uuid), false}
 	w["gone"] = want{nil, nil, false}
 	run("the first 4, after b", false, true, "b", 4, nil, w)
+	// Of the first 2 (uuid, b) only b is after uuid: the others are
+	// read by the cursor but not joined.
+	w = all("b")
+	for _, id := range []string{uuid, "c", "d"} {
+		w[id] = want{rec(id), ent(id), false}
+	}
+	w["gone"] = want{nil, nil, false}
+	run("the first 2, after the first", false, true, uuid, 2, nil, w)
 	w = all(uuid, "c")
 	w["b"] = want{[]byte("written"), nil, true}
 	w["d"] = want{nil, []byte("written"), true}
