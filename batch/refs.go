@@ -97,10 +97,16 @@ func (r *Runner) readForPage(tx *store.Tx, pg *preparedPage, inPage map[string]b
 	keys := make([]store.Key, 0, len(pg.resources))
 	digestKeys := make([][]byte, 0, len(pg.resources))
 	targets := make([]string, 0, len(pg.resources))
+	listed := make(map[string]bool, len(pg.resources))
 	for _, res := range pg.resources {
 		keys = append(keys, store.Key{Type: res.typ, ID: res.localID})
 		digestKeys = append(digestKeys, []byte(res.localRef()))
-		targets = append(targets, res.localRef())
+		if ref := res.localRef(); !listed[ref] {
+			// Once, even if the page has it twice: its second write
+			// finds none waiting (see relink).
+			listed[ref] = true
+			targets = append(targets, ref)
+		}
 	}
 	waiting, err := waitingFor(tx, targets)
 	if err != nil {
