@@ -235,7 +235,13 @@ type targetPayer struct {
 
 func newTarget(t testing.TB, cfg Config) *targetPayer {
 	t.Helper()
-	tg := &targetPayer{t: t, dbPath: storetest.DSN(t), cfg: cfg}
+	return newTargetAt(t, cfg, storetest.DSN(t))
+}
+
+// newTargetAt is newTarget on the database dsn.
+func newTargetAt(t testing.TB, cfg Config, dsn string) *targetPayer {
+	t.Helper()
+	tg := &targetPayer{t: t, dbPath: dsn, cfg: cfg}
 	tg.http = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*tg.handler.Load()).ServeHTTP(w, r)
 	}))
