@@ -17,7 +17,8 @@ import (
 // less the times and ids the server stamps): writes that delete and
 // create the same id again in one batch Bundle (whose entries commit in
 // one group), updates that change no index entry, conditional creates
-// and updates, and then every read, vread, history and search of them.
+// and updates, a transaction's searches of its own writes, and then
+// every read, vread, history and search of them.
 func TestBackendsAnswerAlike(t *testing.T) {
 	bolt := newServerOn(t, filepath.Join(t.TempDir(), "bolt.db"))
 	other := newServerOn(t, storetest.DSN(t))
@@ -63,6 +64,18 @@ func TestBackendsAnswerAlike(t *testing.T) {
 		{"PUT", "/Observation?identifier=urn:x|2", `{"resourceType":"Observation","id":"e","status":"amended","code":{"text":"cu"},"identifier":[{"system":"urn:x","value":"2"}]}`},
 		{"DELETE", "/Observation?identifier=urn:x|2", ""},
 		{"PUT", "/Observation/e", `{"resourceType":"Observation","id":"e","status":"final","code":{"text":"back"}}`},
+		// A transaction's searches (its GET entries, run after its
+		// writes, in its transaction) see its writes.
+		{"POST", "/", bundle("transaction",
+			entry("PUT", "Observation/a", obs("a", "final", 8)),
+			entry("DELETE", "Observation/d", ""),
+			entry("PUT", "Observation/f", obs("f", "final", 9)),
+			entry("PUT", "Patient/p1", `{"resourceType":"Patient","id":"p1","name":[{"family":"Changed"}]}`),
+			entry("GET", "Observation?status=final&_include=Observation:subject", ""),
+			entry("GET", "Observation?code=c0,c1,c2&_count=2", ""),
+			entry("GET", "Patient?_revinclude=Observation:subject", ""),
+			entry("GET", "Observation?subject:Patient.name=Changed&_sort=-_id", ""),
+		)},
 	}
 	reads := []string{"/Patient/p1", "/Patient/p1/_history", "/Observation/_history", "/_history",
 		"/Observation", "/Observation?status=final", "/Observation?status=amended,preliminary,corrected",
@@ -86,6 +99,9 @@ func TestBackendsAnswerAlike(t *testing.T) {
 		go func() { defer wg.Done(); a = answer(bolt, s.method, s.path, s.body) }()
 		go func() { defer wg.Done(); b = answer(other, s.method, s.path, s.body) }()
 		wg.Wait()
+		if !strings.HasPrefix(a, "2") {
+			t.Errorf("%s %s: bbolt answers %.300s", s.method, s.path, a)
+		}
 		if a != b {
 			t.Errorf("%s %s: bbolt answers\n%s\n%s answers\n%s", s.method, s.path, a, storetest.Backend(), b)
 		}
