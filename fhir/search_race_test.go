@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -143,5 +144,86 @@ func TestSearchPagesAreOneMomentOfTheirResources(t *testing.T) {
 	got := es[len(es)-1].(map[string]any)["resource"].(map[string]any)
 	if total := len(bundleIDs(got)); total != n {
 		t.Errorf("the transaction's search finds %d Observations, want %d: %s", total, n, r.Body)
+	}
+}
+
+// TestSearchNeverServesAnOlderVersionThanARead: while another client
+// updates and deletes resources on another server (on PostgreSQL; the
+// same server on bbolt), a search that follows a read of one of them
+// serves it at the version read or a later one, never an older one nor
+// one deleted before the read (the page's records are read in the
+// page's own transaction, begun after the read's ended).
+func TestSearchNeverServesAnOlderVersionThanARead(t *testing.T) {
+	dsn := storetest.DSN(t)
+	a := newServerOn(t, dsn)
+	b := a
+	if storetest.Backend() == storetest.Postgres {
+		b = newServerOn(t, dsn)
+	}
+	const n = 6
+	body := func(i, v int) string {
+		return fmt.Sprintf(`{"resourceType":"Observation","id":"r%d","status":"final","code":{"text":"race"},"valueInteger":%d}`, i, v)
+	}
+	for i := range n {
+		b.do(http.MethodPut, fmt.Sprintf("/Observation/r%d", i), body(i, 0)).want(t, http.StatusCreated)
+	}
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for w := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for v := 1; !stop.Load() && v < 400; v++ {
+				i := (v + w*3) % n
+				if v%7 == 0 {
+					b.do(http.MethodDelete, fmt.Sprintf("/Observation/r%d", i), nil)
+				} else {
+					b.do(http.MethodPut, fmt.Sprintf("/Observation/r%d", i), body(i, v))
+				}
+			}
+		}()
+	}
+	defer func() {
+		stop.Store(true)
+		wg.Wait()
+	}()
+	checks := 0
+	for round := 0; round < 150; round++ {
+		i := round % n
+		rd := a.do(http.MethodGet, fmt.Sprintf("/Observation/r%d", i), nil)
+		readVer, deleted := int64(0), rd.Status == http.StatusGone || rd.Status == http.StatusNotFound
+		if rd.Status == http.StatusOK {
+			readVer, _ = strconv.ParseInt(rd.JSON["meta"].(map[string]any)["versionId"].(string), 10, 64)
+		}
+		for _, q := range []string{"/Observation?code=race&_count=3", "/Observation?_id=r0,r1,r2,r3,r4,r5", "/Observation?status=final&_sort=-_id&_count=50"} {
+			path := q
+			for path != "" {
+				pg := a.do(http.MethodGet, path, nil).want(t, http.StatusOK)
+				es, _ := pg.JSON["entry"].([]any)
+				for _, e := range es {
+					r := e.(map[string]any)["resource"].(map[string]any)
+					if r["id"] != fmt.Sprintf("r%d", i) {
+						continue
+					}
+					ver, _ := strconv.ParseInt(r["meta"].(map[string]any)["versionId"].(string), 10, 64)
+					checks++
+					if ver < readVer {
+						t.Errorf("%s serves r%d at version %d after a read of version %d", q, i, ver, readVer)
+					}
+					if deleted && ver < readVer+1 {
+						t.Errorf("%s serves r%d at version %d after a read found it deleted", q, i, ver)
+					}
+				}
+				path = link(pg.JSON, "next")
+			}
+		}
+		if t.Failed() {
+			break
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	if checks < 100 {
+		t.Fatalf("only %d checks", checks)
 	}
 }
