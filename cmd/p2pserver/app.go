@@ -75,7 +75,7 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 	// so that the file growing does not remap it: a remap waits for every
 	// read transaction to end while holding the writer, and copies every
 	// node a large write has touched.
-	db, err := store.OpenDB(context.Background(), cfg.DB, store.DBOptions{BoltMmapSize: initialMmapSize})
+	db, err := store.OpenDB(context.Background(), cfg.DB, store.DBOptions{BoltMmapSize: initialMmapSize, Logger: log})
 	if err != nil {
 		return nil, err
 	}

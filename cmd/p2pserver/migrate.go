@@ -59,7 +59,10 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 			return fmt.Errorf("-from: %s is not a database file", *from)
 		}
 	}
-	src, err := store.OpenDB(ctx, *from, store.DBOptions{})
+	// The source is read as it is: a PostgreSQL schema of an earlier
+	// version is not upgraded (which would leave the database unreadable
+	// by the version that wrote it, the copy's usual purpose).
+	src, err := store.OpenDB(ctx, *from, store.DBOptions{KeepSchema: true})
 	if err != nil {
 		return fmt.Errorf("-from: %w", err)
 	}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -21,6 +22,13 @@ type DBOptions struct {
 	// BoltMmapSize is the address space reserved for a bbolt file (see
 	// boltdb.Options.InitialMmapSize); zero for bbolt's default.
 	BoltMmapSize int
+	// Logger, when set, is told of a PostgreSQL schema created or
+	// brought to a newer version (see pgdb.Options).
+	Logger *slog.Logger
+	// KeepSchema opens a PostgreSQL database as it is: its schema is
+	// neither created nor migrated, and one not at the current version
+	// is refused (see pgdb.Options). A bbolt file is opened as always.
+	KeepSchema bool
 }
 
 // scheme matches the scheme of a URL ("name://"), which a file path
@@ -83,7 +91,7 @@ func OpenDB(ctx context.Context, dsn string, opts DBOptions) (DB, error) {
 		return nil, fmt.Errorf("database: %w", err)
 	}
 	if IsPostgres(dsn) {
-		return pgdb.Open(ctx, dsn)
+		return pgdb.OpenWith(ctx, dsn, pgdb.Options{Logger: opts.Logger, KeepSchema: opts.KeepSchema})
 	}
 	if dir := filepath.Dir(dsn); dir != "" {
 		if err := os.MkdirAll(dir, 0o750); err != nil {

@@ -24,7 +24,7 @@ func TestIndexIDsBecomeBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	if err := migrateTo(ctx, pool, 2); err != nil {
+	if _, err := migrateTo(ctx, pool, 2); err != nil {
 		t.Fatal(err)
 	}
 	uuid := []byte{0x01, 0xa2, 0x2c, 0xf7, 0xcb, 0xf7, 0x7a, 0xfc, 0x00, 0x7d, 0xb6, 0x7f, 0xe8, 0xe1, 0x05, 0xbd}

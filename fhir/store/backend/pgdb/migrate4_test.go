@@ -39,7 +39,7 @@ func TestEntriesMoveIntoResourceRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	if err := migrateTo(ctx, pool, 3); err != nil {
+	if _, err := migrateTo(ctx, pool, 3); err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]map[string][]byte{

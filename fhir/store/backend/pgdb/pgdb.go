@@ -30,6 +30,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"sync"
@@ -113,7 +114,22 @@ var sessionParams = map[string]string{
 // Open connects to the database url (postgres:// or postgresql://, with
 // pgx's parameters, such as pool_max_conns) and brings its schema to the
 // current version.
-func Open(ctx context.Context, url string) (*DB, error) {
+func Open(ctx context.Context, url string) (*DB, error) { return OpenWith(ctx, url, Options{}) }
+
+// Options say how OpenWith opens a database.
+type Options struct {
+	// Logger, when set, is told of a schema brought to a newer version
+	// (one Info line with the versions and how long it took).
+	Logger *slog.Logger
+	// KeepSchema opens the database as it is: its schema is neither
+	// created nor migrated, and one that is not the current version is
+	// refused (for reading a database that must not change, such as
+	// the source of a copy).
+	KeepSchema bool
+}
+
+// OpenWith is Open with opts.
+func OpenWith(ctx context.Context, url string, opts Options) (*DB, error) {
 	url = lowerScheme(url)
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
@@ -131,9 +147,25 @@ func Open(ctx context.Context, url string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("database %s: %w", Redact(url), err)
 	}
-	if err := migrate(ctx, pool); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("database %s: schema: %w", Redact(url), err)
+	if opts.KeepSchema {
+		if _, err := schemaVersion(ctx, pool); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("database %s: %w", Redact(url), err)
+		}
+	} else {
+		began := time.Now()
+		from, err := migrate(ctx, pool)
+		if err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("database %s: schema: %w", Redact(url), err)
+		}
+		if from < len(migrations) && opts.Logger != nil {
+			what := "database schema upgraded"
+			if from == 0 {
+				what = "database schema created"
+			}
+			opts.Logger.Info(what, "from_version", from, "to_version", len(migrations), "took", time.Since(began).Round(time.Millisecond))
+		}
 	}
 	d := &DB{pool: pool, known: map[string]bool{}, params: map[string]int32{}}
 	d.parking.now = time.Now

@@ -2,6 +2,7 @@ package pgdb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -142,41 +143,76 @@ const (
 // an advisory lock: processes starting together wait for the first, then
 // find the schema current. A database whose schema is newer than this
 // program knows is refused rather than written with old rules.
-func migrate(ctx context.Context, pool *pgxpool.Pool) error {
+// It returns the version the schema was at.
+func migrate(ctx context.Context, pool *pgxpool.Pool) (from int, err error) {
 	return migrateTo(ctx, pool, len(migrations))
 }
 
+// errNoSchema is schemaVersion's answer for a database p2pserver never
+// made its schema in.
+var errNoSchema = errors.New("holds no p2pserver database (no p2p_schema table)")
+
+// schemaVersion returns the version of the schema, without changing
+// anything: errNoSchema when the database has none; an error when it is
+// not the version this program reads (older: it would have to be
+// migrated first; newer: see migrateTo).
+func schemaVersion(ctx context.Context, pool *pgxpool.Pool) (int, error) {
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass('p2p_schema') IS NOT NULL`).Scan(&exists); err != nil {
+		return 0, err
+	}
+	if !exists {
+		return 0, errNoSchema
+	}
+	var have int
+	if err := pool.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM p2p_schema`).Scan(&have); err != nil {
+		return 0, err
+	}
+	switch {
+	case have > len(migrations):
+		return have, newerSchema(have)
+	case have < len(migrations):
+		return have, fmt.Errorf("the database's schema is at version %d, older than this p2pserver reads (%d), and is left as it is here: "+
+			"start this p2pserver on it once to bring it to version %d, or use the p2pserver that wrote it", have, len(migrations), len(migrations))
+	}
+	return have, nil
+}
+
+func newerSchema(have int) error {
+	return fmt.Errorf("the database's schema is at version %d, newer than this p2pserver knows (%d): run the newer p2pserver", have, len(migrations))
+}
+
 // migrateTo brings the schema to version to (at most the last), as
-// migrate does.
-func migrateTo(ctx context.Context, pool *pgxpool.Pool, to int) error {
+// migrate does, and returns the version it was at.
+func migrateTo(ctx context.Context, pool *pgxpool.Pool, to int) (from int, err error) {
 	tx, err := pool.BeginTx(ctx, pgx.TxOptions{})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer tx.Rollback(ctx)
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrateLock); err != nil {
-		return err
+		return 0, err
 	}
 	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS p2p_schema (
 	version    integer PRIMARY KEY,
 	applied_at timestamptz NOT NULL DEFAULT now()
 )`); err != nil {
-		return err
+		return 0, err
 	}
 	var have int
 	if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM p2p_schema`).Scan(&have); err != nil {
-		return err
+		return 0, err
 	}
 	if have > len(migrations) {
-		return fmt.Errorf("the database's schema is at version %d, newer than this p2pserver knows (%d): run the newer p2pserver", have, len(migrations))
+		return have, newerSchema(have)
 	}
 	for v := have + 1; v <= to; v++ {
 		if _, err := tx.Exec(ctx, migrations[v-1]); err != nil {
-			return fmt.Errorf("schema version %d: %w", v, err)
+			return have, fmt.Errorf("schema version %d: %w", v, err)
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO p2p_schema (version) VALUES ($1)`, v); err != nil {
-			return err
+			return have, err
 		}
 	}
-	return tx.Commit(ctx)
+	return have, tx.Commit(ctx)
 }

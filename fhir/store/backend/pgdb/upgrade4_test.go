@@ -97,7 +97,7 @@ func TestStoreReadsDatabaseMigratedFromVersion3(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p2.Close()
-	if err := pgdb.MigrateTo(ctx, p2, 3); err != nil {
+	if _, err := pgdb.MigrateTo(ctx, p2, 3); err != nil {
 		t.Fatal(err)
 	}
 	copyRows := func(query, table string) {
