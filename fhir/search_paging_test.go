@@ -47,6 +47,20 @@ func TestPagedSearchesAreTheUnpagedAnswers(t *testing.T) {
 		delete(m, "id")
 		a.do(http.MethodPost, "/"+m["resourceType"].(string), m).want(t, http.StatusCreated)
 	}
+	// And the first ones under ids that are UUIDs in upper and lower
+	// case (only the latter kept in 16 bytes), a UUID with more after
+	// it, and ids that sort between and after them.
+	for i, f := range crossFixtures[:8] {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(strings.ReplaceAll(f, "{L}", long)), &m); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"ABCDEF0%d-0000-4000-8000-000000000000", "abcdef0%d-0000-4000-8000-000000000000", "abcdef0%d-0000-4000-8000-000000000000.x", "abcdef0%d", "Z%d", "0%d"} {
+			id = fmt.Sprintf(id, i)
+			m["id"] = id
+			a.do(http.MethodPut, "/"+m["resourceType"].(string)+"/"+id, m).want(t, http.StatusCreated)
+		}
+	}
 	queries := append([]string{
 		"Observation?subject=Patient/p1&_include=Observation:subject",
 		"Observation?_include=Observation:performer&_sort=-status",
