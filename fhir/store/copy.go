@@ -203,6 +203,11 @@ func copyBucket(ctx context.Context, from, to DB, name string, progress func(str
 			if err != nil {
 				return err
 			}
+			// The keys come in order, each after the last: pages split
+			// at bbolt's default half would stay half empty.
+			if f, ok := b.(backend.FillPercenter); ok {
+				f.SetFillPercent(0.9)
+			}
 			for _, e := range chunk {
 				if err := b.Put(e.k, e.v); err != nil {
 					return err
