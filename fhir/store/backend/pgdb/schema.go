@@ -109,7 +109,10 @@ ALTER TABLE p2p_index ALTER COLUMN id TYPE bytea USING
 	// rows a page) rather than 2,032: a record and its entries together
 	// pass 2,032 where neither did alone (a Synthea Patient: ~1,250 and
 	// ~1,060), and moving the record to TOAST would cost its every read
-	// a lookup in the TOAST table, and more bytes than keeping it.
+	// a lookup in the TOAST table, and more bytes than keeping it. The
+	// new table is analyzed before the migration commits: a new table
+	// has no statistics, and plans made without them would stay in the
+	// connections' caches (see sessionParams) until autovacuum came.
 	`
 CREATE TABLE p2p_resources_4 (
 	version bigint,
@@ -127,6 +130,7 @@ INSERT INTO p2p_resources_4 (version, type, id, head, rec, entries)
 DROP TABLE p2p_resources, p2p_entries;
 ALTER TABLE p2p_resources_4 RENAME TO p2p_resources;
 ALTER TABLE p2p_resources ADD CONSTRAINT p2p_resources_pkey PRIMARY KEY (type, id);
+ANALYZE p2p_resources;
 `,
 }
 
