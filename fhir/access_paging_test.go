@@ -7,10 +7,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/p2pserver/p2pserver/fhir"
-	"github.com/p2pserver/p2pserver/fhir/store/storetest"
-	"github.com/p2pserver/p2pserver/internal/secrets"
 )
 
 // TestMemberSearchesServeOnlyTheMembersRecord: a member-bound request's
@@ -24,11 +20,6 @@ import (
 // member; the counts are the member's. The two members' resources
 // interleave in id order, half with ids the server gave (UUIDs).
 func TestMemberSearchesServeOnlyTheMembersRecord(t *testing.T) {
-	key, err := secrets.NewCipher(strings.Repeat("5c", 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dsn := storetest.DSN(t)
 	mount := func(ts *testServer) string {
 		withTestAccess(ts.fhir)
 		ts.http.Config.Handler.(interface {
@@ -36,11 +27,9 @@ func TestMemberSearchesServeOnlyTheMembersRecord(t *testing.T) {
 		}).Mount("/member", ts.fhir.Handler())
 		return ts.http.URL + "/member"
 	}
-	a := newServerOn(t, dsn, func(c *fhir.Config) { c.Cursors = key })
+	a, b := serversOnOneDatabase(t)
 	ma, mb := mount(a), ""
-	b := a
-	if storetest.Backend() == storetest.Postgres {
-		b = newServerOn(t, dsn, func(c *fhir.Config) { c.Cursors = key })
+	if b != a {
 		mb = mount(b)
 	} else {
 		mb = ma

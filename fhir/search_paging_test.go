@@ -25,16 +25,7 @@ import (
 // fixtures mix ids the client chose with ids the server gave (UUIDs,
 // kept in 16 bytes in the indexes), which sort apart.
 func TestPagedSearchesAreTheUnpagedAnswers(t *testing.T) {
-	key, err := secrets.NewCipher(strings.Repeat("ef", 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dsn := storetest.DSN(t)
-	a := newServerOn(t, dsn, func(c *fhir.Config) { c.Cursors = key })
-	b := a
-	if storetest.Backend() == storetest.Postgres {
-		b = newServerOn(t, dsn, func(c *fhir.Config) { c.Cursors = key })
-	}
+	a, b := serversOnOneDatabase(t)
 	long := strings.Repeat("x", 600)
 	for _, f := range crossFixtures {
 		f = strings.ReplaceAll(f, "{L}", long)
@@ -167,4 +158,23 @@ func distinct(entries []string) []string {
 	}
 	slices.Sort(included)
 	return append(matches, slices.Compact(included)...)
+}
+
+// serversOnOneDatabase returns two servers on one new database that seal
+// their paging links with one key, so that either answers the other's
+// next links: on PostgreSQL two processes' worth; on bbolt, whose file
+// one process holds, the same server twice.
+func serversOnOneDatabase(t *testing.T) (a, b *testServer) {
+	t.Helper()
+	key, err := secrets.NewCipher(strings.Repeat("ef", 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn := storetest.DSN(t)
+	a = newServerOn(t, dsn, func(c *fhir.Config) { c.Cursors = key })
+	b = a
+	if storetest.Backend() == storetest.Postgres {
+		b = newServerOn(t, dsn, func(c *fhir.Config) { c.Cursors = key })
+	}
+	return a, b
 }

@@ -10,9 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/p2pserver/p2pserver/fhir"
 	"github.com/p2pserver/p2pserver/fhir/store/storetest"
-	"github.com/p2pserver/p2pserver/internal/secrets"
 )
 
 // TestSearchPagesAreOneMomentOfTheirResources: while one client updates
@@ -26,16 +24,7 @@ import (
 // is deleted; a transaction's own search (a GET entry after its writes)
 // sees the transaction's writes.
 func TestSearchPagesAreOneMomentOfTheirResources(t *testing.T) {
-	key, err := secrets.NewCipher(strings.Repeat("a7", 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dsn := storetest.DSN(t)
-	a := newServerOn(t, dsn, func(c *fhir.Config) { c.Cursors = key })
-	b := a
-	if storetest.Backend() == storetest.Postgres {
-		b = newServerOn(t, dsn, func(c *fhir.Config) { c.Cursors = key })
-	}
+	a, b := serversOnOneDatabase(t)
 	const n = 24
 	obs := func(id string, gen int) string {
 		status := "final"
