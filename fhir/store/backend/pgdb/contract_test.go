@@ -117,16 +117,7 @@ var errTakeBack = errors.New("taken back")
 // commit or a rollback.
 func TestBackendsAgree(t *testing.T) {
 	ctx := context.Background()
-	bolt, err := boltdb.Open(filepath.Join(t.TempDir(), "b.db"), boltdb.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bolt.Close()
-	pg, err := pgdb.Open(ctx, pgtest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pg.Close()
+	bolt, pg := bothBackends(t)
 	r := rand.New(rand.NewPCG(1, 2))
 	var log []string
 	fail := func(format string, args ...any) {
@@ -501,4 +492,22 @@ func (b *boundedBolt) Last() ([]byte, []byte) {
 		return b.in(b.c.Last())
 	}
 	return b.in(b.c.Prev())
+}
+
+// bothBackends opens a new bbolt file and a new PostgreSQL database, for
+// tests that do the same to both and compare; they are closed when t
+// ends.
+func bothBackends(t *testing.T) (*boltdb.DB, *pgdb.DB) {
+	t.Helper()
+	bolt, err := boltdb.Open(filepath.Join(t.TempDir(), "b.db"), boltdb.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bolt.Close() })
+	pg, err := pgdb.Open(context.Background(), pgtest.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Close() })
+	return bolt, pg
 }

@@ -5,10 +5,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/p2pserver/p2pserver/fhir/store/backend"
-	"github.com/p2pserver/p2pserver/internal/pgtest"
 )
 
 // TestIndexIDsBecomeBytes: schema version 3 turns p2p_index.id from
@@ -18,15 +15,7 @@ import (
 // order, and the rows are 16 bytes shorter.
 func TestIndexIDsBecomeBytes(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.Database(t)
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	if _, err := migrateTo(ctx, pool, 2); err != nil {
-		t.Fatal(err)
-	}
+	url, pool := poolAtVersion(t, 2)
 	uuid := []byte{0x01, 0xa2, 0x2c, 0xf7, 0xcb, 0xf7, 0x7a, 0xfc, 0x00, 0x7d, 0xb6, 0x7f, 0xe8, 0xe1, 0x05, 0xbd}
 	// Keys of I:Patient:name as the store makes them (entry key 0x00
 	// id), in byte order, and the id column version 2 kept for each.

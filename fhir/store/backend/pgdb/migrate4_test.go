@@ -33,15 +33,7 @@ func rec4(flags byte, version uint64, json string) []byte {
 // kept in p2p_versions; and writing goes on after.
 func TestEntriesMoveIntoResourceRows(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.Database(t)
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	if _, err := migrateTo(ctx, pool, 3); err != nil {
-		t.Fatal(err)
-	}
+	url, pool := poolAtVersion(t, 3)
 	want := map[string]map[string][]byte{
 		"R:Patient": {
 			"P0": rec4(2, 1, "upper case sorts first"),
@@ -79,6 +71,7 @@ func TestEntriesMoveIntoResourceRows(t *testing.T) {
 	for name, kv := range want {
 		tb := tableOf(name)
 		for k, v := range kv {
+			var err error
 			switch tb.kind {
 			case kindResources:
 				ver, head, rec := int64(-1), v, v
@@ -236,4 +229,22 @@ func checkBuckets(t *testing.T, d *DB, want map[string]map[string][]byte) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// poolAtVersion returns a new database, and a pool on it, whose schema
+// is at version v, for tests of the migration after it; the pool is
+// closed when t ends.
+func poolAtVersion(t *testing.T, v int) (string, *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	url := pgtest.Database(t)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := migrateTo(ctx, pool, v); err != nil {
+		t.Fatal(err)
+	}
+	return url, pool
 }

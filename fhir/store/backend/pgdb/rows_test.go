@@ -4,14 +4,10 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/p2pserver/p2pserver/fhir/store/backend"
-	"github.com/p2pserver/p2pserver/fhir/store/backend/boltdb"
-	"github.com/p2pserver/p2pserver/fhir/store/backend/pgdb"
-	"github.com/p2pserver/p2pserver/internal/pgtest"
 )
 
 // TestResourceRowsHoldEitherValue: R:<type> and X:<type> share a row of
@@ -22,16 +18,7 @@ import (
 // Prefetch) and never a key only the other holds.
 func TestResourceRowsHoldEitherValue(t *testing.T) {
 	ctx := context.Background()
-	bolt, err := boltdb.Open(filepath.Join(t.TempDir(), "b.db"), boltdb.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bolt.Close()
-	pg, err := pgdb.Open(ctx, pgtest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pg.Close()
+	bolt, pg := bothBackends(t)
 
 	type op func(tx backend.Tx, typ string) error
 	bucket := func(tx backend.Tx, name string) (backend.Bucket, error) {
