@@ -52,13 +52,7 @@ func TestSearchAnswersAreTheBruteForceAnswers(t *testing.T) {
 	}
 	matched := 0
 	for _, raw := range crossQueries {
-		raw = strings.ReplaceAll(raw, "{L}", long)
-		typ, query, _ := strings.Cut(raw, "?")
-		params := url.Values{}
-		for kv := range strings.SplitSeq(query, "&") {
-			k, v, _ := strings.Cut(kv, "=")
-			params.Add(k, v)
-		}
+		typ, params := splitQuery(strings.ReplaceAll(raw, "{L}", long))
 		var want []string
 		q, parseErr := registry.Parse(typ, params, search.Options{})
 		if parseErr == nil {
@@ -522,4 +516,16 @@ var crossQueries = []string{
 	`Provenance?target=Observation/o-q1&recorded=ge2024-01-10`,
 	`Provenance?recorded=2024-01-05`,
 	`Provenance?agent=Organization/o1&recorded=lt2024-01-03`,
+}
+
+// splitQuery splits a query of crossQueries, Type?name=value&..., into
+// its type and its parameters, taken as they are (not unescaped).
+func splitQuery(raw string) (typ string, params url.Values) {
+	typ, query, _ := strings.Cut(raw, "?")
+	params = url.Values{}
+	for kv := range strings.SplitSeq(query, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		params.Add(k, v)
+	}
+	return typ, params
 }

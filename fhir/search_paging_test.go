@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -64,13 +63,7 @@ func TestPagedSearchesAreTheUnpagedAnswers(t *testing.T) {
 	}, crossQueries...)
 	checked := 0
 	for _, raw := range queries {
-		raw = strings.ReplaceAll(raw, "{L}", long)
-		typ, query, _ := strings.Cut(raw, "?")
-		params := url.Values{}
-		for kv := range strings.SplitSeq(query, "&") {
-			k, v, _ := strings.Cut(kv, "=")
-			params.Add(k, v)
-		}
+		typ, params := splitQuery(strings.ReplaceAll(raw, "{L}", long))
 		if _, err := registry.Parse(typ, params, search.Options{}); err != nil {
 			continue
 		}
