@@ -104,10 +104,10 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 		tw.Flush()
 	}
 	switch {
-	case errors.Is(err, store.ErrTargetNotEmpty):
+	case errors.Is(err, store.ErrTargetNotEmpty), errors.Is(err, store.ErrOtherSource):
 		// Refused before anything was copied: running it again changes
 		// nothing.
-		return fmt.Errorf("-to: %w", store.ErrTargetNotEmpty)
+		return fmt.Errorf("-to: %w", errors.Unwrap(err))
 	case err != nil:
 		return fmt.Errorf("%w (run the same command again to go on from where it stopped)", err)
 	}

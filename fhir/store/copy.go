@@ -3,6 +3,8 @@ package store
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
@@ -23,6 +25,15 @@ var copyDone = []byte{0xff, 'd', 'o', 'n', 'e'}
 // verification has passed: a database with copyProgress and without it
 // holds a copy cut short (see CheckCopied).
 var copyVerified = []byte{0xff, 'v', 'e', 'r', 'i', 'f', 'i', 'e', 'd'}
+
+// copySource is the key, in copyProgress, of the fingerprint of the
+// database the copy is of (see sourcePrint): a Copy into a database
+// holding a copy of another one is refused.
+var copySource = []byte{0xff, 's', 'o', 'u', 'r', 'c', 'e'}
+
+// ErrOtherSource refuses a Copy into a database that holds a copy, or
+// part of one, of another database.
+var ErrOtherSource = errors.New("the database copied to holds a copy of another database: copy into a new, empty database")
 
 // ErrCopyUnfinished refuses to serve a database that a Copy into it has
 // not finished (and verified): part of its resources, versions or
@@ -97,9 +108,19 @@ func Copy(ctx context.Context, from, to DB, progress func(bucket string, copied 
 		return nil, fmt.Errorf("migrate: list the buckets: %w", err)
 	}
 	sort.Strings(names)
+	print, err := sourcePrint(ctx, from, names)
+	if err != nil {
+		return nil, fmt.Errorf("migrate: read the source: %w", err)
+	}
 	if err := to.Update(ctx, func(tx backend.Tx) error {
-		if tx.Bucket([]byte(copyProgress)) != nil {
-			return nil // an unfinished copy: go on
+		if p := tx.Bucket([]byte(copyProgress)); p != nil {
+			// A copy begun before: go on if it is of from (a copy
+			// begun by an earlier version, which kept no print, is
+			// taken for one).
+			if was := p.Get(copySource); was != nil && !bytes.Equal(was, print) {
+				return ErrOtherSource
+			}
+			return nil
 		}
 		empty := true
 		if err := tx.ForEach(func(_ []byte, b backend.Bucket) error {
@@ -113,8 +134,11 @@ func Copy(ctx context.Context, from, to DB, progress func(bucket string, copied 
 		if !empty {
 			return ErrTargetNotEmpty
 		}
-		_, err := tx.CreateBucket([]byte(copyProgress))
-		return err
+		p, err := tx.CreateBucket([]byte(copyProgress))
+		if err != nil {
+			return err
+		}
+		return p.Put(copySource, print)
 	}); err != nil {
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
@@ -270,4 +294,30 @@ func countBuckets(ctx context.Context, from, to DB, names []string) ([]BucketCou
 		return nil, err
 	}
 	return out, nil
+}
+
+// sourcePrint is a fingerprint of the database from, whose buckets are
+// names: a SHA-256 of each bucket's name, sequence, first and last key.
+// It is the same for every run of a Copy of one database (which is not
+// written meanwhile) and tells two databases apart unless they hold the
+// same buckets with the same first and last keys and sequences.
+func sourcePrint(ctx context.Context, from DB, names []string) ([]byte, error) {
+	h := sha256.New()
+	err := from.View(ctx, func(tx backend.Tx) error {
+		for _, name := range names {
+			b := tx.Bucket([]byte(name))
+			if b == nil {
+				continue
+			}
+			c := b.Cursor()
+			first, _ := c.First()
+			last, _ := c.Last()
+			for _, part := range [][]byte{[]byte(name), binary.BigEndian.AppendUint64(nil, b.Sequence()), first, last} {
+				h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(part))))
+				h.Write(part)
+			}
+		}
+		return nil
+	})
+	return h.Sum(nil), err
 }

@@ -178,3 +178,60 @@ func TestCompactCopyIsNoLarger(t *testing.T) {
 		t.Errorf("the copy uses %d pages, the file it copies %d", c, s)
 	}
 }
+
+// TestCopyRefusesAnotherSourcesCopy: into a database holding a copy of
+// another database, finished or cut short, a Copy is refused before it
+// writes anything (it would mix the two); a Copy of the same database
+// again only verifies.
+func TestCopyRefusesAnotherSourcesCopy(t *testing.T) {
+	ctx := context.Background()
+	open := func(name string) store.DB {
+		t.Helper()
+		db, err := store.OpenDB(ctx, filepath.Join(t.TempDir(), name), store.DBOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return db
+	}
+	fill := func(db store.DB, v string, n int) {
+		t.Helper()
+		if err := db.Update(ctx, func(tx backend.Tx) error {
+			b, err := tx.CreateBucket([]byte("jobs"))
+			if err != nil {
+				return err
+			}
+			for i := range n {
+				if err := b.Put([]byte(fmt.Sprintf("k%04d", i)), []byte(v)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b, dst := open("a.db"), open("b.db"), open("dst.db")
+	fill(a, "from a", 10)
+	fill(b, "from b", 12)
+	if _, err := store.Copy(ctx, a, dst, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Copy(ctx, b, dst, nil); !errors.Is(err, store.ErrOtherSource) {
+		t.Fatalf("copy of b into a's copy: %v, want ErrOtherSource", err)
+	}
+	if _, err := store.Copy(ctx, a, dst, nil); err != nil {
+		t.Fatalf("copy of a again into its copy: %v", err)
+	}
+	if err := dst.View(ctx, func(tx backend.Tx) error {
+		n := 0
+		return tx.Bucket([]byte("jobs")).ForEach(func(k, v []byte) error {
+			if n++; string(v) != "from a" || n > 10 {
+				t.Errorf("after the refused copy, %s = %q (key %d)", k, v, n)
+			}
+			return nil
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
