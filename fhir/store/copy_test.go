@@ -122,9 +122,11 @@ func TestCopyOfACopy(t *testing.T) {
 }
 
 // TestCompactCopyIsNoLarger: a bbolt copy of a bbolt file (the README's
-// "compact copy of a file grown large") takes no more pages than the
-// file it copies, which a store filled one write at a time; written in
-// key order with pages split in half, it took a third more.
+// "compact copy of a file grown large") is compact: the file a store
+// filled one write at a time has pages split wherever the writes fell
+// (half to two thirds full), the copy writes keys in order and fills its
+// pages to 90%, so it takes at most three quarters of the file's pages
+// (written with bbolt's split in half it took 0.91 to 1.01 of them).
 func TestCompactCopyIsNoLarger(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -137,8 +139,8 @@ func TestCompactCopyIsNoLarger(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range 3000 {
-		id := fmt.Sprintf("o%d", (i*7919)%3000) // ids not in key order
+	for i := range 1000 {
+		id := fmt.Sprintf("o%d", (i*7919)%1000) // ids not in key order
 		put(t, st, doc(t, "Observation", id, fmt.Sprintf(`{"resourceType":"Observation","id":%q,"status":"final","code":{"coding":[{"system":"urn:c","code":"c%d"}]},"subject":{"reference":"Patient/p%d"},"effectiveDateTime":"2020-01-%02dT10:00:00Z"}`, id, i%50, i%300, 1+i%28)))
 	}
 	st.Close()
@@ -174,8 +176,8 @@ func TestCompactCopyIsNoLarger(t *testing.T) {
 	}
 	s, c := inUse(srcPath), inUse(dstPath)
 	t.Logf("pages in use: the file %d, its copy %d", s, c)
-	if c > s {
-		t.Errorf("the copy uses %d pages, the file it copies %d", c, s)
+	if c*4 > s*3 {
+		t.Errorf("the copy uses %d pages, more than three quarters of the file's %d", c, s)
 	}
 }
 
