@@ -14,9 +14,10 @@ import (
 	"github.com/p2pserver/p2pserver/internal/secrets"
 )
 
-// TestPagedSearchesAreTheUnpagedAnswers: every search of crossQueries,
-// and searches with _include, _revinclude, _sort and _elements, paged
-// with _count 1, 2 and 3 by following the next links (FHIR R4
+// TestPagedSearchesAreTheUnpagedAnswers: every search of crossQueries
+// (each at one of _count 1, 2 and 3, in turn), and searches with
+// _include, _revinclude, _sort and _elements (at each), paged by
+// following the next links (FHIR R4
 // http.html#paging: a page set is the same answer served in parts),
 // answers the same entries, byte for byte as JSON, as the one page of
 // _count=1000; on PostgreSQL the pages are asked of two servers on one
@@ -62,7 +63,11 @@ func TestPagedSearchesAreTheUnpagedAnswers(t *testing.T) {
 		"Observation?_total=accurate&status=final",
 	}, crossQueries...)
 	checked := 0
-	for _, raw := range queries {
+	// The searches written here page at every _count; those of
+	// crossQueries each at one of them in turn, which keeps the test's
+	// time to a third and still pages every kind of query at each.
+	extra := len(queries) - len(crossQueries)
+	for qi, raw := range queries {
 		typ, params := splitQuery(strings.ReplaceAll(raw, "{L}", long))
 		if _, err := registry.Parse(typ, params, search.Options{}); err != nil {
 			continue
@@ -78,7 +83,11 @@ func TestPagedSearchesAreTheUnpagedAnswers(t *testing.T) {
 			continue
 		}
 		want := distinct(pageEntries(t, whole.JSON))
-		for _, n := range []int{1, 2, 3} {
+		counts := []int{1, 2, 3}
+		if qi >= extra {
+			counts = counts[qi%3 : qi%3+1]
+		}
+		for _, n := range counts {
 			params.Set("_count", fmt.Sprint(n))
 			var got []string
 			servers := []*testServer{a, b}
