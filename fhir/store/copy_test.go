@@ -66,15 +66,7 @@ func TestCopyRefusesDatabaseNotEmpty(t *testing.T) {
 // verified.
 func TestCopyOfACopy(t *testing.T) {
 	ctx := context.Background()
-	open := func(name string) store.DB {
-		t.Helper()
-		db, err := store.OpenDB(ctx, filepath.Join(t.TempDir(), name), store.DBOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		return db
-	}
+	open := func(name string) store.DB { return newBoltDB(t, name) }
 	src, first, second := open("src.db"), open("first.db"), open("second.db")
 	want := map[string]string{"A": "1", "jobs": "2", "notify_meta": "3", "oidc_servers": "4"}
 	if err := src.Update(ctx, func(tx backend.Tx) error {
@@ -187,15 +179,7 @@ func TestCompactCopyIsNoLarger(t *testing.T) {
 // again only verifies.
 func TestCopyRefusesAnotherSourcesCopy(t *testing.T) {
 	ctx := context.Background()
-	open := func(name string) store.DB {
-		t.Helper()
-		db, err := store.OpenDB(ctx, filepath.Join(t.TempDir(), name), store.DBOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		return db
-	}
+	open := func(name string) store.DB { return newBoltDB(t, name) }
 	fill := func(db store.DB, v string, n int) {
 		t.Helper()
 		if err := db.Update(ctx, func(tx backend.Tx) error {
@@ -236,4 +220,16 @@ func TestCopyRefusesAnotherSourcesCopy(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// newBoltDB opens a new bbolt file named name in a folder of t's,
+// closed when t ends.
+func newBoltDB(t *testing.T, name string) store.DB {
+	t.Helper()
+	db, err := store.OpenDB(context.Background(), filepath.Join(t.TempDir(), name), store.DBOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
 }
