@@ -130,7 +130,8 @@ func (g *groupIndex) add(ops map[indexName][]indexOp) {
 func (tx *Tx) Context() context.Context { return tx.ctx }
 
 // AfterCommit schedules f to run once the transaction has committed (never
-// if it does not). f must not block for long.
+// if it does not), before the Write that made it returns. f must not
+// block for long, nor wait for a write.
 func (tx *Tx) AfterCommit(f func()) { tx.after = append(tx.after, f) }
 
 func bucketName(kind, typ string) []byte { return []byte(kind + ":" + typ) }

@@ -408,11 +408,14 @@ func (s *Store) commit(group []*writeReq) {
 	if held > s.longest.Load() {
 		s.longest.Store(held)
 	}
-	for i, r := range group {
-		r.done <- results[i]
-	}
+	// The committed transactions' hooks run before their writes are
+	// answered, so that a Write returns with its hooks' effects in place
+	// (a lease it took is held, a worker it woke is poked).
 	for _, f := range after {
 		f()
+	}
+	for i, r := range group {
+		r.done <- results[i]
 	}
 }
 
